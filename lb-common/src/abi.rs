@@ -1,0 +1,190 @@
+//! Keys and values of the BPF maps.
+//!
+//! Every type is `#[repr(C)]`, has its padding spelled out as named fields (so that a key hashes
+//! the same whoever builds it: padding bytes are always zero), and has its size checked at
+//! compile time. Addresses and ports are stored exactly as the packet carries them, in network
+//! byte order, and the field names say so (`_be`). An IPv4 address sits in the first word of a
+//! 16-byte address; the other three words are zero.
+
+/// Address family tags used in keys (not the kernel's `AF_*` numbers, which differ by family).
+pub const FAMILY_V4: u8 = 4;
+/// See [`FAMILY_V4`].
+pub const FAMILY_V6: u8 = 6;
+
+/// IP protocol numbers the balancer forwards.
+pub const PROTO_TCP: u8 = 6;
+/// See [`PROTO_TCP`].
+pub const PROTO_UDP: u8 = 17;
+
+/// A 16-byte address in network byte order, IPv4 in the first word.
+pub type AddrBe = [u32; 4];
+
+/// Key of the VIP map: one listener's (address, port, protocol).
+///
+/// An entry with port 0 and protocol 0 is the *address marker* of a VIP address: it exists
+/// whenever any listener uses the address, and lets the datapath apply the fragment policy to
+/// packets whose ports it cannot read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipKey {
+    pub addr_be: AddrBe,
+    pub port_be: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+impl VipKey {
+    /// The address marker entry for `addr_be` (see the type's documentation).
+    #[inline(always)]
+    pub const fn address_marker(addr_be: AddrBe, family: u8) -> Self {
+        Self {
+            addr_be,
+            port_be: 0,
+            proto: 0,
+            family,
+        }
+    }
+}
+
+/// Value of the VIP map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipValue {
+    /// Index of this VIP's counters.
+    pub vip_id: u32,
+    /// Which Maglev ring is live: the table starts at `ring_id * ring_size` in the ring map.
+    /// Userspace writes a new table into a spare ring and then flips this field, so that no
+    /// packet ever sees a half-written table.
+    pub ring_id: u32,
+    /// `VIP_F_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// The entry is an address marker, not a listener: see [`VipKey`].
+pub const VIP_F_ADDRESS_MARKER: u32 = 1;
+
+/// Key of the connection table: a flow's 5-tuple as the client sent it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src_be: AddrBe,
+    pub dst_be: AddrBe,
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of the connection table: the backend a flow was placed on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnValue {
+    pub backend_id: u32,
+    /// The backend's generation when the flow was placed. A backend id that was freed and given
+    /// to a new backend gets a new generation, so old flows never follow the id to a stranger.
+    pub generation: u32,
+}
+
+/// Value of the backend map, indexed by backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    /// Where encapsulated packets go.
+    pub addr_be: AddrBe,
+    /// See [`ConnValue::generation`]. Zero is never a live generation.
+    pub generation: u32,
+    pub family: u8,
+    /// `BACKEND_F_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Established flows on this backend keep going to it. Cleared when a backend is removed (its
+/// flows are then placed afresh by the current table); kept while it drains.
+pub const BACKEND_F_SERVING: u8 = 1;
+
+/// The ring value of a slot that has no backend (a VIP whose pool is empty).
+pub const RING_EMPTY: u32 = u32::MAX;
+
+/// The single entry of the configuration map: deployment-wide datapath settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DatapathConfig {
+    /// Size of every Maglev ring (a prime). Fixed for the lifetime of the ring map.
+    pub ring_size: u32,
+    /// Seed of the flow hash, shared by every balancer of a deployment.
+    pub hash_seed: u32,
+    /// Outer IPv4 source: `base | (flow_hash & mask)`, both in host byte order.
+    pub encap_src_v4_base: u32,
+    pub encap_src_v4_mask: u32,
+    /// Outer IPv6 source: `base`, with its last word varied as `base[3] | (flow_hash & mask)`.
+    pub encap_src_v6_base_be: AddrBe,
+    pub encap_src_v6_mask: u32,
+    /// Largest outer IP packet (bytes) the egress link carries; 0 disables the check.
+    pub mtu: u32,
+    /// With `CONFIG_F_STATIC_NEXT_HOP`, every encapsulated frame goes back out of the interface
+    /// it came in on, to this MAC address, instead of the next hop `bpf_fib_lookup` names.
+    pub next_hop_mac: [u8; 6],
+    /// `CONFIG_F_*` bits.
+    pub flags: u16,
+}
+
+/// Send to [`DatapathConfig::next_hop_mac`] instead of asking the FIB.
+pub const CONFIG_F_STATIC_NEXT_HOP: u16 = 1;
+
+/// Value of the per-VIP and per-backend traffic counters (per CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows placed by the Maglev table (connection-table misses and SYNs).
+    pub new_flows: u64,
+}
+
+impl TrafficCounters {
+    /// Adds `other` field by field (summing the per-CPU values).
+    #[must_use]
+    pub const fn add(self, other: Self) -> Self {
+        Self {
+            packets: self.packets.wrapping_add(other.packets),
+            bytes: self.bytes.wrapping_add(other.bytes),
+            new_flows: self.new_flows.wrapping_add(other.new_flows),
+        }
+    }
+}
+
+const _: () = {
+    assert!(size_of::<VipKey>() == 20);
+    assert!(size_of::<VipValue>() == 16);
+    assert!(size_of::<FlowKey>() == 40);
+    assert!(size_of::<ConnValue>() == 8);
+    assert!(size_of::<Backend>() == 24);
+    assert!(size_of::<DatapathConfig>() == 48);
+    assert!(size_of::<TrafficCounters>() == 24);
+};
+
+#[cfg(feature = "user")]
+mod pod {
+    //! Userspace only: lets aya copy these types in and out of maps.
+    use super::{Backend, ConnValue, DatapathConfig, FlowKey, TrafficCounters, VipKey, VipValue};
+
+    // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and integer arrays, and
+    // has no implicit padding (the size asserts above equal the sum of the fields), so every
+    // bit pattern is a valid value.
+    unsafe impl aya::Pod for VipKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ConnValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for DatapathConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TrafficCounters {}
+}

@@ -1,0 +1,57 @@
+//! The balancer's maps. Userspace sizes the large ones at load time (ring count and size,
+//! connection-table size) and pins them all under the daemon's bpffs directory.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    abi::{Backend, ConnValue, DatapathConfig, FlowKey, TrafficCounters, VipKey, VipValue},
+    counters::Counter,
+    maps::{DEFAULT_CONNS, DEFAULT_RING_SIZE, DEFAULT_RINGS, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS},
+};
+use lb_ebpf::Exit;
+
+/// Listeners (and address markers): (address, port, protocol) -> VIP.
+#[map(name = "lb_vips_v1")]
+pub static VIPS: HashMap<VipKey, VipValue> = HashMap::pinned(2 * MAX_VIPS, 0);
+
+/// All Maglev rings back to back: `ring_id * ring_size + slot` -> backend id.
+#[map(name = "lb_rings_v1")]
+pub static RINGS: Array<u32> = Array::pinned(DEFAULT_RINGS * DEFAULT_RING_SIZE, 0);
+
+/// Backend id -> where to send.
+#[map(name = "lb_backends_v1")]
+pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
+
+/// The connection table. `BPF_F_NO_COMMON_LRU` gives each CPU its own LRU list, so that CPUs
+/// never contend on one list lock.
+#[map(name = "lb_conns_v1")]
+pub static CONNS: LruHashMap<FlowKey, ConnValue> =
+    LruHashMap::pinned(DEFAULT_CONNS, BPF_F_NO_COMMON_LRU);
+
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
+/// Deployment-wide settings: one entry.
+#[map(name = "lb_config_v1")]
+pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+
+/// One counter per [`Counter`].
+#[map(name = "lb_counters_v1")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+
+#[map(name = "lb_vip_stats_v1")]
+pub static VIP_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX_VIPS, 0);
+
+#[map(name = "lb_be_stats_v1")]
+pub static BACKEND_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+
+/// Interfaces the balancer may redirect encapsulated packets to, keyed by ifindex.
+#[map(name = "lb_tx_ports_v1")]
+pub static TX_PORTS: DevMapHash = DevMapHash::pinned(MAX_TX_PORTS, 0);
+
+/// The datapath configuration.
+#[inline(always)]
+pub fn config() -> Result<&'static DatapathConfig, Exit<Counter>> {
+    CONFIG.get(0).ok_or(Exit::Drop(Counter::DropMapMiss))
+}

@@ -1,0 +1,144 @@
+//! Which VIP a packet is for, and which backend serves its flow.
+//!
+//! Backend choice, in order:
+//!
+//! 1. A packet that is not a SYN looks its 5-tuple up in the connection table. A hit whose
+//!    backend still serves (same generation, `BACKEND_F_SERVING` set) goes there: established
+//!    flows never move when the table changes.
+//! 2. Otherwise the flow is placed by the VIP's live Maglev ring, indexed by the flow hash, and
+//!    the placement is written to the connection table.
+//!
+//! A SYN always takes step 2: it starts a new connection, which follows the current table even
+//! if an old connection with the same 5-tuple is still remembered. A flow whose backend was
+//! removed is placed afresh the same way (counted as `conn_stale`).
+
+use aya_ebpf::{bindings::BPF_ANY, programs::XdpContext};
+use aya_log_ebpf::error;
+use lb_common::{
+    abi::{
+        BACKEND_F_SERVING, Backend, ConnValue, DatapathConfig, FlowKey, RING_EMPTY, VipKey,
+        VipValue,
+    },
+    counters::Counter,
+    hash::{flow_hash, ring_slot},
+};
+use lb_ebpf::{Exit, parse::Packet};
+
+use crate::{
+    Result,
+    maps::{BACKENDS, CONNS, RINGS, VIPS},
+    stats::count,
+};
+
+/// The VIP a TCP or UDP packet is addressed to.
+#[inline(always)]
+pub fn lookup_vip(flow: &FlowKey) -> Result<VipValue> {
+    let key = VipKey {
+        addr_be: flow.dst_be,
+        port_be: flow.dst_port_be,
+        proto: flow.proto,
+        family: flow.family,
+    };
+    // SAFETY: the value is copied out at once; userspace replaces VIP values whole.
+    match unsafe { VIPS.get(&key) } {
+        Some(vip) => Ok(*vip),
+        None => Err(Exit::Pass(Counter::PassNotVip)),
+    }
+}
+
+/// The fragment policy: a fragment addressed to a VIP address is dropped (its ports, which
+/// choose the backend, are only in the first fragment); any other fragment is the kernel's.
+#[inline(always)]
+pub fn fragment_verdict(flow: &FlowKey) -> Exit<Counter> {
+    let marker = VipKey::address_marker(flow.dst_be, flow.family);
+    // SAFETY: only the presence of the entry is used.
+    if unsafe { VIPS.get(&marker) }.is_some() {
+        Exit::Drop(Counter::DropFragment)
+    } else {
+        Exit::Pass(Counter::PassNotVip)
+    }
+}
+
+/// The backend chosen for a packet's flow.
+pub struct Selected {
+    pub backend_id: u32,
+    pub backend: Backend,
+    /// Placed by the Maglev ring (not found in the connection table).
+    pub is_new_flow: bool,
+}
+
+#[inline(always)]
+pub fn select_backend(
+    ctx: &XdpContext,
+    packet: &Packet,
+    vip: &VipValue,
+    config: &DatapathConfig,
+) -> Result<Selected> {
+    if !packet.is_syn {
+        if let Some(selected) = lookup_conn(&packet.flow) {
+            count(Counter::ConnHit);
+            return Ok(selected);
+        }
+    }
+    count(Counter::ConnMiss);
+    let selected = place_flow(ctx, &packet.flow, vip, config)?;
+    let conn = ConnValue {
+        backend_id: selected.backend_id,
+        generation: selected.backend.generation,
+    };
+    if CONNS
+        .insert(&packet.flow, &conn, u64::from(BPF_ANY))
+        .is_err()
+    {
+        count(Counter::ConnInsertFailed);
+    }
+    Ok(selected)
+}
+
+/// The connection table's backend for `flow`, if it still serves.
+#[inline(always)]
+fn lookup_conn(flow: &FlowKey) -> Option<Selected> {
+    // SAFETY: the value is copied out at once.
+    let conn = unsafe { *CONNS.get(flow)? };
+    let backend = *BACKENDS.get(conn.backend_id)?;
+    if backend.generation != conn.generation || backend.flags & BACKEND_F_SERVING == 0 {
+        count(Counter::ConnStale);
+        return None;
+    }
+    Some(Selected {
+        backend_id: conn.backend_id,
+        backend,
+        is_new_flow: false,
+    })
+}
+
+/// Places `flow` by the VIP's live Maglev ring.
+#[inline(always)]
+fn place_flow(
+    ctx: &XdpContext,
+    flow: &FlowKey,
+    vip: &VipValue,
+    config: &DatapathConfig,
+) -> Result<Selected> {
+    let slot = ring_slot(flow_hash(flow, config.hash_seed), config.ring_size);
+    let index = vip.ring_id * config.ring_size + slot;
+    let backend_id = *RINGS.get(index).ok_or(Exit::Drop(Counter::DropMapMiss))?;
+    if backend_id == RING_EMPTY {
+        return Err(Exit::Drop(Counter::DropNoBackend));
+    }
+    let Some(backend) = BACKENDS.get(backend_id) else {
+        error!(
+            ctx,
+            "ring {} slot {} names backend {}, which is out of range",
+            vip.ring_id,
+            slot,
+            backend_id
+        );
+        return Err(Exit::Drop(Counter::DropMapMiss));
+    };
+    Ok(Selected {
+        backend_id,
+        backend: *backend,
+        is_new_flow: true,
+    })
+}

@@ -1,0 +1,143 @@
+//! [`FakeDatapath`]: the maps in memory, for tests without root.
+//!
+//! It behaves like the kernel's maps where it matters to callers (arrays start zeroed, a
+//! missing hash key is `None`) and can be told to refuse a write ([`FakeDatapath::fail_writes_after`]),
+//! which is how the tests show that a failed update leaves no half-written table live.
+
+use std::collections::{BTreeMap, HashMap};
+
+use lb_common::{
+    abi::{Backend, ConnValue, DatapathConfig, FlowKey, TrafficCounters, VipKey, VipValue},
+    counters::Counter,
+};
+
+use super::{Datapath, DatapathError, RingGeometry};
+
+/// In-memory maps.
+#[derive(Clone, Debug)]
+pub struct FakeDatapath {
+    geometry: RingGeometry,
+    pub config: Option<DatapathConfig>,
+    pub backends: BTreeMap<u32, Backend>,
+    /// All rings back to back, zeroed like a new BPF array.
+    pub rings: Vec<u32>,
+    pub vips: BTreeMap<VipKey, VipValue>,
+    pub tx_ports: Vec<u32>,
+    pub conns: HashMap<FlowKey, ConnValue>,
+    /// Successful single-entry writes so far (a ring write counts each slot).
+    pub writes: usize,
+    fail_after: Option<usize>,
+}
+
+impl FakeDatapath {
+    pub fn new(geometry: RingGeometry) -> Self {
+        Self {
+            geometry,
+            config: None,
+            backends: BTreeMap::new(),
+            rings: vec![0; geometry.rings as usize * geometry.ring_size as usize],
+            vips: BTreeMap::new(),
+            tx_ports: Vec::new(),
+            conns: HashMap::new(),
+            writes: 0,
+            fail_after: None,
+        }
+    }
+
+    /// Refuse every write after `n` more succeed (`None`: never refuse).
+    pub fn fail_writes_after(&mut self, n: Option<usize>) {
+        self.fail_after = n.map(|n| self.writes + n);
+    }
+
+    /// One ring's slots.
+    pub fn ring(&self, ring_id: u32) -> &[u32] {
+        let size = self.geometry.ring_size as usize;
+        let start = ring_id as usize * size;
+        &self.rings[start..start + size]
+    }
+
+    /// The table the datapath would use for `key` now, if the VIP is published.
+    pub fn live_table(&self, key: &VipKey) -> Option<&[u32]> {
+        self.vips.get(key).map(|vip| self.ring(vip.ring_id))
+    }
+
+    fn write(&mut self, map: &'static str) -> Result<(), DatapathError> {
+        if self.fail_after.is_some_and(|limit| self.writes >= limit) {
+            return Err(DatapathError::Refused {
+                map,
+                reason: "injected failure".to_owned(),
+            });
+        }
+        self.writes += 1;
+        Ok(())
+    }
+}
+
+impl Datapath for FakeDatapath {
+    fn geometry(&self) -> RingGeometry {
+        self.geometry
+    }
+
+    fn set_config(&mut self, config: &DatapathConfig) -> Result<(), DatapathError> {
+        self.write("config")?;
+        self.config = Some(*config);
+        Ok(())
+    }
+
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DatapathError> {
+        self.write("backends")?;
+        self.backends.insert(id, *backend);
+        Ok(())
+    }
+
+    fn write_ring(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DatapathError> {
+        let size = self.geometry.ring_size as usize;
+        for &(slot, backend) in slots {
+            self.write("rings")?;
+            self.rings[ring_id as usize * size + slot as usize] = backend;
+        }
+        Ok(())
+    }
+
+    fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), DatapathError> {
+        self.write("vips")?;
+        self.vips.insert(*key, *value);
+        Ok(())
+    }
+
+    fn remove_vip(&mut self, key: &VipKey) -> Result<(), DatapathError> {
+        self.write("vips")?;
+        self.vips.remove(key);
+        Ok(())
+    }
+
+    fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        self.write("tx_ports")?;
+        self.tx_ports.push(ifindex);
+        Ok(())
+    }
+
+    fn counters(&self) -> Result<Vec<u64>, DatapathError> {
+        Ok(vec![0; Counter::COUNT as usize])
+    }
+
+    fn vip_traffic(&self, _vip_id: u32) -> Result<TrafficCounters, DatapathError> {
+        Ok(TrafficCounters::default())
+    }
+
+    fn backend_traffic(&self, _backend_id: u32) -> Result<TrafficCounters, DatapathError> {
+        Ok(TrafficCounters::default())
+    }
+
+    fn reset_traffic(
+        &mut self,
+        _vip_id: Option<u32>,
+        _backend_id: Option<u32>,
+    ) -> Result<(), DatapathError> {
+        self.write("stats")
+    }
+
+    fn lookup_conn(&self, flow: &FlowKey) -> Result<Option<ConnValue>, DatapathError> {
+        Ok(self.conns.get(flow).copied())
+    }
+}

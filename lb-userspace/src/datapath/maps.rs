@@ -1,0 +1,193 @@
+//! [`AyaDatapath`]: the [`Datapath`] over the kernel's maps, through aya.
+
+use aya::{
+    Ebpf,
+    maps::{Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    util::nr_cpus,
+};
+use lb_common::{
+    abi::{Backend, ConnValue, DatapathConfig, FlowKey, TrafficCounters, VipKey, VipValue},
+    counters::Counter,
+    maps as names,
+};
+
+use super::{Datapath, DatapathError, RingGeometry};
+
+/// The balancer's maps, taken out of a loaded [`Ebpf`] object.
+pub struct AyaDatapath {
+    geometry: RingGeometry,
+    vips: HashMap<MapData, VipKey, VipValue>,
+    rings: Array<MapData, u32>,
+    backends: Array<MapData, Backend>,
+    conns: HashMap<MapData, FlowKey, ConnValue>,
+    config: Array<MapData, DatapathConfig>,
+    counters: PerCpuArray<MapData, u64>,
+    vip_stats: PerCpuArray<MapData, TrafficCounters>,
+    backend_stats: PerCpuArray<MapData, TrafficCounters>,
+    tx_ports: DevMapHash<MapData>,
+}
+
+impl std::fmt::Debug for AyaDatapath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AyaDatapath")
+            .field("geometry", &self.geometry)
+            .finish_non_exhaustive()
+    }
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathError> {
+    ebpf.take_map(name).ok_or(DatapathError::MissingMap(name))
+}
+
+fn err(map: &'static str) -> impl FnOnce(MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, source }
+}
+
+macro_rules! typed {
+    ($ebpf:expr, $name:expr) => {
+        take($ebpf, $name)?.try_into().map_err(err($name))?
+    };
+}
+
+impl AyaDatapath {
+    /// Takes the balancer's maps out of `ebpf` (the programs stay in it).
+    pub fn from_ebpf(ebpf: &mut Ebpf, geometry: RingGeometry) -> Result<Self, DatapathError> {
+        Ok(Self {
+            geometry,
+            vips: typed!(ebpf, names::VIPS),
+            rings: typed!(ebpf, names::RINGS),
+            backends: typed!(ebpf, names::BACKENDS),
+            conns: typed!(ebpf, names::CONNS),
+            config: typed!(ebpf, names::CONFIG),
+            counters: typed!(ebpf, names::COUNTERS),
+            vip_stats: typed!(ebpf, names::VIP_STATS),
+            backend_stats: typed!(ebpf, names::BACKEND_STATS),
+            tx_ports: typed!(ebpf, names::TX_PORTS),
+        })
+    }
+
+    /// The whole of ring `ring_id`, as the kernel holds it.
+    pub fn read_ring(&self, ring_id: u32) -> Result<Vec<u32>, DatapathError> {
+        let start = ring_id * self.geometry.ring_size;
+        (start..start + self.geometry.ring_size)
+            .map(|index| self.rings.get(&index, 0).map_err(err(names::RINGS)))
+            .collect()
+    }
+}
+
+fn sum_traffic(values: &PerCpuValues<TrafficCounters>) -> TrafficCounters {
+    values
+        .iter()
+        .fold(TrafficCounters::default(), |sum, v| sum.add(*v))
+}
+
+fn zeroed_per_cpu<T: aya::Pod + Default>(
+    map: &'static str,
+) -> Result<PerCpuValues<T>, DatapathError> {
+    let refused = |reason: String| DatapathError::Refused { map, reason };
+    let cpus = nr_cpus().map_err(|(what, error)| refused(format!("{what}: {error}")))?;
+    PerCpuValues::try_from(vec![T::default(); cpus]).map_err(|error| refused(error.to_string()))
+}
+
+impl Datapath for AyaDatapath {
+    fn geometry(&self) -> RingGeometry {
+        self.geometry
+    }
+
+    fn set_config(&mut self, config: &DatapathConfig) -> Result<(), DatapathError> {
+        self.config.set(0, config, 0).map_err(err(names::CONFIG))
+    }
+
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DatapathError> {
+        self.backends
+            .set(id, backend, 0)
+            .map_err(err(names::BACKENDS))
+    }
+
+    fn write_ring(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DatapathError> {
+        let base = ring_id * self.geometry.ring_size;
+        for &(slot, backend) in slots {
+            self.rings
+                .set(base + slot, backend, 0)
+                .map_err(err(names::RINGS))?;
+        }
+        Ok(())
+    }
+
+    fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), DatapathError> {
+        self.vips.insert(key, value, 0).map_err(err(names::VIPS))
+    }
+
+    fn remove_vip(&mut self, key: &VipKey) -> Result<(), DatapathError> {
+        self.vips.remove(key).map_err(err(names::VIPS))
+    }
+
+    fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        self.tx_ports
+            .insert(ifindex, ifindex, None, 0)
+            .map_err(|error| DatapathError::Refused {
+                map: names::TX_PORTS,
+                reason: error.to_string(),
+            })
+    }
+
+    fn counters(&self) -> Result<Vec<u64>, DatapathError> {
+        Counter::ALL
+            .iter()
+            .map(|counter| {
+                let values = self
+                    .counters
+                    .get(&counter.index(), 0)
+                    .map_err(err(names::COUNTERS))?;
+                Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
+            })
+            .collect()
+    }
+
+    fn vip_traffic(&self, vip_id: u32) -> Result<TrafficCounters, DatapathError> {
+        let values = self
+            .vip_stats
+            .get(&vip_id, 0)
+            .map_err(err(names::VIP_STATS))?;
+        Ok(sum_traffic(&values))
+    }
+
+    fn backend_traffic(&self, backend_id: u32) -> Result<TrafficCounters, DatapathError> {
+        let values = self
+            .backend_stats
+            .get(&backend_id, 0)
+            .map_err(err(names::BACKEND_STATS))?;
+        Ok(sum_traffic(&values))
+    }
+
+    fn reset_traffic(
+        &mut self,
+        vip_id: Option<u32>,
+        backend_id: Option<u32>,
+    ) -> Result<(), DatapathError> {
+        if let Some(id) = vip_id {
+            let zero = zeroed_per_cpu(names::VIP_STATS)?;
+            self.vip_stats
+                .set(id, zero, 0)
+                .map_err(err(names::VIP_STATS))?;
+        }
+        if let Some(id) = backend_id {
+            let zero = zeroed_per_cpu(names::BACKEND_STATS)?;
+            self.backend_stats
+                .set(id, zero, 0)
+                .map_err(err(names::BACKEND_STATS))?;
+        }
+        Ok(())
+    }
+
+    fn lookup_conn(&self, flow: &FlowKey) -> Result<Option<ConnValue>, DatapathError> {
+        match self.conns.get(flow, 0) {
+            Ok(value) => Ok(Some(value)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(DatapathError::Map {
+                map: names::CONNS,
+                source,
+            }),
+        }
+    }
+}

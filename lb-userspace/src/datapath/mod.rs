@@ -1,0 +1,72 @@
+//! The datapath as the rest of userspace sees it: the BPF maps, behind the [`Datapath`] trait.
+//!
+//! Two implementations: [`maps::AyaDatapath`] writes the kernel's maps; [`fake::FakeDatapath`]
+//! keeps them in memory (and can be told to fail), so that Maglev, reconcile and config logic
+//! are tested without root. Nothing above this module knows about aya.
+
+pub mod fake;
+pub mod maps;
+
+use lb_common::{
+    abi::{Backend, ConnValue, DatapathConfig, FlowKey, TrafficCounters, VipKey, VipValue},
+    counters::Counter,
+};
+
+/// A map operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {0} is not in the eBPF object (was it built from this version?)")]
+    MissingMap(&'static str),
+    #[error("map {map}: {reason}")]
+    Refused { map: &'static str, reason: String },
+}
+
+/// The shape of the ring map, fixed when it is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingGeometry {
+    /// Slots per ring (a prime).
+    pub ring_size: u32,
+    /// Number of rings.
+    pub rings: u32,
+}
+
+/// Reads and writes of the datapath's maps. Every write is one map update: callers order their
+/// writes so that the datapath never sees an inconsistent state (see `reconcile`).
+pub trait Datapath {
+    fn geometry(&self) -> RingGeometry;
+    fn set_config(&mut self, config: &DatapathConfig) -> Result<(), DatapathError>;
+    fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DatapathError>;
+    /// Writes `(slot, backend id)` pairs into ring `ring_id`, in order; stops at the first
+    /// failure (the earlier slots stay written).
+    fn write_ring(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DatapathError>;
+    fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), DatapathError>;
+    fn remove_vip(&mut self, key: &VipKey) -> Result<(), DatapathError>;
+    /// Adds a network interface the balancer may redirect to.
+    fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DatapathError>;
+
+    /// Every [`Counter`], summed over CPUs, in index order.
+    fn counters(&self) -> Result<Vec<u64>, DatapathError>;
+    fn vip_traffic(&self, vip_id: u32) -> Result<TrafficCounters, DatapathError>;
+    fn backend_traffic(&self, backend_id: u32) -> Result<TrafficCounters, DatapathError>;
+    /// Zeroes the traffic counters of an id about to be given to a new VIP or backend.
+    fn reset_traffic(
+        &mut self,
+        vip_id: Option<u32>,
+        backend_id: Option<u32>,
+    ) -> Result<(), DatapathError>;
+    fn lookup_conn(&self, flow: &FlowKey) -> Result<Option<ConnValue>, DatapathError>;
+}
+
+/// The value of one counter in a [`Datapath::counters`] snapshot.
+pub fn counter_value(snapshot: &[u64], counter: Counter) -> u64 {
+    snapshot
+        .get(counter.index() as usize)
+        .copied()
+        .unwrap_or_default()
+}

@@ -1,0 +1,19 @@
+//! The `lb` library: everything the `lb` binary does, as modules that tests can drive.
+//!
+//! Dependency direction: `config` -> `state` -> `reconcile` -> `datapath`. The datapath is
+//! reached only through the [`datapath::Datapath`] trait (aya maps, or an in-memory fake), so
+//! everything above it is tested without root.
+//!
+//! - [`maglev`]: the consistent-hashing table, pure;
+//! - [`state`]: listeners and backends as plain values;
+//! - [`reconcile`]: writes the maps to match a state, table flips and all;
+//! - [`datapath`]: the maps behind a trait;
+//! - [`loader`]: loads the eBPF objects, pins the maps, attaches XDP;
+//! - [`objects`]: the eBPF objects embedded at build time.
+
+pub mod datapath;
+pub mod loader;
+pub mod maglev;
+pub mod objects;
+pub mod reconcile;
+pub mod state;

@@ -1,0 +1,337 @@
+//! Loading the eBPF objects and attaching their programs.
+//!
+//! [`Balancer::load`] loads the balancer object with its maps sized from a [`BalancerSpec`],
+//! pinned under a bpffs directory when one is given (an existing pinned map of the same name is
+//! adopted only if its shape matches: a map of another shape is an error, never silently
+//! reused). [`attach`] attaches an XDP program to an interface in driver mode, falling back to
+//! generic mode with a warning when asked to. [`Aux`] and [`Decap`] load the small objects.
+
+use std::{
+    ffi::CString,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::MapInfo,
+    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use lb_common::{
+    abi::{Backend, ConnValue, DatapathConfig, FlowKey, VipKey, VipValue},
+    maps as names,
+};
+use tracing::warn;
+
+use crate::{
+    datapath::{DatapathError, RingGeometry, maps::AyaDatapath},
+    objects,
+};
+
+/// Why loading or attaching failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("interface {0:?} not found; `ip link` lists interfaces")]
+    NoSuchInterface(String),
+    #[error(
+        "{0} is not a bpffs mount; mount one with `mount -t bpf bpf /sys/fs/bpf` (or run `cargo xtask setup`)"
+    )]
+    NotBpffs(PathBuf),
+    #[error(
+        "pinned map {path} has {found}, this build needs {expected}; remove the pinned maps (`rm -r {dir}`) to start afresh"
+    )]
+    PinnedMapMismatch {
+        path: PathBuf,
+        dir: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("creating {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading the eBPF object: {0}")]
+    Object(#[from] aya::EbpfError),
+    #[error("program {program}: {source}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("program {0} is not in the eBPF object (was it built from this version?)")]
+    MissingProgram(&'static str),
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+}
+
+/// Sizes and placement of the balancer's maps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BalancerSpec {
+    pub geometry: RingGeometry,
+    /// Flows the connection table holds.
+    pub conn_table_size: u32,
+    /// Where the maps are pinned (a directory on bpffs), or `None` not to pin.
+    pub pin_dir: Option<PathBuf>,
+}
+
+/// How to attach an XDP program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// Driver (native) mode; if the driver refuses, generic mode with a warning.
+    Auto,
+    /// Driver mode or fail.
+    Driver,
+    /// Generic (SKB) mode: works everywhere, slower.
+    Generic,
+}
+
+/// The name of the balancer program in its object.
+pub const BALANCER_PROGRAM: &str = "lb_balancer";
+/// The name of the decapsulation program in its object.
+pub const DECAP_PROGRAM: &str = "lb_decap";
+
+/// The loaded balancer: its programs (in `ebpf`) and the maps (taken out into an
+/// [`AyaDatapath`] by [`Balancer::load`]).
+pub struct Balancer {
+    pub ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for Balancer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Balancer").finish_non_exhaustive()
+    }
+}
+
+impl Balancer {
+    /// Loads (verifies) the balancer and creates, or adopts, its maps.
+    pub fn load(spec: &BalancerSpec) -> Result<(Self, AyaDatapath), LoadError> {
+        let ring_entries = spec
+            .geometry
+            .rings
+            .checked_mul(spec.geometry.ring_size)
+            .ok_or_else(|| DatapathError::Refused {
+                map: names::RINGS,
+                reason: "rings x ring size overflows 32 bits".to_owned(),
+            })?;
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries(names::RINGS, ring_entries)
+            .map_max_entries(names::CONNS, spec.conn_table_size);
+        if let Some(dir) = &spec.pin_dir {
+            prepare_pin_dir(dir)?;
+            check_pinned_maps(dir, ring_entries, spec.conn_table_size)?;
+            loader.default_map_pin_directory(dir);
+        }
+        let mut ebpf = loader.load(objects::BALANCER)?;
+        load_xdp(&mut ebpf, BALANCER_PROGRAM)?;
+        let datapath = AyaDatapath::from_ebpf(&mut ebpf, spec.geometry)?;
+        Ok((Self { ebpf }, datapath))
+    }
+
+    /// The balancer program (to attach it, or to run it with `BPF_PROG_TEST_RUN`).
+    pub fn program(&mut self) -> Result<&mut Xdp, LoadError> {
+        program_mut(&mut self.ebpf, BALANCER_PROGRAM)
+    }
+
+    /// Attaches the balancer to `interface`; returns the mode it runs in.
+    pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<XdpMode, LoadError> {
+        attach(&mut self.ebpf, BALANCER_PROGRAM, interface, mode).map(|(mode, _)| mode)
+    }
+}
+
+/// The backends' decapsulation program.
+pub struct Decap {
+    pub ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for Decap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decap").finish_non_exhaustive()
+    }
+}
+
+impl Decap {
+    pub fn load() -> Result<Self, LoadError> {
+        let mut ebpf = EbpfLoader::new().load(objects::DECAP)?;
+        load_xdp(&mut ebpf, DECAP_PROGRAM)?;
+        Ok(Self { ebpf })
+    }
+
+    pub fn program(&mut self) -> Result<&mut Xdp, LoadError> {
+        program_mut(&mut self.ebpf, DECAP_PROGRAM)
+    }
+}
+
+/// The lab and benchmark helpers: `lb_pass`, `lb_tx_baseline`, `lb_sink`.
+pub struct Aux {
+    pub ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for Aux {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Aux").finish_non_exhaustive()
+    }
+}
+
+impl Aux {
+    pub const PASS: &'static str = "lb_pass";
+    pub const TX_BASELINE: &'static str = "lb_tx_baseline";
+    pub const SINK: &'static str = "lb_sink";
+
+    pub fn load() -> Result<Self, LoadError> {
+        let mut ebpf = EbpfLoader::new().load(objects::AUX)?;
+        for program in [Self::PASS, Self::TX_BASELINE, Self::SINK] {
+            load_xdp(&mut ebpf, program)?;
+        }
+        Ok(Self { ebpf })
+    }
+
+    pub fn program(&mut self, name: &'static str) -> Result<&mut Xdp, LoadError> {
+        program_mut(&mut self.ebpf, name)
+    }
+}
+
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp, LoadError> {
+    ebpf.program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?
+        .try_into()
+        .map_err(|source| LoadError::Program {
+            program: name,
+            source,
+        })
+}
+
+fn load_xdp(ebpf: &mut Ebpf, name: &'static str) -> Result<(), LoadError> {
+    program_mut(ebpf, name)?
+        .load()
+        .map_err(|source| LoadError::Program {
+            program: name,
+            source,
+        })
+}
+
+/// The index of `interface`, or a clear error if there is none.
+pub fn interface_index(interface: &str) -> Result<u32, LoadError> {
+    let missing = || LoadError::NoSuchInterface(interface.to_owned());
+    let name = CString::new(interface).map_err(|_| missing())?;
+    // SAFETY: `name` is a valid NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        Err(missing())
+    } else {
+        Ok(index)
+    }
+}
+
+/// Attaches program `name` of `ebpf` to `interface`. Returns the mode it runs in and the link.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    interface: &str,
+    mode: AttachMode,
+) -> Result<(XdpMode, XdpLinkId), LoadError> {
+    let index = interface_index(interface)?;
+    let program = program_mut(ebpf, name)?;
+    let failed = |source| LoadError::Program {
+        program: name,
+        source,
+    };
+    match mode {
+        AttachMode::Driver => program
+            .attach_to_if_index(index, XdpMode::Driver)
+            .map(|link| (XdpMode::Driver, link))
+            .map_err(failed),
+        AttachMode::Generic => program
+            .attach_to_if_index(index, XdpMode::Skb)
+            .map(|link| (XdpMode::Skb, link))
+            .map_err(failed),
+        AttachMode::Auto => match program.attach_to_if_index(index, XdpMode::Driver) {
+            Ok(link) => Ok((XdpMode::Driver, link)),
+            Err(error) => {
+                warn!(
+                    %interface, %error,
+                    "the driver refused native XDP; attaching in generic mode, which is slower"
+                );
+                program
+                    .attach_to_if_index(index, XdpMode::Skb)
+                    .map(|link| (XdpMode::Skb, link))
+                    .map_err(failed)
+            }
+        },
+    }
+}
+
+/// Creates the pin directory, which must be on bpffs.
+fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
+    std::fs::create_dir_all(dir).map_err(|source| LoadError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let path = CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| LoadError::NotBpffs(dir.to_owned()))?;
+    // SAFETY: `statfs` is plain old data; all-zero is a valid value to be overwritten.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `stat` is a valid out-pointer, both live for the call.
+    let rc = unsafe { libc::statfs(path.as_ptr(), &mut stat) };
+    const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
+    if rc != 0 || stat.f_type != BPF_FS_MAGIC {
+        return Err(LoadError::NotBpffs(dir.to_owned()));
+    }
+    Ok(())
+}
+
+/// Refuses to adopt a pinned map whose shape differs from what this build would create.
+fn check_pinned_maps(dir: &Path, ring_entries: u32, conn_entries: u32) -> Result<(), LoadError> {
+    let shapes: [(&'static str, usize, usize, Option<u32>); 5] = [
+        (
+            names::VIPS,
+            size_of::<VipKey>(),
+            size_of::<VipValue>(),
+            None,
+        ),
+        (names::RINGS, 4, 4, Some(ring_entries)),
+        (names::BACKENDS, 4, size_of::<Backend>(), None),
+        (
+            names::CONNS,
+            size_of::<FlowKey>(),
+            size_of::<ConnValue>(),
+            Some(conn_entries),
+        ),
+        (names::CONFIG, 4, size_of::<DatapathConfig>(), None),
+    ];
+    for (name, key_size, value_size, entries) in shapes {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path)
+            .map_err(|source| LoadError::Datapath(DatapathError::Map { map: name, source }))?;
+        let found = (
+            info.key_size() as usize,
+            info.value_size() as usize,
+            info.max_entries(),
+        );
+        let matches = found.0 == key_size
+            && found.1 == value_size
+            && entries.is_none_or(|entries| entries == found.2);
+        if !matches {
+            return Err(LoadError::PinnedMapMismatch {
+                path,
+                dir: dir.to_owned(),
+                found: format!(
+                    "key {} B, value {} B, {} entries",
+                    found.0, found.1, found.2
+                ),
+                expected: format!(
+                    "key {key_size} B, value {value_size} B{}",
+                    entries
+                        .map(|e| format!(", {e} entries"))
+                        .unwrap_or_default()
+                ),
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,553 @@
+//! Makes the datapath's maps match a desired [`state`](crate::state): the only writer of the
+//! VIP, ring and backend maps.
+//!
+//! A listener owns a VIP id (its counters), two rings (live and spare) and one backend id per
+//! backend of its pool. Changing a listener's pool, in this order:
+//!
+//! 1. new backends get an id, a fresh generation and a map entry marked serving;
+//! 2. the new Maglev table is written into the *spare* ring, only the slots that differ from
+//!    what that ring holds (its shadow copy is kept here);
+//! 3. one write of the VIP entry flips the live ring to the spare one: packets see the old
+//!    table or the new one, never a mix;
+//! 4. removed backends are marked not serving: their established flows are placed afresh by
+//!    the new table on their next packet (`conn_stale`), instead of going to a backend that
+//!    left the pool.
+//!
+//! If step 2 or 3 fails, the live table is untouched, the ids taken in step 1 are given back and
+//! the spare ring is marked unknown (rewritten whole next time): a failed update leaves nothing
+//! half-written live. Each listener is applied on its own; an error names the listener that
+//! failed, and the listeners before it in the same call stay applied.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use lb_common::{
+    abi::{
+        AddrBe, BACKEND_F_SERVING, Backend, DatapathConfig, RING_EMPTY, VIP_F_ADDRESS_MARKER,
+        VipKey, VipValue,
+    },
+    maps::{MAX_BACKENDS, MAX_VIPS},
+};
+use tracing::{debug, warn};
+
+use crate::{
+    datapath::{Datapath, DatapathError},
+    maglev,
+    state::{Listener, addr_be},
+};
+
+/// Why a change was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("listener {listener}: {source}")]
+    Datapath {
+        listener: String,
+        #[source]
+        source: DatapathError,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Capacity(String),
+}
+
+/// A backend as applied: its id and generation in the maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppliedBackend {
+    pub id: u32,
+    pub generation: u32,
+    pub weight: u32,
+}
+
+/// A listener as applied.
+#[derive(Clone, Debug)]
+pub struct AppliedListener {
+    pub listener: Listener,
+    pub vip_id: u32,
+    rings: [u32; 2],
+    /// Which of `rings` is live.
+    live: usize,
+    pub backends: BTreeMap<IpAddr, AppliedBackend>,
+}
+
+impl AppliedListener {
+    /// The ring the datapath reads now.
+    pub fn live_ring(&self) -> u32 {
+        self.rings[self.live]
+    }
+}
+
+/// The owner of the maps' contents.
+#[derive(Debug)]
+pub struct Reconciler<D> {
+    datapath: D,
+    config: DatapathConfig,
+    listeners: BTreeMap<String, AppliedListener>,
+    vip_ids: IdPool,
+    ring_ids: IdPool,
+    backend_ids: IdPool,
+    /// Last generation handed out, per backend id.
+    generations: Vec<u32>,
+    /// What each ring holds, if known.
+    shadows: Vec<Option<Vec<u32>>>,
+    /// Listeners per VIP address, for the address markers.
+    markers: BTreeMap<(AddrBe, u8), usize>,
+}
+
+impl<D: Datapath> Reconciler<D> {
+    /// Takes over `datapath`, writing `config` first. The maps are assumed new (zeroed).
+    pub fn new(mut datapath: D, config: DatapathConfig) -> Result<Self, ReconcileError> {
+        let geometry = datapath.geometry();
+        if config.ring_size != geometry.ring_size {
+            return Err(ReconcileError::Invalid(format!(
+                "ring size {} does not match the ring map's {}",
+                config.ring_size, geometry.ring_size
+            )));
+        }
+        datapath
+            .set_config(&config)
+            .map_err(|source| ReconcileError::Datapath {
+                listener: "(datapath configuration)".to_owned(),
+                source,
+            })?;
+        let zeroed = vec![0; geometry.ring_size as usize];
+        Ok(Self {
+            datapath,
+            config,
+            listeners: BTreeMap::new(),
+            vip_ids: IdPool::new(MAX_VIPS),
+            ring_ids: IdPool::new(geometry.rings),
+            backend_ids: IdPool::new(MAX_BACKENDS),
+            generations: vec![0; MAX_BACKENDS as usize],
+            shadows: vec![Some(zeroed); geometry.rings as usize],
+            markers: BTreeMap::new(),
+        })
+    }
+
+    pub fn datapath(&self) -> &D {
+        &self.datapath
+    }
+
+    pub fn datapath_mut(&mut self) -> &mut D {
+        &mut self.datapath
+    }
+
+    pub fn config(&self) -> &DatapathConfig {
+        &self.config
+    }
+
+    /// The applied listeners, by name.
+    pub fn listeners(&self) -> &BTreeMap<String, AppliedListener> {
+        &self.listeners
+    }
+
+    /// The live Maglev table of a listener (backend ids), as last written.
+    pub fn live_table(&self, name: &str) -> Option<&[u32]> {
+        let listener = self.listeners.get(name)?;
+        self.shadows[listener.live_ring() as usize].as_deref()
+    }
+
+    /// Makes the maps match `desired`: listeners not in it are removed, the others added or
+    /// updated. Checks the whole of `desired` before writing anything.
+    pub fn apply(&mut self, desired: &[Listener]) -> Result<(), ReconcileError> {
+        self.check(desired)?;
+        let stale: Vec<String> = self
+            .listeners
+            .iter()
+            .filter(|(name, applied)| {
+                !desired
+                    .iter()
+                    .any(|l| &l.name == *name && l.vip == applied.listener.vip)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in stale {
+            self.remove_listener(&name)?;
+        }
+        for listener in desired {
+            let unchanged = self
+                .listeners
+                .get(&listener.name)
+                .is_some_and(|applied| applied.listener == *listener);
+            if !unchanged {
+                self.publish(listener)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rejects a desired state that breaks an invariant or does not fit the maps.
+    fn check(&self, desired: &[Listener]) -> Result<(), ReconcileError> {
+        let mut names = BTreeMap::new();
+        let mut vips = BTreeMap::new();
+        for listener in desired {
+            if names.insert(listener.name.as_str(), ()).is_some() {
+                return Err(ReconcileError::Invalid(format!(
+                    "two listeners are named {:?}",
+                    listener.name
+                )));
+            }
+            if let Some(other) = vips.insert(listener.vip, listener.name.as_str()) {
+                return Err(ReconcileError::Invalid(format!(
+                    "listeners {other:?} and {:?} both use {}",
+                    listener.name, listener.vip
+                )));
+            }
+            let mut addresses = BTreeMap::new();
+            for target in &listener.targets {
+                if addresses.insert(target.address, ()).is_some() {
+                    return Err(ReconcileError::Invalid(format!(
+                        "listener {:?} lists backend {} twice",
+                        listener.name, target.address
+                    )));
+                }
+                if target.address.is_ipv4() != listener.vip.address.is_ipv4() {
+                    return Err(ReconcileError::Invalid(format!(
+                        "listener {:?} is {} but backend {} is not: IP-in-IP keeps the family",
+                        listener.name,
+                        if listener.vip.address.is_ipv4() {
+                            "IPv4"
+                        } else {
+                            "IPv6"
+                        },
+                        target.address
+                    )));
+                }
+            }
+        }
+        let capacity = |what: &str, needed: usize, room: usize| {
+            if needed > room {
+                Err(ReconcileError::Capacity(format!(
+                    "{needed} {what} needed, the maps have room for {room}"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        capacity("listeners", desired.len(), self.ring_ids.capacity() / 2)?;
+        capacity("listeners", desired.len(), self.vip_ids.capacity())?;
+        // Old and new backends of a listener coexist while it is updated.
+        let backends: usize = desired.iter().map(|l| l.targets.len()).sum::<usize>()
+            + self
+                .listeners
+                .values()
+                .map(|l| l.backends.len())
+                .sum::<usize>();
+        capacity("backend slots", backends, self.backend_ids.capacity())
+    }
+
+    /// Adds or updates one listener (see the module documentation for the order).
+    fn publish(&mut self, listener: &Listener) -> Result<(), ReconcileError> {
+        let previous = self.listeners.get(&listener.name).cloned();
+        let mut taken = Vec::new();
+        let result = self.write_listener(listener, previous.as_ref(), &mut taken);
+        match result {
+            Ok(applied) => {
+                if let Some(previous) = previous {
+                    self.retire_backends(&previous, Some(&applied));
+                }
+                self.listeners.insert(listener.name.clone(), applied);
+                Ok(())
+            }
+            Err(error) => {
+                for (pool, id) in taken {
+                    self.pool(pool).free(id);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    fn pool(&mut self, pool: Pool) -> &mut IdPool {
+        match pool {
+            Pool::Vip => &mut self.vip_ids,
+            Pool::Ring => &mut self.ring_ids,
+            Pool::Backend => &mut self.backend_ids,
+        }
+    }
+
+    /// Takes an id from `pool`, recording it in `taken`.
+    fn take(&mut self, pool: Pool, taken: &mut Vec<(Pool, u32)>) -> Result<u32, ReconcileError> {
+        let id = self
+            .pool(pool)
+            .alloc()
+            .ok_or_else(|| ReconcileError::Capacity(format!("no free {}", pool.name())))?;
+        taken.push((pool, id));
+        Ok(id)
+    }
+
+    fn write_listener(
+        &mut self,
+        listener: &Listener,
+        previous: Option<&AppliedListener>,
+        taken: &mut Vec<(Pool, u32)>,
+    ) -> Result<AppliedListener, ReconcileError> {
+        let name = listener.name.clone();
+        let failed = move |source| ReconcileError::Datapath {
+            listener: name,
+            source,
+        };
+        let (vip_id, rings, live) = match previous {
+            Some(p) => (p.vip_id, p.rings, Some(p.live)),
+            None => {
+                let vip_id = self.take(Pool::Vip, taken)?;
+                let rings = [self.take(Pool::Ring, taken)?, self.take(Pool::Ring, taken)?];
+                self.datapath
+                    .reset_traffic(Some(vip_id), None)
+                    .map_err(failed.clone())?;
+                (vip_id, rings, None)
+            }
+        };
+        let mut backends = BTreeMap::new();
+        for target in &listener.targets {
+            let applied = match previous.and_then(|p| p.backends.get(&target.address)) {
+                Some(existing) => AppliedBackend {
+                    weight: target.weight,
+                    ..*existing
+                },
+                None => {
+                    let id = self.take(Pool::Backend, taken)?;
+                    let generation = self.next_generation(id);
+                    self.write_backend(id, target.address, generation, BACKEND_F_SERVING)
+                        .map_err(failed.clone())?;
+                    self.datapath
+                        .reset_traffic(None, Some(id))
+                        .map_err(failed.clone())?;
+                    AppliedBackend {
+                        id,
+                        generation,
+                        weight: target.weight,
+                    }
+                }
+            };
+            backends.insert(target.address, applied);
+        }
+
+        let table = self.build_table(listener, &backends);
+        let spare = live.map_or(0, |live| 1 - live);
+        let ring = rings[spare];
+        let writes = match &self.shadows[ring as usize] {
+            Some(old) => maglev::changed_slots(old, &table),
+            None => maglev::changed_slots(&vec![!0; table.len()], &table),
+        };
+        debug!(listener = %listener.name, ring, slots = writes.len(), "writing ring");
+        self.shadows[ring as usize] = None;
+        self.datapath
+            .write_ring(ring, &writes)
+            .map_err(failed.clone())?;
+        self.shadows[ring as usize] = Some(table);
+
+        let key = listener.vip.key();
+        let added_marker = previous.is_none() && self.add_marker(&key).map_err(failed.clone())?;
+        let value = VipValue {
+            vip_id,
+            ring_id: ring,
+            flags: 0,
+            _pad: 0,
+        };
+        if let Err(error) = self.datapath.set_vip(&key, &value) {
+            if added_marker {
+                self.drop_marker(&key);
+            }
+            return Err(failed(error));
+        }
+        Ok(AppliedListener {
+            listener: listener.clone(),
+            vip_id,
+            rings,
+            live: spare,
+            backends,
+        })
+    }
+
+    /// The Maglev table of `listener` in backend ids.
+    fn build_table(
+        &self,
+        listener: &Listener,
+        backends: &BTreeMap<IpAddr, AppliedBackend>,
+    ) -> Vec<u32> {
+        let identities: Vec<Vec<u8>> = listener.targets.iter().map(|t| t.identity()).collect();
+        let entries: Vec<maglev::Entry<'_>> = listener
+            .targets
+            .iter()
+            .zip(&identities)
+            .map(|(target, identity)| maglev::Entry {
+                identity,
+                weight: target.weight,
+            })
+            .collect();
+        let ids: Vec<u32> = listener
+            .targets
+            .iter()
+            .map(|t| backends.get(&t.address).map_or(RING_EMPTY, |b| b.id))
+            .collect();
+        maglev::build(&entries, self.config.ring_size, self.config.hash_seed)
+            .into_iter()
+            .map(|index| {
+                if index == maglev::EMPTY {
+                    RING_EMPTY
+                } else {
+                    ids[index as usize]
+                }
+            })
+            .collect()
+    }
+
+    fn write_backend(
+        &mut self,
+        id: u32,
+        address: IpAddr,
+        generation: u32,
+        flags: u8,
+    ) -> Result<(), DatapathError> {
+        let (addr_be, family) = addr_be(address);
+        self.datapath.set_backend(
+            id,
+            &Backend {
+                addr_be,
+                generation,
+                family,
+                flags,
+                _pad: [0; 2],
+            },
+        )
+    }
+
+    fn next_generation(&mut self, id: u32) -> u32 {
+        let generation = &mut self.generations[id as usize];
+        *generation = generation.wrapping_add(1).max(1);
+        *generation
+    }
+
+    /// Marks the backends of `previous` that are not in `current` as not serving and frees
+    /// their ids. An id whose entry could not be updated is never reused (it may still say
+    /// "serving").
+    fn retire_backends(&mut self, previous: &AppliedListener, current: Option<&AppliedListener>) {
+        for (address, backend) in &previous.backends {
+            if current.is_some_and(|c| c.backends.contains_key(address)) {
+                continue;
+            }
+            match self.write_backend(backend.id, *address, backend.generation, 0) {
+                Ok(()) => self.backend_ids.free(backend.id),
+                Err(error) => warn!(
+                    listener = %previous.listener.name,
+                    backend = %address,
+                    %error,
+                    "could not retire the backend; its established flows keep going to it"
+                ),
+            }
+        }
+    }
+
+    /// Removes a listener: unpublishes its VIP, then retires its backends.
+    fn remove_listener(&mut self, name: &str) -> Result<(), ReconcileError> {
+        let Some(applied) = self.listeners.get(name).cloned() else {
+            return Ok(());
+        };
+        let key = applied.listener.vip.key();
+        self.datapath
+            .remove_vip(&key)
+            .map_err(|source| ReconcileError::Datapath {
+                listener: name.to_owned(),
+                source,
+            })?;
+        self.listeners.remove(name);
+        self.drop_marker(&key);
+        self.retire_backends(&applied, None);
+        self.ring_ids.free(applied.rings[0]);
+        self.ring_ids.free(applied.rings[1]);
+        self.vip_ids.free(applied.vip_id);
+        Ok(())
+    }
+
+    /// Counts a listener on its VIP address; writes the marker for the first. Returns whether
+    /// it wrote one.
+    fn add_marker(&mut self, key: &VipKey) -> Result<bool, DatapathError> {
+        let count = self.markers.entry((key.addr_be, key.family)).or_default();
+        if *count > 0 {
+            *count += 1;
+            return Ok(false);
+        }
+        let marker = VipKey::address_marker(key.addr_be, key.family);
+        let value = VipValue {
+            flags: VIP_F_ADDRESS_MARKER,
+            ..VipValue::default()
+        };
+        if let Err(error) = self.datapath.set_vip(&marker, &value) {
+            self.markers.remove(&(key.addr_be, key.family));
+            return Err(error);
+        }
+        *self.markers.entry((key.addr_be, key.family)).or_default() = 1;
+        Ok(true)
+    }
+
+    /// Uncounts a listener on its VIP address; removes the marker after the last.
+    fn drop_marker(&mut self, key: &VipKey) {
+        let address = (key.addr_be, key.family);
+        let Some(count) = self.markers.get_mut(&address) else {
+            return;
+        };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        self.markers.remove(&address);
+        let marker = VipKey::address_marker(key.addr_be, key.family);
+        if let Err(error) = self.datapath.remove_vip(&marker) {
+            warn!(%error, "could not remove a VIP address marker; fragments to it stay dropped");
+        }
+    }
+}
+
+/// The id pools a listener update draws from.
+#[derive(Clone, Copy, Debug)]
+enum Pool {
+    Vip,
+    Ring,
+    Backend,
+}
+
+impl Pool {
+    const fn name(self) -> &'static str {
+        match self {
+            Self::Vip => "VIP ids",
+            Self::Ring => "rings",
+            Self::Backend => "backend ids",
+        }
+    }
+}
+
+/// Ids `0..capacity`, handed out round-robin so that a freed id is reused as late as possible.
+#[derive(Debug)]
+struct IdPool {
+    used: Vec<bool>,
+    cursor: usize,
+}
+
+impl IdPool {
+    fn new(capacity: u32) -> Self {
+        Self {
+            used: vec![false; capacity as usize],
+            cursor: 0,
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.used.len()
+    }
+
+    fn alloc(&mut self) -> Option<u32> {
+        let n = self.used.len();
+        let offset = (0..n).find(|i| !self.used[(self.cursor + i) % n])?;
+        let id = (self.cursor + offset) % n;
+        self.used[id] = true;
+        self.cursor = (id + 1) % n;
+        u32::try_from(id).ok()
+    }
+
+    fn free(&mut self, id: u32) {
+        if let Some(used) = self.used.get_mut(id as usize) {
+            *used = false;
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! Shared helpers of the privileged tests: frames to feed the XDP programs, and a harness that
+//! loads the balancer and runs frames through it with `BPF_PROG_TEST_RUN`.
+//!
+//! These tests need root (CAP_BPF, CAP_NET_ADMIN); `cargo xtask test` runs them.
+
+pub mod harness;
+pub mod packet;
+
+/// Panics with a clear message unless the process runs as root.
+pub fn require_root() {
+    // SAFETY: `geteuid` has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "privileged tests need root (BPF and network namespaces); run `sudo cargo xtask test`"
+    );
+}
