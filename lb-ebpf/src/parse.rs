@@ -220,6 +220,9 @@ fn walk_ipv6_ext_headers(
             }
             _ => return Ok(Some(offset)),
         };
+        if offset + len > ip_end {
+            return Err(bad);
+        }
         packet.flow.proto = next;
         offset += len;
     }

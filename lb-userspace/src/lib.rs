@@ -14,6 +14,7 @@
 pub mod datapath;
 pub mod loader;
 pub mod maglev;
+pub mod model;
 pub mod objects;
 pub mod reconcile;
 pub mod state;

@@ -87,6 +87,19 @@ pub enum AttachMode {
     Generic,
 }
 
+/// The balancer's maps, all pinned when the daemon has a pin directory.
+pub const BALANCER_MAPS: [&str; 9] = [
+    names::VIPS,
+    names::RINGS,
+    names::BACKENDS,
+    names::CONNS,
+    names::CONFIG,
+    names::COUNTERS,
+    names::VIP_STATS,
+    names::BACKEND_STATS,
+    names::TX_PORTS,
+];
+
 /// The name of the balancer program in its object.
 pub const BALANCER_PROGRAM: &str = "lb_balancer";
 /// The name of the decapsulation program in its object.
@@ -119,10 +132,19 @@ impl Balancer {
         loader
             .map_max_entries(names::RINGS, ring_entries)
             .map_max_entries(names::CONNS, spec.conn_table_size);
-        if let Some(dir) = &spec.pin_dir {
-            prepare_pin_dir(dir)?;
-            check_pinned_maps(dir, ring_entries, spec.conn_table_size)?;
-            loader.default_map_pin_directory(dir);
+        let pin_paths: Vec<(&str, PathBuf)> = match &spec.pin_dir {
+            Some(dir) => {
+                prepare_pin_dir(dir)?;
+                check_pinned_maps(dir, ring_entries, spec.conn_table_size)?;
+                BALANCER_MAPS
+                    .iter()
+                    .map(|&name| (name, dir.join(name)))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(objects::BALANCER)?;
         load_xdp(&mut ebpf, BALANCER_PROGRAM)?;

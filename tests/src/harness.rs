@@ -67,7 +67,7 @@ impl Harness {
         let spec = BalancerSpec {
             geometry: RingGeometry {
                 ring_size: config.ring_size,
-                rings: 8,
+                rings: 16,
             },
             conn_table_size: 1 << 16,
             pin_dir: None,
@@ -115,5 +115,42 @@ impl Harness {
     /// One counter.
     pub fn counter(&self, counter: Counter) -> u64 {
         self.counters()[counter.index() as usize]
+    }
+}
+
+/// The decapsulation program loaded for `BPF_PROG_TEST_RUN`.
+pub struct DecapHarness {
+    pub decap: lb::loader::Decap,
+}
+
+impl DecapHarness {
+    pub fn new() -> Self {
+        crate::require_root();
+        Self {
+            decap: lb::loader::Decap::load().expect("loading the decapsulator"),
+        }
+    }
+
+    pub fn run(&mut self, frame: &[u8]) -> Outcome {
+        let mut out = vec![0u8; frame.len() + 256];
+        let program = self.decap.program().expect("the decap program");
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(result.data_size_out as usize);
+        Outcome {
+            action: result.return_value,
+            frame: out,
+        }
+    }
+}
+
+impl Default for DecapHarness {
+    fn default() -> Self {
+        Self::new()
     }
 }

@@ -1,5 +1,6 @@
 //! The balancer's maps. Userspace sizes the large ones at load time (ring count and size,
-//! connection-table size) and pins them all under the daemon's bpffs directory.
+//! connection-table size) and, when it has a bpffs directory, pins them all there by name
+//! (`EbpfLoader::map_pin_path`); nothing is pinned by default.
 
 use aya_ebpf::{
     macros::map,
@@ -14,41 +15,42 @@ use lb_ebpf::Exit;
 
 /// Listeners (and address markers): (address, port, protocol) -> VIP.
 #[map(name = "lb_vips_v1")]
-pub static VIPS: HashMap<VipKey, VipValue> = HashMap::pinned(2 * MAX_VIPS, 0);
+pub static VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(2 * MAX_VIPS, 0);
 
 /// All Maglev rings back to back: `ring_id * ring_size + slot` -> backend id.
 #[map(name = "lb_rings_v1")]
-pub static RINGS: Array<u32> = Array::pinned(DEFAULT_RINGS * DEFAULT_RING_SIZE, 0);
+pub static RINGS: Array<u32> = Array::with_max_entries(DEFAULT_RINGS * DEFAULT_RING_SIZE, 0);
 
 /// Backend id -> where to send.
 #[map(name = "lb_backends_v1")]
-pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
+pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 /// The connection table. `BPF_F_NO_COMMON_LRU` gives each CPU its own LRU list, so that CPUs
 /// never contend on one list lock.
 #[map(name = "lb_conns_v1")]
 pub static CONNS: LruHashMap<FlowKey, ConnValue> =
-    LruHashMap::pinned(DEFAULT_CONNS, BPF_F_NO_COMMON_LRU);
+    LruHashMap::with_max_entries(DEFAULT_CONNS, BPF_F_NO_COMMON_LRU);
 
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 /// Deployment-wide settings: one entry.
 #[map(name = "lb_config_v1")]
-pub static CONFIG: Array<DatapathConfig> = Array::pinned(1, 0);
+pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 
 /// One counter per [`Counter`].
 #[map(name = "lb_counters_v1")]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(Counter::COUNT, 0);
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
 #[map(name = "lb_vip_stats_v1")]
-pub static VIP_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX_VIPS, 0);
+pub static VIP_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
 
 #[map(name = "lb_be_stats_v1")]
-pub static BACKEND_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
+    PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Interfaces the balancer may redirect encapsulated packets to, keyed by ifindex.
 #[map(name = "lb_tx_ports_v1")]
-pub static TX_PORTS: DevMapHash = DevMapHash::pinned(MAX_TX_PORTS, 0);
+pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 
 /// The datapath configuration.
 #[inline(always)]
