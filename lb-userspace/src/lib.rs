@@ -9,9 +9,13 @@
 //! - [`reconcile`]: writes the maps to match a state, table flips and all;
 //! - [`datapath`]: the maps behind a trait;
 //! - [`loader`]: loads the eBPF objects, pins the maps, attaches XDP;
-//! - [`objects`]: the eBPF objects embedded at build time.
+//! - [`objects`]: the eBPF objects embedded at build time;
+//! - [`lab`]: network namespaces, veths and real TLS servers and clients for tests, demo and
+//!   benchmarks.
 
+pub mod config;
 pub mod datapath;
+pub mod lab;
 pub mod loader;
 pub mod maglev;
 pub mod model;

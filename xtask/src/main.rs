@@ -1,1 +1,69 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <command>` (alias in `.cargo/config.toml`).
+//!
+//! One module per command: [`setup`] installs the toolchain and tools, [`clippy`] lints host and
+//! eBPF crates, [`test`] runs everything CI checks, [`bench`] and [`demo`] run the `lb` binary
+//! (through [`lb`]). [`process`] is the one place that spawns commands. This crate depends on no
+//! other workspace crate, so it builds fast and works while the eBPF build is broken.
+
+mod bench;
+mod clippy;
+mod demo;
+mod lb;
+mod process;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::process::Runner;
+
+/// Project automation for the lb load balancer.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    /// Print the commands that would change or build something instead of running them
+    /// (read-only probes still run).
+    #[arg(long, global = true)]
+    dry_run: bool,
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install what building and testing need (apt packages, rust-src, bpf-linker, bpffs).
+    Setup,
+    /// Lint host crates, then the eBPF crate for the BPF target; warnings are errors.
+    Clippy,
+    /// Run setup, fmt, clippy, unit tests and privileged tests, stopping at the first failure.
+    Test(test::Options),
+    /// Run setup, then the XDP benchmarks (`lb bench xdp`).
+    Bench(bench::Options),
+    /// Run setup, then the demo (`lb demo`).
+    Demo(demo::Options),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<ExitCode> {
+    let runner = Runner::new(cli.dry_run)?;
+    match &cli.command {
+        Task::Setup => setup::run(&runner).map(|()| ExitCode::SUCCESS),
+        Task::Clippy => clippy::run(&runner).map(|()| ExitCode::SUCCESS),
+        Task::Test(options) => test::run(&runner, options).map(|()| ExitCode::SUCCESS),
+        Task::Bench(options) => bench::run(&runner, options),
+        Task::Demo(options) => demo::run(&runner, options),
+    }
+}

@@ -1,0 +1,270 @@
+//! The configuration file: TOML -> [`raw`] serde structs (unknown keys rejected) -> a validated
+//! [`Config`] ([`validate`]): parse, don't validate. Every error names the file, the line, the
+//! field and the reason; a file with errors yields no `Config` at all, so nothing is applied.
+//!
+//! One file describes every listener of a balancer: each has an address, a port, a protocol and
+//! a `mode` (`passthrough` today; `offload` and `bridging` are reserved for the L7 listeners)
+//! and forwards to a named pool of backends.
+
+mod raw;
+mod validate;
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+use lb_common::abi::{CONFIG_F_STATIC_NEXT_HOP, DatapathConfig};
+
+use crate::{
+    datapath::RingGeometry,
+    loader::AttachMode,
+    state::{self, Protocol, Vip, addr_be},
+};
+
+/// A validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub datapath: DatapathSettings,
+    pub control: ControlSettings,
+    pub pools: BTreeMap<String, Pool>,
+    pub listeners: BTreeMap<String, ListenerConfig>,
+}
+
+/// `[datapath]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DatapathSettings {
+    pub interfaces: Vec<String>,
+    pub attach_mode: AttachMode,
+    pub ring_size: u32,
+    pub hash_seed: u32,
+    pub conn_table_size: u32,
+    pub max_listeners: u32,
+    pub encap_source_v4: Option<(Ipv4Addr, u8)>,
+    pub encap_source_v6: Option<(Ipv6Addr, u8)>,
+    pub mtu: Option<u32>,
+    pub next_hop_mac: Option<[u8; 6]>,
+    pub pin_dir: PathBuf,
+}
+
+/// `[control]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControlSettings {
+    pub socket: PathBuf,
+}
+
+/// `[pools.NAME]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pool {
+    pub backends: Vec<BackendConfig>,
+}
+
+/// A backend of a pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendConfig {
+    pub address: IpAddr,
+    /// The port L7 listeners connect to; passthrough forwards to the listener's own port.
+    pub port: Option<u16>,
+    pub weight: u32,
+}
+
+/// How a listener handles its clients' connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The XDP program forwards the packets; TLS is never decrypted.
+    Passthrough,
+}
+
+/// `[listeners.NAME]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerConfig {
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    pub pool: String,
+}
+
+impl ListenerConfig {
+    pub fn vip(&self) -> Vip {
+        Vip {
+            address: self.address,
+            port: self.port,
+            protocol: self.protocol,
+        }
+    }
+}
+
+/// Defaults of `[datapath]` and `[control]`.
+pub mod defaults {
+    pub const RING_SIZE: u32 = lb_common::maps::DEFAULT_RING_SIZE;
+    pub const HASH_SEED: u32 = 0x6c62_5eed;
+    pub const CONN_TABLE_SIZE: u32 = lb_common::maps::DEFAULT_CONNS;
+    pub const MAX_LISTENERS: u32 = 16;
+    pub const PIN_DIR: &str = "/sys/fs/bpf/lb";
+    pub const SOCKET: &str = "/run/lb/lb.sock";
+}
+
+/// Everything wrong with a configuration file, one problem per line.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+/// One problem: where, which field, and why.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// `file:line`, or the file alone when the position is unknown.
+    pub location: String,
+    /// The field's path, e.g. `listeners.web.port`.
+    pub field: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.location, self.reason)
+        } else {
+            write!(f, "{}: {}: {}", self.location, self.field, self.reason)
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+            problems: vec![Problem {
+                location: origin.clone(),
+                field: String::new(),
+                reason: format!("cannot read the file: {error}"),
+            }],
+        })?;
+        Self::parse(&text, &origin)
+    }
+
+    /// Validates `text`; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        validate::parse(text, origin)
+    }
+
+    /// The passthrough listeners as the reconciler wants them.
+    pub fn passthrough_listeners(&self) -> Vec<state::Listener> {
+        self.listeners
+            .iter()
+            .filter(|(_, l)| l.mode == Mode::Passthrough)
+            .map(|(name, listener)| state::Listener {
+                name: name.clone(),
+                vip: listener.vip(),
+                targets: self.pools[&listener.pool]
+                    .backends
+                    .iter()
+                    .map(|b| state::Target {
+                        address: b.address,
+                        weight: b.weight,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The shape of the ring map: two rings per listener.
+    pub fn ring_geometry(&self) -> RingGeometry {
+        RingGeometry {
+            ring_size: self.datapath.ring_size,
+            rings: 2 * self.datapath.max_listeners,
+        }
+    }
+
+    /// The datapath's configuration entry; `mtu` is used unless the file sets one.
+    pub fn datapath_config(&self, mtu: u32) -> DatapathConfig {
+        let d = &self.datapath;
+        let (v4_base, v4_mask) = d
+            .encap_source_v4
+            .map_or((0, 0), |(base, len)| (u32::from(base), host_mask(len, 32)));
+        let (v6_base, v6_mask) = d.encap_source_v6.map_or(([0; 4], 0), |(base, len)| {
+            (addr_be(IpAddr::V6(base)).0, host_mask(len, 128))
+        });
+        DatapathConfig {
+            ring_size: d.ring_size,
+            hash_seed: d.hash_seed,
+            encap_src_v4_base: v4_base,
+            encap_src_v4_mask: v4_mask,
+            encap_src_v6_base_be: v6_base,
+            encap_src_v6_mask: v6_mask,
+            mtu: d.mtu.unwrap_or(mtu),
+            next_hop_mac: d.next_hop_mac.unwrap_or_default(),
+            flags: if d.next_hop_mac.is_some() {
+                CONFIG_F_STATIC_NEXT_HOP
+            } else {
+                0
+            },
+        }
+    }
+}
+
+/// The mask of the host bits of a `/len` prefix of an address `bits` long, limited to the last
+/// 32 bits (the datapath varies at most the last word).
+fn host_mask(len: u8, bits: u8) -> u32 {
+    let host_bits = u32::from(bits - len).min(32);
+    if host_bits == 32 {
+        u32::MAX
+    } else {
+        (1u32 << host_bits) - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FULL: &str = include_str!("../../tests/configs/good/full.toml");
+
+    #[test]
+    fn a_full_file_becomes_listeners_and_a_datapath_configuration() {
+        let config = Config::parse(FULL, "full.toml").unwrap();
+        let listeners = config.passthrough_listeners();
+        assert_eq!(listeners.len(), 3);
+        let https = listeners.iter().find(|l| l.name == "https").unwrap();
+        assert_eq!(https.vip.to_string(), "198.18.100.1:443/tcp");
+        let weights: Vec<u32> = https.targets.iter().map(|t| t.weight).collect();
+        assert_eq!(weights, [1, 2, 3]);
+
+        let dp = config.datapath_config(1500);
+        assert_eq!(dp.ring_size, 65_537);
+        assert_eq!(dp.hash_seed, 12_345);
+        assert_eq!(dp.encap_src_v4_base, 0xc612_ff00);
+        assert_eq!(dp.encap_src_v4_mask, 0xff);
+        assert_eq!(dp.encap_src_v6_mask, 0xffff);
+        assert_eq!(dp.mtu, 9000, "the file's MTU wins");
+        assert_eq!(dp.next_hop_mac, [2, 0, 0, 0, 0, 0xfe]);
+        assert_eq!(dp.flags, CONFIG_F_STATIC_NEXT_HOP);
+        assert_eq!(config.ring_geometry().rings, 16);
+    }
+
+    #[test]
+    fn defaults_apply_when_the_file_is_silent() {
+        let text = include_str!("../../tests/configs/good/minimal.toml");
+        let config = Config::parse(text, "minimal.toml").unwrap();
+        assert_eq!(config.datapath.ring_size, defaults::RING_SIZE);
+        assert_eq!(config.datapath.attach_mode, AttachMode::Auto);
+        assert_eq!(config.control.socket, PathBuf::from(defaults::SOCKET));
+        let dp = config.datapath_config(1500);
+        assert_eq!(dp.mtu, 1500, "the interface's MTU when the file sets none");
+        assert_eq!(dp.flags, 0, "the FIB picks the next hop");
+    }
+
+    #[test]
+    fn host_masks() {
+        assert_eq!(host_mask(24, 32), 0xff);
+        assert_eq!(host_mask(32, 32), 0);
+        assert_eq!(host_mask(8, 32), 0x00ff_ffff);
+        assert_eq!(host_mask(112, 128), 0xffff);
+        assert_eq!(host_mask(64, 128), u32::MAX);
+    }
+}

@@ -1,0 +1,75 @@
+//! The configuration file as written: serde structs that mirror the TOML, with every unknown
+//! key rejected and the position of each value kept for error messages. `validate` turns them
+//! into the typed [`super::Config`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub datapath: RawDatapath,
+    #[serde(default)]
+    pub control: RawControl,
+    #[serde(default)]
+    pub pools: BTreeMap<Spanned<String>, RawPool>,
+    #[serde(default)]
+    pub listeners: BTreeMap<Spanned<String>, RawListener>,
+}
+
+/// `[datapath]`: the XDP balancer.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatapath {
+    #[serde(default)]
+    pub interfaces: Vec<Spanned<String>>,
+    pub attach_mode: Option<Spanned<String>>,
+    pub ring_size: Option<Spanned<i64>>,
+    pub hash_seed: Option<Spanned<i64>>,
+    pub conn_table_size: Option<Spanned<i64>>,
+    pub max_listeners: Option<Spanned<i64>>,
+    pub encap_source_v4: Option<Spanned<String>>,
+    pub encap_source_v6: Option<Spanned<String>>,
+    pub mtu: Option<Spanned<i64>>,
+    pub next_hop_mac: Option<Spanned<String>>,
+    pub pin_dir: Option<Spanned<String>>,
+}
+
+/// `[control]`: the daemon's control socket.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawControl {
+    pub socket: Option<Spanned<String>>,
+}
+
+/// `[pools.NAME]`: a set of backends that listeners forward to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    #[serde(default)]
+    pub backends: Vec<Spanned<RawBackend>>,
+}
+
+/// One entry of `backends = [...]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub address: Spanned<String>,
+    pub port: Option<Spanned<i64>>,
+    pub weight: Option<Spanned<i64>>,
+}
+
+/// `[listeners.NAME]`: an address and port clients connect to, and how to handle them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub address: Spanned<String>,
+    pub port: Spanned<i64>,
+    pub protocol: Option<Spanned<String>>,
+    pub mode: Spanned<String>,
+    pub pool: Spanned<String>,
+}

@@ -1,0 +1,549 @@
+//! From [`raw`](super::raw) to [`Config`]: every rule a file must follow, each broken rule
+//! reported with the file, line and field (all problems at once, not just the first).
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+};
+
+use toml::Spanned;
+
+use super::{
+    BackendConfig, Config, ConfigError, ControlSettings, DatapathSettings, ListenerConfig, Mode,
+    Pool, Problem, defaults,
+    raw::{RawBackend, RawConfig, RawDatapath, RawListener, RawPool},
+};
+use crate::{loader::AttachMode, maglev::is_prime, state::Protocol};
+
+/// Smallest and largest Maglev table: large enough to spread a pool, small enough that the
+/// ring map (two rings per listener) stays within memory.
+const RING_SIZE_RANGE: (i64, i64) = (251, 16_777_259);
+const CONN_TABLE_RANGE: (i64, i64) = (1_024, 1 << 27);
+const MAX_LISTENERS_RANGE: (i64, i64) = (1, 256);
+const MTU_RANGE: (i64, i64) = (576, 65_535);
+const WEIGHT_RANGE: (i64, i64) = (1, 10_000);
+
+/// Collects problems with their positions in the text.
+struct Checker<'a> {
+    text: &'a str,
+    origin: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
+    }
+
+    fn problem<T>(&mut self, at: &Spanned<T>, field: &str, reason: impl Into<String>) {
+        let location = format!("{}:{}", self.origin, self.line_of(at.span().start));
+        self.problems.push(Problem {
+            location,
+            field: field.to_owned(),
+            reason: reason.into(),
+        });
+    }
+
+    /// An integer in `range`, or a problem.
+    fn int<T: TryFrom<i64>>(
+        &mut self,
+        value: &Spanned<i64>,
+        field: &str,
+        (min, max): (i64, i64),
+    ) -> Option<T> {
+        let v = *value.get_ref();
+        if v < min || v > max {
+            self.problem(
+                value,
+                field,
+                format!("{v} is out of range ({min} to {max})"),
+            );
+            return None;
+        }
+        T::try_from(v).ok()
+    }
+
+    fn address(&mut self, value: &Spanned<String>, field: &str) -> Option<IpAddr> {
+        match value.get_ref().parse() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                let text = value.get_ref();
+                self.problem(
+                    value,
+                    field,
+                    format!("{text:?} is not an IPv4 or IPv6 address"),
+                );
+                None
+            }
+        }
+    }
+
+    fn name(&mut self, value: &Spanned<String>, field: &str) {
+        let name = value.get_ref();
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            self.problem(
+                value,
+                field,
+                format!("{name:?} is not a valid name (1 to 63 letters, digits, '-' or '_')"),
+            );
+        }
+    }
+}
+
+pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|error| {
+        let line = error
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        let location = match line {
+            Some(line) => format!("{origin}:{line}"),
+            None => origin.to_owned(),
+        };
+        ConfigError {
+            problems: vec![Problem {
+                location,
+                field: String::new(),
+                reason: error.message().to_owned(),
+            }],
+        }
+    })?;
+    let mut checker = Checker {
+        text,
+        origin,
+        problems: Vec::new(),
+    };
+    let pools = check_pools(&mut checker, &raw.pools);
+    let listeners = check_listeners(&mut checker, &raw.listeners, &pools);
+    let datapath = check_datapath(&mut checker, &raw.datapath, &listeners);
+    let control = ControlSettings {
+        socket: raw.control.socket.map_or_else(
+            || PathBuf::from(defaults::SOCKET),
+            |s| s.into_inner().into(),
+        ),
+    };
+    if !checker.problems.is_empty() {
+        return Err(ConfigError {
+            problems: checker.problems,
+        });
+    }
+    match datapath {
+        Some(datapath) => Ok(Config {
+            datapath,
+            control,
+            pools,
+            listeners,
+        }),
+        None => Err(ConfigError {
+            problems: vec![Problem {
+                location: origin.to_owned(),
+                field: "datapath".to_owned(),
+                reason: "invalid".to_owned(),
+            }],
+        }),
+    }
+}
+
+fn check_pools(
+    c: &mut Checker<'_>,
+    raw: &BTreeMap<Spanned<String>, RawPool>,
+) -> BTreeMap<String, Pool> {
+    let mut pools = BTreeMap::new();
+    for (name, pool) in raw {
+        let field = format!("pools.{}", name.get_ref());
+        c.name(name, &field);
+        let mut backends: Vec<BackendConfig> = Vec::new();
+        for (i, backend) in pool.backends.iter().enumerate() {
+            let field = format!("{field}.backends[{i}]");
+            if let Some(parsed) = check_backend(c, backend.get_ref(), &field) {
+                if let Some(j) = backends
+                    .iter()
+                    .position(|b| b.address == parsed.address && b.port == parsed.port)
+                {
+                    c.problem(
+                        backend,
+                        &field,
+                        format!("duplicate of backends[{j}] ({})", parsed.address),
+                    );
+                }
+                backends.push(parsed);
+            }
+        }
+        pools.insert(name.get_ref().clone(), Pool { backends });
+    }
+    pools
+}
+
+fn check_backend(c: &mut Checker<'_>, raw: &RawBackend, field: &str) -> Option<BackendConfig> {
+    let address = c.address(&raw.address, &format!("{field}.address"));
+    let port = match &raw.port {
+        Some(port) => Some(c.int(port, &format!("{field}.port"), (1, 65_535))?),
+        None => None,
+    };
+    let weight = match &raw.weight {
+        Some(weight) => c.int(weight, &format!("{field}.weight"), WEIGHT_RANGE)?,
+        None => 1,
+    };
+    Some(BackendConfig {
+        address: address?,
+        port,
+        weight,
+    })
+}
+
+fn check_listeners(
+    c: &mut Checker<'_>,
+    raw: &BTreeMap<Spanned<String>, RawListener>,
+    pools: &BTreeMap<String, Pool>,
+) -> BTreeMap<String, ListenerConfig> {
+    let mut listeners: BTreeMap<String, ListenerConfig> = BTreeMap::new();
+    for (name, listener) in raw {
+        let field = format!("listeners.{}", name.get_ref());
+        c.name(name, &field);
+        let Some(parsed) = check_listener(c, listener, &field, pools) else {
+            continue;
+        };
+        if let Some((other, _)) = listeners.iter().find(|(_, l)| l.vip() == parsed.vip()) {
+            c.problem(
+                &listener.port,
+                &field,
+                format!("listener {other:?} already uses {}", parsed.vip()),
+            );
+        }
+        listeners.insert(name.get_ref().clone(), parsed);
+    }
+    listeners
+}
+
+fn check_listener(
+    c: &mut Checker<'_>,
+    raw: &RawListener,
+    field: &str,
+    pools: &BTreeMap<String, Pool>,
+) -> Option<ListenerConfig> {
+    let address = c.address(&raw.address, &format!("{field}.address"));
+    let port: Option<u16> = c.int(&raw.port, &format!("{field}.port"), (1, 65_535));
+    let protocol = match raw.protocol.as_ref().map(|p| (p, p.get_ref().as_str())) {
+        None | Some((_, "tcp")) => Some(Protocol::Tcp),
+        Some((_, "udp")) => Some(Protocol::Udp),
+        Some((p, other)) => {
+            c.problem(
+                p,
+                &format!("{field}.protocol"),
+                format!("{other:?} is not \"tcp\" or \"udp\""),
+            );
+            None
+        }
+    };
+    let mode = match raw.mode.get_ref().as_str() {
+        "passthrough" => Some(Mode::Passthrough),
+        "offload" | "bridging" => {
+            c.problem(
+                &raw.mode,
+                &format!("{field}.mode"),
+                format!(
+                    "{:?} is not available in this version; use \"passthrough\"",
+                    raw.mode.get_ref()
+                ),
+            );
+            None
+        }
+        other => {
+            c.problem(
+                &raw.mode,
+                &format!("{field}.mode"),
+                format!("{other:?} is not \"passthrough\", \"offload\" or \"bridging\""),
+            );
+            None
+        }
+    };
+    let pool_name = raw.pool.get_ref();
+    let Some(pool) = pools.get(pool_name) else {
+        c.problem(
+            &raw.pool,
+            &format!("{field}.pool"),
+            format!("no pool is named {pool_name:?}"),
+        );
+        return None;
+    };
+    let (address, port, protocol, mode) = (address?, port?, protocol?, mode?);
+    for (i, backend) in pool.backends.iter().enumerate() {
+        if backend.address.is_ipv4() != address.is_ipv4() {
+            c.problem(
+                &raw.pool,
+                &format!("{field}.pool"),
+                format!(
+                    "backend {i} of pool {pool_name:?} ({}) is not of the listener's address family; passthrough keeps the family",
+                    backend.address
+                ),
+            );
+        }
+        if backend.port.is_some_and(|p| p != port) {
+            c.problem(
+                &raw.pool,
+                &format!("{field}.pool"),
+                format!(
+                    "backend {i} of pool {pool_name:?} has port {}, but passthrough forwards packets unchanged to the listener's port {port}; omit the port",
+                    backend.port.unwrap_or_default()
+                ),
+            );
+        }
+    }
+    Some(ListenerConfig {
+        address,
+        port,
+        protocol,
+        mode,
+        pool: pool_name.clone(),
+    })
+}
+
+fn check_datapath(
+    c: &mut Checker<'_>,
+    raw: &RawDatapath,
+    listeners: &BTreeMap<String, ListenerConfig>,
+) -> Option<DatapathSettings> {
+    for interface in &raw.interfaces {
+        let name = interface.get_ref();
+        let valid = !name.is_empty()
+            && name.len() <= 15
+            && !name.contains(['/', ':'])
+            && !name.chars().any(char::is_whitespace);
+        if !valid {
+            c.problem(
+                interface,
+                "datapath.interfaces",
+                format!("{name:?} is not a valid interface name"),
+            );
+        }
+    }
+    let attach_mode = match raw.attach_mode.as_ref().map(|m| (m, m.get_ref().as_str())) {
+        None | Some((_, "auto")) => Some(AttachMode::Auto),
+        Some((_, "driver")) => Some(AttachMode::Driver),
+        Some((_, "generic")) => Some(AttachMode::Generic),
+        Some((m, other)) => {
+            c.problem(
+                m,
+                "datapath.attach_mode",
+                format!("{other:?} is not \"auto\", \"driver\" or \"generic\""),
+            );
+            None
+        }
+    };
+    let ring_size = match &raw.ring_size {
+        Some(size) => c
+            .int(size, "datapath.ring_size", RING_SIZE_RANGE)
+            .and_then(|n: u32| {
+                if is_prime(n) {
+                    Some(n)
+                } else {
+                    c.problem(
+                        size,
+                        "datapath.ring_size",
+                        format!("{n} is not prime (Maglev needs a prime table size, e.g. 65537)"),
+                    );
+                    None
+                }
+            }),
+        None => Some(defaults::RING_SIZE),
+    };
+    let hash_seed = optional_int(
+        c,
+        &raw.hash_seed,
+        "datapath.hash_seed",
+        (0, i64::from(u32::MAX)),
+        defaults::HASH_SEED,
+    );
+    let conn_table_size = optional_int(
+        c,
+        &raw.conn_table_size,
+        "datapath.conn_table_size",
+        CONN_TABLE_RANGE,
+        defaults::CONN_TABLE_SIZE,
+    );
+    let max_listeners = optional_int(
+        c,
+        &raw.max_listeners,
+        "datapath.max_listeners",
+        MAX_LISTENERS_RANGE,
+        defaults::MAX_LISTENERS,
+    );
+    let mtu = match &raw.mtu {
+        Some(mtu) => c.int(mtu, "datapath.mtu", MTU_RANGE).map(Some),
+        None => Some(None),
+    };
+    let encap_source_v4 = raw.encap_source_v4.as_ref().and_then(|p| prefix_v4(c, p));
+    let encap_source_v6 = raw.encap_source_v6.as_ref().and_then(|p| prefix_v6(c, p));
+    let next_hop_mac = raw.next_hop_mac.as_ref().and_then(|m| mac(c, m));
+
+    let needs = |v4: bool| {
+        listeners
+            .values()
+            .any(|l| l.mode == Mode::Passthrough && l.address.is_ipv4() == v4)
+    };
+    if needs(true) && raw.encap_source_v4.is_none() {
+        c.problems.push(Problem {
+            location: c.origin.to_owned(),
+            field: "datapath.encap_source_v4".to_owned(),
+            reason:
+                "IPv4 passthrough listeners need an outer source prefix, e.g. \"198.18.255.0/24\""
+                    .to_owned(),
+        });
+    }
+    if needs(false) && raw.encap_source_v6.is_none() {
+        c.problems.push(Problem {
+            location: c.origin.to_owned(),
+            field: "datapath.encap_source_v6".to_owned(),
+            reason:
+                "IPv6 passthrough listeners need an outer source prefix, e.g. \"2001:db8:ff::/112\""
+                    .to_owned(),
+        });
+    }
+    if (needs(true) || needs(false)) && raw.interfaces.is_empty() {
+        c.problems.push(Problem {
+            location: c.origin.to_owned(),
+            field: "datapath.interfaces".to_owned(),
+            reason: "passthrough listeners need at least one interface to attach to".to_owned(),
+        });
+    }
+    let passthrough = listeners
+        .values()
+        .filter(|l| l.mode == Mode::Passthrough)
+        .count();
+    if let Some(max) = max_listeners {
+        if passthrough > max as usize {
+            c.problems.push(Problem {
+                location: c.origin.to_owned(),
+                field: "datapath.max_listeners".to_owned(),
+                reason: format!("{passthrough} passthrough listeners, but max_listeners is {max}"),
+            });
+        }
+    }
+    Some(DatapathSettings {
+        interfaces: raw.interfaces.iter().map(|i| i.get_ref().clone()).collect(),
+        attach_mode: attach_mode?,
+        ring_size: ring_size?,
+        hash_seed: hash_seed?,
+        conn_table_size: conn_table_size?,
+        max_listeners: max_listeners?,
+        encap_source_v4,
+        encap_source_v6,
+        mtu: mtu?,
+        next_hop_mac,
+        pin_dir: raw.pin_dir.as_ref().map_or_else(
+            || PathBuf::from(defaults::PIN_DIR),
+            |p| PathBuf::from(p.get_ref()),
+        ),
+    })
+}
+
+fn optional_int<T: TryFrom<i64>>(
+    c: &mut Checker<'_>,
+    raw: &Option<Spanned<i64>>,
+    field: &str,
+    range: (i64, i64),
+    default: T,
+) -> Option<T> {
+    match raw {
+        Some(value) => c.int(value, field, range),
+        None => Some(default),
+    }
+}
+
+/// `a.b.c.d/len` with len >= 8, host bits zero.
+fn prefix_v4(c: &mut Checker<'_>, raw: &Spanned<String>) -> Option<(Ipv4Addr, u8)> {
+    let field = "datapath.encap_source_v4";
+    let (address, len) = split_prefix(c, raw, field)?;
+    let Ok(address) = address.parse::<Ipv4Addr>() else {
+        c.problem(raw, field, format!("{address:?} is not an IPv4 address"));
+        return None;
+    };
+    if !(8..=32).contains(&len) {
+        c.problem(raw, field, format!("/{len} is out of range (/8 to /32)"));
+        return None;
+    }
+    let host = if len == 32 { 0 } else { u32::MAX >> len };
+    if u32::from(address) & host != 0 {
+        c.problem(
+            raw,
+            field,
+            format!("{address}/{len} has host bits set; write the network address"),
+        );
+        return None;
+    }
+    Some((address, len))
+}
+
+/// `x::/len` with len >= 64, host bits zero (the datapath varies at most the last 32 bits).
+fn prefix_v6(c: &mut Checker<'_>, raw: &Spanned<String>) -> Option<(Ipv6Addr, u8)> {
+    let field = "datapath.encap_source_v6";
+    let (address, len) = split_prefix(c, raw, field)?;
+    let Ok(address) = address.parse::<Ipv6Addr>() else {
+        c.problem(raw, field, format!("{address:?} is not an IPv6 address"));
+        return None;
+    };
+    if !(64..=128).contains(&len) {
+        c.problem(raw, field, format!("/{len} is out of range (/64 to /128)"));
+        return None;
+    }
+    let host = if len == 128 { 0 } else { u128::MAX >> len };
+    if u128::from(address) & host != 0 {
+        c.problem(
+            raw,
+            field,
+            format!("{address}/{len} has host bits set; write the network address"),
+        );
+        return None;
+    }
+    Some((address, len))
+}
+
+fn split_prefix<'t>(
+    c: &mut Checker<'_>,
+    raw: &'t Spanned<String>,
+    field: &str,
+) -> Option<(&'t str, u8)> {
+    let text = raw.get_ref();
+    let parsed = text
+        .split_once('/')
+        .and_then(|(address, len)| len.parse::<u8>().ok().map(|len| (address, len)));
+    if parsed.is_none() {
+        c.problem(
+            raw,
+            field,
+            format!("{text:?} is not a prefix like \"198.18.255.0/24\""),
+        );
+    }
+    parsed
+}
+
+fn mac(c: &mut Checker<'_>, raw: &Spanned<String>) -> Option<[u8; 6]> {
+    let text = raw.get_ref();
+    let bytes: Vec<u8> = text
+        .split(':')
+        .filter_map(|part| {
+            (part.len() == 2)
+                .then(|| u8::from_str_radix(part, 16).ok())
+                .flatten()
+        })
+        .collect();
+    match <[u8; 6]>::try_from(bytes) {
+        Ok(mac) if text.len() == 17 => Some(mac),
+        _ => {
+            c.problem(
+                raw,
+                "datapath.next_hop_mac",
+                format!("{text:?} is not a MAC address like \"02:00:00:00:00:01\""),
+            );
+            None
+        }
+    }
+}

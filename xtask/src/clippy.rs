@@ -1,0 +1,78 @@
+//! `cargo xtask clippy`: lints the workspace in two passes, like aya's own xtask.
+//!
+//! 1. Host crates on the default toolchain, all targets, warnings denied.
+//! 2. The eBPF crate on nightly for `bpfel-unknown-none` with `-Z build-std=core`, given the same
+//!    `bpf_target_arch` cfg that aya-build passes when it builds the crate for real, in its own
+//!    target directory so it does not invalidate the host build.
+//!
+//! Both passes always run; the command fails afterwards if either found something.
+
+use anyhow::{Result, bail};
+
+use crate::process::Runner;
+
+const EBPF_PACKAGE: &str = "lb-ebpf";
+const EBPF_TARGET: &str = "bpfel-unknown-none";
+const EBPF_TARGET_DIR: &str = "target/bpf-clippy";
+
+/// Runs both passes, the second even if the first fails, so one run shows every finding.
+pub fn run(runner: &Runner) -> Result<()> {
+    let host = lint_host_crates(runner);
+    let ebpf = lint_ebpf_crate(runner);
+    let failed: Vec<String> = [("host crates", host), ("eBPF crate", ebpf)]
+        .into_iter()
+        .filter_map(|(pass, result)| result.err().map(|err| format!("{pass}: {err:#}")))
+        .collect();
+    if !failed.is_empty() {
+        bail!("clippy found problems (see above); {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+fn lint_host_crates(runner: &Runner) -> Result<()> {
+    let mut cmd = runner.cargo();
+    cmd.args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        EBPF_PACKAGE,
+        "--all-targets",
+    ])
+    .args(["--", "-D", "warnings"]);
+    runner.run(&mut cmd)
+}
+
+fn lint_ebpf_crate(runner: &Runner) -> Result<()> {
+    let mut cmd = runner.cargo();
+    cmd.args([
+        "+nightly",
+        "clippy",
+        "-p",
+        EBPF_PACKAGE,
+        "--target",
+        EBPF_TARGET,
+    ])
+    .args(["-Z", "build-std=core", "--release"])
+    .arg("--target-dir")
+    .arg(runner.root().join(EBPF_TARGET_DIR))
+    .args(["--", "-D", "warnings"])
+    // aya-build's `build_ebpf` passes exactly this cfg (plus codegen and link flags that do
+    // not change what clippy sees). With `--target`, these flags skip build scripts.
+    .env("CARGO_ENCODED_RUSTFLAGS", bpf_target_arch_cfg())
+    // As aya-build does: a RUSTC or wrapper inherited from the outer cargo would pin the
+    // stable compiler. `cargo clippy` sets its own wrapper.
+    .env_remove("RUSTC")
+    .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    runner.run(&mut cmd)
+}
+
+/// `--cfg=bpf_target_arch="<host arch>"`, with aya-build's riscv64 spelling.
+fn bpf_target_arch_cfg() -> String {
+    let arch = std::env::consts::ARCH;
+    let arch = if arch.starts_with("riscv64") {
+        "riscv64"
+    } else {
+        arch
+    };
+    format!("--cfg=bpf_target_arch=\"{arch}\"")
+}
