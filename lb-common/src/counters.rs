@@ -31,6 +31,7 @@ macro_rules! counters {
             /// Every counter, in index order.
             pub const ALL: &'static [Self] = &[$(Self::$variant,)*];
             /// Number of counters: the size of the counter map.
+            #[expect(clippy::cast_possible_truncation, reason = "a few dozen counters")]
             pub const COUNT: u32 = Self::ALL.len() as u32;
 
             /// The index of this counter in the counter map.

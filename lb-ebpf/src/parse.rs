@@ -170,7 +170,7 @@ fn parse_ipv6(ctx: &XdpContext, frame: &Frame) -> Result<Packet> {
         },
         l4: L4::Other,
         is_syn: false,
-        ip_len: IPV6_LEN as u32 + u32::from(payload_len),
+        ip_len: u32::from(payload_len) + 40,
         tos,
         dont_fragment: false,
     };

@@ -96,6 +96,10 @@ impl Walker {
     /// prime, so the permutation visits every slot, and the caller stops once all are held.
     fn claim_next_free(&mut self, table: &[u32]) -> usize {
         loop {
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "a slot is below the u32 size"
+            )]
             let slot = ((self.offset + self.next * self.skip) % self.size) as usize;
             self.next += 1;
             if table[slot] == EMPTY {
@@ -122,7 +126,7 @@ pub fn is_prime(n: u32) -> bool {
     if n < 2 {
         return false;
     }
-    if n % 2 == 0 {
+    if n.is_multiple_of(2) {
         return n == 2;
     }
     let n = u64::from(n);

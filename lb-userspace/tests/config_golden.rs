@@ -2,6 +2,12 @@
 //! the problems in `configs/bad/X.err`; each `configs/good/X.toml` must be accepted. Set
 //! `LB_BLESS=1` to (re)write the `.err` files after a deliberate change, then review the diff.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics with a message; helpers here are part of the tests"
+)]
+
 use std::path::{Path, PathBuf};
 
 use lb::config::Config;

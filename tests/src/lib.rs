@@ -3,6 +3,14 @@
 //!
 //! These tests need root (CAP_BPF, CAP_NET_ADMIN); `cargo xtask test` runs them.
 
+#![expect(
+    clippy::expect_used,
+    clippy::cast_possible_truncation,
+    missing_debug_implementations,
+    reason = "test support: it panics with a message on a broken fixture, builds small frames, \
+              and its types are never printed"
+)]
+
 pub mod harness;
 pub mod packet;
 

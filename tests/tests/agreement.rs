@@ -2,6 +2,12 @@
 //! sends a new flow to (read from the encapsulated frame) is the one `lb::model` predicts from
 //! the table the reconciler wrote.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics with a message; helpers here are part of the tests"
+)]
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use lb::state::{Listener, Protocol, Target, Vip};

@@ -1,6 +1,12 @@
 //! The backends' decapsulator through `BPF_PROG_TEST_RUN`: IP-in-IP in, the client's packet out
 //! with the Ethernet header in front of it; everything else untouched.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics with a message; helpers here are part of the tests"
+)]
+
 use std::net::IpAddr;
 
 use lb_tests::{harness::*, packet::*};

@@ -2,6 +2,12 @@
 //! (maps written by the real reconciler) and checks the XDP action, the output frame byte for
 //! byte, and that exactly one verdict counter (the expected one) moved.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics with a message; helpers here are part of the tests"
+)]
+
 use std::net::IpAddr;
 
 use lb::state::{Listener, Protocol, Target, Vip};

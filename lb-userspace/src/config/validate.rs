@@ -418,14 +418,14 @@ fn check_datapath(
         .values()
         .filter(|l| l.mode == Mode::Passthrough)
         .count();
-    if let Some(max) = max_listeners {
-        if passthrough > max as usize {
-            c.problems.push(Problem {
-                location: c.origin.to_owned(),
-                field: "datapath.max_listeners".to_owned(),
-                reason: format!("{passthrough} passthrough listeners, but max_listeners is {max}"),
-            });
-        }
+    if let Some(max) = max_listeners
+        && passthrough > max as usize
+    {
+        c.problems.push(Problem {
+            location: c.origin.to_owned(),
+            field: "datapath.max_listeners".to_owned(),
+            reason: format!("{passthrough} passthrough listeners, but max_listeners is {max}"),
+        });
     }
     Some(DatapathSettings {
         interfaces: raw.interfaces.iter().map(|i| i.get_ref().clone()).collect(),

@@ -33,11 +33,7 @@ pub fn lb_tx_baseline(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_DROP;
     };
     // SAFETY: `Frame::get_mut` checked the header is inside the packet.
-    unsafe {
-        let src = (*eth).src;
-        (*eth).src = (*eth).dst;
-        (*eth).dst = src;
-    }
+    unsafe { core::mem::swap(&mut (*eth).src, &mut (*eth).dst) };
     xdp_action::XDP_TX
 }
 

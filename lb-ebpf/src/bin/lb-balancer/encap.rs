@@ -22,6 +22,11 @@ use lb_ebpf::{
 
 use crate::Result;
 
+/// Bytes the outer header adds.
+const IPV4_OVERHEAD: u32 = 20;
+const IPV6_OVERHEAD: u32 = 40;
+const _: () = assert!(IPV4_OVERHEAD as usize == IPV4_LEN && IPV6_OVERHEAD as usize == IPV6_LEN);
+
 /// Hop limit of the outer header.
 const OUTER_TTL: u8 = 64;
 
@@ -46,11 +51,7 @@ pub fn encap(
     config: &DatapathConfig,
 ) -> Result<Outer> {
     let is_v4 = packet.flow.family == FAMILY_V4;
-    let overhead: u32 = if is_v4 {
-        IPV4_LEN as u32
-    } else {
-        IPV6_LEN as u32
-    };
+    let overhead = if is_v4 { IPV4_OVERHEAD } else { IPV6_OVERHEAD };
     let outer_len = packet.ip_len + overhead;
     if config.mtu != 0 && outer_len > config.mtu {
         return Err(Exit::Drop(Counter::DropTooBig));
@@ -71,7 +72,7 @@ pub fn encap(
         ingress_mac,
     };
     // SAFETY: `ctx.ctx` is the context the kernel passed; the delta is a header's length.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead as i32)) } != 0 {
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(overhead.cast_signed())) } != 0 {
         return Err(Exit::Drop(Counter::DropEncapFailed));
     }
     let frame = Frame::new(ctx);

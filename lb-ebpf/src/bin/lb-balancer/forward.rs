@@ -23,6 +23,9 @@ use lb_ebpf::{Exit, hdr::EthHdr, hdr::IPPROTO_IPIP, hdr::IPPROTO_IPV6, ptr::Fram
 
 use crate::{Result, encap::Outer, maps::TX_PORTS};
 
+#[expect(clippy::cast_possible_truncation, reason = "a 64-byte struct")]
+const FIB_PARAMS_LEN: i32 = size_of::<FibParams>() as i32;
+
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
 
@@ -41,11 +44,12 @@ pub fn forward(ctx: &XdpContext, outer: &Outer, config: &DatapathConfig) -> Resu
             counter: Counter::TxLocal,
         });
     }
-    let ingress = ctx.ingress_ifindex() as u32;
+    // SAFETY: `ctx.ctx` is the context the kernel passed to the program.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     let mut fib = fib_params(outer, ingress);
     // SAFETY: `fib` is a valid, initialised parameter block of the size passed.
-    let ret = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut fib, size_of::<FibParams>() as i32, 0) };
-    match ret as u32 {
+    let ret = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut fib, FIB_PARAMS_LEN, 0) };
+    match u32::try_from(ret).unwrap_or(u32::MAX) {
         BPF_FIB_LKUP_RET_SUCCESS => {}
         BPF_FIB_LKUP_RET_NO_NEIGH => return Err(Exit::Pass(Counter::PassNoNeighbour)),
         BPF_FIB_LKUP_RET_FRAG_NEEDED => return Err(Exit::Drop(Counter::DropTooBig)),

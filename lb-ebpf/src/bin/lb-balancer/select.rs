@@ -40,7 +40,7 @@ pub fn lookup_vip(flow: &FlowKey) -> Result<VipValue> {
         family: flow.family,
     };
     // SAFETY: the value is copied out at once; userspace replaces VIP values whole.
-    match unsafe { VIPS.get(&key) } {
+    match unsafe { VIPS.get(key) } {
         Some(vip) => Ok(*vip),
         None => Err(Exit::Pass(Counter::PassNotVip)),
     }
@@ -52,7 +52,7 @@ pub fn lookup_vip(flow: &FlowKey) -> Result<VipValue> {
 pub fn fragment_verdict(flow: &FlowKey) -> Exit<Counter> {
     let marker = VipKey::address_marker(flow.dst_be, flow.family);
     // SAFETY: only the presence of the entry is used.
-    if unsafe { VIPS.get(&marker) }.is_some() {
+    if unsafe { VIPS.get(marker) }.is_some() {
         Exit::Drop(Counter::DropFragment)
     } else {
         Exit::Pass(Counter::PassNotVip)
@@ -74,11 +74,11 @@ pub fn select_backend(
     vip: &VipValue,
     config: &DatapathConfig,
 ) -> Result<Selected> {
-    if !packet.is_syn {
-        if let Some(selected) = lookup_conn(&packet.flow) {
-            count(Counter::ConnHit);
-            return Ok(selected);
-        }
+    if !packet.is_syn
+        && let Some(selected) = lookup_conn(&packet.flow)
+    {
+        count(Counter::ConnHit);
+        return Ok(selected);
     }
     count(Counter::ConnMiss);
     let selected = place_flow(ctx, &packet.flow, vip, config)?;
@@ -86,10 +86,7 @@ pub fn select_backend(
         backend_id: selected.backend_id,
         generation: selected.backend.generation,
     };
-    if CONNS
-        .insert(&packet.flow, &conn, u64::from(BPF_ANY))
-        .is_err()
-    {
+    if CONNS.insert(packet.flow, conn, u64::from(BPF_ANY)).is_err() {
         count(Counter::ConnInsertFailed);
     }
     Ok(selected)

@@ -1,0 +1,129 @@
+//! A small lab network for tests, `lb demo` and benchmarks: network namespaces joined by veth
+//! pairs, with real TLS servers and clients in them.
+//!
+//! - [`netns`]: [`NetNs`], a guard for a named network namespace (deleted on drop), running
+//!   commands and threads inside it, [`veth`] pairs between two namespaces, and [`sweep_stale`]
+//!   for namespaces left behind by a killed run;
+//! - [`tls`]: [`Pki`], a throw-away certificate authority issuing leaf certificates (valid,
+//!   expired, or from another CA); [`TlsServer`], a line-echo TLS backend that records who
+//!   connected; [`tls_exchange`] and [`TlsClientConn`], blocking TLS clients.
+//!
+//! Data flow: a test creates namespaces, links them with veths and addresses, issues a
+//! certificate from a [`Pki`], starts [`TlsServer`]s inside the backend namespaces and connects
+//! to them with a client from a thread spawned in the client namespace ([`NetNs::spawn`]).
+//!
+//! Traffic goes only to loopback or to addresses inside namespaces the lab creates: give lab
+//! hosts addresses from 198.18.0.0/15 and 2001:db8::/32, nothing else.
+
+pub mod netns;
+pub mod tls;
+
+use std::io;
+use std::net::SocketAddr;
+
+pub use netns::{NetNs, sweep_stale, veth};
+pub use tls::{Exchange, Issued, Pki, TlsClientConn, TlsServer, client_config, tls_exchange};
+
+/// Everything that can go wrong while building or using the lab.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// A name (namespace prefix, interface) that the kernel or `ip` would reject.
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName {
+        /// The rejected name.
+        name: String,
+        /// Why it was rejected and what would be accepted.
+        reason: &'static str,
+    },
+    /// A command could not be started at all.
+    #[error(
+        "could not run `{command}`: {source}; is iproute2 installed (`apt-get install iproute2`)?"
+    )]
+    Spawn {
+        /// The command line.
+        command: String,
+        /// Why it could not start.
+        source: io::Error,
+    },
+    /// A directory could not be listed.
+    #[error("could not list {path}: {source}")]
+    ReadDir {
+        /// The directory.
+        path: &'static str,
+        /// The failed `read_dir`.
+        source: io::Error,
+    },
+    /// A command ran and exited with a failure status.
+    #[error(
+        "`{command}` failed ({status}): {stderr}; the lab needs root (CAP_NET_ADMIN, CAP_SYS_ADMIN)"
+    )]
+    Command {
+        /// The command line.
+        command: String,
+        /// Its exit status.
+        status: String,
+        /// What it wrote to stderr, trimmed.
+        stderr: String,
+    },
+    /// The calling thread could not join a namespace.
+    #[error(
+        "could not enter network namespace {name}: {source}; `ip netns list` shows what exists"
+    )]
+    Enter {
+        /// The namespace name.
+        name: String,
+        /// The failed `open` or `setns`.
+        source: io::Error,
+    },
+    /// A thread could not be started, or ended before saying it was ready.
+    #[error("thread {name}: {reason}")]
+    Thread {
+        /// The thread name.
+        name: String,
+        /// What happened to it.
+        reason: String,
+    },
+    /// The certificate authority could not generate a key or certificate.
+    #[error("could not generate {what}: {source}")]
+    Certificate {
+        /// What was being generated.
+        what: String,
+        /// The rcgen error.
+        source: rcgen::Error,
+    },
+    /// A rustls configuration was rejected (bad key, unsupported protocol versions).
+    #[error("TLS configuration rejected: {0}")]
+    TlsConfig(#[source] rustls::Error),
+    /// A client was asked to connect to a name that is neither a DNS name nor an IP address.
+    #[error("invalid TLS server name {0:?}: use a DNS name or an IP address")]
+    ServerName(String),
+    /// A socket operation failed.
+    #[error("{what} {addr}: {source}")]
+    Io {
+        /// What was being done (`bind`, `connect to`, `exchange with`, ...).
+        what: &'static str,
+        /// The address involved.
+        addr: SocketAddr,
+        /// The socket error.
+        source: io::Error,
+    },
+    /// The TLS handshake failed; `source` tells why (unknown issuer, wrong name, expired).
+    #[error("TLS handshake with {server_name} at {addr} failed: {source}")]
+    Handshake {
+        /// The name the client asked for (SNI and verification).
+        server_name: String,
+        /// The server address.
+        addr: SocketAddr,
+        /// The rustls error, e.g. `InvalidCertificate(UnknownIssuer)`.
+        source: rustls::Error,
+    },
+    /// The peer closed the connection before answering.
+    #[error("{addr} closed the connection before replying")]
+    Closed {
+        /// The server address.
+        addr: SocketAddr,
+    },
+    /// A line to send contained a newline; the line protocol has one line per message.
+    #[error("line {0:?} contains a newline; send one line at a time")]
+    Line(String),
+}

@@ -1,0 +1,395 @@
+//! Named network namespaces as guards, and veth pairs between them.
+//!
+//! [`NetNs::new`] runs `ip netns add {prefix}-{pid}-{counter}`; dropping the guard runs
+//! `ip netns del`, which also destroys the veth ends inside. Commands run inside with
+//! [`NetNs::run`] (`ip netns exec`) and [`NetNs::ip`] (`ip -n`); Rust code runs inside with
+//! [`NetNs::spawn`], a thread that joins the namespace before running its closure. [`veth`]
+//! creates a pair directly between two namespaces: nothing is ever created in the root
+//! namespace. [`sweep_stale`] removes namespaces whose creating process no longer exists.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+
+use super::LabError;
+
+/// Where `ip netns add` bind-mounts the namespaces it names.
+const NETNS_DIR: &str = "/run/netns";
+
+/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
+const MAX_IFNAME: usize = 15;
+
+/// Longest namespace prefix we accept; keeps names readable in `ip netns list`.
+const MAX_PREFIX: usize = 16;
+
+/// Makes namespace names unique within this process.
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// A named network namespace, deleted (with everything in it) when dropped.
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Creates the namespace `{prefix}-{pid}-{counter}`.
+    ///
+    /// The prefix is 1 to 16 ASCII letters, digits or `_`, so that [`sweep_stale`] can parse
+    /// names back.
+    pub fn new(prefix: &str) -> Result<Self, LabError> {
+        check_prefix(prefix)?;
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{prefix}-{}-{id}", std::process::id());
+        run_command("ip", &["netns", "add", &name])?;
+        Ok(Self { name })
+    }
+
+    /// The namespace name, as `ip netns list` shows it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `ip netns exec NAME <args>` and returns its stdout.
+    pub fn run(&self, args: &[&str]) -> Result<String, LabError> {
+        let mut full = vec!["netns", "exec", self.name.as_str()];
+        full.extend_from_slice(args);
+        run_command("ip", &full)
+    }
+
+    /// Runs `ip -n NAME <args>` and returns its stdout.
+    pub fn ip(&self, args: &[&str]) -> Result<String, LabError> {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        run_command("ip", &full)
+    }
+
+    /// Sets a sysctl inside the namespace, e.g. `("net.ipv4.ip_forward", "1")`.
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<(), LabError> {
+        self.run(&["sysctl", "-qw", &format!("{key}={value}")])?;
+        Ok(())
+    }
+
+    /// Moves the calling thread (only it) into the namespace.
+    pub fn enter_current_thread(&self) -> Result<(), LabError> {
+        let file = self.open()?;
+        enter_fd(&file, &self.name)
+    }
+
+    /// Starts a named thread that enters the namespace, then runs `f`.
+    ///
+    /// Returns once the thread is inside the namespace; if it could not enter, the error is
+    /// returned here and `f` never runs.
+    pub fn spawn<F, T>(&self, name: &str, f: F) -> Result<JoinHandle<T>, LabError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let file = self.open()?;
+        let ns_name = self.name.clone();
+        let (entered_tx, entered_rx) = mpsc::sync_channel(1);
+        let handle = thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let entered = enter_fd(&file, &ns_name);
+                drop(file);
+                if let Err(error) = entered {
+                    let message = error.to_string();
+                    report_entered(&entered_tx, Err(error));
+                    // Ends this thread without running `f` (and without the panic hook's noise);
+                    // the spawner returns the error instead of the handle.
+                    std::panic::resume_unwind(Box::new(message));
+                }
+                report_entered(&entered_tx, Ok(()));
+                f()
+            })
+            .map_err(|source| thread_error(name, &source.to_string()))?;
+        match entered_rx.recv() {
+            Ok(Ok(())) => Ok(handle),
+            Ok(Err(error)) => {
+                // The thread unwinds right after reporting; reap it, its payload is `error`.
+                drop(handle.join());
+                Err(error)
+            }
+            Err(mpsc::RecvError) => {
+                // It ended without reporting (it could not have run `f`); reap it.
+                drop(handle.join());
+                Err(thread_error(name, "ended before entering the namespace"))
+            }
+        }
+    }
+
+    /// The bind mount that names this namespace.
+    fn path(&self) -> PathBuf {
+        PathBuf::from(NETNS_DIR).join(&self.name)
+    }
+
+    /// Opens the namespace file, for `setns`.
+    fn open(&self) -> Result<File, LabError> {
+        File::open(self.path()).map_err(|source| LabError::Enter {
+            name: self.name.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        if let Err(error) = run_command("ip", &["netns", "del", &self.name]) {
+            tracing::warn!(%error, "could not delete lab namespace {}", self.name);
+        }
+    }
+}
+
+/// Creates a veth pair, `a_name` in namespace `a` and `b_name` in `b`, and sets both ends up.
+///
+/// The pair is created inside `a` (`ip -n A link add ... peer name B_NAME netns B`), never in
+/// the root namespace; deleting either namespace destroys it.
+pub fn veth(a: &NetNs, a_name: &str, b: &NetNs, b_name: &str) -> Result<(), LabError> {
+    check_ifname(a_name)?;
+    check_ifname(b_name)?;
+    a.ip(&[
+        "link", "add", a_name, "type", "veth", "peer", "name", b_name, "netns", &b.name,
+    ])?;
+    a.ip(&["link", "set", a_name, "up"])?;
+    b.ip(&["link", "set", b_name, "up"])?;
+    Ok(())
+}
+
+/// Deletes namespaces named `{prefix}-{pid}-{n}` whose process `pid` no longer exists, left by
+/// an earlier run that was killed. Other names are never touched. Returns the deleted names.
+pub fn sweep_stale(prefix: &str) -> Result<Vec<String>, LabError> {
+    check_prefix(prefix)?;
+    let entries = match fs::read_dir(NETNS_DIR) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(LabError::ReadDir {
+                path: NETNS_DIR,
+                source,
+            });
+        }
+    };
+    let mut deleted = Vec::new();
+    for entry in entries.flatten() {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let Some(pid) = parse_owner(prefix, &name) else {
+            continue;
+        };
+        if pid != std::process::id() && !is_process_alive(pid) {
+            run_command("ip", &["netns", "del", &name])?;
+            deleted.push(name);
+        }
+    }
+    Ok(deleted)
+}
+
+/// The pid in a name `{prefix}-{pid}-{n}`, or `None` for any other name.
+fn parse_owner(prefix: &str, name: &str) -> Option<u32> {
+    let rest = name.strip_prefix(prefix)?.strip_prefix('-')?;
+    let (pid, id) = rest.split_once('-')?;
+    let is_number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !is_number(id) {
+        return None;
+    }
+    if !is_number(pid) {
+        return None;
+    }
+    pid.parse().ok()
+}
+
+/// Tells [`NetNs::spawn`] whether the new thread entered the namespace.
+fn report_entered(entered: &mpsc::SyncSender<Result<(), LabError>>, result: Result<(), LabError>) {
+    // The spawner is blocked in `recv` until this arrives, so the receiver is still there.
+    if entered.send(result).is_err() {
+        tracing::debug!("nobody waited for a lab thread to enter its namespace");
+    }
+}
+
+/// Whether a process with this pid exists (in our pid namespace).
+fn is_process_alive(pid: u32) -> bool {
+    PathBuf::from(format!("/proc/{pid}")).exists()
+}
+
+/// Joins the namespace open as `file`, for the calling thread only.
+fn enter_fd(file: &File, name: &str) -> Result<(), LabError> {
+    // SAFETY: `file` owns an open descriptor for the whole call; `setns` only reads it and
+    // changes the calling thread's network namespace, which no Rust invariant depends on.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(LabError::Enter {
+            name: name.to_owned(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Runs `program args...`; returns stdout, or an error with the command line and its stderr.
+fn run_command(program: &str, args: &[&str]) -> Result<String, LabError> {
+    let command = format!("{program} {}", args.join(" "));
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|source| LabError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(LabError::Command {
+            command,
+            status: output.status.to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Accepts 1 to 16 ASCII letters, digits and `_`.
+fn check_prefix(prefix: &str) -> Result<(), LabError> {
+    let is_valid = !prefix.is_empty()
+        && prefix.len() <= MAX_PREFIX
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if is_valid {
+        return Ok(());
+    }
+    Err(LabError::InvalidName {
+        name: prefix.to_owned(),
+        reason: "a namespace prefix is 1 to 16 ASCII letters, digits or `_` (no `-`)",
+    })
+}
+
+/// Accepts interface names the kernel accepts: 1 to 15 bytes, no `/`, `:` or whitespace.
+fn check_ifname(name: &str) -> Result<(), LabError> {
+    let is_valid = !name.is_empty()
+        && name.len() <= MAX_IFNAME
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+    if is_valid {
+        return Ok(());
+    }
+    Err(LabError::InvalidName {
+        name: name.to_owned(),
+        reason: "an interface name is 1 to 15 printable ASCII bytes without `/` or `:`",
+    })
+}
+
+/// A [`LabError::Thread`] for thread `name`.
+fn thread_error(name: &str, reason: &str) -> LabError {
+    LabError::Thread {
+        name: name.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The network namespace the calling thread is in, as `net:[inode]`.
+    fn current_netns() -> String {
+        let link =
+            fs::read_link("/proc/thread-self/ns/net").expect("read /proc/thread-self/ns/net");
+        link.to_string_lossy().into_owned()
+    }
+
+    fn is_listed(name: &str) -> bool {
+        let list = run_command("ip", &["netns", "list"]).expect("ip netns list");
+        list.lines()
+            .any(|line| line.split_whitespace().next() == Some(name))
+    }
+
+    #[test]
+    fn parse_owner_accepts_only_the_lab_pattern() {
+        assert_eq!(parse_owner("lab", "lab-123-0"), Some(123));
+        assert_eq!(parse_owner("lab", "lab-123-45"), Some(123));
+        assert_eq!(parse_owner("lab", "lab-123"), None);
+        assert_eq!(parse_owner("lab", "lab-x-1"), None);
+        assert_eq!(parse_owner("lab", "lab-1-2-3"), None);
+        assert_eq!(parse_owner("lab", "labx-1-2"), None);
+        assert_eq!(parse_owner("lab", "other-1-2"), None);
+        assert_eq!(parse_owner("lab", "lab--1"), None);
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_prefix("lb_test1").is_ok());
+        assert!(check_prefix("").is_err());
+        assert!(check_prefix("a-b").is_err());
+        assert!(check_prefix("abcdefghijklmnopq").is_err());
+        assert!(check_ifname("veth0").is_ok());
+        assert!(check_ifname("a234567890123456").is_err());
+        assert!(check_ifname("a b").is_err());
+    }
+
+    #[test]
+    fn namespace_runs_commands_threads_and_is_deleted_on_drop() {
+        let ns = NetNs::new("lbtest").expect("create namespace");
+        let name = ns.name().to_owned();
+        assert!(is_listed(&name), "{name} missing from `ip netns list`");
+        ns.ip(&["link", "set", "lo", "up"]).expect("lo up");
+        ns.sysctl("net.ipv4.ip_forward", "1").expect("sysctl");
+        let forward = ns
+            .run(&["cat", "/proc/sys/net/ipv4/ip_forward"])
+            .expect("read ip_forward");
+        assert_eq!(forward.trim(), "1");
+
+        let outside = current_netns();
+        let inside = ns
+            .spawn("lbtest-thread", current_netns)
+            .expect("spawn in namespace")
+            .join()
+            .expect("thread ran");
+        assert_ne!(inside, outside, "spawned thread did not change namespace");
+        assert_eq!(current_netns(), outside, "spawn moved the caller");
+
+        drop(ns);
+        assert!(!is_listed(&name), "{name} still listed after drop");
+    }
+
+    #[test]
+    fn veth_links_two_namespaces() {
+        let a = NetNs::new("lbtest").expect("namespace a");
+        let b = NetNs::new("lbtest").expect("namespace b");
+        veth(&a, "lbt-a", &b, "lbt-b").expect("veth");
+        a.ip(&["addr", "add", "198.18.0.1/30", "dev", "lbt-a"])
+            .expect("address a");
+        let links = b.ip(&["-o", "link", "show", "lbt-b"]).expect("show b");
+        assert!(links.contains("lbt-b@"), "peer not in namespace b: {links}");
+        let root = run_command("ip", &["-o", "link", "show"]).expect("root links");
+        assert!(
+            !root.contains("lbt-a"),
+            "veth leaked into the root namespace"
+        );
+    }
+
+    #[test]
+    fn sweep_removes_only_dead_owners() {
+        let mut child = Command::new("true").spawn().expect("spawn `true`");
+        let dead_pid = child.id();
+        child.wait().expect("wait for `true`");
+        let dead = format!("lbsweep-{dead_pid}-0");
+        let odd = format!("lbsweep-{dead_pid}");
+        run_command("ip", &["netns", "add", &dead]).expect("add dead-owner namespace");
+        run_command("ip", &["netns", "add", &odd]).expect("add odd namespace");
+        let alive = NetNs::new("lbsweep").expect("live namespace");
+
+        let deleted = sweep_stale("lbsweep").expect("sweep");
+        let odd_listed = is_listed(&odd);
+        run_command("ip", &["netns", "del", &odd]).expect("delete odd namespace");
+
+        assert!(deleted.contains(&dead), "{dead} not swept: {deleted:?}");
+        assert!(!is_listed(&dead), "stale namespace still listed");
+        assert!(odd_listed, "sweep deleted a name outside the pattern");
+        assert!(is_listed(alive.name()), "sweep deleted a live namespace");
+    }
+}
