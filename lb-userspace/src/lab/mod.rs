@@ -4,6 +4,9 @@
 //! - [`netns`]: [`NetNs`], a guard for a named network namespace (deleted on drop), running
 //!   commands and threads inside it, [`veth`] pairs between two namespaces, and [`sweep_stale`]
 //!   for namespaces left behind by a killed run;
+//! - [`passthrough`]: [`PassthroughLab`](passthrough::PassthroughLab), the namespaces of a
+//!   passthrough deployment (client, balancer, backends on one switched segment), with the
+//!   backends' decapsulation programs attached and TLS servers on the VIP;
 //! - [`tls`]: [`Pki`], a throw-away certificate authority issuing leaf certificates (valid,
 //!   expired, or from another CA); [`TlsServer`], a line-echo TLS backend that records who
 //!   connected; [`tls_exchange`] and [`TlsClientConn`], blocking TLS clients.
@@ -16,6 +19,7 @@
 //! hosts addresses from 198.18.0.0/15 and 2001:db8::/32, nothing else.
 
 pub mod netns;
+pub mod passthrough;
 pub mod tls;
 
 use std::io;
@@ -27,6 +31,9 @@ pub use tls::{Exchange, Issued, Pki, TlsClientConn, TlsServer, client_config, tl
 /// Everything that can go wrong while building or using the lab.
 #[derive(Debug, thiserror::Error)]
 pub enum LabError {
+    /// Loading or attaching an XDP program failed.
+    #[error(transparent)]
+    Xdp(#[from] crate::loader::LoadError),
     /// A name (namespace prefix, interface) that the kernel or `ip` would reject.
     #[error("invalid name {name:?}: {reason}")]
     InvalidName {

@@ -80,6 +80,20 @@ impl NetNs {
         enter_fd(&file, &self.name)
     }
 
+    /// Runs `f` on the calling thread inside the namespace, then moves the thread back to the
+    /// namespace it was in. For short steps that must happen inside (attaching XDP by
+    /// interface name, `BPF_PROG_TEST_RUN` with an ingress interface).
+    pub fn run_here<T>(&self, f: impl FnOnce() -> T) -> Result<T, LabError> {
+        let home = File::open("/proc/thread-self/ns/net").map_err(|source| LabError::Enter {
+            name: "(this thread's own)".to_owned(),
+            source,
+        })?;
+        self.enter_current_thread()?;
+        let result = f();
+        enter_fd(&home, "(this thread's own)")?;
+        Ok(result)
+    }
+
     /// Starts a named thread that enters the namespace, then runs `f`.
     ///
     /// Returns once the thread is inside the namespace; if it could not enter, the error is

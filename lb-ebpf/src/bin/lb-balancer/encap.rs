@@ -60,7 +60,8 @@ pub fn encap(
         .get(0)
         .ok_or(Exit::Drop(Counter::DropTruncatedEth))?;
     // SAFETY: `Frame::get` checked the header is inside the packet; copied before the move.
-    let ingress_mac = unsafe { (*eth).dst };
+    let eth = unsafe { *eth };
+    let ingress_mac = eth.dst;
 
     let spread = flow_spread(&packet.flow);
     let mut outer = Outer {
@@ -78,30 +79,38 @@ pub fn encap(
     let frame = Frame::new(ctx);
     if is_v4 {
         outer.src_be[0] = (config.encap_src_v4_base | (spread & config.encap_src_v4_mask)).to_be();
-        write_ipv4(&frame, packet, &outer)?;
+        write_ipv4(&frame, &eth, packet, &outer)?;
     } else {
         outer.src_be = config.encap_src_v6_base_be;
         outer.src_be[3] =
             (u32::from_be(outer.src_be[3]) | (spread & config.encap_src_v6_mask)).to_be();
-        write_ipv6(&frame, packet, &outer, spread)?;
+        write_ipv6(&frame, &eth, packet, &outer, spread)?;
     }
     Ok(outer)
 }
 
+/// Writes the Ethernet header at the new front: the frame's own MACs (so that a frame handed
+/// to the kernel is still addressed to this host; `forward` sets the next hop's) and the outer
+/// EtherType.
 #[inline(always)]
-fn write_eth(frame: &Frame, ether_type: u16) -> Result<()> {
+fn write_eth(frame: &Frame, original: &EthHdr, ether_type: u16) -> Result<()> {
     let eth: *mut EthHdr = frame
         .get_mut(0)
         .ok_or(Exit::Drop(Counter::DropEncapFailed))?;
-    // SAFETY: `Frame::get_mut` checked the header is inside the packet. The MACs are set by
-    // `forward`; only the EtherType is final here.
-    unsafe { (*eth).ether_type_be = ether_type.to_be() };
+    // SAFETY: `Frame::get_mut` checked the header is inside the packet.
+    unsafe {
+        eth.write(EthHdr {
+            dst: original.dst,
+            src: original.src,
+            ether_type_be: ether_type.to_be(),
+        });
+    }
     Ok(())
 }
 
 #[inline(always)]
-fn write_ipv4(frame: &Frame, packet: &Packet, outer: &Outer) -> Result<()> {
-    write_eth(frame, ETH_P_IPV4)?;
+fn write_ipv4(frame: &Frame, eth: &EthHdr, packet: &Packet, outer: &Outer) -> Result<()> {
+    write_eth(frame, eth, ETH_P_IPV4)?;
     let ip: *mut Ipv4Hdr = frame
         .get_mut(ETH_LEN)
         .ok_or(Exit::Drop(Counter::DropEncapFailed))?;
@@ -133,8 +142,14 @@ fn write_ipv4(frame: &Frame, packet: &Packet, outer: &Outer) -> Result<()> {
 }
 
 #[inline(always)]
-fn write_ipv6(frame: &Frame, packet: &Packet, outer: &Outer, spread: u32) -> Result<()> {
-    write_eth(frame, ETH_P_IPV6)?;
+fn write_ipv6(
+    frame: &Frame,
+    eth: &EthHdr,
+    packet: &Packet,
+    outer: &Outer,
+    spread: u32,
+) -> Result<()> {
+    write_eth(frame, eth, ETH_P_IPV6)?;
     let ip: *mut Ipv6Hdr = frame
         .get_mut(ETH_LEN)
         .ok_or(Exit::Drop(Counter::DropEncapFailed))?;

@@ -1,0 +1,258 @@
+//! The lab of a passthrough deployment: one switched L2 segment with a client, the balancer
+//! and N backends, each in its own network namespace.
+//!
+//! ```text
+//!   client (198.18.0.1) ──┐
+//!   lb     (198.18.0.2) ──┤ br0 in the switch namespace
+//!   backend i (198.18.0.10+i, VIP on lo) ──┘
+//! ```
+//!
+//! The client routes the VIPs via the balancer. The balancer's XDP program (attached by the
+//! caller to `lb`'s `eth0`) encapsulates and sends each packet back out to a backend; the
+//! backend's decapsulation program strips the outer header and its kernel delivers the packet
+//! to the VIP on its loopback; the backend answers the client directly (direct server return).
+//!
+//! The switch side of the balancer's veth runs `lb_pass`, because a veth delivers `XDP_TX`
+//! frames only to a peer with an XDP program. The client computes its own checksums (veth
+//! checksum offload off), as a client behind a real network does. The segment behind the balancer carries 1600-byte
+//! frames, so that a full-sized client packet still fits once encapsulated.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use aya::programs::XdpMode;
+
+use super::{LabError, NetNs, Pki, TlsServer, netns::veth, sweep_stale};
+use crate::loader::{AttachMode, Aux, DECAP_PROGRAM, Decap, attach};
+
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+pub const LB_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const LB_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+pub const VIP_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+pub const VIP_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
+/// Outer source prefixes for the balancer's configuration.
+pub const ENCAP_V4: &str = "198.18.255.0/24";
+pub const ENCAP_V6: &str = "2001:db8:ff::/112";
+/// The name every backend certificate carries (clients use it as SNI).
+pub const VIP_NAME: &str = "vip.lb.test";
+/// Every host's interface on the segment.
+pub const IFACE: &str = "eth0";
+/// MTU of the client's link, and of the links behind the balancer.
+pub const CLIENT_MTU: u32 = 1500;
+pub const INNER_MTU: u32 = 1600;
+
+/// A backend host.
+pub struct LabBackend {
+    /// TLS servers on the VIP; dropped (stopped) first.
+    pub servers: Vec<TlsServer>,
+    /// Keeps the decapsulation program attached.
+    _decap: Decap,
+    pub name: String,
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+    pub ns: NetNs,
+}
+
+impl std::fmt::Debug for LabBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LabBackend")
+            .field("name", &self.name)
+            .field("v4", &self.v4)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The whole lab. Dropping it stops the servers, detaches the programs and deletes every
+/// namespace (and with them every link).
+pub struct PassthroughLab {
+    pub backends: Vec<LabBackend>,
+    _aux: Aux,
+    pub pki: Pki,
+    pub client: NetNs,
+    pub lb: NetNs,
+    pub switch: NetNs,
+}
+
+impl std::fmt::Debug for PassthroughLab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PassthroughLab")
+            .field("backends", &self.backends)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The address of backend `i` (0-based).
+pub fn backend_v4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 0, 10 + u8::try_from(i).unwrap_or(u8::MAX - 10))
+}
+
+/// The IPv6 address of backend `i` (0-based).
+pub fn backend_v6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0x10 + u16::try_from(i).unwrap_or(0xff),
+    )
+}
+
+impl PassthroughLab {
+    /// Builds the namespaces, links and addresses, and attaches the backends' programs.
+    /// `prefix` (letters, digits, `_`) names the namespaces; namespaces a killed earlier run
+    /// left with the same prefix are removed first.
+    pub fn build(prefix: &str, backends: usize) -> Result<Self, LabError> {
+        sweep_stale(prefix)?;
+        let switch = NetNs::new(prefix)?;
+        switch.ip(&["link", "add", "br0", "type", "bridge"])?;
+        switch.ip(&["link", "set", "br0", "up"])?;
+
+        let client = NetNs::new(prefix)?;
+        plug(&switch, &client, "client", CLIENT_MTU)?;
+        // A veth leaves TCP checksums to "hardware" that does not exist; the kernel passes
+        // that promise along with the packet, but a frame sent by XDP loses it and would
+        // arrive at the backend with a partial checksum. A real NIC fills checksums in.
+        client.run(&["ethtool", "-K", IFACE, "tx", "off"])?;
+        address_host(&client, CLIENT_V4, CLIENT_V6)?;
+        client.ip(&[
+            "route",
+            "add",
+            &format!("{VIP_V4}/32"),
+            "via",
+            &LB_V4.to_string(),
+        ])?;
+        client.ip(&[
+            "-6",
+            "route",
+            "add",
+            &format!("{VIP_V6}/128"),
+            "via",
+            &LB_V6.to_string(),
+        ])?;
+
+        let lb = NetNs::new(prefix)?;
+        plug(&switch, &lb, "lb", INNER_MTU)?;
+        address_host(&lb, LB_V4, LB_V6)?;
+        for (key, value) in [
+            // The FIB lookup needs forwarding on, and the kernel forwards the first packets
+            // to a next hop whose MAC the balancer does not know yet.
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.eth0.rp_filter", "0"),
+            ("net.ipv4.conf.all.send_redirects", "0"),
+            ("net.ipv4.conf.eth0.send_redirects", "0"),
+        ] {
+            lb.sysctl(key, value)?;
+        }
+
+        let mut aux = Aux::load()?;
+        switch.run_here(|| attach(&mut aux.ebpf, Aux::PASS, "lb", AttachMode::Driver))??;
+
+        let mut lab_backends = Vec::with_capacity(backends);
+        for i in 0..backends {
+            lab_backends.push(build_backend(prefix, &switch, i)?);
+        }
+        Ok(Self {
+            backends: lab_backends,
+            _aux: aux,
+            pki: Pki::new("lab")?,
+            client,
+            lb,
+            switch,
+        })
+    }
+
+    /// Starts a TLS server on the VIP (IPv4 and IPv6) at `port` in every backend, each with its
+    /// own certificate for [`VIP_NAME`] and `<backend name>.lb.test`.
+    pub fn start_tls(&mut self, port: u16) -> Result<(), LabError> {
+        for backend in &mut self.backends {
+            let own_name = format!("{}.lb.test", backend.name);
+            let issued = self.pki.issue(&[VIP_NAME, &own_name])?;
+            for vip in [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)] {
+                let bind = SocketAddr::new(vip, port);
+                let server = TlsServer::start(Some(&backend.ns), bind, &backend.name, &issued)?;
+                backend.servers.push(server);
+            }
+        }
+        Ok(())
+    }
+
+    /// The backend whose certificate names `name` (`<backend>.lb.test`).
+    pub fn backend_by_cert_name(&self, names: &[String]) -> Option<&LabBackend> {
+        self.backends
+            .iter()
+            .find(|b| names.iter().any(|n| *n == format!("{}.lb.test", b.name)))
+    }
+}
+
+/// Connects `host` to the switch: `eth0` in the host, `port` on the bridge.
+fn plug(switch: &NetNs, host: &NetNs, port: &str, mtu: u32) -> Result<(), LabError> {
+    veth(host, IFACE, switch, port)?;
+    let mtu = mtu.to_string();
+    host.ip(&["link", "set", IFACE, "mtu", &mtu])?;
+    switch.ip(&["link", "set", port, "mtu", &mtu])?;
+    switch.ip(&["link", "set", port, "master", "br0"])?;
+    host.ip(&["link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// Gives `host`'s `eth0` its addresses (IPv6 without duplicate address detection, so they are
+/// usable at once).
+fn address_host(host: &NetNs, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<(), LabError> {
+    host.ip(&["addr", "add", &format!("{v4}/24"), "dev", IFACE])?;
+    host.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{v6}/64"),
+        "dev",
+        IFACE,
+        "nodad",
+    ])?;
+    Ok(())
+}
+
+fn build_backend(prefix: &str, switch: &NetNs, i: usize) -> Result<LabBackend, LabError> {
+    let ns = NetNs::new(prefix)?;
+    let port = format!("b{i}");
+    plug(switch, &ns, &port, INNER_MTU)?;
+    let (v4, v6) = (backend_v4(i), backend_v6(i));
+    address_host(&ns, v4, v6)?;
+    ns.ip(&["addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"])?;
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{VIP_V6}/128"),
+        "dev",
+        "lo",
+        "nodad",
+    ])?;
+    for (key, value) in [
+        // The client's packets arrive on eth0 for an address on lo, from a source that is
+        // not behind lo: reverse-path filtering must not drop them.
+        ("net.ipv4.conf.all.rp_filter", "0"),
+        ("net.ipv4.conf.eth0.rp_filter", "0"),
+        // Never answer ARP for the VIP: only the balancer may attract its traffic.
+        ("net.ipv4.conf.all.arp_ignore", "1"),
+        ("net.ipv4.conf.all.arp_announce", "2"),
+    ] {
+        ns.sysctl(key, value)?;
+    }
+    let mut decap = Decap::load()?;
+    let mode =
+        ns.run_here(|| attach(&mut decap.ebpf, DECAP_PROGRAM, IFACE, AttachMode::Driver))??;
+    debug_assert_eq!(mode.0, XdpMode::Driver);
+    Ok(LabBackend {
+        servers: Vec::new(),
+        _decap: decap,
+        name: format!("backend-{i}"),
+        v4,
+        v6,
+        ns,
+    })
+}

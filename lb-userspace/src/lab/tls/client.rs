@@ -1,0 +1,255 @@
+//! Blocking TLS clients for the lab's line protocol.
+//!
+//! [`TlsClientConn::connect`] opens a TCP connection (timeouts, Nagle off), runs the rustls
+//! handshake against a trust store and keeps the stream for [`TlsClientConn::exchange`]: one
+//! line out, one line back. [`tls_exchange`] is the one-shot form and returns an [`Exchange`]:
+//! the reply, the client's source address, and the server certificate's subjectAltNames (read
+//! by [`san_names`]). A failed handshake surfaces the rustls reason as
+//! [`LabError::Handshake`], so tests can tell an unknown issuer from a wrong name or an expired
+//! certificate.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::{ClientConfig, ClientConnection, ProtocolVersion, RootCertStore, StreamOwned};
+use rustls_pki_types::ServerName;
+
+use super::der::san_names;
+use super::{LabError, client_config, io_error};
+
+/// Connect, read and write timeout of the blocking clients.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What one [`tls_exchange`] saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exchange {
+    /// The reply line, without its newline: `"{identity} {line}"`.
+    pub reply: String,
+    /// The client's own address (its source port).
+    pub local_addr: SocketAddr,
+    /// DNS names and IP addresses in the server certificate's subjectAltName.
+    pub peer_names: Vec<String>,
+}
+
+/// Connects to `addr` with SNI `server_name`, sends `line`, returns the reply and what the
+/// handshake showed.
+pub fn tls_exchange(
+    server_name: &str,
+    addr: SocketAddr,
+    roots: &RootCertStore,
+    line: &str,
+) -> Result<Exchange, LabError> {
+    let mut conn = TlsClientConn::connect(server_name, addr, roots)?;
+    let reply = conn.exchange(line)?;
+    Ok(Exchange {
+        reply,
+        local_addr: conn.local_addr(),
+        peer_names: conn.peer_names(),
+    })
+}
+
+/// A blocking TLS client connection that exchanges lines with a
+/// [`TlsServer`](super::TlsServer).
+#[derive(Debug)]
+pub struct TlsClientConn {
+    stream: BufReader<StreamOwned<ClientConnection, TcpStream>>,
+    local_addr: SocketAddr,
+    peer_addr: SocketAddr,
+}
+
+impl TlsClientConn {
+    /// Connects and completes the handshake, verifying `server_name` against `roots`.
+    pub fn connect(
+        server_name: &str,
+        addr: SocketAddr,
+        roots: &RootCertStore,
+    ) -> Result<Self, LabError> {
+        Self::connect_with(client_config(roots)?, server_name, addr)
+    }
+
+    /// Like [`TlsClientConn::connect`], with a prepared configuration (see [`client_config`]).
+    pub fn connect_with(
+        config: Arc<ClientConfig>,
+        server_name: &str,
+        addr: SocketAddr,
+    ) -> Result<Self, LabError> {
+        let name = ServerName::try_from(server_name.to_owned())
+            .map_err(|_| LabError::ServerName(server_name.to_owned()))?;
+        let mut socket = connect_tcp(addr)?;
+        let local_addr = socket
+            .local_addr()
+            .map_err(io_error("read the local address to", addr))?;
+        let mut conn = ClientConnection::new(config, name).map_err(LabError::TlsConfig)?;
+        while conn.is_handshaking() {
+            let moved = conn
+                .complete_io(&mut socket)
+                .map_err(|error| handshake_error(server_name, addr, error))?;
+            if moved == (0, 0) {
+                return Err(LabError::Closed { addr });
+            }
+        }
+        Ok(Self {
+            stream: BufReader::new(StreamOwned::new(conn, socket)),
+            local_addr,
+            peer_addr: addr,
+        })
+    }
+
+    /// Sends `line` and returns the reply line, without its newline.
+    pub fn exchange(&mut self, line: &str) -> Result<String, LabError> {
+        if line.contains('\n') {
+            return Err(LabError::Line(line.to_owned()));
+        }
+        let addr = self.peer_addr;
+        let io_error = io_error("exchange a line with", addr);
+        let writer = self.stream.get_mut();
+        writer
+            .write_all(format!("{line}\n").as_bytes())
+            .map_err(io_error)?;
+        writer.flush().map_err(io_error)?;
+        let mut reply = String::new();
+        if self.stream.read_line(&mut reply).map_err(io_error)? == 0 {
+            return Err(LabError::Closed { addr });
+        }
+        let trimmed = reply.trim_end_matches(['\n', '\r']).len();
+        reply.truncate(trimmed);
+        Ok(reply)
+    }
+
+    /// The client's own address (its source port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The server address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer_addr
+    }
+
+    /// DNS names and IP addresses in the server certificate's subjectAltName.
+    pub fn peer_names(&self) -> Vec<String> {
+        let conn = &self.stream.get_ref().conn;
+        conn.peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| san_names(leaf))
+            .unwrap_or_default()
+    }
+
+    /// The negotiated TLS version.
+    pub fn protocol_version(&self) -> Option<ProtocolVersion> {
+        self.stream.get_ref().conn.protocol_version()
+    }
+}
+
+/// A TCP connection with timeouts and Nagle off.
+fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, LabError> {
+    let socket =
+        TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(io_error("connect to", addr))?;
+    socket
+        .set_read_timeout(Some(IO_TIMEOUT))
+        .and_then(|()| socket.set_write_timeout(Some(IO_TIMEOUT)))
+        .and_then(|()| socket.set_nodelay(true))
+        .map_err(io_error("set socket options for", addr))?;
+    Ok(socket)
+}
+
+/// The rustls reason inside a failed handshake's I/O error, if there is one.
+fn handshake_error(server_name: &str, addr: SocketAddr, error: io::Error) -> LabError {
+    let tls = error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(source) => LabError::Handshake {
+            server_name: server_name.to_owned(),
+            addr,
+            source: source.clone(),
+        },
+        None => io_error("TLS handshake with", addr)(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rustls::{CertificateError, Error as TlsError};
+
+    use super::super::Pki;
+    use super::super::test_support::{start, test_pki, wait_for};
+    use super::{Exchange, LabError, tls_exchange};
+
+    /// The certificate error a handshake failed with.
+    fn cert_failure(result: Result<Exchange, LabError>) -> CertificateError {
+        match result {
+            Err(LabError::Handshake {
+                source: TlsError::InvalidCertificate(error),
+                ..
+            }) => error,
+            other => panic!("expected a certificate error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn handshake_and_exchange() {
+        let pki = test_pki();
+        let issued = pki.issue(&["backend.lab", "127.0.0.1"]).expect("issue");
+        let server = start("b1", &issued);
+        let roots = pki.roots().expect("roots");
+
+        let exchange = tls_exchange("backend.lab", server.local_addr(), &roots, "hello")
+            .expect("exchange by DNS name");
+        assert_eq!(exchange.reply, "b1 hello");
+        assert_eq!(exchange.peer_names, ["backend.lab", "127.0.0.1"]);
+        assert!(server.accepted().contains(&exchange.local_addr));
+
+        let by_ip = tls_exchange("127.0.0.1", server.local_addr(), &roots, "again")
+            .expect("exchange by IP address");
+        assert_eq!(by_ip.reply, "b1 again");
+        assert_eq!(server.handshakes_completed(), 2);
+        assert_eq!(server.handshakes_failed(), 0);
+        server.stop().expect("stop");
+    }
+
+    #[test]
+    fn client_trusting_another_ca_fails() {
+        let pki = test_pki();
+        let other = Pki::new("other CA").expect("other CA");
+        let server = start("b3", &pki.issue(&["backend.lab"]).expect("issue"));
+        let roots = other.roots().expect("roots");
+        let result = tls_exchange("backend.lab", server.local_addr(), &roots, "hi");
+        assert_eq!(cert_failure(result), CertificateError::UnknownIssuer);
+        wait_for("the failed handshake", || server.handshakes_failed() == 1);
+    }
+
+    #[test]
+    fn name_mismatch_fails() {
+        let pki = test_pki();
+        let server = start("b4", &pki.issue(&["backend.lab"]).expect("issue"));
+        let roots = pki.roots().expect("roots");
+        let result = tls_exchange("other.lab", server.local_addr(), &roots, "hi");
+        let error = cert_failure(result);
+        assert!(
+            matches!(
+                error,
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. }
+            ),
+            "expected a name mismatch, got {error:?}"
+        );
+    }
+
+    #[test]
+    fn expired_certificate_fails() {
+        let pki = test_pki();
+        let server = start("b5", &pki.issue_expired(&["backend.lab"]).expect("issue"));
+        let roots = pki.roots().expect("roots");
+        let result = tls_exchange("backend.lab", server.local_addr(), &roots, "hi");
+        let error = cert_failure(result);
+        assert!(
+            matches!(
+                error,
+                CertificateError::Expired | CertificateError::ExpiredContext { .. }
+            ),
+            "expected an expired certificate, got {error:?}"
+        );
+    }
+}
