@@ -30,6 +30,15 @@ pub const ENCAP_V6_BASE: [u8; 16] = [
 ];
 pub const ENCAP_V6_MASK: u32 = 0xffff;
 
+/// A datapath configuration that asks the FIB for the next hop.
+pub fn fib_config(ring_size: u32, hash_seed: u32, mtu: u32) -> DatapathConfig {
+    DatapathConfig {
+        next_hop_mac: [0; 6],
+        flags: 0,
+        ..static_config(ring_size, hash_seed, mtu)
+    }
+}
+
 /// A datapath configuration with a static next hop, so that results do not depend on the
 /// host's routes.
 pub fn static_config(ring_size: u32, hash_seed: u32, mtu: u32) -> DatapathConfig {
@@ -88,12 +97,28 @@ impl Harness {
 
     /// Runs one frame through the balancer.
     pub fn run(&mut self, frame: &[u8]) -> Outcome {
+        self.run_on(frame, None)
+    }
+
+    /// Runs one frame through the balancer as if it arrived on interface `ingress` (of the
+    /// calling thread's network namespace).
+    pub fn run_on(&mut self, frame: &[u8], ingress: Option<u32>) -> Outcome {
         let mut out = vec![0u8; frame.len() + 256];
+        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+        // egress_ifindex.
+        let ctx: Option<Vec<u8>> = ingress.map(|ifindex| {
+            let len = u32::try_from(frame.len()).expect("a small frame");
+            [0, len, 0, ifindex, 0, 0]
+                .iter()
+                .flat_map(|word: &u32| word.to_ne_bytes())
+                .collect()
+        });
         let program = self.balancer.program().expect("the balancer program");
         let result = program
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: ctx.as_deref(),
                 ..TestRunOptions::default()
             })
             .expect("BPF_PROG_TEST_RUN");
