@@ -13,6 +13,7 @@
 //! - [`lab`]: network namespaces, veths and real TLS servers and clients for tests, demo and
 //!   benchmarks.
 
+pub mod bench;
 pub mod config;
 pub mod datapath;
 pub mod lab;

@@ -1,0 +1,80 @@
+//! Benchmarks, printed with their baseline from the same run and the ratio (never timed
+//! assertions in tests).
+//!
+//! - [`xdp`]: the balancer against a trivial `XDP_TX` program: nanoseconds per packet through
+//!   `BPF_PROG_TEST_RUN`, and the forwarding rate with live frames out of a veth.
+
+pub mod frames;
+pub mod xdp;
+
+use std::time::Duration;
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Load(#[from] crate::loader::LoadError),
+    #[error(transparent)]
+    Lab(#[from] crate::lab::LabError),
+    #[error(transparent)]
+    Reconcile(#[from] crate::reconcile::ReconcileError),
+    #[error(transparent)]
+    Datapath(#[from] crate::datapath::DatapathError),
+    #[error("BPF_PROG_TEST_RUN of {program}: {source}")]
+    TestRun {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+/// Median, minimum and maximum of a set of samples.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(samples: &[f64]) -> Self {
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        let median = match n {
+            0 => f64::NAN,
+            _ if n % 2 == 1 => sorted[n / 2],
+            _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        };
+        Self {
+            median,
+            min: sorted.first().copied().unwrap_or(f64::NAN),
+            max: sorted.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:6.1} [{:.1}-{:.1}]", self.median, self.min, self.max)
+    }
+}
+
+/// Nanoseconds in `d`, as a float.
+fn nanos(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e9
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_of_odd_and_even_samples() {
+        let s = Spread::of(&[3.0, 1.0, 2.0]);
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(Spread::of(&[4.0, 1.0, 2.0, 3.0]).median, 2.5);
+    }
+}

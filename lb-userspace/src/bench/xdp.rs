@@ -1,0 +1,447 @@
+//! `lb bench xdp`: the balancer against a trivial `XDP_TX` program, in the same run.
+//!
+//! 1. Per-packet cost through `BPF_PROG_TEST_RUN`: a TCP SYN to a VIP (new flows), a packet of
+//!    an established flow, and a packet for no VIP, through the balancer and through
+//!    `lb_tx_baseline` (swap MACs, `XDP_TX`). The balancer rewrites the packet, and a repeated
+//!    test run does not restore it, so each packet is one test run (`repeat = 1`) and both
+//!    programs are timed that way; the kernel's own timer measures each run.
+//! 2. Forwarding rate with live frames: the kernel generates frames on a veth, the program
+//!    sends each back out (`XDP_TX`) to the peer, where `lb_sink` counts them. The sink gives
+//!    every frame a new source port, so the balancer sees 65536 distinct flows.
+//!
+//! Rounds alternate the two programs (A B A B ...) and the report gives the median with the
+//! minimum and maximum. Everything runs on one pinned CPU, in namespaces of its own.
+
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::PerCpuArray,
+    programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
+};
+use lb_common::abi::{CONFIG_F_STATIC_NEXT_HOP, DatapathConfig};
+
+use super::{
+    BenchError, Spread,
+    frames::{NEXT_HOP_MAC, TCP_ACK, TCP_SYN, tcp_v4},
+    nanos,
+};
+use crate::{
+    datapath::{RingGeometry, maps::AyaDatapath},
+    lab::{NetNs, veth},
+    loader::{AttachMode, Aux, Balancer, BalancerSpec, attach, interface_index},
+    reconcile::Reconciler,
+    state::{Listener, Protocol, Target, Vip},
+};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+const BACKENDS: u8 = 8;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+/// How much to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Rounds per measurement (alternating balancer and baseline).
+    pub rounds: usize,
+    /// Test runs per round in the per-packet measurement.
+    pub calls: usize,
+    /// Frames per round in the live-frame measurement.
+    pub frames: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            rounds: 5,
+            calls: 100_000,
+            frames: 2_000_000,
+        }
+    }
+}
+
+/// One per-packet case: nanoseconds per packet for each program.
+#[derive(Clone, Debug)]
+pub struct CostRow {
+    pub case: &'static str,
+    pub balancer: Spread,
+    pub baseline: Spread,
+}
+
+/// One forwarding-rate case, in million packets per second.
+#[derive(Clone, Debug)]
+pub struct RateRow {
+    pub case: &'static str,
+    pub mpps: Spread,
+    /// Frames the sink counted per frame generated.
+    pub delivered: f64,
+}
+
+/// Everything `lb bench xdp` measured.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub cpu: usize,
+    pub costs: Vec<CostRow>,
+    pub baseline_rate: RateRow,
+    pub rates: Vec<RateRow>,
+}
+
+/// The programs under test. They live in two namespaces of their own: the generator's veth
+/// end (`v0`, where frames "arrive") and the sink's (`v1`).
+struct Bench {
+    balancer: Balancer,
+    reconciler: Reconciler<AyaDatapath>,
+    aux: Aux,
+    ingress: u32,
+}
+
+/// Runs the benchmark and returns its figures.
+pub fn run(options: Options) -> Result<Report, BenchError> {
+    let cpu = pin_to_last_cpu();
+    let (mut bench, namespaces) = Bench::build()?;
+    let generator = &namespaces[0];
+    let costs = generator.run_here(|| measure_costs(&mut bench, options))??;
+    let (baseline_rate, rates) = generator.run_here(|| measure_rates(&mut bench, options))??;
+    drop(bench);
+    Ok(Report {
+        cpu,
+        costs,
+        baseline_rate,
+        rates,
+    })
+}
+
+impl Bench {
+    /// Builds the namespaces (generator first) and loads the programs.
+    fn build() -> Result<(Self, [NetNs; 2]), BenchError> {
+        let gen_ns = NetNs::new("lbbench")?;
+        let sink_ns = NetNs::new("lbbench")?;
+        veth(&gen_ns, "v0", &sink_ns, "v1")?;
+        gen_ns.ip(&["addr", "add", "198.18.0.2/24", "dev", "v0"])?;
+        gen_ns.sysctl("net.ipv4.ip_forward", "1")?;
+        for i in 0..BACKENDS {
+            let backend = Ipv4Addr::new(198, 18, 0, 10 + i).to_string();
+            gen_ns.ip(&[
+                "neigh", "add", &backend, "lladdr", "02:00:00:00:01:00", "dev", "v0", "nud",
+                "permanent",
+            ])?;
+        }
+        let mut aux = Aux::load()?;
+        sink_ns.run_here(|| attach(&mut aux.ebpf, Aux::SINK, "v1", AttachMode::Driver))??;
+        let ingress = gen_ns.run_here(|| interface_index("v0"))??;
+
+        let spec = BalancerSpec {
+            geometry: RingGeometry {
+                ring_size: 65_537,
+                rings: 2,
+            },
+            conn_table_size: 1 << 18,
+            pin_dir: None,
+        };
+        let (balancer, datapath) = Balancer::load(&spec)?;
+        let mut reconciler = Reconciler::new(datapath, config(true))?;
+        reconciler.apply(&[Listener {
+            name: "bench".to_owned(),
+            vip: Vip {
+                address: VIP.into(),
+                port: 443,
+                protocol: Protocol::Tcp,
+            },
+            targets: (0..BACKENDS)
+                .map(|i| Target {
+                    address: Ipv4Addr::new(198, 18, 0, 10 + i).into(),
+                    weight: 1,
+                })
+                .collect(),
+        }])?;
+        let bench = Self {
+            balancer,
+            reconciler,
+            aux,
+            ingress,
+        };
+        Ok((bench, [gen_ns, sink_ns]))
+    }
+
+    fn set_static_next_hop(&mut self, on: bool) -> Result<(), BenchError> {
+        use crate::datapath::Datapath as _;
+        self.reconciler.datapath_mut().set_config(&config(on))?;
+        Ok(())
+    }
+}
+
+/// The datapath configuration: a static next hop, or the FIB.
+fn config(static_next_hop: bool) -> DatapathConfig {
+    DatapathConfig {
+        ring_size: 65_537,
+        hash_seed: 1,
+        encap_src_v4_base: 0xc612_ff00,
+        encap_src_v4_mask: 0xff,
+        mtu: 1500,
+        next_hop_mac: NEXT_HOP_MAC,
+        flags: if static_next_hop {
+            CONFIG_F_STATIC_NEXT_HOP
+        } else {
+            0
+        },
+        ..DatapathConfig::default()
+    }
+}
+
+fn frames(flags: u8, dst: Ipv4Addr, flows: u16) -> Vec<Vec<u8>> {
+    (0..flows)
+        .map(|i| tcp_v4(CLIENT, 10_000 + i, dst, 443, flags))
+        .collect()
+}
+
+fn measure_costs(bench: &mut Bench, options: Options) -> Result<Vec<CostRow>, BenchError> {
+    let syn = frames(TCP_SYN, VIP, 4096);
+    let established = frames(TCP_ACK, VIP, 1024);
+    let other = frames(TCP_ACK, Ipv4Addr::new(198, 18, 100, 9), 1024);
+    // Put the established flows in the connection table.
+    let balancer = bench.balancer.program()?;
+    time_runs(balancer, &established, established.len(), None, XDP_TX)?;
+    let cases: [(&'static str, &[Vec<u8>], u32, bool); 4] = [
+        ("TCP SYN to a VIP (new flow)", &syn, XDP_TX, true),
+        ("established flow", &established, XDP_TX, true),
+        ("established flow, FIB next hop", &established, XDP_TX, false),
+        ("packet for no VIP", &other, XDP_PASS, true),
+    ];
+    let mut rows = Vec::new();
+    for (case, frames, action, static_next_hop) in cases {
+        bench.set_static_next_hop(static_next_hop)?;
+        let ingress = Some(bench.ingress);
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for round in 0..options.rounds {
+            for first in [round % 2 == 0, round % 2 == 1] {
+                if first {
+                    let program = bench.balancer.program()?;
+                    ours.push(time_runs(program, frames, options.calls, ingress, action)?);
+                } else {
+                    let program = bench.aux.program(Aux::TX_BASELINE)?;
+                    theirs.push(time_runs(program, frames, options.calls, ingress, XDP_TX)?);
+                }
+            }
+        }
+        rows.push(CostRow {
+            case,
+            balancer: Spread::of(&ours),
+            baseline: Spread::of(&theirs),
+        });
+    }
+    bench.set_static_next_hop(true)?;
+    Ok(rows)
+}
+
+/// Mean nanoseconds per run of `calls` single test runs over `frames` in turn, checking that
+/// each run ends in `action`.
+fn time_runs(
+    program: &Xdp,
+    frames: &[Vec<u8>],
+    calls: usize,
+    ingress: Option<u32>,
+    action: u32,
+) -> Result<f64, BenchError> {
+    let mut out = vec![0u8; 256];
+    let mut total = Duration::ZERO;
+    for i in 0..calls {
+        let frame = &frames[i % frames.len()];
+        let ctx = ingress.map(|ifindex| xdp_md(ifindex, frame.len()));
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: ctx.as_deref(),
+                ..TestRunOptions::default()
+            })
+            .map_err(|source| BenchError::TestRun {
+                program: "per-packet run",
+                source,
+            })?;
+        if result.return_value != action {
+            return Err(BenchError::Unexpected(format!(
+                "a benchmark frame ended in XDP action {} instead of {action}",
+                result.return_value
+            )));
+        }
+        total += result.duration;
+    }
+    Ok(nanos(total) / calls as f64)
+}
+
+/// A `struct xdp_md` context for a frame of `len` bytes arriving on `ifindex`.
+fn xdp_md(ifindex: u32, len: usize) -> Vec<u8> {
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    [0, len, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|word: &u32| word.to_ne_bytes())
+        .collect()
+}
+
+fn measure_rates(
+    bench: &mut Bench,
+    options: Options,
+) -> Result<(RateRow, Vec<RateRow>), BenchError> {
+    let frame = tcp_v4(CLIENT, 10_000, VIP, 443, TCP_ACK);
+    let cases: [(&'static str, Option<bool>); 3] = [
+        ("trivial XDP_TX (MAC swap)", None),
+        ("balancer, static next hop", Some(true)),
+        ("balancer, FIB next hop", Some(false)),
+    ];
+    let mut samples: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); cases.len()];
+    for round in 0..options.rounds {
+        // Alternate: baseline first in even rounds, last in odd ones.
+        let mut order: Vec<usize> = (0..cases.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let (_, static_next_hop) = cases[i];
+            if let Some(on) = static_next_hop {
+                bench.set_static_next_hop(on)?;
+            }
+            let (mpps, delivered) = live_rate(bench, static_next_hop.is_some(), &frame, options.frames)?;
+            samples[i].0.push(mpps);
+            samples[i].1.push(delivered);
+        }
+    }
+    bench.set_static_next_hop(true)?;
+    let mut rows: Vec<RateRow> = cases
+        .iter()
+        .zip(samples)
+        .map(|((case, _), (mpps, delivered))| RateRow {
+            case,
+            mpps: Spread::of(&mpps),
+            delivered: Spread::of(&delivered).min,
+        })
+        .collect();
+    let baseline = rows.remove(0);
+    Ok((baseline, rows))
+}
+
+/// One live-frame round: million frames per second the sink received, and the fraction of
+/// generated frames it received.
+fn live_rate(
+    bench: &mut Bench,
+    balancer: bool,
+    frame: &[u8],
+    frames: u32,
+) -> Result<(f64, f64), BenchError> {
+    let before = sink_packets(&bench.aux)?;
+    let ctx = xdp_md(bench.ingress, frame.len());
+    let program = if balancer {
+        bench.balancer.program()?
+    } else {
+        bench.aux.program(Aux::TX_BASELINE)?
+    };
+    let start = Instant::now();
+    program
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            ctx_in: Some(&ctx),
+            repeat: frames,
+            attrs: TestRunAttrs::new().xdp_live_frames(64),
+            ..TestRunOptions::default()
+        })
+        .map_err(|source| BenchError::TestRun {
+            program: "live frames",
+            source,
+        })?;
+    let elapsed = start.elapsed();
+    std::thread::sleep(Duration::from_millis(20));
+    let received = sink_packets(&bench.aux)? - before;
+    Ok((
+        received as f64 / elapsed.as_secs_f64() / 1e6,
+        received as f64 / f64::from(frames),
+    ))
+}
+
+fn sink_packets(aux: &Aux) -> Result<u64, BenchError> {
+    let map = aux
+        .ebpf
+        .map("lb_sink_cnt")
+        .ok_or_else(|| BenchError::Unexpected("the sink's counter map is missing".to_owned()))?;
+    let counters = PerCpuArray::<_, u64>::try_from(map).map_err(|source| {
+        crate::datapath::DatapathError::Map {
+            map: "lb_sink_cnt",
+            source,
+        }
+    })?;
+    let packets = counters
+        .get(&0, 0)
+        .map_err(|source| crate::datapath::DatapathError::Map {
+            map: "lb_sink_cnt",
+            source,
+        })?;
+    Ok(packets.iter().sum())
+}
+
+/// Pins the calling thread to the last CPU; returns it.
+fn pin_to_last_cpu() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let cpu = cpus - 1;
+    // SAFETY: `cpu_set_t` is plain old data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is below the number of CPUs, within `cpu_set_t`'s capacity.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid CPU set of the size passed; 0 means the calling thread.
+    let pinned = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) } == 0;
+    if !pinned {
+        tracing::warn!("could not pin the benchmark to CPU {cpu}; figures will be noisier");
+    }
+    cpu
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "Per-packet cost through BPF_PROG_TEST_RUN (ns per packet; median [min-max] of \
+             rounds; CPU {})",
+            self.cpu
+        )?;
+        writeln!(
+            f,
+            "  {:34} {:>20} {:>20} {:>10}",
+            "case", "balancer", "trivial XDP_TX", "difference"
+        )?;
+        for row in &self.costs {
+            writeln!(
+                f,
+                "  {:34} {:>20} {:>20} {:>+10.1}",
+                row.case,
+                row.balancer.to_string(),
+                row.baseline.to_string(),
+                row.balancer.median - row.baseline.median
+            )?;
+        }
+        writeln!(f)?;
+        writeln!(
+            f,
+            "Forwarding rate, live frames out of a veth to a counting XDP sink, 65536 flows \
+             (Mpps; median [min-max])"
+        )?;
+        let base = &self.baseline_rate;
+        writeln!(
+            f,
+            "  {:34} {:>20}   delivered {:.3}",
+            base.case,
+            base.mpps.to_string(),
+            base.delivered
+        )?;
+        for row in &self.rates {
+            writeln!(
+                f,
+                "  {:34} {:>20}   delivered {:.3}   ratio {:.2}",
+                row.case,
+                row.mpps.to_string(),
+                row.delivered,
+                row.mpps.median / base.mpps.median
+            )?;
+        }
+        Ok(())
+    }
+}
