@@ -19,7 +19,9 @@ pub const PROTO_UDP: u8 = 17;
 /// A 16-byte address in network byte order, IPv4 in the first word.
 pub type AddrBe = [u32; 4];
 
-/// Key of the VIP map: one listener's (address, port, protocol).
+/// A listener's (address, port, protocol), as userspace names it. The datapath keeps IPv4 and
+/// IPv6 VIPs in two maps with compact keys ([`VipKeyV4`], [`VipKeyV6`]); this is their common
+/// form.
 ///
 /// An entry with port 0 and protocol 0 is the *address marker* of a VIP address: it exists
 /// whenever any listener uses the address, and lets the datapath apply the fragment policy to
@@ -46,11 +48,56 @@ impl VipKey {
     }
 }
 
-/// Value of the VIP map.
+/// Key of the IPv4 VIP map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKeyV4 {
+    pub addr_be: u32,
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Key of the IPv6 VIP map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKeyV6 {
+    pub addr_be: AddrBe,
+    pub port_be: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl VipKey {
+    /// The IPv4 map's key for this VIP (meaningful when `family` is [`FAMILY_V4`]).
+    #[inline(always)]
+    pub const fn v4(&self) -> VipKeyV4 {
+        VipKeyV4 {
+            addr_be: self.addr_be[0],
+            port_be: self.port_be,
+            proto: self.proto,
+            _pad: 0,
+        }
+    }
+
+    /// The IPv6 map's key for this VIP.
+    #[inline(always)]
+    pub const fn v6(&self) -> VipKeyV6 {
+        VipKeyV6 {
+            addr_be: self.addr_be,
+            port_be: self.port_be,
+            proto: self.proto,
+            _pad: 0,
+        }
+    }
+}
+
+/// Value of the VIP maps.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipValue {
-    /// Index of this VIP's counters.
+    /// Index of this VIP's counters, and part of its flows' connection-table keys. Below
+    /// `maps::MAX_VIPS`, which fits 16 bits.
     pub vip_id: u32,
     /// Which Maglev ring is live: the table starts at `ring_id * ring_size` in the ring map.
     /// Userspace writes a new table into a spare ring and then flips this field, so that no
@@ -64,7 +111,8 @@ pub struct VipValue {
 /// The entry is an address marker, not a listener: see [`VipKey`].
 pub const VIP_F_ADDRESS_MARKER: u32 = 1;
 
-/// Key of the connection table: a flow's 5-tuple as the client sent it.
+/// A flow's 5-tuple as the client sent it: what the flow hash hashes. (The connection tables
+/// key flows more compactly: [`ConnKeyV4`], [`ConnKeyV6`].)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
@@ -77,7 +125,49 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Value of the connection table: the backend a flow was placed on.
+/// Key of the IPv4 connection table. A flow is its client's address and port within one VIP
+/// (the VIP id stands for the destination address, port and protocol): 8 bytes, so that a
+/// table entry fits one cache line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKeyV4 {
+    pub src_be: u32,
+    pub src_port_be: u16,
+    pub vip_id: u16,
+}
+
+/// Key of the IPv6 connection table; see [`ConnKeyV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKeyV6 {
+    pub src_be: AddrBe,
+    pub src_port_be: u16,
+    pub vip_id: u16,
+}
+
+impl FlowKey {
+    /// The IPv4 connection-table key of this flow to VIP `vip_id`.
+    #[inline(always)]
+    pub const fn conn_v4(&self, vip_id: u16) -> ConnKeyV4 {
+        ConnKeyV4 {
+            src_be: self.src_be[0],
+            src_port_be: self.src_port_be,
+            vip_id,
+        }
+    }
+
+    /// The IPv6 connection-table key of this flow to VIP `vip_id`.
+    #[inline(always)]
+    pub const fn conn_v6(&self, vip_id: u16) -> ConnKeyV6 {
+        ConnKeyV6 {
+            src_be: self.src_be,
+            src_port_be: self.src_port_be,
+            vip_id,
+        }
+    }
+}
+
+/// Value of the connection tables: the backend a flow was placed on.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnValue {
@@ -131,6 +221,26 @@ pub struct DatapathConfig {
     pub flags: u16,
 }
 
+/// A backend's next hop as the FIB last gave it, cached per CPU for [`NEXT_HOP_TTL_NS`] so that
+/// most packets skip the FIB lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// `bpf_ktime_get_coarse_ns()` after which the entry is stale (0: never filled).
+    pub expires_ns: u64,
+    pub ifindex: u32,
+    /// The generation of the backend it was looked up for: an id given to a new backend
+    /// never inherits the old one's next hop.
+    pub generation: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad: [u8; 4],
+}
+
+/// How long a cached next hop is used before the FIB is asked again: a neighbour change
+/// (a router failing over) reaches the datapath within this time.
+pub const NEXT_HOP_TTL_NS: u64 = 50_000_000;
+
 /// Send to [`DatapathConfig::next_hop_mac`] instead of asking the FIB.
 pub const CONFIG_F_STATIC_NEXT_HOP: u16 = 1;
 
@@ -158,18 +268,26 @@ impl TrafficCounters {
 
 const _: () = {
     assert!(size_of::<VipKey>() == 20);
+    assert!(size_of::<VipKeyV4>() == 8);
+    assert!(size_of::<VipKeyV6>() == 20);
+    assert!(size_of::<ConnKeyV4>() == 8);
+    assert!(size_of::<ConnKeyV6>() == 20);
     assert!(size_of::<VipValue>() == 16);
     assert!(size_of::<FlowKey>() == 40);
     assert!(size_of::<ConnValue>() == 8);
     assert!(size_of::<Backend>() == 24);
     assert!(size_of::<DatapathConfig>() == 48);
     assert!(size_of::<TrafficCounters>() == 24);
+    assert!(size_of::<NextHop>() == 32);
 };
 
 #[cfg(feature = "user")]
 mod pod {
     //! Userspace only: lets aya copy these types in and out of maps.
-    use super::{Backend, ConnValue, DatapathConfig, FlowKey, TrafficCounters, VipKey, VipValue};
+    use super::{
+        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, FlowKey, TrafficCounters,
+        VipKey, VipKeyV4, VipKeyV6, VipValue,
+    };
 
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and integer arrays, and
     // has no implicit padding (the size asserts above equal the sum of the fields), so every
@@ -179,6 +297,14 @@ mod pod {
     unsafe impl aya::Pod for VipValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipKeyV4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipKeyV6 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ConnKeyV4 {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ConnKeyV6 {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ConnValue {}
     // SAFETY: as above.

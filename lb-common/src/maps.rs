@@ -3,14 +3,20 @@
 //! Names carry a version suffix: a map whose layout changes gets a new name, so a daemon never
 //! adopts a pinned map of an older layout by mistake. Kernel map names are at most 15 bytes.
 
-/// VIP (address, port, protocol) -> [`crate::abi::VipValue`].
-pub const VIPS: &str = "lb_vips_v1";
+/// IPv4 VIPs: [`crate::abi::VipKeyV4`] -> [`crate::abi::VipValue`].
+pub const VIPS_V4: &str = "lb_vips4_v1";
+/// IPv6 VIPs: [`crate::abi::VipKeyV6`] -> [`crate::abi::VipValue`].
+pub const VIPS_V6: &str = "lb_vips6_v1";
 /// Flat array of Maglev rings: `ring_id * ring_size + slot` -> backend id.
 pub const RINGS: &str = "lb_rings_v1";
 /// Backend id -> [`crate::abi::Backend`].
 pub const BACKENDS: &str = "lb_backends_v1";
-/// LRU connection table: [`crate::abi::FlowKey`] -> [`crate::abi::ConnValue`].
-pub const CONNS: &str = "lb_conns_v1";
+/// IPv4 LRU connection table: [`crate::abi::ConnKeyV4`] -> [`crate::abi::ConnValue`].
+pub const CONNS_V4: &str = "lb_conns4_v1";
+/// IPv6 LRU connection table: [`crate::abi::ConnKeyV6`] -> [`crate::abi::ConnValue`].
+pub const CONNS_V6: &str = "lb_conns6_v1";
+/// Per-CPU cache of each backend's next hop from the FIB.
+pub const NEXT_HOPS: &str = "lb_next_hops_v1";
 /// The single [`crate::abi::DatapathConfig`].
 pub const CONFIG: &str = "lb_config_v1";
 /// Per-CPU [`crate::counters::Counter`] values.
@@ -39,10 +45,14 @@ pub const DEFAULT_RING_SIZE: u32 = 65_537;
 pub const DEFAULT_RINGS: u32 = 64;
 
 const _: () = {
-    assert!(VIPS.len() <= 15);
+    assert!(VIPS_V4.len() <= 15);
+    assert!(VIPS_V6.len() <= 15);
+    assert!(CONNS_V4.len() <= 15);
+    assert!(CONNS_V6.len() <= 15);
+    assert!(NEXT_HOPS.len() <= 15);
+    assert!(MAX_VIPS <= 1 << 16);
     assert!(RINGS.len() <= 15);
     assert!(BACKENDS.len() <= 15);
-    assert!(CONNS.len() <= 15);
     assert!(CONFIG.len() <= 15);
     assert!(COUNTERS.len() <= 15);
     assert!(VIP_STATS.len() <= 15);

@@ -17,7 +17,10 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
-    abi::{Backend, ConnValue, DatapathConfig, FlowKey, VipKey, VipValue},
+    abi::{
+        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, NextHop, VipKeyV4, VipKeyV6,
+        VipValue,
+    },
     maps as names,
 };
 use tracing::warn;
@@ -88,11 +91,14 @@ pub enum AttachMode {
 }
 
 /// The balancer's maps, all pinned when the daemon has a pin directory.
-pub const BALANCER_MAPS: [&str; 9] = [
-    names::VIPS,
+pub const BALANCER_MAPS: [&str; 12] = [
+    names::VIPS_V4,
+    names::VIPS_V6,
     names::RINGS,
     names::BACKENDS,
-    names::CONNS,
+    names::CONNS_V4,
+    names::CONNS_V6,
+    names::NEXT_HOPS,
     names::CONFIG,
     names::COUNTERS,
     names::VIP_STATS,
@@ -131,7 +137,8 @@ impl Balancer {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::RINGS, ring_entries)
-            .map_max_entries(names::CONNS, spec.conn_table_size);
+            .map_max_entries(names::CONNS_V4, spec.conn_table_size)
+            .map_max_entries(names::CONNS_V6, spec.conn_table_size);
         let pin_paths: Vec<(&str, PathBuf)> = match &spec.pin_dir {
             Some(dir) => {
                 prepare_pin_dir(dir)?;
@@ -306,21 +313,14 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
 
 /// Refuses to adopt a pinned map whose shape differs from what this build would create.
 fn check_pinned_maps(dir: &Path, ring_entries: u32, conn_entries: u32) -> Result<(), LoadError> {
-    let shapes: [(&'static str, usize, usize, Option<u32>); 5] = [
-        (
-            names::VIPS,
-            size_of::<VipKey>(),
-            size_of::<VipValue>(),
-            None,
-        ),
+    let shapes: [(&'static str, usize, usize, Option<u32>); 8] = [
+        (names::VIPS_V4, size_of::<VipKeyV4>(), size_of::<VipValue>(), None),
+        (names::VIPS_V6, size_of::<VipKeyV6>(), size_of::<VipValue>(), None),
         (names::RINGS, 4, 4, Some(ring_entries)),
         (names::BACKENDS, 4, size_of::<Backend>(), None),
-        (
-            names::CONNS,
-            size_of::<FlowKey>(),
-            size_of::<ConnValue>(),
-            Some(conn_entries),
-        ),
+        (names::CONNS_V4, size_of::<ConnKeyV4>(), size_of::<ConnValue>(), Some(conn_entries)),
+        (names::CONNS_V6, size_of::<ConnKeyV6>(), size_of::<ConnValue>(), Some(conn_entries)),
+        (names::NEXT_HOPS, 4, size_of::<NextHop>(), None),
         (names::CONFIG, 4, size_of::<DatapathConfig>(), None),
     ];
     for (name, key_size, value_size, entries) in shapes {

@@ -38,6 +38,9 @@ enum Bench {
         /// Frames per round for the forwarding rate.
         #[arg(long, default_value_t = 2_000_000)]
         frames: u32,
+        /// Distinct flows for the forwarding rate (a power of two up to 65536).
+        #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+        flows: u32,
     },
 }
 
@@ -74,11 +77,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             rounds,
             calls,
             frames,
+            flows,
         }) => {
             let options = lb::bench::xdp::Options {
                 rounds,
                 calls,
                 frames,
+                flows,
             };
             let report = lb::bench::xdp::run(options).context("the XDP benchmark failed")?;
             println!("{report}");

@@ -51,6 +51,8 @@ pub struct Options {
     pub calls: usize,
     /// Frames per round in the live-frame measurement.
     pub frames: u32,
+    /// Distinct flows in the live-frame measurement (a power of two, at most 65536).
+    pub flows: u32,
 }
 
 impl Default for Options {
@@ -59,6 +61,7 @@ impl Default for Options {
             rounds: 5,
             calls: 100_000,
             frames: 2_000_000,
+            flows: 65_536,
         }
     }
 }
@@ -84,6 +87,7 @@ pub struct RateRow {
 #[derive(Clone, Debug)]
 pub struct Report {
     pub cpu: usize,
+    pub flows: u32,
     pub costs: Vec<CostRow>,
     pub baseline_rate: RateRow,
     pub rates: Vec<RateRow>,
@@ -108,6 +112,7 @@ pub fn run(options: Options) -> Result<Report, BenchError> {
     drop(bench);
     Ok(Report {
         cpu,
+        flows: options.flows,
         costs,
         baseline_rate,
         rates,
@@ -286,6 +291,7 @@ fn measure_rates(
     options: Options,
 ) -> Result<(RateRow, Vec<RateRow>), BenchError> {
     let frame = tcp_v4(CLIENT, 10_000, VIP, 443, TCP_ACK);
+    set_sink_flows(&mut bench.aux, options.flows)?;
     let cases: [(&'static str, Option<bool>); 3] = [
         ("trivial XDP_TX (MAC swap)", None),
         ("balancer, static next hop", Some(true)),
@@ -359,6 +365,25 @@ fn live_rate(
     ))
 }
 
+/// Makes the sink hand out `flows` source ports in turn (rounded up to a power of two).
+fn set_sink_flows(aux: &mut Aux, flows: u32) -> Result<(), BenchError> {
+    let map_error = |source| crate::datapath::DatapathError::Map {
+        map: "lb_sink_cnt",
+        source,
+    };
+    let map = aux
+        .ebpf
+        .map_mut("lb_sink_cnt")
+        .ok_or_else(|| BenchError::Unexpected("the sink's counter map is missing".to_owned()))?;
+    let mut counters = PerCpuArray::<_, u64>::try_from(map).map_err(map_error)?;
+    let mask = u64::from(flows.clamp(1, 65_536).next_power_of_two() - 1);
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| BenchError::Unexpected(e.to_string()))?;
+    let values = aya::maps::PerCpuValues::try_from(vec![mask; cpus])
+        .map_err(|e| BenchError::Unexpected(e.to_string()))?;
+    counters.set(3, values, 0).map_err(map_error)?;
+    Ok(())
+}
+
 fn sink_packets(aux: &Aux) -> Result<u64, BenchError> {
     let map = aux
         .ebpf
@@ -421,8 +446,9 @@ impl std::fmt::Display for Report {
         writeln!(f)?;
         writeln!(
             f,
-            "Forwarding rate, live frames out of a veth to a counting XDP sink, 65536 flows \
-             (Mpps; median [min-max])"
+            "Forwarding rate, live frames out of a veth to a counting XDP sink, {} flows \
+             (Mpps; median [min-max])",
+            self.flows
         )?;
         let base = &self.baseline_rate;
         writeln!(

@@ -23,7 +23,7 @@ pub struct FakeDatapath {
     pub rings: Vec<u32>,
     pub vips: BTreeMap<VipKey, VipValue>,
     pub tx_ports: Vec<u32>,
-    pub conns: HashMap<FlowKey, ConnValue>,
+    pub conns: HashMap<(FlowKey, u16), ConnValue>,
     /// Successful single-entry writes so far (a ring write counts each slot).
     pub writes: usize,
     fail_after: Option<usize>,
@@ -137,7 +137,11 @@ impl Datapath for FakeDatapath {
         self.write("stats")
     }
 
-    fn lookup_conn(&self, flow: &FlowKey) -> Result<Option<ConnValue>, DatapathError> {
-        Ok(self.conns.get(flow).copied())
+    fn lookup_conn(
+        &self,
+        flow: &FlowKey,
+        vip_id: u16,
+    ) -> Result<Option<ConnValue>, DatapathError> {
+        Ok(self.conns.get(&(*flow, vip_id)).copied())
     }
 }

@@ -6,7 +6,10 @@ use aya::{
     util::nr_cpus,
 };
 use lb_common::{
-    abi::{Backend, ConnValue, DatapathConfig, FlowKey, TrafficCounters, VipKey, VipValue},
+    abi::{
+        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, FAMILY_V4, FlowKey,
+        TrafficCounters, VipKey, VipKeyV4, VipKeyV6, VipValue,
+    },
     counters::Counter,
     maps as names,
 };
@@ -16,10 +19,12 @@ use super::{Datapath, DatapathError, RingGeometry};
 /// The balancer's maps, taken out of a loaded [`Ebpf`] object.
 pub struct AyaDatapath {
     geometry: RingGeometry,
-    vips: HashMap<MapData, VipKey, VipValue>,
+    vips_v4: HashMap<MapData, VipKeyV4, VipValue>,
+    vips_v6: HashMap<MapData, VipKeyV6, VipValue>,
     rings: Array<MapData, u32>,
     backends: Array<MapData, Backend>,
-    conns: HashMap<MapData, FlowKey, ConnValue>,
+    conns_v4: HashMap<MapData, ConnKeyV4, ConnValue>,
+    conns_v6: HashMap<MapData, ConnKeyV6, ConnValue>,
     config: Array<MapData, DatapathConfig>,
     counters: PerCpuArray<MapData, u64>,
     vip_stats: PerCpuArray<MapData, TrafficCounters>,
@@ -54,10 +59,12 @@ impl AyaDatapath {
     pub fn from_ebpf(ebpf: &mut Ebpf, geometry: RingGeometry) -> Result<Self, DatapathError> {
         Ok(Self {
             geometry,
-            vips: typed!(ebpf, names::VIPS),
+            vips_v4: typed!(ebpf, names::VIPS_V4),
+            vips_v6: typed!(ebpf, names::VIPS_V6),
             rings: typed!(ebpf, names::RINGS),
             backends: typed!(ebpf, names::BACKENDS),
-            conns: typed!(ebpf, names::CONNS),
+            conns_v4: typed!(ebpf, names::CONNS_V4),
+            conns_v6: typed!(ebpf, names::CONNS_V6),
             config: typed!(ebpf, names::CONFIG),
             counters: typed!(ebpf, names::COUNTERS),
             vip_stats: typed!(ebpf, names::VIP_STATS),
@@ -115,11 +122,23 @@ impl Datapath for AyaDatapath {
     }
 
     fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<(), DatapathError> {
-        self.vips.insert(key, value, 0).map_err(err(names::VIPS))
+        if key.family == FAMILY_V4 {
+            self.vips_v4
+                .insert(key.v4(), value, 0)
+                .map_err(err(names::VIPS_V4))
+        } else {
+            self.vips_v6
+                .insert(key.v6(), value, 0)
+                .map_err(err(names::VIPS_V6))
+        }
     }
 
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), DatapathError> {
-        self.vips.remove(key).map_err(err(names::VIPS))
+        if key.family == FAMILY_V4 {
+            self.vips_v4.remove(&key.v4()).map_err(err(names::VIPS_V4))
+        } else {
+            self.vips_v6.remove(&key.v6()).map_err(err(names::VIPS_V6))
+        }
     }
 
     fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
@@ -180,14 +199,20 @@ impl Datapath for AyaDatapath {
         Ok(())
     }
 
-    fn lookup_conn(&self, flow: &FlowKey) -> Result<Option<ConnValue>, DatapathError> {
-        match self.conns.get(flow, 0) {
+    fn lookup_conn(
+        &self,
+        flow: &FlowKey,
+        vip_id: u16,
+    ) -> Result<Option<ConnValue>, DatapathError> {
+        let (found, map) = if flow.family == FAMILY_V4 {
+            (self.conns_v4.get(&flow.conn_v4(vip_id), 0), names::CONNS_V4)
+        } else {
+            (self.conns_v6.get(&flow.conn_v6(vip_id), 0), names::CONNS_V6)
+        };
+        match found {
             Ok(value) => Ok(Some(value)),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DatapathError::Map {
-                map: names::CONNS,
-                source,
-            }),
+            Err(source) => Err(DatapathError::Map { map, source }),
         }
     }
 }

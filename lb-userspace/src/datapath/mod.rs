@@ -60,7 +60,9 @@ pub trait Datapath {
         vip_id: Option<u32>,
         backend_id: Option<u32>,
     ) -> Result<(), DatapathError>;
-    fn lookup_conn(&self, flow: &FlowKey) -> Result<Option<ConnValue>, DatapathError>;
+    /// The connection-table entry of `flow` to the VIP with id `vip_id`.
+    fn lookup_conn(&self, flow: &FlowKey, vip_id: u16)
+    -> Result<Option<ConnValue>, DatapathError>;
 }
 
 /// The value of one counter in a [`Datapath::counters`] snapshot.

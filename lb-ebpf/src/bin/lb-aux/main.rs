@@ -29,9 +29,10 @@ use lb_ebpf::{
     ptr::Frame,
 };
 
-/// Per CPU: packets (index 0) and bytes (1) the sink received, and the next source port (2).
+/// Per CPU: packets (index 0) and bytes (1) the sink received, the next source port (2), and
+/// the mask of the source ports it hands out (3; set by the benchmark: flows - 1).
 #[map(name = "lb_sink_cnt")]
-static SINK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
+static SINK_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 
 #[xdp(frags)]
 pub fn lb_pass(_ctx: XdpContext) -> u32 {
@@ -119,8 +120,9 @@ fn renew_source_port(ctx: &XdpContext) {
     let Some(ports) = frame.get_mut::<UdpHdr>(l4) else {
         return;
     };
+    let mask = add(3, 0);
     #[expect(clippy::cast_possible_truncation, reason = "ports wrap around")]
-    let port = add(2, 1) as u16;
+    let port = (add(2, 1) & mask) as u16;
     // SAFETY: `Frame::get_mut` checked the header is inside the packet.
     unsafe { (*ports).src_port_be = port.to_be() };
 }

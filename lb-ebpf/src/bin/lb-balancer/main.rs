@@ -56,7 +56,7 @@ fn balance(ctx: &XdpContext) -> Result<Forwarded> {
     let config = maps::config()?;
     let selected = select::select_backend(ctx, &packet, &vip, config)?;
     let outer = encap::encap(ctx, &packet, &selected.backend, config)?;
-    let forwarded = forward::forward(ctx, &outer, config)?;
+    let forwarded = forward::forward(ctx, &outer, &selected, config)?;
     stats::count_traffic(
         vip.vip_id,
         selected.backend_id,

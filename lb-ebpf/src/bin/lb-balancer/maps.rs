@@ -1,21 +1,31 @@
 //! The balancer's maps. Userspace sizes the large ones at load time (ring count and size,
 //! connection-table size) and, when it has a bpffs directory, pins them all there by name
 //! (`EbpfLoader::map_pin_path`); nothing is pinned by default.
+//!
+//! VIPs and connections are kept per address family, with compact keys: an IPv4 connection
+//! entry (8-byte key) fits one cache line, and hashing it costs two words, not ten.
 
 use aya_ebpf::{
     macros::map,
     maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    abi::{Backend, ConnValue, DatapathConfig, FlowKey, TrafficCounters, VipKey, VipValue},
+    abi::{
+        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, NextHop, TrafficCounters,
+        VipKeyV4, VipKeyV6, VipValue,
+    },
     counters::Counter,
     maps::{DEFAULT_CONNS, DEFAULT_RING_SIZE, DEFAULT_RINGS, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS},
 };
 use lb_ebpf::Exit;
 
-/// Listeners (and address markers): (address, port, protocol) -> VIP.
-#[map(name = "lb_vips_v1")]
-pub static VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(2 * MAX_VIPS, 0);
+/// IPv4 listeners (and address markers).
+#[map(name = "lb_vips4_v1")]
+pub static VIPS_V4: HashMap<VipKeyV4, VipValue> = HashMap::with_max_entries(2 * MAX_VIPS, 0);
+
+/// IPv6 listeners (and address markers).
+#[map(name = "lb_vips6_v1")]
+pub static VIPS_V6: HashMap<VipKeyV6, VipValue> = HashMap::with_max_entries(2 * MAX_VIPS, 0);
 
 /// All Maglev rings back to back: `ring_id * ring_size + slot` -> backend id.
 #[map(name = "lb_rings_v1")]
@@ -25,13 +35,18 @@ pub static RINGS: Array<u32> = Array::with_max_entries(DEFAULT_RINGS * DEFAULT_R
 #[map(name = "lb_backends_v1")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
-/// The connection table. `BPF_F_NO_COMMON_LRU` gives each CPU its own LRU list, so that CPUs
-/// never contend on one list lock.
-#[map(name = "lb_conns_v1")]
-pub static CONNS: LruHashMap<FlowKey, ConnValue> =
+/// `BPF_F_NO_COMMON_LRU`: each CPU has its own LRU list, so CPUs never contend on one lock.
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
+/// The IPv4 connection table.
+#[map(name = "lb_conns4_v1")]
+pub static CONNS_V4: LruHashMap<ConnKeyV4, ConnValue> =
     LruHashMap::with_max_entries(DEFAULT_CONNS, BPF_F_NO_COMMON_LRU);
 
-const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+/// The IPv6 connection table.
+#[map(name = "lb_conns6_v1")]
+pub static CONNS_V6: LruHashMap<ConnKeyV6, ConnValue> =
+    LruHashMap::with_max_entries(DEFAULT_CONNS, BPF_F_NO_COMMON_LRU);
 
 /// Deployment-wide settings: one entry.
 #[map(name = "lb_config_v1")]
@@ -47,6 +62,10 @@ pub static VIP_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entri
 #[map(name = "lb_be_stats_v1")]
 pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
     PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Each backend's next hop, as the FIB last gave it (per CPU).
+#[map(name = "lb_next_hops_v1")]
+pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Interfaces the balancer may redirect encapsulated packets to, keyed by ifindex.
 #[map(name = "lb_tx_ports_v1")]

@@ -16,8 +16,8 @@ use aya_ebpf::{bindings::BPF_ANY, programs::XdpContext};
 use aya_log_ebpf::error;
 use lb_common::{
     abi::{
-        BACKEND_F_SERVING, Backend, ConnValue, DatapathConfig, FlowKey, RING_EMPTY, VipKey,
-        VipValue,
+        BACKEND_F_SERVING, Backend, ConnValue, DatapathConfig, FAMILY_V4, FlowKey, RING_EMPTY,
+        VipKey, VipValue,
     },
     counters::Counter,
     hash::{flow_hash, ring_slot},
@@ -26,7 +26,7 @@ use lb_ebpf::{Exit, parse::Packet};
 
 use crate::{
     Result,
-    maps::{BACKENDS, CONNS, RINGS, VIPS},
+    maps::{BACKENDS, CONNS_V4, CONNS_V6, RINGS, VIPS_V4, VIPS_V6},
     stats::count,
 };
 
@@ -39,10 +39,19 @@ pub fn lookup_vip(flow: &FlowKey) -> Result<VipValue> {
         proto: flow.proto,
         family: flow.family,
     };
+    find_vip(&key).ok_or(Exit::Pass(Counter::PassNotVip))
+}
+
+/// The VIP map entry of `key`, from the map of its family.
+#[inline(always)]
+fn find_vip(key: &VipKey) -> Option<VipValue> {
     // SAFETY: the value is copied out at once; userspace replaces VIP values whole.
-    match unsafe { VIPS.get(key) } {
-        Some(vip) => Ok(*vip),
-        None => Err(Exit::Pass(Counter::PassNotVip)),
+    unsafe {
+        if key.family == FAMILY_V4 {
+            VIPS_V4.get(key.v4()).copied()
+        } else {
+            VIPS_V6.get(key.v6()).copied()
+        }
     }
 }
 
@@ -50,9 +59,7 @@ pub fn lookup_vip(flow: &FlowKey) -> Result<VipValue> {
 /// choose the backend, are only in the first fragment); any other fragment is the kernel's.
 #[inline(always)]
 pub fn fragment_verdict(flow: &FlowKey) -> Exit<Counter> {
-    let marker = VipKey::address_marker(flow.dst_be, flow.family);
-    // SAFETY: only the presence of the entry is used.
-    if unsafe { VIPS.get(marker) }.is_some() {
+    if find_vip(&VipKey::address_marker(flow.dst_be, flow.family)).is_some() {
         Exit::Drop(Counter::DropFragment)
     } else {
         Exit::Pass(Counter::PassNotVip)
@@ -74,8 +81,11 @@ pub fn select_backend(
     vip: &VipValue,
     config: &DatapathConfig,
 ) -> Result<Selected> {
+    // `vip_id` is below MAX_VIPS (userspace allocates it), so it fits the key's 16 bits.
+    #[expect(clippy::cast_possible_truncation, reason = "VIP ids are below MAX_VIPS")]
+    let vip_id = vip.vip_id as u16;
     if !packet.is_syn
-        && let Some(selected) = lookup_conn(&packet.flow)
+        && let Some(selected) = lookup_conn(&packet.flow, vip_id)
     {
         count(Counter::ConnHit);
         return Ok(selected);
@@ -86,17 +96,28 @@ pub fn select_backend(
         backend_id: selected.backend_id,
         generation: selected.backend.generation,
     };
-    if CONNS.insert(packet.flow, conn, u64::from(BPF_ANY)).is_err() {
+    let inserted = if packet.flow.family == FAMILY_V4 {
+        CONNS_V4.insert(packet.flow.conn_v4(vip_id), conn, u64::from(BPF_ANY))
+    } else {
+        CONNS_V6.insert(packet.flow.conn_v6(vip_id), conn, u64::from(BPF_ANY))
+    };
+    if inserted.is_err() {
         count(Counter::ConnInsertFailed);
     }
     Ok(selected)
 }
 
-/// The connection table's backend for `flow`, if it still serves.
+/// The connection table's backend for `flow` to VIP `vip_id`, if it still serves.
 #[inline(always)]
-fn lookup_conn(flow: &FlowKey) -> Option<Selected> {
+fn lookup_conn(flow: &FlowKey, vip_id: u16) -> Option<Selected> {
     // SAFETY: the value is copied out at once.
-    let conn = unsafe { *CONNS.get(flow)? };
+    let conn = unsafe {
+        if flow.family == FAMILY_V4 {
+            *CONNS_V4.get(flow.conn_v4(vip_id))?
+        } else {
+            *CONNS_V6.get(flow.conn_v6(vip_id))?
+        }
+    };
     let backend = *BACKENDS.get(conn.backend_id)?;
     if backend.generation != conn.generation || backend.flags & BACKEND_F_SERVING == 0 {
         count(Counter::ConnStale);
