@@ -285,8 +285,8 @@ const _: () = {
 mod pod {
     //! Userspace only: lets aya copy these types in and out of maps.
     use super::{
-        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, FlowKey, TrafficCounters,
-        VipKey, VipKeyV4, VipKeyV6, VipValue,
+        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, FlowKey, TrafficCounters, VipKey,
+        VipKeyV4, VipKeyV6, VipValue,
     };
 
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and integer arrays, and

@@ -314,12 +314,32 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
 /// Refuses to adopt a pinned map whose shape differs from what this build would create.
 fn check_pinned_maps(dir: &Path, ring_entries: u32, conn_entries: u32) -> Result<(), LoadError> {
     let shapes: [(&'static str, usize, usize, Option<u32>); 8] = [
-        (names::VIPS_V4, size_of::<VipKeyV4>(), size_of::<VipValue>(), None),
-        (names::VIPS_V6, size_of::<VipKeyV6>(), size_of::<VipValue>(), None),
+        (
+            names::VIPS_V4,
+            size_of::<VipKeyV4>(),
+            size_of::<VipValue>(),
+            None,
+        ),
+        (
+            names::VIPS_V6,
+            size_of::<VipKeyV6>(),
+            size_of::<VipValue>(),
+            None,
+        ),
         (names::RINGS, 4, 4, Some(ring_entries)),
         (names::BACKENDS, 4, size_of::<Backend>(), None),
-        (names::CONNS_V4, size_of::<ConnKeyV4>(), size_of::<ConnValue>(), Some(conn_entries)),
-        (names::CONNS_V6, size_of::<ConnKeyV6>(), size_of::<ConnValue>(), Some(conn_entries)),
+        (
+            names::CONNS_V4,
+            size_of::<ConnKeyV4>(),
+            size_of::<ConnValue>(),
+            Some(conn_entries),
+        ),
+        (
+            names::CONNS_V6,
+            size_of::<ConnKeyV6>(),
+            size_of::<ConnValue>(),
+            Some(conn_entries),
+        ),
         (names::NEXT_HOPS, 4, size_of::<NextHop>(), None),
         (names::CONFIG, 4, size_of::<DatapathConfig>(), None),
     ];

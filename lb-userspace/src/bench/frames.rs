@@ -56,7 +56,11 @@ mod tests {
             TCP_SYN,
         );
         assert_eq!(frame.len(), 60);
-        assert_eq!(ipv4_checksum(&frame[14..34]), 0, "a valid header sums to zero");
+        assert_eq!(
+            ipv4_checksum(&frame[14..34]),
+            0,
+            "a valid header sums to zero"
+        );
         assert_eq!(&frame[34..36], &40_000u16.to_be_bytes());
         assert_eq!(frame[47], TCP_SYN);
     }

@@ -72,6 +72,8 @@ pub struct CostRow {
     pub case: &'static str,
     pub balancer: Spread,
     pub baseline: Spread,
+    /// Balancer minus baseline, paired by round (so that drift between rounds cancels).
+    pub difference: Spread,
 }
 
 /// One forwarding-rate case, in million packets per second.
@@ -79,6 +81,8 @@ pub struct CostRow {
 pub struct RateRow {
     pub case: &'static str,
     pub mpps: Spread,
+    /// Rate over the baseline's rate of the same round (none for the baseline itself).
+    pub ratio: Option<Spread>,
     /// Frames the sink counted per frame generated.
     pub delivered: f64,
 }
@@ -130,7 +134,14 @@ impl Bench {
         for i in 0..BACKENDS {
             let backend = Ipv4Addr::new(198, 18, 0, 10 + i).to_string();
             gen_ns.ip(&[
-                "neigh", "add", &backend, "lladdr", "02:00:00:00:01:00", "dev", "v0", "nud",
+                "neigh",
+                "add",
+                &backend,
+                "lladdr",
+                "02:00:00:00:01:00",
+                "dev",
+                "v0",
+                "nud",
                 "permanent",
             ])?;
         }
@@ -212,7 +223,12 @@ fn measure_costs(bench: &mut Bench, options: Options) -> Result<Vec<CostRow>, Be
     let cases: [(&'static str, &[Vec<u8>], u32, bool); 4] = [
         ("TCP SYN to a VIP (new flow)", &syn, XDP_TX, true),
         ("established flow", &established, XDP_TX, true),
-        ("established flow, FIB next hop", &established, XDP_TX, false),
+        (
+            "established flow, FIB next hop",
+            &established,
+            XDP_TX,
+            false,
+        ),
         ("packet for no VIP", &other, XDP_PASS, true),
     ];
     let mut rows = Vec::new();
@@ -231,10 +247,12 @@ fn measure_costs(bench: &mut Bench, options: Options) -> Result<Vec<CostRow>, Be
                 }
             }
         }
+        let differences: Vec<f64> = ours.iter().zip(&theirs).map(|(a, b)| a - b).collect();
         rows.push(CostRow {
             case,
             balancer: Spread::of(&ours),
             baseline: Spread::of(&theirs),
+            difference: Spread::of(&differences),
         });
     }
     bench.set_static_next_hop(true)?;
@@ -309,19 +327,30 @@ fn measure_rates(
             if let Some(on) = static_next_hop {
                 bench.set_static_next_hop(on)?;
             }
-            let (mpps, delivered) = live_rate(bench, static_next_hop.is_some(), &frame, options.frames)?;
+            let (mpps, delivered) =
+                live_rate(bench, static_next_hop.is_some(), &frame, options.frames)?;
             samples[i].0.push(mpps);
             samples[i].1.push(delivered);
         }
     }
     bench.set_static_next_hop(true)?;
+    let baseline_mpps = samples[0].0.clone();
     let mut rows: Vec<RateRow> = cases
         .iter()
         .zip(samples)
-        .map(|((case, _), (mpps, delivered))| RateRow {
-            case,
-            mpps: Spread::of(&mpps),
-            delivered: Spread::of(&delivered).min,
+        .enumerate()
+        .map(|(i, ((case, _), (mpps, delivered)))| {
+            let ratios: Vec<f64> = mpps
+                .iter()
+                .zip(&baseline_mpps)
+                .map(|(a, b)| a / b)
+                .collect();
+            RateRow {
+                case,
+                mpps: Spread::of(&mpps),
+                ratio: (i > 0).then(|| Spread::of(&ratios)),
+                delivered: Spread::of(&delivered).min,
+            }
         })
         .collect();
     let baseline = rows.remove(0);
@@ -430,17 +459,17 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  {:34} {:>20} {:>20} {:>10}",
-            "case", "balancer", "trivial XDP_TX", "difference"
+            "  {:34} {:>20} {:>20} {:>22}",
+            "case", "balancer", "trivial XDP_TX", "difference (paired)"
         )?;
         for row in &self.costs {
             writeln!(
                 f,
-                "  {:34} {:>20} {:>20} {:>+10.1}",
+                "  {:34} {:>20} {:>20} {:>22}",
                 row.case,
                 row.balancer.to_string(),
                 row.baseline.to_string(),
-                row.balancer.median - row.baseline.median
+                row.difference.to_string()
             )?;
         }
         writeln!(f)?;
@@ -459,13 +488,16 @@ impl std::fmt::Display for Report {
             base.delivered
         )?;
         for row in &self.rates {
+            let ratio = row.ratio.unwrap_or(Spread::of(&[f64::NAN]));
             writeln!(
                 f,
-                "  {:34} {:>20}   delivered {:.3}   ratio {:.2}",
+                "  {:34} {:>20}   delivered {:.3}   ratio {:.2} [{:.2}-{:.2}]",
                 row.case,
                 row.mpps.to_string(),
                 row.delivered,
-                row.mpps.median / base.mpps.median
+                ratio.median,
+                ratio.min,
+                ratio.max
             )?;
         }
         Ok(())

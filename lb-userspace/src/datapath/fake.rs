@@ -137,11 +137,7 @@ impl Datapath for FakeDatapath {
         self.write("stats")
     }
 
-    fn lookup_conn(
-        &self,
-        flow: &FlowKey,
-        vip_id: u16,
-    ) -> Result<Option<ConnValue>, DatapathError> {
+    fn lookup_conn(&self, flow: &FlowKey, vip_id: u16) -> Result<Option<ConnValue>, DatapathError> {
         Ok(self.conns.get(&(*flow, vip_id)).copied())
     }
 }

@@ -199,11 +199,7 @@ impl Datapath for AyaDatapath {
         Ok(())
     }
 
-    fn lookup_conn(
-        &self,
-        flow: &FlowKey,
-        vip_id: u16,
-    ) -> Result<Option<ConnValue>, DatapathError> {
+    fn lookup_conn(&self, flow: &FlowKey, vip_id: u16) -> Result<Option<ConnValue>, DatapathError> {
         let (found, map) = if flow.family == FAMILY_V4 {
             (self.conns_v4.get(&flow.conn_v4(vip_id), 0), names::CONNS_V4)
         } else {

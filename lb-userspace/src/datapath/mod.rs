@@ -61,8 +61,7 @@ pub trait Datapath {
         backend_id: Option<u32>,
     ) -> Result<(), DatapathError>;
     /// The connection-table entry of `flow` to the VIP with id `vip_id`.
-    fn lookup_conn(&self, flow: &FlowKey, vip_id: u16)
-    -> Result<Option<ConnValue>, DatapathError>;
+    fn lookup_conn(&self, flow: &FlowKey, vip_id: u16) -> Result<Option<ConnValue>, DatapathError>;
 }
 
 /// The value of one counter in a [`Datapath::counters`] snapshot.

@@ -129,7 +129,10 @@ fn fib_params(outer: &Outer, ingress: u32) -> FibParams {
     // SAFETY: `bpf_fib_lookup` is plain old data: integers, arrays and unions of integers, for
     // which all-zero is a valid value (and what the kernel expects in unused fields).
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    #[expect(clippy::cast_possible_truncation, reason = "an IP length, checked to fit 16 bits")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "an IP length, checked to fit 16 bits"
+    )]
     let tot_len = outer.ip_len as u16;
     fib.__bindgen_anon_1.tot_len = tot_len;
     fib.ifindex = ingress;

@@ -82,7 +82,10 @@ pub fn select_backend(
     config: &DatapathConfig,
 ) -> Result<Selected> {
     // `vip_id` is below MAX_VIPS (userspace allocates it), so it fits the key's 16 bits.
-    #[expect(clippy::cast_possible_truncation, reason = "VIP ids are below MAX_VIPS")]
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "VIP ids are below MAX_VIPS"
+    )]
     let vip_id = vip.vip_id as u16;
     if !packet.is_syn
         && let Some(selected) = lookup_conn(&packet.flow, vip_id)
