@@ -28,5 +28,8 @@ fn main() -> anyhow::Result<()> {
         }],
         Toolchain::default(),
     )
-    .context("building the eBPF programs failed; run `cargo xtask setup` to install the toolchain")
+    .context(
+        "building the eBPF programs failed (the compiler output is above); if the toolchain is \
+         missing, `cargo xtask setup` installs it",
+    )
 }

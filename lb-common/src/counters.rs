@@ -1,9 +1,13 @@
 //! Per-CPU event counters: one per verdict reason, plus connection-table events.
 //!
-//! Every packet the balancer sees bumps exactly one *verdict* counter (a `Tx*`, `Pass*` or
-//! `Drop*` reason), so the verdict counters sum to the packets seen. The connection-table
-//! counters (`ConnHit`, `ConnMiss`, `ConnStale`) count lookups, not packets. The decapsulation
-//! program has its own, smaller set: [`DecapCounter`].
+//! Every packet the balancer sees counts exactly one *verdict* (a `Tx*`, `Pass*` or `Drop*`
+//! reason), so the verdicts sum to the packets seen. The connection-table counters (`ConnHit`,
+//! `ConnMiss`, `ConnStale`) count lookups, not packets.
+//!
+//! Two counters are not kept by the datapath, to keep the forwarding path at one counter
+//! update per packet ([`Counter::is_derived`]): userspace computes `TxLocal` and `ConnHit` from
+//! the per-backend traffic counters. The decapsulation program has its own, smaller set:
+//! [`DecapCounter`].
 
 /// What a counter counts, for display and for checking that verdicts add up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +64,8 @@ macro_rules! counters {
 counters! {
     /// Counters of the balancer program.
     Counter {
-        /// Encapsulated and sent back out of the interface it came in on (`XDP_TX`).
+        /// Encapsulated and sent back out of the interface it came in on (`XDP_TX`). Derived:
+        /// forwarded packets minus `tx_redirect`.
         TxLocal = (Forward, "tx_local"),
         /// Encapsulated and redirected to another interface through the devmap.
         TxRedirect = (Forward, "tx_redirect"),
@@ -107,7 +112,8 @@ counters! {
         DropForwardingDisabled = (Drop, "drop_forwarding_disabled"),
         /// Internal inconsistency: a map entry that should exist did not.
         DropMapMiss = (Drop, "drop_map_miss"),
-        /// A flow found in the connection table.
+        /// A forwarded packet of a flow found in the connection table. Derived: forwarded
+        /// packets minus new flows.
         ConnHit = (Event, "conn_hit"),
         /// A flow not in the connection table (or a SYN), placed by the Maglev table.
         ConnMiss = (Event, "conn_miss"),
@@ -116,6 +122,13 @@ counters! {
         /// A new flow that could not be written to the connection table (it is still
         /// forwarded; its next packet is placed by the table again).
         ConnInsertFailed = (Event, "conn_insert_failed"),
+    }
+}
+
+impl Counter {
+    /// Whether userspace computes this counter instead of the datapath keeping it.
+    pub const fn is_derived(self) -> bool {
+        matches!(self, Self::TxLocal | Self::ConnHit)
     }
 }
 

@@ -21,8 +21,6 @@ pub const NEXT_HOPS: &str = "lb_next_hops_v1";
 pub const CONFIG: &str = "lb_config_v1";
 /// Per-CPU [`crate::counters::Counter`] values.
 pub const COUNTERS: &str = "lb_counters_v1";
-/// Per-CPU traffic counters per VIP id.
-pub const VIP_STATS: &str = "lb_vip_stats_v1";
 /// Per-CPU traffic counters per backend id.
 pub const BACKEND_STATS: &str = "lb_be_stats_v1";
 /// Devmap of the interfaces the balancer may redirect to, keyed by ifindex.
@@ -30,7 +28,7 @@ pub const TX_PORTS: &str = "lb_tx_ports_v1";
 /// Per-CPU [`crate::counters::DecapCounter`] values of the decapsulation program.
 pub const DECAP_COUNTERS: &str = "lb_decap_cnt_v1";
 
-/// Most VIP ids (listeners) one balancer serves. Sizes the per-VIP counters.
+/// Most VIP ids (listeners) one balancer serves.
 pub const MAX_VIPS: u32 = 512;
 /// Most backends one balancer knows. Sizes the backend map and its counters.
 pub const MAX_BACKENDS: u32 = 4096;
@@ -55,7 +53,6 @@ const _: () = {
     assert!(BACKENDS.len() <= 15);
     assert!(CONFIG.len() <= 15);
     assert!(COUNTERS.len() <= 15);
-    assert!(VIP_STATS.len() <= 15);
     assert!(BACKEND_STATS.len() <= 15);
     assert!(TX_PORTS.len() <= 15);
     assert!(DECAP_COUNTERS.len() <= 15);

@@ -91,7 +91,7 @@ pub enum AttachMode {
 }
 
 /// The balancer's maps, all pinned when the daemon has a pin directory.
-pub const BALANCER_MAPS: [&str; 12] = [
+pub const BALANCER_MAPS: [&str; 11] = [
     names::VIPS_V4,
     names::VIPS_V6,
     names::RINGS,
@@ -101,7 +101,6 @@ pub const BALANCER_MAPS: [&str; 12] = [
     names::NEXT_HOPS,
     names::CONFIG,
     names::COUNTERS,
-    names::VIP_STATS,
     names::BACKEND_STATS,
     names::TX_PORTS,
 ];

@@ -129,12 +129,12 @@ impl Harness {
         }
     }
 
-    /// Every counter, summed over CPUs.
+    /// Every counter, summed over CPUs, derived ones included.
     pub fn counters(&self) -> Vec<u64> {
         self.reconciler
-            .datapath()
-            .counters()
+            .snapshot()
             .expect("reading counters")
+            .counters
     }
 
     /// One counter.

@@ -272,8 +272,31 @@ fn next_hops_come_from_the_fib() {
         Counter::DropTooBig,
         &outer(&big, "198.18.9.11", CLIENT_MAC, LB_MAC),
     );
-    ns.sysctl("net.ipv4.conf.in0.forwarding", "0").unwrap();
+    // The next hop is cached per backend for NEXT_HOP_TTL_NS: a neighbour that goes away keeps
+    // being used until the entry expires, then the FIB is asked again.
+    ns.ip(&["neigh", "del", "198.18.0.10", "dev", "in0"])
+        .unwrap();
     let f = syn(1);
+    check(
+        &mut harness,
+        &ns,
+        "cached next hop",
+        &f,
+        XDP_TX,
+        Counter::TxLocal,
+        &outer(&f, "198.18.0.10", in0_mac, NEIGHBOUR_MAC),
+    );
+    std::thread::sleep(ttl());
+    check(
+        &mut harness,
+        &ns,
+        "expired: the FIB has no neighbour",
+        &f,
+        XDP_PASS,
+        Counter::PassNoNeighbour,
+        &outer(&f, "198.18.0.10", CLIENT_MAC, LB_MAC),
+    );
+    ns.sysctl("net.ipv4.conf.in0.forwarding", "0").unwrap();
     check(
         &mut harness,
         &ns,
@@ -283,4 +306,10 @@ fn next_hops_come_from_the_fib() {
         Counter::DropForwardingDisabled,
         &outer(&f, "198.18.0.10", CLIENT_MAC, LB_MAC),
     );
+}
+
+/// A little longer than the next-hop cache keeps an entry.
+fn ttl() -> std::time::Duration {
+    std::time::Duration::from_nanos(lb_common::abi::NEXT_HOP_TTL_NS)
+        + std::time::Duration::from_millis(20)
 }

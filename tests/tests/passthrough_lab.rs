@@ -15,7 +15,6 @@ use std::{
 
 use lb::{
     config::Config,
-    datapath::Datapath,
     lab::{
         passthrough::{
             CLIENT_V4, CLIENT_V6, ENCAP_V4, ENCAP_V6, IFACE, INNER_MTU, PassthroughLab, VIP_NAME,
@@ -212,7 +211,7 @@ fn tls_through_the_xdp_balancer_completes_with_the_backends_certificates() {
             );
         }
     }
-    let counters = reconciler.datapath().counters().unwrap();
+    let counters = reconciler.snapshot().unwrap().counters;
     let count = |c: Counter| counters[c.index() as usize];
     assert!(count(Counter::TxLocal) > 0);
     assert!(count(Counter::ConnHit) > 0);

@@ -24,6 +24,8 @@ pub struct FakeDatapath {
     pub vips: BTreeMap<VipKey, VipValue>,
     pub tx_ports: Vec<u32>,
     pub conns: HashMap<(FlowKey, u16), ConnValue>,
+    /// Per backend id, what a test says it forwarded.
+    pub traffic: BTreeMap<u32, TrafficCounters>,
     /// Successful single-entry writes so far (a ring write counts each slot).
     pub writes: usize,
     fail_after: Option<usize>,
@@ -39,6 +41,7 @@ impl FakeDatapath {
             vips: BTreeMap::new(),
             tx_ports: Vec::new(),
             conns: HashMap::new(),
+            traffic: BTreeMap::new(),
             writes: 0,
             fail_after: None,
         }
@@ -121,20 +124,14 @@ impl Datapath for FakeDatapath {
         Ok(vec![0; Counter::COUNT as usize])
     }
 
-    fn vip_traffic(&self, _vip_id: u32) -> Result<TrafficCounters, DatapathError> {
-        Ok(TrafficCounters::default())
+    fn backend_traffic(&self, backend_id: u32) -> Result<TrafficCounters, DatapathError> {
+        Ok(self.traffic.get(&backend_id).copied().unwrap_or_default())
     }
 
-    fn backend_traffic(&self, _backend_id: u32) -> Result<TrafficCounters, DatapathError> {
-        Ok(TrafficCounters::default())
-    }
-
-    fn reset_traffic(
-        &mut self,
-        _vip_id: Option<u32>,
-        _backend_id: Option<u32>,
-    ) -> Result<(), DatapathError> {
-        self.write("stats")
+    fn reset_traffic(&mut self, backend_id: u32) -> Result<(), DatapathError> {
+        self.write("stats")?;
+        self.traffic.remove(&backend_id);
+        Ok(())
     }
 
     fn lookup_conn(&self, flow: &FlowKey, vip_id: u16) -> Result<Option<ConnValue>, DatapathError> {

@@ -27,7 +27,6 @@ pub struct AyaDatapath {
     conns_v6: HashMap<MapData, ConnKeyV6, ConnValue>,
     config: Array<MapData, DatapathConfig>,
     counters: PerCpuArray<MapData, u64>,
-    vip_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
     tx_ports: DevMapHash<MapData>,
 }
@@ -67,7 +66,6 @@ impl AyaDatapath {
             conns_v6: typed!(ebpf, names::CONNS_V6),
             config: typed!(ebpf, names::CONFIG),
             counters: typed!(ebpf, names::COUNTERS),
-            vip_stats: typed!(ebpf, names::VIP_STATS),
             backend_stats: typed!(ebpf, names::BACKEND_STATS),
             tx_ports: typed!(ebpf, names::TX_PORTS),
         })
@@ -163,14 +161,6 @@ impl Datapath for AyaDatapath {
             .collect()
     }
 
-    fn vip_traffic(&self, vip_id: u32) -> Result<TrafficCounters, DatapathError> {
-        let values = self
-            .vip_stats
-            .get(&vip_id, 0)
-            .map_err(err(names::VIP_STATS))?;
-        Ok(sum_traffic(&values))
-    }
-
     fn backend_traffic(&self, backend_id: u32) -> Result<TrafficCounters, DatapathError> {
         let values = self
             .backend_stats
@@ -179,24 +169,11 @@ impl Datapath for AyaDatapath {
         Ok(sum_traffic(&values))
     }
 
-    fn reset_traffic(
-        &mut self,
-        vip_id: Option<u32>,
-        backend_id: Option<u32>,
-    ) -> Result<(), DatapathError> {
-        if let Some(id) = vip_id {
-            let zero = zeroed_per_cpu(names::VIP_STATS)?;
-            self.vip_stats
-                .set(id, zero, 0)
-                .map_err(err(names::VIP_STATS))?;
-        }
-        if let Some(id) = backend_id {
-            let zero = zeroed_per_cpu(names::BACKEND_STATS)?;
-            self.backend_stats
-                .set(id, zero, 0)
-                .map_err(err(names::BACKEND_STATS))?;
-        }
-        Ok(())
+    fn reset_traffic(&mut self, backend_id: u32) -> Result<(), DatapathError> {
+        let zero = zeroed_per_cpu(names::BACKEND_STATS)?;
+        self.backend_stats
+            .set(backend_id, zero, 0)
+            .map_err(err(names::BACKEND_STATS))
     }
 
     fn lookup_conn(&self, flow: &FlowKey, vip_id: u16) -> Result<Option<ConnValue>, DatapathError> {

@@ -50,16 +50,13 @@ pub trait Datapath {
     /// Adds a network interface the balancer may redirect to.
     fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DatapathError>;
 
-    /// Every [`Counter`], summed over CPUs, in index order.
+    /// Every [`Counter`] the datapath keeps, summed over CPUs, in index order (the derived ones,
+    /// [`Counter::is_derived`], read 0: see `reconcile::Snapshot`).
     fn counters(&self) -> Result<Vec<u64>, DatapathError>;
-    fn vip_traffic(&self, vip_id: u32) -> Result<TrafficCounters, DatapathError>;
+    /// The traffic a backend id forwarded, summed over CPUs.
     fn backend_traffic(&self, backend_id: u32) -> Result<TrafficCounters, DatapathError>;
-    /// Zeroes the traffic counters of an id about to be given to a new VIP or backend.
-    fn reset_traffic(
-        &mut self,
-        vip_id: Option<u32>,
-        backend_id: Option<u32>,
-    ) -> Result<(), DatapathError>;
+    /// Zeroes the traffic counters of a backend id about to be given to a new backend.
+    fn reset_traffic(&mut self, backend_id: u32) -> Result<(), DatapathError>;
     /// The connection-table entry of `flow` to the VIP with id `vip_id`.
     fn lookup_conn(&self, flow: &FlowKey, vip_id: u16) -> Result<Option<ConnValue>, DatapathError>;
 }

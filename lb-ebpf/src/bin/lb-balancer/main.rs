@@ -9,7 +9,8 @@
 //! ```
 //!
 //! Steps return `Result<_, Exit>`; [`lb_balancer`] alone turns the outcome into an XDP action
-//! and counts its reason ([`stats`]), so every packet bumps exactly one verdict counter.
+//! and counts its reason ([`stats`]): every packet counts exactly one verdict (a packet sent
+//! back out with `XDP_TX` counts through its backend's traffic, see [`stats`]).
 
 #![no_std]
 #![no_main]
@@ -40,7 +41,9 @@ pub fn lb_balancer(ctx: XdpContext) -> u32 {
         Err(Exit::Pass(counter)) => (xdp_action::XDP_PASS, counter),
         Err(Exit::Drop(counter)) => (xdp_action::XDP_DROP, counter),
     };
-    stats::count(counter);
+    if counter != Counter::TxLocal {
+        stats::count(counter);
+    }
     action
 }
 
@@ -57,12 +60,7 @@ fn balance(ctx: &XdpContext) -> Result<Forwarded> {
     let selected = select::select_backend(ctx, &packet, &vip, config)?;
     let outer = encap::encap(ctx, &packet, &selected.backend, config)?;
     let forwarded = forward::forward(ctx, &outer, &selected, config)?;
-    stats::count_traffic(
-        vip.vip_id,
-        selected.backend_id,
-        packet.ip_len,
-        selected.is_new_flow,
-    );
+    stats::count_forwarded(selected.backend_id, packet.ip_len, selected.is_new_flow);
     Ok(forwarded)
 }
 

@@ -56,9 +56,7 @@ pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 #[map(name = "lb_counters_v1")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
-#[map(name = "lb_vip_stats_v1")]
-pub static VIP_STATS: PerCpuArray<TrafficCounters> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
-
+/// Traffic per backend id (backend ids are per listener, so listeners' traffic is their sum).
 #[map(name = "lb_be_stats_v1")]
 pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
     PerCpuArray::with_max_entries(MAX_BACKENDS, 0);

@@ -90,7 +90,6 @@ pub fn select_backend(
     if !packet.is_syn
         && let Some(selected) = lookup_conn(&packet.flow, vip_id)
     {
-        count(Counter::ConnHit);
         return Ok(selected);
     }
     count(Counter::ConnMiss);

@@ -1,8 +1,14 @@
-//! Per-CPU counters: one bump per packet for its verdict, plus per-VIP and per-backend traffic.
+//! Per-CPU counters.
+//!
+//! A forwarded packet costs one counter update: its backend's traffic (packets, bytes, new
+//! flows). Everything else a forwarded packet could count is derived from those in userspace
+//! (`tx_local` = forwarded packets - `tx_redirect`; `conn_hit` = forwarded packets - new
+//! flows; a listener's traffic = the sum of its backends'). Every other verdict bumps its own
+//! counter.
 
 use lb_common::{abi::TrafficCounters, counters::Counter};
 
-use crate::maps::{BACKEND_STATS, COUNTERS, VIP_STATS};
+use crate::maps::{BACKEND_STATS, COUNTERS};
 
 /// Adds one to `counter` on this CPU.
 #[inline(always)]
@@ -14,17 +20,14 @@ pub fn count(counter: Counter) {
     }
 }
 
-/// Records one forwarded packet of `ip_len` bytes for its VIP and its backend.
+/// Records one forwarded packet of `ip_len` bytes for its backend.
 #[inline(always)]
-pub fn count_traffic(vip_id: u32, backend_id: u32, ip_len: u32, is_new_flow: bool) {
-    let new_flows = u64::from(is_new_flow);
-    for (map, id) in [(&VIP_STATS, vip_id), (&BACKEND_STATS, backend_id)] {
-        if let Some(counters) = map.get_ptr_mut(id) {
-            // SAFETY: as in `count`: this CPU's slot, written by this CPU only.
-            let counters: &mut TrafficCounters = unsafe { &mut *counters };
-            counters.packets += 1;
-            counters.bytes += u64::from(ip_len);
-            counters.new_flows += new_flows;
-        }
+pub fn count_forwarded(backend_id: u32, ip_len: u32, is_new_flow: bool) {
+    if let Some(counters) = BACKEND_STATS.get_ptr_mut(backend_id) {
+        // SAFETY: as in `count`: this CPU's slot, written by this CPU only.
+        let counters: &mut TrafficCounters = unsafe { &mut *counters };
+        counters.packets += 1;
+        counters.bytes += u64::from(ip_len);
+        counters.new_flows += u64::from(is_new_flow);
     }
 }

@@ -1,8 +1,8 @@
 //! Makes the datapath's maps match a desired [`state`](crate::state): the only writer of the
 //! VIP, ring and backend maps.
 //!
-//! A listener owns a VIP id (its counters), two rings (live and spare) and one backend id per
-//! backend of its pool. Changing a listener's pool, in this order:
+//! A listener owns a VIP id, two rings (live and spare) and one backend id per backend of its
+//! pool (whose counters are its traffic: see [`Snapshot`]). Changing a listener's pool, in this order:
 //!
 //! 1. new backends get an id, a fresh generation and a map entry marked serving;
 //! 2. the new Maglev table is written into the *spare* ring, only the slots that differ from
@@ -18,18 +18,27 @@
 //! half-written live. Each listener is applied on its own; an error names the listener that
 //! failed, and the listeners before it in the same call stay applied.
 
+mod ids;
+mod markers;
+mod stats;
+#[cfg(test)]
+mod tests;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use lb_common::{
-    abi::{
-        AddrBe, BACKEND_F_SERVING, Backend, DatapathConfig, RING_EMPTY, VIP_F_ADDRESS_MARKER,
-        VipKey, VipValue,
-    },
+    abi::{AddrBe, BACKEND_F_SERVING, Backend, DatapathConfig, RING_EMPTY, VipValue},
     maps::{MAX_BACKENDS, MAX_VIPS},
 };
 use tracing::{debug, warn};
 
+pub use self::stats::{ListenerTraffic, Snapshot};
+use self::{
+    ids::{IdPool, Pool},
+    markers::Marker,
+    stats::Retired,
+};
 use crate::{
     datapath::{Datapath, DatapathError},
     maglev,
@@ -92,6 +101,8 @@ pub struct Reconciler<D> {
     shadows: Vec<Option<Vec<u32>>>,
     /// The address markers: listeners per VIP address, and whether the marker is written.
     markers: BTreeMap<(AddrBe, u8), Marker>,
+    /// Traffic of retired backend ids.
+    retired: Retired,
 }
 
 impl<D: Datapath> Reconciler<D> {
@@ -121,6 +132,7 @@ impl<D: Datapath> Reconciler<D> {
             generations: vec![0; MAX_BACKENDS as usize],
             shadows: vec![Some(zeroed); geometry.rings as usize],
             markers: BTreeMap::new(),
+            retired: Retired::default(),
         })
     }
 
@@ -293,9 +305,6 @@ impl<D: Datapath> Reconciler<D> {
             None => {
                 let vip_id = self.take(Pool::Vip, taken)?;
                 let rings = [self.take(Pool::Ring, taken)?, self.take(Pool::Ring, taken)?];
-                self.datapath
-                    .reset_traffic(Some(vip_id), None)
-                    .map_err(failed.clone())?;
                 (vip_id, rings, None)
             }
         };
@@ -311,9 +320,7 @@ impl<D: Datapath> Reconciler<D> {
                     let generation = self.next_generation(id);
                     self.write_backend(id, target.address, generation, BACKEND_F_SERVING)
                         .map_err(failed.clone())?;
-                    self.datapath
-                        .reset_traffic(None, Some(id))
-                        .map_err(failed.clone())?;
+                    self.recycle_traffic(id).map_err(failed.clone())?;
                     AppliedBackend {
                         id,
                         generation,
@@ -427,7 +434,10 @@ impl<D: Datapath> Reconciler<D> {
                 continue;
             }
             match self.write_backend(backend.id, *address, backend.generation, 0) {
-                Ok(()) => self.backend_ids.free(backend.id),
+                Ok(()) => {
+                    self.note_retired(backend.id, &previous.listener.name);
+                    self.backend_ids.free(backend.id);
+                }
                 Err(error) => warn!(
                     listener = %previous.listener.name,
                     backend = %address,
@@ -451,414 +461,12 @@ impl<D: Datapath> Reconciler<D> {
                 source,
             })?;
         self.listeners.remove(name);
+        self.forget_listener_traffic(name);
         self.marker(&key).listeners -= 1;
         self.retire_backends(&applied, None);
         self.ring_ids.free(applied.rings[0]);
         self.ring_ids.free(applied.rings[1]);
         self.vip_ids.free(applied.vip_id);
         Ok(())
-    }
-
-    fn marker(&mut self, key: &VipKey) -> &mut Marker {
-        self.markers.entry((key.addr_be, key.family)).or_default()
-    }
-
-    /// Makes sure the address marker of `key`'s address is in the VIP map.
-    fn write_marker(&mut self, key: &VipKey) -> Result<(), DatapathError> {
-        if self.marker(key).written {
-            return Ok(());
-        }
-        let marker = VipKey::address_marker(key.addr_be, key.family);
-        let value = VipValue {
-            flags: VIP_F_ADDRESS_MARKER,
-            ..VipValue::default()
-        };
-        self.datapath.set_vip(&marker, &value)?;
-        self.marker(key).written = true;
-        Ok(())
-    }
-
-    /// Removes the markers of addresses no listener uses. One that cannot be removed now is
-    /// tried again after the next change (meanwhile fragments to it are dropped, not passed).
-    fn remove_unused_markers(&mut self) {
-        let unused: Vec<(AddrBe, u8)> = self
-            .markers
-            .iter()
-            .filter(|(_, m)| m.listeners == 0)
-            .map(|(address, _)| *address)
-            .collect();
-        for (addr_be, family) in unused {
-            let written = self
-                .markers
-                .get(&(addr_be, family))
-                .is_some_and(|m| m.written);
-            if written {
-                let marker = VipKey::address_marker(addr_be, family);
-                if let Err(error) = self.datapath.remove_vip(&marker) {
-                    warn!(%error, "could not remove a VIP address marker; will retry");
-                    continue;
-                }
-            }
-            self.markers.remove(&(addr_be, family));
-        }
-    }
-}
-
-/// The address marker of one VIP address.
-#[derive(Clone, Copy, Debug, Default)]
-struct Marker {
-    /// Published listeners on the address.
-    listeners: usize,
-    /// Whether the marker entry is in the VIP map.
-    written: bool,
-}
-
-/// The id pools a listener update draws from.
-#[derive(Clone, Copy, Debug)]
-enum Pool {
-    Vip,
-    Ring,
-    Backend,
-}
-
-impl Pool {
-    const fn name(self) -> &'static str {
-        match self {
-            Self::Vip => "VIP ids",
-            Self::Ring => "rings",
-            Self::Backend => "backend ids",
-        }
-    }
-}
-
-/// Ids `0..capacity`, handed out round-robin so that a freed id is reused as late as possible.
-#[derive(Debug)]
-struct IdPool {
-    used: Vec<bool>,
-    cursor: usize,
-}
-
-impl IdPool {
-    fn new(capacity: u32) -> Self {
-        Self {
-            used: vec![false; capacity as usize],
-            cursor: 0,
-        }
-    }
-
-    fn capacity(&self) -> usize {
-        self.used.len()
-    }
-
-    fn alloc(&mut self) -> Option<u32> {
-        let n = self.used.len();
-        let offset = (0..n).find(|i| !self.used[(self.cursor + i) % n])?;
-        let id = (self.cursor + offset) % n;
-        self.used[id] = true;
-        self.cursor = (id + 1) % n;
-        u32::try_from(id).ok()
-    }
-
-    fn free(&mut self, id: u32) {
-        if let Some(used) = self.used.get_mut(id as usize) {
-            *used = false;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::IpAddr;
-
-    use lb_common::abi::{BACKEND_F_SERVING, DatapathConfig, VIP_F_ADDRESS_MARKER, VipKey};
-
-    use super::*;
-    use crate::{
-        datapath::{RingGeometry, fake::FakeDatapath},
-        state::{Protocol, Target, Vip},
-    };
-
-    const RING: u32 = 1009;
-
-    fn reconciler(rings: u32) -> Reconciler<FakeDatapath> {
-        let geometry = RingGeometry {
-            ring_size: RING,
-            rings,
-        };
-        let config = DatapathConfig {
-            ring_size: RING,
-            hash_seed: 42,
-            ..DatapathConfig::default()
-        };
-        Reconciler::new(FakeDatapath::new(geometry), config).unwrap()
-    }
-
-    fn ip(text: &str) -> IpAddr {
-        text.parse().unwrap()
-    }
-
-    fn listener(name: &str, vip: &str, port: u16, backends: &[&str]) -> Listener {
-        Listener {
-            name: name.to_owned(),
-            vip: Vip {
-                address: ip(vip),
-                port,
-                protocol: Protocol::Tcp,
-            },
-            targets: backends
-                .iter()
-                .map(|b| Target {
-                    address: ip(b),
-                    weight: 1,
-                })
-                .collect(),
-        }
-    }
-
-    /// The table the datapath serves for `listener`, read from the fake's maps (VIP entry ->
-    /// ring), as backend addresses.
-    fn served(r: &Reconciler<FakeDatapath>, listener: &Listener) -> Vec<IpAddr> {
-        let fake = r.datapath();
-        let table = fake.live_table(&listener.vip.key()).expect("published");
-        table
-            .iter()
-            .map(|&id| {
-                let backend = fake.backends[&id];
-                assert_ne!(
-                    backend.flags & BACKEND_F_SERVING,
-                    0,
-                    "a ring names a retired backend"
-                );
-                crate::state::addr_from_be(&backend.addr_be, backend.family)
-            })
-            .collect()
-    }
-
-    /// The table Maglev gives `listener`, computed directly, as backend addresses.
-    fn expected(listener: &Listener) -> Vec<IpAddr> {
-        let ids: Vec<Vec<u8>> = listener.targets.iter().map(Target::identity).collect();
-        let entries: Vec<maglev::Entry<'_>> = listener
-            .targets
-            .iter()
-            .zip(&ids)
-            .map(|(t, identity)| maglev::Entry {
-                identity,
-                weight: t.weight,
-            })
-            .collect();
-        maglev::build(&entries, RING, 42)
-            .iter()
-            .map(|&i| listener.targets[i as usize].address)
-            .collect()
-    }
-
-    #[test]
-    fn publishes_a_listener_and_its_address_marker() {
-        let mut r = reconciler(8);
-        let web = listener("web", "198.18.100.1", 443, &["198.18.1.1", "198.18.1.2"]);
-        r.apply(std::slice::from_ref(&web)).unwrap();
-        assert_eq!(served(&r, &web), expected(&web));
-        let marker = VipKey::address_marker(web.vip.key().addr_be, web.vip.key().family);
-        assert_eq!(r.datapath().vips[&marker].flags, VIP_F_ADDRESS_MARKER);
-    }
-
-    #[test]
-    fn an_update_writes_only_changed_slots_into_the_spare_ring_then_flips() {
-        let mut r = reconciler(8);
-        let v1 = listener(
-            "web",
-            "198.18.100.1",
-            443,
-            &["198.18.1.1", "198.18.1.2", "198.18.1.3"],
-        );
-        let v2 = listener(
-            "web",
-            "198.18.100.1",
-            443,
-            &["198.18.1.1", "198.18.1.2", "198.18.1.3", "198.18.1.4"],
-        );
-        let v3 = listener(
-            "web",
-            "198.18.100.1",
-            443,
-            &["198.18.1.1", "198.18.1.3", "198.18.1.4"],
-        );
-        r.apply(std::slice::from_ref(&v1)).unwrap();
-        let ring_v1 = r.listeners()["web"].live_ring();
-        let table_v1 = r.live_table("web").unwrap().to_vec();
-        r.apply(std::slice::from_ref(&v2)).unwrap();
-        assert_ne!(
-            r.listeners()["web"].live_ring(),
-            ring_v1,
-            "v2 went to the spare ring"
-        );
-        assert_eq!(served(&r, &v2), expected(&v2));
-
-        let writes_before = r.datapath().writes;
-        r.apply(std::slice::from_ref(&v3)).unwrap();
-        assert_eq!(
-            r.listeners()["web"].live_ring(),
-            ring_v1,
-            "v3 reuses v1's ring"
-        );
-        let table_v3 = r.live_table("web").unwrap().to_vec();
-        let ring_writes = maglev::changed_slots(&table_v1, &table_v3).len();
-        // Ring slots that changed since v1, one VIP flip, one backend retired.
-        assert_eq!(r.datapath().writes - writes_before, ring_writes + 2);
-        assert!(
-            ring_writes < RING as usize,
-            "only a part of the ring was rewritten"
-        );
-        assert_eq!(served(&r, &v3), expected(&v3));
-        let retired = r
-            .datapath()
-            .backends
-            .values()
-            .filter(|b| b.flags == 0)
-            .count();
-        assert_eq!(retired, 1, "198.18.1.2 no longer serves");
-    }
-
-    #[test]
-    fn a_failed_update_leaves_the_live_table_untouched_and_a_retry_succeeds() {
-        let v1 = listener("web", "198.18.100.1", 443, &["198.18.1.1", "198.18.1.2"]);
-        let v2 = listener(
-            "web",
-            "198.18.100.1",
-            443,
-            &["198.18.1.1", "198.18.1.2", "198.18.1.3"],
-        );
-        let v3 = listener("web", "198.18.100.1", 443, &["198.18.1.3", "198.18.1.4"]);
-        for fail_after in [0, 1, 2, 3, 50, 300, 600] {
-            let mut r = reconciler(8);
-            r.apply(std::slice::from_ref(&v1)).unwrap();
-            r.apply(std::slice::from_ref(&v2)).unwrap();
-            let vips_before = r.datapath().vips.clone();
-            r.datapath_mut().fail_writes_after(Some(fail_after));
-            let error = r.apply(std::slice::from_ref(&v3)).unwrap_err();
-            assert!(matches!(error, ReconcileError::Datapath { .. }), "{error}");
-            assert_eq!(
-                r.datapath().vips,
-                vips_before,
-                "failing after {fail_after}: VIPs changed"
-            );
-            assert_eq!(
-                served(&r, &v2),
-                expected(&v2),
-                "failing after {fail_after}: table changed"
-            );
-
-            r.datapath_mut().fail_writes_after(None);
-            r.apply(std::slice::from_ref(&v3)).unwrap();
-            assert_eq!(
-                served(&r, &v3),
-                expected(&v3),
-                "retry after failing at {fail_after}"
-            );
-        }
-    }
-
-    #[test]
-    fn a_failed_new_listener_is_not_published_and_gives_its_ids_back() {
-        // Writes of a new listener: VIP counters, backend, its counters, ring slots (none
-        // here: a single backend with id 0 fills the zeroed ring already), marker, VIP.
-        let web = listener("web", "198.18.100.1", 443, &["198.18.1.1"]);
-        for fail_after in 0..5 {
-            let mut r = reconciler(2);
-            r.datapath_mut().fail_writes_after(Some(fail_after));
-            assert!(
-                r.apply(std::slice::from_ref(&web)).is_err(),
-                "failing after {fail_after}"
-            );
-            assert!(
-                !r.datapath().vips.contains_key(&web.vip.key()),
-                "not published"
-            );
-            assert!(r.listeners().is_empty());
-            r.datapath_mut().fail_writes_after(None);
-            // With room for one listener only, this works only if the rings were given back.
-            r.apply(std::slice::from_ref(&web)).unwrap();
-            assert_eq!(served(&r, &web), expected(&web));
-            r.apply(&[]).unwrap();
-            assert!(
-                r.datapath().vips.is_empty(),
-                "a marker left behind is cleaned up"
-            );
-        }
-    }
-
-    #[test]
-    fn removing_listeners_unpublishes_them_and_the_last_one_takes_the_marker() {
-        let mut r = reconciler(8);
-        let web = listener("web", "198.18.100.1", 443, &["198.18.1.1"]);
-        let alt = listener("alt", "198.18.100.1", 8443, &["198.18.1.1"]);
-        r.apply(&[web.clone(), alt.clone()]).unwrap();
-        assert_eq!(r.datapath().vips.len(), 3, "two listeners and one marker");
-        r.apply(std::slice::from_ref(&alt)).unwrap();
-        assert_eq!(r.datapath().vips.len(), 2, "the marker stays for alt");
-        assert!(!r.datapath().vips.contains_key(&web.vip.key()));
-        r.apply(&[]).unwrap();
-        assert!(r.datapath().vips.is_empty());
-        assert!(
-            r.datapath().backends.values().all(|b| b.flags == 0),
-            "all retired"
-        );
-    }
-
-    #[test]
-    fn an_invalid_or_oversized_state_is_rejected_before_any_write() {
-        let mut r = reconciler(4);
-        let cases = [
-            vec![
-                listener("web", "198.18.100.1", 443, &["198.18.1.1"]),
-                listener("web", "198.18.100.2", 443, &["198.18.1.1"]),
-            ],
-            vec![
-                listener("a", "198.18.100.1", 443, &["198.18.1.1"]),
-                listener("b", "198.18.100.1", 443, &["198.18.1.1"]),
-            ],
-            vec![listener(
-                "web",
-                "198.18.100.1",
-                443,
-                &["198.18.1.1", "198.18.1.1"],
-            )],
-            vec![listener("web", "198.18.100.1", 443, &["2001:db8::1"])],
-            vec![
-                listener("a", "198.18.100.1", 1, &[]),
-                listener("b", "198.18.100.1", 2, &[]),
-                listener("c", "198.18.100.1", 3, &[]),
-            ],
-        ];
-        for desired in cases {
-            let writes = r.datapath().writes;
-            assert!(r.apply(&desired).is_err(), "{desired:?} was accepted");
-            assert_eq!(r.datapath().writes, writes, "{desired:?} wrote something");
-        }
-    }
-
-    #[test]
-    fn an_empty_pool_publishes_an_empty_table() {
-        let mut r = reconciler(2);
-        let empty = listener("web", "198.18.100.1", 443, &[]);
-        r.apply(std::slice::from_ref(&empty)).unwrap();
-        let table = r.datapath().live_table(&empty.vip.key()).unwrap();
-        assert!(table.iter().all(|&slot| slot == RING_EMPTY));
-    }
-
-    #[test]
-    fn a_reused_backend_id_gets_a_new_generation() {
-        let mut r = reconciler(2);
-        r.backend_ids = IdPool::new(1);
-        r.apply(&[listener("web", "198.18.100.1", 443, &["198.18.1.1"])])
-            .unwrap();
-        let first = r.datapath().backends[&0];
-        r.apply(&[listener("web", "198.18.100.1", 443, &[])])
-            .unwrap();
-        r.apply(&[listener("web", "198.18.100.1", 443, &["198.18.1.2"])])
-            .unwrap();
-        let second = r.datapath().backends[&0];
-        assert_ne!(first.generation, second.generation);
-        assert_ne!(second.generation, 0);
     }
 }

@@ -1,0 +1,295 @@
+//! The reconciler against the in-memory datapath, failures injected.
+
+use std::net::IpAddr;
+
+use lb_common::abi::{BACKEND_F_SERVING, DatapathConfig, VIP_F_ADDRESS_MARKER, VipKey};
+
+use super::*;
+use crate::{
+    datapath::{RingGeometry, fake::FakeDatapath},
+    state::{Protocol, Target, Vip},
+};
+
+const RING: u32 = 1009;
+
+fn reconciler(rings: u32) -> Reconciler<FakeDatapath> {
+    let geometry = RingGeometry {
+        ring_size: RING,
+        rings,
+    };
+    let config = DatapathConfig {
+        ring_size: RING,
+        hash_seed: 42,
+        ..DatapathConfig::default()
+    };
+    Reconciler::new(FakeDatapath::new(geometry), config).unwrap()
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+fn listener(name: &str, vip: &str, port: u16, backends: &[&str]) -> Listener {
+    Listener {
+        name: name.to_owned(),
+        vip: Vip {
+            address: ip(vip),
+            port,
+            protocol: Protocol::Tcp,
+        },
+        targets: backends
+            .iter()
+            .map(|b| Target {
+                address: ip(b),
+                weight: 1,
+            })
+            .collect(),
+    }
+}
+
+/// The table the datapath serves for `listener`, read from the fake's maps (VIP entry ->
+/// ring), as backend addresses.
+fn served(r: &Reconciler<FakeDatapath>, listener: &Listener) -> Vec<IpAddr> {
+    let fake = r.datapath();
+    let table = fake.live_table(&listener.vip.key()).expect("published");
+    table
+        .iter()
+        .map(|&id| {
+            let backend = fake.backends[&id];
+            assert_ne!(
+                backend.flags & BACKEND_F_SERVING,
+                0,
+                "a ring names a retired backend"
+            );
+            crate::state::addr_from_be(&backend.addr_be, backend.family)
+        })
+        .collect()
+}
+
+/// The table Maglev gives `listener`, computed directly, as backend addresses.
+fn expected(listener: &Listener) -> Vec<IpAddr> {
+    let ids: Vec<Vec<u8>> = listener.targets.iter().map(Target::identity).collect();
+    let entries: Vec<maglev::Entry<'_>> = listener
+        .targets
+        .iter()
+        .zip(&ids)
+        .map(|(t, identity)| maglev::Entry {
+            identity,
+            weight: t.weight,
+        })
+        .collect();
+    maglev::build(&entries, RING, 42)
+        .iter()
+        .map(|&i| listener.targets[i as usize].address)
+        .collect()
+}
+
+#[test]
+fn publishes_a_listener_and_its_address_marker() {
+    let mut r = reconciler(8);
+    let web = listener("web", "198.18.100.1", 443, &["198.18.1.1", "198.18.1.2"]);
+    r.apply(std::slice::from_ref(&web)).unwrap();
+    assert_eq!(served(&r, &web), expected(&web));
+    let marker = VipKey::address_marker(web.vip.key().addr_be, web.vip.key().family);
+    assert_eq!(r.datapath().vips[&marker].flags, VIP_F_ADDRESS_MARKER);
+}
+
+#[test]
+fn an_update_writes_only_changed_slots_into_the_spare_ring_then_flips() {
+    let mut r = reconciler(8);
+    let v1 = listener(
+        "web",
+        "198.18.100.1",
+        443,
+        &["198.18.1.1", "198.18.1.2", "198.18.1.3"],
+    );
+    let v2 = listener(
+        "web",
+        "198.18.100.1",
+        443,
+        &["198.18.1.1", "198.18.1.2", "198.18.1.3", "198.18.1.4"],
+    );
+    let v3 = listener(
+        "web",
+        "198.18.100.1",
+        443,
+        &["198.18.1.1", "198.18.1.3", "198.18.1.4"],
+    );
+    r.apply(std::slice::from_ref(&v1)).unwrap();
+    let ring_v1 = r.listeners()["web"].live_ring();
+    let table_v1 = r.live_table("web").unwrap().to_vec();
+    r.apply(std::slice::from_ref(&v2)).unwrap();
+    assert_ne!(
+        r.listeners()["web"].live_ring(),
+        ring_v1,
+        "v2 went to the spare ring"
+    );
+    assert_eq!(served(&r, &v2), expected(&v2));
+
+    let writes_before = r.datapath().writes;
+    r.apply(std::slice::from_ref(&v3)).unwrap();
+    assert_eq!(
+        r.listeners()["web"].live_ring(),
+        ring_v1,
+        "v3 reuses v1's ring"
+    );
+    let table_v3 = r.live_table("web").unwrap().to_vec();
+    let ring_writes = maglev::changed_slots(&table_v1, &table_v3).len();
+    // Ring slots that changed since v1, one VIP flip, one backend retired.
+    assert_eq!(r.datapath().writes - writes_before, ring_writes + 2);
+    assert!(
+        ring_writes < RING as usize,
+        "only a part of the ring was rewritten"
+    );
+    assert_eq!(served(&r, &v3), expected(&v3));
+    let retired = r
+        .datapath()
+        .backends
+        .values()
+        .filter(|b| b.flags == 0)
+        .count();
+    assert_eq!(retired, 1, "198.18.1.2 no longer serves");
+}
+
+#[test]
+fn a_failed_update_leaves_the_live_table_untouched_and_a_retry_succeeds() {
+    let v1 = listener("web", "198.18.100.1", 443, &["198.18.1.1", "198.18.1.2"]);
+    let v2 = listener(
+        "web",
+        "198.18.100.1",
+        443,
+        &["198.18.1.1", "198.18.1.2", "198.18.1.3"],
+    );
+    let v3 = listener("web", "198.18.100.1", 443, &["198.18.1.3", "198.18.1.4"]);
+    for fail_after in [0, 1, 2, 3, 50, 300, 600] {
+        let mut r = reconciler(8);
+        r.apply(std::slice::from_ref(&v1)).unwrap();
+        r.apply(std::slice::from_ref(&v2)).unwrap();
+        let vips_before = r.datapath().vips.clone();
+        r.datapath_mut().fail_writes_after(Some(fail_after));
+        let error = r.apply(std::slice::from_ref(&v3)).unwrap_err();
+        assert!(matches!(error, ReconcileError::Datapath { .. }), "{error}");
+        assert_eq!(
+            r.datapath().vips,
+            vips_before,
+            "failing after {fail_after}: VIPs changed"
+        );
+        assert_eq!(
+            served(&r, &v2),
+            expected(&v2),
+            "failing after {fail_after}: table changed"
+        );
+
+        r.datapath_mut().fail_writes_after(None);
+        r.apply(std::slice::from_ref(&v3)).unwrap();
+        assert_eq!(
+            served(&r, &v3),
+            expected(&v3),
+            "retry after failing at {fail_after}"
+        );
+    }
+}
+
+#[test]
+fn a_failed_new_listener_is_not_published_and_gives_its_ids_back() {
+    // Writes of a new listener: backend, its counters, ring slots (none here: a single
+    // backend with id 0 fills the zeroed ring already), marker, VIP.
+    let web = listener("web", "198.18.100.1", 443, &["198.18.1.1"]);
+    for fail_after in 0..4 {
+        let mut r = reconciler(2);
+        r.datapath_mut().fail_writes_after(Some(fail_after));
+        assert!(
+            r.apply(std::slice::from_ref(&web)).is_err(),
+            "failing after {fail_after}"
+        );
+        assert!(
+            !r.datapath().vips.contains_key(&web.vip.key()),
+            "not published"
+        );
+        assert!(r.listeners().is_empty());
+        r.datapath_mut().fail_writes_after(None);
+        // With room for one listener only, this works only if the rings were given back.
+        r.apply(std::slice::from_ref(&web)).unwrap();
+        assert_eq!(served(&r, &web), expected(&web));
+        r.apply(&[]).unwrap();
+        assert!(
+            r.datapath().vips.is_empty(),
+            "a marker left behind is cleaned up"
+        );
+    }
+}
+
+#[test]
+fn removing_listeners_unpublishes_them_and_the_last_one_takes_the_marker() {
+    let mut r = reconciler(8);
+    let web = listener("web", "198.18.100.1", 443, &["198.18.1.1"]);
+    let alt = listener("alt", "198.18.100.1", 8443, &["198.18.1.1"]);
+    r.apply(&[web.clone(), alt.clone()]).unwrap();
+    assert_eq!(r.datapath().vips.len(), 3, "two listeners and one marker");
+    r.apply(std::slice::from_ref(&alt)).unwrap();
+    assert_eq!(r.datapath().vips.len(), 2, "the marker stays for alt");
+    assert!(!r.datapath().vips.contains_key(&web.vip.key()));
+    r.apply(&[]).unwrap();
+    assert!(r.datapath().vips.is_empty());
+    assert!(
+        r.datapath().backends.values().all(|b| b.flags == 0),
+        "all retired"
+    );
+}
+
+#[test]
+fn an_invalid_or_oversized_state_is_rejected_before_any_write() {
+    let mut r = reconciler(4);
+    let cases = [
+        vec![
+            listener("web", "198.18.100.1", 443, &["198.18.1.1"]),
+            listener("web", "198.18.100.2", 443, &["198.18.1.1"]),
+        ],
+        vec![
+            listener("a", "198.18.100.1", 443, &["198.18.1.1"]),
+            listener("b", "198.18.100.1", 443, &["198.18.1.1"]),
+        ],
+        vec![listener(
+            "web",
+            "198.18.100.1",
+            443,
+            &["198.18.1.1", "198.18.1.1"],
+        )],
+        vec![listener("web", "198.18.100.1", 443, &["2001:db8::1"])],
+        vec![
+            listener("a", "198.18.100.1", 1, &[]),
+            listener("b", "198.18.100.1", 2, &[]),
+            listener("c", "198.18.100.1", 3, &[]),
+        ],
+    ];
+    for desired in cases {
+        let writes = r.datapath().writes;
+        assert!(r.apply(&desired).is_err(), "{desired:?} was accepted");
+        assert_eq!(r.datapath().writes, writes, "{desired:?} wrote something");
+    }
+}
+
+#[test]
+fn an_empty_pool_publishes_an_empty_table() {
+    let mut r = reconciler(2);
+    let empty = listener("web", "198.18.100.1", 443, &[]);
+    r.apply(std::slice::from_ref(&empty)).unwrap();
+    let table = r.datapath().live_table(&empty.vip.key()).unwrap();
+    assert!(table.iter().all(|&slot| slot == RING_EMPTY));
+}
+
+#[test]
+fn a_reused_backend_id_gets_a_new_generation() {
+    let mut r = reconciler(2);
+    r.backend_ids = IdPool::new(1);
+    r.apply(&[listener("web", "198.18.100.1", 443, &["198.18.1.1"])])
+        .unwrap();
+    let first = r.datapath().backends[&0];
+    r.apply(&[listener("web", "198.18.100.1", 443, &[])])
+        .unwrap();
+    r.apply(&[listener("web", "198.18.100.1", 443, &["198.18.1.2"])])
+        .unwrap();
+    let second = r.datapath().backends[&0];
+    assert_ne!(first.generation, second.generation);
+    assert_ne!(second.generation, 0);
+}
