@@ -219,7 +219,29 @@ pub struct DatapathConfig {
     pub next_hop_mac: [u8; 6],
     /// `CONFIG_F_*` bits.
     pub flags: u16,
+    /// Bumped by userspace after every change to the VIP maps: the datapath's per-CPU VIP cache
+    /// ([`VipCacheEntry`]) trusts only entries of the current epoch.
+    pub vip_epoch: u32,
+    pub _pad: u32,
 }
+
+/// One entry of the datapath's per-CPU VIP cache, which spares most packets a hash-map lookup.
+/// It remembers the answer for one (address, port, protocol), found or not found, as of one VIP
+/// epoch. Owned by the datapath; userspace only invalidates it (by bumping the epoch).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipCacheEntry {
+    pub key: VipKey,
+    /// The [`DatapathConfig::vip_epoch`] the answer is valid for.
+    pub epoch: u32,
+    pub value: VipValue,
+    /// 1 if the key is a VIP (`value` is its entry), 0 if it is not.
+    pub found: u32,
+    pub _pad: u32,
+}
+
+/// Entries of the per-CPU VIP cache (a power of two).
+pub const VIP_CACHE_SIZE: u32 = 256;
 
 /// A backend's next hop as the FIB last gave it, cached per CPU for [`NEXT_HOP_TTL_NS`] so that
 /// most packets skip the FIB lookup.
@@ -276,7 +298,9 @@ const _: () = {
     assert!(size_of::<FlowKey>() == 40);
     assert!(size_of::<ConnValue>() == 8);
     assert!(size_of::<Backend>() == 24);
-    assert!(size_of::<DatapathConfig>() == 48);
+    assert!(size_of::<DatapathConfig>() == 56);
+    assert!(size_of::<VipCacheEntry>() == 48);
+    assert!(VIP_CACHE_SIZE.is_power_of_two());
     assert!(size_of::<TrafficCounters>() == 24);
     assert!(size_of::<NextHop>() == 32);
 };

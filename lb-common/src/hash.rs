@@ -92,6 +92,15 @@ pub const fn flow_spread(flow: &FlowKey) -> u32 {
     (u16::from_be(flow.src_port_be) as u32) ^ u32::from_be(src_word)
 }
 
+/// The slot of the per-CPU VIP cache for a VIP key (`slots` a power of two): a multiply-shift
+/// hash of the key's words, cheap enough to pay on every packet.
+#[inline(always)]
+pub const fn vip_cache_slot(key: &crate::abi::VipKey, slots: u32) -> u32 {
+    let words = key.addr_be[0] ^ key.addr_be[1] ^ key.addr_be[2] ^ key.addr_be[3];
+    let mixed = words ^ ((key.port_be as u32) << 16) ^ key.proto as u32;
+    (mixed.wrapping_mul(0x9e37_79b1) >> 16) & (slots - 1)
+}
+
 /// MurmurHash3 (x86, 32-bit) of a byte string.
 pub fn hash_bytes(bytes: &[u8], seed: u32) -> u32 {
     let mut hash = seed;

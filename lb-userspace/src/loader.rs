@@ -18,8 +18,8 @@ use aya::{
 };
 use lb_common::{
     abi::{
-        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, NextHop, VipKeyV4, VipKeyV6,
-        VipValue,
+        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, NextHop, VipCacheEntry, VipKeyV4,
+        VipKeyV6, VipValue,
     },
     maps as names,
 };
@@ -91,7 +91,8 @@ pub enum AttachMode {
 }
 
 /// The balancer's maps, all pinned when the daemon has a pin directory.
-pub const BALANCER_MAPS: [&str; 11] = [
+pub const BALANCER_MAPS: [&str; 12] = [
+    names::VIP_CACHE,
     names::VIPS_V4,
     names::VIPS_V6,
     names::RINGS,
@@ -312,7 +313,8 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
 
 /// Refuses to adopt a pinned map whose shape differs from what this build would create.
 fn check_pinned_maps(dir: &Path, ring_entries: u32, conn_entries: u32) -> Result<(), LoadError> {
-    let shapes: [(&'static str, usize, usize, Option<u32>); 8] = [
+    let shapes: [(&'static str, usize, usize, Option<u32>); 9] = [
+        (names::VIP_CACHE, 4, size_of::<VipCacheEntry>(), None),
         (
             names::VIPS_V4,
             size_of::<VipKeyV4>(),

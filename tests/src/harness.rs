@@ -54,6 +54,7 @@ pub fn static_config(ring_size: u32, hash_seed: u32, mtu: u32) -> DatapathConfig
         mtu,
         next_hop_mac: NEXT_HOP_MAC,
         flags: CONFIG_F_STATIC_NEXT_HOP,
+        ..DatapathConfig::default()
     }
 }
 

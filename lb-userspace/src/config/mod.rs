@@ -204,6 +204,7 @@ impl Config {
             } else {
                 0
             },
+            ..DatapathConfig::default()
         }
     }
 }

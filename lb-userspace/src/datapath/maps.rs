@@ -19,13 +19,17 @@ use super::{Datapath, DatapathError, RingGeometry};
 /// The balancer's maps, taken out of a loaded [`Ebpf`] object.
 pub struct AyaDatapath {
     geometry: RingGeometry,
+    /// The configuration last written, and the VIP epoch it carries (owned here: every write
+    /// of the configuration or of a VIP moves it forward).
+    config: Option<DatapathConfig>,
+    vip_epoch: u32,
     vips_v4: HashMap<MapData, VipKeyV4, VipValue>,
     vips_v6: HashMap<MapData, VipKeyV6, VipValue>,
     rings: Array<MapData, u32>,
     backends: Array<MapData, Backend>,
     conns_v4: HashMap<MapData, ConnKeyV4, ConnValue>,
     conns_v6: HashMap<MapData, ConnKeyV6, ConnValue>,
-    config: Array<MapData, DatapathConfig>,
+    config_map: Array<MapData, DatapathConfig>,
     counters: PerCpuArray<MapData, u64>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
     tx_ports: DevMapHash<MapData>,
@@ -58,17 +62,29 @@ impl AyaDatapath {
     pub fn from_ebpf(ebpf: &mut Ebpf, geometry: RingGeometry) -> Result<Self, DatapathError> {
         Ok(Self {
             geometry,
+            config: None,
+            vip_epoch: 0,
             vips_v4: typed!(ebpf, names::VIPS_V4),
             vips_v6: typed!(ebpf, names::VIPS_V6),
             rings: typed!(ebpf, names::RINGS),
             backends: typed!(ebpf, names::BACKENDS),
             conns_v4: typed!(ebpf, names::CONNS_V4),
             conns_v6: typed!(ebpf, names::CONNS_V6),
-            config: typed!(ebpf, names::CONFIG),
+            config_map: typed!(ebpf, names::CONFIG),
             counters: typed!(ebpf, names::COUNTERS),
             backend_stats: typed!(ebpf, names::BACKEND_STATS),
             tx_ports: typed!(ebpf, names::TX_PORTS),
         })
+    }
+
+    /// Moves the VIP epoch forward, so that no CPU answers from its VIP cache what it cached
+    /// before the change. (The maps are written first: a CPU that misses its cache finds the
+    /// new entry.)
+    fn invalidate_vip_cache(&mut self) -> Result<(), DatapathError> {
+        match self.config {
+            Some(config) => self.set_config(&config),
+            None => Ok(()),
+        }
     }
 
     /// The whole of ring `ring_id`, as the kernel holds it.
@@ -100,7 +116,16 @@ impl Datapath for AyaDatapath {
     }
 
     fn set_config(&mut self, config: &DatapathConfig) -> Result<(), DatapathError> {
-        self.config.set(0, config, 0).map_err(err(names::CONFIG))
+        self.vip_epoch = self.vip_epoch.wrapping_add(1);
+        let config = DatapathConfig {
+            vip_epoch: self.vip_epoch,
+            ..*config
+        };
+        self.config_map
+            .set(0, config, 0)
+            .map_err(err(names::CONFIG))?;
+        self.config = Some(config);
+        Ok(())
     }
 
     fn set_backend(&mut self, id: u32, backend: &Backend) -> Result<(), DatapathError> {
@@ -123,20 +148,26 @@ impl Datapath for AyaDatapath {
         if key.family == FAMILY_V4 {
             self.vips_v4
                 .insert(key.v4(), value, 0)
-                .map_err(err(names::VIPS_V4))
+                .map_err(err(names::VIPS_V4))?;
         } else {
             self.vips_v6
                 .insert(key.v6(), value, 0)
-                .map_err(err(names::VIPS_V6))
+                .map_err(err(names::VIPS_V6))?;
         }
+        self.invalidate_vip_cache()
     }
 
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), DatapathError> {
         if key.family == FAMILY_V4 {
-            self.vips_v4.remove(&key.v4()).map_err(err(names::VIPS_V4))
+            self.vips_v4
+                .remove(&key.v4())
+                .map_err(err(names::VIPS_V4))?;
         } else {
-            self.vips_v6.remove(&key.v6()).map_err(err(names::VIPS_V6))
+            self.vips_v6
+                .remove(&key.v6())
+                .map_err(err(names::VIPS_V6))?;
         }
+        self.invalidate_vip_cache()
     }
 
     fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {

@@ -55,8 +55,8 @@ fn balance(ctx: &XdpContext) -> Result<Forwarded> {
         L4::Fragment => return Err(select::fragment_verdict(&packet.flow)),
         L4::Other => return Err(Exit::Pass(Counter::PassNotVip)),
     }
-    let vip = select::lookup_vip(&packet.flow)?;
     let config = maps::config()?;
+    let vip = select::lookup_vip(&packet.flow, config)?;
     let selected = select::select_backend(ctx, &packet, &vip, config)?;
     let outer = encap::encap(ctx, &packet, &selected.backend, config)?;
     let forwarded = forward::forward(ctx, &outer, &selected, config)?;

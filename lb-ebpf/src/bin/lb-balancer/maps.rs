@@ -12,7 +12,7 @@ use aya_ebpf::{
 use lb_common::{
     abi::{
         Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, NextHop, TrafficCounters,
-        VipKeyV4, VipKeyV6, VipValue,
+        VIP_CACHE_SIZE, VipCacheEntry, VipKeyV4, VipKeyV6, VipValue,
     },
     counters::Counter,
     maps::{DEFAULT_CONNS, DEFAULT_RING_SIZE, DEFAULT_RINGS, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS},
@@ -26,6 +26,10 @@ pub static VIPS_V4: HashMap<VipKeyV4, VipValue> = HashMap::with_max_entries(2 * 
 /// IPv6 listeners (and address markers).
 #[map(name = "lb_vips6_v1")]
 pub static VIPS_V6: HashMap<VipKeyV6, VipValue> = HashMap::with_max_entries(2 * MAX_VIPS, 0);
+
+/// Recent VIP lookups, per CPU (see `select::lookup_vip`).
+#[map(name = "lb_vip_cache_v1")]
+pub static VIP_CACHE: PerCpuArray<VipCacheEntry> = PerCpuArray::with_max_entries(VIP_CACHE_SIZE, 0);
 
 /// All Maglev rings back to back: `ring_id * ring_size + slot` -> backend id.
 #[map(name = "lb_rings_v1")]

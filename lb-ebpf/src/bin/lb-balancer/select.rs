@@ -17,29 +17,56 @@ use aya_log_ebpf::error;
 use lb_common::{
     abi::{
         BACKEND_F_SERVING, Backend, ConnValue, DatapathConfig, FAMILY_V4, FlowKey, RING_EMPTY,
-        VipKey, VipValue,
+        VIP_CACHE_SIZE, VipCacheEntry, VipKey, VipValue,
     },
     counters::Counter,
-    hash::{flow_hash, ring_slot},
+    hash::{flow_hash, ring_slot, vip_cache_slot},
 };
 use lb_ebpf::{Exit, parse::Packet};
 
 use crate::{
     Result,
-    maps::{BACKENDS, CONNS_V4, CONNS_V6, RINGS, VIPS_V4, VIPS_V6},
+    maps::{BACKENDS, CONNS_V4, CONNS_V6, RINGS, VIP_CACHE, VIPS_V4, VIPS_V6},
     stats::count,
 };
 
-/// The VIP a TCP or UDP packet is addressed to.
+/// The VIP a TCP or UDP packet is addressed to. Asks this CPU's VIP cache first: an answer
+/// (found or not) from the current VIP epoch spares the hash-map lookup.
 #[inline(always)]
-pub fn lookup_vip(flow: &FlowKey) -> Result<VipValue> {
+pub fn lookup_vip(flow: &FlowKey, config: &DatapathConfig) -> Result<VipValue> {
     let key = VipKey {
         addr_be: flow.dst_be,
         port_be: flow.dst_port_be,
         proto: flow.proto,
         family: flow.family,
     };
-    find_vip(&key).ok_or(Exit::Pass(Counter::PassNotVip))
+    let not_vip = Exit::Pass(Counter::PassNotVip);
+    let slot = VIP_CACHE.get_ptr_mut(vip_cache_slot(&key, VIP_CACHE_SIZE));
+    if let Some(entry) = slot {
+        // SAFETY: this CPU's slot of a per-CPU array; XDP programs do not preempt each other.
+        let entry = unsafe { &*entry };
+        if entry.epoch == config.vip_epoch && entry.key == key {
+            return if entry.found != 0 {
+                Ok(entry.value)
+            } else {
+                Err(not_vip)
+            };
+        }
+    }
+    let found = find_vip(&key);
+    if let Some(entry) = slot {
+        // SAFETY: as above.
+        unsafe {
+            entry.write(VipCacheEntry {
+                key,
+                epoch: config.vip_epoch,
+                value: found.unwrap_or_default(),
+                found: u32::from(found.is_some()),
+                _pad: 0,
+            });
+        }
+    }
+    found.ok_or(not_vip)
 }
 
 /// The VIP map entry of `key`, from the map of its family.
