@@ -239,14 +239,20 @@ impl<D: Datapath> Reconciler<D> {
         };
         capacity("listeners", desired.len(), self.ring_ids.capacity() / 2)?;
         capacity("listeners", desired.len(), self.vip_ids.capacity())?;
-        // Old and new backends of a listener coexist while it is updated.
-        let backends: usize = desired.iter().map(|l| l.targets.len()).sum::<usize>()
-            + self
-                .listeners
-                .values()
-                .map(|l| l.backends.len())
-                .sum::<usize>();
-        capacity("backend slots", backends, self.backend_ids.capacity())
+        // A listener's old backends keep their ids while its new ones are added, so the ids
+        // in use now plus the backends that are new must fit.
+        let in_use: usize = self.listeners.values().map(|l| l.backends.len()).sum();
+        let new: usize = desired
+            .iter()
+            .map(|l| {
+                let applied = self.listeners.get(&l.name);
+                l.targets
+                    .iter()
+                    .filter(|t| !applied.is_some_and(|a| a.backends.contains_key(&t.address)))
+                    .count()
+            })
+            .sum();
+        capacity("backend ids", in_use + new, self.backend_ids.capacity())
     }
 
     /// Adds or updates one listener (see the module documentation for the order).
@@ -461,7 +467,7 @@ impl<D: Datapath> Reconciler<D> {
                 source,
             })?;
         self.listeners.remove(name);
-        self.forget_listener_traffic(name);
+        self.orphan_listener_traffic(name);
         self.marker(&key).listeners -= 1;
         self.retire_backends(&applied, None);
         self.ring_ids.free(applied.rings[0]);

@@ -42,8 +42,8 @@ pub(super) struct Retired {
     pub(super) ids: BTreeMap<u32, String>,
     /// Traffic of reused ids, per listener that still exists.
     pub(super) folded: BTreeMap<String, TrafficCounters>,
-    /// Traffic of all reused ids.
-    pub(super) folded_total: TrafficCounters,
+    /// Traffic of reused ids and of removed listeners' folds: counted by no listener.
+    pub(super) orphaned: TrafficCounters,
 }
 
 impl<D: Datapath> Reconciler<D> {
@@ -57,25 +57,28 @@ impl<D: Datapath> Reconciler<D> {
     pub(super) fn recycle_traffic(&mut self, id: u32) -> Result<(), DatapathError> {
         if let Some(owner) = self.retired.ids.get(&id).cloned() {
             let traffic = self.datapath.backend_traffic(id)?;
-            self.retired.folded_total = self.retired.folded_total.add(traffic);
             if self.listeners.contains_key(&owner) {
                 let folded = self.retired.folded.entry(owner).or_default();
                 *folded = folded.add(traffic);
+            } else {
+                self.retired.orphaned = self.retired.orphaned.add(traffic);
             }
             self.retired.ids.remove(&id);
         }
         self.datapath.reset_traffic(id)
     }
 
-    /// Forgets the folded traffic of a removed listener (the balancer's total keeps it).
-    pub(super) fn forget_listener_traffic(&mut self, name: &str) {
-        self.retired.folded.remove(name);
+    /// Moves a removed listener's folded traffic to the balancer's orphaned total.
+    pub(super) fn orphan_listener_traffic(&mut self, name: &str) {
+        if let Some(folded) = self.retired.folded.remove(name) {
+            self.retired.orphaned = self.retired.orphaned.add(folded);
+        }
     }
 
     /// Reads every counter and each listener's traffic.
     pub fn snapshot(&self) -> Result<Snapshot, DatapathError> {
         let mut counters = self.datapath.counters()?;
-        let mut forwarded = self.retired.folded_total;
+        let mut forwarded = self.retired.orphaned;
         let mut listeners = BTreeMap::new();
         for (name, listener) in &self.listeners {
             let mut traffic = ListenerTraffic {

@@ -293,3 +293,58 @@ fn a_reused_backend_id_gets_a_new_generation() {
     assert_ne!(first.generation, second.generation);
     assert_ne!(second.generation, 0);
 }
+
+#[test]
+fn listener_traffic_is_the_sum_of_its_backends_and_survives_id_reuse() {
+    use lb_common::{abi::TrafficCounters, counters::Counter};
+    let traffic = |packets, new_flows| TrafficCounters {
+        packets,
+        bytes: packets * 100,
+        new_flows,
+    };
+    let mut r = reconciler(4);
+    r.backend_ids = IdPool::new(2);
+    let web = listener("web", "198.18.100.1", 443, &["198.18.1.1", "198.18.1.2"]);
+    r.apply(std::slice::from_ref(&web)).unwrap();
+    let ids: Vec<u32> = r.listeners()["web"]
+        .backends
+        .values()
+        .map(|b| b.id)
+        .collect();
+    r.datapath_mut().traffic.insert(ids[0], traffic(10, 2));
+    r.datapath_mut().traffic.insert(ids[1], traffic(5, 1));
+    let snapshot = r.snapshot().unwrap();
+    assert_eq!(snapshot.listeners["web"].total, traffic(15, 3));
+    assert_eq!(snapshot.counter(Counter::TxLocal), 15);
+    assert_eq!(snapshot.counter(Counter::ConnHit), 12);
+
+    // 198.18.1.2 leaves, and its id goes to a new backend: its traffic stays counted.
+    r.apply(&[listener("web", "198.18.100.1", 443, &["198.18.1.1"])])
+        .unwrap();
+    r.apply(&[listener(
+        "web",
+        "198.18.100.1",
+        443,
+        &["198.18.1.1", "198.18.1.3"],
+    )])
+    .unwrap();
+    let reused = r.listeners()["web"].backends[&ip("198.18.1.3")].id;
+    assert_eq!(reused, ids[1], "the only free id was reused");
+    assert!(
+        !r.datapath().traffic.contains_key(&reused),
+        "its counters were zeroed"
+    );
+    let snapshot = r.snapshot().unwrap();
+    assert_eq!(snapshot.listeners["web"].total, traffic(15, 3));
+    assert_eq!(
+        snapshot.listeners["web"].backends[&ip("198.18.1.3")],
+        traffic(0, 0)
+    );
+    assert_eq!(snapshot.counter(Counter::TxLocal), 15);
+
+    // The listener goes: the balancer's counters keep what it forwarded.
+    r.apply(&[]).unwrap();
+    let snapshot = r.snapshot().unwrap();
+    assert!(snapshot.listeners.is_empty());
+    assert_eq!(snapshot.counter(Counter::TxLocal), 15);
+}
