@@ -3,7 +3,7 @@
 
 use aya::programs::{TestRun, TestRunOptions};
 use lb::{
-    datapath::{Datapath, RingGeometry, maps::AyaDatapath},
+    datapath::{RingGeometry, maps::AyaDatapath},
     loader::{Balancer, BalancerSpec},
     reconcile::Reconciler,
     state::Listener,
