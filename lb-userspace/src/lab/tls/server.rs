@@ -339,10 +339,8 @@ fn trim_newline(line: &[u8]) -> &[u8] {
 mod tests {
     use std::sync::Arc;
 
-    use super::super::test_support::{loopback, start, test_pki, wait_for};
-    use super::super::{TlsClientConn, client_config, tls_exchange};
-    use super::TlsServer;
-    use crate::lab::{NetNs, veth};
+    use super::super::test_support::{start, test_pki, wait_for};
+    use super::super::{TlsClientConn, client_config};
 
     #[test]
     fn hundreds_of_long_lived_connections() {
@@ -366,68 +364,5 @@ mod tests {
         assert_eq!(server.accepted().len(), 200);
         clients.clear();
         wait_for("connections to close", || server.open_connections() == 0);
-    }
-
-    #[test]
-    fn server_and_client_inside_a_namespace() {
-        let ns = NetNs::new("lbtls").expect("namespace");
-        let name = ns.name().to_owned();
-        ns.ip(&["link", "set", "lo", "up"]).expect("lo up");
-        let pki = test_pki();
-        let issued = pki.issue(&["backend.lab"]).expect("issue");
-        let server = TlsServer::start(Some(&ns), loopback(), "ns1", &issued).expect("start");
-        let addr = server.local_addr();
-        let roots = pki.roots().expect("roots");
-        let exchange = ns
-            .spawn("lbtls-client", move || {
-                tls_exchange("backend.lab", addr, &roots, "inside")
-            })
-            .expect("spawn client")
-            .join()
-            .expect("client thread")
-            .expect("exchange inside the namespace");
-        assert_eq!(exchange.reply, "ns1 inside");
-        server.stop().expect("stop");
-        drop(ns);
-        let list = std::process::Command::new("ip")
-            .args(["netns", "list"])
-            .output()
-            .expect("ip netns list");
-        let list = String::from_utf8_lossy(&list.stdout);
-        assert!(
-            !list
-                .lines()
-                .any(|line| line.split_whitespace().next() == Some(name.as_str())),
-            "{name} still listed after drop: {list}"
-        );
-    }
-
-    #[test]
-    fn server_across_a_veth() {
-        let server_ns = NetNs::new("lbtls").expect("server namespace");
-        let client_ns = NetNs::new("lbtls").expect("client namespace");
-        veth(&server_ns, "lbs0", &client_ns, "lbc0").expect("veth");
-        server_ns
-            .ip(&["addr", "add", "198.18.1.1/24", "dev", "lbs0"])
-            .expect("server address");
-        client_ns
-            .ip(&["addr", "add", "198.18.1.2/24", "dev", "lbc0"])
-            .expect("client address");
-        let pki = test_pki();
-        let issued = pki.issue(&["198.18.1.1"]).expect("issue");
-        let bind = "198.18.1.1:8443".parse().expect("server address");
-        let server = TlsServer::start(Some(&server_ns), bind, "far", &issued).expect("start");
-        let roots = pki.roots().expect("roots");
-        let exchange = client_ns
-            .spawn("lbtls-client", move || {
-                tls_exchange("198.18.1.1", bind, &roots, "across")
-            })
-            .expect("spawn client")
-            .join()
-            .expect("client thread")
-            .expect("exchange across the veth");
-        assert_eq!(exchange.reply, "far across");
-        assert_eq!(exchange.local_addr.ip().to_string(), "198.18.1.2");
-        assert_eq!(server.accepted(), [exchange.local_addr]);
     }
 }

@@ -13,7 +13,7 @@ pub(super) fn test_pki() -> Pki {
 }
 
 /// Loopback with a port picked by the kernel.
-pub(super) fn loopback() -> SocketAddr {
+fn loopback() -> SocketAddr {
     "127.0.0.1:0".parse().expect("loopback address")
 }
 
