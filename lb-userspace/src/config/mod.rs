@@ -6,8 +6,11 @@
 //! a `mode` (`passthrough` today; `offload` and `bridging` are reserved for the L7 listeners)
 //! and forwards to a named pool of backends.
 
+mod edit;
 mod raw;
 mod validate;
+
+pub use edit::{PoolEdit, describe};
 
 use std::{
     collections::BTreeMap,

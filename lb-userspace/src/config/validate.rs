@@ -22,7 +22,7 @@ const RING_SIZE_RANGE: (i64, i64) = (251, 16_777_259);
 const CONN_TABLE_RANGE: (i64, i64) = (1_024, 1 << 27);
 const MAX_LISTENERS_RANGE: (i64, i64) = (1, 256);
 const MTU_RANGE: (i64, i64) = (576, 65_535);
-const WEIGHT_RANGE: (i64, i64) = (1, 10_000);
+pub(super) const WEIGHT_RANGE: (i64, i64) = (1, 10_000);
 
 /// Collects problems with their positions in the text.
 struct Checker<'a> {
@@ -164,10 +164,7 @@ fn check_pools(
         for (i, backend) in pool.backends.iter().enumerate() {
             let field = format!("{field}.backends[{i}]");
             if let Some(parsed) = check_backend(c, backend.get_ref(), &field) {
-                if let Some(j) = backends
-                    .iter()
-                    .position(|b| b.address == parsed.address && b.port == parsed.port)
-                {
+                if let Some(j) = duplicate_of(&backends, &parsed) {
                     c.problem(
                         backend,
                         &field,
@@ -274,36 +271,46 @@ fn check_listener(
         );
         return None;
     };
-    let (address, port, protocol, mode) = (address?, port?, protocol?, mode?);
+    let listener = ListenerConfig {
+        address: address?,
+        port: port?,
+        protocol: protocol?,
+        mode: mode?,
+        pool: pool_name.clone(),
+    };
+    for reason in pool_conflicts(&listener, pool) {
+        c.problem(&raw.pool, &format!("{field}.pool"), reason);
+    }
+    Some(listener)
+}
+
+/// Why `pool` cannot serve `listener`, if it cannot: each backend must be of the listener's
+/// address family, and (passthrough forwards packets unchanged) on the listener's port.
+pub(super) fn pool_conflicts(listener: &ListenerConfig, pool: &Pool) -> Vec<String> {
+    let pool_name = &listener.pool;
+    let mut reasons = Vec::new();
     for (i, backend) in pool.backends.iter().enumerate() {
-        if backend.address.is_ipv4() != address.is_ipv4() {
-            c.problem(
-                &raw.pool,
-                &format!("{field}.pool"),
-                format!(
-                    "backend {i} of pool {pool_name:?} ({}) is not of the listener's address family; passthrough keeps the family",
-                    backend.address
-                ),
-            );
+        if backend.address.is_ipv4() != listener.address.is_ipv4() {
+            reasons.push(format!(
+                "backend {i} of pool {pool_name:?} ({}) is not of the listener's address family; passthrough keeps the family",
+                backend.address
+            ));
         }
-        if backend.port.is_some_and(|p| p != port) {
-            c.problem(
-                &raw.pool,
-                &format!("{field}.pool"),
-                format!(
-                    "backend {i} of pool {pool_name:?} has port {}, but passthrough forwards packets unchanged to the listener's port {port}; omit the port",
-                    backend.port.unwrap_or_default()
-                ),
-            );
+        if let Some(port) = backend.port.filter(|&p| p != listener.port) {
+            reasons.push(format!(
+                "backend {i} of pool {pool_name:?} has port {port}, but passthrough forwards packets unchanged to the listener's port {}; omit the port",
+                listener.port
+            ));
         }
     }
-    Some(ListenerConfig {
-        address,
-        port,
-        protocol,
-        mode,
-        pool: pool_name.clone(),
-    })
+    reasons
+}
+
+/// The index of a backend of `backends` with the same address and port as `candidate`.
+pub(super) fn duplicate_of(backends: &[BackendConfig], candidate: &BackendConfig) -> Option<usize> {
+    backends
+        .iter()
+        .position(|b| b.address == candidate.address && b.port == candidate.port)
 }
 
 fn check_datapath(
