@@ -15,6 +15,8 @@
 
 pub mod bench;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod datapath;
 pub mod lab;
 pub mod loader;

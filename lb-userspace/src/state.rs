@@ -7,7 +7,9 @@ use std::net::IpAddr;
 use lb_common::abi::{AddrBe, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, VipKey};
 
 /// A transport protocol a listener serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,

@@ -1,0 +1,167 @@
+//! The control API between the `lb` CLI and the daemon: one JSON request per connection to a
+//! Unix socket (mode 0600, so only root talks to the daemon), one JSON response back.
+//!
+//! - this module: the [`Request`] and [`Response`] types and the views they carry;
+//! - [`client`]: the CLI's side (blocking);
+//! - [`server`]: the daemon's side (tokio), which hands each request to a handler.
+
+pub mod client;
+pub mod server;
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::Protocol;
+
+/// Where the CLI finds the daemon unless told otherwise.
+pub const DEFAULT_SOCKET: &str = crate::config::defaults::SOCKET;
+
+/// What the CLI asks of the daemon.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "kebab-case")]
+pub enum Request {
+    ListListeners,
+    ListBackends {
+        pool: Option<String>,
+    },
+    AddBackend {
+        pool: String,
+        address: IpAddr,
+        port: Option<u16>,
+        weight: u32,
+    },
+    RemoveBackend {
+        pool: String,
+        address: IpAddr,
+        port: Option<u16>,
+    },
+    SetWeight {
+        pool: String,
+        address: IpAddr,
+        port: Option<u16>,
+        weight: u32,
+    },
+    Stats,
+    Simulate {
+        protocol: Protocol,
+        client: SocketAddr,
+        vip: SocketAddr,
+    },
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", content = "body", rename_all = "kebab-case")]
+pub enum Response {
+    Ok(Body),
+    /// The request was refused or failed; nothing changed.
+    Error(String),
+}
+
+/// The payload of a successful response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data", rename_all = "kebab-case")]
+pub enum Body {
+    Listeners(Vec<ListenerView>),
+    Backends(Vec<BackendView>),
+    Changed(ChangeView),
+    Stats(StatsView),
+    Simulation(SimulationView),
+}
+
+/// A listener as `lb listener list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerView {
+    pub name: String,
+    pub address: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub mode: String,
+    pub pool: String,
+    /// Backends in the pool that take new flows (weight above 0).
+    pub active_backends: usize,
+    pub ring_size: u32,
+}
+
+/// A backend as `lb backend list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendView {
+    pub pool: String,
+    pub address: IpAddr,
+    pub port: Option<u16>,
+    pub weight: u32,
+    /// `serving`, or `draining` (weight 0: established flows only).
+    pub state: String,
+    /// Slots of the pool's Maglev table this backend holds (the same for every listener of
+    /// the pool), out of `ring_size`.
+    pub table_slots: u32,
+    pub ring_size: u32,
+    pub listeners: Vec<String>,
+}
+
+/// What a change did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeView {
+    /// What changed, in words.
+    pub summary: String,
+    /// Listeners whose tables were rewritten.
+    pub listeners: Vec<String>,
+    /// Time from receiving the request to the last map write, in microseconds.
+    pub applied_us: u64,
+}
+
+/// `lb stats`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsView {
+    pub counters: Vec<CounterView>,
+    pub listeners: Vec<ListenerStatsView>,
+}
+
+/// One datapath counter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterView {
+    pub name: String,
+    /// `forward`, `pass`, `drop` or `event`.
+    pub kind: String,
+    pub value: u64,
+}
+
+/// Traffic of a listener and of each of its backends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerStatsView {
+    pub name: String,
+    pub traffic: Traffic,
+    pub backends: Vec<(IpAddr, Traffic)>,
+}
+
+/// Packets, bytes and new flows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+impl From<lb_common::abi::TrafficCounters> for Traffic {
+    fn from(t: lb_common::abi::TrafficCounters) -> Self {
+        Self {
+            packets: t.packets,
+            bytes: t.bytes,
+            new_flows: t.new_flows,
+        }
+    }
+}
+
+/// Where a packet of a flow would go, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimulationView {
+    pub listener: String,
+    /// Where the flow's next packet goes.
+    pub backend: IpAddr,
+    /// `connection table` (an established flow) or `Maglev slot N` (a new flow).
+    pub reason: String,
+    /// Where a new connection (a SYN) with this 5-tuple would go: the Maglev pick.
+    pub new_connection_backend: IpAddr,
+    pub maglev_slot: u32,
+}
