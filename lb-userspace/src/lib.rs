@@ -14,6 +14,7 @@
 //!   benchmarks.
 
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -254,6 +254,39 @@ pub fn interface_index(interface: &str) -> Result<u32, LoadError> {
     }
 }
 
+/// The MTU of `interface`, asked of the kernel (`SIOCGIFMTU`) in the caller's network
+/// namespace.
+pub fn interface_mtu(interface: &str) -> std::io::Result<u32> {
+    // SAFETY: `ifreq` is plain old data; all-zero is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = interface.as_bytes();
+    if name.len() >= request.ifr_name.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("interface name {interface:?} is too long"),
+        ));
+    }
+    for (slot, byte) in request.ifr_name.iter_mut().zip(name) {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: plain socket creation; the descriptor is owned and closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a valid socket and `request` a valid `ifreq` that outlives the call.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCGIFMTU, &mut request) };
+    let error = std::io::Error::last_os_error();
+    // SAFETY: `fd` is ours and closed once.
+    unsafe { libc::close(fd) };
+    if rc < 0 {
+        return Err(error);
+    }
+    // SAFETY: after SIOCGIFMTU the kernel has written `ifru_mtu`.
+    let mtu = unsafe { request.ifr_ifru.ifru_mtu };
+    u32::try_from(mtu).map_err(|_| std::io::Error::other(format!("MTU {mtu} of {interface}")))
+}
+
 /// Attaches program `name` of `ebpf` to `interface`. Returns the mode it runs in and the link.
 pub fn attach(
     ebpf: &mut Ebpf,

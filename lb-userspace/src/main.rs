@@ -1,48 +1,12 @@
 //! `lb`: the load balancer's one binary. A thin layer over the `lb` library: parse the command
-//! line, set up logging, call the library, turn errors into a message and an exit status.
+//! line, set up logging, call the library, print, and turn errors into a message and a
+//! non-zero exit status.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
-
-#[derive(Debug, Parser)]
-#[command(name = "lb", version, about = "An XDP and TLS load balancer")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Validate a configuration file without touching the system.
-    Check {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
-    /// Benchmarks.
-    #[command(subcommand)]
-    Bench(Bench),
-}
-
-#[derive(Debug, Subcommand)]
-enum Bench {
-    /// The XDP balancer against a trivial XDP_TX program (needs root).
-    Xdp {
-        /// Rounds per measurement, alternating balancer and baseline.
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-        /// Single test runs per round for the per-packet cost.
-        #[arg(long, default_value_t = 100_000)]
-        calls: usize,
-        /// Frames per round for the forwarding rate.
-        #[arg(long, default_value_t = 2_000_000)]
-        frames: u32,
-        /// Distinct flows for the forwarding rate (a power of two up to 65536).
-        #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=65_536))]
-        flows: u32,
-    },
-}
+use clap::Parser as _;
+use lb::cli::{BenchCommand, Cli, Command, DecapCommand, render};
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
@@ -51,6 +15,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -63,17 +28,34 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Check { config } => {
+        Command::Run { config } => {
             let config = lb::config::Config::from_file(&config)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(lb::daemon::run(config))?;
+        }
+        Command::Check { config: path } => {
+            let config = lb::config::Config::from_file(&path)?;
             println!(
                 "{}: ok ({} listeners, {} pools)",
-                config_name(&config),
+                path.display(),
                 config.listeners.len(),
                 config.pools.len()
             );
-            Ok(())
         }
-        Command::Bench(Bench::Xdp {
+        Command::Decap(DecapCommand::Attach { iface }) => {
+            print!(
+                "{}",
+                lb::cli::decap::attach_decap(&iface, lb::loader::AttachMode::Auto)?
+            );
+        }
+        Command::Decap(DecapCommand::Detach { iface }) => {
+            print!("{}", lb::cli::decap::detach_decap(&iface)?);
+        }
+        Command::Bench(BenchCommand::Xdp {
             rounds,
             calls,
             frames,
@@ -87,11 +69,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let report = lb::bench::xdp::run(options).context("the XDP benchmark failed")?;
             println!("{report}");
-            Ok(())
+        }
+        Command::Demo => anyhow::bail!("the demo is not built yet"),
+        daemon_command => {
+            let request = daemon_command
+                .request()
+                .context("this command is not one the daemon answers")?;
+            let body = lb::control::client::call(&cli.socket, &request)?;
+            print!("{}", render::render(&body, cli.json));
         }
     }
-}
-
-fn config_name(_config: &lb::config::Config) -> &'static str {
-    "configuration"
+    Ok(())
 }

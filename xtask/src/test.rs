@@ -124,6 +124,11 @@ fn run_privileged_tests(runner: &Runner, extra_args: &[OsString]) -> Result<()> 
     if !is_root()? {
         bail!("the privileged tests (lb-tests) need root: run `sudo cargo xtask test`");
     }
+    // The end-to-end tests run the `lb` binary (the daemon and its CLI), found next to the
+    // test executables.
+    let mut build = runner.cargo();
+    build.args(["build", "-p", "lb-userspace", "--bin", "lb"]);
+    runner.run(&mut build)?;
     let mut cmd = runner.cargo();
     cmd.args(["test", "-p", "lb-tests", "--", "--test-threads=2"])
         .args(extra_args);

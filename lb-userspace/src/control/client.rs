@@ -48,7 +48,8 @@ pub fn call(socket: &Path, request: &Request) -> Result<Body, ClientError> {
         _ => io(source),
     })?;
     stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
-    let mut line = serde_json::to_string(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let mut line =
+        serde_json::to_string(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
     line.push('\n');
     (&stream).write_all(line.as_bytes()).map_err(io)?;
     let mut answer = String::new();

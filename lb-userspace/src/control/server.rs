@@ -34,25 +34,33 @@ pub enum ServerError {
     },
 }
 
-/// Opens the control socket at `path` (mode 0600; its directory is created 0700). A socket
-/// left by a daemon that died is replaced; one that answers is not.
+/// Fails if a daemon already answers at `path`; removes a socket a dead daemon left there.
+pub fn ensure_free(path: &Path) -> Result<(), ServerError> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServerError::AlreadyRunning(path.to_owned()));
+        }
+        std::fs::remove_file(path).map_err(|source| ServerError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Opens the control socket at `path` (mode 0600; its directory is created 0700).
 pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     let io = |source| ServerError::Io {
         path: path.to_owned(),
         source,
     };
+    ensure_free(path)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(io)?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(ServerError::AlreadyRunning(path.to_owned()));
-        }
-        std::fs::remove_file(path).map_err(io)?;
     }
     let listener = UnixListener::bind(path).map_err(io)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;

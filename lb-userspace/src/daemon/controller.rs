@@ -62,7 +62,10 @@ impl<D: Datapath> Controller<D> {
                     port,
                     weight,
                 }),
-                format!("added {} to pool {pool:?} with weight {weight}", describe(address, port)),
+                format!(
+                    "added {} to pool {pool:?} with weight {weight}",
+                    describe(address, port)
+                ),
                 started,
             ),
             Request::RemoveBackend {
@@ -87,7 +90,10 @@ impl<D: Datapath> Controller<D> {
                     port,
                     weight,
                 },
-                format!("set the weight of {} in pool {pool:?} to {weight}", describe(address, port)),
+                format!(
+                    "set the weight of {} in pool {pool:?} to {weight}",
+                    describe(address, port)
+                ),
                 started,
             ),
             Request::Stats => self.stats().map(Body::Stats),
@@ -128,7 +134,9 @@ impl<D: Datapath> Controller<D> {
         if let Some(pool) = pool
             && !self.config.pools.contains_key(pool)
         {
-            return Err(format!("no pool is named {pool:?}; `lb listener list` shows the pools"));
+            return Err(format!(
+                "no pool is named {pool:?}; `lb listener list` shows the pools"
+            ));
         }
         let mut views = Vec::new();
         for (name, p) in &self.config.pools {
@@ -148,7 +156,12 @@ impl<D: Datapath> Controller<D> {
                     address: backend.address,
                     port: backend.port,
                     weight: backend.weight,
-                    state: if backend.weight > 0 { "serving" } else { "draining" }.to_owned(),
+                    state: if backend.weight > 0 {
+                        "serving"
+                    } else {
+                        "draining"
+                    }
+                    .to_owned(),
                     table_slots: listeners
                         .first()
                         .map_or(0, |l| self.table_slots(l, backend.address)),
@@ -183,7 +196,10 @@ impl<D: Datapath> Controller<D> {
         summary: String,
         started: Instant,
     ) -> Result<Body, String> {
-        let next = self.config.edit_pool(pool, edit).map_err(|e| e.to_string())?;
+        let next = self
+            .config
+            .edit_pool(pool, edit)
+            .map_err(|e| e.to_string())?;
         if let Err(failure) = self.reconciler.apply(&next.passthrough_listeners()) {
             error!(%failure, "applying a change failed; restoring the previous tables");
             if let Err(rollback) = self.reconciler.apply(&self.config.passthrough_listeners()) {
@@ -257,7 +273,9 @@ impl<D: Datapath> Controller<D> {
                 )
             })?;
         if client.is_ipv4() != vip.is_ipv4() {
-            return Err(format!("{client} and {vip} are of different address families"));
+            return Err(format!(
+                "{client} and {vip} are of different address families"
+            ));
         }
         let applied = self
             .reconciler

@@ -7,10 +7,7 @@
 
 pub mod controller;
 
-use std::{
-    path::{Path, PathBuf},
-    thread,
-};
+use std::{path::Path, thread};
 
 use aya_log::EbpfLogger;
 use tokio::{
@@ -48,17 +45,18 @@ pub enum DaemonError {
     },
 }
 
-/// Runs the daemon for `config` until a signal stops it.
+/// Runs the daemon for `config` until a signal stops it. The control socket opens last, so a
+/// daemon that answers on it is ready.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
     let socket = config.control.socket.clone();
-    let listener = server::bind(&socket)?;
+    server::ensure_free(&socket)?;
     let pin_dir = config.datapath.pin_dir.clone();
-    let result = serve(config, listener).await;
+    let result = serve(config).await;
     cleanup(&socket, &pin_dir);
     result
 }
 
-async fn serve(config: Config, listener: tokio::net::UnixListener) -> Result<(), DaemonError> {
+async fn serve(config: Config) -> Result<(), DaemonError> {
     let interfaces: Vec<(String, u32)> = config
         .datapath
         .interfaces
@@ -87,6 +85,7 @@ async fn serve(config: Config, listener: tokio::net::UnixListener) -> Result<(),
     );
     let logs = ebpf_logs(&mut balancer);
 
+    let listener = server::bind(&config.control.socket)?;
     let (calls, requests) = mpsc::channel::<Call>(64);
     let controller = spawn_controller(Controller::new(config, reconciler), requests)?;
     let control = tokio::spawn(server::serve(listener, calls));
@@ -154,7 +153,8 @@ fn ebpf_logs(balancer: &mut Balancer) -> Option<tokio::task::JoinHandle<()>> {
     };
     // SAFETY: the logger owns its ring buffer's file descriptor for its whole life, and the
     // `AsyncFd` owns the logger, so the descriptor stays open and the same until it is dropped.
-    let registered = unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let registered =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
     let mut fd = match registered {
         Ok(fd) => fd,
         Err(error) => {
@@ -174,14 +174,9 @@ fn ebpf_logs(balancer: &mut Balancer) -> Option<tokio::task::JoinHandle<()>> {
 fn smallest_mtu(interfaces: &[(String, u32)]) -> Result<u32, DaemonError> {
     let mut smallest = u32::MAX;
     for (name, _) in interfaces {
-        let path = PathBuf::from(format!("/sys/class/net/{name}/mtu"));
-        let read = |source| DaemonError::Io {
-            what: format!("reading the MTU of {name} ({})", path.display()),
+        let mtu = crate::loader::interface_mtu(name).map_err(|source| DaemonError::Io {
+            what: format!("reading the MTU of {name}"),
             source,
-        };
-        let text = std::fs::read_to_string(&path).map_err(read)?;
-        let mtu = text.trim().parse::<u32>().map_err(|e| {
-            read(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
         })?;
         smallest = smallest.min(mtu);
     }

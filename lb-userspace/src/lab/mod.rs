@@ -7,6 +7,8 @@
 //! - [`passthrough`]: [`PassthroughLab`](passthrough::PassthroughLab), the namespaces of a
 //!   passthrough deployment (client, balancer, backends on one switched segment), with the
 //!   backends' decapsulation programs attached and TLS servers on the VIP;
+//! - [`daemon`]: [`DaemonProcess`](daemon::DaemonProcess), an `lb run` child process inside a
+//!   lab namespace, with its own socket and pins, stopped (SIGTERM) on drop;
 //! - [`tls`]: [`Pki`], a throw-away certificate authority issuing leaf certificates (valid,
 //!   expired, or from another CA); [`TlsServer`], a line-echo TLS backend that records who
 //!   connected; [`tls_exchange`] and [`TlsClientConn`], blocking TLS clients.
@@ -18,6 +20,7 @@
 //! Traffic goes only to loopback or to addresses inside namespaces the lab creates: give lab
 //! hosts addresses from 198.18.0.0/15 and 2001:db8::/32, nothing else.
 
+pub mod daemon;
 pub mod netns;
 pub mod passthrough;
 pub mod tls;
@@ -34,6 +37,17 @@ pub enum LabError {
     /// Loading or attaching an XDP program failed.
     #[error(transparent)]
     Xdp(#[from] crate::loader::LoadError),
+    /// A file or process of the lab could not be handled.
+    #[error("{what}: {source}")]
+    File {
+        /// What was being done.
+        what: &'static str,
+        /// The failure.
+        source: io::Error,
+    },
+    /// A lab daemon did not start or stop as it should.
+    #[error("lab daemon: {0}")]
+    Daemon(String),
     /// A name (namespace prefix, interface) that the kernel or `ip` would reject.
     #[error("invalid name {name:?}: {reason}")]
     InvalidName {

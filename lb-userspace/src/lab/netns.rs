@@ -138,7 +138,7 @@ impl NetNs {
     }
 
     /// The bind mount that names this namespace.
-    fn path(&self) -> PathBuf {
+    pub fn path(&self) -> PathBuf {
         PathBuf::from(NETNS_DIR).join(&self.name)
     }
 

@@ -256,3 +256,51 @@ fn build_backend(prefix: &str, switch: &NetNs, i: usize) -> Result<LabBackend, L
         ns,
     })
 }
+
+/// The balancer configuration of a lab with `backends` backends: a TLS listener on port 443 of
+/// each VIP (pools `web4` and `web6`), the daemon's socket and pins where `paths` says.
+pub fn lab_config(paths: &super::daemon::DaemonPaths, backends: usize) -> String {
+    let pool = |address: &dyn Fn(usize) -> IpAddr| {
+        (0..backends)
+            .map(|i| format!("{{ address = \"{}\" }}", address(i)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        r#"# The lab's balancer: two passthrough listeners (IPv4 and IPv6) on TLS port 443.
+[datapath]
+interfaces = ["{IFACE}"]
+attach_mode = "driver"
+conn_table_size = 65536
+max_listeners = 8
+encap_source_v4 = "{ENCAP_V4}"
+encap_source_v6 = "{ENCAP_V6}"
+pin_dir = "{pin_dir}"
+
+[control]
+socket = "{socket}"
+
+[pools.web4]
+backends = [{pool4}]
+
+[pools.web6]
+backends = [{pool6}]
+
+[listeners.tls4]
+address = "{VIP_V4}"
+port = 443
+mode = "passthrough"
+pool = "web4"
+
+[listeners.tls6]
+address = "{VIP_V6}"
+port = 443
+mode = "passthrough"
+pool = "web6"
+"#,
+        pin_dir = paths.pin_dir.display(),
+        socket = paths.socket.display(),
+        pool4 = pool(&|i| IpAddr::V4(backend_v4(i))),
+        pool6 = pool(&|i| IpAddr::V6(backend_v6(i))),
+    )
+}

@@ -1,0 +1,213 @@
+//! The command line: what `lb` accepts ([`Cli`]) and how its answers are printed ([`render`]).
+//! `main.rs` parses and dispatches; the daemon's commands go through the control socket.
+
+pub mod decap;
+pub mod render;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{control::Request, state::Protocol};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lb",
+    version,
+    about = "An XDP and TLS load balancer",
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// The daemon's control socket.
+    #[arg(long, global = true, env = "LB_SOCKET", default_value = crate::control::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: attach the balancer, program the maps, serve the control socket.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without touching the system.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Listeners (VIPs).
+    #[command(subcommand)]
+    Listener(ListenerCommand),
+    /// Backends of the pools.
+    #[command(subcommand)]
+    Backend(BackendCommand),
+    /// Traffic per listener and backend, and every datapath counter.
+    Stats,
+    /// Where a flow's packets go, and why.
+    Simulate(SimulateArgs),
+    /// The backends' decapsulation program.
+    #[command(subcommand)]
+    Decap(DecapCommand),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// A lab in network namespaces that shows the balancer at work (needs root).
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ListenerCommand {
+    /// List the listeners.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackendCommand {
+    /// List the backends (of one pool, or all).
+    List { pool: Option<String> },
+    /// Add a backend to a pool.
+    Add {
+        pool: String,
+        address: IpAddr,
+        /// The backend's port (passthrough forwards to the listener's port; leave it out).
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    /// Remove a backend from a pool: its flows are placed afresh.
+    Remove {
+        pool: String,
+        address: IpAddr,
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Change a backend's weight (0 drains it: no new flows, established ones stay).
+    SetWeight {
+        pool: String,
+        address: IpAddr,
+        weight: u32,
+        #[arg(long)]
+        port: Option<u16>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// The client's address and port.
+    pub client: SocketAddr,
+    /// The VIP's address and port.
+    pub vip: SocketAddr,
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
+    pub protocol: ProtocolArg,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ProtocolArg {
+    Tcp,
+    Udp,
+}
+
+impl From<ProtocolArg> for Protocol {
+    fn from(p: ProtocolArg) -> Self {
+        match p {
+            ProtocolArg::Tcp => Protocol::Tcp,
+            ProtocolArg::Udp => Protocol::Udp,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DecapCommand {
+    /// Attach it to a backend's interface (it stays attached after this command exits).
+    Attach {
+        #[arg(long)]
+        iface: String,
+    },
+    /// Detach it.
+    Detach {
+        #[arg(long)]
+        iface: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The XDP balancer against a trivial XDP_TX program (needs root).
+    Xdp {
+        /// Rounds per measurement, alternating balancer and baseline.
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Single test runs per round for the per-packet cost.
+        #[arg(long, default_value_t = 100_000)]
+        calls: usize,
+        /// Frames per round for the forwarding rate.
+        #[arg(long, default_value_t = 2_000_000)]
+        frames: u32,
+        /// Distinct flows for the forwarding rate (a power of two up to 65536).
+        #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+        flows: u32,
+    },
+}
+
+impl Command {
+    /// The control request a daemon command sends, if it is one.
+    pub fn request(&self) -> Option<Request> {
+        Some(match self {
+            Self::Listener(ListenerCommand::List) => Request::ListListeners,
+            Self::Backend(BackendCommand::List { pool }) => {
+                Request::ListBackends { pool: pool.clone() }
+            }
+            Self::Backend(BackendCommand::Add {
+                pool,
+                address,
+                port,
+                weight,
+            }) => Request::AddBackend {
+                pool: pool.clone(),
+                address: *address,
+                port: *port,
+                weight: *weight,
+            },
+            Self::Backend(BackendCommand::Remove {
+                pool,
+                address,
+                port,
+            }) => Request::RemoveBackend {
+                pool: pool.clone(),
+                address: *address,
+                port: *port,
+            },
+            Self::Backend(BackendCommand::SetWeight {
+                pool,
+                address,
+                weight,
+                port,
+            }) => Request::SetWeight {
+                pool: pool.clone(),
+                address: *address,
+                port: *port,
+                weight: *weight,
+            },
+            Self::Stats => Request::Stats,
+            Self::Simulate(args) => Request::Simulate {
+                protocol: args.protocol.into(),
+                client: args.client,
+                vip: args.vip,
+            },
+            Self::Run { .. }
+            | Self::Check { .. }
+            | Self::Decap(_)
+            | Self::Bench(_)
+            | Self::Demo => return None,
+        })
+    }
+}

@@ -1,0 +1,177 @@
+//! Output of the CLI: aligned tables for people, JSON (`--json`) for scripts.
+
+use crate::{
+    config::describe,
+    control::{Body, ChangeView, SimulationView, StatsView, Traffic},
+};
+
+/// A table with a header row; columns are as wide as their widest cell.
+#[derive(Debug, Default)]
+pub struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Self {
+        Self {
+            rows: vec![header.iter().map(|h| (*h).to_owned()).collect()],
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    /// Renders the table, cells left-aligned, two spaces between columns.
+    pub fn render(&self) -> String {
+        let columns = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..columns)
+            .map(|c| {
+                self.rows
+                    .iter()
+                    .map(|r| r.get(c).map_or(0, |cell| cell.chars().count()))
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut out = String::new();
+        for row in &self.rows {
+            let line: Vec<String> = row
+                .iter()
+                .enumerate()
+                .map(|(c, cell)| format!("{cell:<width$}", width = widths[c]))
+                .collect();
+            out.push_str(line.join("  ").trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// The text the CLI prints for a response body.
+pub fn render(body: &Body, json: bool) -> String {
+    if json {
+        return serde_json::to_string_pretty(body)
+            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+            + "\n";
+    }
+    match body {
+        Body::Listeners(listeners) => {
+            let mut table = Table::new(&["LISTENER", "VIP", "MODE", "POOL", "BACKENDS", "TABLE"]);
+            for l in listeners {
+                table.row(vec![
+                    l.name.clone(),
+                    format!(
+                        "{}/{}",
+                        std::net::SocketAddr::new(l.address, l.port),
+                        l.protocol.name()
+                    ),
+                    l.mode.clone(),
+                    l.pool.clone(),
+                    l.active_backends.to_string(),
+                    format!("Maglev, {} slots", l.ring_size),
+                ]);
+            }
+            table.render()
+        }
+        Body::Backends(backends) => {
+            let mut table = Table::new(&[
+                "POOL",
+                "BACKEND",
+                "WEIGHT",
+                "STATE",
+                "TABLE SHARE",
+                "LISTENERS",
+            ]);
+            for b in backends {
+                table.row(vec![
+                    b.pool.clone(),
+                    describe(b.address, b.port),
+                    b.weight.to_string(),
+                    b.state.clone(),
+                    percent(u64::from(b.table_slots), u64::from(b.ring_size)),
+                    b.listeners.join(","),
+                ]);
+            }
+            table.render()
+        }
+        Body::Changed(change) => render_change(change),
+        Body::Stats(stats) => render_stats(stats),
+        Body::Simulation(simulation) => render_simulation(simulation),
+    }
+}
+
+fn render_change(change: &ChangeView) -> String {
+    format!(
+        "{}; listeners updated: {} (applied in {:.1} ms)\n",
+        change.summary,
+        if change.listeners.is_empty() {
+            "none".to_owned()
+        } else {
+            change.listeners.join(", ")
+        },
+        change.applied_us as f64 / 1000.0
+    )
+}
+
+fn render_stats(stats: &StatsView) -> String {
+    let mut out = String::new();
+    let mut traffic = Table::new(&["LISTENER", "BACKEND", "PACKETS", "BYTES", "NEW FLOWS"]);
+    for l in &stats.listeners {
+        traffic.row(traffic_row(&l.name, "(all)", &l.traffic));
+        for (address, t) in &l.backends {
+            traffic.row(traffic_row("", &address.to_string(), t));
+        }
+    }
+    out.push_str(&traffic.render());
+    out.push('\n');
+    let mut counters = Table::new(&["COUNTER", "KIND", "VALUE"]);
+    for c in &stats.counters {
+        counters.row(vec![c.name.clone(), c.kind.clone(), c.value.to_string()]);
+    }
+    out.push_str(&counters.render());
+    out
+}
+
+fn traffic_row(listener: &str, backend: &str, t: &Traffic) -> Vec<String> {
+    vec![
+        listener.to_owned(),
+        backend.to_owned(),
+        t.packets.to_string(),
+        t.bytes.to_string(),
+        t.new_flows.to_string(),
+    ]
+}
+
+fn render_simulation(s: &SimulationView) -> String {
+    let mut out = format!(
+        "listener: {}\nbackend:  {} ({})\n",
+        s.listener, s.backend, s.reason
+    );
+    if s.new_connection_backend != s.backend {
+        out.push_str(&format!(
+            "a new connection (SYN) with this 5-tuple would go to {} (Maglev slot {})\n",
+            s.new_connection_backend, s.maglev_slot
+        ));
+    }
+    out
+}
+
+fn percent(part: u64, whole: u64) -> String {
+    if whole == 0 {
+        return "-".to_owned();
+    }
+    format!("{:.1}%", part as f64 * 100.0 / whole as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_their_columns() {
+        let mut t = Table::new(&["A", "LONGER"]);
+        t.row(vec!["wide cell".to_owned(), "x".to_owned()]);
+        assert_eq!(t.render(), "A          LONGER\nwide cell  x\n");
+    }
+}

@@ -1,0 +1,230 @@
+//! An `lb run` daemon as a child process inside a lab namespace, with its own configuration
+//! file, control socket and pin directory (all unique per daemon), stopped with SIGTERM (and
+//! its files removed) when the guard is dropped.
+
+use std::{
+    fs,
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+use super::{LabError, NetNs};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// How long a daemon may take to come up (loading and verifying the programs, writing the
+/// tables) or to stop.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The `lb` binary: `$LB_BIN` if set, else the `lb` next to the running executable or one
+/// directory up (where cargo puts binaries for tests in `deps/`).
+pub fn lb_binary() -> Result<PathBuf, LabError> {
+    if let Some(path) = std::env::var_os("LB_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().map_err(|source| LabError::File {
+        what: "finding the running executable",
+        source,
+    })?;
+    let candidates = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("lb"))
+        .collect::<Vec<_>>();
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .ok_or_else(|| LabError::Daemon(format!(
+            "no `lb` binary next to {}; build it (`cargo build -p lb-userspace --bin lb`) or set LB_BIN",
+            exe.display()
+        )))
+}
+
+/// A running daemon.
+pub struct DaemonProcess {
+    child: Option<Child>,
+    binary: PathBuf,
+    dir: PathBuf,
+    socket: PathBuf,
+    pin_dir: PathBuf,
+}
+
+impl std::fmt::Debug for DaemonProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonProcess")
+            .field("socket", &self.socket)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The paths a daemon's configuration must use: its socket and its pin directory.
+#[derive(Clone, Debug)]
+pub struct DaemonPaths {
+    pub socket: PathBuf,
+    pub pin_dir: PathBuf,
+}
+
+impl DaemonProcess {
+    /// Starts `lb run` inside `ns` with the configuration `config` makes from the paths this
+    /// daemon must use, and waits until its control socket answers.
+    pub fn start(
+        binary: &Path,
+        ns: &NetNs,
+        config: impl FnOnce(&DaemonPaths) -> String,
+    ) -> Result<Self, LabError> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let tag = format!("lb-lab-{}-{n}", std::process::id());
+        let dir = std::env::temp_dir().join(&tag);
+        let paths = DaemonPaths {
+            socket: dir.join("lb.sock"),
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
+        };
+        let io = |what: &'static str| move |source| LabError::File { what, source };
+        fs::create_dir_all(&dir).map_err(io("creating the daemon's directory"))?;
+        let config_path = dir.join("lb.toml");
+        fs::write(&config_path, config(&paths))
+            .map_err(io("writing the daemon's configuration"))?;
+        let log =
+            fs::File::create(dir.join("daemon.log")).map_err(io("creating the daemon's log"))?;
+        let netns = fs::File::open(ns.path()).map_err(io("opening the namespace"))?;
+        let mut command = Command::new(binary);
+        // SAFETY: between fork and exec the child only calls `setns`, which is
+        // async-signal-safe, on a descriptor the parent opened and keeps open until `spawn`
+        // returns. Only the network namespace changes: the daemon keeps the host's mounts
+        // (bpffs at /sys/fs/bpf), unlike under `ip netns exec`.
+        unsafe {
+            use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+            let fd = netns.as_raw_fd();
+            command.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = command
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(io("starting the daemon"))?;
+        let mut daemon = Self {
+            child: Some(child),
+            binary: binary.to_owned(),
+            dir,
+            socket: paths.socket,
+            pin_dir: paths.pin_dir,
+        };
+        daemon.wait_until_ready()?;
+        Ok(daemon)
+    }
+
+    fn wait_until_ready(&mut self) -> Result<(), LabError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if UnixStream::connect(&self.socket).is_ok() {
+                return Ok(());
+            }
+            let exited = match self.child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(status.to_string()),
+                _ => None,
+            };
+            if let Some(status) = exited {
+                return Err(LabError::Daemon(format!(
+                    "the daemon exited ({status}) before it was ready:\n{}",
+                    self.log()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Daemon(format!(
+                    "the daemon was not ready within {START_TIMEOUT:?}:\n{}",
+                    self.log()
+                )));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Where the daemon pins its maps (tests read the maps there).
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// What the daemon has logged so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this daemon: `lb --socket SOCKET args...`.
+    pub fn cli(&self, args: &[&str]) -> Result<Output, LabError> {
+        Command::new(&self.binary)
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .map_err(|source| LabError::File {
+                what: "running the lb CLI",
+                source,
+            })
+    }
+
+    /// Stops the daemon with SIGTERM (SIGKILL after a timeout) and returns its exit status.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus, LabError> {
+        let Some(mut child) = self.child.take() else {
+            return Err(LabError::Daemon(
+                "the daemon was already stopped".to_owned(),
+            ));
+        };
+        let pid = libc::pid_t::try_from(child.id()).unwrap_or(libc::pid_t::MAX);
+        // SAFETY: `kill` has no memory-safety preconditions; `pid` is our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            let io = |source| LabError::File {
+                what: "waiting for the daemon",
+                source,
+            };
+            if let Some(status) = child.try_wait().map_err(io)? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                child.kill().map_err(io)?;
+                return child.wait().map_err(io);
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        if self.child.is_some()
+            && let Err(error) = self.stop()
+        {
+            tracing::warn!(%error, "could not stop a lab daemon");
+        }
+        if self.pin_dir.exists()
+            && let Err(error) = fs::remove_dir_all(&self.pin_dir)
+        {
+            tracing::warn!(%error, "could not remove {}", self.pin_dir.display());
+        }
+        if let Err(error) = fs::remove_dir_all(&self.dir) {
+            tracing::warn!(%error, "could not remove {}", self.dir.display());
+        }
+    }
+}
