@@ -321,3 +321,166 @@ impl<D: Datapath> Controller<D> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use lb_common::abi::ConnValue;
+
+    use super::*;
+    use crate::datapath::fake::FakeDatapath;
+
+    const CONFIG: &str = r#"
+[datapath]
+interfaces = ["eth0"]
+ring_size = 1009
+max_listeners = 4
+encap_source_v4 = "198.18.255.0/24"
+
+[pools.web]
+backends = [{ address = "198.18.1.1" }, { address = "198.18.1.2" }]
+
+[listeners.https]
+address = "198.18.100.1"
+port = 443
+mode = "passthrough"
+pool = "web"
+"#;
+
+    fn controller() -> Controller<FakeDatapath> {
+        let config = Config::parse(CONFIG, "test.toml").unwrap();
+        let fake = FakeDatapath::new(config.ring_geometry());
+        let mut reconciler = Reconciler::new(fake, config.datapath_config(1500)).unwrap();
+        reconciler.apply(&config.passthrough_listeners()).unwrap();
+        Controller::new(config, reconciler)
+    }
+
+    fn add(address: &str, weight: u32) -> Request {
+        Request::AddBackend {
+            pool: "web".to_owned(),
+            address: address.parse().unwrap(),
+            port: None,
+            weight,
+        }
+    }
+
+    /// The backends the live table of `https` names, sorted.
+    fn in_table(c: &Controller<FakeDatapath>) -> Vec<IpAddr> {
+        let applied = &c.reconciler().listeners()["https"];
+        let table = c.reconciler().live_table("https").unwrap();
+        let mut addresses: Vec<IpAddr> = applied
+            .backends
+            .iter()
+            .filter(|(_, b)| table.contains(&b.id))
+            .map(|(a, _)| *a)
+            .collect();
+        addresses.sort();
+        addresses
+    }
+
+    #[test]
+    fn a_change_updates_the_configuration_and_the_table() {
+        let mut c = controller();
+        let Response::Ok(Body::Changed(change)) = c.handle(add("198.18.1.3", 2)) else {
+            panic!("the change was refused");
+        };
+        assert_eq!(change.listeners, ["https"]);
+        assert_eq!(c.config().pools["web"].backends.len(), 3);
+        assert_eq!(in_table(&c).len(), 3);
+        let Response::Ok(Body::Backends(backends)) = c.handle(Request::ListBackends {
+            pool: Some("web".to_owned()),
+        }) else {
+            panic!("no backend list");
+        };
+        let slots: u32 = backends.iter().map(|b| b.table_slots).sum();
+        assert_eq!(slots, 1009, "the shares cover the table");
+        let heavy = backends.iter().find(|b| b.weight == 2).unwrap();
+        assert!(heavy.table_slots > 450, "weight 2 of 4 holds about half: {}", heavy.table_slots);
+    }
+
+    #[test]
+    fn a_refused_change_writes_nothing() {
+        let mut c = controller();
+        let writes = c.reconciler().datapath().writes;
+        for request in [
+            add("198.18.1.1", 1),
+            add("198.18.1.9", 0),
+            add("2001:db8::9", 1),
+            Request::RemoveBackend {
+                pool: "nope".to_owned(),
+                address: "198.18.1.1".parse().unwrap(),
+                port: None,
+            },
+        ] {
+            let response = c.handle(request.clone());
+            assert!(matches!(response, Response::Error(_)), "{request:?} was accepted");
+        }
+        assert_eq!(c.reconciler().datapath().writes, writes);
+        assert_eq!(c.config().pools["web"].backends.len(), 2);
+    }
+
+    #[test]
+    fn a_change_the_datapath_fails_is_rolled_back() {
+        let mut c = controller();
+        let before = in_table(&c);
+        let config_before = c.config().clone();
+        c.reconciler.datapath_mut().fail_writes_after(Some(3));
+        let response = c.handle(add("198.18.1.3", 1));
+        let Response::Error(message) = response else {
+            panic!("a failing datapath accepted the change");
+        };
+        assert!(message.contains("could not be applied"), "{message}");
+        assert_eq!(c.config(), &config_before);
+        c.reconciler.datapath_mut().fail_writes_after(None);
+        assert_eq!(in_table(&c), before, "the live table still names the old backends");
+        assert!(matches!(c.handle(add("198.18.1.3", 1)), Response::Ok(_)), "a retry works");
+    }
+
+    #[test]
+    fn simulate_names_the_table_or_the_connection_table() {
+        let mut c = controller();
+        let client: SocketAddr = "198.18.0.1:40000".parse().unwrap();
+        let vip: SocketAddr = "198.18.100.1:443".parse().unwrap();
+        let simulate = |c: &mut Controller<FakeDatapath>| match c.handle(Request::Simulate {
+            protocol: Protocol::Tcp,
+            client,
+            vip,
+        }) {
+            Response::Ok(Body::Simulation(s)) => s,
+            other => panic!("{other:?}"),
+        };
+        let fresh = simulate(&mut c);
+        assert!(fresh.reason.starts_with("Maglev slot"), "{}", fresh.reason);
+        assert_eq!(fresh.backend, fresh.new_connection_backend);
+
+        // The flow is established on the other backend: the connection table wins.
+        let other: IpAddr = if fresh.backend.to_string() == "198.18.1.1" {
+            "198.18.1.2".parse().unwrap()
+        } else {
+            "198.18.1.1".parse().unwrap()
+        };
+        let applied = c.reconciler().listeners()["https"].clone();
+        let backend = applied.backends[&other];
+        let flow = model::flow_key(client, vip, Protocol::Tcp);
+        let vip_id = u16::try_from(applied.vip_id).unwrap();
+        c.reconciler.datapath_mut().conns.insert(
+            (flow, vip_id),
+            ConnValue {
+                backend_id: backend.id,
+                generation: backend.generation,
+            },
+        );
+        let established = simulate(&mut c);
+        assert_eq!(established.reason, "connection table");
+        assert_eq!(established.backend, other);
+        assert_eq!(established.new_connection_backend, fresh.backend);
+
+        let unknown = c.handle(Request::Simulate {
+            protocol: Protocol::Udp,
+            client,
+            vip,
+        });
+        assert!(matches!(unknown, Response::Error(m) if m.contains("no listener serves")));
+    }
+}
