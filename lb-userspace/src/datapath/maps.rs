@@ -2,7 +2,10 @@
 
 use aya::{
     Ebpf,
-    maps::{Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+    maps::{
+        Array, DevMapHash, HashMap, IterableMap as _, Map, MapData, MapError, PerCpuArray,
+        PerCpuValues,
+    },
     util::nr_cpus,
 };
 use lb_common::{
@@ -96,6 +99,57 @@ impl AyaDatapath {
     }
 }
 
+/// Ring slots written per `BPF_MAP_UPDATE_BATCH` call.
+const BATCH: usize = 16_384;
+
+/// `union bpf_attr` as `BPF_MAP_*_BATCH` reads it.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Writes `values[i]` at index `keys[i]` of an array map in one system call, which a ring of
+/// 65537 slots needs instead of 65537 calls.
+fn update_batch(map: &MapData, keys: &[u32], values: &[u32]) -> std::io::Result<()> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let count = u32::try_from(keys.len().min(values.len()))
+        .map_err(|_| std::io::Error::other("batch too large"))?;
+    let attr = BatchAttr {
+        in_batch: 0,
+        out_batch: 0,
+        keys: keys.as_ptr() as u64,
+        values: values.as_ptr() as u64,
+        count,
+        map_fd: u32::try_from(map.fd().as_fd().as_raw_fd())
+            .map_err(|_| std::io::Error::other("bad map descriptor"))?,
+        elem_flags: 0,
+        flags: 0,
+    };
+    // SAFETY: `attr` is a valid `bpf_attr` prefix for BPF_MAP_UPDATE_BATCH (the kernel treats
+    // the rest as zero); `keys` and `values` hold `count` u32s each and outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_BATCH,
+            &attr as *const BatchAttr,
+            size_of::<BatchAttr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn sum_traffic(values: &PerCpuValues<TrafficCounters>) -> TrafficCounters {
     values
         .iter()
@@ -136,10 +190,18 @@ impl Datapath for AyaDatapath {
 
     fn write_ring(&mut self, ring_id: u32, slots: &[(u32, u32)]) -> Result<(), DatapathError> {
         let base = ring_id * self.geometry.ring_size;
-        for &(slot, backend) in slots {
-            self.rings
-                .set(base + slot, backend, 0)
-                .map_err(err(names::RINGS))?;
+        let keys: Vec<u32> = slots.iter().map(|&(slot, _)| base + slot).collect();
+        let values: Vec<u32> = slots.iter().map(|&(_, backend)| backend).collect();
+        for (keys, values) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
+            update_batch(self.rings.map(), keys, values).map_err(|io_error| {
+                DatapathError::Map {
+                    map: names::RINGS,
+                    source: MapError::SyscallError(aya::sys::SyscallError {
+                        call: "bpf_map_update_batch",
+                        io_error,
+                    }),
+                }
+            })?;
         }
         Ok(())
     }
