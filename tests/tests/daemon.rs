@@ -1,5 +1,7 @@
 //! The daemon and its CLI end to end: `lb run` in the lab's balancer namespace, real TLS
-//! clients in the client namespace, changes made with the `lb` CLI.
+//! clients in the client namespace, the CLI's views of the listeners and the traffic, and a
+//! clean stop on SIGTERM. The other `daemon_*` tests cover balancing, live changes,
+//! `lb simulate` and the CLI's error paths.
 
 #![allow(
     clippy::unwrap_used,
@@ -9,54 +11,51 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use lb::lab::{
-    daemon::{DaemonProcess, lb_binary},
-    passthrough::{PassthroughLab, VIP_NAME, VIP_V4, lab_config},
-    tls_exchange,
+use lb::{
+    control::Body,
+    lab::passthrough::{VIP_V4, lab_config},
+};
+use lb_tests::{
+    clients::{assert_consistent, connect_parallel},
+    daemon_lab::{DaemonLab, TLS_PORT},
 };
 
 #[test]
-fn the_daemon_serves_tls_through_the_vip_and_answers_the_cli() {
-    lb_tests::require_root();
-    let mut lab = PassthroughLab::build("lbtd", 3).expect("building the lab");
-    lab.start_tls(443).expect("starting the TLS backends");
-    let daemon = DaemonProcess::start(&lb_binary().unwrap(), &lab.lb, |paths| lab_config(paths, 3))
-        .expect("starting the daemon");
+fn the_daemon_serves_tls_through_the_vip_answers_the_cli_and_stops_cleanly() {
+    let mut env = DaemonLab::start("lbtd", 3, |paths| lab_config(paths, 3));
+    let vip = SocketAddr::new(IpAddr::V4(VIP_V4), TLS_PORT);
+    let served = connect_parallel(&env.lab, vip, 30, 1);
+    assert_consistent(&env.lab, &served);
 
-    let roots = lab.pki.roots().unwrap();
-    let replies = lab
-        .client
-        .spawn("clients", move || {
-            (0..30)
-                .map(|_| {
-                    tls_exchange(
-                        VIP_NAME,
-                        SocketAddr::new(IpAddr::V4(VIP_V4), 443),
-                        &roots,
-                        "hi",
-                    )
-                    .expect("a TLS exchange through the VIP")
-                    .reply
-                })
-                .collect::<Vec<_>>()
-        })
-        .unwrap()
-        .join()
-        .unwrap();
-    assert_eq!(replies.len(), 30);
-
-    let out = daemon.cli(&["listener", "list"]).unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = env.cli_ok(&["listener", "list"]);
     assert!(
         text.contains("tls4") && text.contains("198.18.100.1:443/tcp"),
         "{text}"
     );
-    let out = daemon.cli(&["stats"]).unwrap();
-    println!("{}", String::from_utf8_lossy(&out.stdout));
-    println!("{}", daemon.log());
+    let Body::Stats(stats) = env.cli_json(&["stats"]) else {
+        panic!("lb stats answered something else");
+    };
+    let counter = |name: &str| {
+        stats
+            .counters
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no counter {name}"))
+            .value
+    };
+    assert!(
+        counter("conn_miss") >= 30,
+        "every connection's SYN was placed by the table: {:?}",
+        stats.counters
+    );
+    for c in stats.counters.iter().filter(|c| c.kind == "drop") {
+        assert_eq!(c.value, 0, "{} moved", c.name);
+    }
+    let tls4 = stats
+        .listeners
+        .iter()
+        .find(|l| l.name == "tls4")
+        .expect("traffic of tls4");
+    assert!(tls4.traffic.packets > 0, "{tls4:?}");
+    env.stop_cleanly();
 }

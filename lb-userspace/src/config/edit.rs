@@ -53,7 +53,10 @@ impl Config {
                 port,
                 weight,
             } => {
-                check_weight(*weight)?;
+                // 0 is allowed here, not in a file or on add: it drains a backend in the pool.
+                if *weight != 0 {
+                    check_weight(*weight)?;
+                }
                 let i = position(backends, pool, *address, *port)?;
                 backends[i].weight = *weight;
             }
@@ -180,6 +183,17 @@ mod tests {
             )
             .unwrap();
         assert_eq!(weighted.pools["web"].backends.last().unwrap().weight, 9);
+        let drained = weighted
+            .edit_pool(
+                "web",
+                &PoolEdit::SetWeight {
+                    address: "198.18.1.13".parse().unwrap(),
+                    port: None,
+                    weight: 0,
+                },
+            )
+            .unwrap();
+        assert_eq!(drained.pools["web"].backends.last().unwrap().weight, 0);
     }
 
     #[test]
