@@ -11,7 +11,8 @@
 //! - [`loader`]: loads the eBPF objects, pins the maps, attaches XDP;
 //! - [`objects`]: the eBPF objects embedded at build time;
 //! - [`lab`]: network namespaces, veths and real TLS servers and clients for tests, demo and
-//!   benchmarks.
+//!   benchmarks;
+//! - [`demo`]: `lb demo`, the balancer at work in a lab, for a newcomer.
 
 pub mod bench;
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+pub mod demo;
 pub mod lab;
 pub mod loader;
 pub mod maglev;

@@ -70,7 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let report = lb::bench::xdp::run(options).context("the XDP benchmark failed")?;
             println!("{report}");
         }
-        Command::Demo => anyhow::bail!("the demo is not built yet"),
+        Command::Demo => lb::demo::run()?,
         daemon_command => {
             let request = daemon_command
                 .request()

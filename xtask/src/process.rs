@@ -70,8 +70,46 @@ impl Runner {
             return Ok(ExitStatus::default());
         }
         println!("$ {}", describe(cmd));
-        cmd.status()
-            .with_context(|| format!("could not start `{}`; is it installed?", describe(cmd)))
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("could not start `{}`; is it installed?", describe(cmd)))?;
+        // Ctrl-C reaches the child too (same process group): let it finish, and clean up,
+        // before this process goes. Installed after the spawn, so the child keeps the defaults.
+        let _ignoring = IgnoreInterrupts::new();
+        child
+            .wait()
+            .with_context(|| format!("waiting for `{}`", describe(cmd)))
+    }
+}
+
+/// Ignores SIGINT and SIGTERM in this process while it lives, so that an interrupted child's
+/// cleanup is not cut short by its parent. (Ignored signals stay ignored across `exec`, so it
+/// must be created after a child is spawned, never before.)
+struct IgnoreInterrupts {
+    previous: [libc::sighandler_t; 2],
+}
+
+impl IgnoreInterrupts {
+    fn new() -> Self {
+        // SAFETY: `signal` with SIG_IGN installs no handler code; the previous dispositions
+        // are restored on drop.
+        let previous = unsafe {
+            [
+                libc::signal(libc::SIGINT, libc::SIG_IGN),
+                libc::signal(libc::SIGTERM, libc::SIG_IGN),
+            ]
+        };
+        Self { previous }
+    }
+}
+
+impl Drop for IgnoreInterrupts {
+    fn drop(&mut self) {
+        // SAFETY: restores the dispositions `new` replaced.
+        unsafe {
+            libc::signal(libc::SIGINT, self.previous[0]);
+            libc::signal(libc::SIGTERM, self.previous[1]);
+        }
     }
 }
 

@@ -396,7 +396,11 @@ pool = "web"
         let slots: u32 = backends.iter().map(|b| b.table_slots).sum();
         assert_eq!(slots, 1009, "the shares cover the table");
         let heavy = backends.iter().find(|b| b.weight == 2).unwrap();
-        assert!(heavy.table_slots > 450, "weight 2 of 4 holds about half: {}", heavy.table_slots);
+        assert!(
+            heavy.table_slots > 450,
+            "weight 2 of 4 holds about half: {}",
+            heavy.table_slots
+        );
     }
 
     #[test]
@@ -414,7 +418,10 @@ pool = "web"
             },
         ] {
             let response = c.handle(request.clone());
-            assert!(matches!(response, Response::Error(_)), "{request:?} was accepted");
+            assert!(
+                matches!(response, Response::Error(_)),
+                "{request:?} was accepted"
+            );
         }
         assert_eq!(c.reconciler().datapath().writes, writes);
         assert_eq!(c.config().pools["web"].backends.len(), 2);
@@ -433,8 +440,15 @@ pool = "web"
         assert!(message.contains("could not be applied"), "{message}");
         assert_eq!(c.config(), &config_before);
         c.reconciler.datapath_mut().fail_writes_after(None);
-        assert_eq!(in_table(&c), before, "the live table still names the old backends");
-        assert!(matches!(c.handle(add("198.18.1.3", 1)), Response::Ok(_)), "a retry works");
+        assert_eq!(
+            in_table(&c),
+            before,
+            "the live table still names the old backends"
+        );
+        assert!(
+            matches!(c.handle(add("198.18.1.3", 1)), Response::Ok(_)),
+            "a retry works"
+        );
     }
 
     #[test]

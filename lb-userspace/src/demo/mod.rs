@@ -1,0 +1,256 @@
+//! `lb demo`: the passthrough balancer at work, in network namespaces on this host, in a few
+//! seconds. Needs root; leaves nothing behind, also when interrupted with Ctrl-C.
+//!
+//! What it shows, one step each:
+//!
+//! 1. the lab ([`PassthroughLab`]): a client, the balancer and three backends, each backend
+//!    serving TLS on the VIP with its own certificate; the daemon (`lb run`, a child process
+//!    in the balancer's namespace, [`DaemonProcess`]) with the lab's configuration;
+//! 2. `spread.rs`: a thousand real TLS connections to the IPv4 VIP, spread by the XDP program
+//!    over the backends (the client tells which backend answered from the certificate it
+//!    verified, and checks the reply line names the same one), a few over IPv6, and the XDP
+//!    counters that account for them (`lb stats`);
+//! 3. `failover.rs`: long-lived connections while one backend is removed with the real CLI:
+//!    connections to the other backends keep working; the removed backend's flows are placed
+//!    afresh on their next packet and end, reset by their new backend (the README's policy);
+//! 4. cleanup: the daemon stopped, the namespaces deleted, by the guards' `Drop`.
+//!
+//! Data flow: `run` builds the lab and starts the daemon, hands both to each step, and each
+//! step returns what it established (a `Spread`, a `Failover`) or a
+//! [`DemoError::Claim`] naming what did not hold. The CLI is the real `lb` binary
+//! ([`DaemonProcess::cli`]); counters come from `lb stats --json`. Every wait checks
+//! the flag in `interrupt.rs`, so Ctrl-C unwinds through the guards within a tick.
+
+mod failover;
+mod interrupt;
+mod spread;
+mod stats;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Instant;
+
+use crate::lab::LabError;
+use crate::lab::daemon::DaemonProcess;
+use crate::lab::passthrough::{CLIENT_V4, LB_V4, PassthroughLab, VIP_NAME, lab_config};
+
+/// Namespace prefix of the demo's lab (`ip netns list` shows `lbdemo-PID-N`).
+const PREFIX: &str = "lbdemo";
+
+/// Backends in the lab.
+const BACKENDS: usize = 3;
+
+/// The TLS port of the VIPs.
+const PORT: u16 = 443;
+
+/// The IPv4 listener and its pool in the lab's configuration ([`lab_config`]).
+const LISTENER_V4: &str = "tls4";
+const POOL_V4: &str = "web4";
+
+/// Everything that can stop the demo.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// Not running as root.
+    #[error(
+        "the demo needs root: it creates network namespaces and attaches XDP programs; run it as root (`sudo lb demo`, or `cargo xtask demo` as root)"
+    )]
+    NotRoot,
+    /// SIGINT or SIGTERM arrived; the lab was removed on the way out.
+    #[error("interrupted; the daemon was stopped and the lab's namespaces deleted")]
+    Interrupted,
+    /// The signal handler could not be installed.
+    #[error("could not install the Ctrl-C handler: {0}")]
+    Signal(#[source] io::Error),
+    /// The path of the running `lb` binary (which runs the daemon) is unknown.
+    #[error("could not find the running `lb` binary to start the daemon with: {0}")]
+    Exe(#[source] io::Error),
+    /// Building the lab, starting the daemon or a TLS client failed.
+    #[error(transparent)]
+    Lab(#[from] LabError),
+    /// The CLI failed.
+    #[error("`lb {command}` failed ({status}): {stderr}")]
+    Cli {
+        command: String,
+        status: String,
+        stderr: String,
+    },
+    /// The CLI's JSON did not parse, or was not the expected answer.
+    #[error("`lb {command}` printed an unexpected answer: {reason}")]
+    CliAnswer { command: String, reason: String },
+    /// A client thread panicked.
+    #[error("client thread {0} panicked; rerun with RUST_BACKTRACE=1 to see where")]
+    Thread(String),
+    /// Something the demo shows did not hold.
+    #[error("{0}")]
+    Claim(String),
+    /// Cleanup left something behind.
+    #[error("cleanup left these behind: {}; remove them by hand (`ip netns del`, `rm -r`)", .0.join(", "))]
+    LeftBehind(Vec<String>),
+}
+
+/// Runs the demo; prints as it goes and ends with a one-line summary.
+///
+/// # Errors
+///
+/// [`DemoError::NotRoot`] before anything is touched; [`DemoError::Interrupted`] after
+/// Ctrl-C; [`DemoError::Claim`] when something the demo shows did not hold; the others when
+/// the lab, the daemon or the CLI failed. The lab is removed in every case.
+pub fn run() -> Result<(), DemoError> {
+    require_root()?;
+    interrupt::install()?;
+    let started = Instant::now();
+    println!(
+        "lb demo: the XDP load balancer in passthrough mode, in network namespaces on this host (Ctrl-C stops it cleanly)"
+    );
+    let result = run_lab();
+    let left = leftovers();
+    let (spread, failover) = match result {
+        Ok(done) => done,
+        Err(error) => {
+            if !left.is_empty() {
+                tracing::warn!("cleanup left these behind: {}", left.join(", "));
+            }
+            if interrupt::is_interrupted() {
+                return Err(DemoError::Interrupted);
+            }
+            return Err(error);
+        }
+    };
+    if !left.is_empty() {
+        return Err(DemoError::LeftBehind(left));
+    }
+    println!("\n[4/4] Cleanup: daemon stopped, namespaces deleted, nothing left behind.");
+    println!(
+        "demo ok in {:.1} s: {} TLS connections spread over {BACKENDS} backends (IPv4 and IPv6); removing {} broke 0 of {} connections to the others and ended its {} as documented.",
+        started.elapsed().as_secs_f64(),
+        spread.connections,
+        failover.removed,
+        failover.surviving,
+        failover.ended,
+    );
+    Ok(())
+}
+
+/// Steps 1 to 3; the guards (daemon, then lab) clean up when this returns, however it returns.
+fn run_lab() -> Result<(spread::Spread, failover::Failover), DemoError> {
+    let lab = build_lab()?;
+    let daemon = start_daemon(&lab)?;
+    let spread = spread::run(&lab, &daemon)?;
+    let failover = failover::run(&lab, &daemon)?;
+    drop(daemon);
+    drop(lab);
+    Ok((spread, failover))
+}
+
+/// Refuses to go on without root, before touching anything.
+fn require_root() -> Result<(), DemoError> {
+    // SAFETY: `geteuid` has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
+        return Err(DemoError::NotRoot);
+    }
+    Ok(())
+}
+
+/// Step 1: the namespaces, links, decapsulation programs and TLS servers.
+fn build_lab() -> Result<PassthroughLab, DemoError> {
+    println!("\n[1/4] The lab");
+    let mut lab = PassthroughLab::build(PREFIX, BACKENDS)?;
+    interrupt::check()?;
+    lab.start_tls(PORT)?;
+    interrupt::check()?;
+    let (Some(first), Some(last)) = (lab.backends.first(), lab.backends.last()) else {
+        return Err(DemoError::Claim("the lab has no backends".to_owned()));
+    };
+    println!(
+        "client {CLIENT_V4} -> balancer {LB_V4} (XDP) -> {}..{} {}..{}, one namespace each",
+        first.name, last.name, first.v4, last.v4
+    );
+    println!(
+        "each backend: the VIP on lo, a TLS server with its own certificate ({VIP_NAME} + <name>.lb.test), answers the client directly"
+    );
+    Ok(lab)
+}
+
+/// Starts `lb run` in the balancer's namespace and shows its listeners.
+fn start_daemon(lab: &PassthroughLab) -> Result<DaemonProcess, DemoError> {
+    let exe = std::env::current_exe().map_err(DemoError::Exe)?;
+    let daemon = DaemonProcess::start(&exe, &lab.lb, |paths| lab_config(paths, BACKENDS))?;
+    interrupt::check()?;
+    println!(
+        "daemon: `lb run` in the balancer's namespace; configuration {} (written by lab_config in lb-userspace/src/lab/passthrough.rs)",
+        config_path(daemon.socket()).display()
+    );
+    print_cli(&daemon, &["listener", "list"])?;
+    Ok(daemon)
+}
+
+/// Where [`DaemonProcess`] writes the configuration: next to the socket.
+fn config_path(socket: &Path) -> PathBuf {
+    socket.with_file_name("lb.toml")
+}
+
+/// Runs `lb ARGS` against the daemon; its stdout, or the error with its stderr.
+fn run_cli(daemon: &DaemonProcess, args: &[&str]) -> Result<String, DemoError> {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = daemon.cli(args)?;
+    if !status.success() {
+        return Err(DemoError::Cli {
+            command: args.join(" "),
+            status: status.to_string(),
+            stderr: String::from_utf8_lossy(&stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&stdout).into_owned())
+}
+
+/// Prints `$ lb ARGS` and what it printed.
+fn print_cli(daemon: &DaemonProcess, args: &[&str]) -> Result<(), DemoError> {
+    let out = run_cli(daemon, args)?;
+    println!("$ lb {}", args.join(" "));
+    print!("{out}");
+    Ok(())
+}
+
+/// The demo's namespaces, pin directories and daemon directories that still exist.
+fn leftovers() -> Vec<String> {
+    let pid = std::process::id();
+    let netns = format!("{PREFIX}-{pid}-");
+    let daemon = format!("lb-lab-{pid}-");
+    let mut left = Vec::new();
+    for (dir, prefix) in [
+        (PathBuf::from("/run/netns"), &netns),
+        (PathBuf::from("/sys/fs/bpf"), &daemon),
+        (std::env::temp_dir(), &daemon),
+    ] {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(prefix.as_str())
+            {
+                left.push(entry.path().display().to_string());
+            }
+        }
+    }
+    left
+}
+
+/// The backend named by a certificate's names (`<name>.lb.test`), if any lab backend is.
+fn backend_of(lab: &PassthroughLab, peer_names: &[String]) -> Option<String> {
+    lab.backend_by_cert_name(peer_names)
+        .map(|backend| backend.name.clone())
+}
+
+/// The backend named by a reply line (`"<name> <line>"`).
+fn reply_backend(reply: &str) -> &str {
+    reply.split_whitespace().next().unwrap_or_default()
+}
