@@ -188,7 +188,9 @@ pub struct Backend {
     pub family: u8,
     /// `BACKEND_F_*` bits.
     pub flags: u8,
-    pub _pad: [u8; 2],
+    /// The VIP this backend serves (backend ids are per listener): lets a restarted daemon
+    /// tell from the maps alone which backends belong to which VIP.
+    pub vip_id: u16,
 }
 
 /// Established flows on this backend keep going to it. Cleared when a backend is removed (its

@@ -10,6 +10,13 @@
 //! - [`datapath`]: the maps behind a trait;
 //! - [`loader`]: loads the eBPF objects, pins the maps, attaches XDP;
 //! - [`objects`]: the eBPF objects embedded at build time;
+//! - [`model`]: the datapath's choice predicted in userspace (`lb simulate`);
+//! - [`config`]: the configuration file, validated, and changes to it;
+//! - [`daemon`]: `lb run`, which owns the datapath; its controller answers the [`control`] API;
+//! - [`cli`]: the command line and its output;
+//! - [`health`]: backend health probes and the health state machine;
+//! - [`metrics`]: the Prometheus endpoint;
+//! - [`bench`]: `lb bench xdp`;
 //! - [`lab`]: network namespaces, veths and real TLS servers and clients for tests, demo and
 //!   benchmarks;
 //! - [`demo`]: `lb demo`, the balancer at work in a lab, for a newcomer.
@@ -21,9 +28,11 @@ pub mod control;
 pub mod daemon;
 pub mod datapath;
 pub mod demo;
+pub mod health;
 pub mod lab;
 pub mod loader;
 pub mod maglev;
+pub mod metrics;
 pub mod model;
 pub mod objects;
 pub mod reconcile;

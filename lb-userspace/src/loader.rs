@@ -14,7 +14,11 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::MapInfo,
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    programs::{
+        ProgramError, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+    },
 };
 use lb_common::{
     abi::{
@@ -64,6 +68,8 @@ pub enum LoadError {
     },
     #[error("program {0} is not in the eBPF object (was it built from this version?)")]
     MissingProgram(&'static str),
+    #[error("the XDP link pinned at {path}: {reason}")]
+    Link { path: PathBuf, reason: String },
     #[error(transparent)]
     Datapath(#[from] DatapathError),
 }
@@ -76,6 +82,15 @@ pub struct BalancerSpec {
     pub conn_table_size: u32,
     /// Where the maps are pinned (a directory on bpffs), or `None` not to pin.
     pub pin_dir: Option<PathBuf>,
+}
+
+/// How [`Balancer::attach_pinned`] attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A new attachment, in this mode.
+    New(XdpMode),
+    /// An earlier daemon's pinned link now runs this program.
+    Replaced,
 }
 
 /// How to attach an XDP program.
@@ -167,6 +182,53 @@ impl Balancer {
     /// Attaches the balancer to `interface`; returns the mode it runs in.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<XdpMode, LoadError> {
         attach(&mut self.ebpf, BALANCER_PROGRAM, interface, mode).map(|(mode, _)| mode)
+    }
+
+    /// Attaches the balancer to `interface` through a link pinned at `link_pin`, so that it
+    /// stays attached when this process ends. If a link is pinned there already (an earlier
+    /// daemon's), this program replaces the one it runs, atomically: no packet goes
+    /// unbalanced.
+    pub fn attach_pinned(
+        &mut self,
+        interface: &str,
+        mode: AttachMode,
+        link_pin: &Path,
+    ) -> Result<Attached, LoadError> {
+        let program_error = |source| LoadError::Program {
+            program: BALANCER_PROGRAM,
+            source,
+        };
+        if link_pin.exists() {
+            let pinned = PinnedLink::from_pin(link_pin).map_err(|e| LoadError::Link {
+                path: link_pin.to_owned(),
+                reason: e.to_string(),
+            })?;
+            let link = XdpLink::try_from(FdLink::from(pinned)).map_err(|e| LoadError::Link {
+                path: link_pin.to_owned(),
+                reason: format!("not an XDP link: {e}"),
+            })?;
+            self.program()?
+                .attach_to_link(link)
+                .map_err(program_error)?;
+            return Ok(Attached::Replaced);
+        }
+        let (mode, link_id) = attach(&mut self.ebpf, BALANCER_PROGRAM, interface, mode)?;
+        let link = self.program()?.take_link(link_id).map_err(program_error)?;
+        let fd_link = FdLink::try_from(link).map_err(|e| LoadError::Link {
+            path: link_pin.to_owned(),
+            reason: format!("the kernel attached without a BPF link ({e}); it cannot be pinned"),
+        })?;
+        if let Some(dir) = link_pin.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| LoadError::Io {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        fd_link.pin(link_pin).map_err(|e| LoadError::Link {
+            path: link_pin.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(Attached::New(mode))
     }
 }
 

@@ -28,14 +28,14 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run { config } => {
-            let config = lb::config::Config::from_file(&config)?;
+        Command::Run { config: path } => {
+            let config = lb::config::Config::from_file(&path)?;
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?
-                .block_on(lb::daemon::run(config))?;
+                .block_on(lb::daemon::run(config, path))?;
         }
         Command::Check { config: path } => {
             let config = lb::config::Config::from_file(&path)?;
@@ -45,6 +45,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 config.listeners.len(),
                 config.pools.len()
             );
+        }
+        Command::Uninstall { config: path } => {
+            let config = lb::config::Config::from_file(&path)?;
+            print!("{}", lb::daemon::uninstall(&config)?);
         }
         Command::Decap(DecapCommand::Attach { iface }) => {
             print!(

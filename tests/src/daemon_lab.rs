@@ -116,16 +116,24 @@ impl DaemonLab {
             "the daemon exited with {status} on SIGTERM; its log:\n{}",
             self.daemon.log()
         );
-        assert!(
-            !pin_dir.exists(),
-            "the daemon left its pin directory {}",
-            pin_dir.display()
-        );
+        // Restarts are hitless: the pinned maps and links stay (the lab's guard removes them).
+        for link in self.daemon_links(&pin_dir) {
+            assert!(
+                link.exists(),
+                "the daemon's pinned link {} is gone",
+                link.display()
+            );
+        }
         assert!(
             !socket.exists(),
             "the daemon left its socket {}",
             socket.display()
         );
+    }
+
+    /// The pinned XDP links of the daemon (one per interface).
+    fn daemon_links(&self, pin_dir: &std::path::Path) -> Vec<PathBuf> {
+        vec![lb::daemon::links_dir(pin_dir).join(lb::lab::passthrough::IFACE)]
     }
 }
 

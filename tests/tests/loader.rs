@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use lb::{
-    datapath::RingGeometry,
+    datapath::{Datapath as _, RingGeometry},
     loader::{AttachMode, BALANCER_MAPS, Balancer, BalancerSpec, LoadError},
 };
 

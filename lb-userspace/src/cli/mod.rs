@@ -43,6 +43,14 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Re-read the daemon's configuration file and apply what changed (also on SIGHUP).
+    Reload,
+    /// Detach the balancer and remove its pinned maps (the daemon must be stopped first; it
+    /// leaves the balancer forwarding when it stops, so that restarts are hitless).
+    Uninstall {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Listeners (VIPs).
     #[command(subcommand)]
     Listener(ListenerCommand),
@@ -198,6 +206,7 @@ impl Command {
                 weight: *weight,
             },
             Self::Stats => Request::Stats,
+            Self::Reload => Request::Reload,
             Self::Simulate(args) => Request::Simulate {
                 protocol: args.protocol.into(),
                 client: args.client,
@@ -205,6 +214,7 @@ impl Command {
             },
             Self::Run { .. }
             | Self::Check { .. }
+            | Self::Uninstall { .. }
             | Self::Decap(_)
             | Self::Bench(_)
             | Self::Demo => return None,

@@ -1,5 +1,5 @@
-//! The configuration file: TOML -> [`raw`] serde structs (unknown keys rejected) -> a validated
-//! [`Config`] ([`validate`]): parse, don't validate. Every error names the file, the line, the
+//! The configuration file: TOML -> `raw` serde structs (unknown keys rejected) -> a validated
+//! [`Config`] (`validate`): parse, don't validate. Every error names the file, the line, the
 //! field and the reason; a file with errors yields no `Config` at all, so nothing is applied.
 //!
 //! One file describes every listener of a balancer: each has an address, a port, a protocol and

@@ -43,6 +43,8 @@ pub enum Request {
         weight: u32,
     },
     Stats,
+    /// Re-read the configuration file and apply what changed.
+    Reload,
     Simulate {
         protocol: Protocol,
         client: SocketAddr,

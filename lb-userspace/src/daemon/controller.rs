@@ -5,10 +5,14 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    path::PathBuf,
     time::Instant,
 };
 
-use lb_common::counters::{Counter, CounterKind};
+use lb_common::{
+    abi::DatapathConfig,
+    counters::{Counter, CounterKind},
+};
 use tracing::{error, info};
 
 use crate::{
@@ -27,13 +31,19 @@ use crate::{
 #[derive(Debug)]
 pub struct Controller<D> {
     config: Config,
+    /// The file the configuration came from, re-read by a reload.
+    path: Option<PathBuf>,
     reconciler: Reconciler<D>,
 }
 
 impl<D: Datapath> Controller<D> {
-    /// Takes a reconciler that already applied `config`.
-    pub fn new(config: Config, reconciler: Reconciler<D>) -> Self {
-        Self { config, reconciler }
+    /// Takes a reconciler that already applied `config` (read from `path`, if from a file).
+    pub fn new(config: Config, path: Option<PathBuf>, reconciler: Reconciler<D>) -> Self {
+        Self {
+            config,
+            path,
+            reconciler,
+        }
     }
 
     pub fn config(&self) -> &Config {
@@ -97,6 +107,7 @@ impl<D: Datapath> Controller<D> {
                 started,
             ),
             Request::Stats => self.stats().map(Body::Stats),
+            Request::Reload => self.reload(started),
             Request::Simulate {
                 protocol,
                 client,
@@ -223,6 +234,73 @@ impl<D: Datapath> Controller<D> {
         }))
     }
 
+    /// Re-reads the configuration file; applies it if it is valid and changes nothing that
+    /// only a restart can change.
+    fn reload(&mut self, started: Instant) -> Result<Body, String> {
+        let path = self
+            .path
+            .clone()
+            .ok_or_else(|| "this daemon was not started from a file".to_owned())?;
+        let next = Config::from_file(&path)
+            .map_err(|e| format!("{} was not reloaded; nothing changed:\n{e}", path.display()))?;
+        if let Some(field) = fixed_setting_changed(&self.config, &next) {
+            return Err(format!(
+                "{} was not reloaded: {field} cannot change while the daemon runs; restart it \
+                 (restarts are hitless)",
+                path.display()
+            ));
+        }
+        let mtu = self
+            .config
+            .datapath
+            .mtu
+            .unwrap_or(self.reconciler.config().mtu);
+        let datapath_config = DatapathConfig {
+            vip_epoch: 0,
+            ..next.datapath_config(mtu)
+        };
+        let current = DatapathConfig {
+            vip_epoch: 0,
+            ..*self.reconciler.config()
+        };
+        if datapath_config != current {
+            self.reconciler
+                .set_config(datapath_config)
+                .map_err(|e| format!("the reload could not be applied: {e}"))?;
+        }
+        self.replace(next, format!("reloaded {}", path.display()), started)
+    }
+
+    /// Makes `next` the configuration in force: reconciles the maps to it, or restores the
+    /// previous tables if that fails.
+    fn replace(&mut self, next: Config, summary: String, started: Instant) -> Result<Body, String> {
+        if let Err(failure) = self.reconciler.apply(&next.passthrough_listeners()) {
+            error!(%failure, "applying a change failed; restoring the previous tables");
+            if let Err(rollback) = self.reconciler.apply(&self.config.passthrough_listeners()) {
+                error!(%rollback, "restoring the previous tables failed too");
+            }
+            return Err(format!("the change could not be applied: {failure}"));
+        }
+        let applied_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let listeners = next
+            .listeners
+            .iter()
+            .filter(|(name, l)| {
+                self.config.listeners.get(*name) != Some(*l) || {
+                    self.config.pools.get(&l.pool) != next.pools.get(&l.pool)
+                }
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.config = next;
+        info!(%summary, applied_us, "change applied");
+        Ok(Body::Changed(ChangeView {
+            summary,
+            listeners,
+            applied_us,
+        }))
+    }
+
     fn stats(&self) -> Result<StatsView, String> {
         let snapshot = self.reconciler.snapshot().map_err(|e| e.to_string())?;
         let counters = Counter::ALL
@@ -322,6 +400,26 @@ impl<D: Datapath> Controller<D> {
     }
 }
 
+/// The first setting that differs between `old` and `new` and that only a restart can change.
+fn fixed_setting_changed(old: &Config, new: &Config) -> Option<&'static str> {
+    let (a, b) = (&old.datapath, &new.datapath);
+    [
+        ("datapath.interfaces", a.interfaces != b.interfaces),
+        ("datapath.attach_mode", a.attach_mode != b.attach_mode),
+        ("datapath.ring_size", a.ring_size != b.ring_size),
+        ("datapath.hash_seed", a.hash_seed != b.hash_seed),
+        (
+            "datapath.conn_table_size",
+            a.conn_table_size != b.conn_table_size,
+        ),
+        ("datapath.max_listeners", a.max_listeners != b.max_listeners),
+        ("datapath.pin_dir", a.pin_dir != b.pin_dir),
+        ("control.socket", old.control.socket != new.control.socket),
+    ]
+    .into_iter()
+    .find_map(|(field, changed)| changed.then_some(field))
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
@@ -353,7 +451,7 @@ pool = "web"
         let fake = FakeDatapath::new(config.ring_geometry());
         let mut reconciler = Reconciler::new(fake, config.datapath_config(1500)).unwrap();
         reconciler.apply(&config.passthrough_listeners()).unwrap();
-        Controller::new(config, reconciler)
+        Controller::new(config, None, reconciler)
     }
 
     fn add(address: &str, weight: u32) -> Request {

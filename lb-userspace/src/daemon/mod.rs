@@ -1,13 +1,23 @@
 //! `lb run`: the daemon. It loads the balancer, attaches it to the configured interfaces,
 //! programs the maps from the configuration, and serves the control API until SIGTERM or
-//! SIGINT, on which it detaches, removes its pins and its socket, and exits.
+//! SIGINT. SIGHUP (or `lb reload`) re-reads the configuration file.
+//!
+//! Restarts are hitless: the maps and the XDP links are pinned under the configured bpffs
+//! directory, so when the daemon stops (or dies) the balancer keeps forwarding with the last
+//! tables and the connection table. A starting daemon adopts what is pinned: the new program
+//! replaces the old one in the pinned links atomically, and the reconciler learns the live
+//! state from the maps and changes only what differs (`reconcile::adopt`). `lb uninstall`
+//! removes the pins, which detaches the balancer.
 //!
 //! Data flow: control socket (tokio task) -> channel -> the [`controller::Controller`] thread,
 //! which alone owns the configuration and the reconciler.
 
 pub mod controller;
 
-use std::{path::Path, thread};
+use std::{
+    path::{Path, PathBuf},
+    thread,
+};
 
 use aya_log::EbpfLogger;
 use tokio::{
@@ -20,9 +30,12 @@ use tracing::{info, warn};
 use self::controller::Controller;
 use crate::{
     config::Config,
-    control::server::{self, Call, ServerError},
+    control::{
+        Request, Response,
+        server::{self, Call, ServerError},
+    },
     datapath::{Datapath, DatapathError},
-    loader::{BALANCER_MAPS, Balancer, BalancerSpec, LoadError, interface_index},
+    loader::{Attached, Balancer, BalancerSpec, LoadError, interface_index},
     reconcile::{ReconcileError, Reconciler},
 };
 
@@ -45,18 +58,17 @@ pub enum DaemonError {
     },
 }
 
-/// Runs the daemon for `config` until a signal stops it. The control socket opens last, so a
-/// daemon that answers on it is ready.
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+/// Runs the daemon for `config` (read from `path`) until a signal stops it. The control socket
+/// opens last, so a daemon that answers on it is ready.
+pub async fn run(config: Config, path: PathBuf) -> Result<(), DaemonError> {
     let socket = config.control.socket.clone();
     server::ensure_free(&socket)?;
-    let pin_dir = config.datapath.pin_dir.clone();
-    let result = serve(config).await;
-    cleanup(&socket, &pin_dir);
+    let result = serve(config, path).await;
+    remove_socket(&socket);
     result
 }
 
-async fn serve(config: Config) -> Result<(), DaemonError> {
+async fn serve(config: Config, path: PathBuf) -> Result<(), DaemonError> {
     let interfaces: Vec<(String, u32)> = config
         .datapath
         .interfaces
@@ -64,7 +76,6 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         .map(|name| Ok((name.clone(), interface_index(name)?)))
         .collect::<Result<_, LoadError>>()?;
     let mtu = smallest_mtu(&interfaces)?;
-    remove_pins(&config.datapath.pin_dir);
     let spec = BalancerSpec {
         geometry: config.ring_geometry(),
         conn_table_size: config.datapath.conn_table_size,
@@ -72,12 +83,18 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
     };
     let (mut balancer, mut datapath) = Balancer::load(&spec)?;
     for (name, index) in &interfaces {
-        let mode = balancer.attach(name, config.datapath.attach_mode)?;
+        let link = links_dir(&config.datapath.pin_dir).join(name);
+        match balancer.attach_pinned(name, config.datapath.attach_mode, &link)? {
+            Attached::New(mode) => info!(interface = %name, ?mode, "balancer attached"),
+            Attached::Replaced => {
+                info!(interface = %name, "took over the pinned attachment: no packet went unbalanced");
+            }
+        }
         datapath.add_tx_port(*index)?;
-        info!(interface = %name, ?mode, "balancer attached");
     }
-    let mut reconciler = Reconciler::new(datapath, config.datapath_config(mtu))?;
-    reconciler.apply(&config.passthrough_listeners())?;
+    let listeners = config.passthrough_listeners();
+    let mut reconciler = Reconciler::adopt(datapath, config.datapath_config(mtu), &listeners)?;
+    reconciler.apply(&listeners)?;
     info!(
         listeners = config.listeners.len(),
         mtu = config.datapath.mtu.unwrap_or(mtu),
@@ -87,12 +104,16 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
 
     let listener = server::bind(&config.control.socket)?;
     let (calls, requests) = mpsc::channel::<Call>(64);
-    let controller = spawn_controller(Controller::new(config, reconciler), requests)?;
-    let control = tokio::spawn(server::serve(listener, calls));
+    let controller = spawn_controller(Controller::new(config, Some(path), reconciler), requests)?;
+    let control = tokio::spawn(server::serve(listener, calls.clone()));
     info!("ready");
 
-    let stop = wait_for_signal().await;
-    info!(signal = stop, "stopping");
+    let stop = wait_for_stop(&calls).await;
+    info!(
+        signal = stop,
+        "stopping; the balancer keeps forwarding with the pinned maps"
+    );
+    drop(calls);
     control.abort();
     if let Some(logs) = logs {
         logs.abort();
@@ -103,8 +124,35 @@ async fn serve(config: Config) -> Result<(), DaemonError> {
         warn!("the controller thread panicked");
     }
     drop(balancer);
-    info!("stopped: the balancer is detached");
+    info!("stopped");
     Ok(())
+}
+
+/// `lb uninstall`: removes what a stopped daemon left running: the pinned links (which
+/// detaches the balancer) and the pinned maps. Refuses while a daemon answers on the socket.
+pub fn uninstall(config: &Config) -> Result<String, DaemonError> {
+    server::ensure_free(&config.control.socket)?;
+    let dir = &config.datapath.pin_dir;
+    if !dir.exists() {
+        return Ok(format!(
+            "nothing to remove: {} does not exist\n",
+            dir.display()
+        ));
+    }
+    std::fs::remove_dir_all(dir).map_err(|source| DaemonError::Io {
+        what: format!("removing {}", dir.display()),
+        source,
+    })?;
+    Ok(format!(
+        "removed {}: the balancer is detached from {} and its maps are gone\n",
+        dir.display(),
+        config.datapath.interfaces.join(", ")
+    ))
+}
+
+/// Where the XDP links are pinned, one per interface.
+pub fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
 }
 
 /// Runs the controller on its own thread: reconciling takes system calls that should not run
@@ -127,18 +175,36 @@ fn spawn_controller<D: Datapath + Send + 'static>(
         })
 }
 
-/// Waits for SIGTERM or SIGINT; returns its name.
-async fn wait_for_signal() -> &'static str {
-    let (Ok(mut term), Ok(mut int)) = (
+/// Waits for SIGTERM or SIGINT (returns its name), reloading the configuration on SIGHUP.
+async fn wait_for_stop(calls: &mpsc::Sender<Call>) -> &'static str {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         warn!("cannot listen for signals; stopping");
         return "none";
     };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+    loop {
+        tokio::select! {
+            _ = term.recv() => return "SIGTERM",
+            _ = int.recv() => return "SIGINT",
+            _ = hup.recv() => reload(calls).await,
+        }
+    }
+}
+
+/// Asks the controller to re-read the configuration file, and logs the outcome (the
+/// controller logs the details).
+async fn reload(calls: &mpsc::Sender<Call>) {
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if calls.send((Request::Reload, reply)).await.is_err() {
+        return;
+    }
+    match answer.await {
+        Ok(Response::Ok(_)) => info!("SIGHUP: configuration reloaded"),
+        Ok(Response::Error(error)) => warn!(%error, "SIGHUP: the configuration was not reloaded"),
+        Err(_) => warn!("SIGHUP: the controller is gone"),
     }
 }
 
@@ -183,26 +249,10 @@ fn smallest_mtu(interfaces: &[(String, u32)]) -> Result<u32, DaemonError> {
     Ok(if smallest == u32::MAX { 0 } else { smallest })
 }
 
-/// Removes the balancer's pins under `dir` (and `dir` if that empties it).
-fn remove_pins(dir: &Path) {
-    for name in BALANCER_MAPS {
-        let path = dir.join(name);
-        if path.exists()
-            && let Err(error) = std::fs::remove_file(&path)
-        {
-            warn!(path = %path.display(), %error, "could not remove a pinned map");
-        }
-    }
-    if dir.exists() && std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()) {
-        drop(std::fs::remove_dir(dir));
-    }
-}
-
-fn cleanup(socket: &Path, pin_dir: &Path) {
+fn remove_socket(socket: &Path) {
     if let Err(error) = std::fs::remove_file(socket)
         && error.kind() != std::io::ErrorKind::NotFound
     {
         warn!(socket = %socket.display(), %error, "could not remove the control socket");
     }
-    remove_pins(pin_dir);
 }

@@ -77,6 +77,27 @@ impl FakeDatapath {
 }
 
 impl Datapath for FakeDatapath {
+    fn read_config(&self) -> Result<Option<DatapathConfig>, DatapathError> {
+        Ok(self.config)
+    }
+
+    fn read_vips(&self) -> Result<Vec<(VipKey, VipValue)>, DatapathError> {
+        Ok(self.vips.iter().map(|(k, v)| (*k, *v)).collect())
+    }
+
+    fn read_backends(&self) -> Result<Vec<(u32, Backend)>, DatapathError> {
+        Ok(self
+            .backends
+            .iter()
+            .filter(|(_, b)| b.generation != 0)
+            .map(|(id, b)| (*id, *b))
+            .collect())
+    }
+
+    fn read_ring(&self, ring_id: u32) -> Result<Vec<u32>, DatapathError> {
+        Ok(self.ring(ring_id).to_vec())
+    }
+
     fn geometry(&self) -> RingGeometry {
         self.geometry
     }

@@ -63,17 +63,24 @@ macro_rules! typed {
 impl AyaDatapath {
     /// Takes the balancer's maps out of `ebpf` (the programs stay in it).
     pub fn from_ebpf(ebpf: &mut Ebpf, geometry: RingGeometry) -> Result<Self, DatapathError> {
+        let config_map: Array<MapData, DatapathConfig> = typed!(ebpf, names::CONFIG);
+        // An adopted (pinned) datapath goes on from its VIP epoch: restarting at 0 would, one
+        // day, make old cached VIP answers look current again.
+        let vip_epoch = config_map
+            .get(&0, 0)
+            .map(|c| c.vip_epoch)
+            .map_err(err(names::CONFIG))?;
         Ok(Self {
             geometry,
             config: None,
-            vip_epoch: 0,
+            vip_epoch,
+            config_map,
             vips_v4: typed!(ebpf, names::VIPS_V4),
             vips_v6: typed!(ebpf, names::VIPS_V6),
             rings: typed!(ebpf, names::RINGS),
             backends: typed!(ebpf, names::BACKENDS),
             conns_v4: typed!(ebpf, names::CONNS_V4),
             conns_v6: typed!(ebpf, names::CONNS_V6),
-            config_map: typed!(ebpf, names::CONFIG),
             counters: typed!(ebpf, names::COUNTERS),
             backend_stats: typed!(ebpf, names::BACKEND_STATS),
             tx_ports: typed!(ebpf, names::TX_PORTS),
@@ -88,14 +95,6 @@ impl AyaDatapath {
             Some(config) => self.set_config(&config),
             None => Ok(()),
         }
-    }
-
-    /// The whole of ring `ring_id`, as the kernel holds it.
-    pub fn read_ring(&self, ring_id: u32) -> Result<Vec<u32>, DatapathError> {
-        let start = ring_id * self.geometry.ring_size;
-        (start..start + self.geometry.ring_size)
-            .map(|index| self.rings.get(&index, 0).map_err(err(names::RINGS)))
-            .collect()
     }
 }
 
@@ -115,7 +114,60 @@ struct BatchAttr {
     flags: u64,
 }
 
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+/// Reads `values.len()` consecutive elements of an array map from index `start`, in as few
+/// `BPF_MAP_LOOKUP_BATCH` calls as the kernel allows.
+fn lookup_batch(map: &MapData, start: u32, values: &mut [u32]) -> std::io::Result<()> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let map_fd = u32::try_from(map.fd().as_fd().as_raw_fd())
+        .map_err(|_| std::io::Error::other("bad map descriptor"))?;
+    let mut done = 0usize;
+    while done < values.len() {
+        let wanted = &mut values[done..];
+        let mut keys = vec![0u32; wanted.len()];
+        // The batch cursor is the key before the first one wanted (none for index 0).
+        let cursor = start + u32::try_from(done).unwrap_or(u32::MAX);
+        let in_batch = cursor.wrapping_sub(1);
+        let mut out_batch = 0u32;
+        let mut attr = BatchAttr {
+            in_batch: if cursor == 0 {
+                0
+            } else {
+                &in_batch as *const u32 as u64
+            },
+            out_batch: &mut out_batch as *mut u32 as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: wanted.as_mut_ptr() as u64,
+            count: u32::try_from(wanted.len()).unwrap_or(u32::MAX),
+            map_fd,
+            elem_flags: 0,
+            flags: 0,
+        };
+        // SAFETY: `attr` is a valid `bpf_attr` prefix for BPF_MAP_LOOKUP_BATCH; `keys` and
+        // `wanted` have room for `count` u32s, and every buffer outlives the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                &mut attr as *mut BatchAttr,
+                size_of::<BatchAttr>(),
+            )
+        };
+        let read = attr.count as usize;
+        if rc < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOENT) {
+            return Err(std::io::Error::last_os_error());
+        }
+        if read == 0 {
+            return Err(std::io::Error::other(
+                "the ring map ended before the ring did",
+            ));
+        }
+        done += read;
+    }
+    Ok(())
+}
 
 /// Writes `values[i]` at index `keys[i]` of an array map in one system call, which a ring of
 /// 65537 slots needs instead of 65537 calls.
@@ -165,6 +217,63 @@ fn zeroed_per_cpu<T: aya::Pod + Default>(
 }
 
 impl Datapath for AyaDatapath {
+    fn read_config(&self) -> Result<Option<DatapathConfig>, DatapathError> {
+        let config = self.config_map.get(&0, 0).map_err(err(names::CONFIG))?;
+        Ok((config.ring_size != 0).then_some(config))
+    }
+
+    fn read_vips(&self) -> Result<Vec<(VipKey, VipValue)>, DatapathError> {
+        let mut vips = Vec::new();
+        for entry in self.vips_v4.iter() {
+            let (key, value) = entry.map_err(err(names::VIPS_V4))?;
+            let vip = VipKey {
+                addr_be: [key.addr_be, 0, 0, 0],
+                port_be: key.port_be,
+                proto: key.proto,
+                family: FAMILY_V4,
+            };
+            vips.push((vip, value));
+        }
+        for entry in self.vips_v6.iter() {
+            let (key, value) = entry.map_err(err(names::VIPS_V6))?;
+            let vip = VipKey {
+                addr_be: key.addr_be,
+                port_be: key.port_be,
+                proto: key.proto,
+                family: lb_common::abi::FAMILY_V6,
+            };
+            vips.push((vip, value));
+        }
+        Ok(vips)
+    }
+
+    fn read_backends(&self) -> Result<Vec<(u32, Backend)>, DatapathError> {
+        let mut backends = Vec::new();
+        for (id, entry) in (0u32..).zip(self.backends.iter()) {
+            let backend = entry.map_err(err(names::BACKENDS))?;
+            if backend.generation != 0 {
+                backends.push((id, backend));
+            }
+        }
+        Ok(backends)
+    }
+
+    fn read_ring(&self, ring_id: u32) -> Result<Vec<u32>, DatapathError> {
+        let size = self.geometry.ring_size;
+        let start = ring_id * size;
+        let mut values = vec![0u32; size as usize];
+        lookup_batch(self.rings.map(), start, &mut values).map_err(|io_error| {
+            DatapathError::Map {
+                map: names::RINGS,
+                source: MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_lookup_batch",
+                    io_error,
+                }),
+            }
+        })?;
+        Ok(values)
+    }
+
     fn geometry(&self) -> RingGeometry {
         self.geometry
     }

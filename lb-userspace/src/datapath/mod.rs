@@ -57,6 +57,15 @@ pub trait Datapath {
     fn backend_traffic(&self, backend_id: u32) -> Result<TrafficCounters, DatapathError>;
     /// Zeroes the traffic counters of a backend id about to be given to a new backend.
     fn reset_traffic(&mut self, backend_id: u32) -> Result<(), DatapathError>;
+    /// The configuration entry as the maps hold it (`None` if it was never written).
+    fn read_config(&self) -> Result<Option<DatapathConfig>, DatapathError>;
+    /// Every entry of the VIP maps (both families).
+    fn read_vips(&self) -> Result<Vec<(VipKey, VipValue)>, DatapathError>;
+    /// Every backend entry ever written (generation above zero), by id.
+    fn read_backends(&self) -> Result<Vec<(u32, Backend)>, DatapathError>;
+    /// The whole of ring `ring_id`.
+    fn read_ring(&self, ring_id: u32) -> Result<Vec<u32>, DatapathError>;
+
     /// The connection-table entry of `flow` to the VIP with id `vip_id`.
     fn lookup_conn(&self, flow: &FlowKey, vip_id: u16) -> Result<Option<ConnValue>, DatapathError>;
 }

@@ -25,7 +25,9 @@ pub enum Outcome {
 pub enum Health {
     Healthy,
     /// Out of the table; `reachable` says whether its established flows stay.
-    Unhealthy { reachable: bool },
+    Unhealthy {
+        reachable: bool,
+    },
 }
 
 /// A change of [`Health`], with why and when.
@@ -129,9 +131,15 @@ mod tests {
         let t0 = Instant::now();
         let mut b = BackendHealth::new(THRESHOLDS);
         assert_eq!(b.observe(&fail(), t0), None, "one failure is not enough");
-        let change = b.observe(&fail(), t0 + Duration::from_secs(5)).expect("the second is");
+        let change = b
+            .observe(&fail(), t0 + Duration::from_secs(5))
+            .expect("the second is");
         assert_eq!(change.health, Health::Unhealthy { reachable: false });
-        assert!(change.reason.contains("2 consecutive checks failed: connection refused"));
+        assert!(
+            change
+                .reason
+                .contains("2 consecutive checks failed: connection refused")
+        );
         assert_eq!(b.observe(&fail(), t0), None, "no repeated transition");
     }
 
@@ -153,9 +161,14 @@ mod tests {
         b.observe(&fail(), t0);
         assert_eq!(b.observe(&Outcome::Pass, t0), None);
         assert_eq!(b.observe(&Outcome::Pass, t0), None);
-        let back = b.observe(&Outcome::Pass, t0 + Duration::from_secs(9)).expect("healthy");
+        let back = b
+            .observe(&Outcome::Pass, t0 + Duration::from_secs(9))
+            .expect("healthy");
         assert_eq!(back.health, Health::Healthy);
-        assert_eq!(b.last_change().map(|c| c.at), Some(t0 + Duration::from_secs(9)));
+        assert_eq!(
+            b.last_change().map(|c| c.at),
+            Some(t0 + Duration::from_secs(9))
+        );
     }
 
     #[test]

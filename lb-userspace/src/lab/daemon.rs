@@ -51,6 +51,9 @@ pub fn lb_binary() -> Result<PathBuf, LabError> {
 pub struct DaemonProcess {
     child: Option<Child>,
     binary: PathBuf,
+    /// The namespace file and the configuration file, to start it again.
+    netns: PathBuf,
+    config: PathBuf,
     dir: PathBuf,
     socket: PathBuf,
     pin_dir: PathBuf,
@@ -74,6 +77,9 @@ pub struct DaemonPaths {
 impl DaemonProcess {
     /// Starts `lb run` inside `ns` with the configuration `config` makes from the paths this
     /// daemon must use, and waits until its control socket answers.
+    ///
+    /// The daemon leaves its maps and XDP links pinned when it stops (restarts are hitless);
+    /// dropping the guard removes the pins, which detaches the balancer.
     pub fn start(
         binary: &Path,
         ns: &NetNs,
@@ -91,37 +97,12 @@ impl DaemonProcess {
         let config_path = dir.join("lb.toml");
         fs::write(&config_path, config(&paths))
             .map_err(io("writing the daemon's configuration"))?;
-        let log =
-            fs::File::create(dir.join("daemon.log")).map_err(io("creating the daemon's log"))?;
-        let netns = fs::File::open(ns.path()).map_err(io("opening the namespace"))?;
-        let mut command = Command::new(binary);
-        // SAFETY: between fork and exec the child only calls `setns`, which is
-        // async-signal-safe, on a descriptor the parent opened and keeps open until `spawn`
-        // returns. Only the network namespace changes: the daemon keeps the host's mounts
-        // (bpffs at /sys/fs/bpf), unlike under `ip netns exec`.
-        unsafe {
-            use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
-            let fd = netns.as_raw_fd();
-            command.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            });
-        }
-        let child = command
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(io("starting the daemon"))?;
+        let child = spawn(binary, &ns.path(), &config_path, &dir.join("daemon.log"))?;
         let mut daemon = Self {
             child: Some(child),
             binary: binary.to_owned(),
+            netns: ns.path(),
+            config: config_path,
             dir,
             socket: paths.socket,
             pin_dir: paths.pin_dir,
@@ -183,6 +164,31 @@ impl DaemonProcess {
             })
     }
 
+    /// Kills the daemon with SIGKILL, as a crash would, and waits for it.
+    pub fn kill(&mut self) -> Result<std::process::ExitStatus, LabError> {
+        let mut child = self
+            .child
+            .take()
+            .ok_or_else(|| LabError::Daemon("the daemon was already stopped".to_owned()))?;
+        let io = |source| LabError::File {
+            what: "killing the daemon",
+            source,
+        };
+        child.kill().map_err(io)?;
+        child.wait().map_err(io)
+    }
+
+    /// Starts the daemon again (after `stop` or `kill`) with the same configuration, socket and
+    /// pins, and waits until it is ready. Its log goes on in the same file.
+    pub fn restart(&mut self) -> Result<(), LabError> {
+        if self.child.is_some() {
+            return Err(LabError::Daemon("the daemon is still running".to_owned()));
+        }
+        let log = self.dir.join("daemon.log");
+        self.child = Some(spawn(&self.binary, &self.netns, &self.config, &log)?);
+        self.wait_until_ready()
+    }
+
     /// Stops the daemon with SIGTERM (SIGKILL after a timeout) and returns its exit status.
     pub fn stop(&mut self) -> Result<std::process::ExitStatus, LabError> {
         let Some(mut child) = self.child.take() else {
@@ -209,6 +215,43 @@ impl DaemonProcess {
             thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Starts `binary run --config CONFIG` in the network namespace at `netns`, logging to `log`
+/// (appended).
+fn spawn(binary: &Path, netns: &Path, config: &Path, log: &Path) -> Result<Child, LabError> {
+    let io = |what: &'static str| move |source| LabError::File { what, source };
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io("opening the daemon's log"))?;
+    let netns = fs::File::open(netns).map_err(io("opening the namespace"))?;
+    let mut command = Command::new(binary);
+    // SAFETY: between fork and exec the child only calls `setns`, which is
+    // async-signal-safe, on a descriptor the parent opened and keeps open until `spawn`
+    // returns. Only the network namespace changes: the daemon keeps the host's mounts (bpffs
+    // at /sys/fs/bpf), unlike under `ip netns exec`.
+    unsafe {
+        use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
+        let fd = netns.as_raw_fd();
+        command.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(io("starting the daemon"))
 }
 
 impl Drop for DaemonProcess {

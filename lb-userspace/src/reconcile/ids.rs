@@ -46,6 +46,18 @@ impl IdPool {
         u32::try_from(id).ok()
     }
 
+    /// Marks `id` as in use (adopting state an earlier daemon left). False if it is out of
+    /// range or already in use.
+    pub(super) fn mark_used(&mut self, id: u32) -> bool {
+        match self.used.get_mut(id as usize) {
+            Some(used) if !*used => {
+                *used = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub(super) fn free(&mut self, id: u32) {
         if let Some(used) = self.used.get_mut(id as usize) {
             *used = false;

@@ -18,6 +18,7 @@
 //! half-written live. Each listener is applied on its own; an error names the listener that
 //! failed, and the listeners before it in the same call stay applied.
 
+mod adopt;
 mod ids;
 mod markers;
 mod stats;
@@ -146,6 +147,24 @@ impl<D: Datapath> Reconciler<D> {
 
     pub fn config(&self) -> &DatapathConfig {
         &self.config
+    }
+
+    /// Writes a new datapath configuration (outer sources, MTU, next hop). The ring size and
+    /// the hash seed shape the tables and cannot change here.
+    pub fn set_config(&mut self, config: DatapathConfig) -> Result<(), ReconcileError> {
+        if config.ring_size != self.config.ring_size || config.hash_seed != self.config.hash_seed {
+            return Err(ReconcileError::Invalid(
+                "the ring size and the hash seed cannot change while the daemon runs".to_owned(),
+            ));
+        }
+        self.datapath
+            .set_config(&config)
+            .map_err(|source| ReconcileError::Datapath {
+                listener: "(datapath configuration)".to_owned(),
+                source,
+            })?;
+        self.config = config;
+        Ok(())
     }
 
     /// The applied listeners, by name.
@@ -324,7 +343,7 @@ impl<D: Datapath> Reconciler<D> {
                 None => {
                     let id = self.take(Pool::Backend, taken)?;
                     let generation = self.next_generation(id);
-                    self.write_backend(id, target.address, generation, BACKEND_F_SERVING)
+                    self.write_backend(id, target.address, generation, BACKEND_F_SERVING, vip_id)
                         .map_err(failed.clone())?;
                     self.recycle_traffic(id).map_err(failed.clone())?;
                     AppliedBackend {
@@ -405,12 +424,14 @@ impl<D: Datapath> Reconciler<D> {
             .collect()
     }
 
+    /// Writes backend `id` of the VIP with id `vip_id`.
     fn write_backend(
         &mut self,
         id: u32,
         address: IpAddr,
         generation: u32,
         flags: u8,
+        vip_id: u32,
     ) -> Result<(), DatapathError> {
         let (addr_be, family) = addr_be(address);
         self.datapath.set_backend(
@@ -420,7 +441,7 @@ impl<D: Datapath> Reconciler<D> {
                 generation,
                 family,
                 flags,
-                _pad: [0; 2],
+                vip_id: u16::try_from(vip_id).unwrap_or(u16::MAX),
             },
         )
     }
@@ -439,7 +460,7 @@ impl<D: Datapath> Reconciler<D> {
             if current.is_some_and(|c| c.backends.contains_key(address)) {
                 continue;
             }
-            match self.write_backend(backend.id, *address, backend.generation, 0) {
+            match self.write_backend(backend.id, *address, backend.generation, 0, previous.vip_id) {
                 Ok(()) => {
                     self.note_retired(backend.id, &previous.listener.name);
                     self.backend_ids.free(backend.id);

@@ -1,0 +1,114 @@
+//! What the metrics endpoint reports: [`MetricsInput`], a plain snapshot the daemon gathers from
+//! its controller at scrape time, and the sample types it holds.
+//!
+//! Nothing here depends on the rest of the crate: the daemon converts its own views (the
+//! datapath counters, `lb stats`' traffic, the health of each backend, the control operations
+//! it has answered) into these values, and [`render`](super::render()) turns them into the
+//! exposition. Counters are cumulative values as read at scrape time, not deltas.
+
+/// Everything the metrics endpoint reports, gathered by the daemon at scrape time.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MetricsInput {
+    /// The balancer's datapath counters, one per counter label (`lb_common::counters::Counter`).
+    pub counters: Vec<CounterSample>,
+    /// Traffic of each listener, and of each of its backends.
+    pub listeners: Vec<ListenerTraffic>,
+    /// Health of each backend of each pool.
+    pub backends: Vec<BackendHealthSample>,
+    /// Control-plane operations answered so far, per operation and result.
+    pub operations: Vec<OperationSample>,
+    /// Seconds since the daemon started.
+    pub uptime_seconds: f64,
+}
+
+/// One datapath counter, as `lb stats` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CounterSample {
+    /// The counter's stable label, e.g. `drop_too_big` or `conn_miss`.
+    pub name: String,
+    /// `forward`, `pass` or `drop` for a verdict (one per packet); `event` for a
+    /// connection-table event, which is reported in its own metric family.
+    pub kind: String,
+    pub value: u64,
+}
+
+/// Packets, bytes and new flows, cumulative.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// A listener's traffic in total and per backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListenerTraffic {
+    /// The listener's name in the configuration.
+    pub listener: String,
+    /// The listener's total, over all its backends (past and present).
+    pub total: Traffic,
+    pub backends: Vec<BackendTraffic>,
+}
+
+/// One backend's share of a listener's traffic.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendTraffic {
+    /// The backend's address as text: `198.18.0.10`, `2001:db8::10` or `198.18.0.10:8443`.
+    pub backend: String,
+    pub traffic: Traffic,
+}
+
+/// Where a backend stands, as far as new flows are concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HealthState {
+    /// Passes its checks and takes new flows.
+    Healthy,
+    /// Fails its checks: out of the table.
+    Unhealthy,
+    /// Weight 0: no new flows, its established flows stay.
+    Draining,
+    /// Taken out by the operator.
+    Disabled,
+}
+
+impl HealthState {
+    /// Every state, in the order the exposition lists them.
+    pub const ALL: [Self; 4] = [
+        Self::Healthy,
+        Self::Unhealthy,
+        Self::Draining,
+        Self::Disabled,
+    ];
+
+    /// The state as a label value.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+            Self::Draining => "draining",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
+/// One backend's health and how often it changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendHealthSample {
+    pub pool: String,
+    /// The backend's address as text, as in [`BackendTraffic::backend`].
+    pub backend: String,
+    pub state: HealthState,
+    /// Transitions so far, per target state. A state left out counts 0; a state given twice
+    /// is summed.
+    pub transitions: Vec<(HealthState, u64)>,
+}
+
+/// How often a control operation ended one way.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OperationSample {
+    /// The operation, e.g. `backend-add`, `backend-remove`, `backend-set-weight`.
+    pub operation: String,
+    /// `ok`, `refused` (the change broke a rule: nothing written) or `failed` (writing failed).
+    pub result: String,
+    pub count: u64,
+}
