@@ -224,7 +224,19 @@ pub struct DatapathConfig {
     /// Bumped by userspace after every change to the VIP maps: the datapath's per-CPU VIP cache
     /// ([`VipCacheEntry`]) trusts only entries of the current epoch.
     pub vip_epoch: u32,
-    pub _pad: u32,
+    /// Connection-table protection: at most this many new entries per second on each CPU
+    /// (0: no limit). Past it (a SYN flood) new flows are still placed by the table but not
+    /// remembered, so that they cannot evict established flows.
+    pub conn_inserts_per_sec: u32,
+}
+
+/// Per CPU: the connection-table inserts of the current one-second window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InsertWindow {
+    /// `bpf_ktime_get_coarse_ns()` when the window began.
+    pub start_ns: u64,
+    pub inserts: u64,
 }
 
 /// One entry of the datapath's per-CPU VIP cache, which spares most packets a hash-map lookup.
@@ -305,6 +317,7 @@ const _: () = {
     assert!(VIP_CACHE_SIZE.is_power_of_two());
     assert!(size_of::<TrafficCounters>() == 24);
     assert!(size_of::<NextHop>() == 32);
+    assert!(size_of::<InsertWindow>() == 16);
 };
 
 #[cfg(feature = "user")]

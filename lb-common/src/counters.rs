@@ -122,6 +122,9 @@ counters! {
         /// A new flow that could not be written to the connection table (it is still
         /// forwarded; its next packet is placed by the table again).
         ConnInsertFailed = (Event, "conn_insert_failed"),
+        /// A new flow not written to the connection table because new flows arrive faster
+        /// than `conn_inserts_per_sec` (a SYN flood): forwarded by the table, not remembered.
+        ConnInsertSkipped = (Event, "conn_insert_skipped"),
     }
 }
 

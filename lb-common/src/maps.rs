@@ -15,6 +15,8 @@ pub const BACKENDS: &str = "lb_backends_v1";
 pub const CONNS_V4: &str = "lb_conns4_v1";
 /// IPv6 LRU connection table: [`crate::abi::ConnKeyV6`] -> [`crate::abi::ConnValue`].
 pub const CONNS_V6: &str = "lb_conns6_v1";
+/// Per-CPU connection-table insert windows ([`crate::abi::InsertWindow`]).
+pub const INSERT_WINDOWS: &str = "lb_ins_win_v1";
 /// Per-CPU cache of VIP lookups ([`crate::abi::VipCacheEntry`]).
 pub const VIP_CACHE: &str = "lb_vip_cache_v1";
 /// Per-CPU cache of each backend's next hop from the FIB.
@@ -51,6 +53,7 @@ const _: () = {
     assert!(CONNS_V6.len() <= 15);
     assert!(NEXT_HOPS.len() <= 15);
     assert!(VIP_CACHE.len() <= 15);
+    assert!(INSERT_WINDOWS.len() <= 15);
     assert!(MAX_VIPS <= 1 << 16);
     assert!(RINGS.len() <= 15);
     assert!(BACKENDS.len() <= 15);

@@ -106,7 +106,8 @@ pub enum AttachMode {
 }
 
 /// The balancer's maps, all pinned when the daemon has a pin directory.
-pub const BALANCER_MAPS: [&str; 12] = [
+pub const BALANCER_MAPS: [&str; 13] = [
+    names::INSERT_WINDOWS,
     names::VIP_CACHE,
     names::VIPS_V4,
     names::VIPS_V6,

@@ -67,9 +67,21 @@ pub struct Target {
     /// Share of new flows, relative to the pool's other backends. 0 takes the backend out of
     /// the table while its established flows keep going to it (draining).
     pub weight: u32,
+    /// Whether its established flows keep going to it. False for a dead backend: its flows
+    /// are placed afresh by the table (its weight is then 0).
+    pub serving: bool,
 }
 
 impl Target {
+    /// A serving backend with `weight`.
+    pub const fn new(address: IpAddr, weight: u32) -> Self {
+        Self {
+            address,
+            weight,
+            serving: true,
+        }
+    }
+
     /// The bytes that identify the backend to Maglev: its address.
     pub fn identity(&self) -> Vec<u8> {
         match self.address {

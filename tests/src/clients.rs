@@ -130,8 +130,10 @@ pub fn open_parallel(
     })
 }
 
-/// Checks every connection: exactly one backend's TLS server accepted its client address,
-/// and that backend is the one its certificate and its reply name.
+/// Checks every connection: the backend its certificate and its reply name accepted its client
+/// address. (Another backend may have accepted the same address for an earlier connection: the
+/// kernel reuses a client port once its connection is closed, e.g. a connection reset when its
+/// backend was removed. Within one connection, a second backend would have reset it.)
 pub fn assert_consistent(lab: &PassthroughLab, served: &[Served]) {
     let mut accepted_by: HashMap<SocketAddr, Vec<&str>> = HashMap::new();
     for backend in &lab.backends {
@@ -141,9 +143,8 @@ pub fn assert_consistent(lab: &PassthroughLab, served: &[Served]) {
     }
     for s in served {
         let holders = accepted_by.get(&s.local).map_or(&[][..], Vec::as_slice);
-        assert_eq!(
-            holders,
-            [s.cert_backend.as_str()],
+        assert!(
+            holders.contains(&s.cert_backend.as_str()),
             "{}: accepted by {holders:?}, certificate of {}",
             s.local,
             s.cert_backend

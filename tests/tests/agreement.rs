@@ -26,7 +26,7 @@ fn listener(name: &str, vip: IpAddr, protocol: Protocol, backends: &[(IpAddr, u3
         },
         targets: backends
             .iter()
-            .map(|&(address, weight)| Target { address, weight })
+            .map(|&(address, weight)| Target::new(address, weight))
             .collect(),
     }
 }

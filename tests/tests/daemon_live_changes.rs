@@ -158,7 +158,7 @@ fn a_backend_drained_to_weight_0_keeps_its_connections_and_takes_no_new_ones() {
     assert!(
         listed
             .lines()
-            .any(|l| l.contains(&backend_v4(1).to_string()) && l.contains("draining")),
+            .any(|l| l.contains(&backend_v4(1).to_string()) && l.contains("disabled")),
         "{listed}"
     );
     let served = connect_parallel(&env.lab, vip, 300, 3);

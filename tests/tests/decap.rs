@@ -177,10 +177,7 @@ fn balancer_output_round_trips_through_the_decapsulator() {
                 port: 443,
                 protocol: Protocol::Tcp,
             },
-            targets: vec![Target {
-                address: ip("198.18.1.10"),
-                weight: 1,
-            }],
+            targets: vec![Target::new(ip("198.18.1.10"), 1)],
         },
         Listener {
             name: "v6".into(),
@@ -189,10 +186,7 @@ fn balancer_output_round_trips_through_the_decapsulator() {
                 port: 443,
                 protocol: Protocol::Tcp,
             },
-            targets: vec![Target {
-                address: ip("2001:db8:1::10"),
-                weight: 1,
-            }],
+            targets: vec![Target::new(ip("2001:db8:1::10"), 1)],
         },
     ]);
     for input in [

@@ -36,10 +36,7 @@ fn listener(port: u16, vip: &str, backend: &str) -> Listener {
             port,
             protocol: Protocol::Tcp,
         },
-        targets: vec![Target {
-            address: ip(backend),
-            weight: 1,
-        }],
+        targets: vec![Target::new(ip(backend), 1)],
     }
 }
 

@@ -37,13 +37,7 @@ fn listener(name: &str, vip: &str, port: u16, protocol: Protocol, backends: &[&s
             port,
             protocol,
         },
-        targets: backends
-            .iter()
-            .map(|b| Target {
-                address: ip(b),
-                weight: 1,
-            })
-            .collect(),
+        targets: backends.iter().map(|b| Target::new(ip(b), 1)).collect(),
     }
 }
 

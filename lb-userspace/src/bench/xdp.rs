@@ -167,10 +167,7 @@ impl Bench {
                 protocol: Protocol::Tcp,
             },
             targets: (0..BACKENDS)
-                .map(|i| Target {
-                    address: Ipv4Addr::new(198, 18, 0, 10 + i).into(),
-                    weight: 1,
-                })
+                .map(|i| Target::new(Ipv4Addr::new(198, 18, 0, 10 + i).into(), 1))
                 .collect(),
         }])?;
         let bench = Self {

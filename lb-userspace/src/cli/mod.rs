@@ -59,6 +59,8 @@ pub enum Command {
     Backend(BackendCommand),
     /// Traffic per listener and backend, and every datapath counter.
     Stats,
+    /// A one-screen summary of the daemon.
+    Status,
     /// Where a flow's packets go, and why.
     Simulate(SimulateArgs),
     /// The backends' decapsulation program.
@@ -95,6 +97,17 @@ pub enum BackendCommand {
     Remove {
         pool: String,
         address: IpAddr,
+        #[arg(long)]
+        port: Option<u16>,
+    },
+    /// Drain a backend: no new flows at once; established ones keep working until they end or
+    /// the timeout passes; then it is removed from the pool.
+    Drain {
+        pool: String,
+        address: IpAddr,
+        /// How long established flows may last ("30s", "5m").
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
         #[arg(long)]
         port: Option<u16>,
     },
@@ -206,6 +219,18 @@ impl Command {
                 weight: *weight,
             },
             Self::Stats => Request::Stats,
+            Self::Status => Request::Status,
+            Self::Backend(BackendCommand::Drain {
+                pool,
+                address,
+                timeout,
+                port,
+            }) => Request::DrainBackend {
+                pool: pool.clone(),
+                address: *address,
+                port: *port,
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            },
             Self::Reload => Request::Reload,
             Self::Simulate(args) => Request::Simulate {
                 protocol: args.protocol.into(),

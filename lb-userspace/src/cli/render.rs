@@ -2,7 +2,7 @@
 
 use crate::{
     config::describe,
-    control::{Body, ChangeView, SimulationView, StatsView, Traffic},
+    control::{Body, ChangeView, SimulationView, StatsView, StatusView, Traffic},
 };
 
 /// A table with a header row; columns are as wide as their widest cell.
@@ -98,6 +98,7 @@ pub fn render(body: &Body, json: bool) -> String {
         Body::Changed(change) => render_change(change),
         Body::Stats(stats) => render_stats(stats),
         Body::Simulation(simulation) => render_simulation(simulation),
+        Body::Status(status) => render_status(status),
     }
 }
 
@@ -154,6 +155,39 @@ fn render_simulation(s: &SimulationView) -> String {
             s.new_connection_backend, s.maglev_slot
         ));
     }
+    out
+}
+
+fn render_status(s: &StatusView) -> String {
+    let join = |pairs: &[(String, u64)]| {
+        pairs
+            .iter()
+            .map(|(name, n)| format!("{name} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let backends: Vec<(String, u64)> = s
+        .backends
+        .iter()
+        .map(|(state, n)| (state.clone(), u64::try_from(*n).unwrap_or(u64::MAX)))
+        .collect();
+    let mut out = format!(
+        "lb {} up {}s, configuration {}\n",
+        s.version,
+        s.uptime_secs,
+        s.config.as_deref().unwrap_or("(none)")
+    );
+    out.push_str(&format!("interfaces:  {}\n", s.interfaces.join(", ")));
+    out.push_str(&format!("listeners:   {}\n", s.listeners));
+    out.push_str(&format!("backends:    {}\n", join(&backends)));
+    out.push_str(&format!("packets:     {}\n", join(&s.packets)));
+    out.push_str(&format!("changes:     {}\n", join(&s.operations)));
+    out.push_str(&format!(
+        "metrics:     {}\n",
+        s.metrics
+            .as_deref()
+            .unwrap_or("off ([metrics] listen in the configuration)")
+    ));
     out
 }
 

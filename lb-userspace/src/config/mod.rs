@@ -7,6 +7,7 @@
 //! and forwards to a named pool of backends.
 
 mod edit;
+mod pool;
 mod raw;
 mod validate;
 
@@ -18,10 +19,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::time::Duration;
+
 use lb_common::abi::{CONFIG_F_STATIC_NEXT_HOP, DatapathConfig};
 
 use crate::{
     datapath::RingGeometry,
+    health::{probe::ProbeKind, state::Thresholds},
     loader::AttachMode,
     state::{self, Protocol, Vip, addr_be},
 };
@@ -31,6 +35,8 @@ use crate::{
 pub struct Config {
     pub datapath: DatapathSettings,
     pub control: ControlSettings,
+    /// Where the Prometheus endpoint listens (`[metrics] listen`); off when absent.
+    pub metrics: Option<std::net::SocketAddr>,
     pub pools: BTreeMap<String, Pool>,
     pub listeners: BTreeMap<String, ListenerConfig>,
 }
@@ -47,6 +53,8 @@ pub struct DatapathSettings {
     pub encap_source_v4: Option<(Ipv4Addr, u8)>,
     pub encap_source_v6: Option<(Ipv6Addr, u8)>,
     pub mtu: Option<u32>,
+    /// New connection-table entries per second per CPU (0: no limit).
+    pub conn_inserts_per_sec: u32,
     pub next_hop_mac: Option<[u8; 6]>,
     pub pin_dir: PathBuf,
 }
@@ -61,6 +69,25 @@ pub struct ControlSettings {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Pool {
     pub backends: Vec<BackendConfig>,
+    pub health_check: Option<HealthCheck>,
+    /// New and recovered backends ramp up to their weight over this time (zero: at once).
+    pub slow_start: Duration,
+    /// A removed backend drains this long first (zero: it goes at once).
+    pub deregistration_delay: Duration,
+}
+
+/// `[pools.NAME.health_check]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub probe: ProbeKind,
+    /// The port checked; when absent, the backend's port, or else its listeners' port.
+    pub port: Option<u16>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub thresholds: Thresholds,
+    /// When every backend is unhealthy, send to all of them anyway (as an AWS target group
+    /// does); otherwise drop.
+    pub fail_open: bool,
 }
 
 /// A backend of a pool.
@@ -167,10 +194,7 @@ impl Config {
                 targets: self.pools[&listener.pool]
                     .backends
                     .iter()
-                    .map(|b| state::Target {
-                        address: b.address,
-                        weight: b.weight,
-                    })
+                    .map(|b| state::Target::new(b.address, b.weight))
                     .collect(),
             })
             .collect()
@@ -207,8 +231,25 @@ impl Config {
             } else {
                 0
             },
+            conn_inserts_per_sec: d.conn_inserts_per_sec,
             ..DatapathConfig::default()
         }
+    }
+
+    /// Where the health check of `backend` (in `pool`) connects, if the pool has one.
+    pub fn health_target(
+        &self,
+        pool: &str,
+        backend: &BackendConfig,
+    ) -> Option<std::net::SocketAddr> {
+        let check = self.pools.get(pool)?.health_check.as_ref()?;
+        let port = check.port.or(backend.port).or_else(|| {
+            self.listeners
+                .values()
+                .find(|l| l.pool == pool)
+                .map(|l| l.port)
+        })?;
+        Some(std::net::SocketAddr::new(backend.address, port))
     }
 }
 

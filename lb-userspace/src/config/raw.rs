@@ -16,6 +16,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub control: RawControl,
     #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
     pub pools: BTreeMap<Spanned<String>, RawPool>,
     #[serde(default)]
     pub listeners: BTreeMap<Spanned<String>, RawListener>,
@@ -37,6 +39,7 @@ pub struct RawDatapath {
     pub mtu: Option<Spanned<i64>>,
     pub next_hop_mac: Option<Spanned<String>>,
     pub pin_dir: Option<Spanned<String>>,
+    pub conn_inserts_per_sec: Option<Spanned<i64>>,
 }
 
 /// `[control]`: the daemon's control socket.
@@ -46,12 +49,42 @@ pub struct RawControl {
     pub socket: Option<Spanned<String>>,
 }
 
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<Spanned<String>>,
+}
+
 /// `[pools.NAME]`: a set of backends that listeners forward to.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
     #[serde(default)]
     pub backends: Vec<Spanned<RawBackend>>,
+    pub health_check: Option<Spanned<RawHealthCheck>>,
+    /// A duration ("30s"): new and recovered backends ramp up to their weight over it.
+    pub slow_start: Option<Spanned<String>>,
+    /// A duration: a removed backend drains this long before it goes.
+    pub deregistration_delay: Option<Spanned<String>>,
+}
+
+/// `[pools.NAME.health_check]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    pub protocol: Option<Spanned<String>>,
+    pub port: Option<Spanned<i64>>,
+    pub path: Option<Spanned<String>>,
+    pub host: Option<Spanned<String>>,
+    pub expected_status: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub healthy_threshold: Option<Spanned<i64>>,
+    pub unhealthy_threshold: Option<Spanned<i64>>,
+    pub fail_open: Option<Spanned<bool>>,
 }
 
 /// One entry of `backends = [...]`.

@@ -25,7 +25,7 @@ const MTU_RANGE: (i64, i64) = (576, 65_535);
 pub(super) const WEIGHT_RANGE: (i64, i64) = (1, 10_000);
 
 /// Collects problems with their positions in the text.
-struct Checker<'a> {
+pub(super) struct Checker<'a> {
     text: &'a str,
     origin: &'a str,
     problems: Vec<Problem>,
@@ -39,7 +39,7 @@ impl Checker<'_> {
             + 1
     }
 
-    fn problem<T>(&mut self, at: &Spanned<T>, field: &str, reason: impl Into<String>) {
+    pub(super) fn problem<T>(&mut self, at: &Spanned<T>, field: &str, reason: impl Into<String>) {
         let location = format!("{}:{}", self.origin, self.line_of(at.span().start));
         self.problems.push(Problem {
             location,
@@ -49,7 +49,7 @@ impl Checker<'_> {
     }
 
     /// An integer in `range`, or a problem.
-    fn int<T: TryFrom<i64>>(
+    pub(super) fn int<T: TryFrom<i64>>(
         &mut self,
         value: &Spanned<i64>,
         field: &str,
@@ -123,7 +123,22 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     };
     let pools = check_pools(&mut checker, &raw.pools);
     let listeners = check_listeners(&mut checker, &raw.listeners, &pools);
+    super::pool::check_health_ports(&mut checker, &raw.pools, &pools, &listeners);
     let datapath = check_datapath(&mut checker, &raw.datapath, &listeners);
+    let metrics = raw.metrics.listen.as_ref().and_then(|listen| {
+        let parsed = listen.get_ref().parse::<std::net::SocketAddr>();
+        if parsed.is_err() {
+            checker.problem(
+                listen,
+                "metrics.listen",
+                format!(
+                    "{:?} is not an address and port like \"127.0.0.1:9100\"",
+                    listen.get_ref()
+                ),
+            );
+        }
+        parsed.ok()
+    });
     let control = ControlSettings {
         socket: raw.control.socket.map_or_else(
             || PathBuf::from(defaults::SOCKET),
@@ -139,6 +154,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         Some(datapath) => Ok(Config {
             datapath,
             control,
+            metrics,
             pools,
             listeners,
         }),
@@ -174,7 +190,16 @@ fn check_pools(
                 backends.push(parsed);
             }
         }
-        pools.insert(name.get_ref().clone(), Pool { backends });
+        let extras = super::pool::check_extras(c, pool, &field);
+        pools.insert(
+            name.get_ref().clone(),
+            Pool {
+                backends,
+                health_check: extras.health_check,
+                slow_start: extras.slow_start,
+                deregistration_delay: extras.deregistration_delay,
+            },
+        );
     }
     pools
 }
@@ -383,6 +408,13 @@ fn check_datapath(
         MAX_LISTENERS_RANGE,
         defaults::MAX_LISTENERS,
     );
+    let conn_inserts_per_sec = optional_int(
+        c,
+        &raw.conn_inserts_per_sec,
+        "datapath.conn_inserts_per_sec",
+        (0, 100_000_000),
+        0,
+    );
     let mtu = match &raw.mtu {
         Some(mtu) => c.int(mtu, "datapath.mtu", MTU_RANGE).map(Some),
         None => Some(None),
@@ -444,6 +476,7 @@ fn check_datapath(
         encap_source_v4,
         encap_source_v6,
         mtu: mtu?,
+        conn_inserts_per_sec: conn_inserts_per_sec?,
         next_hop_mac,
         pin_dir: raw.pin_dir.as_ref().map_or_else(
             || PathBuf::from(defaults::PIN_DIR),

@@ -42,7 +42,17 @@ pub enum Request {
         port: Option<u16>,
         weight: u32,
     },
+    /// Stop sending new flows to a backend at once; keep its established flows for at most
+    /// `timeout_ms`; then remove it from its pool.
+    DrainBackend {
+        pool: String,
+        address: IpAddr,
+        port: Option<u16>,
+        timeout_ms: u64,
+    },
     Stats,
+    /// A one-screen summary.
+    Status,
     /// Re-read the configuration file and apply what changed.
     Reload,
     Simulate {
@@ -70,6 +80,25 @@ pub enum Body {
     Changed(ChangeView),
     Stats(StatsView),
     Simulation(SimulationView),
+    Status(StatusView),
+}
+
+/// `lb status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub version: String,
+    pub uptime_secs: u64,
+    pub config: Option<String>,
+    pub interfaces: Vec<String>,
+    pub listeners: usize,
+    /// Backends per state (healthy, unhealthy, draining, disabled).
+    pub backends: Vec<(String, usize)>,
+    /// Forwarded, passed and dropped packets, connection-table hits, misses and skipped
+    /// inserts.
+    pub packets: Vec<(String, u64)>,
+    /// Control operations so far: ok, refused, failed.
+    pub operations: Vec<(String, u64)>,
+    pub metrics: Option<String>,
 }
 
 /// A listener as `lb listener list` shows it.
@@ -93,8 +122,12 @@ pub struct BackendView {
     pub address: IpAddr,
     pub port: Option<u16>,
     pub weight: u32,
-    /// `serving`, or `draining` (weight 0: established flows only).
+    /// `healthy`, `unhealthy` (failing its health check), `draining` (until a drain ends)
+    /// or `disabled` (weight 0).
     pub state: String,
+    /// Why the state last changed, and when (seconds since the Unix epoch).
+    pub reason: Option<String>,
+    pub since: Option<u64>,
     /// Slots of the pool's Maglev table this backend holds (the same for every listener of
     /// the pool), out of `ring_size`.
     pub table_slots: u32,

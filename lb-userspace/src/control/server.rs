@@ -67,8 +67,9 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     Ok(listener)
 }
 
-/// Accepts connections until the task is dropped, passing each request to `calls`.
-pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
+/// Accepts connections until the task is dropped, passing each request to `calls` (as
+/// whatever event type the receiver takes calls in).
+pub async fn serve<E: From<Call> + Send + 'static>(listener: UnixListener, calls: mpsc::Sender<E>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -84,7 +85,7 @@ pub async fn serve(listener: UnixListener, calls: mpsc::Sender<Call>) {
     }
 }
 
-async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Result<()> {
+async fn answer<E: From<Call>>(stream: UnixStream, calls: mpsc::Sender<E>) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
@@ -92,7 +93,7 @@ async fn answer(stream: UnixStream, calls: mpsc::Sender<Call>) -> std::io::Resul
     let response = match serde_json::from_str::<Request>(&line) {
         Ok(request) => {
             let (reply, answer) = oneshot::channel();
-            if calls.send((request, reply)).await.is_err() {
+            if calls.send(E::from((request, reply))).await.is_err() {
                 Response::Error("the daemon is shutting down".to_owned())
             } else {
                 answer

@@ -13,21 +13,24 @@
 //! which alone owns the configuration and the reconciler.
 
 pub mod controller;
+pub mod probes;
+pub mod runtime;
 
 use std::{
     path::{Path, PathBuf},
     thread,
+    time::{Duration, Instant},
 };
 
 use aya_log::EbpfLogger;
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
+    sync::{mpsc, oneshot},
 };
 use tracing::{info, warn};
 
-use self::controller::Controller;
+use self::{controller::Controller, probes::Probes, runtime::BackendKey};
 use crate::{
     config::Config,
     control::{
@@ -35,7 +38,9 @@ use crate::{
         server::{self, Call, ServerError},
     },
     datapath::{Datapath, DatapathError},
+    health::state::Outcome,
     loader::{Attached, Balancer, BalancerSpec, LoadError, interface_index},
+    metrics::{self, MetricsInput},
     reconcile::{ReconcileError, Reconciler},
 };
 
@@ -93,39 +98,97 @@ async fn serve(config: Config, path: PathBuf) -> Result<(), DaemonError> {
         datapath.add_tx_port(*index)?;
     }
     let listeners = config.passthrough_listeners();
-    let mut reconciler = Reconciler::adopt(datapath, config.datapath_config(mtu), &listeners)?;
-    reconciler.apply(&listeners)?;
-    info!(
-        listeners = config.listeners.len(),
-        mtu = config.datapath.mtu.unwrap_or(mtu),
-        "configuration applied"
-    );
+    let reconciler = Reconciler::adopt(datapath, config.datapath_config(mtu), &listeners)?;
+    let (events, receiver) = mpsc::channel::<Event>(256);
+    let probes = Probes::new(tokio::runtime::Handle::current(), events.clone());
+    let socket = config.control.socket.clone();
+    let metrics_address = config.metrics;
+    let controller =
+        Controller::new(config, Some(path), reconciler, Instant::now())?.with_probes(probes);
+    info!(mtu, "configuration applied");
     let logs = ebpf_logs(&mut balancer);
+    let controller = spawn_controller(controller, receiver)?;
 
-    let listener = server::bind(&config.control.socket)?;
-    let (calls, requests) = mpsc::channel::<Call>(64);
-    let controller = spawn_controller(Controller::new(config, Some(path), reconciler), requests)?;
-    let control = tokio::spawn(server::serve(listener, calls.clone()));
+    let mut tasks = vec![tokio::spawn(tick(events.clone()))];
+    if let Some(address) = metrics_address {
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|source| DaemonError::Io {
+                what: format!("listening for metrics on {address}"),
+                source,
+            })?;
+        tasks.push(tokio::spawn(metrics::serve(
+            listener,
+            snapshot(events.clone()),
+        )));
+        info!(%address, "metrics at /metrics");
+    }
+    let listener = server::bind(&socket)?;
+    tasks.push(tokio::spawn(server::serve(listener, events.clone())));
+    tasks.extend(logs);
     info!("ready");
 
-    let stop = wait_for_stop(&calls).await;
+    let stop = wait_for_stop(&events).await;
     info!(
         signal = stop,
         "stopping; the balancer keeps forwarding with the pinned maps"
     );
-    drop(calls);
-    control.abort();
-    if let Some(logs) = logs {
-        logs.abort();
+    for task in &tasks {
+        task.abort();
     }
-    // The controller thread ends once every sender of the channel is gone.
-    drop(control.await);
+    drop(events.send(Event::Stop).await);
     if controller.join().is_err() {
         warn!("the controller thread panicked");
     }
     drop(balancer);
     info!("stopped");
     Ok(())
+}
+
+/// What the controller thread handles, one at a time.
+#[derive(Debug)]
+pub enum Event {
+    /// A control request and where to answer.
+    Call(Call),
+    /// A health check's outcome.
+    Health(BackendKey, Outcome),
+    /// Time passed: end drains, step slow starts.
+    Tick,
+    /// A metrics scrape.
+    Metrics(oneshot::Sender<Option<MetricsInput>>),
+    /// The daemon is stopping.
+    Stop,
+}
+
+impl From<Call> for Event {
+    fn from(call: Call) -> Self {
+        Self::Call(call)
+    }
+}
+
+/// How often the controller looks at drains and slow starts.
+const TICK: Duration = Duration::from_millis(100);
+
+async fn tick(events: mpsc::Sender<Event>) {
+    let mut ticks = tokio::time::interval(TICK);
+    loop {
+        ticks.tick().await;
+        if events.send(Event::Tick).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Asks the controller for a metrics snapshot on each scrape.
+fn snapshot(events: mpsc::Sender<Event>) -> impl metrics::Snapshot {
+    move || -> metrics::SnapshotFuture {
+        let events = events.clone();
+        Box::pin(async move {
+            let (reply, answer) = oneshot::channel();
+            events.send(Event::Metrics(reply)).await.ok()?;
+            answer.await.ok()?
+        })
+    }
 }
 
 /// `lb uninstall`: removes what a stopped daemon left running: the pinned links (which
@@ -159,14 +222,23 @@ pub fn links_dir(pin_dir: &Path) -> PathBuf {
 /// on the async runtime.
 fn spawn_controller<D: Datapath + Send + 'static>(
     mut controller: Controller<D>,
-    mut requests: mpsc::Receiver<Call>,
+    mut events: mpsc::Receiver<Event>,
 ) -> Result<thread::JoinHandle<()>, DaemonError> {
     thread::Builder::new()
         .name("lb-controller".to_owned())
         .spawn(move || {
-            while let Some((request, reply)) = requests.blocking_recv() {
-                // The caller may have gone away; the change (if any) stands either way.
-                drop(reply.send(controller.handle(request)));
+            while let Some(event) = events.blocking_recv() {
+                let now = Instant::now();
+                // A caller may have gone away; what it asked for stands either way.
+                match event {
+                    Event::Call((request, reply)) => {
+                        drop(reply.send(controller.handle(request, now)))
+                    }
+                    Event::Health(key, outcome) => controller.on_health(&key, &outcome, now),
+                    Event::Tick => controller.on_tick(now),
+                    Event::Metrics(reply) => drop(reply.send(controller.metrics_input(now))),
+                    Event::Stop => break,
+                }
             }
         })
         .map_err(|source| DaemonError::Io {
@@ -176,7 +248,7 @@ fn spawn_controller<D: Datapath + Send + 'static>(
 }
 
 /// Waits for SIGTERM or SIGINT (returns its name), reloading the configuration on SIGHUP.
-async fn wait_for_stop(calls: &mpsc::Sender<Call>) -> &'static str {
+async fn wait_for_stop(calls: &mpsc::Sender<Event>) -> &'static str {
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
@@ -196,9 +268,13 @@ async fn wait_for_stop(calls: &mpsc::Sender<Call>) -> &'static str {
 
 /// Asks the controller to re-read the configuration file, and logs the outcome (the
 /// controller logs the details).
-async fn reload(calls: &mpsc::Sender<Call>) {
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    if calls.send((Request::Reload, reply)).await.is_err() {
+async fn reload(calls: &mpsc::Sender<Event>) {
+    let (reply, answer) = oneshot::channel();
+    if calls
+        .send(Event::Call((Request::Reload, reply)))
+        .await
+        .is_err()
+    {
         return;
     }
     match answer.await {

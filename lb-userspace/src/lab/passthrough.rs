@@ -166,19 +166,42 @@ impl PassthroughLab {
         })
     }
 
-    /// Starts a TLS server on the VIP (IPv4 and IPv6) at `port` in every backend, each with its
-    /// own certificate for [`VIP_NAME`] and `<backend name>.lb.test`.
+    /// Starts a TLS server at `port` on the VIP (IPv4 and IPv6) and on its own IPv4 address
+    /// (for health checks) in every backend, each with its own certificate for [`VIP_NAME`],
+    /// `<backend name>.lb.test` and its address.
     pub fn start_tls(&mut self, port: u16) -> Result<(), LabError> {
-        for backend in &mut self.backends {
-            let own_name = format!("{}.lb.test", backend.name);
-            let issued = self.pki.issue(&[VIP_NAME, &own_name])?;
-            for vip in [IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)] {
-                let bind = SocketAddr::new(vip, port);
-                let server = TlsServer::start(Some(&backend.ns), bind, &backend.name, &issued)?;
-                backend.servers.push(server);
-            }
+        for i in 0..self.backends.len() {
+            self.start_backend(i, port)?;
         }
         Ok(())
+    }
+
+    /// Starts backend `i`'s TLS servers (see [`PassthroughLab::start_tls`]).
+    pub fn start_backend(&mut self, i: usize, port: u16) -> Result<(), LabError> {
+        let Some(backend) = self.backends.get_mut(i) else {
+            return Err(LabError::Daemon(format!("the lab has no backend {i}")));
+        };
+        let own_name = format!("{}.lb.test", backend.name);
+        let own_address = backend.v4.to_string();
+        let issued = self.pki.issue(&[VIP_NAME, &own_name, &own_address])?;
+        for address in [
+            IpAddr::V4(VIP_V4),
+            IpAddr::V6(VIP_V6),
+            IpAddr::V4(backend.v4),
+        ] {
+            let bind = SocketAddr::new(address, port);
+            let server = TlsServer::start(Some(&backend.ns), bind, &backend.name, &issued)?;
+            backend.servers.push(server);
+        }
+        Ok(())
+    }
+
+    /// Stops backend `i`'s servers, as if its process died: health checks are refused and its
+    /// connections end.
+    pub fn stop_backend(&mut self, i: usize) {
+        if let Some(backend) = self.backends.get_mut(i) {
+            backend.servers.clear();
+        }
     }
 
     /// The backend whose certificate names `name` (`<backend>.lb.test`).

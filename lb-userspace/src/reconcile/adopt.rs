@@ -116,6 +116,7 @@ impl<D: Datapath> Reconciler<D> {
                         id,
                         generation: backend.generation,
                         weight: 0,
+                        serving: true,
                     },
                 );
             }
@@ -132,7 +133,7 @@ impl<D: Datapath> Reconciler<D> {
                 // which comes out the same if the configuration is the same.
                 targets: applied
                     .keys()
-                    .map(|&address| Target { address, weight: 0 })
+                    .map(|&address| Target::new(address, 0))
                     .collect(),
             },
             vip_id,

@@ -67,6 +67,8 @@ pub struct AppliedBackend {
     pub id: u32,
     pub generation: u32,
     pub weight: u32,
+    /// Whether its map entry says it serves (its established flows stay on it).
+    pub serving: bool,
 }
 
 /// A listener as applied.
@@ -334,22 +336,43 @@ impl<D: Datapath> Reconciler<D> {
             }
         };
         let mut backends = BTreeMap::new();
+        // Backends that stop serving are marked only after the flip: until then the live
+        // table may still name them.
+        let mut stopping = Vec::new();
         for target in &listener.targets {
+            let flags = if target.serving { BACKEND_F_SERVING } else { 0 };
             let applied = match previous.and_then(|p| p.backends.get(&target.address)) {
-                Some(existing) => AppliedBackend {
-                    weight: target.weight,
-                    ..*existing
-                },
+                Some(existing) => {
+                    if target.serving && !existing.serving {
+                        self.write_backend(
+                            existing.id,
+                            target.address,
+                            existing.generation,
+                            flags,
+                            vip_id,
+                        )
+                        .map_err(failed.clone())?;
+                    }
+                    if !target.serving && existing.serving {
+                        stopping.push((target.address, *existing));
+                    }
+                    AppliedBackend {
+                        weight: target.weight,
+                        serving: target.serving || existing.serving,
+                        ..*existing
+                    }
+                }
                 None => {
                     let id = self.take(Pool::Backend, taken)?;
                     let generation = self.next_generation(id);
-                    self.write_backend(id, target.address, generation, BACKEND_F_SERVING, vip_id)
+                    self.write_backend(id, target.address, generation, flags, vip_id)
                         .map_err(failed.clone())?;
                     self.recycle_traffic(id).map_err(failed.clone())?;
                     AppliedBackend {
                         id,
                         generation,
                         weight: target.weight,
+                        serving: target.serving,
                     }
                 }
             };
@@ -381,6 +404,19 @@ impl<D: Datapath> Reconciler<D> {
         self.datapath.set_vip(&key, &value).map_err(failed)?;
         if previous.is_none() {
             self.marker(&key).listeners += 1;
+        }
+        for (address, backend) in stopping {
+            match self.write_backend(backend.id, address, backend.generation, 0, vip_id) {
+                Ok(()) => {
+                    if let Some(applied) = backends.get_mut(&address) {
+                        applied.serving = false;
+                    }
+                }
+                Err(error) => warn!(
+                    listener = %listener.name, backend = %address, %error,
+                    "could not mark a backend as not serving; will retry"
+                ),
+            }
         }
         Ok(AppliedListener {
             listener: listener.clone(),

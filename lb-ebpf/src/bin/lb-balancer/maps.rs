@@ -11,8 +11,8 @@ use aya_ebpf::{
 };
 use lb_common::{
     abi::{
-        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, NextHop, TrafficCounters,
-        VIP_CACHE_SIZE, VipCacheEntry, VipKeyV4, VipKeyV6, VipValue,
+        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, InsertWindow, NextHop,
+        TrafficCounters, VIP_CACHE_SIZE, VipCacheEntry, VipKeyV4, VipKeyV6, VipValue,
     },
     counters::Counter,
     maps::{DEFAULT_CONNS, DEFAULT_RING_SIZE, DEFAULT_RINGS, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS},
@@ -64,6 +64,10 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 #[map(name = "lb_be_stats_v1")]
 pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
     PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// This CPU's connection-table inserts in the current second (see `select::may_remember`).
+#[map(name = "lb_ins_win_v1")]
+pub static INSERT_WINDOWS: PerCpuArray<InsertWindow> = PerCpuArray::with_max_entries(1, 0);
 
 /// Each backend's next hop, as the FIB last gave it (per CPU).
 #[map(name = "lb_next_hops_v1")]

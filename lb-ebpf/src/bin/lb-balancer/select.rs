@@ -12,7 +12,9 @@
 //! if an old connection with the same 5-tuple is still remembered. A flow whose backend was
 //! removed is placed afresh the same way (counted as `conn_stale`).
 
-use aya_ebpf::{bindings::BPF_ANY, programs::XdpContext};
+use aya_ebpf::{
+    bindings::BPF_ANY, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext,
+};
 use aya_log_ebpf::error;
 use lb_common::{
     abi::{
@@ -26,7 +28,7 @@ use lb_ebpf::{Exit, parse::Packet};
 
 use crate::{
     Result,
-    maps::{BACKENDS, CONNS_V4, CONNS_V6, RINGS, VIP_CACHE, VIPS_V4, VIPS_V6},
+    maps::{BACKENDS, CONNS_V4, CONNS_V6, INSERT_WINDOWS, RINGS, VIP_CACHE, VIPS_V4, VIPS_V6},
     stats::count,
 };
 
@@ -125,6 +127,10 @@ pub fn select_backend(
         backend_id: selected.backend_id,
         generation: selected.backend.generation,
     };
+    if !may_remember(config) {
+        count(Counter::ConnInsertSkipped);
+        return Ok(selected);
+    }
     let inserted = if packet.flow.family == FAMILY_V4 {
         CONNS_V4.insert(packet.flow.conn_v4(vip_id), conn, u64::from(BPF_ANY))
     } else {
@@ -134,6 +140,30 @@ pub fn select_backend(
         count(Counter::ConnInsertFailed);
     }
     Ok(selected)
+}
+
+/// Connection-table protection: whether this CPU may insert one more entry this second.
+/// Past `conn_inserts_per_sec` (a SYN flood) new flows are not remembered, so they cannot
+/// evict the established flows the table exists for.
+#[inline(always)]
+fn may_remember(config: &DatapathConfig) -> bool {
+    let limit = u64::from(config.conn_inserts_per_sec);
+    if limit == 0 {
+        return true;
+    }
+    let Some(window) = INSERT_WINDOWS.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: this CPU's slot of a per-CPU array; XDP programs do not preempt each other.
+    let window = unsafe { &mut *window };
+    if now.wrapping_sub(window.start_ns) >= 1_000_000_000 {
+        window.start_ns = now;
+        window.inserts = 0;
+    }
+    window.inserts += 1;
+    window.inserts <= limit
 }
 
 /// The connection table's backend for `flow` to VIP `vip_id`, if it still serves.

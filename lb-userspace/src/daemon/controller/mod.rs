@@ -1,0 +1,461 @@
+//! The daemon's controller: the one owner of the configuration, the backends' run-time state
+//! (health, drains, slow start) and the reconciler. It handles, one at a time:
+//!
+//! - the control API's requests: views (`views`), simulations, and changes, each validated as
+//!   a new configuration and reconciled (a refused change writes nothing; a failed one is
+//!   rolled back);
+//! - health-check outcomes, which take backends out of the tables and bring them back;
+//! - ticks, which end drains and step slow starts.
+//!
+//! Time is passed in, so tests drive it with a clock of their own.
+
+mod views;
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use lb_common::abi::DatapathConfig;
+use tracing::{error, info, warn};
+
+use super::{
+    probes::Probes,
+    runtime::{BackendKey, Runtime},
+};
+use crate::{
+    config::{BackendConfig, Config, PoolEdit, describe},
+    control::{Body, ChangeView, Request, Response},
+    datapath::Datapath,
+    health::state::{Health, Outcome},
+    reconcile::Reconciler,
+};
+
+/// Why a request did not change anything.
+#[derive(Debug)]
+enum Refusal {
+    /// The request was invalid: nothing was written.
+    Refused(String),
+    /// Writing the maps failed: the previous tables were restored.
+    Failed(String),
+}
+
+impl Refusal {
+    fn message(self) -> String {
+        match self {
+            Self::Refused(m) | Self::Failed(m) => m,
+        }
+    }
+
+    const fn result(&self) -> &'static str {
+        match self {
+            Self::Refused(_) => "refused",
+            Self::Failed(_) => "failed",
+        }
+    }
+}
+
+/// The configuration in force and the maps that implement it.
+#[derive(Debug)]
+pub struct Controller<D> {
+    config: Config,
+    /// The file the configuration came from, re-read by a reload.
+    path: Option<PathBuf>,
+    reconciler: Reconciler<D>,
+    runtime: Runtime,
+    probes: Option<Probes>,
+    /// Control operations by (operation, result).
+    operations: BTreeMap<(String, &'static str), u64>,
+    started: Instant,
+}
+
+impl<D: Datapath> Controller<D> {
+    /// Takes a reconciler (new or adopting) and applies `config` (read from `path`, if from a
+    /// file) to it.
+    pub fn new(
+        config: Config,
+        path: Option<PathBuf>,
+        reconciler: Reconciler<D>,
+        now: Instant,
+    ) -> Result<Self, crate::reconcile::ReconcileError> {
+        let mut runtime = Runtime::default();
+        runtime.sync(&config, now, false);
+        let mut controller = Self {
+            config,
+            path,
+            reconciler,
+            runtime,
+            probes: None,
+            operations: BTreeMap::new(),
+            started: now,
+        };
+        let desired = controller.runtime.listeners(&controller.config, now);
+        controller.reconciler.apply(&desired)?;
+        Ok(controller)
+    }
+
+    /// Runs the health checks of the configuration with `probes` (and of every later one).
+    pub fn with_probes(mut self, mut probes: Probes) -> Self {
+        probes.sync(&self.config);
+        self.probes = Some(probes);
+        self
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn reconciler(&self) -> &Reconciler<D> {
+        &self.reconciler
+    }
+
+    /// Answers one request.
+    pub fn handle(&mut self, request: Request, now: Instant) -> Response {
+        let operation = operation_name(&request);
+        let result = match request {
+            Request::ListListeners => Ok(Body::Listeners(self.listener_views())),
+            Request::ListBackends { pool } => self
+                .backend_views(pool.as_deref())
+                .map(Body::Backends)
+                .map_err(Refusal::Refused),
+            Request::AddBackend {
+                pool,
+                address,
+                port,
+                weight,
+            } => {
+                let summary = format!(
+                    "added {} to pool {pool:?} with weight {weight}",
+                    describe(address, port)
+                );
+                let backend = BackendConfig {
+                    address,
+                    port,
+                    weight,
+                };
+                self.edit(&pool, &PoolEdit::Add(backend), summary, now)
+            }
+            Request::RemoveBackend {
+                pool,
+                address,
+                port,
+            } => self.remove(&pool, address, port, now),
+            Request::SetWeight {
+                pool,
+                address,
+                port,
+                weight,
+            } => {
+                let summary = format!(
+                    "set the weight of {} in pool {pool:?} to {weight}",
+                    describe(address, port)
+                );
+                let edit = PoolEdit::SetWeight {
+                    address,
+                    port,
+                    weight,
+                };
+                let changed = self.edit(&pool, &edit, summary, now);
+                if changed.is_ok() {
+                    let key = BackendKey {
+                        pool,
+                        address,
+                        port,
+                    };
+                    self.runtime.note_weight(&key, weight);
+                }
+                changed
+            }
+            Request::DrainBackend {
+                pool,
+                address,
+                port,
+                timeout_ms,
+            } => {
+                let key = BackendKey {
+                    pool,
+                    address,
+                    port,
+                };
+                self.drain(
+                    &key,
+                    Duration::from_millis(timeout_ms),
+                    "lb backend drain",
+                    now,
+                )
+            }
+            Request::Stats => self.stats_view().map(Body::Stats).map_err(Refusal::Failed),
+            Request::Status => Ok(Body::Status(self.status_view(now))),
+            Request::Reload => self.reload(now),
+            Request::Simulate {
+                protocol,
+                client,
+                vip,
+            } => self
+                .simulate(protocol, client, vip)
+                .map(Body::Simulation)
+                .map_err(Refusal::Refused),
+        };
+        if let Some(operation) = operation {
+            let outcome = result.as_ref().map_or_else(Refusal::result, |_| "ok");
+            *self
+                .operations
+                .entry((operation.to_owned(), outcome))
+                .or_default() += 1;
+        }
+        match result {
+            Ok(body) => Response::Ok(body),
+            Err(refusal) => Response::Error(refusal.message()),
+        }
+    }
+
+    /// Counts a health check's outcome; reconciles if the backend's health changed.
+    pub fn on_health(&mut self, key: &BackendKey, outcome: &Outcome, now: Instant) {
+        let Some(pool) = self.config.pools.get(&key.pool) else {
+            return;
+        };
+        let Some(transition) = self.runtime.observe(key, outcome, now, pool) else {
+            return;
+        };
+        match transition.health {
+            Health::Healthy => info!(backend = %key, reason = %transition.reason, "healthy"),
+            Health::Unhealthy { reachable } => warn!(
+                backend = %key, reason = %transition.reason,
+                established_flows = if reachable { "stay" } else { "placed afresh" },
+                "unhealthy"
+            ),
+        }
+        if let Err(error) = self.reconcile(now) {
+            error!(%error, "applying a health change failed");
+        }
+    }
+
+    /// Ends the drains that are due (removing their backends) and steps slow starts.
+    pub fn on_tick(&mut self, now: Instant) {
+        for key in self.runtime.drains_ended(now) {
+            let edit = PoolEdit::Remove {
+                address: key.address,
+                port: key.port,
+            };
+            let summary = format!("the drain of {key} ended: removed");
+            match self.config.edit_pool(&key.pool, &edit) {
+                Ok(next) => {
+                    if let Err(refusal) = self.replace(next, summary, now) {
+                        error!(error = %refusal.message(), "removing a drained backend failed");
+                    }
+                }
+                Err(error) => error!(%error, "removing a drained backend was refused"),
+            }
+        }
+        if let Err(error) = self.reconcile(now) {
+            error!(%error, "applying a slow-start step failed");
+        }
+    }
+
+    /// Writes the tables the configuration and the run-time state call for now (nothing if
+    /// they are what the maps hold).
+    fn reconcile(&mut self, now: Instant) -> Result<(), crate::reconcile::ReconcileError> {
+        let desired = self.runtime.listeners(&self.config, now);
+        self.reconciler.apply(&desired)
+    }
+
+    /// Applies `edit` to `pool`: a new configuration if valid, reconciled into the maps.
+    fn edit(
+        &mut self,
+        pool: &str,
+        edit: &PoolEdit,
+        summary: String,
+        now: Instant,
+    ) -> Result<Body, Refusal> {
+        let next = self
+            .config
+            .edit_pool(pool, edit)
+            .map_err(|e| Refusal::Refused(e.to_string()))?;
+        self.replace(next, summary, now)
+    }
+
+    /// Removes a backend: at once, or after its pool's deregistration delay (a drain).
+    fn remove(
+        &mut self,
+        pool: &str,
+        address: std::net::IpAddr,
+        port: Option<u16>,
+        now: Instant,
+    ) -> Result<Body, Refusal> {
+        let delay = self
+            .config
+            .pools
+            .get(pool)
+            .map_or(Duration::ZERO, |p| p.deregistration_delay);
+        if delay.is_zero() {
+            let summary = format!("removed {} from pool {pool:?}", describe(address, port));
+            return self.edit(pool, &PoolEdit::Remove { address, port }, summary, now);
+        }
+        let key = BackendKey {
+            pool: pool.to_owned(),
+            address,
+            port,
+        };
+        self.drain(&key, delay, "removed (deregistration delay)", now)
+    }
+
+    /// Starts draining `key` for at most `timeout`; it is removed when the drain ends.
+    fn drain(
+        &mut self,
+        key: &BackendKey,
+        timeout: Duration,
+        why: &str,
+        now: Instant,
+    ) -> Result<Body, Refusal> {
+        // The same checks as a removal: the backend must be in the pool.
+        let removal = PoolEdit::Remove {
+            address: key.address,
+            port: key.port,
+        };
+        self.config
+            .edit_pool(&key.pool, &removal)
+            .map_err(|e| Refusal::Refused(e.to_string()))?;
+        if self.runtime.is_draining(key) {
+            return Err(Refusal::Refused(format!("{key} is already draining")));
+        }
+        let started = Instant::now();
+        self.runtime.drain(key, now + timeout, why.to_owned());
+        if let Err(failure) = self.reconcile(now) {
+            return Err(Refusal::Failed(format!(
+                "the drain could not be applied: {failure}"
+            )));
+        }
+        Ok(Body::Changed(ChangeView {
+            summary: format!(
+                "draining {key}: no new flows; established ones end or are cut after {timeout:?}, \
+                 then it is removed"
+            ),
+            listeners: self.listeners_of(&key.pool),
+            applied_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        }))
+    }
+
+    /// Re-reads the configuration file; applies it if it is valid and changes nothing that
+    /// only a restart can change.
+    fn reload(&mut self, now: Instant) -> Result<Body, Refusal> {
+        let path = self.path.clone().ok_or_else(|| {
+            Refusal::Refused("this daemon was not started from a file".to_owned())
+        })?;
+        let next = Config::from_file(&path).map_err(|e| {
+            Refusal::Refused(format!(
+                "{} was not reloaded; nothing changed:\n{e}",
+                path.display()
+            ))
+        })?;
+        if let Some(field) = fixed_setting_changed(&self.config, &next) {
+            return Err(Refusal::Refused(format!(
+                "{} was not reloaded: {field} cannot change while the daemon runs; restart it \
+                 (restarts are hitless)",
+                path.display()
+            )));
+        }
+        let mtu = self
+            .config
+            .datapath
+            .mtu
+            .unwrap_or(self.reconciler.config().mtu);
+        let datapath_config = DatapathConfig {
+            vip_epoch: 0,
+            ..next.datapath_config(mtu)
+        };
+        let current = DatapathConfig {
+            vip_epoch: 0,
+            ..*self.reconciler.config()
+        };
+        if datapath_config != current {
+            self.reconciler
+                .set_config(datapath_config)
+                .map_err(|e| Refusal::Failed(format!("the reload could not be applied: {e}")))?;
+        }
+        self.replace(next, format!("reloaded {}", path.display()), now)
+    }
+
+    /// Makes `next` the configuration in force: reconciles the maps to it, or restores the
+    /// previous tables if that fails.
+    fn replace(&mut self, next: Config, summary: String, now: Instant) -> Result<Body, Refusal> {
+        let started = Instant::now();
+        let mut runtime = self.runtime.clone();
+        runtime.sync(&next, now, true);
+        if let Err(failure) = self.reconciler.apply(&runtime.listeners(&next, now)) {
+            error!(%failure, "applying a change failed; restoring the previous tables");
+            if let Err(rollback) = self.reconcile(now) {
+                error!(%rollback, "restoring the previous tables failed too");
+            }
+            return Err(Refusal::Failed(format!(
+                "the change could not be applied: {failure}"
+            )));
+        }
+        let applied_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let listeners = next
+            .listeners
+            .iter()
+            .filter(|(name, l)| {
+                self.config.listeners.get(*name) != Some(*l)
+                    || self.config.pools.get(&l.pool) != next.pools.get(&l.pool)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        self.config = next;
+        self.runtime = runtime;
+        if let Some(probes) = &mut self.probes {
+            probes.sync(&self.config);
+        }
+        info!(%summary, applied_us, "change applied");
+        Ok(Body::Changed(ChangeView {
+            summary,
+            listeners,
+            applied_us,
+        }))
+    }
+
+    /// The listeners that forward to `pool`.
+    fn listeners_of(&self, pool: &str) -> Vec<String> {
+        self.config
+            .listeners
+            .iter()
+            .filter(|(_, l)| l.pool == pool)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
+
+/// The operation a request counts as in the metrics, if it changes something.
+fn operation_name(request: &Request) -> Option<&'static str> {
+    Some(match request {
+        Request::AddBackend { .. } => "backend-add",
+        Request::RemoveBackend { .. } => "backend-remove",
+        Request::SetWeight { .. } => "backend-set-weight",
+        Request::DrainBackend { .. } => "backend-drain",
+        Request::Reload => "reload",
+        _ => return None,
+    })
+}
+
+/// The first setting that differs between `old` and `new` and that only a restart can change.
+fn fixed_setting_changed(old: &Config, new: &Config) -> Option<&'static str> {
+    let (a, b) = (&old.datapath, &new.datapath);
+    [
+        ("datapath.interfaces", a.interfaces != b.interfaces),
+        ("datapath.attach_mode", a.attach_mode != b.attach_mode),
+        ("datapath.ring_size", a.ring_size != b.ring_size),
+        ("datapath.hash_seed", a.hash_seed != b.hash_seed),
+        (
+            "datapath.conn_table_size",
+            a.conn_table_size != b.conn_table_size,
+        ),
+        ("datapath.max_listeners", a.max_listeners != b.max_listeners),
+        ("datapath.pin_dir", a.pin_dir != b.pin_dir),
+        ("control.socket", old.control.socket != new.control.socket),
+    ]
+    .into_iter()
+    .find_map(|(field, changed)| changed.then_some(field))
+}
+
+#[cfg(test)]
+mod tests;

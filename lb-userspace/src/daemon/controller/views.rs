@@ -1,0 +1,322 @@
+//! What the controller shows: listeners, backends (with their state), counters, the status
+//! summary, simulations, and the metrics snapshot.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Instant, UNIX_EPOCH},
+};
+
+use lb_common::counters::{Counter, CounterKind};
+
+use super::Controller;
+use crate::{
+    control::{
+        BackendView, CounterView, ListenerStatsView, ListenerView, SimulationView, StatsView,
+        StatusView,
+    },
+    daemon::runtime::{BackendKey, STATES},
+    datapath::Datapath,
+    metrics::{self, MetricsInput},
+    model,
+    state::Protocol,
+};
+
+impl<D: Datapath> Controller<D> {
+    pub(super) fn listener_views(&self) -> Vec<ListenerView> {
+        self.config
+            .listeners
+            .iter()
+            .map(|(name, l)| ListenerView {
+                name: name.clone(),
+                address: l.address,
+                port: l.port,
+                protocol: l.protocol,
+                mode: "passthrough".to_owned(),
+                pool: l.pool.clone(),
+                active_backends: self.config.pools[&l.pool]
+                    .backends
+                    .iter()
+                    .filter(|b| b.weight > 0)
+                    .count(),
+                ring_size: self.config.datapath.ring_size,
+            })
+            .collect()
+    }
+
+    pub(super) fn backend_views(&self, pool: Option<&str>) -> Result<Vec<BackendView>, String> {
+        if let Some(pool) = pool
+            && !self.config.pools.contains_key(pool)
+        {
+            return Err(format!(
+                "no pool is named {pool:?}; `lb listener list` shows the pools"
+            ));
+        }
+        let mut views = Vec::new();
+        for (name, p) in &self.config.pools {
+            if pool.is_some_and(|wanted| wanted != name) {
+                continue;
+            }
+            let listeners = self.listeners_of(name);
+            for backend in &p.backends {
+                let key = BackendKey::of(name, backend);
+                let (state, change) = self.runtime.state_of(&key, backend.weight);
+                views.push(BackendView {
+                    pool: name.clone(),
+                    address: backend.address,
+                    port: backend.port,
+                    weight: backend.weight,
+                    state: state.to_owned(),
+                    reason: change.map(|c| c.reason.clone()),
+                    since: change
+                        .and_then(|c| c.at.duration_since(UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs()),
+                    table_slots: listeners
+                        .first()
+                        .map_or(0, |l| self.table_slots(l, backend.address)),
+                    ring_size: self.config.datapath.ring_size,
+                    listeners: listeners.clone(),
+                });
+            }
+        }
+        Ok(views)
+    }
+
+    fn table_slots(&self, listener: &str, address: IpAddr) -> u32 {
+        let Some(applied) = self.reconciler.listeners().get(listener) else {
+            return 0;
+        };
+        let Some(id) = applied.backends.get(&address).map(|b| b.id) else {
+            return 0;
+        };
+        let slots = self
+            .reconciler
+            .live_table(listener)
+            .map_or(0, |table| table.iter().filter(|&&slot| slot == id).count());
+        u32::try_from(slots).unwrap_or(u32::MAX)
+    }
+
+    pub(super) fn stats_view(&self) -> Result<StatsView, String> {
+        let snapshot = self.reconciler.snapshot().map_err(|e| e.to_string())?;
+        let counters = Counter::ALL
+            .iter()
+            .map(|&c| CounterView {
+                name: c.label().to_owned(),
+                kind: match c.kind() {
+                    CounterKind::Forward => "forward",
+                    CounterKind::Pass => "pass",
+                    CounterKind::Drop => "drop",
+                    CounterKind::Event => "event",
+                }
+                .to_owned(),
+                value: snapshot.counter(c),
+            })
+            .collect();
+        let listeners = snapshot
+            .listeners
+            .iter()
+            .map(|(name, t)| ListenerStatsView {
+                name: name.clone(),
+                traffic: t.total.into(),
+                backends: t.backends.iter().map(|(a, b)| (*a, (*b).into())).collect(),
+            })
+            .collect();
+        Ok(StatsView {
+            counters,
+            listeners,
+        })
+    }
+
+    pub(super) fn status_view(&self, now: Instant) -> StatusView {
+        let mut backends: Vec<(String, usize)> =
+            STATES.iter().map(|s| ((*s).to_owned(), 0)).collect();
+        for view in self.backend_views(None).unwrap_or_default() {
+            if let Some(slot) = backends.iter_mut().find(|(s, _)| *s == view.state) {
+                slot.1 += 1;
+            }
+        }
+        let snapshot = self.reconciler.snapshot().ok();
+        let sum = |kind: CounterKind| {
+            Counter::ALL
+                .iter()
+                .filter(|c| c.kind() == kind)
+                .map(|&c| snapshot.as_ref().map_or(0, |s| s.counter(c)))
+                .sum::<u64>()
+        };
+        let one = |c: Counter| snapshot.as_ref().map_or(0, |s| s.counter(c));
+        let packets = vec![
+            ("forwarded".to_owned(), sum(CounterKind::Forward)),
+            ("passed to the kernel".to_owned(), sum(CounterKind::Pass)),
+            ("dropped".to_owned(), sum(CounterKind::Drop)),
+            ("connection-table hits".to_owned(), one(Counter::ConnHit)),
+            ("connection-table misses".to_owned(), one(Counter::ConnMiss)),
+            (
+                "inserts skipped (flood)".to_owned(),
+                one(Counter::ConnInsertSkipped),
+            ),
+        ];
+        let mut operations: Vec<(String, u64)> = ["ok", "refused", "failed"]
+            .iter()
+            .map(|r| ((*r).to_owned(), 0))
+            .collect();
+        for ((_, result), count) in &self.operations {
+            if let Some(slot) = operations.iter_mut().find(|(r, _)| r == result) {
+                slot.1 += count;
+            }
+        }
+        StatusView {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            uptime_secs: now.saturating_duration_since(self.started).as_secs(),
+            config: self.path.as_ref().map(|p| p.display().to_string()),
+            interfaces: self.config.datapath.interfaces.clone(),
+            listeners: self.config.listeners.len(),
+            backends,
+            packets,
+            operations,
+            metrics: self.config.metrics.map(|a| format!("http://{a}/metrics")),
+        }
+    }
+
+    /// Everything the metrics endpoint reports, as of `now`.
+    pub fn metrics_input(&self, now: Instant) -> Option<MetricsInput> {
+        let stats = self.stats_view().ok()?;
+        let counters = stats
+            .counters
+            .iter()
+            .map(|c| metrics::CounterSample {
+                name: c.name.clone(),
+                kind: c.kind.clone(),
+                value: c.value,
+            })
+            .collect();
+        let to_traffic = |t: &crate::control::Traffic| metrics::Traffic {
+            packets: t.packets,
+            bytes: t.bytes,
+            new_flows: t.new_flows,
+        };
+        let listeners = stats
+            .listeners
+            .iter()
+            .map(|l| metrics::ListenerTraffic {
+                listener: l.name.clone(),
+                total: to_traffic(&l.traffic),
+                backends: l
+                    .backends
+                    .iter()
+                    .map(|(address, t)| metrics::BackendTraffic {
+                        backend: address.to_string(),
+                        traffic: to_traffic(t),
+                    })
+                    .collect(),
+            })
+            .collect();
+        let mut backends = Vec::new();
+        for (name, pool) in &self.config.pools {
+            for backend in &pool.backends {
+                let key = BackendKey::of(name, backend);
+                let (state, _) = self.runtime.state_of(&key, backend.weight);
+                backends.push(metrics::BackendHealthSample {
+                    pool: name.clone(),
+                    backend: crate::config::describe(backend.address, backend.port),
+                    state: health_state(state),
+                    transitions: self
+                        .runtime
+                        .transitions(&key)
+                        .into_iter()
+                        .map(|(s, n)| (health_state(s), n))
+                        .collect(),
+                });
+            }
+        }
+        let operations = self
+            .operations
+            .iter()
+            .map(|((operation, result), count)| metrics::OperationSample {
+                operation: operation.clone(),
+                result: (*result).to_owned(),
+                count: *count,
+            })
+            .collect();
+        Some(MetricsInput {
+            counters,
+            listeners,
+            backends,
+            operations,
+            uptime_seconds: now.saturating_duration_since(self.started).as_secs_f64(),
+        })
+    }
+
+    pub(super) fn simulate(
+        &self,
+        protocol: Protocol,
+        client: SocketAddr,
+        vip: SocketAddr,
+    ) -> Result<SimulationView, String> {
+        let (name, _) = self
+            .config
+            .listeners
+            .iter()
+            .find(|(_, l)| l.address == vip.ip() && l.port == vip.port() && l.protocol == protocol)
+            .ok_or_else(|| {
+                format!(
+                    "no listener serves {vip}/{}; `lb listener list` shows them",
+                    protocol.name()
+                )
+            })?;
+        if client.is_ipv4() != vip.is_ipv4() {
+            return Err(format!(
+                "{client} and {vip} are of different address families"
+            ));
+        }
+        let applied = self
+            .reconciler
+            .listeners()
+            .get(name)
+            .ok_or_else(|| format!("listener {name:?} is not in the datapath"))?;
+        let address_of = |id: u32| {
+            applied
+                .backends
+                .iter()
+                .find(|(_, b)| b.id == id)
+                .map(|(address, b)| (*address, b.generation))
+        };
+        let flow = model::flow_key(client, vip, protocol);
+        let config = self.reconciler.config();
+        let slot = model::maglev_slot(&flow, config);
+        let table = self.reconciler.live_table(name).unwrap_or_default();
+        let picked = table
+            .get(slot as usize)
+            .and_then(|&id| address_of(id))
+            .map(|(address, _)| address)
+            .ok_or_else(|| format!("listener {name:?} has no backend"))?;
+        let conn = self
+            .reconciler
+            .datapath()
+            .lookup_conn(&flow, u16::try_from(applied.vip_id).unwrap_or(u16::MAX))
+            .map_err(|e| e.to_string())?;
+        let established = conn.and_then(|c| {
+            address_of(c.backend_id)
+                .filter(|(_, generation)| *generation == c.generation)
+                .map(|(address, _)| address)
+        });
+        Ok(SimulationView {
+            listener: name.clone(),
+            backend: established.unwrap_or(picked),
+            reason: if established.is_some() {
+                "connection table".to_owned()
+            } else {
+                format!("Maglev slot {slot}")
+            },
+            new_connection_backend: picked,
+            maglev_slot: slot,
+        })
+    }
+}
+
+fn health_state(state: &str) -> metrics::HealthState {
+    match state {
+        "unhealthy" => metrics::HealthState::Unhealthy,
+        "draining" => metrics::HealthState::Draining,
+        "disabled" => metrics::HealthState::Disabled,
+        _ => metrics::HealthState::Healthy,
+    }
+}

@@ -1,0 +1,522 @@
+//! What the controller knows of each backend besides the configuration: its health (from the
+//! probes), a drain in progress, and when it (re)joined, for slow start. From that and the
+//! configuration, [`Runtime::listeners`] computes what the reconciler writes:
+//!
+//! | backend | weight in the table | established flows |
+//! | --- | --- | --- |
+//! | healthy | its weight (ramping up during slow start) | stay |
+//! | unhealthy, unreachable (dead) | 0 | placed afresh |
+//! | unhealthy, reachable (failing its check) | 0 | stay |
+//! | draining | 0 | stay, until the drain ends and it is removed |
+//! | disabled (weight 0) | 0 | stay |
+//!
+//! When a pool's health check fails every backend that is neither draining nor disabled, the
+//! pool *fails open* (unless configured not to): all of them take flows as if healthy.
+//!
+//! Pure: callers pass the time, so tests control the clock.
+
+use std::{
+    collections::BTreeMap,
+    net::IpAddr,
+    time::{Duration, Instant, SystemTime},
+};
+
+use crate::{
+    config::{BackendConfig, Config, Pool, describe},
+    health::state::{BackendHealth, Health, Outcome, Transition},
+    state::{Listener, Target},
+};
+
+/// A backend of a pool.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendKey {
+    pub pool: String,
+    pub address: IpAddr,
+    pub port: Option<u16>,
+}
+
+impl BackendKey {
+    pub fn of(pool: &str, backend: &BackendConfig) -> Self {
+        Self {
+            pool: pool.to_owned(),
+            address: backend.address,
+            port: backend.port,
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} in pool {:?}",
+            describe(self.address, self.port),
+            self.pool
+        )
+    }
+}
+
+/// Maglev weights are scaled by this so that slow start can ramp a weight of 1 in steps.
+const WEIGHT_SCALE: u32 = 100;
+/// Slow start ramps in this many steps.
+const RAMP_STEPS: u32 = 10;
+
+/// The states `lb backend list` shows, and the metrics count transitions into.
+pub const STATES: [&str; 4] = ["healthy", "unhealthy", "draining", "disabled"];
+
+/// A change a backend went through, with why and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub state: &'static str,
+    pub reason: String,
+    pub at: SystemTime,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    health: Option<BackendHealth>,
+    /// When a drain ends (the backend is then removed).
+    drain_until: Option<Instant>,
+    /// When slow start began (joined, or became healthy again).
+    ramp_from: Option<Instant>,
+    last: Option<Change>,
+    /// Transitions into each of [`STATES`].
+    transitions: BTreeMap<&'static str, u64>,
+}
+
+/// Every backend's run-time state.
+#[derive(Clone, Debug, Default)]
+pub struct Runtime {
+    entries: BTreeMap<BackendKey, Entry>,
+}
+
+impl Runtime {
+    /// Matches the entries to `config`'s backends: new ones start healthy (ramping if their
+    /// pool has slow start and `ramp` is set: false at daemon start, so a restart does not
+    /// take traffic away), removed ones are forgotten.
+    pub fn sync(&mut self, config: &Config, now: Instant, ramp: bool) {
+        let mut keep = BTreeMap::new();
+        for (name, pool) in &config.pools {
+            for backend in &pool.backends {
+                let key = BackendKey::of(name, backend);
+                let entry = self.entries.remove(&key).unwrap_or_else(|| Entry {
+                    health: None,
+                    drain_until: None,
+                    ramp_from: (ramp && !pool.slow_start.is_zero()).then_some(now),
+                    last: None,
+                    transitions: BTreeMap::new(),
+                });
+                keep.insert(key, entry);
+            }
+        }
+        for (key, entry) in &mut keep {
+            let thresholds = config
+                .pools
+                .get(&key.pool)
+                .and_then(|p| p.health_check.as_ref())
+                .map(|hc| hc.thresholds);
+            entry.health = match (entry.health.take(), thresholds) {
+                (Some(health), Some(_)) => Some(health),
+                (None, Some(thresholds)) => Some(BackendHealth::new(thresholds)),
+                (_, None) => None,
+            };
+        }
+        self.entries = keep;
+    }
+
+    /// Counts a probe's outcome for `key`; returns the health transition it caused.
+    pub fn observe(
+        &mut self,
+        key: &BackendKey,
+        outcome: &Outcome,
+        now: Instant,
+        pool: &Pool,
+    ) -> Option<Transition> {
+        let entry = self.entries.get_mut(key)?;
+        let transition = entry.health.as_mut()?.observe(outcome, now)?;
+        let state = match transition.health {
+            Health::Healthy => {
+                if !pool.slow_start.is_zero() {
+                    entry.ramp_from = Some(now);
+                }
+                "healthy"
+            }
+            Health::Unhealthy { .. } => "unhealthy",
+        };
+        entry.record(state, transition.reason.clone());
+        Some(transition)
+    }
+
+    /// Starts draining `key` until `until`; then [`Runtime::drains_ended`] names it.
+    pub fn drain(&mut self, key: &BackendKey, until: Instant, reason: String) -> bool {
+        let Some(entry) = self.entries.get_mut(key) else {
+            return false;
+        };
+        entry.drain_until = Some(until);
+        entry.record("draining", reason);
+        true
+    }
+
+    /// Whether `key` is draining.
+    pub fn is_draining(&self, key: &BackendKey) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|e| e.drain_until.is_some())
+    }
+
+    /// Records that an operator set `key`'s weight to 0 (or back).
+    pub fn note_weight(&mut self, key: &BackendKey, weight: u32) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            let (state, reason) = if weight == 0 {
+                ("disabled", "weight set to 0")
+            } else {
+                ("healthy", "weight set above 0")
+            };
+            if entry.last.as_ref().is_none_or(|l| l.state != state) {
+                entry.record(state, reason.to_owned());
+            }
+        }
+    }
+
+    /// Backends whose drain has ended by `now`.
+    pub fn drains_ended(&self, now: Instant) -> Vec<BackendKey> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.drain_until.is_some_and(|until| until <= now))
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// The state `lb backend list` shows for `key` (of weight `weight`), and its last change.
+    pub fn state_of(&self, key: &BackendKey, weight: u32) -> (&'static str, Option<&Change>) {
+        let Some(entry) = self.entries.get(key) else {
+            return ("healthy", None);
+        };
+        let state = if entry.drain_until.is_some() {
+            "draining"
+        } else if weight == 0 {
+            "disabled"
+        } else if matches!(
+            entry.health.as_ref().map(BackendHealth::health),
+            Some(Health::Unhealthy { .. })
+        ) {
+            "unhealthy"
+        } else {
+            "healthy"
+        };
+        (state, entry.last.as_ref())
+    }
+
+    /// Transitions into each state, for `key`.
+    pub fn transitions(&self, key: &BackendKey) -> Vec<(&'static str, u64)> {
+        let entry = self.entries.get(key);
+        STATES
+            .iter()
+            .map(|&s| {
+                (
+                    s,
+                    entry
+                        .and_then(|e| e.transitions.get(s))
+                        .copied()
+                        .unwrap_or(0),
+                )
+            })
+            .collect()
+    }
+
+    /// The passthrough listeners as the reconciler should write them now.
+    pub fn listeners(&self, config: &Config, now: Instant) -> Vec<Listener> {
+        let mut listeners = config.passthrough_listeners();
+        for listener in &mut listeners {
+            let Some(pool_name) = config.listeners.get(&listener.name).map(|l| l.pool.clone())
+            else {
+                continue;
+            };
+            let Some(pool) = config.pools.get(&pool_name) else {
+                continue;
+            };
+            listener.targets = self.targets(&pool_name, pool, now);
+        }
+        listeners
+    }
+
+    /// The targets of one pool (see the module documentation).
+    fn targets(&self, name: &str, pool: &Pool, now: Instant) -> Vec<Target> {
+        let kinds: Vec<(&BackendConfig, Kind)> = pool
+            .backends
+            .iter()
+            .map(|b| (b, self.kind(&BackendKey::of(name, b), b.weight)))
+            .collect();
+        let candidates = kinds
+            .iter()
+            .filter(|(_, k)| !matches!(k, Kind::Parked))
+            .count();
+        let eligible = kinds.iter().filter(|(_, k)| matches!(k, Kind::Up)).count();
+        let fail_open = candidates > 0
+            && eligible == 0
+            && pool.health_check.as_ref().is_some_and(|hc| hc.fail_open);
+        kinds
+            .into_iter()
+            .map(|(backend, kind)| {
+                let key = BackendKey::of(name, backend);
+                let (weight, serving) = match kind {
+                    Kind::Parked => (0, true),
+                    Kind::Up => (
+                        self.ramped(&key, backend.weight, pool.slow_start, now),
+                        true,
+                    ),
+                    Kind::Down { .. } if fail_open => (backend.weight * WEIGHT_SCALE, true),
+                    Kind::Down { reachable } => (0, reachable),
+                };
+                Target {
+                    address: backend.address,
+                    weight,
+                    serving,
+                }
+            })
+            .collect()
+    }
+
+    fn kind(&self, key: &BackendKey, weight: u32) -> Kind {
+        let entry = self.entries.get(key);
+        if weight == 0 || entry.is_some_and(|e| e.drain_until.is_some()) {
+            return Kind::Parked;
+        }
+        match entry
+            .and_then(|e| e.health.as_ref())
+            .map(BackendHealth::health)
+        {
+            Some(Health::Unhealthy { reachable }) => Kind::Down {
+                reachable: *reachable,
+            },
+            _ => Kind::Up,
+        }
+    }
+
+    /// `weight`, scaled, and ramped if slow start is under way.
+    fn ramped(&self, key: &BackendKey, weight: u32, slow_start: Duration, now: Instant) -> u32 {
+        let full = weight * WEIGHT_SCALE;
+        let Some(from) = self.entries.get(key).and_then(|e| e.ramp_from) else {
+            return full;
+        };
+        let elapsed = now.saturating_duration_since(from);
+        if slow_start.is_zero() || elapsed >= slow_start {
+            return full;
+        }
+        // Steps 1..=RAMP_STEPS: a joining backend starts at a tenth of its weight.
+        let steps = u128::from(RAMP_STEPS);
+        let step = elapsed.as_millis() * steps / slow_start.as_millis().max(1);
+        let ramped = (u128::from(full) * (step + 1)).div_ceil(steps);
+        u32::try_from(ramped).unwrap_or(full).clamp(1, full)
+    }
+}
+
+impl Entry {
+    fn record(&mut self, state: &'static str, reason: String) {
+        *self.transitions.entry(state).or_default() += 1;
+        self.last = Some(Change {
+            state,
+            reason,
+            at: SystemTime::now(),
+        });
+    }
+}
+
+/// How a backend takes part in its pool's table.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// Healthy (or not checked) and active.
+    Up,
+    /// Failing its health check.
+    Down { reachable: bool },
+    /// Draining or disabled by the operator.
+    Parked,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[datapath]
+interfaces = ["eth0"]
+ring_size = 1009
+encap_source_v4 = "198.18.255.0/24"
+
+[pools.web]
+backends = [{ address = "198.18.1.1" }, { address = "198.18.1.2", weight = 3 }]
+slow_start = "10s"
+
+[pools.web.health_check]
+interval = "1s"
+timeout = "500ms"
+healthy_threshold = 2
+unhealthy_threshold = 2
+
+[listeners.https]
+address = "198.18.100.1"
+port = 443
+mode = "passthrough"
+pool = "web"
+"#;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, "test.toml").unwrap()
+    }
+
+    fn key(address: &str) -> BackendKey {
+        BackendKey {
+            pool: "web".to_owned(),
+            address: address.parse().unwrap(),
+            port: None,
+        }
+    }
+
+    /// (weight, serving) of each backend of the `https` listener.
+    fn targets(runtime: &Runtime, config: &Config, now: Instant) -> Vec<(u32, bool)> {
+        runtime.listeners(config, now)[0]
+            .targets
+            .iter()
+            .map(|t| (t.weight, t.serving))
+            .collect()
+    }
+
+    fn fail(
+        runtime: &mut Runtime,
+        config: &Config,
+        address: &str,
+        outcome: &Outcome,
+        now: Instant,
+    ) {
+        for _ in 0..2 {
+            runtime.observe(&key(address), outcome, now, &config.pools["web"]);
+        }
+    }
+
+    #[test]
+    fn a_dead_backend_leaves_the_table_and_its_flows_are_placed_afresh() {
+        let c = config(CONFIG);
+        let t0 = Instant::now();
+        let mut r = Runtime::default();
+        r.sync(&c, t0, false);
+        assert_eq!(targets(&r, &c, t0), [(100, true), (300, true)]);
+        let dead = Outcome::Unreachable("connection refused".to_owned());
+        r.observe(&key("198.18.1.1"), &dead, t0, &c.pools["web"]);
+        assert_eq!(
+            targets(&r, &c, t0),
+            [(100, true), (300, true)],
+            "below the threshold"
+        );
+        r.observe(&key("198.18.1.1"), &dead, t0, &c.pools["web"]);
+        assert_eq!(targets(&r, &c, t0), [(0, false), (300, true)]);
+        let (state, change) = r.state_of(&key("198.18.1.1"), 1);
+        assert_eq!(state, "unhealthy");
+        assert!(change.unwrap().reason.contains("connection refused"));
+    }
+
+    #[test]
+    fn a_failing_but_reachable_backend_keeps_its_flows() {
+        let c = config(CONFIG);
+        let t0 = Instant::now();
+        let mut r = Runtime::default();
+        r.sync(&c, t0, false);
+        fail(
+            &mut r,
+            &c,
+            "198.18.1.2",
+            &Outcome::Failing("status 503".to_owned()),
+            t0,
+        );
+        assert_eq!(targets(&r, &c, t0), [(100, true), (0, true)]);
+    }
+
+    #[test]
+    fn when_every_backend_fails_the_pool_fails_open_unless_told_not_to() {
+        let c = config(CONFIG);
+        let t0 = Instant::now();
+        let mut r = Runtime::default();
+        r.sync(&c, t0, false);
+        let dead = Outcome::Unreachable("refused".to_owned());
+        fail(&mut r, &c, "198.18.1.1", &dead, t0);
+        fail(&mut r, &c, "198.18.1.2", &dead, t0);
+        assert_eq!(targets(&r, &c, t0), [(100, true), (300, true)], "fail open");
+
+        let closed = config(&CONFIG.replace(
+            "unhealthy_threshold = 2",
+            "unhealthy_threshold = 2\nfail_open = false",
+        ));
+        let mut r = Runtime::default();
+        r.sync(&closed, t0, false);
+        fail(&mut r, &closed, "198.18.1.1", &dead, t0);
+        fail(&mut r, &closed, "198.18.1.2", &dead, t0);
+        assert_eq!(
+            targets(&r, &closed, t0),
+            [(0, false), (0, false)],
+            "fail closed"
+        );
+    }
+
+    #[test]
+    fn a_recovered_backend_ramps_up_over_the_slow_start() {
+        let c = config(CONFIG);
+        let t0 = Instant::now();
+        let mut r = Runtime::default();
+        r.sync(&c, t0, false);
+        fail(
+            &mut r,
+            &c,
+            "198.18.1.2",
+            &Outcome::Unreachable("refused".to_owned()),
+            t0,
+        );
+        let t1 = t0 + Duration::from_secs(5);
+        r.observe(&key("198.18.1.2"), &Outcome::Pass, t1, &c.pools["web"]);
+        assert_eq!(targets(&r, &c, t1)[1], (0, false), "one pass is not enough");
+        r.observe(&key("198.18.1.2"), &Outcome::Pass, t1, &c.pools["web"]);
+        assert_eq!(
+            targets(&r, &c, t1)[1],
+            (30, true),
+            "a tenth of 300 at first"
+        );
+        assert_eq!(
+            targets(&r, &c, t1 + Duration::from_millis(5_500))[1],
+            (180, true)
+        );
+        assert_eq!(
+            targets(&r, &c, t1 + Duration::from_secs(10))[1],
+            (300, true)
+        );
+    }
+
+    #[test]
+    fn a_drain_parks_the_backend_until_it_ends() {
+        let c = config(CONFIG);
+        let t0 = Instant::now();
+        let mut r = Runtime::default();
+        r.sync(&c, t0, false);
+        assert!(r.drain(
+            &key("198.18.1.1"),
+            t0 + Duration::from_secs(30),
+            "lb backend drain".to_owned()
+        ));
+        assert_eq!(targets(&r, &c, t0), [(0, true), (300, true)]);
+        assert_eq!(r.state_of(&key("198.18.1.1"), 1).0, "draining");
+        assert!(r.drains_ended(t0 + Duration::from_secs(29)).is_empty());
+        assert_eq!(
+            r.drains_ended(t0 + Duration::from_secs(30)),
+            [key("198.18.1.1")]
+        );
+    }
+
+    #[test]
+    fn new_backends_ramp_only_when_asked() {
+        let c = config(CONFIG);
+        let t0 = Instant::now();
+        let mut r = Runtime::default();
+        r.sync(&c, t0, true);
+        assert_eq!(targets(&r, &c, t0), [(10, true), (30, true)]);
+        let mut started = Runtime::default();
+        started.sync(&c, t0, false);
+        assert_eq!(targets(&started, &c, t0), [(100, true), (300, true)]);
+    }
+}
