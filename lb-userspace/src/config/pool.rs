@@ -103,13 +103,14 @@ fn check_health(
         }
         None => DEFAULT_TIMEOUT.min(interval),
     };
-    if timeout > interval {
+    let too_long = timeout > interval;
+    if too_long {
+        let at = hc.timeout.as_ref().map_or(raw.span(), |t| t.span());
         c.problem(
-            raw,
+            &Spanned::new(at, ()),
             &format!("{field}.timeout"),
             format!("{timeout:?} is longer than the interval {interval:?}"),
         );
-        return None;
     }
     let threshold =
         |c: &mut Checker<'_>, value: &Option<Spanned<i64>>, name: &str, default: u32| match value {
@@ -128,6 +129,9 @@ fn check_health(
         "unhealthy_threshold",
         DEFAULT_UNHEALTHY,
     );
+    if too_long {
+        return None;
+    }
     Some(HealthCheck {
         probe: probe?,
         port,

@@ -147,6 +147,11 @@ impl<D: Datapath> Reconciler<D> {
         &mut self.datapath
     }
 
+    /// Gives the datapath back (a restart in tests: another reconciler adopts it).
+    pub fn into_datapath(self) -> D {
+        self.datapath
+    }
+
     pub fn config(&self) -> &DatapathConfig {
         &self.config
     }

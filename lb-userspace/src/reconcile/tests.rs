@@ -342,3 +342,59 @@ fn listener_traffic_is_the_sum_of_its_backends_and_survives_id_reuse() {
     assert!(snapshot.listeners.is_empty());
     assert_eq!(snapshot.counter(Counter::TxLocal), 15);
 }
+
+#[test]
+fn an_adopting_reconciler_keeps_ids_generations_and_tables() {
+    let web = listener(
+        "web",
+        "198.18.100.1",
+        443,
+        &["198.18.1.1", "198.18.1.2", "198.18.1.3"],
+    );
+    let alt = listener("alt", "198.18.100.1", 8443, &["198.18.1.1"]);
+    let mut first = reconciler(8);
+    first.apply(&[web.clone(), alt.clone()]).unwrap();
+    let before = first.listeners()["web"].backends.clone();
+    let table_before = served(&first, &web);
+    let config = *first.config();
+    let datapath = first.into_datapath();
+
+    // A restart: same configuration, minus the `alt` listener.
+    let mut second = Reconciler::adopt(datapath, config, std::slice::from_ref(&web)).unwrap();
+    assert_eq!(second.listeners().len(), 2, "both live VIPs adopted");
+    assert!(
+        second
+            .listeners()
+            .contains_key("(adopted 198.18.100.1:8443/tcp)")
+    );
+    let adopted = &second.listeners()["web"].backends;
+    for (address, backend) in &before {
+        assert_eq!(adopted[address].id, backend.id, "{address} keeps its id");
+        assert_eq!(adopted[address].generation, backend.generation);
+    }
+    second.apply(std::slice::from_ref(&web)).unwrap();
+    assert_eq!(
+        served(&second, &web),
+        table_before,
+        "the same table: no flow moves"
+    );
+    assert!(
+        !second.datapath().vips.contains_key(&alt.vip.key()),
+        "the stale VIP is gone"
+    );
+    assert_eq!(
+        second.datapath().vips.len(),
+        2,
+        "the listener and its address marker"
+    );
+
+    // And it goes on: a change writes only what differs, with new generations for new ids.
+    let grown = listener(
+        "web",
+        "198.18.100.1",
+        443,
+        &["198.18.1.1", "198.18.1.2", "198.18.1.3", "198.18.1.4"],
+    );
+    second.apply(std::slice::from_ref(&grown)).unwrap();
+    assert_eq!(served(&second, &grown), expected(&grown));
+}
