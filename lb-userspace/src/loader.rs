@@ -304,6 +304,52 @@ fn load_xdp(ebpf: &mut Ebpf, name: &'static str) -> Result<(), LoadError> {
         })
 }
 
+/// What one `BPF_PROG_TEST_RUN` of an XDP program did with a frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrameRun {
+    pub action: u32,
+    /// The frame as the program left it.
+    pub frame: Vec<u8>,
+    /// The kernel's own timing of the run.
+    pub duration: std::time::Duration,
+}
+
+/// Runs `program` once on `frame` with `BPF_PROG_TEST_RUN`, as if it arrived on interface
+/// `ingress` (of the calling thread's network namespace) when given. Used by the fixtures and
+/// the benchmark.
+pub fn run_frame(
+    program: &Xdp,
+    frame: &[u8],
+    ingress: Option<u32>,
+) -> Result<FrameRun, ProgramError> {
+    use aya::programs::{TestRun as _, TestRunOptions};
+    let mut out = vec![0u8; frame.len() + 256];
+    let ctx = ingress.map(|ifindex| xdp_md(ifindex, frame.len()));
+    let result = program.test_run(TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: ctx.as_deref(),
+        ..TestRunOptions::default()
+    })?;
+    out.truncate(result.data_size_out as usize);
+    Ok(FrameRun {
+        action: result.return_value,
+        frame: out,
+        duration: result.duration,
+    })
+}
+
+/// A `struct xdp_md` context for `BPF_PROG_TEST_RUN`: a frame of `len` bytes arriving on
+/// `ifindex` (fields: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
+/// egress_ifindex).
+pub fn xdp_md(ifindex: u32, len: usize) -> Vec<u8> {
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    [0, len, 0, ifindex, 0, 0]
+        .iter()
+        .flat_map(|word: &u32| word.to_ne_bytes())
+        .collect()
+}
+
 /// The index of `interface`, or a clear error if there is none.
 pub fn interface_index(interface: &str) -> Result<u32, LoadError> {
     let missing = || LoadError::NoSuchInterface(interface.to_owned());

@@ -1,7 +1,6 @@
 //! The balancer loaded for `BPF_PROG_TEST_RUN`: maps programmed through the real reconciler,
 //! frames run through the real program.
 
-use aya::programs::{TestRun, TestRunOptions};
 use lb::{
     datapath::{RingGeometry, maps::AyaDatapath},
     loader::{Balancer, BalancerSpec},
@@ -104,29 +103,11 @@ impl Harness {
     /// Runs one frame through the balancer as if it arrived on interface `ingress` (of the
     /// calling thread's network namespace).
     pub fn run_on(&mut self, frame: &[u8], ingress: Option<u32>) -> Outcome {
-        let mut out = vec![0u8; frame.len() + 256];
-        // struct xdp_md: data, data_end, data_meta, ingress_ifindex, rx_queue_index,
-        // egress_ifindex.
-        let ctx: Option<Vec<u8>> = ingress.map(|ifindex| {
-            let len = u32::try_from(frame.len()).expect("a small frame");
-            [0, len, 0, ifindex, 0, 0]
-                .iter()
-                .flat_map(|word: &u32| word.to_ne_bytes())
-                .collect()
-        });
         let program = self.balancer.program().expect("the balancer program");
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: ctx.as_deref(),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
+        let run = lb::loader::run_frame(program, frame, ingress).expect("BPF_PROG_TEST_RUN");
         Outcome {
-            action: result.return_value,
-            frame: out,
+            action: run.action,
+            frame: run.frame,
         }
     }
 
@@ -158,19 +139,11 @@ impl DecapHarness {
     }
 
     pub fn run(&mut self, frame: &[u8]) -> Outcome {
-        let mut out = vec![0u8; frame.len() + 256];
         let program = self.decap.program().expect("the decap program");
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN");
-        out.truncate(result.data_size_out as usize);
+        let run = lb::loader::run_frame(program, frame, None).expect("BPF_PROG_TEST_RUN");
         Outcome {
-            action: result.return_value,
-            frame: out,
+            action: run.action,
+            frame: run.frame,
         }
     }
 }

@@ -31,7 +31,7 @@ use super::{
 use crate::{
     datapath::{RingGeometry, maps::AyaDatapath},
     lab::{NetNs, veth},
-    loader::{AttachMode, Aux, Balancer, BalancerSpec, attach, interface_index},
+    loader::{AttachMode, Aux, Balancer, BalancerSpec, attach, interface_index, run_frame, xdp_md},
     reconcile::Reconciler,
     state::{Listener, Protocol, Target, Vip},
 };
@@ -265,40 +265,22 @@ fn time_runs(
     ingress: Option<u32>,
     action: u32,
 ) -> Result<f64, BenchError> {
-    let mut out = vec![0u8; 256];
     let mut total = Duration::ZERO;
     for i in 0..calls {
         let frame = &frames[i % frames.len()];
-        let ctx = ingress.map(|ifindex| xdp_md(ifindex, frame.len()));
-        let result = program
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: ctx.as_deref(),
-                ..TestRunOptions::default()
-            })
-            .map_err(|source| BenchError::TestRun {
-                program: "per-packet run",
-                source,
-            })?;
-        if result.return_value != action {
+        let result = run_frame(program, frame, ingress).map_err(|source| BenchError::TestRun {
+            program: "per-packet run",
+            source,
+        })?;
+        if result.action != action {
             return Err(BenchError::Unexpected(format!(
                 "a benchmark frame ended in XDP action {} instead of {action}",
-                result.return_value
+                result.action
             )));
         }
         total += result.duration;
     }
     Ok(nanos(total) / calls as f64)
-}
-
-/// A `struct xdp_md` context for a frame of `len` bytes arriving on `ifindex`.
-fn xdp_md(ifindex: u32, len: usize) -> Vec<u8> {
-    let len = u32::try_from(len).unwrap_or(u32::MAX);
-    [0, len, 0, ifindex, 0, 0]
-        .iter()
-        .flat_map(|word: &u32| word.to_ne_bytes())
-        .collect()
 }
 
 fn measure_rates(
