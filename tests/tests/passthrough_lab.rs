@@ -16,9 +16,10 @@ use std::{
 use lb::{
     config::Config,
     lab::{
+        daemon::DaemonPaths,
         passthrough::{
-            CLIENT_V4, CLIENT_V6, ENCAP_V4, ENCAP_V6, IFACE, INNER_MTU, PassthroughLab, VIP_NAME,
-            VIP_V4, VIP_V6,
+            CLIENT_V4, CLIENT_V6, IFACE, INNER_MTU, PassthroughLab, VIP_NAME, VIP_V4, VIP_V6,
+            lab_config,
         },
         tls_exchange,
     },
@@ -28,54 +29,6 @@ use lb::{
 use lb_common::counters::{Counter, CounterKind};
 
 const BACKENDS: usize = 3;
-
-/// The lab's balancer configuration, as an operator would write it.
-fn config_text() -> String {
-    let pool = |v6: bool| {
-        (0..BACKENDS)
-            .map(|i| {
-                let address = if v6 {
-                    lb::lab::passthrough::backend_v6(i).to_string()
-                } else {
-                    lb::lab::passthrough::backend_v4(i).to_string()
-                };
-                format!("{{ address = \"{address}\" }}")
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!(
-        r#"
-[datapath]
-interfaces = ["{IFACE}"]
-attach_mode = "driver"
-conn_table_size = 65536
-max_listeners = 2
-encap_source_v4 = "{ENCAP_V4}"
-encap_source_v6 = "{ENCAP_V6}"
-
-[pools.web4]
-backends = [{pool4}]
-
-[pools.web6]
-backends = [{pool6}]
-
-[listeners.tls4]
-address = "{VIP_V4}"
-port = 443
-mode = "passthrough"
-pool = "web4"
-
-[listeners.tls6]
-address = "{VIP_V6}"
-port = 443
-mode = "passthrough"
-pool = "web6"
-"#,
-        pool4 = pool(false),
-        pool6 = pool(true),
-    )
-}
 
 /// One client connection as the client saw it.
 struct Seen {
@@ -166,7 +119,14 @@ fn tls_through_the_xdp_balancer_completes_with_the_backends_certificates() {
     let mut lab = PassthroughLab::build("lbtpt", BACKENDS).expect("building the lab");
     lab.start_tls(443).expect("starting the TLS backends");
 
-    let config = Config::parse(&config_text(), "lab.toml").expect("the lab configuration");
+    // The daemon's lab configuration; this test loads the balancer itself, unpinned, so the
+    // configured paths are never used.
+    let paths = DaemonPaths {
+        socket: "/nonexistent/lb.sock".into(),
+        pin_dir: "/nonexistent/pins".into(),
+    };
+    let config =
+        Config::parse(&lab_config(&paths, BACKENDS), "lab.toml").expect("the lab configuration");
     let spec = BalancerSpec {
         geometry: config.ring_geometry(),
         conn_table_size: config.datapath.conn_table_size,
