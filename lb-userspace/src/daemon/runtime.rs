@@ -364,6 +364,15 @@ pool = "web"
         Config::parse(text, "test.toml").unwrap()
     }
 
+    /// The configuration `text`, and a runtime that has just taken it up (no slow start).
+    fn started(text: &str) -> (Config, Runtime, Instant) {
+        let c = config(text);
+        let t0 = Instant::now();
+        let mut r = Runtime::default();
+        r.sync(&c, t0, false);
+        (c, r, t0)
+    }
+
     fn key(address: &str) -> BackendKey {
         BackendKey {
             pool: "web".to_owned(),
@@ -395,10 +404,7 @@ pool = "web"
 
     #[test]
     fn a_dead_backend_leaves_the_table_and_its_flows_are_placed_afresh() {
-        let c = config(CONFIG);
-        let t0 = Instant::now();
-        let mut r = Runtime::default();
-        r.sync(&c, t0, false);
+        let (c, mut r, t0) = started(CONFIG);
         assert_eq!(targets(&r, &c, t0), [(100, true), (300, true)]);
         let dead = Outcome::Unreachable("connection refused".to_owned());
         r.observe(&key("198.18.1.1"), &dead, t0, &c.pools["web"]);
@@ -416,10 +422,7 @@ pool = "web"
 
     #[test]
     fn a_failing_but_reachable_backend_keeps_its_flows() {
-        let c = config(CONFIG);
-        let t0 = Instant::now();
-        let mut r = Runtime::default();
-        r.sync(&c, t0, false);
+        let (c, mut r, t0) = started(CONFIG);
         fail(
             &mut r,
             &c,
@@ -432,21 +435,16 @@ pool = "web"
 
     #[test]
     fn when_every_backend_fails_the_pool_fails_open_unless_told_not_to() {
-        let c = config(CONFIG);
-        let t0 = Instant::now();
-        let mut r = Runtime::default();
-        r.sync(&c, t0, false);
+        let (c, mut r, t0) = started(CONFIG);
         let dead = Outcome::Unreachable("refused".to_owned());
         fail(&mut r, &c, "198.18.1.1", &dead, t0);
         fail(&mut r, &c, "198.18.1.2", &dead, t0);
         assert_eq!(targets(&r, &c, t0), [(100, true), (300, true)], "fail open");
 
-        let closed = config(&CONFIG.replace(
+        let (closed, mut r, t0) = started(&CONFIG.replace(
             "unhealthy_threshold = 2",
             "unhealthy_threshold = 2\nfail_open = false",
         ));
-        let mut r = Runtime::default();
-        r.sync(&closed, t0, false);
         fail(&mut r, &closed, "198.18.1.1", &dead, t0);
         fail(&mut r, &closed, "198.18.1.2", &dead, t0);
         assert_eq!(
@@ -458,10 +456,7 @@ pool = "web"
 
     #[test]
     fn a_recovered_backend_ramps_up_over_the_slow_start() {
-        let c = config(CONFIG);
-        let t0 = Instant::now();
-        let mut r = Runtime::default();
-        r.sync(&c, t0, false);
+        let (c, mut r, t0) = started(CONFIG);
         fail(
             &mut r,
             &c,
@@ -490,10 +485,7 @@ pool = "web"
 
     #[test]
     fn a_drain_parks_the_backend_until_it_ends() {
-        let c = config(CONFIG);
-        let t0 = Instant::now();
-        let mut r = Runtime::default();
-        r.sync(&c, t0, false);
+        let (c, mut r, t0) = started(CONFIG);
         assert!(r.drain(
             &key("198.18.1.1"),
             t0 + Duration::from_secs(30),
