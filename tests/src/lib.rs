@@ -1,8 +1,8 @@
 //! Shared helpers of the privileged tests: frames to feed the XDP programs, and a harness that
 //! loads the balancer and runs frames through it with `BPF_PROG_TEST_RUN`; for the end-to-end
 //! tests of the daemon, a lab with a running `lb` daemon ([`daemon_lab`]), TLS clients and the
-//! checks on what they saw ([`clients`], [`long_lived`]), and the daemon's pinned tables read
-//! back ([`pinned`]).
+//! checks on what they saw ([`clients`], [`long_lived`]), the daemon's pinned tables read
+//! back ([`pinned`]), and a bounded SYN flood from the lab's client ([`flood`]).
 //!
 //! These tests need root (CAP_BPF, CAP_NET_ADMIN); `cargo xtask test` runs them.
 
@@ -16,6 +16,7 @@
 
 pub mod clients;
 pub mod daemon_lab;
+pub mod flood;
 pub mod harness;
 pub mod long_lived;
 pub mod packet;
