@@ -62,13 +62,25 @@ impl DaemonLab {
         backends: usize,
         config: impl FnOnce(&DaemonPaths) -> String,
     ) -> Self {
+        Self::start_prepared(prefix, backends, |_| (), config).0
+    }
+
+    /// Like [`DaemonLab::start`], with `prepare` run on the lab after TLS starts and before the
+    /// daemon does (e.g. to start what health checks connect to); returns what it returned.
+    pub fn start_prepared<P>(
+        prefix: &str,
+        backends: usize,
+        prepare: impl FnOnce(&PassthroughLab) -> P,
+        config: impl FnOnce(&DaemonPaths) -> String,
+    ) -> (Self, P) {
         crate::require_root();
         raise_fd_limit();
         let mut lab = PassthroughLab::build(prefix, backends).expect("building the lab");
         lab.start_tls(TLS_PORT).expect("starting the TLS backends");
+        let prepared = prepare(&lab);
         let binary = lb_binary().expect("the lb binary");
         let daemon = DaemonProcess::start(&binary, &lab.lb, config).expect("starting the daemon");
-        Self { daemon, lab }
+        (Self { daemon, lab }, prepared)
     }
 
     /// Runs `lb --socket SOCKET args...`.

@@ -2,7 +2,11 @@
 //! loads the balancer and runs frames through it with `BPF_PROG_TEST_RUN`; for the end-to-end
 //! tests of the daemon, a lab with a running `lb` daemon ([`daemon_lab`]), TLS clients and the
 //! checks on what they saw ([`clients`], [`long_lived`]), the daemon's pinned tables read
-//! back ([`pinned`]), and a bounded SYN flood from the lab's client ([`flood`]).
+//! back ([`pinned`]), and a bounded SYN flood from the lab's client ([`flood`]); for the tests
+//! of health checks, drains, reloads and metrics, edits of the lab's configuration
+//! ([`pool_config`]), backend states awaited with a deadline ([`backend_state`]), a switchable
+//! HTTP health endpoint ([`health_endpoint`]), checks on long-lived connections' histories
+//! ([`histories`]) and a scrape of the metrics endpoint ([`metrics_scrape`]).
 //!
 //! These tests need root (CAP_BPF, CAP_NET_ADMIN); `cargo xtask test` runs them.
 
@@ -14,13 +18,18 @@
               and its types are never printed"
 )]
 
+pub mod backend_state;
 pub mod clients;
 pub mod daemon_lab;
 pub mod flood;
 pub mod harness;
+pub mod health_endpoint;
+pub mod histories;
 pub mod long_lived;
+pub mod metrics_scrape;
 pub mod packet;
 pub mod pinned;
+pub mod pool_config;
 
 /// Panics with a clear message unless the process runs as root.
 pub fn require_root() {
