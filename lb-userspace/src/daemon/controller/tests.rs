@@ -302,7 +302,15 @@ fn an_explicit_drain_takes_its_own_timeout_and_is_refused_twice() {
         port: None,
         timeout_ms: 5_000,
     };
+    let active = |c: &mut Controller<FakeDatapath>| {
+        let Response::Ok(Body::Listeners(views)) = c.ask(Request::ListListeners) else {
+            panic!("no listeners");
+        };
+        views[0].active_backends
+    };
+    assert_eq!(active(&mut c), 2);
     assert!(matches!(c.handle(drain.clone(), t0), Response::Ok(_)));
+    assert_eq!(active(&mut c), 1, "a draining backend takes no new flows");
     assert!(matches!(c.handle(drain, t0), Response::Error(m) if m.contains("already draining")));
     c.on_tick(t0 + Duration::from_secs(5));
     assert_eq!(c.config().pools["web"].backends.len(), 1);

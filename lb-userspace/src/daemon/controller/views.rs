@@ -33,11 +33,10 @@ impl<D: Datapath> Controller<D> {
                 protocol: l.protocol,
                 mode: "passthrough".to_owned(),
                 pool: l.pool.clone(),
-                active_backends: self.config.pools[&l.pool]
-                    .backends
-                    .iter()
-                    .filter(|b| b.weight > 0)
-                    .count(),
+                // Those in the live table: not draining, disabled or unhealthy.
+                active_backends: self.reconciler.listeners().get(name).map_or(0, |applied| {
+                    applied.backends.values().filter(|b| b.weight > 0).count()
+                }),
                 ring_size: self.config.datapath.ring_size,
             })
             .collect()
