@@ -92,6 +92,10 @@ pub enum BackendCommand {
         port: Option<u16>,
         #[arg(long, default_value_t = 1)]
         weight: u32,
+        /// Bridging: the name the backend's certificate holds (default: the listener's
+        /// `server_name`, or the address).
+        #[arg(long)]
+        server_name: Option<String>,
     },
     /// Remove a backend from a pool: its flows are placed afresh.
     Remove {
@@ -192,11 +196,13 @@ impl Command {
                 address,
                 port,
                 weight,
+                server_name,
             }) => Request::AddBackend {
                 pool: pool.clone(),
                 address: *address,
                 port: *port,
                 weight: *weight,
+                server_name: server_name.clone(),
             },
             Self::Backend(BackendCommand::Remove {
                 pool,

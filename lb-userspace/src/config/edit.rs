@@ -36,6 +36,13 @@ impl Config {
         match edit {
             PoolEdit::Add(backend) => {
                 check_weight(backend.weight)?;
+                if let Some(name) = &backend.server_name
+                    && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+                {
+                    return Err(rejected(format!(
+                        "{name:?} is not a DNS name or an IP address"
+                    )));
+                }
                 if duplicate_of(backends, backend).is_some() {
                     return Err(rejected(format!(
                         "{} is already in pool {pool:?}",
@@ -144,6 +151,7 @@ mod tests {
             address: address.parse().unwrap(),
             port,
             weight,
+            server_name: None,
         }
     }
 

@@ -3,10 +3,12 @@
 //! field and the reason; a file with errors yields no `Config` at all, so nothing is applied.
 //!
 //! One file describes every listener of a balancer: each has an address, a port, a protocol and
-//! a `mode` (`passthrough` today; `offload` and `bridging` are reserved for the L7 listeners)
-//! and forwards to a named pool of backends.
+//! a `mode` (`passthrough`: the XDP program forwards its packets; `offload` and `bridging`:
+//! the daemon terminates TLS and proxies HTTP, see [`l7`]) and forwards to a named pool of
+//! backends.
 
 mod edit;
+pub mod l7;
 mod pool;
 mod raw;
 mod validate;
@@ -97,6 +99,8 @@ pub struct BackendConfig {
     /// The port L7 listeners connect to; passthrough forwards to the listener's own port.
     pub port: Option<u16>,
     pub weight: u32,
+    /// Bridging: the name its certificate must hold (and the SNI sent to it).
+    pub server_name: Option<String>,
 }
 
 /// How a listener handles its clients' connections.
@@ -105,6 +109,20 @@ pub struct BackendConfig {
 pub enum Mode {
     /// The XDP program forwards the packets; TLS is never decrypted.
     Passthrough,
+    /// The daemon terminates TLS and sends plain HTTP to the backends.
+    Offload,
+    /// The daemon terminates TLS and sends HTTP over TLS to the backends, verifying them.
+    Bridging,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passthrough => "passthrough",
+            Self::Offload => "offload",
+            Self::Bridging => "bridging",
+        }
+    }
 }
 
 /// `[listeners.NAME]`.
@@ -115,15 +133,35 @@ pub struct ListenerConfig {
     pub protocol: Protocol,
     pub mode: Mode,
     pub pool: String,
+    /// Offload and bridging: TLS, HTTP, backend side, stickiness.
+    pub l7: Option<l7::L7Settings>,
 }
 
 impl ListenerConfig {
+    /// The port this listener reaches `backend` on: passthrough forwards to its own port; an
+    /// L7 listener to the backend's port, or else its `[backend] port`.
+    pub fn backend_port(&self, backend: &BackendConfig) -> u16 {
+        match &self.l7 {
+            None => self.port,
+            Some(l7) => backend.port.unwrap_or(l7.backend.port),
+        }
+    }
+
     pub fn vip(&self) -> Vip {
         Vip {
             address: self.address,
             port: self.port,
             protocol: self.protocol,
         }
+    }
+
+    /// The addresses and ports the listener takes: its own, and its redirect port if any.
+    pub fn bound_vips(&self) -> Vec<Vip> {
+        let redirect = self.l7.as_ref().and_then(|l7| l7.redirect_http_port);
+        std::iter::once(self.port)
+            .chain(redirect)
+            .map(|port| Vip { port, ..self.vip() })
+            .collect()
     }
 }
 
@@ -247,7 +285,7 @@ impl Config {
             self.listeners
                 .values()
                 .find(|l| l.pool == pool)
-                .map(|l| l.port)
+                .map(|l| l.backend_port(backend))
         })?;
         Some(std::net::SocketAddr::new(backend.address, port))
     }
@@ -302,6 +340,71 @@ mod tests {
         let dp = config.datapath_config(1500);
         assert_eq!(dp.mtu, 1500, "the interface's MTU when the file sets none");
         assert_eq!(dp.flags, 0, "the FIB picks the next hop");
+    }
+
+    #[test]
+    fn l7_listeners_take_their_settings_and_defaults() {
+        use l7::{BackendProtocol, BackendVerify, Balance, SameSite, TlsVersion};
+        let text = include_str!("../../tests/configs/good/l7.toml");
+        let config = Config::parse(text, "l7.toml").unwrap();
+        assert_eq!(
+            config.passthrough_listeners().len(),
+            1,
+            "only passthrough in the maps"
+        );
+
+        let web = &config.listeners["web"];
+        assert_eq!(web.mode, Mode::Offload);
+        let l7 = web.l7.as_ref().unwrap();
+        assert_eq!(l7.tls.certificates.len(), 2);
+        assert!(l7.tls.strict_sni);
+        assert_eq!(l7.tls.min_version, TlsVersion::Tls13);
+        assert_eq!(l7.http.max_header_bytes, 32_768);
+        assert_eq!(l7.http.idle_timeout, Duration::from_secs(120));
+        assert_eq!(l7.backend.protocol, BackendProtocol::Http2);
+        assert_eq!(l7.balance, Balance::RoundRobin);
+        assert_eq!(l7.redirect_http_port, Some(80));
+        assert!(l7.forwarded_header);
+        let sticky = l7.sticky.as_ref().unwrap();
+        assert_eq!(sticky.cookie, "srv");
+        assert_eq!(sticky.duration, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(sticky.same_site, Some(SameSite::Strict));
+        assert!(!sticky.http_only);
+        assert_eq!(
+            web.bound_vips()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["198.18.100.1:8443/tcp", "198.18.100.1:80/tcp"]
+        );
+
+        let bridge = &config.listeners["bridge"];
+        let l7 = bridge.l7.as_ref().unwrap();
+        assert_eq!(l7.balance, Balance::LeastOutstanding, "the default");
+        assert_eq!(l7.http.max_connections, l7::l7_defaults::MAX_CONNECTIONS);
+        assert_eq!(l7.backend.port, 443, "bridging's default backend port");
+        let tls = l7.backend.tls.as_ref().unwrap();
+        assert_eq!(
+            tls.verify,
+            BackendVerify::Ca("/etc/lb/backend-ca.pem".into())
+        );
+        assert!(tls.client_cert.is_some());
+        let sticky = l7.sticky.as_ref().unwrap();
+        assert_eq!(sticky.cookie, "lb_sticky");
+        assert_eq!(sticky.duration, Duration::from_secs(1));
+        assert!(sticky.secure && sticky.http_only);
+        assert_eq!(sticky.same_site, Some(SameSite::Lax));
+        let secure = &config.pools["secure"];
+        assert_eq!(bridge.backend_port(&secure.backends[0]), 443);
+        assert_eq!(bridge.backend_port(&secure.backends[1]), 8443);
+        assert_eq!(
+            secure.backends[0].server_name.as_deref(),
+            Some("app-0.internal")
+        );
+        assert_eq!(
+            config.listeners["web"].backend_port(&config.pools["app"].backends[0]),
+            8080
+        );
     }
 
     #[test]

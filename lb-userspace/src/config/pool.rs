@@ -280,7 +280,7 @@ pub(super) fn check_health_ports(
         let mut ports: Vec<u16> = listeners
             .values()
             .filter(|l| &l.pool == name)
-            .map(|l| l.port)
+            .flat_map(|l| pool.backends.iter().map(|b| l.backend_port(b)))
             .collect();
         ports.sort_unstable();
         ports.dedup();
@@ -297,7 +297,11 @@ pub(super) fn check_health_ports(
     }
 }
 
-fn duration(c: &mut Checker<'_>, raw: &Spanned<String>, field: &str) -> Option<Duration> {
+pub(super) fn duration(
+    c: &mut Checker<'_>,
+    raw: &Spanned<String>,
+    field: &str,
+) -> Option<Duration> {
     match humantime::parse_duration(raw.get_ref()) {
         Ok(d) => Some(d),
         Err(e) => {
@@ -314,7 +318,7 @@ fn duration(c: &mut Checker<'_>, raw: &Spanned<String>, field: &str) -> Option<D
     }
 }
 
-fn in_range(
+pub(super) fn in_range(
     c: &mut Checker<'_>,
     raw: &Spanned<String>,
     field: &str,
@@ -325,7 +329,12 @@ fn in_range(
         c.problem(
             raw,
             field,
-            format!("{value:?} is out of range ({min:?} to {max:?})"),
+            format!(
+                "{} is out of range ({} to {})",
+                humantime::format_duration(value),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
         );
         return None;
     }

@@ -94,6 +94,8 @@ pub struct RawBackend {
     pub address: Spanned<String>,
     pub port: Option<Spanned<i64>>,
     pub weight: Option<Spanned<i64>>,
+    /// Bridging: the name this backend's certificate holds.
+    pub server_name: Option<Spanned<String>>,
 }
 
 /// `[listeners.NAME]`: an address and port clients connect to, and how to handle them.
@@ -105,4 +107,70 @@ pub struct RawListener {
     pub protocol: Option<Spanned<String>>,
     pub mode: Spanned<String>,
     pub pool: Spanned<String>,
+    // The L7 listeners' settings (`super::l7`).
+    pub tls: Option<Spanned<RawTls>>,
+    pub http: Option<Spanned<RawL7Http>>,
+    pub backend: Option<Spanned<RawL7Backend>>,
+    pub sticky: Option<Spanned<RawSticky>>,
+    pub balance: Option<Spanned<String>>,
+    pub redirect_http_port: Option<Spanned<i64>>,
+    pub forwarded_header: Option<Spanned<bool>>,
+}
+
+/// `[listeners.NAME.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    #[serde(default)]
+    pub certificates: Vec<Spanned<RawCertFiles>>,
+    pub strict_sni: Option<Spanned<bool>>,
+    pub min_version: Option<Spanned<String>>,
+}
+
+/// `{ cert = "...", key = "..." }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertFiles {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+/// `[listeners.NAME.http]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawL7Http {
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub idle_timeout: Option<Spanned<String>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub h2_max_concurrent_streams: Option<Spanned<i64>>,
+    pub h2_max_resets_per_second: Option<Spanned<i64>>,
+}
+
+/// `[listeners.NAME.backend]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawL7Backend {
+    pub port: Option<Spanned<i64>>,
+    pub protocol: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub response_timeout: Option<Spanned<String>>,
+    pub ca_file: Option<Spanned<String>>,
+    pub server_name: Option<Spanned<String>>,
+    pub client_cert: Option<Spanned<String>>,
+    pub client_key: Option<Spanned<String>>,
+    pub dangerously_skip_verification: Option<Spanned<bool>>,
+}
+
+/// `[listeners.NAME.sticky]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    pub cookie: Option<Spanned<String>>,
+    pub duration: Option<Spanned<String>>,
+    pub key_file: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+    pub http_only: Option<Spanned<bool>>,
+    pub secure: Option<Spanned<bool>>,
+    pub same_site: Option<Spanned<String>>,
 }

@@ -214,10 +214,19 @@ fn check_backend(c: &mut Checker<'_>, raw: &RawBackend, field: &str) -> Option<B
         Some(weight) => c.int(weight, &format!("{field}.weight"), WEIGHT_RANGE)?,
         None => 1,
     };
+    let server_name = match &raw.server_name {
+        Some(name) => Some(super::l7::server_name(
+            c,
+            name,
+            &format!("{field}.server_name"),
+        )?),
+        None => None,
+    };
     Some(BackendConfig {
         address: address?,
         port,
         weight,
+        server_name,
     })
 }
 
@@ -233,12 +242,17 @@ fn check_listeners(
         let Some(parsed) = check_listener(c, listener, &field, pools) else {
             continue;
         };
-        if let Some((other, _)) = listeners.iter().find(|(_, l)| l.vip() == parsed.vip()) {
-            c.problem(
-                &listener.port,
-                &field,
-                format!("listener {other:?} already uses {}", parsed.vip()),
-            );
+        for vip in parsed.bound_vips() {
+            if let Some((other, _)) = listeners
+                .iter()
+                .find(|(_, l)| l.bound_vips().contains(&vip))
+            {
+                c.problem(
+                    &listener.port,
+                    &field,
+                    format!("listener {other:?} already uses {vip}"),
+                );
+            }
         }
         listeners.insert(name.get_ref().clone(), parsed);
     }
@@ -267,17 +281,8 @@ fn check_listener(
     };
     let mode = match raw.mode.get_ref().as_str() {
         "passthrough" => Some(Mode::Passthrough),
-        "offload" | "bridging" => {
-            c.problem(
-                &raw.mode,
-                &format!("{field}.mode"),
-                format!(
-                    "{:?} is not available in this version; use \"passthrough\"",
-                    raw.mode.get_ref()
-                ),
-            );
-            None
-        }
+        "offload" => Some(Mode::Offload),
+        "bridging" => Some(Mode::Bridging),
         other => {
             c.problem(
                 &raw.mode,
@@ -286,6 +291,10 @@ fn check_listener(
             );
             None
         }
+    };
+    let l7 = match mode {
+        Some(mode) => super::l7::check(c, raw, mode, port, field),
+        None => None,
     };
     let pool_name = raw.pool.get_ref();
     let Some(pool) = pools.get(pool_name) else {
@@ -302,6 +311,7 @@ fn check_listener(
         protocol: protocol?,
         mode: mode?,
         pool: pool_name.clone(),
+        l7: l7?,
     };
     for reason in pool_conflicts(&listener, pool) {
         c.problem(&raw.pool, &format!("{field}.pool"), reason);
@@ -309,11 +319,15 @@ fn check_listener(
     Some(listener)
 }
 
-/// Why `pool` cannot serve `listener`, if it cannot: each backend must be of the listener's
-/// address family, and (passthrough forwards packets unchanged) on the listener's port.
+/// Why `pool` cannot serve `listener`, if it cannot: for passthrough, each backend must be of
+/// the listener's address family and on the listener's port (the packets are forwarded
+/// unchanged). An L7 listener connects to any backend.
 pub(super) fn pool_conflicts(listener: &ListenerConfig, pool: &Pool) -> Vec<String> {
     let pool_name = &listener.pool;
     let mut reasons = Vec::new();
+    if listener.mode != Mode::Passthrough {
+        return reasons;
+    }
     for (i, backend) in pool.backends.iter().enumerate() {
         if backend.address.is_ipv4() != listener.address.is_ipv4() {
             reasons.push(format!(

@@ -30,6 +30,9 @@ pub enum Request {
         address: IpAddr,
         port: Option<u16>,
         weight: u32,
+        /// Bridging: the name its certificate holds.
+        #[serde(default)]
+        server_name: Option<String>,
     },
     RemoveBackend {
         pool: String,

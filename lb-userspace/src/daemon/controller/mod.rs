@@ -124,6 +124,7 @@ impl<D: Datapath> Controller<D> {
                 address,
                 port,
                 weight,
+                server_name,
             } => {
                 let summary = format!(
                     "added {} to pool {pool:?} with weight {weight}",
@@ -133,6 +134,7 @@ impl<D: Datapath> Controller<D> {
                     address,
                     port,
                     weight,
+                    server_name,
                 };
                 self.edit(&pool, &PoolEdit::Add(backend), summary, now)
             }

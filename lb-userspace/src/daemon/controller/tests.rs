@@ -45,6 +45,7 @@ fn add(address: &str, weight: u32) -> Request {
         address: address.parse().unwrap(),
         port: None,
         weight,
+        server_name: None,
     }
 }
 

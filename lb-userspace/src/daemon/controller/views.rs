@@ -31,7 +31,7 @@ impl<D: Datapath> Controller<D> {
                 address: l.address,
                 port: l.port,
                 protocol: l.protocol,
-                mode: "passthrough".to_owned(),
+                mode: l.mode.as_str().to_owned(),
                 pool: l.pool.clone(),
                 // Those in the live table: not draining, disabled or unhealthy.
                 active_backends: self.reconciler.listeners().get(name).map_or(0, |applied| {

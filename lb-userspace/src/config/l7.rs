@@ -1,0 +1,652 @@
+//! The settings of the L7 listeners (`mode = "offload"` or `"bridging"`): TLS towards the
+//! clients, HTTP limits and timeouts, the backend side (and, bridging, TLS towards the
+//! backends), balancing, cookie stickiness and the plain-HTTP redirect. Defaults follow what an
+//! operator of an AWS application load balancer or HAProxy expects.
+//!
+//! Files (certificates, keys, CA bundles, the cookie key file) are named here and read when
+//! the listener is started or reloaded (`crate::l7`), so that `lb cert reload` reads them
+//! afresh; a file that cannot be used refuses the start or the reload with its path.
+
+use std::{path::PathBuf, time::Duration};
+
+use toml::Spanned;
+
+use super::{
+    Mode,
+    pool::{duration, in_range},
+    raw::{RawCertFiles, RawL7Backend, RawL7Http, RawListener, RawSticky, RawTls},
+    validate::Checker,
+};
+
+/// The settings an L7 listener has beyond its address, port and pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L7Settings {
+    pub tls: TlsSettings,
+    pub http: HttpLimits,
+    pub backend: BackendSide,
+    pub balance: Balance,
+    pub sticky: Option<StickySettings>,
+    /// A plain-HTTP port on the same address that redirects to HTTPS (308).
+    pub redirect_http_port: Option<u16>,
+    /// Also send an RFC 7239 `Forwarded` header (the `X-Forwarded-*` ones are always sent).
+    pub forwarded_header: bool,
+}
+
+/// `[listeners.NAME.tls]`: the certificates presented to clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Chosen by SNI among their names; the first is the default.
+    pub certificates: Vec<CertFiles>,
+    /// Refuse a handshake without SNI or with a name no certificate has, instead of presenting
+    /// the default certificate.
+    pub strict_sni: bool,
+    /// The oldest TLS version accepted: 1.2 (the default) or 1.3.
+    pub min_version: TlsVersion,
+}
+
+/// A certificate chain and its private key, as PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// `[listeners.NAME.http]`: what a client may send, and how long it may take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Request line and headers together; over it the answer is 431.
+    pub max_header_bytes: usize,
+    /// From a connection's first byte (or a kept-alive connection's next one) to a complete
+    /// request head, and for the TLS handshake: a slower client is closed.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight is closed after this long.
+    pub idle_timeout: Duration,
+    /// Connections open at once; past it, new ones wait in the kernel's backlog.
+    pub max_connections: u32,
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may cancel per second (a reset flood closes the connection).
+    pub h2_max_resets_per_second: u32,
+}
+
+/// `[listeners.NAME.backend]`: how the listener reaches its pool's backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendSide {
+    /// The port of backends that name none; 80 for offload, 443 for bridging by default.
+    pub port: u16,
+    pub protocol: BackendProtocol,
+    pub connect_timeout: Duration,
+    /// From the request sent to the response head: past it, 504.
+    pub response_timeout: Duration,
+    /// Bridging: TLS towards the backends.
+    pub tls: Option<BackendTls>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendProtocol {
+    /// HTTP/1.1 over a pool of kept-alive connections.
+    Http1,
+    /// HTTP/2: one multiplexed connection per backend.
+    Http2,
+}
+
+/// Bridging: how the balancer verifies (and authenticates to) its backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendTls {
+    pub verify: BackendVerify,
+    /// The name checked in each backend's certificate (and sent as SNI), unless the backend
+    /// names its own (`server_name` in the pool); the backend's address otherwise.
+    pub server_name: Option<String>,
+    /// A client certificate presented to the backends.
+    pub client_cert: Option<CertFiles>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendVerify {
+    /// Against this CA bundle (PEM).
+    Ca(PathBuf),
+    /// Not at all (`dangerously_skip_verification = true`); a warning at every start.
+    Skip,
+}
+
+/// How requests without stickiness are spread over the healthy backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Balance {
+    /// To the backend with the fewest requests in flight for its weight (ties go round).
+    LeastOutstanding,
+    /// In turn, by weight.
+    RoundRobin,
+}
+
+/// `[listeners.NAME.sticky]`: cookie stickiness.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StickySettings {
+    pub cookie: String,
+    pub duration: Duration,
+    /// The AEAD keys (one per line, hex); the first seals, all open.
+    pub key_file: PathBuf,
+    pub path: String,
+    pub http_only: bool,
+    pub secure: bool,
+    pub same_site: Option<SameSite>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Strict => "Strict",
+            Self::Lax => "Lax",
+            Self::None => "None",
+        }
+    }
+}
+
+pub mod l7_defaults {
+    use std::time::Duration;
+
+    /// ALB allows 64 KiB of request headers; HAProxy 16 KiB by default.
+    pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+    pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// ALB's idle timeout.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const MAX_CONNECTIONS: u32 = 10_000;
+    /// ALB's and most browsers' expectation.
+    pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+    pub const H2_MAX_RESETS_PER_SECOND: u32 = 100;
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const OFFLOAD_PORT: u16 = 80;
+    pub const BRIDGING_PORT: u16 = 443;
+    pub const STICKY_COOKIE: &str = "lb_sticky";
+    pub const STICKY_DURATION: Duration = Duration::from_secs(24 * 3600);
+}
+use l7_defaults as d;
+
+const HEADER_BYTES_RANGE: (i64, i64) = (8 * 1024, 1024 * 1024);
+const MAX_CONNECTIONS_RANGE: (i64, i64) = (1, 10_000_000);
+const STREAMS_RANGE: (i64, i64) = (1, 10_000);
+const RESETS_RANGE: (i64, i64) = (1, 100_000);
+const SHORT_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(300));
+const LONG_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(4000));
+/// As an ALB's duration-based stickiness: 1 second to 7 days.
+pub const STICKY_DURATION_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(7 * 24 * 3600));
+
+/// The L7 settings of `raw` for `mode`; for passthrough, a problem for each L7 setting given.
+pub(super) fn check(
+    c: &mut Checker<'_>,
+    raw: &RawListener,
+    mode: Mode,
+    port: Option<u16>,
+    field: &str,
+) -> Option<Option<L7Settings>> {
+    if mode == Mode::Passthrough {
+        refuse_for_passthrough(c, raw, field);
+        return Some(None);
+    }
+    if let Some(p) = raw.protocol.as_ref().filter(|p| p.get_ref() != "tcp") {
+        c.problem(
+            p,
+            &format!("{field}.protocol"),
+            "offload and bridging listeners serve TLS over TCP",
+        );
+    }
+    let tls = match &raw.tls {
+        Some(tls) => check_tls(c, tls, &format!("{field}.tls")),
+        None => {
+            c.problem(
+                &raw.mode,
+                &format!("{field}.tls"),
+                "offload and bridging listeners need [tls] with at least one certificate",
+            );
+            None
+        }
+    };
+    let http = check_http(c, raw.http.as_ref(), &format!("{field}.http"));
+    let backend = check_backend(c, raw, mode, &format!("{field}.backend"));
+    let balance = match raw.balance.as_ref().map(|b| (b, b.get_ref().as_str())) {
+        None | Some((_, "least_outstanding")) => Some(Balance::LeastOutstanding),
+        Some((_, "round_robin")) => Some(Balance::RoundRobin),
+        Some((b, other)) => {
+            c.problem(
+                b,
+                &format!("{field}.balance"),
+                format!("{other:?} is not \"least_outstanding\" or \"round_robin\""),
+            );
+            None
+        }
+    };
+    let sticky = raw
+        .sticky
+        .as_ref()
+        .map(|sticky| check_sticky(c, sticky, &format!("{field}.sticky")));
+    let redirect_http_port = raw.redirect_http_port.as_ref().map(|p| {
+        let redirect: Option<u16> = c.int(p, &format!("{field}.redirect_http_port"), (1, 65_535));
+        if let Some(redirect) = redirect.filter(|r| Some(*r) == port) {
+            c.problem(
+                p,
+                &format!("{field}.redirect_http_port"),
+                format!("{redirect} is the listener's own port"),
+            );
+            return None;
+        }
+        redirect
+    });
+    Some(Some(L7Settings {
+        tls: tls?,
+        http: http?,
+        backend: backend?,
+        balance: balance?,
+        sticky: sticky.map_or(Some(None), |s| s.map(Some))?,
+        redirect_http_port: redirect_http_port.map_or(Some(None), |p| p.map(Some))?,
+        forwarded_header: raw.forwarded_header.as_ref().is_some_and(|f| *f.get_ref()),
+    }))
+}
+
+fn refuse_for_passthrough(c: &mut Checker<'_>, raw: &RawListener, field: &str) {
+    let why = "only offload and bridging listeners have it: passthrough never sees HTTP";
+    let mut refuse = |present: Option<std::ops::Range<usize>>, name: &str| {
+        if let Some(span) = present {
+            c.problem(&Spanned::new(span, ()), &format!("{field}.{name}"), why);
+        }
+    };
+    refuse(raw.tls.as_ref().map(Spanned::span), "tls");
+    refuse(raw.http.as_ref().map(Spanned::span), "http");
+    refuse(raw.backend.as_ref().map(Spanned::span), "backend");
+    refuse(raw.sticky.as_ref().map(Spanned::span), "sticky");
+    refuse(raw.balance.as_ref().map(Spanned::span), "balance");
+    refuse(
+        raw.redirect_http_port.as_ref().map(Spanned::span),
+        "redirect_http_port",
+    );
+    refuse(
+        raw.forwarded_header.as_ref().map(Spanned::span),
+        "forwarded_header",
+    );
+}
+
+fn check_tls(c: &mut Checker<'_>, raw: &Spanned<RawTls>, field: &str) -> Option<TlsSettings> {
+    let tls = raw.get_ref();
+    if tls.certificates.is_empty() {
+        c.problem(
+            raw,
+            &format!("{field}.certificates"),
+            "at least one certificate: [{ cert = \"server.pem\", key = \"server.key\" }]",
+        );
+        return None;
+    }
+    let certificates = tls
+        .certificates
+        .iter()
+        .map(|files| cert_files(files.get_ref()))
+        .collect();
+    let min_version = match tls.min_version.as_ref().map(|v| (v, v.get_ref().as_str())) {
+        None | Some((_, "1.2")) => Some(TlsVersion::Tls12),
+        Some((_, "1.3")) => Some(TlsVersion::Tls13),
+        Some((v, other)) => {
+            c.problem(
+                v,
+                &format!("{field}.min_version"),
+                format!("{other:?} is not \"1.2\" or \"1.3\" (older versions are not offered)"),
+            );
+            None
+        }
+    };
+    Some(TlsSettings {
+        certificates,
+        strict_sni: tls.strict_sni.as_ref().is_some_and(|s| *s.get_ref()),
+        min_version: min_version?,
+    })
+}
+
+fn cert_files(raw: &RawCertFiles) -> CertFiles {
+    CertFiles {
+        cert: PathBuf::from(raw.cert.get_ref()),
+        key: PathBuf::from(raw.key.get_ref()),
+    }
+}
+
+fn check_http(
+    c: &mut Checker<'_>,
+    raw: Option<&Spanned<RawL7Http>>,
+    field: &str,
+) -> Option<HttpLimits> {
+    let Some(raw) = raw.map(Spanned::get_ref) else {
+        return Some(HttpLimits {
+            max_header_bytes: d::MAX_HEADER_BYTES,
+            header_read_timeout: d::HEADER_READ_TIMEOUT,
+            idle_timeout: d::IDLE_TIMEOUT,
+            max_connections: d::MAX_CONNECTIONS,
+            h2_max_concurrent_streams: d::H2_MAX_CONCURRENT_STREAMS,
+            h2_max_resets_per_second: d::H2_MAX_RESETS_PER_SECOND,
+        });
+    };
+    let int = |c: &mut Checker<'_>, v: &Option<Spanned<i64>>, name: &str, range, default| match v {
+        Some(v) => c.int(v, &format!("{field}.{name}"), range),
+        None => Some(default),
+    };
+    let max_header_bytes = int(
+        c,
+        &raw.max_header_bytes,
+        "max_header_bytes",
+        HEADER_BYTES_RANGE,
+        d::MAX_HEADER_BYTES as u64,
+    );
+    let max_connections = int(
+        c,
+        &raw.max_connections,
+        "max_connections",
+        MAX_CONNECTIONS_RANGE,
+        u64::from(d::MAX_CONNECTIONS),
+    );
+    let streams = int(
+        c,
+        &raw.h2_max_concurrent_streams,
+        "h2_max_concurrent_streams",
+        STREAMS_RANGE,
+        u64::from(d::H2_MAX_CONCURRENT_STREAMS),
+    );
+    let resets = int(
+        c,
+        &raw.h2_max_resets_per_second,
+        "h2_max_resets_per_second",
+        RESETS_RANGE,
+        u64::from(d::H2_MAX_RESETS_PER_SECOND),
+    );
+    let header_read_timeout = timeout(
+        c,
+        raw.header_read_timeout.as_ref(),
+        &format!("{field}.header_read_timeout"),
+        SHORT_TIMEOUT_RANGE,
+        d::HEADER_READ_TIMEOUT,
+    );
+    let idle_timeout = timeout(
+        c,
+        raw.idle_timeout.as_ref(),
+        &format!("{field}.idle_timeout"),
+        LONG_TIMEOUT_RANGE,
+        d::IDLE_TIMEOUT,
+    );
+    // The ranges above fit these types.
+    Some(HttpLimits {
+        max_header_bytes: usize::try_from(max_header_bytes?).ok()?,
+        header_read_timeout: header_read_timeout?,
+        idle_timeout: idle_timeout?,
+        max_connections: u32::try_from(max_connections?).ok()?,
+        h2_max_concurrent_streams: u32::try_from(streams?).ok()?,
+        h2_max_resets_per_second: u32::try_from(resets?).ok()?,
+    })
+}
+
+fn timeout(
+    c: &mut Checker<'_>,
+    raw: Option<&Spanned<String>>,
+    field: &str,
+    range: (Duration, Duration),
+    default: Duration,
+) -> Option<Duration> {
+    match raw {
+        Some(raw) => {
+            let value = duration(c, raw, field)?;
+            in_range(c, raw, field, value, range)
+        }
+        None => Some(default),
+    }
+}
+
+fn check_backend(
+    c: &mut Checker<'_>,
+    listener: &RawListener,
+    mode: Mode,
+    field: &str,
+) -> Option<BackendSide> {
+    let default_port = if mode == Mode::Bridging {
+        d::BRIDGING_PORT
+    } else {
+        d::OFFLOAD_PORT
+    };
+    let empty = RawL7Backend::default();
+    let raw = listener.backend.as_ref().map_or(&empty, Spanned::get_ref);
+    let port = match &raw.port {
+        Some(p) => c.int(p, &format!("{field}.port"), (1, 65_535)),
+        None => Some(default_port),
+    };
+    let protocol = match raw.protocol.as_ref().map(|p| (p, p.get_ref().as_str())) {
+        None | Some((_, "http1")) => Some(BackendProtocol::Http1),
+        Some((_, "http2")) => Some(BackendProtocol::Http2),
+        Some((p, other)) => {
+            c.problem(
+                p,
+                &format!("{field}.protocol"),
+                format!("{other:?} is not \"http1\" or \"http2\""),
+            );
+            None
+        }
+    };
+    let connect_timeout = timeout(
+        c,
+        raw.connect_timeout.as_ref(),
+        &format!("{field}.connect_timeout"),
+        SHORT_TIMEOUT_RANGE,
+        d::CONNECT_TIMEOUT,
+    );
+    let response_timeout = timeout(
+        c,
+        raw.response_timeout.as_ref(),
+        &format!("{field}.response_timeout"),
+        LONG_TIMEOUT_RANGE,
+        d::RESPONSE_TIMEOUT,
+    );
+    let tls = if mode == Mode::Bridging {
+        Some(backend_tls(c, listener, raw, field)?)
+    } else {
+        refuse_for_offload(c, raw, field);
+        None
+    };
+    Some(BackendSide {
+        port: port?,
+        protocol: protocol?,
+        connect_timeout: connect_timeout?,
+        response_timeout: response_timeout?,
+        tls,
+    })
+}
+
+fn backend_tls(
+    c: &mut Checker<'_>,
+    listener: &RawListener,
+    raw: &RawL7Backend,
+    field: &str,
+) -> Option<BackendTls> {
+    let skip = raw
+        .dangerously_skip_verification
+        .as_ref()
+        .is_some_and(|s| *s.get_ref());
+    let verify = match (&raw.ca_file, skip) {
+        (Some(ca), false) => Some(BackendVerify::Ca(PathBuf::from(ca.get_ref()))),
+        (None, true) => Some(BackendVerify::Skip),
+        (Some(ca), true) => {
+            c.problem(
+                ca,
+                &format!("{field}.ca_file"),
+                "set together with dangerously_skip_verification; choose one",
+            );
+            None
+        }
+        (None, false) => {
+            let at = listener
+                .backend
+                .as_ref()
+                .map_or(listener.mode.span(), Spanned::span);
+            c.problem(
+                &Spanned::new(at, ()),
+                &format!("{field}.ca_file"),
+                "bridging verifies the backends' certificates: name the CA bundle (PEM) that \
+                 signed them",
+            );
+            None
+        }
+    };
+    let client_cert = match (&raw.client_cert, &raw.client_key) {
+        (Some(cert), Some(key)) => Some(CertFiles {
+            cert: PathBuf::from(cert.get_ref()),
+            key: PathBuf::from(key.get_ref()),
+        }),
+        (None, None) => None,
+        (Some(at), None) | (None, Some(at)) => {
+            c.problem(
+                at,
+                &format!("{field}.client_cert"),
+                "client_cert and client_key go together",
+            );
+            return None;
+        }
+    };
+    let server_name = match &raw.server_name {
+        Some(name) => Some(server_name(c, name, &format!("{field}.server_name"))?),
+        None => None,
+    };
+    Some(BackendTls {
+        verify: verify?,
+        server_name,
+        client_cert,
+    })
+}
+
+/// A DNS name (or an IP address) a backend certificate must hold.
+pub(super) fn server_name(
+    c: &mut Checker<'_>,
+    raw: &Spanned<String>,
+    field: &str,
+) -> Option<String> {
+    match rustls_pki_types::ServerName::try_from(raw.get_ref().as_str()) {
+        Ok(_) => Some(raw.get_ref().clone()),
+        Err(_) => {
+            c.problem(
+                raw,
+                field,
+                format!("{:?} is not a DNS name or an IP address", raw.get_ref()),
+            );
+            None
+        }
+    }
+}
+
+fn refuse_for_offload(c: &mut Checker<'_>, raw: &RawL7Backend, field: &str) {
+    let why = "only bridging listeners speak TLS to their backends";
+    let spans = [
+        (raw.ca_file.as_ref().map(Spanned::span), "ca_file"),
+        (raw.server_name.as_ref().map(Spanned::span), "server_name"),
+        (raw.client_cert.as_ref().map(Spanned::span), "client_cert"),
+        (raw.client_key.as_ref().map(Spanned::span), "client_key"),
+        (
+            raw.dangerously_skip_verification
+                .as_ref()
+                .map(Spanned::span),
+            "dangerously_skip_verification",
+        ),
+    ];
+    for (span, name) in spans {
+        if let Some(span) = span {
+            c.problem(&Spanned::new(span, ()), &format!("{field}.{name}"), why);
+        }
+    }
+}
+
+fn check_sticky(
+    c: &mut Checker<'_>,
+    raw: &Spanned<RawSticky>,
+    field: &str,
+) -> Option<StickySettings> {
+    let s = raw.get_ref();
+    let cookie = s
+        .cookie
+        .as_ref()
+        .map_or_else(|| d::STICKY_COOKIE.to_owned(), |n| n.get_ref().clone());
+    let token = |ch: char| ch.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(ch);
+    let mut valid = true;
+    if cookie.is_empty() || cookie.len() > 64 || !cookie.chars().all(token) {
+        let at = s.cookie.as_ref().map_or(raw.span(), Spanned::span);
+        c.problem(
+            &Spanned::new(at, ()),
+            &format!("{field}.cookie"),
+            format!("{cookie:?} is not a cookie name (1 to 64 letters, digits or !#$%&'*+-.^_`|~)"),
+        );
+        valid = false;
+    }
+    let duration = timeout(
+        c,
+        s.duration.as_ref(),
+        &format!("{field}.duration"),
+        STICKY_DURATION_RANGE,
+        d::STICKY_DURATION,
+    );
+    if s.key_file.is_none() {
+        c.problem(
+            raw,
+            &format!("{field}.key_file"),
+            "stickiness seals its cookies with the keys of a key file (`lb sticky-key` writes one)",
+        );
+    }
+    let path = s.path.as_ref().map_or("/", |p| p.get_ref().as_str());
+    if !path.starts_with('/') || !path.chars().all(|ch| ch.is_ascii_graphic() && ch != ';') {
+        let at = s.path.as_ref().map_or(raw.span(), Spanned::span);
+        c.problem(
+            &Spanned::new(at, ()),
+            &format!("{field}.path"),
+            format!("{path:?} is not a cookie path (starts with '/', no spaces or ';')"),
+        );
+        valid = false;
+    }
+    let secure = s.secure.as_ref().is_none_or(|v| *v.get_ref());
+    let same_site = match s.same_site.as_ref().map(|v| (v, v.get_ref().as_str())) {
+        None => Some(Some(SameSite::Lax)),
+        Some((_, "strict")) => Some(Some(SameSite::Strict)),
+        Some((_, "lax")) => Some(Some(SameSite::Lax)),
+        Some((v, "none")) => {
+            if !secure {
+                c.problem(
+                    v,
+                    &format!("{field}.same_site"),
+                    "\"none\" needs secure = true (browsers drop such cookies otherwise)",
+                );
+            }
+            Some(Some(SameSite::None))
+        }
+        Some((_, "unset")) => Some(None),
+        Some((v, other)) => {
+            c.problem(
+                v,
+                &format!("{field}.same_site"),
+                format!("{other:?} is not \"strict\", \"lax\", \"none\" or \"unset\""),
+            );
+            None
+        }
+    };
+    let duration = duration?;
+    let same_site = same_site?;
+    let key_file = s.key_file.as_ref()?;
+    valid.then(|| StickySettings {
+        cookie,
+        duration,
+        key_file: PathBuf::from(key_file.get_ref()),
+        path: path.to_owned(),
+        http_only: s.http_only.as_ref().is_none_or(|v| *v.get_ref()),
+        secure,
+        same_site,
+    })
+}
