@@ -30,8 +30,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config: path } => {
             let config = lb::config::Config::from_file(&path)?;
+            // One worker per CPU: the L7 listeners run on it.
             tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?
@@ -75,6 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{report}");
         }
         Command::Demo => lb::demo::run()?,
+        Command::StickyKey => println!("{}", lb::l7::sticky::KeyRing::generate_line()?),
         daemon_command => {
             let request = daemon_command
                 .request()

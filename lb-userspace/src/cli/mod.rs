@@ -45,6 +45,12 @@ pub enum Command {
     },
     /// Re-read the daemon's configuration file and apply what changed (also on SIGHUP).
     Reload,
+    /// The L7 listeners' certificates and keys.
+    #[command(subcommand)]
+    Cert(CertCommand),
+    /// Print a new cookie key: a line for a sticky key file (put new keys first; keep old
+    /// ones after it until their cookies expire).
+    StickyKey,
     /// Detach the balancer and remove its pinned maps (the daemon must be stopped first; it
     /// leaves the balancer forwarding when it stops, so that restarts are hitless).
     Uninstall {
@@ -71,6 +77,13 @@ pub enum Command {
     Bench(BenchCommand),
     /// A lab in network namespaces that shows the balancer at work (needs root).
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CertCommand {
+    /// Re-read every certificate, key, CA bundle and cookie key file of the L7 listeners and
+    /// swap them in without dropping a connection; if any is bad, nothing changes.
+    Reload,
 }
 
 #[derive(Debug, Subcommand)]
@@ -238,6 +251,7 @@ impl Command {
                 timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             },
             Self::Reload => Request::Reload,
+            Self::Cert(CertCommand::Reload) => Request::ReloadFiles,
             Self::Simulate(args) => Request::Simulate {
                 protocol: args.protocol.into(),
                 client: args.client,
@@ -248,6 +262,7 @@ impl Command {
             | Self::Uninstall { .. }
             | Self::Decap(_)
             | Self::Bench(_)
+            | Self::StickyKey
             | Self::Demo => return None,
         })
     }

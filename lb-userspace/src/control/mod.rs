@@ -58,6 +58,9 @@ pub enum Request {
     Status,
     /// Re-read the configuration file and apply what changed.
     Reload,
+    /// Re-read every file the L7 listeners name (certificates, keys, CA bundles, cookie keys)
+    /// and swap them in, all or nothing.
+    ReloadFiles,
     Simulate {
         protocol: Protocol,
         client: SocketAddr,

@@ -18,6 +18,7 @@ pub mod runtime;
 
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     thread,
     time::{Duration, Instant},
 };
@@ -39,6 +40,7 @@ use crate::{
     },
     datapath::{Datapath, DatapathError},
     health::state::Outcome,
+    l7::L7,
     loader::{Attached, Balancer, BalancerSpec, LoadError, interface_index},
     metrics::{self, MetricsInput},
     reconcile::{ReconcileError, Reconciler},
@@ -55,6 +57,8 @@ pub enum DaemonError {
     Reconcile(#[from] ReconcileError),
     #[error(transparent)]
     Control(#[from] ServerError),
+    #[error(transparent)]
+    L7(#[from] crate::l7::L7Error),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -74,6 +78,10 @@ pub async fn run(config: Config, path: PathBuf) -> Result<(), DaemonError> {
 }
 
 async fn serve(config: Config, path: PathBuf) -> Result<(), DaemonError> {
+    // The L7 listeners' files and addresses first: a bad certificate stops the start before
+    // anything is changed.
+    let l7 = Arc::new(L7::new(tokio::runtime::Handle::current()));
+    let l7_prepared = l7.prepare(&config)?;
     let interfaces: Vec<(String, u32)> = config
         .datapath
         .interfaces
@@ -103,8 +111,9 @@ async fn serve(config: Config, path: PathBuf) -> Result<(), DaemonError> {
     let probes = Probes::new(tokio::runtime::Handle::current(), events.clone());
     let socket = config.control.socket.clone();
     let metrics_address = config.metrics;
-    let controller =
-        Controller::new(config, Some(path), reconciler, Instant::now())?.with_probes(probes);
+    let controller = Controller::new(config, Some(path), reconciler, Instant::now())?
+        .with_l7(l7, l7_prepared, Instant::now())
+        .with_probes(probes);
     info!(mtu, "configuration applied");
     let logs = ebpf_logs(&mut balancer);
     let controller = spawn_controller(controller, receiver)?;

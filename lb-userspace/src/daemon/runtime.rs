@@ -2,13 +2,15 @@
 //! probes), a drain in progress, and when it (re)joined, for slow start. From that and the
 //! configuration, [`Runtime::listeners`] computes what the reconciler writes:
 //!
-//! | backend | weight in the table | established flows |
-//! | --- | --- | --- |
-//! | healthy | its weight (ramping up during slow start) | stay |
-//! | unhealthy, unreachable (dead) | 0 | placed afresh |
-//! | unhealthy, reachable (failing its check) | 0 | stay |
-//! | draining | 0 | stay, until the drain ends and it is removed |
-//! | disabled (weight 0) | 0 | stay |
+//! | backend | weight in the table | established flows | L7 sticky sessions |
+//! | --- | --- | --- | --- |
+//! | healthy | its weight (ramping up during slow start) | stay | stay |
+//! | unhealthy, unreachable (dead) | 0 | placed afresh | re-pinned |
+//! | unhealthy, reachable (failing its check) | 0 | stay | re-pinned |
+//! | draining | 0 | stay, until the drain ends and it is removed | stay, until then |
+//! | disabled (weight 0) | 0 | stay | stay |
+//!
+//! The L7 listeners balance requests by the same weights ([`Runtime::members`]).
 //!
 //! When a pool's health check fails every backend that is neither draining nor disabled, the
 //! pool *fails open* (unless configured not to): all of them take flows as if healthy.
@@ -24,6 +26,7 @@ use std::{
 use crate::{
     config::{BackendConfig, Config, Pool, describe},
     health::state::{BackendHealth, Health, Outcome, Transition},
+    l7::{PoolMembers, balance::Member},
     state::{Listener, Target},
 };
 
@@ -238,6 +241,38 @@ impl Runtime {
             listener.targets = self.targets(&pool_name, pool, now);
         }
         listeners
+    }
+
+    /// The members of every pool used by an L7 listener, as its requests see them now: the
+    /// same weights as the Maglev table's; sessions stay with a backend unless it is
+    /// unhealthy (and the pool does not fail open) or gone.
+    pub fn members(&self, config: &Config, now: Instant) -> PoolMembers {
+        let mut members = PoolMembers::new();
+        for listener in config.listeners.values().filter(|l| l.l7.is_some()) {
+            if members.contains_key(&listener.pool) {
+                continue;
+            }
+            let Some(pool) = config.pools.get(&listener.pool) else {
+                continue;
+            };
+            let targets = self.targets(&listener.pool, pool, now);
+            let list = pool
+                .backends
+                .iter()
+                .zip(targets)
+                .map(|(backend, target)| {
+                    let key = BackendKey::of(&listener.pool, backend);
+                    let parked = matches!(self.kind(&key, backend.weight), Kind::Parked);
+                    Member {
+                        backend: backend.clone(),
+                        weight: target.weight,
+                        sticky: target.weight > 0 || parked,
+                    }
+                })
+                .collect();
+            members.insert(listener.pool.clone(), list);
+        }
+        members
     }
 
     /// The targets of one pool (see the module documentation).

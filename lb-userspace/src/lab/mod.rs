@@ -9,6 +9,8 @@
 //!   backends' decapsulation programs attached and TLS servers on the VIP;
 //! - [`daemon`]: [`DaemonProcess`](daemon::DaemonProcess), an `lb run` child process inside a
 //!   lab namespace, with its own socket and pins, stopped (SIGTERM) on drop;
+//! - [`http`]: [`HttpBackend`](http::HttpBackend), an HTTP/1.1 and HTTP/2 backend (plain or
+//!   TLS) that names itself, echoes, streams, delays and upgrades, for the L7 listeners;
 //! - [`tls`]: [`Pki`], a throw-away certificate authority issuing leaf certificates (valid,
 //!   expired, or from another CA); [`TlsServer`], a line-echo TLS backend that records who
 //!   connected; [`tls_exchange`] and [`TlsClientConn`], blocking TLS clients.
@@ -21,6 +23,8 @@
 //! hosts addresses from 198.18.0.0/15 and 2001:db8::/32, nothing else.
 
 pub mod daemon;
+pub mod http;
+pub mod l7;
 pub mod netns;
 pub mod passthrough;
 pub mod tls;

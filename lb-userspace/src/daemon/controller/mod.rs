@@ -14,6 +14,7 @@ mod views;
 use std::{
     collections::BTreeMap,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -29,6 +30,7 @@ use crate::{
     control::{Body, ChangeView, Request, Response},
     datapath::Datapath,
     health::state::{Health, Outcome},
+    l7::{L7, PoolMembers, Prepared},
     reconcile::Reconciler,
 };
 
@@ -65,6 +67,9 @@ pub struct Controller<D> {
     reconciler: Reconciler<D>,
     runtime: Runtime,
     probes: Option<Probes>,
+    /// The L7 listeners, and the pool members they were last given.
+    l7: Option<Arc<L7>>,
+    published: PoolMembers,
     /// Control operations by (operation, result).
     operations: BTreeMap<(String, &'static str), u64>,
     started: Instant,
@@ -87,12 +92,35 @@ impl<D: Datapath> Controller<D> {
             reconciler,
             runtime,
             probes: None,
+            l7: None,
+            published: PoolMembers::new(),
             operations: BTreeMap::new(),
             started: now,
         };
         let desired = controller.runtime.listeners(&controller.config, now);
         controller.reconciler.apply(&desired)?;
         Ok(controller)
+    }
+
+    /// Serves the configuration's L7 listeners with `l7` (and those of every later one),
+    /// from what [`L7::prepare`] made of the configuration.
+    pub fn with_l7(mut self, l7: Arc<L7>, prepared: Prepared, now: Instant) -> Self {
+        self.published = self.runtime.members(&self.config, now);
+        l7.commit(prepared, &self.published);
+        self.l7 = Some(l7);
+        self
+    }
+
+    /// Gives the L7 listeners the pools' members, if they changed.
+    fn publish(&mut self, now: Instant) {
+        let Some(l7) = &self.l7 else {
+            return;
+        };
+        let members = self.runtime.members(&self.config, now);
+        if members != self.published {
+            l7.update_pools(&members);
+            self.published = members;
+        }
     }
 
     /// Runs the health checks of the configuration with `probes` (and of every later one).
@@ -190,6 +218,7 @@ impl<D: Datapath> Controller<D> {
             Request::Stats => self.stats_view().map(Body::Stats).map_err(Refusal::Failed),
             Request::Status => Ok(Body::Status(self.status_view(now))),
             Request::Reload => self.reload(now),
+            Request::ReloadFiles => self.reload_files(),
             Request::Simulate {
                 protocol,
                 client,
@@ -259,7 +288,9 @@ impl<D: Datapath> Controller<D> {
     /// they are what the maps hold).
     fn reconcile(&mut self, now: Instant) -> Result<(), crate::reconcile::ReconcileError> {
         let desired = self.runtime.listeners(&self.config, now);
-        self.reconciler.apply(&desired)
+        self.reconciler.apply(&desired)?;
+        self.publish(now);
+        Ok(())
     }
 
     /// Applies `edit` to `pool`: a new configuration if valid, reconciled into the maps.
@@ -378,12 +409,43 @@ impl<D: Datapath> Controller<D> {
         self.replace(next, format!("reloaded {}", path.display()), now)
     }
 
+    /// `lb cert reload`: every file of the L7 listeners, read again and swapped in.
+    fn reload_files(&mut self) -> Result<Body, Refusal> {
+        let Some(l7) = &self.l7 else {
+            return Err(Refusal::Refused(
+                "this daemon serves no L7 listener".to_owned(),
+            ));
+        };
+        let started = Instant::now();
+        let reloaded = l7.reload_files().map_err(|e| {
+            Refusal::Refused(format!("the files were not reloaded; nothing changed: {e}"))
+        })?;
+        if reloaded.is_empty() {
+            return Err(Refusal::Refused(
+                "the configuration has no offload or bridging listener".to_owned(),
+            ));
+        }
+        let summary = format!("reloaded the files of {}", reloaded.join("; "));
+        info!(%summary, "certificates and keys reloaded");
+        Ok(Body::Changed(ChangeView {
+            summary,
+            listeners: Vec::new(),
+            applied_us: u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        }))
+    }
+
     /// Makes `next` the configuration in force: reconciles the maps to it, or restores the
     /// previous tables if that fails.
     fn replace(&mut self, next: Config, summary: String, now: Instant) -> Result<Body, Refusal> {
         let started = Instant::now();
         let mut runtime = self.runtime.clone();
         runtime.sync(&next, now, true);
+        let prepared = match &self.l7 {
+            Some(l7) => Some(l7.prepare(&next).map_err(|e| {
+                Refusal::Refused(format!("{summary} was not applied; nothing changed: {e}"))
+            })?),
+            None => None,
+        };
         if let Err(failure) = self.reconciler.apply(&runtime.listeners(&next, now)) {
             error!(%failure, "applying a change failed; restoring the previous tables");
             if let Err(rollback) = self.reconcile(now) {
@@ -403,6 +465,10 @@ impl<D: Datapath> Controller<D> {
             })
             .map(|(name, _)| name.clone())
             .collect();
+        if let (Some(l7), Some(prepared)) = (&self.l7, prepared) {
+            self.published = runtime.members(&next, now);
+            l7.commit(prepared, &self.published);
+        }
         self.config = next;
         self.runtime = runtime;
         if let Some(probes) = &mut self.probes {
@@ -435,6 +501,7 @@ fn operation_name(request: &Request) -> Option<&'static str> {
         Request::SetWeight { .. } => "backend-set-weight",
         Request::DrainBackend { .. } => "backend-drain",
         Request::Reload => "reload",
+        Request::ReloadFiles => "cert-reload",
         _ => return None,
     })
 }

@@ -1,0 +1,413 @@
+//! Which backend an L7 request goes to. The controller publishes each pool's members with
+//! their health as [`Member`]s; a listener turns them into a [`BackendSet`] (swapped whole,
+//! read without locks) whose [`Upstream`]s outlive the swap, so that requests in flight and
+//! pooled connections carry over.
+//!
+//! - **Round robin**: a smooth weighted order of the backends that take new requests
+//!   (nginx's algorithm, computed once per set), walked by one shared counter.
+//! - **Least outstanding requests**: the backend with the fewest requests in flight for its
+//!   weight; the scan starts where round robin would pick, so that idle backends (all at zero)
+//!   are taken in weighted turn rather than always the first.
+//! - **Sticky sessions**: a cookie's backend is honoured while it is a member that honours
+//!   sessions (healthy, draining or disabled; not unhealthy, unless the pool fails open);
+//!   otherwise the session is placed by rendezvous hashing over the backends that take new
+//!   requests, weighted by their configured weights, so every balancer re-pins it alike.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicUsize, Ordering},
+    },
+};
+
+use rustls_pki_types::ServerName;
+
+use super::{
+    sticky::{self, BackendId, SessionId},
+    upstream::ConnPool,
+};
+use crate::config::{BackendConfig, ListenerConfig, l7::Balance};
+
+/// A pool member as the controller sees it now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub backend: BackendConfig,
+    /// Its share of new requests now: 0 when it takes none (unhealthy, draining, disabled),
+    /// ramping up during slow start.
+    pub weight: u32,
+    /// Whether requests of sessions pinned to it still go to it.
+    pub sticky: bool,
+}
+
+/// A backend of one listener: where it is, what it must prove (bridging), and its requests in
+/// flight and idle connections.
+#[derive(Debug)]
+pub struct Upstream {
+    pub address: SocketAddr,
+    pub id: BackendId,
+    /// Bridging: the name its certificate must hold.
+    pub server_name: Option<ServerName<'static>>,
+    outstanding: AtomicU32,
+    pub conns: ConnPool,
+}
+
+impl Upstream {
+    pub fn new(address: SocketAddr, server_name: Option<ServerName<'static>>) -> Self {
+        Self {
+            address,
+            id: sticky::backend_id(address),
+            server_name,
+            outstanding: AtomicU32::new(0),
+            conns: ConnPool::default(),
+        }
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> Outstanding {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        Outstanding(Arc::clone(self))
+    }
+
+    pub fn outstanding(&self) -> u32 {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+}
+
+/// A request in flight on an [`Upstream`].
+#[derive(Debug)]
+pub struct Outstanding(Arc<Upstream>);
+
+impl Outstanding {
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.0
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A listener's backends as of the last update.
+#[derive(Debug, Default)]
+pub struct BackendSet {
+    members: Vec<Arc<Upstream>>,
+    /// Members whose sessions stay with them, by id.
+    sticky: HashMap<BackendId, usize>,
+    /// Members that take new requests: (index, weight now, configured weight).
+    eligible: Vec<(usize, u32, u32)>,
+    /// Positions in `eligible`, in smooth weighted round-robin order.
+    schedule: Vec<u32>,
+}
+
+/// Round-robin schedules are at most this long; larger weight sums are scaled down.
+const MAX_SCHEDULE: u64 = 4096;
+
+impl BackendSet {
+    /// The set for `listener` from its pool's `members`, reusing the upstreams of `previous`
+    /// that are still members (same address and name).
+    pub fn build(
+        listener: &ListenerConfig,
+        listener_server_name: Option<&str>,
+        members: &[Member],
+        previous: &BackendSet,
+    ) -> Self {
+        let bridging = listener
+            .l7
+            .as_ref()
+            .is_some_and(|l7| l7.backend.tls.is_some());
+        let old: HashMap<SocketAddr, &Arc<Upstream>> =
+            previous.members.iter().map(|u| (u.address, u)).collect();
+        let mut set = BackendSet::default();
+        for member in members {
+            let address = SocketAddr::new(
+                member.backend.address,
+                listener.backend_port(&member.backend),
+            );
+            let server_name = bridging.then(|| {
+                super::tls::backend_server_name(
+                    member.backend.server_name.as_deref(),
+                    listener_server_name,
+                    member.backend.address,
+                )
+            });
+            let upstream = match old.get(&address) {
+                Some(u) if u.server_name == server_name => Arc::clone(u),
+                _ => Arc::new(Upstream::new(address, server_name)),
+            };
+            let index = set.members.len();
+            if member.sticky || member.weight > 0 {
+                set.sticky.insert(upstream.id, index);
+            }
+            if member.weight > 0 {
+                set.eligible
+                    .push((index, member.weight, member.backend.weight.max(1)));
+            }
+            set.members.push(upstream);
+        }
+        set.schedule = schedule(&set.eligible.iter().map(|e| e.1).collect::<Vec<_>>());
+        set
+    }
+
+    /// Every member.
+    pub fn members(&self) -> &[Arc<Upstream>] {
+        &self.members
+    }
+
+    /// A backend for a new request, by `balance`, other than `exclude`; `turn` is the
+    /// listener's round-robin counter.
+    pub fn pick(
+        &self,
+        balance: Balance,
+        turn: &AtomicUsize,
+        exclude: Option<&Arc<Upstream>>,
+    ) -> Option<Arc<Upstream>> {
+        if self.schedule.is_empty() {
+            return None;
+        }
+        let excluded = |i: usize| exclude.is_some_and(|e| Arc::ptr_eq(e, &self.members[i]));
+        let n = self.schedule.len();
+        let start = turn.fetch_add(1, Ordering::Relaxed) % n;
+        let first = self.schedule[start] as usize;
+        match balance {
+            Balance::RoundRobin => (0..n)
+                .map(|k| self.eligible[self.schedule[(start + k) % n] as usize].0)
+                .find(|&i| !excluded(i)),
+            Balance::LeastOutstanding => {
+                let count = self.eligible.len();
+                let mut best: Option<(usize, u64, u64)> = None;
+                for k in 0..count {
+                    let (i, weight, _) = self.eligible[(first + k) % count];
+                    if excluded(i) {
+                        continue;
+                    }
+                    let load = u64::from(self.members[i].outstanding());
+                    let weight = u64::from(weight);
+                    // load / weight < best_load / best_weight, without dividing.
+                    if best.is_none_or(|(_, l, w)| load * w < l * weight) {
+                        best = Some((i, load, weight));
+                    }
+                }
+                best.map(|(i, ..)| i)
+            }
+        }
+        .map(|i| Arc::clone(&self.members[i]))
+    }
+
+    /// The backend of a session pinned to `id`, if its sessions still go to it.
+    pub fn pinned(&self, id: BackendId) -> Option<Arc<Upstream>> {
+        self.sticky.get(&id).map(|&i| Arc::clone(&self.members[i]))
+    }
+
+    /// Where `session` goes when its backend cannot take it: the same backend on every
+    /// balancer with this configuration and health.
+    pub fn rendezvous(&self, session: &SessionId) -> Option<Arc<Upstream>> {
+        let id = sticky::rendezvous(
+            session,
+            self.eligible
+                .iter()
+                .map(|&(i, _, configured)| (self.members[i].id, configured)),
+        )?;
+        self.eligible
+            .iter()
+            .map(|&(i, ..)| &self.members[i])
+            .find(|u| u.id == id)
+            .cloned()
+    }
+}
+
+/// Smooth weighted round robin over `weights` (indexes into them), scaled down to at most
+/// [`MAX_SCHEDULE`] entries; each weight keeps at least one.
+fn schedule(weights: &[u32]) -> Vec<u32> {
+    let total: u64 = weights.iter().map(|&w| u64::from(w)).sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    let divisor = weights.iter().fold(0u64, |g, &w| gcd(g, u64::from(w)));
+    let scaled: Vec<u64> = weights
+        .iter()
+        .map(|&w| {
+            let w = u64::from(w) / divisor;
+            let total = total / divisor;
+            if total <= MAX_SCHEDULE {
+                w
+            } else {
+                (w * MAX_SCHEDULE / total).max(1)
+            }
+        })
+        .collect();
+    let length: u64 = scaled.iter().sum();
+    let sum = i64::try_from(length).unwrap_or(i64::MAX);
+    let mut current = vec![0i64; scaled.len()];
+    let mut order = Vec::with_capacity(usize::try_from(length).unwrap_or(0));
+    for _ in 0..length {
+        let mut best = 0;
+        for (i, &w) in scaled.iter().enumerate() {
+            current[i] += i64::try_from(w).unwrap_or(i64::MAX);
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= sum;
+        order.push(u32::try_from(best).unwrap_or(0));
+    }
+    order
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    const CONFIG: &str = r#"
+[pools.app]
+backends = [
+  { address = "198.18.1.1", port = 8080 },
+  { address = "198.18.1.2", port = 8080 },
+  { address = "198.18.1.3", port = 8080 },
+]
+
+[listeners.web]
+address = "198.18.100.1"
+port = 443
+mode = "offload"
+pool = "app"
+
+[listeners.web.tls]
+certificates = [{ cert = "c.pem", key = "k.pem" }]
+"#;
+
+    fn listener() -> ListenerConfig {
+        Config::parse(CONFIG, "test.toml").unwrap().listeners["web"].clone()
+    }
+
+    fn members(weights: &[(u32, bool)]) -> Vec<Member> {
+        weights
+            .iter()
+            .enumerate()
+            .map(|(i, &(weight, sticky))| Member {
+                backend: BackendConfig {
+                    address: format!("198.18.1.{}", i + 1).parse().unwrap(),
+                    port: Some(8080),
+                    weight: 1,
+                    server_name: None,
+                },
+                weight,
+                sticky,
+            })
+            .collect()
+    }
+
+    fn counts(set: &BackendSet, balance: Balance, picks: usize) -> Vec<usize> {
+        let turn = AtomicUsize::new(0);
+        let mut counts = vec![0; set.members().len()];
+        for _ in 0..picks {
+            let u = set.pick(balance, &turn, None).unwrap();
+            counts[set
+                .members()
+                .iter()
+                .position(|m| Arc::ptr_eq(m, &u))
+                .unwrap()] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn round_robin_follows_the_weights_smoothly() {
+        let set = BackendSet::build(
+            &listener(),
+            None,
+            &members(&[(100, true), (200, true), (300, true)]),
+            &BackendSet::default(),
+        );
+        assert_eq!(set.schedule, [2, 1, 0, 2, 1, 2]);
+        assert_eq!(counts(&set, Balance::RoundRobin, 600), [100, 200, 300]);
+    }
+
+    #[test]
+    fn idle_least_outstanding_takes_turns_by_weight_and_busy_backends_are_avoided() {
+        let set = BackendSet::build(
+            &listener(),
+            None,
+            &members(&[(100, true), (100, true), (200, true)]),
+            &BackendSet::default(),
+        );
+        assert_eq!(
+            counts(&set, Balance::LeastOutstanding, 400),
+            [100, 100, 200]
+        );
+        let busy: Vec<Outstanding> = (0..5).map(|_| set.members()[2].begin()).collect();
+        let one = set.members()[0].begin();
+        let turn = AtomicUsize::new(0);
+        for _ in 0..10 {
+            let u = set.pick(Balance::LeastOutstanding, &turn, None).unwrap();
+            assert!(Arc::ptr_eq(&u, &set.members()[1]), "the idle one");
+        }
+        drop((busy, one));
+        assert_eq!(set.members()[2].outstanding(), 0);
+    }
+
+    #[test]
+    fn excluded_and_weightless_backends_are_not_picked() {
+        let set = BackendSet::build(
+            &listener(),
+            None,
+            &members(&[(0, true), (100, true), (0, false)]),
+            &BackendSet::default(),
+        );
+        let turn = AtomicUsize::new(0);
+        let only = set.pick(Balance::RoundRobin, &turn, None).unwrap();
+        assert_eq!(only.address.to_string(), "198.18.1.2:8080");
+        assert!(set.pick(Balance::RoundRobin, &turn, Some(&only)).is_none());
+        assert!(
+            set.pick(Balance::LeastOutstanding, &turn, Some(&only))
+                .is_none()
+        );
+        assert!(
+            set.pinned(set.members()[0].id).is_some(),
+            "draining: sessions stay"
+        );
+        assert!(
+            set.pinned(set.members()[2].id).is_none(),
+            "unhealthy: they move"
+        );
+        let empty = BackendSet::build(&listener(), None, &[], &BackendSet::default());
+        assert!(empty.pick(Balance::LeastOutstanding, &turn, None).is_none());
+    }
+
+    #[test]
+    fn upstreams_outlive_an_update_and_sessions_re_pin_alike() {
+        let l = listener();
+        let first = BackendSet::build(
+            &l,
+            None,
+            &members(&[(100, true); 3]),
+            &BackendSet::default(),
+        );
+        let held = first.members()[1].begin();
+        let second = BackendSet::build(&l, None, &members(&[(100, true); 3]), &first);
+        assert_eq!(second.members()[1].outstanding(), 1, "the same upstream");
+        drop(held);
+
+        let session = SessionId([7; 16]);
+        let a = second.rendezvous(&session).unwrap();
+        let again = BackendSet::build(
+            &l,
+            None,
+            &members(&[(100, true); 3]),
+            &BackendSet::default(),
+        );
+        assert_eq!(
+            again.rendezvous(&session).unwrap().id,
+            a.id,
+            "any instance agrees"
+        );
+    }
+}

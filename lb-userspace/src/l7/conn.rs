@@ -1,0 +1,337 @@
+//! One client connection's clock: which requests are in flight, since when it has been idle,
+//! when the head of its next HTTP/1.1 request began to arrive, and how many HTTP/2 streams
+//! its client cancelled lately. The connection's driver ([`super::server`]) sleeps until the
+//! nearest deadline:
+//!
+//! - idle (no request in flight) for `idle_timeout`: closed gracefully;
+//! - a request head (HTTP/1.1) still incomplete `header_read_timeout` after its first byte:
+//!   closed (a slow client; HTTP/2 framing has its own limits);
+//! - more cancelled requests than `h2_max_resets_per_second` allows (a reset flood): closed.
+//!
+//! hyper's own header timeout also runs while a kept-alive connection is idle, so it would
+//! cut idle connections at the header timeout; hence this clock.
+
+use std::{
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::Notify,
+};
+
+use crate::config::l7::HttpLimits;
+
+/// What a connection's driver should do when it wakes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    /// Idle too long: close gracefully.
+    Idle,
+    /// A request head took too long: close.
+    SlowHead,
+    /// Too many cancelled streams: close.
+    ResetFlood,
+}
+
+/// The shared state of one client connection.
+#[derive(Debug)]
+pub struct ConnState {
+    start: Instant,
+    /// HTTP/1.1: request heads are timed.
+    h1: bool,
+    in_flight: AtomicU32,
+    /// Milliseconds since `start` when the last request ended (or the connection began).
+    idle_since: AtomicU64,
+    /// Milliseconds since `start`, plus one, when bytes of a request head arrived on an idle
+    /// connection; 0 if none did.
+    head_since: AtomicU64,
+    resets: Mutex<Bucket>,
+    flooded: AtomicBool,
+    /// Wakes the driver when a deadline moved earlier.
+    pub wake: Notify,
+}
+
+/// A token bucket: `rate` tokens a second, at most `rate` saved.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    rate: f64,
+    at: Instant,
+}
+
+impl ConnState {
+    pub fn new(h1: bool, limits: &HttpLimits) -> Arc<Self> {
+        let now = Instant::now();
+        let rate = f64::from(limits.h2_max_resets_per_second);
+        Arc::new(Self {
+            start: now,
+            h1,
+            in_flight: AtomicU32::new(0),
+            idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
+            resets: Mutex::new(Bucket {
+                tokens: rate,
+                rate,
+                at: now,
+            }),
+            flooded: AtomicBool::new(false),
+            wake: Notify::new(),
+        })
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A request began; the guard ends it (pass it on to the response body).
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_since.store(0, Ordering::Release);
+        InFlight {
+            state: Arc::clone(self),
+            answered: false,
+        }
+    }
+
+    /// Bytes arrived from the client.
+    fn on_read(&self) {
+        if self.h1
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_since.load(Ordering::Acquire) == 0
+        {
+            let now = self.millis(Instant::now()) + 1;
+            if self
+                .head_since
+                .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.wake.notify_one();
+            }
+        }
+    }
+
+    fn on_cancel(&self) {
+        let Ok(mut bucket) = self.resets.lock() else {
+            return;
+        };
+        let now = Instant::now();
+        let refill = now.saturating_duration_since(bucket.at).as_secs_f64() * bucket.rate;
+        bucket.tokens = (bucket.tokens + refill).min(bucket.rate);
+        bucket.at = now;
+        bucket.tokens -= 1.0;
+        if bucket.tokens < 0.0 {
+            self.flooded.store(true, Ordering::Release);
+            self.wake.notify_one();
+        }
+    }
+
+    /// The next moment something may be due, if any.
+    pub fn deadline(&self, limits: &HttpLimits) -> Option<Instant> {
+        if self.flooded.load(Ordering::Acquire) {
+            return Some(Instant::now());
+        }
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let at = |millis: u64| self.start + Duration::from_millis(millis);
+        let idle = at(self.idle_since.load(Ordering::Acquire)) + limits.idle_timeout;
+        let head = match self.head_since.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(at(since - 1) + limits.header_read_timeout),
+        };
+        Some(head.map_or(idle, |head| head.min(idle)))
+    }
+
+    /// What is due at `now`.
+    pub fn verdict(&self, limits: &HttpLimits, now: Instant) -> Verdict {
+        if self.flooded.load(Ordering::Acquire) {
+            return Verdict::ResetFlood;
+        }
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Verdict::Continue;
+        }
+        let at = |millis: u64| self.start + Duration::from_millis(millis);
+        let head = self.head_since.load(Ordering::Acquire);
+        if head != 0 && now >= at(head - 1) + limits.header_read_timeout {
+            return Verdict::SlowHead;
+        }
+        if now >= at(self.idle_since.load(Ordering::Acquire)) + limits.idle_timeout {
+            return Verdict::Idle;
+        }
+        Verdict::Continue
+    }
+}
+
+/// A request in flight on a client connection.
+#[derive(Debug)]
+pub struct InFlight {
+    state: Arc<ConnState>,
+    answered: bool,
+}
+
+impl InFlight {
+    /// The request was answered (the service returned a response); dropping the guard now
+    /// ends it normally rather than counting a cancellation.
+    pub fn answered(&mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let state = &self.state;
+        if !self.answered {
+            state.on_cancel();
+        }
+        state
+            .idle_since
+            .store(state.millis(Instant::now()), Ordering::Release);
+        if state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            state.wake.notify_one();
+        }
+    }
+}
+
+/// A client stream that tells the connection's clock when bytes arrive.
+#[derive(Debug)]
+pub struct Watched<S> {
+    inner: S,
+    state: Arc<ConnState>,
+}
+
+impl<S> Watched<S> {
+    pub fn new(inner: S, state: Arc<ConnState>) -> Self {
+        Self { inner, state }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.state.on_read();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::l7::l7_defaults as d;
+
+    fn limits() -> HttpLimits {
+        HttpLimits {
+            max_header_bytes: d::MAX_HEADER_BYTES,
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10,
+            h2_max_concurrent_streams: 10,
+            h2_max_resets_per_second: 5,
+        }
+    }
+
+    #[test]
+    fn an_idle_connection_is_due_at_the_idle_timeout_and_a_started_head_sooner() {
+        let limits = limits();
+        let state = ConnState::new(true, &limits);
+        let start = state.start;
+        assert_eq!(state.deadline(&limits), Some(start + limits.idle_timeout));
+        assert_eq!(
+            state.verdict(&limits, start + Duration::from_secs(59)),
+            Verdict::Continue
+        );
+        assert_eq!(
+            state.verdict(&limits, start + Duration::from_secs(60)),
+            Verdict::Idle
+        );
+
+        state.on_read();
+        let head = state.deadline(&limits).unwrap();
+        assert!(head <= Instant::now() + limits.header_read_timeout);
+        assert_eq!(state.verdict(&limits, head), Verdict::SlowHead);
+
+        let mut request = state.begin();
+        assert_eq!(state.deadline(&limits), None, "a request in flight");
+        assert_eq!(
+            state.verdict(&limits, head + Duration::from_secs(3600)),
+            Verdict::Continue
+        );
+        request.answered();
+        drop(request);
+        let idle = state.deadline(&limits).unwrap();
+        assert!(
+            idle > Instant::now() + Duration::from_secs(59),
+            "idle again, the head done"
+        );
+    }
+
+    #[test]
+    fn cancelled_requests_beyond_the_rate_are_a_flood() {
+        let limits = limits();
+        let state = ConnState::new(false, &limits);
+        for _ in 0..5 {
+            drop(state.begin());
+        }
+        assert_eq!(state.verdict(&limits, Instant::now()), Verdict::Continue);
+        let mut answered = state.begin();
+        answered.answered();
+        drop(answered);
+        assert_eq!(state.verdict(&limits, Instant::now()), Verdict::Continue);
+        drop(state.begin());
+        assert_eq!(state.verdict(&limits, Instant::now()), Verdict::ResetFlood);
+    }
+
+    #[test]
+    fn http2_reads_do_not_start_a_head_clock() {
+        let limits = limits();
+        let state = ConnState::new(false, &limits);
+        state.on_read();
+        assert_eq!(
+            state.deadline(&limits),
+            Some(state.start + limits.idle_timeout)
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! What the proxy changes in a request on its way to a backend, and in the response on its
+//! way back (RFC 9110 section 7.6, RFC 7239):
+//!
+//! - hop-by-hop headers (`Connection` and those it names, `Keep-Alive`, `Proxy-Connection`,
+//!   `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`) are removed both ways, except the
+//!   `Upgrade` handshake of a request being tunnelled;
+//! - `X-Forwarded-For` gets the client's address appended; `X-Forwarded-Proto` and
+//!   `X-Forwarded-Port` are set by the balancer, whatever the client sent; `Forwarded` gets an
+//!   element appended if the listener asks for it;
+//! - `Host` is kept (an HTTP/2 client's `:authority` becomes `Host` for an HTTP/1.1 backend).
+
+use std::net::IpAddr;
+
+use hyper::{
+    HeaderMap, Uri, Version,
+    header::{self, HeaderName, HeaderValue},
+    http::uri::{Authority, PathAndQuery, Scheme},
+};
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Who asked, and through which listener.
+#[derive(Clone, Debug)]
+pub struct Forwarding {
+    pub client: IpAddr,
+    pub port: u16,
+    /// Also append an RFC 7239 `Forwarded` element.
+    pub forwarded_header: bool,
+}
+
+/// Removes the hop-by-hop headers of `headers`; keeps `Upgrade` and sets `Connection: upgrade`
+/// if `upgrade` is the protocol being switched to.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    if let Some(protocol) = upgrade {
+        headers.insert(header::UPGRADE, protocol.clone());
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` with
+/// `Upgrade: websocket`), if any.
+pub fn upgrade_of(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    let asks = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Sets the forwarding headers of a request to a backend.
+pub fn add_forwarding(headers: &mut HeaderMap, forwarding: &Forwarding) {
+    let client = forwarding.client.to_string();
+    let forwarded_for = match joined(headers, &X_FORWARDED_FOR) {
+        Some(earlier) => format!("{earlier}, {client}"),
+        None => client,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        headers.insert(X_FORWARDED_FOR.clone(), value);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+    headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(forwarding.port));
+    if forwarding.forwarded_header {
+        let node = match forwarding.client {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("\"[{a}]\""),
+        };
+        let mut element = format!("for={node};proto=https");
+        if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+            element.push_str(&format!(";host=\"{}\"", host.replace(['"', '\\'], "")));
+        }
+        let forwarded = match joined(headers, &header::FORWARDED) {
+            Some(earlier) => format!("{earlier}, {element}"),
+            None => element,
+        };
+        if let Ok(value) = HeaderValue::from_str(&forwarded) {
+            headers.insert(header::FORWARDED, value);
+        }
+    }
+}
+
+/// The values of every `name` header joined with ", ", if any (and all are text).
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+/// The URI and `Host` of a request as a backend of `version` wants them: origin form and a
+/// `Host` header for HTTP/1.1; scheme and authority for HTTP/2. The authority comes from
+/// `Host` (HTTP/1.1 clients) or the URI (HTTP/2 clients); `fallback` if neither has one.
+pub fn to_backend_target(
+    uri: &Uri,
+    headers: &mut HeaderMap,
+    version: Version,
+    tls: bool,
+    fallback: &str,
+) -> Result<Uri, hyper::http::Error> {
+    let authority = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<Authority>().ok())
+        .or_else(|| uri.authority().cloned())
+        .map_or_else(|| fallback.parse::<Authority>(), Ok)?;
+    let path = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if version == Version::HTTP_2 {
+        headers.remove(header::HOST);
+        let scheme = if tls { Scheme::HTTPS } else { Scheme::HTTP };
+        Ok(Uri::builder()
+            .scheme(scheme)
+            .authority(authority)
+            .path_and_query(path)
+            .build()?)
+    } else {
+        if !headers.contains_key(header::HOST)
+            && let Ok(host) = HeaderValue::from_str(authority.as_str())
+        {
+            headers.insert(header::HOST, host);
+        }
+        Ok(Uri::builder().path_and_query(path).build()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_those_connection_names_too() {
+        let mut h = headers(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "gzip"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("proxy-connection", "keep-alive"),
+            ("host", "example.com"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut h, None);
+        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["host", "x-kept"]);
+
+        let mut ws = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        let upgrade = upgrade_of(Version::HTTP_11, &ws);
+        assert_eq!(upgrade.as_ref().unwrap(), "websocket");
+        assert!(upgrade_of(Version::HTTP_2, &ws).is_none());
+        strip_hop_by_hop(&mut ws, upgrade.as_ref());
+        assert_eq!(ws["upgrade"], "websocket");
+        assert_eq!(ws["connection"], "upgrade");
+    }
+
+    #[test]
+    fn forwarding_headers_append_the_client_and_replace_what_it_claimed() {
+        let mut h = headers(&[
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-for", "198.18.9.9"),
+            ("x-forwarded-proto", "http"),
+            ("x-forwarded-port", "80"),
+            ("host", "shop.example"),
+        ]);
+        let forwarding = Forwarding {
+            client: "2001:db8::5".parse().unwrap(),
+            port: 443,
+            forwarded_header: true,
+        };
+        add_forwarding(&mut h, &forwarding);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 198.18.9.9, 2001:db8::5");
+        assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 1);
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-port"], "443");
+        assert_eq!(
+            h["forwarded"],
+            "for=\"[2001:db8::5]\";proto=https;host=\"shop.example\""
+        );
+
+        let mut plain = HeaderMap::new();
+        add_forwarding(
+            &mut plain,
+            &Forwarding {
+                client: "198.18.0.1".parse().unwrap(),
+                port: 8443,
+                forwarded_header: false,
+            },
+        );
+        assert_eq!(plain["x-forwarded-for"], "198.18.0.1");
+        assert!(!plain.contains_key("forwarded"));
+    }
+
+    #[test]
+    fn targets_for_each_backend_version() {
+        let uri: Uri = "https://api.example/v1/items?q=1".parse().unwrap();
+        let mut h = HeaderMap::new();
+        let h1 = to_backend_target(&uri, &mut h, Version::HTTP_11, false, "198.18.1.1:80").unwrap();
+        assert_eq!(h1, "/v1/items?q=1");
+        assert_eq!(h["host"], "api.example", "an HTTP/2 client's authority");
+
+        let mut h = headers(&[("host", "shop.example:8443")]);
+        let origin: Uri = "/cart".parse().unwrap();
+        let h2 = to_backend_target(&origin, &mut h, Version::HTTP_2, true, "x").unwrap();
+        assert_eq!(h2, "https://shop.example:8443/cart");
+        assert!(!h.contains_key("host"));
+
+        let mut none = HeaderMap::new();
+        let fallback =
+            to_backend_target(&origin, &mut none, Version::HTTP_11, false, "198.18.1.1:80")
+                .unwrap();
+        assert_eq!(fallback, "/cart");
+        assert_eq!(none["host"], "198.18.1.1:80");
+    }
+}

@@ -1,0 +1,363 @@
+//! The L7 listeners: `offload` terminates TLS and proxies plain HTTP to the backends;
+//! `bridging` terminates TLS and proxies HTTP over TLS, verifying each backend's certificate.
+//! Both share the daemon's pools and health state (the controller publishes each pool's
+//! members as [`balance::Member`]s) and can pin a user to a backend with a sealed cookie
+//! ([`sticky`]).
+//!
+//! Changes are all or nothing: [`L7::prepare`] reads every file and binds every new address of
+//! a configuration without touching what runs, and [`L7::commit`] then swaps it in. A running
+//! listener keeps its socket and its connections across a reload; new connections and requests
+//! use the new settings.
+
+pub mod balance;
+pub mod body;
+pub mod conn;
+pub mod files;
+pub mod headers;
+pub mod proxy;
+pub mod server;
+pub mod sticky;
+pub mod tls;
+pub mod upstream;
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use tokio::{net::TcpListener, runtime::Handle, sync::Semaphore, task::JoinHandle};
+use tracing::{info, warn};
+
+use self::{
+    balance::{BackendSet, Member},
+    files::FileError,
+    proxy::{Proxy, Site},
+    tls::{CertResolver, Certificates},
+    upstream::Connector,
+};
+use crate::config::{
+    Config, ListenerConfig,
+    l7::{BackendProtocol, BackendVerify, L7Settings},
+};
+
+/// Each pool's members, by pool name.
+pub type PoolMembers = BTreeMap<String, Vec<Member>>;
+
+/// Why an L7 listener could not be (re)configured.
+#[derive(Debug, thiserror::Error)]
+pub enum L7Error {
+    #[error("listener {listener:?}: {source}")]
+    File {
+        listener: String,
+        #[source]
+        source: FileError,
+    },
+    #[error("listener {listener:?}: {source}")]
+    Bind {
+        listener: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listener {listener:?}: TLS: {reason}")]
+    Tls { listener: String, reason: String },
+}
+
+/// A running L7 listener.
+#[derive(Debug)]
+struct Running {
+    proxy: Arc<Proxy>,
+    listener: ListenerConfig,
+    /// The accept loops: the listener's and its redirect's, by address.
+    accepting: Vec<(SocketAddr, JoinHandle<()>)>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for (_, task) in &self.accepting {
+            task.abort();
+        }
+    }
+}
+
+/// What [`L7::commit`] puts in place: every L7 listener of a configuration, its files read and
+/// its new addresses bound.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    listeners: BTreeMap<String, Next>,
+}
+
+#[derive(Debug)]
+struct Next {
+    listener: ListenerConfig,
+    /// New settings, or none if the listener runs unchanged.
+    site: Option<Site>,
+    /// Sockets bound for addresses the listener does not listen on yet: (address, redirect?).
+    bound: Vec<(SocketAddr, bool, TcpListener)>,
+}
+
+/// The daemon's L7 listeners.
+#[derive(Debug)]
+pub struct L7 {
+    runtime: Handle,
+    running: Mutex<BTreeMap<String, Running>>,
+}
+
+impl L7 {
+    /// No listener yet; tasks run on `runtime`.
+    pub fn new(runtime: Handle) -> Self {
+        Self {
+            runtime,
+            running: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Running>> {
+        // A panic while holding the lock leaves the map as it was: keep using it.
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Reads the files of `config`'s L7 listeners that are new or changed and binds their new
+    /// addresses; changes nothing that runs.
+    pub fn prepare(&self, config: &Config) -> Result<Prepared, L7Error> {
+        let _runtime = self.runtime.enter();
+        let running = self.running();
+        let mut prepared = Prepared::default();
+        for (name, listener) in &config.listeners {
+            let Some(settings) = &listener.l7 else {
+                continue;
+            };
+            let current = running.get(name);
+            let site = match current {
+                Some(r) if r.listener == *listener => None,
+                _ => Some(build_site(name, listener, settings)?),
+            };
+            let listening: Vec<SocketAddr> = current
+                .map(|r| r.accepting.iter().map(|(a, _)| *a).collect())
+                .unwrap_or_default();
+            let mut bound = Vec::new();
+            for (address, redirect) in addresses(listener, settings) {
+                if listening.contains(&address) {
+                    continue;
+                }
+                let socket = server::bind(address).map_err(|source| L7Error::Bind {
+                    listener: name.clone(),
+                    source,
+                })?;
+                bound.push((address, redirect, socket));
+            }
+            prepared.listeners.insert(
+                name.clone(),
+                Next {
+                    listener: listener.clone(),
+                    site,
+                    bound,
+                },
+            );
+        }
+        Ok(prepared)
+    }
+
+    /// Puts `prepared` in place: new listeners start, changed ones take their new settings
+    /// (and addresses), removed ones stop accepting (their connections finish). Pools are
+    /// then filled from `members`.
+    pub fn commit(&self, prepared: Prepared, members: &PoolMembers) {
+        let _runtime = self.runtime.enter();
+        let mut running = self.running();
+        running.retain(|name, r| {
+            let keep = prepared.listeners.contains_key(name);
+            if !keep {
+                info!(listener = %name, address = %r.listener.vip(), "L7 listener stopped");
+            }
+            keep
+        });
+        for (name, next) in prepared.listeners {
+            let entry = match (running.remove(&name), next.site) {
+                (Some(r), None) => r,
+                (Some(r), Some(site)) => {
+                    r.proxy.set_site(site);
+                    Running {
+                        proxy: Arc::clone(&r.proxy),
+                        listener: next.listener.clone(),
+                        accepting: take_tasks(r),
+                    }
+                }
+                (None, Some(site)) => Running {
+                    proxy: Arc::new(Proxy::new(name.clone(), site)),
+                    listener: next.listener.clone(),
+                    accepting: Vec::new(),
+                },
+                (None, None) => continue,
+            };
+            let mut entry = entry;
+            let wanted = next
+                .listener
+                .l7
+                .as_ref()
+                .map(|s| addresses(&next.listener, s))
+                .unwrap_or_default();
+            entry.accepting.retain(|(address, task)| {
+                let keep = wanted.iter().any(|(a, _)| a == address);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            for (address, redirect, socket) in next.bound {
+                let proxy = Arc::clone(&entry.proxy);
+                let task = if redirect {
+                    self.runtime.spawn(server::redirect_loop(socket, proxy))
+                } else {
+                    self.runtime.spawn(server::accept_loop(socket, proxy))
+                };
+                info!(listener = %name, %address, mode = next.listener.mode.as_str(),
+                    redirect, "L7 listener accepting");
+                entry.accepting.push((address, task));
+            }
+            running.insert(name, entry);
+        }
+        fill_pools(&running, members);
+    }
+
+    /// The pools' members changed (health, drains, weights, edits).
+    pub fn update_pools(&self, members: &PoolMembers) {
+        fill_pools(&self.running(), members);
+    }
+
+    /// `lb cert reload`: reads every file of every L7 listener again (certificates, keys, CA
+    /// bundles, cookie keys) and swaps them in; if any fails, nothing changes. Established
+    /// connections keep theirs.
+    pub fn reload_files(&self) -> Result<Vec<String>, L7Error> {
+        let running = self.running();
+        let mut reloaded = Vec::new();
+        for (name, r) in running.iter() {
+            let Some(settings) = &r.listener.l7 else {
+                continue;
+            };
+            let certs = load_certs(name, settings)?;
+            let site = r.proxy.site();
+            let (sealer, connector) = sealer_and_connector(name, settings)?;
+            reloaded.push((r, certs, site, sealer, connector));
+        }
+        let mut summary = Vec::new();
+        for (r, certs, site, sealer, connector) in reloaded {
+            summary.push(format!("{}: {}", r.proxy.name, certs.names().join(", ")));
+            site.resolver.replace(certs);
+            r.proxy.set_site(Site {
+                listener: site.listener.clone(),
+                settings: site.settings.clone(),
+                tls: Arc::clone(&site.tls),
+                resolver: Arc::clone(&site.resolver),
+                sealer,
+                connector,
+                connections: Arc::clone(&site.connections),
+            });
+        }
+        Ok(summary)
+    }
+
+    /// Each L7 listener's proxy (for counters).
+    pub fn proxies(&self) -> Vec<Arc<Proxy>> {
+        self.running()
+            .values()
+            .map(|r| Arc::clone(&r.proxy))
+            .collect()
+    }
+}
+
+fn take_tasks(mut running: Running) -> Vec<(SocketAddr, JoinHandle<()>)> {
+    std::mem::take(&mut running.accepting)
+}
+
+/// The addresses an L7 listener accepts on: its own (TLS) and its redirect's (plain HTTP).
+fn addresses(listener: &ListenerConfig, settings: &L7Settings) -> Vec<(SocketAddr, bool)> {
+    let own = (SocketAddr::new(listener.address, listener.port), false);
+    let redirect = settings
+        .redirect_http_port
+        .map(|port| (SocketAddr::new(listener.address, port), true));
+    std::iter::once(own).chain(redirect).collect()
+}
+
+fn fill_pools(running: &BTreeMap<String, Running>, members: &PoolMembers) {
+    for r in running.values() {
+        let Some(settings) = &r.listener.l7 else {
+            continue;
+        };
+        let pool = members.get(&r.listener.pool).map_or(&[][..], Vec::as_slice);
+        let server_name = settings
+            .backend
+            .tls
+            .as_ref()
+            .and_then(|tls| tls.server_name.as_deref());
+        let set = BackendSet::build(&r.listener, server_name, pool, &r.proxy.backends());
+        r.proxy.set_backends(set);
+    }
+}
+
+fn load_certs(name: &str, settings: &L7Settings) -> Result<Certificates, L7Error> {
+    Certificates::load(&settings.tls).map_err(|source| L7Error::File {
+        listener: name.to_owned(),
+        source,
+    })
+}
+
+fn sealer_and_connector(
+    name: &str,
+    settings: &L7Settings,
+) -> Result<(Option<sticky::Sealer>, Connector), L7Error> {
+    let file_error = |source| L7Error::File {
+        listener: name.to_owned(),
+        source,
+    };
+    let sealer = match &settings.sticky {
+        Some(sticky) => {
+            let keys = sticky::KeyRing::load(&sticky.key_file).map_err(file_error)?;
+            Some(sticky::Sealer::new(Arc::new(keys), name, &sticky.cookie))
+        }
+        None => None,
+    };
+    let backend = &settings.backend;
+    let tls = match &backend.tls {
+        Some(tls) => {
+            if tls.verify == BackendVerify::Skip {
+                warn!(listener = %name, "dangerously_skip_verification: the backends' \
+                    certificates are NOT verified; anyone on the path can read and change the \
+                    traffic to them");
+            }
+            let h1 = tls::backend_client_config(tls, BackendProtocol::Http1).map_err(file_error)?;
+            let h2 = tls::backend_client_config(tls, BackendProtocol::Http2).map_err(file_error)?;
+            Some((h1, h2))
+        }
+        None => None,
+    };
+    let connector = Connector::new(backend.protocol, backend.connect_timeout, tls);
+    Ok((sealer, connector))
+}
+
+fn build_site(
+    name: &str,
+    listener: &ListenerConfig,
+    settings: &L7Settings,
+) -> Result<Site, L7Error> {
+    let certs = load_certs(name, settings)?;
+    let resolver = CertResolver::new(certs, settings.tls.strict_sni);
+    let tls = tls::server_config(Arc::clone(&resolver), settings.tls.min_version).map_err(|e| {
+        L7Error::Tls {
+            listener: name.to_owned(),
+            reason: e.to_string(),
+        }
+    })?;
+    let (sealer, connector) = sealer_and_connector(name, settings)?;
+    let permits = usize::try_from(settings.http.max_connections).unwrap_or(usize::MAX);
+    Ok(Site {
+        listener: listener.clone(),
+        settings: settings.clone(),
+        tls,
+        resolver,
+        sealer,
+        connector,
+        connections: Arc::new(Semaphore::new(permits.min(Semaphore::MAX_PERMITS))),
+    })
+}

@@ -1,0 +1,492 @@
+//! One L7 listener's request path: choose a backend (a sticky session's, or by the listener's
+//! balancing), rewrite the request for it ([`super::headers`]), send it on a pooled connection,
+//! and stream the response back; WebSocket and other upgrades become a tunnel.
+//!
+//! Failures, as a client sees them (the body names no backend):
+//!
+//! | what happened | answer |
+//! | --- | --- |
+//! | no backend takes requests | 503 |
+//! | the connection (or its TLS handshake) failed: tried once on another backend, then | 502 |
+//! | the request was sent and the connection failed | 502, or tried once on another backend if its method is idempotent and it had no body |
+//! | no response head within `response_timeout` | 504 |
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
+use hyper::{
+    Method, Request, Response, StatusCode, Version,
+    body::{Body as _, Incoming},
+    header::{self, HeaderMap, HeaderValue},
+    upgrade::OnUpgrade,
+};
+use hyper_util::rt::TokioIo;
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use super::{
+    balance::{BackendSet, Upstream},
+    body::{Held, ProxyBody, error_response},
+    conn::ConnState,
+    headers::{self, Forwarding},
+    sticky::{self, SessionId, Ticket},
+    tls::CertResolver,
+    upstream::{ConnectError, Connector, Sender, UpBody},
+};
+use crate::config::{ListenerConfig, l7::L7Settings};
+
+/// What an L7 listener counts. Read by `lb stats` and the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub connections: AtomicU64,
+    pub handshake_failures: AtomicU64,
+    pub requests: AtomicU64,
+    /// Responses by class: 1xx to 5xx.
+    pub responses: [AtomicU64; 5],
+    pub backend_connect_errors: AtomicU64,
+    pub backend_errors: AtomicU64,
+    pub backend_timeouts: AtomicU64,
+    pub retries: AtomicU64,
+    pub no_backend: AtomicU64,
+    pub sticky_hits: AtomicU64,
+    pub sticky_new: AtomicU64,
+    pub sticky_repinned: AtomicU64,
+    pub slow_heads: AtomicU64,
+    pub idle_closed: AtomicU64,
+    pub reset_floods: AtomicU64,
+    pub upgrades: AtomicU64,
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A listener's settings as of its last (re)load: what a new request or connection uses.
+pub struct Site {
+    pub listener: ListenerConfig,
+    pub settings: L7Settings,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub resolver: Arc<CertResolver>,
+    pub sealer: Option<sticky::Sealer>,
+    pub connector: Connector,
+    /// One permit per open client connection (`max_connections`).
+    pub connections: Arc<Semaphore>,
+}
+
+impl std::fmt::Debug for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Site")
+            .field("listener", &self.listener)
+            .field("connector", &self.connector)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An L7 listener's request path; lives as long as the listener, across reloads.
+#[derive(Debug)]
+pub struct Proxy {
+    pub name: String,
+    site: ArcSwap<Site>,
+    backends: ArcSwap<BackendSet>,
+    /// Round-robin position, shared by every request.
+    turn: AtomicUsize,
+    pub counters: Counters,
+}
+
+/// How a request was placed, for the cookie its response sets.
+enum Placement {
+    /// No stickiness on this listener.
+    Unpinned,
+    /// The cookie's backend, which still takes its sessions.
+    Pinned,
+    /// A new session (no valid cookie).
+    New(SessionId),
+    /// A session whose backend no longer takes it.
+    Repinned(SessionId),
+}
+
+/// The request methods that may be sent twice (RFC 9110 section 9.2.2).
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Why sending a request failed.
+enum SendFailure {
+    /// Before any of it was written: the request is back.
+    NotSent(Box<Request<UpBody>>, hyper::Error),
+    /// After: it may have reached the backend.
+    Sent(hyper::Error),
+}
+
+impl Proxy {
+    pub fn new(name: String, site: Site) -> Self {
+        Self {
+            name,
+            site: ArcSwap::from_pointee(site),
+            backends: ArcSwap::from_pointee(BackendSet::default()),
+            turn: AtomicUsize::new(0),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn site(&self) -> Arc<Site> {
+        self.site.load_full()
+    }
+
+    pub fn set_site(&self, site: Site) {
+        self.site.store(Arc::new(site));
+    }
+
+    pub fn backends(&self) -> Arc<BackendSet> {
+        self.backends.load_full()
+    }
+
+    pub fn set_backends(&self, set: BackendSet) {
+        self.backends.store(Arc::new(set));
+    }
+
+    /// Answers one request from `client` on connection `conn`.
+    pub async fn serve(
+        self: Arc<Self>,
+        request: Request<Incoming>,
+        conn: Arc<ConnState>,
+        client: SocketAddr,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        let mut in_flight = conn.begin();
+        count(&self.counters.requests);
+        let mut response = self.forward(request, client).await;
+        in_flight.answered();
+        let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
+        count(&self.counters.responses[class]);
+        response.body_mut().hold_in_flight(in_flight);
+        Ok(response)
+    }
+
+    async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let site = self.site();
+        let set = self.backends();
+        let upgrade = headers::upgrade_of(request.version(), request.headers());
+        let client_upgrade: Option<OnUpgrade> =
+            upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+        let now = unix_now();
+        let (first, placement) = self.place(&site, &set, request.headers_mut(), now);
+        let Some(first) = first else {
+            count(&self.counters.no_backend);
+            return error_response(StatusCode::SERVICE_UNAVAILABLE);
+        };
+
+        let (mut parts, body) = request.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
+        headers::add_forwarding(
+            &mut parts.headers,
+            &Forwarding {
+                client: client.ip(),
+                port: site.listener.port,
+                forwarded_header: site.settings.forwarded_header,
+            },
+        );
+        let version = if site.connector.http2() && upgrade.is_none() {
+            Version::HTTP_2
+        } else {
+            Version::HTTP_11
+        };
+        parts.uri = match headers::to_backend_target(
+            &parts.uri,
+            &mut parts.headers,
+            version,
+            site.connector.tls(),
+            &first.address.to_string(),
+        ) {
+            Ok(uri) => uri,
+            Err(_) => return error_response(StatusCode::BAD_REQUEST),
+        };
+        parts.version = version;
+        // A request without a body whose method allows it can be sent again.
+        let replay = (idempotent(&parts.method) && body.is_end_stream()).then(|| {
+            (
+                parts.method.clone(),
+                parts.uri.clone(),
+                parts.version,
+                parts.headers.clone(),
+            )
+        });
+        let mut request = Request::from_parts(parts, Either::Left(body));
+
+        let mut upstream = first;
+        let mut tried_another = false;
+        let mut fresh = false;
+        let response = loop {
+            let outstanding = upstream.begin();
+            let sender = match site
+                .connector
+                .checkout(&upstream, upgrade.is_some(), fresh)
+                .await
+            {
+                Ok(sender) => sender,
+                Err(error) => {
+                    count(&self.counters.backend_connect_errors);
+                    self.log_connect_failure(&upstream, &error);
+                    match self.another(&site, &set, &upstream, &mut tried_another) {
+                        Some(next) => {
+                            upstream = next;
+                            continue;
+                        }
+                        None => return error_response(StatusCode::BAD_GATEWAY),
+                    }
+                }
+            };
+            let sent = tokio::time::timeout(
+                site.settings.backend.response_timeout,
+                send(sender, request),
+            )
+            .await;
+            match sent {
+                Err(_) => {
+                    count(&self.counters.backend_timeouts);
+                    warn!(listener = %self.name, backend = %upstream.address,
+                        timeout = ?site.settings.backend.response_timeout, "no response in time");
+                    return error_response(StatusCode::GATEWAY_TIMEOUT);
+                }
+                Ok(Ok((response, connection))) => {
+                    break (response, connection, outstanding);
+                }
+                Ok(Err(SendFailure::NotSent(back, error))) => {
+                    // A pooled connection the backend had closed: the request is intact.
+                    debug!(listener = %self.name, backend = %upstream.address, %error,
+                        "a pooled connection was closed; sending on a new one");
+                    request = *back;
+                    if fresh {
+                        count(&self.counters.backend_errors);
+                        match self.another(&site, &set, &upstream, &mut tried_another) {
+                            Some(next) => upstream = next,
+                            None => return error_response(StatusCode::BAD_GATEWAY),
+                        }
+                    }
+                    fresh = true;
+                }
+                Ok(Err(SendFailure::Sent(error))) => {
+                    count(&self.counters.backend_errors);
+                    warn!(listener = %self.name, backend = %upstream.address, %error,
+                        "the backend failed the request");
+                    let Some((method, uri, version, headers)) = &replay else {
+                        return error_response(StatusCode::BAD_GATEWAY);
+                    };
+                    let Some(next) = self.another(&site, &set, &upstream, &mut tried_another)
+                    else {
+                        return error_response(StatusCode::BAD_GATEWAY);
+                    };
+                    upstream = next;
+                    fresh = false;
+                    let mut again = Request::new(Either::Right(Empty::<Bytes>::new()));
+                    *again.method_mut() = method.clone();
+                    *again.uri_mut() = uri.clone();
+                    *again.version_mut() = *version;
+                    *again.headers_mut() = headers.clone();
+                    request = again;
+                }
+            }
+        };
+        let (mut response, connection, outstanding) = response;
+
+        let cookie = self.cookie(&site, &placement, &upstream, now);
+        if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
+            (client_upgrade, response.status())
+        {
+            count(&self.counters.upgrades);
+            let backend_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(client_upgrade, backend_upgrade, outstanding));
+            let (mut parts, _) = response.into_parts();
+            strip_response(&mut parts.headers, upgrade.as_ref());
+            if let Some(cookie) = cookie {
+                parts.headers.append(header::SET_COOKIE, cookie);
+            }
+            return Response::from_parts(parts, ProxyBody::full(Bytes::new()));
+        }
+        let (mut parts, body) = response.into_parts();
+        strip_response(&mut parts.headers, None);
+        if let Some(cookie) = cookie {
+            parts.headers.append(header::SET_COOKIE, cookie);
+        }
+        parts.version = Version::HTTP_11;
+        let held = Held {
+            in_flight: None,
+            outstanding: Some(outstanding),
+            connection: connection.map(|send| (Arc::clone(&upstream), send)),
+        };
+        Response::from_parts(parts, ProxyBody::streamed(body, held))
+    }
+
+    /// The backend for a request, and how it was placed: the session's if its cookie is valid
+    /// and its backend takes it; else by rendezvous of the session (re-pin); else by balance.
+    /// The balancer's cookie never reaches a backend.
+    fn place(
+        &self,
+        site: &Site,
+        set: &BackendSet,
+        headers: &mut HeaderMap,
+        now: u64,
+    ) -> (Option<Arc<Upstream>>, Placement) {
+        let balance = site.settings.balance;
+        let (Some(sealer), Some(sticky)) = (&site.sealer, &site.settings.sticky) else {
+            return (set.pick(balance, &self.turn, None), Placement::Unpinned);
+        };
+        let ticket = sticky::take_cookie(headers, &sticky.cookie)
+            .and_then(|value| sealer.open(&value))
+            .filter(|ticket| ticket.is_live(now));
+        match ticket {
+            Some(ticket) => match set.pinned(ticket.backend) {
+                Some(pinned) => {
+                    count(&self.counters.sticky_hits);
+                    (Some(pinned), Placement::Pinned)
+                }
+                None => {
+                    count(&self.counters.sticky_repinned);
+                    (
+                        set.rendezvous(&ticket.session),
+                        Placement::Repinned(ticket.session),
+                    )
+                }
+            },
+            None => {
+                count(&self.counters.sticky_new);
+                (
+                    set.pick(balance, &self.turn, None),
+                    Placement::New(SessionId::random()),
+                )
+            }
+        }
+    }
+
+    /// The `Set-Cookie` for a response from `served`: for a new or re-pinned session. A
+    /// pinned request that had to go elsewhere (its backend refused the connection) keeps its
+    /// cookie, so that it returns once the backend is back.
+    fn cookie(
+        &self,
+        site: &Site,
+        placement: &Placement,
+        served: &Arc<Upstream>,
+        now: u64,
+    ) -> Option<HeaderValue> {
+        let (Some(sealer), Some(sticky)) = (&site.sealer, &site.settings.sticky) else {
+            return None;
+        };
+        let session = match placement {
+            Placement::New(session) | Placement::Repinned(session) => *session,
+            Placement::Unpinned | Placement::Pinned => return None,
+        };
+        let expires = now.saturating_add(sticky.duration.as_secs());
+        let ticket = Ticket {
+            backend: served.id,
+            session,
+            expires,
+        };
+        let value = match sealer.seal(&ticket) {
+            Ok(value) => value,
+            Err(error) => {
+                warn!(listener = %self.name, %error, "cannot seal a cookie; none set");
+                return None;
+            }
+        };
+        Some(sticky::set_cookie(sticky, &value, expires, now))
+    }
+
+    /// Another backend than `failed` for the one retry a request gets.
+    fn another(
+        &self,
+        site: &Site,
+        set: &BackendSet,
+        failed: &Arc<Upstream>,
+        tried_another: &mut bool,
+    ) -> Option<Arc<Upstream>> {
+        if *tried_another {
+            return None;
+        }
+        *tried_another = true;
+        let next = set.pick(site.settings.balance, &self.turn, Some(failed))?;
+        count(&self.counters.retries);
+        Some(next)
+    }
+
+    fn log_connect_failure(&self, upstream: &Upstream, error: &ConnectError) {
+        warn!(listener = %self.name, backend = %upstream.address, %error,
+            "cannot reach the backend");
+    }
+}
+
+/// Sends `request` on `sender`; the HTTP/1.1 connection comes back with the response, to be
+/// pooled once its body has been read.
+async fn send(
+    sender: Sender,
+    request: Request<UpBody>,
+) -> Result<
+    (
+        Response<Incoming>,
+        Option<hyper::client::conn::http1::SendRequest<UpBody>>,
+    ),
+    SendFailure,
+> {
+    let failure = |mut error: hyper::client::conn::TrySendError<Request<UpBody>>| match error
+        .take_message()
+    {
+        Some(request) => SendFailure::NotSent(Box::new(request), error.into_error()),
+        None => SendFailure::Sent(error.into_error()),
+    };
+    match sender {
+        Sender::H1(mut send) => {
+            let response = send.try_send_request(request).await.map_err(failure)?;
+            Ok((response, Some(send)))
+        }
+        Sender::H2(mut send) => {
+            let response = send.try_send_request(request).await.map_err(failure)?;
+            Ok((response, None))
+        }
+    }
+}
+
+/// The hop-by-hop headers of a backend's response go; a switch of protocols keeps its
+/// `Upgrade` and `Connection`.
+fn strip_response(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
+    let upgrade = upgrade.and(headers.get(header::UPGRADE).cloned());
+    headers::strip_hop_by_hop(headers, upgrade.as_ref());
+}
+
+/// Joins the client's and the backend's upgraded connections and copies bytes both ways
+/// until either side closes.
+async fn tunnel(client: OnUpgrade, backend: OnUpgrade, outstanding: super::balance::Outstanding) {
+    let (client, backend) = match tokio::try_join!(client, backend) {
+        Ok(both) => both,
+        Err(error) => {
+            debug!(%error, "an upgrade did not complete");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut backend = TokioIo::new(backend);
+    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+        debug!(backend = %outstanding.upstream().address, %error, "a tunnel ended");
+    }
+    drop(outstanding);
+}

@@ -1,0 +1,290 @@
+//! The client side of an L7 listener: the listening socket, the accept loop (at most
+//! `max_connections` connections at once; past it, new ones wait in the kernel's backlog), the
+//! TLS handshake (within `header_read_timeout`), and HTTP/1.1 or HTTP/2 by ALPN, driven under
+//! the connection's clock ([`super::conn`]). Also the plain-HTTP listener that redirects to
+//! HTTPS.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::{Pin, pin},
+    sync::Arc,
+    time::Duration,
+};
+
+use hyper::{
+    Request, Response, StatusCode,
+    body::Incoming,
+    header::{self, HeaderValue},
+    server::conn::{http1, http2},
+    service::service_fn,
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::{
+    net::{TcpListener, TcpSocket, TcpStream},
+    sync::OwnedSemaphorePermit,
+    time::Instant,
+};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use super::{
+    body::{ProxyBody, error_response},
+    conn::{ConnState, Verdict, Watched},
+    proxy::Proxy,
+};
+use crate::config::l7::HttpLimits;
+
+/// Connections the kernel queues for a listener the accept loop has not taken yet.
+const BACKLOG: u32 = 4096;
+/// How long a connection closed for idleness may take to finish what it was writing.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// Binds `address` for a listener. The address must be one of the host's (a VIP on `lo`, for
+/// one shared with passthrough listeners: the XDP program hands the L7 ports to the kernel).
+pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(address).map_err(|error| {
+        let hint = if error.kind() == std::io::ErrorKind::AddrNotAvailable {
+            format!(
+                "; the address must be assigned to this host, e.g. `ip addr add {}/{} dev lo`",
+                address.ip(),
+                if address.is_ipv4() { 32 } else { 128 }
+            )
+        } else {
+            String::new()
+        };
+        std::io::Error::new(error.kind(), format!("binding {address}: {error}{hint}"))
+    })?;
+    socket.listen(BACKLOG)
+}
+
+/// Accepts connections for `proxy` until the task is aborted (connections already accepted
+/// carry on).
+pub async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>) {
+    loop {
+        let site = proxy.site();
+        let Ok(permit) = Arc::clone(&site.connections).acquire_owned().await else {
+            return;
+        };
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: wait rather than spin.
+                warn!(listener = %proxy.name, %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        drop(tcp.set_nodelay(true));
+        tokio::spawn(serve_connection(Arc::clone(&proxy), tcp, peer, permit));
+    }
+}
+
+/// One client connection, from the TLS handshake to its close.
+async fn serve_connection(
+    proxy: Arc<Proxy>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) {
+    proxy
+        .counters
+        .connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let site = proxy.site();
+    let limits = site.settings.http.clone();
+    let acceptor = TlsAcceptor::from(Arc::clone(&site.tls));
+    let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await;
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            proxy
+                .counters
+                .handshake_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            debug!(listener = %proxy.name, client = %peer, %error, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            proxy
+                .counters
+                .handshake_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            debug!(listener = %proxy.name, client = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+    let state = ConnState::new(!h2, &limits);
+    let io = TokioIo::new(Watched::new(stream, Arc::clone(&state)));
+    let service = {
+        let state = Arc::clone(&state);
+        let proxy = Arc::clone(&proxy);
+        service_fn(move |request: Request<Incoming>| {
+            Arc::clone(&proxy).serve(request, Arc::clone(&state), peer)
+        })
+    };
+    if h2 {
+        let header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
+        let resets = usize::try_from(limits.h2_max_resets_per_second).unwrap_or(usize::MAX);
+        let conn = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_concurrent_streams)
+            .max_header_list_size(header_list)
+            .max_pending_accept_reset_streams(resets)
+            .serve_connection(io, service);
+        drive(conn, &state, &limits, &proxy).await;
+    } else {
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_header_size(limits.max_header_bytes)
+            .serve_connection(io, service)
+            .with_upgrades();
+        drive(conn, &state, &limits, &proxy).await;
+    }
+    drop(permit);
+}
+
+/// A hyper server connection that can be asked to finish gracefully.
+trait Shutdown: Future<Output = Result<(), hyper::Error>> {
+    fn shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> Shutdown for http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Shutdown for http2::Connection<I, S, E>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: hyper::body::Body + Send + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Drives `conn` until it ends or its clock closes it.
+async fn drive<C: Shutdown>(conn: C, state: &ConnState, limits: &HttpLimits, proxy: &Proxy) {
+    let mut conn = pin!(conn);
+    let counters = &proxy.counters;
+    loop {
+        let deadline = state.deadline(limits);
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            ended = conn.as_mut() => {
+                if let Err(error) = ended {
+                    debug!(listener = %proxy.name, %error, "client connection ended");
+                }
+                return;
+            }
+            () = sleep => {}
+            () = state.wake.notified() => {}
+        }
+        match state.verdict(limits, std::time::Instant::now()) {
+            Verdict::Continue => {}
+            Verdict::Idle => {
+                counters
+                    .idle_closed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                conn.as_mut().shutdown();
+                drop(tokio::time::timeout(GRACE, conn.as_mut()).await);
+                return;
+            }
+            Verdict::SlowHead => {
+                counters
+                    .slow_heads
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                debug!(listener = %proxy.name, "closed a connection whose request head was too slow");
+                return;
+            }
+            Verdict::ResetFlood => {
+                counters
+                    .reset_floods
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(listener = %proxy.name, "closed a connection that cancelled too many streams");
+                return;
+            }
+        }
+    }
+}
+
+/// The plain-HTTP listener of `proxy`: every request is redirected (308) to the same host and
+/// path over HTTPS on the listener's port.
+pub async fn redirect_loop(listener: TcpListener, proxy: Arc<Proxy>) {
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!(listener = %proxy.name, %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let site = proxy.site();
+        let port = site.listener.port;
+        let limits = site.settings.http.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request: Request<Incoming>| async move {
+                Ok::<_, std::convert::Infallible>(redirect(&request, port))
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.max_header_bytes.max(8192))
+                .max_header_size(limits.max_header_bytes)
+                .serve_connection(TokioIo::new(tcp), service);
+            // hyper's header timeout also closes it once idle that long.
+            drop(conn.await);
+        });
+    }
+}
+
+/// `https://host[:port]/path?query` for `request`, or 400 without a usable `Host`.
+fn redirect(request: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok());
+    let Some(host) = host else {
+        return error_response(StatusCode::BAD_REQUEST);
+    };
+    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{}{path}", host.host())
+    } else {
+        format!("https://{}:{port}{path}", host.host())
+    };
+    let Ok(location) = HeaderValue::from_str(&location) else {
+        return error_response(StatusCode::BAD_REQUEST);
+    };
+    let mut response = error_response(StatusCode::PERMANENT_REDIRECT);
+    response.headers_mut().insert(header::LOCATION, location);
+    response
+}

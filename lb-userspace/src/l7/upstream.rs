@@ -1,0 +1,238 @@
+//! Connections to the backends: plain TCP (offload) or TLS verified against the listener's CA
+//! bundle and the backend's name (bridging), then HTTP/1.1 kept alive in a per-backend pool of
+//! idle connections, or one multiplexed HTTP/2 connection per backend.
+//!
+//! An HTTP/1.1 connection goes back to the pool only once its response has been read to the
+//! end (the proxy hands it back then); one that the backend closed while idle is noticed on
+//! checkout and dropped. Upgrade requests (WebSocket) always get a fresh HTTP/1.1 connection
+//! of their own, which the tunnel then takes over.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
+use hyper::{
+    body::Incoming,
+    client::conn::{http1, http2},
+};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
+use tokio_rustls::TlsConnector;
+use tracing::debug;
+
+use super::balance::Upstream;
+use crate::config::l7::BackendProtocol;
+
+/// The body of a request to a backend: the client's, streamed, or none (a replayed request).
+pub type UpBody = Either<Incoming, Empty<Bytes>>;
+
+/// Idle HTTP/1.1 connections kept per backend.
+const MAX_IDLE: usize = 256;
+/// An idle connection older than this is closed rather than reused: backends close idle
+/// connections on their own schedule (Apache after 5 s, nginx after 75 s), and a request sent
+/// on a connection the backend is closing fails.
+const IDLE_REUSE: Duration = Duration::from_secs(4);
+
+/// A backend's idle connections.
+#[derive(Default)]
+pub struct ConnPool {
+    idle: Mutex<Vec<(http1::SendRequest<UpBody>, Instant)>>,
+    h2: Mutex<Option<http2::SendRequest<UpBody>>>,
+}
+
+impl std::fmt::Debug for ConnPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let idle = self.idle.lock().map_or(0, |idle| idle.len());
+        f.debug_struct("ConnPool").field("idle", &idle).finish()
+    }
+}
+
+impl ConnPool {
+    fn take_idle(&self) -> Option<http1::SendRequest<UpBody>> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some((send, since)) = idle.pop() {
+            if send.is_ready() && since.elapsed() < IDLE_REUSE {
+                return Some(send);
+            }
+        }
+        None
+    }
+
+    /// Keeps `send` for the next request, if it can take one.
+    pub fn check_in(&self, send: http1::SendRequest<UpBody>) {
+        if !send.is_ready() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.retain(|(s, since)| s.is_ready() && since.elapsed() < IDLE_REUSE);
+            if idle.len() < MAX_IDLE {
+                idle.push((send, Instant::now()));
+            }
+        }
+    }
+
+    fn shared_h2(&self) -> Option<http2::SendRequest<UpBody>> {
+        let h2 = self.h2.lock().ok()?;
+        h2.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    fn keep_h2(&self, send: &http2::SendRequest<UpBody>) {
+        if let Ok(mut h2) = self.h2.lock() {
+            *h2 = Some(send.clone());
+        }
+    }
+}
+
+/// A connection to send one request on.
+#[derive(Debug)]
+pub enum Sender {
+    H1(http1::SendRequest<UpBody>),
+    H2(http2::SendRequest<UpBody>),
+}
+
+/// Why no connection to a backend could be made. Logged with the backend; the client sees
+/// only 502.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("connecting: {0}")]
+    Connect(std::io::Error),
+    #[error("TLS handshake: {0}")]
+    Tls(std::io::Error),
+    #[error("HTTP handshake: {0}")]
+    Http(hyper::Error),
+}
+
+/// How a listener connects to its backends.
+#[derive(Clone)]
+pub struct Connector {
+    protocol: BackendProtocol,
+    connect_timeout: Duration,
+    /// Bridging: TLS offering HTTP/1.1, and (for `protocol = "http2"`) HTTP/2.
+    tls_h1: Option<TlsConnector>,
+    tls_h2: Option<TlsConnector>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("protocol", &self.protocol)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls_h1.is_some())
+            .finish()
+    }
+}
+
+impl Connector {
+    pub fn new(
+        protocol: BackendProtocol,
+        connect_timeout: Duration,
+        tls: Option<(Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>)>,
+    ) -> Self {
+        let (tls_h1, tls_h2) = match tls {
+            Some((h1, h2)) => (Some(TlsConnector::from(h1)), Some(TlsConnector::from(h2))),
+            None => (None, None),
+        };
+        Self {
+            protocol,
+            connect_timeout,
+            tls_h1,
+            tls_h2,
+        }
+    }
+
+    /// Whether requests to the backends use HTTP/2.
+    pub fn http2(&self) -> bool {
+        self.protocol == BackendProtocol::Http2
+    }
+
+    /// Whether the backends are reached over TLS.
+    pub fn tls(&self) -> bool {
+        self.tls_h1.is_some()
+    }
+
+    /// A connection to `upstream` for one request: a pooled one if there is one (not for
+    /// `upgrade`, which needs its own HTTP/1.1 connection, nor if `fresh`), else a new one.
+    pub async fn checkout(
+        &self,
+        upstream: &Upstream,
+        upgrade: bool,
+        fresh: bool,
+    ) -> Result<Sender, ConnectError> {
+        let h2 = self.http2() && !upgrade;
+        let pooled = if fresh || upgrade {
+            None
+        } else if h2 {
+            upstream.conns.shared_h2().map(Sender::H2)
+        } else {
+            upstream.conns.take_idle().map(Sender::H1)
+        };
+        if let Some(sender) = pooled {
+            return Ok(sender);
+        }
+        tokio::time::timeout(self.connect_timeout, self.connect(upstream, h2))
+            .await
+            .map_err(|_| ConnectError::Timeout(self.connect_timeout))?
+    }
+
+    /// A new connection to `upstream`, HTTP/2 if `h2`.
+    async fn connect(&self, upstream: &Upstream, h2: bool) -> Result<Sender, ConnectError> {
+        let tcp = TcpStream::connect(upstream.address)
+            .await
+            .map_err(ConnectError::Connect)?;
+        // Requests and responses are written whole; do not hold back their last segment.
+        drop(tcp.set_nodelay(true));
+        let tls = if h2 { &self.tls_h2 } else { &self.tls_h1 };
+        match (tls, &upstream.server_name) {
+            (Some(tls), Some(name)) => {
+                let stream = tls
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(ConnectError::Tls)?;
+                handshake(stream, upstream, h2).await
+            }
+            _ => handshake(tcp, upstream, h2).await,
+        }
+    }
+}
+
+/// The HTTP handshake on a connected stream; the connection is driven by a task of its own.
+async fn handshake<S>(stream: S, upstream: &Upstream, h2: bool) -> Result<Sender, ConnectError>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let io = TokioIo::new(stream);
+    let address = upstream.address;
+    if h2 {
+        let (send, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(ConnectError::Http)?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                debug!(backend = %address, %error, "HTTP/2 connection to a backend ended");
+            }
+        });
+        upstream.conns.keep_h2(&send);
+        Ok(Sender::H2(send))
+    } else {
+        let (send, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(ConnectError::Http)?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.with_upgrades().await {
+                debug!(backend = %address, %error, "connection to a backend ended");
+            }
+        });
+        Ok(Sender::H1(send))
+    }
+}
