@@ -131,6 +131,24 @@ fn render_stats(stats: &StatsView) -> String {
         counters.row(vec![c.name.clone(), c.kind.clone(), c.value.to_string()]);
     }
     out.push_str(&counters.render());
+    for l in &stats.l7 {
+        out.push('\n');
+        let mut table = Table::new(&["L7 LISTENER", "COUNTER", "VALUE"]);
+        table.row(vec![
+            format!("{} ({})", l.name, l.mode),
+            "open_connections".to_owned(),
+            l.open_connections.to_string(),
+        ]);
+        for (name, value) in l.events.iter().chain(&l.responses) {
+            let label = if name.ends_with("xx") {
+                format!("responses_{name}")
+            } else {
+                name.clone()
+            };
+            table.row(vec![String::new(), label, value.to_string()]);
+        }
+        out.push_str(&table.render());
+    }
     out
 }
 
@@ -181,6 +199,9 @@ fn render_status(s: &StatusView) -> String {
     out.push_str(&format!("listeners:   {}\n", s.listeners));
     out.push_str(&format!("backends:    {}\n", join(&backends)));
     out.push_str(&format!("packets:     {}\n", join(&s.packets)));
+    if !s.l7.is_empty() {
+        out.push_str(&format!("L7:          {}\n", join(&s.l7)));
+    }
     out.push_str(&format!("changes:     {}\n", join(&s.operations)));
     out.push_str(&format!(
         "metrics:     {}\n",

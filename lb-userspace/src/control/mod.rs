@@ -104,6 +104,9 @@ pub struct StatusView {
     pub packets: Vec<(String, u64)>,
     /// Control operations so far: ok, refused, failed.
     pub operations: Vec<(String, u64)>,
+    /// The L7 listeners together: open connections, requests, 5xx responses.
+    #[serde(default)]
+    pub l7: Vec<(String, u64)>,
     pub metrics: Option<String>,
 }
 
@@ -157,6 +160,21 @@ pub struct ChangeView {
 pub struct StatsView {
     pub counters: Vec<CounterView>,
     pub listeners: Vec<ListenerStatsView>,
+    /// The L7 listeners' counters.
+    #[serde(default)]
+    pub l7: Vec<L7StatsView>,
+}
+
+/// An L7 listener's connections, requests and responses.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L7StatsView {
+    pub name: String,
+    pub mode: String,
+    pub open_connections: u64,
+    /// Events by label (`requests`, `retries`, `sticky_hits`, ...).
+    pub events: Vec<(String, u64)>,
+    /// Responses by status class (`1xx` to `5xx`).
+    pub responses: Vec<(String, u64)>,
 }
 
 /// One datapath counter.

@@ -125,6 +125,7 @@ mod tests {
                 })
                 .collect(),
             listeners: Vec::new(),
+            l7: Vec::new(),
         }
     }
 

@@ -67,6 +67,40 @@ pub struct Counters {
     pub upgrades: AtomicU64,
 }
 
+impl Counters {
+    /// Every counter with its stable label (`lb stats`, the metrics' `event` label); the
+    /// responses by class are [`Counters::responses_by_class`].
+    pub fn events(&self) -> Vec<(&'static str, u64)> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("connections", get(&self.connections)),
+            ("handshake_failures", get(&self.handshake_failures)),
+            ("requests", get(&self.requests)),
+            ("backend_connect_errors", get(&self.backend_connect_errors)),
+            ("backend_errors", get(&self.backend_errors)),
+            ("backend_timeouts", get(&self.backend_timeouts)),
+            ("retries", get(&self.retries)),
+            ("no_backend", get(&self.no_backend)),
+            ("sticky_hits", get(&self.sticky_hits)),
+            ("sticky_new", get(&self.sticky_new)),
+            ("sticky_repinned", get(&self.sticky_repinned)),
+            ("upgrades", get(&self.upgrades)),
+            ("slow_heads", get(&self.slow_heads)),
+            ("idle_closed", get(&self.idle_closed)),
+            ("reset_floods", get(&self.reset_floods)),
+        ]
+    }
+
+    /// Responses by status class: `1xx` to `5xx`.
+    pub fn responses_by_class(&self) -> Vec<(&'static str, u64)> {
+        ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .into_iter()
+            .zip(&self.responses)
+            .map(|(class, c)| (class, c.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
 fn count(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
@@ -154,6 +188,16 @@ impl Proxy {
 
     pub fn set_site(&self, site: Site) {
         self.site.store(Arc::new(site));
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> u64 {
+        let site = self.site();
+        let max = usize::try_from(site.settings.http.max_connections).unwrap_or(usize::MAX);
+        let open = max
+            .min(Semaphore::MAX_PERMITS)
+            .saturating_sub(site.connections.available_permits());
+        u64::try_from(open).unwrap_or(u64::MAX)
     }
 
     pub fn backends(&self) -> Arc<BackendSet> {

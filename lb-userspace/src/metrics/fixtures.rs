@@ -94,6 +94,12 @@ pub(super) fn sample_input() -> MetricsInput {
             operation("backend-add", "refused", 1),
             operation("backend-set-weight", "failed", 1),
         ],
+        l7: vec![super::input::L7Sample {
+            listener: "web".to_owned(),
+            open_connections: 7,
+            events: vec![("requests".to_owned(), 120), ("retries".to_owned(), 2)],
+            responses: vec![("2xx".to_owned(), 118), ("5xx".to_owned(), 2)],
+        }],
         uptime_seconds: 12.5,
     }
 }

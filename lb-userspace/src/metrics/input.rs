@@ -17,6 +17,8 @@ pub struct MetricsInput {
     pub backends: Vec<BackendHealthSample>,
     /// Control-plane operations answered so far, per operation and result.
     pub operations: Vec<OperationSample>,
+    /// The L7 listeners' connections, events and responses.
+    pub l7: Vec<L7Sample>,
     /// Seconds since the daemon started.
     pub uptime_seconds: f64,
 }
@@ -111,4 +113,15 @@ pub struct OperationSample {
     /// `ok`, `refused` (the change broke a rule: nothing written) or `failed` (writing failed).
     pub result: String,
     pub count: u64,
+}
+
+/// An L7 listener's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct L7Sample {
+    pub listener: String,
+    pub open_connections: u64,
+    /// Events by label: `requests`, `retries`, `sticky_hits`, ...
+    pub events: Vec<(String, u64)>,
+    /// Responses by status class: `2xx`, `5xx`, ...
+    pub responses: Vec<(String, u64)>,
 }

@@ -16,6 +16,9 @@
 //! | `lb_backend_health` | `pool`, `backend`, `state` | 1 for the current state, 0 for the others |
 //! | `lb_backend_health_transitions_total` | `pool`, `backend`, `to` | health transitions |
 //! | `lb_control_operations_total` | `operation`, `result` | control operations |
+//! | `lb_l7_open_connections` | `listener` | an L7 listener's client connections |
+//! | `lb_l7_events_total` | `listener`, `event` | an L7 listener's events (requests, retries, ...) |
+//! | `lb_l7_responses_total` | `listener`, `class` | an L7 listener's responses by status class |
 //! | `lb_uptime_seconds` | | uptime |
 
 use std::collections::BTreeMap;
@@ -55,6 +58,7 @@ fn build_registry(input: &MetricsInput) -> Registry {
     register_traffic(&mut registry, &input.listeners);
     register_health(&mut registry, input);
     register_operations(&mut registry, input);
+    register_l7(&mut registry, input);
     registry.register_with_unit(
         "uptime",
         "Seconds since the daemon started",
@@ -280,6 +284,70 @@ fn register_operations(registry: &mut Registry, input: &MetricsInput) {
         "Control-plane operations the daemon answered, by operation and result (ok; refused: \
          the change broke a rule, nothing was written; failed: writing it failed)",
         SortedFamily::counters(operations),
+    );
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct L7EventLabels {
+    listener: String,
+    event: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct L7ResponseLabels {
+    listener: String,
+    class: String,
+}
+
+/// The L7 listeners: open connections, events, responses by class.
+fn register_l7(registry: &mut Registry, input: &MetricsInput) {
+    let open = input
+        .l7
+        .iter()
+        .map(|sample| {
+            let labels = ListenerLabels {
+                listener: sample.listener.clone(),
+            };
+            (
+                labels,
+                i64::try_from(sample.open_connections).unwrap_or(i64::MAX),
+            )
+        })
+        .collect();
+    registry.register(
+        "l7_open_connections",
+        "Client connections an L7 listener has open",
+        SortedFamily::gauges(open),
+    );
+    let events = input.l7.iter().flat_map(|sample| {
+        sample.events.iter().map(|(event, value)| {
+            let labels = L7EventLabels {
+                listener: sample.listener.clone(),
+                event: event.clone(),
+            };
+            (labels, *value)
+        })
+    });
+    registry.register(
+        "l7_events",
+        "What an L7 listener did: connections, failed handshakes, requests, backend errors \
+         and timeouts, retries, sticky hits, new and re-pinned sessions, closed connections",
+        SortedFamily::counters(events),
+    );
+    let responses = input.l7.iter().flat_map(|sample| {
+        sample.responses.iter().map(|(class, value)| {
+            let labels = L7ResponseLabels {
+                listener: sample.listener.clone(),
+                class: class.clone(),
+            };
+            (labels, *value)
+        })
+    });
+    registry.register(
+        "l7_responses",
+        "Responses an L7 listener sent, by status class (the balancer's own 502, 503 and 504 \
+         included)",
+        SortedFamily::counters(responses),
     );
 }
 

@@ -11,8 +11,8 @@ use lb_common::counters::{Counter, CounterKind};
 use super::Controller;
 use crate::{
     control::{
-        BackendView, CounterView, ListenerStatsView, ListenerView, SimulationView, StatsView,
-        StatusView,
+        BackendView, CounterView, L7StatsView, ListenerStatsView, ListenerView, SimulationView,
+        StatsView, StatusView,
     },
     daemon::runtime::{BackendKey, STATES},
     datapath::Datapath,
@@ -122,7 +122,36 @@ impl<D: Datapath> Controller<D> {
         Ok(StatsView {
             counters,
             listeners,
+            l7: self.l7_stats(),
         })
+    }
+
+    /// Each L7 listener's counters.
+    pub(super) fn l7_stats(&self) -> Vec<L7StatsView> {
+        let Some(l7) = &self.l7 else {
+            return Vec::new();
+        };
+        let owned = |pairs: Vec<(&str, u64)>| {
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect::<Vec<_>>()
+        };
+        l7.proxies()
+            .iter()
+            .map(|proxy| L7StatsView {
+                name: proxy.name.clone(),
+                mode: self
+                    .config
+                    .listeners
+                    .get(&proxy.name)
+                    .map_or("", |l| l.mode.as_str())
+                    .to_owned(),
+                open_connections: proxy.open_connections(),
+                events: owned(proxy.counters.events()),
+                responses: owned(proxy.counters.responses_by_class()),
+            })
+            .collect()
     }
 
     pub(super) fn status_view(&self, now: Instant) -> StatusView {
@@ -171,8 +200,44 @@ impl<D: Datapath> Controller<D> {
             backends,
             packets,
             operations,
+            l7: self.l7_summary(),
             metrics: self.config.metrics.map(|a| format!("http://{a}/metrics")),
         }
+    }
+
+    /// The L7 listeners together, for `lb status`.
+    fn l7_summary(&self) -> Vec<(String, u64)> {
+        let stats = self.l7_stats();
+        if stats.is_empty() {
+            return Vec::new();
+        }
+        let total = |pick: &dyn Fn(&L7StatsView) -> u64| stats.iter().map(pick).sum::<u64>();
+        let event = |name: &'static str| {
+            move |l: &L7StatsView| {
+                l.events
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map_or(0, |(_, v)| *v)
+            }
+        };
+        let errors = |l: &L7StatsView| {
+            l.responses
+                .iter()
+                .find(|(k, _)| k == "5xx")
+                .map_or(0, |(_, v)| *v)
+        };
+        vec![
+            (
+                "open connections".to_owned(),
+                total(&|l| l.open_connections),
+            ),
+            ("requests".to_owned(), total(&event("requests"))),
+            ("5xx".to_owned(), total(&errors)),
+            (
+                "failed handshakes".to_owned(),
+                total(&event("handshake_failures")),
+            ),
+        ]
     }
 
     /// Everything the metrics endpoint reports, as of `now`.
@@ -235,11 +300,22 @@ impl<D: Datapath> Controller<D> {
                 count: *count,
             })
             .collect();
+        let l7 = stats
+            .l7
+            .iter()
+            .map(|l| metrics::L7Sample {
+                listener: l.name.clone(),
+                open_connections: l.open_connections,
+                events: l.events.clone(),
+                responses: l.responses.clone(),
+            })
+            .collect();
         Some(MetricsInput {
             counters,
             listeners,
             backends,
             operations,
+            l7,
             uptime_seconds: now.saturating_duration_since(self.started).as_secs_f64(),
         })
     }

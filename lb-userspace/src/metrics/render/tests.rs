@@ -77,6 +77,9 @@ fn sample_input_renders_every_family_with_descriptors() {
         ("lb_backend_health", "gauge"),
         ("lb_backend_health_transitions", "counter"),
         ("lb_control_operations", "counter"),
+        ("lb_l7_open_connections", "gauge"),
+        ("lb_l7_events", "counter"),
+        ("lb_l7_responses", "counter"),
         ("lb_uptime_seconds", "gauge"),
     ] {
         assert_has(&text, &format!("# TYPE {name} {kind}"));
@@ -172,6 +175,20 @@ fn operations_and_uptime() {
         r#"lb_control_operations_total{operation="backend-set-weight",result="failed"} 1"#,
     );
     assert_has(&text, "lb_uptime_seconds 12.5");
+}
+
+#[test]
+fn l7_listeners_connections_events_and_responses() {
+    let text = rendered(&sample_input());
+    assert_has(&text, r#"lb_l7_open_connections{listener="web"} 7"#);
+    assert_has(
+        &text,
+        r#"lb_l7_events_total{listener="web",event="retries"} 2"#,
+    );
+    assert_has(
+        &text,
+        r#"lb_l7_responses_total{listener="web",class="5xx"} 2"#,
+    );
 }
 
 #[test]
