@@ -39,12 +39,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Check { config: path } => {
             let config = lb::config::Config::from_file(&path)?;
+            let certificates = lb::l7::check_files(&config)?;
             println!(
                 "{}: ok ({} listeners, {} pools)",
                 path.display(),
                 config.listeners.len(),
                 config.pools.len()
             );
+            for line in certificates {
+                println!("  certificates of {line}");
+            }
         }
         Command::Uninstall { config: path } => {
             let config = lb::config::Config::from_file(&path)?;

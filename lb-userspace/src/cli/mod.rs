@@ -38,7 +38,8 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a configuration file without touching the system.
+    /// Validate a configuration file and the files it names (certificates, keys, CA bundles,
+    /// cookie keys) without touching the system.
     Check {
         #[arg(long, short)]
         config: PathBuf,

@@ -267,6 +267,20 @@ impl L7 {
     }
 }
 
+/// Reads every file `config`'s L7 listeners name, as a start would (`lb check`); binds
+/// nothing. Returns each listener's certificate names.
+pub fn check_files(config: &Config) -> Result<Vec<String>, L7Error> {
+    let mut names = Vec::new();
+    for (name, listener) in &config.listeners {
+        if let Some(settings) = &listener.l7 {
+            let certs = load_certs(name, settings)?;
+            sealer_and_connector(name, settings)?;
+            names.push(format!("{name}: {}", certs.names().join(", ")));
+        }
+    }
+    Ok(names)
+}
+
 fn take_tasks(mut running: Running) -> Vec<(SocketAddr, JoinHandle<()>)> {
     std::mem::take(&mut running.accepting)
 }
