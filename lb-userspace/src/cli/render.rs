@@ -57,7 +57,8 @@ pub fn render(body: &Body, json: bool) -> String {
     }
     match body {
         Body::Listeners(listeners) => {
-            let mut table = Table::new(&["LISTENER", "VIP", "MODE", "POOL", "BACKENDS", "TABLE"]);
+            let mut table =
+                Table::new(&["LISTENER", "VIP", "MODE", "POOL", "BACKENDS", "BALANCING"]);
             for l in listeners {
                 table.row(vec![
                     l.name.clone(),
@@ -69,7 +70,11 @@ pub fn render(body: &Body, json: bool) -> String {
                     l.mode.clone(),
                     l.pool.clone(),
                     l.active_backends.to_string(),
-                    format!("Maglev, {} slots", l.ring_size),
+                    if l.balancing.is_empty() {
+                        format!("Maglev, {} slots", l.ring_size)
+                    } else {
+                        l.balancing.clone()
+                    },
                 ]);
             }
             table.render()

@@ -122,6 +122,9 @@ pub struct ListenerView {
     /// Backends in the pool that take new flows (weight above 0).
     pub active_backends: usize,
     pub ring_size: u32,
+    /// How it picks backends: "Maglev, 65537 slots", "least outstanding requests, sticky".
+    #[serde(default)]
+    pub balancing: String,
 }
 
 /// A backend as `lb backend list` shows it.

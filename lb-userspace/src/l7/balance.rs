@@ -6,8 +6,9 @@
 //! - **Round robin**: a smooth weighted order of the backends that take new requests
 //!   (nginx's algorithm, computed once per set), walked by one shared counter.
 //! - **Least outstanding requests**: the backend with the fewest requests in flight for its
-//!   weight; the scan starts where round robin would pick, so that idle backends (all at zero)
-//!   are taken in weighted turn rather than always the first.
+//!   weight; among equals, the one round robin would pick, so that idle backends (all at zero)
+//!   are taken in weighted turn rather than always the first; if that one is busier, the
+//!   equals take turns (a busy backend's turns do not all go to the one after it).
 //! - **Sticky sessions**: a cookie's backend is honoured while it is a member that honours
 //!   sessions (healthy, draining or disabled; not unhealthy, unless the pool fails open);
 //!   otherwise the session is placed by rendezvous hashing over the backends that take new
@@ -170,28 +171,43 @@ impl BackendSet {
         }
         let excluded = |i: usize| exclude.is_some_and(|e| Arc::ptr_eq(e, &self.members[i]));
         let n = self.schedule.len();
-        let start = turn.fetch_add(1, Ordering::Relaxed) % n;
+        let turn = turn.fetch_add(1, Ordering::Relaxed);
+        let start = turn % n;
         let first = self.schedule[start] as usize;
         match balance {
             Balance::RoundRobin => (0..n)
                 .map(|k| self.eligible[self.schedule[(start + k) % n] as usize].0)
                 .find(|&i| !excluded(i)),
             Balance::LeastOutstanding => {
-                let count = self.eligible.len();
-                let mut best: Option<(usize, u64, u64)> = None;
-                for k in 0..count {
-                    let (i, weight, _) = self.eligible[(first + k) % count];
+                // The backends with the least load for their weight.
+                let mut best: Option<(u64, u64)> = None;
+                let mut least = Vec::new();
+                for &(i, weight, _) in &self.eligible {
                     if excluded(i) {
                         continue;
                     }
                     let load = u64::from(self.members[i].outstanding());
                     let weight = u64::from(weight);
-                    // load / weight < best_load / best_weight, without dividing.
-                    if best.is_none_or(|(_, l, w)| load * w < l * weight) {
-                        best = Some((i, load, weight));
+                    // load / weight against best_load / best_weight, without dividing.
+                    match best.map(|(l, w)| (load * w).cmp(&(l * weight))) {
+                        Some(std::cmp::Ordering::Greater) => continue,
+                        Some(std::cmp::Ordering::Equal) => {}
+                        None | Some(std::cmp::Ordering::Less) => {
+                            best = Some((load, weight));
+                            least.clear();
+                        }
                     }
+                    least.push(i);
                 }
-                best.map(|(i, ..)| i)
+                let in_turn = self.eligible[first].0;
+                if least.contains(&in_turn) {
+                    Some(in_turn)
+                } else if least.is_empty() {
+                    None
+                } else {
+                    // Each time the backend in turn is busier, the next of the least loaded.
+                    Some(least[(turn / n) % least.len()])
+                }
             }
         }
         .map(|i| Arc::clone(&self.members[i]))
@@ -352,6 +368,19 @@ certificates = [{ cert = "c.pem", key = "k.pem" }]
         }
         drop((busy, one));
         assert_eq!(set.members()[2].outstanding(), 0);
+    }
+
+    #[test]
+    fn a_busy_backends_turns_are_shared_by_the_others() {
+        let set = BackendSet::build(
+            &listener(),
+            None,
+            &members(&[(100, true); 3]),
+            &BackendSet::default(),
+        );
+        let busy = set.members()[0].begin();
+        assert_eq!(counts(&set, Balance::LeastOutstanding, 600), [0, 300, 300]);
+        drop(busy);
     }
 
     #[test]

@@ -35,8 +35,12 @@ pub struct Held {
 }
 
 impl Held {
-    /// The body ended: the connection can take the next request.
+    /// The body ended: the request was answered whole, and the connection can take the next
+    /// request.
     fn release(&mut self) {
+        if let Some(in_flight) = &mut self.in_flight {
+            in_flight.answered();
+        }
         if let Some((upstream, mut send)) = self.connection.take() {
             if send.is_ready() {
                 upstream.conns.check_in(send);
@@ -68,8 +72,12 @@ impl ProxyBody {
         Self::new(Either::Right(Full::new(bytes.into())), Held::default())
     }
 
-    /// Keeps the request counted on its client connection until this body ends.
-    pub fn hold_in_flight(&mut self, in_flight: InFlight) {
+    /// Keeps the request counted on its client connection until this body ends; dropped
+    /// before its end, it counts as cancelled.
+    pub fn hold_in_flight(&mut self, mut in_flight: InFlight) {
+        if self.inner.is_end_stream() {
+            in_flight.answered();
+        }
         self.held.in_flight = Some(in_flight);
     }
 
@@ -96,7 +104,14 @@ impl Body for ProxyBody {
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
         };
-        if let Poll::Ready(None) = polled {
+        // hyper stops polling a body that says it has ended (its Content-Length is met, or
+        // HTTP/2's END_STREAM came) rather than waiting for `None`: release on either.
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(Some(Err(_))) | Poll::Pending => false,
+        };
+        if ended {
             this.held.release();
         }
         polled

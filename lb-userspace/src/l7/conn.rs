@@ -6,7 +6,8 @@
 //! - idle (no request in flight) for `idle_timeout`: closed gracefully;
 //! - a request head (HTTP/1.1) still incomplete `header_read_timeout` after its first byte:
 //!   closed (a slow client; HTTP/2 framing has its own limits);
-//! - more cancelled requests than `h2_max_resets_per_second` allows (a reset flood): closed.
+//! - more HTTP/2 requests cancelled (before their response ended) than
+//!   `h2_max_resets_per_second` allows (a reset flood): closed.
 //!
 //! hyper's own header timeout also runs while a kept-alive connection is idle, so it would
 //! cut idle connections at the header timeout; hence this clock.
@@ -23,7 +24,7 @@ use std::{
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    sync::Notify,
+    sync::{Notify, OwnedSemaphorePermit},
 };
 
 use crate::config::l7::HttpLimits;
@@ -54,6 +55,9 @@ pub struct ConnState {
     head_since: AtomicU64,
     resets: Mutex<Bucket>,
     flooded: AtomicBool,
+    /// The connection's place among the listener's `max_connections`: held while it is
+    /// open, handed to the tunnel if it is upgraded.
+    permit: Mutex<Option<OwnedSemaphorePermit>>,
     /// Wakes the driver when a deadline moved earlier.
     pub wake: Notify,
 }
@@ -82,12 +86,25 @@ impl ConnState {
                 at: now,
             }),
             flooded: AtomicBool::new(false),
+            permit: Mutex::new(None),
             wake: Notify::new(),
         })
     }
 
     fn millis(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Holds the connection's place among the listener's connections.
+    pub fn hold_permit(&self, permit: OwnedSemaphorePermit) {
+        if let Ok(mut slot) = self.permit.lock() {
+            *slot = Some(permit);
+        }
+    }
+
+    /// Takes the connection's place (a tunnel that outlives the HTTP connection keeps it).
+    pub fn take_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permit.lock().ok()?.take()
     }
 
     /// A request began; the guard ends it (pass it on to the response body).
@@ -177,8 +194,8 @@ pub struct InFlight {
 }
 
 impl InFlight {
-    /// The request was answered (the service returned a response); dropping the guard now
-    /// ends it normally rather than counting a cancellation.
+    /// The response ended (its body was sent whole); dropping the guard now ends the request
+    /// normally rather than counting a cancellation.
     pub fn answered(&mut self) {
         self.answered = true;
     }
@@ -187,7 +204,9 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         let state = &self.state;
-        if !self.answered {
+        // An HTTP/1.1 client cancels only by closing its connection (or hyper drops the body
+        // of an answer to HEAD): only HTTP/2 streams make a reset flood.
+        if !self.answered && !state.h1 {
             state.on_cancel();
         }
         state

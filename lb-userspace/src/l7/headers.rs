@@ -7,7 +7,8 @@
 //! - `X-Forwarded-For` gets the client's address appended; `X-Forwarded-Proto` and
 //!   `X-Forwarded-Port` are set by the balancer, whatever the client sent; `Forwarded` gets an
 //!   element appended if the listener asks for it;
-//! - `Host` is kept (an HTTP/2 client's `:authority` becomes `Host` for an HTTP/1.1 backend).
+//! - `Host` is kept (an HTTP/2 client's `:authority` becomes `Host` for an HTTP/1.1 backend);
+//! - an HTTP/2 client's `Cookie` fields become one `Cookie` for an HTTP/1.1 backend.
 
 use std::net::IpAddr;
 
@@ -30,6 +31,9 @@ pub struct Forwarding {
     pub port: u16,
     /// Also append an RFC 7239 `Forwarded` element.
     pub forwarded_header: bool,
+    /// The host the client asked for (its `Host`, or an HTTP/2 client's `:authority`), for
+    /// `Forwarded`.
+    pub host: Option<String>,
 }
 
 /// Removes the hop-by-hop headers of `headers`; keeps `Upgrade` and sets `Connection: upgrade`
@@ -96,7 +100,7 @@ pub fn add_forwarding(headers: &mut HeaderMap, forwarding: &Forwarding) {
             IpAddr::V6(a) => format!("\"[{a}]\""),
         };
         let mut element = format!("for={node};proto=https");
-        if let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) {
+        if let Some(host) = &forwarding.host {
             element.push_str(&format!(";host=\"{}\"", host.replace(['"', '\\'], "")));
         }
         let forwarded = match joined(headers, &header::FORWARDED) {
@@ -122,6 +126,7 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 /// The URI and `Host` of a request as a backend of `version` wants them: origin form and a
 /// `Host` header for HTTP/1.1; scheme and authority for HTTP/2. The authority comes from
 /// `Host` (HTTP/1.1 clients) or the URI (HTTP/2 clients); `fallback` if neither has one.
+/// For HTTP/1.1 the `Cookie` fields are also joined into one ([`join_cookies`]).
 pub fn to_backend_target(
     uri: &Uri,
     headers: &mut HeaderMap,
@@ -153,7 +158,34 @@ pub fn to_backend_target(
         {
             headers.insert(header::HOST, host);
         }
+        join_cookies(headers);
         Ok(Uri::builder().path_and_query(path).build()?)
+    }
+}
+
+/// Joins several `Cookie` fields (an HTTP/2 client may split its cookies) into one, with
+/// "; ", as a backend outside HTTP/2 expects them (RFC 9113 section 8.2.3; RFC 6265 allows
+/// one `Cookie` header). Empty fields go; the result is sensitive if any part was.
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    let mut sensitive = false;
+    for value in headers.get_all(header::COOKIE) {
+        if value.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+        sensitive |= value.is_sensitive();
+    }
+    // Every byte comes from a valid header value, so this holds; keep the fields otherwise.
+    if let Ok(mut value) = HeaderValue::from_bytes(&joined) {
+        value.set_sensitive(sensitive);
+        headers.insert(header::COOKIE, value);
     }
 }
 
@@ -211,6 +243,7 @@ mod tests {
             client: "2001:db8::5".parse().unwrap(),
             port: 443,
             forwarded_header: true,
+            host: Some("shop.example".to_owned()),
         };
         add_forwarding(&mut h, &forwarding);
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 198.18.9.9, 2001:db8::5");
@@ -229,6 +262,7 @@ mod tests {
                 client: "198.18.0.1".parse().unwrap(),
                 port: 8443,
                 forwarded_header: false,
+                host: None,
             },
         );
         assert_eq!(plain["x-forwarded-for"], "198.18.0.1");
@@ -255,5 +289,23 @@ mod tests {
                 .unwrap();
         assert_eq!(fallback, "/cart");
         assert_eq!(none["host"], "198.18.1.1:80");
+    }
+
+    #[test]
+    fn cookie_fields_become_one_for_an_http1_backend() {
+        let crumbs = [("cookie", "a=1"), ("cookie", ""), ("cookie", "b=2; c=3")];
+        let uri: Uri = "https://shop.example/".parse().unwrap();
+        let mut h1 = headers(&crumbs);
+        to_backend_target(&uri, &mut h1, Version::HTTP_11, false, "x").unwrap();
+        let cookies: Vec<&HeaderValue> = h1.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"]);
+
+        let mut h2 = headers(&crumbs);
+        to_backend_target(&uri, &mut h2, Version::HTTP_2, true, "x").unwrap();
+        assert_eq!(
+            h2.get_all("cookie").iter().count(),
+            3,
+            "HTTP/2 keeps the crumbs"
+        );
     }
 }

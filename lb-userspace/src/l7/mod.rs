@@ -18,6 +18,7 @@ pub mod proxy;
 pub mod server;
 pub mod sticky;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 
 use std::{

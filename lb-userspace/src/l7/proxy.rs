@@ -18,7 +18,6 @@ use std::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    time::{SystemTime, UNIX_EPOCH},
 };
 
 use arc_swap::ArcSwap;
@@ -30,7 +29,6 @@ use hyper::{
     header::{self, HeaderMap, HeaderValue},
     upgrade::OnUpgrade,
 };
-use hyper_util::rt::TokioIo;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
@@ -157,12 +155,6 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Why sending a request failed.
 enum SendFailure {
     /// Before any of it was written: the request is back.
@@ -186,8 +178,14 @@ impl Proxy {
         self.site.load_full()
     }
 
+    /// New settings for new requests. The idle and shared connections to the backends were
+    /// made under the old ones (a CA bundle or client certificate that may have changed): they
+    /// go, so that the next request connects, and verifies the backend, anew.
     pub fn set_site(&self, site: Site) {
         self.site.store(Arc::new(site));
+        for upstream in self.backends.load().members() {
+            upstream.conns.clear();
+        }
     }
 
     /// Client connections open now.
@@ -215,10 +213,9 @@ impl Proxy {
         conn: Arc<ConnState>,
         client: SocketAddr,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        let mut in_flight = conn.begin();
+        let in_flight = conn.begin();
         count(&self.counters.requests);
-        let mut response = self.forward(request, client).await;
-        in_flight.answered();
+        let mut response = self.forward(request, &conn, client).await;
         let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
         count(&self.counters.responses[class]);
         response.body_mut().hold_in_flight(in_flight);
@@ -228,6 +225,7 @@ impl Proxy {
     async fn forward(
         &self,
         mut request: Request<Incoming>,
+        conn: &ConnState,
         client: SocketAddr,
     ) -> Response<ProxyBody> {
         let site = self.site();
@@ -235,7 +233,7 @@ impl Proxy {
         let upgrade = headers::upgrade_of(request.version(), request.headers());
         let client_upgrade: Option<OnUpgrade> =
             upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
-        let now = unix_now();
+        let now = sticky::now_unix_ms();
         let (first, placement) = self.place(&site, &set, request.headers_mut(), now);
         let Some(first) = first else {
             count(&self.counters.no_backend);
@@ -244,12 +242,19 @@ impl Proxy {
 
         let (mut parts, body) = request.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
+        let host = parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| parts.uri.authority().map(ToString::to_string));
         headers::add_forwarding(
             &mut parts.headers,
             &Forwarding {
                 client: client.ip(),
                 port: site.listener.port,
                 forwarded_header: site.settings.forwarded_header,
+                host,
             },
         );
         let version = if site.connector.http2() && upgrade.is_none() {
@@ -361,7 +366,13 @@ impl Proxy {
         {
             count(&self.counters.upgrades);
             let backend_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, backend_upgrade, outstanding));
+            tokio::spawn(super::tunnel::run(
+                client_upgrade,
+                backend_upgrade,
+                outstanding,
+                conn.take_permit(),
+                site.settings.http.idle_timeout,
+            ));
             let (mut parts, _) = response.into_parts();
             strip_response(&mut parts.headers, upgrade.as_ref());
             if let Some(cookie) = cookie {
@@ -441,7 +452,8 @@ impl Proxy {
             Placement::New(session) | Placement::Repinned(session) => *session,
             Placement::Unpinned | Placement::Pinned => return None,
         };
-        let expires = now.saturating_add(sticky.duration.as_secs());
+        let duration = u64::try_from(sticky.duration.as_millis()).unwrap_or(u64::MAX);
+        let expires = now.saturating_add(duration);
         let ticket = Ticket {
             backend: served.id,
             session,
@@ -515,22 +527,4 @@ async fn send(
 fn strip_response(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
     let upgrade = upgrade.and(headers.get(header::UPGRADE).cloned());
     headers::strip_hop_by_hop(headers, upgrade.as_ref());
-}
-
-/// Joins the client's and the backend's upgraded connections and copies bytes both ways
-/// until either side closes.
-async fn tunnel(client: OnUpgrade, backend: OnUpgrade, outstanding: super::balance::Outstanding) {
-    let (client, backend) = match tokio::try_join!(client, backend) {
-        Ok(both) => both,
-        Err(error) => {
-            debug!(%error, "an upgrade did not complete");
-            return;
-        }
-    };
-    let mut client = TokioIo::new(client);
-    let mut backend = TokioIo::new(backend);
-    if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-        debug!(backend = %outstanding.upstream().address, %error, "a tunnel ended");
-    }
-    drop(outstanding);
 }

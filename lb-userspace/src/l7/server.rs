@@ -123,6 +123,7 @@ async fn serve_connection(
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
     let state = ConnState::new(!h2, &limits);
+    state.hold_permit(permit);
     let io = TokioIo::new(Watched::new(stream, Arc::clone(&state)));
     let service = {
         let state = Arc::clone(&state);
@@ -151,7 +152,7 @@ async fn serve_connection(
             .with_upgrades();
         drive(conn, &state, &limits, &proxy).await;
     }
-    drop(permit);
+    drop(state.take_permit());
 }
 
 /// A hyper server connection that can be asked to finish gracefully.
@@ -275,7 +276,13 @@ fn redirect(request: &Request<Incoming>, port: u16) -> Response<ProxyBody> {
     let Some(host) = host else {
         return error_response(StatusCode::BAD_REQUEST);
     };
-    let path = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    // The asterisk form (`OPTIONS *`) names no resource: redirect it to the root.
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or("/");
     let location = if port == 443 {
         format!("https://{}{path}", host.host())
     } else {

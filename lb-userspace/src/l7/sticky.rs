@@ -14,7 +14,7 @@
 //!
 //! ```text
 //! version (1 byte, = 1) || nonce (12 random bytes) || AES-256-GCM(plaintext) || tag (16 bytes)
-//! plaintext (32 bytes) = backend id (u64 BE) || session id (16 bytes) || expires (u64 BE, Unix s)
+//! plaintext (32 bytes) = backend id (u64 BE) || session id (16 bytes) || expires (u64 BE, Unix ms)
 //! associated data      = "lb-sticky" || version || len(listener) (u64 BE) || listener
 //!                                    || len(cookie name) (u64 BE) || cookie name
 //! ```
@@ -153,23 +153,24 @@ pub struct Ticket {
     pub backend: BackendId,
     /// The user's session, hashed to re-place it when its backend fails.
     pub session: SessionId,
-    /// Unix seconds.
+    /// Unix milliseconds: a duration of one second is one second, not up to two.
     pub expires: u64,
 }
 
 impl Ticket {
-    /// A ticket for `backend` that expires `duration` (whole seconds) after `now_unix`.
-    pub fn new(backend: BackendId, session: SessionId, now_unix: u64, duration: Duration) -> Self {
+    /// A ticket for `backend` that expires `duration` after `now_ms` (Unix milliseconds).
+    pub fn new(backend: BackendId, session: SessionId, now_ms: u64, duration: Duration) -> Self {
+        let duration = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
         Self {
             backend,
             session,
-            expires: now_unix.saturating_add(duration.as_secs()),
+            expires: now_ms.saturating_add(duration),
         }
     }
 
-    /// Whether the ticket still holds at `now_unix` (it expires at `expires`).
-    pub fn is_live(&self, now_unix: u64) -> bool {
-        self.expires > now_unix
+    /// Whether the ticket still holds at `now_ms` (it expires at `expires`).
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        self.expires > now_ms
     }
 
     fn to_bytes(self) -> [u8; PLAINTEXT_LEN] {
@@ -194,11 +195,11 @@ impl Ticket {
     }
 }
 
-/// The current time in Unix seconds (0 if the clock is before 1970).
-pub fn now_unix() -> u64 {
+/// The current time in Unix milliseconds (0 if the clock is before 1970).
+pub fn now_unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The AEAD keys of a key file (AES-256-GCM, built once): the first seals, all open.
@@ -483,16 +484,17 @@ fn log2_fixed(x: u64) -> u64 {
 }
 
 /// The `Set-Cookie` value for `value` (a [`Sealer::seal`] output): `Path`, `Max-Age` (the
-/// seconds from `now_unix` to `expires_unix`, at least 1), `Expires` (IMF-fixdate, at the
-/// latest in year 9999), then `HttpOnly`, `Secure` and `SameSite` as `settings` say. Bytes a
-/// header cannot hold are dropped (validated settings and sealed values have none).
+/// seconds from `now_ms` to `expires_ms`, rounded up, at least 1), `Expires` (IMF-fixdate,
+/// at the latest in year 9999), then `HttpOnly`, `Secure` and `SameSite` as `settings` say.
+/// Bytes a header cannot hold are dropped (validated settings and sealed values have none).
 pub fn set_cookie(
     settings: &StickySettings,
     value: &str,
-    expires_unix: u64,
-    now_unix: u64,
+    expires_ms: u64,
+    now_ms: u64,
 ) -> HeaderValue {
-    let max_age = expires_unix.saturating_sub(now_unix).max(1);
+    let max_age = expires_ms.saturating_sub(now_ms).div_ceil(1000).max(1);
+    let expires_unix = expires_ms.div_ceil(1000);
     let expires = UNIX_EPOCH
         .checked_add(Duration::from_secs(expires_unix.min(LAST_HTTP_DATE)))
         .unwrap_or(UNIX_EPOCH);
@@ -749,10 +751,12 @@ mod tests {
 
     #[test]
     fn tickets_expire_at_their_time() {
-        let ticket = Ticket::new(1, SessionId([0; 16]), 100, Duration::from_secs(60));
-        assert_eq!(ticket.expires, 160);
-        assert!(ticket.is_live(159));
-        assert!(!ticket.is_live(160));
+        let ticket = Ticket::new(1, SessionId([0; 16]), 100_000, Duration::from_secs(60));
+        assert_eq!(ticket.expires, 160_000);
+        assert!(ticket.is_live(159_999));
+        assert!(!ticket.is_live(160_000));
+        let short = Ticket::new(1, SessionId([0; 16]), 100_999, Duration::from_secs(1));
+        assert!(short.is_live(101_998), "a whole second, wherever in a second it began");
         assert_eq!(
             Ticket::new(1, SessionId([0; 16]), u64::MAX, Duration::from_secs(1)).expires,
             u64::MAX
@@ -881,7 +885,7 @@ mod tests {
     #[test]
     fn set_cookie_renders_the_attributes_the_settings_ask_for() {
         // 1_700_003_600 is Tue, 14 Nov 2023 23:13:20 GMT.
-        let header = set_cookie(&settings(), "VALUE", 1_700_003_600, 1_700_000_000);
+        let header = set_cookie(&settings(), "VALUE", 1_700_003_600_000, 1_700_000_000_000);
         assert_eq!(
             header.to_str().unwrap(),
             "lb_sticky=VALUE; Path=/; Max-Age=3600; Expires=Tue, 14 Nov 2023 23:13:20 GMT; \
@@ -895,10 +899,10 @@ mod tests {
             ..settings()
         };
         assert_eq!(
-            set_cookie(&strict, "V", 1_700_003_600, 1_700_003_000)
+            set_cookie(&strict, "V", 1_700_003_600_000, 1_700_002_999_500)
                 .to_str()
                 .unwrap(),
-            "srv=V; Path=/app; Max-Age=600; Expires=Tue, 14 Nov 2023 23:13:20 GMT; Secure; \
+            "srv=V; Path=/app; Max-Age=601; Expires=Tue, 14 Nov 2023 23:13:20 GMT; Secure; \
              SameSite=Strict"
         );
         let none = StickySettings {
@@ -906,7 +910,7 @@ mod tests {
             ..settings()
         };
         assert!(
-            set_cookie(&none, "V", 10, 0)
+            set_cookie(&none, "V", 10_000, 0)
                 .to_str()
                 .unwrap()
                 .ends_with("; HttpOnly; Secure; SameSite=None")
@@ -916,7 +920,7 @@ mod tests {
             secure: false,
             ..settings()
         };
-        let text = set_cookie(&unset, "V", 10, 0);
+        let text = set_cookie(&unset, "V", 10_000, 0);
         assert!(
             text.to_str().unwrap().ends_with("GMT; HttpOnly"),
             "{text:?}"
@@ -925,16 +929,17 @@ mod tests {
 
     #[test]
     fn set_cookie_max_age_is_at_least_one_and_expires_stays_writable() {
-        let past = set_cookie(&settings(), "V", 100, 200);
+        let past = set_cookie(&settings(), "V", 100_000, 200_000);
         assert!(past.to_str().unwrap().contains("; Max-Age=1; "), "{past:?}");
         let far = set_cookie(&settings(), "V", u64::MAX, 0);
         let far = far.to_str().unwrap();
-        assert!(far.contains(&format!("; Max-Age={}; ", u64::MAX)), "{far}");
+        let max_age = u64::MAX.div_ceil(1000);
+        assert!(far.contains(&format!("; Max-Age={max_age}; ")), "{far}");
         assert!(
             far.contains("Expires=Fri, 31 Dec 9999 23:59:59 GMT"),
             "{far}"
         );
-        let dirty = set_cookie(&settings(), "V\r\nX: y", 10, 0);
+        let dirty = set_cookie(&settings(), "V\r\nX: y", 10_000, 0);
         assert!(dirty.to_str().unwrap().starts_with("lb_sticky=VX: y; "));
     }
 

@@ -77,6 +77,16 @@ impl ConnPool {
         }
     }
 
+    /// Drops the idle connections and the shared HTTP/2 one (requests in flight keep theirs).
+    pub fn clear(&self) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.clear();
+        }
+        if let Ok(mut h2) = self.h2.lock() {
+            *h2 = None;
+        }
+    }
+
     fn shared_h2(&self) -> Option<http2::SendRequest<UpBody>> {
         let h2 = self.h2.lock().ok()?;
         h2.as_ref().filter(|s| !s.is_closed()).cloned()

@@ -442,7 +442,7 @@ impl<D: Datapath> Controller<D> {
         runtime.sync(&next, now, true);
         let prepared = match &self.l7 {
             Some(l7) => Some(l7.prepare(&next).map_err(|e| {
-                Refusal::Refused(format!("{summary} was not applied; nothing changed: {e}"))
+                Refusal::Refused(format!("the change was not applied; nothing changed: {e}"))
             })?),
             None => None,
         };

@@ -10,6 +10,7 @@ use lb_common::counters::{Counter, CounterKind};
 
 use super::Controller;
 use crate::{
+    config::l7::Balance,
     control::{
         BackendView, CounterView, L7StatsView, ListenerStatsView, ListenerView, SimulationView,
         StatsView, StatusView,
@@ -33,13 +34,35 @@ impl<D: Datapath> Controller<D> {
                 protocol: l.protocol,
                 mode: l.mode.as_str().to_owned(),
                 pool: l.pool.clone(),
-                // Those in the live table: not draining, disabled or unhealthy.
-                active_backends: self.reconciler.listeners().get(name).map_or(0, |applied| {
-                    applied.backends.values().filter(|b| b.weight > 0).count()
-                }),
+                active_backends: self.active_backends(name, l),
                 ring_size: self.config.datapath.ring_size,
+                balancing: match &l.l7 {
+                    None => format!("Maglev, {} slots", self.config.datapath.ring_size),
+                    Some(l7) => format!(
+                        "{}{}",
+                        match l7.balance {
+                            Balance::LeastOutstanding => "least outstanding requests",
+                            Balance::RoundRobin => "round robin",
+                        },
+                        if l7.sticky.is_some() { ", sticky" } else { "" }
+                    ),
+                },
             })
             .collect()
+    }
+
+    /// Backends of a listener that take new flows or requests now: in the live Maglev table
+    /// (passthrough), or with a weight in the published pool (L7).
+    fn active_backends(&self, name: &str, listener: &crate::config::ListenerConfig) -> usize {
+        if listener.l7.is_some() {
+            return self
+                .published
+                .get(&listener.pool)
+                .map_or(0, |members| members.iter().filter(|m| m.weight > 0).count());
+        }
+        self.reconciler.listeners().get(name).map_or(0, |applied| {
+            applied.backends.values().filter(|b| b.weight > 0).count()
+        })
     }
 
     pub(super) fn backend_views(&self, pool: Option<&str>) -> Result<Vec<BackendView>, String> {
