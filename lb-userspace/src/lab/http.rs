@@ -1,6 +1,7 @@
 //! The lab's HTTP backend, for the L7 listeners' tests, `lb demo` and the benchmarks: hyper,
 //! HTTP/1.1 and HTTP/2 (by ALPN over TLS, or by the client's preface over plain TCP), on the
-//! runtime it is started from. It names itself in every answer and counts what it received.
+//! runtime it is started from. It names itself in every answer and counts what it received
+//! and sent.
 //!
 //! | request | answer |
 //! | --- | --- |
@@ -8,7 +9,7 @@
 //! | `POST /echo` | the request body, streamed back as it arrives |
 //! | `GET /bytes?n=N` | N bytes, streamed in 64 KiB chunks |
 //! | `GET /delay?ms=N` | its name, after N ms |
-//! | `GET /ws` with `Upgrade: websocket` | 101, then every byte echoed |
+//! | `GET /ws` with `Upgrade: websocket` | 101, then every byte echoed until the client closes |
 //! | anything else | its name |
 //!
 //! Every answer carries `x-backend: NAME`.
@@ -50,6 +51,8 @@ pub struct Seen {
     pub requests: AtomicU64,
     /// Application bytes read from clients (after TLS).
     pub bytes_in: AtomicU64,
+    /// Application bytes written to clients (before TLS): what a slow client held back.
+    pub bytes_out: AtomicU64,
 }
 
 /// A running lab HTTP backend; stops when dropped.
@@ -92,6 +95,10 @@ impl HttpBackend {
 
     pub fn bytes_in(&self) -> u64 {
         self.seen.bytes_in.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes_out(&self) -> u64 {
+        self.seen.bytes_out.load(Ordering::Relaxed)
     }
 }
 
@@ -198,6 +205,9 @@ async fn answer(
                 if let Ok(upgraded) = upgrade.await {
                     let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
                     drop(tokio::io::copy(&mut read, &mut write).await);
+                    // Close as a WebSocket server does once the client has: over TLS, with
+                    // close_notify, so that the peer sees a clean end rather than a truncation.
+                    drop(tokio::io::AsyncWriteExt::shutdown(&mut write).await);
                 }
             });
             let mut response = Response::new(full(Bytes::new()));
@@ -249,7 +259,7 @@ impl hyper::body::Body for Generated {
     }
 }
 
-/// A stream that counts the bytes read from it.
+/// A stream that counts the bytes read from it and written to it.
 struct Counted<S> {
     inner: S,
     seen: Arc<Seen>,
@@ -286,7 +296,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(written)) = &polled {
+            self.seen
+                .bytes_out
+                .fetch_add(u64::try_from(*written).unwrap_or(0), Ordering::Relaxed);
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {

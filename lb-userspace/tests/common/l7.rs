@@ -1,0 +1,306 @@
+//! Helpers for the L7 listener tests of `l7_protocols.rs` and `l7_tls.rs`: [`Setup`] writes a
+//! one-listener configuration (listener `web`, pool `app`) with its certificates and starts
+//! [`HttpBackend`]s and an [`L7Lab`] on 127.0.0.1; [`Client`] (in `l7/client.rs`) is an HTTPS
+//! client (HTTP/1.1 or HTTP/2 by ALPN) that chooses its SNI, records the certificate it was
+//! shown, and sends request bodies either whole or streamed from a channel ([`streamed`]).
+//!
+//! Data flow: `Setup::new` -> `cert`, `plain_backend`/`tls_backend`, setting lines -> `start`
+//! -> [`Running`] (the lab and its address) -> [`Client::connect`] -> [`Client::fetch`].
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a part of the shared helpers"
+)]
+
+pub mod client;
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use lb::lab::{
+    Issued, Pki,
+    http::HttpBackend,
+    l7::{L7Lab, LabDir},
+};
+use rustls::{RootCertStore, ServerConfig};
+
+use self::client::{Client, Tls};
+
+/// The name the listener's default certificate holds, and the `Host` of requests.
+pub const HOST: &str = "www.example";
+/// Longest wait for anything in these tests: a test that waits longer has failed.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A free TCP port on 127.0.0.1 (bound, then released, for a listener to take).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding port 0");
+    listener.local_addr().expect("local address").port()
+}
+
+/// `future`, or a panic naming `what` if it takes longer than [`TIMEOUT`].
+pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(TIMEOUT, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing after {TIMEOUT:?}"))
+}
+
+/// Waits until `condition` holds (checked every 10 ms); panics naming `what` after [`TIMEOUT`].
+/// For what another task counts after the client has seen its effect.
+pub async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    within(what, async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+}
+
+/// The listener's mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Offload,
+    Bridging,
+}
+
+impl Mode {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Offload => "offload",
+            Self::Bridging => "bridging",
+        }
+    }
+}
+
+/// A one-listener lab being put together: listener `web` on 127.0.0.1, pool `app`.
+#[derive(Debug)]
+pub struct Setup {
+    pub dir: LabDir,
+    /// The CA of the listener's certificates (clients trust it).
+    pub pki: Pki,
+    /// The CA of the backends' certificates (bridging); its PEM is `ca.pem`.
+    pub backend_pki: Pki,
+    pub backend_ca: PathBuf,
+    mode: Mode,
+    certificates: Vec<(PathBuf, PathBuf)>,
+    backends: Vec<(HttpBackend, Option<String>)>,
+    listener_lines: Vec<String>,
+    tls_lines: Vec<String>,
+    backend_lines: Vec<String>,
+    verify_backends: bool,
+}
+
+impl Setup {
+    /// A lab in a fresh directory, with two fresh CAs; bridging verifies the backends against
+    /// `backend_pki` unless [`Setup::skip_verification`] is called.
+    pub fn new(prefix: &str, mode: Mode) -> Self {
+        let dir = LabDir::new(prefix).expect("lab directory");
+        let pki = Pki::new("listener CA").expect("listener CA");
+        let backend_pki = Pki::new("backend CA").expect("backend CA");
+        let backend_ca = dir
+            .write("backend-ca.pem", backend_pki.ca_pem().as_bytes())
+            .expect("writing the backend CA");
+        Self {
+            dir,
+            pki,
+            backend_pki,
+            backend_ca,
+            mode,
+            certificates: Vec::new(),
+            backends: Vec::new(),
+            listener_lines: Vec::new(),
+            tls_lines: Vec::new(),
+            backend_lines: Vec::new(),
+            verify_backends: true,
+        }
+    }
+
+    /// Issues a listener certificate for `names` from [`Setup::pki`], writes it as `file`.pem
+    /// and `file`.key, and lists it (the first listed is the default).
+    pub fn cert(&mut self, file: &str, names: &[&str]) -> Issued {
+        let issued = self.pki.issue(names).expect("issuing a certificate");
+        let files = write_issued(&self.dir, file, &issued);
+        self.certificates.push(files);
+        issued
+    }
+
+    /// A plain HTTP backend named `name`.
+    pub async fn plain_backend(&mut self, name: &str) -> &HttpBackend {
+        self.backend(name, None, None).await
+    }
+
+    /// A TLS backend named `name` presenting a certificate for `names` from
+    /// [`Setup::backend_pki`].
+    pub async fn tls_backend(&mut self, name: &str, names: &[&str]) -> &HttpBackend {
+        let issued = self.backend_pki.issue(names).expect("backend certificate");
+        self.backend(name, Some(backend_tls(&issued)), None).await
+    }
+
+    /// A backend named `name`, over TLS if `tls` is given, with its own `server_name` in the
+    /// pool if given.
+    pub async fn backend(
+        &mut self,
+        name: &str,
+        tls: Option<Arc<ServerConfig>>,
+        server_name: Option<&str>,
+    ) -> &HttpBackend {
+        let backend = HttpBackend::start("127.0.0.1:0".parse().expect("address"), name, tls)
+            .await
+            .expect("starting a backend");
+        self.backends
+            .push((backend, server_name.map(str::to_owned)));
+        &self.backends.last().expect("just pushed").0
+    }
+
+    /// Adds `line` to `[listeners.web]`.
+    pub fn listener(&mut self, line: &str) -> &mut Self {
+        self.listener_lines.push(line.to_owned());
+        self
+    }
+
+    /// Adds `line` to `[listeners.web.tls]`.
+    pub fn tls(&mut self, line: &str) -> &mut Self {
+        self.tls_lines.push(line.to_owned());
+        self
+    }
+
+    /// Adds `line` to `[listeners.web.backend]`.
+    pub fn backend_setting(&mut self, line: &str) -> &mut Self {
+        self.backend_lines.push(line.to_owned());
+        self
+    }
+
+    /// Bridging without verifying the backends (`dangerously_skip_verification`).
+    pub fn skip_verification(&mut self) -> &mut Self {
+        self.verify_backends = false;
+        self.backend_setting("dangerously_skip_verification = true")
+    }
+
+    /// The configuration for a listener on `port`.
+    pub fn config_text(&self, port: u16) -> String {
+        let backends: Vec<String> = self
+            .backends
+            .iter()
+            .map(|(backend, server_name)| {
+                let name = server_name
+                    .as_ref()
+                    .map_or_else(String::new, |n| format!(", server_name = \"{n}\""));
+                format!(
+                    "{{ address = \"127.0.0.1\", port = {}{name} }}",
+                    backend.address.port()
+                )
+            })
+            .collect();
+        let certificates: Vec<String> = self
+            .certificates
+            .iter()
+            .map(|(cert, key)| {
+                format!(
+                    "{{ cert = \"{}\", key = \"{}\" }}",
+                    cert.display(),
+                    key.display()
+                )
+            })
+            .collect();
+        let mut backend_lines = self.backend_lines.clone();
+        if self.mode == Mode::Bridging && self.verify_backends {
+            backend_lines.push(format!("ca_file = \"{}\"", self.backend_ca.display()));
+        }
+        let mut text = format!(
+            "[pools.app]\nbackends = [{}]\n\n[listeners.web]\naddress = \"127.0.0.1\"\n\
+             port = {port}\nmode = \"{}\"\npool = \"app\"\n",
+            backends.join(", "),
+            self.mode.as_str()
+        );
+        for line in &self.listener_lines {
+            text.push_str(&format!("{line}\n"));
+        }
+        text.push_str(&format!(
+            "\n[listeners.web.tls]\ncertificates = [{}]\n",
+            certificates.join(", ")
+        ));
+        for line in &self.tls_lines {
+            text.push_str(&format!("{line}\n"));
+        }
+        if !backend_lines.is_empty() {
+            text.push_str("\n[listeners.web.backend]\n");
+            for line in &backend_lines {
+                text.push_str(&format!("{line}\n"));
+            }
+        }
+        text
+    }
+
+    /// Starts the listener on a free port.
+    pub fn start(self) -> Running {
+        let port = free_port();
+        let text = self.config_text(port);
+        let backends = self.backends.into_iter().map(|(b, _)| b).collect();
+        let lab = L7Lab::start(self.dir, self.pki, &text, backends)
+            .unwrap_or_else(|e| panic!("starting the lab: {e}\n{text}"));
+        let roots = lab.pki.roots().expect("roots");
+        Running {
+            lab,
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            roots,
+            backend_pki: self.backend_pki,
+            backend_ca: self.backend_ca,
+        }
+    }
+}
+
+/// A started [`Setup`].
+#[derive(Debug)]
+pub struct Running {
+    pub lab: L7Lab,
+    pub address: SocketAddr,
+    /// Trusts the listener's CA.
+    pub roots: RootCertStore,
+    pub backend_pki: Pki,
+    pub backend_ca: PathBuf,
+}
+
+impl Running {
+    pub fn backend(&self, index: usize) -> &HttpBackend {
+        &self.lab.backends[index]
+    }
+
+    /// A client for [`HOST`] (SNI and verification), HTTP/2 if `h2`.
+    pub async fn client(&self, h2: bool) -> Client {
+        Client::connect(self.address, &Tls::to(HOST, &self.roots).h2(h2))
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the listener (h2 {h2}): {e}"))
+    }
+
+    /// Rewrites the listener certificate files `file`.pem and `file`.key with `issued` (for
+    /// `lb cert reload`); returns their paths.
+    pub fn rewrite_cert(&self, file: &str, issued: &Issued) -> (PathBuf, PathBuf) {
+        write_issued(&self.lab.dir, file, issued)
+    }
+
+    /// The listener's request path (for its counters).
+    pub fn proxy(&self) -> Arc<lb::l7::proxy::Proxy> {
+        self.lab
+            .l7
+            .proxies()
+            .into_iter()
+            .next()
+            .expect("one listener")
+    }
+}
+
+/// Writes `issued`'s chain and key as `file`.pem and `file`.key (mode 0600) in `dir`.
+pub fn write_issued(dir: &LabDir, file: &str, issued: &Issued) -> (PathBuf, PathBuf) {
+    let cert = dir
+        .write(&format!("{file}.pem"), issued.chain_pem().as_bytes())
+        .expect("writing a certificate");
+    let key = dir
+        .write(&format!("{file}.key"), issued.key_pem().as_bytes())
+        .expect("writing a key");
+    (cert, key)
+}
+
+/// A backend's TLS configuration for `issued`, offering `h2` and `http/1.1` by ALPN.
+pub fn backend_tls(issued: &Issued) -> Arc<ServerConfig> {
+    let mut config = (*issued.server_config().expect("server config")).clone();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(config)
+}
