@@ -73,13 +73,31 @@ impl DaemonLab {
         prepare: impl FnOnce(&PassthroughLab) -> P,
         config: impl FnOnce(&DaemonPaths) -> String,
     ) -> (Self, P) {
+        Self::start_with(
+            prefix,
+            backends,
+            |lab| prepare(lab),
+            |paths, _| config(paths),
+        )
+    }
+
+    /// Like [`DaemonLab::start_prepared`], with `prepare` free to change the lab (start servers
+    /// in it, add addresses) and `config` given what `prepare` returned (e.g. the paths of
+    /// files it wrote).
+    pub fn start_with<P>(
+        prefix: &str,
+        backends: usize,
+        prepare: impl FnOnce(&mut PassthroughLab) -> P,
+        config: impl FnOnce(&DaemonPaths, &P) -> String,
+    ) -> (Self, P) {
         crate::require_root();
         raise_fd_limit();
         let mut lab = PassthroughLab::build(prefix, backends).expect("building the lab");
         lab.start_tls(TLS_PORT).expect("starting the TLS backends");
-        let prepared = prepare(&lab);
+        let prepared = prepare(&mut lab);
         let binary = lb_binary().expect("the lb binary");
-        let daemon = DaemonProcess::start(&binary, &lab.lb, config).expect("starting the daemon");
+        let daemon = DaemonProcess::start(&binary, &lab.lb, |paths| config(paths, &prepared))
+            .expect("starting the daemon");
         (Self { daemon, lab }, prepared)
     }
 

@@ -6,7 +6,9 @@
 //! of health checks, drains, reloads and metrics, edits of the lab's configuration
 //! ([`pool_config`]), backend states awaited with a deadline ([`backend_state`]), a switchable
 //! HTTP health endpoint ([`health_endpoint`]), checks on long-lived connections' histories
-//! ([`histories`]) and a scrape of the metrics endpoint ([`metrics_scrape`]).
+//! ([`histories`]) and a scrape of the metrics endpoint ([`metrics_scrape`]); for the L7
+//! listeners beside the passthrough ones, a daemon serving both on one VIP and async HTTPS
+//! clients run from the client namespace ([`side_by_side`]).
 //!
 //! These tests need root (CAP_BPF, CAP_NET_ADMIN); `cargo xtask test` runs them.
 
@@ -30,6 +32,7 @@ pub mod metrics_scrape;
 pub mod packet;
 pub mod pinned;
 pub mod pool_config;
+pub mod side_by_side;
 
 /// Panics with a clear message unless the process runs as root.
 pub fn require_root() {

@@ -141,6 +141,11 @@ impl DaemonProcess {
         &self.socket
     }
 
+    /// The configuration file the daemon runs with (`lb reload` re-reads it).
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
     /// Where the daemon pins its maps (tests read the maps there).
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir

@@ -11,6 +11,16 @@
 //!   lab namespace, with its own socket and pins, stopped (SIGTERM) on drop;
 //! - [`http`]: [`HttpBackend`](http::HttpBackend), an HTTP/1.1 and HTTP/2 backend (plain or
 //!   TLS) that names itself, echoes, streams, delays and upgrades, for the L7 listeners;
+//! - [`l7`]: L7 listeners served in-process on loopback ([`L7Lab`](l7::L7Lab)), their files in
+//!   a private directory ([`LabDir`](l7::LabDir)), and an HTTPS client
+//!   ([`HttpsConn`](l7::HttpsConn));
+//! - [`http_host`]: [`HttpHost`](http_host::HttpHost), a lab host's plain and TLS
+//!   [`HttpBackend`](http::HttpBackend)s on a runtime in a thread inside its namespace, stopped
+//!   on drop;
+//! - [`side_by_side`]: passthrough and L7 listeners on one VIP of a
+//!   [`PassthroughLab`](passthrough::PassthroughLab): the VIP on the balancer's `lo`, HTTP
+//!   servers in the backends, the listeners' files ([`L7Files`](side_by_side::L7Files)) and
+//!   configuration ([`L7Listeners`](side_by_side::L7Listeners));
 //! - [`tls`]: [`Pki`], a throw-away certificate authority issuing leaf certificates (valid,
 //!   expired, or from another CA); [`TlsServer`], a line-echo TLS backend that records who
 //!   connected; [`tls_exchange`] and [`TlsClientConn`], blocking TLS clients.
@@ -24,9 +34,11 @@
 
 pub mod daemon;
 pub mod http;
+pub mod http_host;
 pub mod l7;
 pub mod netns;
 pub mod passthrough;
+pub mod side_by_side;
 pub mod tls;
 
 use std::io;

@@ -21,7 +21,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use aya::programs::XdpMode;
 
-use super::{LabError, NetNs, Pki, TlsServer, netns::veth, sweep_stale};
+use super::{LabError, NetNs, Pki, TlsServer, http_host::HttpHost, netns::veth, sweep_stale};
 use crate::loader::{AttachMode, Aux, DECAP_PROGRAM, Decap, attach};
 
 pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
@@ -45,6 +45,8 @@ pub const INNER_MTU: u32 = 1600;
 pub struct LabBackend {
     /// TLS servers on the VIP; dropped (stopped) first.
     pub servers: Vec<TlsServer>,
+    /// HTTP servers on its own address, for L7 listeners (see `side_by_side`), if started.
+    pub http: Option<HttpHost>,
     /// Keeps the decapsulation program attached.
     _decap: Decap,
     pub name: String,
@@ -272,6 +274,7 @@ fn build_backend(prefix: &str, switch: &NetNs, i: usize) -> Result<LabBackend, L
     debug_assert_eq!(mode.0, XdpMode::Driver);
     Ok(LabBackend {
         servers: Vec::new(),
+        http: None,
         _decap: decap,
         name: format!("backend-{i}"),
         v4,

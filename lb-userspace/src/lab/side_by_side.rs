@@ -1,0 +1,428 @@
+//! Passthrough and L7 listeners side by side on the [`PassthroughLab`]'s VIP, served by one
+//! daemon from one configuration.
+//!
+//! ```text
+//!   VIP 198.18.100.1:443   passthrough (XDP) ──► backends' TLS servers on the VIP (DSR)
+//!   VIP 198.18.100.1:8443  offload   (XDP passes it to the kernel) ──► backends' :8080, HTTP
+//!   VIP 198.18.100.1:9443  bridging  (XDP passes it to the kernel) ──► backends' :8443, TLS
+//! ```
+//!
+//! The pieces, each small and usable alone:
+//!
+//! - [`PassthroughLab::serve_vip_locally`] assigns the VIPs to the balancer namespace's `lo`, so
+//!   that its kernel accepts the ports the XDP program passes (counter `pass_not_vip`) and the
+//!   L7 listeners can bind them;
+//! - [`PassthroughLab::start_http`] runs an [`HttpHost`] in every backend namespace (plain HTTP
+//!   and TLS on the backend's own address); [`PassthroughLab::stop_http_backend`] and
+//!   [`PassthroughLab::start_http_backend`] stop and start one, as if its process died and came
+//!   back;
+//! - [`L7Files`] writes what the listeners read into a private directory: the VIP's certificate
+//!   and key for [`VIP_NAME`], the backends' CA (the lab's [`Pki`]) and a cookie key file;
+//! - [`L7Listeners`] writes the configuration: [`lab_config`]'s passthrough listeners, plus an
+//!   offload listener (sticky) over a pool of the backends' plain-HTTP port and a bridging
+//!   listener over a pool of their TLS port, each pool with a TCP health check.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ring::rand::{SecureRandom as _, SystemRandom};
+
+use super::{
+    LabError, Pki,
+    daemon::DaemonPaths,
+    http_host::{HttpHost, HttpPorts},
+    l7::{LabDir, write_cert, write_sticky_keys},
+    passthrough::{PassthroughLab, VIP_NAME, VIP_V4, VIP_V6, backend_v4, lab_config},
+};
+
+/// The VIP port of the offload listener.
+pub const OFFLOAD_PORT: u16 = 8443;
+/// The VIP port of the bridging listener.
+pub const BRIDGING_PORT: u16 = 9443;
+/// The ports of the backends' HTTP servers, on their own addresses.
+pub const BACKEND_PORTS: HttpPorts = HttpPorts {
+    plain: 8080,
+    tls: 8443,
+};
+/// The names [`L7Listeners::config`] gives its listeners and pools.
+pub const OFFLOAD_LISTENER: &str = "offload4";
+pub const BRIDGING_LISTENER: &str = "bridging4";
+pub const OFFLOAD_POOL: &str = "http4";
+pub const BRIDGING_POOL: &str = "https4";
+
+impl PassthroughLab {
+    /// Assigns the VIPs (IPv4 and IPv6) to the balancer namespace's `lo`: the kernel then
+    /// accepts what the XDP program passes for ports that are not passthrough listeners, and
+    /// the daemon's L7 listeners can bind the VIP. Call it before starting such a daemon.
+    pub fn serve_vip_locally(&self) -> Result<(), LabError> {
+        self.lb
+            .ip(&["addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"])?;
+        self.lb.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{VIP_V6}/128"),
+            "dev",
+            "lo",
+            "nodad",
+        ])?;
+        Ok(())
+    }
+
+    /// Starts an [`HttpHost`] on every backend's own IPv4 address, with `ports`.
+    pub fn start_http(&mut self, ports: HttpPorts) -> Result<(), LabError> {
+        for i in 0..self.backends.len() {
+            self.start_http_backend(i, ports)?;
+        }
+        Ok(())
+    }
+
+    /// Starts backend `i`'s HTTP servers (replacing running ones), with a certificate from the
+    /// lab's [`Pki`] for `<backend name>.lb.test` and its address.
+    pub fn start_http_backend(&mut self, i: usize, ports: HttpPorts) -> Result<(), LabError> {
+        let Some(backend) = self.backends.get_mut(i) else {
+            return Err(LabError::Daemon(format!("the lab has no backend {i}")));
+        };
+        // The old servers first: the new ones bind the same ports.
+        backend.http = None;
+        let host = HttpHost::start(
+            &backend.ns,
+            &backend.name,
+            IpAddr::V4(backend.v4),
+            ports,
+            &self.pki,
+        )?;
+        backend.http = Some(host);
+        Ok(())
+    }
+
+    /// Stops backend `i`'s HTTP servers, as if its process died: connections are refused and
+    /// open ones closed.
+    pub fn stop_http_backend(&mut self, i: usize) {
+        if let Some(backend) = self.backends.get_mut(i) {
+            backend.http = None;
+        }
+    }
+
+    /// Requests backend `i`'s HTTP servers received since they last started (0 if stopped).
+    pub fn http_requests(&self, i: usize) -> u64 {
+        self.backends
+            .get(i)
+            .and_then(|b| b.http.as_ref())
+            .map_or(0, HttpHost::requests)
+    }
+}
+
+/// The files of the lab's L7 listeners, in a private directory removed on drop.
+#[derive(Debug)]
+pub struct L7Files {
+    /// The certificate chain and key the listeners present, for [`VIP_NAME`] and the VIP.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The CA bundle a bridging listener verifies the backends with: the lab's [`Pki`].
+    pub backend_ca: PathBuf,
+    /// The cookie key file (one key).
+    pub sticky_keys: PathBuf,
+    pub dir: LabDir,
+}
+
+impl L7Files {
+    /// Writes the files, issued by `pki`, into a new directory `/tmp/lb-lab-l7-*`.
+    pub fn write(pki: &Pki) -> Result<Self, LabError> {
+        let dir = LabDir::new("lb-lab-l7")?;
+        let (cert, key) = write_cert(&dir, pki, "vip", &[VIP_NAME, &VIP_V4.to_string()])?;
+        let backend_ca = dir.write("backend-ca.pem", pki.ca_pem().as_bytes())?;
+        let mut sticky_key = [0_u8; 32];
+        SystemRandom::new()
+            .fill(&mut sticky_key)
+            .map_err(|_| LabError::Daemon("no randomness for a cookie key".to_owned()))?;
+        let sticky_keys = write_sticky_keys(&dir, "sticky.keys", &[sticky_key])?;
+        Ok(Self {
+            cert,
+            key,
+            backend_ca,
+            sticky_keys,
+            dir,
+        })
+    }
+
+    /// Replaces the listeners' certificate and key (same paths, key mode 0600) with ones from
+    /// `pki` for `names`, as an operator renewing them would; `lb cert reload` reads them.
+    pub fn replace_certificate(&self, pki: &Pki, names: &[&str]) -> Result<(), LabError> {
+        let issued = pki.issue(names)?;
+        self.dir
+            .write(file_name(&self.cert)?, issued.chain_pem().as_bytes())?;
+        self.dir
+            .write(file_name(&self.key)?, issued.key_pem().as_bytes())?;
+        Ok(())
+    }
+}
+
+/// The name of a file of the lab directory.
+fn file_name(path: &Path) -> Result<&str, LabError> {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .ok_or_else(|| LabError::Daemon(format!("{} names no file", path.display())))
+}
+
+/// Where a bridging listener finds the name each backend's certificate must hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendNames {
+    /// `server_name = "<backend name>.lb.test"` on each backend of the pool.
+    PerBackend,
+    /// `server_name` on the listener, for every backend (their certificates must hold it).
+    Listener(String),
+}
+
+/// A pool's TCP health check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpCheck {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+impl TcpCheck {
+    /// Every 200 ms (timeout 100 ms), thresholds 2 and 2: a dead backend is found within a
+    /// few hundred milliseconds.
+    pub const LAB: Self = Self {
+        interval: Duration::from_millis(200),
+        timeout: Duration::from_millis(100),
+        healthy_threshold: 2,
+        unhealthy_threshold: 2,
+    };
+
+    fn to_toml(self, pool: &str) -> String {
+        format!(
+            "[pools.{pool}.health_check]\nprotocol = \"tcp\"\ninterval = \"{}ms\"\n\
+             timeout = \"{}ms\"\nhealthy_threshold = {}\nunhealthy_threshold = {}\n",
+            self.interval.as_millis(),
+            self.timeout.as_millis(),
+            self.healthy_threshold,
+            self.unhealthy_threshold,
+        )
+    }
+}
+
+/// The lab's configuration with L7 listeners beside the passthrough ones, on [`VIP_V4`].
+#[derive(Clone, Debug)]
+pub struct L7Listeners {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub backend_ca: PathBuf,
+    pub sticky_keys: PathBuf,
+    pub offload_port: u16,
+    pub bridging_port: u16,
+    /// The ports the backends' HTTP servers listen on.
+    pub backend_ports: HttpPorts,
+    /// The health check of both L7 pools; none if `None`.
+    pub check: Option<TcpCheck>,
+    pub names: BackendNames,
+}
+
+impl L7Listeners {
+    /// The lab's defaults: [`OFFLOAD_PORT`], [`BRIDGING_PORT`], [`BACKEND_PORTS`],
+    /// [`TcpCheck::LAB`], a server name per backend, and `files`.
+    pub fn new(files: &L7Files) -> Self {
+        Self {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            backend_ca: files.backend_ca.clone(),
+            sticky_keys: files.sticky_keys.clone(),
+            offload_port: OFFLOAD_PORT,
+            bridging_port: BRIDGING_PORT,
+            backend_ports: BACKEND_PORTS,
+            check: Some(TcpCheck::LAB),
+            names: BackendNames::PerBackend,
+        }
+    }
+
+    /// [`lab_config`] for `backends` backends, plus pool [`OFFLOAD_POOL`] (the backends' plain
+    /// HTTP port) with listener [`OFFLOAD_LISTENER`] (offload, sticky), and pool
+    /// [`BRIDGING_POOL`] (their TLS port) with listener [`BRIDGING_LISTENER`] (bridging,
+    /// verifying them against the lab's CA).
+    pub fn config(&self, paths: &DaemonPaths, backends: usize) -> String {
+        let names = |i: usize| match self.names {
+            BackendNames::PerBackend => Some(format!("backend-{i}.lb.test")),
+            BackendNames::Listener(_) => None,
+        };
+        let mut out = lab_config(paths, backends);
+        out.push_str("\n# L7 listeners on the same VIP: the XDP program passes their ports.\n");
+        out.push_str(&pool_toml(
+            OFFLOAD_POOL,
+            backends,
+            self.backend_ports.plain,
+            &|_| None,
+        ));
+        out.push_str(&pool_toml(
+            BRIDGING_POOL,
+            backends,
+            self.backend_ports.tls,
+            &names,
+        ));
+        if let Some(check) = self.check {
+            out.push_str(&format!("\n{}", check.to_toml(OFFLOAD_POOL)));
+            out.push_str(&format!("\n{}", check.to_toml(BRIDGING_POOL)));
+        }
+        out.push_str(&self.offload_toml(OFFLOAD_LISTENER, self.offload_port, OFFLOAD_POOL));
+        out.push_str(&format!(
+            "\n[listeners.{OFFLOAD_LISTENER}.sticky]\nkey_file = \"{}\"\n",
+            self.sticky_keys.display()
+        ));
+        out.push_str(&format!(
+            "\n[listeners.{BRIDGING_LISTENER}]\naddress = \"{VIP_V4}\"\nport = {}\n\
+             mode = \"bridging\"\npool = \"{BRIDGING_POOL}\"\n",
+            self.bridging_port
+        ));
+        out.push_str(&self.tls_toml(BRIDGING_LISTENER));
+        out.push_str(&format!(
+            "\n[listeners.{BRIDGING_LISTENER}.backend]\nca_file = \"{}\"\n",
+            self.backend_ca.display()
+        ));
+        if let BackendNames::Listener(name) = &self.names {
+            out.push_str(&format!("server_name = \"{name}\"\n"));
+        }
+        out
+    }
+
+    /// An offload listener `name` on `port` of [`VIP_V4`] over `pool`, presenting this
+    /// builder's certificate (no stickiness): for a test to add one.
+    pub fn offload_toml(&self, name: &str, port: u16, pool: &str) -> String {
+        format!(
+            "\n[listeners.{name}]\naddress = \"{VIP_V4}\"\nport = {port}\nmode = \"offload\"\n\
+             pool = \"{pool}\"\n{}",
+            self.tls_toml(name)
+        )
+    }
+
+    fn tls_toml(&self, listener: &str) -> String {
+        format!(
+            "\n[listeners.{listener}.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
+}
+
+/// Pool `name`: every backend's own IPv4 address at `port`, with the server name `name_of`
+/// gives it.
+fn pool_toml(
+    name: &str,
+    backends: usize,
+    port: u16,
+    name_of: &dyn Fn(usize) -> Option<String>,
+) -> String {
+    let entries = (0..backends)
+        .map(|i| {
+            let address: Ipv4Addr = backend_v4(i);
+            match name_of(i) {
+                Some(server_name) => format!(
+                    "{{ address = \"{address}\", port = {port}, server_name = \"{server_name}\" }}"
+                ),
+                None => format!("{{ address = \"{address}\", port = {port} }}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("\n[pools.{name}]\nbackends = [{entries}]\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, Mode, l7::BackendVerify};
+
+    fn builder() -> L7Listeners {
+        L7Listeners {
+            cert: PathBuf::from("/lab/vip.pem"),
+            key: PathBuf::from("/lab/vip.key"),
+            backend_ca: PathBuf::from("/lab/backend-ca.pem"),
+            sticky_keys: PathBuf::from("/lab/sticky.keys"),
+            offload_port: OFFLOAD_PORT,
+            bridging_port: BRIDGING_PORT,
+            backend_ports: BACKEND_PORTS,
+            check: Some(TcpCheck::LAB),
+            names: BackendNames::PerBackend,
+        }
+    }
+
+    fn paths() -> DaemonPaths {
+        DaemonPaths {
+            socket: PathBuf::from("/lab/lb.sock"),
+            pin_dir: PathBuf::from("/sys/fs/bpf/lab"),
+        }
+    }
+
+    #[test]
+    fn the_config_puts_three_modes_on_one_vip() {
+        let text = builder().config(&paths(), 2);
+        let config = Config::parse(&text, "lab.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let mode = |name: &str| {
+            config
+                .listeners
+                .get(name)
+                .map(|l| (l.mode, l.address, l.port))
+        };
+        let vip = IpAddr::V4(VIP_V4);
+        assert_eq!(mode("tls4"), Some((Mode::Passthrough, vip, 443)));
+        assert_eq!(
+            mode(OFFLOAD_LISTENER),
+            Some((Mode::Offload, vip, OFFLOAD_PORT))
+        );
+        assert_eq!(
+            mode(BRIDGING_LISTENER),
+            Some((Mode::Bridging, vip, BRIDGING_PORT))
+        );
+        let offload = config.listeners[OFFLOAD_LISTENER].l7.as_ref().unwrap();
+        assert_eq!(
+            offload.sticky.as_ref().map(|s| s.key_file.clone()),
+            Some(PathBuf::from("/lab/sticky.keys"))
+        );
+        let bridging = config.listeners[BRIDGING_LISTENER].l7.as_ref().unwrap();
+        let tls = bridging.backend.tls.as_ref().unwrap();
+        assert_eq!(
+            tls.verify,
+            BackendVerify::Ca(PathBuf::from("/lab/backend-ca.pem"))
+        );
+        assert_eq!(tls.server_name, None);
+        let http = &config.pools[OFFLOAD_POOL];
+        let https = &config.pools[BRIDGING_POOL];
+        for (i, (plain, tls)) in http.backends.iter().zip(&https.backends).enumerate() {
+            assert_eq!(plain.address, IpAddr::V4(backend_v4(i)));
+            assert_eq!(plain.port, Some(BACKEND_PORTS.plain));
+            assert_eq!(tls.port, Some(BACKEND_PORTS.tls));
+            assert_eq!(tls.server_name, Some(format!("backend-{i}.lb.test")));
+        }
+        for pool in [http, https] {
+            let check = pool.health_check.as_ref().unwrap();
+            assert_eq!(check.interval, TcpCheck::LAB.interval);
+        }
+    }
+
+    #[test]
+    fn a_server_name_on_the_listener_replaces_the_backends_ones() {
+        let named = L7Listeners {
+            names: BackendNames::Listener("pool.lb.test".to_owned()),
+            check: None,
+            ..builder()
+        };
+        let text = named.config(&paths(), 2);
+        let config = Config::parse(&text, "lab.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let bridging = config.listeners[BRIDGING_LISTENER].l7.as_ref().unwrap();
+        let tls = bridging.backend.tls.as_ref().unwrap();
+        assert_eq!(tls.server_name.as_deref(), Some("pool.lb.test"));
+        let https = &config.pools[BRIDGING_POOL];
+        assert!(https.backends.iter().all(|b| b.server_name.is_none()));
+        assert!(https.health_check.is_none());
+        let extra = format!(
+            "{text}{}",
+            named.offload_toml("extra4", 10443, OFFLOAD_POOL)
+        );
+        let config = Config::parse(&extra, "lab.toml").unwrap_or_else(|e| panic!("{e}\n{extra}"));
+        assert_eq!(config.listeners["extra4"].mode, Mode::Offload);
+    }
+}
