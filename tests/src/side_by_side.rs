@@ -22,6 +22,7 @@ use lb::{
     lab::{
         LabError, NetNs, TlsClientConn, client_config,
         l7::{HttpsConn, get},
+        netns::run_async,
         passthrough::{PassthroughLab, VIP_V4},
         side_by_side::{BACKEND_PORTS, L7Files, L7Listeners},
     },
@@ -102,11 +103,7 @@ where
     T: Send + 'static,
 {
     ns.spawn(name, move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a tokio runtime for a client");
-        runtime.block_on(job())
+        run_async(job()).expect("a tokio runtime for a client")
     })
     .expect("starting a client thread")
 }
@@ -118,9 +115,8 @@ where
     Fut: Future<Output = T>,
     T: Send + 'static,
 {
-    spawn_in_client(ns, name, job)
-        .join()
-        .expect("a client thread panicked (see its message above)")
+    ns.block_on(name, job)
+        .expect("a client thread failed (its message is above)")
 }
 
 /// A response as the tests look at it.

@@ -1,11 +1,13 @@
-//! `lb demo`: the passthrough balancer at work, in network namespaces on this host, in a few
-//! seconds. Needs root; leaves nothing behind, also when interrupted with Ctrl-C.
+//! `lb demo`: the balancer at work in all three modes, in network namespaces on this host, in
+//! a few seconds. Needs root; leaves nothing behind, also when interrupted with Ctrl-C.
 //!
 //! What it shows, one step each:
 //!
 //! 1. the lab ([`PassthroughLab`]): a client, the balancer and three backends, each backend
-//!    serving TLS on the VIP with its own certificate; the daemon (`lb run`, a child process
-//!    in the balancer's namespace, [`DaemonProcess`]) with the lab's configuration;
+//!    serving TLS on the VIP with its own certificate, and HTTP and HTTPS on its own address;
+//!    the daemon (`lb run`, a child process in the balancer's namespace, [`DaemonProcess`])
+//!    with one configuration for passthrough, offload and bridging listeners on one VIP
+//!    ([`L7Listeners`]);
 //! 2. `spread.rs`: a thousand real TLS connections to the IPv4 VIP, spread by the XDP program
 //!    over the backends (the client tells which backend answered from the certificate it
 //!    verified, and checks the reply line names the same one), a few over IPv6, and the XDP
@@ -13,7 +15,10 @@
 //! 3. `failover.rs`: long-lived connections while one backend is removed with the real CLI:
 //!    connections to the other backends keep working; the removed backend's flows are placed
 //!    afresh on their next packet and end, reset by their new backend (the README's policy);
-//! 4. cleanup: the daemon stopped, the namespaces deleted, by the guards' `Drop`.
+//! 4. `l7.rs`: HTTPS requests through the offload and bridging listeners on the same VIP,
+//!    spread over the backends; a sticky user pinned to one backend, re-pinned with a new
+//!    cookie when that backend's server stops and its health check fails;
+//! 5. cleanup: the daemon stopped, the namespaces deleted, by the guards' `Drop`.
 //!
 //! Data flow: `run` builds the lab and starts the daemon, hands both to each step, and each
 //! step returns what it established (a `Spread`, a `Failover`) or a
@@ -23,6 +28,7 @@
 
 mod failover;
 mod interrupt;
+mod l7;
 mod spread;
 mod stats;
 
@@ -34,7 +40,8 @@ use std::time::Instant;
 
 use crate::lab::LabError;
 use crate::lab::daemon::DaemonProcess;
-use crate::lab::passthrough::{CLIENT_V4, LB_V4, PassthroughLab, VIP_NAME, lab_config};
+use crate::lab::passthrough::{CLIENT_V4, LB_V4, PassthroughLab, VIP_NAME};
+use crate::lab::side_by_side::{BACKEND_PORTS, L7Files, L7Listeners};
 
 /// Namespace prefix of the demo's lab (`ip netns list` shows `lbdemo-PID-N`).
 const PREFIX: &str = "lbdemo";
@@ -102,11 +109,11 @@ pub fn run() -> Result<(), DemoError> {
     interrupt::install()?;
     let started = Instant::now();
     println!(
-        "lb demo: the XDP load balancer in passthrough mode, in network namespaces on this host (Ctrl-C stops it cleanly)"
+        "lb demo: the load balancer in passthrough, offload and bridging modes, in network namespaces on this host (Ctrl-C stops it cleanly)"
     );
     let result = run_lab();
     let left = leftovers();
-    let (spread, failover) = match result {
+    let (spread, failover, l7) = match result {
         Ok(done) => done,
         Err(error) => {
             if !left.is_empty() {
@@ -121,27 +128,33 @@ pub fn run() -> Result<(), DemoError> {
     if !left.is_empty() {
         return Err(DemoError::LeftBehind(left));
     }
-    println!("\n[4/4] Cleanup: daemon stopped, namespaces deleted, nothing left behind.");
+    println!("\n[5/5] Cleanup: daemon stopped, namespaces deleted, nothing left behind.");
     println!(
-        "demo ok in {:.1} s: {} TLS connections spread over {BACKENDS} backends (IPv4 and IPv6); removing {} broke 0 of {} connections to the others and ended its {} as documented.",
+        "demo ok in {:.1} s: {} TLS connections spread over {BACKENDS} backends (IPv4 and IPv6); removing {} broke 0 of {} connections to the others and ended its {} as documented; {} HTTPS requests through offload and bridging; a sticky user re-pinned {} ms after its backend stopped.",
         started.elapsed().as_secs_f64(),
         spread.connections,
         failover.removed,
         failover.surviving,
         failover.ended,
+        l7.requests,
+        l7.repinned_after.as_millis(),
     );
     Ok(())
 }
 
-/// Steps 1 to 3; the guards (daemon, then lab) clean up when this returns, however it returns.
-fn run_lab() -> Result<(spread::Spread, failover::Failover), DemoError> {
-    let lab = build_lab()?;
-    let daemon = start_daemon(&lab)?;
+/// Steps 1 to 4; the guards (daemon, files, then lab) clean up when this returns, however it
+/// returns.
+fn run_lab() -> Result<(spread::Spread, failover::Failover, l7::L7Shown), DemoError> {
+    let mut lab = build_lab()?;
+    let files = L7Files::write(&lab.pki)?;
+    let daemon = start_daemon(&lab, &files)?;
     let spread = spread::run(&lab, &daemon)?;
     let failover = failover::run(&lab, &daemon)?;
+    let l7 = l7::run(&mut lab, &daemon)?;
     drop(daemon);
+    drop(files);
     drop(lab);
-    Ok((spread, failover))
+    Ok((spread, failover, l7))
 }
 
 /// Refuses to go on without root, before touching anything.
@@ -156,10 +169,12 @@ fn require_root() -> Result<(), DemoError> {
 
 /// Step 1: the namespaces, links, decapsulation programs and TLS servers.
 fn build_lab() -> Result<PassthroughLab, DemoError> {
-    println!("\n[1/4] The lab");
+    println!("\n[1/5] The lab");
     let mut lab = PassthroughLab::build(PREFIX, BACKENDS)?;
     interrupt::check()?;
     lab.start_tls(PORT)?;
+    lab.start_http(BACKEND_PORTS)?;
+    lab.serve_vip_locally()?;
     interrupt::check()?;
     let (Some(first), Some(last)) = (lab.backends.first(), lab.backends.last()) else {
         return Err(DemoError::Claim("the lab has no backends".to_owned()));
@@ -171,16 +186,21 @@ fn build_lab() -> Result<PassthroughLab, DemoError> {
     println!(
         "each backend: the VIP on lo, a TLS server with its own certificate ({VIP_NAME} + <name>.lb.test), answers the client directly"
     );
+    println!(
+        "each backend also serves HTTP on :{} and HTTPS on :{} (its own address) for the L7 listeners; the balancer has the VIP on lo for them",
+        BACKEND_PORTS.plain, BACKEND_PORTS.tls
+    );
     Ok(lab)
 }
 
 /// Starts `lb run` in the balancer's namespace and shows its listeners.
-fn start_daemon(lab: &PassthroughLab) -> Result<DaemonProcess, DemoError> {
+fn start_daemon(lab: &PassthroughLab, files: &L7Files) -> Result<DaemonProcess, DemoError> {
     let exe = std::env::current_exe().map_err(DemoError::Exe)?;
-    let daemon = DaemonProcess::start(&exe, &lab.lb, |paths| lab_config(paths, BACKENDS))?;
+    let listeners = L7Listeners::new(files);
+    let daemon = DaemonProcess::start(&exe, &lab.lb, |paths| listeners.config(paths, BACKENDS))?;
     interrupt::check()?;
     println!(
-        "daemon: `lb run` in the balancer's namespace; configuration {} (written by lab_config in lb-userspace/src/lab/passthrough.rs)",
+        "daemon: `lb run` in the balancer's namespace; one configuration for all three modes, {} (written by L7Listeners in lb-userspace/src/lab/side_by_side.rs)",
         config_path(daemon.socket()).display()
     );
     print_cli(&daemon, &["listener", "list"])?;

@@ -137,6 +137,19 @@ impl NetNs {
         }
     }
 
+    /// Runs the future `job` makes on a current-thread tokio runtime in a thread inside the
+    /// namespace (sockets it opens belong there), and waits for its output.
+    pub fn block_on<F, Fut, T>(&self, name: &str, job: F) -> Result<T, LabError>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = T>,
+        T: Send + 'static,
+    {
+        self.spawn(name, move || run_async(job()))?
+            .join()
+            .map_err(|_| thread_error(name, "panicked (its message is above)"))?
+    }
+
     /// The bind mount that names this namespace.
     pub fn path(&self) -> PathBuf {
         PathBuf::from(NETNS_DIR).join(&self.name)
@@ -303,6 +316,18 @@ fn thread_error(name: &str, reason: &str) -> LabError {
         name: name.to_owned(),
         reason: reason.to_owned(),
     }
+}
+
+/// Runs `future` to completion on a new current-thread tokio runtime, in this thread.
+pub fn run_async<T>(future: impl Future<Output = T>) -> Result<T, LabError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(|runtime| runtime.block_on(future))
+        .map_err(|source| LabError::File {
+            what: "starting a tokio runtime in a lab thread",
+            source,
+        })
 }
 
 #[cfg(test)]
