@@ -756,7 +756,10 @@ mod tests {
         assert!(ticket.is_live(159_999));
         assert!(!ticket.is_live(160_000));
         let short = Ticket::new(1, SessionId([0; 16]), 100_999, Duration::from_secs(1));
-        assert!(short.is_live(101_998), "a whole second, wherever in a second it began");
+        assert!(
+            short.is_live(101_998),
+            "a whole second, wherever in a second it began"
+        );
         assert_eq!(
             Ticket::new(1, SessionId([0; 16]), u64::MAX, Duration::from_secs(1)).expires,
             u64::MAX
