@@ -447,6 +447,53 @@ async fn websocket_upgrades_become_a_two_way_tunnel() {
     }
 }
 
+/// A tunnel keeps its client connection's place among `max_connections` (a second client
+/// waits while it is open), and is closed once nothing moved through it for `idle_timeout`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tunnel_holds_its_connection_slot_until_it_idles_out() {
+    let mut setup = Setup::new("lb-l7p-ws-idle", Mode::Offload);
+    setup.cert("www", &[HOST]);
+    setup.plain_backend("backend-0").await;
+    setup.listener("http.idle_timeout = \"600ms\"");
+    setup.listener("http.max_connections = 1");
+    let run = setup.start();
+    let mut tunnel = open_websocket(&run).await;
+    for _ in 0..4 {
+        // Traffic every 300 ms keeps it open past the idle timeout.
+        round_trip(&mut tunnel, b"still here").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    round_trip(&mut tunnel, b"and now").await;
+    let idle = std::time::Instant::now();
+    assert_eq!(run.proxy().open_connections(), 1, "the tunnel's");
+    let tls = Tls::to(HOST, &run.roots);
+    let waiting = tokio::time::timeout(
+        Duration::from_millis(250),
+        Client::connect(run.address, &tls),
+    )
+    .await;
+    assert!(
+        waiting.is_err(),
+        "a second connection was served while the tunnel held the only slot: {:?}",
+        waiting.map(|c| c.map(|_| ()))
+    );
+    let mut rest = Vec::new();
+    let ended = within("the idle tunnel's end", tunnel.read_to_end(&mut rest)).await;
+    let after = idle.elapsed();
+    assert!(rest.is_empty(), "{ended:?}");
+    assert!(
+        after >= Duration::from_millis(500) && after < Duration::from_secs(3),
+        "the idle tunnel ended after {after:?}"
+    );
+    let mut client = within("a connection once the tunnel is gone", async {
+        Client::connect(run.address, &tls)
+            .await
+            .expect("connecting")
+    })
+    .await;
+    assert_eq!(client.get("/").await.status, StatusCode::OK);
+}
+
 /// Sends `head` on a plain TCP connection to `port` and reads the whole answer.
 async fn plain_http(port: u16, head: &str) -> String {
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
