@@ -58,9 +58,7 @@ impl HttpHost {
         pki: &Pki,
     ) -> Result<Self, LabError> {
         let issued = pki.issue(&[&format!("{name}.lb.test"), &address.to_string()])?;
-        let mut tls_config = (*issued.server_config()?).clone();
-        tls_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let tls_config = Arc::new(tls_config);
+        let tls_config = issued.http_server_config()?;
         let plain = SocketAddr::new(address, ports.plain);
         let tls = SocketAddr::new(address, ports.tls);
         let (ready_tx, ready_rx) = mpsc::sync_channel::<Ready>(1);

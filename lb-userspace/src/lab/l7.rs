@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use super::{LabError, Pki, http::HttpBackend};
+use super::{Issued, LabError, Pki, http::HttpBackend};
 use crate::{
     config::Config,
     daemon::runtime::Runtime,
@@ -137,7 +137,16 @@ pub fn write_cert(
     file: &str,
     names: &[&str],
 ) -> Result<(PathBuf, PathBuf), LabError> {
-    let issued = pki.issue(names)?;
+    write_issued(dir, file, &pki.issue(names)?)
+}
+
+/// Writes `issued`'s chain and key as `{file}.pem` and `{file}.key` (owner only) into `dir`;
+/// returns the paths (certificate, key).
+pub fn write_issued(
+    dir: &LabDir,
+    file: &str,
+    issued: &Issued,
+) -> Result<(PathBuf, PathBuf), LabError> {
     let cert = dir.write(&format!("{file}.pem"), issued.chain_pem().as_bytes())?;
     let key = dir.write(&format!("{file}.key"), issued.key_pem().as_bytes())?;
     Ok((cert, key))

@@ -180,9 +180,7 @@ impl PassthroughLab {
 
     /// Starts backend `i`'s TLS servers (see [`PassthroughLab::start_tls`]).
     pub fn start_backend(&mut self, i: usize, port: u16) -> Result<(), LabError> {
-        let Some(backend) = self.backends.get_mut(i) else {
-            return Err(LabError::Daemon(format!("the lab has no backend {i}")));
-        };
+        let backend = backend_mut(&mut self.backends, i)?;
         let own_name = format!("{}.lb.test", backend.name);
         let own_address = backend.v4.to_string();
         let issued = self.pki.issue(&[VIP_NAME, &own_name, &own_address])?;
@@ -241,14 +239,21 @@ fn address_host(host: &NetNs, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<(), LabError
     Ok(())
 }
 
-fn build_backend(prefix: &str, switch: &NetNs, i: usize) -> Result<LabBackend, LabError> {
-    let ns = NetNs::new(prefix)?;
-    let port = format!("b{i}");
-    plug(switch, &ns, &port, INNER_MTU)?;
-    let (v4, v6) = (backend_v4(i), backend_v6(i));
-    address_host(&ns, v4, v6)?;
-    ns.ip(&["addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"])?;
-    ns.ip(&[
+/// Backend `i` of `backends`, or an error saying the lab has none.
+pub(super) fn backend_mut(
+    backends: &mut [LabBackend],
+    i: usize,
+) -> Result<&mut LabBackend, LabError> {
+    backends
+        .get_mut(i)
+        .ok_or_else(|| LabError::Daemon(format!("the lab has no backend {i}")))
+}
+
+/// Assigns the VIPs (IPv4 and IPv6, without duplicate address detection) to `host`'s `lo`,
+/// so that its kernel accepts packets for them.
+pub(super) fn assign_vip_to_lo(host: &NetNs) -> Result<(), LabError> {
+    host.ip(&["addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"])?;
+    host.ip(&[
         "-6",
         "addr",
         "add",
@@ -257,6 +262,16 @@ fn build_backend(prefix: &str, switch: &NetNs, i: usize) -> Result<LabBackend, L
         "lo",
         "nodad",
     ])?;
+    Ok(())
+}
+
+fn build_backend(prefix: &str, switch: &NetNs, i: usize) -> Result<LabBackend, LabError> {
+    let ns = NetNs::new(prefix)?;
+    let port = format!("b{i}");
+    plug(switch, &ns, &port, INNER_MTU)?;
+    let (v4, v6) = (backend_v4(i), backend_v6(i));
+    address_host(&ns, v4, v6)?;
+    assign_vip_to_lo(&ns)?;
     for (key, value) in [
         // The client's packets arrive on eth0 for an address on lo, from a source that is
         // not behind lo: reverse-path filtering must not drop them.

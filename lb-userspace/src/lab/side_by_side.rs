@@ -35,7 +35,9 @@ use super::{
     daemon::DaemonPaths,
     http_host::{HttpHost, HttpPorts},
     l7::{LabDir, write_cert, write_sticky_keys},
-    passthrough::{PassthroughLab, VIP_NAME, VIP_V4, VIP_V6, backend_v4, lab_config},
+    passthrough::{
+        PassthroughLab, VIP_NAME, VIP_V4, assign_vip_to_lo, backend_mut, backend_v4, lab_config,
+    },
 };
 
 /// The VIP port of the offload listener.
@@ -58,18 +60,7 @@ impl PassthroughLab {
     /// accepts what the XDP program passes for ports that are not passthrough listeners, and
     /// the daemon's L7 listeners can bind the VIP. Call it before starting such a daemon.
     pub fn serve_vip_locally(&self) -> Result<(), LabError> {
-        self.lb
-            .ip(&["addr", "add", &format!("{VIP_V4}/32"), "dev", "lo"])?;
-        self.lb.ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{VIP_V6}/128"),
-            "dev",
-            "lo",
-            "nodad",
-        ])?;
-        Ok(())
+        assign_vip_to_lo(&self.lb)
     }
 
     /// Starts an [`HttpHost`] on every backend's own IPv4 address, with `ports`.
@@ -83,9 +74,7 @@ impl PassthroughLab {
     /// Starts backend `i`'s HTTP servers (replacing running ones), with a certificate from the
     /// lab's [`Pki`] for `<backend name>.lb.test` and its address.
     pub fn start_http_backend(&mut self, i: usize, ports: HttpPorts) -> Result<(), LabError> {
-        let Some(backend) = self.backends.get_mut(i) else {
-            return Err(LabError::Daemon(format!("the lab has no backend {i}")));
-        };
+        let backend = backend_mut(&mut self.backends, i)?;
         // The old servers first: the new ones bind the same ports.
         backend.http = None;
         let host = HttpHost::start(

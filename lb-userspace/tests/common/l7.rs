@@ -16,6 +16,7 @@ pub mod client;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
+pub use super::http::free_port;
 use lb::lab::{
     Issued, Pki,
     http::HttpBackend,
@@ -29,12 +30,6 @@ use self::client::{Client, Tls};
 pub const HOST: &str = "www.example";
 /// Longest wait for anything in these tests: a test that waits longer has failed.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A free TCP port on 127.0.0.1 (bound, then released, for a listener to take).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding port 0");
-    listener.local_addr().expect("local address").port()
-}
 
 /// `future`, or a panic naming `what` if it takes longer than [`TIMEOUT`].
 pub async fn within<F: Future>(what: &str, future: F) -> F::Output {
@@ -289,18 +284,10 @@ impl Running {
 
 /// Writes `issued`'s chain and key as `file`.pem and `file`.key (mode 0600) in `dir`.
 pub fn write_issued(dir: &LabDir, file: &str, issued: &Issued) -> (PathBuf, PathBuf) {
-    let cert = dir
-        .write(&format!("{file}.pem"), issued.chain_pem().as_bytes())
-        .expect("writing a certificate");
-    let key = dir
-        .write(&format!("{file}.key"), issued.key_pem().as_bytes())
-        .expect("writing a key");
-    (cert, key)
+    lb::lab::l7::write_issued(dir, file, issued).expect("writing a certificate and its key")
 }
 
 /// A backend's TLS configuration for `issued`, offering `h2` and `http/1.1` by ALPN.
 pub fn backend_tls(issued: &Issued) -> Arc<ServerConfig> {
-    let mut config = (*issued.server_config().expect("server config")).clone();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Arc::new(config)
+    issued.http_server_config().expect("server config")
 }

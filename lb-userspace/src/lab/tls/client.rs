@@ -4,9 +4,9 @@
 //! handshake against a trust store and keeps the stream for [`TlsClientConn::exchange`]: one
 //! line out, one line back. [`tls_exchange`] is the one-shot form and returns an [`Exchange`]:
 //! the reply, the client's source address, and the server certificate's subjectAltNames (read
-//! by [`san_names`]). A failed handshake surfaces the rustls reason as
-//! [`LabError::Handshake`], so tests can tell an unknown issuer from a wrong name or an expired
-//! certificate.
+//! by [`san_names`] with the crate's small DER reader, `l7::tls::der`). A failed handshake
+//! surfaces the rustls reason as [`LabError::Handshake`], so tests can tell an unknown issuer
+//! from a wrong name or an expired certificate.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,8 +16,8 @@ use std::time::Duration;
 use rustls::{ClientConfig, ClientConnection, ProtocolVersion, RootCertStore, StreamOwned};
 use rustls_pki_types::ServerName;
 
-use super::der::san_names;
 use super::{LabError, client_config, io_error};
+use crate::l7::tls::der::read_san;
 
 /// Connect, read and write timeout of the blocking clients.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
@@ -31,6 +31,16 @@ pub struct Exchange {
     pub local_addr: SocketAddr,
     /// DNS names and IP addresses in the server certificate's subjectAltName.
     pub peer_names: Vec<String>,
+}
+
+/// DNS names and IP addresses in a DER certificate's subjectAltName; empty if it has none
+/// or cannot be read.
+pub(super) fn san_names(cert: &[u8]) -> Vec<String> {
+    read_san(cert)
+        .unwrap_or_default()
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 /// Connects to `addr` with SNI `server_name`, sends `line`, returns the reply and what the

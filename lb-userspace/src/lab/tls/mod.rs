@@ -13,7 +13,7 @@
 //! - `client.rs`: [`tls_exchange`] connects, handshakes, sends one line and reads one back;
 //!   [`TlsClientConn`] does the same for long-lived connections that exchange a line now and
 //!   then. The [`Exchange`] it returns names the server certificate's subjectAltNames, read by
-//!   the small DER reader in `der.rs`.
+//!   the crate's small DER reader (`l7::tls::der`).
 //!
 //! Data flow: [`Pki`] -> [`Issued`] -> [`TlsServer::start`] serves it; [`Pki::roots`] ->
 //! [`client_config`] -> [`TlsClientConn`] verifies it.
@@ -21,7 +21,6 @@
 //! [`NetNs`]: super::NetNs
 
 mod client;
-mod der;
 mod pki;
 mod server;
 #[cfg(test)]

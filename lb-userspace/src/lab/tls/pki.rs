@@ -3,8 +3,9 @@
 //! [`Pki`] is a throw-away CA made with rcgen; [`Pki::issue`] and [`Pki::issue_expired`] sign
 //! server-and-client-auth leaves for DNS names and IP addresses, returned as [`Issued`] (leaf,
 //! chain and key, DER and PEM). [`Issued::server_config`] turns a leaf into what a server
-//! presents; [`Pki::roots`] -> [`client_config`] is what a client trusts. Both configurations
-//! come from one builder: the ring provider, TLS 1.3 and 1.2.
+//! presents ([`Issued::http_server_config`] with ALPN for HTTP); [`Pki::roots`] ->
+//! [`client_config`] is what a client trusts. Both configurations come from one builder: the
+//! ring provider, TLS 1.3 and 1.2.
 
 use std::fmt;
 use std::sync::Arc;
@@ -184,11 +185,22 @@ impl Issued {
 
     /// A rustls server configuration presenting this certificate, no client auth.
     pub fn server_config(&self) -> Result<Arc<ServerConfig>, LabError> {
-        let config = lab_builder(ServerConfig::builder_with_provider)?
+        Ok(Arc::new(self.rustls_server_config()?))
+    }
+
+    /// [`Issued::server_config`] offering `h2` then `http/1.1` by ALPN, as an HTTPS backend
+    /// does.
+    pub fn http_server_config(&self) -> Result<Arc<ServerConfig>, LabError> {
+        let mut config = self.rustls_server_config()?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    fn rustls_server_config(&self) -> Result<ServerConfig, LabError> {
+        lab_builder(ServerConfig::builder_with_provider)?
             .with_no_client_auth()
             .with_single_cert(self.chain_der(), self.key_der())
-            .map_err(LabError::TlsConfig)?;
-        Ok(Arc::new(config))
+            .map_err(LabError::TlsConfig)
     }
 }
 
@@ -241,7 +253,7 @@ fn cert_error(what: &str, source: rcgen::Error) -> LabError {
 
 #[cfg(test)]
 mod tests {
-    use super::super::der::san_names;
+    use super::super::client::san_names;
     use super::super::test_support::test_pki;
 
     #[test]
