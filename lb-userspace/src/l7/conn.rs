@@ -1,7 +1,7 @@
 //! One client connection's clock: which requests are in flight, since when it has been idle,
 //! when the head of its next HTTP/1.1 request began to arrive, and how many HTTP/2 streams
 //! its client cancelled lately. The connection's driver ([`super::server`]) sleeps until the
-//! nearest deadline:
+//! nearest deadline it knows of ([`ConnState::next_check`]):
 //!
 //! - idle (no request in flight) for `idle_timeout`: closed gracefully;
 //! - a request head (HTTP/1.1) still incomplete `header_read_timeout` after its first byte:
@@ -11,6 +11,11 @@
 //!
 //! hyper's own header timeout also runs while a kept-alive connection is idle, so it would
 //! cut idle connections at the header timeout; hence this clock.
+//!
+//! A request's start and end only record the time: they do not wake the driver, which would
+//! cost a wake-up and a timer per request. Instead the driver never sleeps longer than the
+//! shorter of the two timeouts, so a head or an idle spell that begins while it sleeps is
+//! seen, and its deadline armed, before that deadline. Only a reset flood wakes it at once.
 
 use std::{
     pin::Pin,
@@ -58,7 +63,7 @@ pub struct ConnState {
     /// The connection's place among the listener's `max_connections`: held while it is
     /// open, handed to the tunnel if it is upgraded.
     permit: Mutex<Option<OwnedSemaphorePermit>>,
-    /// Wakes the driver when a deadline moved earlier.
+    /// Wakes the driver at once (a reset flood).
     pub wake: Notify,
 }
 
@@ -124,13 +129,11 @@ impl ConnState {
             && self.head_since.load(Ordering::Acquire) == 0
         {
             let now = self.millis(Instant::now()) + 1;
-            if self
-                .head_since
-                .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                self.wake.notify_one();
-            }
+            // Lost only to another read of the same head, which recorded it first.
+            drop(
+                self.head_since
+                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire),
+            );
         }
     }
 
@@ -149,7 +152,15 @@ impl ConnState {
         }
     }
 
-    /// The next moment something may be due, if any.
+    /// When the driver should look again, from `now`: the nearest deadline known, and no
+    /// later than the shorter timeout from now, for a head or an idle spell that begins
+    /// before then (its deadline is later than that).
+    pub fn next_check(&self, limits: &HttpLimits, now: Instant) -> Instant {
+        let soon = now + limits.idle_timeout.min(limits.header_read_timeout);
+        self.deadline(limits).map_or(soon, |at| at.min(soon))
+    }
+
+    /// The next moment something known may be due, if any.
     pub fn deadline(&self, limits: &HttpLimits) -> Option<Instant> {
         if self.flooded.load(Ordering::Acquire) {
             return Some(Instant::now());
@@ -212,9 +223,7 @@ impl Drop for InFlight {
         state
             .idle_since
             .store(state.millis(Instant::now()), Ordering::Release);
-        if state.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            state.wake.notify_one();
-        }
+        state.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -324,6 +333,36 @@ mod tests {
         assert!(
             idle > Instant::now() + Duration::from_secs(59),
             "idle again, the head done"
+        );
+    }
+
+    #[test]
+    fn the_driver_looks_again_before_any_deadline_that_may_begin_meanwhile() {
+        let limits = HttpLimits {
+            idle_timeout: Duration::from_secs(2),
+            ..limits()
+        };
+        let state = ConnState::new(true, &limits);
+        let start = state.start;
+        assert_eq!(
+            state.next_check(&limits, start),
+            start + limits.idle_timeout,
+            "idle: the idle deadline"
+        );
+        let _request = state.begin();
+        let later = start + Duration::from_secs(100);
+        assert_eq!(
+            state.next_check(&limits, later),
+            later + limits.idle_timeout,
+            "in flight: the shorter timeout from now, in case the request ends"
+        );
+        let limits = HttpLimits {
+            header_read_timeout: Duration::from_secs(1),
+            ..limits
+        };
+        assert_eq!(
+            state.next_check(&limits, later),
+            later + limits.header_read_timeout
         );
     }
 

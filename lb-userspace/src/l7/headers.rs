@@ -10,7 +10,7 @@
 //! - `Host` is kept (an HTTP/2 client's `:authority` becomes `Host` for an HTTP/1.1 backend);
 //! - an HTTP/2 client's `Cookie` fields become one `Cookie` for an HTTP/1.1 backend.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use hyper::{
     HeaderMap, Uri, Version,
@@ -24,16 +24,27 @@ static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Who asked, and through which listener.
+/// Who asked, and through which listener port: the same for every request of a client
+/// connection, so its header values are made once, when the connection opens.
 #[derive(Clone, Debug)]
 pub struct Forwarding {
-    pub client: IpAddr,
-    pub port: u16,
-    /// Also append an RFC 7239 `Forwarded` element.
-    pub forwarded_header: bool,
-    /// The host the client asked for (its `Host`, or an HTTP/2 client's `:authority`), for
-    /// `Forwarded`.
-    pub host: Option<String>,
+    client: IpAddr,
+    /// `client` as text, the element `X-Forwarded-For` gets.
+    client_value: HeaderValue,
+    port_value: HeaderValue,
+}
+
+impl Forwarding {
+    pub fn new(client: IpAddr, port: u16) -> Self {
+        // An address in text is a valid header value.
+        let client_value = HeaderValue::from_str(&client.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self {
+            client,
+            client_value,
+            port_value: HeaderValue::from(port),
+        }
+    }
 }
 
 /// Removes the hop-by-hop headers of `headers`; keeps `Upgrade` and sets `Connection: upgrade`
@@ -82,34 +93,39 @@ pub fn upgrade_of(version: Version, headers: &HeaderMap) -> Option<HeaderValue> 
         .flatten()
 }
 
-/// Sets the forwarding headers of a request to a backend.
+/// Sets the `X-Forwarded-For`, `-Proto` and `-Port` headers of a request to a backend.
 pub fn add_forwarding(headers: &mut HeaderMap, forwarding: &Forwarding) {
-    let client = forwarding.client.to_string();
     let forwarded_for = match joined(headers, &X_FORWARDED_FOR) {
-        Some(earlier) => format!("{earlier}, {client}"),
-        None => client,
+        Some(earlier) => {
+            let client = forwarding.client_value.to_str().unwrap_or("unknown");
+            HeaderValue::from_str(&format!("{earlier}, {client}")).ok()
+        }
+        None => Some(forwarding.client_value.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(value) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), value);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
-    headers.insert(X_FORWARDED_PORT.clone(), HeaderValue::from(forwarding.port));
-    if forwarding.forwarded_header {
-        let node = match forwarding.client {
-            IpAddr::V4(a) => a.to_string(),
-            IpAddr::V6(a) => format!("\"[{a}]\""),
-        };
-        let mut element = format!("for={node};proto=https");
-        if let Some(host) = &forwarding.host {
-            element.push_str(&format!(";host=\"{}\"", host.replace(['"', '\\'], "")));
-        }
-        let forwarded = match joined(headers, &header::FORWARDED) {
-            Some(earlier) => format!("{earlier}, {element}"),
-            None => element,
-        };
-        if let Ok(value) = HeaderValue::from_str(&forwarded) {
-            headers.insert(header::FORWARDED, value);
-        }
+    headers.insert(X_FORWARDED_PORT.clone(), forwarding.port_value.clone());
+}
+
+/// Appends an RFC 7239 `Forwarded` element for the client, naming `host` (the host it asked
+/// for), to a request to a backend.
+pub fn add_forwarded(headers: &mut HeaderMap, forwarding: &Forwarding, host: Option<&str>) {
+    let node = match forwarding.client {
+        IpAddr::V4(a) => a.to_string(),
+        IpAddr::V6(a) => format!("\"[{a}]\""),
+    };
+    let mut element = format!("for={node};proto=https");
+    if let Some(host) = host {
+        element.push_str(&format!(";host=\"{}\"", host.replace(['"', '\\'], "")));
+    }
+    let forwarded = match joined(headers, &header::FORWARDED) {
+        Some(earlier) => format!("{earlier}, {element}"),
+        None => element,
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+        headers.insert(header::FORWARDED, value);
     }
 }
 
@@ -132,14 +148,14 @@ pub fn to_backend_target(
     headers: &mut HeaderMap,
     version: Version,
     tls: bool,
-    fallback: &str,
+    fallback: SocketAddr,
 ) -> Result<Uri, hyper::http::Error> {
     let authority = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.parse::<Authority>().ok())
         .or_else(|| uri.authority().cloned())
-        .map_or_else(|| fallback.parse::<Authority>(), Ok)?;
+        .map_or_else(|| fallback.to_string().parse::<Authority>(), Ok)?;
     let path = uri
         .path_and_query()
         .cloned()
@@ -193,6 +209,9 @@ fn join_cookies(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
 
+    /// A fallback authority that the tests' requests never need.
+    const X: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 1);
+
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (name, value) in pairs {
@@ -239,13 +258,9 @@ mod tests {
             ("x-forwarded-port", "80"),
             ("host", "shop.example"),
         ]);
-        let forwarding = Forwarding {
-            client: "2001:db8::5".parse().unwrap(),
-            port: 443,
-            forwarded_header: true,
-            host: Some("shop.example".to_owned()),
-        };
+        let forwarding = Forwarding::new("2001:db8::5".parse().unwrap(), 443);
         add_forwarding(&mut h, &forwarding);
+        add_forwarded(&mut h, &forwarding, Some("shop.example"));
         assert_eq!(h["x-forwarded-for"], "203.0.113.7, 198.18.9.9, 2001:db8::5");
         assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 1);
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -258,12 +273,7 @@ mod tests {
         let mut plain = HeaderMap::new();
         add_forwarding(
             &mut plain,
-            &Forwarding {
-                client: "198.18.0.1".parse().unwrap(),
-                port: 8443,
-                forwarded_header: false,
-                host: None,
-            },
+            &Forwarding::new("198.18.0.1".parse().unwrap(), 8443),
         );
         assert_eq!(plain["x-forwarded-for"], "198.18.0.1");
         assert!(!plain.contains_key("forwarded"));
@@ -273,20 +283,32 @@ mod tests {
     fn targets_for_each_backend_version() {
         let uri: Uri = "https://api.example/v1/items?q=1".parse().unwrap();
         let mut h = HeaderMap::new();
-        let h1 = to_backend_target(&uri, &mut h, Version::HTTP_11, false, "198.18.1.1:80").unwrap();
+        let h1 = to_backend_target(
+            &uri,
+            &mut h,
+            Version::HTTP_11,
+            false,
+            "198.18.1.1:80".parse().unwrap(),
+        )
+        .unwrap();
         assert_eq!(h1, "/v1/items?q=1");
         assert_eq!(h["host"], "api.example", "an HTTP/2 client's authority");
 
         let mut h = headers(&[("host", "shop.example:8443")]);
         let origin: Uri = "/cart".parse().unwrap();
-        let h2 = to_backend_target(&origin, &mut h, Version::HTTP_2, true, "x").unwrap();
+        let h2 = to_backend_target(&origin, &mut h, Version::HTTP_2, true, X).unwrap();
         assert_eq!(h2, "https://shop.example:8443/cart");
         assert!(!h.contains_key("host"));
 
         let mut none = HeaderMap::new();
-        let fallback =
-            to_backend_target(&origin, &mut none, Version::HTTP_11, false, "198.18.1.1:80")
-                .unwrap();
+        let fallback = to_backend_target(
+            &origin,
+            &mut none,
+            Version::HTTP_11,
+            false,
+            "198.18.1.1:80".parse().unwrap(),
+        )
+        .unwrap();
         assert_eq!(fallback, "/cart");
         assert_eq!(none["host"], "198.18.1.1:80");
     }
@@ -296,12 +318,12 @@ mod tests {
         let crumbs = [("cookie", "a=1"), ("cookie", ""), ("cookie", "b=2; c=3")];
         let uri: Uri = "https://shop.example/".parse().unwrap();
         let mut h1 = headers(&crumbs);
-        to_backend_target(&uri, &mut h1, Version::HTTP_11, false, "x").unwrap();
+        to_backend_target(&uri, &mut h1, Version::HTTP_11, false, X).unwrap();
         let cookies: Vec<&HeaderValue> = h1.get_all("cookie").iter().collect();
         assert_eq!(cookies, ["a=1; b=2; c=3"]);
 
         let mut h2 = headers(&crumbs);
-        to_backend_target(&uri, &mut h2, Version::HTTP_2, true, "x").unwrap();
+        to_backend_target(&uri, &mut h2, Version::HTTP_2, true, X).unwrap();
         assert_eq!(
             h2.get_all("cookie").iter().count(),
             3,

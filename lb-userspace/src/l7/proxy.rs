@@ -13,7 +13,6 @@
 
 use std::{
     convert::Infallible,
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -211,11 +210,11 @@ impl Proxy {
         self: Arc<Self>,
         request: Request<Incoming>,
         conn: Arc<ConnState>,
-        client: SocketAddr,
+        client: Arc<Forwarding>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let in_flight = conn.begin();
         count(&self.counters.requests);
-        let mut response = self.forward(request, &conn, client).await;
+        let mut response = self.forward(request, &conn, &client).await;
         let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
         count(&self.counters.responses[class]);
         response.body_mut().hold_in_flight(in_flight);
@@ -226,7 +225,7 @@ impl Proxy {
         &self,
         mut request: Request<Incoming>,
         conn: &ConnState,
-        client: SocketAddr,
+        client: &Forwarding,
     ) -> Response<ProxyBody> {
         let site = self.site();
         let set = self.backends();
@@ -242,21 +241,16 @@ impl Proxy {
 
         let (mut parts, body) = request.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| parts.uri.authority().map(ToString::to_string));
-        headers::add_forwarding(
-            &mut parts.headers,
-            &Forwarding {
-                client: client.ip(),
-                port: site.listener.port,
-                forwarded_header: site.settings.forwarded_header,
-                host,
-            },
-        );
+        if site.settings.forwarded_header {
+            let host = parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+                .or_else(|| parts.uri.authority().map(ToString::to_string));
+            headers::add_forwarded(&mut parts.headers, client, host.as_deref());
+        }
+        headers::add_forwarding(&mut parts.headers, client);
         let version = if site.connector.http2() && upgrade.is_none() {
             Version::HTTP_2
         } else {
@@ -267,7 +261,7 @@ impl Proxy {
             &mut parts.headers,
             version,
             site.connector.tls(),
-            &first.address.to_string(),
+            first.address,
         ) {
             Ok(uri) => uri,
             Err(_) => return error_response(StatusCode::BAD_REQUEST),

@@ -31,6 +31,7 @@ use tracing::{debug, warn};
 use super::{
     body::{ProxyBody, error_response},
     conn::{ConnState, Verdict, Watched},
+    headers::Forwarding,
     proxy::Proxy,
 };
 use crate::config::l7::HttpLimits;
@@ -128,8 +129,9 @@ async fn serve_connection(
     let service = {
         let state = Arc::clone(&state);
         let proxy = Arc::clone(&proxy);
+        let client = Arc::new(Forwarding::new(peer.ip(), site.listener.port));
         service_fn(move |request: Request<Incoming>| {
-            Arc::clone(&proxy).serve(request, Arc::clone(&state), peer)
+            Arc::clone(&proxy).serve(request, Arc::clone(&state), Arc::clone(&client))
         })
     };
     if h2 {
@@ -189,14 +191,9 @@ where
 async fn drive<C: Shutdown>(conn: C, state: &ConnState, limits: &HttpLimits, proxy: &Proxy) {
     let mut conn = pin!(conn);
     let counters = &proxy.counters;
+    let check = state.next_check(limits, std::time::Instant::now());
+    let mut sleep = pin!(tokio::time::sleep_until(Instant::from_std(check)));
     loop {
-        let deadline = state.deadline(limits);
-        let sleep = async {
-            match deadline {
-                Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             ended = conn.as_mut() => {
                 if let Err(error) = ended {
@@ -204,11 +201,15 @@ async fn drive<C: Shutdown>(conn: C, state: &ConnState, limits: &HttpLimits, pro
                 }
                 return;
             }
-            () = sleep => {}
+            () = sleep.as_mut() => {}
             () = state.wake.notified() => {}
         }
-        match state.verdict(limits, std::time::Instant::now()) {
-            Verdict::Continue => {}
+        let now = std::time::Instant::now();
+        match state.verdict(limits, now) {
+            Verdict::Continue => {
+                let check = state.next_check(limits, now);
+                sleep.as_mut().reset(Instant::from_std(check));
+            }
             Verdict::Idle => {
                 counters
                     .idle_closed

@@ -54,25 +54,33 @@ impl std::fmt::Debug for ConnPool {
 }
 
 impl ConnPool {
+    /// The most recently used idle connection that can still take a request.
     fn take_idle(&self) -> Option<http1::SendRequest<UpBody>> {
         let mut idle = self.idle.lock().ok()?;
+        let now = Instant::now();
         while let Some((send, since)) = idle.pop() {
-            if send.is_ready() && since.elapsed() < IDLE_REUSE {
+            if send.is_ready() && now.saturating_duration_since(since) < IDLE_REUSE {
                 return Some(send);
             }
         }
         None
     }
 
-    /// Keeps `send` for the next request, if it can take one.
+    /// Keeps `send` for the next request, if it can take one. The pool is ordered oldest
+    /// first: the connections idle too long are a prefix, and go.
     pub fn check_in(&self, send: http1::SendRequest<UpBody>) {
         if !send.is_ready() {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
-            idle.retain(|(s, since)| s.is_ready() && since.elapsed() < IDLE_REUSE);
+            let now = Instant::now();
+            let stale = idle
+                .iter()
+                .take_while(|(_, since)| now.saturating_duration_since(*since) >= IDLE_REUSE)
+                .count();
+            idle.drain(..stale);
             if idle.len() < MAX_IDLE {
-                idle.push((send, Instant::now()));
+                idle.push((send, now));
             }
         }
     }
