@@ -1,24 +1,53 @@
-//! `cargo xtask bench`: setup, then the XDP benchmarks (`lb bench xdp`) in release mode.
+//! `cargo xtask bench`: setup, then the benchmarks in release mode: `lb bench xdp`, then
+//! `lb bench l7`.
 //!
-//! Arguments after `bench` are passed on to `lb bench xdp`; its exit status is xtask's.
+//! `cargo xtask bench xdp ARGS...` or `cargo xtask bench l7 ARGS...` runs one of them, with
+//! its arguments passed on. The first benchmark that fails ends the run; its exit status is
+//! xtask's.
 
 use std::{ffi::OsString, process::ExitCode};
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, Subcommand};
 
 use crate::{lb, process::Runner, setup};
 
 /// Options of `cargo xtask bench`.
 #[derive(Debug, Args)]
 pub struct Options {
-    /// Passed on to `lb bench xdp`.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<OsString>,
+    /// One benchmark only (default: both, with their default settings).
+    #[command(subcommand)]
+    only: Option<Only>,
 }
 
-/// Runs setup, then `lb bench xdp` with the extra arguments.
+#[derive(Debug, Subcommand)]
+enum Only {
+    /// `lb bench xdp`: the XDP balancer against a trivial XDP_TX program.
+    Xdp {
+        /// Passed on to `lb bench xdp`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// `lb bench l7`: the L7 listeners against HAProxy, and direct HTTP to the backend.
+    L7 {
+        /// Passed on to `lb bench l7`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+/// Runs setup, then the chosen benchmarks.
 pub fn run(runner: &Runner, options: &Options) -> Result<ExitCode> {
     setup::run(runner)?;
-    lb::run(runner, &["bench", "xdp"], &options.args)
+    match &options.only {
+        Some(Only::Xdp { args }) => lb::run(runner, &["bench", "xdp"], args),
+        Some(Only::L7 { args }) => lb::run(runner, &["bench", "l7"], args),
+        None => {
+            let xdp = lb::run(runner, &["bench", "xdp"], &[])?;
+            if xdp != ExitCode::SUCCESS {
+                return Ok(xdp);
+            }
+            lb::run(runner, &["bench", "l7"], &[])
+        }
+    }
 }

@@ -40,7 +40,7 @@ enum Task {
     Clippy,
     /// Run setup, fmt, clippy, unit tests and privileged tests, stopping at the first failure.
     Test(test::Options),
-    /// Run setup, then the XDP benchmarks (`lb bench xdp`).
+    /// Run setup, then the benchmarks (`lb bench xdp`, then `lb bench l7`).
     Bench(bench::Options),
     /// Run setup, then the demo (`lb demo`).
     Demo(demo::Options),

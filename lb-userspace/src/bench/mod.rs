@@ -3,8 +3,12 @@
 //!
 //! - [`xdp`]: the balancer against a trivial `XDP_TX` program: nanoseconds per packet through
 //!   `BPF_PROG_TEST_RUN`, and the forwarding rate with live frames out of a veth.
+//! - [`l7`]: the L7 listeners (offload, offload with stickiness, bridging) against HAProxy doing
+//!   the same on the same machine, and direct HTTP to the backend: keep-alive requests per
+//!   second and latency, full TLS handshakes per second, CPU time per unit of work.
 
 pub mod frames;
+pub mod l7;
 pub mod xdp;
 
 use std::time::Duration;
@@ -26,12 +30,20 @@ pub enum BenchError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("interrupted; every process the benchmark started was stopped")]
+    Interrupted,
     #[error("{0}")]
     Unexpected(String),
 }
 
 /// Median, minimum and maximum of a set of samples.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Spread {
     pub median: f64,
     pub min: f64,

@@ -1,0 +1,329 @@
+//! `lb bench l7`: lb's L7 listeners against HAProxy doing the same work on the same machine,
+//! in the same run, with direct HTTP to the backend as the floor.
+//!
+//! The systems ([`systems`]), each a child process pinned to the servers' CPU (1) beside the
+//! backend it proxies to (the lab's HTTP backend, [`backend`]):
+//!
+//! - `lb run` (one tokio worker) with an offload listener, the same with cookie stickiness
+//!   (the clients send a valid cookie, obtained once), and a bridging listener;
+//! - HAProxy (`nbthread 1`, `mode http`) with the same certificate, ALPN, forwarding headers and
+//!   keep-alive, offload and bridging (the backend verified against the same CA and name).
+//!
+//! Two measurements, the load generated on CPU 0 (this process is pinned there):
+//!
+//! 1. keep-alive HTTPS: `wrk -t1 -cN -dD --latency` ([`wrk`]), requests per second and the
+//!    50th and 99th latency percentiles; direct plain HTTP to the backend is the floor;
+//! 2. full TLS 1.3 handshakes per second, N concurrent, no resumption ([`handshake`]), against
+//!    lb's and HAProxy's offload listeners.
+//!
+//! Each also reports the CPU time the server process used per request or handshake (user plus
+//! system, from `/proc/PID/stat`, over the measured interval), which does not depend on which
+//! side was the bottleneck. Every round measures every system, the order reversed every other
+//! round; the report ([`report`]) gives medians with the minimum and maximum over the rounds,
+//! and ratios paired by round. Nothing here asserts a timing.
+
+pub mod backend;
+mod handshake;
+mod process;
+mod report;
+mod systems;
+mod wrk;
+
+use std::{net::SocketAddr, time::Duration};
+
+pub use self::report::Report;
+use self::{
+    handshake::HandshakeRun,
+    process::{check_interrupt, children_cpu_seconds, cpu_seconds},
+    report::{Conditions, HandshakeSample, KeepaliveSample},
+    systems::{SERVER_NAME, Systems},
+    wrk::Load,
+};
+use super::BenchError;
+use crate::lab::l7::{HttpsConn, get};
+
+/// Where the load generators run.
+const GENERATOR_CPU: usize = 0;
+/// Where the systems under test and their backends run.
+const SERVER_CPU: usize = 1;
+/// The nice value of every process of the benchmark: on a machine shared with other work (a
+/// build), the measured processes get most of their CPUs, all of them alike.
+const NICE: i32 = -10;
+
+/// How much to measure.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Options {
+    /// Rounds; each measures every system once.
+    pub rounds: usize,
+    /// Load per system and round.
+    pub duration: Duration,
+    /// Load per system before the first round, not reported (zero: none).
+    pub warmup: Duration,
+    /// Connections wrk keeps alive, and concurrent handshakes.
+    pub connections: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            rounds: 5,
+            duration: Duration::from_secs(5),
+            warmup: Duration::from_secs(1),
+            connections: 32,
+        }
+    }
+}
+
+/// The systems measured with keep-alive requests, in the order of a forward round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Keepalive {
+    LbOffload,
+    LbSticky,
+    LbBridging,
+    HaproxyOffload,
+    HaproxyBridging,
+    Direct,
+}
+
+impl Keepalive {
+    pub const ALL: [Self; 6] = [
+        Self::LbOffload,
+        Self::LbSticky,
+        Self::LbBridging,
+        Self::HaproxyOffload,
+        Self::HaproxyBridging,
+        Self::Direct,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::LbOffload => "lb offload",
+            Self::LbSticky => "lb offload + sticky cookie",
+            Self::LbBridging => "lb bridging",
+            Self::HaproxyOffload => "HAProxy offload",
+            Self::HaproxyBridging => "HAProxy bridging",
+            Self::Direct => "direct HTTP to the backend",
+        }
+    }
+}
+
+/// The systems measured with full handshakes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Handshakes {
+    Lb,
+    Haproxy,
+}
+
+impl Handshakes {
+    pub const ALL: [Self; 2] = [Self::Lb, Self::Haproxy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lb => "lb offload",
+            Self::Haproxy => "HAProxy offload",
+        }
+    }
+}
+
+/// Where one keep-alive load goes and whose CPU time it costs.
+struct Target {
+    url: String,
+    header: Option<String>,
+    /// The proxy's process, none for direct requests.
+    proxy: Option<u32>,
+    backend: u32,
+}
+
+/// Runs the benchmark (root: the daemon loads its XDP programs) and returns its figures.
+pub fn run(options: Options) -> Result<Report, BenchError> {
+    process::install_interrupt()?;
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    if cpus <= SERVER_CPU {
+        return Err(BenchError::Unexpected(format!(
+            "the L7 benchmark needs two CPUs (generators on CPU {GENERATOR_CPU}, servers on CPU \
+             {SERVER_CPU}); this machine has {cpus}"
+        )));
+    }
+    process::pin_self(GENERATOR_CPU)?;
+    process::set_nice(NICE);
+    let lb = std::env::current_exe().map_err(|source| BenchError::Io {
+        what: "finding the lb binary".to_owned(),
+        source,
+    })?;
+    let systems = Systems::start(&lb, SERVER_CPU)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| BenchError::Io {
+            what: "starting the generator's runtime".to_owned(),
+            source,
+        })?;
+    let cookie = runtime.block_on(sticky_cookie(&systems))?;
+    let targets: Vec<Target> = Keepalive::ALL
+        .iter()
+        .map(|&system| target(&systems, system, &cookie))
+        .collect();
+
+    if !options.warmup.is_zero() {
+        for target in &targets {
+            keepalive(target, options.connections, options.warmup)?;
+        }
+        for system in Handshakes::ALL {
+            handshakes(
+                &runtime,
+                &systems,
+                system,
+                options.connections,
+                options.warmup,
+            )?;
+        }
+    }
+    let mut keepalive_samples = vec![Vec::new(); Keepalive::ALL.len()];
+    let mut handshake_samples = vec![Vec::new(); Handshakes::ALL.len()];
+    for round in 0..options.rounds {
+        for i in alternating(Keepalive::ALL.len(), round) {
+            let sample = keepalive(&targets[i], options.connections, options.duration)?;
+            keepalive_samples[i].push(sample);
+        }
+        for i in alternating(Handshakes::ALL.len(), round) {
+            let system = Handshakes::ALL[i];
+            let sample = handshakes(
+                &runtime,
+                &systems,
+                system,
+                options.connections,
+                options.duration,
+            )?;
+            handshake_samples[i].push(sample);
+        }
+        eprintln!(
+            "lb bench l7: round {} of {} done",
+            round + 1,
+            options.rounds
+        );
+    }
+    let conditions = Conditions::read(options, GENERATOR_CPU, SERVER_CPU);
+    drop(systems);
+    Ok(Report::new(
+        conditions,
+        &keepalive_samples,
+        &handshake_samples,
+    ))
+}
+
+/// `0..n`, reversed in odd rounds.
+fn alternating(n: usize, round: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    if round % 2 == 1 {
+        order.reverse();
+    }
+    order
+}
+
+fn target(systems: &Systems, system: Keepalive, cookie: &str) -> Target {
+    let https = |port: u16| format!("https://127.0.0.1:{port}/");
+    let ports = &systems.ports;
+    let lb = Some(systems.lb.child.pid());
+    let haproxy = Some(systems.haproxy.pid());
+    let (plain, tls) = (systems.backend.child.pid(), systems.tls_backend.child.pid());
+    let (url, proxy, backend) = match system {
+        Keepalive::LbOffload | Keepalive::LbSticky => {
+            let port = if system == Keepalive::LbSticky {
+                ports.lb_sticky
+            } else {
+                ports.lb_offload
+            };
+            (https(port), lb, plain)
+        }
+        Keepalive::LbBridging => (https(ports.lb_bridging), lb, tls),
+        Keepalive::HaproxyOffload => (https(ports.haproxy_offload), haproxy, plain),
+        Keepalive::HaproxyBridging => (https(ports.haproxy_bridging), haproxy, tls),
+        Keepalive::Direct => (format!("http://{}/", systems.backend.address), None, plain),
+    };
+    Target {
+        url,
+        header: (system == Keepalive::LbSticky).then(|| format!("Cookie: {cookie}")),
+        proxy,
+        backend,
+    }
+}
+
+/// One keep-alive run of wrk against `target`, with the CPU time its processes used.
+fn keepalive(
+    target: &Target,
+    connections: usize,
+    duration: Duration,
+) -> Result<KeepaliveSample, BenchError> {
+    check_interrupt()?;
+    let cpu = |pid: Option<u32>| pid.map(cpu_seconds).transpose();
+    let (proxy_before, backend_before) = (cpu(target.proxy)?, cpu_seconds(target.backend)?);
+    let wrk_before = children_cpu_seconds()?;
+    let run = wrk::run(&Load {
+        url: &target.url,
+        connections,
+        duration,
+        header: target.header.as_deref(),
+        cpu: GENERATOR_CPU,
+    })?;
+    let (proxy_after, backend_after) = (cpu(target.proxy)?, cpu_seconds(target.backend)?);
+    let wrk_used = children_cpu_seconds()? - wrk_before;
+    let per_request = |seconds: f64| seconds * 1e6 / run.requests.max(1) as f64;
+    Ok(KeepaliveSample {
+        generator_busy: wrk_used / run.seconds,
+        proxy_cpu_us: proxy_after
+            .zip(proxy_before)
+            .map(|(after, before)| per_request(after - before)),
+        backend_cpu_us: per_request(backend_after - backend_before),
+        run,
+    })
+}
+
+/// One run of the handshake generator against `system`'s offload listener.
+fn handshakes(
+    runtime: &tokio::runtime::Runtime,
+    systems: &Systems,
+    system: Handshakes,
+    concurrency: usize,
+    duration: Duration,
+) -> Result<HandshakeSample, BenchError> {
+    check_interrupt()?;
+    let (port, pid) = match system {
+        Handshakes::Lb => (systems.ports.lb_offload, systems.lb.child.pid()),
+        Handshakes::Haproxy => (systems.ports.haproxy_offload, systems.haproxy.pid()),
+    };
+    let address = SocketAddr::from(([127, 0, 0, 1], port));
+    let (before, generator_before) = (cpu_seconds(pid)?, cpu_seconds(std::process::id())?);
+    let run: HandshakeRun =
+        runtime.block_on(handshake::run(address, SERVER_NAME, concurrency, duration))?;
+    let used = cpu_seconds(pid)? - before;
+    let generator_used = cpu_seconds(std::process::id())? - generator_before;
+    check_interrupt()?;
+    Ok(HandshakeSample {
+        generator_busy: generator_used / run.seconds,
+        cpu_us: used * 1e6 / run.handshakes.max(1) as f64,
+        busy: used / run.seconds,
+        run,
+    })
+}
+
+/// A valid cookie of the sticky listener: the one its first answer sets. A request that sends
+/// it back must get no new one (else every request of the run would be a new session).
+async fn sticky_cookie(systems: &Systems) -> Result<String, BenchError> {
+    let address = SocketAddr::from(([127, 0, 0, 1], systems.ports.lb_sticky));
+    let roots = systems.files.pki.roots()?;
+    let mut conn = HttpsConn::connect(address, Some(SERVER_NAME), &roots, false).await?;
+    let first = conn.send(get(SERVER_NAME, "/", None)).await?;
+    let cookie = first.set_cookie().ok_or_else(|| {
+        BenchError::Unexpected(format!(
+            "the sticky listener set no cookie (status {})",
+            first.status
+        ))
+    })?;
+    let again = conn.send(get(SERVER_NAME, "/", Some(&cookie))).await?;
+    if let Some(renewed) = again.set_cookie() {
+        return Err(BenchError::Unexpected(format!(
+            "the sticky listener did not take its own cookie back: {cookie:?} -> {renewed:?}"
+        )));
+    }
+    Ok(cookie)
+}

@@ -1,0 +1,316 @@
+//! The processes of the L7 benchmark, and what it reads from them.
+//!
+//! - [`Child`]: a child process as a guard. It is started on one CPU (`taskset -c CPU`), in a
+//!   process group of its own (a Ctrl-C at the terminal reaches only the benchmark, which then
+//!   stops its children in order), with SIGTERM as its parent-death signal (so that a benchmark
+//!   killed outright takes its children with it); dropping it stops it (SIGTERM, then SIGKILL)
+//!   and waits for it.
+//! - [`cpu_seconds`]: user plus system CPU time of a process so far (`/proc/PID/stat`), from
+//!   which the benchmark derives CPU-µs per request and per handshake; [`children_cpu_seconds`]
+//!   the same for the children waited for (the load generator `wrk`).
+//! - [`pin_self`]: this process onto one CPU (the load generators' CPU); [`set_nice`]: its
+//!   priority, and its children's.
+//! - [`install_interrupt`] / [`check_interrupt`]: SIGINT and SIGTERM only set a flag, which every
+//!   wait of the benchmark checks, so that an interrupted run unwinds through the guards.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::{SocketAddr, TcpStream},
+    os::unix::process::CommandExt as _,
+    process::{Command, ExitStatus, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use crate::bench::BenchError;
+
+/// How long a stopped child may take to exit before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often waits look at the child and at the interrupt flag.
+const TICK: Duration = Duration::from_millis(20);
+
+/// A running child process; stopped and waited for when dropped.
+#[derive(Debug)]
+pub struct Child {
+    name: String,
+    child: Option<std::process::Child>,
+}
+
+/// `taskset -c CPU program`: the command of a program pinned to `cpu`.
+pub fn pinned(cpu: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new("taskset");
+    command.arg("-c").arg(cpu.to_string()).arg(program);
+    command
+}
+
+impl Child {
+    /// Starts `command` (stdin closed; stdout and stderr as the caller set them, else
+    /// discarded).
+    pub fn spawn(name: &str, command: &mut Command) -> Result<Self, BenchError> {
+        command.stdin(Stdio::null()).process_group(0);
+        // SAFETY: between fork and exec the child only calls `prctl`, which is
+        // async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error())
+                }
+            });
+        }
+        let child = command.spawn().map_err(|source| BenchError::Io {
+            what: format!("starting {name} (`{command:?}`); is it installed?"),
+            source,
+        })?;
+        Ok(Self {
+            name: name.to_owned(),
+            child: Some(child),
+        })
+    }
+
+    /// The process ID (`taskset` executes the program in its own process, so it is the
+    /// program's).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, std::process::Child::id)
+    }
+
+    /// The exit status if the child has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The child's stdout (which must have been piped), once.
+    pub fn take_stdout(&mut self) -> Result<std::process::ChildStdout, BenchError> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.stdout.take())
+            .ok_or_else(|| BenchError::Unexpected(format!("{}: no stdout to read", self.name)))
+    }
+
+    /// Reads the first line the child writes on its stdout (which must be piped), failing if
+    /// it exits first.
+    pub fn first_line(&mut self) -> Result<String, BenchError> {
+        let mut line = String::new();
+        BufReader::new(self.take_stdout()?)
+            .read_line(&mut line)
+            .map_err(|source| BenchError::Io {
+                what: format!("reading {}'s first line", self.name),
+                source,
+            })?;
+        if line.is_empty() {
+            let status = self.exited();
+            return Err(BenchError::Unexpected(format!(
+                "{} exited before it was ready ({status:?})",
+                self.name
+            )));
+        }
+        Ok(line.trim().to_owned())
+    }
+
+    /// Waits until `address` accepts TCP connections, failing if the child exits or
+    /// `timeout` passes.
+    pub fn wait_for_port(
+        &mut self,
+        address: SocketAddr,
+        timeout: Duration,
+    ) -> Result<(), BenchError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            check_interrupt()?;
+            if TcpStream::connect_timeout(&address, TICK).is_ok() {
+                return Ok(());
+            }
+            if let Some(status) = self.exited() {
+                return Err(BenchError::Unexpected(format!(
+                    "{} exited ({status}) before it listened on {address}",
+                    self.name
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(BenchError::Unexpected(format!(
+                    "{} did not listen on {address} within {timeout:?}",
+                    self.name
+                )));
+            }
+            std::thread::sleep(TICK);
+        }
+    }
+
+    /// Waits for the child to exit by itself (it is killed if the benchmark is interrupted).
+    pub fn wait(&mut self) -> Result<ExitStatus, BenchError> {
+        loop {
+            if let Some(status) = self.exited() {
+                self.child = None;
+                return Ok(status);
+            }
+            if is_interrupted() {
+                self.stop();
+                return Err(BenchError::Interrupted);
+            }
+            std::thread::sleep(TICK);
+        }
+    }
+
+    /// Stops the child: SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]; waits for it.
+    pub fn stop(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+            // SAFETY: `kill` has no memory-safety preconditions; `pid` is our own child, not
+            // yet waited for, so the ID cannot have been reused.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(TICK);
+        }
+        tracing::warn!(child = %self.name, "did not stop on SIGTERM; killing it");
+        drop(child.kill());
+        child.wait().ok()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// User plus system CPU time that process `pid` (all its threads) has used, in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64, BenchError> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).map_err(|source| BenchError::Io {
+        what: format!("reading {path}"),
+        source,
+    })?;
+    // `pid (comm) state ppid ...`: comm may hold spaces and parentheses, so count fields
+    // after the last ')'. utime and stime are fields 14 and 15 (state is field 3).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |index: usize| fields.get(index).and_then(|f| f.parse::<u64>().ok());
+    let (Some(utime), Some(stime)) = (ticks(11), ticks(12)) else {
+        return Err(BenchError::Unexpected(format!(
+            "{path}: no utime and stime in {stat:?}"
+        )));
+    };
+    // SAFETY: `sysconf` has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    Ok((utime + stime) as f64 / hz)
+}
+
+/// User plus system CPU time, in seconds, of this process's children that have been waited
+/// for (`getrusage(RUSAGE_CHILDREN)`): the difference around a run of `wrk` is wrk's.
+pub fn children_cpu_seconds() -> Result<f64, BenchError> {
+    // SAFETY: `rusage` is plain old data; all-zero is a valid value for `getrusage` to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `usage` is a valid, writable `rusage`.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage) } != 0 {
+        return Err(BenchError::Io {
+            what: "reading the CPU time of the benchmark's children".to_owned(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok(seconds(usage.ru_utime) + seconds(usage.ru_stime))
+}
+
+/// Pins this process (every thread it starts from now on) to `cpu`.
+pub fn pin_self(cpu: usize) -> Result<(), BenchError> {
+    // SAFETY: `cpu_set_t` is plain old data; all-zero is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    if cpu >= 8 * size_of::<libc::cpu_set_t>() {
+        return Err(BenchError::Unexpected(format!("CPU {cpu} is out of range")));
+    }
+    // SAFETY: `cpu` is within `cpu_set_t`'s capacity (checked above).
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: `set` is a valid CPU set of the size passed; 0 means the calling thread.
+    if unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(BenchError::Io {
+            what: format!("pinning the benchmark to CPU {cpu}"),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// Gives this process (and the children it starts from now on, which inherit it) the nice
+/// value `nice`, so that other work on a shared machine disturbs the measurement less. Only a
+/// warning if it cannot (not root).
+pub fn set_nice(nice: i32) {
+    // SAFETY: `setpriority` has no memory-safety preconditions; 0 is this thread, which is the
+    // one that starts the children.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        tracing::warn!(
+            error = %std::io::Error::last_os_error(),
+            "could not raise the benchmark's priority; other work on this machine will show"
+        );
+    }
+}
+
+/// Set by the signal handler; never cleared.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// The signal handler: an atomic store is async-signal-safe.
+extern "C" fn on_signal(_signal: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Makes SIGINT and SIGTERM set the flag that [`check_interrupt`] reads.
+pub fn install_interrupt() -> Result<(), BenchError> {
+    let handler: extern "C" fn(libc::c_int) = on_signal;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: `sigaction` is plain old data; all-zero is a valid value (no flags, empty
+        // mask) that the fields below complete.
+        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+        action.sa_sigaction = handler as libc::sighandler_t;
+        action.sa_flags = libc::SA_RESTART;
+        // SAFETY: `action.sa_mask` is a valid, writable signal set.
+        unsafe { libc::sigemptyset(&mut action.sa_mask) };
+        // SAFETY: `action` is fully initialised and its handler only stores to an atomic.
+        if unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) } != 0 {
+            return Err(BenchError::Io {
+                what: "installing the Ctrl-C handler".to_owned(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Whether SIGINT or SIGTERM arrived.
+pub fn is_interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// [`BenchError::Interrupted`] once a signal arrived.
+pub fn check_interrupt() -> Result<(), BenchError> {
+    if is_interrupted() {
+        return Err(BenchError::Interrupted);
+    }
+    Ok(())
+}
+
+/// A free TCP port on 127.0.0.1 (the kernel's choice, released for the caller to bind).
+pub fn free_port() -> Result<u16, BenchError> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| BenchError::Io {
+        what: "finding a free port on 127.0.0.1".to_owned(),
+        source,
+    })?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|source| BenchError::Io {
+            what: "finding a free port on 127.0.0.1".to_owned(),
+            source,
+        })
+}

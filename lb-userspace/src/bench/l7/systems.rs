@@ -1,0 +1,442 @@
+//! The systems the L7 benchmark measures, started as pinned child processes on loopback, and
+//! their files.
+//!
+//! - [`Files`]: a private directory (removed on drop) with the listeners' certificate (ECDSA
+//!   P-256 from the lab's [`Pki`], for `lb.test` and 127.0.0.1), the same chain and key in one
+//!   PEM for HAProxy, the backend's certificate (`backend.lb.test`) and the CA that verifies
+//!   it, and a cookie key file.
+//! - [`Backend`]: `lb bench l7-backend`, the lab's HTTP backend, plain or TLS.
+//! - [`Daemon`]: `lb run` with three listeners (offload, offload with stickiness, bridging),
+//!   `TOKIO_WORKER_THREADS=1`; on drop it is stopped and `lb uninstall` removes its pins.
+//! - HAProxy, one thread, two frontends (offload and bridging) doing what lb's do: TLS with
+//!   the same certificate and ALPN, `mode http`, keep-alive on both sides, `X-Forwarded-For`,
+//!   `-Proto` and `-Port`, and for bridging TLS to the backend verified against the CA and the
+//!   name.
+//!
+//! [`Systems::start`] starts them all (each idle until measured) on the given CPU, every port
+//! a free one on 127.0.0.1; dropping [`Systems`] stops HAProxy, the daemon (and removes its
+//! pins), the backends, then the files, in that order.
+
+use std::{
+    fs,
+    net::{Ipv4Addr, SocketAddr},
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use ring::rand::{SecureRandom as _, SystemRandom};
+
+use super::process::{Child, check_interrupt, free_port, pinned};
+use crate::{
+    bench::BenchError,
+    lab::{
+        Pki,
+        l7::{LabDir, write_cert, write_sticky_keys},
+    },
+};
+
+/// The name the listeners' certificate holds (the clients' SNI).
+pub const SERVER_NAME: &str = "lb.test";
+/// The name the backend's certificate holds (what bridging verifies).
+const BACKEND_NAME: &str = "backend.lb.test";
+/// How long a system may take to start.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Where the daemon's pins go: `/sys/fs/bpf/lb-bench-PID`.
+const BPFFS: &str = "/sys/fs/bpf";
+const PIN_PREFIX: &str = "lb-bench-";
+
+/// The benchmark's files.
+#[derive(Debug)]
+pub struct Files {
+    pub dir: LabDir,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Chain and key in one file, as HAProxy's `crt` wants them.
+    pub haproxy_pem: PathBuf,
+    pub backend_cert: PathBuf,
+    pub backend_key: PathBuf,
+    pub ca: PathBuf,
+    pub sticky_keys: PathBuf,
+    pub pki: Pki,
+}
+
+impl Files {
+    pub fn write() -> Result<Self, BenchError> {
+        let dir = LabDir::new("lb-bench-l7")?;
+        let pki = Pki::new("lb bench CA")?;
+        let issued = pki.issue(&[SERVER_NAME, "127.0.0.1"])?;
+        let cert = dir.write("listener.pem", issued.chain_pem().as_bytes())?;
+        let key = dir.write("listener.key", issued.key_pem().as_bytes())?;
+        let haproxy_pem = dir.write(
+            "haproxy.pem",
+            format!("{}{}", issued.chain_pem(), issued.key_pem()).as_bytes(),
+        )?;
+        let (backend_cert, backend_key) = write_cert(&dir, &pki, "backend", &[BACKEND_NAME])?;
+        let ca = dir.write("ca.pem", pki.ca_pem().as_bytes())?;
+        let mut sticky = [0_u8; 32];
+        SystemRandom::new()
+            .fill(&mut sticky)
+            .map_err(|_| BenchError::Unexpected("no random bytes for a cookie key".to_owned()))?;
+        let sticky_keys = write_sticky_keys(&dir, "sticky.keys", &[sticky])?;
+        Ok(Self {
+            dir,
+            cert,
+            key,
+            haproxy_pem,
+            backend_cert,
+            backend_key,
+            ca,
+            sticky_keys,
+            pki,
+        })
+    }
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> BenchError {
+    move |source| BenchError::Io {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+/// A running `lb bench l7-backend`.
+#[derive(Debug)]
+pub struct Backend {
+    pub child: Child,
+    pub address: SocketAddr,
+}
+
+impl Backend {
+    fn start(lb: &Path, cpu: usize, tls: Option<(&Path, &Path)>) -> Result<Self, BenchError> {
+        let mut command = pinned(cpu, lb);
+        command.args(["bench", "l7-backend", "--listen", "127.0.0.1:0"]);
+        if let Some((cert, key)) = tls {
+            command.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        command.stdout(Stdio::piped());
+        let name = if tls.is_some() {
+            "the TLS backend"
+        } else {
+            "the backend"
+        };
+        let mut child = Child::spawn(name, &mut command)?;
+        let line = child.first_line()?;
+        let address = line
+            .strip_prefix("listening ")
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| BenchError::Unexpected(format!("{name} said {line:?}")))?;
+        Ok(Self { child, address })
+    }
+}
+
+/// A running `lb run`; stopped, and its pins removed, on drop.
+#[derive(Debug)]
+pub struct Daemon {
+    pub child: Child,
+    binary: PathBuf,
+    config: PathBuf,
+    pin_dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.child.stop();
+        let uninstall = Command::new(&self.binary)
+            .arg("uninstall")
+            .arg("--config")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .output();
+        match uninstall {
+            Ok(output) if output.status.success() => {}
+            Ok(output) => tracing::warn!(
+                stderr = %String::from_utf8_lossy(&output.stderr).trim(),
+                "`lb uninstall` failed"
+            ),
+            Err(error) => tracing::warn!(%error, "could not run `lb uninstall`"),
+        }
+        if self.pin_dir.exists()
+            && let Err(error) = fs::remove_dir_all(&self.pin_dir)
+        {
+            tracing::warn!(%error, "could not remove {}", self.pin_dir.display());
+        }
+    }
+}
+
+/// The ports of the systems under test, on 127.0.0.1.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub lb_offload: u16,
+    pub lb_sticky: u16,
+    pub lb_bridging: u16,
+    pub haproxy_offload: u16,
+    pub haproxy_bridging: u16,
+}
+
+/// Everything running, in drop order.
+#[derive(Debug)]
+pub struct Systems {
+    pub haproxy: Child,
+    pub lb: Daemon,
+    pub backend: Backend,
+    pub tls_backend: Backend,
+    pub ports: Ports,
+    pub files: Files,
+}
+
+impl Systems {
+    /// Writes the files and starts the backends, the daemon and HAProxy on `cpu`.
+    pub fn start(lb: &Path, cpu: usize) -> Result<Self, BenchError> {
+        sweep_stale_pins();
+        let files = Files::write()?;
+        let backend = Backend::start(lb, cpu, None)?;
+        let tls_backend = Backend::start(lb, cpu, Some((&files.backend_cert, &files.backend_key)))?;
+        let ports = Ports {
+            lb_offload: free_port()?,
+            lb_sticky: free_port()?,
+            lb_bridging: free_port()?,
+            haproxy_offload: free_port()?,
+            haproxy_bridging: free_port()?,
+        };
+        let daemon = start_daemon(lb, cpu, &files, &ports, &backend, &tls_backend)?;
+        let haproxy = start_haproxy(cpu, &files, &ports, &backend, &tls_backend)?;
+        Ok(Self {
+            haproxy,
+            lb: daemon,
+            backend,
+            tls_backend,
+            ports,
+            files,
+        })
+    }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+/// The daemon's configuration: no interface, no passthrough listener (nothing attached), three
+/// L7 listeners.
+fn lb_config(
+    files: &Files,
+    ports: &Ports,
+    plain: SocketAddr,
+    tls: SocketAddr,
+    pin_dir: &Path,
+) -> String {
+    let certificates = format!(
+        "certificates = [{{ cert = {:?}, key = {:?} }}]",
+        files.cert, files.key
+    );
+    format!(
+        r#"[datapath]
+pin_dir = {pin_dir:?}
+
+[control]
+socket = {socket:?}
+
+[pools.plain]
+backends = [{{ address = "{plain_ip}", port = {plain_port} }}]
+
+[pools.tls]
+backends = [{{ address = "{tls_ip}", port = {tls_port}, server_name = "{BACKEND_NAME}" }}]
+
+[listeners.offload]
+address = "127.0.0.1"
+port = {offload}
+mode = "offload"
+pool = "plain"
+
+[listeners.offload.tls]
+{certificates}
+
+[listeners.sticky]
+address = "127.0.0.1"
+port = {sticky}
+mode = "offload"
+pool = "plain"
+
+[listeners.sticky.tls]
+{certificates}
+
+[listeners.sticky.sticky]
+key_file = {keys:?}
+
+[listeners.bridging]
+address = "127.0.0.1"
+port = {bridging}
+mode = "bridging"
+pool = "tls"
+
+[listeners.bridging.tls]
+{certificates}
+
+[listeners.bridging.backend]
+ca_file = {ca:?}
+"#,
+        socket = files.dir.path.join("lb.sock"),
+        plain_ip = plain.ip(),
+        plain_port = plain.port(),
+        tls_ip = tls.ip(),
+        tls_port = tls.port(),
+        offload = ports.lb_offload,
+        sticky = ports.lb_sticky,
+        bridging = ports.lb_bridging,
+        keys = files.sticky_keys,
+        ca = files.ca,
+    )
+}
+
+fn start_daemon(
+    lb: &Path,
+    cpu: usize,
+    files: &Files,
+    ports: &Ports,
+    backend: &Backend,
+    tls_backend: &Backend,
+) -> Result<Daemon, BenchError> {
+    let pin_dir = Path::new(BPFFS).join(format!("{PIN_PREFIX}{}", std::process::id()));
+    let config = files.dir.write(
+        "lb.toml",
+        lb_config(files, ports, backend.address, tls_backend.address, &pin_dir).as_bytes(),
+    )?;
+    let log = fs::File::create(files.dir.path.join("lb.log")).map_err(io("creating lb.log"))?;
+    let mut command = pinned(cpu, lb);
+    command
+        .arg("run")
+        .arg("--config")
+        .arg(&config)
+        .env("TOKIO_WORKER_THREADS", "1")
+        .stdout(Stdio::null())
+        .stderr(log);
+    let child = Child::spawn("lb run", &mut command)?;
+    let mut daemon = Daemon {
+        child,
+        binary: lb.to_owned(),
+        config,
+        pin_dir,
+    };
+    let socket = files.dir.path.join("lb.sock");
+    let deadline = Instant::now() + START_TIMEOUT;
+    while UnixStream::connect(&socket).is_err() {
+        check_interrupt()?;
+        if let Some(status) = daemon.child.exited() {
+            let log = fs::read_to_string(files.dir.path.join("lb.log")).unwrap_or_default();
+            return Err(BenchError::Unexpected(format!(
+                "`lb run` exited ({status}) before it was ready:\n{log}"
+            )));
+        }
+        if Instant::now() > deadline {
+            return Err(BenchError::Unexpected(format!(
+                "`lb run` was not ready within {START_TIMEOUT:?}"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for port in [ports.lb_offload, ports.lb_sticky, ports.lb_bridging] {
+        daemon.child.wait_for_port(loopback(port), START_TIMEOUT)?;
+    }
+    Ok(daemon)
+}
+
+/// HAProxy's configuration: one thread, TLS offload and bridging as lb does them.
+fn haproxy_config(files: &Files, ports: &Ports, plain: SocketAddr, tls: SocketAddr) -> String {
+    let pem = files.haproxy_pem.display();
+    let ca = files.ca.display();
+    let forwarding = "    http-request set-header X-Forwarded-Proto https\n    \
+                      http-request set-header X-Forwarded-Port %[dst_port]";
+    format!(
+        "global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    timeout http-keep-alive 60s
+
+frontend offload
+    bind 127.0.0.1:{offload} ssl crt {pem} alpn h2,http/1.1
+{forwarding}
+    default_backend plain
+
+frontend bridging
+    bind 127.0.0.1:{bridging} ssl crt {pem} alpn h2,http/1.1
+{forwarding}
+    default_backend tls
+
+backend plain
+    server backend {plain}
+
+backend tls
+    server backend {tls} ssl verify required ca-file {ca} sni str({BACKEND_NAME}) verifyhost {BACKEND_NAME} alpn http/1.1
+",
+        offload = ports.haproxy_offload,
+        bridging = ports.haproxy_bridging,
+    )
+}
+
+fn start_haproxy(
+    cpu: usize,
+    files: &Files,
+    ports: &Ports,
+    backend: &Backend,
+    tls_backend: &Backend,
+) -> Result<Child, BenchError> {
+    let config = files.dir.write(
+        "haproxy.cfg",
+        haproxy_config(files, ports, backend.address, tls_backend.address).as_bytes(),
+    )?;
+    let log =
+        fs::File::create(files.dir.path.join("haproxy.log")).map_err(io("creating haproxy.log"))?;
+    // `-db`: in the foreground, one process (no master): the worker whose CPU time is read.
+    let mut command = pinned(cpu, "haproxy");
+    command
+        .arg("-db")
+        .arg("-f")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log);
+    let mut child = Child::spawn("haproxy", &mut command)?;
+    for port in [ports.haproxy_offload, ports.haproxy_bridging] {
+        child
+            .wait_for_port(loopback(port), START_TIMEOUT)
+            .map_err(|e| {
+                let log =
+                    fs::read_to_string(files.dir.path.join("haproxy.log")).unwrap_or_default();
+                BenchError::Unexpected(format!("{e}\n{log}"))
+            })?;
+    }
+    Ok(child)
+}
+
+/// Removes the pins of benchmark daemons whose benchmark is gone (killed outright).
+fn sweep_stale_pins() {
+    let Ok(entries) = fs::read_dir(BPFFS) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PIN_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::info!(
+                "removing the pins of an earlier benchmark: {}",
+                entry.path().display()
+            );
+            drop(fs::remove_dir_all(entry.path()));
+        }
+    }
+}
