@@ -129,11 +129,10 @@ impl ConnState {
             && self.head_since.load(Ordering::Acquire) == 0
         {
             let now = self.millis(Instant::now()) + 1;
-            // Lost only to another read of the same head, which recorded it first.
-            drop(
+            // Fails only if another read of the same head recorded it first, which is as good.
+            let _recorded =
                 self.head_since
-                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire),
-            );
+                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
         }
     }
 
