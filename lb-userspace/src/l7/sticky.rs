@@ -530,44 +530,75 @@ pub fn set_cookie(
 /// sensitive flag.
 pub fn take_cookie(headers: &mut HeaderMap, name: &str) -> Option<String> {
     let name = name.as_bytes();
-    let holds_name = |value: &HeaderValue| pieces(value.as_bytes()).any(|p| is_pair(p, name));
-    if name.is_empty() || !headers.get_all(COOKIE).iter().any(holds_name) {
+    if name.is_empty() {
         return None;
     }
+    let mut all = headers.get_all(COOKIE).iter();
+    if let (Some(only), None) = (all.next(), all.next()) {
+        // One header, as every HTTP/1.1 client sends: changed in place, nothing else copied.
+        let (ours, kept) = split_cookie(only, name)?;
+        match kept {
+            Some(kept) => headers.insert(COOKIE, kept),
+            None => headers.remove(COOKIE),
+        };
+        return Some(ours);
+    }
     let values: Vec<HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
-    headers.remove(COOKIE);
     let mut found = None;
+    let mut rebuilt = Vec::with_capacity(values.len());
     for value in values {
-        if !holds_name(&value) {
-            headers.append(COOKIE, value);
-            continue;
+        match split_cookie(&value, name) {
+            Some((ours, kept)) => {
+                found.get_or_insert(ours);
+                rebuilt.extend(kept);
+            }
+            None => rebuilt.push(value),
         }
-        let mut kept = Vec::with_capacity(value.len());
-        for piece in pieces(value.as_bytes()) {
-            if let Some(ours) = pair_value(piece, name) {
-                found.get_or_insert_with(|| String::from_utf8_lossy(ours).into_owned());
-            } else {
+    }
+    if found.is_some() {
+        headers.remove(COOKIE);
+        for value in rebuilt {
+            headers.append(COOKIE, value);
+        }
+    }
+    found
+}
+
+/// The value of the first `name` pair in one `Cookie` header, and the header without its
+/// `name` pairs (none if nothing is left); `None` if it holds no such pair.
+fn split_cookie(header: &HeaderValue, name: &[u8]) -> Option<(String, Option<HeaderValue>)> {
+    let mut found = None;
+    let mut kept = Vec::new();
+    for piece in pieces(header.as_bytes()) {
+        match pair_value(piece, name) {
+            Some(ours) => {
+                found.get_or_insert(ours);
+            }
+            None => {
                 if !kept.is_empty() {
                     kept.extend_from_slice(b"; ");
                 }
                 kept.extend_from_slice(piece);
             }
         }
-        if kept.is_empty() {
-            continue;
-        }
-        // Every byte comes from a valid header value, so this holds; keep the header otherwise.
-        match HeaderValue::from_bytes(&kept) {
-            Ok(mut rebuilt) => {
-                rebuilt.set_sensitive(value.is_sensitive());
-                headers.append(COOKIE, rebuilt);
-            }
-            Err(_) => {
-                headers.append(COOKIE, value);
-            }
-        }
     }
-    found
+    let found = found?;
+    let ours = std::str::from_utf8(found).map_or_else(
+        |_| String::from_utf8_lossy(found).into_owned(),
+        str::to_owned,
+    );
+    if kept.is_empty() {
+        return Some((ours, None));
+    }
+    // Every byte comes from a valid header value, so this holds; keep the header otherwise.
+    let rebuilt = HeaderValue::from_bytes(&kept).map_or_else(
+        |_| header.clone(),
+        |mut rebuilt| {
+            rebuilt.set_sensitive(header.is_sensitive());
+            rebuilt
+        },
+    );
+    Some((ours, Some(rebuilt)))
 }
 
 /// The non-empty pieces of a `Cookie` header, trimmed.
@@ -576,10 +607,6 @@ fn pieces(header: &[u8]) -> impl Iterator<Item = &[u8]> {
         .split(|b| *b == b';')
         .map(<[u8]>::trim_ascii)
         .filter(|piece| !piece.is_empty())
-}
-
-fn is_pair(piece: &[u8], name: &[u8]) -> bool {
-    pair_value(piece, name).is_some()
 }
 
 /// The value of `piece` if it is a `name=value` pair.
