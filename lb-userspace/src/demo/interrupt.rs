@@ -6,20 +6,11 @@
 //! daemon, and a connection through a balancer that just left waits for its read timeout):
 //! [`join_all`] gives client threads a short grace and then leaves them behind; they hold no
 //! guard and end with the process.
-//!
-//! The handler stays installed: a second signal (`timeout` sends SIGINT to the process and to
-//! its group, so the demo may get two) changes nothing. To end a stuck demo at once, SIGKILL it;
-//! the next run removes the namespaces it left behind.
 
-use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use super::DemoError;
-
-/// Set by the signal handler; never cleared.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// How often an interruptible wait looks at the flag.
 const TICK: Duration = Duration::from_millis(50);
@@ -30,37 +21,12 @@ const GRACE: Duration = Duration::from_millis(500);
 /// How often [`join_all`] looks at its threads.
 const JOIN_POLL: Duration = Duration::from_millis(10);
 
-/// The signal handler: an atomic store is async-signal-safe.
-extern "C" fn on_signal(_signal: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Installs the handler for SIGINT and SIGTERM.
+/// Installs the handler for SIGINT and SIGTERM ([`crate::interrupt`]).
 pub fn install() -> Result<(), DemoError> {
-    let handler: extern "C" fn(libc::c_int) = on_signal;
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: `sigaction` is plain old data; all-zero is a valid value (no flags, empty
-        // mask) that the fields below complete.
-        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-        action.sa_sigaction = handler as libc::sighandler_t;
-        // Restart interrupted system calls: the loops notice the flag at their next tick.
-        action.sa_flags = libc::SA_RESTART;
-        // SAFETY: `action.sa_mask` is a valid, writable signal set.
-        unsafe { libc::sigemptyset(&mut action.sa_mask) };
-        // SAFETY: `action` is fully initialised and its handler only stores to an atomic;
-        // the old action is not asked for (null).
-        let rc = unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) };
-        if rc != 0 {
-            return Err(DemoError::Signal(io::Error::last_os_error()));
-        }
-    }
-    Ok(())
+    crate::interrupt::install().map_err(DemoError::Signal)
 }
 
-/// Whether SIGINT or SIGTERM arrived.
-pub fn is_interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
+pub use crate::interrupt::is_interrupted;
 
 /// [`DemoError::Interrupted`] once a signal arrived.
 pub fn check() -> Result<(), DemoError> {

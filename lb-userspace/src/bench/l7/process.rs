@@ -18,7 +18,6 @@ use std::{
     net::{SocketAddr, TcpStream},
     os::unix::process::CommandExt as _,
     process::{Command, ExitStatus, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -257,40 +256,15 @@ pub fn set_nice(nice: i32) {
     }
 }
 
-/// Set by the signal handler; never cleared.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// The signal handler: an atomic store is async-signal-safe.
-extern "C" fn on_signal(_signal: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
 /// Makes SIGINT and SIGTERM set the flag that [`check_interrupt`] reads.
 pub fn install_interrupt() -> Result<(), BenchError> {
-    let handler: extern "C" fn(libc::c_int) = on_signal;
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: `sigaction` is plain old data; all-zero is a valid value (no flags, empty
-        // mask) that the fields below complete.
-        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-        action.sa_sigaction = handler as libc::sighandler_t;
-        action.sa_flags = libc::SA_RESTART;
-        // SAFETY: `action.sa_mask` is a valid, writable signal set.
-        unsafe { libc::sigemptyset(&mut action.sa_mask) };
-        // SAFETY: `action` is fully initialised and its handler only stores to an atomic.
-        if unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) } != 0 {
-            return Err(BenchError::Io {
-                what: "installing the Ctrl-C handler".to_owned(),
-                source: std::io::Error::last_os_error(),
-            });
-        }
-    }
-    Ok(())
+    crate::interrupt::install().map_err(|source| BenchError::Io {
+        what: "installing the Ctrl-C handler".to_owned(),
+        source,
+    })
 }
 
-/// Whether SIGINT or SIGTERM arrived.
-pub fn is_interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
+pub use crate::interrupt::is_interrupted;
 
 /// [`BenchError::Interrupted`] once a signal arrived.
 pub fn check_interrupt() -> Result<(), BenchError> {
