@@ -57,8 +57,7 @@ const DRAINING: (u32, bool) = (0, true);
 
 /// A port that was free a moment ago.
 fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
+    lb::lab::free_port().unwrap()
 }
 
 fn loopback(port: u16) -> SocketAddr {

@@ -416,14 +416,8 @@ fn sink_packets(aux: &Aux) -> Result<u64, BenchError> {
 fn pin_to_last_cpu() -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let cpu = cpus - 1;
-    // SAFETY: `cpu_set_t` is plain old data; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `cpu` is below the number of CPUs, within `cpu_set_t`'s capacity.
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid CPU set of the size passed; 0 means the calling thread.
-    let pinned = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) } == 0;
-    if !pinned {
-        tracing::warn!("could not pin the benchmark to CPU {cpu}; figures will be noisier");
+    if let Err(error) = super::pin_current_thread(cpu) {
+        tracing::warn!(%error, "could not pin the benchmark to CPU {cpu}; figures will be noisier");
     }
     cpu
 }

@@ -164,3 +164,11 @@ pub enum LabError {
     #[error("line {0:?} contains a newline; send one line at a time")]
     Line(String),
 }
+
+/// A TCP port on 127.0.0.1 that was free a moment ago: the kernel's choice, bound and released
+/// for the caller to bind (or, with nothing listening on it, for a backend that refuses).
+pub fn free_port() -> io::Result<u16> {
+    std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()
+        .map(|a| a.port())
+}

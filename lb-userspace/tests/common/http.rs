@@ -52,8 +52,7 @@ pub const PATIENCE: Duration = Duration::from_secs(5);
 /// A free TCP port on 127.0.0.1 (bound, then released). Nothing listens on it afterwards, so a
 /// backend on it refuses connections.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binding port 0");
-    listener.local_addr().expect("local address").port()
+    lb::lab::free_port().expect("a free port on 127.0.0.1")
 }
 
 /// `n` lab backends on 127.0.0.1, named `backend-0`, `backend-1`, ...

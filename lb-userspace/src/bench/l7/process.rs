@@ -225,21 +225,10 @@ pub fn children_cpu_seconds() -> Result<f64, BenchError> {
 
 /// Pins this process (every thread it starts from now on) to `cpu`.
 pub fn pin_self(cpu: usize) -> Result<(), BenchError> {
-    // SAFETY: `cpu_set_t` is plain old data; all-zero is the empty set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    if cpu >= 8 * size_of::<libc::cpu_set_t>() {
-        return Err(BenchError::Unexpected(format!("CPU {cpu} is out of range")));
-    }
-    // SAFETY: `cpu` is within `cpu_set_t`'s capacity (checked above).
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: `set` is a valid CPU set of the size passed; 0 means the calling thread.
-    if unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) } != 0 {
-        return Err(BenchError::Io {
-            what: format!("pinning the benchmark to CPU {cpu}"),
-            source: std::io::Error::last_os_error(),
-        });
-    }
-    Ok(())
+    crate::bench::pin_current_thread(cpu).map_err(|source| BenchError::Io {
+        what: format!("pinning the benchmark to CPU {cpu}"),
+        source,
+    })
 }
 
 /// Gives this process (and the children it starts from now on, which inherit it) the nice
@@ -274,17 +263,10 @@ pub fn check_interrupt() -> Result<(), BenchError> {
     Ok(())
 }
 
-/// A free TCP port on 127.0.0.1 (the kernel's choice, released for the caller to bind).
+/// A free TCP port on 127.0.0.1 ([`crate::lab::free_port`]).
 pub fn free_port() -> Result<u16, BenchError> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| BenchError::Io {
+    crate::lab::free_port().map_err(|source| BenchError::Io {
         what: "finding a free port on 127.0.0.1".to_owned(),
         source,
-    })?;
-    listener
-        .local_addr()
-        .map(|a| a.port())
-        .map_err(|source| BenchError::Io {
-            what: "finding a free port on 127.0.0.1".to_owned(),
-            source,
-        })
+    })
 }
