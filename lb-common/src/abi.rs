@@ -110,6 +110,10 @@ pub struct VipValue {
 
 /// The entry is an address marker, not a listener: see [`VipKey`].
 pub const VIP_F_ADDRESS_MARKER: u32 = 1;
+/// On an address marker: the address is assigned to this host, which serves more than the
+/// passthrough listeners on it (L7 listeners, other services). Fragments and frames the
+/// datapath cannot read that are addressed to it go to the kernel instead of being dropped.
+pub const VIP_F_LOCAL: u32 = 2;
 
 /// A flow's 5-tuple as the client sent it: what the flow hash hashes. (The connection tables
 /// key flows more compactly: [`ConnKeyV4`], [`ConnKeyV6`].)
@@ -167,14 +171,31 @@ impl FlowKey {
     }
 }
 
-/// Value of the connection tables: the backend a flow was placed on.
+/// Value of the connection tables: the backend a flow was placed on. Eight bytes, so that an
+/// IPv4 entry (kernel header, key and value) stays within one cache line.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnValue {
-    pub backend_id: u32,
-    /// The backend's generation when the flow was placed. A backend id that was freed and given
-    /// to a new backend gets a new generation, so old flows never follow the id to a stranger.
-    pub generation: u32,
+    /// Below `maps::MAX_BACKENDS`, which fits 16 bits.
+    pub backend_id: u16,
+    /// The backend's generation when the flow was placed (generations stay below 2^16: see
+    /// [`Backend::generation`]). A backend id that was freed and given to a new backend gets a
+    /// new generation, so old flows never follow the id to a stranger.
+    pub generation: u16,
+    /// When the flow was last seen, in whole seconds of the kernel's monotonic clock
+    /// ([`coarse_seconds`]). UDP entries idle for longer than
+    /// [`DatapathConfig::udp_idle_timeout_s`] are placed afresh; TCP entries only age out of
+    /// the LRU.
+    pub seen_s: u32,
+}
+
+/// Seconds of `bpf_ktime_get_coarse_ns()`, as [`ConnValue::seen_s`] records them (wraps
+/// after 136 years of uptime).
+#[inline(always)]
+pub const fn coarse_seconds(ns: u64) -> u32 {
+    #[expect(clippy::cast_possible_truncation, reason = "136 years of uptime")]
+    let seconds = (ns / 1_000_000_000) as u32;
+    seconds
 }
 
 /// Value of the backend map, indexed by backend id.
@@ -183,7 +204,9 @@ pub struct ConnValue {
 pub struct Backend {
     /// Where encapsulated packets go.
     pub addr_be: AddrBe,
-    /// See [`ConnValue::generation`]. Zero is never a live generation.
+    /// See [`ConnValue::generation`]. Zero is never a live generation, and userspace keeps
+    /// generations below 2^16 ([`MAX_GENERATION`]) so that the connection table's 16-bit copy
+    /// is exact.
     pub generation: u32,
     pub family: u8,
     /// `BACKEND_F_*` bits.
@@ -196,6 +219,13 @@ pub struct Backend {
 /// Established flows on this backend keep going to it. Cleared when a backend is removed (its
 /// flows are then placed afresh by the current table); kept while it drains.
 pub const BACKEND_F_SERVING: u8 = 1;
+/// The route to this backend has several next hops (ECMP): the datapath asks the FIB for every
+/// packet instead of caching one next hop per backend, so that each flow keeps the next hop
+/// the kernel's multipath hash gives it.
+pub const BACKEND_F_MULTIPATH: u8 = 2;
+
+/// The largest backend generation: generations run from 1 to this and wrap around.
+pub const MAX_GENERATION: u32 = u16::MAX as u32;
 
 /// The ring value of a slot that has no backend (a VIP whose pool is empty).
 pub const RING_EMPTY: u32 = u32::MAX;
@@ -228,16 +258,30 @@ pub struct DatapathConfig {
     /// (0: no limit). Past it (a SYN flood) new flows are still placed by the table but not
     /// remembered, so that they cannot evict established flows.
     pub conn_inserts_per_sec: u32,
+    /// UDP connection-table entries idle for longer than this many seconds are placed afresh
+    /// (0: never), so that long-lived UDP flows rebalance after a scale-out.
+    pub udp_idle_timeout_s: u32,
+    /// At most this many ICMP "fragmentation needed" / "packet too big" answers per second on
+    /// each CPU (0: none; too-big packets are dropped and counted).
+    pub icmp_too_big_per_sec: u32,
 }
 
-/// Per CPU: the connection-table inserts of the current one-second window.
+/// Per CPU: the events of the current one-second window of a rate limit
+/// ([`RATE_WINDOW_INSERTS`], [`RATE_WINDOW_ICMP`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct InsertWindow {
+pub struct RateWindow {
     /// `bpf_ktime_get_coarse_ns()` when the window began.
     pub start_ns: u64,
-    pub inserts: u64,
+    pub events: u64,
 }
+
+/// The rate window of connection-table inserts ([`DatapathConfig::conn_inserts_per_sec`]).
+pub const RATE_WINDOW_INSERTS: u32 = 0;
+/// The rate window of ICMP too-big answers ([`DatapathConfig::icmp_too_big_per_sec`]).
+pub const RATE_WINDOW_ICMP: u32 = 1;
+/// Number of rate windows.
+pub const RATE_WINDOWS: u32 = 2;
 
 /// One entry of the datapath's per-CPU VIP cache, which spares most packets a hash-map lookup.
 /// It remembers the answer for one (address, port, protocol), found or not found, as of one VIP
@@ -270,7 +314,9 @@ pub struct NextHop {
     pub generation: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
-    pub _pad: [u8; 4],
+    /// The largest IP packet the route carries (the FIB's MTU for it).
+    pub mtu: u16,
+    pub _pad: u16,
 }
 
 /// How long a cached next hop is used before the FIB is asked again: a neighbour change
@@ -279,6 +325,32 @@ pub const NEXT_HOP_TTL_NS: u64 = 50_000_000;
 
 /// Send to [`DatapathConfig::next_hop_mac`] instead of asking the FIB.
 pub const CONFIG_F_STATIC_NEXT_HOP: u16 = 1;
+/// ICMP errors about a passthrough flow (IPv4 destination unreachable, which carries
+/// "fragmentation needed"; ICMPv6 destination unreachable and packet too big) go to the flow's
+/// backend, so that path MTU discovery works through the balancer. Off: they go to the kernel.
+pub const CONFIG_F_ICMP_TO_BACKENDS: u16 = 2;
+/// Some interface has an egress VLAN setting (the egress VLAN map): look it up for every
+/// forwarded frame. Off: frames leave with the tags they arrived with.
+pub const CONFIG_F_EGRESS_VLAN: u16 = 4;
+
+/// Value of the egress VLAN map (keyed by ifindex): frames forwarded out of that interface
+/// leave with exactly this 802.1Q tag, or untagged.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EgressVlan {
+    /// VLAN id (1 to 4094), or 0 for untagged.
+    pub vlan_id: u16,
+    pub _pad: u16,
+}
+
+/// Key of the decapsulation program's VIP map: an inner destination address it accepts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DecapVipKey {
+    pub addr_be: AddrBe,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
 
 /// Value of the per-VIP and per-backend traffic counters (per CPU).
 #[repr(C)]
@@ -312,20 +384,22 @@ const _: () = {
     assert!(size_of::<FlowKey>() == 40);
     assert!(size_of::<ConnValue>() == 8);
     assert!(size_of::<Backend>() == 24);
-    assert!(size_of::<DatapathConfig>() == 56);
+    assert!(size_of::<DatapathConfig>() == 64);
     assert!(size_of::<VipCacheEntry>() == 48);
     assert!(VIP_CACHE_SIZE.is_power_of_two());
     assert!(size_of::<TrafficCounters>() == 24);
     assert!(size_of::<NextHop>() == 32);
-    assert!(size_of::<InsertWindow>() == 16);
+    assert!(size_of::<RateWindow>() == 16);
+    assert!(size_of::<EgressVlan>() == 4);
+    assert!(size_of::<DecapVipKey>() == 20);
 };
 
 #[cfg(feature = "user")]
 mod pod {
     //! Userspace only: lets aya copy these types in and out of maps.
     use super::{
-        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, FlowKey, TrafficCounters, VipKey,
-        VipKeyV4, VipKeyV6, VipValue,
+        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, DecapVipKey, EgressVlan, FlowKey,
+        TrafficCounters, VipCacheEntry, VipKey, VipKeyV4, VipKeyV6, VipValue,
     };
 
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and integer arrays, and
@@ -352,4 +426,10 @@ mod pod {
     unsafe impl aya::Pod for DatapathConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for TrafficCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for EgressVlan {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for DecapVipKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipCacheEntry {}
 }

@@ -69,41 +69,55 @@ counters! {
         TxLocal = (Forward, "tx_local"),
         /// Encapsulated and redirected to another interface through the devmap.
         TxRedirect = (Forward, "tx_redirect"),
-        /// Not IPv4 or IPv6 (ARP, LLDP, ...).
+        /// A client packet too big to encapsulate toward its backend, answered with an ICMP
+        /// "fragmentation needed" (IPv4) or "packet too big" (IPv6) carrying the MTU to use.
+        TxIcmpTooBig = (Forward, "tx_icmp_too_big"),
+        /// Not IPv4 or IPv6 (ARP, LLDP, ..., or more than two VLAN tags).
         PassNotIp = (Pass, "pass_not_ip"),
         /// IP, but not to any VIP (address, port, protocol).
         PassNotVip = (Pass, "pass_not_vip"),
+        /// A frame whose headers cannot be read in full (truncated, inconsistent, an IPv6
+        /// extension chain longer than the parser walks) and that is not provably addressed to
+        /// a passthrough VIP: the kernel judges it, as it would without the balancer.
+        PassMalformed = (Pass, "pass_malformed"),
+        /// A fragment addressed to a VIP address that this host also serves (L7 listeners or
+        /// other services) and not provably to a passthrough port: the kernel reassembles it.
+        PassFragment = (Pass, "pass_fragment"),
+        /// ICMP to a VIP address that is not an error about a passthrough flow (echo, ...), or
+        /// any ICMP while `icmp_to_backends` is off: the kernel's.
+        PassIcmp = (Pass, "pass_icmp"),
         /// The FIB knows the next hop but not its MAC yet: the encapsulated packet goes to the
         /// kernel, which resolves the neighbour and forwards it (needs IP forwarding on).
         PassNoNeighbour = (Pass, "pass_no_neighbour"),
         /// The FIB names an egress interface that is not in the devmap: the encapsulated
-        /// packet goes to the kernel to forward.
+        /// packet, still addressed to this host, goes to the kernel to forward (slowly).
         PassNoTxPort = (Pass, "pass_no_tx_port"),
-        /// Shorter than an Ethernet header.
-        DropTruncatedEth = (Drop, "drop_truncated_eth"),
-        /// Shorter than its IPv4 or IPv6 header.
-        DropTruncatedIp = (Drop, "drop_truncated_ip"),
-        /// IP version field disagrees with the EtherType.
-        DropBadIpVersion = (Drop, "drop_bad_ip_version"),
-        /// IPv4 header length below 20 bytes, or past the end of the frame.
+        /// An IPv4 header length below 20 bytes or past the end of the frame, to a
+        /// passthrough VIP address.
         DropBadIhl = (Drop, "drop_bad_ihl"),
         /// IP total length (or IPv6 payload length) larger than the frame, or smaller than
-        /// the headers it must hold.
+        /// the headers it must hold, to a passthrough VIP address.
         DropBadLength = (Drop, "drop_bad_length"),
-        /// A fragment addressed to a VIP address. Policy: dropped, because only the first
-        /// fragment carries the ports that choose the backend.
+        /// A fragment of a passthrough flow (or to a passthrough-only VIP address). Policy:
+        /// dropped, because only the first fragment carries the ports that choose the backend.
         DropFragment = (Drop, "drop_fragment"),
-        /// An IPv6 extension header is truncated, or the chain is longer than the walk allows.
+        /// An IPv6 extension header is truncated, or the chain is longer than the walk allows,
+        /// to a passthrough VIP address.
         DropBadExtHeader = (Drop, "drop_bad_ext_header"),
-        /// Shorter than its TCP or UDP header.
+        /// Shorter than its TCP or UDP header, to a passthrough VIP address.
         DropTruncatedL4 = (Drop, "drop_truncated_l4"),
-        /// TCP data offset below 5 words, or past the end of the packet.
+        /// TCP data offset below 5 words, or past the end of the packet, to a passthrough VIP
+        /// address.
         DropBadTcpOffset = (Drop, "drop_bad_tcp_offset"),
         /// The VIP has no backend.
         DropNoBackend = (Drop, "drop_no_backend"),
-        /// The encapsulated packet would exceed the egress MTU.
+        /// The encapsulated packet would exceed the egress MTU, and no ICMP answer applies
+        /// (IPv4 without "don't fragment", answers off, or a packet too short to quote).
         DropTooBig = (Drop, "drop_too_big"),
-        /// The frame could not be grown for the outer header.
+        /// A client packet too big to encapsulate, not answered because this CPU already sent
+        /// `icmp_too_big_per_sec` answers this second.
+        DropIcmpRateLimited = (Drop, "drop_icmp_rate_limited"),
+        /// The frame could not be grown or shrunk for the headers it needs.
         DropEncapFailed = (Drop, "drop_encap_failed"),
         /// The FIB has no route to the backend (or refused the lookup).
         DropNoRoute = (Drop, "drop_no_route"),
@@ -119,12 +133,20 @@ counters! {
         ConnMiss = (Event, "conn_miss"),
         /// A flow whose connection-table backend was removed: placed afresh.
         ConnStale = (Event, "conn_stale"),
+        /// A UDP flow idle for longer than `udp_idle_timeout`: placed afresh.
+        ConnExpired = (Event, "conn_expired"),
         /// A new flow that could not be written to the connection table (it is still
         /// forwarded; its next packet is placed by the table again).
         ConnInsertFailed = (Event, "conn_insert_failed"),
         /// A new flow not written to the connection table because new flows arrive faster
         /// than `conn_inserts_per_sec` (a SYN flood): forwarded by the table, not remembered.
         ConnInsertSkipped = (Event, "conn_insert_skipped"),
+        /// A TCP RST of a flow the connection table does not hold: forwarded by the table,
+        /// never remembered (a reset ends a connection; it must not start an entry).
+        ConnRstNotRemembered = (Event, "conn_rst_not_remembered"),
+        /// An ICMP error about a passthrough flow, sent to the flow's backend (it also counts
+        /// as a forwarded packet of that backend).
+        IcmpToBackend = (Event, "icmp_to_backend"),
     }
 }
 
@@ -146,5 +168,15 @@ counters! {
         PassOther = (Pass, "pass_other"),
         /// An IP-in-IP packet whose outer or inner header is truncated or inconsistent.
         DropMalformed = (Drop, "drop_malformed"),
+        /// An IP-in-IP packet whose inner destination is not a VIP this backend accepts.
+        DropNotVip = (Drop, "drop_not_vip"),
+        /// A fragment of an IP-in-IP packet: XDP cannot reassemble, and this kernel has no
+        /// tunnel driver that could (keep the path MTU behind the balancer large enough).
+        DropOuterFragment = (Drop, "drop_outer_fragment"),
+        /// The outer header says congestion experienced (CE) but the inner packet is not
+        /// ECN-capable: RFC 6040 says drop (the sender cannot be told otherwise).
+        DropEcnNotEct = (Drop, "drop_ecn_not_ect"),
+        /// Congestion experienced (CE) on the outer header, copied to the inner one (RFC 6040).
+        EcnCe = (Event, "ecn_ce"),
     }
 }

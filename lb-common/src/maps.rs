@@ -12,32 +12,39 @@ pub const RINGS: &str = "lb_rings_v1";
 /// Backend id -> [`crate::abi::Backend`].
 pub const BACKENDS: &str = "lb_backends_v1";
 /// IPv4 LRU connection table: [`crate::abi::ConnKeyV4`] -> [`crate::abi::ConnValue`].
-pub const CONNS_V4: &str = "lb_conns4_v1";
+pub const CONNS_V4: &str = "lb_conns4_v2";
 /// IPv6 LRU connection table: [`crate::abi::ConnKeyV6`] -> [`crate::abi::ConnValue`].
-pub const CONNS_V6: &str = "lb_conns6_v1";
-/// Per-CPU connection-table insert windows ([`crate::abi::InsertWindow`]).
-pub const INSERT_WINDOWS: &str = "lb_ins_win_v1";
+pub const CONNS_V6: &str = "lb_conns6_v2";
+/// Per-CPU rate-limit windows ([`crate::abi::RateWindow`]): connection-table inserts and
+/// ICMP answers.
+pub const RATE_WINDOWS: &str = "lb_windows_v1";
 /// Per-CPU cache of VIP lookups ([`crate::abi::VipCacheEntry`]).
 pub const VIP_CACHE: &str = "lb_vip_cache_v1";
 /// Per-CPU cache of each backend's next hop from the FIB.
-pub const NEXT_HOPS: &str = "lb_next_hops_v1";
+pub const NEXT_HOPS: &str = "lb_next_hops_v2";
 /// The single [`crate::abi::DatapathConfig`].
-pub const CONFIG: &str = "lb_config_v1";
+pub const CONFIG: &str = "lb_config_v2";
 /// Per-CPU [`crate::counters::Counter`] values.
-pub const COUNTERS: &str = "lb_counters_v1";
+pub const COUNTERS: &str = "lb_counters_v2";
 /// Per-CPU traffic counters per backend id.
 pub const BACKEND_STATS: &str = "lb_be_stats_v1";
 /// Devmap of the interfaces the balancer may redirect to, keyed by ifindex.
 pub const TX_PORTS: &str = "lb_tx_ports_v1";
+/// Egress VLAN per interface: ifindex -> [`crate::abi::EgressVlan`].
+pub const EGRESS_VLANS: &str = "lb_egr_vlan_v1";
 /// Per-CPU [`crate::counters::DecapCounter`] values of the decapsulation program.
-pub const DECAP_COUNTERS: &str = "lb_decap_cnt_v1";
+pub const DECAP_COUNTERS: &str = "lb_decap_cnt_v2";
+/// The VIPs a backend's decapsulation program accepts: [`crate::abi::DecapVipKey`] -> `u32`.
+pub const DECAP_VIPS: &str = "lb_decap_vip_v1";
 
 /// Most VIP ids (listeners) one balancer serves.
 pub const MAX_VIPS: u32 = 512;
 /// Most backends one balancer knows. Sizes the backend map and its counters.
 pub const MAX_BACKENDS: u32 = 4096;
-/// Most interfaces in the devmap.
+/// Most interfaces in the devmap (and in the egress VLAN map).
 pub const MAX_TX_PORTS: u32 = 64;
+/// Most VIP addresses a backend's decapsulation program accepts.
+pub const MAX_DECAP_VIPS: u32 = 1024;
 /// Default size of the connection table (flows); the daemon may size it from its config.
 pub const DEFAULT_CONNS: u32 = 1 << 20;
 /// Default Maglev ring size: a prime well above 100 times the largest pool.
@@ -53,7 +60,9 @@ const _: () = {
     assert!(CONNS_V6.len() <= 15);
     assert!(NEXT_HOPS.len() <= 15);
     assert!(VIP_CACHE.len() <= 15);
-    assert!(INSERT_WINDOWS.len() <= 15);
+    assert!(RATE_WINDOWS.len() <= 15);
+    assert!(EGRESS_VLANS.len() <= 15);
+    assert!(DECAP_VIPS.len() <= 15);
     assert!(MAX_VIPS <= 1 << 16);
     assert!(RINGS.len() <= 15);
     assert!(BACKENDS.len() <= 15);

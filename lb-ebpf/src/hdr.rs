@@ -16,6 +16,44 @@ pub struct EthHdr {
 pub const ETH_LEN: usize = size_of::<EthHdr>();
 pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
+/// 802.1Q VLAN tag protocol identifier.
+pub const ETH_P_8021Q: u16 = 0x8100;
+/// 802.1ad (QinQ) service tag protocol identifier.
+pub const ETH_P_8021AD: u16 = 0x88a8;
+/// Length of the MAC addresses at the start of every frame.
+pub const MACS_LEN: usize = 12;
+
+/// The destination and source MAC addresses that start every frame.
+#[repr(C, packed(2))]
+#[derive(Clone, Copy)]
+pub struct MacPair {
+    pub dst: [u8; 6],
+    pub src: [u8; 6],
+}
+
+/// A VLAN tag as it sits in the frame: its protocol identifier (TPID) and control
+/// information (priority, drop eligibility, VLAN id).
+#[repr(C, packed(2))]
+#[derive(Clone, Copy, Default)]
+pub struct VlanTag {
+    pub tpid_be: u16,
+    pub tci_be: u16,
+}
+
+/// The four bytes a VLAN tag adds after the MAC addresses and its TPID: the tag control
+/// information and the EtherType (or next TPID) that follows it.
+#[repr(C, packed(2))]
+#[derive(Clone, Copy)]
+pub struct VlanHdr {
+    pub tci_be: u16,
+    pub ether_type_be: u16,
+}
+
+pub const VLAN_LEN: usize = size_of::<VlanHdr>();
+/// The most VLAN tags the programs read (802.1ad outer, 802.1Q inner).
+pub const MAX_VLAN_TAGS: usize = 2;
+/// The longest link-layer header: MACs, two tags, EtherType.
+pub const MAX_L2_LEN: usize = ETH_LEN + MAX_VLAN_TAGS * VLAN_LEN;
 
 /// IPv4 header without options.
 #[repr(C, packed(2))]
@@ -99,6 +137,7 @@ pub struct TcpHdr {
 }
 
 pub const TCP_LEN: usize = size_of::<TcpHdr>();
+pub const TCP_FLAG_RST: u16 = 0x04;
 pub const TCP_FLAG_SYN: u16 = 0x02;
 pub const TCP_FLAG_ACK: u16 = 0x10;
 
@@ -114,8 +153,35 @@ pub struct UdpHdr {
 
 pub const UDP_LEN: usize = size_of::<UdpHdr>();
 
+/// ICMP or ICMPv6 header: type, code, checksum and the four type-specific bytes (the next-hop
+/// MTU of "fragmentation needed" in the last two, of "packet too big" in all four).
+#[repr(C, packed(2))]
+#[derive(Clone, Copy)]
+pub struct IcmpHdr {
+    pub kind: u8,
+    pub code: u8,
+    pub check: u16,
+    pub rest_be: u32,
+}
+
+pub const ICMP_LEN: usize = size_of::<IcmpHdr>();
+/// IP protocol numbers of ICMP and ICMPv6.
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// ICMP destination unreachable, and its "fragmentation needed" code.
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_FRAG_NEEDED: u8 = 4;
+/// ICMPv6 destination unreachable and packet too big.
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+
 const _: () = {
     assert!(ETH_LEN == 14);
+    assert!(VLAN_LEN == 4);
+    assert!(size_of::<MacPair>() == MACS_LEN);
+    assert!(size_of::<VlanTag>() == VLAN_LEN);
+    assert!(MAX_L2_LEN == 22);
+    assert!(ICMP_LEN == 8);
     assert!(IPV4_LEN == 20);
     assert!(IPV6_LEN == 40);
     assert!(size_of::<Ipv6FragHdr>() == 8);

@@ -29,6 +29,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod demo;
 pub mod health;
+pub mod host;
 pub mod interrupt;
 pub mod l7;
 pub mod lab;

@@ -22,8 +22,8 @@ use aya::{
 };
 use lb_common::{
     abi::{
-        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, NextHop, VipCacheEntry, VipKeyV4,
-        VipKeyV6, VipValue,
+        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, DecapVipKey, NextHop,
+        VipCacheEntry, VipKeyV4, VipKeyV6, VipValue,
     },
     maps as names,
 };
@@ -106,8 +106,9 @@ pub enum AttachMode {
 }
 
 /// The balancer's maps, all pinned when the daemon has a pin directory.
-pub const BALANCER_MAPS: [&str; 13] = [
-    names::INSERT_WINDOWS,
+pub const BALANCER_MAPS: [&str; 14] = [
+    names::RATE_WINDOWS,
+    names::EGRESS_VLANS,
     names::VIP_CACHE,
     names::VIPS_V4,
     names::VIPS_V6,
@@ -158,7 +159,8 @@ impl Balancer {
         let pin_paths: Vec<(&str, PathBuf)> = match &spec.pin_dir {
             Some(dir) => {
                 prepare_pin_dir(dir)?;
-                check_pinned_maps(dir, ring_entries, spec.conn_table_size)?;
+                let conn_entries = conn_table_entries(spec.conn_table_size, possible_cpus()?);
+                check_pinned_maps(dir, ring_entries, conn_entries)?;
                 BALANCER_MAPS
                     .iter()
                     .map(|&name| (name, dir.join(name)))
@@ -244,9 +246,21 @@ impl std::fmt::Debug for Decap {
     }
 }
 
+/// The decapsulation program's maps.
+pub const DECAP_MAPS: [&str; 2] = [names::DECAP_VIPS, names::DECAP_COUNTERS];
+
 impl Decap {
-    pub fn load() -> Result<Self, LoadError> {
-        let mut ebpf = EbpfLoader::new().load(objects::DECAP)?;
+    /// Loads the program with its maps, pinned under `pin_dir` (a bpffs directory) when given,
+    /// so that `lb decap` can update the VIPs and read the counters of an attached program.
+    pub fn load(pin_dir: Option<&Path>) -> Result<Self, LoadError> {
+        let mut loader = EbpfLoader::new();
+        if let Some(dir) = pin_dir {
+            prepare_pin_dir(dir)?;
+            for name in DECAP_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(objects::DECAP)?;
         load_xdp(&mut ebpf, DECAP_PROGRAM)?;
         Ok(Self { ebpf })
     }
@@ -254,6 +268,57 @@ impl Decap {
     pub fn program(&mut self) -> Result<&mut Xdp, LoadError> {
         program_mut(&mut self.ebpf, DECAP_PROGRAM)
     }
+
+    /// Makes `vips` the inner destinations the program accepts: adds the new ones, then
+    /// removes those no longer listed.
+    pub fn set_vips(&mut self, vips: &[std::net::IpAddr]) -> Result<(), LoadError> {
+        let map = self
+            .ebpf
+            .map_mut(names::DECAP_VIPS)
+            .ok_or(DatapathError::MissingMap(names::DECAP_VIPS))?;
+        let mut map: aya::maps::HashMap<_, DecapVipKey, u32> = aya::maps::HashMap::try_from(map)
+            .map_err(|source| DatapathError::Map {
+                map: names::DECAP_VIPS,
+                source,
+            })?;
+        set_decap_vips(&mut map, vips)
+    }
+}
+
+/// The decapsulation program's key for `address`.
+pub fn decap_vip_key(address: std::net::IpAddr) -> DecapVipKey {
+    let (addr_be, family) = crate::state::addr_be(address);
+    DecapVipKey {
+        addr_be,
+        family,
+        _pad: [0; 3],
+    }
+}
+
+/// Writes `vips` into a decapsulation program's VIP map (see [`Decap::set_vips`]).
+pub fn set_decap_vips<T: std::borrow::BorrowMut<aya::maps::MapData>>(
+    map: &mut aya::maps::HashMap<T, DecapVipKey, u32>,
+    vips: &[std::net::IpAddr],
+) -> Result<(), LoadError> {
+    let error = |source| {
+        LoadError::Datapath(DatapathError::Map {
+            map: names::DECAP_VIPS,
+            source,
+        })
+    };
+    let wanted: Vec<DecapVipKey> = vips.iter().map(|&vip| decap_vip_key(vip)).collect();
+    for key in &wanted {
+        map.insert(key, 1, 0).map_err(error)?;
+    }
+    let stale: Vec<DecapVipKey> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| !wanted.contains(key))
+        .collect();
+    for key in &stale {
+        map.remove(key).map_err(error)?;
+    }
+    Ok(())
 }
 
 /// The lab and benchmark helpers: `lb_pass`, `lb_tx_baseline`, `lb_sink`.
@@ -434,23 +499,75 @@ pub fn attach(
     }
 }
 
+/// The CPUs the kernel may ever run (`/sys/devices/system/cpu/possible`): the connection
+/// table keeps one LRU list for each.
+pub fn possible_cpus() -> Result<u32, LoadError> {
+    let cpus = aya::util::nr_cpus().map_err(|(path, source)| LoadError::Io {
+        path: PathBuf::from(path),
+        source,
+    })?;
+    Ok(u32::try_from(cpus).unwrap_or(u32::MAX).max(1))
+}
+
+/// The entries the kernel allocates for a connection table asked to hold `requested`: with
+/// one LRU list per CPU (`BPF_F_NO_COMMON_LRU`) it gives every list the same share, rounding
+/// the size up to a multiple of the possible CPUs (down, if up would overflow 32 bits). A
+/// pinned table is compared with this, not with the size asked for.
+pub fn conn_table_entries(requested: u32, possible_cpus: u32) -> u32 {
+    let cpus = possible_cpus.max(1);
+    requested
+        .div_ceil(cpus)
+        .checked_mul(cpus)
+        .unwrap_or(requested / cpus * cpus)
+}
+
+/// Removes pinned maps of an earlier layout (`lb_*` files in `dir` that are not among
+/// [`BALANCER_MAPS`], such as `lb_conns4_v1` after an upgrade to `_v2`): once the new program
+/// runs in the pinned links, nothing uses them. Returns the names removed.
+pub fn remove_stale_pins(dir: &Path) -> Result<Vec<String>, LoadError> {
+    let io = |source| LoadError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("lb_") && !BALANCER_MAPS.contains(&name.as_str()) {
+            std::fs::remove_file(entry.path()).map_err(|source| LoadError::Io {
+                path: entry.path(),
+                source,
+            })?;
+            removed.push(name);
+        }
+    }
+    removed.sort();
+    Ok(removed)
+}
+
 /// Creates the pin directory, which must be on bpffs.
 fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
     std::fs::create_dir_all(dir).map_err(|source| LoadError::Io {
         path: dir.to_owned(),
         source,
     })?;
-    let path = CString::new(dir.as_os_str().as_encoded_bytes())
-        .map_err(|_| LoadError::NotBpffs(dir.to_owned()))?;
+    if !is_bpffs(dir) {
+        return Err(LoadError::NotBpffs(dir.to_owned()));
+    }
+    Ok(())
+}
+
+/// Whether `path` is on a bpffs mount.
+pub fn is_bpffs(path: &Path) -> bool {
+    let Ok(path) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
     // SAFETY: `statfs` is plain old data; all-zero is a valid value to be overwritten.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `path` is NUL-terminated and `stat` is a valid out-pointer, both live for the call.
     let rc = unsafe { libc::statfs(path.as_ptr(), &mut stat) };
     const BPF_FS_MAGIC: libc::c_long = 0xcafe_4a11;
-    if rc != 0 || stat.f_type != BPF_FS_MAGIC {
-        return Err(LoadError::NotBpffs(dir.to_owned()));
-    }
-    Ok(())
+    rc == 0 && stat.f_type == BPF_FS_MAGIC
 }
 
 /// Refuses to adopt a pinned map whose shape differs from what this build would create.

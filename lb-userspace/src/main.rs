@@ -59,14 +59,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = lb::config::Config::from_file(&path)?;
             print!("{}", lb::daemon::uninstall(&config)?);
         }
-        Command::Decap(DecapCommand::Attach { iface }) => {
+        Command::Decap(DecapCommand::Attach { target, vips, mode }) => {
             print!(
                 "{}",
-                lb::cli::decap::attach_decap(&iface, lb::loader::AttachMode::Auto)?
+                lb::cli::decap::attach_decap(&target.iface, mode, &vips, &target.pin_dir)?
             );
         }
-        Command::Decap(DecapCommand::Detach { iface }) => {
-            print!("{}", lb::cli::decap::detach_decap(&iface)?);
+        Command::Decap(DecapCommand::Detach { target }) => {
+            print!(
+                "{}",
+                lb::cli::decap::detach_decap(&target.iface, &target.pin_dir)?
+            );
+        }
+        Command::Decap(DecapCommand::Status { target }) => {
+            let status = lb::cli::decap::decap_status(&target.iface, &target.pin_dir)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{}", render::decap_status(&status));
+            }
         }
         Command::Bench(BenchCommand::Xdp {
             rounds,

@@ -125,17 +125,17 @@ impl Harness {
     }
 }
 
-/// The decapsulation program loaded for `BPF_PROG_TEST_RUN`.
+/// The decapsulation program loaded for `BPF_PROG_TEST_RUN`, accepting the given VIPs.
 pub struct DecapHarness {
     pub decap: lb::loader::Decap,
 }
 
 impl DecapHarness {
-    pub fn new() -> Self {
+    pub fn new(vips: &[std::net::IpAddr]) -> Self {
         crate::require_root();
-        Self {
-            decap: lb::loader::Decap::load().expect("loading the decapsulator"),
-        }
+        let mut decap = lb::loader::Decap::load(None).expect("loading the decapsulator");
+        decap.set_vips(vips).expect("writing the VIPs");
+        Self { decap }
     }
 
     pub fn run(&mut self, frame: &[u8]) -> Outcome {
@@ -146,10 +146,19 @@ impl DecapHarness {
             frame: run.frame,
         }
     }
-}
 
-impl Default for DecapHarness {
-    fn default() -> Self {
-        Self::new()
+    /// Every decapsulation counter, summed over CPUs, by index.
+    pub fn counters(&self) -> Vec<u64> {
+        let map = self
+            .decap
+            .ebpf
+            .map(lb_common::maps::DECAP_COUNTERS)
+            .expect("the decap counters");
+        let counters: aya::maps::PerCpuArray<&aya::maps::MapData, u64> =
+            aya::maps::PerCpuArray::try_from(map).expect("a per-CPU array");
+        lb_common::counters::DecapCounter::ALL
+            .iter()
+            .map(|c| counters.get(&c.index(), 0).expect("a counter").iter().sum())
+            .collect()
     }
 }

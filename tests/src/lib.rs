@@ -1,5 +1,6 @@
-//! Shared helpers of the privileged tests: frames to feed the XDP programs, and a harness that
-//! loads the balancer and runs frames through it with `BPF_PROG_TEST_RUN`; for the end-to-end
+//! Shared helpers of the privileged tests: frames to feed the XDP programs, a harness that
+//! loads the balancer and runs frames through it with `BPF_PROG_TEST_RUN`, and the fixtures'
+//! cases and checks ([`fixture`]); for the end-to-end
 //! tests of the daemon, a lab with a running `lb` daemon ([`daemon_lab`]), TLS clients and the
 //! checks on what they saw ([`clients`], [`long_lived`]), the daemon's pinned tables read
 //! back ([`pinned`]), and a bounded SYN flood from the lab's client ([`flood`]); for the tests
@@ -23,6 +24,7 @@
 pub mod backend_state;
 pub mod clients;
 pub mod daemon_lab;
+pub mod fixture;
 pub mod flood;
 pub mod harness;
 pub mod health_endpoint;

@@ -72,6 +72,19 @@ pub fn encapsulated(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
 ) -> Vec<u8> {
+    encapsulated_with_spread(frame, spread(frame), outer_src, backend, src_mac, dst_mac)
+}
+
+/// [`encapsulated`] for a frame whose flow's spread is given (an ICMP error carries its
+/// flow inside the quote).
+pub fn encapsulated_with_spread(
+    frame: &[u8],
+    spread: u32,
+    outer_src: IpAddr,
+    backend: IpAddr,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+) -> Vec<u8> {
     let inner = ip_part(frame);
     let mut out = Vec::new();
     out.extend_from_slice(&dst_mac);
@@ -96,7 +109,6 @@ pub fn encapsulated(
             out.extend_from_slice(&0x86ddu16.to_be_bytes());
             let inner_len = 40 + u16::from_be_bytes([inner[4], inner[5]]);
             let traffic_class = (inner[0] << 4) | (inner[1] >> 4);
-            let spread = spread(frame);
             let outer = Ipv6Header {
                 traffic_class,
                 flow_label: Ipv6FlowLabel::try_new(spread & 0xf_ffff).expect("flow label"),
@@ -111,6 +123,147 @@ pub fn encapsulated(
         _ => panic!("mixed families"),
     }
     out.extend_from_slice(inner);
+    out
+}
+
+/// The per-flow bits of a flow's outer source: the client's port XOR the last 32 bits of its
+/// address.
+pub fn flow_spread(flow: &Flow) -> u32 {
+    let low = match flow.src {
+        IpAddr::V4(a) => u32::from(a),
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            u32::from_be_bytes([o[12], o[13], o[14], o[15]])
+        }
+    };
+    u32::from(flow.src_port) ^ low
+}
+
+/// Which ICMP error a router sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcmpError {
+    /// IPv4 destination unreachable, fragmentation needed, with the next hop's MTU; or ICMPv6
+    /// packet too big with the MTU.
+    TooBig(u16),
+    /// IPv4 or ICMPv6 destination unreachable, port unreachable.
+    PortUnreachable,
+}
+
+/// The MAC of the router that sends the fixtures' ICMP errors.
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x33];
+
+/// The ICMP error `router` sends about `quoted` (a frame; its IP packet, cut to `quote_len`
+/// bytes, is quoted) to that packet's source, through the balancer.
+pub fn icmp_error(quoted: &[u8], router: IpAddr, error: IcmpError, quote_len: usize) -> Vec<u8> {
+    let packet = &ip_part(quoted)[..quote_len];
+    let eth = PacketBuilder::ethernet2(ROUTER_MAC, LB_MAC);
+    let mut out = Vec::new();
+    match router {
+        IpAddr::V4(router) => {
+            let source: [u8; 4] = packet[12..16].try_into().expect("an address");
+            let icmp = match error {
+                IcmpError::TooBig(mtu) => etherparse::Icmpv4Type::DestinationUnreachable(
+                    etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                        next_hop_mtu: mtu,
+                    },
+                ),
+                IcmpError::PortUnreachable => etherparse::Icmpv4Type::DestinationUnreachable(
+                    etherparse::icmpv4::DestUnreachableHeader::Port,
+                ),
+            };
+            eth.ipv4(router.octets(), source, 60)
+                .icmpv4(icmp)
+                .write(&mut out, packet)
+                .expect("an icmp frame");
+        }
+        IpAddr::V6(router) => {
+            let source: [u8; 16] = packet[8..24].try_into().expect("an address");
+            let icmp = match error {
+                IcmpError::TooBig(mtu) => etherparse::Icmpv6Type::PacketTooBig {
+                    mtu: u32::from(mtu),
+                },
+                IcmpError::PortUnreachable => etherparse::Icmpv6Type::DestinationUnreachable(
+                    etherparse::icmpv6::DestUnreachableCode::Port,
+                ),
+            };
+            eth.ipv6(router.octets(), source, 60)
+                .icmpv6(icmp)
+                .write(&mut out, packet)
+                .expect("an icmp frame");
+        }
+    }
+    out
+}
+
+/// Bytes of the offending packet the balancer's too-big answers quote (IPv4, IPv6).
+pub const TOO_BIG_QUOTE_V4: usize = 128;
+pub const TOO_BIG_QUOTE_V6: usize = 256;
+
+/// The balancer's answer to a client `frame` (tagged or not) too big for `mtu` once
+/// encapsulated: MACs swapped, the same tags, an ICMP "fragmentation needed" (IPv4, TOS 0xc0)
+/// or "packet too big" (IPv6) from the VIP to the client with `next_mtu`, quoting the start of
+/// the client's packet.
+pub fn too_big_answer(frame: &[u8], next_mtu: u32) -> Vec<u8> {
+    let mut l2 = 12;
+    while matches!(get_u16(frame, l2), 0x8100 | 0x88a8) {
+        l2 += 4;
+    }
+    let packet = &frame[l2 + 2..];
+    let mut out = Vec::new();
+    out.extend_from_slice(&frame[6..12]);
+    out.extend_from_slice(&frame[0..6]);
+    out.extend_from_slice(&frame[12..l2 + 2]);
+    if packet[0] >> 4 == 4 {
+        let quote = &packet[..TOO_BIG_QUOTE_V4];
+        let icmp = etherparse::Icmpv4Header::with_checksum(
+            etherparse::Icmpv4Type::DestinationUnreachable(
+                etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded {
+                    next_hop_mtu: u16::try_from(next_mtu).expect("a 16-bit MTU"),
+                },
+            ),
+            quote,
+        );
+        let source: [u8; 4] = packet[16..20].try_into().expect("an address");
+        let destination: [u8; 4] = packet[12..16].try_into().expect("an address");
+        let mut ip = Ipv4Header::new(
+            (8 + quote.len()) as u16,
+            64,
+            IpNumber::ICMP,
+            source,
+            destination,
+        )
+        .expect("an IPv4 header");
+        ip.dscp = etherparse::IpDscp::try_new(0xc0 >> 2).expect("dscp");
+        ip.dont_fragment = false;
+        ip.identification = 0;
+        ip.header_checksum = ip.calc_header_checksum();
+        out.extend_from_slice(&ip.to_bytes());
+        out.extend_from_slice(&icmp.to_bytes());
+        out.extend_from_slice(quote);
+    } else {
+        let quote = &packet[..TOO_BIG_QUOTE_V6];
+        let source: [u8; 16] = packet[24..40].try_into().expect("an address");
+        let destination: [u8; 16] = packet[8..24].try_into().expect("an address");
+        let icmp = etherparse::Icmpv6Header::with_checksum(
+            etherparse::Icmpv6Type::PacketTooBig { mtu: next_mtu },
+            source,
+            destination,
+            quote,
+        )
+        .expect("an ICMPv6 header");
+        let ip = Ipv6Header {
+            traffic_class: 0,
+            flow_label: Ipv6FlowLabel::ZERO,
+            payload_length: (8 + quote.len()) as u16,
+            next_header: IpNumber::IPV6_ICMP,
+            hop_limit: 64,
+            source,
+            destination,
+        };
+        out.extend_from_slice(&ip.to_bytes());
+        out.extend_from_slice(&icmp.to_bytes());
+        out.extend_from_slice(quote);
+    }
     out
 }
 
@@ -174,6 +327,65 @@ pub fn with_ipv4_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
     let total = get_u16(&out, L3 + 2) + options.len() as u16;
     set_u16(&mut out, L3 + 2, total);
     fix_ipv4_checksum(&mut out);
+    out
+}
+
+/// Inserts VLAN tags (TPID, VLAN id; outermost first) after the MAC addresses of a frame.
+pub fn with_vlan_tags(frame: &[u8], tags: &[(u16, u16)]) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    for &(tpid, vid) in tags {
+        out.extend_from_slice(&tpid.to_be_bytes());
+        out.extend_from_slice(&vid.to_be_bytes());
+    }
+    out.extend_from_slice(&frame[12..]);
+    out
+}
+
+/// Removes `count` VLAN tags after the MAC addresses of a frame.
+pub fn without_vlan_tags(frame: &[u8], count: usize) -> Vec<u8> {
+    let mut out = frame[..12].to_vec();
+    out.extend_from_slice(&frame[12 + 4 * count..]);
+    out
+}
+
+/// An untagged IPv4 frame with its TOS set (checksum fixed).
+pub fn with_ipv4_tos(frame: &[u8], tos: u8) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    set_ipv4_tos(&mut out, tos);
+    out
+}
+
+/// Sets the TOS of an untagged IPv4 frame's (outer) header, fixing its checksum.
+pub fn set_ipv4_tos(frame: &mut [u8], tos: u8) {
+    frame[L3 + 1] = tos;
+    fix_ipv4_checksum(frame);
+}
+
+/// An untagged IPv6 frame with its traffic class set.
+pub fn with_ipv6_traffic_class(frame: &[u8], class: u8) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    set_ipv6_traffic_class(&mut out, class);
+    out
+}
+
+/// Sets the traffic class of an untagged IPv6 frame's (outer) header.
+pub fn set_ipv6_traffic_class(frame: &mut [u8], class: u8) {
+    frame[L3] = 0x60 | (class >> 4);
+    frame[L3 + 1] = (frame[L3 + 1] & 0x0f) | (class << 4);
+}
+
+/// Puts a fragment header (`offset_flags`: offset << 3 | M) between the outer IPv6 header of an
+/// IPv6-in-IPv6 frame and its inner packet.
+pub fn with_outer_ipv6_fragment(frame: &[u8], offset_flags: u16) -> Vec<u8> {
+    let mut out = frame[..L3 + 40].to_vec();
+    let next = out[L3 + 6];
+    out[L3 + 6] = FRAGMENT;
+    out.extend_from_slice(&[next, 0]);
+    out.extend_from_slice(&offset_flags.to_be_bytes());
+    out.extend_from_slice(&0x0bad_cafeu32.to_be_bytes());
+    out.extend_from_slice(&frame[L3 + 40..]);
+    let payload = get_u16(&out, L3 + 4) + 8;
+    set_u16(&mut out, L3 + 4, payload);
     out
 }
 
@@ -249,6 +461,15 @@ pub fn with_ipv6_ext(frame: &[u8], exts: &[Ext]) -> Vec<u8> {
     out.extend_from_slice(&frame[L3 + 40..]);
     let payload = get_u16(&out, L3 + 4) + added;
     set_u16(&mut out, L3 + 4, payload);
+    out
+}
+
+/// Sets the TCP flags of an untagged IPv4 frame's segment (checksum not fixed: the balancer
+/// does not read it).
+pub fn with_tcp_flags(frame: &[u8], flags: u8) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    let l4 = L3 + usize::from(out[L3] & 0xf) * 4;
+    out[l4 + 13] = flags;
     out
 }
 

@@ -8,148 +8,9 @@
     reason = "a test panics with a message; helpers here are part of the tests"
 )]
 
-use std::net::IpAddr;
-
-use lb::state::{Listener, Protocol, Target, Vip};
-use lb_common::counters::{Counter, CounterKind};
-use lb_tests::{harness::*, packet::*};
-
-const VIP4: &str = "198.18.100.1";
-const VIP4_EMPTY: &str = "198.18.100.2";
-const VIP6: &str = "2001:db8:100::1";
-const BACKEND4_TCP: &str = "198.18.1.10";
-const BACKEND4_UDP: &str = "198.18.1.20";
-const BACKEND6_TCP: &str = "2001:db8:1::10";
-const BACKEND6_UDP: &str = "2001:db8:1::20";
-const CLIENT4: &str = "198.18.0.1";
-const CLIENT6: &str = "2001:db8::1";
-const MTU: u32 = 1500;
-
-fn ip(text: &str) -> IpAddr {
-    text.parse().expect("an address")
-}
-
-fn listener(name: &str, vip: &str, port: u16, protocol: Protocol, backends: &[&str]) -> Listener {
-    Listener {
-        name: name.to_owned(),
-        vip: Vip {
-            address: ip(vip),
-            port,
-            protocol,
-        },
-        targets: backends.iter().map(|b| Target::new(ip(b), 1)).collect(),
-    }
-}
-
-fn listeners() -> Vec<Listener> {
-    vec![
-        listener("web4", VIP4, 443, Protocol::Tcp, &[BACKEND4_TCP]),
-        listener("dns4", VIP4, 53, Protocol::Udp, &[BACKEND4_UDP]),
-        listener("web6", VIP6, 443, Protocol::Tcp, &[BACKEND6_TCP]),
-        listener("dns6", VIP6, 53, Protocol::Udp, &[BACKEND6_UDP]),
-        listener("empty", VIP4_EMPTY, 443, Protocol::Tcp, &[]),
-    ]
-}
-
-fn flow(src: &str, dst: &str, src_port: u16, dst_port: u16, proto: u8) -> Flow {
-    Flow {
-        src: ip(src),
-        dst: ip(dst),
-        src_port,
-        dst_port,
-        proto,
-    }
-}
-
-fn tcp4(src_port: u16) -> Flow {
-    flow(CLIENT4, VIP4, src_port, 443, TCP)
-}
-
-fn tcp6(src_port: u16) -> Flow {
-    flow(CLIENT6, VIP6, src_port, 443, TCP)
-}
-
-/// The outer source the fixtures' configuration gives `frame`'s flow.
-fn outer_src(frame: &[u8]) -> IpAddr {
-    let spread = spread(frame);
-    if frame[L3] >> 4 == 4 {
-        IpAddr::from((ENCAP_V4_BASE | (spread & ENCAP_V4_MASK)).to_be_bytes())
-    } else {
-        let mut octets = ENCAP_V6_BASE;
-        let low = (spread & ENCAP_V6_MASK) as u16;
-        octets[14..16].copy_from_slice(&low.to_be_bytes());
-        IpAddr::from(octets)
-    }
-}
-
-/// `frame` encapsulated for `backend` with the fixtures' static next hop.
-fn to_backend(frame: &[u8], backend: &str) -> Vec<u8> {
-    encapsulated(frame, outer_src(frame), ip(backend), LB_MAC, NEXT_HOP_MAC)
-}
-
-/// One fixture: a frame in, the action and the frame out, and the verdict counter.
-struct Case {
-    name: &'static str,
-    input: Vec<u8>,
-    action: u32,
-    counter: Counter,
-    output: Vec<u8>,
-}
-
-fn forwarded(name: &'static str, input: Vec<u8>, backend: &str) -> Case {
-    let output = to_backend(&input, backend);
-    Case {
-        name,
-        input,
-        action: XDP_TX,
-        counter: Counter::TxLocal,
-        output,
-    }
-}
-
-fn untouched(name: &'static str, input: Vec<u8>, action: u32, counter: Counter) -> Case {
-    Case {
-        name,
-        output: input.clone(),
-        input,
-        action,
-        counter,
-    }
-}
-
-fn passed(name: &'static str, input: Vec<u8>, counter: Counter) -> Case {
-    untouched(name, input, XDP_PASS, counter)
-}
-
-fn dropped(name: &'static str, input: Vec<u8>, counter: Counter) -> Case {
-    untouched(name, input, XDP_DROP, counter)
-}
-
-fn run_cases(harness: &mut Harness, cases: Vec<Case>) {
-    for case in cases {
-        let before = harness.counters();
-        let out = harness.run(&case.input);
-        let after = harness.counters();
-        assert_eq!(out.action, case.action, "{}: action", case.name);
-        assert_eq!(
-            out.frame, case.output,
-            "{}: output frame (got {:02x?})",
-            case.name, out.frame
-        );
-        let moved: Vec<(Counter, u64)> = Counter::ALL
-            .iter()
-            .filter(|c| c.kind() != CounterKind::Event)
-            .map(|&c| (c, after[c.index() as usize] - before[c.index() as usize]))
-            .filter(|&(_, delta)| delta != 0)
-            .collect();
-        assert_eq!(
-            moved,
-            vec![(case.counter, 1)],
-            "{}: verdict counters",
-            case.name
-        );
-    }
-}
+use lb::state::Protocol;
+use lb_common::counters::Counter;
+use lb_tests::{fixture::*, harness::*, packet::*};
 
 #[test]
 fn packet_fixtures() {
@@ -171,8 +32,6 @@ fn packet_fixtures() {
     version_mismatch[L3] = 0x65;
     let mut empty_eth = syn4[..14].to_vec();
     empty_eth[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let mut vlan = syn4.clone();
-    vlan.splice(12..12, [0x81, 0x00, 0x00, 0x64]);
     let mut lldp = arp();
     lldp[12..14].copy_from_slice(&0x88ccu16.to_be_bytes());
     let nops = [1u8; 4];
@@ -257,7 +116,6 @@ fn packet_fixtures() {
         // To the kernel: not for a VIP.
         passed("arp", arp(), Counter::PassNotIp),
         passed("lldp", lldp, Counter::PassNotIp),
-        passed("vlan-tagged", vlan, Counter::PassNotIp),
         passed(
             "v4 other address",
             frame(
@@ -289,12 +147,12 @@ fn packet_fixtures() {
         passed(
             "v4 icmp echo to the VIP",
             ping(ip(CLIENT4), ip(VIP4)),
-            Counter::PassNotVip,
+            Counter::PassIcmp,
         ),
         passed(
             "v6 icmp echo to the VIP",
             ping(ip(CLIENT6), ip(VIP6)),
-            Counter::PassNotVip,
+            Counter::PassIcmp,
         ),
         passed(
             "v4 fragment to another address",
@@ -304,7 +162,8 @@ fn packet_fixtures() {
             ),
             Counter::PassNotVip,
         ),
-        // Fragments to a VIP address: dropped by policy.
+        // Fragments of passthrough flows, and any later fragment to a passthrough-only VIP
+        // address: dropped by policy.
         dropped(
             "v4 first fragment to a VIP",
             with_ipv4_fragment(&ack4, 0x2000),
@@ -315,13 +174,13 @@ fn packet_fixtures() {
             with_ipv4_fragment(&ack4, 0x0010),
             Counter::DropFragment,
         ),
-        dropped(
-            "v4 fragment to a VIP, other port",
+        passed(
+            "v4 first fragment to a VIP address, not a passthrough port",
             with_ipv4_fragment(
                 &frame(&flow(CLIENT4, VIP4, 1, 9, UDP), Tcp::Ack, b"x"),
                 0x2000,
             ),
-            Counter::DropFragment,
+            Counter::PassNotVip,
         ),
         dropped(
             "v6 fragment to a VIP",
@@ -333,19 +192,20 @@ fn packet_fixtures() {
             with_ipv6_ext(&ack6, &[Ext::options(HOP_BY_HOP, 0), Ext::fragment(8 << 3)]),
             Counter::DropFragment,
         ),
-        // Malformed: truncated at every header boundary, inconsistent lengths.
+        // Malformed, to a passthrough VIP address: truncated at every header boundary,
+        // inconsistent lengths. Those whose destination cannot be read go to the kernel.
         // (A frame shorter than an Ethernet header cannot be fed in: BPF_PROG_TEST_RUN refuses
-        // it with EINVAL, as no NIC delivers one. The program would count drop_truncated_eth.)
-        dropped("ethernet only", empty_eth, Counter::DropTruncatedIp),
-        dropped(
+        // it with EINVAL, as no NIC delivers one. The program would count pass_malformed.)
+        passed("ethernet only", empty_eth, Counter::PassMalformed),
+        passed(
             "v4 header cut",
             syn4[..L3 + 19].to_vec(),
-            Counter::DropTruncatedIp,
+            Counter::PassMalformed,
         ),
-        dropped(
+        passed(
             "v6 header cut",
             syn6[..L3 + 39].to_vec(),
-            Counter::DropTruncatedIp,
+            Counter::PassMalformed,
         ),
         dropped(
             "v4 tcp header cut",
@@ -442,19 +302,19 @@ fn packet_fixtures() {
             with_ipv6_payload_len(&syn6, 21),
             Counter::DropBadLength,
         ),
-        dropped(
+        passed(
             "ethertype v4, version 6",
             version_mismatch,
-            Counter::DropBadIpVersion,
+            Counter::PassMalformed,
         ),
-        dropped(
+        passed(
             "ethertype v6, version 4",
             {
                 let mut f = syn6.clone();
                 f[L3] = 0x40;
                 f
             },
-            Counter::DropBadIpVersion,
+            Counter::PassMalformed,
         ),
         // Policy drops.
         dropped("v4 one byte over the MTU", over_mtu, Counter::DropTooBig),
@@ -470,26 +330,6 @@ fn packet_fixtures() {
     run_cases(&mut harness, cases);
 }
 
-fn socket(text: &str, port: u16) -> std::net::SocketAddr {
-    std::net::SocketAddr::new(ip(text), port)
-}
-
-/// A client port whose flow the live table of `listener` places on `backend`.
-fn port_placed_on(harness: &Harness, listener: &str, backend: &str, from: u16) -> u16 {
-    let applied = &harness.reconciler.listeners()[listener];
-    let id = applied.backends[&ip(backend)].id;
-    let table = harness
-        .reconciler
-        .live_table(listener)
-        .expect("a live table");
-    (from..u16::MAX)
-        .find(|&port| {
-            let key = lb::model::flow_key(socket(CLIENT4, port), socket(VIP4, 443), Protocol::Tcp);
-            lb::model::maglev_pick(&key, harness.reconciler.config(), table) == Some(id)
-        })
-        .expect("some port maps to the backend")
-}
-
 /// The documented policies: established flows stay; a SYN follows the current table; a removed
 /// backend's flows are placed afresh; a draining backend (weight 0) keeps its flows.
 #[test]
@@ -500,7 +340,7 @@ fn connection_table_policies() {
     let both = vec![listener("web", VIP4, 443, Protocol::Tcp, &[A, B])];
     harness.apply(&both);
 
-    let port = port_placed_on(&harness, "web", A, 30_000);
+    let port = port_placed_on(&harness, "web", A, (CLIENT4, VIP4), 30_000);
     let syn = frame(&tcp4(port), Tcp::Syn, b"");
     let ack = frame(&tcp4(port), Tcp::Ack, b"data");
     let misses = harness.counter(Counter::ConnMiss);
@@ -587,5 +427,213 @@ fn jumbo_frames() {
             forwarded("8 KB frame under a 9000 MTU", jumbo, BACKEND4_TCP),
             dropped("one byte over a 9000 MTU", too_big, Counter::DropTooBig),
         ],
+    );
+}
+
+/// Fragments and frames the parser cannot read go to the kernel unless they are provably for
+/// the passthrough datapath: to a VIP address that this host does not also serve.
+#[test]
+fn unreadable_frames_and_fragments_reach_the_kernel_unless_provably_passthrough() {
+    let mut harness = Harness::new(static_config(65_537, 0x5eed, MTU));
+    harness.apply(&listeners());
+    let ack4 = frame(&tcp4(40_000), Tcp::Ack, b"x");
+    let ack6 = frame(&tcp6(40_000), Tcp::Ack, b"x");
+    let five_ext = |f: &[u8]| {
+        with_ipv6_ext(
+            f,
+            &[
+                Ext::options(HOP_BY_HOP, 0),
+                Ext::options(DEST_OPTS, 0),
+                Ext::options(ROUTING, 0),
+                Ext::options(DEST_OPTS, 0),
+                Ext::options(DEST_OPTS, 0),
+            ],
+        )
+    };
+    let other6 = frame(
+        &flow(CLIENT6, "2001:db8:100::9", 40_000, 443, TCP),
+        Tcp::Ack,
+        b"x",
+    );
+    let other4 = frame(
+        &flow(CLIENT4, "198.18.100.9", 40_000, 443, TCP),
+        Tcp::Ack,
+        b"x",
+    );
+    let l4 = L3 + 20;
+    let cut4 = |f: &[u8]| with_ipv4_total_len(&f[..l4 + 10], 30);
+    run_cases(
+        &mut harness,
+        vec![
+            passed(
+                "v6 five extension headers, another address",
+                five_ext(&other6),
+                Counter::PassMalformed,
+            ),
+            passed(
+                "v4 tcp header cut, another address",
+                cut4(&other4),
+                Counter::PassMalformed,
+            ),
+            dropped(
+                "v6 five extension headers, passthrough VIP address",
+                five_ext(&ack6),
+                Counter::DropBadExtHeader,
+            ),
+        ],
+    );
+    // The VIP addresses are also this host's (L7 listeners on them).
+    harness
+        .reconciler
+        .set_local_addresses([ip(VIP4), ip(VIP6)])
+        .unwrap();
+    run_cases(
+        &mut harness,
+        vec![
+            passed(
+                "v6 five extension headers, local VIP address",
+                five_ext(&ack6),
+                Counter::PassMalformed,
+            ),
+            passed(
+                "v4 tcp header cut, local VIP address",
+                cut4(&ack4),
+                Counter::PassMalformed,
+            ),
+            passed(
+                "v4 later fragment, local VIP address",
+                with_ipv4_fragment(&ack4, 0x0010),
+                Counter::PassFragment,
+            ),
+            passed(
+                "v6 later fragment, local VIP address",
+                with_ipv6_ext(&ack6, &[Ext::fragment(8 << 3)]),
+                Counter::PassFragment,
+            ),
+            dropped(
+                "v4 first fragment of a passthrough flow, local VIP address",
+                with_ipv4_fragment(&ack4, 0x2000),
+                Counter::DropFragment,
+            ),
+            dropped(
+                "v6 first fragment of a passthrough flow, local VIP address",
+                with_ipv6_ext(&ack6, &[Ext::fragment(1)]),
+                Counter::DropFragment,
+            ),
+            passed(
+                "v4 first fragment to another port, local VIP address",
+                with_ipv4_fragment(
+                    &frame(&flow(CLIENT4, VIP4, 1, 8443, TCP), Tcp::Ack, b"x"),
+                    0x2000,
+                ),
+                Counter::PassNotVip,
+            ),
+        ],
+    );
+    // No longer local: the policy drops again.
+    harness.reconciler.set_local_addresses([]).unwrap();
+    run_cases(
+        &mut harness,
+        vec![dropped(
+            "v4 later fragment, passthrough-only again",
+            with_ipv4_fragment(&ack4, 0x0010),
+            Counter::DropFragment,
+        )],
+    );
+}
+
+/// A TCP reset of a flow the table does not hold is forwarded by the table but never
+/// remembered; one of a flow it holds goes where the flow goes.
+#[test]
+fn a_reset_never_creates_an_entry() {
+    const A: &str = "198.18.1.10";
+    const B: &str = "198.18.1.11";
+    let mut harness = Harness::new(static_config(65_537, 0x5eed, MTU));
+    // A port the two-backend table places on B.
+    harness.apply(&[listener("web", VIP4, 443, Protocol::Tcp, &[A, B])]);
+    let port = port_placed_on(&harness, "web", B, (CLIENT4, VIP4), 31_000);
+    harness.apply(&[listener("web", VIP4, 443, Protocol::Tcp, &[A])]);
+    let rst = with_tcp_flags(&frame(&tcp4(port), Tcp::Ack, b""), 0x14);
+    let ack = frame(&tcp4(port), Tcp::Ack, b"x");
+    let not_remembered = harness.counter(Counter::ConnRstNotRemembered);
+    run_cases(
+        &mut harness,
+        vec![forwarded("reset, unknown flow", rst.clone(), A)],
+    );
+    assert_eq!(
+        harness.counter(Counter::ConnRstNotRemembered),
+        not_remembered + 1
+    );
+    let vip_id = u16::try_from(harness.reconciler.listeners()["web"].vip_id).unwrap();
+    let key = lb::model::flow_key(
+        std::net::SocketAddr::new(ip(CLIENT4), port),
+        std::net::SocketAddr::new(ip(VIP4), 443),
+        Protocol::Tcp,
+    );
+    use lb::datapath::Datapath as _;
+    assert_eq!(
+        harness
+            .reconciler
+            .datapath()
+            .lookup_conn(&key, vip_id)
+            .unwrap(),
+        None,
+        "the reset left no entry"
+    );
+    // The flow's data packet is remembered; then a reset follows it there even when the table
+    // would now place it elsewhere.
+    run_cases(&mut harness, vec![forwarded("data, remembered", ack, A)]);
+    harness.apply(&[listener("web", VIP4, 443, Protocol::Tcp, &[A, B])]);
+    run_cases(&mut harness, vec![forwarded("reset, known flow", rst, A)]);
+}
+
+/// UDP entries expire after the idle timeout, so a long-lived UDP flow follows the table after
+/// a scale-out; TCP entries do not (they leave only by LRU eviction).
+#[test]
+fn udp_entries_expire_after_the_idle_timeout_tcp_entries_do_not() {
+    const A: &str = "198.18.1.10";
+    const B: &str = "198.18.1.11";
+    let mut config = static_config(65_537, 0x5eed, MTU);
+    config.udp_idle_timeout_s = 1;
+    let mut harness = Harness::new(config);
+    let one = |protocol| listener("l", VIP4, 443, protocol, &[A]);
+    let two = |protocol| listener("l", VIP4, 443, protocol, &[A, B]);
+    harness.apply(&[one(Protocol::Udp)]);
+    // A port the two-backend table places on B.
+    harness.apply(&[two(Protocol::Udp)]);
+    let port = port_placed_on(&harness, "l", B, (CLIENT4, VIP4), 32_000);
+    harness.apply(&[one(Protocol::Udp)]);
+    let udp = frame(&flow(CLIENT4, VIP4, port, 443, UDP), Tcp::Ack, b"q");
+    run_cases(
+        &mut harness,
+        vec![forwarded("udp flow on A", udp.clone(), A)],
+    );
+    harness.apply(&[two(Protocol::Udp)]);
+    run_cases(
+        &mut harness,
+        vec![forwarded("active: stays on A", udp.clone(), A)],
+    );
+    // Idle past the timeout (1 s; whole seconds of the kernel's clock, so up to 2 s).
+    std::thread::sleep(std::time::Duration::from_millis(2_200));
+    let expired = harness.counter(Counter::ConnExpired);
+    run_cases(
+        &mut harness,
+        vec![forwarded("idle: placed afresh, on B", udp.clone(), B)],
+    );
+    assert_eq!(harness.counter(Counter::ConnExpired), expired + 1);
+    run_cases(&mut harness, vec![forwarded("and stays on B", udp, B)]);
+
+    // The same with TCP: the entry does not expire.
+    harness.apply(&[one(Protocol::Tcp)]);
+    let ack = frame(&tcp4(port), Tcp::Ack, b"x");
+    run_cases(
+        &mut harness,
+        vec![forwarded("tcp flow on A", ack.clone(), A)],
+    );
+    harness.apply(&[two(Protocol::Tcp)]);
+    std::thread::sleep(std::time::Duration::from_millis(2_200));
+    run_cases(
+        &mut harness,
+        vec![forwarded("tcp, idle as long: stays on A", ack, A)],
     );
 }

@@ -1,16 +1,55 @@
-//! `lb decap attach|detach --iface IF`: the backends' decapsulation program, attached so that
-//! it stays after the command exits (its link is pinned under bpffs), and detached by removing
-//! that pin.
+//! `lb decap attach|detach|status --iface IF`: the backends' decapsulation program.
+//!
+//! `attach` loads the program with its maps pinned under `PIN_DIR/IF/` (a bpffs directory:
+//! `/sys/fs/bpf/lb-decap` by default), fills its VIP map (the `--vip` addresses, or else the
+//! addresses on the backend's `lo`), attaches it and pins its link there, so that it stays
+//! attached after the command exits. Run again, it updates the VIPs of the attached program.
+//! `detach` removes the pins, which detaches it; `status` prints its VIPs and counters.
+//!
+//! Inside `ip netns exec`, `/sys` is a fresh sysfs without bpffs, and a bpffs mounted there
+//! would end with the command (and detach the program): give each namespace its own
+//! directory on a bpffs that outlives it (`--pin-dir`).
 
-use std::path::PathBuf;
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
-use aya::programs::{links::FdLink, xdp::XdpLink};
+use aya::{
+    maps::{HashMap, MapData, PerCpuArray},
+    programs::{links::FdLink, xdp::XdpLink},
+};
+use lb_common::{abi::DecapVipKey, counters::DecapCounter, maps as names};
 
-use crate::loader::{AttachMode, DECAP_PROGRAM, Decap, LoadError, attach, interface_index};
+use crate::{
+    host::addresses::loopback_vips,
+    loader::{
+        AttachMode, DECAP_PROGRAM, Decap, LoadError, attach, interface_index, is_bpffs,
+        set_decap_vips,
+    },
+    state::addr_from_be,
+};
 
-/// Where the link of the decapsulation program on `interface` is pinned.
-pub fn pin_path(interface: &str) -> PathBuf {
-    PathBuf::from("/sys/fs/bpf/lb-decap").join(interface)
+/// Where `lb decap` pins unless told otherwise.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lb-decap";
+
+/// The pins of the program on one interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecapPins {
+    /// `PIN_DIR/IF`: the link and the maps.
+    pub dir: PathBuf,
+}
+
+impl DecapPins {
+    pub fn new(pin_dir: &Path, interface: &str) -> Self {
+        Self {
+            dir: pin_dir.join(interface),
+        }
+    }
+
+    pub fn link(&self) -> PathBuf {
+        self.dir.join("link")
+    }
 }
 
 /// Why `lb decap` failed.
@@ -19,9 +58,13 @@ pub enum DecapError {
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error(
-        "lb's decapsulation program is already attached to {0}; `lb decap detach --iface {0}` first"
+        "{0} is not on a bpffs. On a host: `mount -t bpf bpf /sys/fs/bpf`. Inside `ip netns exec`, /sys is a fresh sysfs without one, and pins there would vanish with the command: mount a bpffs that outlives it (`mkdir -p /run/lb-decap && mount -t bpf bpf /run/lb-decap` on the host) and pass `--pin-dir /run/lb-decap/NAMESPACE`, one directory per namespace"
     )]
-    AlreadyAttached(String),
+    NoBpffs(String),
+    #[error(
+        "no VIP to accept: `lo` holds no address besides the loopback ones; add the VIPs to lo first (`ip addr add VIP/32 dev lo`) or name them with --vip"
+    )]
+    NoVips,
     #[error("lb's decapsulation program is not attached to {0} (no pin at {1})")]
     NotAttached(String, String),
     #[error("{what}: {source}")]
@@ -32,17 +75,70 @@ pub enum DecapError {
     },
     #[error("pinning the link at {path}: {reason}")]
     Pin { path: String, reason: String },
+    #[error("the pinned map {path}: {reason}")]
+    Map { path: String, reason: String },
 }
 
-/// Attaches the decapsulation program to `interface` and pins its link. Returns what the
-/// backend needs besides, for the operator.
-pub fn attach_decap(interface: &str, mode: AttachMode) -> Result<String, DecapError> {
-    interface_index(interface)?;
-    let path = pin_path(interface);
-    if path.exists() {
-        return Err(DecapError::AlreadyAttached(interface.to_owned()));
+/// The VIPs to accept: `given`, or else those on `lo`.
+fn vips_to_accept(given: &[IpAddr]) -> Result<Vec<IpAddr>, DecapError> {
+    let mut vips = if given.is_empty() {
+        loopback_vips().map_err(|source| DecapError::Io {
+            what: "listing the addresses of lo".to_owned(),
+            source,
+        })?
+    } else {
+        given.to_vec()
+    };
+    vips.sort();
+    vips.dedup();
+    if vips.is_empty() {
+        return Err(DecapError::NoVips);
     }
-    let mut decap = Decap::load()?;
+    Ok(vips)
+}
+
+/// The bpffs directory `pin_dir` (created if missing), or a clear error.
+fn check_pin_dir(pin_dir: &Path) -> Result<(), DecapError> {
+    let mut existing = pin_dir;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(parent) => existing = parent,
+            None => break,
+        }
+    }
+    if !is_bpffs(existing) {
+        return Err(DecapError::NoBpffs(pin_dir.display().to_string()));
+    }
+    Ok(())
+}
+
+/// Attaches the decapsulation program to `interface` (or updates the VIPs of the one
+/// attached) and pins it under `pin_dir`. Returns what the backend needs besides, for the
+/// operator.
+pub fn attach_decap(
+    interface: &str,
+    mode: AttachMode,
+    vips: &[IpAddr],
+    pin_dir: &Path,
+) -> Result<String, DecapError> {
+    interface_index(interface)?;
+    check_pin_dir(pin_dir)?;
+    let vips = vips_to_accept(vips)?;
+    let pins = DecapPins::new(pin_dir, interface);
+    let listed = vips
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if pins.link().exists() {
+        let mut map = pinned_vips(&pins)?;
+        set_decap_vips(&mut map, &vips)?;
+        return Ok(format!(
+            "lb_decap is already attached to {interface}; it now accepts {listed}\n"
+        ));
+    }
+    let mut decap = Decap::load(Some(&pins.dir))?;
+    decap.set_vips(&vips)?;
     let (mode, link_id) = attach(&mut decap.ebpf, DECAP_PROGRAM, interface, mode)?;
     let link: XdpLink =
         decap
@@ -52,6 +148,7 @@ pub fn attach_decap(interface: &str, mode: AttachMode) -> Result<String, DecapEr
                 program: DECAP_PROGRAM,
                 source,
             })?;
+    let path = pins.link();
     let pin_error = |reason: String| DecapError::Pin {
         path: path.display().to_string(),
         reason,
@@ -61,15 +158,9 @@ pub fn attach_decap(interface: &str, mode: AttachMode) -> Result<String, DecapEr
             "the kernel attached the program without a BPF link ({e}), so it cannot outlive this command"
         ))
     })?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| DecapError::Io {
-            what: format!("creating {}", dir.display()),
-            source,
-        })?;
-    }
     fd_link.pin(&path).map_err(|e| pin_error(e.to_string()))?;
     Ok(format!(
-        "lb_decap attached to {interface} ({mode:?} mode); it stays attached until `lb decap detach --iface {interface}`.\n\
+        "lb_decap attached to {interface} ({mode:?} mode), accepting {listed}; it stays attached until `lb decap detach --iface {interface}`.\n\
          This backend also needs:\n\
          - every VIP it serves on its loopback:  ip addr add VIP/32 dev lo   (IPv6: VIP/128)\n\
          - reverse-path filtering off:           sysctl -w net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.{interface}.rp_filter=0\n\
@@ -77,18 +168,80 @@ pub fn attach_decap(interface: &str, mode: AttachMode) -> Result<String, DecapEr
     ))
 }
 
-/// Detaches the decapsulation program from `interface` (removes its pinned link).
-pub fn detach_decap(interface: &str) -> Result<String, DecapError> {
-    let path = pin_path(interface);
-    if !path.exists() {
+/// Detaches the decapsulation program from `interface` (removes its pins).
+pub fn detach_decap(interface: &str, pin_dir: &Path) -> Result<String, DecapError> {
+    let pins = DecapPins::new(pin_dir, interface);
+    if !pins.link().exists() {
         return Err(DecapError::NotAttached(
             interface.to_owned(),
-            path.display().to_string(),
+            pins.link().display().to_string(),
         ));
     }
-    std::fs::remove_file(&path).map_err(|source| DecapError::Io {
-        what: format!("removing {}", path.display()),
+    std::fs::remove_dir_all(&pins.dir).map_err(|source| DecapError::Io {
+        what: format!("removing {}", pins.dir.display()),
         source,
     })?;
     Ok(format!("lb_decap detached from {interface}\n"))
+}
+
+/// What `lb decap status` shows.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DecapStatus {
+    pub interface: String,
+    pub vips: Vec<IpAddr>,
+    /// Every [`DecapCounter`] summed over CPUs.
+    pub counters: Vec<(String, u64)>,
+}
+
+/// The VIPs and counters of the program attached to `interface`.
+pub fn decap_status(interface: &str, pin_dir: &Path) -> Result<DecapStatus, DecapError> {
+    let pins = DecapPins::new(pin_dir, interface);
+    if !pins.link().exists() {
+        return Err(DecapError::NotAttached(
+            interface.to_owned(),
+            pins.link().display().to_string(),
+        ));
+    }
+    let map = pinned_vips(&pins)?;
+    let mut vips: Vec<IpAddr> = map
+        .keys()
+        .filter_map(Result::ok)
+        .map(|key| addr_from_be(&key.addr_be, key.family))
+        .collect();
+    vips.sort();
+    let path = pins.dir.join(names::DECAP_COUNTERS);
+    let map_error = |reason: String| DecapError::Map {
+        path: path.display().to_string(),
+        reason,
+    };
+    let data = MapData::from_pin(&path).map_err(|e| map_error(e.to_string()))?;
+    let counters: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
+            .map_err(|e| map_error(e.to_string()))?;
+    let counters = DecapCounter::ALL
+        .iter()
+        .map(|counter| {
+            let value = counters
+                .get(&counter.index(), 0)
+                .map(|values| values.iter().sum())
+                .map_err(|e| map_error(e.to_string()))?;
+            Ok((counter.label().to_owned(), value))
+        })
+        .collect::<Result<_, DecapError>>()?;
+    Ok(DecapStatus {
+        interface: interface.to_owned(),
+        vips,
+        counters,
+    })
+}
+
+/// The pinned VIP map of an attached program.
+fn pinned_vips(pins: &DecapPins) -> Result<HashMap<MapData, DecapVipKey, u32>, DecapError> {
+    let path = pins.dir.join(names::DECAP_VIPS);
+    let map_error = |reason: String| DecapError::Map {
+        path: path.display().to_string(),
+        reason,
+    };
+    let data = MapData::from_pin(&path).map_err(|e| map_error(e.to_string()))?;
+    HashMap::try_from(aya::maps::Map::HashMap(data)).map_err(|e| map_error(e.to_string()))
 }

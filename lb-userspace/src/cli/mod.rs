@@ -166,16 +166,47 @@ impl From<ProtocolArg> for Protocol {
 
 #[derive(Debug, Subcommand)]
 pub enum DecapCommand {
-    /// Attach it to a backend's interface (it stays attached after this command exits).
+    /// Attach it to a backend's interface (it stays attached after this command exits); run
+    /// again to update the VIPs it accepts.
     Attach {
-        #[arg(long)]
-        iface: String,
+        #[command(flatten)]
+        target: DecapTarget,
+        /// A VIP to accept (repeat for several); default: the addresses on lo.
+        #[arg(long = "vip")]
+        vips: Vec<IpAddr>,
+        /// driver, generic or auto (driver, else generic with a warning).
+        #[arg(long, default_value = "auto", value_parser = attach_mode)]
+        mode: crate::loader::AttachMode,
     },
     /// Detach it.
     Detach {
-        #[arg(long)]
-        iface: String,
+        #[command(flatten)]
+        target: DecapTarget,
     },
+    /// The VIPs it accepts and its counters.
+    Status {
+        #[command(flatten)]
+        target: DecapTarget,
+    },
+}
+
+/// Which attached decapsulation program: an interface, and where its pins are.
+#[derive(Debug, Args)]
+pub struct DecapTarget {
+    #[arg(long)]
+    pub iface: String,
+    /// A directory on a bpffs for the program's pins (one per network namespace).
+    #[arg(long, default_value = decap::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+fn attach_mode(text: &str) -> Result<crate::loader::AttachMode, String> {
+    match text {
+        "auto" => Ok(crate::loader::AttachMode::Auto),
+        "driver" => Ok(crate::loader::AttachMode::Driver),
+        "generic" => Ok(crate::loader::AttachMode::Generic),
+        other => Err(format!("{other:?} is not driver, generic or auto")),
+    }
 }
 
 /// A benchmark's rounds: 1 to 1000 (a median needs one sample at least).

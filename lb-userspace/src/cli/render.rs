@@ -217,6 +217,23 @@ fn render_status(s: &StatusView) -> String {
     out
 }
 
+/// `lb decap status`: the VIPs it accepts, then every counter.
+pub fn decap_status(s: &crate::cli::decap::DecapStatus) -> String {
+    let vips: Vec<String> = s.vips.iter().map(ToString::to_string).collect();
+    let mut out = format!(
+        "lb_decap on {}: accepts {}
+",
+        s.interface,
+        vips.join(", ")
+    );
+    let mut table = Table::new(&["COUNTER", "PACKETS"]);
+    for (name, value) in &s.counters {
+        table.row(vec![name.clone(), value.to_string()]);
+    }
+    out.push_str(&table.render());
+    out
+}
+
 fn percent(part: u64, whole: u64) -> String {
     if whole == 0 {
         return "-".to_owned();

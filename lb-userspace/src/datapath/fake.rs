@@ -23,6 +23,7 @@ pub struct FakeDatapath {
     pub rings: Vec<u32>,
     pub vips: BTreeMap<VipKey, VipValue>,
     pub tx_ports: Vec<u32>,
+    pub egress_vlans: BTreeMap<u32, u16>,
     pub conns: HashMap<(FlowKey, u16), ConnValue>,
     /// Per backend id, what a test says it forwarded.
     pub traffic: BTreeMap<u32, TrafficCounters>,
@@ -40,6 +41,7 @@ impl FakeDatapath {
             rings: vec![0; geometry.rings as usize * geometry.ring_size as usize],
             vips: BTreeMap::new(),
             tx_ports: Vec::new(),
+            egress_vlans: BTreeMap::new(),
             conns: HashMap::new(),
             traffic: BTreeMap::new(),
             writes: 0,
@@ -137,7 +139,22 @@ impl Datapath for FakeDatapath {
 
     fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
         self.write("tx_ports")?;
-        self.tx_ports.push(ifindex);
+        if !self.tx_ports.contains(&ifindex) {
+            self.tx_ports.push(ifindex);
+        }
+        Ok(())
+    }
+
+    fn tx_ports(&self) -> Result<Vec<u32>, DatapathError> {
+        Ok(self.tx_ports.clone())
+    }
+
+    fn set_egress_vlan(&mut self, ifindex: u32, vlan_id: Option<u16>) -> Result<(), DatapathError> {
+        self.write("egress_vlans")?;
+        match vlan_id {
+            Some(id) => self.egress_vlans.insert(ifindex, id),
+            None => self.egress_vlans.remove(&ifindex),
+        };
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use aya::{
 };
 use lb_common::{
     abi::{
-        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, FAMILY_V4, FlowKey,
+        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, EgressVlan, FAMILY_V4, FlowKey,
         TrafficCounters, VipKey, VipKeyV4, VipKeyV6, VipValue,
     },
     counters::Counter,
@@ -36,6 +36,7 @@ pub struct AyaDatapath {
     counters: PerCpuArray<MapData, u64>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
     tx_ports: DevMapHash<MapData>,
+    egress_vlans: HashMap<MapData, u32, EgressVlan>,
 }
 
 impl std::fmt::Debug for AyaDatapath {
@@ -84,6 +85,7 @@ impl AyaDatapath {
             counters: typed!(ebpf, names::COUNTERS),
             backend_stats: typed!(ebpf, names::BACKEND_STATS),
             tx_ports: typed!(ebpf, names::TX_PORTS),
+            egress_vlans: typed!(ebpf, names::EGRESS_VLANS),
         })
     }
 
@@ -348,6 +350,26 @@ impl Datapath for AyaDatapath {
                 map: names::TX_PORTS,
                 reason: error.to_string(),
             })
+    }
+
+    fn tx_ports(&self) -> Result<Vec<u32>, DatapathError> {
+        self.tx_ports
+            .keys()
+            .collect::<Result<Vec<u32>, _>>()
+            .map_err(err(names::TX_PORTS))
+    }
+
+    fn set_egress_vlan(&mut self, ifindex: u32, vlan_id: Option<u16>) -> Result<(), DatapathError> {
+        match vlan_id {
+            Some(vlan_id) => self
+                .egress_vlans
+                .insert(ifindex, EgressVlan { vlan_id, _pad: 0 }, 0),
+            None => match self.egress_vlans.remove(&ifindex) {
+                Err(MapError::KeyNotFound) => Ok(()),
+                other => other,
+            },
+        }
+        .map_err(err(names::EGRESS_VLANS))
     }
 
     fn counters(&self) -> Result<Vec<u64>, DatapathError> {

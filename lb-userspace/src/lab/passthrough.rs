@@ -283,7 +283,8 @@ fn build_backend(prefix: &str, switch: &NetNs, i: usize) -> Result<LabBackend, L
     ] {
         ns.sysctl(key, value)?;
     }
-    let mut decap = Decap::load()?;
+    let mut decap = Decap::load(None)?;
+    decap.set_vips(&[IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)])?;
     let mode =
         ns.run_here(|| attach(&mut decap.ebpf, DECAP_PROGRAM, IFACE, AttachMode::Driver))??;
     debug_assert_eq!(mode.0, XdpMode::Driver);

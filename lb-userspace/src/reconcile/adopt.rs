@@ -10,7 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use lb_common::abi::{BACKEND_F_SERVING, DatapathConfig, VIP_F_ADDRESS_MARKER, VipKey};
+use lb_common::abi::{
+    BACKEND_F_SERVING, DatapathConfig, VIP_F_ADDRESS_MARKER, VIP_F_LOCAL, VipKey,
+};
 use tracing::info;
 
 use super::{AppliedBackend, AppliedListener, ReconcileError, Reconciler, ids::IdPool};
@@ -58,11 +60,13 @@ impl<D: Datapath> Reconciler<D> {
                 .listeners
                 .insert(listener.listener.name.clone(), listener);
         }
-        for (key, _) in vips
+        for (key, value) in vips
             .iter()
             .filter(|(_, v)| v.flags & VIP_F_ADDRESS_MARKER != 0)
         {
-            reconciler.marker(key).written = true;
+            let marker = reconciler.marker(key);
+            marker.written = true;
+            marker.local = value.flags & VIP_F_LOCAL != 0;
         }
         Ok(reconciler)
     }

@@ -29,7 +29,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use lb_common::{
-    abi::{AddrBe, BACKEND_F_SERVING, Backend, DatapathConfig, RING_EMPTY, VipValue},
+    abi::{
+        AddrBe, BACKEND_F_SERVING, Backend, DatapathConfig, MAX_GENERATION, RING_EMPTY, VipValue,
+    },
     maps::{MAX_BACKENDS, MAX_VIPS},
 };
 use tracing::{debug, warn};
@@ -104,6 +106,8 @@ pub struct Reconciler<D> {
     shadows: Vec<Option<Vec<u32>>>,
     /// The address markers: listeners per VIP address, and whether the marker is written.
     markers: BTreeMap<(AddrBe, u8), Marker>,
+    /// Addresses assigned to this host (see `markers`).
+    local_addresses: std::collections::BTreeSet<(AddrBe, u8)>,
     /// Traffic of retired backend ids.
     retired: Retired,
 }
@@ -135,6 +139,7 @@ impl<D: Datapath> Reconciler<D> {
             generations: vec![0; MAX_BACKENDS as usize],
             shadows: vec![Some(zeroed); geometry.rings as usize],
             markers: BTreeMap::new(),
+            local_addresses: std::collections::BTreeSet::new(),
             retired: Retired::default(),
         })
     }
@@ -487,9 +492,15 @@ impl<D: Datapath> Reconciler<D> {
         )
     }
 
+    /// The next generation of backend id `id`: 1 to `MAX_GENERATION`, then around again (the
+    /// connection table keeps 16 bits of it).
     fn next_generation(&mut self, id: u32) -> u32 {
         let generation = &mut self.generations[id as usize];
-        *generation = generation.wrapping_add(1).max(1);
+        *generation = if *generation >= MAX_GENERATION {
+            1
+        } else {
+            *generation + 1
+        };
         *generation
     }
 

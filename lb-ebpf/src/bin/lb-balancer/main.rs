@@ -4,22 +4,29 @@
 //! One pass over a packet, each step its own module:
 //!
 //! ```text
-//! parse (lb_ebpf::parse) -> lookup_vip -> select_backend -> encap -> forward
-//!                            (select)     (select: conn table, Maglev)   (forward: FIB or static MAC)
+//! parse (lb_ebpf::parse) -> lookup_vip -> select_backend -> deliver: route -> encap -> forward
+//!   | unreadable, fragments: policy      (select: conn table,   | too big: too_big (ICMP)
+//!   | ICMP errors: icmp -> deliver         Maglev)
 //! ```
 //!
 //! Steps return `Result<_, Exit>`; [`lb_balancer`] alone turns the outcome into an XDP action
 //! and counts its reason ([`stats`]): every packet counts exactly one verdict (a packet sent
-//! back out with `XDP_TX` counts through its backend's traffic, see [`stats`]).
+//! to a backend counts through its backend's traffic, see [`stats`]).
 
 #![no_std]
 #![no_main]
 
+mod deliver;
 mod encap;
 mod forward;
+mod icmp;
 mod maps;
+mod policy;
+mod rate;
+mod route;
 mod select;
 mod stats;
+mod too_big;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::counters::Counter;
@@ -28,7 +35,11 @@ use lb_ebpf::{
     parse::{L4, parse_packet},
 };
 
-use crate::forward::Forwarded;
+use crate::{
+    deliver::{OnTooBig, deliver},
+    forward::Forwarded,
+    select::Intent,
+};
 
 type Result<T> = core::result::Result<T, Exit<Counter>>;
 
@@ -49,19 +60,37 @@ pub fn lb_balancer(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> Result<Forwarded> {
-    let packet = parse_packet(ctx)?;
+    let packet = parse_packet(ctx).map_err(policy::stopped)?;
+    let config = maps::config()?;
     match packet.l4 {
         L4::Ports => {}
-        L4::Fragment => return Err(select::fragment_verdict(&packet.flow)),
+        L4::Icmp => return icmp::to_backend(ctx, &packet, config),
+        L4::Fragment => return Err(policy::fragment(packet.flow.dst_be, packet.flow.family)),
+        L4::Other if packet.is_fragment => {
+            return Err(policy::fragment(packet.flow.dst_be, packet.flow.family));
+        }
         L4::Other => return Err(Exit::Pass(Counter::PassNotVip)),
     }
-    let config = maps::config()?;
     let vip = select::lookup_vip(&packet.flow, config)?;
-    let selected = select::select_backend(ctx, &packet, &vip, config)?;
-    let outer = encap::encap(ctx, &packet, &selected.backend, config)?;
-    let forwarded = forward::forward(ctx, &outer, &selected, config)?;
-    stats::count_forwarded(selected.backend_id, packet.ip_len, selected.is_new_flow);
-    Ok(forwarded)
+    if packet.is_fragment {
+        return Err(Exit::Drop(Counter::DropFragment));
+    }
+    let intent = if packet.is_rst {
+        Intent::Reset
+    } else if packet.is_syn {
+        Intent::Open
+    } else {
+        Intent::Continue
+    };
+    let selected = select::select_backend(&packet.flow, &vip, config, intent)?;
+    deliver(
+        ctx,
+        &packet,
+        &packet.flow,
+        &selected,
+        config,
+        OnTooBig::Answer,
+    )
 }
 
 #[cfg(not(test))]

@@ -11,8 +11,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     abi::{
-        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, InsertWindow, NextHop,
-        TrafficCounters, VIP_CACHE_SIZE, VipCacheEntry, VipKeyV4, VipKeyV6, VipValue,
+        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, EgressVlan, NextHop,
+        RATE_WINDOWS, RateWindow, TrafficCounters, VIP_CACHE_SIZE, VipCacheEntry, VipKeyV4,
+        VipKeyV6, VipValue,
     },
     counters::Counter,
     maps::{DEFAULT_CONNS, DEFAULT_RING_SIZE, DEFAULT_RINGS, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS},
@@ -43,21 +44,21 @@ pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 /// The IPv4 connection table.
-#[map(name = "lb_conns4_v1")]
+#[map(name = "lb_conns4_v2")]
 pub static CONNS_V4: LruHashMap<ConnKeyV4, ConnValue> =
     LruHashMap::with_max_entries(DEFAULT_CONNS, BPF_F_NO_COMMON_LRU);
 
 /// The IPv6 connection table.
-#[map(name = "lb_conns6_v1")]
+#[map(name = "lb_conns6_v2")]
 pub static CONNS_V6: LruHashMap<ConnKeyV6, ConnValue> =
     LruHashMap::with_max_entries(DEFAULT_CONNS, BPF_F_NO_COMMON_LRU);
 
 /// Deployment-wide settings: one entry.
-#[map(name = "lb_config_v1")]
+#[map(name = "lb_config_v2")]
 pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 
 /// One counter per [`Counter`].
-#[map(name = "lb_counters_v1")]
+#[map(name = "lb_counters_v2")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
 /// Traffic per backend id (backend ids are per listener, so listeners' traffic is their sum).
@@ -65,17 +66,22 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
     PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
-/// This CPU's connection-table inserts in the current second (see `select::may_remember`).
-#[map(name = "lb_ins_win_v1")]
-pub static INSERT_WINDOWS: PerCpuArray<InsertWindow> = PerCpuArray::with_max_entries(1, 0);
+/// This CPU's rate-limit windows: connection-table inserts and ICMP answers (see `rate`).
+#[map(name = "lb_windows_v1")]
+pub static RATE_WINDOW_MAP: PerCpuArray<RateWindow> =
+    PerCpuArray::with_max_entries(RATE_WINDOWS, 0);
 
 /// Each backend's next hop, as the FIB last gave it (per CPU).
-#[map(name = "lb_next_hops_v1")]
+#[map(name = "lb_next_hops_v2")]
 pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
 /// Interfaces the balancer may redirect encapsulated packets to, keyed by ifindex.
 #[map(name = "lb_tx_ports_v1")]
 pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
+
+/// Interfaces whose forwarded frames leave with a configured VLAN tag (or none), by ifindex.
+#[map(name = "lb_egr_vlan_v1")]
+pub static EGRESS_VLANS: HashMap<u32, EgressVlan> = HashMap::with_max_entries(MAX_TX_PORTS, 0);
 
 /// The datapath configuration.
 #[inline(always)]

@@ -4,31 +4,32 @@
 //!
 //! 1. A packet that is not a SYN looks its 5-tuple up in the connection table. A hit whose
 //!    backend still serves (same generation, `BACKEND_F_SERVING` set) goes there: established
-//!    flows never move when the table changes.
+//!    flows never move when the table changes. A UDP entry idle for longer than the UDP idle
+//!    timeout is a miss (`conn_expired`), so that long-lived UDP flows rebalance.
 //! 2. Otherwise the flow is placed by the VIP's live Maglev ring, indexed by the flow hash, and
-//!    the placement is written to the connection table.
+//!    the placement is written to the connection table, unless the packet is a TCP reset or an
+//!    ICMP error (neither may start an entry) or new flows arrive faster than the insert limit.
 //!
 //! A SYN always takes step 2: it starts a new connection, which follows the current table even
 //! if an old connection with the same 5-tuple is still remembered. A flow whose backend was
 //! removed is placed afresh the same way (counted as `conn_stale`).
 
-use aya_ebpf::{
-    bindings::BPF_ANY, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext,
-};
-use aya_log_ebpf::error;
+use aya_ebpf::{bindings::BPF_ANY, helpers::generated::bpf_ktime_get_coarse_ns};
 use lb_common::{
     abi::{
-        BACKEND_F_SERVING, Backend, ConnValue, DatapathConfig, FAMILY_V4, FlowKey, RING_EMPTY,
-        VIP_CACHE_SIZE, VipCacheEntry, VipKey, VipValue,
+        BACKEND_F_SERVING, Backend, ConnValue, DatapathConfig, FAMILY_V4, FlowKey, PROTO_UDP,
+        RATE_WINDOW_INSERTS, RING_EMPTY, VIP_CACHE_SIZE, VipCacheEntry, VipKey, VipValue,
+        coarse_seconds,
     },
     counters::Counter,
     hash::{flow_hash, ring_slot, vip_cache_slot},
 };
-use lb_ebpf::{Exit, parse::Packet};
+use lb_ebpf::Exit;
 
 use crate::{
     Result,
-    maps::{BACKENDS, CONNS_V4, CONNS_V6, INSERT_WINDOWS, RINGS, VIP_CACHE, VIPS_V4, VIPS_V6},
+    maps::{BACKENDS, CONNS_V4, CONNS_V6, RINGS, VIP_CACHE, VIPS_V4, VIPS_V6},
+    rate,
     stats::count,
 };
 
@@ -43,11 +44,15 @@ pub fn lookup_vip(flow: &FlowKey, config: &DatapathConfig) -> Result<VipValue> {
         family: flow.family,
     };
     let not_vip = Exit::Pass(Counter::PassNotVip);
+    // The epoch is read once: the value compared is the value stored, so an entry cached while
+    // userspace bumps the epoch is stored under the epoch it was read in, never the new one.
+    // SAFETY: `config` points into the configuration map's value, valid for the program's run.
+    let epoch = unsafe { core::ptr::read_volatile(&raw const config.vip_epoch) };
     let slot = VIP_CACHE.get_ptr_mut(vip_cache_slot(&key, VIP_CACHE_SIZE));
     if let Some(entry) = slot {
         // SAFETY: this CPU's slot of a per-CPU array; XDP programs do not preempt each other.
         let entry = unsafe { &*entry };
-        if entry.epoch == config.vip_epoch && entry.key == key {
+        if entry.epoch == epoch && entry.key == key {
             return if entry.found != 0 {
                 Ok(entry.value)
             } else {
@@ -61,7 +66,7 @@ pub fn lookup_vip(flow: &FlowKey, config: &DatapathConfig) -> Result<VipValue> {
         unsafe {
             entry.write(VipCacheEntry {
                 key,
-                epoch: config.vip_epoch,
+                epoch,
                 value: found.unwrap_or_default(),
                 found: u32::from(found.is_some()),
                 _pad: 0,
@@ -73,7 +78,7 @@ pub fn lookup_vip(flow: &FlowKey, config: &DatapathConfig) -> Result<VipValue> {
 
 /// The VIP map entry of `key`, from the map of its family.
 #[inline(always)]
-fn find_vip(key: &VipKey) -> Option<VipValue> {
+pub fn find_vip(key: &VipKey) -> Option<VipValue> {
     // SAFETY: the value is copied out at once; userspace replaces VIP values whole.
     unsafe {
         if key.family == FAMILY_V4 {
@@ -81,17 +86,6 @@ fn find_vip(key: &VipKey) -> Option<VipValue> {
         } else {
             VIPS_V6.get(key.v6()).copied()
         }
-    }
-}
-
-/// The fragment policy: a fragment addressed to a VIP address is dropped (its ports, which
-/// choose the backend, are only in the first fragment); any other fragment is the kernel's.
-#[inline(always)]
-pub fn fragment_verdict(flow: &FlowKey) -> Exit<Counter> {
-    if find_vip(&VipKey::address_marker(flow.dst_be, flow.family)).is_some() {
-        Exit::Drop(Counter::DropFragment)
-    } else {
-        Exit::Pass(Counter::PassNotVip)
     }
 }
 
@@ -103,12 +97,25 @@ pub struct Selected {
     pub is_new_flow: bool,
 }
 
+/// How the connection table treats a packet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// A TCP SYN: placed by the table, remembered.
+    Open,
+    /// Any other TCP or UDP packet: looked up, else placed and remembered.
+    Continue,
+    /// A TCP reset: looked up, else placed but not remembered.
+    Reset,
+    /// An ICMP error about the flow: looked up, else placed but not remembered.
+    Icmp,
+}
+
 #[inline(always)]
 pub fn select_backend(
-    ctx: &XdpContext,
-    packet: &Packet,
+    flow: &FlowKey,
     vip: &VipValue,
     config: &DatapathConfig,
+    intent: Intent,
 ) -> Result<Selected> {
     // `vip_id` is below MAX_VIPS (userspace allocates it), so it fits the key's 16 bits.
     #[expect(
@@ -116,25 +123,38 @@ pub fn select_backend(
         reason = "VIP ids are below MAX_VIPS"
     )]
     let vip_id = vip.vip_id as u16;
-    if !packet.is_syn
-        && let Some(selected) = lookup_conn(&packet.flow, vip_id)
+    if intent != Intent::Open
+        && let Some(selected) = lookup_conn(flow, vip_id, config, intent)
     {
         return Ok(selected);
     }
     count(Counter::ConnMiss);
-    let selected = place_flow(ctx, &packet.flow, vip, config)?;
-    let conn = ConnValue {
-        backend_id: selected.backend_id,
-        generation: selected.backend.generation,
-    };
-    if !may_remember(config) {
+    let selected = place_flow(flow, vip, config)?;
+    match intent {
+        Intent::Icmp => return Ok(selected),
+        Intent::Reset => {
+            count(Counter::ConnRstNotRemembered);
+            return Ok(selected);
+        }
+        Intent::Open | Intent::Continue => {}
+    }
+    if !rate::allow(RATE_WINDOW_INSERTS, config.conn_inserts_per_sec) {
         count(Counter::ConnInsertSkipped);
         return Ok(selected);
     }
-    let inserted = if packet.flow.family == FAMILY_V4 {
-        CONNS_V4.insert(packet.flow.conn_v4(vip_id), conn, u64::from(BPF_ANY))
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "backend ids are below MAX_BACKENDS, generations below MAX_GENERATION"
+    )]
+    let conn = ConnValue {
+        backend_id: selected.backend_id as u16,
+        generation: selected.backend.generation as u16,
+        seen_s: now_seconds(),
+    };
+    let inserted = if flow.family == FAMILY_V4 {
+        CONNS_V4.insert(flow.conn_v4(vip_id), conn, u64::from(BPF_ANY))
     } else {
-        CONNS_V6.insert(packet.flow.conn_v6(vip_id), conn, u64::from(BPF_ANY))
+        CONNS_V6.insert(flow.conn_v6(vip_id), conn, u64::from(BPF_ANY))
     };
     if inserted.is_err() {
         count(Counter::ConnInsertFailed);
@@ -142,48 +162,52 @@ pub fn select_backend(
     Ok(selected)
 }
 
-/// Connection-table protection: whether this CPU may insert one more entry this second.
-/// Past `conn_inserts_per_sec` (a SYN flood) new flows are not remembered, so they cannot
-/// evict the established flows the table exists for.
 #[inline(always)]
-fn may_remember(config: &DatapathConfig) -> bool {
-    let limit = u64::from(config.conn_inserts_per_sec);
-    if limit == 0 {
-        return true;
-    }
-    let Some(window) = INSERT_WINDOWS.get_ptr_mut(0) else {
-        return true;
-    };
+fn now_seconds() -> u32 {
     // SAFETY: the helper has no preconditions.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    // SAFETY: this CPU's slot of a per-CPU array; XDP programs do not preempt each other.
-    let window = unsafe { &mut *window };
-    if now.wrapping_sub(window.start_ns) >= 1_000_000_000 {
-        window.start_ns = now;
-        window.inserts = 0;
-    }
-    window.inserts += 1;
-    window.inserts <= limit
+    coarse_seconds(unsafe { bpf_ktime_get_coarse_ns() })
 }
 
 /// The connection table's backend for `flow` to VIP `vip_id`, if it still serves.
 #[inline(always)]
-fn lookup_conn(flow: &FlowKey, vip_id: u16) -> Option<Selected> {
-    // SAFETY: the value is copied out at once.
-    let conn = unsafe {
-        if flow.family == FAMILY_V4 {
-            *CONNS_V4.get(flow.conn_v4(vip_id))?
-        } else {
-            *CONNS_V6.get(flow.conn_v6(vip_id))?
-        }
+fn lookup_conn(
+    flow: &FlowKey,
+    vip_id: u16,
+    config: &DatapathConfig,
+    intent: Intent,
+) -> Option<Selected> {
+    let entry = if flow.family == FAMILY_V4 {
+        CONNS_V4.get_ptr_mut(flow.conn_v4(vip_id))?
+    } else {
+        CONNS_V6.get_ptr_mut(flow.conn_v6(vip_id))?
     };
-    let backend = *BACKENDS.get(conn.backend_id)?;
-    if backend.generation != conn.generation || backend.flags & BACKEND_F_SERVING == 0 {
+    // SAFETY: a value of the connection table, copied out at once.
+    let conn = unsafe { *entry };
+    if flow.proto == PROTO_UDP && intent == Intent::Continue {
+        let now = now_seconds();
+        let timeout = config.udp_idle_timeout_s;
+        if timeout != 0 && now.wrapping_sub(conn.seen_s) > timeout {
+            count(Counter::ConnExpired);
+            return None;
+        }
+        if conn.seen_s != now {
+            // SAFETY: the entry's value, which this program alone writes; a racing write from
+            // another CPU stores a time as good as this one.
+            unsafe { (*entry).seen_s = now };
+        }
+    }
+    let backend = *BACKENDS.get(u32::from(conn.backend_id))?;
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "generations stay below MAX_GENERATION"
+    )]
+    let generation = backend.generation as u16;
+    if generation != conn.generation || backend.flags & BACKEND_F_SERVING == 0 {
         count(Counter::ConnStale);
         return None;
     }
     Some(Selected {
-        backend_id: conn.backend_id,
+        backend_id: u32::from(conn.backend_id),
         backend,
         is_new_flow: false,
     })
@@ -191,28 +215,16 @@ fn lookup_conn(flow: &FlowKey, vip_id: u16) -> Option<Selected> {
 
 /// Places `flow` by the VIP's live Maglev ring.
 #[inline(always)]
-fn place_flow(
-    ctx: &XdpContext,
-    flow: &FlowKey,
-    vip: &VipValue,
-    config: &DatapathConfig,
-) -> Result<Selected> {
+fn place_flow(flow: &FlowKey, vip: &VipValue, config: &DatapathConfig) -> Result<Selected> {
     let slot = ring_slot(flow_hash(flow, config.hash_seed), config.ring_size);
     let index = vip.ring_id * config.ring_size + slot;
     let backend_id = *RINGS.get(index).ok_or(Exit::Drop(Counter::DropMapMiss))?;
     if backend_id == RING_EMPTY {
         return Err(Exit::Drop(Counter::DropNoBackend));
     }
-    let Some(backend) = BACKENDS.get(backend_id) else {
-        error!(
-            ctx,
-            "ring {} slot {} names backend {}, which is out of range",
-            vip.ring_id,
-            slot,
-            backend_id
-        );
-        return Err(Exit::Drop(Counter::DropMapMiss));
-    };
+    let backend = BACKENDS
+        .get(backend_id)
+        .ok_or(Exit::Drop(Counter::DropMapMiss))?;
     Ok(Selected {
         backend_id,
         backend: *backend,

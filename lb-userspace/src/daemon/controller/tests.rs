@@ -172,8 +172,9 @@ fn simulate_names_the_table_or_the_connection_table() {
     c.reconciler.datapath_mut().conns.insert(
         (flow, vip_id),
         ConnValue {
-            backend_id: backend.id,
-            generation: backend.generation,
+            backend_id: u16::try_from(backend.id).unwrap(),
+            generation: u16::try_from(backend.generation).unwrap(),
+            seen_s: 0,
         },
     );
     let established = simulate(&mut c);

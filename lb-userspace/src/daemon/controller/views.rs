@@ -6,7 +6,10 @@ use std::{
     time::{Instant, UNIX_EPOCH},
 };
 
-use lb_common::counters::{Counter, CounterKind};
+use lb_common::{
+    abi::MAX_GENERATION,
+    counters::{Counter, CounterKind},
+};
 
 use super::Controller;
 use crate::{
@@ -392,8 +395,8 @@ impl<D: Datapath> Controller<D> {
             .lookup_conn(&flow, u16::try_from(applied.vip_id).unwrap_or(u16::MAX))
             .map_err(|e| e.to_string())?;
         let established = conn.and_then(|c| {
-            address_of(c.backend_id)
-                .filter(|(_, generation)| *generation == c.generation)
+            address_of(u32::from(c.backend_id))
+                .filter(|(_, generation)| generation & MAX_GENERATION == u32::from(c.generation))
                 .map(|(address, _)| address)
         });
         Ok(SimulationView {
