@@ -28,6 +28,11 @@ pub const CONFIG: &str = "lb_config_v2";
 pub const COUNTERS: &str = "lb_counters_v2";
 /// Per-CPU traffic counters per backend id.
 pub const BACKEND_STATS: &str = "lb_be_stats_v1";
+/// Traffic of backends that left, per VIP id, and of removed listeners (the last entry):
+/// written by userspace only, pinned so that listener totals survive restarts.
+pub const HISTORY: &str = "lb_history_v1";
+/// The history entry that holds removed listeners' traffic.
+pub const HISTORY_REMOVED: u32 = MAX_VIPS;
 /// Devmap of the interfaces the balancer may redirect to, keyed by ifindex.
 pub const TX_PORTS: &str = "lb_tx_ports_v1";
 /// Egress VLAN per interface: ifindex -> [`crate::abi::EgressVlan`].
@@ -63,6 +68,7 @@ const _: () = {
     assert!(RATE_WINDOWS.len() <= 15);
     assert!(EGRESS_VLANS.len() <= 15);
     assert!(DECAP_VIPS.len() <= 15);
+    assert!(HISTORY.len() <= 15);
     assert!(MAX_VIPS <= 1 << 16);
     assert!(RINGS.len() <= 15);
     assert!(BACKENDS.len() <= 15);

@@ -106,7 +106,8 @@ pub enum AttachMode {
 }
 
 /// The balancer's maps, all pinned when the daemon has a pin directory.
-pub const BALANCER_MAPS: [&str; 14] = [
+pub const BALANCER_MAPS: [&str; 15] = [
+    names::HISTORY,
     names::RATE_WINDOWS,
     names::EGRESS_VLANS,
     names::VIP_CACHE,

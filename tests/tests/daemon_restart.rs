@@ -2,6 +2,11 @@
 //! upgrade) and started again while 500 long-lived connections exchange data. The XDP program
 //! keeps forwarding from the pinned maps meanwhile, new connections are still balanced, and
 //! the restarted daemon adopts the pinned state: no connection is reset.
+//!
+//! The connection table is sized so that this machine's possible-CPU count does not divide it:
+//! the kernel rounds such a table up (one LRU list per CPU, each the same size), and the
+//! restarted daemon must compare the pinned table with what the kernel allocates, not with
+//! what the file asks for.
 
 #![allow(
     clippy::unwrap_used,
@@ -15,7 +20,10 @@ use std::{
     time::Duration,
 };
 
-use lb::lab::passthrough::{VIP_V4, lab_config};
+use lb::{
+    control::Body,
+    lab::passthrough::{VIP_V4, lab_config},
+};
 use lb_tests::{
     clients::{assert_consistent, connect_parallel, count_per_backend},
     daemon_lab::DaemonLab,
@@ -26,9 +34,35 @@ fn vip() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(VIP_V4), 443)
 }
 
+/// The smallest connection-table size from 65537 up that `cpus` does not divide (when there
+/// is more than one CPU: one divides everything).
+fn size_not_divisible_by(cpus: u32) -> u32 {
+    (65_537..)
+        .find(|size| cpus == 1 || size % cpus != 0)
+        .expect("a size")
+}
+
 #[test]
 fn a_killed_and_restarted_daemon_resets_no_connection() {
-    let mut env = DaemonLab::start("lbtrs", 3, |paths| lab_config(paths, 3));
+    let cpus = lb::loader::possible_cpus().unwrap();
+    let size = size_not_divisible_by(cpus);
+    let allocated = lb::loader::conn_table_entries(size, cpus);
+    if cpus > 1 {
+        assert_ne!(allocated, size, "the kernel rounds {size} for {cpus} CPUs");
+    }
+    let mut env = DaemonLab::start("lbtrs", 3, move |paths| {
+        lab_config(paths, 3).replace(
+            "conn_table_size = 65536",
+            &format!("conn_table_size = {size}"),
+        )
+    });
+    let Body::Status(status) = env.cli_json(&["status"]) else {
+        panic!("lb status answered something else");
+    };
+    let datapath = status.datapath.expect("the datapath's set-up in lb status");
+    assert_eq!(datapath.possible_cpus, cpus);
+    assert_eq!(datapath.conn_table_entries, allocated);
+    assert_eq!(datapath.conn_table_entries_per_cpu, allocated / cpus);
     let long_lived = LongLived::start(&env.lab, vip(), 500, Duration::from_millis(100));
 
     env.daemon.kill().expect("SIGKILL");

@@ -14,7 +14,7 @@ use std::{
 };
 
 use lb::{
-    config::Config,
+    config::{Config, HostDefaults},
     lab::{
         daemon::DaemonPaths,
         passthrough::{
@@ -133,8 +133,14 @@ fn tls_through_the_xdp_balancer_completes_with_the_backends_certificates() {
         pin_dir: None,
     };
     let (mut balancer, datapath) = Balancer::load(&spec).expect("loading the balancer");
-    let mut reconciler =
-        Reconciler::new(datapath, config.datapath_config(INNER_MTU)).expect("configuring");
+    let mut reconciler = Reconciler::new(
+        datapath,
+        config.datapath_config(&HostDefaults {
+            mtu: INNER_MTU,
+            ..HostDefaults::default()
+        }),
+    )
+    .expect("configuring");
     reconciler
         .apply(&config.passthrough_listeners())
         .expect("applying the listeners");

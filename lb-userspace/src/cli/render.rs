@@ -129,6 +129,13 @@ fn render_stats(stats: &StatsView) -> String {
             traffic.row(traffic_row("", &address.to_string(), t));
         }
     }
+    if stats.removed_listeners != Traffic::default() {
+        traffic.row(traffic_row(
+            "(removed listeners)",
+            "",
+            &stats.removed_listeners,
+        ));
+    }
     out.push_str(&traffic.render());
     out.push('\n');
     let mut counters = Table::new(&["COUNTER", "KIND", "VALUE"]);
@@ -208,12 +215,74 @@ fn render_status(s: &StatusView) -> String {
         out.push_str(&format!("L7:          {}\n", join(&s.l7)));
     }
     out.push_str(&format!("changes:     {}\n", join(&s.operations)));
+    if let Some(d) = &s.datapath {
+        out.push_str(&render_datapath(d));
+    }
     out.push_str(&format!(
         "metrics:     {}\n",
         s.metrics
             .as_deref()
             .unwrap_or("off ([metrics] listen in the configuration)")
     ));
+    out
+}
+
+/// The datapath lines of `lb status`.
+fn render_datapath(d: &crate::control::DatapathView) -> String {
+    let interfaces: Vec<String> = d
+        .interfaces
+        .iter()
+        .map(|i| {
+            let gro = if i.gro_turned_off {
+                ", GRO turned off"
+            } else {
+                ""
+            };
+            format!("{} ({}{gro})", i.name, i.attach_mode)
+        })
+        .collect();
+    let mut out = format!("xdp:         {}\n", interfaces.join(", "));
+    out.push_str(&format!(
+        "redirects:   {}\n",
+        d.redirect_interfaces.join(", ")
+    ));
+    out.push_str(&format!(
+        "conn table:  {} entries per family = {} possible CPUs x {} per CPU; inserts {} per CPU a second\n",
+        d.conn_table_entries,
+        d.possible_cpus,
+        d.conn_table_entries_per_cpu,
+        if d.conn_inserts_per_sec == 0 {
+            "unlimited".to_owned()
+        } else {
+            format!("at most {}", d.conn_inserts_per_sec)
+        }
+    ));
+    out.push_str(&format!(
+        "udp idle:    {}\n",
+        if d.udp_idle_timeout_secs == 0 {
+            "never expires".to_owned()
+        } else {
+            format!("{} s", d.udp_idle_timeout_secs)
+        }
+    ));
+    out.push_str(&format!(
+        "icmp:        errors to backends {}; too-big answers {}\n",
+        if d.icmp_to_backends { "on" } else { "off" },
+        if d.icmp_too_big_per_sec == 0 {
+            "off".to_owned()
+        } else {
+            format!("at most {} per CPU a second", d.icmp_too_big_per_sec)
+        }
+    ));
+    out.push_str(&format!("encap from:  {}\n", d.encap_sources.join(", ")));
+    if !d.multipath_backends.is_empty() {
+        let backends: Vec<String> = d
+            .multipath_backends
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        out.push_str(&format!("multipath:   {}\n", backends.join(", ")));
+    }
     out
 }
 

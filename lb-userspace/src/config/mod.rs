@@ -23,7 +23,9 @@ use std::{
 
 use std::time::Duration;
 
-use lb_common::abi::{CONFIG_F_STATIC_NEXT_HOP, DatapathConfig};
+use lb_common::abi::{
+    CONFIG_F_EGRESS_VLAN, CONFIG_F_ICMP_TO_BACKENDS, CONFIG_F_STATIC_NEXT_HOP, DatapathConfig,
+};
 
 use crate::{
     datapath::RingGeometry,
@@ -59,6 +61,14 @@ pub struct DatapathSettings {
     pub conn_inserts_per_sec: u32,
     pub next_hop_mac: Option<[u8; 6]>,
     pub pin_dir: PathBuf,
+    /// UDP flows idle this long are placed afresh (zero: never).
+    pub udp_idle_timeout: Duration,
+    /// ICMP errors about passthrough flows go to the flows' backends.
+    pub icmp_to_backends: bool,
+    /// Too-big answers per second per CPU (0: none, too-big packets are dropped).
+    pub icmp_too_big_per_sec: u32,
+    /// Interfaces whose forwarded frames leave with this VLAN id (0: untagged).
+    pub egress_vlan: BTreeMap<String, u16>,
 }
 
 /// `[control]`.
@@ -173,6 +183,26 @@ pub mod defaults {
     pub const MAX_LISTENERS: u32 = 16;
     pub const PIN_DIR: &str = "/sys/fs/bpf/lb";
     pub const SOCKET: &str = "/run/lb/lb.sock";
+    /// SYN-flood protection, per CPU: far above the new-flow rate one CPU serves in normal
+    /// traffic, and far below what a flood brings (millions a second), so that a flood cannot
+    /// churn a CPU's share of the connection table faster than once every few seconds.
+    pub const CONN_INSERTS_PER_SEC: u32 = 20_000;
+    /// As Katran: long-lived UDP flows rebalance after a scale-out within half a minute of
+    /// silence.
+    pub const UDP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+    /// Per CPU; Linux's own default for ICMP messages a second (`icmp_msgs_per_sec`).
+    pub const ICMP_TOO_BIG_PER_SEC: u32 = 1000;
+}
+
+/// What the daemon finds on the host for the datapath settings the file leaves to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostDefaults {
+    /// The MTU of a static next hop's link (the smallest of the interfaces').
+    pub mtu: u32,
+    /// The outer source addresses when the file sets none: the kernel's preferred source
+    /// toward the backends.
+    pub encap_source_v4: Option<Ipv4Addr>,
+    pub encap_source_v6: Option<Ipv6Addr>,
 }
 
 /// Everything wrong with a configuration file, one problem per line.
@@ -246,15 +276,31 @@ impl Config {
         }
     }
 
-    /// The datapath's configuration entry; `mtu` is used unless the file sets one.
-    pub fn datapath_config(&self, mtu: u32) -> DatapathConfig {
+    /// The datapath's configuration entry: the file's settings, and `host`'s where it is
+    /// silent (the MTU with a static next hop; the outer sources).
+    pub fn datapath_config(&self, host: &HostDefaults) -> DatapathConfig {
         let d = &self.datapath;
         let (v4_base, v4_mask) = d
             .encap_source_v4
+            .or(host.encap_source_v4.map(|a| (a, 32)))
             .map_or((0, 0), |(base, len)| (u32::from(base), host_mask(len, 32)));
-        let (v6_base, v6_mask) = d.encap_source_v6.map_or(([0; 4], 0), |(base, len)| {
-            (addr_be(IpAddr::V6(base)).0, host_mask(len, 128))
-        });
+        let (v6_base, v6_mask) = d
+            .encap_source_v6
+            .or(host.encap_source_v6.map(|a| (a, 128)))
+            .map_or(([0; 4], 0), |(base, len)| {
+                (addr_be(IpAddr::V6(base)).0, host_mask(len, 128))
+            });
+        let static_next_hop = d.next_hop_mac.is_some();
+        // With the FIB, each route's MTU applies; the file's caps it.
+        let default_mtu = if static_next_hop { host.mtu } else { 0 };
+        let flags = [
+            (static_next_hop, CONFIG_F_STATIC_NEXT_HOP),
+            (d.icmp_to_backends, CONFIG_F_ICMP_TO_BACKENDS),
+            (!d.egress_vlan.is_empty(), CONFIG_F_EGRESS_VLAN),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .fold(0, |flags, (_, flag)| flags | flag);
         DatapathConfig {
             ring_size: d.ring_size,
             hash_seed: d.hash_seed,
@@ -262,14 +308,12 @@ impl Config {
             encap_src_v4_mask: v4_mask,
             encap_src_v6_base_be: v6_base,
             encap_src_v6_mask: v6_mask,
-            mtu: d.mtu.unwrap_or(mtu),
+            mtu: d.mtu.unwrap_or(default_mtu),
             next_hop_mac: d.next_hop_mac.unwrap_or_default(),
-            flags: if d.next_hop_mac.is_some() {
-                CONFIG_F_STATIC_NEXT_HOP
-            } else {
-                0
-            },
+            flags,
             conn_inserts_per_sec: d.conn_inserts_per_sec,
+            udp_idle_timeout_s: u32::try_from(d.udp_idle_timeout.as_secs()).unwrap_or(u32::MAX),
+            icmp_too_big_per_sec: d.icmp_too_big_per_sec,
             ..DatapathConfig::default()
         }
     }
@@ -318,7 +362,10 @@ mod tests {
         let weights: Vec<u32> = https.targets.iter().map(|t| t.weight).collect();
         assert_eq!(weights, [1, 2, 3]);
 
-        let dp = config.datapath_config(1500);
+        let dp = config.datapath_config(&HostDefaults {
+            mtu: 1500,
+            ..HostDefaults::default()
+        });
         assert_eq!(dp.ring_size, 65_537);
         assert_eq!(dp.hash_seed, 12_345);
         assert_eq!(dp.encap_src_v4_base, 0xc612_ff00);
@@ -326,7 +373,14 @@ mod tests {
         assert_eq!(dp.encap_src_v6_mask, 0xffff);
         assert_eq!(dp.mtu, 9000, "the file's MTU wins");
         assert_eq!(dp.next_hop_mac, [2, 0, 0, 0, 0, 0xfe]);
-        assert_eq!(dp.flags, CONFIG_F_STATIC_NEXT_HOP);
+        assert_eq!(
+            dp.flags,
+            CONFIG_F_STATIC_NEXT_HOP | CONFIG_F_EGRESS_VLAN,
+            "ICMP to backends off, an egress VLAN"
+        );
+        assert_eq!(dp.udp_idle_timeout_s, 120);
+        assert_eq!(dp.icmp_too_big_per_sec, 50);
+        assert_eq!(config.datapath.egress_vlan["eth1"], 200);
         assert_eq!(config.ring_geometry().rings, 16);
     }
 
@@ -337,9 +391,25 @@ mod tests {
         assert_eq!(config.datapath.ring_size, defaults::RING_SIZE);
         assert_eq!(config.datapath.attach_mode, AttachMode::Auto);
         assert_eq!(config.control.socket, PathBuf::from(defaults::SOCKET));
-        let dp = config.datapath_config(1500);
-        assert_eq!(dp.mtu, 1500, "the interface's MTU when the file sets none");
-        assert_eq!(dp.flags, 0, "the FIB picks the next hop");
+        let host = HostDefaults {
+            mtu: 1500,
+            encap_source_v4: Some(Ipv4Addr::new(198, 18, 0, 2)),
+            encap_source_v6: None,
+        };
+        let dp = config.datapath_config(&host);
+        assert_eq!(dp.mtu, 0, "with the FIB, each route's MTU");
+        assert_eq!(
+            dp.flags, CONFIG_F_ICMP_TO_BACKENDS,
+            "the FIB picks the next hop; ICMP errors go to the backends"
+        );
+        assert_eq!(
+            (dp.encap_src_v4_base, dp.encap_src_v4_mask),
+            (0xc612_0002, 0),
+            "the host's address, not varied"
+        );
+        assert_eq!(dp.conn_inserts_per_sec, defaults::CONN_INSERTS_PER_SEC);
+        assert_eq!(dp.udp_idle_timeout_s, 30);
+        assert_eq!(dp.icmp_too_big_per_sec, defaults::ICMP_TOO_BIG_PER_SEC);
     }
 
     #[test]

@@ -40,6 +40,13 @@ pub struct RawDatapath {
     pub next_hop_mac: Option<Spanned<String>>,
     pub pin_dir: Option<Spanned<String>>,
     pub conn_inserts_per_sec: Option<Spanned<i64>>,
+    /// A duration: UDP flows idle this long are placed afresh ("0s": never).
+    pub udp_idle_timeout: Option<Spanned<String>>,
+    pub icmp_to_backends: Option<Spanned<bool>>,
+    pub icmp_too_big_per_sec: Option<Spanned<i64>>,
+    /// `[datapath.egress_vlan]`: interface name -> VLAN id (0: untagged).
+    #[serde(default)]
+    pub egress_vlan: BTreeMap<Spanned<String>, Spanned<i64>>,
 }
 
 /// `[control]`: the daemon's control socket.

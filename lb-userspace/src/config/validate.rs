@@ -22,6 +22,11 @@ const RING_SIZE_RANGE: (i64, i64) = (251, 16_777_259);
 const CONN_TABLE_RANGE: (i64, i64) = (1_024, 1 << 27);
 const MAX_LISTENERS_RANGE: (i64, i64) = (1, 256);
 const MTU_RANGE: (i64, i64) = (576, 65_535);
+/// UDP idle timeouts: from a second (labs) to a day.
+const UDP_IDLE_RANGE: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(24 * 3600),
+);
 pub(super) const WEIGHT_RANGE: (i64, i64) = (1, 10_000);
 
 /// Collects problems with their positions in the text.
@@ -359,11 +364,7 @@ fn check_datapath(
 ) -> Option<DatapathSettings> {
     for interface in &raw.interfaces {
         let name = interface.get_ref();
-        let valid = !name.is_empty()
-            && name.len() <= 15
-            && !name.contains(['/', ':'])
-            && !name.chars().any(char::is_whitespace);
-        if !valid {
+        if !is_interface_name(name) {
             c.problem(
                 interface,
                 "datapath.interfaces",
@@ -427,8 +428,33 @@ fn check_datapath(
         &raw.conn_inserts_per_sec,
         "datapath.conn_inserts_per_sec",
         (0, 100_000_000),
-        0,
+        defaults::CONN_INSERTS_PER_SEC,
     );
+    let icmp_too_big_per_sec = optional_int(
+        c,
+        &raw.icmp_too_big_per_sec,
+        "datapath.icmp_too_big_per_sec",
+        (0, 1_000_000),
+        defaults::ICMP_TOO_BIG_PER_SEC,
+    );
+    let udp_idle_timeout = match &raw.udp_idle_timeout {
+        Some(d) => {
+            let field = "datapath.udp_idle_timeout";
+            super::pool::duration(c, d, field).and_then(|value| {
+                if value.is_zero() {
+                    return Some(value);
+                }
+                let value = super::pool::in_range(c, d, field, value, UDP_IDLE_RANGE)?;
+                if value.subsec_nanos() != 0 {
+                    c.problem(d, field, "the datapath counts whole seconds; write \"30s\"");
+                    return None;
+                }
+                Some(value)
+            })
+        }
+        None => Some(defaults::UDP_IDLE_TIMEOUT),
+    };
+    let egress_vlan = check_egress_vlans(c, &raw.egress_vlan);
     let mtu = match &raw.mtu {
         Some(mtu) => c.int(mtu, "datapath.mtu", MTU_RANGE).map(Some),
         None => Some(None),
@@ -442,24 +468,6 @@ fn check_datapath(
             .values()
             .any(|l| l.mode == Mode::Passthrough && l.address.is_ipv4() == v4)
     };
-    if needs(true) && raw.encap_source_v4.is_none() {
-        c.problems.push(Problem {
-            location: c.origin.to_owned(),
-            field: "datapath.encap_source_v4".to_owned(),
-            reason:
-                "IPv4 passthrough listeners need an outer source prefix, e.g. \"198.18.255.0/24\""
-                    .to_owned(),
-        });
-    }
-    if needs(false) && raw.encap_source_v6.is_none() {
-        c.problems.push(Problem {
-            location: c.origin.to_owned(),
-            field: "datapath.encap_source_v6".to_owned(),
-            reason:
-                "IPv6 passthrough listeners need an outer source prefix, e.g. \"2001:db8:ff::/112\""
-                    .to_owned(),
-        });
-    }
     if (needs(true) || needs(false)) && raw.interfaces.is_empty() {
         c.problems.push(Problem {
             location: c.origin.to_owned(),
@@ -496,7 +504,47 @@ fn check_datapath(
             || PathBuf::from(defaults::PIN_DIR),
             |p| PathBuf::from(p.get_ref()),
         ),
+        udp_idle_timeout: udp_idle_timeout?,
+        icmp_to_backends: raw.icmp_to_backends.as_ref().is_none_or(|on| *on.get_ref()),
+        icmp_too_big_per_sec: icmp_too_big_per_sec?,
+        egress_vlan: egress_vlan?,
     })
+}
+
+/// An interface name the kernel would accept.
+fn is_interface_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && !name.contains(['/', ':'])
+        && !name.chars().any(char::is_whitespace)
+}
+
+/// `[datapath.egress_vlan]`: interface names and VLAN ids (1 to 4094, or 0 for untagged).
+fn check_egress_vlans(
+    c: &mut Checker<'_>,
+    raw: &BTreeMap<Spanned<String>, Spanned<i64>>,
+) -> Option<BTreeMap<String, u16>> {
+    let mut vlans = BTreeMap::new();
+    let mut valid = true;
+    for (interface, id) in raw {
+        let field = format!("datapath.egress_vlan.{}", interface.get_ref());
+        if !is_interface_name(interface.get_ref()) {
+            c.problem(
+                interface,
+                &field,
+                format!("{:?} is not a valid interface name", interface.get_ref()),
+            );
+            valid = false;
+            continue;
+        }
+        match c.int::<u16>(id, &field, (0, 4094)) {
+            Some(id) => {
+                vlans.insert(interface.get_ref().clone(), id);
+            }
+            None => valid = false,
+        }
+    }
+    valid.then_some(vlans)
 }
 
 fn optional_int<T: TryFrom<i64>>(

@@ -86,7 +86,7 @@ pub enum Body {
     Changed(ChangeView),
     Stats(StatsView),
     Simulation(SimulationView),
-    Status(StatusView),
+    Status(Box<StatusView>),
 }
 
 /// `lb status`.
@@ -108,6 +108,46 @@ pub struct StatusView {
     #[serde(default)]
     pub l7: Vec<(String, u64)>,
     pub metrics: Option<String>,
+    /// The XDP datapath's set-up on this host (absent when the daemon runs without one).
+    #[serde(default)]
+    pub datapath: Option<DatapathView>,
+}
+
+/// The XDP datapath's set-up, as `lb status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DatapathView {
+    /// The interfaces the balancer runs on, and how.
+    pub interfaces: Vec<InterfaceView>,
+    /// The interfaces encapsulated packets may be redirected to (the attached ones, and those
+    /// the routes toward the backends leave through).
+    pub redirect_interfaces: Vec<String>,
+    /// CPUs the kernel may run: the connection table keeps one LRU list for each.
+    pub possible_cpus: u32,
+    /// Entries of each connection table (IPv4, IPv6), as the kernel allocated them.
+    pub conn_table_entries: u32,
+    /// Each CPU's share: the flows one CPU can remember.
+    pub conn_table_entries_per_cpu: u32,
+    /// New connection-table entries a second per CPU before a flood stops being remembered
+    /// (0: no limit).
+    pub conn_inserts_per_sec: u32,
+    /// UDP flows idle this long are placed afresh (0: never).
+    pub udp_idle_timeout_secs: u64,
+    pub icmp_to_backends: bool,
+    pub icmp_too_big_per_sec: u32,
+    /// The outer source prefixes in use.
+    pub encap_sources: Vec<String>,
+    /// Backends behind multipath routes (each of their packets asks the FIB).
+    pub multipath_backends: Vec<IpAddr>,
+}
+
+/// An interface the balancer runs on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceView {
+    pub name: String,
+    /// `driver`, `generic`, ... as the kernel reports it.
+    pub attach_mode: String,
+    /// The daemon turned GRO off on it (generic mode).
+    pub gro_turned_off: bool,
 }
 
 /// A listener as `lb listener list` shows it.
@@ -125,6 +165,9 @@ pub struct ListenerView {
     /// How it picks backends: "Maglev, 65537 slots", "least outstanding requests, sticky".
     #[serde(default)]
     pub balancing: String,
+    /// Passthrough: the interfaces the XDP program runs on and how (`driver`, `generic`).
+    #[serde(default)]
+    pub attach_modes: Vec<(String, String)>,
 }
 
 /// A backend as `lb backend list` shows it.
@@ -162,7 +205,13 @@ pub struct ChangeView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsView {
     pub counters: Vec<CounterView>,
+    /// Each listener's traffic: its total (backends that left included) and its current
+    /// backends' (each counted since it last joined).
     pub listeners: Vec<ListenerStatsView>,
+    /// Traffic of listeners that were removed: with the listeners' totals, everything the
+    /// balancer forwarded to backends.
+    #[serde(default)]
+    pub removed_listeners: Traffic,
     /// The L7 listeners' counters.
     #[serde(default)]
     pub l7: Vec<L7StatsView>,

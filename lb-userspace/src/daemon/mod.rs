@@ -13,6 +13,7 @@
 //! which alone owns the configuration and the reconciler.
 
 pub mod controller;
+pub mod host;
 pub mod probes;
 pub mod runtime;
 
@@ -40,6 +41,7 @@ use crate::{
     },
     datapath::{Datapath, DatapathError},
     health::state::Outcome,
+    host::rtnl::{Rtnl, XdpAttachMode},
     l7::L7,
     loader::{Attached, Balancer, BalancerSpec, LoadError, interface_index},
     metrics::{self, MetricsInput},
@@ -65,6 +67,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Config(String),
 }
 
 /// Runs the daemon for `config` (read from `path`) until a signal stops it. The control socket
@@ -88,33 +92,74 @@ async fn serve(config: Config, path: PathBuf) -> Result<(), DaemonError> {
         .iter()
         .map(|name| Ok((name.clone(), interface_index(name)?)))
         .collect::<Result<_, LoadError>>()?;
-    let mtu = smallest_mtu(&interfaces)?;
+    let mut rtnl = Rtnl::connect().map_err(|source| DaemonError::Io {
+        what: "opening an rtnetlink socket".to_owned(),
+        source,
+    })?;
+    let host_defaults = host::host_defaults(&config, &interfaces, &mut rtnl)?;
     let spec = BalancerSpec {
         geometry: config.ring_geometry(),
         conn_table_size: config.datapath.conn_table_size,
         pin_dir: Some(config.datapath.pin_dir.clone()),
     };
     let (mut balancer, mut datapath) = Balancer::load(&spec)?;
+    let mut attached = Vec::new();
     for (name, index) in &interfaces {
         let link = links_dir(&config.datapath.pin_dir).join(name);
-        match balancer.attach_pinned(name, config.datapath.attach_mode, &link)? {
-            Attached::New(mode) => info!(interface = %name, ?mode, "balancer attached"),
-            Attached::Replaced => {
-                info!(interface = %name, "took over the pinned attachment: no packet went unbalanced");
-            }
+        let how = balancer.attach_pinned(name, config.datapath.attach_mode, &link)?;
+        let mode = rtnl
+            .xdp_attached(*index)
+            .map_err(|source| DaemonError::Io {
+                what: format!("reading how {name} runs XDP"),
+                source,
+            })?;
+        match how {
+            Attached::New(_) => info!(interface = %name, mode = mode.as_str(), "balancer attached"),
+            Attached::Replaced => info!(
+                interface = %name, mode = mode.as_str(),
+                "took over the pinned attachment: no packet went unbalanced"
+            ),
         }
+        let gro_turned_off = mode == XdpAttachMode::Generic && turn_gro_off(name);
         datapath.add_tx_port(*index)?;
+        attached.push(host::Interface {
+            name: name.clone(),
+            ifindex: *index,
+            mode,
+            gro_turned_off,
+        });
     }
+    let possible_cpus = crate::loader::possible_cpus()?;
+    let conn_table_entries = datapath.conn_table_entries()?;
+    info!(
+        entries = conn_table_entries,
+        possible_cpus,
+        per_cpu = conn_table_entries / possible_cpus.max(1),
+        "connection table (per address family): one LRU list per possible CPU"
+    );
+    let facts = host::Facts {
+        interfaces: attached,
+        possible_cpus,
+        conn_table_entries,
+        encap_sources: host::encap_sources(&config, &host_defaults),
+    };
     let listeners = config.passthrough_listeners();
-    let reconciler = Reconciler::adopt(datapath, config.datapath_config(mtu), &listeners)?;
+    let datapath_config = config.datapath_config(&host_defaults);
+    let reconciler = Reconciler::adopt(datapath, datapath_config, &listeners)?;
+    for name in crate::loader::remove_stale_pins(&config.datapath.pin_dir)? {
+        info!(map = %name, "removed a pinned map of an earlier layout");
+    }
+    let watch = host::HostWatch::new(rtnl, facts, config.datapath.next_hop_mac.is_some());
     let (events, receiver) = mpsc::channel::<Event>(256);
     let probes = Probes::new(tokio::runtime::Handle::current(), events.clone());
     let socket = config.control.socket.clone();
     let metrics_address = config.metrics;
     let controller = Controller::new(config, Some(path), reconciler, Instant::now())?
+        .with_host(watch, host_defaults, Instant::now())
+        .map_err(DaemonError::Config)?
         .with_l7(l7, l7_prepared, Instant::now())
         .with_probes(probes);
-    info!(mtu, "configuration applied");
+    info!(mtu = datapath_config.mtu, "configuration applied");
     let logs = ebpf_logs(&mut balancer);
     let controller = spawn_controller(controller, receiver)?;
 
@@ -321,17 +366,25 @@ fn ebpf_logs(balancer: &mut Balancer) -> Option<tokio::task::JoinHandle<()>> {
     }))
 }
 
-/// The smallest MTU of the interfaces: the largest encapsulated packet they all carry.
-fn smallest_mtu(interfaces: &[(String, u32)]) -> Result<u32, DaemonError> {
-    let mut smallest = u32::MAX;
-    for (name, _) in interfaces {
-        let mtu = crate::loader::interface_mtu(name).map_err(|source| DaemonError::Io {
-            what: format!("reading the MTU of {name}"),
-            source,
-        })?;
-        smallest = smallest.min(mtu);
+/// Turns GRO off on `interface` (generic XDP runs after GRO, see `host::ethtool`); says so.
+fn turn_gro_off(interface: &str) -> bool {
+    match crate::host::ethtool::disable_gro(interface) {
+        Ok(true) => {
+            warn!(
+                %interface,
+                "generic XDP sees GRO-coalesced packets larger than the MTU: turned GRO off on this interface (it stays off; `ethtool -K {interface} gro on` to undo)"
+            );
+            true
+        }
+        Ok(false) => false,
+        Err(error) => {
+            warn!(
+                %interface, %error,
+                "generic XDP: could not turn GRO off; coalesced packets larger than the MTU are dropped (drop_too_big)"
+            );
+            false
+        }
     }
-    Ok(if smallest == u32::MAX { 0 } else { smallest })
 }
 
 fn remove_socket(socket: &Path) {

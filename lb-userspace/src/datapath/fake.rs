@@ -27,6 +27,7 @@ pub struct FakeDatapath {
     pub conns: HashMap<(FlowKey, u16), ConnValue>,
     /// Per backend id, what a test says it forwarded.
     pub traffic: BTreeMap<u32, TrafficCounters>,
+    pub history: BTreeMap<u32, TrafficCounters>,
     /// Successful single-entry writes so far (a ring write counts each slot).
     pub writes: usize,
     fail_after: Option<usize>,
@@ -44,6 +45,7 @@ impl FakeDatapath {
             egress_vlans: BTreeMap::new(),
             conns: HashMap::new(),
             traffic: BTreeMap::new(),
+            history: BTreeMap::new(),
             writes: 0,
             fail_after: None,
         }
@@ -160,6 +162,16 @@ impl Datapath for FakeDatapath {
 
     fn counters(&self) -> Result<Vec<u64>, DatapathError> {
         Ok(vec![0; Counter::COUNT as usize])
+    }
+
+    fn history(&self, slot: u32) -> Result<TrafficCounters, DatapathError> {
+        Ok(self.history.get(&slot).copied().unwrap_or_default())
+    }
+
+    fn set_history(&mut self, slot: u32, traffic: &TrafficCounters) -> Result<(), DatapathError> {
+        self.write("history")?;
+        self.history.insert(slot, *traffic);
+        Ok(())
     }
 
     fn backend_traffic(&self, backend_id: u32) -> Result<TrafficCounters, DatapathError> {

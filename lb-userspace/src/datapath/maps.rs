@@ -35,6 +35,7 @@ pub struct AyaDatapath {
     config_map: Array<MapData, DatapathConfig>,
     counters: PerCpuArray<MapData, u64>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
+    history: Array<MapData, TrafficCounters>,
     tx_ports: DevMapHash<MapData>,
     egress_vlans: HashMap<MapData, u32, EgressVlan>,
 }
@@ -84,9 +85,20 @@ impl AyaDatapath {
             conns_v6: typed!(ebpf, names::CONNS_V6),
             counters: typed!(ebpf, names::COUNTERS),
             backend_stats: typed!(ebpf, names::BACKEND_STATS),
+            history: typed!(ebpf, names::HISTORY),
             tx_ports: typed!(ebpf, names::TX_PORTS),
             egress_vlans: typed!(ebpf, names::EGRESS_VLANS),
         })
+    }
+
+    /// The entries of each connection table as the kernel allocated them (with one LRU list per
+    /// CPU, a multiple of the possible CPUs: see `loader::conn_table_entries`).
+    pub fn conn_table_entries(&self) -> Result<u32, DatapathError> {
+        self.conns_v4
+            .map()
+            .info()
+            .map(|info| info.max_entries())
+            .map_err(err(names::CONNS_V4))
     }
 
     /// Moves the VIP epoch forward, so that no CPU answers from its VIP cache what it cached
@@ -350,6 +362,16 @@ impl Datapath for AyaDatapath {
                 map: names::TX_PORTS,
                 reason: error.to_string(),
             })
+    }
+
+    fn history(&self, slot: u32) -> Result<TrafficCounters, DatapathError> {
+        self.history.get(&slot, 0).map_err(err(names::HISTORY))
+    }
+
+    fn set_history(&mut self, slot: u32, traffic: &TrafficCounters) -> Result<(), DatapathError> {
+        self.history
+            .set(slot, *traffic, 0)
+            .map_err(err(names::HISTORY))
     }
 
     fn tx_ports(&self) -> Result<Vec<u32>, DatapathError> {

@@ -62,6 +62,9 @@ pub trait Datapath {
     fn backend_traffic(&self, backend_id: u32) -> Result<TrafficCounters, DatapathError>;
     /// Zeroes the traffic counters of a backend id about to be given to a new backend.
     fn reset_traffic(&mut self, backend_id: u32) -> Result<(), DatapathError>;
+    /// Entry `slot` of the traffic history (per VIP id, and `maps::HISTORY_REMOVED`).
+    fn history(&self, slot: u32) -> Result<TrafficCounters, DatapathError>;
+    fn set_history(&mut self, slot: u32, traffic: &TrafficCounters) -> Result<(), DatapathError>;
     /// The configuration entry as the maps hold it (`None` if it was never written).
     fn read_config(&self) -> Result<Option<DatapathConfig>, DatapathError>;
     /// Every entry of the VIP maps (both families).

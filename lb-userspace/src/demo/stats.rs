@@ -125,6 +125,7 @@ mod tests {
                 })
                 .collect(),
             listeners: Vec::new(),
+            removed_listeners: Default::default(),
             l7: Vec::new(),
         }
     }

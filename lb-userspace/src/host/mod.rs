@@ -1,4 +1,7 @@
 //! What the host's kernel knows that the balancer needs: the addresses assigned to its
-//! interfaces ([`addresses`]).
+//! interfaces ([`addresses`]), routes, neighbours and XDP attachments through rtnetlink
+//! ([`rtnl`]), and GRO ([`ethtool`]).
 
 pub mod addresses;
+pub mod ethtool;
+pub mod rtnl;

@@ -54,6 +54,15 @@ fn operation(operation: &str, result: &str, count: u64) -> OperationSample {
 /// The sample snapshot.
 pub(super) fn sample_input() -> MetricsInput {
     MetricsInput {
+        datapath: Some(super::DatapathSample {
+            interfaces: vec![
+                ("eth0".to_owned(), "driver".to_owned()),
+                ("eth1".to_owned(), "generic".to_owned()),
+            ],
+            possible_cpus: 6,
+            conn_table_entries: 1_048_578,
+            conn_table_entries_per_cpu: 174_763,
+        }),
         counters: vec![
             counter("tx_local", "forward", 1000),
             counter("pass_not_vip", "pass", 42),

@@ -21,6 +21,20 @@ pub struct MetricsInput {
     pub l7: Vec<L7Sample>,
     /// Seconds since the daemon started.
     pub uptime_seconds: f64,
+    /// The XDP datapath's set-up, when the daemon runs one.
+    pub datapath: Option<DatapathSample>,
+}
+
+/// The XDP datapath's set-up: how it runs on each interface, and its connection table's size.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DatapathSample {
+    /// (interface, attach mode: `driver`, `generic`, ...).
+    pub interfaces: Vec<(String, String)>,
+    pub possible_cpus: u32,
+    /// Entries of each connection table, as the kernel allocated them.
+    pub conn_table_entries: u32,
+    /// Each possible CPU's share.
+    pub conn_table_entries_per_cpu: u32,
 }
 
 /// One datapath counter, as `lb stats` shows it.

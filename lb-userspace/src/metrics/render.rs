@@ -19,6 +19,10 @@
 //! | `lb_l7_open_connections` | `listener` | an L7 listener's client connections |
 //! | `lb_l7_events_total` | `listener`, `event` | an L7 listener's events (requests, retries, ...) |
 //! | `lb_l7_responses_total` | `listener`, `class` | an L7 listener's responses by status class |
+//! | `lb_xdp_attached` | `interface`, `mode` | 1 for each interface the balancer runs on, and how |
+//! | `lb_possible_cpus` | | CPUs the kernel may run (one connection-table LRU list each) |
+//! | `lb_conn_table_capacity` | | entries of each connection table, as allocated |
+//! | `lb_conn_table_capacity_per_cpu` | | each CPU's share of them |
 //! | `lb_uptime_seconds` | | uptime |
 
 use std::collections::BTreeMap;
@@ -59,6 +63,9 @@ fn build_registry(input: &MetricsInput) -> Registry {
     register_health(&mut registry, input);
     register_operations(&mut registry, input);
     register_l7(&mut registry, input);
+    if let Some(datapath) = &input.datapath {
+        register_datapath(&mut registry, datapath);
+    }
     registry.register_with_unit(
         "uptime",
         "Seconds since the daemon started",
@@ -66,6 +73,49 @@ fn build_registry(input: &MetricsInput) -> Registry {
         ConstGauge::new(input.uptime_seconds),
     );
     registry
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct AttachLabels {
+    interface: String,
+    mode: String,
+}
+
+/// How the balancer runs on each interface, and the connection table's real capacity.
+fn register_datapath(registry: &mut Registry, datapath: &super::input::DatapathSample) {
+    let attached = datapath
+        .interfaces
+        .iter()
+        .map(|(interface, mode)| {
+            let labels = AttachLabels {
+                interface: interface.clone(),
+                mode: mode.clone(),
+            };
+            (labels, 1)
+        })
+        .collect();
+    registry.register(
+        "xdp_attached",
+        "The interfaces the XDP balancer runs on, by attach mode (driver: native, generic: \
+         after the kernel built a socket buffer, slower)",
+        SortedFamily::gauges(attached),
+    );
+    registry.register(
+        "possible_cpus",
+        "CPUs the kernel may run: the connection table keeps one LRU list for each",
+        ConstGauge::new(i64::from(datapath.possible_cpus)),
+    );
+    registry.register(
+        "conn_table_capacity",
+        "Entries of each connection table (IPv4, IPv6) as the kernel allocated them: the \
+         configured size rounded up to a multiple of the possible CPUs",
+        ConstGauge::new(i64::from(datapath.conn_table_entries)),
+    );
+    registry.register(
+        "conn_table_capacity_per_cpu",
+        "Each possible CPU's share of a connection table: the flows one CPU's LRU list holds",
+        ConstGauge::new(i64::from(datapath.conn_table_entries_per_cpu)),
+    );
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]

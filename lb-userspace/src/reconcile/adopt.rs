@@ -11,7 +11,8 @@
 use std::collections::BTreeMap;
 
 use lb_common::abi::{
-    BACKEND_F_SERVING, DatapathConfig, VIP_F_ADDRESS_MARKER, VIP_F_LOCAL, VipKey,
+    BACKEND_F_MULTIPATH, BACKEND_F_SERVING, DatapathConfig, VIP_F_ADDRESS_MARKER, VIP_F_LOCAL,
+    VipKey,
 };
 use tracing::info;
 
@@ -59,6 +60,20 @@ impl<D: Datapath> Reconciler<D> {
             reconciler
                 .listeners
                 .insert(listener.listener.name.clone(), listener);
+        }
+        // Backends that left before the restart: their counters are still in the map, and
+        // are folded into their listener's history (or the removed entry) when their id is
+        // reused.
+        for &(id, backend) in &backends {
+            if backend.flags & BACKEND_F_SERVING == 0 {
+                let owner = reconciler
+                    .listeners
+                    .values()
+                    .find(|l| l.vip_id == u32::from(backend.vip_id))
+                    .map(|l| l.listener.name.clone())
+                    .unwrap_or_default();
+                reconciler.note_retired(id, &owner);
+            }
         }
         for (key, value) in vips
             .iter()
@@ -114,6 +129,9 @@ impl<D: Datapath> Reconciler<D> {
                     return Err(inconsistent(format!("backend id {id} is used twice")));
                 }
                 let address = addr_from_be(&backend.addr_be, backend.family);
+                if backend.flags & BACKEND_F_MULTIPATH != 0 {
+                    self.multipath.insert(address);
+                }
                 applied.insert(
                     address,
                     AppliedBackend {

@@ -21,6 +21,7 @@
 mod adopt;
 mod ids;
 mod markers;
+mod multipath;
 mod stats;
 #[cfg(test)]
 mod tests;
@@ -30,7 +31,8 @@ use std::net::IpAddr;
 
 use lb_common::{
     abi::{
-        AddrBe, BACKEND_F_SERVING, Backend, DatapathConfig, MAX_GENERATION, RING_EMPTY, VipValue,
+        AddrBe, BACKEND_F_MULTIPATH, BACKEND_F_SERVING, Backend, DatapathConfig, MAX_GENERATION,
+        RING_EMPTY, VipValue,
     },
     maps::{MAX_BACKENDS, MAX_VIPS},
 };
@@ -108,6 +110,8 @@ pub struct Reconciler<D> {
     markers: BTreeMap<(AddrBe, u8), Marker>,
     /// Addresses assigned to this host (see `markers`).
     local_addresses: std::collections::BTreeSet<(AddrBe, u8)>,
+    /// Backends whose route has several next hops (see `multipath`).
+    multipath: std::collections::BTreeSet<IpAddr>,
     /// Traffic of retired backend ids.
     retired: Retired,
 }
@@ -140,6 +144,7 @@ impl<D: Datapath> Reconciler<D> {
             shadows: vec![Some(zeroed); geometry.rings as usize],
             markers: BTreeMap::new(),
             local_addresses: std::collections::BTreeSet::new(),
+            multipath: std::collections::BTreeSet::new(),
             retired: Retired::default(),
         })
     }
@@ -480,13 +485,18 @@ impl<D: Datapath> Reconciler<D> {
         vip_id: u32,
     ) -> Result<(), DatapathError> {
         let (addr_be, family) = addr_be(address);
+        let multipath = if self.multipath.contains(&address) {
+            BACKEND_F_MULTIPATH
+        } else {
+            0
+        };
         self.datapath.set_backend(
             id,
             &Backend {
                 addr_be,
                 generation,
                 family,
-                flags,
+                flags: flags | multipath,
                 vip_id: u16::try_from(vip_id).unwrap_or(u16::MAX),
             },
         )
@@ -540,7 +550,9 @@ impl<D: Datapath> Reconciler<D> {
                 source,
             })?;
         self.listeners.remove(name);
-        self.orphan_listener_traffic(name);
+        if let Err(error) = self.orphan_listener_traffic(applied.vip_id) {
+            warn!(listener = %name, %error, "could not move the removed listener's traffic history");
+        }
         self.marker(&key).listeners -= 1;
         self.retire_backends(&applied, None);
         self.ring_ids.free(applied.rings[0]);

@@ -2,13 +2,17 @@
 //! listeners' traffic and the derived counters (`tx_local`, `conn_hit`) are sums computed here.
 //!
 //! Backend ids are reused: before an id is given to a new backend, the traffic it carried is
-//! folded into its old listener's total (and the balancer's), then the id's counters are
-//! zeroed. So every total only ever grows.
+//! folded into the history entry of its old listener's VIP id (or into the "removed" entry if
+//! that listener is gone), then the id's counters are zeroed. A removed listener's history
+//! moves to the "removed" entry. The history is a pinned map, so all of this survives
+//! restarts: every listener's total only ever grows, and the listeners' totals plus the
+//! removed entry add up to every packet the balancer forwarded. A backend's own counters start
+//! afresh when it joins a listener again.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use lb_common::{abi::TrafficCounters, counters::Counter};
+use lb_common::{abi::TrafficCounters, counters::Counter, maps::HISTORY_REMOVED};
 
 use super::Reconciler;
 use crate::datapath::{Datapath, DatapathError, counter_value};
@@ -19,6 +23,8 @@ pub struct Snapshot {
     /// Every [`Counter`] by index, derived ones included.
     pub counters: Vec<u64>,
     pub listeners: BTreeMap<String, ListenerTraffic>,
+    /// Traffic of listeners that were removed.
+    pub removed: TrafficCounters,
 }
 
 impl Snapshot {
@@ -35,15 +41,11 @@ pub struct ListenerTraffic {
     pub backends: BTreeMap<IpAddr, TrafficCounters>,
 }
 
-/// Traffic of ids no longer in use, until they are reused.
+/// Backend ids no longer in use whose counters are still in the map, until they are reused.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Retired {
-    /// Retired backend ids whose counters are still in the map, and their listener.
+    /// Retired id -> the listener it served (empty if unknown).
     pub(super) ids: BTreeMap<u32, String>,
-    /// Traffic of reused ids, per listener that still exists.
-    pub(super) folded: BTreeMap<String, TrafficCounters>,
-    /// Traffic of reused ids and of removed listeners' folds: counted by no listener.
-    pub(super) orphaned: TrafficCounters,
 }
 
 impl<D: Datapath> Reconciler<D> {
@@ -52,37 +54,52 @@ impl<D: Datapath> Reconciler<D> {
         self.retired.ids.insert(id, listener.to_owned());
     }
 
-    /// Folds the traffic of a retired id into its listener's and the balancer's totals, then
-    /// zeroes its counters: the id is about to serve a new backend.
+    /// The history entry of the listener named `owner`, or the removed entry.
+    fn history_slot(&self, owner: &str) -> u32 {
+        self.listeners
+            .get(owner)
+            .map_or(HISTORY_REMOVED, |listener| listener.vip_id)
+    }
+
+    fn add_history(&mut self, slot: u32, traffic: TrafficCounters) -> Result<(), DatapathError> {
+        if traffic == TrafficCounters::default() {
+            return Ok(());
+        }
+        let sum = self.datapath.history(slot)?.add(traffic);
+        self.datapath.set_history(slot, &sum)
+    }
+
+    /// Folds the traffic of a retired id into its listener's history (or the removed entry),
+    /// then zeroes its counters: the id is about to serve a new backend.
     pub(super) fn recycle_traffic(&mut self, id: u32) -> Result<(), DatapathError> {
         if let Some(owner) = self.retired.ids.get(&id).cloned() {
             let traffic = self.datapath.backend_traffic(id)?;
-            if self.listeners.contains_key(&owner) {
-                let folded = self.retired.folded.entry(owner).or_default();
-                *folded = folded.add(traffic);
-            } else {
-                self.retired.orphaned = self.retired.orphaned.add(traffic);
-            }
+            self.add_history(self.history_slot(&owner), traffic)?;
             self.retired.ids.remove(&id);
         }
         self.datapath.reset_traffic(id)
     }
 
-    /// Moves a removed listener's folded traffic to the balancer's orphaned total.
-    pub(super) fn orphan_listener_traffic(&mut self, name: &str) {
-        if let Some(folded) = self.retired.folded.remove(name) {
-            self.retired.orphaned = self.retired.orphaned.add(folded);
+    /// Moves a removed listener's history (entry `vip_id`) to the removed entry.
+    pub(super) fn orphan_listener_traffic(&mut self, vip_id: u32) -> Result<(), DatapathError> {
+        let history = self.datapath.history(vip_id)?;
+        if history == TrafficCounters::default() {
+            return Ok(());
         }
+        self.add_history(HISTORY_REMOVED, history)?;
+        self.datapath
+            .set_history(vip_id, &TrafficCounters::default())
     }
 
     /// Reads every counter and each listener's traffic.
     pub fn snapshot(&self) -> Result<Snapshot, DatapathError> {
         let mut counters = self.datapath.counters()?;
-        let mut forwarded = self.retired.orphaned;
+        let mut removed = self.datapath.history(HISTORY_REMOVED)?;
+        let mut forwarded = TrafficCounters::default();
         let mut listeners = BTreeMap::new();
         for (name, listener) in &self.listeners {
             let mut traffic = ListenerTraffic {
-                total: self.retired.folded.get(name).copied().unwrap_or_default(),
+                total: self.datapath.history(listener.vip_id)?,
                 backends: BTreeMap::new(),
             };
             for (address, backend) in &listener.backends {
@@ -98,9 +115,10 @@ impl<D: Datapath> Reconciler<D> {
         }
         for (&id, owner) in &self.retired.ids {
             if !self.listeners.contains_key(owner) {
-                forwarded = forwarded.add(self.datapath.backend_traffic(id)?);
+                removed = removed.add(self.datapath.backend_traffic(id)?);
             }
         }
+        forwarded = forwarded.add(removed);
         let redirected = counter_value(&counters, Counter::TxRedirect);
         set(
             &mut counters,
@@ -115,6 +133,7 @@ impl<D: Datapath> Reconciler<D> {
         Ok(Snapshot {
             counters,
             listeners,
+            removed,
         })
     }
 }

@@ -66,6 +66,12 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::C
 pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
     PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
+/// Traffic of backends that left, per VIP id, and of removed listeners. The program never reads
+/// it: it is here so that the loader creates (and pins) it with the balancer's other maps;
+/// userspace folds retired backends' counters into it.
+#[map(name = "lb_history_v1")]
+pub static HISTORY: Array<TrafficCounters> = Array::with_max_entries(MAX_VIPS + 1, 0);
+
 /// This CPU's rate-limit windows: connection-table inserts and ICMP answers (see `rate`).
 #[map(name = "lb_windows_v1")]
 pub static RATE_WINDOW_MAP: PerCpuArray<RateWindow> =

@@ -22,11 +22,12 @@ use lb_common::abi::DatapathConfig;
 use tracing::{error, info, warn};
 
 use super::{
+    host::HostWatch,
     probes::Probes,
     runtime::{BackendKey, Runtime},
 };
 use crate::{
-    config::{BackendConfig, Config, PoolEdit, describe},
+    config::{BackendConfig, Config, HostDefaults, PoolEdit, describe},
     control::{Body, ChangeView, Request, Response},
     datapath::Datapath,
     health::state::{Health, Outcome},
@@ -73,6 +74,10 @@ pub struct Controller<D> {
     /// Control operations by (operation, result).
     operations: BTreeMap<(String, &'static str), u64>,
     started: Instant,
+    /// The host's side of the datapath (routes, neighbours, interfaces), when on a real one.
+    host: Option<HostWatch>,
+    /// What the host gives the settings the file leaves to it.
+    host_defaults: HostDefaults,
 }
 
 impl<D: Datapath> Controller<D> {
@@ -96,10 +101,35 @@ impl<D: Datapath> Controller<D> {
             published: PoolMembers::new(),
             operations: BTreeMap::new(),
             started: now,
+            host: None,
+            host_defaults: HostDefaults::default(),
         };
         let desired = controller.runtime.listeners(&controller.config, now);
         controller.reconciler.apply(&desired)?;
         Ok(controller)
+    }
+
+    /// Keeps the host's side of the datapath in step with `watch` (see `daemon::host`), with
+    /// the defaults `host_defaults` gave the configuration. Fails if the configuration's egress
+    /// VLANs name an interface that does not exist.
+    pub fn with_host(
+        mut self,
+        mut watch: HostWatch,
+        host_defaults: HostDefaults,
+        now: Instant,
+    ) -> Result<Self, String> {
+        watch.apply_egress_vlans(&self.config, self.reconciler.datapath_mut())?;
+        watch.refresh_if_due(&mut self.reconciler, now, true);
+        self.host = Some(watch);
+        self.host_defaults = host_defaults;
+        Ok(self)
+    }
+
+    /// Looks at the routes toward the backends again (at once with `force`, else when due).
+    fn refresh_host(&mut self, now: Instant, force: bool) {
+        if let Some(host) = &mut self.host {
+            host.refresh_if_due(&mut self.reconciler, now, force);
+        }
     }
 
     /// Serves the configuration's L7 listeners with `l7` (and those of every later one),
@@ -216,7 +246,7 @@ impl<D: Datapath> Controller<D> {
                 )
             }
             Request::Stats => self.stats_view().map(Body::Stats).map_err(Refusal::Failed),
-            Request::Status => Ok(Body::Status(self.status_view(now))),
+            Request::Status => Ok(Body::Status(Box::new(self.status_view(now)))),
             Request::Reload => self.reload(now),
             Request::ReloadFiles => self.reload_files(),
             Request::Simulate {
@@ -282,6 +312,7 @@ impl<D: Datapath> Controller<D> {
         if let Err(error) = self.reconcile(now) {
             error!(%error, "applying a slow-start step failed");
         }
+        self.refresh_host(now, false);
     }
 
     /// Writes the tables the configuration and the run-time state call for now (nothing if
@@ -388,25 +419,24 @@ impl<D: Datapath> Controller<D> {
                 path.display()
             )));
         }
-        let mtu = self
-            .config
-            .datapath
-            .mtu
-            .unwrap_or(self.reconciler.config().mtu);
-        let datapath_config = DatapathConfig {
-            vip_epoch: 0,
-            ..next.datapath_config(mtu)
+        let host_defaults = match &mut self.host {
+            Some(host) => host.defaults_for(&next).map_err(|e| {
+                Refusal::Refused(format!(
+                    "{} was not reloaded; nothing changed: {e}",
+                    path.display()
+                ))
+            })?,
+            None => self.host_defaults,
         };
-        let current = DatapathConfig {
-            vip_epoch: 0,
-            ..*self.reconciler.config()
-        };
-        if datapath_config != current {
-            self.reconciler
-                .set_config(datapath_config)
-                .map_err(|e| Refusal::Failed(format!("the reload could not be applied: {e}")))?;
-        }
-        self.replace(next, format!("reloaded {}", path.display()), now)
+        let datapath_config = next.datapath_config(&host_defaults);
+        let body = self.replace_with(
+            next,
+            format!("reloaded {}", path.display()),
+            now,
+            Some(datapath_config),
+        )?;
+        self.host_defaults = host_defaults;
+        Ok(body)
     }
 
     /// `lb cert reload`: every file of the L7 listeners, read again and swapped in.
@@ -437,6 +467,18 @@ impl<D: Datapath> Controller<D> {
     /// Makes `next` the configuration in force: reconciles the maps to it, or restores the
     /// previous tables if that fails.
     fn replace(&mut self, next: Config, summary: String, now: Instant) -> Result<Body, Refusal> {
+        self.replace_with(next, summary, now, None)
+    }
+
+    /// [`Controller::replace`], also writing a new datapath configuration entry (and egress
+    /// VLANs) if given: all of it, or none of it.
+    fn replace_with(
+        &mut self,
+        next: Config,
+        summary: String,
+        now: Instant,
+        datapath_config: Option<DatapathConfig>,
+    ) -> Result<Body, Refusal> {
         let started = Instant::now();
         let mut runtime = self.runtime.clone();
         runtime.sync(&next, now, true);
@@ -446,8 +488,18 @@ impl<D: Datapath> Controller<D> {
             })?),
             None => None,
         };
+        let previous_config = *self.reconciler.config();
+        if let Some(wanted) = datapath_config {
+            self.write_datapath_settings(&next, wanted)?;
+        }
         if let Err(failure) = self.reconciler.apply(&runtime.listeners(&next, now)) {
             error!(%failure, "applying a change failed; restoring the previous tables");
+            if datapath_config.is_some()
+                && let Err(rollback) =
+                    self.write_datapath_settings(&self.config.clone(), previous_config)
+            {
+                error!(error = %rollback.message(), "restoring the previous datapath settings failed too");
+            }
             if let Err(rollback) = self.reconcile(now) {
                 error!(%rollback, "restoring the previous tables failed too");
             }
@@ -474,12 +526,40 @@ impl<D: Datapath> Controller<D> {
         if let Some(probes) = &mut self.probes {
             probes.sync(&self.config);
         }
+        self.refresh_host(now, true);
         info!(%summary, applied_us, "change applied");
         Ok(Body::Changed(ChangeView {
             summary,
             listeners,
             applied_us,
         }))
+    }
+
+    /// Writes `config`'s egress VLANs (every interface name resolved before anything is
+    /// written) and the datapath configuration entry, if it differs.
+    fn write_datapath_settings(
+        &mut self,
+        config: &Config,
+        wanted: DatapathConfig,
+    ) -> Result<(), Refusal> {
+        if let Some(host) = &mut self.host {
+            host.apply_egress_vlans(config, self.reconciler.datapath_mut())
+                .map_err(|e| Refusal::Refused(format!("the change was not applied: {e}")))?;
+        }
+        let current = DatapathConfig {
+            vip_epoch: 0,
+            ..*self.reconciler.config()
+        };
+        if (DatapathConfig {
+            vip_epoch: 0,
+            ..wanted
+        }) != current
+        {
+            self.reconciler
+                .set_config(wanted)
+                .map_err(|e| Refusal::Failed(format!("the change could not be applied: {e}")))?;
+        }
+        Ok(())
     }
 
     /// The listeners that forward to `pool`.

@@ -35,7 +35,14 @@ pool = "web"
 fn controller() -> Controller<FakeDatapath> {
     let config = Config::parse(CONFIG, "test.toml").unwrap();
     let fake = FakeDatapath::new(config.ring_geometry());
-    let reconciler = Reconciler::new(fake, config.datapath_config(1500)).unwrap();
+    let reconciler = Reconciler::new(
+        fake,
+        config.datapath_config(&HostDefaults {
+            mtu: 1500,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
     Controller::new(config, None, reconciler, Instant::now()).unwrap()
 }
 
@@ -217,7 +224,14 @@ pool = "web"
 fn checked(now: Instant) -> Controller<FakeDatapath> {
     let config = Config::parse(CHECKED, "checked.toml").unwrap();
     let fake = FakeDatapath::new(config.ring_geometry());
-    let reconciler = Reconciler::new(fake, config.datapath_config(1500)).unwrap();
+    let reconciler = Reconciler::new(
+        fake,
+        config.datapath_config(&HostDefaults {
+            mtu: 1500,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
     Controller::new(config, None, reconciler, now).unwrap()
 }
 

@@ -15,8 +15,8 @@ use super::Controller;
 use crate::{
     config::l7::Balance,
     control::{
-        BackendView, CounterView, L7StatsView, ListenerStatsView, ListenerView, SimulationView,
-        StatsView, StatusView,
+        BackendView, CounterView, DatapathView, InterfaceView, L7StatsView, ListenerStatsView,
+        ListenerView, SimulationView, StatsView, StatusView,
     },
     daemon::runtime::{BackendKey, STATES},
     datapath::Datapath,
@@ -50,8 +50,61 @@ impl<D: Datapath> Controller<D> {
                         if l7.sticky.is_some() { ", sticky" } else { "" }
                     ),
                 },
+                attach_modes: if l.l7.is_none() {
+                    self.attach_modes()
+                } else {
+                    Vec::new()
+                },
             })
             .collect()
+    }
+
+    /// The interfaces the XDP program runs on, and how.
+    fn attach_modes(&self) -> Vec<(String, String)> {
+        self.host.as_ref().map_or_else(Vec::new, |host| {
+            host.facts()
+                .interfaces
+                .iter()
+                .map(|i| (i.name.clone(), i.mode.as_str().to_owned()))
+                .collect()
+        })
+    }
+
+    /// The datapath's set-up, for `lb status`.
+    fn datapath_view(&self) -> Option<DatapathView> {
+        let host = self.host.as_ref()?;
+        let facts = host.facts();
+        let d = &self.config.datapath;
+        let multipath_backends = self
+            .reconciler
+            .listeners()
+            .values()
+            .flat_map(|l| l.backends.keys().copied())
+            .filter(|&address| self.reconciler.is_multipath(address))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        Some(DatapathView {
+            interfaces: facts
+                .interfaces
+                .iter()
+                .map(|i| InterfaceView {
+                    name: i.name.clone(),
+                    attach_mode: i.mode.as_str().to_owned(),
+                    gro_turned_off: i.gro_turned_off,
+                })
+                .collect(),
+            redirect_interfaces: host.redirect_interfaces(),
+            possible_cpus: facts.possible_cpus,
+            conn_table_entries: facts.conn_table_entries,
+            conn_table_entries_per_cpu: facts.conn_table_entries / facts.possible_cpus.max(1),
+            conn_inserts_per_sec: d.conn_inserts_per_sec,
+            udp_idle_timeout_secs: d.udp_idle_timeout.as_secs(),
+            icmp_to_backends: d.icmp_to_backends,
+            icmp_too_big_per_sec: d.icmp_too_big_per_sec,
+            encap_sources: facts.encap_sources.clone(),
+            multipath_backends,
+        })
     }
 
     /// Backends of a listener that take new flows or requests now: in the live Maglev table
@@ -148,6 +201,7 @@ impl<D: Datapath> Controller<D> {
         Ok(StatsView {
             counters,
             listeners,
+            removed_listeners: snapshot.removed.into(),
             l7: self.l7_stats(),
         })
     }
@@ -207,6 +261,8 @@ impl<D: Datapath> Controller<D> {
                 "inserts skipped (flood)".to_owned(),
                 one(Counter::ConnInsertSkipped),
             ),
+            ("ICMP answers".to_owned(), one(Counter::TxIcmpTooBig)),
+            ("ICMP to backends".to_owned(), one(Counter::IcmpToBackend)),
         ];
         let mut operations: Vec<(String, u64)> = ["ok", "refused", "failed"]
             .iter()
@@ -228,6 +284,7 @@ impl<D: Datapath> Controller<D> {
             operations,
             l7: self.l7_summary(),
             metrics: self.config.metrics.map(|a| format!("http://{a}/metrics")),
+            datapath: self.datapath_view(),
         }
     }
 
@@ -283,6 +340,13 @@ impl<D: Datapath> Controller<D> {
             bytes: t.bytes,
             new_flows: t.new_flows,
         };
+        let removed = (stats.removed_listeners != crate::control::Traffic::default()).then(|| {
+            metrics::ListenerTraffic {
+                listener: "(removed)".to_owned(),
+                total: to_traffic(&stats.removed_listeners),
+                backends: Vec::new(),
+            }
+        });
         let listeners = stats
             .listeners
             .iter()
@@ -298,6 +362,7 @@ impl<D: Datapath> Controller<D> {
                     })
                     .collect(),
             })
+            .chain(removed)
             .collect();
         let mut backends = Vec::new();
         for (name, pool) in &self.config.pools {
@@ -336,7 +401,18 @@ impl<D: Datapath> Controller<D> {
                 responses: l.responses.clone(),
             })
             .collect();
+        let datapath = self.datapath_view().map(|d| metrics::DatapathSample {
+            interfaces: d
+                .interfaces
+                .iter()
+                .map(|i| (i.name.clone(), i.attach_mode.clone()))
+                .collect(),
+            possible_cpus: d.possible_cpus,
+            conn_table_entries: d.conn_table_entries,
+            conn_table_entries_per_cpu: d.conn_table_entries_per_cpu,
+        });
         Some(MetricsInput {
+            datapath,
             counters,
             listeners,
             backends,

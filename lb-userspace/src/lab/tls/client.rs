@@ -8,7 +8,7 @@
 //! surfaces the rustls reason as [`LabError::Handshake`], so tests can tell an unknown issuer
 //! from a wrong name or an expired certificate.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,6 +126,53 @@ impl TlsClientConn {
         let trimmed = reply.trim_end_matches(['\n', '\r']).len();
         reply.truncate(trimmed);
         Ok(reply)
+    }
+
+    /// Asks for `size` bytes (`download N`) and reads them all; returns the reply line.
+    pub fn download(&mut self, size: u64) -> Result<String, LabError> {
+        let reply = self.exchange(&format!("download {size}"))?;
+        let addr = self.peer_addr;
+        let copied = io::copy(&mut (&mut self.stream).take(size), &mut io::sink())
+            .map_err(io_error("download from", addr))?;
+        if copied < size {
+            return Err(LabError::Closed { addr });
+        }
+        Ok(reply)
+    }
+
+    /// Sends `size` bytes (`upload N`) and waits for the server's reply line.
+    pub fn upload(&mut self, size: u64) -> Result<String, LabError> {
+        let addr = self.peer_addr;
+        let io_error = io_error("upload to", addr);
+        let writer = self.stream.get_mut();
+        writer
+            .write_all(format!("upload {size}\n").as_bytes())
+            .map_err(io_error)?;
+        let chunk = vec![0x75u8; 64 * 1024];
+        let mut left = size;
+        while left > 0 {
+            let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
+            writer.write_all(&chunk[..n]).map_err(io_error)?;
+            left -= n as u64;
+        }
+        writer.flush().map_err(io_error)?;
+        let mut reply = String::new();
+        if self.stream.read_line(&mut reply).map_err(io_error)? == 0 {
+            return Err(LabError::Closed { addr });
+        }
+        let trimmed = reply.trim_end_matches(['\n', '\r']).len();
+        reply.truncate(trimmed);
+        Ok(reply)
+    }
+
+    /// Sets how long a read or write may block (the default is the lab's I/O timeout).
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<(), LabError> {
+        let addr = self.peer_addr;
+        let socket = &self.stream.get_ref().sock;
+        socket
+            .set_read_timeout(Some(timeout))
+            .and_then(|()| socket.set_write_timeout(Some(timeout)))
+            .map_err(io_error("set the timeouts of", addr))
     }
 
     /// The client's own address (its source port).

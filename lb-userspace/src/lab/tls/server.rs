@@ -305,7 +305,12 @@ async fn serve_connection(
     }
 }
 
-/// Answers every line with `"{identity} {line}\n"` until end of stream.
+/// The most a `download N` or `upload N` line may move.
+pub const MAX_TRANSFER: u64 = 256 << 20;
+
+/// Answers every line with `"{identity} {line}\n"` until end of stream. Two lines do more:
+/// `download N` is followed, after the reply line, by N bytes from the server; `upload N` is
+/// followed by N bytes from the client, which the server reads before it replies.
 async fn echo_lines<S>(stream: S, identity: &str) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -321,12 +326,39 @@ where
         if read == 0 {
             return Ok(());
         }
-        let text = String::from_utf8_lossy(trim_newline(&line));
+        let text = String::from_utf8_lossy(trim_newline(&line)).into_owned();
+        let transfer = |prefix: &str| {
+            text.strip_prefix(prefix)
+                .and_then(|n| n.parse::<u64>().ok())
+                .filter(|&n| n <= MAX_TRANSFER)
+        };
+        if let Some(size) = transfer("upload ") {
+            let copied =
+                tokio::io::copy(&mut (&mut stream).take(size), &mut tokio::io::sink()).await?;
+            if copied < size {
+                return Ok(());
+            }
+        }
         let reply = format!("{identity} {text}\n");
         let writer = stream.get_mut();
         writer.write_all(reply.as_bytes()).await?;
+        if let Some(size) = transfer("download ") {
+            send_pattern(writer, size).await?;
+        }
         writer.flush().await?;
     }
+}
+
+/// Writes `size` bytes of a repeating pattern.
+async fn send_pattern<W: AsyncWrite + Unpin>(writer: &mut W, size: u64) -> io::Result<()> {
+    let chunk: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let mut left = size;
+    while left > 0 {
+        let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
+        writer.write_all(&chunk[..n]).await?;
+        left -= n as u64;
+    }
+    Ok(())
 }
 
 /// `line` without its trailing `\n` or `\r\n`.
