@@ -264,6 +264,11 @@ pub struct DatapathConfig {
     /// At most this many ICMP "fragmentation needed" / "packet too big" answers per second on
     /// each CPU (0: none; too-big packets are dropped and counted).
     pub icmp_too_big_per_sec: u32,
+    /// The largest MTU of the interfaces the balancer runs on (0: unknown). A packet longer
+    /// cannot have come off a wire: it is a TSO/GSO aggregate that a virtual peer handed over
+    /// whole (generic mode), which no ICMP answer would help.
+    pub ingress_mtu: u32,
+    pub _pad: u32,
 }
 
 /// Per CPU: the events of the current one-second window of a rate limit
@@ -384,7 +389,7 @@ const _: () = {
     assert!(size_of::<FlowKey>() == 40);
     assert!(size_of::<ConnValue>() == 8);
     assert!(size_of::<Backend>() == 24);
-    assert!(size_of::<DatapathConfig>() == 64);
+    assert!(size_of::<DatapathConfig>() == 72);
     assert!(size_of::<VipCacheEntry>() == 48);
     assert!(VIP_CACHE_SIZE.is_power_of_two());
     assert!(size_of::<TrafficCounters>() == 24);

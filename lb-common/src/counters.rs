@@ -117,6 +117,10 @@ counters! {
         /// A client packet too big to encapsulate, not answered because this CPU already sent
         /// `icmp_too_big_per_sec` answers this second.
         DropIcmpRateLimited = (Drop, "drop_icmp_rate_limited"),
+        /// A packet longer than the interfaces' MTU: a TSO/GSO aggregate a virtual peer handed
+        /// over whole (seen in generic mode). XDP cannot split it, and an ICMP answer would not
+        /// help: turn segmentation offloads off on the peer, or attach in driver mode.
+        DropOversized = (Drop, "drop_oversized"),
         /// The frame could not be grown or shrunk for the headers it needs.
         DropEncapFailed = (Drop, "drop_encap_failed"),
         /// The FIB has no route to the backend (or refused the lookup).

@@ -411,3 +411,31 @@ fn a_packet_shorter_than_the_quote_is_dropped() {
         )],
     );
 }
+
+/// A packet longer than the interfaces' MTU cannot have come off a wire: it is an aggregate a
+/// virtual peer handed over whole (generic mode). It is dropped and counted, never answered
+/// with an MTU the client could not do anything with.
+#[test]
+fn aggregates_longer_than_the_interfaces_mtu_are_dropped_not_answered() {
+    let mut config = icmp_config(1500);
+    config.ingress_mtu = 1500;
+    let mut harness = Harness::new(config);
+    harness.apply(&listeners());
+    let aggregate4 = frame(&tcp4(40_500), Tcp::Ack, &vec![0x61; 1500 * 3]);
+    let aggregate6 = frame(&tcp6(40_500), Tcp::Ack, &vec![0x61; 1500 * 3]);
+    let at_mtu = frame(&tcp4(40_501), Tcp::Ack, &vec![0x61; 1500 - 40]);
+    run_cases(
+        &mut harness,
+        vec![
+            dropped("v4 aggregate", aggregate4, Counter::DropOversized),
+            dropped("v6 aggregate", aggregate6, Counter::DropOversized),
+            Case {
+                name: "v4 at the interfaces' MTU: answered",
+                output: too_big_answer(&at_mtu, 1480),
+                input: at_mtu,
+                action: XDP_TX,
+                counter: Counter::TxIcmpTooBig,
+            },
+        ],
+    );
+}

@@ -232,14 +232,7 @@ fn render_datapath(d: &crate::control::DatapathView) -> String {
     let interfaces: Vec<String> = d
         .interfaces
         .iter()
-        .map(|i| {
-            let gro = if i.gro_turned_off {
-                ", GRO turned off"
-            } else {
-                ""
-            };
-            format!("{} ({}{gro})", i.name, i.attach_mode)
-        })
+        .map(|i| format!("{} ({})", i.name, i.attach_mode))
         .collect();
     let mut out = format!("xdp:         {}\n", interfaces.join(", "));
     out.push_str(&format!(

@@ -199,6 +199,8 @@ pub mod defaults {
 pub struct HostDefaults {
     /// The MTU of a static next hop's link (the smallest of the interfaces').
     pub mtu: u32,
+    /// The largest MTU of the interfaces: no packet off a wire is longer.
+    pub ingress_mtu: u32,
     /// The outer source addresses when the file sets none: the kernel's preferred source
     /// toward the backends.
     pub encap_source_v4: Option<Ipv4Addr>,
@@ -314,6 +316,7 @@ impl Config {
             conn_inserts_per_sec: d.conn_inserts_per_sec,
             udp_idle_timeout_s: u32::try_from(d.udp_idle_timeout.as_secs()).unwrap_or(u32::MAX),
             icmp_too_big_per_sec: d.icmp_too_big_per_sec,
+            ingress_mtu: host.ingress_mtu,
             ..DatapathConfig::default()
         }
     }
@@ -393,6 +396,7 @@ mod tests {
         assert_eq!(config.control.socket, PathBuf::from(defaults::SOCKET));
         let host = HostDefaults {
             mtu: 1500,
+            ingress_mtu: 1500,
             encap_source_v4: Some(Ipv4Addr::new(198, 18, 0, 2)),
             encap_source_v6: None,
         };

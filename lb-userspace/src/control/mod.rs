@@ -146,8 +146,6 @@ pub struct InterfaceView {
     pub name: String,
     /// `driver`, `generic`, ... as the kernel reports it.
     pub attach_mode: String,
-    /// The daemon turned GRO off on it (generic mode).
-    pub gro_turned_off: bool,
 }
 
 /// A listener as `lb listener list` shows it.

@@ -42,8 +42,6 @@ pub struct Interface {
     pub name: String,
     pub ifindex: u32,
     pub mode: XdpAttachMode,
-    /// Whether the daemon turned GRO off on it (generic mode).
-    pub gro_turned_off: bool,
 }
 
 /// What `lb status` and the metrics show of the datapath's set-up.
@@ -65,7 +63,7 @@ pub fn host_defaults(
     interfaces: &[(String, u32)],
     rtnl: &mut Rtnl,
 ) -> Result<HostDefaults, DaemonError> {
-    let mtu = smallest_mtu(interfaces)?;
+    let (mtu, ingress_mtu) = mtu_range(interfaces)?;
     let listeners = config.passthrough_listeners();
     let mut backends: Vec<IpAddr> = listeners
         .iter()
@@ -132,6 +130,7 @@ pub fn host_defaults(
     };
     Ok(HostDefaults {
         mtu,
+        ingress_mtu,
         encap_source_v4,
         encap_source_v6,
     })
@@ -144,18 +143,20 @@ fn is_link_local(address: IpAddr) -> bool {
     }
 }
 
-/// The smallest MTU of the interfaces: the largest encapsulated packet a static next hop
-/// takes.
-fn smallest_mtu(interfaces: &[(String, u32)]) -> Result<u32, DaemonError> {
+/// The smallest MTU of the interfaces (the largest encapsulated packet a static next hop
+/// takes) and the largest (no packet off a wire is longer).
+fn mtu_range(interfaces: &[(String, u32)]) -> Result<(u32, u32), DaemonError> {
     let mut smallest = u32::MAX;
+    let mut largest = 0;
     for (name, _) in interfaces {
         let mtu = crate::loader::interface_mtu(name).map_err(|source| DaemonError::Io {
             what: format!("reading the MTU of {name}"),
             source,
         })?;
         smallest = smallest.min(mtu);
+        largest = largest.max(mtu);
     }
-    Ok(if smallest == u32::MAX { 0 } else { smallest })
+    Ok((if smallest == u32::MAX { 0 } else { smallest }, largest))
 }
 
 /// The encapsulation sources `config` and `host` give, for display.
@@ -216,8 +217,9 @@ pub struct HostWatch {
     unroutable: BTreeSet<IpAddr>,
     egress_vlans: BTreeMap<u32, u16>,
     last_refresh: Option<Instant>,
-    /// `pass_no_tx_port` when last looked at.
+    /// `pass_no_tx_port` and `drop_oversized` when last looked at.
     passed_no_tx_port: u64,
+    oversized: u64,
 }
 
 impl HostWatch {
@@ -233,6 +235,7 @@ impl HostWatch {
             egress_vlans: BTreeMap::new(),
             last_refresh: None,
             passed_no_tx_port: 0,
+            oversized: 0,
         }
     }
 
@@ -419,6 +422,15 @@ impl HostWatch {
             );
         }
         self.passed_no_tx_port = now;
+        let now = counter_value(&counters, Counter::DropOversized);
+        let new = now.saturating_sub(self.oversized);
+        if new > 0 {
+            warn!(
+                packets = new,
+                "packets longer than the interfaces' MTU were dropped (drop_oversized): a virtual peer (veth, tap) hands over TSO/GSO aggregates, which XDP cannot split; turn segmentation offloads off on the peer (`ethtool -K PEER tso off gso off`) or attach in driver mode"
+            );
+        }
+        self.oversized = now;
     }
 }
 

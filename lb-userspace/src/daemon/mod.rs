@@ -41,7 +41,7 @@ use crate::{
     },
     datapath::{Datapath, DatapathError},
     health::state::Outcome,
-    host::rtnl::{Rtnl, XdpAttachMode},
+    host::rtnl::Rtnl,
     l7::L7,
     loader::{Attached, Balancer, BalancerSpec, LoadError, interface_index},
     metrics::{self, MetricsInput},
@@ -120,15 +120,14 @@ async fn serve(config: Config, path: PathBuf) -> Result<(), DaemonError> {
                 "took over the pinned attachment: no packet went unbalanced"
             ),
         }
-        let gro_turned_off = mode == XdpAttachMode::Generic && turn_gro_off(name);
         datapath.add_tx_port(*index)?;
         attached.push(host::Interface {
             name: name.clone(),
             ifindex: *index,
             mode,
-            gro_turned_off,
         });
     }
+    accept_local_sources(&config, &host_defaults, &interfaces);
     let possible_cpus = crate::loader::possible_cpus()?;
     let conn_table_entries = datapath.conn_table_entries()?;
     info!(
@@ -366,23 +365,40 @@ fn ebpf_logs(balancer: &mut Balancer) -> Option<tokio::task::JoinHandle<()>> {
     }))
 }
 
-/// Turns GRO off on `interface` (generic XDP runs after GRO, see `host::ethtool`); says so.
-fn turn_gro_off(interface: &str) -> bool {
-    match crate::host::ethtool::disable_gro(interface) {
-        Ok(true) => {
-            warn!(
-                %interface,
-                "generic XDP sees GRO-coalesced packets larger than the MTU: turned GRO off on this interface (it stays off; `ethtool -K {interface} gro on` to undo)"
-            );
-            true
-        }
-        Ok(false) => false,
-        Err(error) => {
-            warn!(
-                %interface, %error,
-                "generic XDP: could not turn GRO off; coalesced packets larger than the MTU are dropped (drop_too_big)"
-            );
-            false
+/// When the IPv4 outer source is this host's own address (the default), sets `accept_local` on
+/// the interfaces the balancer runs on: the encapsulated packets it hands the kernel to forward
+/// (`pass_no_neighbour`, `pass_no_tx_port`) arrive there with that source, and the kernel
+/// drops packets from its own address as martians otherwise. Says so.
+fn accept_local_sources(
+    config: &Config,
+    host_defaults: &crate::config::HostDefaults,
+    interfaces: &[(String, u32)],
+) {
+    let source = config
+        .datapath
+        .encap_source_v4
+        .map(|(base, _)| base)
+        .or(host_defaults.encap_source_v4);
+    let Some(source) = source else {
+        return;
+    };
+    let local = crate::host::addresses::interface_addresses()
+        .map(|all| crate::host::addresses::is_local(std::net::IpAddr::V4(source), &all))
+        .unwrap_or(false);
+    if !local {
+        return;
+    }
+    for (name, _) in interfaces {
+        let path = format!("/proc/sys/net/ipv4/conf/{name}/accept_local");
+        match std::fs::write(&path, "1") {
+            Ok(()) => info!(
+                interface = %name, %source,
+                "accept_local set: the kernel forwards the encapsulated packets the balancer hands it, whose outer source is this host's address"
+            ),
+            Err(error) => warn!(
+                interface = %name, %error,
+                "could not set accept_local: encapsulated packets handed to the kernel (pass_no_neighbour, pass_no_tx_port) are dropped as martians"
+            ),
         }
     }
 }

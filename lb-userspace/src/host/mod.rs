@@ -1,7 +1,6 @@
 //! What the host's kernel knows that the balancer needs: the addresses assigned to its
-//! interfaces ([`addresses`]), routes, neighbours and XDP attachments through rtnetlink
-//! ([`rtnl`]), and GRO ([`ethtool`]).
+//! interfaces ([`addresses`]), and routes, neighbours and XDP attachments through rtnetlink
+//! ([`rtnl`]).
 
 pub mod addresses;
-pub mod ethtool;
 pub mod rtnl;

@@ -64,8 +64,8 @@ pub struct Neighbour {
 pub enum XdpAttachMode {
     /// In the driver (native): the fast path.
     Driver,
-    /// Generic (SKB) mode, after the kernel built a socket buffer: slower, and it sees
-    /// GRO-coalesced packets.
+    /// Generic (SKB) mode, after the kernel built a socket buffer: slower. The kernel skips GRO
+    /// on such an interface, but a virtual peer's TSO/GSO aggregates reach the program whole.
     Generic,
     /// Offloaded to the NIC.
     Hardware,

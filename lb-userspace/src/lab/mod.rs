@@ -7,6 +7,8 @@
 //! - [`passthrough`]: [`PassthroughLab`](passthrough::PassthroughLab), the namespaces of a
 //!   passthrough deployment (client, balancer, backends on one switched segment), with the
 //!   backends' decapsulation programs attached and TLS servers on the VIP;
+//! - [`routed`]: [`RoutedLab`](routed::RoutedLab), the client behind a router and the balancer
+//!   between a client-facing and a backend-facing segment (two interfaces, real path MTUs);
 //! - [`daemon`]: [`DaemonProcess`](daemon::DaemonProcess), an `lb run` child process inside a
 //!   lab namespace, with its own socket and pins, stopped (SIGTERM) on drop;
 //! - [`http`]: [`HttpBackend`](http::HttpBackend), an HTTP/1.1 and HTTP/2 backend (plain or
@@ -38,6 +40,7 @@ pub mod http_host;
 pub mod l7;
 pub mod netns;
 pub mod passthrough;
+pub mod routed;
 pub mod side_by_side;
 pub mod tls;
 

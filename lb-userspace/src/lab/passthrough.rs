@@ -180,20 +180,7 @@ impl PassthroughLab {
 
     /// Starts backend `i`'s TLS servers (see [`PassthroughLab::start_tls`]).
     pub fn start_backend(&mut self, i: usize, port: u16) -> Result<(), LabError> {
-        let backend = backend_mut(&mut self.backends, i)?;
-        let own_name = format!("{}.lb.test", backend.name);
-        let own_address = backend.v4.to_string();
-        let issued = self.pki.issue(&[VIP_NAME, &own_name, &own_address])?;
-        for address in [
-            IpAddr::V4(VIP_V4),
-            IpAddr::V6(VIP_V6),
-            IpAddr::V4(backend.v4),
-        ] {
-            let bind = SocketAddr::new(address, port);
-            let server = TlsServer::start(Some(&backend.ns), bind, &backend.name, &issued)?;
-            backend.servers.push(server);
-        }
-        Ok(())
+        start_tls_servers(backend_mut(&mut self.backends, i)?, &self.pki, port)
     }
 
     /// Stops backend `i`'s servers, as if its process died: health checks are refused and its
@@ -212,8 +199,30 @@ impl PassthroughLab {
     }
 }
 
+/// Starts `backend`'s TLS servers at `port` on the VIPs and on its own IPv4 address, with a
+/// certificate for [`VIP_NAME`], `<backend name>.lb.test` and its address.
+pub(super) fn start_tls_servers(
+    backend: &mut LabBackend,
+    pki: &Pki,
+    port: u16,
+) -> Result<(), LabError> {
+    let own_name = format!("{}.lb.test", backend.name);
+    let own_address = backend.v4.to_string();
+    let issued = pki.issue(&[VIP_NAME, &own_name, &own_address])?;
+    for address in [
+        IpAddr::V4(VIP_V4),
+        IpAddr::V6(VIP_V6),
+        IpAddr::V4(backend.v4),
+    ] {
+        let bind = SocketAddr::new(address, port);
+        let server = TlsServer::start(Some(&backend.ns), bind, &backend.name, &issued)?;
+        backend.servers.push(server);
+    }
+    Ok(())
+}
+
 /// Connects `host` to the switch: `eth0` in the host, `port` on the bridge.
-fn plug(switch: &NetNs, host: &NetNs, port: &str, mtu: u32) -> Result<(), LabError> {
+pub(super) fn plug(switch: &NetNs, host: &NetNs, port: &str, mtu: u32) -> Result<(), LabError> {
     veth(host, IFACE, switch, port)?;
     let mtu = mtu.to_string();
     host.ip(&["link", "set", IFACE, "mtu", &mtu])?;
@@ -225,7 +234,7 @@ fn plug(switch: &NetNs, host: &NetNs, port: &str, mtu: u32) -> Result<(), LabErr
 
 /// Gives `host`'s `eth0` its addresses (IPv6 without duplicate address detection, so they are
 /// usable at once).
-fn address_host(host: &NetNs, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<(), LabError> {
+pub(super) fn address_host(host: &NetNs, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<(), LabError> {
     host.ip(&["addr", "add", &format!("{v4}/24"), "dev", IFACE])?;
     host.ip(&[
         "-6",
@@ -271,32 +280,45 @@ fn build_backend(prefix: &str, switch: &NetNs, i: usize) -> Result<LabBackend, L
     plug(switch, &ns, &port, INNER_MTU)?;
     let (v4, v6) = (backend_v4(i), backend_v6(i));
     address_host(&ns, v4, v6)?;
-    assign_vip_to_lo(&ns)?;
-    for (key, value) in [
-        // The client's packets arrive on eth0 for an address on lo, from a source that is
-        // not behind lo: reverse-path filtering must not drop them.
-        ("net.ipv4.conf.all.rp_filter", "0"),
-        ("net.ipv4.conf.eth0.rp_filter", "0"),
-        // Never answer ARP for the VIP: only the balancer may attract its traffic.
-        ("net.ipv4.conf.all.arp_ignore", "1"),
-        ("net.ipv4.conf.all.arp_announce", "2"),
-    ] {
-        ns.sysctl(key, value)?;
+    LabBackend::serve_vips(ns, i, v4, v6)
+}
+
+impl LabBackend {
+    /// Makes `ns` (whose `eth0` is plugged and addressed) backend `i`: the VIPs on `lo`, the
+    /// sysctls a backend needs, the decapsulation program on `eth0` accepting the VIPs.
+    pub(super) fn serve_vips(
+        ns: NetNs,
+        i: usize,
+        v4: Ipv4Addr,
+        v6: Ipv6Addr,
+    ) -> Result<Self, LabError> {
+        assign_vip_to_lo(&ns)?;
+        for (key, value) in [
+            // The client's packets arrive on eth0 for an address on lo, from a source that is
+            // not behind lo: reverse-path filtering must not drop them.
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.eth0.rp_filter", "0"),
+            // Never answer ARP for the VIP: only the balancer may attract its traffic.
+            ("net.ipv4.conf.all.arp_ignore", "1"),
+            ("net.ipv4.conf.all.arp_announce", "2"),
+        ] {
+            ns.sysctl(key, value)?;
+        }
+        let mut decap = Decap::load(None)?;
+        decap.set_vips(&[IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)])?;
+        let mode =
+            ns.run_here(|| attach(&mut decap.ebpf, DECAP_PROGRAM, IFACE, AttachMode::Driver))??;
+        debug_assert_eq!(mode.0, XdpMode::Driver);
+        Ok(Self {
+            servers: Vec::new(),
+            http: None,
+            _decap: decap,
+            name: format!("backend-{i}"),
+            v4,
+            v6,
+            ns,
+        })
     }
-    let mut decap = Decap::load(None)?;
-    decap.set_vips(&[IpAddr::V4(VIP_V4), IpAddr::V6(VIP_V6)])?;
-    let mode =
-        ns.run_here(|| attach(&mut decap.ebpf, DECAP_PROGRAM, IFACE, AttachMode::Driver))??;
-    debug_assert_eq!(mode.0, XdpMode::Driver);
-    Ok(LabBackend {
-        servers: Vec::new(),
-        http: None,
-        _decap: decap,
-        name: format!("backend-{i}"),
-        v4,
-        v6,
-        ns,
-    })
 }
 
 /// The balancer configuration of a lab with `backends` backends: a TLS listener on port 443 of

@@ -52,6 +52,9 @@ pub fn deliver(
     let hop = match route(ctx, &outer, selected, config, &ingress)? {
         Route::Via(hop) => hop,
         Route::TooBig(mtu) => {
+            if config.ingress_mtu != 0 && packet.ip_len > config.ingress_mtu {
+                return Err(Exit::Drop(Counter::DropOversized));
+            }
             return match on_too_big {
                 OnTooBig::Answer => too_big::answer(ctx, packet, mtu, config),
                 OnTooBig::Drop => Err(Exit::Drop(Counter::DropTooBig)),

@@ -91,7 +91,6 @@ impl<D: Datapath> Controller<D> {
                 .map(|i| InterfaceView {
                     name: i.name.clone(),
                     attach_mode: i.mode.as_str().to_owned(),
-                    gro_turned_off: i.gro_turned_off,
                 })
                 .collect(),
             redirect_interfaces: host.redirect_interfaces(),

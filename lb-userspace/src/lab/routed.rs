@@ -1,0 +1,312 @@
+//! A routed lab: the client behind a router, the balancer with a client-facing and a
+//! backend-facing interface, each on its own switched segment.
+//!
+//! ```text
+//!   client (198.18.2.1) ── c0 router (198.18.2.254)
+//!                              f0 (198.18.0.254) ──┐ front: the balancer's l0 (198.18.0.2)
+//!                              b0 (198.18.1.254) ──┐ back:  the balancer's l1 (198.18.1.2),
+//!                                                     backend i (198.18.1.10+i, VIP on lo)
+//! ```
+//!
+//! The router sends the VIPs to the balancer's `l0`; the balancer's XDP program runs on `l0`
+//! alone (as an operator would configure it: the client-facing interface) and must redirect
+//! encapsulated packets out of `l1` toward the backends; the backends answer the client
+//! through the router (direct server return). The link between the client and the router can
+//! have a smaller MTU on the router's side than on the client's, so that the client advertises
+//! a larger MSS than the path carries and path MTU discovery must work through the balancer.
+//!
+//! Like real wires, the router's links segment what they forward (no TSO or GSO on them), and
+//! the client computes its own checksums. The switch ports facing the balancer run `lb_pass`,
+//! since a veth delivers `XDP_TX` and `XDP_REDIRECT` frames only to a peer with an XDP program.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::{
+    LabError, NetNs, Pki,
+    netns::veth,
+    passthrough::{IFACE, LabBackend, VIP_V4, VIP_V6, address_host, plug, start_tls_servers},
+    sweep_stale,
+};
+use crate::loader::{AttachMode, Aux, attach};
+
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 1);
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 1);
+const ROUTER_CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 2, 254);
+const ROUTER_CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 0xfe);
+const ROUTER_FRONT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 254);
+const ROUTER_FRONT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
+const ROUTER_BACK_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 254);
+const ROUTER_BACK_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0xfe);
+pub const LB_FRONT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const LB_FRONT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+pub const LB_BACK_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 2);
+pub const LB_BACK_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+/// The balancer's client-facing and backend-facing interfaces.
+pub const FRONT: &str = "l0";
+pub const BACK: &str = "l1";
+/// MTU of every link unless told otherwise.
+pub const MTU: u32 = 1500;
+
+/// The address of backend `i` (0-based) on the back segment.
+pub fn backend_v4(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 18, 1, 10 + u8::try_from(i).unwrap_or(u8::MAX - 10))
+}
+
+/// The IPv6 address of backend `i` on the back segment.
+pub fn backend_v6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        1,
+        0,
+        0,
+        0,
+        0,
+        0x10 + u16::try_from(i).unwrap_or(0xff),
+    )
+}
+
+/// How to build a [`RoutedLab`].
+#[derive(Clone, Copy, Debug)]
+pub struct RoutedOptions {
+    pub backends: usize,
+    /// MTU of the router's end of its link to the client (the client's end has [`MTU`]).
+    pub router_client_mtu: u32,
+}
+
+impl Default for RoutedOptions {
+    fn default() -> Self {
+        Self {
+            backends: 2,
+            router_client_mtu: MTU,
+        }
+    }
+}
+
+/// The whole lab; dropping it stops the servers and deletes every namespace.
+pub struct RoutedLab {
+    pub backends: Vec<LabBackend>,
+    _aux: Aux,
+    pub pki: Pki,
+    pub client: NetNs,
+    pub router: NetNs,
+    pub lb: NetNs,
+    pub front: NetNs,
+    pub back: NetNs,
+}
+
+impl std::fmt::Debug for RoutedLab {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoutedLab")
+            .field("backends", &self.backends)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Gives `ns`'s interface `iface` its addresses.
+fn address(ns: &NetNs, iface: &str, v4: Ipv4Addr, v6: Ipv6Addr, len6: u8) -> Result<(), LabError> {
+    ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", iface])?;
+    ns.ip(&[
+        "-6",
+        "addr",
+        "add",
+        &format!("{v6}/{len6}"),
+        "dev",
+        iface,
+        "nodad",
+    ])?;
+    Ok(())
+}
+
+/// Default routes of `ns` via `v4` and `v6`.
+fn default_via(ns: &NetNs, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<(), LabError> {
+    ns.ip(&["route", "add", "default", "via", &v4.to_string()])?;
+    ns.ip(&["-6", "route", "add", "default", "via", &v6.to_string()])?;
+    Ok(())
+}
+
+/// Brings `iface` of `ns` up with `mtu`.
+fn up(ns: &NetNs, iface: &str, mtu: u32) -> Result<(), LabError> {
+    ns.ip(&["link", "set", iface, "mtu", &mtu.to_string()])?;
+    ns.ip(&["link", "set", iface, "up"])?;
+    Ok(())
+}
+
+/// A switch namespace with a bridge `br0`.
+fn switch(prefix: &str) -> Result<NetNs, LabError> {
+    let ns = NetNs::new(prefix)?;
+    ns.ip(&["link", "add", "br0", "type", "bridge"])?;
+    ns.ip(&["link", "set", "br0", "up"])?;
+    Ok(ns)
+}
+
+/// Connects `iface` of `host` to `switch`'s bridge as port `port`.
+fn plug_into(switch: &NetNs, host: &NetNs, iface: &str, port: &str) -> Result<(), LabError> {
+    veth(host, iface, switch, port)?;
+    up(host, iface, MTU)?;
+    up(switch, port, MTU)?;
+    switch.ip(&["link", "set", port, "master", "br0"])?;
+    Ok(())
+}
+
+impl RoutedLab {
+    /// Builds the namespaces, links, addresses and routes; attaches the backends' programs.
+    /// `prefix` (letters, digits, `_`) names the namespaces; stale ones are removed first.
+    pub fn build(prefix: &str, options: RoutedOptions) -> Result<Self, LabError> {
+        sweep_stale(prefix)?;
+        let front = switch(prefix)?;
+        let back = switch(prefix)?;
+
+        let client = NetNs::new(prefix)?;
+        let router = NetNs::new(prefix)?;
+        veth(&client, IFACE, &router, "c0")?;
+        up(&client, IFACE, MTU)?;
+        up(&router, "c0", options.router_client_mtu)?;
+        client.ip(&["link", "set", "lo", "up"])?;
+        client.run(&["ethtool", "-K", IFACE, "tx", "off"])?;
+        address(&client, IFACE, CLIENT_V4, CLIENT_V6, 64)?;
+        default_via(&client, ROUTER_CLIENT_V4, ROUTER_CLIENT_V6)?;
+
+        address(&router, "c0", ROUTER_CLIENT_V4, ROUTER_CLIENT_V6, 64)?;
+        plug_into(&front, &router, "f0", "r")?;
+        address(&router, "f0", ROUTER_FRONT_V4, ROUTER_FRONT_V6, 64)?;
+        plug_into(&back, &router, "b0", "r")?;
+        address(&router, "b0", ROUTER_BACK_V4, ROUTER_BACK_V6, 64)?;
+        for iface in ["f0", "b0", "c0"] {
+            // As a wire: what the router forwards leaves in segments of the MTU.
+            router.run(&["ethtool", "-K", iface, "tso", "off", "gso", "off"])?;
+        }
+        for (key, value) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+        ] {
+            router.sysctl(key, value)?;
+        }
+        router.ip(&[
+            "route",
+            "add",
+            &format!("{VIP_V4}/32"),
+            "via",
+            &LB_FRONT_V4.to_string(),
+        ])?;
+        router.ip(&[
+            "-6",
+            "route",
+            "add",
+            &format!("{VIP_V6}/128"),
+            "via",
+            &LB_FRONT_V6.to_string(),
+        ])?;
+
+        let lb = NetNs::new(prefix)?;
+        lb.ip(&["link", "set", "lo", "up"])?;
+        plug_into(&front, &lb, FRONT, "lb")?;
+        address(&lb, FRONT, LB_FRONT_V4, LB_FRONT_V6, 64)?;
+        plug_into(&back, &lb, BACK, "lb")?;
+        address(&lb, BACK, LB_BACK_V4, LB_BACK_V6, 64)?;
+        default_via(&lb, ROUTER_FRONT_V4, ROUTER_FRONT_V6)?;
+        for (key, value) in [
+            ("net.ipv4.ip_forward", "1"),
+            ("net.ipv6.conf.all.forwarding", "1"),
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.all.send_redirects", "0"),
+        ] {
+            lb.sysctl(key, value)?;
+        }
+
+        let mut aux = Aux::load()?;
+        for switch in [&front, &back] {
+            switch.run_here(|| attach(&mut aux.ebpf, Aux::PASS, "lb", AttachMode::Driver))??;
+        }
+
+        let mut backends = Vec::with_capacity(options.backends);
+        for i in 0..options.backends {
+            let ns = NetNs::new(prefix)?;
+            plug(&back, &ns, &format!("b{i}"), MTU)?;
+            let (v4, v6) = (backend_v4(i), backend_v6(i));
+            address_host(&ns, v4, v6)?;
+            default_via(&ns, ROUTER_BACK_V4, ROUTER_BACK_V6)?;
+            backends.push(LabBackend::serve_vips(ns, i, v4, v6)?);
+        }
+        Ok(Self {
+            backends,
+            _aux: aux,
+            pki: Pki::new("routed lab")?,
+            client,
+            router,
+            lb,
+            front,
+            back,
+        })
+    }
+
+    /// Starts a TLS server at `port` on the VIPs and on its own address in every backend.
+    pub fn start_tls(&mut self, port: u16) -> Result<(), LabError> {
+        for backend in &mut self.backends {
+            start_tls_servers(backend, &self.pki, port)?;
+        }
+        Ok(())
+    }
+
+    /// The backends' addresses of one family, for a pool.
+    pub fn backend_addresses(&self, v4: bool) -> Vec<IpAddr> {
+        self.backends
+            .iter()
+            .map(|b| {
+                if v4 {
+                    IpAddr::V4(b.v4)
+                } else {
+                    IpAddr::V6(b.v6)
+                }
+            })
+            .collect()
+    }
+}
+
+/// The balancer configuration of a routed lab with `backends` backends: TLS listeners on port
+/// 443 of each VIP, the XDP program on the client-facing interface only, no outer source
+/// prefix (the host's address is the default), and `extra` lines added to `[datapath]`.
+pub fn routed_config(paths: &super::daemon::DaemonPaths, backends: usize, extra: &str) -> String {
+    let pool = |address: &dyn Fn(usize) -> IpAddr| {
+        (0..backends)
+            .map(|i| format!("{{ address = \"{}\" }}", address(i)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        r#"# The routed lab's balancer: XDP on the client-facing interface; the backends behind the other.
+[datapath]
+interfaces = ["{FRONT}"]
+conn_table_size = 65536
+max_listeners = 8
+pin_dir = "{pin_dir}"
+{extra}
+
+[control]
+socket = "{socket}"
+
+[pools.web4]
+backends = [{pool4}]
+
+[pools.web6]
+backends = [{pool6}]
+
+[listeners.tls4]
+address = "{VIP_V4}"
+port = 443
+mode = "passthrough"
+pool = "web4"
+
+[listeners.tls6]
+address = "{VIP_V6}"
+port = 443
+mode = "passthrough"
+pool = "web6"
+"#,
+        pin_dir = paths.pin_dir.display(),
+        socket = paths.socket.display(),
+        pool4 = pool(&|i| IpAddr::V4(backend_v4(i))),
+        pool6 = pool(&|i| IpAddr::V6(backend_v6(i))),
+    )
+}
