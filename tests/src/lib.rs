@@ -34,6 +34,7 @@ pub mod metrics_scrape;
 pub mod packet;
 pub mod pinned;
 pub mod pool_config;
+pub mod raw;
 pub mod routed;
 pub mod side_by_side;
 

@@ -310,3 +310,179 @@ fn ttl() -> std::time::Duration {
     std::time::Duration::from_nanos(lb_common::abi::NEXT_HOP_TTL_NS)
         + std::time::Duration::from_millis(20)
 }
+
+/// The MAC the balancer sent a frame of client port `port` to (its destination MAC), through
+/// the FIB in `ns`, arriving on `in0`.
+fn next_hop_mac(harness: &mut Harness, ns: &NetNs, port: u16) -> [u8; 6] {
+    let ingress = ns.run_here(|| interface_index("in0")).unwrap().unwrap();
+    let input = frame(
+        &Flow {
+            src: ip("198.18.0.1"),
+            dst: ip(VIP),
+            src_port: port,
+            dst_port: 443,
+            proto: TCP,
+        },
+        Tcp::Ack,
+        b"x",
+    );
+    let out = ns
+        .run_here(|| harness.run_on(&input, Some(ingress)))
+        .unwrap();
+    assert_eq!(
+        out.action, XDP_REDIRECT,
+        "port {port}: redirected out of out0"
+    );
+    out.frame[..6].try_into().unwrap()
+}
+
+/// A namespace whose route to the backend 198.18.50.10 leaves `out0`, and a balancer whose
+/// listener forwards to it, with `out0` in its redirect map.
+fn routed_balancer(prefix: &str, route: &[&str]) -> (NetNs, NetNs, Harness) {
+    let ns = NetNs::new(prefix).unwrap();
+    let peer = NetNs::new(prefix).unwrap();
+    veth(&ns, "in0", &peer, "in0p").unwrap();
+    veth(&ns, "out0", &peer, "out0p").unwrap();
+    ns.ip(&["addr", "add", "198.18.0.2/24", "dev", "in0"])
+        .unwrap();
+    ns.ip(&["addr", "add", "198.18.9.2/24", "dev", "out0"])
+        .unwrap();
+    let mut args = vec!["route", "add", "198.18.50.10/32"];
+    args.extend_from_slice(route);
+    ns.ip(&args).unwrap();
+    ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    let out0 = ns.run_here(|| interface_index("out0")).unwrap().unwrap();
+    let mut harness = Harness::new(fib_config(65_537, 1, 0));
+    harness.apply(&[listener(443, VIP, "198.18.50.10")]);
+    harness.reconciler.datapath_mut().add_tx_port(out0).unwrap();
+    (ns, peer, harness)
+}
+
+/// What the daemon does every few seconds: look at the routes toward the backends (marking
+/// multipath ones, making next hops managed neighbours), run in `ns`.
+fn refresh_host(ns: &NetNs, harness: &mut Harness) {
+    ns.run_here(|| {
+        let rtnl = lb::host::rtnl::Rtnl::connect().unwrap();
+        let mut watch = lb::daemon::host::HostWatch::new(rtnl, Default::default(), false);
+        watch.refresh_if_due(&mut harness.reconciler, std::time::Instant::now(), true);
+    })
+    .unwrap();
+}
+
+/// With two next hops toward a backend, the FIB's multipath hash spreads flows (their outer
+/// sources differ) over both. Cached per backend, one answer would carry every flow to one
+/// next hop and move them all when it is refreshed; the daemon marks the backend multipath
+/// and every flow keeps its own next hop.
+#[test]
+fn each_flow_keeps_its_next_hop_on_a_multipath_route() {
+    lb_tests::require_root();
+    let (ns, _peer, mut harness) = routed_balancer(
+        "lbtecmp",
+        &[
+            "nexthop",
+            "via",
+            "198.18.9.1",
+            "dev",
+            "out0",
+            "nexthop",
+            "via",
+            "198.18.9.3",
+            "dev",
+            "out0",
+        ],
+    );
+    for (gateway, mac) in [
+        ("198.18.9.1", "02:00:00:00:09:01"),
+        ("198.18.9.3", "02:00:00:00:09:03"),
+    ] {
+        ns.ip(&[
+            "neigh",
+            "add",
+            gateway,
+            "lladdr",
+            mac,
+            "dev",
+            "out0",
+            "nud",
+            "permanent",
+        ])
+        .unwrap();
+    }
+    let ports: Vec<u16> = (41_000..41_064).collect();
+
+    // Without the mark, the per-backend cache hands every flow one next hop.
+    let cached: std::collections::BTreeSet<[u8; 6]> = ports
+        .iter()
+        .map(|&p| next_hop_mac(&mut harness, &ns, p))
+        .collect();
+    assert_eq!(cached.len(), 1, "one cached next hop for all flows");
+
+    refresh_host(&ns, &mut harness);
+    assert!(harness.reconciler.is_multipath(ip("198.18.50.10")));
+    std::thread::sleep(ttl());
+    let first: Vec<[u8; 6]> = ports
+        .iter()
+        .map(|&p| next_hop_mac(&mut harness, &ns, p))
+        .collect();
+    let used: std::collections::BTreeSet<[u8; 6]> = first.iter().copied().collect();
+    assert_eq!(used.len(), 2, "flows spread over both next hops");
+    for round in 0..3 {
+        std::thread::sleep(ttl());
+        for (&port, &mac) in ports.iter().zip(&first) {
+            assert_eq!(
+                next_hop_mac(&mut harness, &ns, port),
+                mac,
+                "round {round}: the flow of port {port} moved to another next hop"
+            );
+        }
+    }
+}
+
+/// The next hop is a managed neighbour (the kernel keeps it resolved although the XDP program's
+/// packets never cross it). When its MAC changes and it says so (a gratuitous ARP, as a router
+/// failing over sends), the balancer follows within a second.
+#[test]
+fn a_next_hops_new_mac_is_followed_within_a_second() {
+    lb_tests::require_root();
+    let (ns, peer, mut harness) = routed_balancer("lbtmac", &["via", "198.18.9.1", "dev", "out0"]);
+    peer.ip(&["addr", "add", "198.18.9.1/24", "dev", "out0p"])
+        .unwrap();
+    peer.sysctl("net.ipv4.conf.out0p.arp_notify", "1").unwrap();
+    refresh_host(&ns, &mut harness);
+    let managed = |ns: &NetNs| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        loop {
+            let table = ns.ip(&["-d", "neigh", "show", "198.18.9.1"]).unwrap();
+            if table.contains("managed") && table.contains("REACHABLE") {
+                return table;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the next hop was not resolved on its own: {table}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    managed(&ns);
+    assert_eq!(
+        next_hop_mac(&mut harness, &ns, 42_000),
+        mac_of(&peer, "out0p")
+    );
+
+    let new_mac = [0x02, 0, 0, 0, 0x09, 0x99];
+    peer.ip(&["link", "set", "out0p", "address", "02:00:00:00:09:99"])
+        .unwrap();
+    let changed = std::time::Instant::now();
+    while next_hop_mac(&mut harness, &ns, 42_000) != new_mac {
+        assert!(
+            changed.elapsed() < std::time::Duration::from_secs(1),
+            "the new MAC was not followed within a second"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let table = ns.ip(&["-d", "neigh", "show", "198.18.9.1"]).unwrap();
+    assert!(
+        table.contains("managed") && table.contains("02:00:00:00:09:99"),
+        "{table}"
+    );
+}

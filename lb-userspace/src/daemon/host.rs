@@ -388,9 +388,15 @@ impl HostWatch {
             }
         };
         for (ifindex, address) in missing {
-            let already = table
+            let existing = table
                 .iter()
-                .any(|n| n.ifindex == ifindex && n.address == address && n.managed);
+                .find(|n| n.ifindex == ifindex && n.address == address);
+            if existing.is_some_and(|n| n.is_static) {
+                // Set by hand: its MAC is what the operator says, nothing to resolve.
+                self.managed.insert((ifindex, address));
+                continue;
+            }
+            let already = existing.is_some_and(|n| n.managed);
             if !already && let Err(error) = self.rtnl.manage_neighbour(ifindex, address) {
                 warn!(
                     next_hop = %address, interface = %interface_name(ifindex), %error,

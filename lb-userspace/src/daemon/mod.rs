@@ -120,6 +120,7 @@ async fn serve(config: Config, path: PathBuf) -> Result<(), DaemonError> {
                 "took over the pinned attachment: no packet went unbalanced"
             ),
         }
+        see_vlan_tags(name);
         datapath.add_tx_port(*index)?;
         attached.push(host::Interface {
             name: name.clone(),
@@ -363,6 +364,22 @@ fn ebpf_logs(balancer: &mut Balancer) -> Option<tokio::task::JoinHandle<()>> {
             guard.clear_ready();
         }
     }))
+}
+
+/// Turns receive VLAN offload off on `interface`, so that the XDP program sees VLAN tags (a NIC
+/// that strips them hands it untagged frames, and tagged flows would leave untagged). Says so.
+fn see_vlan_tags(interface: &str) {
+    match crate::host::ethtool::turn_off(interface, &crate::host::ethtool::RX_VLAN_OFFLOADS) {
+        Ok(changed) if !changed.is_empty() => info!(
+            %interface, features = %changed.join(", "),
+            "turned receive VLAN offload off: the XDP program must see VLAN tags to keep them"
+        ),
+        Ok(_) => {}
+        Err(error) => warn!(
+            %interface, %error,
+            "could not turn receive VLAN offload off: if the NIC strips VLAN tags, tagged VIP traffic leaves untagged (`ethtool -K {interface} rxvlan off`)"
+        ),
+    }
 }
 
 /// When the IPv4 outer source is this host's own address (the default), sets `accept_local` on

@@ -11,7 +11,7 @@ use aya::{
 use lb_common::{
     abi::{
         Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, EgressVlan, FAMILY_V4, FlowKey,
-        TrafficCounters, VipKey, VipKeyV4, VipKeyV6, VipValue,
+        TrafficCounters, VIP_CACHE_SIZE, VipCacheEntry, VipKey, VipKeyV4, VipKeyV6, VipValue,
     },
     counters::Counter,
     maps as names,
@@ -38,6 +38,7 @@ pub struct AyaDatapath {
     history: Array<MapData, TrafficCounters>,
     tx_ports: DevMapHash<MapData>,
     egress_vlans: HashMap<MapData, u32, EgressVlan>,
+    vip_cache: PerCpuArray<MapData, VipCacheEntry>,
 }
 
 impl std::fmt::Debug for AyaDatapath {
@@ -88,7 +89,32 @@ impl AyaDatapath {
             history: typed!(ebpf, names::HISTORY),
             tx_ports: typed!(ebpf, names::TX_PORTS),
             egress_vlans: typed!(ebpf, names::EGRESS_VLANS),
+            vip_cache: typed!(ebpf, names::VIP_CACHE),
         })
+    }
+
+    /// Every CPU's VIP cache (see `select::lookup_vip` in the balancer): entries by slot, one
+    /// list per possible CPU.
+    pub fn vip_cache(&self) -> Result<Vec<Vec<VipCacheEntry>>, DatapathError> {
+        let mut cpus: Vec<Vec<VipCacheEntry>> = Vec::new();
+        for slot in 0..VIP_CACHE_SIZE {
+            let values = self
+                .vip_cache
+                .get(&slot, 0)
+                .map_err(err(names::VIP_CACHE))?;
+            for (cpu, entry) in values.iter().enumerate() {
+                if cpus.len() <= cpu {
+                    cpus.resize(cpu + 1, Vec::new());
+                }
+                cpus[cpu].push(*entry);
+            }
+        }
+        Ok(cpus)
+    }
+
+    /// The VIP epoch last written.
+    pub fn vip_epoch(&self) -> u32 {
+        self.vip_epoch
     }
 
     /// The entries of each connection table as the kernel allocated them (with one LRU list per

@@ -1,6 +1,7 @@
 //! What the host's kernel knows that the balancer needs: the addresses assigned to its
-//! interfaces ([`addresses`]), and routes, neighbours and XDP attachments through rtnetlink
-//! ([`rtnl`]).
+//! interfaces ([`addresses`]), routes, neighbours and XDP attachments through rtnetlink
+//! ([`rtnl`]), and interface offloads ([`ethtool`]).
 
 pub mod addresses;
+pub mod ethtool;
 pub mod rtnl;

@@ -56,6 +56,8 @@ pub struct Neighbour {
     pub mac: Option<[u8; 6]>,
     /// Kept resolved by the kernel (`managed`).
     pub managed: bool,
+    /// Set by hand (`permanent` or `noarp`): never resolved, never replaced.
+    pub is_static: bool,
 }
 
 /// How an interface runs its XDP program.
@@ -354,6 +356,10 @@ fn neighbour_of(message: &NeighbourMessage) -> Option<Neighbour> {
         address: address?,
         mac,
         managed,
+        is_static: matches!(
+            message.header.state,
+            NeighbourState::Permanent | NeighbourState::Noarp
+        ),
     })
 }
 

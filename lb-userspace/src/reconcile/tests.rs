@@ -336,11 +336,82 @@ fn listener_traffic_is_the_sum_of_its_backends_and_survives_id_reuse() {
     );
     assert_eq!(snapshot.counter(Counter::TxLocal), 15);
 
-    // The listener goes: the balancer's counters keep what it forwarded.
+    // The listener goes: the balancer's counters keep what it forwarded, as removed
+    // listeners' traffic.
     r.apply(&[]).unwrap();
     let snapshot = r.snapshot().unwrap();
     assert!(snapshot.listeners.is_empty());
+    assert_eq!(snapshot.removed, traffic(15, 3));
     assert_eq!(snapshot.counter(Counter::TxLocal), 15);
+}
+
+/// Listener totals and removed listeners' traffic live in the pinned history: a restarted
+/// daemon (an adopting reconciler) sees the same totals, and the listeners' totals plus the
+/// removed ones always add up to what the balancer forwarded.
+#[test]
+fn traffic_totals_survive_a_restart_and_add_up() {
+    use lb_common::abi::TrafficCounters;
+    let traffic = |packets| TrafficCounters {
+        packets,
+        bytes: packets * 100,
+        new_flows: 1,
+    };
+    let web = listener("web", "198.18.100.1", 443, &["198.18.1.1", "198.18.1.2"]);
+    let alt = listener("alt", "198.18.100.1", 8443, &["198.18.1.3"]);
+    let mut first = reconciler(8);
+    first.apply(&[web.clone(), alt.clone()]).unwrap();
+    let id = |r: &Reconciler<FakeDatapath>, l: &str, a: &str| r.listeners()[l].backends[&ip(a)].id;
+    let (a, b, c) = (
+        id(&first, "web", "198.18.1.1"),
+        id(&first, "web", "198.18.1.2"),
+        id(&first, "alt", "198.18.1.3"),
+    );
+    first.datapath_mut().traffic.insert(a, traffic(10));
+    first.datapath_mut().traffic.insert(b, traffic(20));
+    first.datapath_mut().traffic.insert(c, traffic(40));
+    // 198.18.1.2 leaves `web`, then a new backend takes its id (its traffic is folded into the
+    // history); `alt` is removed (its traffic becomes removed listeners').
+    first
+        .apply(&[listener("web", "198.18.100.1", 443, &["198.18.1.1"]), alt])
+        .unwrap();
+    first
+        .apply(&[listener(
+            "web",
+            "198.18.100.1",
+            443,
+            &["198.18.1.1", "198.18.1.9"],
+        )])
+        .unwrap();
+    let before = first.snapshot().unwrap();
+    assert_eq!(before.listeners["web"].total.packets, 30);
+    assert_eq!(before.removed.packets, 40);
+    let config = *first.config();
+    let datapath = first.into_datapath();
+    let grown = listener("web", "198.18.100.1", 443, &["198.18.1.1", "198.18.1.9"]);
+    let mut second = Reconciler::adopt(datapath, config, std::slice::from_ref(&grown)).unwrap();
+    second.apply(std::slice::from_ref(&grown)).unwrap();
+    let after = second.snapshot().unwrap();
+    assert_eq!(after.listeners["web"].total, before.listeners["web"].total);
+    assert_eq!(after.removed, before.removed);
+    let forwarded: u64 = second
+        .datapath()
+        .traffic
+        .values()
+        .map(|t| t.packets)
+        .sum::<u64>()
+        + second
+            .datapath()
+            .history
+            .values()
+            .map(|t| t.packets)
+            .sum::<u64>();
+    let totals = after
+        .listeners
+        .values()
+        .map(|l| l.total.packets)
+        .sum::<u64>()
+        + after.removed.packets;
+    assert_eq!(totals, forwarded, "totals add up to every forwarded packet");
 }
 
 #[test]
