@@ -26,6 +26,7 @@ pub mod clients;
 pub mod daemon_lab;
 pub mod fixture;
 pub mod flood;
+pub mod fuzz;
 pub mod harness;
 pub mod health_endpoint;
 pub mod histories;

@@ -2,12 +2,13 @@
 //!
 //! One module per command: [`setup`] installs the toolchain and tools, [`clippy`] lints host and
 //! eBPF crates, [`test`] runs everything CI checks, [`bench`] and [`demo`] run the `lb` binary
-//! (through [`lb`]). [`process`] is the one place that spawns commands. This crate depends on no
+//! (through [`lb`]), [`fuzz`] runs the packet-path fuzzer. [`process`] is the one place that spawns commands. This crate depends on no
 //! other workspace crate, so it builds fast and works while the eBPF build is broken.
 
 mod bench;
 mod clippy;
 mod demo;
+mod fuzz;
 mod lb;
 mod process;
 mod setup;
@@ -44,6 +45,8 @@ enum Task {
     Bench(bench::Options),
     /// Run setup, then the demo (`lb demo`).
     Demo(demo::Options),
+    /// Run setup, then the packet-path fuzzer: 10 million frames through each XDP program.
+    FuzzXdp(fuzz::Options),
 }
 
 fn main() -> ExitCode {
@@ -65,5 +68,6 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Task::Test(options) => test::run(&runner, options).map(|()| ExitCode::SUCCESS),
         Task::Bench(options) => bench::run(&runner, options),
         Task::Demo(options) => demo::run(&runner, options),
+        Task::FuzzXdp(options) => fuzz::run(&runner, options),
     }
 }

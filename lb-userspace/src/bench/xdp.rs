@@ -1,7 +1,9 @@
 //! `lb bench xdp`: the balancer against a trivial `XDP_TX` program, in the same run.
 //!
 //! 1. Per-packet cost through `BPF_PROG_TEST_RUN`: a TCP SYN to a VIP (new flows), a packet of
-//!    an established flow, and a packet for no VIP, through the balancer and through
+//!    an established flow (untagged and 802.1Q-tagged), an ICMP error about an established flow
+//!    (sent to its backend), a client packet too big to encapsulate (answered with ICMP), and a
+//!    packet for no VIP, through the balancer and through
 //!    `lb_tx_baseline` (swap MACs, `XDP_TX`). The balancer rewrites the packet, and a repeated
 //!    test run does not restore it, so each packet is one test run (`repeat = 1`) and both
 //!    programs are timed that way; the kernel's own timer measures each run.
@@ -21,11 +23,11 @@ use aya::{
     maps::PerCpuArray,
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
 };
-use lb_common::abi::{CONFIG_F_STATIC_NEXT_HOP, DatapathConfig};
+use lb_common::abi::{CONFIG_F_ICMP_TO_BACKENDS, CONFIG_F_STATIC_NEXT_HOP, DatapathConfig};
 
 use super::{
     BenchError, Spread,
-    frames::{NEXT_HOP_MAC, TCP_ACK, TCP_SYN, tcp_v4},
+    frames::{NEXT_HOP_MAC, TCP_ACK, TCP_SYN, frag_needed_v4, tagged, tcp_v4, tcp_v4_with_payload},
     nanos,
 };
 use crate::{
@@ -186,7 +188,8 @@ impl Bench {
     }
 }
 
-/// The datapath configuration: a static next hop, or the FIB.
+/// The datapath configuration: a static next hop, or the FIB; ICMP errors to the backends,
+/// too-big answers without a practical limit.
 fn config(static_next_hop: bool) -> DatapathConfig {
     DatapathConfig {
         ring_size: 65_537,
@@ -195,11 +198,14 @@ fn config(static_next_hop: bool) -> DatapathConfig {
         encap_src_v4_mask: 0xff,
         mtu: 1500,
         next_hop_mac: NEXT_HOP_MAC,
-        flags: if static_next_hop {
-            CONFIG_F_STATIC_NEXT_HOP
-        } else {
-            0
-        },
+        flags: CONFIG_F_ICMP_TO_BACKENDS
+            | if static_next_hop {
+                CONFIG_F_STATIC_NEXT_HOP
+            } else {
+                0
+            },
+        icmp_too_big_per_sec: u32::MAX,
+        ingress_mtu: 1500,
         ..DatapathConfig::default()
     }
 }
@@ -213,19 +219,36 @@ fn frames(flags: u8, dst: Ipv4Addr, flows: u16) -> Vec<Vec<u8>> {
 fn measure_costs(bench: &mut Bench, options: Options) -> Result<Vec<CostRow>, BenchError> {
     let syn = frames(TCP_SYN, VIP, 4096);
     let established = frames(TCP_ACK, VIP, 1024);
+    let tagged_established: Vec<Vec<u8>> = established.iter().map(|f| tagged(f, 100)).collect();
     let other = frames(TCP_ACK, Ipv4Addr::new(198, 18, 100, 9), 1024);
+    let router = Ipv4Addr::new(198, 18, 0, 254);
+    let icmp: Vec<Vec<u8>> = (0..1024)
+        .map(|i| frag_needed_v4(router, (VIP, 443), (CLIENT, 10_000 + i), 1400))
+        .collect();
+    // One byte over what the 1500-byte MTU carries once encapsulated.
+    let too_big: Vec<Vec<u8>> = (0..1024)
+        .map(|i| tcp_v4_with_payload(CLIENT, 10_000 + i, VIP, 443, TCP_ACK, 1441))
+        .collect();
     // Put the established flows in the connection table.
     let balancer = bench.balancer.program()?;
     time_runs(balancer, &established, established.len(), None, XDP_TX)?;
-    let cases: [(&'static str, &[Vec<u8>], u32, bool); 4] = [
+    let cases: [(&'static str, &[Vec<u8>], u32, bool); 7] = [
         ("TCP SYN to a VIP (new flow)", &syn, XDP_TX, true),
         ("established flow", &established, XDP_TX, true),
+        (
+            "established flow, 802.1Q-tagged",
+            &tagged_established,
+            XDP_TX,
+            true,
+        ),
         (
             "established flow, FIB next hop",
             &established,
             XDP_TX,
             false,
         ),
+        ("ICMP too big, to the flow's backend", &icmp, XDP_TX, true),
+        ("client packet too big: ICMP answer", &too_big, XDP_TX, true),
         ("packet for no VIP", &other, XDP_PASS, true),
     ];
     let mut rows = Vec::new();
