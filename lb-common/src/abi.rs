@@ -230,6 +230,12 @@ pub const MAX_GENERATION: u32 = u16::MAX as u32;
 /// The ring value of a slot that has no backend (a VIP whose pool is empty).
 pub const RING_EMPTY: u32 = u32::MAX;
 
+/// A MAC address. Aligned to 2 bytes, as it is in every frame and map value that holds one, so
+/// that the datapath copies it as three 16-bit words rather than six bytes.
+#[repr(C, align(2))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
 /// The single entry of the configuration map: deployment-wide datapath settings.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -248,7 +254,7 @@ pub struct DatapathConfig {
     pub mtu: u32,
     /// With `CONFIG_F_STATIC_NEXT_HOP`, every encapsulated frame goes back out of the interface
     /// it came in on, to this MAC address, instead of the next hop `bpf_fib_lookup` names.
-    pub next_hop_mac: [u8; 6],
+    pub next_hop_mac: Mac,
     /// `CONFIG_F_*` bits.
     pub flags: u16,
     /// Bumped by userspace after every change to the VIP maps: the datapath's per-CPU VIP cache
@@ -317,8 +323,8 @@ pub struct NextHop {
     /// The generation of the backend it was looked up for: an id given to a new backend
     /// never inherits the old one's next hop.
     pub generation: u32,
-    pub smac: [u8; 6],
-    pub dmac: [u8; 6],
+    pub smac: Mac,
+    pub dmac: Mac,
     /// The largest IP packet the route carries (the FIB's MTU for it).
     pub mtu: u16,
     pub _pad: u16,

@@ -4,6 +4,8 @@
 //! `packed(2)`: packet data always starts 2-byte aligned and every header the programs touch
 //! starts at an even offset, so each access is aligned for its declared type.
 
+pub use lb_common::abi::Mac;
+
 /// Ethernet II header.
 #[repr(C, packed(2))]
 #[derive(Clone, Copy)]
@@ -23,12 +25,13 @@ pub const ETH_P_8021AD: u16 = 0x88a8;
 /// Length of the MAC addresses at the start of every frame.
 pub const MACS_LEN: usize = 12;
 
-/// The destination and source MAC addresses that start every frame.
-#[repr(C, packed(2))]
+/// The destination and source MAC addresses that start every frame (2-byte aligned like the
+/// packed headers, through [`Mac`]).
+#[repr(C)]
 #[derive(Clone, Copy)]
 pub struct MacPair {
-    pub dst: [u8; 6],
-    pub src: [u8; 6],
+    pub dst: Mac,
+    pub src: Mac,
 }
 
 /// A VLAN tag as it sits in the frame: its protocol identifier (TPID) and control

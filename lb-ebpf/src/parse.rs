@@ -5,17 +5,18 @@
 //! encapsulation copies. It stops with a [`Stop`]:
 //!
 //! - [`Stop::Exit`] for what is not IP (ARP, LLDP, more than two tags): the kernel's;
+//! - [`Stop::Unreadable`] when the IP header cannot be read;
 //! - [`Stop::Malformed`] for a header that is truncated or inconsistent with the frame, with the
-//!   reason and, once the IP header could be read, the destination address. The caller decides:
-//!   a frame not provably addressed to a passthrough VIP goes to the kernel, which judges it as
-//!   it would without the balancer.
+//!   reason; [`destination`] then reads the IP header's destination. The caller decides: a frame
+//!   not provably addressed to a passthrough VIP goes to the kernel, which judges it as it
+//!   would without the balancer.
 //!
 //! - 802.1Q and 802.1ad tags are skipped (two at most); [`Packet::l2_len`] says where IP starts.
 //! - IPv4 options are skipped by the header length, never dropped.
 //! - IPv6 extension headers (hop-by-hop, routing, destination options, authentication,
 //!   fragment) are walked up to [`MAX_IPV6_EXT_HEADERS`] deep.
 //! - A fragment other than the first yields [`L4::Fragment`]: its ports are unknown. A first
-//!   fragment is parsed on (its ports choose the VIP) and flagged [`Packet::is_fragment`].
+//!   fragment is parsed on (its ports choose the VIP) and flagged [`PACKET_FIRST_FRAGMENT`].
 
 use aya_ebpf::{helpers::generated::bpf_xdp_get_buff_len, programs::XdpContext};
 use lb_common::{
@@ -43,23 +44,17 @@ pub const MAX_IPV6_EXT_HEADERS: usize = 4;
 pub enum Stop {
     /// A verdict the parser can give on its own (not IP: the kernel's).
     Exit(Exit<Counter>),
-    /// Headers that cannot be read in full. `dst_be` is the destination address when the IP
-    /// header was readable (`family` 0 when it was not).
-    Malformed {
-        reason: Counter,
-        dst_be: AddrBe,
-        family: u8,
-    },
+    /// Headers before the IP header's addresses that cannot be read.
+    Unreadable,
+    /// A readable IP header (see [`destination`]) with headers, after it or in it, that are
+    /// truncated or inconsistent with the frame: the reason.
+    ///
+    /// The destination is not carried here but read again by whoever needs it: the parse of
+    /// every good packet would otherwise pay for keeping it ready at each check.
+    Malformed(Counter),
 }
 
 type Result<T> = core::result::Result<T, Stop>;
-
-/// A malformed frame whose destination is unknown.
-const UNREADABLE: Stop = Stop::Malformed {
-    reason: Counter::PassMalformed,
-    dst_be: [0; 4],
-    family: 0,
-};
 
 /// What follows the IP header.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -80,25 +75,53 @@ pub struct Packet {
     /// The 5-tuple as sent (ports zero unless `l4` is [`L4::Ports`]).
     pub flow: FlowKey,
     pub l4: L4,
-    /// A TCP SYN without ACK: the first packet of a connection.
-    pub is_syn: bool,
-    /// A TCP reset.
-    pub is_rst: bool,
-    /// The first fragment of a fragmented packet (its ports were read).
-    pub is_fragment: bool,
+    /// `PACKET_*` bits (one byte rather than four flags: the program carries it in one
+    /// register across the whole packet's path).
+    pub flags: u8,
     /// Length of the IP packet (header included) as its header states it.
     pub ip_len: u32,
     /// IPv4 TOS or IPv6 traffic class, copied to the outer header.
     pub tos: u8,
-    /// IPv4 "don't fragment", copied to the outer header.
-    pub dont_fragment: bool,
     /// Length of the link-layer header: 14, plus 4 per VLAN tag. The IP header starts here.
     pub l2_len: usize,
     /// Offset of the layer-4 header (meaningful for [`L4::Ports`] and [`L4::Icmp`]).
     pub l4_offset: usize,
 }
 
+/// A TCP SYN without ACK: the first packet of a connection.
+pub const PACKET_SYN: u8 = 1;
+/// A TCP reset.
+pub const PACKET_RST: u8 = 2;
+/// The first fragment of a fragmented packet (its ports were read).
+pub const PACKET_FIRST_FRAGMENT: u8 = 4;
+/// IPv4 "don't fragment", copied to the outer header.
+pub const PACKET_DONT_FRAGMENT: u8 = 8;
+
 impl Packet {
+    /// A TCP SYN without ACK: the first packet of a connection.
+    #[inline(always)]
+    pub fn is_syn(&self) -> bool {
+        self.flags & PACKET_SYN != 0
+    }
+
+    /// A TCP reset.
+    #[inline(always)]
+    pub fn is_rst(&self) -> bool {
+        self.flags & PACKET_RST != 0
+    }
+
+    /// The first fragment of a fragmented packet (its ports were read).
+    #[inline(always)]
+    pub fn is_fragment(&self) -> bool {
+        self.flags & PACKET_FIRST_FRAGMENT != 0
+    }
+
+    /// IPv4 "don't fragment".
+    #[inline(always)]
+    pub fn dont_fragment(&self) -> bool {
+        self.flags & PACKET_DONT_FRAGMENT != 0
+    }
+
     /// Whether the frame carries VLAN tags.
     #[inline(always)]
     pub fn is_tagged(&self) -> bool {
@@ -118,6 +141,29 @@ pub fn parse_packet(ctx: &XdpContext) -> Result<Packet> {
     }
 }
 
+/// The destination address and family of a frame whose IP header is readable (the frames
+/// [`Stop::Malformed`] is given for); `None` if it is not.
+#[inline(always)]
+pub fn destination(ctx: &XdpContext) -> Option<(AddrBe, u8)> {
+    let frame = Frame::new(ctx);
+    let (ether_type, l2_len) = parse_l2(&frame).ok()?;
+    match ether_type {
+        ETH_P_IPV4 => {
+            let ip: *const Ipv4Hdr = frame.get(l2_len)?;
+            // SAFETY: `Frame::get` checked that the whole header is inside the packet.
+            let ip = unsafe { &*ip };
+            (ip.version_ihl >> 4 == 4).then_some(([ip.dst_be, 0, 0, 0], FAMILY_V4))
+        }
+        ETH_P_IPV6 => {
+            let ip: *const Ipv6Hdr = frame.get(l2_len)?;
+            // SAFETY: as above.
+            let ip = unsafe { &*ip };
+            (u32::from_be(ip.vtc_flow_be) >> 28 == 6).then_some((ip.dst_be, FAMILY_V6))
+        }
+        _ => None,
+    }
+}
+
 #[inline(always)]
 fn is_vlan(ether_type: u16) -> bool {
     ether_type == ETH_P_8021Q || ether_type == ETH_P_8021AD
@@ -126,19 +172,19 @@ fn is_vlan(ether_type: u16) -> bool {
 /// The EtherType after the VLAN tags (two at most), and where the network header starts.
 #[inline(always)]
 pub fn parse_l2(frame: &Frame) -> Result<(u16, usize)> {
-    let eth: *const EthHdr = frame.get(0).ok_or(UNREADABLE)?;
+    let eth: *const EthHdr = frame.get(0).ok_or(Stop::Unreadable)?;
     // SAFETY: `Frame::get` checked that the whole header is inside the packet.
     let ether_type = u16::from_be(unsafe { (*eth).ether_type_be });
     if !is_vlan(ether_type) {
         return Ok((ether_type, ETH_LEN));
     }
-    let outer: *const VlanHdr = frame.get(ETH_LEN).ok_or(UNREADABLE)?;
+    let outer: *const VlanHdr = frame.get(ETH_LEN).ok_or(Stop::Unreadable)?;
     // SAFETY: as above.
     let ether_type = u16::from_be(unsafe { (*outer).ether_type_be });
     if !is_vlan(ether_type) {
         return Ok((ether_type, ETH_LEN + VLAN_LEN));
     }
-    let inner: *const VlanHdr = frame.get(ETH_LEN + VLAN_LEN).ok_or(UNREADABLE)?;
+    let inner: *const VlanHdr = frame.get(ETH_LEN + VLAN_LEN).ok_or(Stop::Unreadable)?;
     // SAFETY: as above.
     let ether_type = u16::from_be(unsafe { (*inner).ether_type_be });
     if is_vlan(ether_type) {
@@ -165,25 +211,20 @@ fn fits(ctx: &XdpContext, frame: &Frame, ip_offset: usize, ip_len: usize) -> boo
 
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, frame: &Frame, l2_len: usize) -> Result<Packet> {
-    let ip: *const Ipv4Hdr = frame.get(l2_len).ok_or(UNREADABLE)?;
+    let ip: *const Ipv4Hdr = frame.get(l2_len).ok_or(Stop::Unreadable)?;
     // SAFETY: `Frame::get` checked that the whole header is inside the packet.
     let ip = unsafe { &*ip };
     if ip.version_ihl >> 4 != 4 {
-        return Err(UNREADABLE);
+        return Err(Stop::Unreadable);
     }
-    let malformed = |reason| Stop::Malformed {
-        reason,
-        dst_be: [ip.dst_be, 0, 0, 0],
-        family: FAMILY_V4,
-    };
     let header_len = usize::from(ip.version_ihl & 0x0f) * 4;
     if header_len < IPV4_LEN || l2_len + header_len > frame.len() {
-        return Err(malformed(Counter::DropBadIhl));
+        return Err(Stop::Malformed(Counter::DropBadIhl));
     }
     let ip_len_u16 = u16::from_be(ip.tot_len_be);
     let ip_len = usize::from(ip_len_u16);
     if ip_len < header_len || !fits(ctx, frame, l2_len, ip_len) {
-        return Err(malformed(Counter::DropBadLength));
+        return Err(Stop::Malformed(Counter::DropBadLength));
     }
 
     let frag_off = u16::from_be(ip.frag_off_be);
@@ -198,12 +239,17 @@ fn parse_ipv4(ctx: &XdpContext, frame: &Frame, l2_len: usize) -> Result<Packet> 
             _pad: [0; 2],
         },
         l4: L4::Other,
-        is_syn: false,
-        is_rst: false,
-        is_fragment: frag_off & IPV4_MF_OFFSET != 0,
+        flags: (if frag_off & IPV4_MF_OFFSET != 0 {
+            PACKET_FIRST_FRAGMENT
+        } else {
+            0
+        }) | if frag_off & IPV4_DF != 0 {
+            PACKET_DONT_FRAGMENT
+        } else {
+            0
+        },
         ip_len: u32::from(ip_len_u16),
         tos: ip.tos,
-        dont_fragment: frag_off & IPV4_DF != 0,
         l2_len,
         l4_offset: l2_len + header_len,
     };
@@ -218,21 +264,17 @@ fn parse_ipv4(ctx: &XdpContext, frame: &Frame, l2_len: usize) -> Result<Packet> 
 
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, frame: &Frame, l2_len: usize) -> Result<Packet> {
-    let ip: *const Ipv6Hdr = frame.get(l2_len).ok_or(UNREADABLE)?;
+    let ip: *const Ipv6Hdr = frame.get(l2_len).ok_or(Stop::Unreadable)?;
     // SAFETY: `Frame::get` checked that the whole header is inside the packet.
     let ip = unsafe { &*ip };
     let vtc_flow = u32::from_be(ip.vtc_flow_be);
     if vtc_flow >> 28 != 6 {
-        return Err(UNREADABLE);
+        return Err(Stop::Unreadable);
     }
     let payload_len = u16::from_be(ip.payload_len_be);
     let ip_len = IPV6_LEN + usize::from(payload_len);
     if !fits(ctx, frame, l2_len, ip_len) {
-        return Err(Stop::Malformed {
-            reason: Counter::DropBadLength,
-            dst_be: ip.dst_be,
-            family: FAMILY_V6,
-        });
+        return Err(Stop::Malformed(Counter::DropBadLength));
     }
 
     #[expect(
@@ -251,12 +293,9 @@ fn parse_ipv6(ctx: &XdpContext, frame: &Frame, l2_len: usize) -> Result<Packet> 
             _pad: [0; 2],
         },
         l4: L4::Other,
-        is_syn: false,
-        is_rst: false,
-        is_fragment: false,
+        flags: 0,
         ip_len: u32::from(payload_len) + 40,
         tos,
-        dont_fragment: false,
         l2_len,
         l4_offset: l2_len + IPV6_LEN,
     };
@@ -273,11 +312,7 @@ fn parse_ipv6(ctx: &XdpContext, frame: &Frame, l2_len: usize) -> Result<Packet> 
 /// in `packet.flow.proto` and its offset in `packet.l4_offset`; marks fragments.
 #[inline(always)]
 fn walk_ipv6_ext_headers(frame: &Frame, ip_end: usize, packet: &mut Packet) -> Result<()> {
-    let bad = Stop::Malformed {
-        reason: Counter::DropBadExtHeader,
-        dst_be: packet.flow.dst_be,
-        family: FAMILY_V6,
-    };
+    let bad = Stop::Malformed(Counter::DropBadExtHeader);
     let mut offset = packet.l4_offset;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         let kind = packet.flow.proto;
@@ -305,7 +340,9 @@ fn walk_ipv6_ext_headers(frame: &Frame, ip_end: usize, packet: &mut Packet) -> R
                 }
                 // Offset 0 with "more fragments" is a first fragment; without, an atomic
                 // fragment (RFC 6946): a whole packet. Both are parsed on.
-                packet.is_fragment = offset_flags & 1 != 0;
+                if offset_flags & 1 != 0 {
+                    packet.flags |= PACKET_FIRST_FRAGMENT;
+                }
                 (frag.next_header, size_of::<Ipv6FragHdr>())
             }
             _ => {
@@ -344,11 +381,7 @@ fn is_ipv6_ext_header(next_header: u8) -> bool {
 #[inline(always)]
 fn parse_l4(frame: &Frame, ip_end: usize, packet: &mut Packet, icmp_proto: u8) -> Result<()> {
     let offset = packet.l4_offset;
-    let malformed = |reason| Stop::Malformed {
-        reason,
-        dst_be: packet.flow.dst_be,
-        family: packet.flow.family,
-    };
+    let malformed = Stop::Malformed;
     match packet.flow.proto {
         PROTO_TCP => {
             let tcp: *const TcpHdr = frame
@@ -363,8 +396,12 @@ fn parse_l4(frame: &Frame, ip_end: usize, packet: &mut Packet, icmp_proto: u8) -
             }
             packet.flow.src_port_be = tcp.src_port_be;
             packet.flow.dst_port_be = tcp.dst_port_be;
-            packet.is_syn = offset_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-            packet.is_rst = offset_flags & TCP_FLAG_RST != 0;
+            if offset_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
+                packet.flags |= PACKET_SYN;
+            }
+            if offset_flags & TCP_FLAG_RST != 0 {
+                packet.flags |= PACKET_RST;
+            }
             packet.l4 = L4::Ports;
         }
         PROTO_UDP => {
@@ -377,7 +414,7 @@ fn parse_l4(frame: &Frame, ip_end: usize, packet: &mut Packet, icmp_proto: u8) -
             packet.flow.dst_port_be = udp.dst_port_be;
             packet.l4 = L4::Ports;
         }
-        proto if proto == icmp_proto && !packet.is_fragment => packet.l4 = L4::Icmp,
+        proto if proto == icmp_proto && !packet.is_fragment() => packet.l4 = L4::Icmp,
         _ => {}
     }
     Ok(())

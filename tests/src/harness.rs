@@ -8,7 +8,7 @@ use lb::{
     state::Listener,
 };
 use lb_common::{
-    abi::{CONFIG_F_STATIC_NEXT_HOP, DatapathConfig},
+    abi::{CONFIG_F_STATIC_NEXT_HOP, DatapathConfig, Mac},
     counters::Counter,
 };
 
@@ -32,7 +32,7 @@ pub const ENCAP_V6_MASK: u32 = 0xffff;
 /// A datapath configuration that asks the FIB for the next hop.
 pub fn fib_config(ring_size: u32, hash_seed: u32, mtu: u32) -> DatapathConfig {
     DatapathConfig {
-        next_hop_mac: [0; 6],
+        next_hop_mac: Mac([0; 6]),
         flags: 0,
         ..static_config(ring_size, hash_seed, mtu)
     }
@@ -51,7 +51,7 @@ pub fn static_config(ring_size: u32, hash_seed: u32, mtu: u32) -> DatapathConfig
         encap_src_v6_base_be: [word(0), word(4), word(8), word(12)],
         encap_src_v6_mask: ENCAP_V6_MASK,
         mtu,
-        next_hop_mac: NEXT_HOP_MAC,
+        next_hop_mac: Mac(NEXT_HOP_MAC),
         flags: CONFIG_F_STATIC_NEXT_HOP,
         ..DatapathConfig::default()
     }

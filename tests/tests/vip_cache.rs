@@ -120,14 +120,22 @@ type Stale = (usize, VipKey, Option<VipValue>, Option<VipValue>);
 
 /// The entries of every CPU's cache stored under the current epoch, and those of them that
 /// disagree with the VIP map.
+///
+/// The caches are read twice and only entries that read the same both times are judged: a
+/// CPU may be rewriting a slot while userspace copies it (two keys that share a slot take
+/// turns), and such a torn copy mixes two entries. A stale entry stays put, so it reads the
+/// same twice and is still caught.
 fn check_caches(reconciler: &Reconciler<AyaDatapath>) -> (usize, Vec<Stale>) {
     let datapath = reconciler.datapath();
     let epoch = datapath.vip_epoch();
     let vips: BTreeMap<VipKey, VipValue> = datapath.read_vips().unwrap().into_iter().collect();
+    let first = datapath.vip_cache().unwrap();
+    let second = datapath.vip_cache().unwrap();
     let mut current = 0;
     let mut disagreeing = Vec::new();
-    for (cpu, entries) in datapath.vip_cache().unwrap().iter().enumerate() {
-        for entry in entries.iter().filter(|e| e.epoch == epoch) {
+    for (cpu, (a, b)) in first.iter().zip(&second).enumerate() {
+        let steady = a.iter().zip(b).filter(|(a, b)| a == b).map(|(a, _)| a);
+        for entry in steady.filter(|e| e.epoch == epoch) {
             current += 1;
             let truth = vips.get(&entry.key);
             let cached = (entry.found != 0).then_some(&entry.value);

@@ -3,14 +3,15 @@
 //!
 //! `cargo xtask bench xdp ARGS...` or `cargo xtask bench l7 ARGS...` runs one of them, with
 //! its arguments passed on. The first benchmark that fails ends the run; its exit status is
-//! xtask's.
+//! xtask's. `cargo xtask bench compare --base REV` runs `lb bench xdp` of REV and of this tree
+//! side by side ([`crate::compare`]).
 
 use std::{ffi::OsString, process::ExitCode};
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use crate::{lb, process::Runner, setup};
+use crate::{compare, lb, process::Runner, setup};
 
 /// Options of `cargo xtask bench`.
 #[derive(Debug, Args)]
@@ -34,6 +35,18 @@ enum Only {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// `lb bench xdp` of an earlier commit and of this tree, in paired rounds.
+    Compare {
+        /// The earlier commit (any revision git understands).
+        #[arg(long, default_value = "HEAD")]
+        base: String,
+        /// Paired rounds (each runs both binaries once).
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Passed on to both `lb bench xdp` runs (for example `--calls 20000`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
 }
 
 /// Runs setup, then the chosen benchmarks.
@@ -42,6 +55,7 @@ pub fn run(runner: &Runner, options: &Options) -> Result<ExitCode> {
     match &options.only {
         Some(Only::Xdp { args }) => lb::run(runner, &["bench", "xdp"], args),
         Some(Only::L7 { args }) => lb::run(runner, &["bench", "l7"], args),
+        Some(Only::Compare { base, rounds, args }) => compare::run(runner, base, *rounds, args),
         None => {
             let xdp = lb::run(runner, &["bench", "xdp"], &[])?;
             if xdp != ExitCode::SUCCESS {

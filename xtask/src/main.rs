@@ -2,11 +2,13 @@
 //!
 //! One module per command: [`setup`] installs the toolchain and tools, [`clippy`] lints host and
 //! eBPF crates, [`test`] runs everything CI checks, [`bench`] and [`demo`] run the `lb` binary
-//! (through [`lb`]), [`fuzz`] runs the packet-path fuzzer. [`process`] is the one place that spawns commands. This crate depends on no
-//! other workspace crate, so it builds fast and works while the eBPF build is broken.
+//! (through [`lb`]; [`compare`] runs an earlier commit's beside it), [`fuzz`] runs the
+//! packet-path fuzzer. [`process`] is the one place that spawns commands. This crate depends
+//! on no other workspace crate, so it builds fast and works while the eBPF build is broken.
 
 mod bench;
 mod clippy;
+mod compare;
 mod demo;
 mod fuzz;
 mod lb;

@@ -23,7 +23,7 @@ use aya::{
     maps::PerCpuArray,
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
 };
-use lb_common::abi::{CONFIG_F_ICMP_TO_BACKENDS, CONFIG_F_STATIC_NEXT_HOP, DatapathConfig};
+use lb_common::abi::{CONFIG_F_ICMP_TO_BACKENDS, CONFIG_F_STATIC_NEXT_HOP, DatapathConfig, Mac};
 
 use super::{
     BenchError, Spread,
@@ -197,7 +197,7 @@ fn config(static_next_hop: bool) -> DatapathConfig {
         encap_src_v4_base: 0xc612_ff00,
         encap_src_v4_mask: 0xff,
         mtu: 1500,
-        next_hop_mac: NEXT_HOP_MAC,
+        next_hop_mac: Mac(NEXT_HOP_MAC),
         flags: CONFIG_F_ICMP_TO_BACKENDS
             | if static_next_hop {
                 CONFIG_F_STATIC_NEXT_HOP
@@ -247,7 +247,7 @@ fn measure_costs(bench: &mut Bench, options: Options) -> Result<Vec<CostRow>, Be
             XDP_TX,
             false,
         ),
-        ("ICMP too big, to the flow's backend", &icmp, XDP_TX, true),
+        ("ICMP too big, to the flow backend", &icmp, XDP_TX, true),
         ("client packet too big: ICMP answer", &too_big, XDP_TX, true),
         ("packet for no VIP", &other, XDP_PASS, true),
     ];

@@ -24,7 +24,7 @@ use std::{
 use std::time::Duration;
 
 use lb_common::abi::{
-    CONFIG_F_EGRESS_VLAN, CONFIG_F_ICMP_TO_BACKENDS, CONFIG_F_STATIC_NEXT_HOP, DatapathConfig,
+    CONFIG_F_EGRESS_VLAN, CONFIG_F_ICMP_TO_BACKENDS, CONFIG_F_STATIC_NEXT_HOP, DatapathConfig, Mac,
 };
 
 use crate::{
@@ -311,7 +311,7 @@ impl Config {
             encap_src_v6_base_be: v6_base,
             encap_src_v6_mask: v6_mask,
             mtu: d.mtu.unwrap_or(default_mtu),
-            next_hop_mac: d.next_hop_mac.unwrap_or_default(),
+            next_hop_mac: Mac(d.next_hop_mac.unwrap_or_default()),
             flags,
             conn_inserts_per_sec: d.conn_inserts_per_sec,
             udp_idle_timeout_s: u32::try_from(d.udp_idle_timeout.as_secs()).unwrap_or(u32::MAX),
@@ -375,7 +375,7 @@ mod tests {
         assert_eq!(dp.encap_src_v4_mask, 0xff);
         assert_eq!(dp.encap_src_v6_mask, 0xffff);
         assert_eq!(dp.mtu, 9000, "the file's MTU wins");
-        assert_eq!(dp.next_hop_mac, [2, 0, 0, 0, 0, 0xfe]);
+        assert_eq!(dp.next_hop_mac, Mac([2, 0, 0, 0, 0, 0xfe]));
         assert_eq!(
             dp.flags,
             CONFIG_F_STATIC_NEXT_HOP | CONFIG_F_EGRESS_VLAN,

@@ -2,7 +2,7 @@
 //! link-layer header it leaves with, and send it.
 //!
 //! ```text
-//! route (next hop, MTU) -> too big? answer (ICMP) or drop -> egress tags -> encap -> transmit
+//! route (next hop, MTU) -> too big? answer (ICMP) or drop -> way out -> egress tags -> encap
 //! ```
 //!
 //! VLAN tags: a frame leaves with the tags it arrived with when it goes back out of the same
@@ -10,19 +10,21 @@
 //! interface, an untagged port), unless the egress interface has a configured VLAN (the egress
 //! VLAN map: exactly that one 802.1Q tag, or none).
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
-    abi::{CONFIG_F_EGRESS_VLAN, DatapathConfig, FlowKey},
+    abi::{CONFIG_F_EGRESS_VLAN, DatapathConfig, FlowKey, NextHop},
     counters::Counter,
 };
-use lb_ebpf::{Exit, hdr::MacPair, parse::Packet, ptr::Frame};
+use lb_ebpf::{Exit, parse::Packet};
 
 use crate::{
     Result,
-    encap::{Outer, Tags, encap},
-    forward::{Forwarded, transmit},
+    encap::{Macs, Outer, Tags, encap},
+    forward::{Forwarded, WayOut, way_out},
     maps::EGRESS_VLANS,
-    route::{Ingress, Route, route},
+    route::{Route, route},
     select::Selected,
     stats::count_forwarded,
     too_big,
@@ -47,10 +49,31 @@ pub fn deliver(
     config: &DatapathConfig,
     on_too_big: OnTooBig,
 ) -> Result<Forwarded> {
-    let ingress = ingress(ctx)?;
+    // SAFETY: `ctx.ctx` is the context the kernel passed to the program.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     let outer = Outer::new(packet, flow, &selected.backend, config);
-    let hop = match route(ctx, &outer, selected, config, &ingress)? {
-        Route::Via(hop) => hop,
+    let mut scratch = MaybeUninit::<NextHop>::uninit();
+    let forwarded = match route(ctx, &outer, selected, config, ingress, &mut scratch)? {
+        Route::Static => {
+            let tags = egress_tags(packet, ingress, ingress, config);
+            let macs = Macs::FromArrival {
+                dst: &config.next_hop_mac,
+            };
+            encap(ctx, packet, &outer, macs, tags)?;
+            Forwarded::TX
+        }
+        Route::Via(hop) => {
+            let WayOut::Forward(forwarded) = way_out(hop, ingress) else {
+                return Err(to_kernel(ctx, packet, &outer, Counter::PassNoTxPort));
+            };
+            let tags = egress_tags(packet, hop.ifindex, ingress, config);
+            let macs = Macs::Set {
+                src: &hop.smac,
+                dst: &hop.dmac,
+            };
+            encap(ctx, packet, &outer, macs, tags)?;
+            forwarded
+        }
         Route::TooBig(mtu) => {
             if config.ingress_mtu != 0 && packet.ip_len > config.ingress_mtu {
                 return Err(Exit::Drop(Counter::DropOversized));
@@ -60,57 +83,47 @@ pub fn deliver(
                 OnTooBig::Drop => Err(Exit::Drop(Counter::DropTooBig)),
             };
         }
+        // The kernel resolves the neighbour and forwards the frame.
         Route::NoNeighbour => {
-            // The kernel forwards it (and resolves the neighbour): encapsulated, still
-            // addressed to this host, as it arrived.
-            let tags = Tags::of(&Frame::new(ctx), packet);
-            encap(ctx, packet, &outer, &tags)?;
-            return Err(Exit::Pass(Counter::PassNoNeighbour));
+            return Err(to_kernel(ctx, packet, &outer, Counter::PassNoNeighbour));
         }
     };
-    let tags = egress_tags(ctx, packet, hop.ifindex, ingress.ifindex, config);
-    encap(ctx, packet, &outer, &tags)?;
-    let forwarded = transmit(ctx, &hop, &ingress)?;
     count_forwarded(selected.backend_id, packet.ip_len, selected.is_new_flow);
     Ok(forwarded)
 }
 
-/// The interface and MAC addresses the frame arrived with.
+/// Encapsulates the frame for the kernel to forward: still addressed to this host, with the
+/// tags it arrived with, as if the outer header had come with it. Returns the verdict.
 #[inline(always)]
-fn ingress(ctx: &XdpContext) -> Result<Ingress> {
-    let macs: *const MacPair = Frame::new(ctx)
-        .get(0)
-        .ok_or(Exit::Drop(Counter::DropEncapFailed))?;
-    Ok(Ingress {
-        // SAFETY: `ctx.ctx` is the context the kernel passed to the program.
-        ifindex: unsafe { (*ctx.ctx).ingress_ifindex },
-        // SAFETY: `Frame::get` checked the addresses are inside the packet.
-        macs: unsafe { *macs },
-    })
+fn to_kernel(ctx: &XdpContext, packet: &Packet, outer: &Outer, counter: Counter) -> Exit<Counter> {
+    match encap(
+        ctx,
+        packet,
+        outer,
+        Macs::AsArrived,
+        Tags::as_arrived(packet),
+    ) {
+        Ok(()) => Exit::Pass(counter),
+        Err(exit) => exit,
+    }
 }
 
 /// The VLAN tags the frame leaves `egress` with (see the module documentation).
 #[inline(always)]
-fn egress_tags(
-    ctx: &XdpContext,
-    packet: &Packet,
-    egress: u32,
-    ingress: u32,
-    config: &DatapathConfig,
-) -> Tags {
+fn egress_tags(packet: &Packet, egress: u32, ingress: u32, config: &DatapathConfig) -> Tags {
     if config.flags & CONFIG_F_EGRESS_VLAN != 0 {
         // SAFETY: the value is copied out at once.
         if let Some(vlan) = unsafe { EGRESS_VLANS.get(egress) } {
             return if vlan.vlan_id == 0 {
-                Tags::NONE
+                Tags::None
             } else {
-                Tags::single(vlan.vlan_id)
+                Tags::Single(vlan.vlan_id)
             };
         }
     }
-    if egress == ingress && packet.is_tagged() {
-        Tags::of(&Frame::new(ctx), packet)
+    if egress == ingress {
+        Tags::as_arrived(packet)
     } else {
-        Tags::NONE
+        Tags::None
     }
 }

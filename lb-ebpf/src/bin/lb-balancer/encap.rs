@@ -2,10 +2,11 @@
 //!
 //! The frame grows at its head by one IP header (and shrinks or grows by the difference
 //! between the VLAN tags it arrived with and those it leaves with). The link-layer header is
-//! rewritten at the new front: the frame's own MAC addresses (so that a frame handed to the
-//! kernel is still addressed to this host; `forward` sets the next hop's), the egress tags and
-//! the outer EtherType. The outer header addresses the backend from a per-flow source
+//! written once, at the new front: the MAC addresses and tags the frame leaves with (the next
+//! hop's, or the ones it arrived with when the kernel forwards it) and the outer EtherType. The outer header addresses the backend from a per-flow source
 //! (`lb_common::hash::flow_spread`). The inner packet is not touched.
+
+use core::ptr::copy_nonoverlapping;
 
 use aya_ebpf::{helpers::generated::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
@@ -16,8 +17,9 @@ use lb_common::{
 use lb_ebpf::{
     Exit, csum,
     hdr::{
-        ETH_LEN, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_DF, IPV4_LEN, IPV6_LEN,
-        Ipv4Hdr, Ipv6Hdr, MACS_LEN, MacPair, VLAN_LEN, VlanTag,
+        ETH_LEN, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_IPIP, IPPROTO_IPV6, IPV4_DF,
+        IPV4_LEN, IPV6_LEN, Ipv4Hdr, Ipv6Hdr, MACS_LEN, MAX_VLAN_TAGS, Mac, MacPair, VLAN_LEN,
+        VlanTag,
     },
     parse::Packet,
     ptr::Frame,
@@ -72,7 +74,7 @@ impl Outer {
             dst_be: backend.addr_be,
             ip_len: packet.ip_len + overhead,
             tos: packet.tos,
-            dont_fragment: packet.dont_fragment,
+            dont_fragment: packet.dont_fragment(),
             spread,
         }
     }
@@ -87,75 +89,76 @@ impl Outer {
     }
 }
 
-/// The VLAN tags a frame carries or will carry (outermost first).
+/// The VLAN tags a frame leaves with (outermost first).
 #[derive(Clone, Copy)]
-pub struct Tags {
-    pub count: usize,
-    pub tags: [VlanTag; 2],
+pub enum Tags {
+    None,
+    /// The tags it arrived with: this many (1 or 2), copied from where they are.
+    AsArrived(usize),
+    /// One 802.1Q tag with this VLAN id (priority 0).
+    Single(u16),
 }
 
 impl Tags {
-    pub const NONE: Self = Self {
-        count: 0,
-        tags: [VlanTag {
-            tpid_be: 0,
-            tci_be: 0,
-        }; 2],
-    };
-
-    /// The tags of the frame `packet` was parsed from.
+    /// The tags `packet` arrived with.
     #[inline(always)]
-    pub fn of(frame: &Frame, packet: &Packet) -> Self {
-        let mut tags = Self::NONE;
-        tags.count = (packet.l2_len - ETH_LEN) / VLAN_LEN;
-        if tags.count >= 1
-            && let Some(tag) = frame.get::<VlanTag>(MACS_LEN)
-        {
-            // SAFETY: `Frame::get` checked the tag is inside the packet.
-            tags.tags[0] = unsafe { *tag };
+    pub fn as_arrived(packet: &Packet) -> Self {
+        match (packet.l2_len - ETH_LEN) / VLAN_LEN {
+            0 => Self::None,
+            count => Self::AsArrived(count),
         }
-        if tags.count >= 2
-            && let Some(tag) = frame.get::<VlanTag>(MACS_LEN + VLAN_LEN)
-        {
-            // SAFETY: as above.
-            tags.tags[1] = unsafe { *tag };
-        }
-        tags
     }
 
-    /// One 802.1Q tag with `vlan_id` (priority 0).
+    /// How many there are.
     #[inline(always)]
-    pub fn single(vlan_id: u16) -> Self {
-        let mut tags = Self::NONE;
-        tags.count = 1;
-        tags.tags[0] = VlanTag {
-            tpid_be: lb_ebpf::hdr::ETH_P_8021Q.to_be(),
-            tci_be: (vlan_id & 0x0fff).to_be(),
-        };
-        tags
+    pub fn count(self) -> usize {
+        match self {
+            Self::None => 0,
+            Self::AsArrived(count) => count,
+            Self::Single(_) => 1,
+        }
     }
 }
 
-/// Encapsulates the packet: `tags` are the VLAN tags it leaves with.
+/// The MAC addresses a frame leaves with.
+#[derive(Clone, Copy)]
+pub enum Macs<'a> {
+    /// The ones it arrived with: still addressed to this host, for the kernel to forward.
+    AsArrived,
+    /// From the address it arrived at (this host's) to `dst`: back out of the same interface.
+    FromArrival { dst: &'a Mac },
+    /// These.
+    Set { src: &'a Mac, dst: &'a Mac },
+}
+
+/// Encapsulates the packet: `macs` and `tags` are the MAC addresses and VLAN tags it leaves
+/// with.
 #[inline(always)]
-pub fn encap(ctx: &XdpContext, packet: &Packet, outer: &Outer, tags: &Tags) -> Result<()> {
+pub fn encap(
+    ctx: &XdpContext,
+    packet: &Packet,
+    outer: &Outer,
+    macs: Macs,
+    tags: Tags,
+) -> Result<()> {
     let failed = Exit::Drop(Counter::DropEncapFailed);
-    let macs: *const MacPair = Frame::new(ctx).get(0).ok_or(failed)?;
-    // SAFETY: `Frame::get` checked the addresses are inside the packet; copied before the move.
-    let macs = unsafe { *macs };
-    let l2_out = ETH_LEN + tags.count * VLAN_LEN;
+    let l2_out = ETH_LEN + tags.count() * VLAN_LEN;
+    // At least 12 (an IPv4 header in place of two tags), so the old MAC addresses, which now
+    // start at `grow`, never overlap the new ones.
+    let grow = outer.overhead() as usize + l2_out - packet.l2_len;
     #[expect(
         clippy::cast_possible_wrap,
         clippy::cast_possible_truncation,
         reason = "an IP header and at most two VLAN tags"
     )]
-    let grow = (outer.overhead() as usize + l2_out) as i32 - packet.l2_len as i32;
+    let delta = -(grow as i32);
     // SAFETY: `ctx.ctx` is the context the kernel passed; the delta is a few headers' length.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -grow) } != 0 {
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) } != 0 {
         return Err(failed);
     }
     let frame = Frame::new(ctx);
-    write_l2(&frame, &macs, tags, outer.family)?;
+    write_macs(&frame, grow, macs)?;
+    write_l2(&frame, grow, tags, outer.family)?;
     if outer.family == FAMILY_V4 {
         write_ipv4(&frame, l2_out, outer)
     } else {
@@ -163,25 +166,68 @@ pub fn encap(ctx: &XdpContext, packet: &Packet, outer: &Outer, tags: &Tags) -> R
     }
 }
 
-/// Writes the link-layer header at the front: `macs`, `tags`, the outer EtherType.
+/// Writes the MAC addresses at the front. The frame's old ones are at `moved` (at least
+/// `MACS_LEN`, so old and new do not overlap); each address is copied straight from where it
+/// is to where it goes.
 #[inline(always)]
-pub fn write_l2(frame: &Frame, macs: &MacPair, tags: &Tags, family: u8) -> Result<()> {
+fn write_macs(frame: &Frame, moved: usize, macs: Macs) -> Result<()> {
     let failed = Exit::Drop(Counter::DropEncapFailed);
     let front: *mut MacPair = frame.get_mut(0).ok_or(failed)?;
-    // SAFETY: `Frame::get_mut` checked the addresses are inside the packet.
-    unsafe { front.write(*macs) };
-    let mut offset = MACS_LEN;
-    if tags.count >= 1 {
-        let tag: *mut VlanTag = frame.get_mut(offset).ok_or(failed)?;
-        // SAFETY: as above.
-        unsafe { tag.write(tags.tags[0]) };
-        offset += VLAN_LEN;
+    // SAFETY: `Frame::get`/`get_mut` checked the addresses are inside the packet; old and new
+    // do not overlap.
+    unsafe {
+        match macs {
+            Macs::AsArrived => {
+                let old: *const MacPair = frame.get(moved).ok_or(failed)?;
+                copy_nonoverlapping(old, front, 1);
+            }
+            Macs::FromArrival { dst } => {
+                let old: *const MacPair = frame.get(moved).ok_or(failed)?;
+                copy_nonoverlapping(&raw const (*old).dst, &raw mut (*front).src, 1);
+                copy_nonoverlapping(dst, &raw mut (*front).dst, 1);
+            }
+            Macs::Set { src, dst } => {
+                copy_nonoverlapping(src, &raw mut (*front).src, 1);
+                copy_nonoverlapping(dst, &raw mut (*front).dst, 1);
+            }
+        }
     }
-    if tags.count >= 2 {
-        let tag: *mut VlanTag = frame.get_mut(offset).ok_or(failed)?;
-        // SAFETY: as above.
-        unsafe { tag.write(tags.tags[1]) };
-        offset += VLAN_LEN;
+    Ok(())
+}
+
+/// Writes the rest of the link-layer header after the MAC addresses: `tags` (the frame's old
+/// link-layer header is at `moved`, at least `MACS_LEN`, so old and new tags do not overlap),
+/// the EtherType of `family`.
+#[inline(always)]
+pub fn write_l2(frame: &Frame, moved: usize, tags: Tags, family: u8) -> Result<()> {
+    let failed = Exit::Drop(Counter::DropEncapFailed);
+    let mut offset = MACS_LEN;
+    match tags {
+        Tags::None => {}
+        Tags::AsArrived(count) => {
+            let old: *const [VlanTag; MAX_VLAN_TAGS] = frame.get(moved + offset).ok_or(failed)?;
+            let new: *mut [VlanTag; MAX_VLAN_TAGS] = frame.get_mut(offset).ok_or(failed)?;
+            // SAFETY: `Frame::get`/`get_mut` checked both are inside the packet (the frame grew
+            // by `moved` and holds an IP header after the tags); they do not overlap.
+            unsafe {
+                copy_nonoverlapping(&raw const (*old)[0], &raw mut (*new)[0], 1);
+                if count >= 2 {
+                    copy_nonoverlapping(&raw const (*old)[1], &raw mut (*new)[1], 1);
+                }
+            }
+            offset += count * VLAN_LEN;
+        }
+        Tags::Single(vlan_id) => {
+            let tag: *mut VlanTag = frame.get_mut(offset).ok_or(failed)?;
+            // SAFETY: `Frame::get_mut` checked the tag is inside the packet.
+            unsafe {
+                tag.write(VlanTag {
+                    tpid_be: ETH_P_8021Q.to_be(),
+                    tci_be: (vlan_id & 0x0fff).to_be(),
+                });
+            }
+            offset += VLAN_LEN;
+        }
     }
     let ether_type = if family == FAMILY_V4 {
         ETH_P_IPV4
@@ -189,7 +235,7 @@ pub fn write_l2(frame: &Frame, macs: &MacPair, tags: &Tags, family: u8) -> Resul
         ETH_P_IPV6
     };
     let at: *mut u16 = frame.get_mut(offset).ok_or(failed)?;
-    // SAFETY: as above.
+    // SAFETY: `Frame::get_mut` checked the EtherType is inside the packet.
     unsafe { at.write(ether_type.to_be()) };
     Ok(())
 }

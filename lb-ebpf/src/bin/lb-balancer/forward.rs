@@ -1,57 +1,52 @@
-//! Sending the encapsulated frame to its next hop: back out of the interface it came in on
-//! (`XDP_TX`), or out of another through the devmap (`XDP_REDIRECT`).
+//! How the encapsulated frame leaves: back out of the interface it came in on (`XDP_TX`), out
+//! of another through the devmap (`XDP_REDIRECT`), or, when the egress interface is not in the
+//! devmap, through the kernel.
 //!
-//! The next hop's MAC addresses are written only once the way out is certain. A frame whose
-//! egress interface is not in the devmap goes to the kernel as `encap` left it, still addressed
-//! to this host, and the kernel forwards the encapsulated packet (slowly, but nothing is lost:
-//! `pass_no_tx_port`, and the daemon says which interface is missing).
+//! The way out is decided before the frame is rewritten, so that `encap` writes the link-layer
+//! header once, with the right addresses: the next hop's for `XDP_TX` and `XDP_REDIRECT`; the
+//! ones it arrived with for the kernel, which then forwards the encapsulated packet (slowly,
+//! but nothing is lost: `pass_no_tx_port`, and the daemon says which interface is missing).
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use aya_ebpf::bindings::xdp_action;
 use lb_common::{abi::NextHop, counters::Counter};
-use lb_ebpf::{Exit, hdr::MacPair, ptr::Frame};
 
-use crate::{Result, maps::TX_PORTS, route::Ingress};
+use crate::maps::TX_PORTS;
 
 /// The XDP action for a forwarded frame and the counter that records it.
+#[derive(Clone, Copy)]
 pub struct Forwarded {
     pub action: u32,
     pub counter: Counter,
 }
 
-/// Sends the frame to `hop`.
-#[inline(always)]
-pub fn transmit(ctx: &XdpContext, hop: &NextHop, ingress: &Ingress) -> Result<Forwarded> {
-    if hop.ifindex == ingress.ifindex {
-        set_macs(ctx, &hop.smac, &hop.dmac)?;
-        return Ok(Forwarded {
-            action: xdp_action::XDP_TX,
-            counter: Counter::TxLocal,
-        });
-    }
-    match TX_PORTS.redirect(hop.ifindex, u64::from(xdp_action::XDP_PASS)) {
-        Ok(action) => {
-            set_macs(ctx, &hop.smac, &hop.dmac)?;
-            Ok(Forwarded {
-                action,
-                counter: Counter::TxRedirect,
-            })
-        }
-        Err(_) => Err(Exit::Pass(Counter::PassNoTxPort)),
-    }
+/// How a frame for `hop` leaves.
+#[derive(Clone, Copy)]
+pub enum WayOut {
+    /// `XDP_TX` or `XDP_REDIRECT` (the redirect target already set).
+    Forward(Forwarded),
+    /// The egress interface is not in the devmap: the kernel forwards the frame.
+    Kernel,
 }
 
-/// Writes the frame's MAC addresses.
+impl Forwarded {
+    /// Back out of the interface the frame came in on.
+    pub const TX: Self = Self {
+        action: xdp_action::XDP_TX,
+        counter: Counter::TxLocal,
+    };
+}
+
+/// The way out toward `hop` for a frame that arrived on `ingress`.
 #[inline(always)]
-pub fn set_macs(ctx: &XdpContext, src: &[u8; 6], dst: &[u8; 6]) -> Result<()> {
-    let macs: *mut MacPair = Frame::new(ctx)
-        .get_mut(0)
-        .ok_or(Exit::Drop(Counter::DropEncapFailed))?;
-    // SAFETY: `Frame::get_mut` checked the addresses are inside the packet.
-    unsafe {
-        macs.write(MacPair {
-            dst: *dst,
-            src: *src,
-        });
+pub fn way_out(hop: &NextHop, ingress: u32) -> WayOut {
+    if hop.ifindex == ingress {
+        return WayOut::Forward(Forwarded::TX);
     }
-    Ok(())
+    match TX_PORTS.redirect(hop.ifindex, u64::from(xdp_action::XDP_PASS)) {
+        Ok(action) => WayOut::Forward(Forwarded {
+            action,
+            counter: Counter::TxRedirect,
+        }),
+        Err(_) => WayOut::Kernel,
+    }
 }

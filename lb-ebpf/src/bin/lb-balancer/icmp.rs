@@ -32,35 +32,26 @@ use lb_ebpf::{
     ptr::Frame,
 };
 
-use crate::{
-    Result,
-    deliver::{OnTooBig, deliver},
-    forward::Forwarded,
-    select::{Intent, lookup_vip, select_backend},
-    stats::count,
-};
+use crate::Result;
 
-const NOT_FORWARDED: Exit<Counter> = Exit::Pass(Counter::PassIcmp);
+/// The verdict for ICMP that is not forwarded: the kernel's.
+pub const NOT_FORWARDED: Exit<Counter> = Exit::Pass(Counter::PassIcmp);
 
-/// Forwards an ICMP error about a passthrough flow to its backend; passes anything else.
+/// The client's flow an ICMP error is about (its quoted packet's 5-tuple, reversed), if it is
+/// one to forward.
 #[inline(always)]
-pub fn to_backend(ctx: &XdpContext, packet: &Packet, config: &DatapathConfig) -> Result<Forwarded> {
+pub fn quoted_flow(ctx: &XdpContext, packet: &Packet, config: &DatapathConfig) -> Result<FlowKey> {
     if config.flags & CONFIG_F_ICMP_TO_BACKENDS == 0 {
         return Err(NOT_FORWARDED);
     }
     let frame = Frame::new(ctx);
     let ip_end = packet.l2_len + packet.ip_len as usize;
-    let flow = quoted_flow(&frame, packet, ip_end).ok_or(NOT_FORWARDED)?;
-    let vip = lookup_vip(&flow, config).map_err(|_| NOT_FORWARDED)?;
-    let selected = select_backend(&flow, &vip, config, Intent::Icmp)?;
-    let forwarded = deliver(ctx, packet, &flow, &selected, config, OnTooBig::Drop)?;
-    count(Counter::IcmpToBackend);
-    Ok(forwarded)
+    quote(&frame, packet, ip_end).ok_or(NOT_FORWARDED)
 }
 
-/// The client's flow an ICMP error is about: its quoted packet's 5-tuple, reversed.
+/// The quoted packet's 5-tuple, reversed.
 #[inline(always)]
-fn quoted_flow(frame: &Frame, packet: &Packet, ip_end: usize) -> Option<FlowKey> {
+fn quote(frame: &Frame, packet: &Packet, ip_end: usize) -> Option<FlowKey> {
     let icmp: *const IcmpHdr = frame.get_within(packet.l4_offset, ip_end)?;
     // SAFETY: `Frame::get_within` checked the header is inside the packet.
     let kind = unsafe { (*icmp).kind };

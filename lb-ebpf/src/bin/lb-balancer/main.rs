@@ -4,10 +4,14 @@
 //! One pass over a packet, each step its own module:
 //!
 //! ```text
-//! parse (lb_ebpf::parse) -> lookup_vip -> select_backend -> deliver: route -> encap -> forward
-//!   | unreadable, fragments: policy      (select: conn table,   | too big: too_big (ICMP)
-//!   | ICMP errors: icmp -> deliver         Maglev)
+//! parse (lb_ebpf::parse) -> the flow -> lookup_vip -> select_backend -> deliver: route, encap
+//!   | unreadable,             (its own, or         (conn table,       | too big: too_big
+//!   | fragments: policy        the one an ICMP      Maglev)           |   (ICMP answer)
+//!                              error quotes: icmp)
 //! ```
+//!
+//! ICMP errors take the same selection and delivery as the flow they are about: one copy of
+//! that code in the program (two copies, one per kind of packet, made every packet slower).
 //!
 //! Steps return `Result<_, Exit>`; [`lb_balancer`] alone turns the outcome into an XDP action
 //! and counts its reason ([`stats`]): every packet counts exactly one verdict (a packet sent
@@ -27,6 +31,8 @@ mod route;
 mod select;
 mod stats;
 mod too_big;
+
+use core::hint::cold_path;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::counters::Counter;
@@ -49,8 +55,15 @@ type Result<T> = core::result::Result<T, Exit<Counter>>;
 pub fn lb_balancer(ctx: XdpContext) -> u32 {
     let (action, counter) = match balance(&ctx) {
         Ok(Forwarded { action, counter }) => (action, counter),
-        Err(Exit::Pass(counter)) => (xdp_action::XDP_PASS, counter),
-        Err(Exit::Drop(counter)) => (xdp_action::XDP_DROP, counter),
+        // Laid out after the forwarding path, which then runs without a taken branch.
+        Err(Exit::Pass(counter)) => {
+            cold_path();
+            (xdp_action::XDP_PASS, counter)
+        }
+        Err(Exit::Drop(counter)) => {
+            cold_path();
+            (xdp_action::XDP_DROP, counter)
+        }
     };
     if counter != Counter::TxLocal {
         stats::count(counter);
@@ -60,37 +73,45 @@ pub fn lb_balancer(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> Result<Forwarded> {
-    let packet = parse_packet(ctx).map_err(policy::stopped)?;
+    let packet = parse_packet(ctx).map_err(|stop| policy::stopped(ctx, stop))?;
     let config = maps::config()?;
-    match packet.l4 {
-        L4::Ports => {}
-        L4::Icmp => return icmp::to_backend(ctx, &packet, config),
+    // The flow whose backend gets the packet: its own, or the one an ICMP error is about.
+    let (flow, intent) = match packet.l4 {
+        L4::Ports => {
+            let intent = if packet.is_rst() {
+                Intent::Reset
+            } else if packet.is_syn() {
+                Intent::Open
+            } else {
+                Intent::Continue
+            };
+            (packet.flow, intent)
+        }
+        L4::Icmp => (icmp::quoted_flow(ctx, &packet, config)?, Intent::Icmp),
         L4::Fragment => return Err(policy::fragment(packet.flow.dst_be, packet.flow.family)),
-        L4::Other if packet.is_fragment => {
+        L4::Other if packet.is_fragment() => {
             return Err(policy::fragment(packet.flow.dst_be, packet.flow.family));
         }
         L4::Other => return Err(Exit::Pass(Counter::PassNotVip)),
-    }
-    let vip = select::lookup_vip(&packet.flow, config)?;
-    if packet.is_fragment {
+    };
+    let is_icmp = intent == Intent::Icmp;
+    let vip = select::lookup_vip(&flow, config)
+        .map_err(|exit| if is_icmp { icmp::NOT_FORWARDED } else { exit })?;
+    // The first fragment of a passthrough flow (an ICMP error is only parsed when whole).
+    if packet.is_fragment() {
         return Err(Exit::Drop(Counter::DropFragment));
     }
-    let intent = if packet.is_rst {
-        Intent::Reset
-    } else if packet.is_syn {
-        Intent::Open
+    let selected = select::select_backend(&flow, &vip, config, intent)?;
+    let on_too_big = if is_icmp {
+        OnTooBig::Drop
     } else {
-        Intent::Continue
+        OnTooBig::Answer
     };
-    let selected = select::select_backend(&packet.flow, &vip, config, intent)?;
-    deliver(
-        ctx,
-        &packet,
-        &packet.flow,
-        &selected,
-        config,
-        OnTooBig::Answer,
-    )
+    let forwarded = deliver(ctx, &packet, &flow, &selected, config, on_too_big)?;
+    if is_icmp {
+        stats::count(Counter::IcmpToBackend);
+    }
+    Ok(forwarded)
 }
 
 #[cfg(not(test))]

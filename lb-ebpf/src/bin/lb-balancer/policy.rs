@@ -7,11 +7,15 @@
 //! listeners on the same address) and judges malformed frames as it would without the
 //! balancer: a frame the parser cannot read never takes the host's own traffic with it.
 
+use aya_ebpf::programs::XdpContext;
 use lb_common::{
     abi::{AddrBe, VIP_F_LOCAL, VipKey},
     counters::Counter,
 };
-use lb_ebpf::{Exit, parse::Stop};
+use lb_ebpf::{
+    Exit,
+    parse::{Stop, destination},
+};
 
 use crate::select::find_vip;
 
@@ -36,17 +40,15 @@ fn classify(dst_be: AddrBe, family: u8) -> Address {
 
 /// The verdict for a parse that stopped.
 #[inline(always)]
-pub fn stopped(stop: Stop) -> Exit<Counter> {
+pub fn stopped(ctx: &XdpContext, stop: Stop) -> Exit<Counter> {
     match stop {
         Stop::Exit(exit) => exit,
-        Stop::Malformed { family: 0, .. } => Exit::Pass(Counter::PassMalformed),
-        Stop::Malformed {
-            reason,
-            dst_be,
-            family,
-        } => match classify(dst_be, family) {
-            Address::Passthrough => Exit::Drop(reason),
-            Address::Other | Address::Local => Exit::Pass(Counter::PassMalformed),
+        Stop::Unreadable => Exit::Pass(Counter::PassMalformed),
+        Stop::Malformed(reason) => match destination(ctx) {
+            Some((dst_be, family)) if matches!(classify(dst_be, family), Address::Passthrough) => {
+                Exit::Drop(reason)
+            }
+            _ => Exit::Pass(Counter::PassMalformed),
         },
     }
 }

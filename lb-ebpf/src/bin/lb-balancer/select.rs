@@ -183,14 +183,15 @@ fn lookup_conn(
     };
     // SAFETY: a value of the connection table, copied out at once.
     let conn = unsafe { *entry };
-    if flow.proto == PROTO_UDP && intent == Intent::Continue {
+    if flow.proto == PROTO_UDP {
         let now = now_seconds();
         let timeout = config.udp_idle_timeout_s;
         if timeout != 0 && now.wrapping_sub(conn.seen_s) > timeout {
             count(Counter::ConnExpired);
             return None;
         }
-        if conn.seen_s != now {
+        // An ICMP error is not the client's traffic: it does not keep the entry alive.
+        if conn.seen_s != now && intent == Intent::Continue {
             // SAFETY: the entry's value, which this program alone writes; a racing write from
             // another CPU stores a time as good as this one.
             unsafe { (*entry).seen_s = now };

@@ -67,7 +67,7 @@ pub fn answer(
     let is_v4 = packet.flow.family == FAMILY_V4;
     let quote = if is_v4 { QUOTE_V4 } else { QUOTE_V6 };
     let too_big = Exit::Drop(Counter::DropTooBig);
-    if (is_v4 && !packet.dont_fragment)
+    if (is_v4 && !packet.dont_fragment())
         || config.icmp_too_big_per_sec == 0
         || (packet.ip_len as usize) < quote
     {
@@ -80,11 +80,6 @@ pub fn answer(
     let macs: *const MacPair = frame.get(0).ok_or(too_big)?;
     // SAFETY: `Frame::get` checked the addresses are inside the packet; copied before moving.
     let macs = unsafe { *macs };
-    let back = MacPair {
-        dst: macs.src,
-        src: macs.dst,
-    };
-    let tags = Tags::of(&frame, packet);
     let headers = if is_v4 {
         IPV4_LEN + ICMP_LEN
     } else {
@@ -92,7 +87,20 @@ pub fn answer(
     };
     cut_to_quote(ctx, packet.l2_len + quote, headers)?;
     let frame = Frame::new(ctx);
-    write_l2(&frame, &back, &tags, packet.flow.family)?;
+    let front: *mut MacPair = frame.get_mut(0).ok_or(too_big)?;
+    // SAFETY: `Frame::get_mut` checked the addresses are inside the packet. Back to the sender.
+    unsafe {
+        front.write(MacPair {
+            dst: macs.src,
+            src: macs.dst,
+        });
+    }
+    write_l2(
+        &frame,
+        headers,
+        Tags::as_arrived(packet),
+        packet.flow.family,
+    )?;
     if is_v4 {
         let next_mtu = mtu.saturating_sub(IPV4_OVERHEAD);
         write_v4(&frame, packet, next_mtu)?;
