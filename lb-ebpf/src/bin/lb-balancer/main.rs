@@ -73,8 +73,9 @@ pub fn lb_balancer(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn balance(ctx: &XdpContext) -> Result<Forwarded> {
-    let packet = parse_packet(ctx).map_err(|stop| policy::stopped(ctx, stop))?;
+    // Before the parse: nothing the parse found has to outlive the lookup.
     let config = maps::config()?;
+    let packet = parse_packet(ctx).map_err(|stop| policy::stopped(ctx, stop))?;
     // The flow whose backend gets the packet: its own, or the one an ICMP error is about.
     let (flow, intent) = match packet.l4 {
         L4::Ports => {
