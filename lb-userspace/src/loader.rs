@@ -22,10 +22,12 @@ use aya::{
 };
 use lb_common::{
     abi::{
-        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, DecapVipKey, NextHop,
-        VipCacheEntry, VipKeyV4, VipKeyV6, VipValue,
+        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, DecapVipKey, EgressVlan, NextHop,
+        RATE_WINDOWS, RateWindow, TrafficCounters, VIP_CACHE_SIZE, VipCacheEntry, VipKeyV4,
+        VipKeyV6, VipValue,
     },
-    maps as names,
+    counters::Counter,
+    maps::{self as names, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS},
 };
 use tracing::warn;
 
@@ -573,8 +575,15 @@ pub fn is_bpffs(path: &Path) -> bool {
 
 /// Refuses to adopt a pinned map whose shape differs from what this build would create.
 fn check_pinned_maps(dir: &Path, ring_entries: u32, conn_entries: u32) -> Result<(), LoadError> {
-    let shapes: [(&'static str, usize, usize, Option<u32>); 9] = [
-        (names::VIP_CACHE, 4, size_of::<VipCacheEntry>(), None),
+    // Every map whose layout this build fixes: a pinned one of another shape (an older or
+    // newer lb) is refused rather than half used.
+    let shapes: [(&'static str, usize, usize, Option<u32>); 15] = [
+        (
+            names::VIP_CACHE,
+            4,
+            size_of::<VipCacheEntry>(),
+            Some(VIP_CACHE_SIZE),
+        ),
         (
             names::VIPS_V4,
             size_of::<VipKeyV4>(),
@@ -588,7 +597,7 @@ fn check_pinned_maps(dir: &Path, ring_entries: u32, conn_entries: u32) -> Result
             None,
         ),
         (names::RINGS, 4, 4, Some(ring_entries)),
-        (names::BACKENDS, 4, size_of::<Backend>(), None),
+        (names::BACKENDS, 4, size_of::<Backend>(), Some(MAX_BACKENDS)),
         (
             names::CONNS_V4,
             size_of::<ConnKeyV4>(),
@@ -601,8 +610,40 @@ fn check_pinned_maps(dir: &Path, ring_entries: u32, conn_entries: u32) -> Result
             size_of::<ConnValue>(),
             Some(conn_entries),
         ),
-        (names::NEXT_HOPS, 4, size_of::<NextHop>(), None),
-        (names::CONFIG, 4, size_of::<DatapathConfig>(), None),
+        (
+            names::NEXT_HOPS,
+            4,
+            size_of::<NextHop>(),
+            Some(MAX_BACKENDS),
+        ),
+        (names::CONFIG, 4, size_of::<DatapathConfig>(), Some(1)),
+        (names::COUNTERS, 4, size_of::<u64>(), Some(Counter::COUNT)),
+        (
+            names::BACKEND_STATS,
+            4,
+            size_of::<TrafficCounters>(),
+            Some(MAX_BACKENDS),
+        ),
+        (
+            names::HISTORY,
+            4,
+            size_of::<TrafficCounters>(),
+            Some(MAX_VIPS + 1),
+        ),
+        (
+            names::RATE_WINDOWS,
+            4,
+            size_of::<RateWindow>(),
+            Some(RATE_WINDOWS),
+        ),
+        (
+            names::EGRESS_VLANS,
+            4,
+            size_of::<EgressVlan>(),
+            Some(MAX_TX_PORTS),
+        ),
+        // `bpf_devmap_val`: the interface and a program to run there.
+        (names::TX_PORTS, 4, 8, Some(MAX_TX_PORTS)),
     ];
     for (name, key_size, value_size, entries) in shapes {
         let path = dir.join(name);

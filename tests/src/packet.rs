@@ -101,7 +101,12 @@ pub fn encapsulated_with_spread(
             outer.dscp = etherparse::IpDscp::try_new(tos >> 2).expect("dscp");
             outer.ecn = etherparse::IpEcn::try_new(tos & 3).expect("ecn");
             outer.dont_fragment = df;
-            outer.identification = 0;
+            // A packet routers may fragment carries the inner identification (RFC 6864).
+            outer.identification = if df {
+                0
+            } else {
+                u16::from_be_bytes([inner[4], inner[5]])
+            };
             outer.header_checksum = outer.calc_header_checksum();
             out.extend_from_slice(&outer.to_bytes());
         }
@@ -326,6 +331,15 @@ pub fn with_ipv4_options(frame: &[u8], options: &[u8]) -> Vec<u8> {
     out[L3] = 0x40 | (5 + options.len() / 4) as u8;
     let total = get_u16(&out, L3 + 2) + options.len() as u16;
     set_u16(&mut out, L3 + 2, total);
+    fix_ipv4_checksum(&mut out);
+    out
+}
+
+/// An IPv4 frame with "don't fragment" clear and identification `id`.
+pub fn without_dont_fragment(frame: &[u8], id: u16) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    set_u16(&mut out, L3 + 4, id);
+    out[L3 + 6] &= !0x40;
     fix_ipv4_checksum(&mut out);
     out
 }

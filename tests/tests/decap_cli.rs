@@ -28,8 +28,9 @@ const SENDER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 struct Bpffs(PathBuf);
 
 impl Bpffs {
-    fn mount() -> Self {
-        let path = PathBuf::from(format!("/run/lb-test-decap-{}", std::process::id()));
+    /// Mounts one for test `name` (tests run in parallel, each with its own).
+    fn mount(name: &str) -> Self {
+        let path = PathBuf::from(format!("/run/lb-test-decap-{}-{name}", std::process::id()));
         std::fs::create_dir_all(&path).unwrap();
         run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&path));
         Self(path)
@@ -161,7 +162,7 @@ fn delivered(ns: &NetNs, sender: &NetNs, address: Ipv4Addr) -> bool {
 #[test]
 fn lb_decap_in_network_namespaces_as_the_readme_says() {
     lb_tests::require_root();
-    let bpffs = Bpffs::mount();
+    let bpffs = Bpffs::mount("readme");
     let (one, sender_one) = backend("lbtdc", Ipv4Addr::new(198, 18, 0, 10));
     let (two, _sender_two) = backend("lbtdc", Ipv4Addr::new(198, 18, 0, 11));
 
@@ -244,4 +245,62 @@ fn lb_decap_in_network_namespaces_as_the_readme_says() {
         assert!(!Path::new(&pin_dir).join("eth0").exists());
     }
     assert!(!one.ip(&["link", "show", "eth0"]).unwrap().contains("xdp"));
+}
+
+/// An earlier version of lb pinned the link itself at `PIN_DIR/IF` (a file where this one keeps
+/// a directory), and its program accepted every inner destination: `status` says so, and
+/// `attach` replaces it with one that accepts the VIPs only.
+#[test]
+fn an_earlier_versions_program_is_replaced_by_attach() {
+    use aya::programs::links::FdLink;
+    use lb::loader::{AttachMode, DECAP_PROGRAM, Decap, attach};
+
+    lb_tests::require_root();
+    let bpffs = Bpffs::mount("legacy");
+    let (ns, sender) = backend("lbtdl", Ipv4Addr::new(198, 18, 0, 20));
+    let pin_dir = bpffs.0.join("legacy");
+    std::fs::create_dir_all(&pin_dir).unwrap();
+    let legacy_pin = pin_dir.join("eth0");
+    ns.run_here(|| {
+        let mut decap = Decap::load(None).unwrap();
+        decap.set_vips(&[VIP.into()]).unwrap();
+        let (_, link_id) =
+            attach(&mut decap.ebpf, DECAP_PROGRAM, "eth0", AttachMode::Driver).unwrap();
+        let link = decap.program().unwrap().take_link(link_id).unwrap();
+        FdLink::try_from(link).unwrap().pin(&legacy_pin).unwrap();
+    })
+    .unwrap();
+    assert!(legacy_pin.is_file());
+    let dir = pin_dir.to_str().unwrap();
+
+    let status = lb_in(
+        &ns,
+        &["decap", "status", "--iface", "eth0", "--pin-dir", dir],
+    );
+    assert!(!status.status.success());
+    assert!(
+        text(&status).contains("earlier version"),
+        "{}",
+        text(&status)
+    );
+
+    let attached = lb_in(
+        &ns,
+        &["decap", "attach", "--iface", "eth0", "--pin-dir", dir],
+    );
+    assert!(attached.status.success(), "{}", text(&attached));
+    assert!(
+        text(&attached).contains("replacing an earlier version"),
+        "{}",
+        text(&attached)
+    );
+    assert!(legacy_pin.is_dir(), "the new layout: a directory of pins");
+    assert!(delivered(&ns, &sender, Ipv4Addr::new(198, 18, 0, 20)));
+
+    let detached = lb_in(
+        &ns,
+        &["decap", "detach", "--iface", "eth0", "--pin-dir", dir],
+    );
+    assert!(detached.status.success(), "{}", text(&detached));
+    assert!(!ns.ip(&["link", "show", "eth0"]).unwrap().contains("xdp"));
 }

@@ -71,6 +71,11 @@ fn packet_fixtures() {
             with_ipv4_options(&ack4, &max_options),
             BACKEND4_TCP,
         ),
+        forwarded(
+            "v4 with DF clear: the outer header carries its identification",
+            without_dont_fragment(&ack4, 0x4242),
+            BACKEND4_TCP,
+        ),
         forwarded("v4 packet exactly at the MTU", at_mtu, BACKEND4_TCP),
         forwarded("v6 packet exactly at the MTU", at_mtu6, BACKEND6_TCP),
         forwarded(

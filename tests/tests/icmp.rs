@@ -347,15 +347,24 @@ fn an_ipv6_answer_advertises_at_least_1280() {
     let mut harness = Harness::new(icmp_config(1300));
     harness.apply(&listeners());
     let over = frame(&tcp6(40_200), Tcp::Ack, &vec![0x61; 1400]);
+    // 1280 bytes of IPv6 (40 + 20 + 1220): no smaller packet can be asked for.
+    let minimal = frame(&tcp6(40_201), Tcp::Ack, &vec![0x61; 1220]);
     run_cases(
         &mut harness,
-        vec![Case {
-            name: "v6 over 1300 - 40",
-            output: too_big_answer(&over, 1280),
-            input: over,
-            action: XDP_TX,
-            counter: Counter::TxIcmpTooBig,
-        }],
+        vec![
+            Case {
+                name: "v6 over 1300 - 40",
+                output: too_big_answer(&over, 1280),
+                input: over,
+                action: XDP_TX,
+                counter: Counter::TxIcmpTooBig,
+            },
+            dropped(
+                "a minimal v6 packet over 1300 - 40 is not answered",
+                minimal,
+                Counter::DropTooBig,
+            ),
+        ],
     );
 }
 

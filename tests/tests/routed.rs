@@ -4,12 +4,15 @@
 //!
 //! - TLS through the balancer: the daemon finds that the route to the backends leaves through
 //!   the other interface and puts it into the redirect map; nothing goes through the kernel;
+//!   when that interface takes no redirected frames, the daemon leaves it out and the kernel
+//!   forwards the packets;
 //! - without that entry, encapsulated packets still reach the backends, through the kernel,
 //!   counted (`pass_no_tx_port`);
 //! - path MTU discovery through the balancer: a download through a link with a smaller MTU
 //!   completes because the router's "fragmentation needed" reaches the backend; an upload too
 //!   big to encapsulate completes because the balancer answers it; with either off, it stalls;
-//! - generic mode: the daemon turns GRO off, and a bulk upload completes.
+//! - generic mode: a bulk upload completes (the kernel skips GRO on the interface; what a
+//!   virtual peer aggregates is dropped as `drop_oversized`, not answered).
 
 #![allow(
     clippy::unwrap_used,
@@ -104,6 +107,48 @@ fn tls_reaches_backends_behind_the_other_interface() {
     assert!(
         env.daemon.log().contains("added to the redirect map"),
         "the daemon says so:\n{}",
+        env.daemon.log()
+    );
+}
+
+/// The same layout, but the backend-facing interface takes no redirected frames (a veth whose
+/// peer runs no XDP program; a NIC whose driver needs one is the same): a redirect to it would
+/// vanish in the kernel. The daemon leaves it out of the redirect map and says so; the kernel
+/// forwards the encapsulated packets, and every connection completes.
+#[test]
+fn an_interface_that_takes_no_redirected_frames_is_left_to_the_kernel() {
+    let options = RoutedOptions {
+        back_port_xdp: false,
+        ..RoutedOptions::default()
+    };
+    let env = start("lbtrn", options, "");
+    let datapath = env.status().datapath.expect("the datapath in lb status");
+    assert!(
+        !datapath.redirect_interfaces.contains(&BACK.to_owned()),
+        "{BACK} is not in the redirect map: {:?}\ndaemon log:\n{}",
+        datapath.redirect_interfaces,
+        env.daemon.log()
+    );
+    let roots = env.lab.pki.roots().unwrap();
+    for vip in vips() {
+        let roots = roots.clone();
+        env.lab
+            .client
+            .spawn("tls", move || {
+                for i in 0..20 {
+                    tls_exchange(VIP_NAME, std::net::SocketAddr::new(vip, 443), &roots, "hi")
+                        .unwrap_or_else(|e| panic!("connection {i} to {vip}: {e}"));
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+    assert!(env.counter("pass_no_tx_port") > 0, "through the kernel");
+    assert_eq!(env.counter("tx_redirect"), 0, "nothing redirected");
+    assert!(
+        env.daemon.log().contains("takes no redirected XDP frames"),
+        "the daemon says why:\n{}",
         env.daemon.log()
     );
 }

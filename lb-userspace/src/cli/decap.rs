@@ -50,6 +50,23 @@ impl DecapPins {
     pub fn link(&self) -> PathBuf {
         self.dir.join("link")
     }
+
+    /// Whether an earlier version of lb pinned its link at `PIN_DIR/IF` itself (a file where
+    /// this version keeps a directory): that program accepts every inner destination.
+    pub fn is_legacy(&self) -> bool {
+        self.dir.is_file()
+    }
+
+    /// Removes an earlier version's pinned link, which detaches its program.
+    fn remove_legacy(&self) -> Result<(), DecapError> {
+        std::fs::remove_file(&self.dir).map_err(|source| DecapError::Io {
+            what: format!(
+                "removing {} (an earlier version's pinned link)",
+                self.dir.display()
+            ),
+            source,
+        })
+    }
 }
 
 /// Why `lb decap` failed.
@@ -67,6 +84,10 @@ pub enum DecapError {
     NoVips,
     #[error("lb's decapsulation program is not attached to {0} (no pin at {1})")]
     NotAttached(String, String),
+    #[error(
+        "an earlier version of lb_decap is attached to {0} (its link pinned at {1}): it accepts every inner destination; run `lb decap attach --iface {0}` to replace it, or `lb decap detach --iface {0}` to remove it"
+    )]
+    Legacy(String, String),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -130,6 +151,14 @@ pub fn attach_decap(
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ");
+    let replaced = if pins.is_legacy() {
+        // Its link holds the interface: removed first, which leaves the interface without
+        // decapsulation until the attach below.
+        pins.remove_legacy()?;
+        " (replacing an earlier version's program, which accepted every destination)"
+    } else {
+        ""
+    };
     if pins.link().exists() {
         let mut map = pinned_vips(&pins)?;
         set_decap_vips(&mut map, &vips)?;
@@ -160,7 +189,7 @@ pub fn attach_decap(
     })?;
     fd_link.pin(&path).map_err(|e| pin_error(e.to_string()))?;
     Ok(format!(
-        "lb_decap attached to {interface} ({mode:?} mode), accepting {listed}; it stays attached until `lb decap detach --iface {interface}`.\n\
+        "lb_decap attached to {interface} ({mode:?} mode){replaced}, accepting {listed}; it stays attached until `lb decap detach --iface {interface}`.\n\
          This backend also needs:\n\
          - every VIP it serves on its loopback:  ip addr add VIP/32 dev lo   (IPv6: VIP/128)\n\
          - reverse-path filtering off:           sysctl -w net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.{interface}.rp_filter=0\n\
@@ -171,6 +200,12 @@ pub fn attach_decap(
 /// Detaches the decapsulation program from `interface` (removes its pins).
 pub fn detach_decap(interface: &str, pin_dir: &Path) -> Result<String, DecapError> {
     let pins = DecapPins::new(pin_dir, interface);
+    if pins.is_legacy() {
+        pins.remove_legacy()?;
+        return Ok(format!(
+            "lb_decap (an earlier version's) detached from {interface}\n"
+        ));
+    }
     if !pins.link().exists() {
         return Err(DecapError::NotAttached(
             interface.to_owned(),
@@ -196,6 +231,12 @@ pub struct DecapStatus {
 /// The VIPs and counters of the program attached to `interface`.
 pub fn decap_status(interface: &str, pin_dir: &Path) -> Result<DecapStatus, DecapError> {
     let pins = DecapPins::new(pin_dir, interface);
+    if pins.is_legacy() {
+        return Err(DecapError::Legacy(
+            interface.to_owned(),
+            pins.dir.display().to_string(),
+        ));
+    }
     if !pins.link().exists() {
         return Err(DecapError::NotAttached(
             interface.to_owned(),

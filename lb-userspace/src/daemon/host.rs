@@ -5,7 +5,9 @@
 //!   preferred source toward the backends), and a static next hop's MTU;
 //! - [`HostWatch::refresh`], at start, after every change and every [`REFRESH`]: for every
 //!   backend, the route the FIB takes toward it. Its egress interfaces go into the redirect map
-//!   (so that no forwarded frame has nowhere to go), backends behind multipath routes are
+//!   when they can take redirected frames (so that no forwarded frame has nowhere to go; one
+//!   that cannot is left out, and the kernel forwards the frames for it), backends behind
+//!   multipath routes are
 //!   marked (their packets ask the FIB each time, so each flow keeps its ECMP next hop), and the
 //!   next hops become managed neighbours (the kernel keeps them resolved, although the packets
 //!   the XDP program forwards never cross it). It also tells the reconciler which VIP addresses
@@ -28,6 +30,7 @@ use crate::{
     datapath::{Datapath, counter_value},
     host::{
         addresses::interface_addresses,
+        netdev::Netdev,
         rtnl::{Rtnl, XdpAttachMode},
     },
     reconcile::Reconciler,
@@ -177,13 +180,14 @@ pub fn encap_sources(config: &Config, host: &HostDefaults) -> Vec<String> {
     v4.into_iter().chain(v6).collect()
 }
 
-/// Writes the egress VLAN map from `config` (interfaces by name), removing entries for
-/// interfaces it no longer names. Fails, naming the interface, if one does not exist.
+/// Writes the egress VLAN map from `config` (interfaces by name), removing entries it no
+/// longer names; `current` is what the map holds, kept up to date write by write. Fails,
+/// naming the interface, if one does not exist (before writing anything).
 pub fn apply_egress_vlans<D: Datapath>(
     config: &Config,
     datapath: &mut D,
-    previous: &BTreeMap<u32, u16>,
-) -> Result<BTreeMap<u32, u16>, String> {
+    current: &mut BTreeMap<u32, u16>,
+) -> Result<(), String> {
     let mut wanted = BTreeMap::new();
     for (name, &vlan) in &config.datapath.egress_vlan {
         let ifindex = crate::loader::interface_index(name)
@@ -191,18 +195,25 @@ pub fn apply_egress_vlans<D: Datapath>(
         wanted.insert(ifindex, vlan);
     }
     for (&ifindex, &vlan) in &wanted {
-        if previous.get(&ifindex) != Some(&vlan) {
+        if current.get(&ifindex) != Some(&vlan) {
             datapath
                 .set_egress_vlan(ifindex, Some(vlan))
                 .map_err(|e| e.to_string())?;
+            current.insert(ifindex, vlan);
         }
     }
-    for &ifindex in previous.keys().filter(|i| !wanted.contains_key(*i)) {
+    let stale: Vec<u32> = current
+        .keys()
+        .filter(|i| !wanted.contains_key(*i))
+        .copied()
+        .collect();
+    for ifindex in stale {
         datapath
             .set_egress_vlan(ifindex, None)
             .map_err(|e| e.to_string())?;
+        current.remove(&ifindex);
     }
-    Ok(wanted)
+    Ok(())
 }
 
 /// The routes, neighbours and local addresses the datapath depends on, kept in step.
@@ -212,10 +223,17 @@ pub struct HostWatch {
     facts: Facts,
     /// With a static next hop there is no FIB to follow: only local addresses are watched.
     static_next_hop: bool,
+    /// Asks which interfaces take redirected frames; `None` on a kernel that cannot tell.
+    netdev: Option<Netdev>,
     redirect: BTreeSet<u32>,
+    /// Egress interfaces left out of the redirect map because they take no redirected frames.
+    refused: BTreeSet<u32>,
+    /// Whether the interfaces the balancer runs on were checked for `XDP_TX`.
+    checked_attached: bool,
     managed: BTreeSet<(u32, IpAddr)>,
     unroutable: BTreeSet<IpAddr>,
-    egress_vlans: BTreeMap<u32, u16>,
+    /// What the egress VLAN map holds; read from it (an earlier daemon's) on first use.
+    egress_vlans: Option<BTreeMap<u32, u16>>,
     last_refresh: Option<Instant>,
     /// `pass_no_tx_port` and `drop_oversized` when last looked at.
     passed_no_tx_port: u64,
@@ -225,14 +243,27 @@ pub struct HostWatch {
 impl HostWatch {
     pub fn new(rtnl: Rtnl, facts: Facts, static_next_hop: bool) -> Self {
         let redirect = facts.interfaces.iter().map(|i| i.ifindex).collect();
+        let netdev = match Netdev::connect() {
+            Ok(netdev) => Some(netdev),
+            Err(error) => {
+                info!(
+                    %error,
+                    "this kernel does not say which interfaces take redirected XDP frames (netdev netlink family, Linux 6.3): every egress interface goes into the redirect map"
+                );
+                None
+            }
+        };
         Self {
             rtnl,
             facts,
             static_next_hop,
+            netdev,
             redirect,
+            refused: BTreeSet::new(),
+            checked_attached: false,
             managed: BTreeSet::new(),
             unroutable: BTreeSet::new(),
-            egress_vlans: BTreeMap::new(),
+            egress_vlans: None,
             last_refresh: None,
             passed_no_tx_port: 0,
             oversized: 0,
@@ -267,8 +298,13 @@ impl HostWatch {
         config: &Config,
         datapath: &mut D,
     ) -> Result<(), String> {
-        self.egress_vlans = apply_egress_vlans(config, datapath, &self.egress_vlans)?;
-        Ok(())
+        let current = match &mut self.egress_vlans {
+            Some(current) => current,
+            None => self
+                .egress_vlans
+                .insert(datapath.egress_vlans().map_err(|e| e.to_string())?),
+        };
+        apply_egress_vlans(config, datapath, current)
     }
 
     /// Refreshes if [`REFRESH`] passed since the last time (or `force`).
@@ -298,6 +334,7 @@ impl HostWatch {
             }
             Err(error) => warn!(%error, "could not list the host's addresses"),
         }
+        self.check_attached();
         if self.static_next_hop {
             return;
         }
@@ -316,7 +353,7 @@ impl HostWatch {
                         multipath.insert(backend);
                     }
                     for hop in route.hops {
-                        self.add_redirect(reconciler, hop.ifindex, backend);
+                        self.sync_redirect(reconciler, hop.ifindex, backend);
                         hops.insert((hop.ifindex, hop.gateway.unwrap_or(backend)));
                     }
                 }
@@ -344,17 +381,40 @@ impl HostWatch {
         self.check_kernel_forwarding(reconciler);
     }
 
-    /// Puts `ifindex` into the redirect map if it is not there yet.
-    fn add_redirect<D: Datapath>(
+    /// Keeps egress interface `ifindex` (toward `backend`) in the redirect map while it takes
+    /// redirected frames, and out of it while it does not.
+    fn sync_redirect<D: Datapath>(
         &mut self,
         reconciler: &mut Reconciler<D>,
         ifindex: u32,
         backend: IpAddr,
     ) {
+        let interface = interface_name(ifindex);
+        if !self.takes_redirects(ifindex) {
+            if self.redirect.contains(&ifindex) {
+                match reconciler.datapath_mut().remove_tx_port(ifindex) {
+                    Ok(()) => {
+                        self.redirect.remove(&ifindex);
+                    }
+                    Err(error) => {
+                        warn!(%interface, %error, "could not remove the interface from the redirect map");
+                    }
+                }
+            }
+            if self.refused.insert(ifindex) {
+                warn!(
+                    %interface, %backend,
+                    "the route to a backend leaves through an interface that takes no redirected XDP frames (a NIC driver needs an XDP program on it: list it in `interfaces`; a veth needs an XDP program or GRO on its peer): left out of the redirect map, the kernel forwards the packets to the backend (pass_no_tx_port), slowly"
+                );
+            }
+            return;
+        }
+        if self.refused.remove(&ifindex) {
+            info!(%interface, "the interface takes redirected XDP frames now");
+        }
         if self.redirect.contains(&ifindex) {
             return;
         }
-        let interface = interface_name(ifindex);
         match reconciler.datapath_mut().add_tx_port(ifindex) {
             Ok(()) => {
                 self.redirect.insert(ifindex);
@@ -367,6 +427,53 @@ impl HostWatch {
                 %interface, %backend, %error,
                 "could not add the interface to the redirect map: packets to the backend go through the kernel (pass_no_tx_port)"
             ),
+        }
+    }
+
+    /// Whether frames can be redirected to `ifindex`: when the interfaces the balancer runs on
+    /// are all in generic mode, always (the kernel then sends a redirected frame as a socket
+    /// buffer, which any interface takes); otherwise when the interface says so (see
+    /// `host::netdev`). A kernel that cannot tell, or a failed question, counts as yes.
+    fn takes_redirects(&mut self, ifindex: u32) -> bool {
+        let all_generic = !self.facts.interfaces.is_empty()
+            && self
+                .facts
+                .interfaces
+                .iter()
+                .all(|i| i.mode == XdpAttachMode::Generic);
+        if all_generic {
+            return true;
+        }
+        match self.netdev.as_mut().map(|n| n.takes_redirects(ifindex)) {
+            Some(Ok(takes)) => takes,
+            Some(Err(error)) => {
+                tracing::debug!(ifindex, %error, "could not read the interface's XDP features");
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Warns once about an interface the balancer runs on in driver mode that cannot send
+    /// frames back out (`XDP_TX` takes the same path as a redirect to it).
+    fn check_attached(&mut self) {
+        if self.checked_attached {
+            return;
+        }
+        self.checked_attached = true;
+        let Some(netdev) = self.netdev.as_mut() else {
+            return;
+        };
+        for interface in &self.facts.interfaces {
+            if interface.mode != XdpAttachMode::Driver {
+                continue;
+            }
+            if let Ok(false) = netdev.takes_redirects(interface.ifindex) {
+                warn!(
+                    interface = %interface.name,
+                    "the balancer runs in driver mode on an interface that cannot send XDP frames (for a veth: its peer needs an XDP program or GRO on): frames sent back out of it (tx_local) are dropped by the kernel; fix the peer or attach in generic mode"
+                );
+            }
         }
     }
 

@@ -102,7 +102,12 @@ async fn serve(config: Config, path: PathBuf) -> Result<(), DaemonError> {
         conn_table_size: config.datapath.conn_table_size,
         pin_dir: Some(config.datapath.pin_dir.clone()),
     };
-    let (mut balancer, mut datapath) = Balancer::load(&spec)?;
+    let (mut balancer, datapath) = Balancer::load(&spec)?;
+    // The settings and tables before the program: after an upgrade whose maps start empty, a
+    // program attached first would run for a moment on zeros (no ring size, no outer source).
+    let listeners = config.passthrough_listeners();
+    let datapath_config = config.datapath_config(&host_defaults);
+    let mut reconciler = Reconciler::adopt(datapath, datapath_config, &listeners)?;
     let mut attached = Vec::new();
     for (name, index) in &interfaces {
         let link = links_dir(&config.datapath.pin_dir).join(name);
@@ -121,7 +126,7 @@ async fn serve(config: Config, path: PathBuf) -> Result<(), DaemonError> {
             ),
         }
         see_vlan_tags(name);
-        datapath.add_tx_port(*index)?;
+        reconciler.datapath_mut().add_tx_port(*index)?;
         attached.push(host::Interface {
             name: name.clone(),
             ifindex: *index,
@@ -130,7 +135,7 @@ async fn serve(config: Config, path: PathBuf) -> Result<(), DaemonError> {
     }
     accept_local_sources(&config, &host_defaults, &interfaces);
     let possible_cpus = crate::loader::possible_cpus()?;
-    let conn_table_entries = datapath.conn_table_entries()?;
+    let conn_table_entries = reconciler.datapath().conn_table_entries()?;
     info!(
         entries = conn_table_entries,
         possible_cpus,
@@ -143,9 +148,6 @@ async fn serve(config: Config, path: PathBuf) -> Result<(), DaemonError> {
         conn_table_entries,
         encap_sources: host::encap_sources(&config, &host_defaults),
     };
-    let listeners = config.passthrough_listeners();
-    let datapath_config = config.datapath_config(&host_defaults);
-    let reconciler = Reconciler::adopt(datapath, datapath_config, &listeners)?;
     for name in crate::loader::remove_stale_pins(&config.datapath.pin_dir)? {
         info!(map = %name, "removed a pinned map of an earlier layout");
     }

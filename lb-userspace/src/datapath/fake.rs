@@ -147,6 +147,12 @@ impl Datapath for FakeDatapath {
         Ok(())
     }
 
+    fn remove_tx_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        self.write("tx_ports")?;
+        self.tx_ports.retain(|&i| i != ifindex);
+        Ok(())
+    }
+
     fn tx_ports(&self) -> Result<Vec<u32>, DatapathError> {
         Ok(self.tx_ports.clone())
     }
@@ -158,6 +164,10 @@ impl Datapath for FakeDatapath {
             None => self.egress_vlans.remove(&ifindex),
         };
         Ok(())
+    }
+
+    fn egress_vlans(&self) -> Result<BTreeMap<u32, u16>, DatapathError> {
+        Ok(self.egress_vlans.clone())
     }
 
     fn counters(&self) -> Result<Vec<u64>, DatapathError> {

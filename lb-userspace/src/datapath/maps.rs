@@ -1,5 +1,7 @@
 //! [`AyaDatapath`]: the [`Datapath`] over the kernel's maps, through aya.
 
+use std::collections::BTreeMap;
+
 use aya::{
     Ebpf,
     maps::{
@@ -67,12 +69,21 @@ impl AyaDatapath {
     /// Takes the balancer's maps out of `ebpf` (the programs stay in it).
     pub fn from_ebpf(ebpf: &mut Ebpf, geometry: RingGeometry) -> Result<Self, DatapathError> {
         let config_map: Array<MapData, DatapathConfig> = typed!(ebpf, names::CONFIG);
-        // An adopted (pinned) datapath goes on from its VIP epoch: restarting at 0 would, one
-        // day, make old cached VIP answers look current again.
-        let vip_epoch = config_map
+        let vip_cache: PerCpuArray<MapData, VipCacheEntry> = typed!(ebpf, names::VIP_CACHE);
+        // The VIP epoch goes on from the adopted datapath's, and past every epoch a CPU's VIP
+        // cache holds (after an upgrade the configuration map is new but the cache may be
+        // adopted): counting up from below one of them would, one day, make its old answer
+        // look current again.
+        let mut vip_epoch = config_map
             .get(&0, 0)
             .map(|c| c.vip_epoch)
             .map_err(err(names::CONFIG))?;
+        for slot in 0..VIP_CACHE_SIZE {
+            let entries = vip_cache.get(&slot, 0).map_err(err(names::VIP_CACHE))?;
+            for entry in entries.iter() {
+                vip_epoch = vip_epoch.max(entry.epoch);
+            }
+        }
         Ok(Self {
             geometry,
             config: None,
@@ -89,7 +100,7 @@ impl AyaDatapath {
             history: typed!(ebpf, names::HISTORY),
             tx_ports: typed!(ebpf, names::TX_PORTS),
             egress_vlans: typed!(ebpf, names::EGRESS_VLANS),
-            vip_cache: typed!(ebpf, names::VIP_CACHE),
+            vip_cache,
         })
     }
 
@@ -390,6 +401,10 @@ impl Datapath for AyaDatapath {
             })
     }
 
+    fn remove_tx_port(&mut self, ifindex: u32) -> Result<(), DatapathError> {
+        self.tx_ports.remove(ifindex).map_err(err(names::TX_PORTS))
+    }
+
     fn history(&self, slot: u32) -> Result<TrafficCounters, DatapathError> {
         self.history.get(&slot, 0).map_err(err(names::HISTORY))
     }
@@ -418,6 +433,14 @@ impl Datapath for AyaDatapath {
             },
         }
         .map_err(err(names::EGRESS_VLANS))
+    }
+
+    fn egress_vlans(&self) -> Result<BTreeMap<u32, u16>, DatapathError> {
+        self.egress_vlans
+            .iter()
+            .map(|entry| entry.map(|(ifindex, vlan)| (ifindex, vlan.vlan_id)))
+            .collect::<Result<_, _>>()
+            .map_err(err(names::EGRESS_VLANS))
     }
 
     fn counters(&self) -> Result<Vec<u64>, DatapathError> {

@@ -7,6 +7,8 @@
 pub mod fake;
 pub mod maps;
 
+use std::collections::BTreeMap;
+
 use lb_common::{
     abi::{Backend, ConnValue, DatapathConfig, FlowKey, TrafficCounters, VipKey, VipValue},
     counters::Counter,
@@ -49,11 +51,15 @@ pub trait Datapath {
     fn remove_vip(&mut self, key: &VipKey) -> Result<(), DatapathError>;
     /// Adds a network interface the balancer may redirect to.
     fn add_tx_port(&mut self, ifindex: u32) -> Result<(), DatapathError>;
+    /// Removes one (frames for it then go through the kernel).
+    fn remove_tx_port(&mut self, ifindex: u32) -> Result<(), DatapathError>;
     /// The interfaces in the redirect map.
     fn tx_ports(&self) -> Result<Vec<u32>, DatapathError>;
     /// Frames forwarded out of interface `ifindex` leave with this 802.1Q VLAN id (0:
     /// untagged); `None` removes the setting (they keep the tags they arrived with).
     fn set_egress_vlan(&mut self, ifindex: u32, vlan_id: Option<u16>) -> Result<(), DatapathError>;
+    /// The egress VLAN settings, by interface index.
+    fn egress_vlans(&self) -> Result<BTreeMap<u32, u16>, DatapathError>;
 
     /// Every [`Counter`] the datapath keeps, summed over CPUs, in index order (the derived ones,
     /// [`Counter::is_derived`], read 0: see `reconcile::Snapshot`).

@@ -60,11 +60,13 @@ fn socket_address(addr: *const libc::sockaddr) -> Option<IpAddr> {
     }
 }
 
-/// The addresses on `lo` besides the loopback ones: the VIPs a backend serves.
+/// The addresses on `lo` besides the loopback ones: the VIPs a backend serves. An IPv4
+/// address with a label (`ip addr add VIP/32 dev lo label lo:vip`) comes back under its label.
 pub fn loopback_vips() -> std::io::Result<Vec<IpAddr>> {
+    let on_lo = |name: &str| name == "lo" || name.starts_with("lo:");
     let mut vips: Vec<IpAddr> = interface_addresses()?
         .into_iter()
-        .filter(|a| a.interface == "lo" && !a.address.is_loopback())
+        .filter(|a| on_lo(&a.interface) && !a.address.is_loopback())
         .map(|a| a.address)
         .collect();
     vips.sort();

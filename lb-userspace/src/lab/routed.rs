@@ -17,7 +17,9 @@
 //!
 //! Like real wires, the router's links segment what they forward (no TSO or GSO on them), and
 //! the client computes its own checksums. The switch ports facing the balancer run `lb_pass`,
-//! since a veth delivers `XDP_TX` and `XDP_REDIRECT` frames only to a peer with an XDP program.
+//! since a veth delivers `XDP_TX` and `XDP_REDIRECT` frames only to a peer with an XDP program
+//! (or GRO); `back_port_xdp = false` leaves the back one without, as a host whose egress
+//! interface takes no redirected frames.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -72,6 +74,9 @@ pub struct RoutedOptions {
     pub backends: usize,
     /// MTU of the router's end of its link to the client (the client's end has [`MTU`]).
     pub router_client_mtu: u32,
+    /// Whether the back switch's port facing the balancer runs an XDP program, without which
+    /// the balancer's [`BACK`] veth takes no redirected frames.
+    pub back_port_xdp: bool,
 }
 
 impl Default for RoutedOptions {
@@ -79,6 +84,7 @@ impl Default for RoutedOptions {
         Self {
             backends: 2,
             router_client_mtu: MTU,
+            back_port_xdp: true,
         }
     }
 }
@@ -216,8 +222,9 @@ impl RoutedLab {
         }
 
         let mut aux = Aux::load()?;
-        for switch in [&front, &back] {
-            switch.run_here(|| attach(&mut aux.ebpf, Aux::PASS, "lb", AttachMode::Driver))??;
+        front.run_here(|| attach(&mut aux.ebpf, Aux::PASS, "lb", AttachMode::Driver))??;
+        if options.back_port_xdp {
+            back.run_here(|| attach(&mut aux.ebpf, Aux::PASS, "lb", AttachMode::Driver))??;
         }
 
         let mut backends = Vec::with_capacity(options.backends);

@@ -6,9 +6,11 @@
 //! ```
 //!
 //! VLAN tags: a frame leaves with the tags it arrived with when it goes back out of the same
-//! interface, untagged when it is redirected to another one (the FIB names a physical
-//! interface, an untagged port), unless the egress interface has a configured VLAN (the egress
-//! VLAN map: exactly that one 802.1Q tag, or none).
+//! interface, untagged when it is redirected to another one, unless the egress interface has a
+//! configured VLAN (the egress VLAN map: exactly that one 802.1Q tag, or none). A route through
+//! a VLAN device (`eth0.100`) names that device, which takes no redirected frames in driver
+//! mode: the daemon leaves it out of the redirect map and the kernel forwards (and tags) those
+//! frames; in generic mode the redirect reaches it and it adds its own tag.
 
 use core::mem::MaybeUninit;
 

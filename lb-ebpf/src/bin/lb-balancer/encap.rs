@@ -3,7 +3,8 @@
 //! The frame grows at its head by one IP header (and shrinks or grows by the difference
 //! between the VLAN tags it arrived with and those it leaves with). The link-layer header is
 //! written once, at the new front: the MAC addresses and tags the frame leaves with (the next
-//! hop's, or the ones it arrived with when the kernel forwards it) and the outer EtherType. The outer header addresses the backend from a per-flow source
+//! hop's, or the ones it arrived with when the kernel forwards it) and the outer EtherType. The
+//! outer header addresses the backend from the configured source, its low bits varied per flow
 //! (`lb_common::hash::flow_spread`). The inner packet is not touched.
 
 use core::ptr::copy_nonoverlapping;
@@ -250,11 +251,22 @@ fn write_ipv4(frame: &Frame, offset: usize, outer: &Outer) -> Result<()> {
         reason = "checked against the MTU, <= 65535 + 20"
     )]
     let tot_len = outer.ip_len as u16;
+    // A packet routers may fragment needs an identification that varies (RFC 6864): the inner
+    // packet's, which its sender varies. One that may not be fragmented needs none.
+    let id_be = if outer.dont_fragment {
+        0
+    } else {
+        let inner: *const Ipv4Hdr = frame
+            .get(offset + IPV4_LEN)
+            .ok_or(Exit::Drop(Counter::DropEncapFailed))?;
+        // SAFETY: `Frame::get` checked the inner header is inside the packet.
+        unsafe { (*inner).id_be }
+    };
     let mut hdr = Ipv4Hdr {
         version_ihl: 0x45,
         tos: outer.tos,
         tot_len_be: tot_len.to_be(),
-        id_be: 0,
+        id_be,
         frag_off_be: if outer.dont_fragment {
             IPV4_DF.to_be()
         } else {

@@ -10,8 +10,9 @@
 //!                              error quotes: icmp)
 //! ```
 //!
-//! ICMP errors take the same selection and delivery as the flow they are about: one copy of
-//! that code in the program (two copies, one per kind of packet, made every packet slower).
+//! ICMP errors take the same selection and delivery as the flow they are about, through the one
+//! copy of that code in the program (a second copy would share the registers of every packet's
+//! path and slow it down).
 //!
 //! Steps return `Result<_, Exit>`; [`lb_balancer`] alone turns the outcome into an XDP action
 //! and counts its reason ([`stats`]): every packet counts exactly one verdict (a packet sent

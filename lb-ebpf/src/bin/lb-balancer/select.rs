@@ -130,11 +130,20 @@ pub fn select_backend(
     }
     count(Counter::ConnMiss);
     let selected = place_flow(flow, vip, config)?;
+    // An ICMP error and a reset are placed but start no flow (`new_flows` counts flows).
     match intent {
-        Intent::Icmp => return Ok(selected),
+        Intent::Icmp => {
+            return Ok(Selected {
+                is_new_flow: false,
+                ..selected
+            });
+        }
         Intent::Reset => {
             count(Counter::ConnRstNotRemembered);
-            return Ok(selected);
+            return Ok(Selected {
+                is_new_flow: false,
+                ..selected
+            });
         }
         Intent::Open | Intent::Continue => {}
     }

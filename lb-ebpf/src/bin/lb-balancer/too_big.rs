@@ -67,7 +67,12 @@ pub fn answer(
     let is_v4 = packet.flow.family == FAMILY_V4;
     let quote = if is_v4 { QUOTE_V4 } else { QUOTE_V6 };
     let too_big = Exit::Drop(Counter::DropTooBig);
+    // Not answered: an IPv4 packet the client lets routers fragment (fragments could not be
+    // placed), answers turned off, and an IPv6 packet already no longer than the minimum MTU
+    // (a route under 1320 bytes cannot carry it encapsulated, and an answer with 1280 would
+    // only come back for every packet).
     if (is_v4 && !packet.dont_fragment())
+        || (!is_v4 && packet.ip_len <= IPV6_MIN_MTU)
         || config.icmp_too_big_per_sec == 0
         || (packet.ip_len as usize) < quote
     {
