@@ -75,8 +75,13 @@ fn text(output: &Output) -> String {
 /// An IPv4-in-IPv4 packet from `src` to `outer_dst`, carrying a UDP datagram from `src` to
 /// `VIP`:9999 with `payload`.
 fn ipip_udp(src: Ipv4Addr, outer_dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    ipip_udp_to(src, outer_dst, VIP, payload)
+}
+
+/// As [`ipip_udp`], with the inner datagram addressed to `inner_dst`.
+fn ipip_udp_to(src: Ipv4Addr, outer_dst: Ipv4Addr, inner_dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
     let mut inner = Vec::new();
-    etherparse::PacketBuilder::ipv4(src.octets(), VIP.octets(), 64)
+    etherparse::PacketBuilder::ipv4(src.octets(), inner_dst.octets(), 64)
         .udp(40_000, 9999)
         .write(&mut inner, payload)
         .unwrap();
@@ -290,12 +295,32 @@ fn an_earlier_versions_program_is_replaced_by_attach() {
     );
     assert!(attached.status.success(), "{}", text(&attached));
     assert!(
-        text(&attached).contains("replacing an earlier version"),
+        text(&attached).contains("replaced an earlier version"),
         "{}",
         text(&attached)
     );
     assert!(legacy_pin.is_dir(), "the new layout: a directory of pins");
     assert!(delivered(&ns, &sender, Ipv4Addr::new(198, 18, 0, 20)));
+    // The replacement accepts the VIPs only, which the earlier version did not.
+    let stranger = Ipv4Addr::new(198, 18, 100, 77);
+    sender
+        .run_here(|| {
+            let packet = ipip_udp_to(SENDER, Ipv4Addr::new(198, 18, 0, 20), stranger, b"x");
+            send_raw(&packet, Ipv4Addr::new(198, 18, 0, 20));
+        })
+        .unwrap();
+    let status = lb_in(
+        &ns,
+        &["decap", "status", "--iface", "eth0", "--pin-dir", dir],
+    );
+    let shown = text(&status);
+    assert!(status.status.success(), "{shown}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("drop_not_vip") && !l.ends_with(" 0")),
+        "{shown}"
+    );
 
     let detached = lb_in(
         &ns,

@@ -88,6 +88,10 @@ pub enum DecapError {
         "an earlier version of lb_decap is attached to {0} (its link pinned at {1}): it accepts every inner destination; run `lb decap attach --iface {0}` to replace it, or `lb decap detach --iface {0}` to remove it"
     )]
     Legacy(String, String),
+    #[error(
+        "the earlier version of lb_decap on {0} was removed, and attaching this one failed: {1}; {0} decapsulates nothing until `lb decap attach` succeeds"
+    )]
+    ReplacementFailed(String, Box<DecapError>),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -151,14 +155,19 @@ pub fn attach_decap(
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ");
-    let replaced = if pins.is_legacy() {
-        // Its link holds the interface: removed first, which leaves the interface without
-        // decapsulation until the attach below.
+    if pins.is_legacy() {
+        // Its link holds the interface, so it goes first, leaving the interface without
+        // decapsulation until the attach below; this program is verified before that.
+        Decap::load(None)?;
         pins.remove_legacy()?;
-        " (replacing an earlier version's program, which accepted every destination)"
-    } else {
-        ""
-    };
+        return attach_new(interface, mode, &vips, &pins)
+            .map(|text| {
+                format!(
+                    "replaced an earlier version's lb_decap on {interface}, which accepted every destination\n{text}"
+                )
+            })
+            .map_err(|error| DecapError::ReplacementFailed(interface.to_owned(), Box::new(error)));
+    }
     if pins.link().exists() {
         let mut map = pinned_vips(&pins)?;
         set_decap_vips(&mut map, &vips)?;
@@ -166,8 +175,23 @@ pub fn attach_decap(
             "lb_decap is already attached to {interface}; it now accepts {listed}\n"
         ));
     }
+    attach_new(interface, mode, &vips, &pins)
+}
+
+/// Loads the program pinned under `pins`, with `vips`, and attaches it to `interface`.
+fn attach_new(
+    interface: &str,
+    mode: AttachMode,
+    vips: &[IpAddr],
+    pins: &DecapPins,
+) -> Result<String, DecapError> {
+    let listed = vips
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut decap = Decap::load(Some(&pins.dir))?;
-    decap.set_vips(&vips)?;
+    decap.set_vips(vips)?;
     let (mode, link_id) = attach(&mut decap.ebpf, DECAP_PROGRAM, interface, mode)?;
     let link: XdpLink =
         decap
@@ -189,7 +213,7 @@ pub fn attach_decap(
     })?;
     fd_link.pin(&path).map_err(|e| pin_error(e.to_string()))?;
     Ok(format!(
-        "lb_decap attached to {interface} ({mode:?} mode){replaced}, accepting {listed}; it stays attached until `lb decap detach --iface {interface}`.\n\
+        "lb_decap attached to {interface} ({mode:?} mode), accepting {listed}; it stays attached until `lb decap detach --iface {interface}`.\n\
          This backend also needs:\n\
          - every VIP it serves on its loopback:  ip addr add VIP/32 dev lo   (IPv6: VIP/128)\n\
          - reverse-path filtering off:           sysctl -w net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.{interface}.rp_filter=0\n\

@@ -228,8 +228,11 @@ pub struct HostWatch {
     redirect: BTreeSet<u32>,
     /// Egress interfaces left out of the redirect map because they take no redirected frames.
     refused: BTreeSet<u32>,
-    /// Whether the interfaces the balancer runs on were checked for `XDP_TX`.
-    checked_attached: bool,
+    /// Whether the interfaces the balancer runs on were checked for `XDP_TX`, and the redirect
+    /// map (an earlier daemon's, pinned) read.
+    started: bool,
+    /// Which interfaces take redirected frames, asked once per refresh.
+    answers: BTreeMap<u32, bool>,
     managed: BTreeSet<(u32, IpAddr)>,
     unroutable: BTreeSet<IpAddr>,
     /// What the egress VLAN map holds; read from it (an earlier daemon's) on first use.
@@ -246,9 +249,9 @@ impl HostWatch {
         let netdev = match Netdev::connect() {
             Ok(netdev) => Some(netdev),
             Err(error) => {
-                info!(
+                warn!(
                     %error,
-                    "this kernel does not say which interfaces take redirected XDP frames (netdev netlink family, Linux 6.3): every egress interface goes into the redirect map"
+                    "this kernel does not say which interfaces take redirected XDP frames (netdev netlink family, Linux 6.3): every egress interface goes into the redirect map, and a redirect to one that cannot take it is dropped unseen"
                 );
                 None
             }
@@ -260,7 +263,8 @@ impl HostWatch {
             netdev,
             redirect,
             refused: BTreeSet::new(),
-            checked_attached: false,
+            started: false,
+            answers: BTreeMap::new(),
             managed: BTreeSet::new(),
             unroutable: BTreeSet::new(),
             egress_vlans: None,
@@ -334,7 +338,16 @@ impl HostWatch {
             }
             Err(error) => warn!(%error, "could not list the host's addresses"),
         }
-        self.check_attached();
+        self.answers.clear();
+        if !self.started {
+            self.started = true;
+            self.check_attached();
+            // An earlier daemon's entries: kept only while they take redirected frames.
+            match reconciler.datapath().tx_ports() {
+                Ok(ports) => self.redirect.extend(ports),
+                Err(error) => warn!(%error, "could not read the redirect map"),
+            }
+        }
         if self.static_next_hop {
             return;
         }
@@ -377,8 +390,40 @@ impl HostWatch {
             }
             Err(error) => warn!(%error, "could not mark multipath backends"),
         }
+        let stale: Vec<u32> = self
+            .redirect
+            .iter()
+            .copied()
+            .filter(|i| !self.facts.interfaces.iter().any(|a| a.ifindex == *i))
+            .filter(|i| !hops.iter().any(|(hop, _)| hop == i))
+            .collect();
+        for ifindex in stale {
+            if !self.takes_redirects(ifindex) {
+                self.leave_out(reconciler, ifindex);
+            }
+        }
         self.manage_neighbours(&hops);
         self.check_kernel_forwarding(reconciler);
+    }
+
+    /// Removes `ifindex` from the redirect map.
+    fn leave_out<D: Datapath>(&mut self, reconciler: &mut Reconciler<D>, ifindex: u32) {
+        if !self.redirect.contains(&ifindex) {
+            return;
+        }
+        match reconciler.datapath_mut().remove_tx_port(ifindex) {
+            Ok(()) => {
+                self.redirect.remove(&ifindex);
+                info!(
+                    interface = %interface_name(ifindex),
+                    "removed from the redirect map: it takes no redirected XDP frames"
+                );
+            }
+            Err(error) => warn!(
+                interface = %interface_name(ifindex), %error,
+                "could not remove the interface from the redirect map"
+            ),
+        }
     }
 
     /// Keeps egress interface `ifindex` (toward `backend`) in the redirect map while it takes
@@ -391,16 +436,7 @@ impl HostWatch {
     ) {
         let interface = interface_name(ifindex);
         if !self.takes_redirects(ifindex) {
-            if self.redirect.contains(&ifindex) {
-                match reconciler.datapath_mut().remove_tx_port(ifindex) {
-                    Ok(()) => {
-                        self.redirect.remove(&ifindex);
-                    }
-                    Err(error) => {
-                        warn!(%interface, %error, "could not remove the interface from the redirect map");
-                    }
-                }
-            }
+            self.leave_out(reconciler, ifindex);
             if self.refused.insert(ifindex) {
                 warn!(
                     %interface, %backend,
@@ -435,6 +471,15 @@ impl HostWatch {
     /// buffer, which any interface takes); otherwise when the interface says so (see
     /// `host::netdev`). A kernel that cannot tell, or a failed question, counts as yes.
     fn takes_redirects(&mut self, ifindex: u32) -> bool {
+        if let Some(&takes) = self.answers.get(&ifindex) {
+            return takes;
+        }
+        let takes = self.ask_takes_redirects(ifindex);
+        self.answers.insert(ifindex, takes);
+        takes
+    }
+
+    fn ask_takes_redirects(&mut self, ifindex: u32) -> bool {
         let all_generic = !self.facts.interfaces.is_empty()
             && self
                 .facts
@@ -457,10 +502,6 @@ impl HostWatch {
     /// Warns once about an interface the balancer runs on in driver mode that cannot send
     /// frames back out (`XDP_TX` takes the same path as a redirect to it).
     fn check_attached(&mut self) {
-        if self.checked_attached {
-            return;
-        }
-        self.checked_attached = true;
         let Some(netdev) = self.netdev.as_mut() else {
             return;
         };
@@ -527,7 +568,8 @@ impl HostWatch {
         };
         let now = counter_value(&counters, Counter::PassNoTxPort);
         let new = now.saturating_sub(self.passed_no_tx_port);
-        if new > 0 {
+        // Expected, and said once, while an egress interface is left out on purpose.
+        if new > 0 && self.refused.is_empty() {
             warn!(
                 packets = new,
                 redirect_map = %self.redirect_interfaces().join(", "),

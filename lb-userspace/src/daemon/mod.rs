@@ -103,8 +103,9 @@ async fn serve(config: Config, path: PathBuf) -> Result<(), DaemonError> {
         pin_dir: Some(config.datapath.pin_dir.clone()),
     };
     let (mut balancer, datapath) = Balancer::load(&spec)?;
-    // The settings and tables before the program: after an upgrade whose maps start empty, a
+    // The settings before the program: after an upgrade whose configuration map is new, a
     // program attached first would run for a moment on zeros (no ring size, no outer source).
+    // (The VIPs and tables are adopted with the maps, and brought up to date just below.)
     let listeners = config.passthrough_listeners();
     let datapath_config = config.datapath_config(&host_defaults);
     let mut reconciler = Reconciler::adopt(datapath, datapath_config, &listeners)?;
@@ -133,6 +134,9 @@ async fn serve(config: Config, path: PathBuf) -> Result<(), DaemonError> {
             mode,
         });
     }
+    // Only this daemon's program runs now: nothing its predecessor cached may be taken for
+    // current later.
+    reconciler.datapath_mut().clear_vip_cache()?;
     accept_local_sources(&config, &host_defaults, &interfaces);
     let possible_cpus = crate::loader::possible_cpus()?;
     let conn_table_entries = reconciler.datapath().conn_table_entries()?;

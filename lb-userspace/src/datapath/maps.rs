@@ -123,6 +123,20 @@ impl AyaDatapath {
         Ok(cpus)
     }
 
+    /// Empties every CPU's VIP cache. A program that ran on these maps before (an earlier
+    /// daemon's, until this one's replaced it) cached answers under the epochs of its own
+    /// configuration map, which this daemon may not have read (after an upgrade it has a new
+    /// one): none of them can match a later epoch once they are gone.
+    pub fn clear_vip_cache(&mut self) -> Result<(), DatapathError> {
+        for slot in 0..VIP_CACHE_SIZE {
+            let empty = zeroed_per_cpu::<VipCacheEntry>(names::VIP_CACHE)?;
+            self.vip_cache
+                .set(slot, empty, 0)
+                .map_err(err(names::VIP_CACHE))?;
+        }
+        Ok(())
+    }
+
     /// The VIP epoch last written.
     pub fn vip_epoch(&self) -> u32 {
         self.vip_epoch

@@ -30,11 +30,19 @@ const NETDEV_A_DEV_XDP_FEATURES: u16 = 3;
 const NLMSG_HDRLEN: usize = 16;
 const GENL_HDRLEN: usize = 4;
 
+/// How long an answer may take before the question fails (the daemon asks from its control
+/// loop).
+const ANSWER_TIMEOUT: libc::timeval = libc::timeval {
+    tv_sec: 1,
+    tv_usec: 0,
+};
+
 /// A generic-netlink socket bound to the `netdev` family.
 pub struct Netdev {
     socket: Socket,
     family: u16,
     sequence: u32,
+    received: Vec<u8>,
 }
 
 impl std::fmt::Debug for Netdev {
@@ -51,10 +59,25 @@ impl Netdev {
         let mut socket = Socket::new(NETLINK_GENERIC)?;
         socket.bind_auto()?;
         socket.connect(&SocketAddr::new(0, 0))?;
+        let timeout = ANSWER_TIMEOUT;
+        // SAFETY: a valid socket and option value of the size passed.
+        let set = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                u32::try_from(size_of::<libc::timeval>()).unwrap_or(u32::MAX),
+            )
+        };
+        if set != 0 {
+            return Err(io::Error::last_os_error());
+        }
         let mut netdev = Self {
             socket,
             family: GENL_ID_CTRL,
             sequence: 0,
+            received: vec![0; 16 * 1024],
         };
         let answer = netdev.exchange(
             GENL_ID_CTRL,
@@ -106,10 +129,10 @@ impl Netdev {
         message.extend_from_slice(attributes);
         self.socket.send(&message, 0)?;
 
-        let mut received = vec![0u8; 16 * 1024];
         loop {
-            let size = self.socket.recv(&mut &mut received[..], 0)?;
-            let mut rest = &received[..size];
+            // Fails with `WouldBlock` past the answer timeout.
+            let size = self.socket.recv(&mut &mut self.received[..], 0)?;
+            let mut rest = &self.received[..size];
             while rest.len() >= NLMSG_HDRLEN {
                 let length = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
                 if length < NLMSG_HDRLEN || length > rest.len() {
@@ -127,7 +150,10 @@ impl Netdev {
                         .get(..4)
                         .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
                         .ok_or_else(|| invalid("a truncated error"))?;
-                    return Err(io::Error::from_raw_os_error(-code));
+                    return Err(match code.checked_neg() {
+                        Some(errno) if errno > 0 => io::Error::from_raw_os_error(errno),
+                        _ => invalid("an acknowledgement instead of an answer"),
+                    });
                 }
                 return body
                     .get(GENL_HDRLEN..)
