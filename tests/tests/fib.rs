@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use lb::{
     datapath::Datapath,
     lab::{NetNs, veth},
-    loader::interface_index,
+    loader::{AttachMode, Aux, attach, interface_index},
     state::{Listener, Protocol, Target, Vip},
 };
 use lb_common::counters::{Counter, CounterKind};
@@ -336,13 +336,19 @@ fn next_hop_mac(harness: &mut Harness, ns: &NetNs, port: u16) -> [u8; 6] {
     out.frame[..6].try_into().unwrap()
 }
 
-/// A namespace whose route to the backend 198.18.50.10 leaves `out0`, and a balancer whose
-/// listener forwards to it, with `out0` in its redirect map.
-fn routed_balancer(prefix: &str, route: &[&str]) -> (NetNs, NetNs, Harness) {
+/// A balancer's namespace whose route to the backend 198.18.50.10 leaves `out0`, its peer, and
+/// a balancer whose listener forwards to it, with `out0` in its redirect map. `out0p` runs an
+/// XDP program (returned, to keep it attached) so that `out0` takes redirected frames: without
+/// one the daemon's refresh would rightly take `out0` out of the map.
+fn routed_balancer(prefix: &str, route: &[&str]) -> (NetNs, NetNs, Harness, Aux) {
     let ns = NetNs::new(prefix).unwrap();
     let peer = NetNs::new(prefix).unwrap();
     veth(&ns, "in0", &peer, "in0p").unwrap();
     veth(&ns, "out0", &peer, "out0p").unwrap();
+    let mut aux = Aux::load().unwrap();
+    peer.run_here(|| attach(&mut aux.ebpf, Aux::PASS, "out0p", AttachMode::Driver))
+        .unwrap()
+        .unwrap();
     ns.ip(&["addr", "add", "198.18.0.2/24", "dev", "in0"])
         .unwrap();
     ns.ip(&["addr", "add", "198.18.9.2/24", "dev", "out0"])
@@ -355,7 +361,7 @@ fn routed_balancer(prefix: &str, route: &[&str]) -> (NetNs, NetNs, Harness) {
     let mut harness = Harness::new(fib_config(65_537, 1, 0));
     harness.apply(&[listener(443, VIP, "198.18.50.10")]);
     harness.reconciler.datapath_mut().add_tx_port(out0).unwrap();
-    (ns, peer, harness)
+    (ns, peer, harness, aux)
 }
 
 /// What the daemon does every few seconds: look at the routes toward the backends (marking
@@ -376,7 +382,7 @@ fn refresh_host(ns: &NetNs, harness: &mut Harness) {
 #[test]
 fn each_flow_keeps_its_next_hop_on_a_multipath_route() {
     lb_tests::require_root();
-    let (ns, _peer, mut harness) = routed_balancer(
+    let (ns, _peer, mut harness, _aux) = routed_balancer(
         "lbtecmp",
         &[
             "nexthop",
@@ -444,7 +450,8 @@ fn each_flow_keeps_its_next_hop_on_a_multipath_route() {
 #[test]
 fn a_next_hops_new_mac_is_followed_within_a_second() {
     lb_tests::require_root();
-    let (ns, peer, mut harness) = routed_balancer("lbtmac", &["via", "198.18.9.1", "dev", "out0"]);
+    let (ns, peer, mut harness, _aux) =
+        routed_balancer("lbtmac", &["via", "198.18.9.1", "dev", "out0"]);
     peer.ip(&["addr", "add", "198.18.9.1/24", "dev", "out0p"])
         .unwrap();
     peer.sysctl("net.ipv4.conf.out0p.arp_notify", "1").unwrap();
