@@ -83,6 +83,10 @@ certificates = [{ cert = "www.pem", key = "www.key" }]
     assert_eq!(http.h2_max_resets_per_second, 100);
     assert_eq!(l7.backend.connect_timeout, Duration::from_secs(5));
     assert_eq!(l7.backend.response_timeout, Duration::from_secs(60));
+    assert_eq!(http.client_timeout, Duration::from_secs(60));
+    assert_eq!(http.min_upload_rate, 240);
+    assert_eq!(http.max_body_bytes, None);
+    assert_eq!(l7.backend.server_timeout, Duration::from_secs(60));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -552,4 +556,63 @@ async fn a_response_slower_than_response_timeout_is_504_and_not_replayed() {
     assert_eq!(answer.status, 504);
     assert_body_names_no_backend(&site, &answer.body);
     assert_eq!(site.counter(|c| &c.backend_timeouts), 2);
+}
+
+/// `max_connections` holds across reloads: connections accepted before a reload count against
+/// the limit after it (a reload that built a new limit would let old and new reach twice it),
+/// a raised limit takes effect at once, and the open count is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_across_a_reload_and_a_raise_takes_effect() {
+    let settings = Settings {
+        http: "max_connections = 2\nidle_timeout = \"30s\"",
+        ..Settings::default()
+    };
+    let site = Site::start("lb-l7-maxreload", http_backends(1).await, &[], settings);
+    let reload = |max: u32, idle: u64| {
+        let mut config = site.lab.config.clone();
+        let l7 = config
+            .listeners
+            .get_mut("web")
+            .unwrap()
+            .l7
+            .as_mut()
+            .unwrap();
+        l7.http.max_connections = max;
+        l7.http.idle_timeout = Duration::from_secs(idle);
+        let prepared = site.lab.l7.prepare(&config).unwrap();
+        site.lab
+            .l7
+            .commit(prepared, &lb::lab::l7::all_healthy(&config));
+    };
+    let _first = site.tls(b"http/1.1").await;
+    let _second = site.tls(b"http/1.1").await;
+    until("two connections open", || {
+        site.proxy().open_connections() == 2
+    })
+    .await;
+
+    reload(2, 31);
+    let tcp = TcpStream::connect(site.address).await.unwrap();
+    let mut third = std::pin::pin!(site.handshake(tcp, b"http/1.1"));
+    let early = tokio::time::timeout(Duration::from_millis(700), &mut third).await;
+    assert!(
+        early.is_err(),
+        "a third connection was served after a reload kept max_connections = 2"
+    );
+    assert_eq!(
+        site.proxy().open_connections(),
+        2,
+        "the waiting one is not open"
+    );
+
+    reload(3, 31);
+    let third = tokio::time::timeout(SLACK, third)
+        .await
+        .expect("served once the limit is raised")
+        .expect("a TLS handshake");
+    until("three connections open", || {
+        site.proxy().open_connections() == 3
+    })
+    .await;
+    drop(third);
 }

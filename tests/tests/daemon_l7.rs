@@ -102,6 +102,34 @@ fn passthrough_offload_and_bridging_share_one_vip() {
     let mut l7 = L7Env::start("lbl7side", BACKENDS, |config| config);
     let before = l7.stats();
 
+    // Started with a soft limit of 1024 open files, the daemon raised its own to what its two
+    // L7 listeners' max_connections (10 000 each, by default) need, a client connection and
+    // its backend's each, or as far as its hard limit allows (raising that takes
+    // CAP_SYS_RESOURCE), saying so.
+    let pid = l7.env.daemon.pid().expect("the daemon runs");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let (soft, hard): (u64, u64) = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| {
+            let mut fields = line.split_whitespace().skip(3);
+            Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+        })
+        .unwrap_or_else(|| panic!("no open-file limit in {limits}"));
+    let needed = 1024 + 2 * 2 * 10_000;
+    let log = l7.env.daemon.log();
+    if hard >= needed {
+        assert!(soft >= needed, "the daemon's open-file limit is {soft}");
+        assert!(log.contains("raised the open-file limit"), "{log}");
+    } else {
+        assert_eq!(soft, hard, "raised as far as the hard limit allows");
+        assert!(
+            log.contains("the open-file limit is below what the L7 listeners"),
+            "the daemon says its hard limit is too low: {log}"
+        );
+    }
+    println!("the daemon's open-file limit: {soft} (hard {hard}, needed {needed})");
+
     // Passthrough: the backends' own TLS servers answer, with their certificates.
     let served = connect_parallel(l7.lab(), vip(TLS_PORT), 30, 3);
     assert_consistent(l7.lab(), &served);

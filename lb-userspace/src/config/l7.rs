@@ -67,6 +67,14 @@ pub struct HttpLimits {
     pub header_read_timeout: Duration,
     /// A connection with no request in flight is closed after this long.
     pub idle_timeout: Duration,
+    /// While a request is in flight: the client sent nothing of a body it is uploading, or
+    /// took nothing of a response being written to it, for this long: both sides are closed
+    /// (HAProxy's `timeout client`).
+    pub client_timeout: Duration,
+    /// Bytes a second an upload must average once it has run [`UPLOAD_GRACE`]; 0: no floor.
+    pub min_upload_rate: u64,
+    /// A request body over this many bytes is refused with 413; none: no limit.
+    pub max_body_bytes: Option<u64>,
     /// Connections open at once; past it, new ones wait in the kernel's backlog.
     pub max_connections: u32,
     pub h2_max_concurrent_streams: u32,
@@ -83,6 +91,9 @@ pub struct BackendSide {
     pub connect_timeout: Duration,
     /// From the request sent to the response head: past it, 504.
     pub response_timeout: Duration,
+    /// A backend that sent nothing of a response body for this long: both sides are closed
+    /// (HAProxy's `timeout server`, past the head).
+    pub server_timeout: Duration,
     /// Bridging: TLS towards the backends.
     pub tls: Option<BackendTls>,
 }
@@ -161,6 +172,11 @@ pub mod l7_defaults {
     pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
     /// ALB's idle timeout.
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// As ALB's idle timeout and our response timeout; HAProxy has none by default (and warns).
+    pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const SERVER_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Kestrel's minimum request body data rate.
+    pub const MIN_UPLOAD_RATE: u64 = 240;
     pub const MAX_CONNECTIONS: u32 = 10_000;
     /// ALB's and most browsers' expectation.
     pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
@@ -175,6 +191,10 @@ pub mod l7_defaults {
 use l7_defaults as d;
 
 const HEADER_BYTES_RANGE: (i64, i64) = (8 * 1024, 1024 * 1024);
+const UPLOAD_RATE_RANGE: (i64, i64) = (0, 1 << 30);
+const BODY_BYTES_RANGE: (i64, i64) = (1, 1 << 50);
+/// How long an upload runs before [`HttpLimits::min_upload_rate`] applies (Kestrel's grace).
+pub const UPLOAD_GRACE: Duration = Duration::from_secs(5);
 const MAX_CONNECTIONS_RANGE: (i64, i64) = (1, 10_000_000);
 const STREAMS_RANGE: (i64, i64) = (1, 10_000);
 const RESETS_RANGE: (i64, i64) = (1, 100_000);
@@ -330,6 +350,9 @@ fn check_http(
             max_header_bytes: d::MAX_HEADER_BYTES,
             header_read_timeout: d::HEADER_READ_TIMEOUT,
             idle_timeout: d::IDLE_TIMEOUT,
+            client_timeout: d::CLIENT_TIMEOUT,
+            min_upload_rate: d::MIN_UPLOAD_RATE,
+            max_body_bytes: None,
             max_connections: d::MAX_CONNECTIONS,
             h2_max_concurrent_streams: d::H2_MAX_CONCURRENT_STREAMS,
             h2_max_resets_per_second: d::H2_MAX_RESETS_PER_SECOND,
@@ -381,11 +404,34 @@ fn check_http(
         LONG_TIMEOUT_RANGE,
         d::IDLE_TIMEOUT,
     );
+    let client_timeout = timeout(
+        c,
+        raw.client_timeout.as_ref(),
+        &format!("{field}.client_timeout"),
+        LONG_TIMEOUT_RANGE,
+        d::CLIENT_TIMEOUT,
+    );
+    let min_upload_rate = int(
+        c,
+        &raw.min_upload_rate,
+        "min_upload_rate",
+        UPLOAD_RATE_RANGE,
+        d::MIN_UPLOAD_RATE,
+    );
+    let max_body_bytes = match &raw.max_body_bytes {
+        Some(v) => c
+            .int(v, &format!("{field}.max_body_bytes"), BODY_BYTES_RANGE)
+            .map(Some),
+        None => Some(None),
+    };
     // The ranges above fit these types.
     Some(HttpLimits {
         max_header_bytes: usize::try_from(max_header_bytes?).ok()?,
         header_read_timeout: header_read_timeout?,
         idle_timeout: idle_timeout?,
+        client_timeout: client_timeout?,
+        min_upload_rate: min_upload_rate?,
+        max_body_bytes: max_body_bytes?,
         max_connections: u32::try_from(max_connections?).ok()?,
         h2_max_concurrent_streams: u32::try_from(streams?).ok()?,
         h2_max_resets_per_second: u32::try_from(resets?).ok()?,
@@ -451,6 +497,13 @@ fn check_backend(
         LONG_TIMEOUT_RANGE,
         d::RESPONSE_TIMEOUT,
     );
+    let server_timeout = timeout(
+        c,
+        raw.server_timeout.as_ref(),
+        &format!("{field}.server_timeout"),
+        LONG_TIMEOUT_RANGE,
+        d::SERVER_TIMEOUT,
+    );
     let tls = if mode == Mode::Bridging {
         Some(backend_tls(c, listener, raw, field)?)
     } else {
@@ -462,6 +515,7 @@ fn check_backend(
         protocol: protocol?,
         connect_timeout: connect_timeout?,
         response_timeout: response_timeout?,
+        server_timeout: server_timeout?,
         tls,
     })
 }

@@ -3,11 +3,27 @@
 //! does: the request's place in its client connection's clock, its count on the backend (least
 //! outstanding requests), and the HTTP/1.1 connection it came on, which goes back to the pool
 //! once the body has been read to its end (and is closed otherwise).
+//!
+//! Both directions of a body run a clock while they wait for the other side, armed only when
+//! a poll finds nothing to give (a body that flows costs no timer):
+//!
+//! - a backend's response body that sent nothing for `server_timeout` fails ([`ProxyBody`]):
+//!   hyper then closes the client's HTTP/1.1 connection or resets its HTTP/2 stream, and the
+//!   backend connection, its body unread, is closed;
+//! - a client's upload ([`Upload`]) that sent nothing for `client_timeout`, or averages less
+//!   than `min_upload_rate` once it has run [`UPLOAD_GRACE`], or grows past
+//!   `max_body_bytes`, fails: the request to the backend is abandoned and the client answered
+//!   408 or 413 (its connection closed).
 
 use std::{
+    future::Future as _,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU8, Ordering},
+    },
     task::{Context, Poll},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -18,12 +34,61 @@ use hyper::{
     client::conn::http1,
     header::{self, HeaderValue},
 };
+use tokio::time::{Instant, Sleep};
+use tracing::{debug, warn};
 
 use super::{
     balance::{Outstanding, Upstream},
     conn::InFlight,
+    proxy::Proxy,
     upstream::UpBody,
 };
+use crate::config::l7::{HttpLimits, UPLOAD_GRACE};
+
+/// Why a body the balancer relays failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    #[error("the backend sent nothing of the response body for {0:?}")]
+    ServerTimeout(Duration),
+    #[error("the client sent nothing of its upload for {0:?}")]
+    ClientTimeout(Duration),
+    #[error("the upload is slower than {0} bytes a second")]
+    SlowUpload(u64),
+    #[error("the request body is over {0} bytes")]
+    TooLarge(u64),
+}
+
+/// A clock armed while a body waits for its sender: a timer allocated the first time it waits.
+#[derive(Debug, Default)]
+struct Stall {
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+impl Stall {
+    /// The body has nothing to give: runs the clock to `deadline` (unless it runs already)
+    /// and says whether it has passed.
+    fn wait(&mut self, cx: &mut Context<'_>, deadline: impl FnOnce() -> Instant) -> bool {
+        if !self.armed {
+            let at = deadline();
+            match &mut self.sleep {
+                Some(sleep) => sleep.as_mut().reset(at),
+                None => self.sleep = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            self.armed = true;
+        }
+        self.sleep
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready())
+    }
+
+    /// The body moved: the clock stops.
+    fn moved(&mut self) {
+        self.armed = false;
+    }
+}
 
 /// What a response holds on to until its body ends.
 #[derive(Debug, Default)]
@@ -61,6 +126,9 @@ impl Held {
 pub struct ProxyBody {
     inner: Either<Incoming, Full<Bytes>>,
     held: Held,
+    /// A streamed body: `server_timeout`, and the listener to count a timeout on.
+    server: Option<(Duration, Arc<Proxy>)>,
+    stall: Stall,
 }
 
 impl ProxyBody {
@@ -70,6 +138,13 @@ impl ProxyBody {
 
     pub fn full(bytes: impl Into<Bytes>) -> Self {
         Self::new(Either::Right(Full::new(bytes.into())), Held::default())
+    }
+
+    /// Fails the body if the backend sends nothing of it for `timeout` (counted on `proxy`).
+    pub fn time_out_after(&mut self, timeout: Duration, proxy: Arc<Proxy>) {
+        if matches!(self.inner, Either::Left(_)) {
+            self.server = Some((timeout, proxy));
+        }
     }
 
     /// Keeps the request counted on its client connection until this body ends; dropped
@@ -85,25 +160,48 @@ impl ProxyBody {
         if inner.is_end_stream() {
             held.release();
         }
-        Self { inner, held }
+        Self {
+            inner,
+            held,
+            server: None,
+            stall: Stall::default(),
+        }
     }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         let polled = match &mut this.inner {
-            Either::Left(body) => Pin::new(body).poll_frame(cx),
+            Either::Left(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::from),
             Either::Right(full) => Pin::new(full)
                 .poll_frame(cx)
                 .map_err(|never| match never {}),
         };
+        if let Some((timeout, proxy)) = &this.server {
+            if polled.is_pending() {
+                let timeout = *timeout;
+                if this.stall.wait(cx, || Instant::now() + timeout) {
+                    proxy
+                        .counters
+                        .server_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    let backend = this.held.outstanding.as_ref().map(|o| o.upstream().address);
+                    warn!(listener = %proxy.name, backend = ?backend, ?timeout,
+                        "the backend sent nothing of a response body in time: closed");
+                    this.server = None;
+                    return Poll::Ready(Some(Err(BodyError::ServerTimeout(timeout))));
+                }
+            } else {
+                this.stall.moved();
+            }
+        }
         // hyper stops polling a body that says it has ended (its Content-Length is met, or
         // HTTP/2's END_STREAM came) rather than waiting for `None`: release on either.
         let ended = match &polled {
@@ -141,4 +239,143 @@ pub fn error_response(status: StatusCode) -> Response<ProxyBody> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// Why an upload failed, for the answer to its client (set once, by the upload).
+#[derive(Debug, Default)]
+pub struct UploadOutcome(AtomicU8);
+
+impl UploadOutcome {
+    const TIMED_OUT: u8 = 1;
+    const TOO_LARGE: u8 = 2;
+
+    /// The answer the client gets, if its upload failed: 408 or 413.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self.0.load(Ordering::Acquire) {
+            Self::TIMED_OUT => Some(StatusCode::REQUEST_TIMEOUT),
+            Self::TOO_LARGE => Some(StatusCode::PAYLOAD_TOO_LARGE),
+            _ => None,
+        }
+    }
+}
+
+/// A client's request body on its way to a backend, under the listener's upload limits.
+#[derive(Debug)]
+pub struct Upload {
+    inner: Incoming,
+    client_timeout: Duration,
+    min_rate: u64,
+    max_bytes: Option<u64>,
+    received: u64,
+    start: Instant,
+    /// When the last bytes arrived (or the upload began).
+    last: Instant,
+    stall: Stall,
+    /// None for a request without a body (nothing to fail, nothing allocated).
+    outcome: Option<Arc<UploadOutcome>>,
+    proxy: Arc<Proxy>,
+}
+
+impl Upload {
+    pub fn new(inner: Incoming, limits: &HttpLimits, proxy: Arc<Proxy>) -> Self {
+        let now = Instant::now();
+        Self {
+            client_timeout: limits.client_timeout,
+            min_rate: limits.min_upload_rate,
+            max_bytes: limits.max_body_bytes,
+            received: 0,
+            start: now,
+            last: now,
+            stall: Stall::default(),
+            outcome: (!inner.is_end_stream()).then(Arc::default),
+            inner,
+            proxy,
+        }
+    }
+
+    /// Why it failed, once it has (none for a request without a body).
+    pub fn outcome(&self) -> Option<Arc<UploadOutcome>> {
+        self.outcome.clone()
+    }
+
+    /// When the upload is late: nothing for `client_timeout`, or behind the minimum rate's
+    /// schedule for what has arrived (never before [`UPLOAD_GRACE`]).
+    fn deadline(&self) -> Instant {
+        let quiet = self.last + self.client_timeout;
+        if self.min_rate == 0 {
+            return quiet;
+        }
+        #[allow(
+            clippy::cast_precision_loss,
+            reason = "a schedule in seconds; precision to the millisecond is plenty"
+        )]
+        let schedule = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
+        quiet.min(self.start + schedule.max(UPLOAD_GRACE))
+    }
+
+    fn fail(
+        &mut self,
+        code: u8,
+        error: BodyError,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let counters = &self.proxy.counters;
+        let counter = match &error {
+            BodyError::ClientTimeout(_) => &counters.client_timeouts,
+            BodyError::SlowUpload(_) => &counters.slow_uploads,
+            _ => &counters.body_too_large,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        debug!(listener = %self.proxy.name, %error, received = self.received, "an upload failed");
+        if let Some(outcome) = &self.outcome {
+            outcome.0.store(code, Ordering::Release);
+        }
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl Body for Upload {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.stall.moved();
+                if let Some(data) = frame.data_ref() {
+                    this.received += data.len() as u64;
+                    this.last = Instant::now();
+                    if let Some(max) = this.max_bytes.filter(|&max| this.received > max) {
+                        return this.fail(UploadOutcome::TOO_LARGE, BodyError::TooLarge(max));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BodyError::from))),
+            Poll::Pending => {
+                let deadline = this.deadline();
+                if !this.stall.wait(cx, || deadline) {
+                    return Poll::Pending;
+                }
+                if Instant::now() >= this.last + this.client_timeout {
+                    let error = BodyError::ClientTimeout(this.client_timeout);
+                    this.fail(UploadOutcome::TIMED_OUT, error)
+                } else {
+                    let error = BodyError::SlowUpload(this.min_rate);
+                    this.fail(UploadOutcome::TIMED_OUT, error)
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

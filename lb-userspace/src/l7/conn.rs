@@ -7,15 +7,19 @@
 //! - a request head (HTTP/1.1) still incomplete `header_read_timeout` after its first byte:
 //!   closed (a slow client; HTTP/2 framing has its own limits);
 //! - more HTTP/2 requests cancelled (before their response ended) than
-//!   `h2_max_resets_per_second` allows (a reset flood): closed.
+//!   `h2_max_resets_per_second` allows (a reset flood): closed;
+//! - a write to the client that made no progress for `client_timeout` (a client that stopped
+//!   reading, or whose TCP window stays closed): closed, with every request in flight on it
+//!   and their backend connections.
 //!
 //! hyper's own header timeout also runs while a kept-alive connection is idle, so it would
 //! cut idle connections at the header timeout; hence this clock.
 //!
 //! A request's start and end only record the time: they do not wake the driver, which would
 //! cost a wake-up and a timer per request. Instead the driver never sleeps longer than the
-//! shorter of the two timeouts, so a head or an idle spell that begins while it sleeps is
-//! seen, and its deadline armed, before that deadline. Only a reset flood wakes it at once.
+//! shortest of the timeouts, so a head, an idle spell or a stalled write that begins while it
+//! sleeps is seen, and its deadline armed, before that deadline. Only a reset flood wakes it
+//! at once.
 
 use std::{
     pin::Pin,
@@ -29,9 +33,10 @@ use std::{
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    sync::{Notify, OwnedSemaphorePermit},
+    sync::Notify,
 };
 
+use super::limit::Slot;
 use crate::config::l7::HttpLimits;
 
 /// What a connection's driver should do when it wakes.
@@ -42,6 +47,8 @@ pub enum Verdict {
     Idle,
     /// A request head took too long: close.
     SlowHead,
+    /// The client took nothing of what was written to it for `client_timeout`: close.
+    WriteStalled,
     /// Too many cancelled streams: close.
     ResetFlood,
 }
@@ -58,11 +65,14 @@ pub struct ConnState {
     /// Milliseconds since `start`, plus one, when bytes of a request head arrived on an idle
     /// connection; 0 if none did.
     head_since: AtomicU64,
+    /// Milliseconds since `start`, plus one, when a write to the client could not go on (the
+    /// socket's buffer full); 0 while writes progress.
+    blocked_since: AtomicU64,
     resets: Mutex<Bucket>,
     flooded: AtomicBool,
     /// The connection's place among the listener's `max_connections`: held while it is
     /// open, handed to the tunnel if it is upgraded.
-    permit: Mutex<Option<OwnedSemaphorePermit>>,
+    permit: Mutex<Option<Slot>>,
     /// Wakes the driver at once (a reset flood).
     pub wake: Notify,
 }
@@ -85,6 +95,7 @@ impl ConnState {
             in_flight: AtomicU32::new(0),
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
+            blocked_since: AtomicU64::new(0),
             resets: Mutex::new(Bucket {
                 tokens: rate,
                 rate,
@@ -101,14 +112,14 @@ impl ConnState {
     }
 
     /// Holds the connection's place among the listener's connections.
-    pub fn hold_permit(&self, permit: OwnedSemaphorePermit) {
+    pub fn hold_permit(&self, permit: Slot) {
         if let Ok(mut slot) = self.permit.lock() {
             *slot = Some(permit);
         }
     }
 
     /// Takes the connection's place (a tunnel that outlives the HTTP connection keeps it).
-    pub fn take_permit(&self) -> Option<OwnedSemaphorePermit> {
+    pub fn take_permit(&self) -> Option<Slot> {
         self.permit.lock().ok()?.take()
     }
 
@@ -135,6 +146,21 @@ impl ConnState {
         }
     }
 
+    /// A write to the client could not go on.
+    fn on_blocked(&self) {
+        if self.blocked_since.load(Ordering::Relaxed) == 0 {
+            let now = self.millis(Instant::now()) + 1;
+            self.blocked_since.store(now, Ordering::Release);
+        }
+    }
+
+    /// A write to the client went on.
+    fn on_written(&self) {
+        if self.blocked_since.load(Ordering::Relaxed) != 0 {
+            self.blocked_since.store(0, Ordering::Release);
+        }
+    }
+
     fn on_cancel(&self) {
         let Ok(mut bucket) = self.resets.lock() else {
             return;
@@ -154,7 +180,11 @@ impl ConnState {
     /// later than the shorter timeout from now, for a head or an idle spell that begins
     /// before then (its deadline is later than that).
     pub fn next_check(&self, limits: &HttpLimits, now: Instant) -> Instant {
-        let soon = now + limits.idle_timeout.min(limits.header_read_timeout);
+        let soon = now
+            + limits
+                .idle_timeout
+                .min(limits.header_read_timeout)
+                .min(limits.client_timeout);
         self.deadline(limits).map_or(soon, |at| at.min(soon))
     }
 
@@ -163,16 +193,21 @@ impl ConnState {
         if self.flooded.load(Ordering::Acquire) {
             return Some(Instant::now());
         }
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
-        }
         let at = |millis: u64| self.start + Duration::from_millis(millis);
+        let blocked = match self.blocked_since.load(Ordering::Acquire) {
+            0 => None,
+            since => Some(at(since - 1) + limits.client_timeout),
+        };
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return blocked;
+        }
         let idle = at(self.idle_since.load(Ordering::Acquire)) + limits.idle_timeout;
         let head = match self.head_since.load(Ordering::Acquire) {
             0 => None,
             since => Some(at(since - 1) + limits.header_read_timeout),
         };
-        Some(head.map_or(idle, |head| head.min(idle)))
+        let earliest = head.map_or(idle, |head| head.min(idle));
+        Some(blocked.map_or(earliest, |blocked| blocked.min(earliest)))
     }
 
     /// What is due at `now`.
@@ -180,10 +215,14 @@ impl ConnState {
         if self.flooded.load(Ordering::Acquire) {
             return Verdict::ResetFlood;
         }
+        let at = |millis: u64| self.start + Duration::from_millis(millis);
+        let blocked = self.blocked_since.load(Ordering::Acquire);
+        if blocked != 0 && now >= at(blocked - 1) + limits.client_timeout {
+            return Verdict::WriteStalled;
+        }
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return Verdict::Continue;
         }
-        let at = |millis: u64| self.start + Duration::from_millis(millis);
         let head = self.head_since.load(Ordering::Acquire);
         if head != 0 && now >= at(head - 1) + limits.header_read_timeout {
             return Verdict::SlowHead;
@@ -253,13 +292,26 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     }
 }
 
+impl<S> Watched<S> {
+    /// A write that went on clears the stall clock; one that could not starts it.
+    fn note_write(&self, polled: &Poll<std::io::Result<usize>>) {
+        match polled {
+            Poll::Pending => self.state.on_blocked(),
+            Poll::Ready(Ok(n)) if *n > 0 => self.state.on_written(),
+            Poll::Ready(_) => {}
+        }
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_write(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -267,7 +319,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_write(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -275,7 +329,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        match polled {
+            Poll::Pending => self.state.on_blocked(),
+            Poll::Ready(_) => self.state.on_written(),
+        }
+        polled
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -293,6 +352,9 @@ mod tests {
             max_header_bytes: d::MAX_HEADER_BYTES,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            client_timeout: Duration::from_secs(30),
+            min_upload_rate: 0,
+            max_body_bytes: None,
             max_connections: 10,
             h2_max_concurrent_streams: 10,
             h2_max_resets_per_second: 5,

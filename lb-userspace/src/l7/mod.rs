@@ -14,6 +14,7 @@ pub mod body;
 pub mod conn;
 pub mod files;
 pub mod headers;
+pub mod limit;
 pub mod proxy;
 pub mod server;
 pub mod sticky;
@@ -27,7 +28,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use tokio::{net::TcpListener, runtime::Handle, sync::Semaphore, task::JoinHandle};
+use tokio::{net::TcpListener, runtime::Handle, task::JoinHandle};
 use tracing::{info, warn};
 
 use self::{
@@ -123,6 +124,7 @@ impl L7 {
     /// Reads the files of `config`'s L7 listeners that are new or changed and binds their new
     /// addresses; changes nothing that runs.
     pub fn prepare(&self, config: &Config) -> Result<Prepared, L7Error> {
+        crate::host::files::ensure(open_files_needed(config));
         let _runtime = self.runtime.enter();
         let running = self.running();
         let mut prepared = Prepared::default();
@@ -253,7 +255,6 @@ impl L7 {
                 resolver: Arc::clone(&site.resolver),
                 sealer,
                 connector,
-                connections: Arc::clone(&site.connections),
             });
         }
         Ok(summary)
@@ -280,6 +281,26 @@ pub fn check_files(config: &Config) -> Result<Vec<String>, L7Error> {
         }
     }
     Ok(names)
+}
+
+/// Descriptors `config`'s L7 listeners may hold at once: each TLS connection and its
+/// backend's, and each redirect connection.
+pub fn open_files_needed(config: &Config) -> u64 {
+    let connections: u64 = config
+        .listeners
+        .values()
+        .filter_map(|l| l.l7.as_ref())
+        .map(|s| {
+            let max = u64::from(s.http.max_connections);
+            let redirect = if s.redirect_http_port.is_some() {
+                max
+            } else {
+                0
+            };
+            2 * max + redirect
+        })
+        .sum();
+    crate::host::files::BASE + connections
 }
 
 fn take_tasks(mut running: Running) -> Vec<(SocketAddr, JoinHandle<()>)> {
@@ -365,7 +386,6 @@ fn build_site(
         }
     })?;
     let (sealer, connector) = sealer_and_connector(name, settings)?;
-    let permits = usize::try_from(settings.http.max_connections).unwrap_or(usize::MAX);
     Ok(Site {
         listener: listener.clone(),
         settings: settings.clone(),
@@ -373,6 +393,5 @@ fn build_site(
         resolver,
         sealer,
         connector,
-        connections: Arc::new(Semaphore::new(permits.min(Semaphore::MAX_PERMITS))),
     })
 }

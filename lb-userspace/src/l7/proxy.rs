@@ -28,14 +28,14 @@ use hyper::{
     header::{self, HeaderMap, HeaderValue},
     upgrade::OnUpgrade,
 };
-use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::{
     balance::{BackendSet, Upstream},
-    body::{Held, ProxyBody, error_response},
+    body::{Held, ProxyBody, Upload, error_response},
     conn::ConnState,
     headers::{self, Forwarding},
+    limit::Limit,
     sticky::{self, SessionId, Ticket},
     tls::CertResolver,
     upstream::{ConnectError, Connector, Sender, UpBody},
@@ -62,6 +62,15 @@ pub struct Counters {
     pub idle_closed: AtomicU64,
     pub reset_floods: AtomicU64,
     pub upgrades: AtomicU64,
+    /// A client that sent nothing of its upload, or took nothing of its response, for
+    /// `client_timeout`.
+    pub client_timeouts: AtomicU64,
+    /// An upload slower than `min_upload_rate`.
+    pub slow_uploads: AtomicU64,
+    /// A backend that sent nothing of a response body for `server_timeout`.
+    pub server_timeouts: AtomicU64,
+    /// A request body over `max_body_bytes` (413).
+    pub body_too_large: AtomicU64,
 }
 
 impl Counters {
@@ -85,6 +94,10 @@ impl Counters {
             ("slow_heads", get(&self.slow_heads)),
             ("idle_closed", get(&self.idle_closed)),
             ("reset_floods", get(&self.reset_floods)),
+            ("client_timeouts", get(&self.client_timeouts)),
+            ("slow_uploads", get(&self.slow_uploads)),
+            ("server_timeouts", get(&self.server_timeouts)),
+            ("body_too_large", get(&self.body_too_large)),
         ]
     }
 
@@ -110,8 +123,6 @@ pub struct Site {
     pub resolver: Arc<CertResolver>,
     pub sealer: Option<sticky::Sealer>,
     pub connector: Connector,
-    /// One permit per open client connection (`max_connections`).
-    pub connections: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Site {
@@ -132,6 +143,11 @@ pub struct Proxy {
     /// Round-robin position, shared by every request.
     turn: AtomicUsize,
     pub counters: Counters,
+    /// Open TLS connections against `max_connections`, across reloads.
+    pub connections: Arc<Limit>,
+    /// Open connections to the plain-HTTP redirect, against a `max_connections` of their own
+    /// (a flood there does not take the TLS listener's places).
+    pub redirects: Arc<Limit>,
 }
 
 /// How a request was placed, for the cookie its response sets.
@@ -164,7 +180,10 @@ enum SendFailure {
 
 impl Proxy {
     pub fn new(name: String, site: Site) -> Self {
+        let max = site.settings.http.max_connections;
         Self {
+            connections: Limit::new(max),
+            redirects: Limit::new(max),
             name,
             site: ArcSwap::from_pointee(site),
             backends: ArcSwap::from_pointee(BackendSet::default()),
@@ -181,19 +200,18 @@ impl Proxy {
     /// made under the old ones (a CA bundle or client certificate that may have changed): they
     /// go, so that the next request connects, and verifies the backend, anew.
     pub fn set_site(&self, site: Site) {
+        let max = site.settings.http.max_connections;
+        self.connections.set_max(max);
+        self.redirects.set_max(max);
         self.site.store(Arc::new(site));
         for upstream in self.backends.load().members() {
             upstream.conns.clear();
         }
     }
 
-    /// Client connections open now.
+    /// Client connections open now (TLS and the redirect's).
     pub fn open_connections(&self) -> u64 {
-        let site = self.site();
-        let max = usize::try_from(site.settings.http.max_connections).unwrap_or(usize::MAX);
-        let open = max
-            .min(Semaphore::MAX_PERMITS)
-            .saturating_sub(site.connections.available_permits());
+        let open = self.connections.open() + self.redirects.open();
         u64::try_from(open).unwrap_or(u64::MAX)
     }
 
@@ -217,12 +235,15 @@ impl Proxy {
         let mut response = self.forward(request, &conn, &client).await;
         let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
         count(&self.counters.responses[class]);
-        response.body_mut().hold_in_flight(in_flight);
+        let server_timeout = self.site().settings.backend.server_timeout;
+        let body = response.body_mut();
+        body.hold_in_flight(in_flight);
+        body.time_out_after(server_timeout, Arc::clone(&self));
         Ok(response)
     }
 
     async fn forward(
-        &self,
+        self: &Arc<Self>,
         mut request: Request<Incoming>,
         conn: &ConnState,
         client: &Forwarding,
@@ -240,6 +261,15 @@ impl Proxy {
         };
 
         let (mut parts, body) = request.into_parts();
+        let limits = &site.settings.http;
+        if let Some(max) = limits.max_body_bytes
+            && body.size_hint().exact().is_some_and(|length| length > max)
+        {
+            count(&self.counters.body_too_large);
+            return client_error(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        let body = Upload::new(body, limits, Arc::clone(self));
+        let upload = body.outcome();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
         if site.settings.forwarded_header {
             let host = parts
@@ -334,6 +364,13 @@ impl Proxy {
                         }
                     }
                     fresh = true;
+                }
+                Ok(Err(SendFailure::Sent(error))) if failed_upload(upload.as_deref()).is_some() => {
+                    // The client's upload failed (counted there): not the backend's doing.
+                    debug!(listener = %self.name, backend = %upstream.address, %error,
+                        "a request abandoned: its upload failed");
+                    let status = failed_upload(upload.as_deref());
+                    return client_error(status.unwrap_or(StatusCode::BAD_REQUEST));
                 }
                 Ok(Err(SendFailure::Sent(error))) => {
                     count(&self.counters.backend_errors);
@@ -519,6 +556,20 @@ async fn send(
             Ok((response, None))
         }
     }
+}
+
+fn failed_upload(upload: Option<&super::body::UploadOutcome>) -> Option<StatusCode> {
+    upload.and_then(super::body::UploadOutcome::status)
+}
+
+/// The balancer's answer to a client whose request it will not finish (a body too large or
+/// too slow): the connection closes after it, its request body unread.
+fn client_error(status: StatusCode) -> Response<ProxyBody> {
+    let mut response = error_response(status);
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 /// The hop-by-hop headers of a backend's response go; a switch of protocols keeps its

@@ -22,7 +22,6 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
-    sync::OwnedSemaphorePermit,
     time::Instant,
 };
 use tokio_rustls::TlsAcceptor;
@@ -32,6 +31,7 @@ use super::{
     body::{ProxyBody, error_response},
     conn::{ConnState, Verdict, Watched},
     headers::Forwarding,
+    limit::Slot,
     proxy::Proxy,
 };
 use crate::config::l7::HttpLimits;
@@ -70,10 +70,7 @@ pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
 /// carry on).
 pub async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>) {
     loop {
-        let site = proxy.site();
-        let Ok(permit) = Arc::clone(&site.connections).acquire_owned().await else {
-            return;
-        };
+        proxy.connections.room().await;
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
@@ -84,17 +81,13 @@ pub async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>) {
             }
         };
         drop(tcp.set_nodelay(true));
-        tokio::spawn(serve_connection(Arc::clone(&proxy), tcp, peer, permit));
+        let slot = proxy.connections.take();
+        tokio::spawn(serve_connection(Arc::clone(&proxy), tcp, peer, slot));
     }
 }
 
 /// One client connection, from the TLS handshake to its close.
-async fn serve_connection(
-    proxy: Arc<Proxy>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-) {
+async fn serve_connection(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, permit: Slot) {
     proxy
         .counters
         .connections
@@ -174,6 +167,18 @@ where
     }
 }
 
+impl<I, S> Shutdown for http1::Connection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shutdown(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
 impl<I, S, E> Shutdown for http2::Connection<I, S, E>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin,
@@ -225,6 +230,14 @@ async fn drive<C: Shutdown>(conn: C, state: &ConnState, limits: &HttpLimits, pro
                 debug!(listener = %proxy.name, "closed a connection whose request head was too slow");
                 return;
             }
+            Verdict::WriteStalled => {
+                counters
+                    .client_timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                debug!(listener = %proxy.name, timeout = ?limits.client_timeout,
+                    "closed a connection whose client took nothing of its response");
+                return;
+            }
             Verdict::ResetFlood => {
                 counters
                     .reset_floods
@@ -237,9 +250,11 @@ async fn drive<C: Shutdown>(conn: C, state: &ConnState, limits: &HttpLimits, pro
 }
 
 /// The plain-HTTP listener of `proxy`: every request is redirected (308) to the same host and
-/// path over HTTPS on the listener's port.
+/// path over HTTPS on the listener's port. Its connections have their own `max_connections`
+/// and the same clock as the TLS listener's (head, idle, a client that takes nothing).
 pub async fn redirect_loop(listener: TcpListener, proxy: Arc<Proxy>) {
     loop {
+        proxy.redirects.room().await;
         let (tcp, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
@@ -248,23 +263,33 @@ pub async fn redirect_loop(listener: TcpListener, proxy: Arc<Proxy>) {
                 continue;
             }
         };
-        let site = proxy.site();
-        let port = site.listener.port;
-        let limits = site.settings.http.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |request: Request<Incoming>| async move {
-                Ok::<_, std::convert::Infallible>(redirect(&request, port))
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .max_buf_size(limits.max_header_bytes.max(8192))
-                .max_header_size(limits.max_header_bytes)
-                .serve_connection(TokioIo::new(tcp), service);
-            // hyper's header timeout also closes it once idle that long.
-            drop(conn.await);
-        });
+        let slot = proxy.redirects.take();
+        tokio::spawn(serve_redirect(Arc::clone(&proxy), tcp, slot));
     }
+}
+
+async fn serve_redirect(proxy: Arc<Proxy>, tcp: TcpStream, slot: Slot) {
+    let site = proxy.site();
+    let port = site.listener.port;
+    let limits = site.settings.http.clone();
+    let state = ConnState::new(true, &limits);
+    state.hold_permit(slot);
+    let service = {
+        let state = Arc::clone(&state);
+        service_fn(move |request: Request<Incoming>| {
+            let mut response = redirect(&request, port);
+            response.body_mut().hold_in_flight(state.begin());
+            std::future::ready(Ok::<_, std::convert::Infallible>(response))
+        })
+    };
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_header_size(limits.max_header_bytes)
+        .serve_connection(TokioIo::new(Watched::new(tcp, Arc::clone(&state))), service);
+    drive(conn, &state, &limits, &proxy).await;
+    drop(state.take_permit());
 }
 
 /// `https://host[:port]/path?query` for `request`, or 400 without a usable `Host`.

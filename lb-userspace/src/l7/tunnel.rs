@@ -19,7 +19,7 @@ pub async fn run(
     client: OnUpgrade,
     backend: OnUpgrade,
     outstanding: super::balance::Outstanding,
-    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    permit: Option<super::limit::Slot>,
     idle_timeout: std::time::Duration,
 ) {
     let (client, backend) = match tokio::try_join!(client, backend) {

@@ -14,10 +14,7 @@ use std::{
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
-use hyper::{
-    body::Incoming,
-    client::conn::{http1, http2},
-};
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
@@ -30,7 +27,7 @@ use super::balance::Upstream;
 use crate::config::l7::BackendProtocol;
 
 /// The body of a request to a backend: the client's, streamed, or none (a replayed request).
-pub type UpBody = Either<Incoming, Empty<Bytes>>;
+pub type UpBody = Either<super::body::Upload, Empty<Bytes>>;
 
 /// Idle HTTP/1.1 connections kept per backend.
 const MAX_IDLE: usize = 256;

@@ -137,6 +137,11 @@ impl DaemonProcess {
         }
     }
 
+    /// The running daemon's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn socket(&self) -> &Path {
         &self.socket
     }
@@ -224,6 +229,9 @@ impl DaemonProcess {
 
 /// Starts `binary run --config CONFIG` in the network namespace at `netns`, logging to `log`
 /// (appended).
+/// The soft open-file limit a daemon starts with: a shell's or a systemd unit's default.
+const DEFAULT_OPEN_FILES: libc::rlim_t = 1024;
+
 fn spawn(binary: &Path, netns: &Path, config: &Path, log: &Path) -> Result<Child, LabError> {
     let io = |what: &'static str| move |source| LabError::File { what, source };
     let log = fs::OpenOptions::new()
@@ -233,19 +241,32 @@ fn spawn(binary: &Path, netns: &Path, config: &Path, log: &Path) -> Result<Child
         .map_err(io("opening the daemon's log"))?;
     let netns = fs::File::open(netns).map_err(io("opening the namespace"))?;
     let mut command = Command::new(binary);
-    // SAFETY: between fork and exec the child only calls `setns`, which is
-    // async-signal-safe, on a descriptor the parent opened and keeps open until `spawn`
-    // returns. Only the network namespace changes: the daemon keeps the host's mounts (bpffs
-    // at /sys/fs/bpf), unlike under `ip netns exec`.
+    // SAFETY: between fork and exec the child only calls `setns`, `getrlimit` and
+    // `setrlimit`, which are async-signal-safe, on a descriptor the parent opened and keeps
+    // open until `spawn` returns and on a struct on the child's stack. Only the network
+    // namespace changes: the daemon keeps the host's mounts (bpffs at /sys/fs/bpf), unlike
+    // under `ip netns exec`. The open-file limit is put back to the soft 1024 a shell or a
+    // systemd unit gives (tests raise their own for their clients): the daemon raises its
+    // own, as it must on a host.
     unsafe {
         use std::os::{fd::AsRawFd as _, unix::process::CommandExt as _};
         let fd = netns.as_raw_fd();
         command.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
             }
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            limit.rlim_cur = limit.rlim_max.min(DEFAULT_OPEN_FILES);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
         });
     }
     command

@@ -218,6 +218,17 @@ certificates = [{{ cert = "{cert}", key = "{key}" }}]
             .await
     }
 
+    /// A raw HTTP/1.1 connection over `tcp` (connected to the listener).
+    pub async fn h1_over(&self, tcp: TcpStream) -> RawH1 {
+        RawH1 {
+            stream: self
+                .handshake(tcp, b"http/1.1")
+                .await
+                .expect("TLS handshake with the listener"),
+            buf: Vec::new(),
+        }
+    }
+
     /// A raw HTTP/1.1 connection.
     pub async fn h1(&self) -> RawH1 {
         RawH1 {
@@ -635,6 +646,9 @@ pub enum Behaviour {
     Close,
     /// Writes these bytes (a whole response) and reads the next request.
     Answer(&'static str),
+    /// Writes these bytes (the start of a response), then sends nothing more and keeps the
+    /// connection open.
+    Stall(&'static str),
 }
 
 /// A plain-TCP HTTP/1.1 "backend" that reads requests (head, then a `Content-Length` or
@@ -696,6 +710,15 @@ async fn raw_connection(mut tcp: TcpStream, behaviour: Behaviour, requests: Arc<
                 if tcp.write_all(bytes.as_bytes()).await.is_err() {
                     return;
                 }
+            }
+            Behaviour::Stall(bytes) => {
+                if tcp.write_all(bytes.as_bytes()).await.is_err() {
+                    return;
+                }
+                // Held open until the balancer closes it.
+                let mut rest = [0u8; 1024];
+                while matches!(tcp.read(&mut rest).await, Ok(n) if n > 0) {}
+                return;
             }
         }
     }
