@@ -7,6 +7,9 @@
 //! the kernel rounds such a table up (one LRU list per CPU, each the same size), and the
 //! restarted daemon must compare the pinned table with what the kernel allocates, not with
 //! what the file asks for.
+//!
+//! A daemon whose controller thread panics (an injected fault) exits with an error and a clear
+//! log line, and the connections live through that too.
 
 #![allow(
     clippy::unwrap_used,
@@ -90,6 +93,33 @@ fn a_killed_and_restarted_daemon_resets_no_connection() {
     let while_stopped = connect_parallel(&env.lab, vip(), 60, 6);
     assert_consistent(&env.lab, &while_stopped);
     env.daemon.restart().expect("restarting after SIGTERM");
+    thread::sleep(Duration::from_secs(1));
+
+    // A daemon whose controller thread panics (an injected fault) stops with an error rather
+    // than run on with frozen health state; a supervisor's restart adopts the maps.
+    env.daemon.stop().expect("SIGTERM");
+    env.daemon
+        .set_env(&[(lb::daemon::INJECT_FAULT_ENV, "controller-panic-on-reload")]);
+    env.daemon
+        .restart()
+        .expect("starting with the injected fault");
+    let reload = env.cli(&["reload"]);
+    assert!(
+        !reload.success,
+        "a reload the controller never answered: {reload:?}"
+    );
+    let status = env
+        .daemon
+        .exited_within(Duration::from_secs(5))
+        .expect("the daemon stopped after its controller thread panicked");
+    assert!(!status.success(), "it stopped with an error: {status}");
+    let log = env.daemon.log();
+    assert!(
+        log.contains("the controller thread panicked") && log.contains("the injected fault"),
+        "the log says why:\n{log}"
+    );
+    env.daemon.set_env(&[]);
+    env.daemon.restart().expect("restarting after the panic");
     thread::sleep(Duration::from_secs(1));
 
     let histories = long_lived.finish();

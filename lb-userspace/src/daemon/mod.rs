@@ -30,7 +30,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot},
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use self::{controller::Controller, probes::Probes, runtime::BackendKey};
 use crate::{
@@ -69,7 +69,16 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     Config(String),
+    #[error(
+        "the controller thread panicked (its message is just above): stopped with an error so that a supervisor restarts the daemon; the balancer forwards with the pinned maps meanwhile, and the new daemon adopts them"
+    )]
+    ControllerPanicked,
 }
+
+/// Set to `controller-panic-on-reload` in the daemon's environment, the controller thread
+/// panics when it handles `lb reload`: the test of what a daemon does when its controller
+/// fails. Nothing else reads it.
+pub const INJECT_FAULT_ENV: &str = "LB_INJECT_FAULT";
 
 /// Runs the daemon for `config` (read from `path`) until a signal stops it. The control socket
 /// opens last, so a daemon that answers on it is ready.
@@ -167,7 +176,7 @@ async fn serve(config: Config, path: PathBuf) -> Result<(), DaemonError> {
         .with_probes(probes);
     info!(mtu = datapath_config.mtu, "configuration applied");
     let logs = ebpf_logs(&mut balancer);
-    let controller = spawn_controller(controller, receiver)?;
+    let (controller, mut panicked) = spawn_controller(controller, receiver)?;
 
     let mut tasks = vec![tokio::spawn(tick(events.clone()))];
     if let Some(address) = metrics_address {
@@ -188,7 +197,20 @@ async fn serve(config: Config, path: PathBuf) -> Result<(), DaemonError> {
     tasks.extend(logs);
     info!("ready");
 
-    let stop = wait_for_stop(&events).await;
+    let stop = tokio::select! {
+        stop = wait_for_stop(&events) => stop,
+        Ok(()) = &mut panicked => {
+            // Health checks, drains and reloads have stopped: running on would serve with a
+            // frozen view. Stop, and let the supervisor start a daemon that adopts the maps.
+            for task in &tasks {
+                task.abort();
+            }
+            drop(controller.join());
+            drop(balancer);
+            error!("the controller thread panicked: stopping with an error; the balancer keeps forwarding with the pinned maps");
+            return Err(DaemonError::ControllerPanicked);
+        }
+    };
     info!(
         signal = stop,
         "stopping; the balancer keeps forwarding with the pinned maps"
@@ -278,19 +300,42 @@ pub fn links_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join("links")
 }
 
+/// Tells the daemon when the controller thread unwinds from a panic.
+struct PanicSignal(Option<oneshot::Sender<()>>);
+
+impl Drop for PanicSignal {
+    fn drop(&mut self) {
+        if thread::panicking()
+            && let Some(signal) = self.0.take()
+        {
+            let _ = signal.send(());
+        }
+    }
+}
+
 /// Runs the controller on its own thread: reconciling takes system calls that should not run
-/// on the async runtime.
+/// on the async runtime. The receiver resolves if the thread panics.
 fn spawn_controller<D: Datapath + Send + 'static>(
     mut controller: Controller<D>,
     mut events: mpsc::Receiver<Event>,
-) -> Result<thread::JoinHandle<()>, DaemonError> {
-    thread::Builder::new()
+) -> Result<(thread::JoinHandle<()>, oneshot::Receiver<()>), DaemonError> {
+    let (signal, panicked) = oneshot::channel();
+    let panic_on_reload =
+        std::env::var(INJECT_FAULT_ENV).is_ok_and(|fault| fault == "controller-panic-on-reload");
+    if panic_on_reload {
+        warn!("{INJECT_FAULT_ENV}: the controller thread will panic on `lb reload` (a test)");
+    }
+    let thread = thread::Builder::new()
         .name("lb-controller".to_owned())
         .spawn(move || {
+            let _signal = PanicSignal(Some(signal));
             while let Some(event) = events.blocking_recv() {
                 let now = Instant::now();
                 // A caller may have gone away; what it asked for stands either way.
                 match event {
+                    Event::Call((Request::Reload, _)) if panic_on_reload => {
+                        panic!("{INJECT_FAULT_ENV}: the injected fault");
+                    }
                     Event::Call((request, reply)) => {
                         drop(reply.send(controller.handle(request, now)))
                     }
@@ -304,7 +349,8 @@ fn spawn_controller<D: Datapath + Send + 'static>(
         .map_err(|source| DaemonError::Io {
             what: "starting the controller thread".to_owned(),
             source,
-        })
+        })?;
+    Ok((thread, panicked))
 }
 
 /// Waits for SIGTERM or SIGINT (returns its name), reloading the configuration on SIGHUP.

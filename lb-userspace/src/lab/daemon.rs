@@ -57,6 +57,8 @@ pub struct DaemonProcess {
     dir: PathBuf,
     socket: PathBuf,
     pin_dir: PathBuf,
+    /// Environment variables of the next start.
+    env: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for DaemonProcess {
@@ -97,7 +99,13 @@ impl DaemonProcess {
         let config_path = dir.join("lb.toml");
         fs::write(&config_path, config(&paths))
             .map_err(io("writing the daemon's configuration"))?;
-        let child = spawn(binary, &ns.path(), &config_path, &dir.join("daemon.log"))?;
+        let child = spawn(
+            binary,
+            &ns.path(),
+            &config_path,
+            &dir.join("daemon.log"),
+            &[],
+        )?;
         let mut daemon = Self {
             child: Some(child),
             binary: binary.to_owned(),
@@ -106,6 +114,7 @@ impl DaemonProcess {
             dir,
             socket: paths.socket,
             pin_dir: paths.pin_dir,
+            env: Vec::new(),
         };
         daemon.wait_until_ready()?;
         Ok(daemon)
@@ -195,8 +204,38 @@ impl DaemonProcess {
             return Err(LabError::Daemon("the daemon is still running".to_owned()));
         }
         let log = self.dir.join("daemon.log");
-        self.child = Some(spawn(&self.binary, &self.netns, &self.config, &log)?);
+        self.child = Some(spawn(
+            &self.binary,
+            &self.netns,
+            &self.config,
+            &log,
+            &self.env,
+        )?);
         self.wait_until_ready()
+    }
+
+    /// The environment of the next [`DaemonProcess::restart`] (`[]`: the test's own).
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+    }
+
+    /// Waits up to `limit` for the daemon to exit on its own; its status, if it did.
+    pub fn exited_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stops the daemon with SIGTERM (SIGKILL after a timeout) and returns its exit status.
@@ -232,7 +271,13 @@ impl DaemonProcess {
 /// The soft open-file limit a daemon starts with: a shell's or a systemd unit's default.
 const DEFAULT_OPEN_FILES: libc::rlim_t = 1024;
 
-fn spawn(binary: &Path, netns: &Path, config: &Path, log: &Path) -> Result<Child, LabError> {
+fn spawn(
+    binary: &Path,
+    netns: &Path,
+    config: &Path,
+    log: &Path,
+    env: &[(String, String)],
+) -> Result<Child, LabError> {
     let io = |what: &'static str| move |source| LabError::File { what, source };
     let log = fs::OpenOptions::new()
         .create(true)
@@ -270,6 +315,7 @@ fn spawn(binary: &Path, netns: &Path, config: &Path, log: &Path) -> Result<Child
         });
     }
     command
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .arg("run")
         .arg("--config")
         .arg(config)
