@@ -2,11 +2,11 @@
 //! line, set up logging, call the library, print, and turn errors into a message and a
 //! non-zero exit status.
 
-use std::process::ExitCode;
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use lb::cli::{BenchCommand, Cli, Command, DecapCommand, render};
+use lb::cli::{BenchCommand, Cli, Command, DecapCommand, OptionError, SOCKET_ENV, render};
 
 /// The proxy allocates and frees small blocks for every request (header maps, buffers,
 /// futures); mimalloc's per-thread free lists do that in fewer instructions than glibc's.
@@ -32,9 +32,19 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    let local = match &cli.command {
+        Command::Decap(_) => Some("decap"),
+        Command::Bench(_) => Some("bench"),
+        Command::Demo => Some("demo"),
+        Command::StickyKey => Some("sticky-key"),
+        _ => None,
+    };
+    if let Some(command) = local {
+        cli.refuse_daemon_options(command)?;
+    }
     match cli.command {
-        Command::Run { config: path } => {
-            let config = lb::config::Config::from_file(&path)?;
+        Command::Run => {
+            let (path, config) = config_of(&cli, "run")?;
             // One worker per CPU: the L7 listeners run on it.
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -42,8 +52,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("starting the async runtime")?
                 .block_on(lb::daemon::run(config, path))?;
         }
-        Command::Check { config: path } => {
-            let config = lb::config::Config::from_file(&path)?;
+        Command::Check => {
+            let (path, config) = config_of(&cli, "check")?;
             let certificates = lb::l7::check_files(&config)?;
             println!(
                 "{}: ok ({} listeners, {} pools)",
@@ -55,8 +65,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("  certificates of {line}");
             }
         }
-        Command::Uninstall { config: path } => {
-            let config = lb::config::Config::from_file(&path)?;
+        Command::Uninstall => {
+            let (_, config) = config_of(&cli, "uninstall")?;
             print!("{}", lb::daemon::uninstall(&config)?);
         }
         Command::Decap(DecapCommand::Attach { target, vips, mode }) => {
@@ -119,13 +129,57 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo => lb::demo::run()?,
         Command::StickyKey => println!("{}", lb::l7::sticky::KeyRing::generate_line()?),
-        daemon_command => {
+        ref daemon_command => {
             let request = daemon_command
-                .request()
+                .request()?
                 .context("this command is not one the daemon answers")?;
-            let body = lb::control::client::call(&cli.socket, &request)?;
+            let body = lb::control::client::call(&daemon_socket(&cli)?, &request)?;
             print!("{}", render::render(&body, cli.json));
         }
     }
     Ok(())
+}
+
+/// The configuration file of `lb run`, `check` or `uninstall`, read; a `--socket` that is not
+/// where that daemon listens is refused (it would do nothing).
+fn config_of(cli: &Cli, command: &'static str) -> anyhow::Result<(PathBuf, lb::config::Config)> {
+    let path = cli.config.clone().ok_or(OptionError::NoConfig(command))?;
+    let config = lb::config::Config::from_file(&path)?;
+    if let Some(given) = &cli.socket
+        && *given != config.control.socket
+    {
+        return Err(OptionError::SocketNotConfigured {
+            given: given.display().to_string(),
+            configured: config.control.socket.display().to_string(),
+        }
+        .into());
+    }
+    Ok((path, config))
+}
+
+/// Where a daemon command finds the daemon: `--socket`, else `LB_SOCKET`, else the
+/// `[control] socket` of `--config`, else the default.
+fn daemon_socket(cli: &Cli) -> anyhow::Result<PathBuf> {
+    let configured = match &cli.config {
+        Some(path) => Some(lb::config::Config::from_file(path)?.control.socket),
+        None => None,
+    };
+    if let (Some(given), Some(configured)) = (&cli.socket, &configured)
+        && given != configured
+    {
+        return Err(OptionError::SocketsDiffer {
+            given: given.display().to_string(),
+            configured: configured.display().to_string(),
+        }
+        .into());
+    }
+    let from_env = std::env::var_os(SOCKET_ENV)
+        .filter(|_| configured.is_none())
+        .map(PathBuf::from);
+    Ok(cli
+        .socket
+        .clone()
+        .or(from_env)
+        .or(configured)
+        .unwrap_or_else(|| PathBuf::from(lb::control::DEFAULT_SOCKET)))
 }

@@ -111,6 +111,17 @@ fn refused_changes_exit_non_zero_say_why_and_change_no_map() {
             &["backend", "add", "web6", "198.18.0.13"],
             "not of the listener's address family",
         ),
+        (
+            &[
+                "backend",
+                "remove",
+                "web4",
+                "198.18.0.10:443",
+                "--port",
+                "80",
+            ],
+            "the backend's port is given twice, 443 and 80",
+        ),
     ];
     for (args, why) in refused_by_daemon {
         let run = env.cli(args);

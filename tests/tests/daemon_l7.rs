@@ -219,6 +219,19 @@ fn passthrough_offload_and_bridging_share_one_vip() {
         forwarded.traffic
     );
     assert!(counter(&after, "tx_local") > 0, "{:?}", after.counters);
+
+    // What `lb backend list` prints (ADDRESS:PORT for an L7 pool) is what its other commands
+    // take; an L7 backend has no share of a Maglev table to show.
+    let listed = l7.env.cli_ok(&["backend", "list", OFFLOAD_POOL]);
+    println!("{listed}");
+    let first = listed
+        .lines()
+        .nth(1)
+        .and_then(|line| line.split_whitespace().find(|w| w.contains(':')))
+        .unwrap_or_else(|| panic!("an ADDRESS:PORT in:\n{listed}"));
+    l7.env
+        .cli_ok(&["backend", "set-weight", OFFLOAD_POOL, first, "1"]);
+    assert!(!listed.contains("0.0%"), "{listed}");
     l7.env.stop_cleanly();
     println!("took {:?}", started.elapsed());
 }

@@ -21,9 +21,14 @@ use crate::{control::Request, state::Protocol};
     max_term_width = 100
 )]
 pub struct Cli {
-    /// The daemon's control socket.
-    #[arg(long, global = true, env = "LB_SOCKET", default_value = crate::control::DEFAULT_SOCKET)]
-    pub socket: PathBuf,
+    /// The daemon's control socket (default: LB_SOCKET, else the `[control] socket` of
+    /// --config, else /run/lb/lb.sock).
+    #[arg(long, global = true)]
+    pub socket: Option<PathBuf>,
+    /// The configuration file: what `run`, `check` and `uninstall` act on; for the daemon's
+    /// commands, where its control socket is.
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -34,16 +39,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: attach the balancer, program the maps, serve the control socket.
-    Run {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
+    Run,
     /// Validate a configuration file and the files it names (certificates, keys, CA bundles,
     /// cookie keys) without touching the system.
-    Check {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
+    Check,
     /// Re-read the daemon's configuration file and apply what changed (also on SIGHUP).
     Reload,
     /// The L7 listeners' certificates and keys.
@@ -54,10 +53,7 @@ pub enum Command {
     StickyKey,
     /// Detach the balancer and remove its pinned maps (the daemon must be stopped first; it
     /// leaves the balancer forwarding when it stops, so that restarts are hitless).
-    Uninstall {
-        #[arg(long, short)]
-        config: PathBuf,
-    },
+    Uninstall,
     /// Listeners (VIPs).
     #[command(subcommand)]
     Listener(ListenerCommand),
@@ -100,7 +96,9 @@ pub enum BackendCommand {
     /// Add a backend to a pool.
     Add {
         pool: String,
-        address: IpAddr,
+        /// ADDRESS or ADDRESS:PORT ([V6]:PORT), as `lb backend list` prints it.
+        #[arg(value_parser = parse_backend)]
+        address: BackendAddress,
         /// The backend's port (passthrough forwards to the listener's port; leave it out).
         #[arg(long)]
         port: Option<u16>,
@@ -114,7 +112,9 @@ pub enum BackendCommand {
     /// Remove a backend from a pool: its flows are placed afresh.
     Remove {
         pool: String,
-        address: IpAddr,
+        /// ADDRESS or ADDRESS:PORT ([V6]:PORT), as `lb backend list` prints it.
+        #[arg(value_parser = parse_backend)]
+        address: BackendAddress,
         #[arg(long)]
         port: Option<u16>,
     },
@@ -122,7 +122,9 @@ pub enum BackendCommand {
     /// the timeout passes; then it is removed from the pool.
     Drain {
         pool: String,
-        address: IpAddr,
+        /// ADDRESS or ADDRESS:PORT ([V6]:PORT), as `lb backend list` prints it.
+        #[arg(value_parser = parse_backend)]
+        address: BackendAddress,
         /// How long established flows may last ("30s", "5m").
         #[arg(long, value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
@@ -132,11 +134,45 @@ pub enum BackendCommand {
     /// Change a backend's weight (0 drains it: no new flows, established ones stay).
     SetWeight {
         pool: String,
-        address: IpAddr,
+        /// ADDRESS or ADDRESS:PORT ([V6]:PORT), as `lb backend list` prints it.
+        #[arg(value_parser = parse_backend)]
+        address: BackendAddress,
         weight: u32,
         #[arg(long)]
         port: Option<u16>,
     },
+}
+
+/// A backend on the command line: its address, and the port if given with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendAddress {
+    pub ip: IpAddr,
+    pub port: Option<u16>,
+}
+
+fn parse_backend(text: &str) -> Result<BackendAddress, String> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(BackendAddress { ip, port: None });
+    }
+    match text.parse::<SocketAddr>() {
+        Ok(address) => Ok(BackendAddress {
+            ip: address.ip(),
+            port: Some(address.port()),
+        }),
+        Err(_) => Err(format!(
+            "{text:?} is not ADDRESS or ADDRESS:PORT (an IPv6 address with a port: [ADDRESS]:PORT)"
+        )),
+    }
+}
+
+impl BackendAddress {
+    /// The port given with the address or with `--port` (not both, unless they agree).
+    pub fn with(self, port: Option<u16>) -> Result<(IpAddr, Option<u16>), OptionError> {
+        match (self.port, port) {
+            (Some(a), Some(b)) if a != b => Err(OptionError::TwoPorts(a, b)),
+            (a, b) => Ok((self.ip, a.or(b))),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -277,10 +313,42 @@ pub enum BenchCommand {
     },
 }
 
+/// The environment variable that names the daemon's control socket.
+pub const SOCKET_ENV: &str = "LB_SOCKET";
+
+/// Why the command line's options do not fit together.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionError {
+    #[error("lb {0} needs --config FILE")]
+    NoConfig(&'static str),
+    #[error(
+        "--socket {given} does nothing here: the daemon listens where its configuration's [control] socket says ({configured})"
+    )]
+    SocketNotConfigured { given: String, configured: String },
+    #[error("the backend's port is given twice, {0} and {1}: give one")]
+    TwoPorts(u16, u16),
+    #[error("--socket and --config do nothing for lb {0}")]
+    Unused(&'static str),
+    #[error(
+        "--socket {given} and the [control] socket of --config ({configured}) differ: give one"
+    )]
+    SocketsDiffer { given: String, configured: String },
+}
+
+impl Cli {
+    /// Refuses `--socket` and `--config` for a command that uses neither.
+    pub fn refuse_daemon_options(&self, command: &'static str) -> Result<(), OptionError> {
+        if self.socket.is_some() || self.config.is_some() {
+            return Err(OptionError::Unused(command));
+        }
+        Ok(())
+    }
+}
+
 impl Command {
     /// The control request a daemon command sends, if it is one.
-    pub fn request(&self) -> Option<Request> {
-        Some(match self {
+    pub fn request(&self) -> Result<Option<Request>, OptionError> {
+        Ok(Some(match self {
             Self::Listener(ListenerCommand::List) => Request::ListListeners,
             Self::Backend(BackendCommand::List { pool }) => {
                 Request::ListBackends { pool: pool.clone() }
@@ -293,8 +361,8 @@ impl Command {
                 server_name,
             }) => Request::AddBackend {
                 pool: pool.clone(),
-                address: *address,
-                port: *port,
+                address: address.ip,
+                port: address.with(*port)?.1,
                 weight: *weight,
                 server_name: server_name.clone(),
             },
@@ -304,8 +372,8 @@ impl Command {
                 port,
             }) => Request::RemoveBackend {
                 pool: pool.clone(),
-                address: *address,
-                port: *port,
+                address: address.ip,
+                port: address.with(*port)?.1,
             },
             Self::Backend(BackendCommand::SetWeight {
                 pool,
@@ -314,8 +382,8 @@ impl Command {
                 port,
             }) => Request::SetWeight {
                 pool: pool.clone(),
-                address: *address,
-                port: *port,
+                address: address.ip,
+                port: address.with(*port)?.1,
                 weight: *weight,
             },
             Self::Stats => Request::Stats,
@@ -327,8 +395,8 @@ impl Command {
                 port,
             }) => Request::DrainBackend {
                 pool: pool.clone(),
-                address: *address,
-                port: *port,
+                address: address.ip,
+                port: address.with(*port)?.1,
                 timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             },
             Self::Reload => Request::Reload,
@@ -338,14 +406,14 @@ impl Command {
                 client: args.client,
                 vip: args.vip,
             },
-            Self::Run { .. }
-            | Self::Check { .. }
-            | Self::Uninstall { .. }
+            Self::Run
+            | Self::Check
+            | Self::Uninstall
             | Self::Decap(_)
             | Self::Bench(_)
             | Self::StickyKey
-            | Self::Demo => return None,
-        })
+            | Self::Demo => return Ok(None),
+        }))
     }
 }
 

@@ -94,7 +94,11 @@ pub fn render(body: &Body, json: bool) -> String {
                     describe(b.address, b.port),
                     b.weight.to_string(),
                     b.state.clone(),
-                    percent(u64::from(b.table_slots), u64::from(b.ring_size)),
+                    if b.ring_size == 0 {
+                        "-".to_owned()
+                    } else {
+                        percent(u64::from(b.table_slots), u64::from(b.ring_size))
+                    },
                     b.listeners.join(","),
                 ]);
             }

@@ -181,8 +181,9 @@ pub struct BackendView {
     /// Why the state last changed, and when (seconds since the Unix epoch).
     pub reason: Option<String>,
     pub since: Option<u64>,
-    /// Slots of the pool's Maglev table this backend holds (the same for every listener of
-    /// the pool), out of `ring_size`.
+    /// Slots of the pool's Maglev table this backend holds (the same for every passthrough
+    /// listener of the pool), out of `ring_size`; both 0 for a pool with no passthrough
+    /// listener (the L7 listeners balance by request, with no table).
     pub table_slots: u32,
     pub ring_size: u32,
     pub listeners: Vec<String>,

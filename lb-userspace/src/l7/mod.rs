@@ -165,7 +165,8 @@ impl L7 {
 
     /// Puts `prepared` in place: new listeners start, changed ones take their new settings
     /// (and addresses), removed ones stop accepting (their connections finish). Pools are
-    /// then filled from `members`.
+    /// filled from `members` before any new address accepts: no request finds a listener
+    /// without its backends.
     pub fn commit(&self, prepared: Prepared, members: &PoolMembers) {
         let _runtime = self.runtime.enter();
         let mut running = self.running();
@@ -176,6 +177,7 @@ impl L7 {
             }
             keep
         });
+        let mut to_accept = Vec::new();
         for (name, next) in prepared.listeners {
             let entry = match (running.remove(&name), next.site) {
                 (Some(r), None) => r,
@@ -209,19 +211,25 @@ impl L7 {
                 keep
             });
             for (address, redirect, socket) in next.bound {
-                let proxy = Arc::clone(&entry.proxy);
-                let task = if redirect {
-                    self.runtime.spawn(server::redirect_loop(socket, proxy))
-                } else {
-                    self.runtime.spawn(server::accept_loop(socket, proxy))
-                };
-                info!(listener = %name, %address, mode = next.listener.mode.as_str(),
-                    redirect, "L7 listener accepting");
-                entry.accepting.push((address, task));
+                to_accept.push((name.clone(), next.listener.mode, address, redirect, socket));
             }
             running.insert(name, entry);
         }
         fill_pools(&running, members);
+        for (name, mode, address, redirect, socket) in to_accept {
+            let Some(entry) = running.get_mut(&name) else {
+                continue;
+            };
+            let proxy = Arc::clone(&entry.proxy);
+            let task = if redirect {
+                self.runtime.spawn(server::redirect_loop(socket, proxy))
+            } else {
+                self.runtime.spawn(server::accept_loop(socket, proxy))
+            };
+            info!(listener = %name, %address, mode = mode.as_str(), redirect,
+                "L7 listener accepting");
+            entry.accepting.push((address, task));
+        }
     }
 
     /// The pools' members changed (health, drains, weights, edits).

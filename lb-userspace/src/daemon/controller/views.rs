@@ -134,6 +134,10 @@ impl<D: Datapath> Controller<D> {
                 continue;
             }
             let listeners = self.listeners_of(name);
+            // Only passthrough listeners have a Maglev table.
+            let tabled = listeners
+                .iter()
+                .find(|l| self.reconciler.listeners().contains_key(l.as_str()));
             for backend in &p.backends {
                 let key = BackendKey::of(name, backend);
                 let (state, change) = self.runtime.state_of(&key, backend.weight);
@@ -147,10 +151,12 @@ impl<D: Datapath> Controller<D> {
                     since: change
                         .and_then(|c| c.at.duration_since(UNIX_EPOCH).ok())
                         .map(|d| d.as_secs()),
-                    table_slots: listeners
-                        .first()
-                        .map_or(0, |l| self.table_slots(l, backend.address)),
-                    ring_size: self.config.datapath.ring_size,
+                    table_slots: tabled.map_or(0, |l| self.table_slots(l, backend.address)),
+                    ring_size: if tabled.is_some() {
+                        self.config.datapath.ring_size
+                    } else {
+                        0
+                    },
                     listeners: listeners.clone(),
                 });
             }
