@@ -133,6 +133,18 @@ async fn an_http2_clients_authority_becomes_the_host_of_an_http1_backend() {
         values(&seen, "forwarded").is_empty(),
         "no Forwarded unless the listener asks for it"
     );
+
+    // Nor a client's own: without forwarded_header, nothing vouches for it.
+    let mut request = get(HOST, "/headers", None);
+    request
+        .headers_mut()
+        .insert("forwarded", "for=203.0.113.7".parse().unwrap());
+    let answer = conn.send(request).await.unwrap();
+    let (_, seen) = echoed(&answer.body);
+    assert!(
+        values(&seen, "forwarded").is_empty(),
+        "a client's Forwarded reached the backend: {seen:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -508,6 +508,11 @@ fn cert_reload_serves_a_new_certificate_and_refuses_a_key_others_can_read() {
         run.stderr.contains(&key) && run.stderr.contains("chmod 600"),
         "the error names {key} and the fix: {run:?}"
     );
+    let log = l7.env.daemon.log();
+    assert!(
+        log.contains("a change was not applied") && log.contains("operation=\"cert-reload\""),
+        "the daemon's log keeps the refusal: {log}"
+    );
     assert_presents(&l7, RENEWED);
     l7.env.stop_cleanly();
     println!("took {:?}", started.elapsed());
@@ -608,6 +613,11 @@ fn reload_starts_a_new_l7_listener_and_refuses_one_with_a_missing_certificate() 
     assert!(
         run.stderr.contains(&shown) && run.stderr.contains("nothing changed"),
         "the error names {shown}: {run:?}"
+    );
+    let log = l7.env.daemon.log();
+    assert!(
+        log.contains("a change was not applied") && log.contains(&shown),
+        "the daemon's log keeps the refusal: {log}"
     );
     assert_eq!(listeners(&l7), before, "the listeners did not change");
     assert!(is_refused(&l7, REFUSED_PORT), "{REFUSED_PORT} is served");

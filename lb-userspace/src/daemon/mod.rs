@@ -288,10 +288,17 @@ pub fn uninstall(config: &Config) -> Result<String, DaemonError> {
         what: format!("removing {}", dir.display()),
         source,
     })?;
+    let detached = if config.datapath.interfaces.is_empty() {
+        "no interface is configured".to_owned()
+    } else {
+        format!(
+            "the balancer is detached from {}",
+            config.datapath.interfaces.join(", ")
+        )
+    };
     Ok(format!(
-        "removed {}: the balancer is detached from {} and its maps are gone\n",
-        dir.display(),
-        config.datapath.interfaces.join(", ")
+        "removed {}: {detached}, and its maps are gone\n",
+        dir.display()
     ))
 }
 

@@ -279,6 +279,10 @@ impl Proxy {
                 .map(str::to_owned)
                 .or_else(|| parts.uri.authority().map(ToString::to_string));
             headers::add_forwarded(&mut parts.headers, client, host.as_deref());
+        } else {
+            // Not vouched for by the balancer, a client's claim would reach the backend as if
+            // it were a proxy's.
+            parts.headers.remove(header::FORWARDED);
         }
         headers::add_forwarding(&mut parts.headers, client);
         let version = if site.connector.http2() && upgrade.is_none() {

@@ -45,6 +45,12 @@ enum Refusal {
 }
 
 impl Refusal {
+    fn text(&self) -> &str {
+        match self {
+            Self::Refused(m) | Self::Failed(m) => m,
+        }
+    }
+
     fn message(self) -> String {
         match self {
             Self::Refused(m) | Self::Failed(m) => m,
@@ -260,6 +266,10 @@ impl<D: Datapath> Controller<D> {
         };
         if let Some(operation) = operation {
             let outcome = result.as_ref().map_or_else(Refusal::result, |_| "ok");
+            // The operator who asked sees why; the log keeps it for everyone else.
+            if let Err(refusal) = &result {
+                warn!(operation, outcome, reason = %refusal.text(), "a change was not applied");
+            }
             *self
                 .operations
                 .entry((operation.to_owned(), outcome))
