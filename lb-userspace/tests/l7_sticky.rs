@@ -450,6 +450,67 @@ async fn an_unhealthy_backend_loses_its_users_to_the_session_hash_with_a_new_coo
     assert_eq!((reply.backend.as_str(), reply.cookie), ("backend-1", None));
 }
 
+/// A backend whose process dies, with no health check to say so (the lab's pools have
+/// none): the user pinned to it is re-pinned by the request that found it dead, with a new
+/// cookie, at the cost of one retry; new users' requests succeed on the others, one retry
+/// each, until passive health ejects it after `outlier_failures` (5) failures in a row; then
+/// no request tries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_backend_without_health_checks_re_pins_its_users_and_is_ejected() {
+    let bed = Bed::start("dead", 3, "").await;
+    let mut client = bed.client(bed.port).await;
+    let old = client.session_on("backend-1").await;
+    let session = open(&[KEY_OLD], &old).unwrap().session;
+    let proxy = proxy(&bed.lab, LISTENER);
+    let retries = || proxy.counters.retries.load(Ordering::Relaxed);
+    let before = retries();
+
+    bed.backend("backend-1").kill();
+    let expected = bed.re_pin_of(&session, &["backend-0", "backend-2"]);
+    let moved = client.get(Some(&old)).await;
+    assert_eq!(moved.backend, expected, "re-pinned by the session's hash");
+    let new = moved
+        .cookie
+        .expect("a re-pinned user gets a new cookie at once");
+    assert_eq!(
+        bed.name_of(open(&[KEY_OLD], &new).unwrap().backend),
+        expected
+    );
+    assert_eq!(retries(), before + 1, "one retry");
+    let reply = client.get(Some(&new)).await;
+    assert_eq!(
+        (reply.backend.as_str(), reply.cookie),
+        (expected.as_str(), None)
+    );
+    assert_eq!(
+        retries(),
+        before + 1,
+        "the new cookie goes straight to its backend"
+    );
+
+    for _ in 0..30 {
+        let (_, reply) = client.new_session().await;
+        assert_ne!(reply.backend, "backend-1");
+    }
+    assert_eq!(
+        proxy.counters.outlier_ejections.load(Ordering::Relaxed),
+        1,
+        "ejected once"
+    );
+    assert_eq!(
+        retries(),
+        before + 5,
+        "one retry per failure, none once ejected"
+    );
+    let ejected = proxy
+        .backends()
+        .members()
+        .iter()
+        .find(|u| u.address == bed.backend("backend-1").address)
+        .map(|u| u.is_ejected());
+    assert_eq!(ejected, Some(true));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_backend_keeps_its_sessions_takes_no_new_users_and_its_removal_re_pins() {
     let bed = Bed::start("draining", 3, "").await;

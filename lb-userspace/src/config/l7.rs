@@ -94,6 +94,10 @@ pub struct BackendSide {
     /// A backend that sent nothing of a response body for this long: both sides are closed
     /// (HAProxy's `timeout server`, past the head).
     pub server_timeout: Duration,
+    /// Passive health: requests failed in a row that eject a backend (0: never), and the
+    /// first ejection's length (Envoy's `consecutive_gateway_failure`, `base_ejection_time`).
+    pub outlier_failures: u32,
+    pub outlier_ejection: Duration,
     /// Bridging: TLS towards the backends.
     pub tls: Option<BackendTls>,
 }
@@ -175,6 +179,9 @@ pub mod l7_defaults {
     /// As ALB's idle timeout and our response timeout; HAProxy has none by default (and warns).
     pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
     pub const SERVER_TIMEOUT: Duration = Duration::from_secs(60);
+    /// Envoy's outlier detection defaults.
+    pub const OUTLIER_FAILURES: u32 = 5;
+    pub const OUTLIER_EJECTION: Duration = Duration::from_secs(30);
     /// Kestrel's minimum request body data rate.
     pub const MIN_UPLOAD_RATE: u64 = 240;
     pub const MAX_CONNECTIONS: u32 = 10_000;
@@ -192,6 +199,8 @@ use l7_defaults as d;
 
 const HEADER_BYTES_RANGE: (i64, i64) = (8 * 1024, 1024 * 1024);
 const UPLOAD_RATE_RANGE: (i64, i64) = (0, 1 << 30);
+const OUTLIER_FAILURES_RANGE: (i64, i64) = (0, 1000);
+const EJECTION_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
 const BODY_BYTES_RANGE: (i64, i64) = (1, 1 << 50);
 /// How long an upload runs before [`HttpLimits::min_upload_rate`] applies (Kestrel's grace).
 pub const UPLOAD_GRACE: Duration = Duration::from_secs(5);
@@ -504,6 +513,21 @@ fn check_backend(
         LONG_TIMEOUT_RANGE,
         d::SERVER_TIMEOUT,
     );
+    let outlier_failures = match &raw.outlier_failures {
+        Some(v) => c.int(
+            v,
+            &format!("{field}.outlier_failures"),
+            OUTLIER_FAILURES_RANGE,
+        ),
+        None => Some(d::OUTLIER_FAILURES),
+    };
+    let outlier_ejection = timeout(
+        c,
+        raw.outlier_ejection.as_ref(),
+        &format!("{field}.outlier_ejection"),
+        EJECTION_RANGE,
+        d::OUTLIER_EJECTION,
+    );
     let tls = if mode == Mode::Bridging {
         Some(backend_tls(c, listener, raw, field)?)
     } else {
@@ -516,6 +540,8 @@ fn check_backend(
         connect_timeout: connect_timeout?,
         response_timeout: response_timeout?,
         server_timeout: server_timeout?,
+        outlier_failures: outlier_failures?,
+        outlier_ejection: outlier_ejection?,
         tls,
     })
 }

@@ -166,6 +166,8 @@ pub struct RawL7Backend {
     pub connect_timeout: Option<Spanned<String>>,
     pub response_timeout: Option<Spanned<String>>,
     pub server_timeout: Option<Spanned<String>>,
+    pub outlier_failures: Option<Spanned<i64>>,
+    pub outlier_ejection: Option<Spanned<String>>,
     pub ca_file: Option<Spanned<String>>,
     pub server_name: Option<Spanned<String>>,
     pub client_cert: Option<Spanned<String>>,

@@ -175,8 +175,9 @@ pub struct BackendView {
     pub address: IpAddr,
     pub port: Option<u16>,
     pub weight: u32,
-    /// `healthy`, `unhealthy` (failing its health check), `draining` (until a drain ends)
-    /// or `disabled` (weight 0).
+    /// `healthy`, `unhealthy` (failing its health check), `draining` (until a drain ends),
+    /// `disabled` (weight 0) or `ejected` (healthy, but left out of an L7 listener's new
+    /// requests by passive health for a while).
     pub state: String,
     /// Why the state last changed, and when (seconds since the Unix epoch).
     pub reason: Option<String>,

@@ -13,14 +13,21 @@
 //!   sessions (healthy, draining or disabled; not unhealthy, unless the pool fails open);
 //!   otherwise the session is placed by rendezvous hashing over the backends that take new
 //!   requests, weighted by their configured weights, so every balancer re-pins it alike.
+//! - **Passive health** (outlier detection, as Envoy's): a backend that failed
+//!   `outlier_failures` requests in a row (refused or timed-out connections, failed TLS,
+//!   resets mid-request, no response in time) is left out of new requests and sessions for
+//!   `outlier_ejection`, twice that after a second ejection in a row, up to ten times; its
+//!   first success ends the count. If every backend that takes requests is ejected, the
+//!   ejections are ignored (failing open, rather than answering 503 to everyone).
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicU32, AtomicUsize, Ordering},
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     },
+    time::{Duration, Instant},
 };
 
 use rustls_pki_types::ServerName;
@@ -52,6 +59,25 @@ pub struct Upstream {
     pub server_name: Option<ServerName<'static>>,
     outstanding: AtomicU32,
     pub conns: ConnPool,
+    /// Requests failed in a row (passive health).
+    failures: AtomicU32,
+    /// Ejections in a row: each doubles the next (up to [`MAX_EJECTION_FACTOR`]).
+    ejections: AtomicU32,
+    /// Milliseconds since [`Upstream::epoch`] until which it is ejected; 0: not ejected.
+    ejected_until: AtomicU64,
+    epoch: Instant,
+}
+
+/// An ejection lasts at most this many times `outlier_ejection`.
+const MAX_EJECTION_FACTOR: u32 = 10;
+
+/// How a listener judges its backends by their requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutlierPolicy {
+    /// Failures in a row that eject; 0: never.
+    pub failures: u32,
+    /// The first ejection's length.
+    pub ejection: Duration,
 }
 
 impl Upstream {
@@ -62,7 +88,57 @@ impl Upstream {
             server_name,
             outstanding: AtomicU32::new(0),
             conns: ConnPool::default(),
+            failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether passive health leaves it out of new requests now.
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        until != 0 && self.millis(Instant::now()) < until
+    }
+
+    /// How long it stays ejected, if it is.
+    pub fn ejected_for(&self) -> Option<Duration> {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        let now = self.millis(Instant::now());
+        (until != 0 && now < until).then(|| Duration::from_millis(until - now))
+    }
+
+    /// A request got its response head: the run of failures ends.
+    pub fn succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+        if self.ejections.load(Ordering::Relaxed) != 0 && !self.is_ejected() {
+            self.ejections.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A request failed on it; returns how long it is now ejected for, if this failure
+    /// ejected it.
+    pub fn failed(&self, policy: OutlierPolicy) -> Option<Duration> {
+        if policy.failures == 0 {
+            return None;
+        }
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures < policy.failures || self.is_ejected() {
+            return None;
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        let ejections = self.ejections.fetch_add(1, Ordering::Relaxed);
+        let factor = 1u32 << ejections.min(4);
+        let length = policy.ejection * factor.min(MAX_EJECTION_FACTOR);
+        let until = self.millis(Instant::now() + length).max(1);
+        self.ejected_until.store(until, Ordering::Relaxed);
+        Some(length)
     }
 
     /// Counts a request in flight until the guard drops.
@@ -169,7 +245,9 @@ impl BackendSet {
         if self.schedule.is_empty() {
             return None;
         }
-        let excluded = |i: usize| exclude.is_some_and(|e| Arc::ptr_eq(e, &self.members[i]));
+        let ejected = self.ejected();
+        let excluded =
+            |i: usize| exclude.is_some_and(|e| Arc::ptr_eq(e, &self.members[i])) || ejected(i);
         let n = self.schedule.len();
         let turn = turn.fetch_add(1, Ordering::Relaxed);
         let start = turn % n;
@@ -213,18 +291,45 @@ impl BackendSet {
         .map(|i| Arc::clone(&self.members[i]))
     }
 
-    /// The backend of a session pinned to `id`, if its sessions still go to it.
+    /// Whether passive health leaves member `i` out now: ejected, and not every member that
+    /// takes requests is (then none is left out).
+    fn ejected(&self) -> impl Fn(usize) -> bool + '_ {
+        let all = !self.eligible.is_empty()
+            && self
+                .eligible
+                .iter()
+                .all(|&(i, ..)| self.members[i].is_ejected());
+        move |i| !all && self.members[i].is_ejected()
+    }
+
+    /// The backend of a session pinned to `id`, if its sessions still go to it (not while
+    /// passive health has ejected it).
     pub fn pinned(&self, id: BackendId) -> Option<Arc<Upstream>> {
-        self.sticky.get(&id).map(|&i| Arc::clone(&self.members[i]))
+        let &i = self.sticky.get(&id)?;
+        (!self.ejected()(i)).then(|| Arc::clone(&self.members[i]))
     }
 
     /// Where `session` goes when its backend cannot take it: the same backend on every
     /// balancer with this configuration and health.
     pub fn rendezvous(&self, session: &SessionId) -> Option<Arc<Upstream>> {
+        self.rendezvous_except(session, None)
+    }
+
+    /// [`BackendSet::rendezvous`] among the backends other than `exclude` (one that just
+    /// failed the session's request).
+    pub fn rendezvous_except(
+        &self,
+        session: &SessionId,
+        exclude: Option<&Arc<Upstream>>,
+    ) -> Option<Arc<Upstream>> {
+        let ejected = self.ejected();
         let id = sticky::rendezvous(
             session,
             self.eligible
                 .iter()
+                .filter(|&&(i, ..)| {
+                    !ejected(i) && !exclude.is_some_and(|e| Arc::ptr_eq(e, &self.members[i]))
+                })
                 .map(|&(i, _, configured)| (self.members[i].id, configured)),
         )?;
         self.eligible

@@ -31,7 +31,7 @@ use hyper::{
 use tracing::{debug, warn};
 
 use super::{
-    balance::{BackendSet, Upstream},
+    balance::{BackendSet, OutlierPolicy, Upstream},
     body::{Held, ProxyBody, Upload, error_response},
     conn::ConnState,
     headers::{self, Forwarding},
@@ -71,6 +71,8 @@ pub struct Counters {
     pub server_timeouts: AtomicU64,
     /// A request body over `max_body_bytes` (413).
     pub body_too_large: AtomicU64,
+    /// Backends ejected by passive health.
+    pub outlier_ejections: AtomicU64,
 }
 
 impl Counters {
@@ -98,6 +100,7 @@ impl Counters {
             ("slow_uploads", get(&self.slow_uploads)),
             ("server_timeouts", get(&self.server_timeouts)),
             ("body_too_large", get(&self.body_too_large)),
+            ("outlier_ejections", get(&self.outlier_ejections)),
         ]
     }
 
@@ -155,7 +158,7 @@ enum Placement {
     /// No stickiness on this listener.
     Unpinned,
     /// The cookie's backend, which still takes its sessions.
-    Pinned,
+    Pinned(SessionId),
     /// A new session (no valid cookie).
     New(SessionId),
     /// A session whose backend no longer takes it.
@@ -254,7 +257,7 @@ impl Proxy {
         let client_upgrade: Option<OnUpgrade> =
             upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let now = sticky::now_unix_ms();
-        let (first, placement) = self.place(&site, &set, request.headers_mut(), now);
+        let (first, mut placement) = self.place(&site, &set, request.headers_mut(), now);
         let Some(first) = first else {
             count(&self.counters.no_backend);
             return error_response(StatusCode::SERVICE_UNAVAILABLE);
@@ -331,7 +334,8 @@ impl Proxy {
                 Err(error) => {
                     count(&self.counters.backend_connect_errors);
                     self.log_connect_failure(&upstream, &error);
-                    match self.another(&site, &set, &upstream, &mut tried_another) {
+                    self.backend_failed(&site, &upstream);
+                    match self.another(&site, &set, &upstream, &mut tried_another, &mut placement) {
                         Some(next) => {
                             upstream = next;
                             continue;
@@ -350,9 +354,11 @@ impl Proxy {
                     count(&self.counters.backend_timeouts);
                     warn!(listener = %self.name, backend = %upstream.address,
                         timeout = ?site.settings.backend.response_timeout, "no response in time");
+                    self.backend_failed(&site, &upstream);
                     return error_response(StatusCode::GATEWAY_TIMEOUT);
                 }
                 Ok(Ok((response, connection))) => {
+                    upstream.succeeded();
                     break (response, connection, outstanding);
                 }
                 Ok(Err(SendFailure::NotSent(back, error))) => {
@@ -362,7 +368,14 @@ impl Proxy {
                     request = *back;
                     if fresh {
                         count(&self.counters.backend_errors);
-                        match self.another(&site, &set, &upstream, &mut tried_another) {
+                        self.backend_failed(&site, &upstream);
+                        match self.another(
+                            &site,
+                            &set,
+                            &upstream,
+                            &mut tried_another,
+                            &mut placement,
+                        ) {
                             Some(next) => upstream = next,
                             None => return error_response(StatusCode::BAD_GATEWAY),
                         }
@@ -380,10 +393,12 @@ impl Proxy {
                     count(&self.counters.backend_errors);
                     warn!(listener = %self.name, backend = %upstream.address, %error,
                         "the backend failed the request");
+                    self.backend_failed(&site, &upstream);
                     let Some((method, uri, version, headers)) = &replay else {
                         return error_response(StatusCode::BAD_GATEWAY);
                     };
-                    let Some(next) = self.another(&site, &set, &upstream, &mut tried_another)
+                    let Some(next) =
+                        self.another(&site, &set, &upstream, &mut tried_another, &mut placement)
                     else {
                         return error_response(StatusCode::BAD_GATEWAY);
                     };
@@ -455,7 +470,7 @@ impl Proxy {
             Some(ticket) => match set.pinned(ticket.backend) {
                 Some(pinned) => {
                     count(&self.counters.sticky_hits);
-                    (Some(pinned), Placement::Pinned)
+                    (Some(pinned), Placement::Pinned(ticket.session))
                 }
                 None => {
                     count(&self.counters.sticky_repinned);
@@ -475,9 +490,8 @@ impl Proxy {
         }
     }
 
-    /// The `Set-Cookie` for a response from `served`: for a new or re-pinned session. A
-    /// pinned request that had to go elsewhere (its backend refused the connection) keeps its
-    /// cookie, so that it returns once the backend is back.
+    /// The `Set-Cookie` for a response from `served`: for a new or re-pinned session (also
+    /// one whose backend just failed its request: re-pinned where it was served).
     fn cookie(
         &self,
         site: &Site,
@@ -490,7 +504,7 @@ impl Proxy {
         };
         let session = match placement {
             Placement::New(session) | Placement::Repinned(session) => *session,
-            Placement::Unpinned | Placement::Pinned => return None,
+            Placement::Unpinned | Placement::Pinned(_) => return None,
         };
         let duration = u64::try_from(sticky.duration.as_millis()).unwrap_or(u64::MAX);
         let expires = now.saturating_add(duration);
@@ -509,21 +523,48 @@ impl Proxy {
         Some(sticky::set_cookie(sticky, &value, expires, now))
     }
 
-    /// Another backend than `failed` for the one retry a request gets.
+    /// Another backend than `failed` for the one retry a request gets. A session pinned to
+    /// the failed backend is re-pinned at once (by rendezvous among the others; its response
+    /// sets a new cookie), rather than sent back to it on every request.
     fn another(
         &self,
         site: &Site,
         set: &BackendSet,
         failed: &Arc<Upstream>,
         tried_another: &mut bool,
+        placement: &mut Placement,
     ) -> Option<Arc<Upstream>> {
         if *tried_another {
             return None;
         }
         *tried_another = true;
-        let next = set.pick(site.settings.balance, &self.turn, Some(failed))?;
+        let next = match *placement {
+            Placement::Pinned(session) => {
+                count(&self.counters.sticky_repinned);
+                *placement = Placement::Repinned(session);
+                set.rendezvous_except(&session, Some(failed))?
+            }
+            Placement::Repinned(session) => set.rendezvous_except(&session, Some(failed))?,
+            Placement::Unpinned | Placement::New(_) => {
+                set.pick(site.settings.balance, &self.turn, Some(failed))?
+            }
+        };
         count(&self.counters.retries);
         Some(next)
+    }
+
+    /// A request failed on `upstream`: passive health counts it, and may eject the backend.
+    fn backend_failed(&self, site: &Site, upstream: &Upstream) {
+        let backend = &site.settings.backend;
+        let policy = OutlierPolicy {
+            failures: backend.outlier_failures,
+            ejection: backend.outlier_ejection,
+        };
+        if let Some(length) = upstream.failed(policy) {
+            count(&self.counters.outlier_ejections);
+            warn!(listener = %self.name, backend = %upstream.address, failures = policy.failures,
+                ejected_for = ?length, "passive health: ejected after failed requests in a row");
+        }
     }
 
     fn log_connect_failure(&self, upstream: &Upstream, error: &ConnectError) {

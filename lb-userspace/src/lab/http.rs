@@ -62,6 +62,8 @@ pub struct HttpBackend {
     pub address: SocketAddr,
     pub seen: Arc<Seen>,
     task: JoinHandle<()>,
+    /// Set when the backend is killed: its open connections close too.
+    killed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Drop for HttpBackend {
@@ -80,13 +82,28 @@ impl HttpBackend {
         let listener = TcpListener::bind(address).await?;
         let address = listener.local_addr()?;
         let seen = Arc::new(Seen::default());
-        let task = tokio::spawn(serve(listener, name.to_owned(), tls, Arc::clone(&seen)));
+        let (killed, watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(serve(
+            listener,
+            name.to_owned(),
+            tls,
+            Arc::clone(&seen),
+            watch,
+        ));
         Ok(Self {
             name: name.to_owned(),
             address,
             seen,
             task,
+            killed,
         })
+    }
+
+    /// Stops as a killed process would: the listening socket and every connection close at
+    /// once (connections to it are refused from then on).
+    pub fn kill(&self) {
+        self.task.abort();
+        self.killed.send_replace(true);
     }
 
     pub fn requests(&self) -> u64 {
@@ -107,6 +124,7 @@ async fn serve(
     name: String,
     tls: Option<Arc<rustls::ServerConfig>>,
     seen: Arc<Seen>,
+    killed: tokio::sync::watch::Receiver<bool>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
@@ -118,14 +136,21 @@ async fn serve(
         let name = name.clone();
         let seen = Arc::clone(&seen);
         let acceptor = acceptor.clone();
+        let mut killed = killed.clone();
         tokio::spawn(async move {
-            match acceptor {
-                Some(acceptor) => {
-                    if let Ok(stream) = acceptor.accept(tcp).await {
-                        connection(Counted::new(stream, &seen), name, seen).await;
+            let serve = async move {
+                match acceptor {
+                    Some(acceptor) => {
+                        if let Ok(stream) = acceptor.accept(tcp).await {
+                            connection(Counted::new(stream, &seen), name, seen).await;
+                        }
                     }
+                    None => connection(Counted::new(tcp, &seen), name, seen).await,
                 }
-                None => connection(Counted::new(tcp, &seen), name, seen).await,
+            };
+            tokio::select! {
+                () = serve => {}
+                _ = killed.wait_for(|&k| k) => {}
             }
         });
     }

@@ -128,6 +128,7 @@ impl<D: Datapath> Controller<D> {
                 "no pool is named {pool:?}; `lb listener list` shows the pools"
             ));
         }
+        let ejected = self.ejected_backends();
         let mut views = Vec::new();
         for (name, p) in &self.config.pools {
             if pool.is_some_and(|wanted| wanted != name) {
@@ -141,13 +142,32 @@ impl<D: Datapath> Controller<D> {
             for backend in &p.backends {
                 let key = BackendKey::of(name, backend);
                 let (state, change) = self.runtime.state_of(&key, backend.weight);
+                // Passive health, on the L7 listeners: shown over "healthy" while it lasts.
+                let ejection = (state == "healthy")
+                    .then(|| {
+                        listeners.iter().find_map(|l| {
+                            let port = self.config.listeners.get(l)?.backend_port(backend);
+                            ejected.get(&(l.clone(), SocketAddr::new(backend.address, port)))
+                        })
+                    })
+                    .flatten();
+                let (state, reason) = match ejection {
+                    Some(left) => (
+                        "ejected".to_owned(),
+                        Some(format!(
+                            "passive health: its requests failed in a row; back in {} s",
+                            left.as_secs() + 1
+                        )),
+                    ),
+                    None => (state.to_owned(), change.map(|c| c.reason.clone())),
+                };
                 views.push(BackendView {
                     pool: name.clone(),
                     address: backend.address,
                     port: backend.port,
                     weight: backend.weight,
-                    state: state.to_owned(),
-                    reason: change.map(|c| c.reason.clone()),
+                    state,
+                    reason,
                     since: change
                         .and_then(|c| c.at.duration_since(UNIX_EPOCH).ok())
                         .map(|d| d.as_secs()),
@@ -162,6 +182,27 @@ impl<D: Datapath> Controller<D> {
             }
         }
         Ok(views)
+    }
+
+    /// The L7 listeners' backends that passive health has ejected, by (listener, address),
+    /// with how long they stay out.
+    fn ejected_backends(
+        &self,
+    ) -> std::collections::BTreeMap<(String, SocketAddr), std::time::Duration> {
+        let Some(l7) = &self.l7 else {
+            return std::collections::BTreeMap::new();
+        };
+        l7.proxies()
+            .iter()
+            .flat_map(|proxy| {
+                proxy
+                    .backends()
+                    .members()
+                    .iter()
+                    .filter_map(|u| Some(((proxy.name.clone(), u.address), u.ejected_for()?)))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     fn table_slots(&self, listener: &str, address: IpAddr) -> u32 {
