@@ -98,6 +98,10 @@ pub struct BackendSide {
     /// first ejection's length (Envoy's `consecutive_gateway_failure`, `base_ejection_time`).
     pub outlier_failures: u32,
     pub outlier_ejection: Duration,
+    /// `protocol = "http2"`: a PING every interval; no answer within the timeout closes the
+    /// connection (its requests fail, and count for passive health).
+    pub h2_ping_interval: Duration,
+    pub h2_ping_timeout: Duration,
     /// Bridging: TLS towards the backends.
     pub tls: Option<BackendTls>,
 }
@@ -182,6 +186,10 @@ pub mod l7_defaults {
     /// Envoy's outlier detection defaults.
     pub const OUTLIER_FAILURES: u32 = 5;
     pub const OUTLIER_EJECTION: Duration = Duration::from_secs(30);
+    /// A black-holed HTTP/2 backend is found within 15 s (gRPC's keepalive defaults are
+    /// similar: a ping after idle, 20 s to answer).
+    pub const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
+    pub const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
     /// Kestrel's minimum request body data rate.
     pub const MIN_UPLOAD_RATE: u64 = 240;
     pub const MAX_CONNECTIONS: u32 = 10_000;
@@ -528,6 +536,20 @@ fn check_backend(
         EJECTION_RANGE,
         d::OUTLIER_EJECTION,
     );
+    let h2_ping_interval = timeout(
+        c,
+        raw.h2_ping_interval.as_ref(),
+        &format!("{field}.h2_ping_interval"),
+        SHORT_TIMEOUT_RANGE,
+        d::H2_PING_INTERVAL,
+    );
+    let h2_ping_timeout = timeout(
+        c,
+        raw.h2_ping_timeout.as_ref(),
+        &format!("{field}.h2_ping_timeout"),
+        SHORT_TIMEOUT_RANGE,
+        d::H2_PING_TIMEOUT,
+    );
     let tls = if mode == Mode::Bridging {
         Some(backend_tls(c, listener, raw, field)?)
     } else {
@@ -542,6 +564,8 @@ fn check_backend(
         server_timeout: server_timeout?,
         outlier_failures: outlier_failures?,
         outlier_ejection: outlier_ejection?,
+        h2_ping_interval: h2_ping_interval?,
+        h2_ping_timeout: h2_ping_timeout?,
         tls,
     })
 }

@@ -167,6 +167,8 @@ pub struct RawL7Backend {
     pub response_timeout: Option<Spanned<String>>,
     pub server_timeout: Option<Spanned<String>>,
     pub outlier_failures: Option<Spanned<i64>>,
+    pub h2_ping_interval: Option<Spanned<String>>,
+    pub h2_ping_timeout: Option<Spanned<String>>,
     pub outlier_ejection: Option<Spanned<String>>,
     pub ca_file: Option<Spanned<String>>,
     pub server_name: Option<Spanned<String>>,

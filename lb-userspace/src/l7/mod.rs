@@ -376,7 +376,8 @@ fn sealer_and_connector(
         }
         None => None,
     };
-    let connector = Connector::new(backend.protocol, backend.connect_timeout, tls);
+    let ping = (backend.h2_ping_interval, backend.h2_ping_timeout);
+    let connector = Connector::new(backend.protocol, backend.connect_timeout, ping, tls);
     Ok((sealer, connector))
 }
 

@@ -130,6 +130,9 @@ pub enum ConnectError {
 pub struct Connector {
     protocol: BackendProtocol,
     connect_timeout: Duration,
+    /// HTTP/2: a PING this often, and the connection closed if its answer takes longer than
+    /// the second (a black-holed backend is found in seconds, not the kernel's minutes).
+    ping: (Duration, Duration),
     /// Bridging: TLS offering HTTP/1.1, and (for `protocol = "http2"`) HTTP/2.
     tls_h1: Option<TlsConnector>,
     tls_h2: Option<TlsConnector>,
@@ -149,6 +152,7 @@ impl Connector {
     pub fn new(
         protocol: BackendProtocol,
         connect_timeout: Duration,
+        ping: (Duration, Duration),
         tls: Option<(Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>)>,
     ) -> Self {
         let (tls_h1, tls_h2) = match tls {
@@ -158,6 +162,7 @@ impl Connector {
         Self {
             protocol,
             connect_timeout,
+            ping,
             tls_h1,
             tls_h2,
         }
@@ -211,15 +216,20 @@ impl Connector {
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(ConnectError::Tls)?;
-                handshake(stream, upstream, h2).await
+                handshake(stream, upstream, h2, self.ping).await
             }
-            _ => handshake(tcp, upstream, h2).await,
+            _ => handshake(tcp, upstream, h2, self.ping).await,
         }
     }
 }
 
 /// The HTTP handshake on a connected stream; the connection is driven by a task of its own.
-async fn handshake<S>(stream: S, upstream: &Upstream, h2: bool) -> Result<Sender, ConnectError>
+async fn handshake<S>(
+    stream: S,
+    upstream: &Upstream,
+    h2: bool,
+    (ping_interval, ping_timeout): (Duration, Duration),
+) -> Result<Sender, ConnectError>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -228,6 +238,9 @@ where
     if h2 {
         let (send, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .keep_alive_interval(ping_interval)
+            .keep_alive_timeout(ping_timeout)
+            .keep_alive_while_idle(true)
             .handshake(io)
             .await
             .map_err(ConnectError::Http)?;
