@@ -518,3 +518,71 @@ async fn no_backend_taking_requests_is_503() {
     conn.write(&get_h1("/")).await.unwrap();
     assert_plain_error(&empty, 503, &conn.response().await);
 }
+
+/// `Host` as RFC 9112 wants it: none on HTTP/1.1, or two, is 400 (and nothing reaches a
+/// backend); an absolute-form target's authority wins over `Host`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_is_required_single_and_overridden_by_an_absolute_target() {
+    let site = Site::start(
+        "lb-l7-host",
+        http_backends(1).await,
+        &[],
+        Settings::default(),
+    );
+    for (name, head) in [
+        ("no Host", "GET /headers HTTP/1.1\r\n\r\n".to_owned()),
+        (
+            "two Hosts",
+            format!("GET /headers HTTP/1.1\r\nHost: {HOST}\r\nHost: evil.example\r\n\r\n"),
+        ),
+    ] {
+        let mut conn = site.h1().await;
+        conn.write(head.as_bytes()).await.unwrap();
+        let answer = conn.response().await;
+        assert_plain_error(&site, 400, &answer);
+        assert_eq!(site.backend(0).requests(), 0, "{name}: not forwarded");
+    }
+    assert_eq!(site.counter(|c| &c.bad_requests), 2);
+
+    let mut conn = site.h1().await;
+    let head = "GET https://target.example/headers HTTP/1.1\r\nHost: other.example\r\n\r\n";
+    conn.write(head.as_bytes()).await.unwrap();
+    let answer = conn.response().await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let (line, seen) = echoed(&answer.body);
+    assert_eq!(line, "GET /headers HTTP/1.1", "origin form to the backend");
+    assert_eq!(
+        values(&seen, "host"),
+        ["target.example"],
+        "the target's authority"
+    );
+}
+
+/// Only WebSocket is tunnelled: an `Upgrade` to h2c (or anything else) is ignored, and the
+/// request goes on as a plain one without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_other_than_websocket_is_ignored_not_tunnelled() {
+    let site = Site::start(
+        "lb-l7-h2c",
+        http_backends(1).await,
+        &[],
+        Settings::default(),
+    );
+    for protocol in ["h2c", "foo/1, websocket", "bar"] {
+        let mut conn = site.h1().await;
+        let head = format!(
+            "GET /headers HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+             Upgrade: {protocol}\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"
+        );
+        conn.write(head.as_bytes()).await.unwrap();
+        let answer = conn.response().await;
+        assert_eq!(answer.status, 200, "{protocol}: {answer:?}");
+        let (_, seen) = echoed(&answer.body);
+        assert!(values(&seen, "upgrade").is_empty(), "{protocol}: {seen:?}");
+        assert!(
+            values(&seen, "http2-settings").is_empty(),
+            "{protocol}: {seen:?}"
+        );
+    }
+    assert_eq!(site.counter(|c| &c.upgrades), 0);
+}

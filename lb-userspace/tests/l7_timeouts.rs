@@ -365,3 +365,48 @@ async fn the_redirect_listener_has_its_own_connection_cap_and_the_same_timeouts(
     );
     assert_eq!(site.counter(|c| &c.slow_heads), 1);
 }
+
+/// The response timeout starts once the request has been sent whole: a steady upload longer
+/// than it is answered. A client that cuts its upload short is the client's error, not the
+/// backend's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_timeout_starts_after_the_upload_and_a_cut_upload_is_the_clients_error() {
+    let backend = RawBackend::start(Behaviour::Answer(
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ))
+    .await;
+    let settings = Settings {
+        backend: "response_timeout = \"500ms\"",
+        http: "idle_timeout = \"30s\"",
+        ..Settings::default()
+    };
+    let site = Site::start("lb-l7-uploadtime", Vec::new(), &[backend.port()], settings);
+
+    // 1.5 s of upload, a chunk every 300 ms, to a backend that answers once it has it all.
+    let mut conn = site.h1().await;
+    let head = format!("POST / HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n");
+    conn.write(head.as_bytes()).await.unwrap();
+    for i in 0..5 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        conn.write(format!("6\r\npart {i}\r\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    conn.write(b"0\r\n\r\n").await.unwrap();
+    let answer = conn.response().await;
+    assert_eq!(answer.status, 200, "a slow, steady upload: {answer:?}");
+    assert_eq!(site.counter(|c| &c.backend_timeouts), 0);
+
+    // A client that closes its connection halfway through its body.
+    let mut conn = site.h1().await;
+    let head = format!("POST / HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 1000\r\n\r\n");
+    conn.write(head.as_bytes()).await.unwrap();
+    conn.write(&[b'x'; 100]).await.unwrap();
+    drop(conn);
+    until("the cut upload counted as the client's", || {
+        site.counter(|c| &c.bad_requests) == 1
+    })
+    .await;
+    assert_eq!(site.counter(|c| &c.backend_errors), 0, "not the backend's");
+    assert_eq!(site.counter(|c| &c.responses[4]), 0, "no 5xx");
+}

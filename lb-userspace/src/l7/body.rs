@@ -241,20 +241,55 @@ pub fn error_response(status: StatusCode) -> Response<ProxyBody> {
     response
 }
 
-/// Why an upload failed, for the answer to its client (set once, by the upload).
+/// How an upload went: why it failed, for the answer to its client (set once, by the
+/// upload), and whether it has been sent whole (the response timeout starts then).
 #[derive(Debug, Default)]
-pub struct UploadOutcome(AtomicU8);
+pub struct UploadOutcome {
+    failure: AtomicU8,
+    /// When a frame of it last went to the backend.
+    progress: std::sync::Mutex<Option<Instant>>,
+    sent: std::sync::atomic::AtomicBool,
+    sent_notify: tokio::sync::Notify,
+}
 
 impl UploadOutcome {
     const TIMED_OUT: u8 = 1;
     const TOO_LARGE: u8 = 2;
+    const ABORTED: u8 = 3;
 
-    /// The answer the client gets, if its upload failed: 408 or 413.
+    /// The answer the client gets, if its upload failed: 408, 413, or 400 for a body the
+    /// client cut short or garbled.
     pub fn status(&self) -> Option<StatusCode> {
-        match self.0.load(Ordering::Acquire) {
+        match self.failure.load(Ordering::Acquire) {
             Self::TIMED_OUT => Some(StatusCode::REQUEST_TIMEOUT),
             Self::TOO_LARGE => Some(StatusCode::PAYLOAD_TOO_LARGE),
+            Self::ABORTED => Some(StatusCode::BAD_REQUEST),
             _ => None,
+        }
+    }
+
+    /// When the backend last took a frame of the upload, if ever.
+    pub fn last_progress(&self) -> Option<Instant> {
+        self.progress.lock().ok().and_then(|p| *p)
+    }
+
+    fn set_sent(&self) {
+        if !self.sent.swap(true, Ordering::AcqRel) {
+            self.sent_notify.notify_waiters();
+        }
+    }
+
+    /// Returns once the upload has been sent whole; never, if it fails (its own clocks end
+    /// the request then).
+    pub async fn sent(&self) {
+        loop {
+            let notified = self.sent_notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.sent.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
         }
     }
 }
@@ -313,6 +348,12 @@ impl Upload {
         quiet.min(self.start + schedule.max(UPLOAD_GRACE))
     }
 
+    fn mark_sent(&self) {
+        if let Some(outcome) = &self.outcome {
+            outcome.set_sent();
+        }
+    }
+
     fn fail(
         &mut self,
         code: u8,
@@ -322,12 +363,13 @@ impl Upload {
         let counter = match &error {
             BodyError::ClientTimeout(_) => &counters.client_timeouts,
             BodyError::SlowUpload(_) => &counters.slow_uploads,
-            _ => &counters.body_too_large,
+            BodyError::Http(_) => &counters.bad_requests,
+            BodyError::TooLarge(_) | BodyError::ServerTimeout(_) => &counters.body_too_large,
         };
         counter.fetch_add(1, Ordering::Relaxed);
         debug!(listener = %self.proxy.name, %error, received = self.received, "an upload failed");
         if let Some(outcome) = &self.outcome {
-            outcome.0.store(code, Ordering::Release);
+            outcome.failure.store(code, Ordering::Release);
         }
         Poll::Ready(Some(Err(error)))
     }
@@ -348,13 +390,28 @@ impl Body for Upload {
                 if let Some(data) = frame.data_ref() {
                     this.received += data.len() as u64;
                     this.last = Instant::now();
+                    if let Some(outcome) = &this.outcome
+                        && let Ok(mut progress) = outcome.progress.lock()
+                    {
+                        *progress = Some(this.last);
+                    }
                     if let Some(max) = this.max_bytes.filter(|&max| this.received > max) {
                         return this.fail(UploadOutcome::TOO_LARGE, BodyError::TooLarge(max));
                     }
                 }
+                if this.inner.is_end_stream() {
+                    this.mark_sent();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(other) => Poll::Ready(other.map(|r| r.map_err(BodyError::from))),
+            Poll::Ready(None) => {
+                this.mark_sent();
+                Poll::Ready(None)
+            }
+            // The client's connection broke or its body was malformed: the client's doing.
+            Poll::Ready(Some(Err(error))) => {
+                this.fail(UploadOutcome::ABORTED, BodyError::Http(error))
+            }
             Poll::Pending => {
                 let deadline = this.deadline();
                 if !this.stall.wait(cx, || deadline) {

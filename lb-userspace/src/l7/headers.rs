@@ -77,8 +77,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) 
     }
 }
 
-/// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` with
-/// `Upgrade: websocket`), if any.
+/// The protocol an HTTP/1.1 request asks to switch to, if it is one the balancer tunnels:
+/// `Connection: upgrade` with `Upgrade: websocket`. Any other (`h2c`, unknown tokens) is
+/// ignored: the request goes on as a plain one, its `Upgrade` removed with the other
+/// hop-by-hop headers (RFC 9110 section 7.8 lets a server ignore an upgrade).
 pub fn upgrade_of(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
     if version != Version::HTTP_11 {
         return None;
@@ -89,9 +91,47 @@ pub fn upgrade_of(version: Version, headers: &HeaderMap) -> Option<HeaderValue> 
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
+    let protocol = headers.get(header::UPGRADE)?;
+    let websocket = protocol.to_str().is_ok_and(|p| {
+        let mut tokens = p.split(',').map(str::trim);
+        tokens.next().is_some_and(|t| {
+            t.split('/')
+                .next()
+                .is_some_and(|name| name.eq_ignore_ascii_case("websocket"))
+        }) && tokens.next().is_none()
+    });
+    (asks && websocket).then(|| protocol.clone())
 }
+
+/// Checks an HTTP/1.x request's `Host` (RFC 9112 section 3.2): more than one is 400, none on
+/// an HTTP/1.1 request is 400, and an absolute-form target's authority replaces it (the
+/// server must use the target's, whatever `Host` says). HTTP/2 requests carry `:authority`.
+pub fn check_host<B>(request: &mut hyper::Request<B>) -> Result<(), BadHost> {
+    let version = request.version();
+    if version != Version::HTTP_11 && version != Version::HTTP_10 {
+        return Ok(());
+    }
+    let authority = request.uri().authority().cloned();
+    let headers = request.headers_mut();
+    let hosts = headers.get_all(header::HOST).iter().count();
+    if hosts > 1 {
+        return Err(BadHost);
+    }
+    if let Some(authority) = authority {
+        let value = HeaderValue::from_str(authority.as_str()).map_err(|_| BadHost)?;
+        headers.insert(header::HOST, value);
+        return Ok(());
+    }
+    if hosts == 0 && version == Version::HTTP_11 {
+        return Err(BadHost);
+    }
+    Ok(())
+}
+
+/// A request without a usable `Host`: 400.
+#[derive(Debug, thiserror::Error)]
+#[error("no Host, or more than one")]
+pub struct BadHost;
 
 /// Sets the `X-Forwarded-For`, `-Proto` and `-Port` headers of a request to a backend.
 pub fn add_forwarding(headers: &mut HeaderMap, forwarding: &Forwarding) {

@@ -13,6 +13,7 @@
 
 use std::{
     convert::Infallible,
+    future::Future,
     sync::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -73,6 +74,9 @@ pub struct Counters {
     pub body_too_large: AtomicU64,
     /// Backends ejected by passive health.
     pub outlier_ejections: AtomicU64,
+    /// Requests refused as malformed (400): no or several `Host`, a body the client cut
+    /// short.
+    pub bad_requests: AtomicU64,
 }
 
 impl Counters {
@@ -101,6 +105,7 @@ impl Counters {
             ("server_timeouts", get(&self.server_timeouts)),
             ("body_too_large", get(&self.body_too_large)),
             ("outlier_ejections", get(&self.outlier_ejections)),
+            ("bad_requests", get(&self.bad_requests)),
         ]
     }
 
@@ -253,6 +258,10 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let site = self.site();
         let set = self.backends();
+        if headers::check_host(&mut request).is_err() {
+            count(&self.counters.bad_requests);
+            return client_error(StatusCode::BAD_REQUEST);
+        }
         let upgrade = headers::upgrade_of(request.version(), request.headers());
         let client_upgrade: Option<OnUpgrade> =
             upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
@@ -344,9 +353,10 @@ impl Proxy {
                     }
                 }
             };
-            let sent = tokio::time::timeout(
-                site.settings.backend.response_timeout,
+            let sent = response_within(
                 send(sender, request),
+                upload.as_deref(),
+                &site.settings.backend,
             )
             .await;
             match sent {
@@ -601,6 +611,38 @@ async fn send(
             Ok((response, None))
         }
     }
+}
+
+/// `send`'s outcome, if the response came within `response_timeout` of the request being
+/// sent whole. While the client's upload is still going to the backend, only its clocks run
+/// (a slow but steady upload is not cut at the response timeout), and a backend that takes
+/// nothing of it for `server_timeout` ends the wait.
+async fn response_within<F: Future>(
+    send: F,
+    upload: Option<&super::body::UploadOutcome>,
+    backend: &crate::config::l7::BackendSide,
+) -> Result<F::Output, ()> {
+    let mut send = std::pin::pin!(send);
+    if let Some(upload) = upload {
+        let start = tokio::time::Instant::now();
+        loop {
+            let progress = upload.last_progress().unwrap_or(start).max(start);
+            let stalled = progress + backend.server_timeout;
+            tokio::select! {
+                output = &mut send => return Ok(output),
+                () = upload.sent() => break,
+                () = tokio::time::sleep_until(stalled) => {
+                    let moved = upload.last_progress().unwrap_or(start);
+                    if moved + backend.server_timeout <= tokio::time::Instant::now() {
+                        return Err(());
+                    }
+                }
+            }
+        }
+    }
+    tokio::time::timeout(backend.response_timeout, send)
+        .await
+        .map_err(|_| ())
 }
 
 fn failed_upload(upload: Option<&super::body::UploadOutcome>) -> Option<StatusCode> {
