@@ -109,6 +109,15 @@ async fn a_request_head_over_max_header_bytes_is_431() {
     conn.write(big.as_bytes()).await.unwrap();
     let answer = conn.response().await;
     assert_eq!(answer.status, 431, "HTTP/1.1: {answer:?}");
+    until("the 431 counted", || {
+        site.counter(|c| &c.heads_too_large) == 1
+    })
+    .await;
+    assert_eq!(
+        site.counter(|c| &c.responses[3]),
+        1,
+        "counted among the 4xx, though the proxy never saw it"
+    );
 
     for (size, status) in [(6 * 1024, 200), (10 * 1024, 431)] {
         let mut conn = site.https(true).await;

@@ -77,6 +77,8 @@ pub struct Counters {
     /// Requests refused as malformed (400): no or several `Host`, a body the client cut
     /// short.
     pub bad_requests: AtomicU64,
+    /// Request heads over `max_header_bytes` (431, answered by the HTTP layer).
+    pub heads_too_large: AtomicU64,
 }
 
 impl Counters {
@@ -106,6 +108,7 @@ impl Counters {
             ("body_too_large", get(&self.body_too_large)),
             ("outlier_ejections", get(&self.outlier_ejections)),
             ("bad_requests", get(&self.bad_requests)),
+            ("heads_too_large", get(&self.heads_too_large)),
         ]
     }
 

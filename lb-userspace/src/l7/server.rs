@@ -202,6 +202,7 @@ async fn drive<C: Shutdown>(conn: C, state: &ConnState, limits: &HttpLimits, pro
         tokio::select! {
             ended = conn.as_mut() => {
                 if let Err(error) = ended {
+                    count_rejected(proxy, &error);
                     debug!(listener = %proxy.name, %error, "client connection ended");
                 }
                 return;
@@ -247,6 +248,21 @@ async fn drive<C: Shutdown>(conn: C, state: &ConnState, limits: &HttpLimits, pro
             }
         }
     }
+}
+
+/// Counts a request hyper refused before it reached the proxy: a head over the limit (hyper
+/// answered 431) or one it could not parse (400).
+fn count_rejected(proxy: &Proxy, error: &hyper::Error) {
+    let counters = &proxy.counters;
+    let reason = if error.is_parse_too_large() {
+        &counters.heads_too_large
+    } else if error.is_parse() {
+        &counters.bad_requests
+    } else {
+        return;
+    };
+    reason.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    counters.responses[3].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The plain-HTTP listener of `proxy`: every request is redirected (308) to the same host and
