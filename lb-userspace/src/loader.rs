@@ -46,6 +46,10 @@ pub enum LoadError {
     )]
     NotBpffs(PathBuf),
     #[error(
+        "another lb daemon uses the pin directory {0} (it holds its lock): two daemons would rewrite each other's maps; stop it, or give this one its own pin_dir"
+    )]
+    PinDirInUse(PathBuf),
+    #[error(
         "pinned map {path} has {found}, this build needs {expected}; remove the pinned maps (`rm -r {dir}`) to start afresh"
     )]
     PinnedMapMismatch {
@@ -135,6 +139,8 @@ pub const DECAP_PROGRAM: &str = "lb_decap";
 /// [`AyaDatapath`] by [`Balancer::load`]).
 pub struct Balancer {
     pub ebpf: Ebpf,
+    /// The pin directory, locked (`flock`) for as long as this balancer is loaded.
+    _lock: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for Balancer {
@@ -159,9 +165,11 @@ impl Balancer {
             .map_max_entries(names::RINGS, ring_entries)
             .map_max_entries(names::CONNS_V4, spec.conn_table_size)
             .map_max_entries(names::CONNS_V6, spec.conn_table_size);
+        let mut lock = None;
         let pin_paths: Vec<(&str, PathBuf)> = match &spec.pin_dir {
             Some(dir) => {
                 prepare_pin_dir(dir)?;
+                lock = Some(lock_pin_dir(dir)?);
                 let conn_entries = conn_table_entries(spec.conn_table_size, possible_cpus()?);
                 check_pinned_maps(dir, ring_entries, conn_entries)?;
                 BALANCER_MAPS
@@ -177,7 +185,7 @@ impl Balancer {
         let mut ebpf = loader.load(objects::BALANCER)?;
         load_xdp(&mut ebpf, BALANCER_PROGRAM)?;
         let datapath = AyaDatapath::from_ebpf(&mut ebpf, spec.geometry)?;
-        Ok((Self { ebpf }, datapath))
+        Ok((Self { ebpf, _lock: lock }, datapath))
     }
 
     /// The balancer program (to attach it, or to run it with `BPF_PROG_TEST_RUN`).
@@ -558,6 +566,28 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
         return Err(LoadError::NotBpffs(dir.to_owned()));
     }
     Ok(())
+}
+
+/// Locks `dir` for this process (released when the file closes, also when the process dies):
+/// a second daemon on the same pins is refused before it reads or writes any of them.
+fn lock_pin_dir(dir: &Path) -> Result<std::fs::File, LoadError> {
+    use std::os::fd::AsRawFd as _;
+    let file = std::fs::File::open(dir).map_err(|source| LoadError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    // SAFETY: flock on a descriptor this function owns; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let source = std::io::Error::last_os_error();
+        if source.kind() == std::io::ErrorKind::WouldBlock {
+            return Err(LoadError::PinDirInUse(dir.to_owned()));
+        }
+        return Err(LoadError::Io {
+            path: dir.to_owned(),
+            source,
+        });
+    }
+    Ok(file)
 }
 
 /// Whether `path` is on a bpffs mount.

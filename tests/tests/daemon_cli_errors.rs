@@ -140,6 +140,26 @@ fn refused_changes_exit_non_zero_say_why_and_change_no_map() {
         );
         assert_tables_unchanged(&env, &before, args);
     }
+    // A second daemon on the same pins (another socket) is refused before it touches them.
+    let first_config = std::fs::read_to_string(env.daemon.config_path()).unwrap();
+    let first_socket = env.daemon.socket().display().to_string();
+    let binary = lb::lab::daemon::lb_binary().unwrap();
+    let second = lb::lab::daemon::DaemonProcess::start(&binary, &env.lab.lb, |paths| {
+        first_config.replace(&first_socket, &paths.socket.display().to_string())
+    });
+    let Err(error) = second else {
+        panic!("a second daemon started on the first one's pin directory");
+    };
+    let pins = env.daemon.pin_dir().display().to_string();
+    assert!(
+        error
+            .to_string()
+            .contains("another lb daemon uses the pin directory")
+            && error.to_string().contains(&pins),
+        "{error}"
+    );
+    assert_tables_unchanged(&env, &before, &["run", "(a second daemon)"]);
+
     // The daemon still answers, with the pool unchanged.
     let listed = env.cli_ok(&["backend", "list", "web4"]);
     assert_eq!(
