@@ -140,6 +140,13 @@ impl ProxyBody {
         Self::new(Either::Right(Full::new(bytes.into())), Held::default())
     }
 
+    /// The backend failed the body: the request ends as answered (badly), not cancelled.
+    fn answered_by_failure(&mut self) {
+        if let Some(in_flight) = &mut self.held.in_flight {
+            in_flight.answered();
+        }
+    }
+
     /// Fails the body if the backend sends nothing of it for `timeout` (counted on `proxy`).
     pub fn time_out_after(&mut self, timeout: Duration, proxy: Arc<Proxy>) {
         if matches!(self.inner, Either::Left(_)) {
@@ -196,6 +203,9 @@ impl Body for ProxyBody {
                     warn!(listener = %proxy.name, backend = ?backend, ?timeout,
                         "the backend sent nothing of a response body in time: closed");
                     this.server = None;
+                    // The backend's failure: not a stream the client cancelled (which would
+                    // count toward a reset flood and close the client's connection).
+                    this.answered_by_failure();
                     return Poll::Ready(Some(Err(BodyError::ServerTimeout(timeout))));
                 }
             } else {
@@ -207,7 +217,11 @@ impl Body for ProxyBody {
         let ended = match &polled {
             Poll::Ready(None) => true,
             Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
-            Poll::Ready(Some(Err(_))) | Poll::Pending => false,
+            Poll::Ready(Some(Err(_))) => {
+                this.answered_by_failure();
+                false
+            }
+            Poll::Pending => false,
         };
         if ended {
             this.held.release();
@@ -302,9 +316,13 @@ pub struct Upload {
     min_rate: u64,
     max_bytes: Option<u64>,
     received: u64,
-    start: Instant,
-    /// When the last bytes arrived (or the upload began).
-    last: Instant,
+    /// Since when the backend side has been waiting for the client's next bytes (none while
+    /// bytes flow, or while the backend side is not asking for them).
+    waiting_since: Option<Instant>,
+    /// The time spent waiting for the client so far, over the whole upload: the minimum
+    /// rate is judged against this, not wall time (a backend that reads slowly is not the
+    /// client's fault).
+    waited: Duration,
     stall: Stall,
     /// None for a request without a body (nothing to fail, nothing allocated).
     outcome: Option<Arc<UploadOutcome>>,
@@ -313,14 +331,13 @@ pub struct Upload {
 
 impl Upload {
     pub fn new(inner: Incoming, limits: &HttpLimits, proxy: Arc<Proxy>) -> Self {
-        let now = Instant::now();
         Self {
             client_timeout: limits.client_timeout,
             min_rate: limits.min_upload_rate,
             max_bytes: limits.max_body_bytes,
             received: 0,
-            start: now,
-            last: now,
+            waiting_since: None,
+            waited: Duration::ZERO,
             stall: Stall::default(),
             outcome: (!inner.is_end_stream()).then(Arc::default),
             inner,
@@ -333,10 +350,11 @@ impl Upload {
         self.outcome.clone()
     }
 
-    /// When the upload is late: nothing for `client_timeout`, or behind the minimum rate's
-    /// schedule for what has arrived (never before [`UPLOAD_GRACE`]).
-    fn deadline(&self) -> Instant {
-        let quiet = self.last + self.client_timeout;
+    /// When the upload waiting since `since` is late: nothing from the client for
+    /// `client_timeout`, or its time waited for the client beyond what the minimum rate allows
+    /// for what has arrived (never less than [`UPLOAD_GRACE`]).
+    fn deadline(&self, since: Instant) -> Instant {
+        let quiet = since + self.client_timeout;
         if self.min_rate == 0 {
             return quiet;
         }
@@ -344,8 +362,9 @@ impl Upload {
             clippy::cast_precision_loss,
             reason = "a schedule in seconds; precision to the millisecond is plenty"
         )]
-        let schedule = Duration::from_secs_f64(self.received as f64 / self.min_rate as f64);
-        quiet.min(self.start + schedule.max(UPLOAD_GRACE))
+        let allowed =
+            Duration::from_secs_f64(self.received as f64 / self.min_rate as f64).max(UPLOAD_GRACE);
+        quiet.min(since + allowed.saturating_sub(self.waited))
     }
 
     fn mark_sent(&self) {
@@ -387,13 +406,15 @@ impl Body for Upload {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.stall.moved();
+                if let Some(since) = this.waiting_since.take() {
+                    this.waited += since.elapsed();
+                }
                 if let Some(data) = frame.data_ref() {
                     this.received += data.len() as u64;
-                    this.last = Instant::now();
                     if let Some(outcome) = &this.outcome
                         && let Ok(mut progress) = outcome.progress.lock()
                     {
-                        *progress = Some(this.last);
+                        *progress = Some(Instant::now());
                     }
                     if let Some(max) = this.max_bytes.filter(|&max| this.received > max) {
                         return this.fail(UploadOutcome::TOO_LARGE, BodyError::TooLarge(max));
@@ -413,11 +434,12 @@ impl Body for Upload {
                 this.fail(UploadOutcome::ABORTED, BodyError::Http(error))
             }
             Poll::Pending => {
-                let deadline = this.deadline();
+                let since = *this.waiting_since.get_or_insert_with(Instant::now);
+                let deadline = this.deadline(since);
                 if !this.stall.wait(cx, || deadline) {
                     return Poll::Pending;
                 }
-                if Instant::now() >= this.last + this.client_timeout {
+                if Instant::now() >= since + this.client_timeout {
                     let error = BodyError::ClientTimeout(this.client_timeout);
                     this.fail(UploadOutcome::TIMED_OUT, error)
                 } else {
