@@ -138,16 +138,25 @@ async fn serve_connection(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, p
             .serve_connection(io, service);
         drive(conn, &state, &limits, &proxy).await;
     } else {
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .max_buf_size(limits.max_header_bytes.max(8192))
-            .max_header_size(limits.max_header_bytes)
+        let conn = http1_builder(&limits)
             .serve_connection(io, service)
             .with_upgrades();
         drive(conn, &state, &limits, &proxy).await;
     }
     drop(state.take_permit());
+}
+
+/// HTTP/1.1 as both listeners serve it: heads limited to `max_header_bytes`, and timed by
+/// the connection's own clock ([`super::conn`]), not hyper's (which would also cut idle
+/// kept-alive connections at the head timeout).
+fn http1_builder(limits: &HttpLimits) -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_header_size(limits.max_header_bytes);
+    builder
 }
 
 /// A hyper server connection that can be asked to finish gracefully.
@@ -298,11 +307,7 @@ async fn serve_redirect(proxy: Arc<Proxy>, tcp: TcpStream, slot: Slot) {
             std::future::ready(Ok::<_, std::convert::Infallible>(response))
         })
     };
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_header_size(limits.max_header_bytes)
+    let conn = http1_builder(&limits)
         .serve_connection(TokioIo::new(Watched::new(tcp, Arc::clone(&state))), service);
     drive(conn, &state, &limits, &proxy).await;
     drop(state.take_permit());
