@@ -140,7 +140,7 @@ pub const DECAP_PROGRAM: &str = "lb_decap";
 pub struct Balancer {
     pub ebpf: Ebpf,
     /// The pin directory, locked (`flock`) for as long as this balancer is loaded.
-    _lock: Option<std::fs::File>,
+    lock: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for Balancer {
@@ -185,7 +185,7 @@ impl Balancer {
         let mut ebpf = loader.load(objects::BALANCER)?;
         load_xdp(&mut ebpf, BALANCER_PROGRAM)?;
         let datapath = AyaDatapath::from_ebpf(&mut ebpf, spec.geometry)?;
-        Ok((Self { ebpf, _lock: lock }, datapath))
+        Ok((Self { ebpf, lock }, datapath))
     }
 
     /// The balancer program (to attach it, or to run it with `BPF_PROG_TEST_RUN`).
@@ -566,6 +566,19 @@ fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
         return Err(LoadError::NotBpffs(dir.to_owned()));
     }
     Ok(())
+}
+
+impl Balancer {
+    /// Unlocks the pin directory, for a successor taking over (`daemon::handover`).
+    pub fn unlock(&mut self) {
+        self.lock = None;
+    }
+
+    /// Locks the pin directory `dir` again, after a handover that did not happen.
+    pub fn relock(&mut self, dir: &Path) -> Result<(), LoadError> {
+        self.lock = Some(lock_pin_dir(dir)?);
+        Ok(())
+    }
 }
 
 /// Locks `dir` for this process (released when the file closes, also when the process dies):

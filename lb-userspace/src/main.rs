@@ -43,14 +43,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         cli.refuse_daemon_options(command)?;
     }
     match cli.command {
-        Command::Run => {
+        Command::Run { take_over } => {
             let (path, config) = config_of(&cli, "run")?;
             // One worker per CPU: the L7 listeners run on it.
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?
-                .block_on(lb::daemon::run(config, path))?;
+                .block_on(lb::daemon::run(config, path, take_over))?;
         }
         Command::Check => {
             let (path, config) = config_of(&cli, "check")?;

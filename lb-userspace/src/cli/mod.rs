@@ -39,7 +39,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: attach the balancer, program the maps, serve the control socket.
-    Run,
+    Run {
+        /// Take over from the daemon running on the same control socket without closing any
+        /// port: it hands over its listening sockets, then drains and exits once this one
+        /// serves (a restart or an upgrade). With none running, start as usual.
+        #[arg(long)]
+        take_over: bool,
+    },
     /// Validate a configuration file and the files it names (certificates, keys, CA bundles,
     /// cookie keys) without touching the system.
     Check,
@@ -406,7 +412,7 @@ impl Command {
                 client: args.client,
                 vip: args.vip,
             },
-            Self::Run
+            Self::Run { .. }
             | Self::Check
             | Self::Uninstall
             | Self::Decap(_)

@@ -75,6 +75,9 @@ pub struct DatapathSettings {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ControlSettings {
     pub socket: PathBuf,
+    /// How long a stopping daemon (SIGTERM, or a successor taking over) lets the L7
+    /// connections finish what is in flight before it exits.
+    pub shutdown_timeout: Duration,
 }
 
 /// `[pools.NAME]`.
@@ -183,6 +186,11 @@ pub mod defaults {
     pub const MAX_LISTENERS: u32 = 16;
     pub const PIN_DIR: &str = "/sys/fs/bpf/lb";
     pub const SOCKET: &str = "/run/lb/lb.sock";
+    /// As Kubernetes' termination grace period: long enough for most requests and downloads
+    /// to finish, short enough for an upgrade to end.
+    pub const SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+    /// The longest `shutdown_timeout`.
+    pub const MAX_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
     /// SYN-flood protection, per CPU: far above the new-flow rate one CPU serves in normal
     /// traffic, and far below what a flood brings (millions a second), so that a flood cannot
     /// churn a CPU's share of the connection table faster than once every few seconds.

@@ -54,6 +54,7 @@ pub struct RawDatapath {
 #[serde(deny_unknown_fields)]
 pub struct RawControl {
     pub socket: Option<Spanned<String>>,
+    pub shutdown_timeout: Option<Spanned<String>>,
 }
 
 /// `[metrics]`: the Prometheus endpoint.

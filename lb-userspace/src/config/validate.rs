@@ -144,11 +144,21 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         }
         parsed.ok()
     });
+    let shutdown_timeout = match &raw.control.shutdown_timeout {
+        Some(raw) => {
+            super::pool::duration(&mut checker, raw, "control.shutdown_timeout").and_then(|d| {
+                let range = (std::time::Duration::ZERO, defaults::MAX_SHUTDOWN_TIMEOUT);
+                super::pool::in_range(&mut checker, raw, "control.shutdown_timeout", d, range)
+            })
+        }
+        None => Some(defaults::SHUTDOWN_TIMEOUT),
+    };
     let control = ControlSettings {
         socket: raw.control.socket.map_or_else(
             || PathBuf::from(defaults::SOCKET),
             |s| s.into_inner().into(),
         ),
+        shutdown_timeout: shutdown_timeout.unwrap_or(defaults::SHUTDOWN_TIMEOUT),
     };
     if !checker.problems.is_empty() {
         return Err(ConfigError {

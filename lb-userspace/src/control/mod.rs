@@ -66,6 +66,9 @@ pub enum Request {
         client: SocketAddr,
         vip: SocketAddr,
     },
+    /// `lb run --take-over`: a starting daemon asks for the listening sockets
+    /// (`daemon::handover`).
+    Handover,
 }
 
 /// The daemon's answer.

@@ -2,7 +2,7 @@
 //! connection, each handed to the daemon's controller through a channel.
 
 use std::{
-    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -48,13 +48,39 @@ pub fn ensure_free(path: &Path) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Opens the control socket at `path` (mode 0600; its directory is created 0700).
-pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+/// The control socket's file, as this daemon made it. Dropping it removes the file, unless a
+/// successor's socket has taken its place.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    inode: u64,
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.ino() == self.inode);
+        if !ours {
+            return;
+        }
+        if let Err(error) = std::fs::remove_file(&self.path)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            warn!(socket = %self.path.display(), %error, "could not remove the control socket");
+        }
+    }
+}
+
+/// Opens the control socket at `path` (mode 0600; its directory is created 0700). With
+/// `replace`, it takes the place of the socket of a daemon that is handing over; the path
+/// answers throughout (the new socket is made beside it, then renamed over it).
+pub fn bind(path: &Path, replace: bool) -> Result<(UnixListener, SocketFile), ServerError> {
     let io = |source| ServerError::Io {
         path: path.to_owned(),
         source,
     };
-    ensure_free(path)?;
+    if !replace {
+        ensure_free(path)?;
+    }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -62,20 +88,45 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
             .create(dir)
             .map_err(io)?;
     }
-    let listener = UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    Ok(listener)
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".{}.new", std::process::id()));
+    let fresh = path.with_file_name(name);
+    match std::fs::remove_file(&fresh) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(io(error)),
+        _ => {}
+    }
+    let listener = UnixListener::bind(&fresh).map_err(io)?;
+    let placed = std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&fresh, path));
+    if let Err(error) = placed {
+        drop(std::fs::remove_file(&fresh));
+        return Err(io(error));
+    }
+    let inode = std::fs::symlink_metadata(path).map_err(io)?.ino();
+    Ok((
+        listener,
+        SocketFile {
+            path: path.to_owned(),
+            inode,
+        },
+    ))
 }
 
 /// Accepts connections until the task is dropped, passing each request to `calls` (as
-/// whatever event type the receiver takes calls in).
-pub async fn serve<E: From<Call> + Send + 'static>(listener: UnixListener, calls: mpsc::Sender<E>) {
+/// whatever event type the receiver takes calls in), and each handover request's connection
+/// to `handovers`.
+pub async fn serve<E: From<Call> + Send + 'static>(
+    listener: UnixListener,
+    calls: mpsc::Sender<E>,
+    handovers: mpsc::Sender<UnixStream>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let calls = calls.clone();
+                let handovers = handovers.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = answer(stream, calls).await {
+                    if let Err(error) = answer(stream, calls, handovers).await {
                         debug!(%error, "control connection ended early");
                     }
                 });
@@ -85,12 +136,38 @@ pub async fn serve<E: From<Call> + Send + 'static>(listener: UnixListener, calls
     }
 }
 
-async fn answer<E: From<Call>>(stream: UnixStream, calls: mpsc::Sender<E>) -> std::io::Result<()> {
+async fn answer<E: From<Call>>(
+    stream: UnixStream,
+    calls: mpsc::Sender<E>,
+    handovers: mpsc::Sender<UnixStream>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
     reader.read_line(&mut line).await?;
     let response = match serde_json::from_str::<Request>(&line) {
+        Ok(Request::Handover) => {
+            // The successor sends nothing more until it is answered: nothing is buffered.
+            let stream = reader
+                .into_inner()
+                .into_inner()
+                .reunite(write)
+                .map_err(std::io::Error::other)?;
+            return match handovers.try_send(stream) {
+                Ok(()) => Ok(()),
+                Err(refused) => {
+                    let (mpsc::error::TrySendError::Full(stream)
+                    | mpsc::error::TrySendError::Closed(stream)) = refused;
+                    let reason = Response::Error(
+                        "a handover is already under way, or the daemon is stopping".to_owned(),
+                    );
+                    let mut text = serde_json::to_string(&reason).map_err(std::io::Error::other)?;
+                    text.push('\n');
+                    let (_, mut write) = stream.into_split();
+                    write.write_all(text.as_bytes()).await
+                }
+            };
+        }
         Ok(request) => {
             let (reply, answer) = oneshot::channel();
             if calls.send(E::from((request, reply))).await.is_err() {

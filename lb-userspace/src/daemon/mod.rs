@@ -13,6 +13,7 @@
 //! which alone owns the configuration and the reconciler.
 
 pub mod controller;
+pub mod handover;
 pub mod host;
 pub mod probes;
 pub mod runtime;
@@ -69,6 +70,8 @@ pub enum DaemonError {
     },
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Handover(#[from] handover::HandoverError),
     #[error(
         "the controller thread panicked (its message is just above): stopped with an error so that a supervisor restarts the daemon; the balancer forwards with the pinned maps meanwhile, and the new daemon adopts them"
     )]
@@ -82,19 +85,59 @@ pub const INJECT_FAULT_ENV: &str = "LB_INJECT_FAULT";
 
 /// Runs the daemon for `config` (read from `path`) until a signal stops it. The control socket
 /// opens last, so a daemon that answers on it is ready.
-pub async fn run(config: Config, path: PathBuf) -> Result<(), DaemonError> {
+///
+/// With `take_over`, a daemon already running on the same control socket hands its listening
+/// sockets over and drains once this one serves ([`handover`]); with none running, this one
+/// starts as usual.
+pub async fn run(config: Config, path: PathBuf, take_over: bool) -> Result<(), DaemonError> {
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        build = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        },
+        pid = std::process::id(),
+        "starting"
+    );
     let socket = config.control.socket.clone();
-    server::ensure_free(&socket)?;
-    let result = serve(config, path).await;
-    remove_socket(&socket);
-    result
+    let predecessor = if take_over {
+        // Every file first: a bad certificate or key stops this daemon before the running one
+        // is disturbed.
+        crate::l7::check_files(&config)?;
+        let asked = socket.clone();
+        let answer = tokio::task::spawn_blocking(move || handover::request(&asked))
+            .await
+            .map_err(|error| DaemonError::Config(format!("asking for the handover: {error}")))??;
+        match &answer {
+            Some((predecessor, sockets)) => info!(
+                pid = predecessor.pid,
+                sockets = sockets.len(),
+                "taking over from the running daemon: it handed over its listening sockets"
+            ),
+            None => info!(socket = %socket.display(), "no daemon to take over: starting afresh"),
+        }
+        answer
+    } else {
+        server::ensure_free(&socket)?;
+        None
+    };
+    serve(config, path, predecessor).await
 }
 
-async fn serve(config: Config, path: PathBuf) -> Result<(), DaemonError> {
+async fn serve(
+    config: Config,
+    path: PathBuf,
+    predecessor: Option<(handover::Predecessor, crate::l7::Inherited)>,
+) -> Result<(), DaemonError> {
+    let (predecessor, mut inherited) = match predecessor {
+        Some((predecessor, sockets)) => (Some(predecessor), sockets),
+        None => (None, crate::l7::Inherited::new()),
+    };
     // The L7 listeners' files and addresses first: a bad certificate stops the start before
     // anything is changed.
     let l7 = Arc::new(L7::new(tokio::runtime::Handle::current()));
-    let l7_prepared = l7.prepare(&config)?;
+    let l7_prepared = l7.prepare_inheriting(&config, &mut inherited)?;
     let interfaces: Vec<(String, u32)> = config
         .datapath
         .interfaces
@@ -169,62 +212,181 @@ async fn serve(config: Config, path: PathBuf) -> Result<(), DaemonError> {
     let probes = Probes::new(tokio::runtime::Handle::current(), events.clone());
     let socket = config.control.socket.clone();
     let metrics_address = config.metrics;
+    let shutdown_timeout = config.control.shutdown_timeout;
+    let pin_dir = config.datapath.pin_dir.clone();
     let controller = Controller::new(config, Some(path), reconciler, Instant::now())?
         .with_host(watch, host_defaults, Instant::now())
         .map_err(DaemonError::Config)?
-        .with_l7(l7, l7_prepared, Instant::now())
+        .with_l7(Arc::clone(&l7), l7_prepared, Instant::now())
         .with_probes(probes);
     info!(mtu = datapath_config.mtu, "configuration applied");
     let logs = ebpf_logs(&mut balancer);
     let (controller, mut panicked) = spawn_controller(controller, receiver)?;
 
     let mut tasks = vec![tokio::spawn(tick(events.clone()))];
+    // Sockets handed over besides the L7 listeners' (the metrics endpoint's), to hand on.
+    let mut also_listening = Vec::new();
     if let Some(address) = metrics_address {
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .map_err(|source| DaemonError::Io {
-                what: format!("listening for metrics on {address}"),
-                source,
-            })?;
+        let listener = match inherited.remove(&address) {
+            Some(socket) => crate::l7::server::adopt(socket, address),
+            None => tokio::net::TcpListener::bind(address).await,
+        }
+        .map_err(|source| DaemonError::Io {
+            what: format!("listening for metrics on {address}"),
+            source,
+        })?;
+        if let Ok(copy) = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned() {
+            also_listening.push((address, copy));
+        }
         tasks.push(tokio::spawn(metrics::serve(
             listener,
             snapshot(events.clone()),
         )));
         info!(%address, "metrics at /metrics");
     }
-    let listener = server::bind(&socket)?;
-    tasks.push(tokio::spawn(server::serve(listener, events.clone())));
+    for address in inherited.keys() {
+        info!(%address, "closing a handed-over socket the configuration no longer listens on");
+    }
+    drop(inherited);
+    let (listener, _socket_file) = server::bind(&socket, predecessor.is_some())?;
+    let (handovers, mut handover_requests) = mpsc::channel(1);
+    tasks.push(tokio::spawn(server::serve(
+        listener,
+        events.clone(),
+        handovers,
+    )));
     tasks.extend(logs);
+    if let Some(predecessor) = predecessor {
+        let pid = predecessor.pid;
+        tokio::task::spawn_blocking(move || predecessor.finish())
+            .await
+            .map_err(|error| DaemonError::Config(format!("ending the handover: {error}")))??;
+        info!(
+            pid,
+            "took over: the previous daemon stops accepting and drains"
+        );
+    }
     info!("ready");
 
-    let stop = tokio::select! {
-        stop = wait_for_stop(&events) => stop,
-        Ok(()) = &mut panicked => {
-            // Health checks, drains and reloads have stopped: running on would serve with a
-            // frozen view. Stop, and let the supervisor start a daemon that adopts the maps.
-            for task in &tasks {
-                task.abort();
+    let mut stop_signal = std::pin::pin!(wait_for_stop(&events));
+    let (stop, paused) = loop {
+        tokio::select! {
+            stop = &mut stop_signal => break (stop, None),
+            Ok(()) = &mut panicked => {
+                // Health checks, drains and reloads have stopped: running on would serve with a
+                // frozen view. Stop, and let the supervisor start a daemon that adopts the maps.
+                for task in &tasks {
+                    task.abort();
+                }
+                drop(controller.join());
+                drop(balancer);
+                error!("the controller thread panicked: stopping with an error; the balancer keeps forwarding with the pinned maps");
+                return Err(DaemonError::ControllerPanicked);
             }
-            drop(controller.join());
-            drop(balancer);
-            error!("the controller thread panicked: stopping with an error; the balancer keeps forwarding with the pinned maps");
-            return Err(DaemonError::ControllerPanicked);
+            Some(stream) = handover_requests.recv() => {
+                let sockets = listening_sockets(&l7, &also_listening);
+                match hand_over(stream, &events, &mut balancer, sockets, &pin_dir).await? {
+                    Some(paused) => break ("handover", Some(paused)),
+                    None => continue,
+                }
+            }
         }
     };
+    if paused.is_some() {
+        // The successor serves the control socket, the metrics and the listeners now.
+        for task in &tasks {
+            task.abort();
+        }
+    }
     info!(
-        signal = stop,
-        "stopping; the balancer keeps forwarding with the pinned maps"
+        reason = stop, timeout = ?shutdown_timeout,
+        "stopping: no new connection; the L7 connections finish what is in flight; the balancer keeps forwarding with the pinned maps"
     );
+    let open = l7.drain(shutdown_timeout).await;
+    if open == 0 {
+        info!("every L7 connection has ended");
+    } else {
+        warn!(open, timeout = ?shutdown_timeout, "shutdown_timeout passed: closing the L7 connections still open");
+    }
     for task in &tasks {
         task.abort();
     }
-    drop(events.send(Event::Stop).await);
+    match paused {
+        Some(paused) => {
+            let _ = paused.send(false);
+        }
+        None => drop(events.send(Event::Stop).await),
+    }
     if controller.join().is_err() {
         warn!("the controller thread panicked");
     }
     drop(balancer);
     info!("stopped");
     Ok(())
+}
+
+/// Every listening socket: the L7 listeners' and `others`.
+fn listening_sockets(
+    l7: &L7,
+    others: &[(std::net::SocketAddr, std::os::fd::OwnedFd)],
+) -> Vec<(std::net::SocketAddr, std::os::fd::OwnedFd)> {
+    let mut sockets = l7.listening();
+    for (address, socket) in others {
+        if let Ok(copy) = socket.try_clone() {
+            sockets.push((*address, copy));
+        }
+    }
+    sockets
+}
+
+/// The old daemon's side of a handover ([`handover`]): pauses the controller, unlocks the pin
+/// directory and offers `sockets` on `stream`. `Some` (the paused controller's resume switch)
+/// if the successor serves and this daemon must drain; `None` if the handover did not happen
+/// (this daemon carries on, locked and resumed).
+async fn hand_over(
+    stream: tokio::net::UnixStream,
+    events: &mpsc::Sender<Event>,
+    balancer: &mut Balancer,
+    sockets: Vec<(std::net::SocketAddr, std::os::fd::OwnedFd)>,
+    pin_dir: &Path,
+) -> Result<Option<oneshot::Sender<bool>>, DaemonError> {
+    let stream = match stream
+        .into_std()
+        .and_then(|s| s.set_nonblocking(false).map(|()| s))
+    {
+        Ok(stream) => stream,
+        Err(error) => {
+            warn!(%error, "a handover request's connection failed");
+            return Ok(None);
+        }
+    };
+    let (paused, is_paused) = oneshot::channel();
+    let (resume, resumed) = oneshot::channel();
+    if events.send(Event::Pause(paused, resumed)).await.is_err() || is_paused.await.is_err() {
+        drop(handover::refuse(
+            &stream,
+            "the daemon is stopping".to_owned(),
+        ));
+        return Ok(None);
+    }
+    balancer.unlock();
+    info!(
+        sockets = sockets.len(),
+        "handing over to a new daemon: controller paused, pin directory unlocked"
+    );
+    let pid = std::process::id();
+    let offered = tokio::task::spawn_blocking(move || handover::offer(&stream, pid, sockets))
+        .await
+        .unwrap_or_else(|error| Err(std::io::Error::other(error.to_string())));
+    match offered {
+        Ok(()) => Ok(Some(resume)),
+        Err(error) => {
+            warn!(%error, "the new daemon did not take over: this daemon carries on");
+            balancer.relock(pin_dir)?;
+            let _ = resume.send(true);
+            Ok(None)
+        }
+    }
 }
 
 /// What the controller thread handles, one at a time.
@@ -240,6 +402,9 @@ pub enum Event {
     Metrics(oneshot::Sender<Option<MetricsInput>>),
     /// The daemon is stopping.
     Stop,
+    /// A handover: the controller says it is paused (nothing it does runs any more), then
+    /// waits for `true` (resume: the handover did not happen) or `false` (stop).
+    Pause(oneshot::Sender<()>, oneshot::Receiver<bool>),
 }
 
 impl From<Call> for Event {
@@ -350,6 +515,13 @@ fn spawn_controller<D: Datapath + Send + 'static>(
                     Event::Tick => controller.on_tick(now),
                     Event::Metrics(reply) => drop(reply.send(controller.metrics_input(now))),
                     Event::Stop => break,
+                    Event::Pause(paused, resume) => {
+                        let _ = paused.send(());
+                        if resume.blocking_recv() != Ok(true) {
+                            break;
+                        }
+                        info!("the handover did not happen: the controller resumes");
+                    }
                 }
             }
         })
@@ -476,13 +648,5 @@ fn accept_local_sources(
                 "could not set accept_local: encapsulated packets handed to the kernel (pass_no_neighbour, pass_no_tx_port) are dropped as martians"
             ),
         }
-    }
-}
-
-fn remove_socket(socket: &Path) {
-    if let Err(error) = std::fs::remove_file(socket)
-        && error.kind() != std::io::ErrorKind::NotFound
-    {
-        warn!(socket = %socket.display(), %error, "could not remove the control socket");
     }
 }

@@ -70,6 +70,8 @@ pub struct ConnState {
     blocked_since: AtomicU64,
     resets: Mutex<Bucket>,
     flooded: AtomicBool,
+    /// The daemon is stopping (or handing over): HTTP/1.1 responses close the connection.
+    draining: AtomicBool,
     /// The connection's place among the listener's `max_connections`: held while it is
     /// open, handed to the tunnel if it is upgraded.
     permit: Mutex<Option<Slot>>,
@@ -102,6 +104,7 @@ impl ConnState {
                 at: now,
             }),
             flooded: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             permit: Mutex::new(None),
             wake: Notify::new(),
         })
@@ -109,6 +112,20 @@ impl ConnState {
 
     fn millis(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.start).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// HTTP/1.1 (else HTTP/2).
+    pub fn is_h1(&self) -> bool {
+        self.h1
+    }
+
+    /// From now on, each HTTP/1.1 response says `Connection: close` and ends its connection.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Holds the connection's place among the listener's connections.

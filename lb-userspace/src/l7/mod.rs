@@ -25,7 +25,9 @@ pub mod upstream;
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
+    os::fd::OwnedFd,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use tokio::{net::TcpListener, runtime::Handle, task::JoinHandle};
@@ -42,6 +44,10 @@ use crate::config::{
     Config, ListenerConfig,
     l7::{BackendProtocol, BackendVerify, L7Settings},
 };
+
+/// Listening sockets a predecessor handed over, by address: a listener whose address is among
+/// them accepts on that socket (its queue and all) instead of binding a new one.
+pub type Inherited = BTreeMap<SocketAddr, OwnedFd>;
 
 /// Each pool's members, by pool name.
 pub type PoolMembers = BTreeMap<String, Vec<Member>>;
@@ -70,15 +76,22 @@ pub enum L7Error {
 struct Running {
     proxy: Arc<Proxy>,
     listener: ListenerConfig,
-    /// The accept loops: the listener's and its redirect's, by address.
-    accepting: Vec<(SocketAddr, JoinHandle<()>)>,
+    /// The accept loops: the listener's and its redirect's.
+    accepting: Vec<Accepting>,
 }
 
-impl Drop for Running {
+/// One address a listener accepts on.
+#[derive(Debug)]
+struct Accepting {
+    address: SocketAddr,
+    task: JoinHandle<()>,
+    /// The listening socket (the task holds another descriptor of it), to hand over.
+    socket: OwnedFd,
+}
+
+impl Drop for Accepting {
     fn drop(&mut self) {
-        for (_, task) in &self.accepting {
-            task.abort();
-        }
+        self.task.abort();
     }
 }
 
@@ -124,6 +137,16 @@ impl L7 {
     /// Reads the files of `config`'s L7 listeners that are new or changed and binds their new
     /// addresses; changes nothing that runs.
     pub fn prepare(&self, config: &Config) -> Result<Prepared, L7Error> {
+        self.prepare_inheriting(config, &mut Inherited::new())
+    }
+
+    /// [`L7::prepare`], taking the sockets of the addresses in `inherited` (a predecessor's)
+    /// instead of binding them.
+    pub fn prepare_inheriting(
+        &self,
+        config: &Config,
+        inherited: &mut Inherited,
+    ) -> Result<Prepared, L7Error> {
         crate::host::files::ensure(open_files_needed(config));
         let _runtime = self.runtime.enter();
         let running = self.running();
@@ -138,14 +161,18 @@ impl L7 {
                 _ => Some(build_site(name, listener, settings)?),
             };
             let listening: Vec<SocketAddr> = current
-                .map(|r| r.accepting.iter().map(|(a, _)| *a).collect())
+                .map(|r| r.accepting.iter().map(|a| a.address).collect())
                 .unwrap_or_default();
             let mut bound = Vec::new();
             for (address, redirect) in addresses(listener, settings) {
                 if listening.contains(&address) {
                     continue;
                 }
-                let socket = server::bind(address).map_err(|source| L7Error::Bind {
+                let socket = match inherited.remove(&address) {
+                    Some(socket) => server::adopt(socket, address),
+                    None => server::bind(address),
+                }
+                .map_err(|source| L7Error::Bind {
                     listener: name.clone(),
                     source,
                 })?;
@@ -203,13 +230,9 @@ impl L7 {
                 .as_ref()
                 .map(|s| addresses(&next.listener, s))
                 .unwrap_or_default();
-            entry.accepting.retain(|(address, task)| {
-                let keep = wanted.iter().any(|(a, _)| a == address);
-                if !keep {
-                    task.abort();
-                }
-                keep
-            });
+            entry
+                .accepting
+                .retain(|a| wanted.iter().any(|(address, _)| *address == a.address));
             for (address, redirect, socket) in next.bound {
                 to_accept.push((name.clone(), next.listener.mode, address, redirect, socket));
             }
@@ -220,6 +243,13 @@ impl L7 {
             let Some(entry) = running.get_mut(&name) else {
                 continue;
             };
+            let copy = match std::os::fd::AsFd::as_fd(&socket).try_clone_to_owned() {
+                Ok(copy) => copy,
+                Err(error) => {
+                    warn!(listener = %name, %address, %error, "cannot keep the listening socket");
+                    continue;
+                }
+            };
             let proxy = Arc::clone(&entry.proxy);
             let task = if redirect {
                 self.runtime.spawn(server::redirect_loop(socket, proxy))
@@ -228,7 +258,11 @@ impl L7 {
             };
             info!(listener = %name, %address, mode = mode.as_str(), redirect,
                 "L7 listener accepting");
-            entry.accepting.push((address, task));
+            entry.accepting.push(Accepting {
+                address,
+                task,
+                socket: copy,
+            });
         }
     }
 
@@ -266,6 +300,48 @@ impl L7 {
             });
         }
         Ok(summary)
+    }
+
+    /// Every listening socket (a copy of its descriptor), by address: what a successor
+    /// takes over.
+    pub fn listening(&self) -> Vec<(SocketAddr, OwnedFd)> {
+        self.running()
+            .values()
+            .flat_map(|r| &r.accepting)
+            .filter_map(|a| {
+                let copy = std::os::fd::AsFd::as_fd(&a.socket).try_clone_to_owned();
+                copy.ok().map(|fd| (a.address, fd))
+            })
+            .collect()
+    }
+
+    /// Stops accepting (closing this process's listening sockets: a successor that took them
+    /// over keeps them open) and drains every connection: HTTP/2 gets GOAWAY, HTTP/1.1 closes
+    /// after its next response. Returns once none is left, or after `timeout` with how many
+    /// were still open.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let proxies: Vec<Arc<Proxy>> = {
+            let mut running = self.running();
+            running
+                .values_mut()
+                .map(|r| {
+                    r.accepting.clear();
+                    Arc::clone(&r.proxy)
+                })
+                .collect()
+        };
+        for proxy in &proxies {
+            proxy.drain.send_replace(true);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let open: u64 = proxies.iter().map(|p| p.open_connections()).sum();
+            let open = usize::try_from(open).unwrap_or(usize::MAX);
+            if open == 0 || tokio::time::Instant::now() >= deadline {
+                return open;
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
     }
 
     /// Each L7 listener's proxy (for counters).
@@ -311,7 +387,10 @@ pub fn open_files_needed(config: &Config) -> u64 {
     crate::host::files::BASE + connections
 }
 
-fn take_tasks(mut running: Running) -> Vec<(SocketAddr, JoinHandle<()>)> {
+/// How often a drain looks for connections still open.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+fn take_tasks(mut running: Running) -> Vec<Accepting> {
     std::mem::take(&mut running.accepting)
 }
 

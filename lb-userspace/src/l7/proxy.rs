@@ -159,6 +159,9 @@ pub struct Proxy {
     /// Open connections to the plain-HTTP redirect, against a `max_connections` of their own
     /// (a flood there does not take the TLS listener's places).
     pub redirects: Arc<Limit>,
+    /// Set once when the daemon stops or hands over: the connections finish what is in
+    /// flight and close (see [`super::server`]).
+    pub drain: tokio::sync::watch::Sender<bool>,
 }
 
 /// How a request was placed, for the cookie its response sets.
@@ -200,6 +203,7 @@ impl Proxy {
             backends: ArcSwap::from_pointee(BackendSet::default()),
             turn: AtomicUsize::new(0),
             counters: Counters::default(),
+            drain: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -244,6 +248,16 @@ impl Proxy {
         let in_flight = conn.begin();
         count(&self.counters.requests);
         let mut response = self.forward(request, &conn, &client).await;
+        if conn.is_h1()
+            && conn.is_draining()
+            && response.status() != StatusCode::SWITCHING_PROTOCOLS
+        {
+            // The daemon is stopping: this response is the connection's last (HTTP/2 has had
+            // its GOAWAY instead).
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
         count(&self.counters.responses[class]);
         let server_timeout = self.site().settings.backend.server_timeout;

@@ -66,6 +66,19 @@ pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
+/// A listening socket handed over by a predecessor, checked to be listening on `address`.
+pub fn adopt(socket: std::os::fd::OwnedFd, address: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = std::net::TcpListener::from(socket);
+    let bound = listener.local_addr()?;
+    if bound != address {
+        return Err(std::io::Error::other(format!(
+            "the socket handed over for {address} listens on {bound}"
+        )));
+    }
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
+}
+
 /// Accepts connections for `proxy` until the task is aborted (connections already accepted
 /// carry on).
 pub async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>) {
@@ -207,8 +220,29 @@ async fn drive<C: Shutdown>(conn: C, state: &ConnState, limits: &HttpLimits, pro
     let counters = &proxy.counters;
     let check = state.next_check(limits, std::time::Instant::now());
     let mut sleep = pin!(tokio::time::sleep_until(Instant::from_std(check)));
+    let mut drain = proxy.drain.subscribe();
+    let mut draining = false;
     loop {
+        if !draining && *drain.borrow_and_update() {
+            // The daemon stops or hands over. HTTP/2: GOAWAY, the streams in flight finish.
+            // HTTP/1.1: the next response says `Connection: close` and ends the connection; an
+            // idle one stays until its next request, its idle timeout or the daemon's exit
+            // (closing it now would race a request its client may be sending).
+            draining = true;
+            if state.is_h1() {
+                state.set_draining();
+            } else {
+                conn.as_mut().shutdown();
+            }
+        }
         tokio::select! {
+            changed = drain.changed(), if !draining => {
+                if changed.is_err() {
+                    // The listener is gone; its connections finish on their own clocks.
+                    draining = true;
+                }
+                continue;
+            }
             ended = conn.as_mut() => {
                 if let Err(error) = ended {
                     count_rejected(proxy, &error);
@@ -303,6 +337,11 @@ async fn serve_redirect(proxy: Arc<Proxy>, tcp: TcpStream, slot: Slot) {
         let state = Arc::clone(&state);
         service_fn(move |request: Request<Incoming>| {
             let mut response = redirect(&request, port);
+            if state.is_draining() {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             response.body_mut().hold_in_flight(state.begin());
             std::future::ready(Ok::<_, std::convert::Infallible>(response))
         })

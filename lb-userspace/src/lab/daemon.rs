@@ -105,6 +105,7 @@ impl DaemonProcess {
             &config_path,
             &dir.join("daemon.log"),
             &[],
+            &[],
         )?;
         let mut daemon = Self {
             child: Some(child),
@@ -210,8 +211,54 @@ impl DaemonProcess {
             &self.config,
             &log,
             &self.env,
+            &[],
         )?);
         self.wait_until_ready()
+    }
+
+    /// Starts `binary` (this build or another) with `lb run --take-over` beside the running
+    /// daemon, with the same configuration, and waits until it has taken over (its control
+    /// socket has replaced the old one's). Returns the old daemon, which drains and exits on
+    /// its own. The log goes on in the same file.
+    pub fn take_over(&mut self, binary: &Path) -> Result<Predecessor, LabError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let old = self
+            .child
+            .take()
+            .ok_or_else(|| LabError::Daemon("no daemon runs to take over from".to_owned()))?;
+        let old = Predecessor { child: old };
+        let inode = |path: &Path| fs::symlink_metadata(path).map(|m| m.ino()).ok();
+        let before = inode(&self.socket);
+        let log = self.dir.join("daemon.log");
+        self.binary = binary.to_owned();
+        self.child = Some(spawn(
+            &self.binary,
+            &self.netns,
+            &self.config,
+            &log,
+            &self.env,
+            &["--take-over"],
+        )?);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if inode(&self.socket) != before && UnixStream::connect(&self.socket).is_ok() {
+                return Ok(old);
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return Err(LabError::Daemon(format!(
+                    "the new daemon exited ({status}) before it took over:\n{}",
+                    self.log()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(LabError::Daemon(format!(
+                    "the new daemon did not take over within {START_TIMEOUT:?}:\n{}",
+                    self.log()
+                )));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The environment of the next [`DaemonProcess::restart`] (`[]`: the test's own).
@@ -277,6 +324,7 @@ fn spawn(
     config: &Path,
     log: &Path,
     env: &[(String, String)],
+    args: &[&str],
 ) -> Result<Child, LabError> {
     let io = |what: &'static str| move |source| LabError::File { what, source };
     let log = fs::OpenOptions::new()
@@ -317,6 +365,7 @@ fn spawn(
     command
         .envs(env.iter().map(|(k, v)| (k, v)))
         .arg("run")
+        .args(args)
         .arg("--config")
         .arg(config)
         .stdin(Stdio::null())
@@ -324,6 +373,48 @@ fn spawn(
         .stderr(log)
         .spawn()
         .map_err(io("starting the daemon"))
+}
+
+/// A daemon that handed over to its successor ([`DaemonProcess::take_over`]) and drains;
+/// killed, if it still runs, when the guard is dropped.
+#[derive(Debug)]
+pub struct Predecessor {
+    child: Child,
+}
+
+impl Predecessor {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `limit` for it to exit; its status, if it did.
+    pub fn exited_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills it with SIGKILL, as a crash would, and waits for it.
+    pub fn kill(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.child.kill()?;
+        self.child.wait()
+    }
+}
+
+impl Drop for Predecessor {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            drop(self.child.kill());
+            drop(self.child.wait());
+        }
+    }
 }
 
 impl Drop for DaemonProcess {

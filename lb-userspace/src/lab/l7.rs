@@ -161,6 +161,15 @@ pub fn write_sticky_keys(dir: &LabDir, file: &str, keys: &[[u8; 32]]) -> Result<
     dir.write(file, text.as_bytes())
 }
 
+/// Why [`HttpsConn::send_or_return`] got no response.
+#[derive(Debug)]
+pub enum SendError {
+    /// The request never left: the connection had closed or refused new requests.
+    NotSent(LabError),
+    /// The request was sent (or partly): it failed.
+    Failed(LabError),
+}
+
 /// An HTTPS client connection to a lab listener.
 pub enum HttpsConn {
     H1(conn::http1::SendRequest<Full<Bytes>>),
@@ -255,8 +264,31 @@ impl HttpsConn {
 
     /// Sends `request` (an absolute URI, as [`get`] makes) and reads the whole response.
     /// HTTP/1.1 sends it as a browser does: the path, and the authority as `Host`.
-    pub async fn send(&mut self, mut request: Request<Full<Bytes>>) -> Result<Answer, LabError> {
+    pub async fn send(&mut self, request: Request<Full<Bytes>>) -> Result<Answer, LabError> {
+        self.send_or_return(request)
+            .await
+            .map_err(|error| match error {
+                SendError::NotSent(error) | SendError::Failed(error) => error,
+            })
+    }
+
+    /// [`HttpsConn::send`], telling apart a request the connection never sent (it had closed,
+    /// or the server had said it would take no more: a client sends it again on a new
+    /// connection) from one that failed.
+    pub async fn send_or_return(
+        &mut self,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<Answer, SendError> {
         let http = |e: hyper::Error| LabError::Daemon(format!("HTTP: {e}"));
+        let unsent = |e: hyper::Error| SendError::NotSent(http(e));
+        let sent = |mut e: conn::TrySendError<Request<Full<Bytes>>>| {
+            let error = format!("HTTP: {}", e.error());
+            if e.take_message().is_some() {
+                SendError::NotSent(LabError::Daemon(error))
+            } else {
+                SendError::Failed(LabError::Daemon(error))
+            }
+        };
         let response: Response<hyper::body::Incoming> = match self {
             Self::H1(send) => {
                 if let Some(authority) = request.uri().authority().cloned() {
@@ -274,16 +306,20 @@ impl HttpsConn {
                         *request.uri_mut() = uri;
                     }
                 }
-                send.ready().await.map_err(http)?;
-                send.send_request(request).await.map_err(http)?
+                send.ready().await.map_err(unsent)?;
+                send.try_send_request(request).await.map_err(sent)?
             }
             Self::H2(send) => {
-                send.ready().await.map_err(http)?;
-                send.send_request(request).await.map_err(http)?
+                send.ready().await.map_err(unsent)?;
+                send.try_send_request(request).await.map_err(sent)?
             }
         };
         let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(http)?.to_bytes();
+        let body = body
+            .collect()
+            .await
+            .map_err(|e| SendError::Failed(http(e)))?
+            .to_bytes();
         Ok(Answer {
             status: parts.status,
             headers: parts.headers,

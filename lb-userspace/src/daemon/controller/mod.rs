@@ -263,6 +263,10 @@ impl<D: Datapath> Controller<D> {
                 .simulate(protocol, client, vip)
                 .map(Body::Simulation)
                 .map_err(Refusal::Refused),
+            // The control socket's server hands these to the daemon, never to the controller.
+            Request::Handover => Err(Refusal::Refused(
+                "a handover is asked for on the control socket by `lb run --take-over`".to_owned(),
+            )),
         };
         if let Some(operation) = operation {
             let outcome = result.as_ref().map_or_else(Refusal::result, |_| "ok");
