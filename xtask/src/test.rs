@@ -129,6 +129,11 @@ fn run_privileged_tests(runner: &Runner, extra_args: &[OsString]) -> Result<()> 
     let mut build = runner.cargo();
     build.args(["build", "-p", "lb-userspace", "--bin", "lb"]);
     runner.run(&mut build)?;
+    // The upgrade test (daemon_l7_restart) hands over from this build to another one: the
+    // release build of the same source.
+    let mut release = runner.cargo();
+    release.args(["build", "--release", "-p", "lb-userspace", "--bin", "lb"]);
+    runner.run(&mut release)?;
     let mut cmd = runner.cargo();
     cmd.args(["test", "-p", "lb-tests", "--", "--test-threads=2"])
         .args(extra_args);
