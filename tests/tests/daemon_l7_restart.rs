@@ -14,6 +14,9 @@
 //!   Prints the figures (requests, rate, longest gap between two completions).
 //! - [`a_killed_predecessor_fails_only_its_requests_in_flight`]: the old daemon is killed
 //!   (SIGKILL) while it drains slow requests: exactly those fail; the load sees none.
+//! - [`a_failed_takeover_leaves_the_old_daemon_serving`]: a successor that fails after the
+//!   sockets were handed over (its new listener's address is not the host's): the old
+//!   daemon resumes, serves, and reloads.
 //! - [`sigterm_lets_requests_in_flight_finish`]: SIGTERM with requests in flight on HTTP/1.1
 //!   and HTTP/2: both complete (the HTTP/1.1 response says `Connection: close`), then the
 //!   daemon exits 0 and the port is closed.
@@ -437,4 +440,46 @@ fn sigterm_lets_requests_in_flight_finish() {
         stopping.elapsed().as_millis()
     );
     assert!(status.success(), "exited with {status}");
+}
+
+#[test]
+fn a_failed_takeover_leaves_the_old_daemon_serving() {
+    let mut l7 = start_env("lbl7fail");
+    let this_build = lb_binary().expect("the lb binary");
+    let config = l7.env.daemon.config_path().to_owned();
+    let good = std::fs::read_to_string(&config).unwrap();
+    // Its files are fine (checked before the handover is asked for), but its new listener's
+    // address is not this host's: the new daemon fails after the sockets were handed over.
+    let bad = format!(
+        "{good}{}",
+        l7.listeners()
+            .offload_toml("elsewhere", 7443, lb::lab::side_by_side::OFFLOAD_POOL)
+            .replace(&lb::lab::passthrough::VIP_V4.to_string(), "192.0.2.99")
+    );
+    std::fs::write(&config, bad).unwrap();
+    let error = l7
+        .env
+        .daemon
+        .take_over(&this_build)
+        .expect_err("the new daemon cannot bind 192.0.2.99");
+    assert!(error.to_string().contains("192.0.2.99"), "{error}");
+    std::fs::write(&config, good).unwrap();
+    let log = l7.env.daemon.log();
+    assert!(
+        log.contains("the new daemon did not take over: this daemon carries on"),
+        "{log}"
+    );
+    // It serves, its controller runs again (a reload goes through it), and it holds the
+    // pins again (a second daemon is refused).
+    let answer = in_client(&l7.lab().client, "after", {
+        let roots = l7.roots();
+        move || async move {
+            let mut conn = connect(&roots, OFFLOAD_PORT, VIP_NAME, false).await?;
+            conn.send(get(VIP_NAME, "/headers", None)).await
+        }
+    })
+    .expect("the old daemon serves");
+    assert_eq!(answer.status, 200);
+    l7.env.cli_ok(&["reload"]);
+    assert!(l7.env.daemon.pid().is_some(), "the old daemon runs");
 }

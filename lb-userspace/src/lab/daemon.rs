@@ -226,7 +226,7 @@ impl DaemonProcess {
             .child
             .take()
             .ok_or_else(|| LabError::Daemon("no daemon runs to take over from".to_owned()))?;
-        let old = Predecessor { child: old };
+        let mut old = Predecessor { child: Some(old) };
         let inode = |path: &Path| fs::symlink_metadata(path).map(|m| m.ino()).ok();
         let before = inode(&self.socket);
         let log = self.dir.join("daemon.log");
@@ -245,7 +245,8 @@ impl DaemonProcess {
                 return Ok(old);
             }
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                self.child = None;
+                // The old daemon carries on: it is this guard's again.
+                self.child = old.child.take();
                 return Err(LabError::Daemon(format!(
                     "the new daemon exited ({status}) before it took over:\n{}",
                     self.log()
@@ -379,19 +380,22 @@ fn spawn(
 /// killed, if it still runs, when the guard is dropped.
 #[derive(Debug)]
 pub struct Predecessor {
-    child: Child,
+    /// Always `Some` until the guard is taken apart.
+    child: Option<Child>,
 }
 
 impl Predecessor {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    fn child(&mut self) -> std::io::Result<&mut Child> {
+        self.child
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no process"))
     }
 
     /// Waits up to `limit` for it to exit; its status, if it did.
     pub fn exited_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + limit;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.child().and_then(Child::try_wait) {
                 return Some(status);
             }
             if Instant::now() > deadline {
@@ -403,16 +407,19 @@ impl Predecessor {
 
     /// Kills it with SIGKILL, as a crash would, and waits for it.
     pub fn kill(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        self.child.kill()?;
-        self.child.wait()
+        let child = self.child()?;
+        child.kill()?;
+        child.wait()
     }
 }
 
 impl Drop for Predecessor {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            drop(self.child.kill());
-            drop(self.child.wait());
+        if let Some(child) = self.child.as_mut()
+            && let Ok(None) = child.try_wait()
+        {
+            drop(child.kill());
+            drop(child.wait());
         }
     }
 }
