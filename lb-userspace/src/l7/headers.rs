@@ -2,8 +2,13 @@
 //! way back (RFC 9110 section 7.6, RFC 7239):
 //!
 //! - hop-by-hop headers (`Connection` and those it names, `Keep-Alive`, `Proxy-Connection`,
-//!   `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`) are removed both ways, except the
-//!   `Upgrade` handshake of a request being tunnelled;
+//!   `TE`, `Transfer-Encoding`, `Upgrade`) are removed both ways, except the `Upgrade`
+//!   handshake of a request being tunnelled and `TE: trailers` (RFC 9110 section 10.1.4: the
+//!   client takes trailers, which gRPC needs; the one `TE` HTTP/2 allows). `Trailer` is not
+//!   hop-by-hop (RFC 9110 section 6.6.2): it goes on, and an HTTP/1.1 hop needs it to send
+//!   the trailers it announces;
+//! - a request body of unknown length goes to an HTTP/1.1 backend chunked, whatever the
+//!   method ([`frame_body_for_http1`]);
 //! - `X-Forwarded-For` gets the client's address appended; `X-Forwarded-Proto` and
 //!   `X-Forwarded-Port` are set by the balancer, whatever the client sent; `Forwarded` gets an
 //!   element appended if the listener asks for it;
@@ -48,8 +53,10 @@ impl Forwarding {
 }
 
 /// Removes the hop-by-hop headers of `headers`; keeps `Upgrade` and sets `Connection: upgrade`
-/// if `upgrade` is the protocol being switched to.
+/// if `upgrade` is the protocol being switched to, and keeps `TE: trailers` (its other
+/// codings go: they were for the previous hop).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
+    let trailers = has_token(headers, &header::TE, "trailers");
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -65,15 +72,44 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) 
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
         &header::TE,
-        &header::TRAILER,
         &header::TRANSFER_ENCODING,
         &header::UPGRADE,
     ] {
         headers.remove(name);
     }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if let Some(protocol) = upgrade {
         headers.insert(header::UPGRADE, protocol.clone());
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Whether a `name` field lists `token` (comma-separated, any case, parameters ignored).
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| t.split(';').next())
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Frames a request body for an HTTP/1.1 backend: one of unknown length (a chunked upload, an
+/// HTTP/2 client's body without `content-length`) is sent chunked. hyper would otherwise send
+/// a GET's, HEAD's or CONNECT's as empty (it assumes they have none), silently cutting the
+/// body off. A body that announces trailers (`Trailer`) goes chunked too, its length dropped:
+/// only a chunked body carries trailers over HTTP/1.1.
+pub fn frame_body_for_http1(headers: &mut HeaderMap, has_body: bool) {
+    let trailers = headers.contains_key(header::TRAILER);
+    if has_body && (trailers || !headers.contains_key(header::CONTENT_LENGTH)) {
+        headers.remove(header::CONTENT_LENGTH);
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
     }
 }
 
@@ -270,6 +306,7 @@ mod tests {
             ("keep-alive", "timeout=5"),
             ("x-secret", "1"),
             ("te", "gzip"),
+            ("trailer", "x-checksum"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "h2c"),
             ("proxy-connection", "keep-alive"),
@@ -277,8 +314,14 @@ mod tests {
             ("x-kept", "yes"),
         ]);
         strip_hop_by_hop(&mut h, None);
-        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["host", "x-kept"]);
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["host", "trailer", "x-kept"]);
+
+        let mut grpc = headers(&[("te", "gzip, Trailers;q=1"), ("connection", "te")]);
+        strip_hop_by_hop(&mut grpc, None);
+        assert_eq!(grpc["te"], "trailers", "only the trailers token goes on");
+        assert_eq!(grpc.len(), 1);
 
         let mut ws = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         let upgrade = upgrade_of(Version::HTTP_11, &ws);

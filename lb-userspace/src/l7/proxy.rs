@@ -316,6 +316,9 @@ impl Proxy {
             Err(_) => return error_response(StatusCode::BAD_REQUEST),
         };
         parts.version = version;
+        if version == Version::HTTP_11 && upgrade.is_none() {
+            headers::frame_body_for_http1(&mut parts.headers, !body.is_end_stream());
+        }
         // A request without a body whose method allows it can be sent again.
         let replay = (idempotent(&parts.method) && body.is_end_stream()).then(|| {
             (
@@ -662,9 +665,10 @@ fn client_error(status: StatusCode) -> Response<ProxyBody> {
     response
 }
 
-/// The hop-by-hop headers of a backend's response go; a switch of protocols keeps its
-/// `Upgrade` and `Connection`.
+/// The hop-by-hop headers of a backend's response go (`TE` too: it is a request's); a switch
+/// of protocols keeps its `Upgrade` and `Connection`.
 fn strip_response(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
     let upgrade = upgrade.and(headers.get(header::UPGRADE).cloned());
     headers::strip_hop_by_hop(headers, upgrade.as_ref());
+    headers.remove(header::TE);
 }
