@@ -207,7 +207,11 @@ async fn hop_by_hop_headers_of_a_response_do_not_reach_the_client() {
         ] {
             assert!(!answer.has(hop), "{hop} reached the client: {answer:?}");
         }
-        assert_eq!(answer.header("trailer"), Some("X-Checksum"), "not hop-by-hop");
+        assert_eq!(
+            answer.header("trailer"),
+            Some("X-Checksum"),
+            "not hop-by-hop"
+        );
         assert_eq!(answer.header("x-kept"), Some("yes"));
     }
     assert_eq!(backend.requests(), 2);

@@ -103,7 +103,10 @@ async fn grpc_over_http2_gets_its_trailers_offload_and_bridging() {
         let (parts, body, trailers) = grpc_call(&run, true, false).await;
         assert_eq!(parts.status, StatusCode::OK, "{mode:?}");
         assert_eq!(parts.headers["content-type"], "application/grpc");
-        assert_eq!(parts.headers["x-seen-te"], "trailers", "{mode:?}: TE reached the backend");
+        assert_eq!(
+            parts.headers["x-seen-te"], "trailers",
+            "{mode:?}: TE reached the backend"
+        );
         assert_eq!(
             parts.headers["x-seen-trailers"], "x-request-check=1",
             "{mode:?}: the request's trailer reached the backend"

@@ -7,6 +7,8 @@
 //!   client takes trailers, which gRPC needs; the one `TE` HTTP/2 allows). `Trailer` is not
 //!   hop-by-hop (RFC 9110 section 6.6.2): it goes on, and an HTTP/1.1 hop needs it to send
 //!   the trailers it announces;
+//! - a request target over [`MAX_TARGET_BYTES`] is refused (414), and header fields over
+//!   `max_header_bytes` (431) ([`check_head_size`]);
 //! - a request body of unknown length goes to an HTTP/1.1 backend chunked, whatever the
 //!   method ([`frame_body_for_http1`]);
 //! - `X-Forwarded-For` gets the client's address appended; `X-Forwarded-Proto` and
@@ -18,7 +20,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use hyper::{
-    HeaderMap, Uri, Version,
+    HeaderMap, StatusCode, Uri, Version,
     header::{self, HeaderName, HeaderValue},
     http::uri::{Authority, PathAndQuery, Scheme},
 };
@@ -28,6 +30,90 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The longest request target (path and query) forwarded: 8 KiB, as nginx's request-line
+/// buffer (`large_client_header_buffers`); a longer one is 414. It is not counted in
+/// `max_header_bytes`, which limits the header fields alone.
+pub const MAX_TARGET_BYTES: usize = 8 * 1024;
+
+/// What the HTTP layer reads of a request head before the proxy judges it: an HTTP/1.1 head
+/// (request line and fields) up to this many bytes, so that a head over `max_header_bytes`
+/// with a target up to [`MAX_TARGET_BYTES`] reaches [`check_head_size`] and gets its 414 or
+/// 431 counted (hyper answers a longer one 431 itself, counted as the connection ends).
+pub fn http1_head_limit(max_header_bytes: usize) -> usize {
+    max_header_bytes.saturating_add(MAX_TARGET_BYTES)
+}
+
+/// The smallest HTTP/2 header list holding a `:path` the `http` crate cannot represent (over
+/// 65 534 bytes): one that large fails to decode, and the stream is reset (PROTOCOL_ERROR)
+/// instead of answered, unless the list is over the HTTP/2 layer's limit first (then 431).
+const UNREPRESENTABLE_PATH_LIST: usize = 65_534 + ":path".len() + 32;
+
+/// The HTTP/2 header list size (RFC 9113 section 6.5.2: names, values and 32 bytes a field,
+/// pseudo-fields included) the HTTP layer decodes before the proxy judges the request: twice
+/// `max_header_bytes` and a target, so that a block somewhat over the limit gets a 431 the
+/// proxy counts, but under a list that could hold an unrepresentable `:path` (unless
+/// `max_header_bytes` itself is larger). hyper's HTTP/2 server answers a larger list 431
+/// itself (uncounted), and closes the connection (GOAWAY `ENHANCE_YOUR_CALM`) past four times
+/// this: it decodes but no longer keeps the fields of an oversized block, so memory stays
+/// bounded by this size per stream.
+pub fn http2_header_list_limit(max_header_bytes: usize) -> u32 {
+    let limit = max_header_bytes
+        .saturating_mul(2)
+        .saturating_add(MAX_TARGET_BYTES)
+        .min(UNREPRESENTABLE_PATH_LIST - 1)
+        .max(max_header_bytes);
+    u32::try_from(limit).unwrap_or(u32::MAX)
+}
+
+/// A request head the balancer refuses for its size.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HeadTooLarge {
+    #[error("the request target is over {MAX_TARGET_BYTES} bytes")]
+    Target,
+    #[error("the request's header fields are over max_header_bytes")]
+    Fields,
+}
+
+impl HeadTooLarge {
+    /// 414 or 431.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Target => StatusCode::URI_TOO_LONG,
+            Self::Fields => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        }
+    }
+}
+
+/// Checks a request head's size: its target (path and query) against [`MAX_TARGET_BYTES`],
+/// its header fields against `max_header_bytes`, counted as sent (HTTP/1.1: `name: value`
+/// and CRLF) or as HTTP/2 counts a header list (name, value and 32 bytes a field).
+pub fn check_head_size<B>(
+    request: &hyper::Request<B>,
+    max_header_bytes: usize,
+) -> Result<(), HeadTooLarge> {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if target > MAX_TARGET_BYTES {
+        return Err(HeadTooLarge::Target);
+    }
+    let overhead = if request.version() == Version::HTTP_2 {
+        32
+    } else {
+        4
+    };
+    let fields = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + overhead)
+        .fold(0usize, usize::saturating_add);
+    if fields > max_header_bytes {
+        return Err(HeadTooLarge::Fields);
+    }
+    Ok(())
+}
 
 /// Who asked, and through which listener port: the same for every request of a client
 /// connection, so its header values are made once, when the connection opens.
@@ -330,6 +416,40 @@ mod tests {
         strip_hop_by_hop(&mut ws, upgrade.as_ref());
         assert_eq!(ws["upgrade"], "websocket");
         assert_eq!(ws["connection"], "upgrade");
+    }
+
+    #[test]
+    fn heads_are_judged_by_target_then_fields() {
+        let request = |version, path: &str, field: usize| {
+            hyper::Request::builder()
+                .version(version)
+                .uri(path)
+                .header("x-big", "a".repeat(field))
+                .body(())
+                .unwrap()
+        };
+        let at_limit = format!("/{}", "p".repeat(MAX_TARGET_BYTES - 1));
+        let over = format!("/{}", "p".repeat(MAX_TARGET_BYTES));
+        let h1 = Version::HTTP_11;
+        assert_eq!(check_head_size(&request(h1, &at_limit, 10), 8192), Ok(()));
+        assert_eq!(
+            check_head_size(&request(h1, &over, 10), 1 << 20),
+            Err(HeadTooLarge::Target)
+        );
+        // "x-big: " + value + CRLF.
+        assert_eq!(check_head_size(&request(h1, "/", 8192 - 9), 8192), Ok(()));
+        assert_eq!(
+            check_head_size(&request(h1, "/", 8192 - 8), 8192),
+            Err(HeadTooLarge::Fields)
+        );
+        let h2 = Version::HTTP_2;
+        assert_eq!(check_head_size(&request(h2, "/", 8192 - 37), 8192), Ok(()));
+        assert_eq!(
+            check_head_size(&request(h2, "/", 8192 - 36), 8192),
+            Err(HeadTooLarge::Fields)
+        );
+        assert_eq!(HeadTooLarge::Target.status(), 414);
+        assert_eq!(HeadTooLarge::Fields.status(), 431);
     }
 
     #[test]

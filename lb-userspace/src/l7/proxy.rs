@@ -10,6 +10,9 @@
 //! | the connection (or its TLS handshake) failed: tried once on another backend, then | 502 |
 //! | the request was sent and the connection failed | 502, or tried once on another backend if its method is idempotent and it had no body |
 //! | no response head within `response_timeout` | 504 |
+//!
+//! A request the proxy refuses before placing it: a target over 8 KiB (414), header fields
+//! over `max_header_bytes` (431), no usable `Host` (400).
 
 use std::{
     convert::Infallible,
@@ -77,8 +80,11 @@ pub struct Counters {
     /// Requests refused as malformed (400): no or several `Host`, a body the client cut
     /// short.
     pub bad_requests: AtomicU64,
-    /// Request heads over `max_header_bytes` (431, answered by the HTTP layer).
+    /// Request heads whose fields are over `max_header_bytes` (431; by the HTTP layer for
+    /// heads far over it).
     pub heads_too_large: AtomicU64,
+    /// Request targets over 8 KiB (414).
+    pub uri_too_long: AtomicU64,
 }
 
 impl Counters {
@@ -109,6 +115,7 @@ impl Counters {
             ("outlier_ejections", get(&self.outlier_ejections)),
             ("bad_requests", get(&self.bad_requests)),
             ("heads_too_large", get(&self.heads_too_large)),
+            ("uri_too_long", get(&self.uri_too_long)),
         ]
     }
 
@@ -261,6 +268,15 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let site = self.site();
         let set = self.backends();
+        if let Err(refused) =
+            headers::check_head_size(&request, site.settings.http.max_header_bytes)
+        {
+            count(match refused {
+                headers::HeadTooLarge::Target => &self.counters.uri_too_long,
+                headers::HeadTooLarge::Fields => &self.counters.heads_too_large,
+            });
+            return client_error(refused.status());
+        }
         if headers::check_host(&mut request).is_err() {
             count(&self.counters.bad_requests);
             return client_error(StatusCode::BAD_REQUEST);

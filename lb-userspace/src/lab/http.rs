@@ -259,10 +259,10 @@ async fn answer(
 /// with trailers, as a gRPC server's unary answer is. What the backend saw of the request's
 /// `TE` and trailers comes back in headers (`-` for none).
 async fn echo_with_trailers(request: Request<Incoming>) -> Response<Body> {
-    let seen_te = request
-        .headers()
-        .get(header::TE)
-        .map_or_else(|| "-".to_owned(), |v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let seen_te = request.headers().get(header::TE).map_or_else(
+        || "-".to_owned(),
+        |v| String::from_utf8_lossy(v.as_bytes()).into_owned(),
+    );
     let collected = match request.into_body().collect().await {
         Ok(collected) => collected,
         Err(error) => {
