@@ -9,6 +9,8 @@
 //!   the trailers it announces;
 //! - a request target over [`MAX_TARGET_BYTES`] is refused (414), and header fields over
 //!   `max_header_bytes` (431) ([`check_head_size`]);
+//! - an HTTP/2 WebSocket handshake (extended CONNECT) becomes an HTTP/1.1 `Upgrade` for the
+//!   backend, and its 101 a 200 for the client ([`websocket_to_http1`]);
 //! - a request body of unknown length goes to an HTTP/1.1 backend chunked, whatever the
 //!   method ([`frame_body_for_http1`]);
 //! - `X-Forwarded-For` gets the client's address appended; `X-Forwarded-Proto` and
@@ -223,6 +225,49 @@ pub fn upgrade_of(version: Version, headers: &HeaderMap) -> Option<HeaderValue> 
         }) && tokens.next().is_none()
     });
     (asks && websocket).then(|| protocol.clone())
+}
+
+/// Whether `request` is an HTTP/2 WebSocket handshake (RFC 8441): an extended CONNECT with
+/// `:protocol websocket`. The proxy tunnels it to an HTTP/1.1 backend as an `Upgrade`
+/// ([`websocket_to_http1`]).
+pub fn is_h2_websocket<B>(request: &hyper::Request<B>) -> bool {
+    request.version() == Version::HTTP_2
+        && request.method() == hyper::Method::CONNECT
+        && request
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// An HTTP/2 WebSocket handshake as an HTTP/1.1 backend wants it (RFC 8441 section 5): a GET
+/// with a fresh `Sec-WebSocket-Key` (HTTP/2 has none; the backend's `Sec-WebSocket-Accept`
+/// for it is checked by nobody and dropped); `Upgrade` and `Connection` are set with the other
+/// hop-by-hop headers.
+pub fn websocket_to_http1(parts: &mut hyper::http::request::Parts) {
+    use base64::Engine as _;
+    use ring::rand::SecureRandom as _;
+    parts.method = hyper::Method::GET;
+    parts.extensions.remove::<hyper::ext::Protocol>();
+    let mut nonce = [0u8; 16];
+    if ring::rand::SystemRandom::new().fill(&mut nonce).is_err() {
+        // A nonce, not a secret: the clock will do.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        nonce = nanos.to_le_bytes();
+    }
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    if let Ok(key) = HeaderValue::from_str(&key) {
+        parts.headers.insert("sec-websocket-key", key);
+    }
+}
+
+/// A backend's 101 to a WebSocket handshake as an HTTP/2 client wants it: 200, without the
+/// handshake's `Sec-WebSocket-Accept` (RFC 8441 section 5); the hop-by-hop headers are gone
+/// already.
+pub fn websocket_answer_for_h2(parts: &mut hyper::http::response::Parts) {
+    parts.status = StatusCode::OK;
+    parts.headers.remove("sec-websocket-accept");
 }
 
 /// Checks an HTTP/1.x request's `Host` (RFC 9112 section 3.2): more than one is 400, none on

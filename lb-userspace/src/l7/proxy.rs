@@ -1,6 +1,7 @@
 //! One L7 listener's request path: choose a backend (a sticky session's, or by the listener's
 //! balancing), rewrite the request for it ([`super::headers`]), send it on a pooled connection,
-//! and stream the response back; WebSocket and other upgrades become a tunnel.
+//! and stream the response back; WebSocket upgrades (HTTP/1.1 `Upgrade`, HTTP/2 extended
+//! CONNECT) become a tunnel to an HTTP/1.1 backend connection.
 //!
 //! Failures, as a client sees them (the body names no backend):
 //!
@@ -12,7 +13,8 @@
 //! | no response head within `response_timeout` | 504 |
 //!
 //! A request the proxy refuses before placing it: a target over 8 KiB (414), header fields
-//! over `max_header_bytes` (431), no usable `Host` (400).
+//! over `max_header_bytes` (431), no usable `Host` (400), an HTTP/2 extended CONNECT for a
+//! protocol other than WebSocket (501).
 
 use std::{
     convert::Infallible,
@@ -263,7 +265,7 @@ impl Proxy {
     async fn forward(
         self: &Arc<Self>,
         mut request: Request<Incoming>,
-        conn: &ConnState,
+        conn: &Arc<ConnState>,
         client: &Forwarding,
     ) -> Response<ProxyBody> {
         let site = self.site();
@@ -281,7 +283,17 @@ impl Proxy {
             count(&self.counters.bad_requests);
             return client_error(StatusCode::BAD_REQUEST);
         }
-        let upgrade = headers::upgrade_of(request.version(), request.headers());
+        let h2_websocket = headers::is_h2_websocket(&request);
+        if !h2_websocket && request.extensions().get::<hyper::ext::Protocol>().is_some() {
+            // An extended CONNECT for a protocol other than WebSocket: none is tunnelled.
+            count(&self.counters.bad_requests);
+            return error_response(StatusCode::NOT_IMPLEMENTED);
+        }
+        let upgrade = if h2_websocket {
+            Some(HeaderValue::from_static("websocket"))
+        } else {
+            headers::upgrade_of(request.version(), request.headers())
+        };
         let client_upgrade: Option<OnUpgrade> =
             upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let now = sticky::now_unix_ms();
@@ -292,6 +304,9 @@ impl Proxy {
         };
 
         let (mut parts, body) = request.into_parts();
+        if h2_websocket {
+            headers::websocket_to_http1(&mut parts);
+        }
         let limits = &site.settings.http;
         if let Some(max) = limits.max_body_bytes
             && body.size_hint().exact().is_some_and(|length| length > max)
@@ -453,15 +468,27 @@ impl Proxy {
         {
             count(&self.counters.upgrades);
             let backend_upgrade = hyper::upgrade::on(&mut response);
+            // An HTTP/1.1 connection becomes the tunnel, and its place in `max_connections`
+            // goes with it; an HTTP/2 stream does, and its connection stays busy meanwhile.
+            let held = if h2_websocket {
+                super::tunnel::Held::Stream(conn.begin())
+            } else {
+                super::tunnel::Held::Connection(conn.take_permit())
+            };
             tokio::spawn(super::tunnel::run(
                 client_upgrade,
                 backend_upgrade,
                 outstanding,
-                conn.take_permit(),
+                held,
                 site.settings.http.idle_timeout,
             ));
             let (mut parts, _) = response.into_parts();
-            strip_response(&mut parts.headers, upgrade.as_ref());
+            if h2_websocket {
+                strip_response(&mut parts.headers, None);
+                headers::websocket_answer_for_h2(&mut parts);
+            } else {
+                strip_response(&mut parts.headers, upgrade.as_ref());
+            }
             if let Some(cookie) = cookie {
                 parts.headers.append(header::SET_COOKIE, cookie);
             }

@@ -135,6 +135,7 @@ async fn serve_connection(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, p
             .max_concurrent_streams(limits.h2_max_concurrent_streams)
             .max_header_list_size(header_list)
             .max_pending_accept_reset_streams(resets)
+            .enable_connect_protocol()
             .serve_connection(io, service);
         drive(conn, &state, &limits, &proxy).await;
     } else {
