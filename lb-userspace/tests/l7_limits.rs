@@ -1,5 +1,6 @@
 //! The L7 listeners' limits end to end, in-process on loopback (issue 5), with short timeouts
-//! so that each test takes a second or two: request head size (431), slow request heads and
+//! so that each test takes a second or two: request head size (431) and target length (414,
+//! issue 10), slow request heads and
 //! TLS handshakes, idle keep-alive connections, the connection limit, HTTP/2 concurrent streams
 //! and reset floods, and the backend connect and response timeouts (502, 504).
 //!
@@ -17,9 +18,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::http::{
-    ACK, CANCEL, GOAWAY, HOST, HangingBackend, REFUSED_STREAM, RST_STREAM, SETTINGS,
-    SETTINGS_MAX_CONCURRENT_STREAMS, Settings, Site, assert_body_names_no_backend,
-    assert_plain_error, h2_get, h2_reset, http_backends, read_frame, until,
+    ACK, CANCEL, DATA, END_STREAM, GOAWAY, HEADERS, HOST, HangingBackend, PATIENCE, REFUSED_STREAM,
+    RST_STREAM, SETTINGS, SETTINGS_MAX_CONCURRENT_STREAMS, Settings, Site,
+    assert_body_names_no_backend, assert_plain_error, h2_get, h2_request, h2_reset, http_backends,
+    read_frame, until,
 };
 use lb::{config::Config, lab::l7::get};
 use tokio::{
@@ -89,6 +91,9 @@ certificates = [{ cert = "www.pem", key = "www.key" }]
     assert_eq!(l7.backend.server_timeout, Duration::from_secs(60));
 }
 
+/// Over HTTP/1.1, a head whose fields are over `max_header_bytes` is 431 and the connection
+/// closed, counted (`heads_too_large`, among the 4xx): by the proxy up to the limit and a
+/// target more, by the HTTP layer past that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_over_max_header_bytes_is_431() {
     let settings = Settings {
@@ -102,33 +107,171 @@ async fn a_request_head_over_max_header_bytes_is_431() {
     let small = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n{}\r\n", header(6 * 1024));
     conn.write(small.as_bytes()).await.unwrap();
     assert_eq!(conn.response().await.status, 200, "under the limit");
-    let big = format!(
-        "GET / HTTP/1.1\r\nHost: {HOST}\r\n{}\r\n",
-        header(10 * 1024)
-    );
-    conn.write(big.as_bytes()).await.unwrap();
-    let answer = conn.response().await;
-    assert_eq!(answer.status, 431, "HTTP/1.1: {answer:?}");
-    until("the 431 counted", || {
-        site.counter(|c| &c.heads_too_large) == 1
-    })
-    .await;
+    for (size, counted) in [(10 * 1024, 1), (20 * 1024, 2)] {
+        let big = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\n{}\r\n", header(size));
+        conn.write(big.as_bytes()).await.unwrap();
+        let answer = conn.response().await;
+        assert_eq!(answer.status, 431, "HTTP/1.1, {size} B: {answer:?}");
+        assert!(
+            conn.closed_within(PATIENCE).await.is_some(),
+            "HTTP/1.1, {size} B: the connection closed"
+        );
+        until("the 431 counted", || {
+            site.counter(|c| &c.heads_too_large) == counted
+        })
+        .await;
+        assert_eq!(site.counter(|c| &c.responses[3]), counted, "among the 4xx");
+        conn = site.h1().await;
+    }
     assert_eq!(
-        site.counter(|c| &c.responses[3]),
+        site.backend(0).requests(),
         1,
-        "counted among the 4xx, though the proxy never saw it"
+        "only the one under the limit"
     );
+}
 
-    for (size, status) in [(6 * 1024, 200), (10 * 1024, 431)] {
-        let mut conn = site.https(true).await;
+/// Over HTTP/2, a header block over `max_header_bytes` gets a 431 on its stream, whatever its
+/// size, and the connection serves on: no reset of the stream after its answer, no GOAWAY
+/// (a client would retry a refused stream or a closed connection, in a loop). A block up to
+/// twice the limit (and a target) is answered and counted by the proxy; a larger one by the
+/// HTTP/2 layer, which closed the connection past four times the limit before (`hyper`'s
+/// client splits such a block into CONTINUATION frames).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_header_block_over_max_header_bytes_is_431_and_the_connection_serves_on() {
+    let settings = Settings {
+        http: "max_header_bytes = 8192",
+        ..Settings::default()
+    };
+    let site = Site::start("lb-l7-431-h2", http_backends(1).await, &[], settings);
+    let mut conn = site.https(true).await;
+    for (size, status) in [
+        (6 * 1024, 200),
+        (10 * 1024, 431),
+        (40 * 1024, 431),
+        (64 * 1024, 431),
+        (0, 200),
+    ] {
         let mut request = get(HOST, "/", None);
         request
             .headers_mut()
             .insert("x-big", "a".repeat(size).parse().unwrap());
-        let answer = conn.send(request).await.unwrap();
+        let answer = conn
+            .send(request)
+            .await
+            .unwrap_or_else(|e| panic!("HTTP/2, {size} B: the connection failed: {e}"));
         assert_eq!(answer.status.as_u16(), status, "HTTP/2, {size} B");
     }
     assert_eq!(site.backend(0).requests(), 2, "only those under the limit");
+    assert_eq!(
+        site.counter(|c| &c.heads_too_large),
+        1,
+        "the one the proxy answered"
+    );
+
+    // Raw frames: a block over the limit on a request with a body, then another request.
+    let mut raw = site.h2().await;
+    let big = "a".repeat(12 * 1024);
+    raw.write(&h2_request(1, "/", &[("x-big", &big)], Some(b"hello")))
+        .await
+        .unwrap();
+    raw.write(&h2_get(3, "/", &[])).await.unwrap();
+    let (mut body, mut status, mut ok) = (Vec::new(), None, false);
+    while let Some(frame) = raw.frame().await {
+        assert_ne!(frame.kind, RST_STREAM, "no reset: {frame:?}");
+        assert_ne!(frame.kind, GOAWAY, "no GOAWAY: {frame:?}");
+        if frame.stream == 1 && frame.kind == DATA {
+            body.extend(&frame.payload);
+        }
+        if frame.stream == 1 && frame.kind == HEADERS {
+            status = frame.status();
+        }
+        ok |= frame.stream == 3 && frame.is_ok_head();
+        if frame.stream == 3 && frame.flags & END_STREAM != 0 {
+            break;
+        }
+    }
+    assert_eq!(status, Some(431), "stream 1's answer");
+    assert!(
+        String::from_utf8_lossy(&body).starts_with("431 "),
+        "the proxy's own: {body:?}"
+    );
+    assert!(ok, "stream 3 answered 200");
+    until("the 431 counted", || {
+        site.counter(|c| &c.heads_too_large) == 2
+    })
+    .await;
+}
+
+/// A request target over 8 KiB is 414 (counted as `uri_too_long`), over HTTP/1.1 and HTTP/2,
+/// up to 64 KiB and beyond it; one of 8 KiB reaches the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_target_over_8_kib_is_414() {
+    let site = Site::start(
+        "lb-l7-414",
+        http_backends(1).await,
+        &[],
+        Settings::default(),
+    );
+    let path = |n: usize| format!("/{}", "p".repeat(n - 1));
+    let mut refused = 0;
+    for (length, status) in [
+        (8 * 1024, 200),
+        (8 * 1024 + 1, 414),
+        (60 * 1024, 414),
+        (64 * 1024, 414),
+    ] {
+        let mut conn = site.h1().await;
+        conn.write(&get_h1(&path(length))).await.unwrap();
+        let answer = conn.response().await;
+        assert_eq!(answer.status, status, "HTTP/1.1, a target of {length} B");
+        refused += u64::from(status == 414);
+        until("the 414 counted", || {
+            site.counter(|c| &c.uri_too_long) == refused
+        })
+        .await;
+
+        // The `http` crate (hence hyper's client) holds no URI over 65 534 bytes.
+        if length < 64 * 1024 {
+            let mut conn = site.https(true).await;
+            let answer = conn.send(get(HOST, &path(length), None)).await.unwrap();
+            assert_eq!(
+                answer.status.as_u16(),
+                status,
+                "HTTP/2, a target of {length} B"
+            );
+            refused += u64::from(status == 414);
+            until("the 414 counted", || {
+                site.counter(|c| &c.uri_too_long) == refused
+            })
+            .await;
+        }
+    }
+    assert_eq!(site.counter(|c| &c.responses[3]), refused, "among the 4xx");
+    assert_eq!(site.counter(|c| &c.heads_too_large), 0);
+    assert_eq!(site.backend(0).requests(), 2, "the 8 KiB targets");
+
+    // Over HTTP/2, a `:path` over 65 534 bytes cannot be decoded (the `http` crate's limit):
+    // the HTTP/2 layer answers 431 for the whole block (not counted: the proxy never sees it),
+    // rather than resetting the stream; the connection serves on.
+    let mut raw = site.h2().await;
+    raw.write(&h2_request(1, &path(64 * 1024), &[], None))
+        .await
+        .unwrap();
+    raw.write(&h2_get(3, "/", &[])).await.unwrap();
+    let (mut answered, mut ok) = (None, false);
+    while let Some(frame) = raw.frame().await {
+        assert_ne!(frame.kind, RST_STREAM, "no reset: {frame:?}");
+        assert_ne!(frame.kind, GOAWAY, "no GOAWAY: {frame:?}");
+        if frame.stream == 1 && frame.kind == HEADERS {
+            answered = frame.status();
+        }
+        ok |= frame.stream == 3 && frame.is_ok_head();
+        if frame.stream == 3 && frame.flags & END_STREAM != 0 {
+            break;
+        }
+    }
+    assert_eq!(answered, Some(431), "HTTP/2, a target of 64 KiB");
+    assert!(ok, "the next stream answered 200");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! The L7 listeners' protocols, with real TLS clients and real HTTP, in-process on loopback:
 //! offload and bridging, HTTP/1.1 and HTTP/2 from the clients and to the backends, bodies from
-//! 0 B to several MiB streamed both ways, WebSocket upgrades as tunnels, and the plain-HTTP
+//! 0 B to several MiB streamed both ways, WebSocket upgrades as tunnels (HTTP/1.1 `Upgrade` and
+//! HTTP/2 extended CONNECT), and the plain-HTTP
 //! listener's redirect to HTTPS.
 
 #![allow(
@@ -444,6 +445,77 @@ async fn websocket_upgrades_become_a_two_way_tunnel() {
         // The listener still serves ordinary requests, also on the backend's HTTP/2.
         let mut client = run.client(true).await;
         assert_eq!(client.get("/").await.status, StatusCode::OK);
+    }
+}
+
+/// Opens a WebSocket over the HTTP/2 connection `client` (RFC 8441: an extended CONNECT with
+/// `:protocol websocket`), returning the tunnel once the answer is 200.
+async fn open_h2_websocket(client: &mut Client) -> TokioIo<hyper::upgrade::Upgraded> {
+    let mut ws = request("CONNECT", "/ws", Bytes::new());
+    ws.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    ws.headers_mut()
+        .insert("sec-websocket-version", "13".parse().unwrap());
+    let response = within("the extended CONNECT", client.send(ws))
+        .await
+        .expect("an answer to the extended CONNECT");
+    assert_eq!(response.status(), StatusCode::OK, "{response:?}");
+    assert_eq!(response.headers()["x-backend"], "backend-0");
+    assert!(
+        !response.headers().contains_key("sec-websocket-accept"),
+        "HTTP/2 has no accept key"
+    );
+    let upgraded = within("the tunnel", hyper::upgrade::on(response))
+        .await
+        .expect("upgraded");
+    TokioIo::new(upgraded)
+}
+
+/// An HTTP/2 client's WebSocket (extended CONNECT, RFC 8441) is tunnelled to the backend as an
+/// HTTP/1.1 `Upgrade` (whatever protocol the listener's other requests use): bytes go both
+/// ways on the stream while the connection serves other requests beside it, and the tunnel
+/// ends cleanly. An extended CONNECT for another protocol is 501.
+#[tokio::test(flavor = "multi_thread")]
+async fn websocket_over_http2_is_tunnelled_to_an_http1_upgrade() {
+    for (mode, protocol) in [
+        (Mode::Offload, "http1"),
+        (Mode::Offload, "http2"),
+        (Mode::Bridging, "http1"),
+    ] {
+        let run = one_backend("lb-l7p-ws-h2", mode, protocol).await;
+        let mut client = run.client(true).await;
+        let mut tunnel = open_h2_websocket(&mut client).await;
+        round_trip(&mut tunnel, b"hello").await;
+        round_trip(&mut tunnel, &pattern(300 * 1024)).await;
+        let mut second = open_h2_websocket(&mut client).await;
+        round_trip(&mut second, b"another stream").await;
+        assert_eq!(
+            client.get("/").await.status,
+            StatusCode::OK,
+            "{mode:?}: the connection serves beside its tunnels"
+        );
+        round_trip(&mut tunnel, b"the first still works").await;
+        assert_eq!(run.proxy().counters.upgrades.load(Ordering::Relaxed), 2);
+        tunnel.shutdown().await.expect("closing the tunnel");
+        let mut rest = Vec::new();
+        let read = within("the tunnel's end", tunnel.read_to_end(&mut rest)).await;
+        assert!(
+            read.is_ok() && rest.is_empty(),
+            "{mode:?}: the tunnel did not end cleanly: {read:?}"
+        );
+        round_trip(&mut second, b"the second still works").await;
+
+        let mut other = request("CONNECT", "/ws", Bytes::new());
+        other
+            .extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("not-websocket"));
+        let answer = client.fetch(other).await.expect("an answer");
+        assert_eq!(answer.status, StatusCode::NOT_IMPLEMENTED, "{mode:?}");
+        assert_eq!(
+            run.backend(0).requests(),
+            3,
+            "{mode:?}: two tunnels and a GET"
+        );
     }
 }
 

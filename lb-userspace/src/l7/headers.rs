@@ -2,8 +2,17 @@
 //! way back (RFC 9110 section 7.6, RFC 7239):
 //!
 //! - hop-by-hop headers (`Connection` and those it names, `Keep-Alive`, `Proxy-Connection`,
-//!   `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`) are removed both ways, except the
-//!   `Upgrade` handshake of a request being tunnelled;
+//!   `TE`, `Transfer-Encoding`, `Upgrade`) are removed both ways, except the `Upgrade`
+//!   handshake of a request being tunnelled and `TE: trailers` (RFC 9110 section 10.1.4: the
+//!   client takes trailers, which gRPC needs; the one `TE` HTTP/2 allows). `Trailer` is not
+//!   hop-by-hop (RFC 9110 section 6.6.2): it goes on, and an HTTP/1.1 hop needs it to send
+//!   the trailers it announces;
+//! - a request target over [`MAX_TARGET_BYTES`] is refused (414), and header fields over
+//!   `max_header_bytes` (431) ([`check_head_size`]);
+//! - an HTTP/2 WebSocket handshake (extended CONNECT) becomes an HTTP/1.1 `Upgrade` for the
+//!   backend, and its 101 a 200 for the client ([`websocket_to_http1`]);
+//! - a request body of unknown length goes to an HTTP/1.1 backend chunked, whatever the
+//!   method ([`frame_body_for_http1`]);
 //! - `X-Forwarded-For` gets the client's address appended; `X-Forwarded-Proto` and
 //!   `X-Forwarded-Port` are set by the balancer, whatever the client sent; `Forwarded` gets an
 //!   element appended if the listener asks for it;
@@ -13,7 +22,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use hyper::{
-    HeaderMap, Uri, Version,
+    HeaderMap, StatusCode, Uri, Version,
     header::{self, HeaderName, HeaderValue},
     http::uri::{Authority, PathAndQuery, Scheme},
 };
@@ -23,6 +32,90 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The longest request target (path and query) forwarded: 8 KiB, as nginx's request-line
+/// buffer (`large_client_header_buffers`); a longer one is 414. It is not counted in
+/// `max_header_bytes`, which limits the header fields alone.
+pub const MAX_TARGET_BYTES: usize = 8 * 1024;
+
+/// What the HTTP layer reads of a request head before the proxy judges it: an HTTP/1.1 head
+/// (request line and fields) up to this many bytes, so that a head over `max_header_bytes`
+/// with a target up to [`MAX_TARGET_BYTES`] reaches [`check_head_size`] and gets its 414 or
+/// 431 counted (hyper answers a longer one 431 itself, counted as the connection ends).
+pub fn http1_head_limit(max_header_bytes: usize) -> usize {
+    max_header_bytes.saturating_add(MAX_TARGET_BYTES)
+}
+
+/// The smallest HTTP/2 header list holding a `:path` the `http` crate cannot represent (over
+/// 65 534 bytes): one that large fails to decode, and the stream is reset (PROTOCOL_ERROR)
+/// instead of answered, unless the list is over the HTTP/2 layer's limit first (then 431).
+const UNREPRESENTABLE_PATH_LIST: usize = 65_534 + ":path".len() + 32;
+
+/// The HTTP/2 header list size (RFC 9113 section 6.5.2: names, values and 32 bytes a field,
+/// pseudo-fields included) the HTTP layer decodes before the proxy judges the request: twice
+/// `max_header_bytes` and a target, so that a block somewhat over the limit gets a 431 the
+/// proxy counts, but under a list that could hold an unrepresentable `:path` (unless
+/// `max_header_bytes` itself is larger). hyper's HTTP/2 server answers a larger list 431
+/// itself (uncounted), and closes the connection (GOAWAY `ENHANCE_YOUR_CALM`) past four times
+/// this: it decodes but no longer keeps the fields of an oversized block, so memory stays
+/// bounded by this size per stream.
+pub fn http2_header_list_limit(max_header_bytes: usize) -> u32 {
+    let limit = max_header_bytes
+        .saturating_mul(2)
+        .saturating_add(MAX_TARGET_BYTES)
+        .min(UNREPRESENTABLE_PATH_LIST - 1)
+        .max(max_header_bytes);
+    u32::try_from(limit).unwrap_or(u32::MAX)
+}
+
+/// A request head the balancer refuses for its size.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HeadTooLarge {
+    #[error("the request target is over {MAX_TARGET_BYTES} bytes")]
+    Target,
+    #[error("the request's header fields are over max_header_bytes")]
+    Fields,
+}
+
+impl HeadTooLarge {
+    /// 414 or 431.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Target => StatusCode::URI_TOO_LONG,
+            Self::Fields => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        }
+    }
+}
+
+/// Checks a request head's size: its target (path and query) against [`MAX_TARGET_BYTES`],
+/// its header fields against `max_header_bytes`, counted as sent (HTTP/1.1: `name: value`
+/// and CRLF) or as HTTP/2 counts a header list (name, value and 32 bytes a field).
+pub fn check_head_size<B>(
+    request: &hyper::Request<B>,
+    max_header_bytes: usize,
+) -> Result<(), HeadTooLarge> {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if target > MAX_TARGET_BYTES {
+        return Err(HeadTooLarge::Target);
+    }
+    let overhead = if request.version() == Version::HTTP_2 {
+        32
+    } else {
+        4
+    };
+    let fields = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + overhead)
+        .fold(0usize, usize::saturating_add);
+    if fields > max_header_bytes {
+        return Err(HeadTooLarge::Fields);
+    }
+    Ok(())
+}
 
 /// Who asked, and through which listener port: the same for every request of a client
 /// connection, so its header values are made once, when the connection opens.
@@ -48,8 +141,10 @@ impl Forwarding {
 }
 
 /// Removes the hop-by-hop headers of `headers`; keeps `Upgrade` and sets `Connection: upgrade`
-/// if `upgrade` is the protocol being switched to.
+/// if `upgrade` is the protocol being switched to, and keeps `TE: trailers` (its other
+/// codings go: they were for the previous hop).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
+    let trailers = has_token(headers, &header::TE, "trailers");
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -65,15 +160,44 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) 
         &KEEP_ALIVE,
         &PROXY_CONNECTION,
         &header::TE,
-        &header::TRAILER,
         &header::TRANSFER_ENCODING,
         &header::UPGRADE,
     ] {
         headers.remove(name);
     }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if let Some(protocol) = upgrade {
         headers.insert(header::UPGRADE, protocol.clone());
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Whether a `name` field lists `token` (comma-separated, any case, parameters ignored).
+fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| t.split(';').next())
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Frames a request body for an HTTP/1.1 backend: one of unknown length (a chunked upload, an
+/// HTTP/2 client's body without `content-length`) is sent chunked. hyper would otherwise send
+/// a GET's, HEAD's or CONNECT's as empty (it assumes they have none), silently cutting the
+/// body off. A body that announces trailers (`Trailer`) goes chunked too, its length dropped:
+/// only a chunked body carries trailers over HTTP/1.1.
+pub fn frame_body_for_http1(headers: &mut HeaderMap, has_body: bool) {
+    let trailers = headers.contains_key(header::TRAILER);
+    if has_body && (trailers || !headers.contains_key(header::CONTENT_LENGTH)) {
+        headers.remove(header::CONTENT_LENGTH);
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
     }
 }
 
@@ -101,6 +225,49 @@ pub fn upgrade_of(version: Version, headers: &HeaderMap) -> Option<HeaderValue> 
         }) && tokens.next().is_none()
     });
     (asks && websocket).then(|| protocol.clone())
+}
+
+/// Whether `request` is an HTTP/2 WebSocket handshake (RFC 8441): an extended CONNECT with
+/// `:protocol websocket`. The proxy tunnels it to an HTTP/1.1 backend as an `Upgrade`
+/// ([`websocket_to_http1`]).
+pub fn is_h2_websocket<B>(request: &hyper::Request<B>) -> bool {
+    request.version() == Version::HTTP_2
+        && request.method() == hyper::Method::CONNECT
+        && request
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// An HTTP/2 WebSocket handshake as an HTTP/1.1 backend wants it (RFC 8441 section 5): a GET
+/// with a fresh `Sec-WebSocket-Key` (HTTP/2 has none; the backend's `Sec-WebSocket-Accept`
+/// for it is checked by nobody and dropped); `Upgrade` and `Connection` are set with the other
+/// hop-by-hop headers.
+pub fn websocket_to_http1(parts: &mut hyper::http::request::Parts) {
+    use base64::Engine as _;
+    use ring::rand::SecureRandom as _;
+    parts.method = hyper::Method::GET;
+    parts.extensions.remove::<hyper::ext::Protocol>();
+    let mut nonce = [0u8; 16];
+    if ring::rand::SystemRandom::new().fill(&mut nonce).is_err() {
+        // A nonce, not a secret: the clock will do.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        nonce = nanos.to_le_bytes();
+    }
+    let key = base64::engine::general_purpose::STANDARD.encode(nonce);
+    if let Ok(key) = HeaderValue::from_str(&key) {
+        parts.headers.insert("sec-websocket-key", key);
+    }
+}
+
+/// A backend's 101 to a WebSocket handshake as an HTTP/2 client wants it: 200, without the
+/// handshake's `Sec-WebSocket-Accept` (RFC 8441 section 5); the hop-by-hop headers are gone
+/// already.
+pub fn websocket_answer_for_h2(parts: &mut hyper::http::response::Parts) {
+    parts.status = StatusCode::OK;
+    parts.headers.remove("sec-websocket-accept");
 }
 
 /// Checks an HTTP/1.x request's `Host` (RFC 9112 section 3.2): more than one is 400, none on
@@ -270,6 +437,7 @@ mod tests {
             ("keep-alive", "timeout=5"),
             ("x-secret", "1"),
             ("te", "gzip"),
+            ("trailer", "x-checksum"),
             ("transfer-encoding", "chunked"),
             ("upgrade", "h2c"),
             ("proxy-connection", "keep-alive"),
@@ -277,8 +445,14 @@ mod tests {
             ("x-kept", "yes"),
         ]);
         strip_hop_by_hop(&mut h, None);
-        let names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
-        assert_eq!(names, ["host", "x-kept"]);
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["host", "trailer", "x-kept"]);
+
+        let mut grpc = headers(&[("te", "gzip, Trailers;q=1"), ("connection", "te")]);
+        strip_hop_by_hop(&mut grpc, None);
+        assert_eq!(grpc["te"], "trailers", "only the trailers token goes on");
+        assert_eq!(grpc.len(), 1);
 
         let mut ws = headers(&[("connection", "Upgrade"), ("upgrade", "websocket")]);
         let upgrade = upgrade_of(Version::HTTP_11, &ws);
@@ -287,6 +461,40 @@ mod tests {
         strip_hop_by_hop(&mut ws, upgrade.as_ref());
         assert_eq!(ws["upgrade"], "websocket");
         assert_eq!(ws["connection"], "upgrade");
+    }
+
+    #[test]
+    fn heads_are_judged_by_target_then_fields() {
+        let request = |version, path: &str, field: usize| {
+            hyper::Request::builder()
+                .version(version)
+                .uri(path)
+                .header("x-big", "a".repeat(field))
+                .body(())
+                .unwrap()
+        };
+        let at_limit = format!("/{}", "p".repeat(MAX_TARGET_BYTES - 1));
+        let over = format!("/{}", "p".repeat(MAX_TARGET_BYTES));
+        let h1 = Version::HTTP_11;
+        assert_eq!(check_head_size(&request(h1, &at_limit, 10), 8192), Ok(()));
+        assert_eq!(
+            check_head_size(&request(h1, &over, 10), 1 << 20),
+            Err(HeadTooLarge::Target)
+        );
+        // "x-big: " + value + CRLF.
+        assert_eq!(check_head_size(&request(h1, "/", 8192 - 9), 8192), Ok(()));
+        assert_eq!(
+            check_head_size(&request(h1, "/", 8192 - 8), 8192),
+            Err(HeadTooLarge::Fields)
+        );
+        let h2 = Version::HTTP_2;
+        assert_eq!(check_head_size(&request(h2, "/", 8192 - 37), 8192), Ok(()));
+        assert_eq!(
+            check_head_size(&request(h2, "/", 8192 - 36), 8192),
+            Err(HeadTooLarge::Fields)
+        );
+        assert_eq!(HeadTooLarge::Target.status(), 414);
+        assert_eq!(HeadTooLarge::Fields.status(), 431);
     }
 
     #[test]

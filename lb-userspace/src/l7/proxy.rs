@@ -1,6 +1,7 @@
 //! One L7 listener's request path: choose a backend (a sticky session's, or by the listener's
 //! balancing), rewrite the request for it ([`super::headers`]), send it on a pooled connection,
-//! and stream the response back; WebSocket and other upgrades become a tunnel.
+//! and stream the response back; WebSocket upgrades (HTTP/1.1 `Upgrade`, HTTP/2 extended
+//! CONNECT) become a tunnel to an HTTP/1.1 backend connection.
 //!
 //! Failures, as a client sees them (the body names no backend):
 //!
@@ -10,6 +11,10 @@
 //! | the connection (or its TLS handshake) failed: tried once on another backend, then | 502 |
 //! | the request was sent and the connection failed | 502, or tried once on another backend if its method is idempotent and it had no body |
 //! | no response head within `response_timeout` | 504 |
+//!
+//! A request the proxy refuses before placing it: a target over 8 KiB (414), header fields
+//! over `max_header_bytes` (431), no usable `Host` (400), an HTTP/2 extended CONNECT for a
+//! protocol other than WebSocket (501).
 
 use std::{
     convert::Infallible,
@@ -77,8 +82,11 @@ pub struct Counters {
     /// Requests refused as malformed (400): no or several `Host`, a body the client cut
     /// short.
     pub bad_requests: AtomicU64,
-    /// Request heads over `max_header_bytes` (431, answered by the HTTP layer).
+    /// Request heads whose fields are over `max_header_bytes` (431; by the HTTP layer for
+    /// heads far over it).
     pub heads_too_large: AtomicU64,
+    /// Request targets over 8 KiB (414).
+    pub uri_too_long: AtomicU64,
 }
 
 impl Counters {
@@ -109,6 +117,7 @@ impl Counters {
             ("outlier_ejections", get(&self.outlier_ejections)),
             ("bad_requests", get(&self.bad_requests)),
             ("heads_too_large", get(&self.heads_too_large)),
+            ("uri_too_long", get(&self.uri_too_long)),
         ]
     }
 
@@ -270,16 +279,35 @@ impl Proxy {
     async fn forward(
         self: &Arc<Self>,
         mut request: Request<Incoming>,
-        conn: &ConnState,
+        conn: &Arc<ConnState>,
         client: &Forwarding,
     ) -> Response<ProxyBody> {
         let site = self.site();
         let set = self.backends();
+        if let Err(refused) =
+            headers::check_head_size(&request, site.settings.http.max_header_bytes)
+        {
+            count(match refused {
+                headers::HeadTooLarge::Target => &self.counters.uri_too_long,
+                headers::HeadTooLarge::Fields => &self.counters.heads_too_large,
+            });
+            return client_error(refused.status());
+        }
         if headers::check_host(&mut request).is_err() {
             count(&self.counters.bad_requests);
             return client_error(StatusCode::BAD_REQUEST);
         }
-        let upgrade = headers::upgrade_of(request.version(), request.headers());
+        let h2_websocket = headers::is_h2_websocket(&request);
+        if !h2_websocket && request.extensions().get::<hyper::ext::Protocol>().is_some() {
+            // An extended CONNECT for a protocol other than WebSocket: none is tunnelled.
+            count(&self.counters.bad_requests);
+            return error_response(StatusCode::NOT_IMPLEMENTED);
+        }
+        let upgrade = if h2_websocket {
+            Some(HeaderValue::from_static("websocket"))
+        } else {
+            headers::upgrade_of(request.version(), request.headers())
+        };
         let client_upgrade: Option<OnUpgrade> =
             upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
         let now = sticky::now_unix_ms();
@@ -290,6 +318,9 @@ impl Proxy {
         };
 
         let (mut parts, body) = request.into_parts();
+        if h2_websocket {
+            headers::websocket_to_http1(&mut parts);
+        }
         let limits = &site.settings.http;
         if let Some(max) = limits.max_body_bytes
             && body.size_hint().exact().is_some_and(|length| length > max)
@@ -330,6 +361,9 @@ impl Proxy {
             Err(_) => return error_response(StatusCode::BAD_REQUEST),
         };
         parts.version = version;
+        if version == Version::HTTP_11 && upgrade.is_none() {
+            headers::frame_body_for_http1(&mut parts.headers, !body.is_end_stream());
+        }
         // A request without a body whose method allows it can be sent again.
         let replay = (idempotent(&parts.method) && body.is_end_stream()).then(|| {
             (
@@ -448,15 +482,27 @@ impl Proxy {
         {
             count(&self.counters.upgrades);
             let backend_upgrade = hyper::upgrade::on(&mut response);
+            // An HTTP/1.1 connection becomes the tunnel, and its place in `max_connections`
+            // goes with it; an HTTP/2 stream does, and its connection stays busy meanwhile.
+            let held = if h2_websocket {
+                super::tunnel::Held::Stream(conn.begin())
+            } else {
+                super::tunnel::Held::Connection(conn.take_permit())
+            };
             tokio::spawn(super::tunnel::run(
                 client_upgrade,
                 backend_upgrade,
                 outstanding,
-                conn.take_permit(),
+                held,
                 site.settings.http.idle_timeout,
             ));
             let (mut parts, _) = response.into_parts();
-            strip_response(&mut parts.headers, upgrade.as_ref());
+            if h2_websocket {
+                strip_response(&mut parts.headers, None);
+                headers::websocket_answer_for_h2(&mut parts);
+            } else {
+                strip_response(&mut parts.headers, upgrade.as_ref());
+            }
             if let Some(cookie) = cookie {
                 parts.headers.append(header::SET_COOKIE, cookie);
             }
@@ -676,9 +722,10 @@ fn client_error(status: StatusCode) -> Response<ProxyBody> {
     response
 }
 
-/// The hop-by-hop headers of a backend's response go; a switch of protocols keeps its
-/// `Upgrade` and `Connection`.
+/// The hop-by-hop headers of a backend's response go (`TE` too: it is a request's); a switch
+/// of protocols keeps its `Upgrade` and `Connection`.
 fn strip_response(headers: &mut HeaderMap, upgrade: Option<&HeaderValue>) {
     let upgrade = upgrade.and(headers.get(header::UPGRADE).cloned());
     headers::strip_hop_by_hop(headers, upgrade.as_ref());
+    headers.remove(header::TE);
 }

@@ -30,7 +30,7 @@ use tracing::{debug, warn};
 use super::{
     body::{ProxyBody, error_response},
     conn::{ConnState, Verdict, Watched},
-    headers::Forwarding,
+    headers::{self, Forwarding},
     limit::Slot,
     proxy::Proxy,
 };
@@ -141,13 +141,14 @@ async fn serve_connection(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, p
         })
     };
     if h2 {
-        let header_list = u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX);
+        let header_list = headers::http2_header_list_limit(limits.max_header_bytes);
         let resets = usize::try_from(limits.h2_max_resets_per_second).unwrap_or(usize::MAX);
         let conn = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.h2_max_concurrent_streams)
             .max_header_list_size(header_list)
             .max_pending_accept_reset_streams(resets)
+            .enable_connect_protocol()
             .serve_connection(io, service);
         drive(conn, &state, &limits, &proxy).await;
     } else {
@@ -159,16 +160,18 @@ async fn serve_connection(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, p
     drop(state.take_permit());
 }
 
-/// HTTP/1.1 as both listeners serve it: heads limited to `max_header_bytes`, and timed by
-/// the connection's own clock ([`super::conn`]), not hyper's (which would also cut idle
-/// kept-alive connections at the head timeout).
+/// HTTP/1.1 as both listeners serve it: heads read up to `max_header_bytes` and a target
+/// ([`headers::http1_head_limit`]; the proxy judges them), and timed by the connection's own
+/// clock ([`super::conn`]), not hyper's (which would also cut idle kept-alive connections at
+/// the head timeout).
 fn http1_builder(limits: &HttpLimits) -> http1::Builder {
+    let head = headers::http1_head_limit(limits.max_header_bytes);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(None)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .max_header_size(limits.max_header_bytes);
+        .max_buf_size(head.max(8192))
+        .max_header_size(head);
     builder
 }
 
@@ -294,10 +297,13 @@ async fn drive<C: Shutdown>(conn: C, state: &ConnState, limits: &HttpLimits, pro
 }
 
 /// Counts a request hyper refused before it reached the proxy: a head over the limit (hyper
-/// answered 431) or one it could not parse (400).
+/// answered 431), a target over hyper's own 64 KiB cap (414: only its message tells), or one
+/// it could not parse (400).
 fn count_rejected(proxy: &Proxy, error: &hyper::Error) {
     let counters = &proxy.counters;
-    let reason = if error.is_parse_too_large() {
+    let reason = if error.is_parse_too_large() && error.to_string().contains("URI") {
+        &counters.uri_too_long
+    } else if error.is_parse_too_large() {
         &counters.heads_too_large
     } else if error.is_parse() {
         &counters.bad_requests

@@ -1,7 +1,8 @@
-//! An upgraded connection (WebSocket and other `Upgrade` requests): once the backend has
-//! switched protocols, the client's and the backend's connections are joined and bytes copied
-//! both ways until either side closes or nothing moved for the listener's `idle_timeout`. The
-//! tunnel keeps its client connection's place among the listener's `max_connections`.
+//! An upgraded connection (WebSocket: an HTTP/1.1 `Upgrade`, or an HTTP/2 extended CONNECT
+//! stream): once the backend has switched protocols, the client's side and the backend's
+//! connection are joined and bytes copied both ways until either side closes or nothing moved
+//! for the listener's `idle_timeout`. A tunnel keeps its HTTP/1.1 client connection's place
+//! among the listener's `max_connections`, or its HTTP/2 stream counted in flight.
 
 use std::sync::{
     Arc,
@@ -12,21 +13,48 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tracing::debug;
 
+/// What a tunnel holds of its client connection while it runs.
+#[derive(Debug)]
+pub enum Held {
+    /// An HTTP/1.1 connection that became the tunnel: its place among `max_connections`.
+    Connection(Option<super::limit::Slot>),
+    /// An HTTP/2 stream (RFC 8441): a request in flight on its connection, which is then not
+    /// idle; ended as answered (not a cancelled stream) with the tunnel.
+    Stream(super::conn::InFlight),
+}
+
 /// Joins the client's and the backend's upgraded connections and copies bytes both ways
-/// until either side closes, or nothing moved for `idle_timeout`. The tunnel keeps the client
-/// connection's place among the listener's `max_connections`.
+/// until either side closes, or nothing moved for `idle_timeout`. The tunnel keeps what it
+/// `held` of the client connection until then.
 pub async fn run(
     client: OnUpgrade,
     backend: OnUpgrade,
     outstanding: super::balance::Outstanding,
-    permit: Option<super::limit::Slot>,
+    mut held: Held,
     idle_timeout: std::time::Duration,
 ) {
+    let copied = join(client, backend, &outstanding, idle_timeout).await;
+    if let Held::Stream(in_flight) = &mut held
+        && copied
+    {
+        in_flight.answered();
+    }
+    drop((outstanding, held));
+}
+
+/// Copies until either side closes or the tunnel idles out; whether the upgrades completed
+/// (else the client's stream went unanswered).
+async fn join(
+    client: OnUpgrade,
+    backend: OnUpgrade,
+    outstanding: &super::balance::Outstanding,
+    idle_timeout: std::time::Duration,
+) -> bool {
     let (client, backend) = match tokio::try_join!(client, backend) {
         Ok(both) => both,
         Err(error) => {
             debug!(%error, "an upgrade did not complete");
-            return;
+            return false;
         }
     };
     let activity = Arc::new(AtomicU64::new(0));
@@ -53,7 +81,7 @@ pub async fn run(
             }
         }
     }
-    drop((outstanding, permit));
+    true
 }
 
 /// A stream that notes when bytes last moved through it (milliseconds since `start`).

@@ -7,6 +7,7 @@
 //! | --- | --- |
 //! | `GET /headers` | the request line and headers as it saw them, one per line |
 //! | `POST /echo` | the request body, streamed back as it arrives |
+//! | `POST /grpc` | once the request has ended: its body back, what it saw as `x-seen-te` and `x-seen-trailers`, then trailers `grpc-status: 0`, `grpc-message: echoed N bytes` |
 //! | `GET /bytes?n=N` | N bytes, streamed in 64 KiB chunks |
 //! | `GET /delay?ms=N` | its name, after N ms |
 //! | `GET /ws` with `Upgrade: websocket` | 101, then every byte echoed until the client closes |
@@ -214,6 +215,7 @@ async fn answer(
             Response::new(full(text))
         }
         "/echo" => Response::new(request.into_body().boxed()),
+        "/grpc" => echo_with_trailers(request).await,
         "/bytes" => Response::new(
             Generated {
                 left: query_number(&request, "n"),
@@ -251,6 +253,85 @@ async fn answer(
         response.headers_mut().insert("x-backend", value);
     }
     Ok(response)
+}
+
+/// The `/grpc` answer: the request read whole (body and trailers), then its body sent back
+/// with trailers, as a gRPC server's unary answer is. What the backend saw of the request's
+/// `TE` and trailers comes back in headers (`-` for none).
+async fn echo_with_trailers(request: Request<Incoming>) -> Response<Body> {
+    let seen_te = request.headers().get(header::TE).map_or_else(
+        || "-".to_owned(),
+        |v| String::from_utf8_lossy(v.as_bytes()).into_owned(),
+    );
+    let collected = match request.into_body().collect().await {
+        Ok(collected) => collected,
+        Err(error) => {
+            let mut response = Response::new(full(format!("reading the body: {error}\n")));
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+            return response;
+        }
+    };
+    let seen_trailers = collected.trailers().map_or_else(
+        || "-".to_owned(),
+        |trailers| {
+            let pairs: Vec<String> = trailers
+                .iter()
+                .map(|(k, v)| format!("{k}={}", String::from_utf8_lossy(v.as_bytes())))
+                .collect();
+            pairs.join(",")
+        },
+    );
+    let body = collected.to_bytes();
+    let mut trailers = hyper::HeaderMap::new();
+    trailers.insert("grpc-status", HeaderValue::from_static("0"));
+    if let Ok(message) = HeaderValue::from_str(&format!("echoed {} bytes", body.len())) {
+        trailers.insert("grpc-message", message);
+    }
+    let mut response = Response::new(
+        Trailed {
+            data: Some(body),
+            trailers: Some(trailers),
+        }
+        .boxed(),
+    );
+    let headers = response.headers_mut();
+    // What an HTTP/1.1 hop needs to carry them (chunked, and announced).
+    headers.insert(
+        header::TRAILER,
+        HeaderValue::from_static("grpc-status, grpc-message"),
+    );
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    for (name, value) in [("x-seen-te", seen_te), ("x-seen-trailers", seen_trailers)] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    response
+}
+
+/// A body of one chunk then trailers, of no announced length (so that HTTP/1.1 sends it
+/// chunked, the only way it carries trailers).
+struct Trailed {
+    data: Option<Bytes>,
+    trailers: Option<hyper::HeaderMap>,
+}
+
+impl hyper::body::Body for Trailed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        if let Some(data) = self.data.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        Poll::Ready(self.trailers.take().map(|t| Ok(Frame::trailers(t))))
+    }
 }
 
 /// `left` bytes of 'x', in chunks of 64 KiB.

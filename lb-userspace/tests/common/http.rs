@@ -486,12 +486,68 @@ impl Frame {
         Some(u32::from_be_bytes([code[0], code[1], code[2], code[3]]))
     }
 
+    /// The `:status` of a response head, if it comes first in the block as an HPACK encoder
+    /// sends it: a static-table entry (0x88 to 0x8e), or a literal of the `:status` name
+    /// (entry 8) with three digits, plain or Huffman-coded. Neither padded nor prioritised.
+    pub fn status(&self) -> Option<u16> {
+        const STATIC: [u16; 7] = [200, 204, 206, 304, 400, 404, 500];
+        if self.kind != HEADERS || self.flags & 0x28 != 0 {
+            return None;
+        }
+        let (&first, rest) = self.payload.split_first()?;
+        if (0x88..=0x8e).contains(&first) {
+            return Some(STATIC[usize::from(first - 0x88)]);
+        }
+        // Literal with incremental indexing (0x48), without (0x08) or never indexed (0x18).
+        if ![0x48, 0x08, 0x18].contains(&first) {
+            return None;
+        }
+        let (&length, value) = rest.split_first()?;
+        let value = value.get(..usize::from(length & 0x7f))?;
+        let digits = if length & 0x80 == 0 {
+            String::from_utf8(value.to_vec()).ok()?
+        } else {
+            huffman_digits(value)?
+        };
+        digits.parse().ok()
+    }
+
     /// Whether this is a response head with `:status: 200`: an HPACK encoder sends it as the
     /// static table's entry 8 (byte 0x88); a padded or prioritised HEADERS frame is not
     /// recognised (the server sends neither).
     pub fn is_ok_head(&self) -> bool {
         self.kind == HEADERS && self.flags & 0x28 == 0 && self.payload.first() == Some(&0x88)
     }
+}
+
+/// Decodes HPACK Huffman code made only of digits (RFC 7541 appendix B: '0' to '2' are five
+/// bits, 0 to 2; '3' to '9' six, 0x19 to 0x1f); the padding is ones.
+fn huffman_digits(bytes: &[u8]) -> Option<String> {
+    let bits: Vec<u8> = bytes
+        .iter()
+        .flat_map(|b| (0..8).rev().map(move |i| (b >> i) & 1))
+        .collect();
+    let mut digits = String::new();
+    let mut at = 0;
+    while at < bits.len() {
+        let rest = &bits[at..];
+        if rest.len() < 5 || rest.iter().all(|&b| b == 1) {
+            break;
+        }
+        let five = rest[..5].iter().fold(0u8, |v, &b| v << 1 | b);
+        if five < 3 {
+            digits.push(char::from(b'0' + five));
+            at += 5;
+            continue;
+        }
+        let six = (five << 1) | *rest.get(5)?;
+        if !(0x19..=0x1f).contains(&six) {
+            return None;
+        }
+        digits.push(char::from(b'3' + six - 0x19));
+        at += 6;
+    }
+    Some(digits)
 }
 
 /// An HTTP/2 frame of `kind`.
@@ -550,6 +606,33 @@ pub fn h2_get(stream: u32, path: &str, extra: &[(&str, &str)]) -> Vec<u8> {
     }
     // END_STREAM | END_HEADERS
     h2_frame(HEADERS, 0x1 | 0x4, stream, &block)
+}
+
+pub const CONTINUATION: u8 = 0x9;
+pub const END_HEADERS: u8 = 0x4;
+
+/// `h2_get`'s request as a HEADERS frame and as many CONTINUATION frames as a header block
+/// of its size needs at the default 16 KiB frame size; the stream ends with the head unless
+/// `body` is given, which follows in one DATA frame.
+pub fn h2_request(stream: u32, path: &str, extra: &[(&str, &str)], body: Option<&[u8]>) -> Vec<u8> {
+    let whole = h2_get(stream, path, extra);
+    let block = &whole[9..];
+    let mut frames = Vec::new();
+    let chunks: Vec<&[u8]> = block.chunks(16 * 1024).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        let last = i + 1 == chunks.len();
+        let end_headers = if last { END_HEADERS } else { 0 };
+        if i == 0 {
+            let end_stream = if body.is_none() { END_STREAM } else { 0 };
+            frames.extend(h2_frame(HEADERS, end_stream | end_headers, stream, chunk));
+        } else {
+            frames.extend(h2_frame(CONTINUATION, end_headers, stream, chunk));
+        }
+    }
+    if let Some(body) = body {
+        frames.extend(h2_frame(DATA, END_STREAM, stream, body));
+    }
+    frames
 }
 
 /// A RST_STREAM frame.
