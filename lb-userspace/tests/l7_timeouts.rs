@@ -419,3 +419,48 @@ async fn the_response_timeout_starts_after_the_upload_and_a_cut_upload_is_the_cl
     assert_eq!(site.counter(|c| &c.backend_errors), 0, "not the backend's");
     assert_eq!(site.counter(|c| &c.responses[4]), 0, "no 5xx");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_keeps_its_window_shut_is_closed_after_client_timeout() {
+    let settings = Settings {
+        http: "client_timeout = \"1s\"\nidle_timeout = \"30s\"",
+        ..Settings::default()
+    };
+    let site = Site::start("lb-l7-h2window", http_backends(1).await, &[], settings);
+    let legitimate = Legitimate::start(&site).await;
+
+    // An HTTP/2 client that reads the head of a large response and never takes its body:
+    // the stream's and the connection's windows fill, and the proxy has nothing it may send,
+    // while its socket never blocks.
+    let tls = site.tls(b"h2").await;
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    let connection = tokio::spawn(conn);
+    let path = format!("/bytes?n={}", 64 << 20);
+    let response = send.send_request(get(HOST, &path, None)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let start = Instant::now();
+    tokio::time::sleep(TIMEOUT - Duration::from_millis(100)).await;
+    assert_eq!(
+        site.counter(|c| &c.client_timeouts),
+        0,
+        "closed before client_timeout"
+    );
+    let took = counted(&site, |c| &c.client_timeouts, 1, start, TIMEOUT + SLACK).await;
+    println!("the HTTP/2 client with a shut window closed {took:?} after its response head");
+    tokio::time::timeout(Duration::from_secs(5), connection)
+        .await
+        .expect("the client's connection ends")
+        .unwrap()
+        .ok();
+    drop(response);
+    until("only the legitimate client's connection open", || {
+        site.proxy().open_connections() == 1
+    })
+    .await;
+    legitimate.stop().await;
+}

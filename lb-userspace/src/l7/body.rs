@@ -185,6 +185,9 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if let Some(in_flight) = &mut this.held.in_flight {
+            in_flight.polled();
+        }
         let polled = match &mut this.inner {
             Either::Left(body) => Pin::new(body).poll_frame(cx).map_err(BodyError::from),
             Either::Right(full) => Pin::new(full)
@@ -225,6 +228,10 @@ impl Body for ProxyBody {
         };
         if ended {
             this.held.release();
+        } else if let (Poll::Ready(Some(Ok(_))), Some(in_flight)) =
+            (&polled, &mut this.held.in_flight)
+        {
+            in_flight.yielded();
         }
         polled
     }

@@ -10,7 +10,10 @@
 //!   `h2_max_resets_per_second` allows (a reset flood): closed;
 //! - a write to the client that made no progress for `client_timeout` (a client that stopped
 //!   reading, or whose TCP window stays closed): closed, with every request in flight on it
-//!   and their backend connections.
+//!   and their backend connections;
+//! - HTTP/2: a response body that hyper stopped taking frames of (the client keeps its stream
+//!   or connection flow-control window at zero, so the socket never blocks) while no other
+//!   response on the connection moved, for `client_timeout`: closed the same way.
 //!
 //! hyper's own header timeout also runs while a kept-alive connection is idle, so it would
 //! cut idle connections at the header timeout; hence this clock.
@@ -68,6 +71,11 @@ pub struct ConnState {
     /// Milliseconds since `start`, plus one, when a write to the client could not go on (the
     /// socket's buffer full); 0 while writes progress.
     blocked_since: AtomicU64,
+    /// HTTP/2: response bodies that handed hyper a frame and have not been asked for the
+    /// next one yet (hyper waits for flow-control window first).
+    unpolled: AtomicU32,
+    /// Milliseconds since `start`, plus one, when a response body last handed hyper a frame.
+    yielded_at: AtomicU64,
     resets: Mutex<Bucket>,
     flooded: AtomicBool,
     /// The daemon is stopping (or handing over): HTTP/1.1 responses close the connection.
@@ -98,6 +106,8 @@ impl ConnState {
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             blocked_since: AtomicU64::new(0),
+            unpolled: AtomicU32::new(0),
+            yielded_at: AtomicU64::new(0),
             resets: Mutex::new(Bucket {
                 tokens: rate,
                 rate,
@@ -147,6 +157,7 @@ impl ConnState {
         InFlight {
             state: Arc::clone(self),
             answered: false,
+            unpolled: false,
         }
     }
 
@@ -237,6 +248,12 @@ impl ConnState {
         if blocked != 0 && now >= at(blocked - 1) + limits.client_timeout {
             return Verdict::WriteStalled;
         }
+        if self.unpolled.load(Ordering::Acquire) > 0 {
+            let yielded = self.yielded_at.load(Ordering::Acquire);
+            if yielded != 0 && now >= at(yielded - 1) + limits.client_timeout {
+                return Verdict::WriteStalled;
+            }
+        }
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return Verdict::Continue;
         }
@@ -256,9 +273,35 @@ impl ConnState {
 pub struct InFlight {
     state: Arc<ConnState>,
     answered: bool,
+    /// HTTP/2: its response body handed hyper a frame and waits to be asked for the next.
+    unpolled: bool,
 }
 
 impl InFlight {
+    /// HTTP/2: the response body handed hyper a frame (hyper asks for the next once the
+    /// client's flow-control window has room for it).
+    pub fn yielded(&mut self) {
+        let state = &self.state;
+        if state.h1 {
+            return;
+        }
+        state
+            .yielded_at
+            .store(state.millis(Instant::now()) + 1, Ordering::Release);
+        if !self.unpolled {
+            self.unpolled = true;
+            state.unpolled.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// hyper asks the response body for its next frame.
+    pub fn polled(&mut self) {
+        if self.unpolled {
+            self.unpolled = false;
+            self.state.unpolled.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     /// The response ended (its body was sent whole); dropping the guard now ends the request
     /// normally rather than counting a cancellation.
     pub fn answered(&mut self) {
@@ -268,6 +311,7 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.polled();
         let state = &self.state;
         // An HTTP/1.1 client cancels only by closing its connection (or hyper drops the body
         // of an answer to HEAD): only HTTP/2 streams make a reset flood.
