@@ -43,6 +43,16 @@ impl L7Env {
     /// VIP on the balancer's `lo`), writes the L7 files, and starts the daemon with
     /// [`L7Listeners::config`] as `edit` changes it.
     pub fn start(prefix: &str, backends: usize, edit: impl FnOnce(String) -> String) -> Self {
+        Self::start_listeners(prefix, backends, |_| (), edit)
+    }
+
+    /// [`L7Env::start`], with `listeners` changing the builder first (e.g. no health check).
+    pub fn start_listeners(
+        prefix: &str,
+        backends: usize,
+        listeners: impl FnOnce(&mut L7Listeners),
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
         let (env, files) = DaemonLab::start_with(
             prefix,
             backends,
@@ -53,7 +63,11 @@ impl L7Env {
                     .expect("starting the backends' HTTP servers");
                 L7Files::write(&lab.pki).expect("writing the L7 listeners' files")
             },
-            |paths, files| edit(L7Listeners::new(files).config(paths, backends)),
+            |paths, files| {
+                let mut builder = L7Listeners::new(files);
+                listeners(&mut builder);
+                edit(builder.config(paths, backends))
+            },
         );
         Self { env, files }
     }

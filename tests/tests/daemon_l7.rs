@@ -625,3 +625,51 @@ fn reload_starts_a_new_l7_listener_and_refuses_one_with_a_missing_certificate() 
     l7.env.stop_cleanly();
     println!("took {:?}", started.elapsed());
 }
+
+#[test]
+fn a_backend_that_fails_requests_is_ejected_and_listed_without_a_health_check() {
+    // No active check: only the requests can tell that a backend died.
+    let mut l7 = L7Env::start_listeners(
+        "lbl7eject",
+        BACKENDS,
+        |listeners| listeners.check = None,
+        |config| config,
+    );
+    let dead = 1;
+    l7.env.lab.stop_http_backend(dead);
+    // Round robin over the pool: each request that tries the dead backend fails over (at most
+    // one retry), and five failures in a row eject it.
+    let replies = in_client(&l7.lab().client, "eject", {
+        let roots = l7.roots();
+        move || async move {
+            let mut conn = connect(&roots, OFFLOAD_PORT, VIP_NAME, false)
+                .await
+                .unwrap();
+            let mut replies = Vec::new();
+            for _ in 0..30 {
+                replies.push(fetch(&mut conn, VIP_NAME, "/headers", None).await.unwrap());
+            }
+            replies
+        }
+    });
+    assert!(
+        replies.iter().all(|r| r.status == 200),
+        "every request succeeded on another backend: {:?}",
+        per_backend(&replies)
+    );
+    let view = backend(&l7.env, OFFLOAD_POOL, backend_v4(dead).into());
+    assert_eq!(view.state, "ejected", "{view:?}\n{}", l7.env.daemon.log());
+    println!("lb backend list: {view:?}");
+    let listed = l7.env.cli_ok(&["backend", "list", OFFLOAD_POOL]);
+    assert!(listed.contains("ejected"), "{listed}");
+    let stats = l7.stats();
+    let ejections: u64 = stats
+        .l7
+        .iter()
+        .filter(|l| l.name == OFFLOAD_LISTENER)
+        .flat_map(|l| &l.events)
+        .filter(|(name, _)| name == "outlier_ejections")
+        .map(|(_, value)| *value)
+        .sum();
+    assert_eq!(ejections, 1, "{stats:?}");
+}

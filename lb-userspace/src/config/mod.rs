@@ -422,6 +422,48 @@ mod tests {
         assert_eq!(dp.conn_inserts_per_sec, defaults::CONN_INSERTS_PER_SEC);
         assert_eq!(dp.udp_idle_timeout_s, 30);
         assert_eq!(dp.icmp_too_big_per_sec, defaults::ICMP_TOO_BIG_PER_SEC);
+        assert_eq!(config.control.shutdown_timeout, defaults::SHUTDOWN_TIMEOUT);
+        // A target group always has a health check: TCP on the traffic port, AWS's timings.
+        let check = config.pools["p"]
+            .health_check
+            .as_ref()
+            .expect("a default check");
+        assert_eq!(check.probe, crate::health::probe::ProbeKind::Tcp);
+        assert_eq!(
+            (check.port, check.interval),
+            (None, Duration::from_secs(30))
+        );
+        assert_eq!(check.timeout, Duration::from_secs(5));
+        assert_eq!(
+            (check.thresholds.healthy, check.thresholds.unhealthy),
+            (5, 2)
+        );
+        assert!(check.fail_open);
+        let target = config.health_target("p", &config.pools["p"].backends[0]);
+        assert_eq!(target.unwrap().to_string(), "198.18.1.10:443");
+    }
+
+    #[test]
+    fn a_pool_can_turn_its_health_check_off_or_ask_for_the_defaults() {
+        let minimal = include_str!("../../tests/configs/good/minimal.toml");
+        let with = |setting: &str| {
+            let text = minimal.replace(
+                "backends = [{ address = \"198.18.1.10\" }]",
+                &format!("backends = [{{ address = \"198.18.1.10\" }}]\nhealth_check = {setting}"),
+            );
+            Config::parse(&text, "minimal.toml")
+        };
+        assert!(with("false").unwrap().pools["p"].health_check.is_none());
+        let defaults = Config::parse(minimal, "minimal.toml").unwrap();
+        assert_eq!(
+            with("true").unwrap().pools["p"].health_check,
+            defaults.pools["p"].health_check
+        );
+        let error = with("\"no\"").unwrap_err().to_string();
+        assert!(
+            error.contains("minimal.toml:7") && error.contains("false for none"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::{
     HealthCheck, ListenerConfig, Pool,
-    raw::{RawHealthCheck, RawPool},
+    raw::{RawHealthCheck, RawHealthSetting, RawPool},
     validate::Checker,
 };
 use crate::health::{
@@ -65,10 +65,7 @@ pub(super) fn check_extras(c: &mut Checker<'_>, raw: &RawPool, field: &str) -> E
             in_range(c, d, &f, value, DEREGISTRATION_RANGE)
         })
         .unwrap_or_default();
-    let health_check = raw
-        .health_check
-        .as_ref()
-        .and_then(|hc| check_health(c, hc, &format!("{field}.health_check")));
+    let health_check = health_setting(c, raw, &format!("{field}.health_check"));
     Extras {
         health_check,
         slow_start,
@@ -76,9 +73,24 @@ pub(super) fn check_extras(c: &mut Checker<'_>, raw: &RawPool, field: &str) -> E
     }
 }
 
+/// A pool's health check: the table's, none with `health_check = false`, else a TCP check on
+/// the traffic port with the AWS target-group defaults (a target group always has one).
+fn health_setting(c: &mut Checker<'_>, raw: &RawPool, field: &str) -> Option<HealthCheck> {
+    let defaults = RawHealthCheck::default();
+    let (span, table) = match raw.health_check.as_ref() {
+        None => (0..0, &defaults),
+        Some(setting) => match setting.get_ref() {
+            RawHealthSetting::Enabled(false) => return None,
+            RawHealthSetting::Enabled(true) => (setting.span(), &defaults),
+            RawHealthSetting::Check(table) => (setting.span(), table),
+        },
+    };
+    check_health(c, &Spanned::new(span, table), field)
+}
+
 fn check_health(
     c: &mut Checker<'_>,
-    raw: &Spanned<RawHealthCheck>,
+    raw: &Spanned<&RawHealthCheck>,
     field: &str,
 ) -> Option<HealthCheck> {
     let hc = raw.get_ref();
@@ -147,7 +159,7 @@ fn check_health(
 
 fn probe_kind(
     c: &mut Checker<'_>,
-    raw: &Spanned<RawHealthCheck>,
+    raw: &Spanned<&RawHealthCheck>,
     field: &str,
 ) -> Option<ProbeKind> {
     let hc = raw.get_ref();
@@ -221,7 +233,7 @@ fn probe_kind(
 /// The CA bundle an HTTPS health check verifies backends against.
 fn ca_roots(
     c: &mut Checker<'_>,
-    raw: &Spanned<RawHealthCheck>,
+    raw: &Spanned<&RawHealthCheck>,
     field: &str,
 ) -> Option<Arc<rustls::RootCertStore>> {
     let Some(ca) = raw.get_ref().ca_file.as_ref() else {
@@ -277,13 +289,21 @@ pub(super) fn check_health_ports(
         if check.port.is_some() || pool.backends.iter().all(|b| b.port.is_some()) {
             continue;
         }
+        // The backends without a port of their own are checked on their listeners' port.
         let mut ports: Vec<u16> = listeners
             .values()
             .filter(|l| &l.pool == name)
-            .flat_map(|l| pool.backends.iter().map(|b| l.backend_port(b)))
+            .flat_map(|l| {
+                pool.backends
+                    .iter()
+                    .filter(|b| b.port.is_none())
+                    .map(|b| l.backend_port(b))
+            })
             .collect();
         ports.sort_unstable();
         ports.dedup();
+        // The default check (no table) takes the first listener's port (by name) for a
+        // backend whose listeners differ; a check the operator wrote must say which.
         if ports.len() != 1
             && let Some((_, raw)) = raw.iter().find(|(n, _)| n.get_ref() == name)
             && let Some(hc) = &raw.health_check

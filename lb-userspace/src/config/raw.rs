@@ -70,15 +70,50 @@ pub struct RawMetrics {
 pub struct RawPool {
     #[serde(default)]
     pub backends: Vec<Spanned<RawBackend>>,
-    pub health_check: Option<Spanned<RawHealthCheck>>,
+    /// A table (`[pools.NAME.health_check]`), or `false` for none (`true`: the defaults).
+    pub health_check: Option<Spanned<RawHealthSetting>>,
     /// A duration ("30s"): new and recovered backends ramp up to their weight over it.
     pub slow_start: Option<Spanned<String>>,
     /// A duration: a removed backend drains this long before it goes.
     pub deregistration_delay: Option<Spanned<String>>,
 }
 
+/// `health_check`: a table of settings, or a bool (`false`: no check; `true`: the defaults).
+#[derive(Debug)]
+pub enum RawHealthSetting {
+    Enabled(bool),
+    Check(RawHealthCheck),
+}
+
+impl<'de> Deserialize<'de> for RawHealthSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Setting;
+        impl<'de> serde::de::Visitor<'de> for Setting {
+            type Value = RawHealthSetting;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a table of health check settings, or false for none")
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, on: bool) -> Result<Self::Value, E> {
+                Ok(RawHealthSetting::Enabled(on))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                // The table's own deserializer, so that its fields keep their spans.
+                RawHealthCheck::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawHealthSetting::Check)
+            }
+        }
+        deserializer.deserialize_any(Setting)
+    }
+}
+
 /// `[pools.NAME.health_check]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
     pub protocol: Option<Spanned<String>>,

@@ -241,21 +241,28 @@ impl L7Listeners {
         };
         let mut out = lab_config(paths, backends);
         out.push_str("\n# L7 listeners on the same VIP: the XDP program passes their ports.\n");
+        let checked = self.check.is_some();
         out.push_str(&pool_toml(
             OFFLOAD_POOL,
             backends,
             self.backend_ports.plain,
             &|_| None,
+            checked,
         ));
         out.push_str(&pool_toml(
             BRIDGING_POOL,
             backends,
             self.backend_ports.tls,
             &names,
+            checked,
         ));
-        if let Some(check) = self.check {
-            out.push_str(&format!("\n{}", check.to_toml(OFFLOAD_POOL)));
-            out.push_str(&format!("\n{}", check.to_toml(BRIDGING_POOL)));
+        match self.check {
+            Some(check) => {
+                out.push_str(&format!("\n{}", check.to_toml(OFFLOAD_POOL)));
+                out.push_str(&format!("\n{}", check.to_toml(BRIDGING_POOL)));
+            }
+            // Every pool has a TCP check unless told otherwise (in `pool_toml`).
+            None => {}
         }
         out.push_str(&self.offload_toml(OFFLOAD_LISTENER, self.offload_port, OFFLOAD_POOL));
         out.push_str(&format!(
@@ -298,12 +305,13 @@ impl L7Listeners {
 }
 
 /// Pool `name`: every backend's own IPv4 address at `port`, with the server name `name_of`
-/// gives it.
+/// gives it; without a health check unless `checked` (its table follows).
 fn pool_toml(
     name: &str,
     backends: usize,
     port: u16,
     name_of: &dyn Fn(usize) -> Option<String>,
+    checked: bool,
 ) -> String {
     let entries = (0..backends)
         .map(|i| {
@@ -317,7 +325,12 @@ fn pool_toml(
         })
         .collect::<Vec<_>>()
         .join(", ");
-    format!("\n[pools.{name}]\nbackends = [{entries}]\n")
+    let off = if checked {
+        ""
+    } else {
+        "health_check = false\n"
+    };
+    format!("\n[pools.{name}]\nbackends = [{entries}]\n{off}")
 }
 
 #[cfg(test)]
