@@ -428,7 +428,7 @@ mod tests {
             .health_check
             .as_ref()
             .expect("a default check");
-        assert_eq!(check.probe, crate::health::probe::ProbeKind::Tcp);
+        assert_eq!(check.probe, ProbeKind::Tcp);
         assert_eq!(
             (check.port, check.interval),
             (None, Duration::from_secs(30))

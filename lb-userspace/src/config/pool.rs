@@ -82,7 +82,7 @@ fn health_setting(c: &mut Checker<'_>, raw: &RawPool, field: &str) -> Option<Hea
         Some(setting) => match setting.get_ref() {
             RawHealthSetting::Enabled(false) => return None,
             RawHealthSetting::Enabled(true) => (setting.span(), &defaults),
-            RawHealthSetting::Check(table) => (setting.span(), table),
+            RawHealthSetting::Check(table) => (setting.span(), &**table),
         },
     };
     check_health(c, &Spanned::new(span, table), field)

@@ -82,7 +82,7 @@ pub struct RawPool {
 #[derive(Debug)]
 pub enum RawHealthSetting {
     Enabled(bool),
-    Check(RawHealthCheck),
+    Check(Box<RawHealthCheck>),
 }
 
 impl<'de> Deserialize<'de> for RawHealthSetting {
@@ -105,7 +105,7 @@ impl<'de> Deserialize<'de> for RawHealthSetting {
             ) -> Result<Self::Value, A::Error> {
                 // The table's own deserializer, so that its fields keep their spans.
                 RawHealthCheck::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(RawHealthSetting::Check)
+                    .map(|check| RawHealthSetting::Check(Box::new(check)))
             }
         }
         deserializer.deserialize_any(Setting)

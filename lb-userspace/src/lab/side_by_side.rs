@@ -256,13 +256,10 @@ impl L7Listeners {
             &names,
             checked,
         ));
-        match self.check {
-            Some(check) => {
-                out.push_str(&format!("\n{}", check.to_toml(OFFLOAD_POOL)));
-                out.push_str(&format!("\n{}", check.to_toml(BRIDGING_POOL)));
-            }
-            // Every pool has a TCP check unless told otherwise (in `pool_toml`).
-            None => {}
+        // Without one, `pool_toml` turned the pools' default check off.
+        if let Some(check) = self.check {
+            out.push_str(&format!("\n{}", check.to_toml(OFFLOAD_POOL)));
+            out.push_str(&format!("\n{}", check.to_toml(BRIDGING_POOL)));
         }
         out.push_str(&self.offload_toml(OFFLOAD_LISTENER, self.offload_port, OFFLOAD_POOL));
         out.push_str(&format!(
