@@ -673,3 +673,48 @@ fn a_backend_that_fails_requests_is_ejected_and_listed_without_a_health_check() 
         .sum();
     assert_eq!(ejections, 1, "{stats:?}");
 }
+
+#[test]
+fn a_configuration_of_l7_listeners_only_loads_and_pins_nothing() {
+    let l7 = L7Env::start("lbl7only", 2, |config| {
+        // The lab's passthrough listeners and interface out: only the L7 listeners stay.
+        let start = config
+            .find("[listeners.tls4]")
+            .expect("the lab's passthrough listeners");
+        let end = config.find("\n# L7 listeners").expect("the L7 part");
+        let mut config = format!("{}{}", &config[..start], &config[end..]);
+        let interfaces = config.find("interfaces = [").expect("the interfaces");
+        let line_end = interfaces + config[interfaces..].find('\n').unwrap();
+        config.replace_range(interfaces..line_end, "interfaces = []");
+        config
+    });
+    let log = l7.env.daemon.log();
+    assert!(log.contains("the packet path is not loaded"), "{log}");
+    assert!(
+        !l7.env.daemon.pin_dir().exists(),
+        "nothing pinned under {}",
+        l7.env.daemon.pin_dir().display()
+    );
+    let reply = in_client(&l7.lab().client, "l7only", {
+        let roots = l7.roots();
+        move || async move {
+            let mut conn = connect(&roots, OFFLOAD_PORT, VIP_NAME, true).await.unwrap();
+            fetch(&mut conn, VIP_NAME, "/headers", None).await.unwrap()
+        }
+    });
+    assert_eq!(reply.status, 200, "{reply:?}");
+    l7.env.cli_ok(&["status"]);
+    // A passthrough listener needs the packet path: a restart, not a reload.
+    let path = l7.env.daemon.config_path().to_owned();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let with_passthrough = format!(
+        "{}\n[listeners.tls4]\naddress = \"198.18.100.1\"\nport = 443\nmode = \"passthrough\"\npool = \"web4\"\n",
+        text.replace("interfaces = []", "interfaces = [\"eth0\"]")
+    );
+    std::fs::write(&path, with_passthrough).unwrap();
+    let refused = l7.env.cli(&["reload"]);
+    assert!(!refused.success, "{refused:?}");
+    assert!(refused.stderr.contains("packet path"), "{}", refused.stderr);
+    std::fs::write(&path, text).unwrap();
+    assert!(!l7.env.daemon.pin_dir().exists());
+}

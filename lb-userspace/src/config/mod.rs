@@ -330,6 +330,12 @@ impl Config {
     }
 
     /// Where the health check of `backend` (in `pool`) connects, if the pool has one.
+    /// Whether the daemon runs the packet path (the XDP program and its maps): it does for any
+    /// interface or passthrough listener; a configuration of L7 listeners only loads nothing.
+    pub fn has_packet_path(&self) -> bool {
+        !self.datapath.interfaces.is_empty() || !self.passthrough_listeners().is_empty()
+    }
+
     pub fn health_target(
         &self,
         pool: &str,

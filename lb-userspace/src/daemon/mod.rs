@@ -40,6 +40,7 @@ use crate::{
         Request, Response,
         server::{self, Call, ServerError},
     },
+    datapath::memory::MemoryDatapath,
     datapath::{Datapath, DatapathError},
     health::state::Outcome,
     host::rtnl::Rtnl,
@@ -138,90 +139,44 @@ async fn serve(
     // anything is changed.
     let l7 = Arc::new(L7::new(tokio::runtime::Handle::current()));
     let l7_prepared = l7.prepare_inheriting(&config, &mut inherited)?;
-    let interfaces: Vec<(String, u32)> = config
-        .datapath
-        .interfaces
-        .iter()
-        .map(|name| Ok((name.clone(), interface_index(name)?)))
-        .collect::<Result<_, LoadError>>()?;
-    let mut rtnl = Rtnl::connect().map_err(|source| DaemonError::Io {
-        what: "opening an rtnetlink socket".to_owned(),
-        source,
-    })?;
-    let host_defaults = host::host_defaults(&config, &interfaces, &mut rtnl)?;
-    let spec = BalancerSpec {
-        geometry: config.ring_geometry(),
-        conn_table_size: config.datapath.conn_table_size,
-        pin_dir: Some(config.datapath.pin_dir.clone()),
-    };
-    let (mut balancer, datapath) = Balancer::load(&spec)?;
-    // The settings before the program: after an upgrade whose configuration map is new, a
-    // program attached first would run for a moment on zeros (no ring size, no outer source).
-    // (The VIPs and tables are adopted with the maps, and brought up to date just below.)
-    let listeners = config.passthrough_listeners();
-    let datapath_config = config.datapath_config(&host_defaults);
-    let mut reconciler = Reconciler::adopt(datapath, datapath_config, &listeners)?;
-    let mut attached = Vec::new();
-    for (name, index) in &interfaces {
-        let link = links_dir(&config.datapath.pin_dir).join(name);
-        let how = balancer.attach_pinned(name, config.datapath.attach_mode, &link)?;
-        let mode = rtnl
-            .xdp_attached(*index)
-            .map_err(|source| DaemonError::Io {
-                what: format!("reading how {name} runs XDP"),
-                source,
-            })?;
-        match how {
-            Attached::New(_) => info!(interface = %name, mode = mode.as_str(), "balancer attached"),
-            Attached::Replaced => info!(
-                interface = %name, mode = mode.as_str(),
-                "took over the pinned attachment: no packet went unbalanced"
-            ),
-        }
-        see_vlan_tags(name);
-        reconciler.datapath_mut().add_tx_port(*index)?;
-        attached.push(host::Interface {
-            name: name.clone(),
-            ifindex: *index,
-            mode,
-        });
-    }
-    // Only this daemon's program runs now: nothing its predecessor cached may be taken for
-    // current later.
-    reconciler.datapath_mut().clear_vip_cache()?;
-    accept_local_sources(&config, &host_defaults, &interfaces);
-    let possible_cpus = crate::loader::possible_cpus()?;
-    let conn_table_entries = reconciler.datapath().conn_table_entries()?;
-    info!(
-        entries = conn_table_entries,
-        possible_cpus,
-        per_cpu = conn_table_entries / possible_cpus.max(1),
-        "connection table (per address family): one LRU list per possible CPU"
-    );
-    let facts = host::Facts {
-        interfaces: attached,
-        possible_cpus,
-        conn_table_entries,
-        encap_sources: host::encap_sources(&config, &host_defaults),
-    };
-    for name in crate::loader::remove_stale_pins(&config.datapath.pin_dir)? {
-        info!(map = %name, "removed a pinned map of an earlier layout");
-    }
-    let watch = host::HostWatch::new(rtnl, facts, config.datapath.next_hop_mac.is_some());
     let (events, receiver) = mpsc::channel::<Event>(256);
     let probes = Probes::new(tokio::runtime::Handle::current(), events.clone());
     let socket = config.control.socket.clone();
     let metrics_address = config.metrics;
     let shutdown_timeout = config.control.shutdown_timeout;
     let pin_dir = config.datapath.pin_dir.clone();
-    let controller = Controller::new(config, Some(path), reconciler, Instant::now())?
-        .with_host(watch, host_defaults, Instant::now())
-        .map_err(DaemonError::Config)?
-        .with_l7(Arc::clone(&l7), l7_prepared, Instant::now())
-        .with_probes(probes);
-    info!(mtu = datapath_config.mtu, "configuration applied");
-    let logs = ebpf_logs(&mut balancer);
-    let (controller, mut panicked) = spawn_controller(controller, receiver)?;
+    let now = Instant::now();
+    let (controller, mut panicked, mut balancer, logs) = if config.has_packet_path() {
+        let PacketPath {
+            mut balancer,
+            reconciler,
+            watch,
+            host_defaults,
+        } = start_packet_path(&config)?;
+        let controller = Controller::new(config, Some(path), reconciler, now)?
+            .with_host(watch, host_defaults, now)
+            .map_err(DaemonError::Config)?
+            .with_l7(Arc::clone(&l7), l7_prepared, now)
+            .with_probes(probes);
+        info!("configuration applied");
+        let logs = ebpf_logs(&mut balancer);
+        let (controller, panicked) = spawn_controller(controller, receiver)?;
+        (controller, panicked, Some(balancer), logs)
+    } else {
+        info!(
+            "no interface and no passthrough listener: the packet path is not loaded (no XDP \
+             program, no pinned map); adding one takes a restart"
+        );
+        let datapath = MemoryDatapath::new(config.ring_geometry());
+        let datapath_config = config.datapath_config(&crate::config::HostDefaults::default());
+        let reconciler = Reconciler::new(datapath, datapath_config)?;
+        let controller = Controller::new(config, Some(path), reconciler, now)?
+            .with_l7(Arc::clone(&l7), l7_prepared, now)
+            .with_probes(probes);
+        info!("configuration applied");
+        let (controller, panicked) = spawn_controller(controller, receiver)?;
+        (controller, panicked, None, None)
+    };
 
     let mut tasks = vec![tokio::spawn(tick(events.clone()))];
     // Sockets handed over besides the L7 listeners' (the metrics endpoint's), to hand on.
@@ -285,7 +240,7 @@ async fn serve(
             }
             Some(stream) = handover_requests.recv() => {
                 let sockets = listening_sockets(&l7, &also_listening);
-                match hand_over(stream, &events, &mut balancer, sockets, &pin_dir).await? {
+                match hand_over(stream, &events, balancer.as_mut(), sockets, &pin_dir).await? {
                     Some(paused) => break ("handover", Some(paused)),
                     None => continue,
                 }
@@ -346,7 +301,7 @@ fn listening_sockets(
 async fn hand_over(
     stream: tokio::net::UnixStream,
     events: &mpsc::Sender<Event>,
-    balancer: &mut Balancer,
+    mut balancer: Option<&mut Balancer>,
     sockets: Vec<(std::net::SocketAddr, std::os::fd::OwnedFd)>,
     pin_dir: &Path,
 ) -> Result<Option<oneshot::Sender<bool>>, DaemonError> {
@@ -369,7 +324,9 @@ async fn hand_over(
         ));
         return Ok(None);
     }
-    balancer.unlock();
+    if let Some(balancer) = balancer.as_mut() {
+        balancer.unlock();
+    }
     info!(
         sockets = sockets.len(),
         "handing over to a new daemon: controller paused, pin directory unlocked"
@@ -382,11 +339,103 @@ async fn hand_over(
         Ok(()) => Ok(Some(resume)),
         Err(error) => {
             warn!(%error, "the new daemon did not take over: this daemon carries on");
-            balancer.relock(pin_dir)?;
+            if let Some(balancer) = balancer {
+                balancer.relock(pin_dir)?;
+            }
             let _ = resume.send(true);
             Ok(None)
         }
     }
+}
+
+/// What [`start_packet_path`] put in place: the balancer loaded (its pin directory locked) and
+/// attached, its maps adopted or created behind the reconciler, and the host's side watched.
+struct PacketPath {
+    balancer: Balancer,
+    reconciler: Reconciler<crate::datapath::maps::AyaDatapath>,
+    watch: host::HostWatch,
+    host_defaults: crate::config::HostDefaults,
+}
+
+/// Loads (or adopts) the balancer and attaches it to the configured interfaces.
+fn start_packet_path(config: &Config) -> Result<PacketPath, DaemonError> {
+    let interfaces: Vec<(String, u32)> = config
+        .datapath
+        .interfaces
+        .iter()
+        .map(|name| Ok((name.clone(), interface_index(name)?)))
+        .collect::<Result<_, LoadError>>()?;
+    let mut rtnl = Rtnl::connect().map_err(|source| DaemonError::Io {
+        what: "opening an rtnetlink socket".to_owned(),
+        source,
+    })?;
+    let host_defaults = host::host_defaults(config, &interfaces, &mut rtnl)?;
+    let spec = BalancerSpec {
+        geometry: config.ring_geometry(),
+        conn_table_size: config.datapath.conn_table_size,
+        pin_dir: Some(config.datapath.pin_dir.clone()),
+    };
+    let (mut balancer, datapath) = Balancer::load(&spec)?;
+    // The settings before the program: after an upgrade whose configuration map is new, a
+    // program attached first would run for a moment on zeros (no ring size, no outer source).
+    // (The VIPs and tables are adopted with the maps, and brought up to date just below.)
+    let listeners = config.passthrough_listeners();
+    let datapath_config = config.datapath_config(&host_defaults);
+    let mut reconciler = Reconciler::adopt(datapath, datapath_config, &listeners)?;
+    let mut attached = Vec::new();
+    for (name, index) in &interfaces {
+        let link = links_dir(&config.datapath.pin_dir).join(name);
+        let how = balancer.attach_pinned(name, config.datapath.attach_mode, &link)?;
+        let mode = rtnl
+            .xdp_attached(*index)
+            .map_err(|source| DaemonError::Io {
+                what: format!("reading how {name} runs XDP"),
+                source,
+            })?;
+        match how {
+            Attached::New(_) => info!(interface = %name, mode = mode.as_str(), "balancer attached"),
+            Attached::Replaced => info!(
+                interface = %name, mode = mode.as_str(),
+                "took over the pinned attachment: no packet went unbalanced"
+            ),
+        }
+        see_vlan_tags(name);
+        reconciler.datapath_mut().add_tx_port(*index)?;
+        attached.push(host::Interface {
+            name: name.clone(),
+            ifindex: *index,
+            mode,
+        });
+    }
+    // Only this daemon's program runs now: nothing its predecessor cached may be taken for
+    // current later.
+    reconciler.datapath_mut().clear_vip_cache()?;
+    accept_local_sources(config, &host_defaults, &interfaces);
+    let possible_cpus = crate::loader::possible_cpus()?;
+    let conn_table_entries = reconciler.datapath().conn_table_entries()?;
+    info!(
+        entries = conn_table_entries,
+        possible_cpus,
+        per_cpu = conn_table_entries / possible_cpus.max(1),
+        "connection table (per address family): one LRU list per possible CPU"
+    );
+    let facts = host::Facts {
+        interfaces: attached,
+        possible_cpus,
+        conn_table_entries,
+        encap_sources: host::encap_sources(config, &host_defaults),
+    };
+    for name in crate::loader::remove_stale_pins(&config.datapath.pin_dir)? {
+        info!(map = %name, "removed a pinned map of an earlier layout");
+    }
+    let watch = host::HostWatch::new(rtnl, facts, config.datapath.next_hop_mac.is_some());
+    info!(mtu = datapath_config.mtu, "the packet path is in place");
+    Ok(PacketPath {
+        balancer,
+        reconciler,
+        watch,
+        host_defaults,
+    })
 }
 
 /// What the controller thread handles, one at a time.

@@ -1,11 +1,13 @@
 //! The datapath as the rest of userspace sees it: the BPF maps, behind the [`Datapath`] trait.
 //!
-//! Two implementations: [`maps::AyaDatapath`] writes the kernel's maps; [`fake::FakeDatapath`]
+//! Two implementations: [`maps::AyaDatapath`] writes the kernel's maps; [`memory::MemoryDatapath`]
 //! keeps them in memory (and can be told to fail), so that Maglev, reconcile and config logic
-//! are tested without root. Nothing above this module knows about aya.
+//! are tested without root, and so that a daemon with no packet path (only L7 listeners, no
+//! interface) runs the same controller without loading or pinning anything. Nothing above this
+//! module knows about aya.
 
-pub mod fake;
 pub mod maps;
+pub mod memory;
 
 use std::collections::BTreeMap;
 

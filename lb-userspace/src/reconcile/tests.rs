@@ -6,13 +6,13 @@ use lb_common::abi::{BACKEND_F_SERVING, DatapathConfig, VIP_F_ADDRESS_MARKER, Vi
 
 use super::*;
 use crate::{
-    datapath::{RingGeometry, fake::FakeDatapath},
+    datapath::{RingGeometry, memory::MemoryDatapath},
     state::{Protocol, Target, Vip},
 };
 
 const RING: u32 = 1009;
 
-fn reconciler(rings: u32) -> Reconciler<FakeDatapath> {
+fn reconciler(rings: u32) -> Reconciler<MemoryDatapath> {
     let geometry = RingGeometry {
         ring_size: RING,
         rings,
@@ -22,7 +22,7 @@ fn reconciler(rings: u32) -> Reconciler<FakeDatapath> {
         hash_seed: 42,
         ..DatapathConfig::default()
     };
-    Reconciler::new(FakeDatapath::new(geometry), config).unwrap()
+    Reconciler::new(MemoryDatapath::new(geometry), config).unwrap()
 }
 
 fn ip(text: &str) -> IpAddr {
@@ -43,7 +43,7 @@ fn listener(name: &str, vip: &str, port: u16, backends: &[&str]) -> Listener {
 
 /// The table the datapath serves for `listener`, read from the fake's maps (VIP entry ->
 /// ring), as backend addresses.
-fn served(r: &Reconciler<FakeDatapath>, listener: &Listener) -> Vec<IpAddr> {
+fn served(r: &Reconciler<MemoryDatapath>, listener: &Listener) -> Vec<IpAddr> {
     let fake = r.datapath();
     let table = fake.live_table(&listener.vip.key()).expect("published");
     table
@@ -360,7 +360,8 @@ fn traffic_totals_survive_a_restart_and_add_up() {
     let alt = listener("alt", "198.18.100.1", 8443, &["198.18.1.3"]);
     let mut first = reconciler(8);
     first.apply(&[web.clone(), alt.clone()]).unwrap();
-    let id = |r: &Reconciler<FakeDatapath>, l: &str, a: &str| r.listeners()[l].backends[&ip(a)].id;
+    let id =
+        |r: &Reconciler<MemoryDatapath>, l: &str, a: &str| r.listeners()[l].backends[&ip(a)].id;
     let (a, b, c) = (
         id(&first, "web", "198.18.1.1"),
         id(&first, "web", "198.18.1.2"),

@@ -604,6 +604,11 @@ fn operation_name(request: &Request) -> Option<&'static str> {
 fn fixed_setting_changed(old: &Config, new: &Config) -> Option<&'static str> {
     let (a, b) = (&old.datapath, &new.datapath);
     [
+        (
+            "the packet path (an interface or a passthrough listener where there was none, or \
+             none left)",
+            old.has_packet_path() != new.has_packet_path(),
+        ),
         ("datapath.interfaces", a.interfaces != b.interfaces),
         ("datapath.attach_mode", a.attach_mode != b.attach_mode),
         ("datapath.ring_size", a.ring_size != b.ring_size),

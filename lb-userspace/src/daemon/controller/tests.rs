@@ -11,7 +11,7 @@ use super::*;
 use std::time::Duration;
 
 use crate::{
-    daemon::runtime::BackendKey, datapath::fake::FakeDatapath, health::state::Outcome, model,
+    daemon::runtime::BackendKey, datapath::memory::MemoryDatapath, health::state::Outcome, model,
     state::Protocol,
 };
 
@@ -32,9 +32,9 @@ mode = "passthrough"
 pool = "web"
 "#;
 
-fn controller() -> Controller<FakeDatapath> {
+fn controller() -> Controller<MemoryDatapath> {
     let config = Config::parse(CONFIG, "test.toml").unwrap();
-    let fake = FakeDatapath::new(config.ring_geometry());
+    let fake = MemoryDatapath::new(config.ring_geometry());
     let reconciler = Reconciler::new(
         fake,
         config.datapath_config(&HostDefaults {
@@ -56,7 +56,7 @@ fn add(address: &str, weight: u32) -> Request {
     }
 }
 
-impl Controller<FakeDatapath> {
+impl Controller<MemoryDatapath> {
     /// Answers `request` now.
     fn ask(&mut self, request: Request) -> Response {
         self.handle(request, Instant::now())
@@ -64,7 +64,7 @@ impl Controller<FakeDatapath> {
 }
 
 /// The backends the live table of `https` names, sorted.
-fn in_table(c: &Controller<FakeDatapath>) -> Vec<IpAddr> {
+fn in_table(c: &Controller<MemoryDatapath>) -> Vec<IpAddr> {
     let applied = &c.reconciler().listeners()["https"];
     let table = c.reconciler().live_table("https").unwrap();
     let mut addresses: Vec<IpAddr> = applied
@@ -154,7 +154,7 @@ fn simulate_names_the_table_or_the_connection_table() {
     let mut c = controller();
     let client: SocketAddr = "198.18.0.1:40000".parse().unwrap();
     let vip: SocketAddr = "198.18.100.1:443".parse().unwrap();
-    let simulate = |c: &mut Controller<FakeDatapath>| match c.ask(Request::Simulate {
+    let simulate = |c: &mut Controller<MemoryDatapath>| match c.ask(Request::Simulate {
         protocol: Protocol::Tcp,
         client,
         vip,
@@ -221,9 +221,9 @@ mode = "passthrough"
 pool = "web"
 "#;
 
-fn checked(now: Instant) -> Controller<FakeDatapath> {
+fn checked(now: Instant) -> Controller<MemoryDatapath> {
     let config = Config::parse(CHECKED, "checked.toml").unwrap();
-    let fake = FakeDatapath::new(config.ring_geometry());
+    let fake = MemoryDatapath::new(config.ring_geometry());
     let reconciler = Reconciler::new(
         fake,
         config.datapath_config(&HostDefaults {
@@ -243,7 +243,7 @@ fn key(address: &str) -> BackendKey {
     }
 }
 
-fn state(c: &mut Controller<FakeDatapath>, address: &str) -> String {
+fn state(c: &mut Controller<MemoryDatapath>, address: &str) -> String {
     let Response::Ok(Body::Backends(backends)) = c.ask(Request::ListBackends { pool: None }) else {
         panic!("no backend list");
     };
@@ -318,7 +318,7 @@ fn an_explicit_drain_takes_its_own_timeout_and_is_refused_twice() {
         port: None,
         timeout_ms: 5_000,
     };
-    let active = |c: &mut Controller<FakeDatapath>| {
+    let active = |c: &mut Controller<MemoryDatapath>| {
         let Response::Ok(Body::Listeners(views)) = c.ask(Request::ListListeners) else {
             panic!("no listeners");
         };

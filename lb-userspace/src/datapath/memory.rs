@@ -1,7 +1,8 @@
-//! [`FakeDatapath`]: the maps in memory, for tests without root.
+//! [`MemoryDatapath`]: the maps in memory, for tests without root and for a daemon without a
+//! packet path (only L7 listeners: it loads no program and pins no map).
 //!
 //! It behaves like the kernel's maps where it matters to callers (arrays start zeroed, a
-//! missing hash key is `None`) and can be told to refuse a write ([`FakeDatapath::fail_writes_after`]),
+//! missing hash key is `None`) and can be told to refuse a write ([`MemoryDatapath::fail_writes_after`]),
 //! which is how the tests show that a failed update leaves no half-written table live.
 
 use std::collections::{BTreeMap, HashMap};
@@ -15,7 +16,7 @@ use super::{Datapath, DatapathError, RingGeometry};
 
 /// In-memory maps.
 #[derive(Clone, Debug)]
-pub struct FakeDatapath {
+pub struct MemoryDatapath {
     geometry: RingGeometry,
     pub config: Option<DatapathConfig>,
     pub backends: BTreeMap<u32, Backend>,
@@ -33,7 +34,7 @@ pub struct FakeDatapath {
     fail_after: Option<usize>,
 }
 
-impl FakeDatapath {
+impl MemoryDatapath {
     pub fn new(geometry: RingGeometry) -> Self {
         Self {
             geometry,
@@ -80,7 +81,7 @@ impl FakeDatapath {
     }
 }
 
-impl Datapath for FakeDatapath {
+impl Datapath for MemoryDatapath {
     fn read_config(&self) -> Result<Option<DatapathConfig>, DatapathError> {
         Ok(self.config)
     }
