@@ -97,7 +97,19 @@ fn assert_has_pool(config: &str, pool: &str) {
 /// `config` with `check` as pool `pool`'s health check (a table appended at the end).
 pub fn with_health_check(config: &str, pool: &str, check: &HealthCheck) -> String {
     assert_has_pool(config, pool);
-    format!("{config}\n{}", check.to_toml(pool))
+    // The table replaces the pool's `health_check = false`, if it has one.
+    let header = pool_header(pool);
+    let start = config.find(&header).map_or(0, |at| at + header.len());
+    let end = config[start..]
+        .find("\n[")
+        .map_or(config.len(), |at| start + at + 1);
+    let table = config[start..end].replacen("health_check = false\n", "", 1);
+    format!(
+        "{}{table}{}\n{}",
+        &config[..start],
+        &config[end..],
+        check.to_toml(pool)
+    )
 }
 
 /// `config` with `key = value` (TOML, e.g. `"\"2s\""`) set in pool `pool`'s table.

@@ -344,11 +344,15 @@ pin_dir = "{pin_dir}"
 [control]
 socket = "{socket}"
 
+# The backends serve TLS on the VIPs only (direct server return), not on their own addresses:
+# no health check by default (tests that check health add their own table).
 [pools.web4]
 backends = [{pool4}]
+health_check = false
 
 [pools.web6]
 backends = [{pool6}]
+health_check = false
 
 [listeners.tls4]
 address = "{VIP_V4}"
