@@ -11,7 +11,9 @@
 //!   marked (their packets ask the FIB each time, so each flow keeps its ECMP next hop), and the
 //!   next hops become managed neighbours (the kernel keeps them resolved, although the packets
 //!   the XDP program forwards never cross it). It also tells the reconciler which VIP addresses
-//!   are local, and warns when encapsulated packets still had to go through the kernel.
+//!   are local, and warns when encapsulated packets still had to go through the kernel. When a
+//!   VIP is local, `accept_local` goes on where backends' replies from it may come in (see
+//!   [`accept_local`](super::accept_local)).
 //!
 //! Everything it changes, it logs once.
 
@@ -24,12 +26,15 @@ use std::{
 use lb_common::counters::Counter;
 use tracing::{info, warn};
 
-use super::DaemonError;
+use super::{
+    DaemonError,
+    accept_local::{self, ReplyInterfaces},
+};
 use crate::{
     config::{Config, HostDefaults, Mode},
     datapath::{Datapath, counter_value},
     host::{
-        addresses::interface_addresses,
+        addresses::{InterfaceAddress, interface_addresses},
         netdev::Netdev,
         rtnl::{Rtnl, XdpAttachMode},
     },
@@ -241,6 +246,8 @@ pub struct HostWatch {
     /// `pass_no_tx_port` and `drop_oversized` when last looked at.
     passed_no_tx_port: u64,
     oversized: u64,
+    /// Where `accept_local` was seen to for replies from a local VIP.
+    replies: ReplyInterfaces,
 }
 
 impl HostWatch {
@@ -271,6 +278,7 @@ impl HostWatch {
             last_refresh: None,
             passed_no_tx_port: 0,
             oversized: 0,
+            replies: ReplyInterfaces::default(),
         }
     }
 
@@ -328,16 +336,20 @@ impl HostWatch {
     }
 
     fn refresh<D: Datapath>(&mut self, reconciler: &mut Reconciler<D>) {
-        match interface_addresses() {
+        let addresses = match interface_addresses() {
             Ok(addresses) => {
                 if let Err(error) =
-                    reconciler.set_local_addresses(addresses.into_iter().map(|a| a.address))
+                    reconciler.set_local_addresses(addresses.iter().map(|a| a.address))
                 {
                     warn!(%error, "could not mark the local VIP addresses");
                 }
+                addresses
             }
-            Err(error) => warn!(%error, "could not list the host's addresses"),
-        }
+            Err(error) => {
+                warn!(%error, "could not list the host's addresses");
+                Vec::new()
+            }
+        };
         self.answers.clear();
         if !self.started {
             self.started = true;
@@ -349,6 +361,7 @@ impl HostWatch {
             }
         }
         if self.static_next_hop {
+            self.accept_replies(reconciler, &addresses, &BTreeSet::new());
             return;
         }
         let backends: BTreeSet<IpAddr> = reconciler
@@ -404,6 +417,33 @@ impl HostWatch {
         }
         self.manage_neighbours(&hops);
         self.check_kernel_forwarding(reconciler);
+        self.accept_replies(reconciler, &addresses, &hops);
+    }
+
+    /// When a passthrough VIP is an address of this host, lets backends' replies from it in
+    /// by the interfaces the balancer runs on and those toward the backends (`hops`).
+    fn accept_replies<D: Datapath>(
+        &mut self,
+        reconciler: &Reconciler<D>,
+        addresses: &[InterfaceAddress],
+        hops: &BTreeSet<(u32, IpAddr)>,
+    ) {
+        let vips = reconciler
+            .listeners()
+            .values()
+            .map(|l| l.listener.vip.address);
+        let local_vips = accept_local::local_vips(vips, addresses);
+        if local_vips.is_empty() {
+            return;
+        }
+        let interfaces: BTreeSet<u32> = self
+            .facts
+            .interfaces
+            .iter()
+            .map(|i| i.ifindex)
+            .chain(hops.iter().map(|(ifindex, _)| *ifindex))
+            .collect();
+        self.replies.accept(&local_vips, &interfaces);
     }
 
     /// Removes `ifindex` from the redirect map.

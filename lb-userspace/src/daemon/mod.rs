@@ -12,6 +12,7 @@
 //! Data flow: control socket (tokio task) -> channel -> the [`controller::Controller`] thread,
 //! which alone owns the configuration and the reconciler.
 
+pub mod accept_local;
 pub mod controller;
 pub mod handover;
 pub mod host;
@@ -410,7 +411,7 @@ fn start_packet_path(config: &Config) -> Result<PacketPath, DaemonError> {
     // Only this daemon's program runs now: nothing its predecessor cached may be taken for
     // current later.
     reconciler.datapath_mut().clear_vip_cache()?;
-    accept_local_sources(config, &host_defaults, &interfaces);
+    accept_local::accept_encap_sources(config, &host_defaults, &interfaces);
     let possible_cpus = crate::loader::possible_cpus()?;
     let conn_table_entries = reconciler.datapath().conn_table_entries()?;
     info!(
@@ -659,43 +660,5 @@ fn see_vlan_tags(interface: &str) {
             %interface, %error,
             "could not turn receive VLAN offload off: if the NIC strips VLAN tags, tagged VIP traffic leaves untagged (`ethtool -K {interface} rxvlan off`)"
         ),
-    }
-}
-
-/// When the IPv4 outer source is this host's own address (the default), sets `accept_local` on
-/// the interfaces the balancer runs on: the encapsulated packets it hands the kernel to forward
-/// (`pass_no_neighbour`, `pass_no_tx_port`) arrive there with that source, and the kernel
-/// drops packets from its own address as martians otherwise. Says so.
-fn accept_local_sources(
-    config: &Config,
-    host_defaults: &crate::config::HostDefaults,
-    interfaces: &[(String, u32)],
-) {
-    let source = config
-        .datapath
-        .encap_source_v4
-        .map(|(base, _)| base)
-        .or(host_defaults.encap_source_v4);
-    let Some(source) = source else {
-        return;
-    };
-    let local = crate::host::addresses::interface_addresses()
-        .map(|all| crate::host::addresses::is_local(std::net::IpAddr::V4(source), &all))
-        .unwrap_or(false);
-    if !local {
-        return;
-    }
-    for (name, _) in interfaces {
-        let path = format!("/proc/sys/net/ipv4/conf/{name}/accept_local");
-        match std::fs::write(&path, "1") {
-            Ok(()) => info!(
-                interface = %name, %source,
-                "accept_local set: the kernel forwards the encapsulated packets the balancer hands it, whose outer source is this host's address"
-            ),
-            Err(error) => warn!(
-                interface = %name, %error,
-                "could not set accept_local: encapsulated packets handed to the kernel (pass_no_neighbour, pass_no_tx_port) are dropped as martians"
-            ),
-        }
     }
 }

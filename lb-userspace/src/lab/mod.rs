@@ -8,7 +8,9 @@
 //!   passthrough deployment (client, balancer, backends on one switched segment), with the
 //!   backends' decapsulation programs attached and TLS servers on the VIP;
 //! - [`routed`]: [`RoutedLab`](routed::RoutedLab), the client behind a router and the balancer
-//!   between a client-facing and a backend-facing segment (two interfaces, real path MTUs);
+//!   between a client-facing and a backend-facing segment (two interfaces, real path MTUs),
+//!   optionally with the VIPs on the balancer's `lo` and the backends' replies routed back
+//!   through it;
 //! - [`daemon`]: [`DaemonProcess`](daemon::DaemonProcess), an `lb run` child process inside a
 //!   lab namespace, with its own socket and pins, stopped (SIGTERM) on drop;
 //! - [`http`]: [`HttpBackend`](http::HttpBackend), an HTTP/1.1 and HTTP/2 backend (plain or

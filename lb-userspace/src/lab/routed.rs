@@ -20,13 +20,22 @@
 //! since a veth delivers `XDP_TX` and `XDP_REDIRECT` frames only to a peer with an XDP program
 //! (or GRO); `back_port_xdp = false` leaves the back one without, as a host whose egress
 //! interface takes no redirected frames.
+//!
+//! Two options model a balancer that also serves the VIPs itself (L7 listeners next to the
+//! passthrough ones) on a network whose return path crosses it: `vip_on_balancer_lo` puts the
+//! VIPs on the balancer's `lo`, and `replies_via_balancer` routes the backends' replies to
+//! the client through the balancer's [`BACK`] address (it forwards them out of [`FRONT`] to
+//! the router) instead of through the router. Together, every reply reaches the balancer
+//! from one of its own addresses.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{
     LabError, NetNs, Pki,
     netns::veth,
-    passthrough::{IFACE, LabBackend, VIP_V4, VIP_V6, address_host, plug, start_tls_servers},
+    passthrough::{
+        IFACE, LabBackend, VIP_V4, VIP_V6, address_host, assign_vip_to_lo, plug, start_tls_servers,
+    },
     sweep_stale,
 };
 use crate::loader::{AttachMode, Aux, attach};
@@ -77,6 +86,11 @@ pub struct RoutedOptions {
     /// Whether the back switch's port facing the balancer runs an XDP program, without which
     /// the balancer's [`BACK`] veth takes no redirected frames.
     pub back_port_xdp: bool,
+    /// Whether the VIPs are on the balancer's `lo` too (as for L7 listeners on the VIPs).
+    pub vip_on_balancer_lo: bool,
+    /// Whether the backends' default routes go via the balancer's [`BACK`] address rather
+    /// than the router's: their direct replies then cross the balancer's kernel.
+    pub replies_via_balancer: bool,
 }
 
 impl Default for RoutedOptions {
@@ -85,6 +99,8 @@ impl Default for RoutedOptions {
             backends: 2,
             router_client_mtu: MTU,
             back_port_xdp: true,
+            vip_on_balancer_lo: false,
+            replies_via_balancer: false,
         }
     }
 }
@@ -220,6 +236,9 @@ impl RoutedLab {
         ] {
             lb.sysctl(key, value)?;
         }
+        if options.vip_on_balancer_lo {
+            assign_vip_to_lo(&lb)?;
+        }
 
         let mut aux = Aux::load()?;
         front.run_here(|| attach(&mut aux.ebpf, Aux::PASS, "lb", AttachMode::Driver))??;
@@ -233,7 +252,11 @@ impl RoutedLab {
             plug(&back, &ns, &format!("b{i}"), MTU)?;
             let (v4, v6) = (backend_v4(i), backend_v6(i));
             address_host(&ns, v4, v6)?;
-            default_via(&ns, ROUTER_BACK_V4, ROUTER_BACK_V6)?;
+            if options.replies_via_balancer {
+                default_via(&ns, LB_BACK_V4, LB_BACK_V6)?;
+            } else {
+                default_via(&ns, ROUTER_BACK_V4, ROUTER_BACK_V6)?;
+            }
             backends.push(LabBackend::serve_vips(ns, i, v4, v6)?);
         }
         Ok(Self {
