@@ -16,6 +16,7 @@ pub mod files;
 pub mod headers;
 pub mod limit;
 pub mod proxy;
+mod retry;
 pub mod server;
 pub mod sticky;
 pub mod tls;
