@@ -16,6 +16,7 @@ pub mod files;
 pub mod headers;
 pub mod limit;
 pub mod proxy;
+mod retry;
 pub mod server;
 pub mod sticky;
 pub mod tls;
@@ -283,21 +284,22 @@ impl L7 {
             };
             let certs = load_certs(name, settings)?;
             let site = r.proxy.site();
-            let (sealer, connector) = sealer_and_connector(name, settings)?;
-            reloaded.push((r, certs, site, sealer, connector));
+            // The same ServerConfig and resolver: the resolver's certificates are replaced
+            // below, once every file has been read, and new handshakes get them.
+            let next = site_with(
+                name,
+                &site.listener,
+                &site.settings,
+                Arc::clone(&site.tls),
+                Arc::clone(&site.resolver),
+            )?;
+            reloaded.push((r, certs, next));
         }
         let mut summary = Vec::new();
-        for (r, certs, site, sealer, connector) in reloaded {
+        for (r, certs, next) in reloaded {
             summary.push(format!("{}: {}", r.proxy.name, certs.names().join(", ")));
-            site.resolver.replace(certs);
-            r.proxy.set_site(Site {
-                listener: site.listener.clone(),
-                settings: site.settings.clone(),
-                tls: Arc::clone(&site.tls),
-                resolver: Arc::clone(&site.resolver),
-                sealer,
-                connector,
-            });
+            next.resolver.replace(certs);
+            r.proxy.set_site(next);
         }
         Ok(summary)
     }
@@ -473,6 +475,20 @@ fn build_site(
             reason: e.to_string(),
         }
     })?;
+    site_with(name, listener, settings, tls, resolver)
+}
+
+/// The site of `listener` with the TLS server side `tls` (whose certificates `resolver`
+/// gives) and the backend side read from the files `settings` name: the cookie keys, the
+/// backends' CA bundle and client certificate. Shared by [`build_site`] and
+/// [`L7::reload_files`], which keeps a running listener's `tls` and `resolver`.
+fn site_with(
+    name: &str,
+    listener: &ListenerConfig,
+    settings: &L7Settings,
+    tls: Arc<rustls::ServerConfig>,
+    resolver: Arc<CertResolver>,
+) -> Result<Site, L7Error> {
     let (sealer, connector) = sealer_and_connector(name, settings)?;
     Ok(Site {
         listener: listener.clone(),

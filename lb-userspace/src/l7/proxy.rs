@@ -12,6 +12,10 @@
 //! | the request was sent and the connection failed | 502, or tried once on another backend if its method is idempotent and it had no body |
 //! | no response head within `response_timeout` | 504 |
 //!
+//! The retries are decided by [`super::retry::Attempts`]; [`Proxy::forward`] reads top to
+//! bottom: check the head, place the request, prepare it for the backend, run its tries,
+//! shape the response.
+//!
 //! A request the proxy refuses before placing it: a target over 8 KiB (414), header fields
 //! over `max_header_bytes` (431), no usable `Host` (400), an HTTP/2 extended CONNECT for a
 //! protocol other than WebSocket (501).
@@ -27,9 +31,9 @@ use std::{
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::{Either, Empty};
+use http_body_util::Either;
 use hyper::{
-    Method, Request, Response, StatusCode, Version,
+    Request, Response, StatusCode, Version,
     body::{Body as _, Incoming},
     header::{self, HeaderMap, HeaderValue},
     upgrade::OnUpgrade,
@@ -37,11 +41,12 @@ use hyper::{
 use tracing::{debug, warn};
 
 use super::{
-    balance::{BackendSet, OutlierPolicy, Upstream},
+    balance::{BackendSet, OutlierPolicy, Outstanding, Upstream},
     body::{Held, ProxyBody, Upload, error_response},
     conn::ConnState,
     headers::{self, Forwarding},
     limit::Limit,
+    retry::{Attempts, Failure, Next, ReplayHead},
     sticky::{self, SessionId, Ticket},
     tls::CertResolver,
     upstream::{ConnectError, Connector, Sender, UpBody},
@@ -185,12 +190,85 @@ enum Placement {
     Repinned(SessionId),
 }
 
-/// The request methods that may be sent twice (RFC 9110 section 9.2.2).
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
+/// A request's switch of protocols, if it asks for one: its `Upgrade` (`websocket` for an
+/// HTTP/2 extended CONNECT) and the client's side of the upgraded connection.
+struct Switch {
+    header: Option<HeaderValue>,
+    client: Option<OnUpgrade>,
+    h2_websocket: bool,
+}
+
+impl Switch {
+    fn of(request: &mut Request<Incoming>) -> Self {
+        let h2_websocket = headers::is_h2_websocket(request);
+        let header = if h2_websocket {
+            Some(HeaderValue::from_static("websocket"))
+        } else {
+            headers::upgrade_of(request.version(), request.headers())
+        };
+        let client = header.is_some().then(|| hyper::upgrade::on(&mut *request));
+        Self {
+            header,
+            client,
+            h2_websocket,
+        }
+    }
+}
+
+/// A request ready for its first try: the request, the head to replay it from, the upload's
+/// outcome.
+type Prepared = (
+    Request<UpBody>,
+    Option<ReplayHead>,
+    Option<Arc<super::body::UploadOutcome>>,
+);
+
+/// What every try of one request shares.
+struct Tries<'a> {
+    site: &'a Site,
+    set: &'a BackendSet,
+    upload: Option<&'a super::body::UploadOutcome>,
+    replay: Option<&'a ReplayHead>,
+    /// A switch of protocols: the backend connection is an HTTP/1.1 one of its own.
+    upgrade: bool,
+}
+
+/// A request the proxy answers itself, with `status`.
+enum Refusal {
+    /// The client's doing: the connection closes after the answer ([`client_error`]).
+    Close(StatusCode),
+    /// The connection stays ([`error_response`]).
+    Answer(StatusCode),
+}
+
+impl Refusal {
+    fn response(self) -> Response<ProxyBody> {
+        match self {
+            Self::Close(status) => client_error(status),
+            Self::Answer(status) => error_response(status),
+        }
+    }
+}
+
+/// How one try of a request ended.
+enum Tried {
+    /// The backend's response head, and its HTTP/1.1 connection to pool after the body.
+    Answered(
+        Response<Incoming>,
+        Option<hyper::client::conn::http1::SendRequest<UpBody>>,
+    ),
+    /// A failure [`Attempts`] decides about.
+    Failed(Failure),
+    /// The proxy answers at once, whatever the tries left.
+    Refused(Refusal),
+}
+
+/// A backend's response, with what holds the backend while its body streams.
+struct Served {
+    response: Response<Incoming>,
+    connection: Option<hyper::client::conn::http1::SendRequest<UpBody>>,
+    outstanding: Outstanding,
+    upstream: Arc<Upstream>,
 }
 
 /// Why sending a request failed.
@@ -276,6 +354,8 @@ impl Proxy {
         Ok(response)
     }
 
+    /// One request's way through the listener: refuse what cannot be forwarded, place it on a
+    /// backend, rewrite it for the backend, run its tries ([`super::retry`]), and shape the response.
     async fn forward(
         self: &Arc<Self>,
         mut request: Request<Incoming>,
@@ -284,41 +364,80 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let site = self.site();
         let set = self.backends();
-        if let Err(refused) =
-            headers::check_head_size(&request, site.settings.http.max_header_bytes)
-        {
-            count(match refused {
-                headers::HeadTooLarge::Target => &self.counters.uri_too_long,
-                headers::HeadTooLarge::Fields => &self.counters.heads_too_large,
-            });
-            return client_error(refused.status());
+        if let Err(refused) = self.check(&site, &mut request) {
+            return refused.response();
         }
-        if headers::check_host(&mut request).is_err() {
-            count(&self.counters.bad_requests);
-            return client_error(StatusCode::BAD_REQUEST);
-        }
-        let h2_websocket = headers::is_h2_websocket(&request);
-        if !h2_websocket && request.extensions().get::<hyper::ext::Protocol>().is_some() {
-            // An extended CONNECT for a protocol other than WebSocket: none is tunnelled.
-            count(&self.counters.bad_requests);
-            return error_response(StatusCode::NOT_IMPLEMENTED);
-        }
-        let upgrade = if h2_websocket {
-            Some(HeaderValue::from_static("websocket"))
-        } else {
-            headers::upgrade_of(request.version(), request.headers())
-        };
-        let client_upgrade: Option<OnUpgrade> =
-            upgrade.is_some().then(|| hyper::upgrade::on(&mut request));
+        let switch = Switch::of(&mut request);
         let now = sticky::now_unix_ms();
         let (first, mut placement) = self.place(&site, &set, request.headers_mut(), now);
         let Some(first) = first else {
             count(&self.counters.no_backend);
             return error_response(StatusCode::SERVICE_UNAVAILABLE);
         };
+        let (request, replay, upload) = match self.prepare(&site, request, client, &first, &switch)
+        {
+            Ok(prepared) => prepared,
+            Err(refused) => return refused.response(),
+        };
 
+        // Let the other connections with a request ready read theirs first: the requests
+        // then reach the backends in a burst, which they (and the kernel) serve with fewer
+        // wake-ups and context switches than one request at a time. Under load this is a
+        // tenth more requests per second (README, benchmark); idle, it costs one task poll.
+        tokio::task::yield_now().await;
+        let tries = Tries {
+            site: &site,
+            set: &set,
+            upload: upload.as_deref(),
+            replay: replay.as_ref(),
+            upgrade: switch.header.is_some(),
+        };
+        let served = match self.run_tries(&tries, first, request, &mut placement).await {
+            Ok(served) => served,
+            Err(failed) => return failed.response(),
+        };
+        let cookie = self.cookie(&site, &placement, &served.upstream, now);
+        self.respond(&site, served, cookie, switch, conn)
+    }
+
+    /// A request refused before it is placed: a head too large (414, 431), no usable `Host`
+    /// (400), an extended CONNECT for a protocol other than WebSocket (501).
+    fn check(&self, site: &Site, request: &mut Request<Incoming>) -> Result<(), Refusal> {
+        if let Err(refused) = headers::check_head_size(request, site.settings.http.max_header_bytes)
+        {
+            count(match refused {
+                headers::HeadTooLarge::Target => &self.counters.uri_too_long,
+                headers::HeadTooLarge::Fields => &self.counters.heads_too_large,
+            });
+            return Err(Refusal::Close(refused.status()));
+        }
+        if headers::check_host(request).is_err() {
+            count(&self.counters.bad_requests);
+            return Err(Refusal::Close(StatusCode::BAD_REQUEST));
+        }
+        if !headers::is_h2_websocket(request)
+            && request.extensions().get::<hyper::ext::Protocol>().is_some()
+        {
+            // An extended CONNECT for a protocol other than WebSocket: none is tunnelled.
+            count(&self.counters.bad_requests);
+            return Err(Refusal::Answer(StatusCode::NOT_IMPLEMENTED));
+        }
+        Ok(())
+    }
+
+    /// The request as `first` gets it: a body over `max_body_bytes` refused (413), hop-by-hop
+    /// headers gone, forwarding headers added, the target and version the backend's; with the
+    /// head to replay it from, and the upload's outcome.
+    fn prepare(
+        self: &Arc<Self>,
+        site: &Site,
+        request: Request<Incoming>,
+        client: &Forwarding,
+        first: &Upstream,
+        switch: &Switch,
+    ) -> Result<Prepared, Refusal> {
         let (mut parts, body) = request.into_parts();
-        if h2_websocket {
+        if switch.h2_websocket {
             headers::websocket_to_http1(&mut parts);
         }
         let limits = &site.settings.http;
@@ -326,11 +445,12 @@ impl Proxy {
             && body.size_hint().exact().is_some_and(|length| length > max)
         {
             count(&self.counters.body_too_large);
-            return client_error(StatusCode::PAYLOAD_TOO_LARGE);
+            return Err(Refusal::Close(StatusCode::PAYLOAD_TOO_LARGE));
         }
         let body = Upload::new(body, limits, Arc::clone(self));
         let upload = body.outcome();
-        headers::strip_hop_by_hop(&mut parts.headers, upgrade.as_ref());
+        let upgrade = switch.header.as_ref();
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade);
         if site.settings.forwarded_header {
             let host = parts
                 .headers
@@ -358,133 +478,156 @@ impl Proxy {
             first.address,
         ) {
             Ok(uri) => uri,
-            Err(_) => return error_response(StatusCode::BAD_REQUEST),
+            Err(_) => return Err(Refusal::Answer(StatusCode::BAD_REQUEST)),
         };
         parts.version = version;
         if version == Version::HTTP_11 && upgrade.is_none() {
             headers::frame_body_for_http1(&mut parts.headers, !body.is_end_stream());
         }
-        // A request without a body whose method allows it can be sent again.
-        let replay = (idempotent(&parts.method) && body.is_end_stream()).then(|| {
-            (
-                parts.method.clone(),
-                parts.uri.clone(),
-                parts.version,
-                parts.headers.clone(),
-            )
-        });
-        let mut request = Request::from_parts(parts, Either::Left(body));
+        let replay = ReplayHead::of(&parts, body.is_end_stream());
+        Ok((
+            Request::from_parts(parts, Either::Left(body)),
+            replay,
+            upload,
+        ))
+    }
 
-        // Let the other connections with a request ready read theirs first: the requests
-        // then reach the backends in a burst, which they (and the kernel) serve with fewer
-        // wake-ups and context switches than one request at a time. Under load this is a
-        // tenth more requests per second (README, benchmark); idle, it costs one task poll.
-        tokio::task::yield_now().await;
+    /// Sends the request to `first`, then where [`Attempts`] says after each failure, until a
+    /// backend answers (its response) or the tries run out (the client's error response).
+    async fn run_tries(
+        &self,
+        tries: &Tries<'_>,
+        first: Arc<Upstream>,
+        request: Request<UpBody>,
+        placement: &mut Placement,
+    ) -> Result<Served, Refusal> {
+        let Tries { site, set, .. } = *tries;
+        let mut attempts = Attempts::new(tries.replay.is_some());
         let mut upstream = first;
-        let mut tried_another = false;
-        let mut fresh = false;
-        let response = loop {
+        // None once sent, until a replay rebuilds it.
+        let mut request = Some(request);
+        loop {
             let outstanding = upstream.begin();
-            let sender = match site
-                .connector
-                .checkout(&upstream, upgrade.is_some(), fresh)
-                .await
-            {
-                Ok(sender) => sender,
-                Err(error) => {
-                    count(&self.counters.backend_connect_errors);
-                    self.log_connect_failure(&upstream, &error);
-                    self.backend_failed(&site, &upstream);
-                    match self.another(&site, &set, &upstream, &mut tried_another, &mut placement) {
-                        Some(next) => {
-                            upstream = next;
-                            continue;
-                        }
-                        None => return error_response(StatusCode::BAD_GATEWAY),
-                    }
+            let fresh = attempts.is_fresh();
+            let failure = match self.try_once(tries, &upstream, &mut request, fresh).await {
+                Tried::Answered(response, connection) => {
+                    return Ok(Served {
+                        response,
+                        connection,
+                        outstanding,
+                        upstream,
+                    });
                 }
+                Tried::Refused(refusal) => return Err(refusal),
+                Tried::Failed(failure) => failure,
             };
-            let sent = response_within(
-                send(sender, request),
-                upload.as_deref(),
-                &site.settings.backend,
-            )
-            .await;
-            match sent {
-                Err(_) => {
-                    count(&self.counters.backend_timeouts);
-                    warn!(listener = %self.name, backend = %upstream.address,
-                        timeout = ?site.settings.backend.response_timeout, "no response in time");
-                    self.backend_failed(&site, &upstream);
-                    return error_response(StatusCode::GATEWAY_TIMEOUT);
-                }
-                Ok(Ok((response, connection))) => {
-                    upstream.succeeded();
-                    break (response, connection, outstanding);
-                }
-                Ok(Err(SendFailure::NotSent(back, error))) => {
-                    // A pooled connection the backend had closed: the request is intact.
-                    debug!(listener = %self.name, backend = %upstream.address, %error,
-                        "a pooled connection was closed; sending on a new one");
-                    request = *back;
-                    if fresh {
-                        count(&self.counters.backend_errors);
-                        self.backend_failed(&site, &upstream);
-                        match self.another(
-                            &site,
-                            &set,
-                            &upstream,
-                            &mut tried_another,
-                            &mut placement,
-                        ) {
-                            Some(next) => upstream = next,
-                            None => return error_response(StatusCode::BAD_GATEWAY),
-                        }
+            let verdict = attempts.after(failure);
+            if verdict.backend_failed {
+                self.backend_failed(site, &upstream);
+            }
+            match verdict.next {
+                Next::SameBackend => {}
+                Next::Another | Next::Replay => {
+                    let Some(next) = self.another(site, set, &upstream, placement) else {
+                        return Err(Refusal::Answer(StatusCode::BAD_GATEWAY));
+                    };
+                    upstream = next;
+                    if verdict.next == Next::Replay {
+                        request = tries.replay.map(ReplayHead::request);
                     }
-                    fresh = true;
                 }
-                Ok(Err(SendFailure::Sent(error))) if failed_upload(upload.as_deref()).is_some() => {
+                Next::GiveUp(status) => return Err(Refusal::Answer(status)),
+            }
+        }
+    }
+
+    /// One try of `request` on `upstream`, on a new connection if `fresh`, counted and
+    /// logged. The request stays in `request` if none of it was sent.
+    async fn try_once(
+        &self,
+        tries: &Tries<'_>,
+        upstream: &Arc<Upstream>,
+        request: &mut Option<Request<UpBody>>,
+        fresh: bool,
+    ) -> Tried {
+        let backend = &tries.site.settings.backend;
+        let sender = match tries
+            .site
+            .connector
+            .checkout(upstream, tries.upgrade, fresh)
+            .await
+        {
+            Ok(sender) => sender,
+            Err(error) => {
+                count(&self.counters.backend_connect_errors);
+                self.log_connect_failure(upstream, &error);
+                return Tried::Failed(Failure::Connect);
+            }
+        };
+        let Some(sending) = request.take() else {
+            // Not reached: a sent request is tried again only as a replay.
+            return Tried::Refused(Refusal::Answer(StatusCode::BAD_GATEWAY));
+        };
+        match response_within(send(sender, sending), tries.upload, backend).await {
+            Ok(Ok((response, connection))) => {
+                upstream.succeeded();
+                Tried::Answered(response, connection)
+            }
+            Err(_) => {
+                count(&self.counters.backend_timeouts);
+                warn!(listener = %self.name, backend = %upstream.address,
+                    timeout = ?backend.response_timeout, "no response in time");
+                Tried::Failed(Failure::Timeout)
+            }
+            Ok(Err(SendFailure::NotSent(back, error))) => {
+                // A pooled connection the backend had closed: the request is intact.
+                debug!(listener = %self.name, backend = %upstream.address, %error,
+                    "a pooled connection was closed; sending on a new one");
+                *request = Some(*back);
+                if fresh {
+                    count(&self.counters.backend_errors);
+                }
+                Tried::Failed(Failure::NotSent)
+            }
+            Ok(Err(SendFailure::Sent(error))) => {
+                if let Some(status) = failed_upload(tries.upload) {
                     // The client's upload failed (counted there): not the backend's doing.
                     debug!(listener = %self.name, backend = %upstream.address, %error,
                         "a request abandoned: its upload failed");
-                    let status = failed_upload(upload.as_deref());
-                    return client_error(status.unwrap_or(StatusCode::BAD_REQUEST));
+                    return Tried::Refused(Refusal::Close(status));
                 }
-                Ok(Err(SendFailure::Sent(error))) => {
-                    count(&self.counters.backend_errors);
-                    warn!(listener = %self.name, backend = %upstream.address, %error,
-                        "the backend failed the request");
-                    self.backend_failed(&site, &upstream);
-                    let Some((method, uri, version, headers)) = &replay else {
-                        return error_response(StatusCode::BAD_GATEWAY);
-                    };
-                    let Some(next) =
-                        self.another(&site, &set, &upstream, &mut tried_another, &mut placement)
-                    else {
-                        return error_response(StatusCode::BAD_GATEWAY);
-                    };
-                    upstream = next;
-                    fresh = false;
-                    let mut again = Request::new(Either::Right(Empty::<Bytes>::new()));
-                    *again.method_mut() = method.clone();
-                    *again.uri_mut() = uri.clone();
-                    *again.version_mut() = *version;
-                    *again.headers_mut() = headers.clone();
-                    request = again;
-                }
+                count(&self.counters.backend_errors);
+                warn!(listener = %self.name, backend = %upstream.address, %error,
+                    "the backend failed the request");
+                Tried::Failed(Failure::Sent)
             }
-        };
-        let (mut response, connection, outstanding) = response;
+        }
+    }
 
-        let cookie = self.cookie(&site, &placement, &upstream, now);
+    /// The response to the client: hop-by-hop headers gone, the sticky cookie set; a switch
+    /// of protocols becomes a tunnel between the client's and the backend's connections.
+    fn respond(
+        &self,
+        site: &Site,
+        served: Served,
+        cookie: Option<HeaderValue>,
+        switch: Switch,
+        conn: &Arc<ConnState>,
+    ) -> Response<ProxyBody> {
+        let Served {
+            mut response,
+            connection,
+            outstanding,
+            upstream,
+        } = served;
         if let (Some(client_upgrade), StatusCode::SWITCHING_PROTOCOLS) =
-            (client_upgrade, response.status())
+            (switch.client, response.status())
         {
             count(&self.counters.upgrades);
             let backend_upgrade = hyper::upgrade::on(&mut response);
             // An HTTP/1.1 connection becomes the tunnel, and its place in `max_connections`
             // goes with it; an HTTP/2 stream does, and its connection stays busy meanwhile.
-            let held = if h2_websocket {
+            let held = if switch.h2_websocket {
                 super::tunnel::Held::Stream(conn.begin())
             } else {
                 super::tunnel::Held::Connection(conn.take_permit())
@@ -497,11 +640,11 @@ impl Proxy {
                 site.settings.http.idle_timeout,
             ));
             let (mut parts, _) = response.into_parts();
-            if h2_websocket {
+            if switch.h2_websocket {
                 strip_response(&mut parts.headers, None);
                 headers::websocket_answer_for_h2(&mut parts);
             } else {
-                strip_response(&mut parts.headers, upgrade.as_ref());
+                strip_response(&mut parts.headers, switch.header.as_ref());
             }
             if let Some(cookie) = cookie {
                 parts.headers.append(header::SET_COOKIE, cookie);
@@ -596,7 +739,8 @@ impl Proxy {
         Some(sticky::set_cookie(sticky, &value, expires, now))
     }
 
-    /// Another backend than `failed` for the one retry a request gets. A session pinned to
+    /// Another backend than `failed` for the one retry a request gets ([`Attempts`] keeps it to
+    /// one). A session pinned to
     /// the failed backend is re-pinned at once (by rendezvous among the others; its response
     /// sets a new cookie), rather than sent back to it on every request.
     fn another(
@@ -604,13 +748,8 @@ impl Proxy {
         site: &Site,
         set: &BackendSet,
         failed: &Arc<Upstream>,
-        tried_another: &mut bool,
         placement: &mut Placement,
     ) -> Option<Arc<Upstream>> {
-        if *tried_another {
-            return None;
-        }
-        *tried_another = true;
         let next = match *placement {
             Placement::Pinned(session) => {
                 count(&self.counters.sticky_repinned);

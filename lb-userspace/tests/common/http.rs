@@ -2,7 +2,8 @@
 //!
 //! - [`Site`]: one offload listener (`web`, pool `app`) on 127.0.0.1 in front of lab
 //!   [`HttpBackend`]s and of any other ports (a backend that misbehaves, or a port with nothing
-//!   behind it), its settings given as TOML lines ([`Settings`]);
+//!   behind it), its settings given as TOML lines ([`Settings`]); it is a [`Setup`] of
+//!   `l7.rs` (which writes the configuration with the lab's `OneListener`), started;
 //! - raw clients that control every byte and see every close: [`RawH1`] (HTTP/1.1 over TLS)
 //!   and [`RawH2`] (HTTP/2 frames over TLS, requests encoded with literal HPACK);
 //! - backends that misbehave: [`RawBackend`] (closes each connection once it has read a request,
@@ -30,9 +31,9 @@ use std::{
 use lb::{
     l7::proxy::{Counters, Proxy},
     lab::{
-        Pki, client_config,
+        client_config,
         http::HttpBackend,
-        l7::{HttpsConn, L7Lab, LabDir, write_cert},
+        l7::{HttpsConn, L7Lab},
     },
 };
 use rustls::RootCertStore;
@@ -44,8 +45,9 @@ use tokio::{
 };
 use tokio_rustls::client::TlsStream;
 
-/// The name of the listener's certificate, and the `Host` of requests.
-pub const HOST: &str = "www.example";
+pub use super::l7::HOST;
+use super::l7::{Mode, Running, Setup};
+
 /// Longest wait for anything that should happen: a test that waits longer has failed.
 pub const PATIENCE: Duration = Duration::from_secs(5);
 
@@ -98,52 +100,32 @@ impl Site {
         other_ports: &[u16],
         settings: Settings<'_>,
     ) -> Self {
-        let dir = LabDir::new(prefix).expect("a lab directory");
-        let pki = Pki::new(&format!("{prefix} CA")).expect("a CA");
-        let (cert, key) = write_cert(&dir, &pki, "www", &[HOST]).expect("a certificate");
         let ports: Vec<u16> = backends
             .iter()
             .map(|b| b.address.port())
             .chain(other_ports.iter().copied())
             .collect();
-        let pool: Vec<String> = ports
-            .iter()
-            .map(|port| format!("{{ address = \"127.0.0.1\", port = {port} }}"))
-            .collect();
-        let port = free_port();
-        let config = format!(
-            r#"
-[pools.app]
-backends = [{pool}]
-
-[listeners.web]
-address = "127.0.0.1"
-port = {port}
-mode = "offload"
-pool = "app"
-{listener}
-
-[listeners.web.tls]
-certificates = [{{ cert = "{cert}", key = "{key}" }}]
-
-[listeners.web.http]
-{http}
-
-[listeners.web.backend]
-{backend}
-"#,
-            pool = pool.join(", "),
-            listener = settings.listener,
-            cert = cert.display(),
-            key = key.display(),
-            http = settings.http,
-            backend = settings.backend,
-        );
-        let lab = L7Lab::start(dir, pki, &config, backends).expect("starting the L7 lab");
-        let roots = lab.pki.roots().expect("the lab's roots");
+        let mut setup = Setup::new(prefix, Mode::Offload);
+        setup.cert("www", &[HOST]);
+        for backend in backends {
+            setup.started_backend(backend);
+        }
+        for port in other_ports {
+            setup.other_port(*port);
+        }
+        setup
+            .listener(settings.listener)
+            .http(settings.http)
+            .backend_setting(settings.backend);
+        let Running {
+            lab,
+            address,
+            roots,
+            ..
+        } = setup.start();
         Self {
             lab,
-            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            address,
             roots,
             ports,
         }

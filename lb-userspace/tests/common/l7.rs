@@ -20,7 +20,7 @@ pub use super::http::free_port;
 use lb::lab::{
     Issued, Pki,
     http::HttpBackend,
-    l7::{L7Lab, LabDir},
+    l7::{L7Lab, LabDir, OneListener},
 };
 use rustls::{RootCertStore, ServerConfig};
 
@@ -75,11 +75,11 @@ pub struct Setup {
     pub backend_pki: Pki,
     pub backend_ca: PathBuf,
     mode: Mode,
-    certificates: Vec<(PathBuf, PathBuf)>,
     backends: Vec<(HttpBackend, Option<String>)>,
-    listener_lines: Vec<String>,
-    tls_lines: Vec<String>,
-    backend_lines: Vec<String>,
+    /// Pool members after the backends: ports without a lab backend.
+    other_ports: Vec<u16>,
+    /// The configuration but for its members and the backends' CA.
+    config: OneListener,
     verify_backends: bool,
 }
 
@@ -99,11 +99,12 @@ impl Setup {
             backend_pki,
             backend_ca,
             mode,
-            certificates: Vec::new(),
             backends: Vec::new(),
-            listener_lines: Vec::new(),
-            tls_lines: Vec::new(),
-            backend_lines: Vec::new(),
+            other_ports: Vec::new(),
+            config: OneListener {
+                mode: mode.as_str(),
+                ..OneListener::default()
+            },
             verify_backends: true,
         }
     }
@@ -113,7 +114,7 @@ impl Setup {
     pub fn cert(&mut self, file: &str, names: &[&str]) -> Issued {
         let issued = self.pki.issue(names).expect("issuing a certificate");
         let files = write_issued(&self.dir, file, &issued);
-        self.certificates.push(files);
+        self.config.certificates.push(files);
         issued
     }
 
@@ -145,21 +146,40 @@ impl Setup {
         &self.backends.last().expect("just pushed").0
     }
 
+    /// A backend started elsewhere.
+    pub fn started_backend(&mut self, backend: HttpBackend) -> &mut Self {
+        self.backends.push((backend, None));
+        self
+    }
+
+    /// A pool member on `port` of 127.0.0.1 without a lab backend (one that misbehaves, or
+    /// nothing), after the backends.
+    pub fn other_port(&mut self, port: u16) -> &mut Self {
+        self.other_ports.push(port);
+        self
+    }
+
     /// Adds `line` to `[listeners.web]`.
     pub fn listener(&mut self, line: &str) -> &mut Self {
-        self.listener_lines.push(line.to_owned());
+        self.config.listener.push(line.to_owned());
         self
     }
 
     /// Adds `line` to `[listeners.web.tls]`.
     pub fn tls(&mut self, line: &str) -> &mut Self {
-        self.tls_lines.push(line.to_owned());
+        self.config.tls.push(line.to_owned());
+        self
+    }
+
+    /// Adds `line` to `[listeners.web.http]`.
+    pub fn http(&mut self, line: &str) -> &mut Self {
+        self.config.http.push(line.to_owned());
         self
     }
 
     /// Adds `line` to `[listeners.web.backend]`.
     pub fn backend_setting(&mut self, line: &str) -> &mut Self {
-        self.backend_lines.push(line.to_owned());
+        self.config.backend.push(line.to_owned());
         self
     }
 
@@ -171,57 +191,19 @@ impl Setup {
 
     /// The configuration for a listener on `port`.
     pub fn config_text(&self, port: u16) -> String {
-        let backends: Vec<String> = self
+        let mut config = self.config.clone();
+        config.members = self
             .backends
             .iter()
-            .map(|(backend, server_name)| {
-                let name = server_name
-                    .as_ref()
-                    .map_or_else(String::new, |n| format!(", server_name = \"{n}\""));
-                format!(
-                    "{{ address = \"127.0.0.1\", port = {}{name} }}",
-                    backend.address.port()
-                )
-            })
+            .map(|(backend, server_name)| (backend.address.port(), server_name.clone()))
+            .chain(self.other_ports.iter().map(|port| (*port, None)))
             .collect();
-        let certificates: Vec<String> = self
-            .certificates
-            .iter()
-            .map(|(cert, key)| {
-                format!(
-                    "{{ cert = \"{}\", key = \"{}\" }}",
-                    cert.display(),
-                    key.display()
-                )
-            })
-            .collect();
-        let mut backend_lines = self.backend_lines.clone();
         if self.mode == Mode::Bridging && self.verify_backends {
-            backend_lines.push(format!("ca_file = \"{}\"", self.backend_ca.display()));
+            config
+                .backend
+                .push(format!("ca_file = \"{}\"", self.backend_ca.display()));
         }
-        let mut text = format!(
-            "[pools.app]\nbackends = [{}]\n\n[listeners.web]\naddress = \"127.0.0.1\"\n\
-             port = {port}\nmode = \"{}\"\npool = \"app\"\n",
-            backends.join(", "),
-            self.mode.as_str()
-        );
-        for line in &self.listener_lines {
-            text.push_str(&format!("{line}\n"));
-        }
-        text.push_str(&format!(
-            "\n[listeners.web.tls]\ncertificates = [{}]\n",
-            certificates.join(", ")
-        ));
-        for line in &self.tls_lines {
-            text.push_str(&format!("{line}\n"));
-        }
-        if !backend_lines.is_empty() {
-            text.push_str("\n[listeners.web.backend]\n");
-            for line in &backend_lines {
-                text.push_str(&format!("{line}\n"));
-            }
-        }
-        text
+        config.text(port)
     }
 
     /// Starts the listener on a free port.

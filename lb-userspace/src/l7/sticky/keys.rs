@@ -1,0 +1,252 @@
+//! The key file: [`KeyRing::load`] reads 1 to [`MAX_KEYS`] AES-256-GCM keys (64 hex digits a
+//! line, comments and blank lines skipped, the file private to its owner) into a ring whose
+//! first key seals and all of which open; [`KeyRing::generate_line`] makes a new line for
+//! `lb sticky-key`. The [`Sealer`](super::Sealer) borrows the ring's keys.
+
+use std::{fmt, path::Path};
+
+use ring::{
+    aead::{AES_256_GCM, LessSafeKey, UnboundKey},
+    rand::{SecureRandom as _, SystemRandom},
+};
+
+use super::StickyError;
+use crate::l7::files::{self, FileError};
+
+const KEY_LEN: usize = 32;
+/// The most keys a key file may hold.
+pub const MAX_KEYS: usize = 16;
+
+/// The AEAD keys of a key file (AES-256-GCM, built once): the first seals, all open.
+pub struct KeyRing {
+    /// Never empty, at most [`MAX_KEYS`].
+    pub(super) keys: Vec<LessSafeKey>,
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("keys", &self.keys.len())
+            .finish()
+    }
+}
+
+impl KeyRing {
+    /// Reads the key file: one key per line, 64 hex digits (32 bytes, AES-256-GCM); blank lines
+    /// and lines starting with '#' are ignored, surrounding whitespace trimmed. At least one
+    /// key, at most [`MAX_KEYS`]. Errors name the file and the line number, never the line's
+    /// content. A file its group or others may read is refused.
+    pub fn load(path: &Path) -> Result<Self, FileError> {
+        let content = files::read_private(path)?;
+        let mut keys = Vec::new();
+        for (index, line) in content.split(|b| *b == b'\n').enumerate() {
+            let line = line.trim_ascii();
+            if line.is_empty() || line.starts_with(b"#") {
+                continue;
+            }
+            let Some(key) = parse_key(line) else {
+                return Err(FileError::new(
+                    path,
+                    format!(
+                        "line {}: not a key: a key is 64 hex digits on a line of its own \
+                         (`lb sticky-key` prints one)",
+                        index + 1
+                    ),
+                ));
+            };
+            keys.push(key);
+        }
+        Self::from_keys(&keys).map_err(|e| FileError::new(path, e))
+    }
+
+    /// A ring of raw keys, the first sealing (tests, benches). [`StickyError::NoKeys`] if there
+    /// is none, [`StickyError::TooManyKeys`] past [`MAX_KEYS`].
+    pub fn from_keys(keys: &[[u8; KEY_LEN]]) -> Result<Self, StickyError> {
+        if keys.is_empty() {
+            return Err(StickyError::NoKeys);
+        }
+        if keys.len() > MAX_KEYS {
+            return Err(StickyError::TooManyKeys { count: keys.len() });
+        }
+        let keys = keys
+            .iter()
+            .map(|key| {
+                UnboundKey::new(&AES_256_GCM, key)
+                    .map(LessSafeKey::new)
+                    .map_err(|_| StickyError::Crypto)
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { keys })
+    }
+
+    /// A new random key as a key-file line (64 lowercase hex digits), for `lb sticky-key`.
+    pub fn generate_line() -> Result<String, StickyError> {
+        let mut key = [0; KEY_LEN];
+        SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| StickyError::Random)?;
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut line = String::with_capacity(2 * KEY_LEN);
+        for byte in key {
+            line.push(char::from(HEX[usize::from(byte >> 4)]));
+            line.push(char::from(HEX[usize::from(byte & 0xf)]));
+        }
+        Ok(line)
+    }
+
+    /// How many keys the ring holds (at least 1).
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Always false: a ring holds at least one key.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// 64 hex digits (either case) as a key.
+fn parse_key(text: &[u8]) -> Option<[u8; KEY_LEN]> {
+    if text.len() != 2 * KEY_LEN {
+        return None;
+    }
+    let mut key = [0; KEY_LEN];
+    for (byte, pair) in key.iter_mut().zip(text.chunks_exact(2)) {
+        let &[high, low] = pair else {
+            return None;
+        };
+        *byte = (hex_digit(high)? << 4) | hex_digit(low)?;
+    }
+    Some(key)
+}
+
+fn hex_digit(digit: u8) -> Option<u8> {
+    match digit {
+        b'0'..=b'9' => Some(digit - b'0'),
+        b'a'..=b'f' => Some(digit - b'a' + 10),
+        b'A'..=b'F' => Some(digit - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{os::unix::fs::PermissionsExt as _, path::PathBuf, sync::Arc};
+
+    use super::*;
+    use crate::l7::sticky::{
+        Sealer,
+        ticket::tests::{KEY_A, KEY_B, sealer, ticket},
+    };
+
+    /// A directory of its own under the system's temporary one, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(test: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("lb-sticky-{}-{test}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir)
+        }
+
+        fn write(&self, name: &str, content: &str, mode: u32) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, content).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            if let Err(error) = std::fs::remove_dir_all(&self.0) {
+                eprintln!("cannot remove {}: {error}", self.0.display());
+            }
+        }
+    }
+
+    #[test]
+    fn a_key_file_with_comments_loads_in_order() {
+        let dir = TempDir::new("good");
+        let a = "a1".repeat(32);
+        let b = "B2".repeat(32);
+        let path = dir.write(
+            "keys",
+            &format!("# sticky keys\n\n   {a}  \r\n# retired next week:\n{b}\n"),
+            0o600,
+        );
+        let ring = KeyRing::load(&path).unwrap();
+        assert_eq!(ring.len(), 2);
+        assert!(!ring.is_empty());
+        assert_eq!(format!("{ring:?}"), "KeyRing { keys: 2 }");
+        let loaded = Sealer::new(Arc::new(ring), "web", "lb_sticky");
+        let value = loaded.seal(&ticket()).unwrap();
+        assert_eq!(
+            sealer(&[KEY_A], "web", "lb_sticky").open(&value),
+            Some(ticket())
+        );
+        let from_b = sealer(&[KEY_B], "web", "lb_sticky")
+            .seal(&ticket())
+            .unwrap();
+        assert_eq!(loaded.open(&from_b), Some(ticket()));
+        assert!(!format!("{loaded:?}").contains("a1a1"));
+    }
+
+    #[test]
+    fn a_bad_key_line_is_named_but_not_shown() {
+        let dir = TempDir::new("bad");
+        let secret = format!("{}SECRETzz", "a".repeat(56));
+        let path = dir.write(
+            "keys",
+            &format!("# one\n{}\n{secret}\n", "a".repeat(64)),
+            0o600,
+        );
+        let error = KeyRing::load(&path).unwrap_err().to_string();
+        assert!(error.contains("keys: line 3: not a key"), "{error}");
+        assert!(
+            !error.contains("SECRET") && !error.contains("aaaa"),
+            "{error}"
+        );
+        let short = dir.write("short", &"a".repeat(62), 0o600);
+        let error = KeyRing::load(&short).unwrap_err().to_string();
+        assert!(error.contains("line 1: not a key"), "{error}");
+    }
+
+    #[test]
+    fn an_empty_or_overfull_key_file_is_refused() {
+        let dir = TempDir::new("empty");
+        let empty = dir.write("empty", "# nothing yet\n\n", 0o600);
+        let error = KeyRing::load(&empty).unwrap_err().to_string();
+        assert!(error.contains("empty: no key"), "{error}");
+        let full = dir.write("full", &format!("{}\n", "c".repeat(64)).repeat(17), 0o600);
+        let error = KeyRing::load(&full).unwrap_err().to_string();
+        assert!(
+            error.contains("17 keys") && error.contains("at most 16"),
+            "{error}"
+        );
+        assert!(matches!(KeyRing::from_keys(&[]), Err(StickyError::NoKeys)));
+    }
+
+    #[test]
+    fn a_key_file_others_may_read_is_refused() {
+        let dir = TempDir::new("mode");
+        let path = dir.write("keys", &"a".repeat(64), 0o644);
+        let error = KeyRing::load(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("0644") && error.contains("chmod 600"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn generated_lines_load_and_differ() {
+        let first = KeyRing::generate_line().unwrap();
+        let second = KeyRing::generate_line().unwrap();
+        assert_ne!(first, second);
+        assert_eq!(first.len(), 64);
+        assert!(parse_key(first.as_bytes()).is_some());
+        let dir = TempDir::new("generated");
+        let path = dir.write("keys", &format!("{first}\n{second}\n"), 0o600);
+        assert_eq!(KeyRing::load(&path).unwrap().len(), 2);
+    }
+}
