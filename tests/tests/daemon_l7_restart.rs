@@ -7,8 +7,9 @@
 //! GOAWAY), as every HTTP client does; a request that was sent and got no response, or a
 //! connection that could not be made, is a failure.
 //!
-//! - [`restarts_and_an_upgrade_lose_no_request`]: three takeovers by the same build, then one
-//!   by another build (the release build of the same source: `LB_OTHER_BIN` names another),
+//! - [`restarts_and_an_upgrade_lose_no_request`]: an upgrade (the daemon, a debug build, is
+//!   taken over by another build: the release build of the same source, or `LB_OTHER_BIN`),
+//!   then three restarts (takeovers by that same build),
 //!   each with slow requests in flight on the daemon being replaced: 0 failed requests, 0
 //!   connection errors, the slow requests complete on the old daemon, which then exits 0.
 //!   Prints the figures (requests, rate, longest gap between two completions).
@@ -281,14 +282,10 @@ fn start_env(prefix: &str) -> L7Env {
 #[test]
 fn restarts_and_an_upgrade_lose_no_request() {
     let mut l7 = start_env("lbl7up");
-    let this_build = lb_binary().expect("the lb binary");
     let other = other_build();
     let load = Load::start(&l7);
     thread::sleep(Duration::from_secs(1));
-    for (round, binary) in [&this_build, &this_build, &this_build, &other]
-        .into_iter()
-        .enumerate()
-    {
+    for (round, binary) in [&other, &other, &other, &other].into_iter().enumerate() {
         let slow = slow_requests(&l7, 4, SLOW);
         // The slow requests reach the daemon about to be replaced.
         thread::sleep(Duration::from_millis(300));
@@ -338,10 +335,12 @@ fn restarts_and_an_upgrade_lose_no_request() {
         figures.rate()
     );
     let log = l7.env.daemon.log();
-    assert!(
-        log.contains("build=\"release\"") || log.contains("build=release"),
-        "the upgrade started the other build:\n{log}"
-    );
+    for build in ["debug", "release"] {
+        assert!(
+            log.contains(&format!("build=\"{build}\"")) || log.contains(&format!("build={build}")),
+            "the {build} build ran: the upgrade went from one build to the other\n{log}"
+        );
+    }
     assert_eq!(
         log.matches("took over: the previous daemon stops accepting")
             .count(),
