@@ -121,14 +121,29 @@ fn install_cargo_fuzz(runner: &Runner) -> Result<()> {
 /// `cargo +nightly fuzz` from the workspace root (it finds `fuzz/` there), building into
 /// `fuzz/target` whatever `CARGO_TARGET_DIR` says: the instrumented build shares nothing with
 /// the workspace's, and a second copy of it elsewhere would only cost a cold build. Without
-/// the `CARGO_MANIFEST_DIR` that `cargo run` gave this process: ring's build script watches
-/// it, and a value that differs from a plain `cargo fuzz`'s rebuilds ring and all above it.
+/// the package variables `cargo run` gave this process (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`,
+/// ...): ring's build script watches some of them, and values that differ from a plain
+/// `cargo fuzz`'s would rebuild ring and everything above it each time one follows the other.
 fn fuzz_command(runner: &Runner) -> std::process::Command {
     let mut cmd = runner.cargo();
     cmd.args(["+nightly", "fuzz"])
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_MANIFEST_DIR");
+        .env_remove("CARGO_TARGET_DIR");
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(is_package_variable) {
+            cmd.env_remove(key);
+        }
+    }
     cmd
+}
+
+/// The variables cargo sets for the package it runs (not the user's `CARGO_*` settings).
+fn is_package_variable(key: &str) -> bool {
+    key.starts_with("CARGO_PKG_")
+        || key.starts_with("CARGO_MANIFEST_")
+        || matches!(
+            key,
+            "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+        )
 }
 
 /// How one target's run went.
