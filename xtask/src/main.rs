@@ -3,7 +3,7 @@
 //! One module per command: [`setup`] installs the toolchain and tools, [`clippy`] lints host and
 //! eBPF crates, [`test`] runs everything CI checks, [`bench`] and [`demo`] run the `lb` binary
 //! (through [`lb`]; [`compare`] runs an earlier commit's beside it), [`fuzz`] runs the
-//! packet-path fuzzer. [`process`] is the one place that spawns commands. This crate depends
+//! packet-path fuzzer and [`fuzz_parsers`] the parsers' libFuzzer targets. [`process`] is the one place that spawns commands. This crate depends
 //! on no other workspace crate, so it builds fast and works while the eBPF build is broken.
 
 mod bench;
@@ -11,6 +11,7 @@ mod clippy;
 mod compare;
 mod demo;
 mod fuzz;
+mod fuzz_parsers;
 mod lb;
 mod process;
 mod setup;
@@ -49,6 +50,9 @@ enum Task {
     Demo(demo::Options),
     /// Run setup, then the packet-path fuzzer: 10 million frames through each XDP program.
     FuzzXdp(fuzz::Options),
+    /// Run setup, then the parsers' libFuzzer targets (config, cookies, certificates,
+    /// headers), 60 s each unless told otherwise.
+    Fuzz(fuzz_parsers::Options),
 }
 
 fn main() -> ExitCode {
@@ -71,5 +75,6 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Task::Bench(options) => bench::run(&runner, options),
         Task::Demo(options) => demo::run(&runner, options),
         Task::FuzzXdp(options) => fuzz::run(&runner, options),
+        Task::Fuzz(options) => fuzz_parsers::run(&runner, options),
     }
 }

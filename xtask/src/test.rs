@@ -1,7 +1,8 @@
 //! `cargo xtask test`: everything CI checks, in order, stopping at the first failure.
 //!
-//! Steps: setup, `cargo fmt --check`, clippy (both passes), unit tests (host crates), then the
-//! privileged tests (`lb-tests`, root only). Each step gets a header line; the run ends with one
+//! Steps: setup, `cargo fmt --check` (the workspace and the fuzz crate), clippy (both passes),
+//! unit tests (host crates), a slice of the parser fuzz targets ([`FUZZ_SLICE`] each, see
+//! `fuzz_parsers`), then the privileged tests (`lb-tests`, root only). Each step gets a header line; the run ends with one
 //! summary line giving each step's duration, or naming the step that failed.
 //! `--skip-setup` drops the first step; arguments after `--` go to the privileged test binary
 //! (a test-name filter, `--nocapture`, ...).
@@ -15,10 +16,13 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use crate::{
-    clippy,
+    clippy, fuzz_parsers,
     process::{Runner, is_root},
     setup,
 };
+
+/// How long `cargo xtask test` runs each parser fuzz target.
+const FUZZ_SLICE: Duration = Duration::from_secs(10);
 
 /// Options of `cargo xtask test`.
 #[derive(Debug, Args)]
@@ -95,6 +99,10 @@ fn plan<'a>(runner: &'a Runner, options: &'a Options) -> Vec<Step<'a>> {
         action: Box::new(|| run_unit_tests(runner)),
     });
     steps.push(Step {
+        name: "parser fuzzing",
+        action: Box::new(|| run_fuzz_slice(runner)),
+    });
+    steps.push(Step {
         name: "privileged tests",
         action: Box::new(|| run_privileged_tests(runner, &options.privileged_args)),
     });
@@ -104,6 +112,10 @@ fn plan<'a>(runner: &'a Runner, options: &'a Options) -> Vec<Step<'a>> {
 fn check_format(runner: &Runner) -> Result<()> {
     let mut cmd = runner.cargo();
     cmd.args(["fmt", "--all", "--", "--check"]);
+    runner.run(&mut cmd)?;
+    // The fuzz crate is a workspace of its own.
+    let mut cmd = runner.cargo();
+    cmd.args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"]);
     runner.run(&mut cmd)
 }
 
@@ -118,6 +130,11 @@ fn run_unit_tests(runner: &Runner) -> Result<()> {
         "lb-tests",
     ]);
     runner.run(&mut cmd)
+}
+
+fn run_fuzz_slice(runner: &Runner) -> Result<()> {
+    let targets = fuzz_parsers::list_targets(runner.root())?;
+    fuzz_parsers::run_targets(runner, &targets, FUZZ_SLICE)
 }
 
 fn run_privileged_tests(runner: &Runner, extra_args: &[OsString]) -> Result<()> {

@@ -7,7 +7,8 @@
 //! gives `None`, never a panic.
 //!
 //! Users: the L7 listeners' certificate loader checks a leaf's dates and indexes its DNS names
-//! (`pair.rs`); the lab's TLS clients name the certificate a server showed (`lab::tls`).
+//! (`pair.rs`); the lab's TLS clients name the certificate a server showed (`lab::tls`); the
+//! `certificate` fuzz target reads whatever bytes it is given.
 
 use std::{fmt, net::IpAddr};
 
@@ -26,7 +27,7 @@ const SAN_OID: &[u8] = &[0x55, 0x1d, 0x11];
 
 /// A certificate's validity, each date as RFC 3339 in UTC (`2001-02-03T04:05:06Z`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Validity {
+pub struct Validity {
     pub not_before: String,
     pub not_after: String,
 }
@@ -34,7 +35,7 @@ pub(crate) struct Validity {
 /// A subjectAltName entry this reader understands: a dNSName as written (valid UTF-8 only) or
 /// an iPAddress (4 or 16 bytes). Displays as the name or the address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SanName<'a> {
+pub enum SanName<'a> {
     Dns(&'a str),
     Ip(IpAddr),
 }
@@ -49,7 +50,7 @@ impl fmt::Display for SanName<'_> {
 }
 
 /// The validity of a DER certificate; `None` if it cannot be read.
-pub(crate) fn read_validity(cert: &[u8]) -> Option<Validity> {
+pub fn read_validity(cert: &[u8]) -> Option<Validity> {
     let mut times = der_elements(read_tbs(cert)?.validity);
     let not_before = der_time(times.next()?)?;
     let not_after = der_time(times.next()?)?;
@@ -61,7 +62,7 @@ pub(crate) fn read_validity(cert: &[u8]) -> Option<Validity> {
 
 /// The DNS names and IP addresses of a DER certificate's subjectAltName, in their order (other
 /// kinds of names left out); empty if it has none, `None` if it cannot be read.
-pub(crate) fn read_san(cert: &[u8]) -> Option<Vec<SanName<'_>>> {
+pub fn read_san(cert: &[u8]) -> Option<Vec<SanName<'_>>> {
     match read_tbs(cert)?.extensions {
         Some(extensions) => san_names(extensions),
         None => Some(Vec::new()),

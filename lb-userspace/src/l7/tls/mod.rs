@@ -32,7 +32,8 @@
 
 mod backend;
 mod certificates;
-pub(crate) mod der;
+/// Public for the certificate fuzz target (`fuzz/fuzz_targets/certificate.rs`).
+pub mod der;
 mod pair;
 mod resolver;
 mod server;
