@@ -145,17 +145,21 @@ fn parse(data: &[u8]) -> Option<Input> {
     })
 }
 
-/// No hop-by-hop header is left, but the tunnelled upgrade's pair.
+/// No hop-by-hop header is left, but the tunnelled upgrade's pair and `TE: trailers` (the one
+/// `TE` that goes on: RFC 9110 section 10.1.4; `Trailer` is end to end).
 fn check_stripped(headers: &http::HeaderMap, upgrade: Option<&HeaderValue>) {
-    for name in [
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-    ] {
+    for name in ["keep-alive", "proxy-connection", "transfer-encoding"] {
         assert!(!headers.contains_key(name), "{name} left");
     }
+    let te: Vec<&[u8]> = headers
+        .get_all("te")
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    assert!(
+        te.is_empty() || te == [b"trailers".as_slice()],
+        "a TE other than `trailers` left: {te:?}"
+    );
     match upgrade {
         Some(protocol) => {
             assert_eq!(headers.get(header::UPGRADE), Some(protocol));
