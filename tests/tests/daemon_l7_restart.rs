@@ -20,7 +20,10 @@
 //!   daemon resumes, serves, and reloads.
 //! - [`sigterm_lets_requests_in_flight_finish`]: SIGTERM with requests in flight on HTTP/1.1
 //!   and HTTP/2: both complete (the HTTP/1.1 response says `Connection: close`), then the
-//!   daemon exits 0 and the port is closed.
+//!   daemon exits 0 and the port is closed; a new daemon started meanwhile (as `systemctl
+//!   restart` does) serves beside the draining one.
+//! - [`a_second_sigterm_closes_what_is_left`]: a second SIGTERM during the drain closes the
+//!   connections still open and the daemon exits 0 at once.
 
 #![allow(
     clippy::unwrap_used,
@@ -397,21 +400,40 @@ fn sigterm_lets_requests_in_flight_finish() {
             let roots = roots.clone();
             spawn_in_client(&l7.lab().client, "slow", move || async move {
                 let mut conn = connect(&roots, OFFLOAD_PORT, VIP_NAME, h2).await.unwrap();
-                let path = format!("/delay?ms={}", SLOW.as_millis());
+                // Long enough that the new daemon below starts while it runs.
+                let path = format!("/delay?ms={}", 4 * SLOW.as_millis());
                 conn.send(get(VIP_NAME, &path, None)).await
             })
         })
         .collect();
     thread::sleep(Duration::from_millis(300));
     let stopping = Instant::now();
-    let pid = libc::pid_t::try_from(l7.env.daemon.pid().expect("running")).unwrap();
-    // SAFETY: `kill` has no memory-safety preconditions; `pid` is the test's own child.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let mut old = l7.env.daemon.terminate().expect("SIGTERM");
     thread::sleep(Duration::from_millis(200));
     let refused = in_client(&l7.lab().client, "after", move || async move {
         tokio::net::TcpStream::connect(vip(OFFLOAD_PORT)).await
     });
     assert!(refused.is_err(), "a stopping daemon accepts nothing new");
+    assert!(
+        old.exited_within(Duration::ZERO).is_none(),
+        "the old daemon drains its slow requests"
+    );
+    // A new daemon starts beside the draining one, as `systemctl restart` starts it: the
+    // control socket, the pin directory and the ports are free. It serves while the old one
+    // finishes its requests.
+    l7.env
+        .daemon
+        .restart()
+        .expect("a new daemon starts while the old one drains");
+    let answer = in_client(&l7.lab().client, "new", {
+        let roots = roots.clone();
+        move || async move {
+            let mut conn = connect(&roots, OFFLOAD_PORT, VIP_NAME, false).await?;
+            conn.send(get(VIP_NAME, "/headers", None)).await
+        }
+    })
+    .expect("the new daemon serves");
+    assert_eq!(answer.status, 200);
     for (request, h2) in requests.into_iter().zip([false, true]) {
         let answer = request
             .join()
@@ -429,9 +451,7 @@ fn sigterm_lets_requests_in_flight_finish() {
             );
         }
     }
-    let status = l7
-        .env
-        .daemon
+    let status = old
         .exited_within(EXIT_WITHIN)
         .expect("the daemon exits once its requests are done");
     println!(
@@ -439,6 +459,43 @@ fn sigterm_lets_requests_in_flight_finish() {
         stopping.elapsed().as_millis()
     );
     assert!(status.success(), "exited with {status}");
+    l7.env.cli_ok(&["status"]);
+}
+
+#[test]
+fn a_second_sigterm_closes_what_is_left() {
+    let mut l7 = start_env("lbl7term2");
+    // Longer than the drain's 10 s: only the second signal ends them.
+    let slow = slow_requests(&l7, 2, Duration::from_secs(30));
+    thread::sleep(Duration::from_millis(300));
+    let mut old = l7.env.daemon.terminate().expect("SIGTERM");
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        old.exited_within(Duration::ZERO).is_none(),
+        "the daemon drains its slow requests"
+    );
+    let again = Instant::now();
+    old.terminate().expect("the second SIGTERM");
+    let status = old
+        .exited_within(Duration::from_secs(5))
+        .expect("a second SIGTERM stops the daemon at once");
+    println!(
+        "a second SIGTERM: the daemon exited after {} ms",
+        again.elapsed().as_millis()
+    );
+    assert!(status.success(), "exited with {status}");
+    for request in slow {
+        let outcome = request.join().expect("a client thread panicked");
+        assert!(
+            outcome.is_err(),
+            "a request in flight is cut by the second SIGTERM: {outcome:?}"
+        );
+    }
+    let log = l7.env.daemon.log();
+    assert!(
+        log.contains("a second stop signal: closing the L7 connections still open"),
+        "{log}"
+    );
 }
 
 #[test]

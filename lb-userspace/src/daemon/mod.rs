@@ -204,7 +204,7 @@ async fn serve(
         info!(%address, "closing a handed-over socket the configuration no longer listens on");
     }
     drop(inherited);
-    let (listener, _socket_file) = server::bind(&socket, predecessor.is_some())?;
+    let (listener, socket_file) = server::bind(&socket, predecessor.is_some())?;
     let (handovers, mut handover_requests) = mpsc::channel(1);
     tasks.push(tokio::spawn(server::serve(
         listener,
@@ -225,60 +225,78 @@ async fn serve(
     info!("ready");
 
     let mut stop_signal = std::pin::pin!(wait_for_stop(&events));
-    let (stop, paused) = loop {
+    let stop = loop {
         tokio::select! {
-            stop = &mut stop_signal => break (stop, None),
-            Ok(()) = &mut panicked => {
-                // Health checks, drains and reloads have stopped: running on would serve with a
-                // frozen view. Stop, and let the supervisor start a daemon that adopts the maps.
-                for task in &tasks {
-                    task.abort();
-                }
-                drop(controller.join());
-                drop(balancer);
-                error!("the controller thread panicked: stopping with an error; the balancer keeps forwarding with the pinned maps");
-                return Err(DaemonError::ControllerPanicked);
-            }
+            signal = &mut stop_signal => break Stop::Signal(signal),
+            Ok(()) = &mut panicked => break Stop::Panicked,
             Some(stream) = handover_requests.recv() => {
                 let sockets = listening_sockets(&l7, &also_listening);
                 match hand_over(stream, &events, balancer.as_mut(), sockets, &pin_dir).await? {
-                    Some(paused) => break ("handover", Some(paused)),
+                    Some(paused) => break Stop::HandedOver(paused),
                     None => continue,
                 }
             }
         }
     };
-    if paused.is_some() {
-        // The successor serves the control socket, the metrics and the listeners now.
-        for task in &tasks {
-            task.abort();
+    // Everything but the L7 connections stops now: the controller (health checks, reloads),
+    // the control socket, the metrics and the pin-directory lock. A new daemon can start at
+    // once (`systemctl restart`), beside this one finishing its requests; after a handover,
+    // the successor serves all of these already.
+    let reason = match stop {
+        Stop::Signal(signal) => {
+            drop(events.send(Event::Stop).await);
+            signal
         }
-    }
-    info!(
-        reason = stop, timeout = ?shutdown_timeout,
-        "stopping: no new connection; the L7 connections finish what is in flight; the balancer keeps forwarding with the pinned maps"
-    );
-    let open = l7.drain(shutdown_timeout).await;
-    if open == 0 {
-        info!("every L7 connection has ended");
-    } else {
-        warn!(open, timeout = ?shutdown_timeout, "shutdown_timeout passed: closing the L7 connections still open");
-    }
+        Stop::HandedOver(paused) => {
+            let _ = paused.send(false);
+            "handover"
+        }
+        Stop::Panicked => "the controller panicked",
+    };
+    let joined = controller.join();
     for task in &tasks {
         task.abort();
     }
-    match paused {
-        Some(paused) => {
-            let _ = paused.send(false);
-        }
-        None => drop(events.send(Event::Stop).await),
-    }
-    if controller.join().is_err() {
-        warn!("the controller thread panicked");
-    }
+    drop(socket_file);
     drop(balancer);
+    if joined.is_err() {
+        // Health checks, drains and reloads have stopped: running on would serve with a
+        // frozen view. Stop, and let the supervisor start a daemon that adopts the maps.
+        error!(
+            "the controller thread panicked: stopping with an error; the balancer keeps forwarding with the pinned maps"
+        );
+        return Err(DaemonError::ControllerPanicked);
+    }
+    info!(
+        reason, timeout = ?shutdown_timeout,
+        "stopping: no new connection, the control socket and the pin directory are free for a \
+         new daemon; the L7 connections finish what is in flight (a second SIGTERM or SIGINT \
+         closes them); the balancer keeps forwarding with the pinned maps"
+    );
+    tokio::select! {
+        open = l7.drain(shutdown_timeout) => {
+            if open == 0 {
+                info!("every L7 connection has ended");
+            } else {
+                warn!(open, timeout = ?shutdown_timeout, "shutdown_timeout passed: closing the L7 connections still open");
+            }
+        }
+        again = second_stop_signal() => {
+            warn!(signal = again, open = l7.open_connections(), "a second stop signal: closing the L7 connections still open");
+        }
+    }
     info!("stopped");
     Ok(())
+}
+
+/// Why the daemon stops.
+enum Stop {
+    /// SIGTERM or SIGINT.
+    Signal(&'static str),
+    /// A successor took over; the paused controller's switch.
+    HandedOver(oneshot::Sender<bool>),
+    /// The controller thread panicked.
+    Panicked,
 }
 
 /// Every listening socket: the L7 listeners' and `others`.
@@ -598,6 +616,20 @@ async fn wait_for_stop(calls: &mpsc::Sender<Event>) -> &'static str {
             _ = int.recv() => return "SIGINT",
             _ = hup.recv() => reload(calls).await,
         }
+    }
+}
+
+/// Waits for a stop signal during the drain that the first one began (returns its name).
+async fn second_stop_signal() -> &'static str {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
     }
 }
 

@@ -337,13 +337,18 @@ impl L7 {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let open: u64 = proxies.iter().map(|p| p.open_connections()).sum();
-            let open = usize::try_from(open).unwrap_or(usize::MAX);
+            let open = self.open_connections();
             if open == 0 || tokio::time::Instant::now() >= deadline {
                 return open;
             }
             tokio::time::sleep(DRAIN_POLL).await;
         }
+    }
+
+    /// Client connections open now, on every listener.
+    pub fn open_connections(&self) -> usize {
+        let open: u64 = self.proxies().iter().map(|p| p.open_connections()).sum();
+        usize::try_from(open).unwrap_or(usize::MAX)
     }
 
     /// Each L7 listener's proxy (for counters).

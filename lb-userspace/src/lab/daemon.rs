@@ -121,30 +121,36 @@ impl DaemonProcess {
         Ok(daemon)
     }
 
-    fn wait_until_ready(&mut self) -> Result<(), LabError> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if UnixStream::connect(&self.socket).is_ok() {
-                return Ok(());
+    /// Waits until `ready(socket)` holds (or the daemon exits, or [`START_TIMEOUT`] passes).
+    fn wait_until(&mut self, ready: impl Fn(&Path) -> bool) -> Result<(), LabError> {
+        let outcome = poll(START_TIMEOUT, || {
+            if ready(&self.socket) {
+                return Some(Ok(()));
             }
-            let exited = match self.child.as_mut().map(Child::try_wait) {
-                Some(Ok(Some(status))) => Some(status.to_string()),
+            match self.child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(Err(status)),
                 _ => None,
-            };
-            if let Some(status) = exited {
-                return Err(LabError::Daemon(format!(
+            }
+        });
+        match outcome {
+            Some(Ok(())) => Ok(()),
+            Some(Err(status)) => {
+                self.child = None;
+                Err(LabError::Daemon(format!(
                     "the daemon exited ({status}) before it was ready:\n{}",
                     self.log()
-                )));
+                )))
             }
-            if Instant::now() > deadline {
-                return Err(LabError::Daemon(format!(
-                    "the daemon was not ready within {START_TIMEOUT:?}:\n{}",
-                    self.log()
-                )));
-            }
-            thread::sleep(Duration::from_millis(50));
+            None => Err(LabError::Daemon(format!(
+                "the daemon was not ready within {START_TIMEOUT:?}:\n{}",
+                self.log()
+            ))),
         }
+    }
+
+    /// Waits until the control socket answers.
+    fn wait_until_ready(&mut self) -> Result<(), LabError> {
+        self.wait_until(|socket| UnixStream::connect(socket).is_ok())
     }
 
     /// The running daemon's process id.
@@ -239,27 +245,31 @@ impl DaemonProcess {
             &self.env,
             &["--take-over"],
         )?);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if inode(&self.socket) != before && UnixStream::connect(&self.socket).is_ok() {
-                return Ok(old);
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                // The old daemon carries on: it is this guard's again.
+        let taken_over = self
+            .wait_until(|socket| inode(socket) != before && UnixStream::connect(socket).is_ok());
+        if let Err(error) = taken_over {
+            if self.child.is_none() {
+                // The new daemon exited: the old one carries on, and is this guard's again.
                 self.child = old.child.take();
-                return Err(LabError::Daemon(format!(
-                    "the new daemon exited ({status}) before it took over:\n{}",
-                    self.log()
-                )));
             }
-            if Instant::now() > deadline {
-                return Err(LabError::Daemon(format!(
-                    "the new daemon did not take over within {START_TIMEOUT:?}:\n{}",
-                    self.log()
-                )));
-            }
-            thread::sleep(Duration::from_millis(20));
+            return Err(error);
         }
+        Ok(old)
+    }
+
+    /// Sends SIGTERM and returns at once: the daemon drains (its control socket and pin
+    /// directory are free for a new one, [`DaemonProcess::restart`]) and exits on its own.
+    pub fn terminate(&mut self) -> Result<Predecessor, LabError> {
+        let child = self
+            .child
+            .take()
+            .ok_or_else(|| LabError::Daemon("the daemon was already stopped".to_owned()))?;
+        let mut old = Predecessor { child: Some(child) };
+        old.terminate().map_err(|source| LabError::File {
+            what: "sending SIGTERM to the daemon",
+            source,
+        })?;
+        Ok(old)
     }
 
     /// The environment of the next [`DaemonProcess::restart`] (`[]`: the test's own).
@@ -272,18 +282,9 @@ impl DaemonProcess {
 
     /// Waits up to `limit` for the daemon to exit on its own; its status, if it did.
     pub fn exited_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            let child = self.child.as_mut()?;
-            if let Ok(Some(status)) = child.try_wait() {
-                self.child = None;
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        let status = poll(limit, || self.child.as_mut()?.try_wait().ok().flatten())?;
+        self.child = None;
+        Some(status)
     }
 
     /// Stops the daemon with SIGTERM (SIGKILL after a timeout) and returns its exit status.
@@ -293,32 +294,51 @@ impl DaemonProcess {
                 "the daemon was already stopped".to_owned(),
             ));
         };
-        let pid = libc::pid_t::try_from(child.id()).unwrap_or(libc::pid_t::MAX);
-        // SAFETY: `kill` has no memory-safety preconditions; `pid` is our own child.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            let io = |source| LabError::File {
-                what: "waiting for the daemon",
-                source,
-            };
-            if let Some(status) = child.try_wait().map_err(io)? {
-                return Ok(status);
-            }
-            if Instant::now() > deadline {
+        let io = |source| LabError::File {
+            what: "stopping the daemon",
+            source,
+        };
+        sigterm(&child).map_err(io)?;
+        match poll(STOP_TIMEOUT, || child.try_wait().ok().flatten()) {
+            Some(status) => Ok(status),
+            None => {
                 child.kill().map_err(io)?;
-                return child.wait().map_err(io);
+                child.wait().map_err(io)
             }
-            thread::sleep(Duration::from_millis(20));
         }
     }
 }
 
-/// Starts `binary run --config CONFIG` in the network namespace at `netns`, logging to `log`
-/// (appended).
+/// Calls `check` every 20 ms until it gives `Some`, for up to `limit` (then `None`).
+fn poll<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends SIGTERM to `child`.
+fn sigterm(child: &Child) -> std::io::Result<()> {
+    let pid = libc::pid_t::try_from(child.id()).map_err(std::io::Error::other)?;
+    // SAFETY: `kill` has no memory-safety preconditions; `pid` is our own child, not yet
+    // reaped (its `Child` is borrowed here), so the id is not anyone else's.
+    if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The soft open-file limit a daemon starts with: a shell's or a systemd unit's default.
 const DEFAULT_OPEN_FILES: libc::rlim_t = 1024;
 
+/// Starts `binary run ARGS --config CONFIG` in the network namespace at `netns`, logging to
+/// `log` (appended).
 fn spawn(
     binary: &Path,
     netns: &Path,
@@ -393,16 +413,14 @@ impl Predecessor {
 
     /// Waits up to `limit` for it to exit; its status, if it did.
     pub fn exited_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Ok(Some(status)) = self.child().and_then(Child::try_wait) {
-                return Some(status);
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        poll(limit, || {
+            self.child().and_then(Child::try_wait).ok().flatten()
+        })
+    }
+
+    /// Sends it SIGTERM (a second one, while it drains, closes its connections at once).
+    pub fn terminate(&mut self) -> std::io::Result<()> {
+        sigterm(self.child()?)
     }
 
     /// Kills it with SIGKILL, as a crash would, and waits for it.
