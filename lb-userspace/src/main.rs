@@ -109,14 +109,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             duration,
             warmup,
             connections,
+            base,
         }) => {
+            if let Some(base) = base.as_deref().filter(|b| !b.is_file()) {
+                anyhow::bail!("--base {}: no such file", base.display());
+            }
             let options = lb::bench::l7::Options {
                 rounds,
                 duration,
                 warmup,
                 connections: usize::try_from(connections).context("--connections")?,
             };
-            let report = lb::bench::l7::run(options).context("the L7 benchmark failed")?;
+            let report =
+                lb::bench::l7::run(options, base.as_deref()).context("the L7 benchmark failed")?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

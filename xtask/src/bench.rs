@@ -4,7 +4,7 @@
 //! `cargo xtask bench xdp ARGS...` or `cargo xtask bench l7 ARGS...` runs one of them, with
 //! its arguments passed on. The first benchmark that fails ends the run; its exit status is
 //! xtask's. `cargo xtask bench compare --base REV` runs `lb bench xdp` of REV and of this tree
-//! side by side ([`crate::compare`]).
+//! side by side ([`crate::compare`]); with `--l7`, `lb bench l7 --base` with REV's build.
 
 use std::{ffi::OsString, process::ExitCode};
 
@@ -35,7 +35,8 @@ enum Only {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// `lb bench xdp` of an earlier commit and of this tree, in paired rounds.
+    /// `lb bench xdp` of an earlier commit and of this tree, in paired rounds; with `--l7`,
+    /// `lb bench l7` with the earlier commit's build beside this tree's in every round.
     Compare {
         /// The earlier commit (any revision git understands).
         #[arg(long, default_value = "HEAD")]
@@ -43,7 +44,11 @@ enum Only {
         /// Paired rounds (each runs both binaries once).
         #[arg(long, default_value_t = 5)]
         rounds: usize,
-        /// Passed on to both `lb bench xdp` runs (for example `--calls 20000`).
+        /// Compare the L7 request path (`lb bench l7 --base`) instead of the packet path.
+        #[arg(long)]
+        l7: bool,
+        /// Passed on to both `lb bench xdp` runs (for example `--calls 20000`), or to
+        /// `lb bench l7`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
@@ -55,7 +60,18 @@ pub fn run(runner: &Runner, options: &Options) -> Result<ExitCode> {
     match &options.only {
         Some(Only::Xdp { args }) => lb::run(runner, &["bench", "xdp"], args),
         Some(Only::L7 { args }) => lb::run(runner, &["bench", "l7"], args),
-        Some(Only::Compare { base, rounds, args }) => compare::run(runner, base, *rounds, args),
+        Some(Only::Compare {
+            base,
+            rounds,
+            l7,
+            args,
+        }) => {
+            if *l7 {
+                compare::run_l7(runner, base, *rounds, args)
+            } else {
+                compare::run(runner, base, *rounds, args)
+            }
+        }
         None => {
             let xdp = lb::run(runner, &["bench", "xdp"], &[])?;
             if xdp != ExitCode::SUCCESS {

@@ -8,6 +8,9 @@
 //! round: per-packet cost above the trivial `XDP_TX` program (each binary measures its own
 //! baseline in the same process), and the live forwarding rate over the trivial program's.
 //! The table gives medians with the minimum and maximum of the rounds.
+//!
+//! With `--l7` ([`run_l7`]): one `lb bench l7 --base BASE_LB --rounds N` of this tree's build,
+//! which runs both builds' daemons side by side and pairs them by round itself.
 
 use std::{
     fs,
@@ -72,6 +75,31 @@ pub fn run(
         }
     }
     print!("{}", render(&commit, &base_samples, &new_samples));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds both binaries and runs this tree's `lb bench l7` with REV's beside it.
+pub fn run_l7(
+    runner: &Runner,
+    base: &str,
+    rounds: usize,
+    extra: &[std::ffi::OsString],
+) -> Result<ExitCode> {
+    if rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    let commit = resolve(runner.root(), base)?;
+    let base_lb = build_base(runner, &commit)?;
+    let mut cmd = runner.cargo();
+    cmd.args(["build", "--release", "-p", "lb-userspace", "--bin", "lb"]);
+    runner.run(&mut cmd)?;
+    let mut bench = Command::new(target_dir(runner.root()).join("release/lb"));
+    bench
+        .args(["bench", "l7", "--rounds", &rounds.to_string(), "--base"])
+        .arg(&base_lb)
+        .args(extra);
+    println!("base build: {commit}");
+    runner.run(&mut bench)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -16,6 +16,11 @@
 //! 2. full TLS 1.3 handshakes per second, N concurrent, no resumption ([`handshake`]), against
 //!    lb's and HAProxy's offload listeners.
 //!
+//! With `--base PATH` (another build of lb: `cargo xtask bench compare --l7 --base REV` builds
+//! one), a second daemon of that binary runs beside, alike, and its offload and bridging
+//! listeners are measured in every round too: the ratios of this build over it, paired by
+//! round, show what a change costs.
+//!
 //! Each also reports the CPU time the server process used per request or handshake (user plus
 //! system, from `/proc/PID/stat`, over the measured interval), which does not depend on which
 //! side was the bottleneck. Every round measures every system, the order reversed every other
@@ -29,7 +34,7 @@ mod report;
 mod systems;
 mod wrk;
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::Path, time::Duration};
 
 pub use self::report::Report;
 use self::{
@@ -80,26 +85,40 @@ pub enum Keepalive {
     LbOffload,
     LbSticky,
     LbBridging,
+    BaseOffload,
+    BaseBridging,
     HaproxyOffload,
     HaproxyBridging,
     Direct,
 }
 
 impl Keepalive {
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 8] = [
         Self::LbOffload,
         Self::LbSticky,
         Self::LbBridging,
+        Self::BaseOffload,
+        Self::BaseBridging,
         Self::HaproxyOffload,
         Self::HaproxyBridging,
         Self::Direct,
     ];
+
+    /// The systems a run measures: all but the base build's when there is none.
+    pub fn measured(base: bool) -> Vec<Self> {
+        Self::ALL
+            .into_iter()
+            .filter(|s| base || !matches!(s, Self::BaseOffload | Self::BaseBridging))
+            .collect()
+    }
 
     pub fn name(self) -> &'static str {
         match self {
             Self::LbOffload => "lb offload",
             Self::LbSticky => "lb offload + sticky cookie",
             Self::LbBridging => "lb bridging",
+            Self::BaseOffload => "lb offload, base build",
+            Self::BaseBridging => "lb bridging, base build",
             Self::HaproxyOffload => "HAProxy offload",
             Self::HaproxyBridging => "HAProxy bridging",
             Self::Direct => "direct HTTP to the backend",
@@ -134,8 +153,9 @@ struct Target {
     backend: u32,
 }
 
-/// Runs the benchmark (root: the daemon loads its XDP programs) and returns its figures.
-pub fn run(options: Options) -> Result<Report, BenchError> {
+/// Runs the benchmark (root: the daemon may load its XDP programs) and returns its figures;
+/// `base`: another build of lb to measure beside this one.
+pub fn run(options: Options, base: Option<&Path>) -> Result<Report, BenchError> {
     process::install_interrupt()?;
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     if cpus <= SERVER_CPU {
@@ -150,7 +170,7 @@ pub fn run(options: Options) -> Result<Report, BenchError> {
         what: "finding the lb binary".to_owned(),
         source,
     })?;
-    let systems = Systems::start(&lb, SERVER_CPU)?;
+    let systems = Systems::start(&lb, base, SERVER_CPU)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -159,7 +179,8 @@ pub fn run(options: Options) -> Result<Report, BenchError> {
             source,
         })?;
     let cookie = runtime.block_on(sticky_cookie(&systems))?;
-    let targets: Vec<Target> = Keepalive::ALL
+    let measured = Keepalive::measured(base.is_some());
+    let targets: Vec<Target> = measured
         .iter()
         .map(|&system| target(&systems, system, &cookie))
         .collect();
@@ -178,10 +199,10 @@ pub fn run(options: Options) -> Result<Report, BenchError> {
             )?;
         }
     }
-    let mut keepalive_samples = vec![Vec::new(); Keepalive::ALL.len()];
+    let mut keepalive_samples = vec![Vec::new(); measured.len()];
     let mut handshake_samples = vec![Vec::new(); Handshakes::ALL.len()];
     for round in 0..options.rounds {
-        for i in alternating(Keepalive::ALL.len(), round) {
+        for i in alternating(measured.len(), round) {
             let sample = keepalive(&targets[i], options.connections, options.duration)?;
             keepalive_samples[i].push(sample);
         }
@@ -206,6 +227,7 @@ pub fn run(options: Options) -> Result<Report, BenchError> {
     drop(systems);
     Ok(Report::new(
         conditions,
+        &measured,
         &keepalive_samples,
         &handshake_samples,
     ))
@@ -224,18 +246,15 @@ fn target(systems: &Systems, system: Keepalive, cookie: &str) -> Target {
     let https = |port: u16| format!("https://127.0.0.1:{port}/");
     let ports = &systems.ports;
     let lb = Some(systems.lb.child.pid());
+    let base = systems.base.as_ref().map(|d| d.child.pid());
     let haproxy = Some(systems.haproxy.pid());
     let (plain, tls) = (systems.backend.child.pid(), systems.tls_backend.child.pid());
     let (url, proxy, backend) = match system {
-        Keepalive::LbOffload | Keepalive::LbSticky => {
-            let port = if system == Keepalive::LbSticky {
-                ports.lb_sticky
-            } else {
-                ports.lb_offload
-            };
-            (https(port), lb, plain)
-        }
-        Keepalive::LbBridging => (https(ports.lb_bridging), lb, tls),
+        Keepalive::LbOffload => (https(ports.lb.offload), lb, plain),
+        Keepalive::LbSticky => (https(ports.lb.sticky), lb, plain),
+        Keepalive::LbBridging => (https(ports.lb.bridging), lb, tls),
+        Keepalive::BaseOffload => (https(ports.base.offload), base, plain),
+        Keepalive::BaseBridging => (https(ports.base.bridging), base, tls),
         Keepalive::HaproxyOffload => (https(ports.haproxy_offload), haproxy, plain),
         Keepalive::HaproxyBridging => (https(ports.haproxy_bridging), haproxy, tls),
         Keepalive::Direct => (format!("http://{}/", systems.backend.address), None, plain),
@@ -288,7 +307,7 @@ fn handshakes(
 ) -> Result<HandshakeSample, BenchError> {
     check_interrupt()?;
     let (port, pid) = match system {
-        Handshakes::Lb => (systems.ports.lb_offload, systems.lb.child.pid()),
+        Handshakes::Lb => (systems.ports.lb.offload, systems.lb.child.pid()),
         Handshakes::Haproxy => (systems.ports.haproxy_offload, systems.haproxy.pid()),
     };
     let address = SocketAddr::from(([127, 0, 0, 1], port));
@@ -309,7 +328,7 @@ fn handshakes(
 /// A valid cookie of the sticky listener: the one its first answer sets. A request that sends
 /// it back must get no new one (else every request of the run would be a new session).
 async fn sticky_cookie(systems: &Systems) -> Result<String, BenchError> {
-    let address = SocketAddr::from(([127, 0, 0, 1], systems.ports.lb_sticky));
+    let address = SocketAddr::from(([127, 0, 0, 1], systems.ports.lb.sticky));
     let roots = systems.files.pki.roots()?;
     let mut conn = HttpsConn::connect(address, Some(SERVER_NAME), &roots, false).await?;
     let first = conn.send(get(SERVER_NAME, "/", None)).await?;

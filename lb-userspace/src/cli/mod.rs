@@ -304,6 +304,10 @@ pub enum BenchCommand {
         /// Connections wrk keeps alive, and concurrent handshakes.
         #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         connections: u32,
+        /// Another build of lb, measured beside this one (offload and bridging) in every round,
+        /// with the ratios of this build over it.
+        #[arg(long, value_name = "PATH")]
+        base: Option<PathBuf>,
     },
     /// The L7 benchmark's backend process: serves the lab's HTTP backend until killed.
     #[command(hide = true)]

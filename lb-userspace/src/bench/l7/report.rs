@@ -139,14 +139,15 @@ pub struct Report {
 }
 
 impl Report {
-    /// Aggregates the samples: `keepalive[i]` are [`Keepalive::ALL`]`[i]`'s, one per round;
-    /// `handshakes[i]` likewise.
+    /// Aggregates the samples: `keepalive[i]` are `measured[i]`'s, one per round;
+    /// `handshakes[i]` are [`Handshakes::ALL`]`[i]`'s.
     pub fn new(
         conditions: Conditions,
+        measured: &[Keepalive],
         keepalive: &[Vec<KeepaliveSample>],
         handshakes: &[Vec<HandshakeSample>],
     ) -> Self {
-        let keepalive_rows = Keepalive::ALL
+        let keepalive_rows = measured
             .iter()
             .zip(keepalive)
             .map(|(&system, samples)| keepalive_row(system, samples))
@@ -160,7 +161,7 @@ impl Report {
             conditions,
             keepalive: keepalive_rows,
             handshakes: handshake_rows,
-            ratios: ratios(keepalive, handshakes),
+            ratios: ratios(measured, keepalive, handshakes),
         }
     }
 }
@@ -204,9 +205,13 @@ fn paired<T>(a: &[T], b: &[T], f: impl Fn(&T) -> f64) -> Spread {
     Spread::of(&ratios)
 }
 
-fn ratios(keepalive: &[Vec<KeepaliveSample>], handshakes: &[Vec<HandshakeSample>]) -> Vec<Ratio> {
+fn ratios(
+    measured: &[Keepalive],
+    keepalive: &[Vec<KeepaliveSample>],
+    handshakes: &[Vec<HandshakeSample>],
+) -> Vec<Ratio> {
     let k = |system: Keepalive| {
-        Keepalive::ALL
+        measured
             .iter()
             .position(|&s| s == system)
             .and_then(|i| keepalive.get(i))
@@ -251,6 +256,27 @@ fn ratios(keepalive: &[Vec<KeepaliveSample>], handshakes: &[Vec<HandshakeSample>
             ratio: paired(lb, k(Keepalive::Direct), rps),
         },
     ];
+    let (base, baseb) = (k(Keepalive::BaseOffload), k(Keepalive::BaseBridging));
+    if !base.is_empty() {
+        ratios.extend([
+            Ratio {
+                what: "lb/base build offload req/s",
+                ratio: paired(lb, base, rps),
+            },
+            Ratio {
+                what: "lb/base build bridging req/s",
+                ratio: paired(lbb, baseb, rps),
+            },
+            Ratio {
+                what: "lb/base build offload CPU-µs/req",
+                ratio: paired(lb, base, cpu),
+            },
+            Ratio {
+                what: "lb/base build bridging CPU-µs/req",
+                ratio: paired(lbb, baseb, cpu),
+            },
+        ]);
+    }
     if let [lb, ha] = handshakes {
         ratios.push(Ratio {
             what: "lb/HAProxy handshakes/s",

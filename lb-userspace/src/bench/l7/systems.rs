@@ -7,7 +7,8 @@
 //!   it, and a cookie key file.
 //! - [`Backend`]: `lb bench l7-backend`, the lab's HTTP backend, plain or TLS.
 //! - [`Daemon`]: `lb run` with three listeners (offload, offload with stickiness, bridging),
-//!   `TOKIO_WORKER_THREADS=1`; on drop it is stopped and `lb uninstall` removes its pins.
+//!   `TOKIO_WORKER_THREADS=1`; on drop it is stopped and `lb uninstall` removes its pins. With
+//!   a base build (`lb bench l7 --base PATH`), a second one runs that binary, alike.
 //! - HAProxy, one thread, two frontends (offload and bridging) doing what lb's do: TLS with
 //!   the same certificate and ALPN, `mode http`, keep-alive on both sides, `X-Forwarded-For`,
 //!   `-Proto` and `-Port`, and for bridging TLS to the backend verified against the CA and the
@@ -165,12 +166,29 @@ impl Drop for Daemon {
     }
 }
 
+/// The ports of one `lb run`'s listeners, on 127.0.0.1.
+#[derive(Clone, Copy, Debug)]
+pub struct LbPorts {
+    pub offload: u16,
+    pub sticky: u16,
+    pub bridging: u16,
+}
+
+impl LbPorts {
+    fn free() -> Result<Self, BenchError> {
+        Ok(Self {
+            offload: free_port()?,
+            sticky: free_port()?,
+            bridging: free_port()?,
+        })
+    }
+}
+
 /// The ports of the systems under test, on 127.0.0.1.
 #[derive(Clone, Copy, Debug)]
 pub struct Ports {
-    pub lb_offload: u16,
-    pub lb_sticky: u16,
-    pub lb_bridging: u16,
+    pub lb: LbPorts,
+    pub base: LbPorts,
     pub haproxy_offload: u16,
     pub haproxy_bridging: u16,
 }
@@ -180,6 +198,8 @@ pub struct Ports {
 pub struct Systems {
     pub haproxy: Child,
     pub lb: Daemon,
+    /// The base build's daemon, if one was given.
+    pub base: Option<Daemon>,
     pub backend: Backend,
     pub tls_backend: Backend,
     pub ports: Ports,
@@ -187,24 +207,29 @@ pub struct Systems {
 }
 
 impl Systems {
-    /// Writes the files and starts the backends, the daemon and HAProxy on `cpu`.
-    pub fn start(lb: &Path, cpu: usize) -> Result<Self, BenchError> {
+    /// Writes the files and starts the backends, the daemon (and `base`'s, if given) and
+    /// HAProxy on `cpu`.
+    pub fn start(lb: &Path, base: Option<&Path>, cpu: usize) -> Result<Self, BenchError> {
         sweep_stale_pins();
         let files = Files::write()?;
         let backend = Backend::start(lb, cpu, None)?;
         let tls_backend = Backend::start(lb, cpu, Some((&files.backend_cert, &files.backend_key)))?;
         let ports = Ports {
-            lb_offload: free_port()?,
-            lb_sticky: free_port()?,
-            lb_bridging: free_port()?,
+            lb: LbPorts::free()?,
+            base: LbPorts::free()?,
             haproxy_offload: free_port()?,
             haproxy_bridging: free_port()?,
         };
-        let daemon = start_daemon(lb, cpu, &files, &ports, &backend, &tls_backend)?;
+        let backends = (&backend, &tls_backend);
+        let daemon = start_daemon(lb, "lb", cpu, &files, ports.lb, backends)?;
+        let base = base
+            .map(|base| start_daemon(base, "base", cpu, &files, ports.base, backends))
+            .transpose()?;
         let haproxy = start_haproxy(cpu, &files, &ports, &backend, &tls_backend)?;
         Ok(Self {
             haproxy,
             lb: daemon,
+            base,
             backend,
             tls_backend,
             ports,
@@ -221,7 +246,8 @@ fn loopback(port: u16) -> SocketAddr {
 /// L7 listeners.
 fn lb_config(
     files: &Files,
-    ports: &Ports,
+    socket: &Path,
+    ports: LbPorts,
     plain: SocketAddr,
     tls: SocketAddr,
     pin_dir: &Path,
@@ -276,33 +302,44 @@ pool = "tls"
 [listeners.bridging.backend]
 ca_file = {ca:?}
 "#,
-        socket = files.dir.path.join("lb.sock"),
         plain_ip = plain.ip(),
         plain_port = plain.port(),
         tls_ip = tls.ip(),
         tls_port = tls.port(),
-        offload = ports.lb_offload,
-        sticky = ports.lb_sticky,
-        bridging = ports.lb_bridging,
+        offload = ports.offload,
+        sticky = ports.sticky,
+        bridging = ports.bridging,
         keys = files.sticky_keys,
         ca = files.ca,
     )
 }
 
+/// Starts `lb run` of the binary `lb` with the files named `name` (`name.toml`, `name.sock`,
+/// `name.log`) and its pins in `lb-bench-PID-name` (bpffs allows no dot in a name).
 fn start_daemon(
     lb: &Path,
+    name: &str,
     cpu: usize,
     files: &Files,
-    ports: &Ports,
-    backend: &Backend,
-    tls_backend: &Backend,
+    ports: LbPorts,
+    (backend, tls_backend): (&Backend, &Backend),
 ) -> Result<Daemon, BenchError> {
-    let pin_dir = Path::new(BPFFS).join(format!("{PIN_PREFIX}{}", std::process::id()));
+    let pin_dir = Path::new(BPFFS).join(format!("{PIN_PREFIX}{}-{name}", std::process::id()));
+    let socket = files.dir.path.join(format!("{name}.sock"));
     let config = files.dir.write(
-        "lb.toml",
-        lb_config(files, ports, backend.address, tls_backend.address, &pin_dir).as_bytes(),
+        &format!("{name}.toml"),
+        lb_config(
+            files,
+            &socket,
+            ports,
+            backend.address,
+            tls_backend.address,
+            &pin_dir,
+        )
+        .as_bytes(),
     )?;
-    let log = fs::File::create(files.dir.path.join("lb.log")).map_err(io("creating lb.log"))?;
+    let log_path = files.dir.path.join(format!("{name}.log"));
+    let log = fs::File::create(&log_path).map_err(io("creating the daemon's log"))?;
     let mut command = pinned(cpu, lb);
     command
         .arg("run")
@@ -318,24 +355,25 @@ fn start_daemon(
         config,
         pin_dir,
     };
-    let socket = files.dir.path.join("lb.sock");
     let deadline = Instant::now() + START_TIMEOUT;
     while UnixStream::connect(&socket).is_err() {
         check_interrupt()?;
         if let Some(status) = daemon.child.exited() {
-            let log = fs::read_to_string(files.dir.path.join("lb.log")).unwrap_or_default();
+            let log = fs::read_to_string(&log_path).unwrap_or_default();
             return Err(BenchError::Unexpected(format!(
-                "`lb run` exited ({status}) before it was ready:\n{log}"
+                "`{} run` exited ({status}) before it was ready:\n{log}",
+                lb.display()
             )));
         }
         if Instant::now() > deadline {
             return Err(BenchError::Unexpected(format!(
-                "`lb run` was not ready within {START_TIMEOUT:?}"
+                "`{} run` was not ready within {START_TIMEOUT:?}",
+                lb.display()
             )));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    for port in [ports.lb_offload, ports.lb_sticky, ports.lb_bridging] {
+    for port in [ports.offload, ports.sticky, ports.bridging] {
         daemon.child.wait_for_port(loopback(port), START_TIMEOUT)?;
     }
     Ok(daemon)
@@ -427,7 +465,7 @@ fn sweep_stale_pins() {
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix(PIN_PREFIX))
-            .and_then(|p| p.parse::<u32>().ok())
+            .and_then(|p| p.split('-').next()?.parse::<u32>().ok())
         else {
             continue;
         };
