@@ -294,12 +294,19 @@ impl BackendSet {
     /// Whether passive health leaves member `i` out now: ejected, and not every member that
     /// takes requests is (then none is left out).
     fn ejected(&self) -> impl Fn(usize) -> bool + '_ {
-        let all = !self.eligible.is_empty()
-            && self
-                .eligible
-                .iter()
-                .all(|&(i, ..)| self.members[i].is_ejected());
-        move |i| !all && self.members[i].is_ejected()
+        // Whether every member that takes requests is ejected: looked at (once) only when a
+        // member asked about is, so a pool with none ejected pays one load per member asked.
+        let all = std::cell::OnceCell::new();
+        move |i| {
+            self.members[i].is_ejected()
+                && !*all.get_or_init(|| {
+                    !self.eligible.is_empty()
+                        && self
+                            .eligible
+                            .iter()
+                            .all(|&(i, ..)| self.members[i].is_ejected())
+                })
+        }
     }
 
     /// The backend of a session pinned to `id`, if its sessions still go to it (not while
