@@ -1,11 +1,14 @@
-//! `cargo xtask clippy`: lints the workspace in two passes, like aya's own xtask.
+//! `cargo xtask clippy`: lints the workspace in two passes, like aya's own xtask, then the fuzz
+//! crate.
 //!
 //! 1. Host crates on the default toolchain, all targets, warnings denied.
 //! 2. The eBPF crate on nightly for `bpfel-unknown-none` with `-Z build-std=core`, given the same
 //!    `bpf_target_arch` cfg that aya-build passes when it builds the crate for real, in its own
 //!    target directory so it does not invalidate the host build.
+//! 3. The fuzz crate (`fuzz/`, a workspace of its own), all targets, on the default toolchain
+//!    and in the host build's target directory: only the fuzz crate itself is linted anew.
 //!
-//! Both passes always run; the command fails afterwards if either found something.
+//! Every pass runs; the command fails afterwards if any found something.
 
 use anyhow::{Result, bail};
 
@@ -15,14 +18,19 @@ const EBPF_PACKAGE: &str = "lb-ebpf";
 const EBPF_TARGET: &str = "bpfel-unknown-none";
 const EBPF_TARGET_DIR: &str = "target/bpf-clippy";
 
-/// Runs both passes, the second even if the first fails, so one run shows every finding.
+/// Runs every pass, each even if an earlier one fails, so one run shows every finding.
 pub fn run(runner: &Runner) -> Result<()> {
     let host = lint_host_crates(runner);
     let ebpf = lint_ebpf_crate(runner);
-    let failed: Vec<String> = [("host crates", host), ("eBPF crate", ebpf)]
-        .into_iter()
-        .filter_map(|(pass, result)| result.err().map(|err| format!("{pass}: {err:#}")))
-        .collect();
+    let fuzz = lint_fuzz_crate(runner);
+    let failed: Vec<String> = [
+        ("host crates", host),
+        ("eBPF crate", ebpf),
+        ("fuzz crate", fuzz),
+    ]
+    .into_iter()
+    .filter_map(|(pass, result)| result.err().map(|err| format!("{pass}: {err:#}")))
+    .collect();
     if !failed.is_empty() {
         bail!("clippy found problems (see above); {}", failed.join("; "));
     }
@@ -39,6 +47,18 @@ fn lint_host_crates(runner: &Runner) -> Result<()> {
         "--all-targets",
     ])
     .args(["--", "-D", "warnings"]);
+    runner.run(&mut cmd)
+}
+
+fn lint_fuzz_crate(runner: &Runner) -> Result<()> {
+    let mut cmd = runner.cargo();
+    cmd.arg("clippy")
+        .arg("--manifest-path")
+        .arg(runner.root().join("fuzz/Cargo.toml"))
+        .arg("--all-targets")
+        .arg("--target-dir")
+        .arg(runner.target_dir())
+        .args(["--", "-D", "warnings"]);
     runner.run(&mut cmd)
 }
 

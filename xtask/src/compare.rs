@@ -57,7 +57,7 @@ pub fn run(
     let mut cmd = runner.cargo();
     cmd.args(["build", "--release", "-p", "lb-userspace", "--bin", "lb"]);
     runner.run(&mut cmd)?;
-    let new_lb = target_dir(runner.root()).join("release/lb");
+    let new_lb = runner.target_dir().join("release/lb");
     if runner.is_dry_run() {
         return Ok(ExitCode::SUCCESS);
     }
@@ -93,7 +93,7 @@ pub fn run_l7(
     let mut cmd = runner.cargo();
     cmd.args(["build", "--release", "-p", "lb-userspace", "--bin", "lb"]);
     runner.run(&mut cmd)?;
-    let mut bench = Command::new(target_dir(runner.root()).join("release/lb"));
+    let mut bench = Command::new(runner.target_dir().join("release/lb"));
     bench
         .args(["bench", "l7", "--rounds", &rounds.to_string(), "--base"])
         .arg(&base_lb)
@@ -118,15 +118,10 @@ fn resolve(root: &Path, rev: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
-/// `target/` of this workspace (or `$CARGO_TARGET_DIR`).
-fn target_dir(root: &Path) -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
-}
-
 /// Extracts `commit` into `target/bench-base/<commit>/src` (once) and builds its `lb` there;
 /// returns the binary's path.
 fn build_base(runner: &Runner, commit: &str) -> Result<PathBuf> {
-    let dir = target_dir(runner.root()).join("bench-base").join(commit);
+    let dir = runner.target_dir().join("bench-base").join(commit);
     let src = dir.join("src");
     if !src.join("Cargo.toml").exists() && !runner.is_dry_run() {
         // Extract into a fresh directory, renamed into place only when complete.

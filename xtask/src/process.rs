@@ -40,6 +40,11 @@ impl Runner {
         &self.root
     }
 
+    /// The workspace's build directory: `$CARGO_TARGET_DIR`, else `target/` under the root.
+    pub fn target_dir(&self) -> PathBuf {
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| self.root.join("target"), PathBuf::from)
+    }
+
     /// Whether commands are only printed.
     pub fn is_dry_run(&self) -> bool {
         self.dry_run
