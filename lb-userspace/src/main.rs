@@ -13,11 +13,30 @@ use lb::cli::{BenchCommand, Cli, Command, DecapCommand, OptionError, SOCKET_ENV,
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The log filter without `RUST_LOG`: info, but rustls only at error: it warns of a peer's
+/// protocol slips (an IP address as SNI, as wrk sends) once per connection, which any client
+/// could turn into a flood of log lines.
+const DEFAULT_LOG: &str = "info,rustls=error";
+
+/// `error` and its causes, each cause only if the text before does not already hold it (many
+/// errors here say their cause themselves).
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -25,7 +44,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("lb: {error:#}");
+            eprintln!("lb: {}", describe(&error));
             ExitCode::FAILURE
         }
     }

@@ -32,7 +32,7 @@ use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, oneshot},
 };
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use self::{controller::Controller, probes::Probes, runtime::BackendKey};
 use crate::{
@@ -655,6 +655,11 @@ async fn reload(calls: &mpsc::Sender<Event>) {
 fn ebpf_logs(balancer: &mut Balancer) -> Option<tokio::task::JoinHandle<()>> {
     let logger = match EbpfLogger::init(&mut balancer.ebpf) {
         Ok(logger) => logger,
+        Err(aya_log::Error::MapNotFound) => {
+            // Programs that log nothing (these, today) come without the log map.
+            debug!("the balancer's programs have no log records");
+            return None;
+        }
         Err(error) => {
             warn!(%error, "the balancer's eBPF log is not available");
             return None;

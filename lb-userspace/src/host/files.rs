@@ -4,6 +4,8 @@
 //! `max_connections`. The daemon raises its own limit to what its configuration needs (the
 //! hard limit too, where it may), and says so when it cannot.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use tracing::{info, warn};
 
 /// Descriptors besides the L7 connections: maps, programs, netlink, the control socket, logs.
@@ -42,8 +44,13 @@ fn ceiling() -> u64 {
         .unwrap_or(1 << 20)
 }
 
+/// The `needed` of the last warning that the limit is too low: a reload that needs the same
+/// does not warn again.
+static LOW_WARNED: AtomicU64 = AtomicU64::new(0);
+
 /// Raises the soft limit (and the hard one, if it is lower and the daemon may) to `needed`
-/// descriptors. Never lowers either. Returns the soft limit in force.
+/// descriptors. Never lowers either. Returns the soft limit in force. Warns when it cannot
+/// (once per `needed`).
 pub fn ensure(needed: u64) -> u64 {
     let (soft, hard) = match limit() {
         Ok(limit) => limit,
@@ -72,6 +79,7 @@ pub fn ensure(needed: u64) -> u64 {
             );
             now
         }
+        Ok(now) if LOW_WARNED.swap(needed, Ordering::Relaxed) == needed => now,
         Ok(now) => {
             warn!(
                 limit = now,
