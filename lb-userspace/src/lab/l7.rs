@@ -10,9 +10,7 @@
 //! [`OneListener`] writes the configuration most L7 tests serve: listener `web` on 127.0.0.1 in
 //! front of pool `app`, with the tests' own TOML lines per table.
 
-use std::{
-    net::SocketAddr, os::unix::fs::PermissionsExt as _, path::PathBuf, sync::Arc, time::Instant,
-};
+use std::{net::SocketAddr, os::unix::fs::PermissionsExt as _, path::PathBuf, time::Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
@@ -21,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use super::{Issued, LabError, Pki, http::HttpBackend};
+use super::{ClientTls, Issued, LabError, Pki, http::HttpBackend};
 use crate::{
     config::Config,
     daemon::runtime::Runtime,
@@ -292,19 +290,11 @@ impl HttpsConn {
         h2: bool,
     ) -> Result<Self, LabError> {
         let io_error = |what: &'static str| move |source| LabError::File { what, source };
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(LabError::TlsConfig)?
-        .with_root_certificates(roots.clone())
-        .with_no_client_auth();
-        config.alpn_protocols = if h2 {
-            vec![b"h2".to_vec()]
-        } else {
-            vec![b"http/1.1".to_vec()]
-        };
-        config.enable_sni = name.is_some();
+        let alpn: &[u8] = if h2 { b"h2" } else { b"http/1.1" };
+        let config = ClientTls::trusting(roots)
+            .alpn(&[alpn])
+            .sni(name.is_some())
+            .config()?;
         let server_name = match name {
             Some(name) => {
                 ServerName::try_from(name.to_owned()).map_err(|_| LabError::InvalidName {
@@ -317,7 +307,7 @@ impl HttpsConn {
         let tcp = TcpStream::connect(address)
             .await
             .map_err(io_error("connecting to a lab listener"))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let tls = tokio_rustls::TlsConnector::from(config)
             .connect(server_name, tcp)
             .await
             .map_err(io_error("TLS handshake with a lab listener"))?;

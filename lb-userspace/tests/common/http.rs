@@ -31,7 +31,7 @@ use std::{
 use lb::{
     l7::proxy::{Counters, Proxy},
     lab::{
-        client_config,
+        ClientTls,
         http::HttpBackend,
         l7::{HttpsConn, L7Lab},
     },
@@ -192,10 +192,12 @@ impl Site {
         tcp: TcpStream,
         alpn: &[u8],
     ) -> std::io::Result<TlsStream<TcpStream>> {
-        let mut config = (*client_config(&self.roots).expect("a client config")).clone();
-        config.alpn_protocols = vec![alpn.to_vec()];
+        let config = ClientTls::trusting(&self.roots)
+            .alpn(&[alpn])
+            .config()
+            .expect("a client config");
         let name = ServerName::try_from(HOST).expect("a DNS name");
-        tokio_rustls::TlsConnector::from(Arc::new(config))
+        tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
     }
