@@ -13,9 +13,11 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::http::{
-    Behaviour, HOST, RawBackend, Settings, Site, assert_body_names_no_backend, assert_plain_error,
-    echoed, free_port, http_backends, until, values,
+use common::{
+    http::{
+        Behaviour, RawBackend, assert_body_names_no_backend, assert_plain_error, echoed, values,
+    },
+    l7::{HOST, Settings, Site, free_port, http_backends, until},
 };
 use lb::lab::l7::get;
 

@@ -17,11 +17,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::http::{
-    ACK, CANCEL, DATA, END_STREAM, GOAWAY, HEADERS, HOST, HangingBackend, PATIENCE, REFUSED_STREAM,
-    RST_STREAM, SETTINGS, SETTINGS_MAX_CONCURRENT_STREAMS, Settings, Site,
-    assert_body_names_no_backend, assert_plain_error, h2_get, h2_request, h2_reset, http_backends,
-    read_frame, until,
+use common::{
+    http::{
+        ACK, CANCEL, DATA, END_STREAM, GOAWAY, HEADERS, HangingBackend, REFUSED_STREAM, RST_STREAM,
+        SETTINGS, SETTINGS_MAX_CONCURRENT_STREAMS, assert_body_names_no_backend,
+        assert_plain_error, h2_get, h2_request, h2_reset, read_frame,
+    },
+    l7::{HOST, Settings, Site, TIMEOUT, http_backends, until},
 };
 use lb::{config::Config, lab::l7::get};
 use tokio::{
@@ -113,7 +115,7 @@ async fn a_request_head_over_max_header_bytes_is_431() {
         let answer = conn.response().await;
         assert_eq!(answer.status, 431, "HTTP/1.1, {size} B: {answer:?}");
         assert!(
-            conn.closed_within(PATIENCE).await.is_some(),
+            conn.closed_within(TIMEOUT).await.is_some(),
             "HTTP/1.1, {size} B: the connection closed"
         );
         until("the 431 counted", || {
