@@ -40,7 +40,10 @@ use lb::{
     },
     lab::{
         http::HttpBackend,
-        l7::{Answer, HttpsConn, L7Lab, LabDir, all_healthy, get, write_sticky_keys},
+        l7::{
+            Answer, HttpsConn, L7Lab, LabDir, ListenerToml, all_healthy, get, pool_toml,
+            write_sticky_keys,
+        },
     },
 };
 
@@ -994,25 +997,11 @@ async fn another_listener_with_the_same_key_file_places_the_cookie_afresh() {
 #[test]
 fn a_duration_outside_one_second_to_seven_days_is_a_configuration_error() {
     let config = |duration: &str| {
-        format!(
-            r#"
-[pools.app]
-backends = [{{ address = "127.0.0.1", port = 8080 }}]
-
-[listeners.web]
-address = "127.0.0.1"
-port = 8443
-mode = "offload"
-pool = "app"
-
-[listeners.web.tls]
-certificates = [{{ cert = "c.pem", key = "k.pem" }}]
-
-[listeners.web.sticky]
-key_file = "sticky.keys"
-duration = "{duration}"
-"#
-        )
+        let mut listener = ListenerToml::new("offload", POOL);
+        listener.certificates.push(("c.pem".into(), "k.pem".into()));
+        listener.sticky_keys = Some("sticky.keys".into());
+        listener.sticky.push(format!("duration = \"{duration}\""));
+        pool_toml(POOL, &[(loopback(8080), None)]) + &listener.text(LISTENER, 8443)
     };
     for good in ["1s", "1h", "7days"] {
         let parsed = Config::parse(&config(good), "sticky.toml").unwrap();
