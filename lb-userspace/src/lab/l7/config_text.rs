@@ -2,13 +2,17 @@
 //! of the tables they serve, so that a test or a benchmark says only what differs.
 //!
 //! - [`pool_toml`]: `[pools.NAME]` with its members (address, port, `server_name`);
-//! - [`ListenerToml`]: `[listeners.NAME]` on 127.0.0.1 in `offload` or `bridging` mode, its
-//!   certificates, cookie key file, and the caller's own lines for each of its tables.
+//! - [`ListenerToml`]: `[listeners.NAME]` (on 127.0.0.1 unless told otherwise) in `offload` or
+//!   `bridging` mode, its certificates, cookie key file, and the caller's own lines for each of
+//!   its tables.
 //!
 //! Data flow: pool members and a [`ListenerToml`] -> text -> `Config::parse` (by the lab's
 //! `L7Lab::start`, or the daemon the benchmark starts).
 
-use std::{net::SocketAddr, path::Path, path::PathBuf};
+use std::{
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+};
 
 /// `[pools.NAME]` with `members`: each an address and port, and its `server_name` if any.
 pub fn pool_toml(name: &str, members: &[(SocketAddr, Option<String>)]) -> String {
@@ -28,10 +32,12 @@ pub fn pool_toml(name: &str, members: &[(SocketAddr, Option<String>)]) -> String
     format!("[pools.{name}]\nbackends = [{}]\n", members.join(", "))
 }
 
-/// An L7 listener on 127.0.0.1: its mode, pool, certificates and cookie keys, and further TOML
-/// lines for each of its tables.
+/// An L7 listener: its address, mode, pool, certificates and cookie keys, and further TOML lines
+/// for each of its tables.
 #[derive(Clone, Debug)]
 pub struct ListenerToml {
+    /// 127.0.0.1 unless set.
+    pub address: IpAddr,
     /// `offload` or `bridging`.
     pub mode: &'static str,
     pub pool: String,
@@ -49,9 +55,11 @@ pub struct ListenerToml {
 }
 
 impl ListenerToml {
-    /// A listener in `mode` (`offload` or `bridging`) in front of `pool`, with nothing else yet.
+    /// A listener on 127.0.0.1 in `mode` (`offload` or `bridging`) in front of `pool`, with
+    /// nothing else yet.
     pub fn new(mode: &'static str, pool: &str) -> Self {
         Self {
+            address: IpAddr::V4(Ipv4Addr::LOCALHOST),
             mode,
             pool: pool.to_owned(),
             certificates: Vec::new(),
@@ -64,7 +72,7 @@ impl ListenerToml {
         }
     }
 
-    /// `[listeners.{name}]` and its tables, the listener on 127.0.0.1:`port`.
+    /// `[listeners.{name}]` and its tables, the listener on `port` of its address.
     pub fn text(&self, name: &str, port: u16) -> String {
         let certificates: Vec<String> = self
             .certificates
@@ -78,8 +86,9 @@ impl ListenerToml {
             })
             .collect();
         let mut text = format!(
-            "\n[listeners.{name}]\naddress = \"127.0.0.1\"\nport = {port}\nmode = \"{}\"\n\
+            "\n[listeners.{name}]\naddress = \"{}\"\nport = {port}\nmode = \"{}\"\n\
              pool = {}\n",
+            self.address,
             self.mode,
             quoted(&self.pool)
         );
