@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::http::{HOST, Settings, Site, http_backends};
+use common::l7::{HOST, Settings, Site, http_backends};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},

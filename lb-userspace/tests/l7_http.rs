@@ -13,11 +13,20 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::http::{
-    Behaviour, HOST, RawBackend, Settings, Site, assert_body_names_no_backend, assert_plain_error,
-    echoed, free_port, http_backends, until, values,
+use common::{
+    http::{
+        Behaviour, RawBackend, assert_body_names_no_backend, assert_plain_error, echoed, values,
+    },
+    l7::{HOST, Settings, Site, free_port, http_backends, until},
 };
 use lb::lab::l7::get;
+
+/// Round robin over the pool, in its order: lab backends, then other ports.
+const ROUND_ROBIN: Settings<'static> = Settings {
+    listener: "balance = \"round_robin\"",
+    http: "",
+    backend: "",
+};
 
 /// A GET of `path` on an HTTP/1.1 connection.
 fn get_h1(path: &str) -> Vec<u8> {
@@ -271,11 +280,7 @@ async fn least_outstanding_the_default_spreads_requests_evenly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn round_robin_spreads_requests_evenly() {
-    let settings = Settings {
-        listener: "balance = \"round_robin\"",
-        ..Settings::default()
-    };
-    let site = Site::start("lb-l7-rr", http_backends(3).await, &[], settings);
+    let site = Site::start("lb-l7-rr", http_backends(3).await, &[], ROUND_ROBIN);
     let counts = spread(&site, 10, 300).await;
     assert_even(&counts, 3);
 }
@@ -352,15 +357,11 @@ async fn least_outstanding_avoids_a_backend_with_slow_requests_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_connection_is_tried_once_on_another_backend_whatever_the_method() {
-    let settings = Settings {
-        listener: "balance = \"round_robin\"",
-        ..Settings::default()
-    };
     let site = Site::start(
         "lb-l7-refused",
         http_backends(1).await,
         &[free_port()],
-        settings,
+        ROUND_ROBIN,
     );
     let mut conn = site.h1().await;
     for i in 0..10 {
@@ -390,7 +391,7 @@ async fn a_refused_connection_is_tried_once_on_another_backend_whatever_the_meth
         "lb-l7-refused2",
         Vec::new(),
         &[free_port(), free_port()],
-        settings,
+        ROUND_ROBIN,
     );
     let mut conn = site.h1().await;
     conn.write(&get_h1("/")).await.unwrap();
@@ -403,15 +404,11 @@ async fn a_refused_connection_is_tried_once_on_another_backend_whatever_the_meth
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_that_failed_at_a_backend_is_replayed_once_on_another() {
     let bad = RawBackend::start(Behaviour::Close).await;
-    let settings = Settings {
-        listener: "balance = \"round_robin\"",
-        ..Settings::default()
-    };
     let site = Site::start(
         "lb-l7-replay",
         http_backends(1).await,
         &[bad.port()],
-        settings,
+        ROUND_ROBIN,
     );
     let mut conn = site.h1().await;
     for i in 0..10 {
@@ -436,7 +433,7 @@ async fn a_get_that_failed_at_a_backend_is_replayed_once_on_another() {
         "lb-l7-replay2",
         Vec::new(),
         &[one.port(), two.port()],
-        settings,
+        ROUND_ROBIN,
     );
     let mut conn = site.h1().await;
     conn.write(&get_h1("/")).await.unwrap();
@@ -452,15 +449,11 @@ async fn a_get_that_failed_at_a_backend_is_replayed_once_on_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_that_reached_a_backend_is_not_replayed() {
     let bad = RawBackend::start(Behaviour::Close).await;
-    let settings = Settings {
-        listener: "balance = \"round_robin\"",
-        ..Settings::default()
-    };
     let site = Site::start(
         "lb-l7-post",
         http_backends(1).await,
         &[bad.port()],
-        settings,
+        ROUND_ROBIN,
     );
     let (mut ok, mut failed) = (0, 0);
     for i in 0..10 {

@@ -17,13 +17,18 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::http::{
-    ACK, CANCEL, DATA, END_STREAM, GOAWAY, HEADERS, HOST, HangingBackend, PATIENCE, REFUSED_STREAM,
-    RST_STREAM, SETTINGS, SETTINGS_MAX_CONCURRENT_STREAMS, Settings, Site,
-    assert_body_names_no_backend, assert_plain_error, h2_get, h2_request, h2_reset, http_backends,
-    read_frame, until,
+use common::{
+    http::{
+        ACK, CANCEL, DATA, END_STREAM, GOAWAY, HEADERS, HangingBackend, REFUSED_STREAM, RST_STREAM,
+        SETTINGS, SETTINGS_MAX_CONCURRENT_STREAMS, assert_body_names_no_backend,
+        assert_plain_error, h2_get, h2_request, h2_reset, read_frame,
+    },
+    l7::{HOST, LISTENER, POOL, Settings, Site, TIMEOUT, http_backends, loopback, until},
 };
-use lb::{config::Config, lab::l7::get};
+use lb::{
+    config::Config,
+    lab::l7::{ListenerToml, get, pool_toml},
+};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
@@ -58,23 +63,12 @@ fn assert_closed_at(what: &str, elapsed: Option<Duration>, limit: Duration) {
 
 #[test]
 fn limits_and_timeouts_have_defaults() {
-    let config = Config::parse(
-        r#"
-[pools.app]
-backends = [{ address = "198.18.1.1" }]
-
-[listeners.web]
-address = "198.18.100.1"
-port = 443
-mode = "offload"
-pool = "app"
-
-[listeners.web.tls]
-certificates = [{ cert = "www.pem", key = "www.key" }]
-"#,
-        "defaults.toml",
-    )
-    .unwrap();
+    let mut listener = ListenerToml::new("offload", POOL);
+    listener
+        .certificates
+        .push(("www.pem".into(), "www.key".into()));
+    let text = pool_toml(POOL, &[(loopback(8080), None)]) + &listener.text(LISTENER, 443);
+    let config = Config::parse(&text, "defaults.toml").unwrap();
     let l7 = config.listeners["web"].l7.clone().unwrap();
     let http = l7.http;
     assert_eq!(http.max_header_bytes, 64 * 1024);
@@ -113,7 +107,7 @@ async fn a_request_head_over_max_header_bytes_is_431() {
         let answer = conn.response().await;
         assert_eq!(answer.status, 431, "HTTP/1.1, {size} B: {answer:?}");
         assert!(
-            conn.closed_within(PATIENCE).await.is_some(),
+            conn.closed_within(TIMEOUT).await.is_some(),
             "HTTP/1.1, {size} B: the connection closed"
         );
         until("the 431 counted", || {

@@ -12,32 +12,13 @@
 mod common;
 
 use bytes::Bytes;
-use common::{
-    http::{HOST as SITE_HOST, Settings, Site, http_backends},
-    l7::{
-        HOST, Mode, Running, Setup,
-        client::{Body, streamed},
-        within,
-    },
+use common::l7::{
+    HOST, Mode, Settings, Setup, Site,
+    client::{Body, streamed},
+    http_backends, within,
 };
 use http_body_util::{BodyExt as _, Full};
 use hyper::{HeaderMap, Request, StatusCode, header::HeaderValue};
-
-/// A listener in `mode` with one backend speaking `protocol` (`http1` or `http2`).
-async fn one_backend(prefix: &str, mode: Mode, protocol: &str) -> Running {
-    let mut setup = Setup::new(prefix, mode);
-    setup.cert("www", &[HOST]);
-    match mode {
-        Mode::Offload => {
-            setup.plain_backend("backend-0").await;
-        }
-        Mode::Bridging => {
-            setup.tls_backend("backend-0", &["127.0.0.1"]).await;
-        }
-    }
-    setup.backend_setting(&format!("protocol = \"{protocol}\""));
-    setup.start()
-}
 
 /// A gRPC message as it goes on the wire: not compressed, then its length (4 bytes, big
 /// endian), then the message.
@@ -60,7 +41,7 @@ fn with_trailers(data: Bytes, trailers: HeaderMap) -> Body {
 /// trailer of its own (announced in `Trailer` when `announce`, as an HTTP/1.1 hop needs).
 /// Returns what came back: the response, its body, its trailers.
 async fn grpc_call(
-    run: &Running,
+    run: &Site,
     h2: bool,
     announce: bool,
 ) -> (hyper::http::response::Parts, Bytes, Option<HeaderMap>) {
@@ -99,7 +80,7 @@ async fn grpc_call(
 #[tokio::test(flavor = "multi_thread")]
 async fn grpc_over_http2_gets_its_trailers_offload_and_bridging() {
     for mode in [Mode::Offload, Mode::Bridging] {
-        let run = one_backend("lb-l7m-grpc", mode, "http2").await;
+        let run = Setup::one_backend("lb-l7m-grpc", mode, "http2").await;
         let (parts, body, trailers) = grpc_call(&run, true, false).await;
         assert_eq!(parts.status, StatusCode::OK, "{mode:?}");
         assert_eq!(parts.headers["content-type"], "application/grpc");
@@ -128,7 +109,7 @@ async fn grpc_over_http2_gets_its_trailers_offload_and_bridging() {
 #[tokio::test(flavor = "multi_thread")]
 async fn trailers_cross_http1_and_http2_both_ways() {
     for protocol in ["http1", "http2"] {
-        let run = one_backend("lb-l7m-trailers", Mode::Offload, protocol).await;
+        let run = Setup::one_backend("lb-l7m-trailers", Mode::Offload, protocol).await;
         for (h2, announce) in [(true, false), (true, true), (false, true)] {
             let what = format!("client h2 {h2}, announced {announce}, backend {protocol}");
             let (parts, _, trailers) = grpc_call(&run, h2, announce).await;
@@ -159,7 +140,7 @@ async fn get_and_delete_bodies_reach_the_backend_over_http1() {
         for method in ["GET", "DELETE"] {
             let what = format!("{method} with Content-Length, backend {protocol}");
             let request = format!(
-                "{method} /echo HTTP/1.1\r\nHost: {SITE_HOST}\r\nContent-Length: 11\r\n\r\n\
+                "{method} /echo HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 11\r\n\r\n\
                  hello world"
             );
             conn.write(request.as_bytes()).await.unwrap();
@@ -169,7 +150,7 @@ async fn get_and_delete_bodies_reach_the_backend_over_http1() {
 
             let what = format!("{method} chunked, backend {protocol}");
             let request = format!(
-                "{method} /echo HTTP/1.1\r\nHost: {SITE_HOST}\r\nTransfer-Encoding: chunked\r\n\r\n\
+                "{method} /echo HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n\
                  5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
             );
             conn.write(request.as_bytes()).await.unwrap();
@@ -185,7 +166,7 @@ async fn get_and_delete_bodies_reach_the_backend_over_http1() {
 #[tokio::test(flavor = "multi_thread")]
 async fn get_and_delete_bodies_reach_the_backend_over_http2() {
     for protocol in ["http1", "http2"] {
-        let run = one_backend("lb-l7m-get-body-h2", Mode::Offload, protocol).await;
+        let run = Setup::one_backend("lb-l7m-get-body-h2", Mode::Offload, protocol).await;
         let mut client = run.client(true).await;
         for method in ["GET", "DELETE"] {
             let what = format!("{method} with content-length, backend {protocol}");

@@ -22,7 +22,7 @@ use std::{
 
 use bytes::Bytes;
 use common::l7::{
-    HOST, Mode, Running, Setup,
+    HOST, Mode, Setup, Site,
     client::{Client, Tls, pattern, request, streamed},
     free_port, within,
 };
@@ -31,22 +31,6 @@ use hyper::{StatusCode, Version, header};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-/// A listener in `mode` with one backend (`backend-0`) speaking `protocol` to it.
-async fn one_backend(prefix: &str, mode: Mode, protocol: &str) -> Running {
-    let mut setup = Setup::new(prefix, mode);
-    setup.cert("www", &[HOST]);
-    match mode {
-        Mode::Offload => {
-            setup.plain_backend("backend-0").await;
-        }
-        Mode::Bridging => {
-            setup.tls_backend("backend-0", &["127.0.0.1"]).await;
-        }
-    }
-    setup.backend_setting(&format!("protocol = \"{protocol}\""));
-    setup.start()
-}
-
 /// Whether the text of a `/headers` answer has the line `line` (`name: value`, any case).
 fn has_header(text: &str, line: &str) -> bool {
     text.lines().any(|l| l.eq_ignore_ascii_case(line))
@@ -54,7 +38,7 @@ fn has_header(text: &str, line: &str) -> bool {
 
 /// GET /headers from an HTTP/1.1 and an HTTP/2 client: answered by the backend, over the
 /// backend protocol `backend_version`, with the forwarding headers set.
-async fn check_both_client_versions(run: &Running, backend_version: &str) {
+async fn check_both_client_versions(run: &Site, backend_version: &str) {
     for h2 in [false, true] {
         let mut client = run.client(h2).await;
         let answer = client.get("/headers?q=1").await;
@@ -93,14 +77,14 @@ async fn check_both_client_versions(run: &Running, backend_version: &str) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn offload_serves_http1_and_http2_clients() {
-    let run = one_backend("lb-l7p-offload", Mode::Offload, "http1").await;
+    let run = Setup::one_backend("lb-l7p-offload", Mode::Offload, "http1").await;
     check_both_client_versions(&run, "HTTP/1.1").await;
     assert_eq!(run.backend(0).requests(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bridging_serves_http1_and_http2_clients_over_verified_tls() {
-    let run = one_backend("lb-l7p-bridging", Mode::Bridging, "http1").await;
+    let run = Setup::one_backend("lb-l7p-bridging", Mode::Bridging, "http1").await;
     check_both_client_versions(&run, "HTTP/1.1").await;
     assert_eq!(run.backend(0).requests(), 2);
 }
@@ -112,7 +96,7 @@ async fn http1_backend_connections_are_kept_alive_and_reused() {
     const REQUESTS: u64 = 20;
     for mode in [Mode::Offload, Mode::Bridging] {
         for h2 in [false, true] {
-            let run = one_backend("lb-l7p-keepalive", mode, "http1").await;
+            let run = Setup::one_backend("lb-l7p-keepalive", mode, "http1").await;
             let mut client = run.client(h2).await;
             for i in 0..REQUESTS {
                 let answer = match i % 4 {
@@ -146,7 +130,7 @@ async fn http1_backend_connections_are_kept_alive_and_reused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn http2_to_the_backends_offload_and_bridging() {
     for mode in [Mode::Offload, Mode::Bridging] {
-        let run = one_backend("lb-l7p-h2-backend", mode, "http2").await;
+        let run = Setup::one_backend("lb-l7p-h2-backend", mode, "http2").await;
         check_both_client_versions(&run, "HTTP/2.0").await;
         let mut clients = Vec::new();
         for i in 0..16 {
@@ -172,7 +156,7 @@ async fn http2_to_the_backends_offload_and_bridging() {
 /// A client that offers no ALPN protocol is served HTTP/1.1.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_without_alpn_is_served_http1() {
-    let run = one_backend("lb-l7p-no-alpn", Mode::Offload, "http1").await;
+    let run = Setup::one_backend("lb-l7p-no-alpn", Mode::Offload, "http1").await;
     let tls = Tls::to(HOST, &run.roots).no_alpn();
     let mut client = Client::connect(run.address, &tls)
         .await
@@ -187,7 +171,7 @@ const SIZES: [usize; 5] = [0, 1, 16 * 1024 + 3, 1024 * 1024, 4 * 1024 * 1024 + 5
 
 /// Uploads (POST /echo) and downloads (GET /bytes) of every size in [`SIZES`], from an
 /// HTTP/1.1 and an HTTP/2 client, arrive whole and unchanged.
-async fn check_bodies(run: &Running, what: &str) {
+async fn check_bodies(run: &Site, what: &str) {
     for h2 in [false, true] {
         let mut client = run.client(h2).await;
         for size in SIZES {
@@ -221,7 +205,7 @@ async fn check_bodies(run: &Running, what: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_of_0_b_to_4_mib_go_both_ways_offload() {
     for protocol in ["http1", "http2"] {
-        let run = one_backend("lb-l7p-bodies-off", Mode::Offload, protocol).await;
+        let run = Setup::one_backend("lb-l7p-bodies-off", Mode::Offload, protocol).await;
         check_bodies(&run, &format!("offload, backend {protocol}")).await;
     }
 }
@@ -229,7 +213,7 @@ async fn bodies_of_0_b_to_4_mib_go_both_ways_offload() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_of_0_b_to_4_mib_go_both_ways_bridging() {
     for protocol in ["http1", "http2"] {
-        let run = one_backend("lb-l7p-bodies-br", Mode::Bridging, protocol).await;
+        let run = Setup::one_backend("lb-l7p-bodies-br", Mode::Bridging, protocol).await;
         check_bodies(&run, &format!("bridging, backend {protocol}")).await;
     }
 }
@@ -243,7 +227,7 @@ async fn request_and_response_bodies_stream_through_chunk_by_chunk() {
     const CHUNKS: usize = 8;
     for mode in [Mode::Offload, Mode::Bridging] {
         for protocol in ["http1", "http2"] {
-            let run = one_backend("lb-l7p-duplex", mode, protocol).await;
+            let run = Setup::one_backend("lb-l7p-duplex", mode, protocol).await;
             for h2 in [false, true] {
                 let what = format!("{mode:?}, backend {protocol}, client h2 {h2}");
                 let mut client = run.client(h2).await;
@@ -316,7 +300,7 @@ const HUGE: u64 = 1 << 30;
 /// A client that reads nothing of a 1 GiB response, and a backend that reads nothing of a
 /// 1 GiB upload: the proxy passes the stall on (flow control) rather than taking in the rest.
 async fn check_backpressure(mode: Mode, protocol: &str) {
-    let run = one_backend("lb-l7p-backpressure", mode, protocol).await;
+    let run = Setup::one_backend("lb-l7p-backpressure", mode, protocol).await;
     let backend = run.backend(0);
     for h2 in [false, true] {
         let what = format!("{mode:?}, backend {protocol}, client h2 {h2}");
@@ -379,7 +363,7 @@ async fn stalled_ends_hold_back_the_other_bridging_http2_backend() {
 
 /// Sends the WebSocket handshake for `/ws` on a new HTTP/1.1 connection and returns the
 /// tunnel once the answer is 101.
-async fn open_websocket(run: &Running) -> TokioIo<hyper::upgrade::Upgraded> {
+async fn open_websocket(run: &Site) -> TokioIo<hyper::upgrade::Upgraded> {
     let mut client = run.client(false).await;
     let mut ws = request("GET", "/ws", Bytes::new());
     let headers = ws.headers_mut();
@@ -426,7 +410,7 @@ async fn websocket_upgrades_become_a_two_way_tunnel() {
         (Mode::Bridging, "http1"),
         (Mode::Bridging, "http2"),
     ] {
-        let run = one_backend("lb-l7p-ws", mode, protocol).await;
+        let run = Setup::one_backend("lb-l7p-ws", mode, protocol).await;
         let mut tunnel = open_websocket(&run).await;
         round_trip(&mut tunnel, b"hello").await;
         round_trip(&mut tunnel, &pattern(300 * 1024)).await;
@@ -482,7 +466,7 @@ async fn websocket_over_http2_is_tunnelled_to_an_http1_upgrade() {
         (Mode::Offload, "http2"),
         (Mode::Bridging, "http1"),
     ] {
-        let run = one_backend("lb-l7p-ws-h2", mode, protocol).await;
+        let run = Setup::one_backend("lb-l7p-ws-h2", mode, protocol).await;
         let mut client = run.client(true).await;
         let mut tunnel = open_h2_websocket(&mut client).await;
         round_trip(&mut tunnel, b"hello").await;
@@ -524,7 +508,6 @@ async fn websocket_over_http2_is_tunnelled_to_an_http1_upgrade() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tunnel_holds_its_connection_slot_until_it_idles_out() {
     let mut setup = Setup::new("lb-l7p-ws-idle", Mode::Offload);
-    setup.cert("www", &[HOST]);
     setup.plain_backend("backend-0").await;
     setup.listener("http.idle_timeout = \"600ms\"");
     setup.listener("http.max_connections = 1");
@@ -594,7 +577,6 @@ fn raw_header<'a>(answer: &'a str, name: &str) -> Option<&'a str> {
 async fn plain_http_is_redirected_to_https_with_308() {
     let redirect = free_port();
     let mut setup = Setup::new("lb-l7p-redirect", Mode::Offload);
-    setup.cert("www", &[HOST]);
     setup.plain_backend("backend-0").await;
     setup.listener(&format!("redirect_http_port = {redirect}"));
     let run = setup.start();

@@ -1,11 +1,12 @@
-//! Cookie stickiness end to end (issue 5): L7 listeners served in-process on 127.0.0.1 by an
-//! [`L7Lab`], lab HTTP backends that name themselves, and HTTPS clients that keep, drop, alter
-//! or forge the balancer's cookie. Pool members are changed with [`L7Lab::set_members`] (or
+//! Cookie stickiness end to end (issue 5): L7 listeners served in-process on 127.0.0.1 by the
+//! shared harness's [`Setup`] (listener `web` with `[sticky]`), lab HTTP backends that name
+//! themselves, and HTTPS clients that keep, drop, alter or forge the balancer's cookie. Pool
+//! members are changed with [`L7Lab::set_members`] (or
 //! [`L7::update_pools`](lb::l7::L7::update_pools)) in place of health checks and drains.
 //!
-//! A second balancer instance is a second [`L7Lab`] whose configuration differs only in the
+//! A second balancer instance is a [`Site::twin`]: the configuration differs only in the
 //! listener's port (and, for rotation, the key file): same listener name, same certificate and
-//! the same backends, which the first lab owns.
+//! the same backends, which the first site owns.
 //!
 //! Where a test needs to know what a cookie says, it opens it with a [`Sealer`] of the same key
 //! and names, as another balancer would; where it needs a cookie the balancer would not make
@@ -17,9 +18,10 @@
     reason = "a test panics with a message; helpers here are part of the tests"
 )]
 
+mod common;
+
 use std::{
     collections::{BTreeMap, HashSet},
-    net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, atomic::Ordering},
     time::Duration,
@@ -37,16 +39,16 @@ use lb::{
         sticky::{self, BackendId, KeyRing, Sealer, SessionId, Ticket},
     },
     lab::{
-        Pki,
         http::HttpBackend,
-        l7::{Answer, HttpsConn, L7Lab, LabDir, all_healthy, get, write_cert, write_sticky_keys},
+        l7::{
+            Answer, HttpsConn, L7Lab, LabDir, ListenerToml, all_healthy, get, pool_toml,
+            write_sticky_keys,
+        },
     },
 };
-use rustls::RootCertStore;
 
-const HOST: &str = "www.example";
-const POOL: &str = "app";
-const LISTENER: &str = "web";
+use common::l7::{HOST, LISTENER, Mode, POOL, Setup, Site, free_port, loopback};
+
 const COOKIE_NAME: &str = "lb_sticky";
 const KEY_OLD: [u8; 32] = [0x11; 32];
 const KEY_NEW: [u8; 32] = [0x22; 32];
@@ -55,143 +57,70 @@ const KEY_FOREIGN: [u8; 32] = [0x33; 32];
 const UNHEALTHY: (u32, bool) = (0, false);
 const DRAINING: (u32, bool) = (0, true);
 
-/// A port that was free a moment ago.
-fn free_port() -> u16 {
-    lb::lab::free_port().unwrap()
-}
-
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// The files every instance of a test reads: the listener's certificate and key, and the
-/// cookie key file.
-#[derive(Debug, Clone)]
-struct Files {
-    cert: PathBuf,
-    key: PathBuf,
+/// A test's balancer (listener `web`, cookie keys [`KEY_OLD`]) and backends `backend-0`..: the
+/// first instance, which owns the directory, the CA and the backends.
+struct Bed {
+    site: Site,
+    /// The listener's cookie key file.
     keys: PathBuf,
 }
 
-/// `[listeners.NAME]` in offload mode on `port`, with `[listeners.NAME.sticky]` = `key_file`
-/// and the `sticky` lines.
-fn listener_toml(name: &str, port: u16, files: &Files, keys: &Path, sticky: &str) -> String {
-    format!(
-        r#"
-[listeners.{name}]
-address = "127.0.0.1"
-port = {port}
-mode = "offload"
-pool = "{POOL}"
-
-[listeners.{name}.tls]
-certificates = [{{ cert = "{}", key = "{}" }}]
-
-[listeners.{name}.sticky]
-key_file = "{}"
-{sticky}
-"#,
-        files.cert.display(),
-        files.key.display(),
-        keys.display()
-    )
-}
-
-/// `[pools.app]` with `backends`.
-fn pool_toml(backends: &[HttpBackend]) -> String {
-    let list: Vec<String> = backends
-        .iter()
-        .map(|b| {
-            format!(
-                r#"{{ address = "127.0.0.1", port = {} }}"#,
-                b.address.port()
-            )
-        })
-        .collect();
-    format!("[pools.{POOL}]\nbackends = [{}]\n", list.join(", "))
-}
-
-/// A test's balancer (listener `web`) and backends `backend-0`..: the first instance, which
-/// owns the directory, the CA and the backends.
-struct Bed {
-    lab: L7Lab,
-    roots: RootCertStore,
-    files: Files,
-    /// The `[listeners.web.sticky]` lines besides `key_file`.
-    sticky: String,
-    port: u16,
-}
-
 impl Bed {
-    /// `backends` backends and listener `web` with the cookie keys `keys` (first seals) and
-    /// the `sticky` lines; `extra` is appended to the configuration (more listeners).
+    /// `backends` backends and listener `web` with the `sticky` lines; `others` are more
+    /// listeners as `web` (name, port, their own sticky lines).
     async fn start_with(
         test: &str,
         backends: usize,
-        keys: &[[u8; 32]],
         sticky: &str,
-        extra: impl FnOnce(&Files) -> String,
+        others: &[(&str, u16, &str)],
     ) -> Self {
-        let dir = LabDir::new(&format!("lb-sticky-{test}")).unwrap();
-        let pki = Pki::new("sticky test CA").unwrap();
-        let (cert, key) = write_cert(&dir, &pki, "www", &[HOST]).unwrap();
-        let keys = write_sticky_keys(&dir, "sticky.keys", keys).unwrap();
-        let files = Files { cert, key, keys };
-        let mut started = Vec::new();
+        let mut setup = Setup::new(&format!("lb-sticky-{test}"), Mode::Offload);
         for i in 0..backends {
-            let name = format!("backend-{i}");
-            started.push(HttpBackend::start(loopback(0), &name, None).await.unwrap());
+            setup.plain_backend(&format!("backend-{i}")).await;
         }
-        let port = free_port();
-        let config = format!(
-            "{}{}{}",
-            pool_toml(&started),
-            listener_toml(LISTENER, port, &files, &files.keys, sticky),
-            extra(&files)
-        );
-        let roots = pki.roots().unwrap();
-        let lab = L7Lab::start(dir, pki, &config, started).unwrap();
+        let keys = setup.sticky(&[KEY_OLD], sticky);
+        for (name, port, sticky) in others {
+            setup.other_listener(name, *port, sticky);
+        }
         Self {
-            lab,
-            roots,
-            files,
-            sticky: sticky.to_owned(),
-            port,
+            site: setup.start(),
+            keys,
         }
     }
 
     async fn start(test: &str, backends: usize, sticky: &str) -> Self {
-        Self::start_with(test, backends, &[KEY_OLD], sticky, |_| String::new()).await
+        Self::start_with(test, backends, sticky, &[]).await
+    }
+
+    /// Listener `web`'s port.
+    fn port(&self) -> u16 {
+        self.site.address.port()
     }
 
     /// Another balancer instance: this configuration with listener `web` on a new port and
     /// the key file `keys`, in front of the same backends.
-    fn twin(&self, keys: &Path) -> Twin {
-        let port = free_port();
-        let config = format!(
-            "{}{}",
-            pool_toml(&self.lab.backends),
-            listener_toml(LISTENER, port, &self.files, keys, &self.sticky)
-        );
-        let dir = LabDir::new("lb-sticky-twin").unwrap();
-        // The twin serves the first instance's certificate; its own CA signs nothing.
-        let pki = Pki::new("unused twin CA").unwrap();
-        Twin {
-            lab: L7Lab::start(dir, pki, &config, Vec::new()).unwrap(),
-            port,
-        }
+    fn twin(&self, keys: &Path) -> Site {
+        self.site.twin("lb-sticky-twin", |listener| {
+            listener.sticky_keys = Some(keys.to_owned());
+        })
     }
 
     async fn client(&self, port: u16) -> Client {
-        Client::connect(port, &self.roots, false).await
+        Client::connect(&self.site, port, false).await
     }
 
     fn names(&self) -> Vec<String> {
-        self.lab.backends.iter().map(|b| b.name.clone()).collect()
+        self.site
+            .lab
+            .backends
+            .iter()
+            .map(|b| b.name.clone())
+            .collect()
     }
 
     fn backend(&self, name: &str) -> &HttpBackend {
-        self.lab
+        self.site
+            .lab
             .backends
             .iter()
             .find(|b| b.name == name)
@@ -205,7 +134,8 @@ impl Bed {
 
     /// The name of the backend with cookie id `id`.
     fn name_of(&self, id: BackendId) -> &str {
-        self.lab
+        self.site
+            .lab
             .backends
             .iter()
             .find(|b| sticky::backend_id(b.address) == id)
@@ -221,18 +151,13 @@ impl Bed {
     }
 
     fn requests(&self) -> BTreeMap<String, u64> {
-        self.lab
+        self.site
+            .lab
             .backends
             .iter()
             .map(|b| (b.name.clone(), b.requests()))
             .collect()
     }
-}
-
-/// A second balancer instance (see [`Bed::twin`]).
-struct Twin {
-    lab: L7Lab,
-    port: u16,
 }
 
 /// Gives `labs` the pool with the backend at `port` in `state`, every other one healthy.
@@ -246,15 +171,6 @@ fn set_state(labs: &[&L7Lab], port: u16, state: (u32, bool)) {
             }
         });
     }
-}
-
-/// The proxy of `listener` in `lab`, for its counters.
-fn proxy(lab: &L7Lab, listener: &str) -> Arc<Proxy> {
-    lab.l7
-        .proxies()
-        .into_iter()
-        .find(|p| p.name == listener)
-        .unwrap_or_else(|| panic!("no L7 listener {listener:?}"))
 }
 
 /// The sticky counters of a proxy: (hits, new, re-pinned).
@@ -289,11 +205,11 @@ struct Client {
 }
 
 impl Client {
-    async fn connect(port: u16, roots: &RootCertStore, h2: bool) -> Self {
-        let conn = HttpsConn::connect(loopback(port), Some(HOST), roots, h2)
-            .await
-            .unwrap_or_else(|e| panic!("cannot connect to the listener on {port}: {e}"));
-        Self { conn }
+    /// Connects to the listener of `site` on `port`.
+    async fn connect(site: &Site, port: u16, h2: bool) -> Self {
+        Self {
+            conn: site.https_to(port, h2).await,
+        }
     }
 
     /// `GET /` with `cookie` (a `name=value` pair) if given; panics unless it is a 200 that
@@ -350,10 +266,10 @@ impl Reply {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_requests_with_the_cookie_reach_one_backend() {
     let bed = Bed::start("pinned", 3, r#"duration = "1h""#).await;
-    let mut h1 = bed.client(bed.port).await;
+    let mut h1 = bed.client(bed.port()).await;
     let (cookie, first) = h1.new_session().await;
     let before = bed.requests();
-    let mut h2 = Client::connect(bed.port, &bed.roots, true).await;
+    let mut h2 = Client::connect(&bed.site, bed.port(), true).await;
     for i in 0..1000 {
         let client = if i % 2 == 0 { &mut h1 } else { &mut h2 };
         let reply = client.get(Some(&cookie)).await;
@@ -369,7 +285,7 @@ async fn a_thousand_requests_with_the_cookie_reach_one_backend() {
         assert_eq!(after[&name] - before[&name], expected, "{name}: {after:?}");
     }
     assert_eq!(
-        sticky_counts(&proxy(&bed.lab, LISTENER)),
+        sticky_counts(&bed.site.proxy()),
         (1000, 1, 0),
         "(hits, new, re-pinned)"
     );
@@ -378,7 +294,7 @@ async fn a_thousand_requests_with_the_cookie_reach_one_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_cookies_users_spread_evenly_and_each_cookie_names_its_backend() {
     let bed = Bed::start("spread", 3, "").await;
-    let mut client = bed.client(bed.port).await;
+    let mut client = bed.client(bed.port()).await;
     let mut served: BTreeMap<String, u32> = BTreeMap::new();
     let mut sessions = HashSet::new();
     for _ in 0..900 {
@@ -406,11 +322,11 @@ async fn without_cookies_users_spread_evenly_and_each_cookie_names_its_backend()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unhealthy_backend_loses_its_users_to_the_session_hash_with_a_new_cookie() {
     let bed = Bed::start("unhealthy", 3, "").await;
-    let mut client = bed.client(bed.port).await;
+    let mut client = bed.client(bed.port()).await;
     let old = client.session_on("backend-1").await;
     let session = open(&[KEY_OLD], &old).unwrap().session;
     let port = bed.backend("backend-1").address.port();
-    set_state(&[&bed.lab], port, UNHEALTHY);
+    set_state(&[&bed.site.lab], port, UNHEALTHY);
     let seen = bed.backend("backend-1").requests();
 
     let expected = bed.re_pin_of(&session, &["backend-0", "backend-2"]);
@@ -440,7 +356,7 @@ async fn an_unhealthy_backend_loses_its_users_to_the_session_hash_with_a_new_coo
     );
 
     // Healthy again: the new cookie stays where it is, the old one goes home.
-    set_state(&[&bed.lab], port, (100, true));
+    set_state(&[&bed.site.lab], port, (100, true));
     let reply = client.get(Some(&new)).await;
     assert_eq!(
         (reply.backend.as_str(), reply.cookie),
@@ -458,10 +374,10 @@ async fn an_unhealthy_backend_loses_its_users_to_the_session_hash_with_a_new_coo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_backend_without_health_checks_re_pins_its_users_and_is_ejected() {
     let bed = Bed::start("dead", 3, "").await;
-    let mut client = bed.client(bed.port).await;
+    let mut client = bed.client(bed.port()).await;
     let old = client.session_on("backend-1").await;
     let session = open(&[KEY_OLD], &old).unwrap().session;
-    let proxy = proxy(&bed.lab, LISTENER);
+    let proxy = bed.site.proxy();
     let retries = || proxy.counters.retries.load(Ordering::Relaxed);
     let before = retries();
 
@@ -514,10 +430,10 @@ async fn a_dead_backend_without_health_checks_re_pins_its_users_and_is_ejected()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_backend_keeps_its_sessions_takes_no_new_users_and_its_removal_re_pins() {
     let bed = Bed::start("draining", 3, "").await;
-    let mut client = bed.client(bed.port).await;
+    let mut client = bed.client(bed.port()).await;
     let pinned = client.session_on("backend-0").await;
     let port = bed.backend("backend-0").address.port();
-    set_state(&[&bed.lab], port, DRAINING);
+    set_state(&[&bed.site.lab], port, DRAINING);
 
     for _ in 0..50 {
         let reply = client.get(Some(&pinned)).await;
@@ -532,12 +448,12 @@ async fn a_draining_backend_keeps_its_sessions_takes_no_new_users_and_its_remova
     }
 
     // The drain ends: the backend leaves the pool, its users are re-pinned.
-    let mut members = all_healthy(&bed.lab.config);
+    let mut members = all_healthy(&bed.site.lab.config);
     members
         .get_mut(POOL)
         .unwrap()
         .retain(|m| m.backend.port != Some(port));
-    bed.lab.l7.update_pools(&members);
+    bed.site.lab.l7.update_pools(&members);
     let session = open(&[KEY_OLD], &pinned).unwrap().session;
     let expected = bed.re_pin_of(&session, &["backend-1", "backend-2"]);
     let reply = client.get(Some(&pinned)).await;
@@ -553,7 +469,7 @@ async fn a_draining_backend_keeps_its_sessions_takes_no_new_users_and_its_remova
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_second_cookie_is_placed_afresh_once_it_expires() {
     let bed = Bed::start("expiry", 2, r#"duration = "1s""#).await;
-    let mut client = bed.client(bed.port).await;
+    let mut client = bed.client(bed.port()).await;
     let mut pinned = Vec::new();
     for _ in 0..4 {
         pinned.push(client.session_on("backend-0").await);
@@ -564,7 +480,7 @@ async fn a_one_second_cookie_is_placed_afresh_once_it_expires() {
 
     // A ticket set at T (Unix ms) expires at T + 1000; two seconds later it is over.
     tokio::time::sleep(Duration::from_millis(2100)).await;
-    let counters = proxy(&bed.lab, LISTENER);
+    let counters = bed.site.proxy();
     let (hits, new, _) = sticky_counts(&counters);
     let mut served = BTreeMap::<String, u32>::new();
     for cookie in &pinned {
@@ -705,7 +621,7 @@ async fn a_thousand_tampered_cookies_are_no_cookie_never_an_error_nor_outside_th
     let outsider = HttpBackend::start(loopback(0), "outsider", None)
         .await
         .unwrap();
-    let mut client = bed.client(bed.port).await;
+    let mut client = bed.client(bed.port()).await;
     let (valid, _) = client.new_session().await;
     let ids: Vec<BackendId> = bed.names().iter().map(|n| bed.id(n)).collect();
     let variants = tampered_variants(&valid, &ids, sticky::backend_id(outsider.address));
@@ -725,7 +641,7 @@ async fn a_thousand_tampered_cookies_are_no_cookie_never_an_error_nor_outside_th
                     String::from_utf8_lossy(variant)
                 );
                 errors += 1;
-                client = bed.client(bed.port).await;
+                client = bed.client(bed.port()).await;
                 continue;
             }
         };
@@ -767,9 +683,9 @@ async fn a_thousand_tampered_cookies_are_no_cookie_never_an_error_nor_outside_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_with_one_key_agree_also_after_a_re_pin() {
     let bed = Bed::start("agree", 4, "").await;
-    let twin = bed.twin(&bed.files.keys);
-    let mut a = bed.client(bed.port).await;
-    let mut b = bed.client(twin.port).await;
+    let twin = bed.twin(&bed.keys);
+    let mut a = bed.client(bed.port()).await;
+    let mut b = bed.client(twin.address.port()).await;
 
     let mut on_zero = Vec::new();
     for _ in 0..40 {
@@ -799,7 +715,7 @@ async fn two_instances_with_one_key_agree_also_after_a_re_pin() {
 
     // backend-0 fails, as both instances see it.
     let port = bed.backend("backend-0").address.port();
-    set_state(&[&bed.lab, &twin.lab], port, UNHEALTHY);
+    set_state(&[&bed.site.lab, &twin.lab], port, UNHEALTHY);
     let mut targets = HashSet::new();
     for old in &on_zero {
         let session = open(&[KEY_OLD], old).unwrap().session;
@@ -832,15 +748,15 @@ async fn rotated_keys_keep_sessions_and_a_retired_key_is_no_cookie() {
     let retired = write_sticky_keys(&dir, "new-only.keys", &[KEY_NEW]).unwrap();
     let b = bed.twin(&rotated);
     let a2 = bed.twin(&retired);
-    let mut to_a = bed.client(bed.port).await;
-    let mut to_b = bed.client(b.port).await;
-    let mut to_a2 = bed.client(a2.port).await;
+    let mut to_a = bed.client(bed.port()).await;
+    let mut to_b = bed.client(b.address.port()).await;
+    let mut to_a2 = bed.client(a2.address.port()).await;
 
     let mut sessions = Vec::new();
     for _ in 0..10 {
         sessions.push(to_a.new_session().await);
     }
-    let before = sticky_counts(&proxy(&a2.lab, LISTENER));
+    let before = sticky_counts(&a2.proxy());
     for (cookie, first) in &sessions {
         let reply = to_b.get(Some(cookie)).await;
         assert_eq!(
@@ -852,7 +768,7 @@ async fn rotated_keys_keep_sessions_and_a_retired_key_is_no_cookie() {
         let fresh = reply.cookie.expect("[new] alone: no cookie, so a new one");
         assert!(open(&[KEY_NEW], &fresh).is_some());
     }
-    let after = sticky_counts(&proxy(&a2.lab, LISTENER));
+    let after = sticky_counts(&a2.proxy());
     assert_eq!(
         (after.0, after.1),
         (before.0, before.1 + 10),
@@ -874,8 +790,8 @@ async fn rotated_keys_keep_sessions_and_a_retired_key_is_no_cookie() {
     );
 
     // The same rotation on the running A: its users keep their backends.
-    std::fs::copy(&rotated, &bed.files.keys).unwrap();
-    bed.lab.l7.reload_files().unwrap();
+    std::fs::copy(&rotated, &bed.keys).unwrap();
+    bed.site.lab.l7.reload_files().unwrap();
     for (cookie, first) in &sessions {
         let reply = to_a.get(Some(cookie)).await;
         assert_eq!(
@@ -901,15 +817,15 @@ same_site = "strict"
 "#;
     let plain = "secure = false\nsame_site = \"unset\"\nduration = \"7days\"\n";
     let (custom_port, plain_port) = (free_port(), free_port());
-    let bed = Bed::start_with("attributes", 2, &[KEY_OLD], "", |files| {
-        listener_toml("custom", custom_port, files, &files.keys, custom)
-            + &listener_toml("plain", plain_port, files, &files.keys, plain)
-    })
-    .await;
+    let others = [
+        ("custom", custom_port, custom),
+        ("plain", plain_port, plain),
+    ];
+    let bed = Bed::start_with("attributes", 2, "", &others).await;
 
     let cases = [
         (
-            bed.port,
+            bed.port(),
             "lb_sticky",
             86_400,
             "; HttpOnly; Secure; SameSite=Lax",
@@ -956,7 +872,7 @@ same_site = "strict"
     }
 
     // Opaque: no address, port or name in it, and each cookie is new ciphertext.
-    let mut client = bed.client(bed.port).await;
+    let mut client = bed.client(bed.port()).await;
     let mut values = HashSet::new();
     for _ in 0..10 {
         let (cookie, _) = client.new_session().await;
@@ -968,7 +884,7 @@ same_site = "strict"
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
             "{value}"
         );
-        for b in &bed.lab.backends {
+        for b in &bed.site.lab.backends {
             for secret in [
                 b.name.clone(),
                 b.address.to_string(),
@@ -986,7 +902,7 @@ same_site = "strict"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_backend_never_sees_the_balancers_cookie() {
     let bed = Bed::start("hidden", 2, "").await;
-    let mut h1 = bed.client(bed.port).await;
+    let mut h1 = bed.client(bed.port()).await;
     let (cookie, first) = h1.new_session().await;
     let headers = |answer: Answer| {
         assert_eq!(answer.status, StatusCode::OK, "{answer:?}");
@@ -1023,7 +939,7 @@ async fn the_backend_never_sees_the_balancers_cookie() {
     }
 
     // HTTP/2 clients may split cookies over several headers.
-    let mut h2 = Client::connect(bed.port, &bed.roots, true).await;
+    let mut h2 = Client::connect(&bed.site, bed.port(), true).await;
     let mut request = get(HOST, "/headers", Some("a=1"));
     for crumb in [cookie.as_str(), "b=2"] {
         request
@@ -1051,13 +967,10 @@ async fn the_backend_never_sees_the_balancers_cookie() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_listener_with_the_same_key_file_places_the_cookie_afresh() {
     let api_port = free_port();
-    let bed = Bed::start_with("listeners", 2, &[KEY_OLD], "", |files| {
-        listener_toml("api", api_port, files, &files.keys, "")
-    })
-    .await;
-    let mut web = bed.client(bed.port).await;
+    let bed = Bed::start_with("listeners", 2, "", &[("api", api_port, "")]).await;
+    let mut web = bed.client(bed.port()).await;
     let mut api = bed.client(api_port).await;
-    let counters = proxy(&bed.lab, "api");
+    let counters = bed.site.proxy_of("api");
     let mut served = HashSet::new();
     for _ in 0..6 {
         let cookie = web.session_on("backend-0").await;
@@ -1084,25 +997,11 @@ async fn another_listener_with_the_same_key_file_places_the_cookie_afresh() {
 #[test]
 fn a_duration_outside_one_second_to_seven_days_is_a_configuration_error() {
     let config = |duration: &str| {
-        format!(
-            r#"
-[pools.app]
-backends = [{{ address = "127.0.0.1", port = 8080 }}]
-
-[listeners.web]
-address = "127.0.0.1"
-port = 8443
-mode = "offload"
-pool = "app"
-
-[listeners.web.tls]
-certificates = [{{ cert = "c.pem", key = "k.pem" }}]
-
-[listeners.web.sticky]
-key_file = "sticky.keys"
-duration = "{duration}"
-"#
-        )
+        let mut listener = ListenerToml::new("offload", POOL);
+        listener.certificates.push(("c.pem".into(), "k.pem".into()));
+        listener.sticky_keys = Some("sticky.keys".into());
+        listener.sticky.push(format!("duration = \"{duration}\""));
+        pool_toml(POOL, &[(loopback(8080), None)]) + &listener.text(LISTENER, 8443)
     };
     for good in ["1s", "1h", "7days"] {
         let parsed = Config::parse(&config(good), "sticky.toml").unwrap();

@@ -21,7 +21,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::http::{Behaviour, HOST, RawBackend, Settings, Site, http_backends, until};
+use common::{
+    http::{Behaviour, RawBackend},
+    l7::{HOST, Settings, Site, http_backends, until},
+};
 use lb::{config::l7::UPLOAD_GRACE, lab::l7::get};
 use tokio::net::TcpSocket;
 
@@ -327,7 +330,7 @@ async fn plain_exchange(
 /// past `max_connections` a connection waits; a slow head is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redirect_listener_has_its_own_connection_cap_and_the_same_timeouts() {
-    let redirect = common::http::free_port();
+    let redirect = common::l7::free_port();
     let listener = format!("redirect_http_port = {redirect}");
     let settings = Settings {
         listener: &listener,

@@ -22,9 +22,9 @@ use std::{
 };
 
 use common::l7::{
-    HOST, Mode, Running, Setup, backend_tls,
+    HOST, Mode, Setup, Site, backend_tls,
     client::{Client, Tls, request, rustls_error},
-    eventually, within, write_issued,
+    until, within, write_issued,
 };
 use hyper::StatusCode;
 use lb::lab::{Issued, Pki};
@@ -39,7 +39,7 @@ use rustls::{
 use rustls_pki_types::{CertificateDer, UnixTime};
 
 /// A handshake for `sni` (verified as `verify_as`) and a GET /: the certificate shown.
-async fn leaf_for(run: &Running, sni: Option<&str>, verify_as: &str, h2: bool) -> Vec<u8> {
+async fn leaf_for(run: &Site, sni: Option<&str>, verify_as: &str, h2: bool) -> Vec<u8> {
     let tls = Tls::to(verify_as, &run.roots).sni(sni).h2(h2);
     let mut client = Client::connect(run.address, &tls)
         .await
@@ -55,7 +55,7 @@ fn der(issued: &Issued) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn sni_chooses_each_names_certificate_and_the_first_is_the_default() {
     let mut setup = Setup::new("lb-l7t-sni", Mode::Offload);
-    let www = setup.cert("www", &[HOST]);
+    let www = setup.www.clone();
     let api = setup.cert("api", &["api.example", "*.api.example"]);
     setup.plain_backend("backend-0").await;
     let run = setup.start();
@@ -93,7 +93,7 @@ async fn sni_chooses_each_names_certificate_and_the_first_is_the_default() {
 #[tokio::test(flavor = "multi_thread")]
 async fn strict_sni_refuses_handshakes_without_a_known_name() {
     let mut setup = Setup::new("lb-l7t-strict", Mode::Offload);
-    let www = setup.cert("www", &[HOST]);
+    let www = setup.www.clone();
     let api = setup.cert("api", &["api.example"]);
     setup.plain_backend("backend-0").await;
     setup.tls("strict_sni = true");
@@ -115,7 +115,7 @@ async fn strict_sni_refuses_handshakes_without_a_known_name() {
     }
     // The listener counts a failed handshake once it has sent its alert.
     let proxy = run.proxy();
-    eventually("3 failed handshakes counted", || {
+    until("3 failed handshakes counted", || {
         proxy.counters.handshake_failures.load(Ordering::Relaxed) == 3
     })
     .await;
@@ -135,9 +135,8 @@ enum Presented {
 
 /// A bridging listener with one backend presenting `presented` (with its own `server_name` if
 /// `own_name`), and `settings` in `[backend]`.
-async fn bridging_to(presented: Presented, own_name: Option<&str>, settings: &[&str]) -> Running {
+async fn bridging_to(presented: Presented, own_name: Option<&str>, settings: &[&str]) -> Site {
     let mut setup = Setup::new("lb-l7t-bridging", Mode::Bridging);
-    setup.cert("www", &[HOST]);
     let issued = match presented {
         Presented::Valid(names) => setup.backend_pki.issue(names),
         Presented::OtherCa => Pki::new("another CA").expect("a CA").issue(&["127.0.0.1"]),
@@ -153,7 +152,7 @@ async fn bridging_to(presented: Presented, own_name: Option<&str>, settings: &[&
 
 /// GET / from an HTTP/1.1 and an HTTP/2 client: `expected`, and for a 502 the backend saw no
 /// request bytes though the listener did connect to it.
-async fn expect_from_backend(run: &Running, expected: StatusCode, what: &str) {
+async fn expect_from_backend(run: &Site, expected: StatusCode, what: &str) {
     for h2 in [false, true] {
         let answer = run.client(h2).await.get("/").await;
         assert_eq!(
@@ -271,7 +270,6 @@ async fn skip_verification_accepts_any_backend_certificate() {
             ("expired", other_ca.issue_expired(&["127.0.0.1"])),
         ] {
             let mut setup = Setup::new("lb-l7t-skip", Mode::Bridging);
-            setup.cert("www", &[HOST]);
             setup
                 .backend("backend-0", Some(serving(issued)), None)
                 .await;
@@ -371,7 +369,6 @@ async fn bridging_presents_the_configured_client_certificate() {
         for (what, from_backend_ca, expected) in cases {
             let what = format!("{what}, backend {protocol}");
             let mut setup = Setup::new("lb-l7t-client-cert", Mode::Bridging);
-            setup.cert("www", &[HOST]);
             let served = setup.backend_pki.issue(&["127.0.0.1"]).expect("backend");
             let (tls, verifier) = requiring_client_cert(&served, &setup.backend_pki);
             setup.backend("backend-0", Some(tls), None).await;
@@ -416,7 +413,7 @@ async fn cert_reload_under_load_fails_no_handshake() {
     const CLIENTS: usize = 16;
     const PER_ROUND: u64 = 60;
     let mut setup = Setup::new("lb-l7t-reload-load", Mode::Offload);
-    let first = setup.cert("www", &[HOST]);
+    let first = setup.www.clone();
     setup.plain_backend("backend-0").await;
     let run = Arc::new(setup.start());
     let mut leaves = vec![first];
@@ -517,7 +514,6 @@ async fn cert_reload_under_load_fails_no_handshake() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cert_reload_serves_new_names() {
     let mut setup = Setup::new("lb-l7t-reload-names", Mode::Offload);
-    setup.cert("www", &[HOST]);
     setup.plain_backend("backend-0").await;
     setup.tls("strict_sni = true");
     let run = setup.start();
@@ -546,7 +542,7 @@ async fn cert_reload_serves_new_names() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bad_certificate_is_refused_by_reload_and_the_old_one_keeps_serving() {
     let mut setup = Setup::new("lb-l7t-reload-bad", Mode::Offload);
-    let good = setup.cert("www", &[HOST]);
+    let good = setup.www.clone();
     setup.plain_backend("backend-0").await;
     let run = setup.start();
     let (cert, key) = (
@@ -632,7 +628,7 @@ async fn a_bad_certificate_is_refused_by_reload_and_the_old_one_keeps_serving() 
 #[tokio::test(flavor = "multi_thread")]
 async fn established_connections_keep_working_across_a_reload() {
     let mut setup = Setup::new("lb-l7t-reload-established", Mode::Offload);
-    let old = setup.cert("www", &[HOST]);
+    let old = setup.www.clone();
     setup.plain_backend("backend-0").await;
     let run = setup.start();
     let mut h1 = run.client(false).await;
@@ -664,7 +660,6 @@ async fn established_connections_keep_working_across_a_reload() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cert_reload_reads_the_backend_ca_bundle_again() {
     let mut setup = Setup::new("lb-l7t-reload-ca", Mode::Bridging);
-    setup.cert("www", &[HOST]);
     setup.tls_backend("backend-0", &["127.0.0.1"]).await;
     // The bundle starts with the wrong CA: the listener's.
     std::fs::write(&setup.backend_ca, setup.pki.ca_pem()).expect("writing the CA");
@@ -683,7 +678,6 @@ async fn cert_reload_reads_the_backend_ca_bundle_again() {
 async fn tls_versions_follow_min_version() {
     for (min_version, tls12_served) in [(None, true), (Some("1.3"), false)] {
         let mut setup = Setup::new("lb-l7t-versions", Mode::Offload);
-        setup.cert("www", &[HOST]);
         setup.plain_backend("backend-0").await;
         if let Some(min) = min_version {
             setup.tls(&format!("min_version = \"{min}\""));
@@ -717,7 +711,6 @@ async fn tls_versions_follow_min_version() {
 async fn cert_reload_stops_trusting_backend_connections_of_a_removed_ca() {
     for protocol in ["http1", "http2"] {
         let mut setup = Setup::new("lb-l7t-reload-distrust", Mode::Bridging);
-        setup.cert("www", &[HOST]);
         setup.tls_backend("backend-0", &["127.0.0.1"]).await;
         setup.backend_setting(&format!("protocol = \"{protocol}\""));
         let run = setup.start();

@@ -7,12 +7,10 @@
 //! [`Runtime`] (all healthy); a test changes them with [`L7Lab::set_members`] to stand in for
 //! health checks, drains and edits.
 //!
-//! [`OneListener`] writes the configuration most L7 tests serve: listener `web` on 127.0.0.1 in
-//! front of pool `app`, with the tests' own TOML lines per table.
+//! [`ListenerToml`] and [`pool_toml`] (in `l7/config_text.rs`) write the configurations the
+//! tests and the benchmarks serve.
 
-use std::{
-    net::SocketAddr, os::unix::fs::PermissionsExt as _, path::PathBuf, sync::Arc, time::Instant,
-};
+use std::{net::SocketAddr, os::unix::fs::PermissionsExt as _, path::PathBuf, time::Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
@@ -21,7 +19,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use super::{Issued, LabError, Pki, http::HttpBackend};
+mod config_text;
+
+pub use config_text::{ListenerToml, pool_toml, quoted_path};
+
+use super::{ClientTls, Issued, LabError, Pki, http::HttpBackend};
 use crate::{
     config::Config,
     daemon::runtime::Runtime,
@@ -72,77 +74,6 @@ impl LabDir {
 impl Drop for LabDir {
     fn drop(&mut self) {
         drop(std::fs::remove_dir_all(&self.path));
-    }
-}
-
-/// The configuration of one L7 listener `web` on 127.0.0.1 in front of pool `app`: its mode,
-/// certificates and pool members, and further TOML lines for each of its tables.
-#[derive(Clone, Debug, Default)]
-pub struct OneListener {
-    /// `offload` or `bridging`.
-    pub mode: &'static str,
-    /// (cert, key) files, the first the default.
-    pub certificates: Vec<(PathBuf, PathBuf)>,
-    /// The pool's members on 127.0.0.1: a port, and the member's `server_name` if any.
-    pub members: Vec<(u16, Option<String>)>,
-    /// Lines of `[listeners.web]`, `[listeners.web.tls]`, `[listeners.web.http]` and
-    /// `[listeners.web.backend]`; the last two tables are written only if they have lines.
-    pub listener: Vec<String>,
-    pub tls: Vec<String>,
-    pub http: Vec<String>,
-    pub backend: Vec<String>,
-}
-
-impl OneListener {
-    /// The configuration's text, the listener on `port`.
-    pub fn text(&self, port: u16) -> String {
-        let members: Vec<String> = self
-            .members
-            .iter()
-            .map(|(member, server_name)| {
-                let name = server_name
-                    .as_ref()
-                    .map_or_else(String::new, |n| format!(", server_name = \"{n}\""));
-                format!("{{ address = \"127.0.0.1\", port = {member}{name} }}")
-            })
-            .collect();
-        let certificates: Vec<String> = self
-            .certificates
-            .iter()
-            .map(|(cert, key)| {
-                format!(
-                    "{{ cert = \"{}\", key = \"{}\" }}",
-                    cert.display(),
-                    key.display()
-                )
-            })
-            .collect();
-        let mut text = format!(
-            "[pools.app]\nbackends = [{}]\n\n[listeners.web]\naddress = \"127.0.0.1\"\n\
-             port = {port}\nmode = \"{}\"\npool = \"app\"\n",
-            members.join(", "),
-            self.mode
-        );
-        push_lines(&mut text, &self.listener);
-        text.push_str(&format!(
-            "\n[listeners.web.tls]\ncertificates = [{}]\n",
-            certificates.join(", ")
-        ));
-        push_lines(&mut text, &self.tls);
-        for (table, lines) in [("http", &self.http), ("backend", &self.backend)] {
-            if !lines.is_empty() {
-                text.push_str(&format!("\n[listeners.web.{table}]\n"));
-                push_lines(&mut text, lines);
-            }
-        }
-        text
-    }
-}
-
-fn push_lines(text: &mut String, lines: &[String]) {
-    for line in lines {
-        text.push_str(line);
-        text.push('\n');
     }
 }
 
@@ -292,19 +223,11 @@ impl HttpsConn {
         h2: bool,
     ) -> Result<Self, LabError> {
         let io_error = |what: &'static str| move |source| LabError::File { what, source };
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(LabError::TlsConfig)?
-        .with_root_certificates(roots.clone())
-        .with_no_client_auth();
-        config.alpn_protocols = if h2 {
-            vec![b"h2".to_vec()]
-        } else {
-            vec![b"http/1.1".to_vec()]
-        };
-        config.enable_sni = name.is_some();
+        let alpn: &[u8] = if h2 { b"h2" } else { b"http/1.1" };
+        let config = ClientTls::trusting(roots)
+            .alpn(&[alpn])
+            .sni(name.is_some())
+            .config()?;
         let server_name = match name {
             Some(name) => {
                 ServerName::try_from(name.to_owned()).map_err(|_| LabError::InvalidName {
@@ -317,7 +240,7 @@ impl HttpsConn {
         let tcp = TcpStream::connect(address)
             .await
             .map_err(io_error("connecting to a lab listener"))?;
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let tls = tokio_rustls::TlsConnector::from(config)
             .connect(server_name, tcp)
             .await
             .map_err(io_error("TLS handshake with a lab listener"))?;

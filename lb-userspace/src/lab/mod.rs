@@ -50,7 +50,10 @@ use std::io;
 use std::net::SocketAddr;
 
 pub use netns::{NetNs, sweep_stale, veth};
-pub use tls::{Exchange, Issued, Pki, TlsClientConn, TlsServer, client_config, tls_exchange};
+pub use tls::{
+    ClientTls, Exchange, Issued, Pki, TlsClientConn, TlsServer, Versions, client_config,
+    tls_exchange,
+};
 
 /// Everything that can go wrong while building or using the lab.
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +139,9 @@ pub enum LabError {
     /// A rustls configuration was rejected (bad key, unsupported protocol versions).
     #[error("TLS configuration rejected: {0}")]
     TlsConfig(#[source] rustls::Error),
+    /// A client's certificate verifier could not be built from its roots.
+    #[error("TLS verifier rejected: {0}; give it a trust store with the lab CA in it")]
+    Verifier(#[source] rustls::client::VerifierBuilderError),
     /// A client was asked to connect to a name that is neither a DNS name nor an IP address.
     #[error("invalid TLS server name {0:?}: use a DNS name or an IP address")]
     ServerName(String),

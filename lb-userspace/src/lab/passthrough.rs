@@ -324,12 +324,6 @@ impl LabBackend {
 /// The balancer configuration of a lab with `backends` backends: a TLS listener on port 443 of
 /// each VIP (pools `web4` and `web6`), the daemon's socket and pins where `paths` says.
 pub fn lab_config(paths: &super::daemon::DaemonPaths, backends: usize) -> String {
-    let pool = |address: &dyn Fn(usize) -> IpAddr| {
-        (0..backends)
-            .map(|i| format!("{{ address = \"{}\" }}", address(i)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     format!(
         r#"# The lab's balancer: two passthrough listeners (IPv4 and IPv6) on TLS port 443.
 [datapath]
@@ -346,29 +340,43 @@ socket = "{socket}"
 
 # The backends serve TLS on the VIPs only (direct server return), not on their own addresses:
 # no health check by default (tests that check health add their own table).
-[pools.web4]
-backends = [{pool4}]
-health_check = false
-
-[pools.web6]
-backends = [{pool6}]
-health_check = false
-
-[listeners.tls4]
-address = "{VIP_V4}"
-port = 443
-mode = "passthrough"
-pool = "web4"
-
-[listeners.tls6]
-address = "{VIP_V6}"
-port = 443
-mode = "passthrough"
-pool = "web6"
-"#,
+{tables}"#,
         pin_dir = paths.pin_dir.display(),
         socket = paths.socket.display(),
-        pool4 = pool(&|i| IpAddr::V4(backend_v4(i))),
-        pool6 = pool(&|i| IpAddr::V6(backend_v6(i))),
+        tables = passthrough_tables(backends, backend_v4, backend_v6, "health_check = false\n"),
     )
+}
+
+/// What the passthrough labs' balancers serve: pools `web4` and `web6` of `backends` backends
+/// (addresses `v4(i)` and `v6(i)`, each pool followed by `pool_lines`), and a TLS listener on
+/// port 443 of each VIP.
+pub(super) fn passthrough_tables(
+    backends: usize,
+    v4: fn(usize) -> Ipv4Addr,
+    v6: fn(usize) -> Ipv6Addr,
+    pool_lines: &str,
+) -> String {
+    let pool = |name: &str, address: &dyn Fn(usize) -> IpAddr| {
+        let members: Vec<String> = (0..backends)
+            .map(|i| format!("{{ address = \"{}\" }}", address(i)))
+            .collect();
+        format!(
+            "[pools.{name}]\nbackends = [{}]\n{pool_lines}\n",
+            members.join(", ")
+        )
+    };
+    let listener = |name: &str, vip: IpAddr, pool: &str| {
+        format!(
+            "[listeners.{name}]\naddress = \"{vip}\"\nport = 443\nmode = \"passthrough\"\n\
+             pool = \"{pool}\"\n"
+        )
+    };
+    [
+        pool("web4", &|i| IpAddr::V4(v4(i))),
+        pool("web6", &|i| IpAddr::V6(v6(i))),
+        listener("tls4", IpAddr::V4(VIP_V4), "web4"),
+        "\n".to_owned(),
+        listener("tls6", IpAddr::V6(VIP_V6), "web6"),
+    ]
+    .concat()
 }

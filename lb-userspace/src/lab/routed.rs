@@ -34,7 +34,8 @@ use super::{
     LabError, NetNs, Pki,
     netns::veth,
     passthrough::{
-        IFACE, LabBackend, VIP_V4, VIP_V6, address_host, assign_vip_to_lo, plug, start_tls_servers,
+        IFACE, LabBackend, VIP_V4, VIP_V6, address_host, assign_vip_to_lo, passthrough_tables,
+        plug, start_tls_servers,
     },
     sweep_stale,
 };
@@ -298,12 +299,6 @@ impl RoutedLab {
 /// 443 of each VIP, the XDP program on the client-facing interface only, no outer source
 /// prefix (the host's address is the default), and `extra` lines added to `[datapath]`.
 pub fn routed_config(paths: &super::daemon::DaemonPaths, backends: usize, extra: &str) -> String {
-    let pool = |address: &dyn Fn(usize) -> IpAddr| {
-        (0..backends)
-            .map(|i| format!("{{ address = \"{}\" }}", address(i)))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     format!(
         r#"# The routed lab's balancer: XDP on the client-facing interface; the backends behind the other.
 [datapath]
@@ -316,27 +311,43 @@ pin_dir = "{pin_dir}"
 [control]
 socket = "{socket}"
 
-[pools.web4]
-backends = [{pool4}]
-
-[pools.web6]
-backends = [{pool6}]
-
-[listeners.tls4]
-address = "{VIP_V4}"
-port = 443
-mode = "passthrough"
-pool = "web4"
-
-[listeners.tls6]
-address = "{VIP_V6}"
-port = 443
-mode = "passthrough"
-pool = "web6"
-"#,
+{tables}"#,
         pin_dir = paths.pin_dir.display(),
         socket = paths.socket.display(),
-        pool4 = pool(&|i| IpAddr::V4(backend_v4(i))),
-        pool6 = pool(&|i| IpAddr::V6(backend_v6(i))),
+        tables = passthrough_tables(backends, backend_v4, backend_v6, ""),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        config::Config,
+        lab::{daemon::DaemonPaths, passthrough},
+    };
+
+    #[test]
+    fn both_labs_serve_a_passthrough_listener_on_each_vip() {
+        let paths = DaemonPaths {
+            socket: "/lab/lb.sock".into(),
+            pin_dir: "/sys/fs/bpf/lab".into(),
+        };
+        let labs = [
+            (routed_config(&paths, 2, ""), backend_v4(1), true),
+            (
+                passthrough::lab_config(&paths, 2),
+                passthrough::backend_v4(1),
+                false,
+            ),
+        ];
+        for (text, second, checked) in labs {
+            let config = Config::parse(&text, "lab.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(config.listeners["tls4"].address, IpAddr::V4(VIP_V4));
+            assert_eq!(config.listeners["tls6"].address, IpAddr::V6(VIP_V6));
+            assert_eq!(config.listeners["tls6"].pool, "web6");
+            assert_eq!(config.pools["web4"].backends[1].address, IpAddr::V4(second));
+            assert_eq!(config.pools["web6"].backends.len(), 2);
+            assert_eq!(config.pools["web4"].health_check.is_some(), checked);
+        }
+    }
 }

@@ -23,7 +23,7 @@
 //!   listener over a pool of their TLS port, each pool with a TCP health check.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -34,7 +34,7 @@ use super::{
     LabError, Pki,
     daemon::DaemonPaths,
     http_host::{HttpHost, HttpPorts},
-    l7::{LabDir, write_cert, write_sticky_keys},
+    l7::{self, LabDir, ListenerToml, quoted_path, write_cert, write_sticky_keys},
     passthrough::{
         PassthroughLab, VIP_NAME, VIP_V4, assign_vip_to_lo, backend_mut, backend_v4, lab_config,
     },
@@ -261,43 +261,34 @@ impl L7Listeners {
             out.push_str(&format!("\n{}", check.to_toml(OFFLOAD_POOL)));
             out.push_str(&format!("\n{}", check.to_toml(BRIDGING_POOL)));
         }
-        out.push_str(&self.offload_toml(OFFLOAD_LISTENER, self.offload_port, OFFLOAD_POOL));
-        out.push_str(&format!(
-            "\n[listeners.{OFFLOAD_LISTENER}.sticky]\nkey_file = \"{}\"\n",
-            self.sticky_keys.display()
-        ));
-        out.push_str(&format!(
-            "\n[listeners.{BRIDGING_LISTENER}]\naddress = \"{VIP_V4}\"\nport = {}\n\
-             mode = \"bridging\"\npool = \"{BRIDGING_POOL}\"\n",
-            self.bridging_port
-        ));
-        out.push_str(&self.tls_toml(BRIDGING_LISTENER));
-        out.push_str(&format!(
-            "\n[listeners.{BRIDGING_LISTENER}.backend]\nca_file = \"{}\"\n",
-            self.backend_ca.display()
-        ));
+        let mut offload = self.listener("offload", OFFLOAD_POOL);
+        offload.sticky_keys = Some(self.sticky_keys.clone());
+        out.push_str(&offload.text(OFFLOAD_LISTENER, self.offload_port));
+        let mut bridging = self.listener("bridging", BRIDGING_POOL);
+        bridging
+            .backend
+            .push(format!("ca_file = {}", quoted_path(&self.backend_ca)));
         if let BackendNames::Listener(name) = &self.names {
-            out.push_str(&format!("server_name = \"{name}\"\n"));
+            bridging.backend.push(format!("server_name = \"{name}\""));
         }
+        out.push_str(&bridging.text(BRIDGING_LISTENER, self.bridging_port));
         out
     }
 
     /// An offload listener `name` on `port` of [`VIP_V4`] over `pool`, presenting this
     /// builder's certificate (no stickiness): for a test to add one.
     pub fn offload_toml(&self, name: &str, port: u16, pool: &str) -> String {
-        format!(
-            "\n[listeners.{name}]\naddress = \"{VIP_V4}\"\nport = {port}\nmode = \"offload\"\n\
-             pool = \"{pool}\"\n{}",
-            self.tls_toml(name)
-        )
+        self.listener("offload", pool).text(name, port)
     }
 
-    fn tls_toml(&self, listener: &str) -> String {
-        format!(
-            "\n[listeners.{listener}.tls]\ncertificates = [{{ cert = \"{}\", key = \"{}\" }}]\n",
-            self.cert.display(),
-            self.key.display()
-        )
+    /// A listener on [`VIP_V4`] in `mode` over `pool`, presenting this builder's certificate.
+    fn listener(&self, mode: &'static str, pool: &str) -> ListenerToml {
+        let mut listener = ListenerToml::new(mode, pool);
+        listener.address = IpAddr::V4(VIP_V4);
+        listener
+            .certificates
+            .push((self.cert.clone(), self.key.clone()));
+        listener
     }
 }
 
@@ -310,24 +301,15 @@ fn pool_toml(
     name_of: &dyn Fn(usize) -> Option<String>,
     checked: bool,
 ) -> String {
-    let entries = (0..backends)
-        .map(|i| {
-            let address: Ipv4Addr = backend_v4(i);
-            match name_of(i) {
-                Some(server_name) => format!(
-                    "{{ address = \"{address}\", port = {port}, server_name = \"{server_name}\" }}"
-                ),
-                None => format!("{{ address = \"{address}\", port = {port} }}"),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
+    let members: Vec<(SocketAddr, Option<String>)> = (0..backends)
+        .map(|i| (SocketAddr::from((backend_v4(i), port)), name_of(i)))
+        .collect();
     let off = if checked {
         ""
     } else {
         "health_check = false\n"
     };
-    format!("\n[pools.{name}]\nbackends = [{entries}]\n{off}")
+    format!("\n{}{off}", l7::pool_toml(name, &members))
 }
 
 #[cfg(test)]

@@ -1,18 +1,17 @@
-//! Helpers for the L7 request-path and limits tests of `l7_http.rs` and `l7_limits.rs`:
+//! The raw side of the L7 tests (`l7_http.rs`, `l7_limits.rs`, `l7_timeouts.rs`, ...), beside the
+//! harness of `l7.rs`:
 //!
-//! - [`Site`]: one offload listener (`web`, pool `app`) on 127.0.0.1 in front of lab
-//!   [`HttpBackend`]s and of any other ports (a backend that misbehaves, or a port with nothing
-//!   behind it), its settings given as TOML lines ([`Settings`]); it is a [`Setup`] of
-//!   `l7.rs` (which writes the configuration with the lab's `OneListener`), started;
-//! - raw clients that control every byte and see every close: [`RawH1`] (HTTP/1.1 over TLS)
-//!   and [`RawH2`] (HTTP/2 frames over TLS, requests encoded with literal HPACK);
+//! - raw clients of a [`Site`] that control every byte and see every close: [`RawH1`]
+//!   (HTTP/1.1 over TLS) and [`RawH2`] (HTTP/2 frames over TLS, requests encoded with literal
+//!   HPACK);
 //! - backends that misbehave: [`RawBackend`] (closes each connection once it has read a request,
 //!   or answers every request with the same bytes) and [`HangingBackend`] (its accept queue is
-//!   full, so a connection to it never completes).
+//!   full, so a connection to it never completes);
+//! - checks of the balancer's own answers ([`assert_plain_error`]) and of what a backend echoed
+//!   ([`echoed`]).
 //!
-//! Data flow: `Site::start` -> `Site::h1`/`h2`/`https` -> requests -> the answers and the
-//! proxy's counters ([`Site::counter`]). Ports are found by binding port 0 and releasing it;
-//! traffic stays on 127.0.0.1.
+//! Data flow: [`Site::start`] -> [`Site::h1`]/[`Site::h2`] -> bytes -> [`RawResponse`]s and
+//! [`Frame`]s, and the proxy's counters ([`Site::counter`]). Traffic stays on 127.0.0.1.
 
 #![allow(
     dead_code,
@@ -28,16 +27,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb::{
-    l7::proxy::{Counters, Proxy},
-    lab::{
-        client_config,
-        http::HttpBackend,
-        l7::{HttpsConn, L7Lab},
-    },
-};
-use rustls::RootCertStore;
-use rustls_pki_types::ServerName;
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
     net::{TcpListener, TcpSocket, TcpStream},
@@ -45,161 +34,10 @@ use tokio::{
 };
 use tokio_rustls::client::TlsStream;
 
-pub use super::l7::HOST;
-use super::l7::{Mode, Running, Setup};
+use super::l7::{HOST, Site, TIMEOUT};
 
-/// Longest wait for anything that should happen: a test that waits longer has failed.
-pub const PATIENCE: Duration = Duration::from_secs(5);
-
-/// A free TCP port on 127.0.0.1 (bound, then released). Nothing listens on it afterwards, so a
-/// backend on it refuses connections.
-pub fn free_port() -> u16 {
-    lb::lab::free_port().expect("a free port on 127.0.0.1")
-}
-
-/// `n` lab backends on 127.0.0.1, named `backend-0`, `backend-1`, ...
-pub async fn http_backends(n: usize) -> Vec<HttpBackend> {
-    let mut backends = Vec::new();
-    for i in 0..n {
-        let address = "127.0.0.1:0".parse().expect("an address");
-        let backend = HttpBackend::start(address, &format!("backend-{i}"), None)
-            .await
-            .expect("starting a lab backend");
-        backends.push(backend);
-    }
-    backends
-}
-
-/// TOML lines of a site's listener, beyond its address, pool and certificate.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Settings<'a> {
-    /// Keys of `[listeners.web]`, e.g. `balance = "round_robin"`.
-    pub listener: &'a str,
-    /// Keys of `[listeners.web.http]`.
-    pub http: &'a str,
-    /// Keys of `[listeners.web.backend]`.
-    pub backend: &'a str,
-}
-
-/// An offload listener on 127.0.0.1 and its backends.
-#[derive(Debug)]
-pub struct Site {
-    pub lab: L7Lab,
-    pub address: SocketAddr,
-    pub roots: RootCertStore,
-    /// The pool's ports, in its order: the lab backends', then the others.
-    pub ports: Vec<u16>,
-}
-
+/// Raw clients of a [`Site`].
 impl Site {
-    /// Serves pool `app` = `backends` then `other_ports` (all on 127.0.0.1) behind listener
-    /// `web` with `settings`.
-    pub fn start(
-        prefix: &str,
-        backends: Vec<HttpBackend>,
-        other_ports: &[u16],
-        settings: Settings<'_>,
-    ) -> Self {
-        let ports: Vec<u16> = backends
-            .iter()
-            .map(|b| b.address.port())
-            .chain(other_ports.iter().copied())
-            .collect();
-        let mut setup = Setup::new(prefix, Mode::Offload);
-        setup.cert("www", &[HOST]);
-        for backend in backends {
-            setup.started_backend(backend);
-        }
-        for port in other_ports {
-            setup.other_port(*port);
-        }
-        setup
-            .listener(settings.listener)
-            .http(settings.http)
-            .backend_setting(settings.backend);
-        let Running {
-            lab,
-            address,
-            roots,
-            ..
-        } = setup.start();
-        Self {
-            lab,
-            address,
-            roots,
-            ports,
-        }
-    }
-
-    /// The listener's request path (for its counters).
-    pub fn proxy(&self) -> Arc<Proxy> {
-        let proxies = self.lab.l7.proxies();
-        assert_eq!(proxies.len(), 1, "one L7 listener");
-        Arc::clone(&proxies[0])
-    }
-
-    /// One of the proxy's counters now.
-    pub fn counter(&self, which: impl Fn(&Counters) -> &AtomicU64) -> u64 {
-        which(&self.proxy().counters).load(Ordering::Relaxed)
-    }
-
-    /// The lab backend `i`.
-    pub fn backend(&self, i: usize) -> &HttpBackend {
-        &self.lab.backends[i]
-    }
-
-    /// Requests each lab backend has received.
-    pub fn requests(&self) -> Vec<u64> {
-        self.lab
-            .backends
-            .iter()
-            .map(HttpBackend::requests)
-            .collect()
-    }
-
-    /// Gives the backends whose port `takes` accepts their full weight, the others weight 0
-    /// (out of the pool for new requests and sessions), as health checks would.
-    pub fn set_taking(&self, takes: impl Fn(u16) -> bool) {
-        self.lab.set_members("app", |member| {
-            if member.backend.port.is_some_and(&takes) {
-                (member.weight.max(1), true)
-            } else {
-                (0, false)
-            }
-        });
-    }
-
-    /// A client of the lab's (hyper, HTTP/1.1 or HTTP/2).
-    pub async fn https(&self, h2: bool) -> HttpsConn {
-        HttpsConn::connect(self.address, Some(HOST), &self.roots, h2)
-            .await
-            .expect("connecting to the listener")
-    }
-
-    /// A TLS connection to the listener offering `alpn`.
-    pub async fn tls(&self, alpn: &[u8]) -> TlsStream<TcpStream> {
-        let tcp = TcpStream::connect(self.address)
-            .await
-            .expect("connecting to the listener");
-        self.handshake(tcp, alpn)
-            .await
-            .expect("TLS handshake with the listener")
-    }
-
-    /// A TLS handshake on `tcp`, offering `alpn`.
-    pub async fn handshake(
-        &self,
-        tcp: TcpStream,
-        alpn: &[u8],
-    ) -> std::io::Result<TlsStream<TcpStream>> {
-        let mut config = (*client_config(&self.roots).expect("a client config")).clone();
-        config.alpn_protocols = vec![alpn.to_vec()];
-        let name = ServerName::try_from(HOST).expect("a DNS name");
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
-            .await
-    }
-
     /// A raw HTTP/1.1 connection over `tcp` (connected to the listener).
     pub async fn h1_over(&self, tcp: TcpStream) -> RawH1 {
         RawH1 {
@@ -360,7 +198,7 @@ impl RawH1 {
 
     /// The next response, read whole.
     pub async fn response(&mut self) -> RawResponse {
-        tokio::time::timeout(PATIENCE, self.read_response())
+        tokio::time::timeout(TIMEOUT, self.read_response())
             .await
             .expect("a response in time")
     }
@@ -651,7 +489,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawH2<S> {
 
     /// The next frame (a server's SETTINGS acknowledged on the way); `None` once closed.
     pub async fn frame(&mut self) -> Option<Frame> {
-        let frame = tokio::time::timeout(PATIENCE, read_frame(&mut self.stream))
+        let frame = tokio::time::timeout(TIMEOUT, read_frame(&mut self.stream))
             .await
             .expect("a frame or the close in time")?;
         if frame.kind == SETTINGS && frame.flags & ACK == 0 {
@@ -691,16 +529,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawH2<S> {
         })
         .await;
         closed.ok().map(|()| start.elapsed())
-    }
-}
-
-/// Waits until `condition` holds (checking every 5 ms), or panics naming `what` after
-/// [`PATIENCE`].
-pub async fn until(what: &str, condition: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < PATIENCE, "waited too long for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -14,15 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rustls::{
-    DigitallySignedStruct, SignatureScheme,
-    client::{
-        Resumption,
-        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    },
-    crypto::CryptoProvider,
-};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::ServerName;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
@@ -30,7 +22,10 @@ use tokio::{
 use tokio_rustls::TlsConnector;
 
 use super::process::is_interrupted;
-use crate::bench::BenchError;
+use crate::{
+    bench::BenchError,
+    lab::{ClientTls, Versions},
+};
 
 /// How long a finished handshake waits for the server to close.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
@@ -134,53 +129,9 @@ async fn handshake(
 
 /// TLS 1.3 only, no resumption, ALPN `http/1.1`, the ring provider, no verification.
 fn client_config() -> Result<Arc<rustls::ClientConfig>, BenchError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(|e| BenchError::Unexpected(format!("the generator's TLS configuration: {e}")))?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
-        .with_no_client_auth();
-    config.resumption = Resumption::disabled();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
-}
-
-/// Accepts any certificate and handshake signature (see the module's documentation).
-#[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
+    Ok(ClientTls::unverified()
+        .versions(Versions::Tls13Only)
+        .no_resumption()
+        .alpn(&[b"http/1.1"])
+        .config()?)
 }

@@ -34,7 +34,7 @@ use crate::{
     bench::BenchError,
     lab::{
         Pki,
-        l7::{LabDir, write_cert, write_sticky_keys},
+        l7::{LabDir, ListenerToml, pool_toml, quoted_path, write_cert, write_sticky_keys},
     },
 };
 
@@ -243,7 +243,7 @@ fn loopback(port: u16) -> SocketAddr {
 }
 
 /// The daemon's configuration: no interface, no passthrough listener (nothing attached), three
-/// L7 listeners.
+/// L7 listeners (offload, offload with stickiness, bridging) with the same certificate.
 fn lb_config(
     files: &Files,
     socket: &Path,
@@ -252,66 +252,33 @@ fn lb_config(
     tls: SocketAddr,
     pin_dir: &Path,
 ) -> String {
-    let certificates = format!(
-        "certificates = [{{ cert = {:?}, key = {:?} }}]",
-        files.cert, files.key
+    let listener = |mode, pool| {
+        let mut listener = ListenerToml::new(mode, pool);
+        listener
+            .certificates
+            .push((files.cert.clone(), files.key.clone()));
+        listener
+    };
+    let mut sticky = listener("offload", "plain");
+    sticky.sticky_keys = Some(files.sticky_keys.clone());
+    let mut bridging = listener("bridging", "tls");
+    bridging
+        .backend
+        .push(format!("ca_file = {}", quoted_path(&files.ca)));
+    let head = format!(
+        "[datapath]\npin_dir = {}\n\n[control]\nsocket = {}\n\n",
+        quoted_path(pin_dir),
+        quoted_path(socket),
     );
-    format!(
-        r#"[datapath]
-pin_dir = {pin_dir:?}
-
-[control]
-socket = {socket:?}
-
-[pools.plain]
-backends = [{{ address = "{plain_ip}", port = {plain_port} }}]
-
-[pools.tls]
-backends = [{{ address = "{tls_ip}", port = {tls_port}, server_name = "{BACKEND_NAME}" }}]
-
-[listeners.offload]
-address = "127.0.0.1"
-port = {offload}
-mode = "offload"
-pool = "plain"
-
-[listeners.offload.tls]
-{certificates}
-
-[listeners.sticky]
-address = "127.0.0.1"
-port = {sticky}
-mode = "offload"
-pool = "plain"
-
-[listeners.sticky.tls]
-{certificates}
-
-[listeners.sticky.sticky]
-key_file = {keys:?}
-
-[listeners.bridging]
-address = "127.0.0.1"
-port = {bridging}
-mode = "bridging"
-pool = "tls"
-
-[listeners.bridging.tls]
-{certificates}
-
-[listeners.bridging.backend]
-ca_file = {ca:?}
-"#,
-        plain_ip = plain.ip(),
-        plain_port = plain.port(),
-        tls_ip = tls.ip(),
-        tls_port = tls.port(),
-        offload = ports.offload,
-        sticky = ports.sticky,
-        bridging = ports.bridging,
-        keys = files.sticky_keys,
-        ca = files.ca,
-    )
+    [
+        head,
+        pool_toml("plain", &[(plain, None)]),
+        pool_toml("tls", &[(tls, Some(BACKEND_NAME.to_owned()))]),
+        listener("offload", "plain").text("offload", ports.offload),
+        sticky.text("sticky", ports.sticky),
+        bridging.text("bridging", ports.bridging),
+    ]
+    .concat()
 }
 
 /// Starts `lb run` of the binary `lb` with the files named `name` (`name.toml`, `name.sock`,
@@ -476,5 +443,48 @@ fn sweep_stale_pins() {
             );
             drop(fs::remove_dir_all(entry.path()));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn the_daemons_configuration_has_its_three_listeners() {
+        let files = Files::write().expect("the benchmark's files");
+        let ports = LbPorts {
+            offload: 8443,
+            sticky: 8444,
+            bridging: 8445,
+        };
+        let socket = files.dir.path.join("base.sock");
+        let text = lb_config(
+            &files,
+            &socket,
+            ports,
+            loopback(8080),
+            loopback(8081),
+            Path::new("/sys/fs/bpf/lb-bench-test"),
+        );
+        let config = Config::parse(&text, "lb.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(config.control.socket, socket);
+        let listeners: Vec<(&str, u16)> = config
+            .listeners
+            .iter()
+            .map(|(name, listener)| (name.as_str(), listener.port))
+            .collect();
+        assert_eq!(
+            listeners,
+            [("bridging", 8445), ("offload", 8443), ("sticky", 8444)]
+        );
+        let sticky = config.listeners["sticky"].l7.as_ref().expect("L7");
+        assert_eq!(
+            sticky.sticky.as_ref().map(|s| s.key_file.as_path()),
+            Some(files.sticky_keys.as_path())
+        );
+        let tls_pool = &config.pools["tls"].backends;
+        assert_eq!(tls_pool[0].server_name.as_deref(), Some(BACKEND_NAME));
     }
 }

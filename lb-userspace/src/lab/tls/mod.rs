@@ -4,8 +4,10 @@
 //! - `pki.rs`: [`Pki`], a CA made with rcgen. [`Pki::issue`] signs a leaf for DNS names and IP
 //!   addresses, [`Pki::issue_expired`] one whose validity ended long ago; a second [`Pki`] is
 //!   the "wrong CA". [`Pki::roots`] is the trust store a client needs. [`Issued`] is a leaf
-//!   certificate, its chain and key, as DER and PEM; [`Issued::server_config`] and
-//!   [`client_config`] build the rustls configurations both ends use.
+//!   certificate, its chain and key, as DER and PEM; [`Issued::server_config`] builds what a
+//!   server presents.
+//! - `client_config.rs`: [`ClientTls`], the one builder of client configurations (what the
+//!   client trusts, ALPN, versions, SNI, resumption); [`client_config`] is its common case.
 //! - `server.rs`: [`TlsServer`], a backend in its own thread (inside a [`NetNs`] if given)
 //!   running a tokio current-thread runtime. For every line a client sends it answers
 //!   `"{identity} {line}\n"`, until the client closes. It records the peer address of every
@@ -21,6 +23,7 @@
 //! [`NetNs`]: super::NetNs
 
 mod client;
+mod client_config;
 mod pki;
 mod server;
 #[cfg(test)]
@@ -30,7 +33,8 @@ use std::io;
 use std::net::SocketAddr;
 
 pub use client::{Exchange, TlsClientConn, tls_exchange};
-pub use pki::{Issued, Pki, client_config};
+pub use client_config::{ClientTls, Versions, client_config};
+pub use pki::{Issued, Pki};
 pub use server::TlsServer;
 
 use super::LabError;

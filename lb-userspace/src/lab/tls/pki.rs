@@ -3,9 +3,8 @@
 //! [`Pki`] is a throw-away CA made with rcgen; [`Pki::issue`] and [`Pki::issue_expired`] sign
 //! server-and-client-auth leaves for DNS names and IP addresses, returned as [`Issued`] (leaf,
 //! chain and key, DER and PEM). [`Issued::server_config`] turns a leaf into what a server
-//! presents ([`Issued::http_server_config`] with ALPN for HTTP); [`Pki::roots`] ->
-//! [`client_config`] is what a client trusts. Both configurations come from one builder: the
-//! ring provider, TLS 1.3 and 1.2.
+//! presents ([`Issued::http_server_config`] with ALPN for HTTP), on the ring provider with TLS
+//! 1.3 and 1.2; [`Pki::roots`] is what a client trusts (see `client_config.rs`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -14,17 +13,10 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, date_time_ymd,
 };
-use rustls::crypto::CryptoProvider;
-use rustls::{
-    ClientConfig, ConfigBuilder, ConfigSide, RootCertStore, ServerConfig, SupportedProtocolVersion,
-    WantsVerifier, WantsVersions,
-};
+use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use super::LabError;
-
-/// Both TLS versions the lab speaks.
-const VERSIONS: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+use super::{LabError, Versions};
 
 /// A throw-away certificate authority.
 pub struct Pki {
@@ -197,7 +189,10 @@ impl Issued {
     }
 
     fn rustls_server_config(&self) -> Result<ServerConfig, LabError> {
-        lab_builder(ServerConfig::builder_with_provider)?
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(Versions::Both.list())
+            .map_err(LabError::TlsConfig)?
             .with_no_client_auth()
             .with_single_cert(self.chain_der(), self.key_der())
             .map_err(LabError::TlsConfig)
@@ -210,25 +205,6 @@ impl fmt::Debug for Issued {
             .field("names", &self.names)
             .finish_non_exhaustive()
     }
-}
-
-/// A rustls client configuration trusting `roots`, without client auth.
-pub fn client_config(roots: &RootCertStore) -> Result<Arc<ClientConfig>, LabError> {
-    let config = lab_builder(ClientConfig::builder_with_provider)?
-        .with_root_certificates(roots.clone())
-        .with_no_client_auth();
-    Ok(Arc::new(config))
-}
-
-/// The start both configurations share: `builder_with_provider` of either side, given the
-/// ring provider and limited to [`VERSIONS`].
-fn lab_builder<S: ConfigSide>(
-    builder_with_provider: fn(Arc<CryptoProvider>) -> ConfigBuilder<S, WantsVersions>,
-) -> Result<ConfigBuilder<S, WantsVerifier>, LabError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    builder_with_provider(provider)
-        .with_protocol_versions(VERSIONS)
-        .map_err(LabError::TlsConfig)
 }
 
 /// A fresh ECDSA P-256 key.

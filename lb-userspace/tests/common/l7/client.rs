@@ -8,7 +8,6 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -21,14 +20,9 @@ use hyper::{
     header::{self, HeaderValue},
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::{
-    ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme, SupportedProtocolVersion,
-    client::{
-        Resumption, WebPkiServerVerifier,
-        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    },
-};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use lb::lab::{ClientTls, Versions};
+use rustls::RootCertStore;
+use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::{net::TcpStream, sync::mpsc};
 use tokio_rustls::client::TlsStream;
 
@@ -88,88 +82,33 @@ impl Tls {
     }
 }
 
-/// Verifies a server's certificate against the roots for a fixed name, whatever SNI was sent.
-#[derive(Debug)]
-struct VerifyAs {
-    inner: Arc<WebPkiServerVerifier>,
-    name: ServerName<'static>,
-}
-
-impl ServerCertVerifier for VerifyAs {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.inner
-            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
 /// A fresh TLS handshake with `address` (no session resumption: every handshake sees the
 /// certificate the listener serves now).
 pub async fn tls_connect(address: SocketAddr, tls: &Tls) -> std::io::Result<TlsStream<TcpStream>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let inner = WebPkiServerVerifier::builder_with_provider(
-        Arc::new(tls.roots.clone()),
-        Arc::clone(&provider),
-    )
-    .build()
-    .expect("verifier");
-    let verify_as = ServerName::try_from(tls.verify_as.clone()).expect("a DNS name");
-    let versions: &[&SupportedProtocolVersion] = if tls.tls12_only {
-        &[&rustls::version::TLS12]
+    let alpn: &[&[u8]] = match (tls.no_alpn, tls.h2) {
+        (true, _) => &[],
+        (false, true) => &[b"h2"],
+        (false, false) => &[b"http/1.1"],
+    };
+    let versions = if tls.tls12_only {
+        Versions::Tls12Only
     } else {
-        rustls::DEFAULT_VERSIONS
+        Versions::Both
     };
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .expect("versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(VerifyAs {
-            inner,
-            name: verify_as.clone(),
-        }))
-        .with_no_client_auth();
-    config.alpn_protocols = match (tls.no_alpn, tls.h2) {
-        (true, _) => Vec::new(),
-        (false, true) => vec![b"h2".to_vec()],
-        (false, false) => vec![b"http/1.1".to_vec()],
-    };
-    config.resumption = Resumption::disabled();
-    config.enable_sni = tls.sni.is_some();
-    let server_name = match &tls.sni {
-        Some(sni) => ServerName::try_from(sni.clone()).expect("a DNS name"),
-        None => verify_as,
-    };
+    let config = ClientTls::trusting(&tls.roots)
+        .verify_as(&tls.verify_as)
+        .expect("a DNS name to verify")
+        .alpn(alpn)
+        .versions(versions)
+        .no_resumption()
+        .sni(tls.sni.is_some())
+        .config()
+        .expect("a client configuration");
+    let server_name = ServerName::try_from(tls.sni.as_ref().unwrap_or(&tls.verify_as).clone())
+        .expect("a DNS name");
     let tcp = TcpStream::connect(address).await?;
     tcp.set_nodelay(true)?;
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(config)
         .connect(server_name, tcp)
         .await
 }
