@@ -8,7 +8,8 @@
 //! balancer runs on and those its routes to the backends leave through, and says so; the
 //! balancer's interfaces filter reverse paths loosely (`rp_filter` 2), as systemd's defaults
 //! have it, which lets the replies through once `accept_local` is on. Strict filtering drops
-//! them all the same: the daemon warns.
+//! them all the same: the daemon warns. Turned off while the daemon runs, `accept_local` is set
+//! again within one look of the host (2 s), and strict filtering set then is warned about.
 
 #![allow(
     clippy::unwrap_used,
@@ -124,6 +125,26 @@ fn replies_from_a_local_vip_routed_back_through_the_balancer_arrive() {
         "1",
         "accept_local on {BACK}, where the backends' replies come in"
     );
+    // Turned off behind the daemon's back, it is set again at the next look (every 2 s), and
+    // said; strict reverse-path filtering set while it runs is warned about.
+    env.lab
+        .lb
+        .sysctl(&format!("net.ipv4.conf.{BACK}.accept_local"), "0")
+        .expect("turning accept_local off");
+    wait_for_log_line(&env, &["accept_local was turned off", BACK]);
+    assert_eq!(
+        sysctl(&env, &format!("net.ipv4.conf.{BACK}.accept_local")),
+        "1",
+        "accept_local on {BACK} again"
+    );
+    let line = "hello again".to_owned();
+    let reply = exchange(&env, IpAddr::V4(VIP_V4), line.clone()).expect("TLS after the fix-up");
+    assert!(reply.ends_with(&line), "echoed {line:?}: {reply:?}");
+    env.lab
+        .lb
+        .sysctl(&format!("net.ipv4.conf.{BACK}.rp_filter"), "1")
+        .expect("making rp_filter strict");
+    wait_for_log_line(&env, &["strict reverse-path filtering", BACK]);
 }
 
 #[test]

@@ -9,14 +9,16 @@
 //!   this host (on `lo`, for L7 listeners on the same address) and the network routes the
 //!   replies back through the balancer: on the interfaces the balancer runs on and those its
 //!   routes to the backends leave through, where such replies arrive
-//!   ([`ReplyInterfaces::accept`], from every refresh of the host watch).
+//!   ([`ReplyInterfaces::accept`], from every refresh of the host watch, which also sets it
+//!   again where it was turned off since).
 //!
 //! Strict reverse-path filtering (`rp_filter` 1) drops those replies all the same (the route
-//! back to the VIP is `lo`, not the interface they came in by): that is said, not changed.
-//! Nothing here turns a setting back off; `lb uninstall` leaves them as they are.
+//! back to the VIP is `lo`, not the interface they came in by): that is said (whenever it
+//! becomes strict), not changed. Nothing here turns a setting back off; `lb uninstall` leaves
+//! them as they are.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr},
 };
 
@@ -81,37 +83,50 @@ pub fn local_vips(
     local.into_iter().collect()
 }
 
-/// The interfaces where replies from a local VIP may arrive, and which of them were seen to.
+/// The interfaces where replies from a local VIP may arrive, and what was said of each.
 #[derive(Debug, Default)]
 pub struct ReplyInterfaces {
-    /// Interfaces already handled (set, found set, or failed): each is said once.
-    handled: BTreeSet<u32>,
+    /// By interface index: whether `accept_local` was found on or set (`true`) or could not
+    /// be (`false`), at the last look.
+    accepting: BTreeMap<u32, bool>,
+    /// Interfaces warned about for strict reverse-path filtering, while it stays strict.
+    strict: BTreeSet<u32>,
 }
 
 impl ReplyInterfaces {
-    /// When `local_vips` is not empty, sets `accept_local` on each of `interfaces` not handled
-    /// yet, says why, and warns where strict reverse-path filtering would drop the replies.
+    /// When `local_vips` is not empty, makes sure `accept_local` is on for each of
+    /// `interfaces` (again, if it was turned off since the last look: every refresh of the
+    /// host watch looks), and warns where strict reverse-path filtering would drop the
+    /// replies. Each change is said once.
     pub fn accept(&mut self, local_vips: &[Ipv4Addr], interfaces: &BTreeSet<u32>) {
         let Some(vip) = local_vips.first() else {
             return;
         };
         for &ifindex in interfaces {
-            if !self.handled.insert(ifindex) {
-                continue;
-            }
             let interface = interface_name(ifindex);
-            match set_accept_local(&interface) {
-                Ok(true) => info!(
+            let before = self.accepting.get(&ifindex).copied();
+            let set = set_accept_local(&interface);
+            self.accepting.insert(ifindex, set.is_ok());
+            match (set, before) {
+                (Ok(true), None | Some(false)) => info!(
                     %interface, %vip,
                     "accept_local set: the VIP is an address of this host too, and backends' direct replies (source: the VIP) that are routed back through this interface would be dropped as martians"
                 ),
-                Ok(false) => debug!(%interface, "accept_local already on"),
-                Err(error) => warn!(
+                (Ok(true), Some(true)) => warn!(
+                    %interface, %vip,
+                    "accept_local was turned off on this interface while the daemon runs: set it again (backends' direct replies routed back through it would be dropped as martians); keep it in /etc/sysctl.d/"
+                ),
+                (Ok(false), None) => debug!(%interface, "accept_local already on"),
+                (Ok(false), Some(_)) => {}
+                (Err(error), None | Some(true)) => warn!(
                     %interface, %vip, %error,
                     "could not set accept_local: the VIP is an address of this host, so backends' direct replies routed back through this interface are dropped as martians (`sysctl net.ipv4.conf.{interface}.accept_local=1`)"
                 ),
+                (Err(_), Some(false)) => {}
             }
-            if is_strict_rp_filter(&interface) {
+            if !is_strict_rp_filter(&interface) {
+                self.strict.remove(&ifindex);
+            } else if self.strict.insert(ifindex) {
                 warn!(
                     %interface, %vip,
                     "strict reverse-path filtering (rp_filter 1) on this interface drops backends' direct replies routed back through it, whose source (the VIP) is on lo: set net.ipv4.conf.{interface}.rp_filter and net.ipv4.conf.all.rp_filter to 2 (loose) or 0"
