@@ -629,11 +629,12 @@ fn reload_starts_a_new_l7_listener_and_refuses_one_with_a_missing_certificate() 
 #[test]
 fn a_backend_that_fails_requests_is_ejected_and_listed_without_a_health_check() {
     // No active check: only the requests can tell that a backend died.
+    let metrics = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 9464));
     let mut l7 = L7Env::start_listeners(
         "lbl7eject",
         BACKENDS,
         |listeners| listeners.check = None,
-        |config| config,
+        |config| lb_tests::pool_config::with_metrics(&config, metrics),
     );
     let dead = 1;
     l7.env.lab.stop_http_backend(dead);
@@ -660,8 +661,26 @@ fn a_backend_that_fails_requests_is_ejected_and_listed_without_a_health_check() 
     let view = backend(&l7.env, OFFLOAD_POOL, backend_v4(dead).into());
     assert_eq!(view.state, "ejected", "{view:?}\n{}", l7.env.daemon.log());
     println!("lb backend list: {view:?}");
+    assert!(
+        view.ejected_for_s
+            .is_some_and(|left| (1..=30).contains(&left)),
+        "{view:?}"
+    );
     let listed = l7.env.cli_ok(&["backend", "list", OFFLOAD_POOL]);
-    assert!(listed.contains("ejected"), "{listed}");
+    assert!(
+        listed.contains("ejected (") && listed.contains(" s left)"),
+        "{listed}"
+    );
+    let status = l7.env.cli_ok(&["status"]);
+    assert!(status.contains("ejected 1"), "{status}");
+    let scraped = lb_tests::metrics_scrape::scrape(&l7.env.lab.lb, metrics);
+    let health = |state: &str| {
+        scraped.expect_value(&format!(
+            r#"lb_backend_health{{pool="{OFFLOAD_POOL}",backend="{}",state="{state}"}}"#,
+            lb::config::describe(view.address, view.port)
+        ))
+    };
+    assert_eq!((health("ejected"), health("healthy")), (1.0, 0.0));
     let stats = l7.stats();
     let ejections: u64 = stats
         .l7

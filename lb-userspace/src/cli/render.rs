@@ -93,7 +93,10 @@ pub fn render(body: &Body, json: bool) -> String {
                     b.pool.clone(),
                     describe(b.address, b.port),
                     b.weight.to_string(),
-                    b.state.clone(),
+                    match b.ejected_for_s {
+                        Some(left) => format!("{} ({left} s left)", b.state),
+                        None => b.state.clone(),
+                    },
                     if b.ring_size == 0 {
                         "-".to_owned()
                     } else {
@@ -214,7 +217,11 @@ fn render_status(s: &StatusView) -> String {
     out.push_str(&format!("interfaces:  {}\n", s.interfaces.join(", ")));
     out.push_str(&format!("listeners:   {}\n", s.listeners));
     out.push_str(&format!("backends:    {}\n", join(&backends)));
-    out.push_str(&format!("packets:     {}\n", join(&s.packets)));
+    if s.datapath.is_some() {
+        out.push_str(&format!("packets:     {}\n", join(&s.packets)));
+    } else {
+        out.push_str("packets:     none (no XDP program loaded: L7 listeners only)\n");
+    }
     if !s.l7.is_empty() {
         out.push_str(&format!("L7:          {}\n", join(&s.l7)));
     }

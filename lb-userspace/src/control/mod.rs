@@ -100,7 +100,7 @@ pub struct StatusView {
     pub config: Option<String>,
     pub interfaces: Vec<String>,
     pub listeners: usize,
-    /// Backends per state (healthy, unhealthy, draining, disabled).
+    /// Backends per state (healthy, unhealthy, draining, disabled, ejected).
     pub backends: Vec<(String, usize)>,
     /// Forwarded, passed and dropped packets, connection-table hits, misses and skipped
     /// inserts.
@@ -162,6 +162,7 @@ pub struct ListenerView {
     pub pool: String,
     /// Backends in the pool that take new flows (weight above 0).
     pub active_backends: usize,
+    /// The slots of its Maglev table; 0 for an L7 listener (it has none).
     pub ring_size: u32,
     /// How it picks backends: "Maglev, 65537 slots", "least outstanding requests, sticky".
     #[serde(default)]
@@ -191,6 +192,9 @@ pub struct BackendView {
     pub table_slots: u32,
     pub ring_size: u32,
     pub listeners: Vec<String>,
+    /// While `ejected`: the seconds until it takes new requests again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejected_for_s: Option<u64>,
 }
 
 /// What a change did.

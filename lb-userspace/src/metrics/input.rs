@@ -85,15 +85,18 @@ pub enum HealthState {
     Draining,
     /// Taken out by the operator.
     Disabled,
+    /// Healthy, but left out of the L7 listeners' new requests by passive health for a while.
+    Ejected,
 }
 
 impl HealthState {
     /// Every state, in the order the exposition lists them.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Healthy,
         Self::Unhealthy,
         Self::Draining,
         Self::Disabled,
+        Self::Ejected,
     ];
 
     /// The state as a label value.
@@ -103,6 +106,7 @@ impl HealthState {
             Self::Unhealthy => "unhealthy",
             Self::Draining => "draining",
             Self::Disabled => "disabled",
+            Self::Ejected => "ejected",
         }
     }
 }

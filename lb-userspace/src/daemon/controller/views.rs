@@ -38,7 +38,11 @@ impl<D: Datapath> Controller<D> {
                 mode: l.mode.as_str().to_owned(),
                 pool: l.pool.clone(),
                 active_backends: self.active_backends(name, l),
-                ring_size: self.config.datapath.ring_size,
+                ring_size: if l.l7.is_none() {
+                    self.config.datapath.ring_size
+                } else {
+                    0
+                },
                 balancing: match &l.l7 {
                     None => format!("Maglev, {} slots", self.config.datapath.ring_size),
                     Some(l7) => format!(
@@ -151,12 +155,12 @@ impl<D: Datapath> Controller<D> {
                         })
                     })
                     .flatten();
-                let (state, reason) = match ejection {
+                let ejected_for_s = ejection.map(|left| left.as_secs() + 1);
+                let (state, reason) = match ejected_for_s {
                     Some(left) => (
                         "ejected".to_owned(),
                         Some(format!(
-                            "passive health: its requests failed in a row; back in {} s",
-                            left.as_secs() + 1
+                            "passive health: its requests failed in a row; back in {left} s"
                         )),
                     ),
                     None => (state.to_owned(), change.map(|c| c.reason.clone())),
@@ -178,6 +182,7 @@ impl<D: Datapath> Controller<D> {
                         0
                     },
                     listeners: listeners.clone(),
+                    ejected_for_s,
                 });
             }
         }
@@ -281,8 +286,11 @@ impl<D: Datapath> Controller<D> {
     }
 
     pub(super) fn status_view(&self, now: Instant) -> StatusView {
-        let mut backends: Vec<(String, usize)> =
-            STATES.iter().map(|s| ((*s).to_owned(), 0)).collect();
+        let mut backends: Vec<(String, usize)> = STATES
+            .iter()
+            .chain(&["ejected"])
+            .map(|s| ((*s).to_owned(), 0))
+            .collect();
         for view in self.backend_views(None).unwrap_or_default() {
             if let Some(slot) = backends.iter_mut().find(|(s, _)| *s == view.state) {
                 slot.1 += 1;
@@ -411,14 +419,19 @@ impl<D: Datapath> Controller<D> {
             .chain(removed)
             .collect();
         let mut backends = Vec::new();
+        // In the order of the pools and their backends, as `backend_views` lists them.
+        let mut views = self.backend_views(None).unwrap_or_default().into_iter();
         for (name, pool) in &self.config.pools {
             for backend in &pool.backends {
                 let key = BackendKey::of(name, backend);
-                let (state, _) = self.runtime.state_of(&key, backend.weight);
+                let state = match views.next() {
+                    Some(view) => health_state(&view.state),
+                    None => health_state(self.runtime.state_of(&key, backend.weight).0),
+                };
                 backends.push(metrics::BackendHealthSample {
                     pool: name.clone(),
                     backend: crate::config::describe(backend.address, backend.port),
-                    state: health_state(state),
+                    state,
                     transitions: self
                         .runtime
                         .transitions(&key)
@@ -494,7 +507,13 @@ impl<D: Datapath> Controller<D> {
             .reconciler
             .listeners()
             .get(name)
-            .ok_or_else(|| format!("listener {name:?} is not in the datapath"))?;
+            .ok_or_else(|| {
+                format!(
+                    "listener {name:?} is an L7 listener: it balances each request (least outstanding requests or round \
+                     robin, and sticky cookies), not packets by a table, so there is \
+                     no placement to simulate"
+                )
+            })?;
         let address_of = |id: u32| {
             applied
                 .backends
@@ -540,6 +559,7 @@ fn health_state(state: &str) -> metrics::HealthState {
         "unhealthy" => metrics::HealthState::Unhealthy,
         "draining" => metrics::HealthState::Draining,
         "disabled" => metrics::HealthState::Disabled,
+        "ejected" => metrics::HealthState::Ejected,
         _ => metrics::HealthState::Healthy,
     }
 }
