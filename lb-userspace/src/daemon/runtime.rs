@@ -85,6 +85,8 @@ struct Entry {
     last: Option<Change>,
     /// Transitions into each of [`STATES`].
     transitions: BTreeMap<&'static str, u64>,
+    /// Its weight in the configuration last synced.
+    weight: Option<u32>,
 }
 
 /// Every backend's run-time state.
@@ -102,13 +104,28 @@ impl Runtime {
         for (name, pool) in &config.pools {
             for backend in &pool.backends {
                 let key = BackendKey::of(name, backend);
-                let entry = self.entries.remove(&key).unwrap_or_else(|| Entry {
+                let mut entry = self.entries.remove(&key).unwrap_or_else(|| Entry {
                     health: None,
                     drain_until: None,
                     ramp_from: (ramp && !pool.slow_start.is_zero()).then_some(now),
                     last: None,
                     transitions: BTreeMap::new(),
+                    weight: None,
                 });
+                // A weight changed across 0 (by `lb backend set-weight` or a reload): the
+                // operator's doing, recorded as such.
+                if entry
+                    .weight
+                    .is_some_and(|w| (w == 0) != (backend.weight == 0))
+                {
+                    let (state, reason) = if backend.weight == 0 {
+                        ("disabled", "weight set to 0")
+                    } else {
+                        ("healthy", "weight set above 0")
+                    };
+                    entry.record(state, reason.to_owned());
+                }
+                entry.weight = Some(backend.weight);
                 keep.insert(key, entry);
             }
         }
@@ -165,20 +182,6 @@ impl Runtime {
         self.entries
             .get(key)
             .is_some_and(|e| e.drain_until.is_some())
-    }
-
-    /// Records that an operator set `key`'s weight to 0 (or back).
-    pub fn note_weight(&mut self, key: &BackendKey, weight: u32) {
-        if let Some(entry) = self.entries.get_mut(key) {
-            let (state, reason) = if weight == 0 {
-                ("disabled", "weight set to 0")
-            } else {
-                ("healthy", "weight set above 0")
-            };
-            if entry.last.as_ref().is_none_or(|l| l.state != state) {
-                entry.record(state, reason.to_owned());
-            }
-        }
     }
 
     /// Backends whose drain has ended by `now`.

@@ -222,16 +222,7 @@ impl<D: Datapath> Controller<D> {
                     port,
                     weight,
                 };
-                let changed = self.edit(&pool, &edit, summary, now);
-                if changed.is_ok() {
-                    let key = BackendKey {
-                        pool,
-                        address,
-                        port,
-                    };
-                    self.runtime.note_weight(&key, weight);
-                }
-                changed
+                self.edit(&pool, &edit, summary, now)
             }
             Request::DrainBackend {
                 pool,
@@ -295,11 +286,18 @@ impl<D: Datapath> Controller<D> {
         };
         match transition.health {
             Health::Healthy => info!(backend = %key, reason = %transition.reason, "healthy"),
-            Health::Unhealthy { reachable } => warn!(
-                backend = %key, reason = %transition.reason,
-                established_flows = if reachable { "stay" } else { "placed afresh" },
-                "unhealthy"
-            ),
+            Health::Unhealthy { reachable } => {
+                // Passthrough flows, if the pool has any: a dead backend's are placed afresh.
+                let flows = match (self.config.has_packet_path(), reachable) {
+                    (false, _) => "none (no packet path)",
+                    (true, true) => "stay",
+                    (true, false) => "placed afresh",
+                };
+                warn!(
+                    backend = %key, reason = %transition.reason, established_flows = flows,
+                    "unhealthy"
+                );
+            }
         }
         if let Err(error) = self.reconcile(now) {
             error!(%error, "applying a health change failed");
