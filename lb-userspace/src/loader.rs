@@ -42,7 +42,7 @@ pub enum LoadError {
     #[error("interface {0:?} not found; `ip link` lists interfaces")]
     NoSuchInterface(String),
     #[error(
-        "{0} is not a bpffs mount; mount one with `mount -t bpf bpf /sys/fs/bpf` (or run `cargo xtask setup`)"
+        "pin_dir {0} is not on a bpffs mount; mount one with `mount -t bpf bpf /sys/fs/bpf` (or run `cargo xtask setup`). Under `ip netns exec`, /sys is mounted afresh without it: mount bpffs there too, or enter only the network namespace (`nsenter --net=/run/netns/NAME lb run ...`)"
     )]
     NotBpffs(PathBuf),
     #[error(
@@ -556,8 +556,13 @@ pub fn remove_stale_pins(dir: &Path) -> Result<Vec<String>, LoadError> {
     Ok(removed)
 }
 
-/// Creates the pin directory, which must be on bpffs.
+/// Creates the pin directory, which must be on bpffs: refused before anything is created
+/// when the nearest directory that exists is not.
 fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
+    let existing = dir.ancestors().find(|d| d.is_dir()).unwrap_or(dir);
+    if !is_bpffs(existing) {
+        return Err(LoadError::NotBpffs(dir.to_owned()));
+    }
     std::fs::create_dir_all(dir).map_err(|source| LoadError::Io {
         path: dir.to_owned(),
         source,

@@ -240,6 +240,8 @@ pub fn detach_decap(interface: &str, pin_dir: &Path) -> Result<String, DecapErro
         what: format!("removing {}", pins.dir.display()),
         source,
     })?;
+    // The pin directory too, once no interface is left in it (a mount point stays: busy).
+    drop(std::fs::remove_dir(pin_dir));
     Ok(format!("lb_decap detached from {interface}\n"))
 }
 

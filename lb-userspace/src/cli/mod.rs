@@ -137,7 +137,7 @@ pub enum BackendCommand {
         #[arg(long)]
         port: Option<u16>,
     },
-    /// Change a backend's weight (0 drains it: no new flows, established ones stay).
+    /// Change a backend's weight (0 disables it: no new flows, established ones stay).
     SetWeight {
         pool: String,
         /// ADDRESS or ADDRESS:PORT ([V6]:PORT), as `lb backend list` prints it.

@@ -329,13 +329,14 @@ impl Config {
         }
     }
 
-    /// Where the health check of `backend` (in `pool`) connects, if the pool has one.
     /// Whether the daemon runs the packet path (the XDP program and its maps): it does for any
     /// interface or passthrough listener; a configuration of L7 listeners only loads nothing.
     pub fn has_packet_path(&self) -> bool {
         !self.datapath.interfaces.is_empty() || !self.passthrough_listeners().is_empty()
     }
 
+    /// Where the health check of `backend` (in `pool`) connects, if the pool has one: the
+    /// check's port, else the backend's, else its first listener's (by name).
     pub fn health_target(
         &self,
         pool: &str,
@@ -470,6 +471,25 @@ mod tests {
             error.contains("minimal.toml:7") && error.contains("false for none"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_check_written_out_checks_where_the_default_does() {
+        // Two listeners of one pool on different ports, the backend without a port of its own:
+        // the default check and a written-out one both take the first listener's port.
+        let minimal = include_str!("../../tests/configs/good/minimal.toml");
+        let two = format!(
+            "{minimal}\n[listeners.k]\naddress = \"198.18.100.1\"\nport = 8443\nmode = \"passthrough\"\npool = \"p\"\n"
+        );
+        let written = two.replace(
+            "backends = [{ address = \"198.18.1.10\" }]",
+            "backends = [{ address = \"198.18.1.10\" }]\n[pools.p.health_check]\nprotocol = \"tcp\"",
+        );
+        for text in [&two, &written] {
+            let config = Config::parse(text, "two.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let target = config.health_target("p", &config.pools["p"].backends[0]);
+            assert_eq!(target.unwrap().to_string(), "198.18.1.10:8443", "{text}");
+        }
     }
 
     #[test]

@@ -258,20 +258,26 @@ async fn serve(
         task.abort();
     }
     drop(socket_file);
+    let packet_path = if balancer.is_some() {
+        "the balancer keeps forwarding with the pinned maps"
+    } else {
+        "none loaded"
+    };
     drop(balancer);
     if joined.is_err() {
         // Health checks, drains and reloads have stopped: running on would serve with a
         // frozen view. Stop, and let the supervisor start a daemon that adopts the maps.
         error!(
-            "the controller thread panicked: stopping with an error; the balancer keeps forwarding with the pinned maps"
+            packet_path,
+            "the controller thread panicked: stopping with an error"
         );
         return Err(DaemonError::ControllerPanicked);
     }
     info!(
-        reason, timeout = ?shutdown_timeout,
+        reason, timeout = ?shutdown_timeout, packet_path,
         "stopping: no new connection, the control socket and the pin directory are free for a \
          new daemon; the L7 connections finish what is in flight (a second SIGTERM or SIGINT \
-         closes them); the balancer keeps forwarding with the pinned maps"
+         closes them)"
     );
     tokio::select! {
         open = l7.drain(shutdown_timeout) => {
