@@ -2,12 +2,12 @@
 //! delay. Durations are written as "30s", "500ms", "2m"; ranges follow an AWS target group's
 //! (interval 5-300 s, timeout 2-120 s, thresholds 2-10), widened downwards for labs and tests.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
 use toml::Spanned;
 
 use super::{
-    HealthCheck,
+    HealthCheck, ListenerConfig, Pool,
     raw::{RawHealthCheck, RawHealthSetting, RawPool},
     validate::Checker,
 };
@@ -272,6 +272,52 @@ fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
         })?;
     }
     Ok(roots)
+}
+
+/// An HTTP or HTTPS check of backends without a port, whose listeners send to different
+/// ports, must say which port: asking on whichever listener comes first could ask HTTPS of a
+/// plain port. A TCP check (the default's kind) takes the first listener's port (by name),
+/// written out or not.
+pub(super) fn check_health_ports(
+    c: &mut Checker<'_>,
+    raw: &BTreeMap<Spanned<String>, RawPool>,
+    pools: &BTreeMap<String, Pool>,
+    listeners: &BTreeMap<String, ListenerConfig>,
+) {
+    for (name, pool) in pools {
+        let Some(check) = &pool.health_check else {
+            continue;
+        };
+        if matches!(check.probe, ProbeKind::Tcp)
+            || check.port.is_some()
+            || pool.backends.iter().all(|b| b.port.is_some())
+        {
+            continue;
+        }
+        // The backends without a port of their own are checked on their listeners' port.
+        let mut ports: Vec<u16> = listeners
+            .values()
+            .filter(|l| &l.pool == name)
+            .flat_map(|l| {
+                pool.backends
+                    .iter()
+                    .filter(|b| b.port.is_none())
+                    .map(|b| l.backend_port(b))
+            })
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        if ports.len() != 1
+            && let Some((_, raw)) = raw.iter().find(|(n, _)| n.get_ref() == name)
+            && let Some(hc) = &raw.health_check
+        {
+            c.problem(
+                hc,
+                &format!("pools.{name}.health_check.port"),
+                "needed for an HTTP(S) check: the pool's backends have no port and its listeners send to different ones",
+            );
+        }
+    }
 }
 
 pub(super) fn duration(
