@@ -559,7 +559,18 @@ pub fn remove_stale_pins(dir: &Path) -> Result<Vec<String>, LoadError> {
 /// Creates the pin directory, which must be on bpffs: refused before anything is created
 /// when the nearest directory that exists is not.
 fn prepare_pin_dir(dir: &Path) -> Result<(), LoadError> {
-    let existing = dir.ancestors().find(|d| d.is_dir()).unwrap_or(dir);
+    // A relative path's last ancestor is "": the working directory.
+    let existing = dir
+        .ancestors()
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                d
+            }
+        })
+        .find(|d| d.is_dir())
+        .unwrap_or(dir);
     if !is_bpffs(existing) {
         return Err(LoadError::NotBpffs(dir.to_owned()));
     }

@@ -18,16 +18,18 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// could turn into a flood of log lines.
 const DEFAULT_LOG: &str = "info,rustls=error";
 
-/// `error` and its causes, each cause only if the text before does not already hold it (many
-/// errors here say their cause themselves).
+/// `error` and its causes, each cause only if the error it caused does not already say it
+/// (many errors here end with their cause's text).
 fn describe(error: &anyhow::Error) -> String {
     let mut text = error.to_string();
+    let mut parent = text.clone();
     for cause in error.chain().skip(1) {
         let cause = cause.to_string();
-        if !text.contains(&cause) {
+        if !parent.ends_with(&cause) {
             text.push_str(": ");
             text.push_str(&cause);
         }
+        parent = cause;
     }
     text
 }
@@ -130,9 +132,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             connections,
             base,
         }) => {
-            if let Some(base) = base.as_deref().filter(|b| !b.is_file()) {
-                anyhow::bail!("--base {}: no such file", base.display());
-            }
+            let base = base
+                .map(|path| {
+                    std::fs::canonicalize(&path)
+                        .ok()
+                        .filter(|p| p.is_file())
+                        .ok_or_else(|| anyhow::anyhow!("--base {}: no such file", path.display()))
+                })
+                .transpose()?;
             let options = lb::bench::l7::Options {
                 rounds,
                 duration,

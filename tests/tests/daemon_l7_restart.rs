@@ -20,8 +20,8 @@
 //!   daemon resumes, serves, and reloads.
 //! - [`sigterm_lets_requests_in_flight_finish`]: SIGTERM with requests in flight on HTTP/1.1
 //!   and HTTP/2: both complete (the HTTP/1.1 response says `Connection: close`), then the
-//!   daemon exits 0 and the port is closed; a new daemon started meanwhile (as `systemctl
-//!   restart` does) serves beside the draining one.
+//!   daemon exits 0; the port is closed meanwhile, and a new daemon started then (with
+//!   metrics on, as every daemon here) serves beside the draining one.
 //! - [`a_second_sigterm_closes_what_is_left`]: a second SIGTERM during the drain closes the
 //!   connections still open and the daemon exits 0 at once.
 
@@ -51,6 +51,9 @@ use lb_tests::side_by_side::{L7Env, connect, in_client, spawn_in_client, vip};
 use rustls::RootCertStore;
 
 /// How long a slow request takes at the backend.
+/// Where the daemons serve metrics, on the balancer namespace's loopback.
+const METRICS: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
 const SLOW: Duration = Duration::from_millis(1500);
 /// The old daemon drains its slow requests, then exits: within this.
 const EXIT_WITHIN: Duration = Duration::from_secs(15);
@@ -276,9 +279,11 @@ fn other_build() -> PathBuf {
     release
 }
 
+/// With metrics on: their socket is handed over, and freed by a draining daemon, too.
 fn start_env(prefix: &str) -> L7Env {
     L7Env::start(prefix, 2, |config| {
-        config.replacen("[control]\n", "[control]\nshutdown_timeout = \"10s\"\n", 1)
+        let config = config.replacen("[control]\n", "[control]\nshutdown_timeout = \"10s\"\n", 1);
+        lb_tests::pool_config::with_metrics(&config, METRICS)
     })
 }
 
@@ -418,9 +423,13 @@ fn sigterm_lets_requests_in_flight_finish() {
         old.exited_within(Duration::ZERO).is_none(),
         "the old daemon drains its slow requests"
     );
-    // A new daemon starts beside the draining one, as `systemctl restart` starts it: the
-    // control socket, the pin directory and the ports are free. It serves while the old one
+    // A new daemon starts beside the draining one: the control socket, the pin directory,
+    // the metrics port and the listeners' ports are free. It serves while the old one
     // finishes its requests.
+    assert!(
+        !l7.env.daemon.socket().exists(),
+        "the draining daemon removed its control socket"
+    );
     l7.env
         .daemon
         .restart()

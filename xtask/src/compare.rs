@@ -42,6 +42,33 @@ struct Sample {
     ratios: Vec<f64>,
 }
 
+/// The two `lb` binaries compared.
+struct Builds {
+    /// The base revision's full commit id.
+    commit: String,
+    base_lb: PathBuf,
+    new_lb: PathBuf,
+}
+
+impl Builds {
+    /// Checks `rounds`, then builds the `lb` of `base` and this tree's (release).
+    fn make(runner: &Runner, base: &str, rounds: usize) -> Result<Self> {
+        if rounds == 0 {
+            bail!("--rounds must be at least 1");
+        }
+        let commit = resolve(runner.root(), base)?;
+        let base_lb = build_base(runner, &commit)?;
+        let mut cmd = runner.cargo();
+        cmd.args(["build", "--release", "-p", "lb-userspace", "--bin", "lb"]);
+        runner.run(&mut cmd)?;
+        Ok(Self {
+            commit,
+            base_lb,
+            new_lb: runner.target_dir().join("release/lb"),
+        })
+    }
+}
+
 /// Builds both binaries and runs the paired rounds.
 pub fn run(
     runner: &Runner,
@@ -49,15 +76,11 @@ pub fn run(
     rounds: usize,
     extra: &[std::ffi::OsString],
 ) -> Result<ExitCode> {
-    if rounds == 0 {
-        bail!("--rounds must be at least 1");
-    }
-    let commit = resolve(runner.root(), base)?;
-    let base_lb = build_base(runner, &commit)?;
-    let mut cmd = runner.cargo();
-    cmd.args(["build", "--release", "-p", "lb-userspace", "--bin", "lb"]);
-    runner.run(&mut cmd)?;
-    let new_lb = runner.target_dir().join("release/lb");
+    let Builds {
+        commit,
+        base_lb,
+        new_lb,
+    } = Builds::make(runner, base, rounds)?;
     if runner.is_dry_run() {
         return Ok(ExitCode::SUCCESS);
     }
@@ -85,15 +108,12 @@ pub fn run_l7(
     rounds: usize,
     extra: &[std::ffi::OsString],
 ) -> Result<ExitCode> {
-    if rounds == 0 {
-        bail!("--rounds must be at least 1");
-    }
-    let commit = resolve(runner.root(), base)?;
-    let base_lb = build_base(runner, &commit)?;
-    let mut cmd = runner.cargo();
-    cmd.args(["build", "--release", "-p", "lb-userspace", "--bin", "lb"]);
-    runner.run(&mut cmd)?;
-    let mut bench = Command::new(runner.target_dir().join("release/lb"));
+    let Builds {
+        commit,
+        base_lb,
+        new_lb,
+    } = Builds::make(runner, base, rounds)?;
+    let mut bench = Command::new(new_lb);
     bench
         .args(["bench", "l7", "--rounds", &rounds.to_string(), "--base"])
         .arg(&base_lb)

@@ -136,6 +136,10 @@ async fn serve(
         Some((predecessor, sockets)) => (Some(predecessor), sockets),
         None => (None, crate::l7::Inherited::new()),
     };
+    let mut signals = Signals::new().map_err(|source| DaemonError::Io {
+        what: "listening for signals".to_owned(),
+        source,
+    })?;
     // The L7 listeners' files and addresses first: a bad certificate stops the start before
     // anything is changed.
     let l7 = Arc::new(L7::new(tokio::runtime::Handle::current()));
@@ -224,24 +228,28 @@ async fn serve(
     }
     info!("ready");
 
-    let mut stop_signal = std::pin::pin!(wait_for_stop(&events));
-    let stop = loop {
-        tokio::select! {
-            signal = &mut stop_signal => break Stop::Signal(signal),
-            Ok(()) = &mut panicked => break Stop::Panicked,
-            Some(stream) = handover_requests.recv() => {
-                let sockets = listening_sockets(&l7, &also_listening);
-                match hand_over(stream, &events, balancer.as_mut(), sockets, &pin_dir).await? {
-                    Some(paused) => break Stop::HandedOver(paused),
-                    None => continue,
+    let stop = {
+        let mut stop_signal = std::pin::pin!(signals.next(Some(&events)));
+        loop {
+            tokio::select! {
+                signal = &mut stop_signal => break Stop::Signal(signal),
+                Ok(()) = &mut panicked => break Stop::Panicked,
+                Some(stream) = handover_requests.recv() => {
+                    let sockets = listening_sockets(&l7, &also_listening);
+                    match hand_over(stream, &events, balancer.as_mut(), sockets, &pin_dir).await? {
+                        Some(paused) => break Stop::HandedOver(paused),
+                        None => continue,
+                    }
                 }
             }
         }
     };
-    // Everything but the L7 connections stops now: the controller (health checks, reloads),
-    // the control socket, the metrics and the pin-directory lock. A new daemon can start at
-    // once (`systemctl restart`), beside this one finishing its requests; after a handover,
-    // the successor serves all of these already.
+    // Everything but the L7 connections stops now: the listeners (the successor's, after a
+    // handover, stay open), the controller (health checks, reloads), the control socket, the
+    // metrics and the pin-directory lock. A new daemon can start at once, beside this one
+    // finishing its requests.
+    l7.stop_accepting();
+    drop(handover_requests);
     let reason = match stop {
         Stop::Signal(signal) => {
             drop(events.send(Event::Stop).await);
@@ -253,10 +261,14 @@ async fn serve(
         }
         Stop::Panicked => "the controller panicked",
     };
-    let joined = controller.join();
+    // The controller may be busy with a reload: its thread is joined off the runtime.
+    let joined = tokio::task::spawn_blocking(move || controller.join().is_ok())
+        .await
+        .unwrap_or(false);
     for task in &tasks {
         task.abort();
     }
+    drop(also_listening);
     drop(socket_file);
     let packet_path = if balancer.is_some() {
         "the balancer keeps forwarding with the pinned maps"
@@ -264,7 +276,7 @@ async fn serve(
         "none loaded"
     };
     drop(balancer);
-    if joined.is_err() {
+    if !joined {
         // Health checks, drains and reloads have stopped: running on would serve with a
         // frozen view. Stop, and let the supervisor start a daemon that adopts the maps.
         error!(
@@ -275,19 +287,19 @@ async fn serve(
     }
     info!(
         reason, timeout = ?shutdown_timeout, packet_path,
-        "stopping: no new connection, the control socket and the pin directory are free for a \
-         new daemon; the L7 connections finish what is in flight (a second SIGTERM or SIGINT \
-         closes them)"
+        "stopping: no new connection, the control socket, the metrics and the pin directory are \
+         free for a new daemon; the L7 connections finish what is in flight (a second SIGTERM \
+         or SIGINT closes them)"
     );
     tokio::select! {
-        open = l7.drain(shutdown_timeout) => {
+        open = l7.drained(shutdown_timeout) => {
             if open == 0 {
                 info!("every L7 connection has ended");
             } else {
                 warn!(open, timeout = ?shutdown_timeout, "shutdown_timeout passed: closing the L7 connections still open");
             }
         }
-        again = second_stop_signal() => {
+        again = signals.next(None) => {
             warn!(signal = again, open = l7.open_connections(), "a second stop signal: closing the L7 connections still open");
         }
     }
@@ -606,36 +618,36 @@ fn spawn_controller<D: Datapath + Send + 'static>(
     Ok((thread, panicked))
 }
 
-/// Waits for SIGTERM or SIGINT (returns its name), reloading the configuration on SIGHUP.
-async fn wait_for_stop(calls: &mpsc::Sender<Event>) -> &'static str {
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        warn!("cannot listen for signals; stopping");
-        return "none";
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return "SIGTERM",
-            _ = int.recv() => return "SIGINT",
-            _ = hup.recv() => reload(calls).await,
-        }
-    }
+/// The signals the daemon answers, listened for from its start to its end (none is missed
+/// between the first stop signal and the second): SIGTERM and SIGINT stop it, SIGHUP reloads.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
 }
 
-/// Waits for a stop signal during the drain that the first one began (returns its name).
-async fn second_stop_signal() -> &'static str {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT (returns its name); on SIGHUP, has the controller reload
+    /// the configuration (with no controller left, says so).
+    async fn next(&mut self, calls: Option<&mpsc::Sender<Event>>) -> &'static str {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return "SIGTERM",
+                _ = self.int.recv() => return "SIGINT",
+                _ = self.hup.recv() => match calls {
+                    Some(calls) => reload(calls).await,
+                    None => info!("SIGHUP while stopping: nothing to reload"),
+                },
+            }
+        }
     }
 }
 

@@ -318,23 +318,18 @@ impl L7 {
     }
 
     /// Stops accepting (closing this process's listening sockets: a successor that took them
-    /// over keeps them open) and drains every connection: HTTP/2 gets GOAWAY, HTTP/1.1 closes
-    /// after its next response. Returns once none is left, or after `timeout` with how many
-    /// were still open.
-    pub async fn drain(&self, timeout: Duration) -> usize {
-        let proxies: Vec<Arc<Proxy>> = {
-            let mut running = self.running();
-            running
-                .values_mut()
-                .map(|r| {
-                    r.accepting.clear();
-                    Arc::clone(&r.proxy)
-                })
-                .collect()
-        };
-        for proxy in &proxies {
-            proxy.drain.send_replace(true);
+    /// over keeps them open) and tells every connection to end: HTTP/2 gets GOAWAY, HTTP/1.1
+    /// closes after its next response. [`L7::drained`] waits for them.
+    pub fn stop_accepting(&self) {
+        let mut running = self.running();
+        for r in running.values_mut() {
+            r.accepting.clear();
+            r.proxy.drain.send_replace(true);
         }
+    }
+
+    /// Returns once no connection is left, or after `timeout` with how many were still open.
+    pub async fn drained(&self, timeout: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let open = self.open_connections();

@@ -282,6 +282,7 @@ impl DaemonProcess {
 
     /// Waits up to `limit` for the daemon to exit on its own; its status, if it did.
     pub fn exited_within(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        self.child.as_ref()?;
         let status = poll(limit, || self.child.as_mut()?.try_wait().ok().flatten())?;
         self.child = None;
         Some(status)
@@ -298,7 +299,10 @@ impl DaemonProcess {
             what: "stopping the daemon",
             source,
         };
-        sigterm(&child).map_err(io)?;
+        if let Some(status) = child.try_wait().map_err(io)? {
+            return Ok(status);
+        }
+        sigterm(&mut child).map_err(io)?;
         match poll(STOP_TIMEOUT, || child.try_wait().ok().flatten()) {
             Some(status) => Ok(status),
             None => {
@@ -323,11 +327,15 @@ fn poll<T>(limit: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
-/// Sends SIGTERM to `child`.
-fn sigterm(child: &Child) -> std::io::Result<()> {
+/// Sends SIGTERM to `child`, if it has not exited.
+fn sigterm(child: &mut Child) -> std::io::Result<()> {
+    if let Some(status) = child.try_wait()? {
+        return Err(std::io::Error::other(format!("it has exited ({status})")));
+    }
     let pid = libc::pid_t::try_from(child.id()).map_err(std::io::Error::other)?;
-    // SAFETY: `kill` has no memory-safety preconditions; `pid` is our own child, not yet
-    // reaped (its `Child` is borrowed here), so the id is not anyone else's.
+    // SAFETY: `kill` has no memory-safety preconditions. `pid` is our own child, which has not
+    // been reaped (it had not exited above, and only its `Child`, borrowed here, waits for
+    // it), so the id is no one else's.
     if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
         return Err(std::io::Error::last_os_error());
     }

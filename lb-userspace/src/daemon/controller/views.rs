@@ -419,15 +419,22 @@ impl<D: Datapath> Controller<D> {
             .chain(removed)
             .collect();
         let mut backends = Vec::new();
-        // In the order of the pools and their backends, as `backend_views` lists them.
-        let mut views = self.backend_views(None).unwrap_or_default().into_iter();
+        // The states as `lb backend list` shows them (with passive health's `ejected`).
+        let states: std::collections::BTreeMap<(String, IpAddr, Option<u16>), String> = self
+            .backend_views(None)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| ((v.pool, v.address, v.port), v.state))
+            .collect();
         for (name, pool) in &self.config.pools {
             for backend in &pool.backends {
                 let key = BackendKey::of(name, backend);
-                let state = match views.next() {
-                    Some(view) => health_state(&view.state),
-                    None => health_state(self.runtime.state_of(&key, backend.weight).0),
-                };
+                let state = states
+                    .get(&(name.clone(), backend.address, backend.port))
+                    .map_or_else(
+                        || health_state(self.runtime.state_of(&key, backend.weight).0),
+                        |state| health_state(state),
+                    );
                 backends.push(metrics::BackendHealthSample {
                     pool: name.clone(),
                     backend: crate::config::describe(backend.address, backend.port),
