@@ -214,7 +214,14 @@ fn render_status(s: &StatusView) -> String {
         s.uptime_secs,
         s.config.as_deref().unwrap_or("(none)")
     );
-    out.push_str(&format!("interfaces:  {}\n", s.interfaces.join(", ")));
+    out.push_str(&format!(
+        "interfaces:  {}\n",
+        if s.interfaces.is_empty() {
+            "none".to_owned()
+        } else {
+            s.interfaces.join(", ")
+        }
+    ));
     out.push_str(&format!("listeners:   {}\n", s.listeners));
     out.push_str(&format!("backends:    {}\n", join(&backends)));
     if s.datapath.is_some() {
