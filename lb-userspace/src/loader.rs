@@ -49,6 +49,8 @@ pub enum LoadError {
         "another lb daemon uses the pin directory {0} (it holds its lock): two daemons would rewrite each other's maps; stop it, or give this one its own pin_dir"
     )]
     PinDirInUse(PathBuf),
+    #[error("not removing pin_dir {dir}: {why}; nothing was removed")]
+    NotOurPins { dir: PathBuf, why: String },
     #[error(
         "pinned map {path} has {found}, this build needs {expected}; remove the pinned maps (`rm -r {dir}`) to start afresh"
     )]
@@ -595,6 +597,48 @@ impl Balancer {
         self.lock = Some(lock_pin_dir(dir)?);
         Ok(())
     }
+}
+
+/// What `lb uninstall` may remove: `dir`, if it is a directory of its own on bpffs (not the
+/// mount itself) that holds nothing but what the daemon pins (its maps and `links/`), and no
+/// daemon holds its lock. Returns the lock, to hold while removing.
+pub fn own_pins(dir: &Path) -> Result<std::fs::File, LoadError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let refuse = |why: String| LoadError::NotOurPins {
+        dir: dir.to_owned(),
+        why,
+    };
+    if !is_bpffs(dir) {
+        return Err(refuse(
+            "it is not on bpffs, where the daemon pins its maps".to_owned(),
+        ));
+    }
+    let device = |path: &Path| std::fs::metadata(path).map(|m| m.dev()).ok();
+    let parent = dir.parent().unwrap_or(dir);
+    if device(dir) != device(parent) || dir.parent().is_none() {
+        return Err(refuse(
+            "it is a bpffs mount itself, which other programs' pins may share; give lb a \
+             directory of its own on it"
+                .to_owned(),
+        ));
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut foreign: Vec<String> = entries
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "links" && !BALANCER_MAPS.contains(&name.as_str()))
+        .collect();
+    if !foreign.is_empty() {
+        foreign.sort();
+        return Err(refuse(format!(
+            "it holds what the daemon does not pin ({}): remove those yourself, or correct pin_dir",
+            foreign.join(", ")
+        )));
+    }
+    lock_pin_dir(dir)
 }
 
 /// Locks `dir` for this process (released when the file closes, also when the process dies):

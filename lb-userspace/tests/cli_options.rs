@@ -68,32 +68,3 @@ fn options_that_do_nothing_are_refused_and_the_socket_comes_from_one_place() {
     assert!(ok, "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
-
-#[test]
-fn uninstall_says_what_it_removed_without_an_empty_interface_list() {
-    let dir = std::env::temp_dir().join(format!("lb-cli-uninstall-{}", std::process::id()));
-    let pins = dir.join("pins");
-    std::fs::create_dir_all(&pins).unwrap();
-    let config = dir.join("lb.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[control]\nsocket = \"{}\"\n\n[datapath]\npin_dir = \"{}\"\n",
-            dir.join("lb.sock").display(),
-            pins.display()
-        ),
-    )
-    .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_lb"))
-        .args(["uninstall", "--config", config.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{output:?}");
-    assert!(
-        stdout.contains("no interface is configured") && !stdout.contains("from  "),
-        "{stdout}"
-    );
-    assert!(!pins.exists());
-    std::fs::remove_dir_all(&dir).unwrap();
-}

@@ -525,7 +525,8 @@ fn snapshot(events: mpsc::Sender<Event>) -> impl metrics::Snapshot {
 }
 
 /// `lb uninstall`: removes what a stopped daemon left running: the pinned links (which
-/// detaches the balancer) and the pinned maps. Refuses while a daemon answers on the socket.
+/// detaches the balancer) and the pinned maps. Refuses while a daemon answers on the socket
+/// or holds the pin directory, and for a directory that is not lb's ([`crate::loader::own_pins`]).
 pub fn uninstall(config: &Config) -> Result<String, DaemonError> {
     server::ensure_free(&config.control.socket)?;
     let dir = &config.datapath.pin_dir;
@@ -535,6 +536,7 @@ pub fn uninstall(config: &Config) -> Result<String, DaemonError> {
             dir.display()
         ));
     }
+    let _lock = crate::loader::own_pins(dir)?;
     std::fs::remove_dir_all(dir).map_err(|source| DaemonError::Io {
         what: format!("removing {}", dir.display()),
         source,

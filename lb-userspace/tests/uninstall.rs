@@ -1,0 +1,121 @@
+//! `lb uninstall` removes the pin directory only when it is lb's: a directory of its own on
+//! bpffs holding nothing but the daemon's maps and `links/`. Anything else (a directory
+//! elsewhere, a bpffs mount itself, a directory holding other pins) is refused, naming the
+//! reason, and nothing is removed. Runs as root, with bpffs at /sys/fs/bpf (`cargo xtask
+//! setup` mounts it).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics with a message; helpers here are part of the tests"
+)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// Directories a test made, removed on every exit path.
+struct Made(Vec<PathBuf>);
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            drop(std::fs::remove_dir_all(dir));
+        }
+    }
+}
+
+/// A configuration with `pin_dir` and a control socket nothing listens on; `lb uninstall
+/// --config` of it: (success, stdout, stderr).
+fn uninstall(work: &Path, pin_dir: &Path) -> (bool, String, String) {
+    let config = work.join("lb.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[control]\nsocket = {:?}\n\n[datapath]\npin_dir = {:?}\n",
+            work.join("lb.sock"),
+            pin_dir
+        ),
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_lb"))
+        .args(["uninstall", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn work_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lb-uninstall-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn bpffs_dir(name: &str) -> PathBuf {
+    assert!(
+        lb::loader::is_bpffs(Path::new(BPFFS)),
+        "bpffs is not mounted at {BPFFS} (`cargo xtask setup` mounts it)"
+    );
+    let dir = Path::new(BPFFS).join(format!("lb-uninstall-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn lbs_own_pin_directory_is_removed() {
+    let (work, pins) = (work_dir("own"), bpffs_dir("own"));
+    let _made = Made(vec![work.clone(), pins.clone()]);
+    std::fs::create_dir(pins.join("links")).unwrap();
+    let (ok, stdout, stderr) = uninstall(&work, &pins);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("no interface is configured") && !stdout.contains("from  "),
+        "{stdout}"
+    );
+    assert!(!pins.exists());
+}
+
+#[test]
+fn a_directory_off_bpffs_is_refused_and_kept() {
+    let work = work_dir("elsewhere");
+    let _made = Made(vec![work.clone()]);
+    let pins = work.join("pins");
+    std::fs::create_dir_all(&pins).unwrap();
+    std::fs::write(pins.join("keep"), "an operator's file").unwrap();
+    let (ok, _, stderr) = uninstall(&work, &pins);
+    assert!(!ok, "refused");
+    assert!(
+        stderr.contains("not removing pin_dir") && stderr.contains("not on bpffs"),
+        "{stderr}"
+    );
+    assert!(pins.join("keep").exists(), "nothing removed");
+}
+
+#[test]
+fn a_directory_holding_other_pins_is_refused_and_kept() {
+    let (work, pins) = (work_dir("foreign"), bpffs_dir("foreign"));
+    let _made = Made(vec![work.clone(), pins.clone()]);
+    std::fs::create_dir(pins.join("links")).unwrap();
+    std::fs::create_dir(pins.join("someone-elses")).unwrap();
+    let (ok, _, stderr) = uninstall(&work, &pins);
+    assert!(!ok, "refused");
+    assert!(stderr.contains("(someone-elses)"), "{stderr}");
+    assert!(pins.join("links").exists(), "nothing removed");
+}
+
+#[test]
+fn the_bpffs_mount_itself_is_refused() {
+    let (work, marker) = (work_dir("mount"), bpffs_dir("mount-marker"));
+    let _made = Made(vec![work.clone(), marker.clone()]);
+    let (ok, _, stderr) = uninstall(&work, Path::new(BPFFS));
+    assert!(!ok, "refused");
+    assert!(stderr.contains("a bpffs mount itself"), "{stderr}");
+    assert!(marker.exists(), "nothing removed");
+}
