@@ -1,8 +1,16 @@
-//! The daemon's side of the control API: a Unix socket that only root may use, one request per
-//! connection, each handed to the daemon's controller through a channel.
+//! The daemon's side of the control API: a Unix socket that only root (and the daemon's own
+//! user) may use, one request per connection, each handed to the daemon's controller through
+//! a channel.
+//!
+//! The socket is created with mode 0600 from the start (a restrictive umask around `bind`, so
+//! there is no moment when others may connect), in a directory that only its owner may write
+//! (created 0700, or checked: anyone who may write there could put their own socket in its
+//! place). Each connection's peer is checked again by its credentials (`SO_PEERCRED`): root or
+//! the daemon's user, else refused. A request must arrive whole within [`READ_TIMEOUT`] and
+//! [`MAX_REQUEST`] bytes.
 
 use std::{
-    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _},
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -20,12 +28,22 @@ pub type Call = (Request, oneshot::Sender<Response>);
 
 /// The largest request accepted (a request is a few hundred bytes).
 const MAX_REQUEST: u64 = 64 * 1024;
+/// How long a connection may take to send its request (the CLI sends it at once).
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why the socket could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("another lb daemon is running (it answers on {0}); stop it first")]
     AlreadyRunning(PathBuf),
+    #[error(
+        "control socket {path}: its directory {dir} {why}: anyone who may write there could put their own socket in its place; make it owned by root and writable by its owner only (chmod go-w), or put the socket elsewhere"
+    )]
+    UnsafeDirectory {
+        path: PathBuf,
+        dir: PathBuf,
+        why: String,
+    },
     #[error("control socket {path}: {source}")]
     Io {
         path: PathBuf,
@@ -70,6 +88,44 @@ impl Drop for SocketFile {
     }
 }
 
+/// Refuses a control socket whose directory exists and may be written by others than root and
+/// this process's user (a sticky directory such as /tmp aside: there only the owner may remove
+/// the socket). A directory that does not exist yet passes: [`bind`] creates it 0700.
+pub fn check_directory(path: &Path) -> Result<(), ServerError> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    let meta = match std::fs::metadata(dir) {
+        Ok(meta) => meta,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(ServerError::Io {
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let unsafe_because = |why: String| ServerError::UnsafeDirectory {
+        path: path.to_owned(),
+        dir: dir.to_owned(),
+        why,
+    };
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(unsafe_because(format!("is owned by uid {}", meta.uid())));
+    }
+    let mode = meta.mode();
+    let sticky = mode & 0o1000 != 0;
+    if mode & 0o022 != 0 && !sticky {
+        return Err(unsafe_because(format!(
+            "may be written by its group or others (mode {:o})",
+            mode & 0o7777
+        )));
+    }
+    Ok(())
+}
+
 /// Opens the control socket at `path` (mode 0600; its directory is created 0700). With
 /// `replace`, it takes the place of the socket of a daemon that is handing over; the path
 /// answers throughout (the new socket is made beside it, then renamed over it).
@@ -78,6 +134,7 @@ pub fn bind(path: &Path, replace: bool) -> Result<(UnixListener, SocketFile), Se
         path: path.to_owned(),
         source,
     };
+    check_directory(path)?;
     if !replace {
         ensure_free(path)?;
     }
@@ -95,9 +152,14 @@ pub fn bind(path: &Path, replace: bool) -> Result<(UnixListener, SocketFile), Se
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(io(error)),
         _ => {}
     }
-    let listener = UnixListener::bind(&fresh).map_err(io)?;
-    let placed = std::fs::set_permissions(&fresh, std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| std::fs::rename(&fresh, path));
+    // SAFETY: umask has no memory-safety preconditions. It is process-wide: a file another
+    // thread creates meanwhile is made at most more private, and the old mask is put back.
+    let umask = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(&fresh);
+    // SAFETY: as above.
+    unsafe { libc::umask(umask) };
+    let listener = bound.map_err(io)?;
+    let placed = std::fs::rename(&fresh, path);
     if let Err(error) = placed {
         drop(std::fs::remove_file(&fresh));
         return Err(io(error));
@@ -141,46 +203,85 @@ async fn answer<E: From<Call>>(
     calls: mpsc::Sender<E>,
     handovers: mpsc::Sender<UnixStream>,
 ) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
+    let refused = refusal(&stream)?;
+    let (read, write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
-    reader.read_line(&mut line).await?;
-    let response = match serde_json::from_str::<Request>(&line) {
-        Ok(Request::Handover) => {
-            // The successor sends nothing more until it is answered: nothing is buffered.
-            let stream = reader
-                .into_inner()
-                .into_inner()
-                .reunite(write)
-                .map_err(std::io::Error::other)?;
-            return match handovers.try_send(stream) {
-                Ok(()) => Ok(()),
-                Err(refused) => {
-                    let (mpsc::error::TrySendError::Full(stream)
-                    | mpsc::error::TrySendError::Closed(stream)) = refused;
-                    let reason = Response::Error(
-                        "a handover is already under way, or the daemon is stopping".to_owned(),
-                    );
-                    let mut text = serde_json::to_string(&reason).map_err(std::io::Error::other)?;
-                    text.push('\n');
-                    let (_, mut write) = stream.into_split();
-                    write.write_all(text.as_bytes()).await
+    // The request is read even from a peer that is refused: it is answered once it has said
+    // everything (an answer before could meet its request half-sent and be lost).
+    let read = tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await;
+    if let Some(refused) = refused {
+        return reply(write, &refused).await;
+    }
+    let response = match read {
+        Err(_) => Response::Error(format!(
+            "no whole request within {READ_TIMEOUT:?}: the connection is closed"
+        )),
+        Ok(read) => {
+            read?;
+            match serde_json::from_str::<Request>(&line) {
+                Ok(Request::Handover) => {
+                    // The successor sends nothing more until it is answered: nothing is
+                    // buffered.
+                    let stream = reader
+                        .into_inner()
+                        .into_inner()
+                        .reunite(write)
+                        .map_err(std::io::Error::other)?;
+                    return match handovers.try_send(stream) {
+                        Ok(()) => Ok(()),
+                        Err(refused) => {
+                            let (mpsc::error::TrySendError::Full(stream)
+                            | mpsc::error::TrySendError::Closed(stream)) = refused;
+                            let (_, write) = stream.into_split();
+                            let reason =
+                                "a handover is already under way, or the daemon is stopping";
+                            reply(write, &Response::Error(reason.to_owned())).await
+                        }
+                    };
                 }
-            };
-        }
-        Ok(request) => {
-            let (reply, answer) = oneshot::channel();
-            if calls.send(E::from((request, reply))).await.is_err() {
-                Response::Error("the daemon is shutting down".to_owned())
-            } else {
-                answer
-                    .await
-                    .unwrap_or_else(|_| Response::Error("the daemon is shutting down".to_owned()))
+                Ok(request) => {
+                    let (reply, answer) = oneshot::channel();
+                    if calls.send(E::from((request, reply))).await.is_err() {
+                        Response::Error("the daemon is shutting down".to_owned())
+                    } else {
+                        answer.await.unwrap_or_else(|_| {
+                            Response::Error("the daemon is shutting down".to_owned())
+                        })
+                    }
+                }
+                Err(error) => Response::Error(format!("malformed request: {error}")),
             }
         }
-        Err(error) => Response::Error(format!("malformed request: {error}")),
     };
-    let mut text = serde_json::to_string(&response).unwrap_or_else(|error| {
+    reply(write, &response).await
+}
+
+/// Why the peer of `stream` may not use the socket, if it may not: it is neither root nor the
+/// daemon's user (by `SO_PEERCRED`). Logged.
+fn refusal(stream: &UnixStream) -> std::io::Result<Option<Response>> {
+    let peer = stream.peer_cred()?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if peer.uid() == 0 || peer.uid() == me {
+        return Ok(None);
+    }
+    warn!(
+        uid = peer.uid(), pid = ?peer.pid(),
+        "a control connection from a user who is neither root nor the daemon's: refused"
+    );
+    Ok(Some(Response::Error(format!(
+        "permission denied: the daemon answers root and uid {me} only, not uid {}",
+        peer.uid()
+    ))))
+}
+
+/// Writes `response` as one JSON line and ends the connection.
+async fn reply(
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    response: &Response,
+) -> std::io::Result<()> {
+    let mut text = serde_json::to_string(response).unwrap_or_else(|error| {
         format!("{{\"outcome\":\"error\",\"body\":\"encoding the answer failed: {error}\"}}")
     });
     text.push('\n');

@@ -103,6 +103,8 @@ pub async fn run(config: Config, path: PathBuf, take_over: bool) -> Result<(), D
         "starting"
     );
     let socket = config.control.socket.clone();
+    // A socket directory others may write is refused before anything changes.
+    server::check_directory(&socket)?;
     let predecessor = if take_over {
         // Every file first: a bad certificate or key stops this daemon before the running one
         // is disturbed.

@@ -1,0 +1,157 @@
+//! The control socket as a local attacker meets it (runs as root: it starts `lb run` and runs
+//! the CLI as another user):
+//!
+//! - the socket is mode 0600 from the start;
+//! - a socket directory its group or others may write is refused before anything is made;
+//! - a peer that is neither root nor the daemon's user is refused by its credentials, even
+//!   where the file's mode would let it connect;
+//! - a connection that sends no whole request is answered with an error and closed after the
+//!   read timeout.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test panics with a message; helpers here are part of the tests"
+)]
+
+use std::{
+    io::{BufRead as _, BufReader},
+    os::unix::{fs::PermissionsExt as _, net::UnixStream, process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// The user the CLI runs as in the refusal test: nobody.
+const NOBODY: u32 = 65_534;
+
+/// A daemon with a configuration of its control socket only, killed (and its directory
+/// removed) on every exit path.
+struct Daemon {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        drop(self.child.kill());
+        drop(self.child.wait());
+        drop(std::fs::remove_dir_all(&self.dir));
+    }
+}
+
+impl Daemon {
+    fn socket(&self) -> PathBuf {
+        self.dir.join("run").join("lb.sock")
+    }
+}
+
+/// Writes the configuration in a fresh directory whose `run/` (the socket's directory) has
+/// `mode`, and starts `lb run` with it.
+fn start(name: &str, mode: u32) -> Daemon {
+    let dir = std::env::temp_dir().join(format!("lb-control-{name}-{}", std::process::id()));
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(mode)).unwrap();
+    let config = dir.join("lb.toml");
+    std::fs::write(
+        &config,
+        format!("[control]\nsocket = {:?}\n", run.join("lb.sock")),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_lb"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
+        .spawn()
+        .unwrap();
+    Daemon { child, dir }
+}
+
+fn log(daemon: &Daemon) -> String {
+    std::fs::read_to_string(daemon.dir.join("daemon.log")).unwrap_or_default()
+}
+
+/// Waits until the daemon answers on its socket (panics if it exits or takes 20 s).
+fn wait_ready(daemon: &mut Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while UnixStream::connect(daemon.socket()).is_err() {
+        if let Some(status) = daemon.child.try_wait().unwrap() {
+            panic!("the daemon exited ({status}):\n{}", log(daemon));
+        }
+        assert!(Instant::now() < deadline, "not ready:\n{}", log(daemon));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_socket_is_private_and_other_users_are_refused_by_their_credentials() {
+    let mut daemon = start("peer", 0o755);
+    wait_ready(&mut daemon);
+    let socket = daemon.socket();
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the socket's mode");
+
+    // Opened up by mistake (or by a configured group, one day): the credentials still decide.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_lb"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("status")
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "refused");
+    assert!(
+        stderr.contains("permission denied") && stderr.contains(&format!("not uid {NOBODY}")),
+        "{stderr}"
+    );
+    assert!(
+        log(&daemon).contains("neither root nor the daemon's: refused"),
+        "{}",
+        log(&daemon)
+    );
+    // Root is answered.
+    let output = Command::new(env!("CARGO_BIN_EXE_lb"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+}
+
+#[test]
+fn a_connection_without_a_whole_request_is_closed_after_the_read_timeout() {
+    let mut daemon = start("slow", 0o700);
+    wait_ready(&mut daemon);
+    let mut stream = UnixStream::connect(daemon.socket()).unwrap();
+    std::io::Write::write_all(&mut stream, b"{\"partial\":").unwrap();
+    stream
+        .set_read_timeout(Some(
+            lb::control::server::READ_TIMEOUT + Duration::from_secs(5),
+        ))
+        .unwrap();
+    let started = Instant::now();
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).unwrap();
+    let waited = started.elapsed();
+    assert!(answer.contains("no whole request"), "{answer:?}");
+    println!("answered after {waited:?}: {}", answer.trim());
+}
+
+#[test]
+fn a_socket_directory_others_may_write_is_refused_before_anything_is_made() {
+    let mut daemon = start("open", 0o777);
+    let status = daemon.child.wait().unwrap();
+    assert!(!status.success(), "refused");
+    let log = log(&daemon);
+    assert!(
+        log.contains("may be written by its group or others (mode 777)"),
+        "{log}"
+    );
+    assert!(!Path::new(&daemon.socket()).exists(), "no socket made");
+}
