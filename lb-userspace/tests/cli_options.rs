@@ -68,3 +68,20 @@ fn options_that_do_nothing_are_refused_and_the_socket_comes_from_one_place() {
     assert!(ok, "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_configuration_others_may_write_is_refused_with_the_fix() {
+    let dir = std::env::temp_dir().join(format!("lb-cli-writable-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("lb.toml");
+    std::fs::write(&config, "[control]\nsocket = \"/run/lb/lb.sock\"\n").unwrap();
+    let path = config.to_str().unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o664)).unwrap();
+    let (ok, err) = lb(&["check", "-c", path], &[]);
+    let refused = !ok && err.contains("0664") && err.contains("chmod go-w");
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let (accepted, again) = lb(&["check", "-c", path], &[]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(refused, "{err}");
+    assert!(accepted, "{again}");
+}

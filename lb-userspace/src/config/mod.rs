@@ -243,16 +243,25 @@ impl std::fmt::Display for Problem {
 }
 
 impl Config {
-    /// Reads and validates a file.
+    /// Reads and validates a file: a regular file that its group and others may not write
+    /// (whoever may write it commands the balancer), checked on the open file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|error| ConfigError {
+        let refused = |reason: String| ConfigError {
             problems: vec![Problem {
                 location: origin.clone(),
                 field: String::new(),
-                reason: format!("cannot read the file: {error}"),
+                reason,
             }],
+        };
+        let bytes = crate::l7::files::read_public(path).map_err(|error| {
+            refused(match error.reason.strip_prefix("cannot read it: ") {
+                Some(io) => format!("cannot read the file: {io}"),
+                None => error.reason,
+            })
         })?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| refused("the file is not UTF-8 text".to_owned()))?;
         Self::parse(&text, &origin)
     }
 

@@ -35,9 +35,10 @@ impl KeyRing {
     /// Reads the key file: one key per line, 64 hex digits (32 bytes, AES-256-GCM); blank lines
     /// and lines starting with '#' are ignored, surrounding whitespace trimmed. At least one
     /// key, at most [`MAX_KEYS`]. Errors name the file and the line number, never the line's
-    /// content. A file its group or others may read is refused.
+    /// content. A file its group or others may read, or a symbolic link, is refused
+    /// ([`files::read_own_keys`]).
     pub fn load(path: &Path) -> Result<Self, FileError> {
-        let content = files::read_private(path)?;
+        let content = files::read_own_keys(path)?;
         let mut keys = Vec::new();
         for (index, line) in content.split(|b| *b == b'\n').enumerate() {
             let line = line.trim_ascii();
