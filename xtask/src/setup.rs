@@ -167,6 +167,7 @@ fn install_bpf_linker(runner: &Runner) -> Result<()> {
         "bpf-linker",
         "--version",
         BPF_LINKER_VERSION,
+        "--locked",
         "--force",
     ])
     .args(["--no-default-features", "--features", "llvm-22"])
