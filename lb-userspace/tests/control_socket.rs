@@ -95,7 +95,11 @@ fn the_socket_is_private_and_other_users_are_refused_by_their_credentials() {
 
     // Opened up by mistake (or by a configured group, one day): the credentials still decide.
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_lb"))
+    // The CLI as nobody: a copy nobody may run (the build's own may sit in a private checkout).
+    let cli = daemon.dir.join("lb");
+    std::fs::copy(env!("CARGO_BIN_EXE_lb"), &cli).unwrap();
+    std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let output = Command::new(&cli)
         .arg("--socket")
         .arg(&socket)
         .arg("status")
