@@ -600,14 +600,19 @@ impl Balancer {
 }
 
 /// What `lb uninstall` may remove: `dir`, if it is a directory of its own on bpffs (not the
-/// mount itself) that holds nothing but what the daemon pins (its maps and `links/`), and no
-/// daemon holds its lock. Returns the lock, to hold while removing.
+/// mount itself, not a symbolic link) that holds nothing but what the daemon pins (its maps,
+/// this build's or an earlier one's, all `lb_*`, and `links/`), and no daemon holds its lock. Returns the lock, to hold while removing.
 pub fn own_pins(dir: &Path) -> Result<std::fs::File, LoadError> {
     use std::os::unix::fs::MetadataExt as _;
     let refuse = |why: String| LoadError::NotOurPins {
         dir: dir.to_owned(),
         why,
     };
+    if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(refuse(
+            "it is a symbolic link: name the directory itself".to_owned(),
+        ));
+    }
     if !is_bpffs(dir) {
         return Err(refuse(
             "it is not on bpffs, where the daemon pins its maps".to_owned(),
@@ -629,7 +634,8 @@ pub fn own_pins(dir: &Path) -> Result<std::fs::File, LoadError> {
     let mut foreign: Vec<String> = entries
         .flatten()
         .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| name != "links" && !BALANCER_MAPS.contains(&name.as_str()))
+        // The maps of this build and of earlier ones (all named `lb_*`), and the links.
+        .filter(|name| name != "links" && !name.starts_with("lb_"))
         .collect();
     if !foreign.is_empty() {
         foreign.sort();

@@ -73,6 +73,9 @@ fn lbs_own_pin_directory_is_removed() {
     let (work, pins) = (work_dir("own"), bpffs_dir("own"));
     let _made = Made(vec![work.clone(), pins.clone()]);
     std::fs::create_dir(pins.join("links")).unwrap();
+    // Named as this build's map and an earlier build's (directories stand in for the pins).
+    std::fs::create_dir(pins.join(lb_common::maps::VIPS_V4)).unwrap();
+    std::fs::create_dir(pins.join("lb_conns4_v1")).unwrap();
     let (ok, stdout, stderr) = uninstall(&work, &pins);
     assert!(ok, "{stderr}");
     assert!(
@@ -110,12 +113,44 @@ fn a_directory_holding_other_pins_is_refused_and_kept() {
     assert!(pins.join("links").exists(), "nothing removed");
 }
 
+/// A bpffs mounted for one test on a directory of its own, unmounted and removed on drop.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        drop(Command::new("umount").arg(&self.0).status());
+        drop(std::fs::remove_dir(&self.0));
+    }
+}
+
 #[test]
-fn the_bpffs_mount_itself_is_refused() {
-    let (work, marker) = (work_dir("mount"), bpffs_dir("mount-marker"));
-    let _made = Made(vec![work.clone(), marker.clone()]);
-    let (ok, _, stderr) = uninstall(&work, Path::new(BPFFS));
+fn a_bpffs_mount_itself_is_refused() {
+    // A private mount: were the refusal broken, only this test's mount would be emptied.
+    let work = work_dir("mount");
+    let _made = Made(vec![work.clone()]);
+    let mount = Mount(work.join("bpf"));
+    std::fs::create_dir(&mount.0).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(&mount.0)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting bpffs (run as root)");
+    std::fs::create_dir(mount.0.join("links")).unwrap();
+    let (ok, _, stderr) = uninstall(&work, &mount.0);
     assert!(!ok, "refused");
     assert!(stderr.contains("a bpffs mount itself"), "{stderr}");
-    assert!(marker.exists(), "nothing removed");
+    assert!(mount.0.join("links").exists(), "nothing removed");
+}
+
+#[test]
+fn a_symbolic_link_is_refused() {
+    let (work, pins) = (work_dir("link"), bpffs_dir("link"));
+    let _made = Made(vec![work.clone(), pins.clone()]);
+    let link = work.join("pins");
+    std::os::unix::fs::symlink(&pins, &link).unwrap();
+    let (ok, _, stderr) = uninstall(&work, &link);
+    assert!(!ok, "refused");
+    assert!(stderr.contains("symbolic link"), "{stderr}");
+    assert!(pins.exists(), "nothing removed");
 }

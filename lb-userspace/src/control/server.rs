@@ -54,16 +54,25 @@ pub enum ServerError {
 
 /// Fails if a daemon already answers at `path`; removes a socket a dead daemon left there.
 pub fn ensure_free(path: &Path) -> Result<(), ServerError> {
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(ServerError::AlreadyRunning(path.to_owned()));
-        }
-        std::fs::remove_file(path).map_err(|source| ServerError::Io {
+    use std::os::unix::fs::FileTypeExt as _;
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ServerError::Io {
             path: path.to_owned(),
-            source,
-        })?;
+            source: std::io::Error::other(
+                "something other than a socket is there: not removed; correct [control] socket",
+            ),
+        });
     }
-    Ok(())
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(ServerError::AlreadyRunning(path.to_owned()));
+    }
+    std::fs::remove_file(path).map_err(|source| ServerError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// The control socket's file, as this daemon made it. Dropping it removes the file, unless a
@@ -89,8 +98,8 @@ impl Drop for SocketFile {
 }
 
 /// Refuses a control socket whose directory exists and may be written by others than root and
-/// this process's user (a sticky directory such as /tmp aside: there only the owner may remove
-/// the socket). A directory that does not exist yet passes: [`bind`] creates it 0700.
+/// this process's user (/tmp too: anyone may make a socket there before the daemon does). A
+/// directory that does not exist yet passes: [`bind`] creates it 0700.
 pub fn check_directory(path: &Path) -> Result<(), ServerError> {
     let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
         return Ok(());
@@ -116,8 +125,7 @@ pub fn check_directory(path: &Path) -> Result<(), ServerError> {
         return Err(unsafe_because(format!("is owned by uid {}", meta.uid())));
     }
     let mode = meta.mode();
-    let sticky = mode & 0o1000 != 0;
-    if mode & 0o022 != 0 && !sticky {
+    if mode & 0o022 != 0 {
         return Err(unsafe_because(format!(
             "may be written by its group or others (mode {:o})",
             mode & 0o7777

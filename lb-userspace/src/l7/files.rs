@@ -70,10 +70,13 @@ pub fn read_own_keys(path: &Path) -> Result<Vec<u8>, FileError> {
 
 fn read(path: &Path, holds: Holds) -> Result<Vec<u8>, FileError> {
     let mut options = std::fs::OpenOptions::new();
-    options.read(true);
+    // Non-blocking: a FIFO named by mistake is refused (not a regular file) instead of
+    // blocking the open for ever; a regular file reads the same.
+    let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
     if holds == Holds::OwnKeys {
-        options.custom_flags(libc::O_NOFOLLOW);
+        flags |= libc::O_NOFOLLOW;
     }
+    options.read(true).custom_flags(flags);
     let file = options.open(path).map_err(|e| {
         if e.raw_os_error() == Some(libc::ELOOP) {
             FileError::new(
