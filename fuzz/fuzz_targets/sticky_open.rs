@@ -1,11 +1,13 @@
 //! Opening a sticky cookie's value (`Sealer::open`): whatever a client sends as the cookie is
-//! base64-decoded, its version checked and its AEAD opened under each key of the ring.
+//! base64-decoded, its version checked, its key found by id and its AEAD opened; a value in
+//! the first format (still read for one release) is opened under each key of the ring.
 //!
-//! Passes when no value panics and no value opens but the two the ring sealed: the seeds
-//! (`fuzz/corpus/sticky_open`, made with the module doc's format) hold a value sealed under
-//! each key of the ring (backends 0x0123456789abcdef and 42), and values sealed under a
-//! foreign key, for another listener or cookie name, with another version, a flipped bit,
-//! cut, extended or padded. A mutated value that opened to another ticket would be a forgery.
+//! Passes when no value panics and no value opens but the ones the ring sealed: the seeds
+//! (`fuzz/corpus/sticky_open`, made with the module doc's formats; `first-format-*` in the
+//! first one) hold a value sealed under each key of the ring (backends 0x0123456789abcdef and
+//! 42), and values sealed under a foreign key, for another listener or cookie name, with
+//! another version or key id, a flipped bit, cut, extended or padded. A mutated value that
+//! opened to another ticket would be a forgery.
 
 #![no_main]
 

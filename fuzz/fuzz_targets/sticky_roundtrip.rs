@@ -1,7 +1,7 @@
 //! Sealing and opening sticky tickets with fuzzed fields, and the cookie's trip through
 //! `Set-Cookie` and back through `Cookie`.
 //!
-//! For any ring (1 to 16 keys), listener and cookie name and ticket:
+//! For any ring (1 to 16 distinct keys), listener and cookie name and ticket:
 //! - what the ring seals, it opens to the same ticket, and so does a ring that holds the
 //!   sealing key later in its list (rotation);
 //! - it does not open for another listener or another cookie name, nor under a ring without
@@ -18,7 +18,7 @@ use arbitrary::Arbitrary;
 use http::{HeaderMap, HeaderValue, header::COOKIE};
 use lb::{
     config::l7::{SameSite, StickySettings},
-    l7::sticky::{KeyRing, Sealer, SessionId, Ticket, set_cookie, take_cookie},
+    l7::sticky::{KeyRing, Sealer, SessionId, Ticket, set_cookie, set_cors_cookie, take_cookie},
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -40,8 +40,9 @@ struct Input {
 
 fuzz_target!(|input: Input| {
     let Ok(ring) = KeyRing::from_keys(&input.keys) else {
+        let repeats = (1..input.keys.len()).any(|i| input.keys[..i].contains(&input.keys[i]));
         assert!(
-            input.keys.is_empty() || input.keys.len() > 16,
+            input.keys.is_empty() || input.keys.len() > 16 || repeats,
             "ring refused"
         );
         return;
@@ -109,8 +110,12 @@ fn check_set_cookie(input: &Input, sealer: &Sealer, value: &str, ticket: Ticket)
             1 => SameSite::Lax,
             _ => SameSite::None,
         }),
+        sliding: true,
+        cors_cookie: input.http_only.then(|| format!("{}CORS", input.cookie)),
     };
     let header = set_cookie(&settings, value, input.expires, input.now_ms);
+    let twin = set_cors_cookie(&settings, value, input.expires, input.now_ms);
+    assert_eq!(twin.is_some(), settings.cors_cookie.is_some());
     if !is_token(&input.cookie) {
         return;
     }

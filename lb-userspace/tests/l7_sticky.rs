@@ -518,26 +518,24 @@ fn tampered_variants(valid: &str, backends: &[BackendId], outsider: BackendId) -
     let pair = |v: &[u8]| [b"lb_sticky=".as_slice(), v].concat();
     let sealed = URL_SAFE_NO_PAD.decode(value).unwrap();
     let mut variants = Vec::new();
-    // Every bit of version, nonce, ciphertext and tag flipped in turn (488).
+    // Every bit of version, key id, random bytes, ciphertext and tag flipped in turn (616).
     for bit in 0..sealed.len() * 8 {
         let mut flipped = sealed.clone();
         flipped[bit / 8] ^= 1 << (bit % 8);
         variants.push(pair(URL_SAFE_NO_PAD.encode(flipped).as_bytes()));
     }
-    // Every character replaced by another of the alphabet (164).
+    // Every character replaced by another of the alphabet (103).
     const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     for position in 0..value.len() {
-        for shift in [1, 33] {
-            let mut changed = value.as_bytes().to_vec();
-            let at = ALPHABET
-                .iter()
-                .position(|c| *c == changed[position])
-                .unwrap();
-            changed[position] = ALPHABET[(at + shift) % ALPHABET.len()];
-            variants.push(pair(&changed));
-        }
+        let mut changed = value.as_bytes().to_vec();
+        let at = ALPHABET
+            .iter()
+            .position(|c| *c == changed[position])
+            .unwrap();
+        changed[position] = ALPHABET[(at + 33) % ALPHABET.len()];
+        variants.push(pair(&changed));
     }
-    // Truncated, down to nothing (82), and extended (6).
+    // Truncated, down to nothing (103), and extended (6).
     for len in 0..value.len() {
         variants.push(pair(&value.as_bytes()[..len]));
     }
@@ -579,7 +577,10 @@ fn tampered_variants(valid: &str, backends: &[BackendId], outsider: BackendId) -
     variants.push(pair(b"\"\""));
     variants.push(pair(b"\"garbage\""));
     variants.push(pair("é".repeat(41).as_bytes()));
-    variants.push(pair(&[0xff; 82]));
+    variants.push(pair(&[0xff; 103]));
+    // A first-format cookie, still read for one release, sealed by a foreign key.
+    let live = Ticket::new(backends[0], SessionId([0xee; 16]), now, hour);
+    variants.push(pair(seal_first_format(&KEY_FOREIGN, &live).as_bytes()));
     // Garbage up to 1000: random values of the cookie's alphabet and length, and random
     // header bytes (anything a header may hold: tab, space to '~', 0x80 to 0xff).
     let mut random = XorShift(0x5eed_cafe_f00d_d00d);
@@ -877,7 +878,7 @@ same_site = "strict"
     for _ in 0..10 {
         let (cookie, _) = client.new_session().await;
         let value = cookie.strip_prefix("lb_sticky=").unwrap().to_owned();
-        assert_eq!(value.len(), 82, "{value}");
+        assert_eq!(value.len(), 103, "{value}");
         assert!(
             value
                 .bytes()
@@ -1020,4 +1021,154 @@ fn a_duration_outside_one_second_to_seven_days_is_a_configuration_error() {
             "{bad}: {error}"
         );
     }
+}
+
+/// `ticket` sealed for listener `web`'s `lb_sticky` in the first cookie format, which this
+/// release still reads (written here from its description, not by the balancer's code):
+/// base64url of 1 || nonce (12) || AES-256-GCM under `key` itself, associated data
+/// "lb-sticky" || 1 || the listener's and the cookie's names, each after its length (u64 BE).
+fn seal_first_format(key: &[u8; 32], ticket: &Ticket) -> String {
+    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).unwrap());
+    let mut aad = b"lb-sticky\x01".to_vec();
+    for name in [LISTENER, COOKIE_NAME] {
+        aad.extend_from_slice(&u64::try_from(name.len()).unwrap().to_be_bytes());
+        aad.extend_from_slice(name.as_bytes());
+    }
+    let nonce = [0x42; 12];
+    let mut body = Vec::new();
+    body.extend_from_slice(&ticket.backend.to_be_bytes());
+    body.extend_from_slice(&ticket.session.0);
+    body.extend_from_slice(&ticket.expires.to_be_bytes());
+    key.seal_in_place_append_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::from(aad),
+        &mut body,
+    )
+    .unwrap();
+    let sealed = [&[1][..], &nonce, &body].concat();
+    URL_SAFE_NO_PAD.encode(sealed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_format_cookie_keeps_its_backend_and_comes_back_in_the_current_one() {
+    let bed = Bed::start("first-format", 3, r#"duration = "1h""#).await;
+    let mut client = bed.client(bed.port()).await;
+    let now = sticky::now_unix_ms();
+    let session = SessionId([0x5a; 16]);
+    for name in ["backend-1", "backend-2"] {
+        let ticket = Ticket::new(bed.id(name), session, now, Duration::from_secs(1800));
+        let old = format!("lb_sticky={}", seal_first_format(&KEY_OLD, &ticket));
+        let reply = client.get(Some(&old)).await;
+        assert_eq!(reply.backend, name, "the first-format cookie's backend");
+        let new = reply.cookie.expect("re-issued in the current format");
+        let value = new.strip_prefix("lb_sticky=").unwrap();
+        let opened = sealer(&[KEY_OLD], LISTENER, COOKIE_NAME)
+            .open_cookie(value)
+            .unwrap();
+        assert!(!opened.is_legacy, "{new}");
+        assert_eq!(opened.ticket.backend, bed.id(name));
+        assert_eq!(opened.ticket.session, session);
+        assert!(opened.ticket.expires >= now + 3_600_000, "a fresh hour");
+        let again = client.get(Some(&new)).await;
+        assert_eq!((again.backend.as_str(), again.cookie), (name, None));
+    }
+    let c = &bed.site.proxy().counters;
+    assert_eq!(c.sticky_refreshed.load(Ordering::Relaxed), 2);
+    assert_eq!(sticky_counts(&bed.site.proxy()), (4, 0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_past_half_its_duration_is_re_issued_unless_sliding_is_off() {
+    for sliding in [true, false] {
+        let lines = format!("duration = \"1h\"\nsliding = {sliding}");
+        let bed = Bed::start(&format!("sliding-{sliding}"), 2, &lines).await;
+        let mut client = bed.client(bed.port()).await;
+        let ours = sealer(&[KEY_OLD], LISTENER, COOKIE_NAME);
+        let now = sticky::now_unix_ms();
+        let session = SessionId([9; 16]);
+        let cookie = |minutes_left: u64| {
+            let ticket = Ticket::new(
+                bed.id("backend-1"),
+                session,
+                now,
+                Duration::from_secs(60 * minutes_left),
+            );
+            format!("lb_sticky={}", ours.seal(&ticket).unwrap())
+        };
+        // 40 minutes of an hour left: not yet half; 20 left: past half.
+        let early = client.get(Some(&cookie(40))).await;
+        assert_eq!((early.backend.as_str(), early.cookie), ("backend-1", None));
+        let late = client.get(Some(&cookie(20))).await;
+        assert_eq!(late.backend, "backend-1");
+        match late.cookie {
+            Some(fresh) if sliding => {
+                let ticket = open(&[KEY_OLD], &fresh).unwrap();
+                assert_eq!(
+                    (ticket.backend, ticket.session),
+                    (bed.id("backend-1"), session)
+                );
+                assert!(
+                    ticket.expires >= now + 3_600_000,
+                    "a fresh hour: {ticket:?}"
+                );
+            }
+            None if !sliding => {}
+            other => panic!("sliding = {sliding}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cors_twin_is_set_beside_the_cookie_pins_on_its_own_and_stays_hidden() {
+    let bed = Bed::start("cors", 3, "cors_cookie = true").await;
+    let mut client = bed.client(bed.port()).await;
+    let answer = client.conn.send(get(HOST, "/", None)).await.unwrap();
+    let set: Vec<&str> = answer
+        .headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(set.len(), 2, "{set:?}");
+    let (cookie, twin) = (set[0], set[1]);
+    assert!(
+        cookie.ends_with("; HttpOnly; Secure; SameSite=Lax"),
+        "{cookie}"
+    );
+    assert!(
+        twin.ends_with("; HttpOnly; Secure; SameSite=None"),
+        "{twin}"
+    );
+    let value = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .strip_prefix("lb_sticky=")
+        .unwrap();
+    let twin_pair = twin.split(';').next().unwrap();
+    assert_eq!(twin_pair, format!("lb_stickyCORS={value}"));
+    let backend = answer.backend().unwrap().to_owned();
+    // A cross-site request carries only the twin: still pinned, no new cookie, and the
+    // backend sees neither.
+    for _ in 0..20 {
+        let answer = client
+            .conn
+            .send(get(HOST, "/headers", Some(&format!("a=1; {twin_pair}"))))
+            .await
+            .unwrap();
+        assert_eq!(answer.backend(), Some(backend.as_str()));
+        assert_eq!(answer.set_cookie(), None);
+        let seen = String::from_utf8(answer.body.to_vec()).unwrap();
+        assert!(seen.contains("cookie: a=1\n"), "{seen}");
+    }
+    let both = format!("lb_sticky={value}; {twin_pair}");
+    let answer = client
+        .conn
+        .send(get(HOST, "/headers", Some(&both)))
+        .await
+        .unwrap();
+    let seen = String::from_utf8(answer.body.to_vec()).unwrap();
+    assert!(!seen.contains("cookie:"), "{seen}");
+    assert_eq!(sticky_counts(&bed.site.proxy()), (21, 1, 0));
 }

@@ -153,6 +153,12 @@ pub struct StickySettings {
     pub http_only: bool,
     pub secure: bool,
     pub same_site: Option<SameSite>,
+    /// Re-issue a live session's cookie, with a fresh expiry, once half of its duration has
+    /// passed (as an ALB re-issues its cookie), so an active user keeps its backend.
+    pub sliding: bool,
+    /// The name of the CORS twin (`{cookie}CORS`, `SameSite=None; Secure`, as an ALB's
+    /// `AWSALBCORS`) set beside the cookie, if on.
+    pub cors_cookie: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -741,16 +747,28 @@ fn check_sticky(
             None
         }
     };
+    let cors_cookie = s.cors_cookie.as_ref().filter(|v| *v.get_ref());
+    if let (Some(v), false) = (cors_cookie, secure) {
+        c.problem(
+            v,
+            &format!("{field}.cors_cookie"),
+            "the CORS cookie is SameSite=None, which needs secure = true (browsers drop it \
+             otherwise)",
+        );
+        valid = false;
+    }
     let duration = duration?;
     let same_site = same_site?;
     let key_file = s.key_file.as_ref()?;
     valid.then(|| StickySettings {
-        cookie,
         duration,
         key_file: PathBuf::from(key_file.get_ref()),
         path: path.to_owned(),
         http_only: s.http_only.as_ref().is_none_or(|v| *v.get_ref()),
         secure,
         same_site,
+        sliding: s.sliding.as_ref().is_none_or(|v| *v.get_ref()),
+        cors_cookie: cors_cookie.map(|_| format!("{cookie}CORS")),
+        cookie,
     })
 }

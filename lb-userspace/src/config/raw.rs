@@ -224,4 +224,6 @@ pub struct RawSticky {
     pub http_only: Option<Spanned<bool>>,
     pub secure: Option<Spanned<bool>>,
     pub same_site: Option<Spanned<String>>,
+    pub sliding: Option<Spanned<bool>>,
+    pub cors_cookie: Option<Spanned<bool>>,
 }

@@ -27,6 +27,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
+    time::Duration,
 };
 
 use arc_swap::ArcSwap;
@@ -47,11 +48,14 @@ use super::{
     headers::{self, Forwarding},
     limit::Limit,
     retry::{Attempts, Failure, Next, ReplayHead},
-    sticky::{self, SessionId, Ticket},
+    sticky::{self, Opened, SessionId, Ticket},
     tls::CertResolver,
     upstream::{ConnectError, Connector, Sender, UpBody},
 };
-use crate::config::{ListenerConfig, l7::L7Settings};
+use crate::config::{
+    ListenerConfig,
+    l7::{L7Settings, StickySettings},
+};
 
 /// What an L7 listener counts. Read by `lb stats` and the metrics endpoint.
 #[derive(Debug, Default)]
@@ -69,6 +73,8 @@ pub struct Counters {
     pub sticky_hits: AtomicU64,
     pub sticky_new: AtomicU64,
     pub sticky_repinned: AtomicU64,
+    /// Live sessions whose cookie was re-issued: sliding expiry, or the first format.
+    pub sticky_refreshed: AtomicU64,
     pub slow_heads: AtomicU64,
     pub idle_closed: AtomicU64,
     pub reset_floods: AtomicU64,
@@ -111,6 +117,7 @@ impl Counters {
             ("sticky_hits", get(&self.sticky_hits)),
             ("sticky_new", get(&self.sticky_new)),
             ("sticky_repinned", get(&self.sticky_repinned)),
+            ("sticky_refreshed", get(&self.sticky_refreshed)),
             ("upgrades", get(&self.upgrades)),
             ("slow_heads", get(&self.slow_heads)),
             ("idle_closed", get(&self.idle_closed)),
@@ -182,12 +189,28 @@ pub struct Proxy {
 enum Placement {
     /// No stickiness on this listener.
     Unpinned,
-    /// The cookie's backend, which still takes its sessions.
-    Pinned(SessionId),
+    /// The cookie's backend, which still takes its sessions; `refresh` if the response
+    /// re-issues the cookie (past half its duration with `sliding`, or in the first format).
+    Pinned { session: SessionId, refresh: bool },
     /// A new session (no valid cookie).
     New(SessionId),
     /// A session whose backend no longer takes it.
     Repinned(SessionId),
+}
+
+/// The sticky cookie a response sets, and its CORS twin if the listener has one.
+struct SetCookies {
+    cookie: HeaderValue,
+    cors: Option<HeaderValue>,
+}
+
+impl SetCookies {
+    fn append_to(self, headers: &mut HeaderMap) {
+        headers.append(header::SET_COOKIE, self.cookie);
+        if let Some(cors) = self.cors {
+            headers.append(header::SET_COOKIE, cors);
+        }
+    }
 }
 
 /// A request's switch of protocols, if it asks for one: its `Upgrade` (`websocket` for an
@@ -610,7 +633,7 @@ impl Proxy {
         &self,
         site: &Site,
         served: Served,
-        cookie: Option<HeaderValue>,
+        cookie: Option<SetCookies>,
         switch: Switch,
         conn: &Arc<ConnState>,
     ) -> Response<ProxyBody> {
@@ -646,15 +669,15 @@ impl Proxy {
             } else {
                 strip_response(&mut parts.headers, switch.header.as_ref());
             }
-            if let Some(cookie) = cookie {
-                parts.headers.append(header::SET_COOKIE, cookie);
+            if let Some(cookies) = cookie {
+                cookies.append_to(&mut parts.headers);
             }
             return Response::from_parts(parts, ProxyBody::full(Bytes::new()));
         }
         let (mut parts, body) = response.into_parts();
         strip_response(&mut parts.headers, None);
-        if let Some(cookie) = cookie {
-            parts.headers.append(header::SET_COOKIE, cookie);
+        if let Some(cookies) = cookie {
+            cookies.append_to(&mut parts.headers);
         }
         parts.version = Version::HTTP_11;
         let held = Held {
@@ -679,14 +702,17 @@ impl Proxy {
         let (Some(sealer), Some(sticky)) = (&site.sealer, &site.settings.sticky) else {
             return (set.pick(balance, &self.turn, None), Placement::Unpinned);
         };
-        let ticket = sticky::take_cookie(headers, &sticky.cookie)
-            .and_then(|value| sealer.open(&value))
-            .filter(|ticket| ticket.is_live(now));
-        match ticket {
-            Some(ticket) => match set.pinned(ticket.backend) {
+        let opened =
+            Self::take_sticky(sealer, sticky, headers).filter(|opened| opened.ticket.is_live(now));
+        match opened {
+            Some(Opened { ticket, is_legacy }) => match set.pinned(ticket.backend) {
                 Some(pinned) => {
                     count(&self.counters.sticky_hits);
-                    (Some(pinned), Placement::Pinned(ticket.session))
+                    let half = sticky.duration / 2;
+                    let left = Duration::from_millis(ticket.expires.saturating_sub(now));
+                    let refresh = is_legacy || (sticky.sliding && left < half);
+                    let session = ticket.session;
+                    (Some(pinned), Placement::Pinned { session, refresh })
                 }
                 None => {
                     count(&self.counters.sticky_repinned);
@@ -706,21 +732,29 @@ impl Proxy {
         }
     }
 
-    /// The `Set-Cookie` for a response from `served`: for a new or re-pinned session (also
-    /// one whose backend just failed its request: re-pinned where it was served).
+    /// The `Set-Cookie`s for a response from `served`: for a new or re-pinned session (also
+    /// one whose backend just failed its request: re-pinned where it was served), and for a
+    /// pinned one whose cookie is refreshed.
     fn cookie(
         &self,
         site: &Site,
         placement: &Placement,
         served: &Arc<Upstream>,
         now: u64,
-    ) -> Option<HeaderValue> {
+    ) -> Option<SetCookies> {
         let (Some(sealer), Some(sticky)) = (&site.sealer, &site.settings.sticky) else {
             return None;
         };
-        let session = match placement {
-            Placement::New(session) | Placement::Repinned(session) => *session,
-            Placement::Unpinned | Placement::Pinned(_) => return None,
+        let session = match *placement {
+            Placement::New(session) | Placement::Repinned(session) => session,
+            Placement::Pinned {
+                session,
+                refresh: true,
+            } => {
+                count(&self.counters.sticky_refreshed);
+                session
+            }
+            Placement::Unpinned | Placement::Pinned { refresh: false, .. } => return None,
         };
         let duration = u64::try_from(sticky.duration.as_millis()).unwrap_or(u64::MAX);
         let expires = now.saturating_add(duration);
@@ -736,7 +770,28 @@ impl Proxy {
                 return None;
             }
         };
-        Some(sticky::set_cookie(sticky, &value, expires, now))
+        Some(SetCookies {
+            cookie: sticky::set_cookie(sticky, &value, expires, now),
+            cors: sticky::set_cors_cookie(sticky, &value, expires, now),
+        })
+    }
+
+    /// The balancer's cookie (or else its CORS twin) taken out of `headers`, opened. Both
+    /// are removed, so the backend sees neither.
+    fn take_sticky(
+        sealer: &sticky::Sealer,
+        sticky: &StickySettings,
+        headers: &mut HeaderMap,
+    ) -> Option<Opened> {
+        let cookie = sticky::take_cookie(headers, &sticky.cookie);
+        let cors = sticky
+            .cors_cookie
+            .as_deref()
+            .and_then(|twin| sticky::take_cookie(headers, twin));
+        [cookie, cors]
+            .into_iter()
+            .flatten()
+            .find_map(|value| sealer.open_cookie(&value))
     }
 
     /// Another backend than `failed` for the one retry a request gets ([`Attempts`] keeps it to
@@ -751,7 +806,7 @@ impl Proxy {
         placement: &mut Placement,
     ) -> Option<Arc<Upstream>> {
         let next = match *placement {
-            Placement::Pinned(session) => {
+            Placement::Pinned { session, .. } => {
                 count(&self.counters.sticky_repinned);
                 *placement = Placement::Repinned(session);
                 set.rendezvous_except(&session, Some(failed))?

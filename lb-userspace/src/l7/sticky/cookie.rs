@@ -1,5 +1,6 @@
 //! The cookie's header surgery: [`set_cookie`] renders the `Set-Cookie` value of a sealed
-//! ticket with the attributes the listener's settings ask for; [`take_cookie`] removes the
+//! ticket with the attributes the listener's settings ask for, and [`set_cors_cookie`] that
+//! of its CORS twin if they ask for one; [`take_cookie`] removes the
 //! balancer's pairs from a request's `Cookie` headers (so the backend never sees them) and
 //! returns the first one's value for [`Sealer::open`](super::Sealer::open).
 
@@ -7,17 +8,57 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use hyper::header::{COOKIE, HeaderMap, HeaderValue};
 
-use crate::config::l7::StickySettings;
+use crate::config::l7::{SameSite, StickySettings};
 
 /// 9999-12-31T23:59:59Z, the last instant an IMF-fixdate (and `httpdate`) can write.
 const LAST_HTTP_DATE: u64 = 253_402_300_799;
 
-/// The `Set-Cookie` value for `value` (a [`Sealer::seal`] output): `Path`, `Max-Age` (the
-/// seconds from `now_ms` to `expires_ms`, rounded up, at least 1), `Expires` (IMF-fixdate,
-/// at the latest in year 9999), then `HttpOnly`, `Secure` and `SameSite` as `settings` say.
-/// Bytes a header cannot hold are dropped (validated settings and sealed values have none).
+/// The `Set-Cookie` value for `value` (a [`Sealer::seal`](super::Sealer::seal) output): `Path`,
+/// `Max-Age` (the seconds from `now_ms` to `expires_ms`, rounded up, at least 1), `Expires`
+/// (IMF-fixdate, at the latest in year 9999), then `HttpOnly`, `Secure` and `SameSite` as
+/// `settings` say. Bytes a header cannot hold are dropped (validated settings and sealed
+/// values have none).
 pub fn set_cookie(
     settings: &StickySettings,
+    value: &str,
+    expires_ms: u64,
+    now_ms: u64,
+) -> HeaderValue {
+    let attributes = Attributes {
+        name: &settings.cookie,
+        secure: settings.secure,
+        same_site: settings.same_site,
+    };
+    render(settings, attributes, value, expires_ms, now_ms)
+}
+
+/// The `Set-Cookie` value of the CORS twin, if `settings` ask for one: as [`set_cookie`]'s,
+/// under the twin's name, `Secure` and `SameSite=None` (so that browsers send it on
+/// credentialed cross-site requests, which a `Lax` or `Strict` cookie misses).
+pub fn set_cors_cookie(
+    settings: &StickySettings,
+    value: &str,
+    expires_ms: u64,
+    now_ms: u64,
+) -> Option<HeaderValue> {
+    let attributes = Attributes {
+        name: settings.cors_cookie.as_deref()?,
+        secure: true,
+        same_site: Some(SameSite::None),
+    };
+    Some(render(settings, attributes, value, expires_ms, now_ms))
+}
+
+/// What differs between a cookie and its CORS twin.
+struct Attributes<'a> {
+    name: &'a str,
+    secure: bool,
+    same_site: Option<SameSite>,
+}
+
+fn render(
+    settings: &StickySettings,
+    attributes: Attributes<'_>,
     value: &str,
     expires_ms: u64,
     now_ms: u64,
@@ -29,17 +70,17 @@ pub fn set_cookie(
         .unwrap_or(UNIX_EPOCH);
     let mut text = format!(
         "{}={value}; Path={}; Max-Age={max_age}; Expires={}",
-        settings.cookie,
+        attributes.name,
         settings.path,
         httpdate::fmt_http_date(expires)
     );
     if settings.http_only {
         text.push_str("; HttpOnly");
     }
-    if settings.secure {
+    if attributes.secure {
         text.push_str("; Secure");
     }
-    if let Some(same_site) = settings.same_site {
+    if let Some(same_site) = attributes.same_site {
         text.push_str("; SameSite=");
         text.push_str(same_site.as_str());
     }
@@ -159,7 +200,6 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
-    use crate::config::l7::SameSite;
 
     fn settings() -> StickySettings {
         StickySettings {
@@ -170,6 +210,8 @@ mod tests {
             http_only: true,
             secure: true,
             same_site: Some(SameSite::Lax),
+            sliding: true,
+            cors_cookie: None,
         }
     }
 
@@ -232,6 +274,28 @@ mod tests {
         );
         let dirty = set_cookie(&settings(), "V\r\nX: y", 10_000, 0);
         assert!(dirty.to_str().unwrap().starts_with("lb_sticky=VX: y; "));
+    }
+
+    #[test]
+    fn the_cors_twin_is_secure_and_same_site_none_whatever_the_cookie_is() {
+        assert_eq!(set_cors_cookie(&settings(), "V", 10_000, 0), None);
+        let lax = StickySettings {
+            cors_cookie: Some("lb_stickyCORS".to_owned()),
+            http_only: false,
+            ..settings()
+        };
+        let twin = set_cors_cookie(&lax, "VALUE", 1_700_003_600_000, 1_700_000_000_000);
+        assert_eq!(
+            twin.unwrap().to_str().unwrap(),
+            "lb_stickyCORS=VALUE; Path=/; Max-Age=3600; Expires=Tue, 14 Nov 2023 23:13:20 GMT; \
+             Secure; SameSite=None"
+        );
+        assert!(
+            set_cookie(&lax, "VALUE", 1_700_003_600_000, 1_700_000_000_000)
+                .to_str()
+                .unwrap()
+                .starts_with("lb_sticky=VALUE; ")
+        );
     }
 
     fn cookies(headers: &HeaderMap) -> Vec<&str> {

@@ -1,12 +1,18 @@
-//! The key file: [`KeyRing::load`] reads 1 to [`MAX_KEYS`] AES-256-GCM keys (64 hex digits a
-//! line, comments and blank lines skipped, the file private to its owner) into a ring whose
-//! first key seals and all of which open; [`KeyRing::generate_line`] makes a new line for
-//! `lb sticky-key`. The [`Sealer`](super::Sealer) borrows the ring's keys.
+//! The key file: [`KeyRing::load`] reads 1 to [`MAX_KEYS`] 256-bit keys (64 hex digits a line,
+//! comments and blank lines skipped, the file private to its owner) into a ring whose first key
+//! seals and all of which open; [`KeyRing::generate_line`] makes a new line for `lb sticky-key`.
+//!
+//! Each key is kept as what sealing needs of it ([`RingKey`]): its HKDF-SHA256 pseudo-random
+//! key (cookies' keys are derived from it), its id (the first 4 bytes of an HKDF expansion,
+//! which every balancer computes alike from the key), and the AES-256-GCM key of the first
+//! cookie format, which still opens for one release. The [`Sealer`](super::Sealer) borrows the
+//! ring.
 
 use std::{fmt, path::Path};
 
 use ring::{
     aead::{AES_256_GCM, LessSafeKey, UnboundKey},
+    hkdf::{HKDF_SHA256, KeyType, Prk, Salt},
     rand::{SecureRandom as _, SystemRandom},
 };
 
@@ -16,11 +22,25 @@ use crate::l7::files::{self, FileError};
 const KEY_LEN: usize = 32;
 /// The most keys a key file may hold.
 pub const MAX_KEYS: usize = 16;
+/// The length of a key's id in a cookie.
+pub(super) const KEY_ID_LEN: usize = 4;
+/// The HKDF-Extract salt of the ring's keys: the cookie format's name.
+const SALT: &[u8] = b"lb-sticky v2";
 
-/// The AEAD keys of a key file (AES-256-GCM, built once): the first seals, all open.
+/// One key of the ring, as sealing and opening use it.
+pub(super) struct RingKey {
+    /// The key's id in the cookies it seals.
+    pub(super) id: [u8; KEY_ID_LEN],
+    /// HKDF-Extract(salt "lb-sticky v2", key): each cookie's key is expanded from it.
+    pub(super) prk: Prk,
+    /// The key itself as AES-256-GCM, for cookies in the first format.
+    pub(super) legacy: LessSafeKey,
+}
+
+/// The keys of a key file: the first seals, all open.
 pub struct KeyRing {
-    /// Never empty, at most [`MAX_KEYS`].
-    pub(super) keys: Vec<LessSafeKey>,
+    /// Never empty, at most [`MAX_KEYS`], ids distinct.
+    keys: Vec<RingKey>,
 }
 
 impl fmt::Debug for KeyRing {
@@ -69,15 +89,33 @@ impl KeyRing {
         if keys.len() > MAX_KEYS {
             return Err(StickyError::TooManyKeys { count: keys.len() });
         }
-        let keys = keys
-            .iter()
-            .map(|key| {
-                UnboundKey::new(&AES_256_GCM, key)
-                    .map(LessSafeKey::new)
-                    .map_err(|_| StickyError::Crypto)
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self { keys })
+        let mut ring: Vec<RingKey> = Vec::with_capacity(keys.len());
+        for (index, key) in keys.iter().enumerate() {
+            let key = RingKey::new(key)?;
+            if let Some(first) = ring.iter().position(|other| other.id == key.id) {
+                return Err(StickyError::SameKeyId {
+                    first: first + 1,
+                    second: index + 1,
+                });
+            }
+            ring.push(key);
+        }
+        Ok(Self { keys: ring })
+    }
+
+    /// The key that seals: the first (a ring is never empty).
+    pub(super) fn sealing(&self) -> Result<&RingKey, StickyError> {
+        self.keys.first().ok_or(StickyError::NoKeys)
+    }
+
+    /// The key with the id `id`, if the ring holds it.
+    pub(super) fn by_id(&self, id: &[u8; KEY_ID_LEN]) -> Option<&RingKey> {
+        self.keys.iter().find(|key| &key.id == id)
+    }
+
+    /// Every key, the sealing one first.
+    pub(super) fn all(&self) -> impl Iterator<Item = &RingKey> {
+        self.keys.iter()
     }
 
     /// A new random key as a key-file line (64 lowercase hex digits), for `lb sticky-key`.
@@ -103,6 +141,29 @@ impl KeyRing {
     /// Always false: a ring holds at least one key.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+}
+
+impl RingKey {
+    fn new(key: &[u8; KEY_LEN]) -> Result<Self, StickyError> {
+        let prk = Salt::new(HKDF_SHA256, SALT).extract(key);
+        let mut id = [0; KEY_ID_LEN];
+        prk.expand(&[b"lb-sticky v2 key id"], IdLen)
+            .and_then(|okm| okm.fill(&mut id))
+            .map_err(|_| StickyError::Crypto)?;
+        let legacy = UnboundKey::new(&AES_256_GCM, key)
+            .map(LessSafeKey::new)
+            .map_err(|_| StickyError::Crypto)?;
+        Ok(Self { id, prk, legacy })
+    }
+}
+
+/// The output length of a key id's HKDF expansion.
+struct IdLen;
+
+impl KeyType for IdLen {
+    fn len(&self) -> usize {
+        KEY_ID_LEN
     }
 }
 
@@ -137,7 +198,7 @@ mod tests {
     use super::*;
     use crate::l7::sticky::{
         Sealer,
-        ticket::tests::{KEY_A, KEY_B, sealer, ticket},
+        seal::tests::{KEY_A, KEY_B, sealer, ticket},
     };
 
     /// A directory of its own under the system's temporary one, removed when dropped.
