@@ -76,6 +76,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check => {
             let (path, config) = config_of(&cli, "check")?;
             let certificates = lb::l7::check_files(&config)?;
+            if let Some(group) = &config.control.read_only_group {
+                lb::control::peer::resolve_group(group)
+                    .map_err(lb::control::server::ServerError::from)?;
+            }
             println!(
                 "{}: ok ({} listeners, {} pools)",
                 path.display(),

@@ -5,8 +5,11 @@
 //! - a socket directory its group or others may write is refused before anything is made;
 //! - a peer that is neither root nor the daemon's user is refused by its credentials, even
 //!   where the file's mode would let it connect;
+//! - a configured read-only group may look (status, stats, lists) but not change anything,
+//!   whether it is the peer's primary or a supplementary group; a group that does not exist
+//!   refuses the start;
 //! - a connection that sends no whole request is answered with an error and closed after the
-//!   read timeout.
+//!   read timeout; a request over the size limit is refused, naming it.
 
 #![allow(
     clippy::unwrap_used,
@@ -16,7 +19,11 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    os::unix::{fs::PermissionsExt as _, net::UnixStream, process::CommandExt as _},
+    os::unix::{
+        fs::{MetadataExt as _, PermissionsExt as _},
+        net::UnixStream,
+        process::CommandExt as _,
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -24,6 +31,8 @@ use std::{
 
 /// The user the CLI runs as in the refusal test: nobody.
 const NOBODY: u32 = 65_534;
+/// The read-only group of the group tests (a number: no entry in the group database needed).
+const VIEWERS: u32 = 65_533;
 
 /// A daemon with a configuration of its control socket only, killed (and its directory
 /// removed) on every exit path.
@@ -49,15 +58,24 @@ impl Daemon {
 /// Writes the configuration in a fresh directory whose `run/` (the socket's directory) has
 /// `mode`, and starts `lb run` with it.
 fn start(name: &str, mode: u32) -> Daemon {
+    start_with(name, Some(mode), "")
+}
+
+/// As [`start`], with `control` added to the `[control]` table; without `mode`, `run/` is
+/// left for the daemon to make.
+fn start_with(name: &str, mode: Option<u32>, control: &str) -> Daemon {
     let dir = std::env::temp_dir().join(format!("lb-control-{name}-{}", std::process::id()));
     let run = dir.join("run");
-    std::fs::create_dir_all(&run).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::set_permissions(&run, std::fs::Permissions::from_mode(mode)).unwrap();
+    if let Some(mode) = mode {
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
     let config = dir.join("lb.toml");
     std::fs::write(
         &config,
-        format!("[control]\nsocket = {:?}\n", run.join("lb.sock")),
+        format!("[control]\nsocket = {:?}\n{control}\n", run.join("lb.sock")),
     )
     .unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_lb"))
@@ -93,13 +111,9 @@ fn the_socket_is_private_and_other_users_are_refused_by_their_credentials() {
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the socket's mode");
 
-    // Opened up by mistake (or by a configured group, one day): the credentials still decide.
+    // Opened up by mistake: the credentials still decide.
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    // The CLI as nobody: a copy nobody may run (the build's own may sit in a private checkout).
-    let cli = daemon.dir.join("lb");
-    std::fs::copy(env!("CARGO_BIN_EXE_lb"), &cli).unwrap();
-    std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let output = Command::new(&cli)
+    let output = Command::new(public_cli(&daemon))
         .arg("--socket")
         .arg(&socket)
         .arg("status")
@@ -114,7 +128,7 @@ fn the_socket_is_private_and_other_users_are_refused_by_their_credentials() {
         "{stderr}"
     );
     assert!(
-        log(&daemon).contains("neither root nor the daemon's: refused"),
+        log(&daemon).contains("neither root nor the daemon's, nor in its read-only group"),
         "{}",
         log(&daemon)
     );
@@ -126,6 +140,126 @@ fn the_socket_is_private_and_other_users_are_refused_by_their_credentials() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");
+}
+
+/// A copy of the CLI others may run (the build's own may sit in a private checkout).
+fn public_cli(daemon: &Daemon) -> PathBuf {
+    let cli = daemon.dir.join("lb");
+    if !cli.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_lb"), &cli).unwrap();
+        std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    cli
+}
+
+/// `lb ARGS` against the daemon as uid [`NOBODY`] with primary group `gid` and the
+/// supplementary `groups` (through `setpriv`, as an operator's login would have them).
+fn cli_as(daemon: &Daemon, gid: u32, groups: &[u32], args: &[&str]) -> std::process::Output {
+    let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
+    let mut command = Command::new("setpriv");
+    command
+        .arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={gid}"));
+    if groups.is_empty() {
+        command.arg("--clear-groups");
+    } else {
+        command.arg(format!("--groups={}", groups.join(",")));
+    }
+    command
+        .arg(public_cli(daemon))
+        .arg("--socket")
+        .arg(daemon.socket())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_read_only_group_may_look_but_not_change_and_others_are_still_refused() {
+    let mut daemon = start_with("group", None, &format!("read_only_group = \"{VIEWERS}\""));
+    wait_ready(&mut daemon);
+    // The directory it made, and the socket: the group's, the group may reach and connect.
+    let run = std::fs::metadata(daemon.socket().parent().unwrap()).unwrap();
+    assert_eq!((run.mode() & 0o7777, run.gid()), (0o750, VIEWERS));
+    let socket = std::fs::metadata(daemon.socket()).unwrap();
+    assert_eq!((socket.mode() & 0o777, socket.gid()), (0o660, VIEWERS));
+
+    // A member by its primary group, and one by a supplementary group, may look.
+    for (gid, groups) in [(VIEWERS, &[][..]), (NOBODY, &[VIEWERS][..])] {
+        for args in [
+            &["status"][..],
+            &["stats"],
+            &["listener", "list"],
+            &["backend", "list"],
+        ] {
+            let output = cli_as(&daemon, gid, groups, args);
+            assert!(
+                output.status.success(),
+                "{args:?} as {gid} {groups:?}: {output:?}"
+            );
+        }
+        // ... but not change anything.
+        for args in [&["reload"][..], &["cert", "reload"]] {
+            let output = cli_as(&daemon, gid, groups, args);
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success(), "{args:?} refused");
+            assert!(stderr.contains("may only look"), "{args:?}: {stderr}");
+        }
+    }
+    // Not in the group: the socket's mode keeps it out; opened up by mistake, the
+    // credentials still do, and the answer says who may.
+    let output = cli_as(&daemon, NOBODY, &[], &["status"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "refused");
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    std::fs::set_permissions(daemon.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(
+        daemon.socket().parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let output = cli_as(&daemon, NOBODY, &[], &["status"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "refused");
+    assert!(
+        stderr.contains(&format!("and group {VIEWERS} to look, not uid {NOBODY}")),
+        "{stderr}"
+    );
+    let log = log(&daemon);
+    assert!(log.contains("from the read-only group: refused"), "{log}");
+    assert!(log.contains("nor in its read-only group: refused"), "{log}");
+}
+
+#[test]
+fn a_read_only_group_that_does_not_exist_is_refused_before_anything_is_made() {
+    let mut daemon = start_with("nogroup", None, "read_only_group = \"lb-no-such-group\"");
+    let status = daemon.child.wait().unwrap();
+    assert!(!status.success(), "refused");
+    let log = log(&daemon);
+    assert!(
+        log.contains("read_only_group: group \"lb-no-such-group\" does not exist"),
+        "{log}"
+    );
+    assert!(!daemon.socket().parent().unwrap().exists(), "nothing made");
+}
+
+#[test]
+fn a_request_over_the_size_limit_is_refused_with_the_limit() {
+    let mut daemon = start("large", 0o700);
+    wait_ready(&mut daemon);
+    let mut stream = UnixStream::connect(daemon.socket()).unwrap();
+    let huge = format!(
+        "{{\"request\":\"status\",\"pad\":\"{}\"}}\n",
+        "x".repeat(100_000)
+    );
+    // The daemon stops reading at the limit: the rest may not be taken.
+    drop(std::io::Write::write_all(&mut stream, huge.as_bytes()));
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).unwrap();
+    assert!(
+        answer.contains("a request over 64 KiB: refused"),
+        "{answer:?}"
+    );
 }
 
 #[test]

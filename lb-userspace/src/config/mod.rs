@@ -78,6 +78,9 @@ pub struct ControlSettings {
     /// How long a stopping daemon (SIGTERM, or a successor taking over) lets the L7
     /// connections finish what is in flight before it exits.
     pub shutdown_timeout: Duration,
+    /// A group (name or number) whose members may use the read-only requests (list, stats,
+    /// status, simulate) on the control socket.
+    pub read_only_group: Option<String>,
 }
 
 /// `[pools.NAME]`.

@@ -55,6 +55,7 @@ pub struct RawDatapath {
 pub struct RawControl {
     pub socket: Option<Spanned<String>>,
     pub shutdown_timeout: Option<Spanned<String>>,
+    pub read_only_group: Option<Spanned<String>>,
 }
 
 /// `[metrics]`: the Prometheus endpoint.

@@ -153,12 +153,32 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         }
         None => Some(defaults::SHUTDOWN_TIMEOUT),
     };
+    let read_only_group = raw.control.read_only_group.as_ref().and_then(|group| {
+        let name = group.get_ref();
+        let is_name = name.len() <= 32
+            && name.chars().enumerate().all(|(i, ch)| {
+                ch.is_ascii_alphanumeric() || ch == '_' || (i > 0 && (ch == '-' || ch == '.'))
+            });
+        if name.is_empty() || !is_name {
+            checker.problem(
+                group,
+                "control.read_only_group",
+                format!(
+                    "{name:?} is not a group name or number (up to 32 letters, digits, '_', \
+                     and '-' or '.' after the first)"
+                ),
+            );
+            return None;
+        }
+        Some(name.clone())
+    });
     let control = ControlSettings {
         socket: raw.control.socket.map_or_else(
             || PathBuf::from(defaults::SOCKET),
             |s| s.into_inner().into(),
         ),
         shutdown_timeout: shutdown_timeout.unwrap_or(defaults::SHUTDOWN_TIMEOUT),
+        read_only_group,
     };
     if !checker.problems.is_empty() {
         return Err(ConfigError {

@@ -1,11 +1,13 @@
 //! The control API between the `lb` CLI and the daemon: one JSON request per connection to a
-//! Unix socket (mode 0600, so only root talks to the daemon), one JSON response back.
+//! Unix socket (mode 0600, or 0660 for a read-only group), one JSON response back.
 //!
 //! - this module: the [`Request`] and [`Response`] types and the views they carry;
 //! - [`client`]: the CLI's side (blocking);
-//! - [`server`]: the daemon's side (tokio), which hands each request to a handler.
+//! - [`server`]: the daemon's side (tokio), which hands each request to a handler;
+//! - [`peer`]: who is connected, and what they may ask.
 
 pub mod client;
+pub mod peer;
 pub mod server;
 
 use std::net::{IpAddr, SocketAddr};
@@ -69,6 +71,26 @@ pub enum Request {
     /// `lb run --take-over`: a starting daemon asks for the listening sockets
     /// (`daemon::handover`).
     Handover,
+}
+
+impl Request {
+    /// Whether the request only looks (the read-only group may ask it).
+    pub fn is_read_only(&self) -> bool {
+        match self {
+            Self::ListListeners
+            | Self::ListBackends { .. }
+            | Self::Stats
+            | Self::Status
+            | Self::Simulate { .. } => true,
+            Self::AddBackend { .. }
+            | Self::RemoveBackend { .. }
+            | Self::SetWeight { .. }
+            | Self::DrainBackend { .. }
+            | Self::Reload
+            | Self::ReloadFiles
+            | Self::Handover => false,
+        }
+    }
 }
 
 /// The daemon's answer.

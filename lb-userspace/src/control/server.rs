@@ -1,16 +1,18 @@
-//! The daemon's side of the control API: a Unix socket that only root (and the daemon's own
-//! user) may use, one request per connection, each handed to the daemon's controller through
-//! a channel.
+//! The daemon's side of the control API: a Unix socket that only root and the daemon's own
+//! user may use to change the daemon, and a configured read-only group to look at it, one
+//! request per connection, each handed to the daemon's controller through a channel.
 //!
 //! The socket is created with mode 0600 from the start (a restrictive umask around `bind`, so
-//! there is no moment when others may connect), in a directory that only its owner may write
-//! (created 0700, or checked: anyone who may write there could put their own socket in its
-//! place). Each connection's peer is checked again by its credentials (`SO_PEERCRED`): root or
-//! the daemon's user, else refused. A request must arrive whole within [`READ_TIMEOUT`] and
-//! [`MAX_REQUEST`] bytes.
+//! there is no moment when others may connect), then opened to the read-only group (0660) if
+//! there is one, in a directory that only its owner may write (created 0700, or 0750 for the
+//! group, or checked: anyone who may write there could put their own socket in its place).
+//! Each connection's peer is checked again by its credentials ([`super::peer`]): root or the
+//! daemon's user may ask anything, the read-only group only what changes nothing, anyone else
+//! is refused. A request must arrive whole within [`READ_TIMEOUT`] and [`MAX_REQUEST`] bytes.
 
 use std::{
-    os::unix::fs::{DirBuilderExt as _, MetadataExt as _},
+    fs::Permissions,
+    os::unix::fs::{DirBuilderExt as _, MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -21,7 +23,10 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::{Request, Response};
+use super::{
+    Request, Response,
+    peer::{Access, Peer},
+};
 
 /// A request and where to send its answer.
 pub type Call = (Request, oneshot::Sender<Response>);
@@ -44,6 +49,8 @@ pub enum ServerError {
         dir: PathBuf,
         why: String,
     },
+    #[error("[control] read_only_group: {0}")]
+    Group(#[from] super::peer::GroupError),
     #[error("control socket {path}: {source}")]
     Io {
         path: PathBuf,
@@ -114,8 +121,7 @@ pub fn check_directory(path: &Path) -> Result<(), ServerError> {
             });
         }
     };
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = euid();
     let unsafe_because = |why: String| ServerError::UnsafeDirectory {
         path: path.to_owned(),
         dir: dir.to_owned(),
@@ -134,10 +140,15 @@ pub fn check_directory(path: &Path) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Opens the control socket at `path` (mode 0600; its directory is created 0700). With
+/// Opens the control socket at `path`: mode 0600, or 0660 and owned by `read_only_gid` if
+/// there is a read-only group; a directory it creates is 0700 (0750 and the group's). With
 /// `replace`, it takes the place of the socket of a daemon that is handing over; the path
 /// answers throughout (the new socket is made beside it, then renamed over it).
-pub fn bind(path: &Path, replace: bool) -> Result<(UnixListener, SocketFile), ServerError> {
+pub fn bind(
+    path: &Path,
+    replace: bool,
+    read_only_gid: Option<u32>,
+) -> Result<(UnixListener, SocketFile), ServerError> {
     let io = |source| ServerError::Io {
         path: path.to_owned(),
         source,
@@ -147,11 +158,7 @@ pub fn bind(path: &Path, replace: bool) -> Result<(UnixListener, SocketFile), Se
         ensure_free(path)?;
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io)?;
+        make_directory(dir, read_only_gid).map_err(io)?;
     }
     let mut name = path.file_name().unwrap_or_default().to_owned();
     name.push(format!(".{}.new", std::process::id()));
@@ -167,7 +174,13 @@ pub fn bind(path: &Path, replace: bool) -> Result<(UnixListener, SocketFile), Se
     // SAFETY: as above.
     unsafe { libc::umask(umask) };
     let listener = bound.map_err(io)?;
-    let placed = std::fs::rename(&fresh, path);
+    let placed = match read_only_gid {
+        // Made 0600, then opened to the group: never more open than meant.
+        Some(gid) => std::os::unix::fs::chown(&fresh, None, Some(gid))
+            .and_then(|()| std::fs::set_permissions(&fresh, Permissions::from_mode(0o660))),
+        None => Ok(()),
+    }
+    .and_then(|()| std::fs::rename(&fresh, path));
     if let Err(error) = placed {
         drop(std::fs::remove_file(&fresh));
         return Err(io(error));
@@ -182,13 +195,52 @@ pub fn bind(path: &Path, replace: bool) -> Result<(UnixListener, SocketFile), Se
     ))
 }
 
+/// Creates the socket's directory if it is missing: 0700, or 0750 and owned by the read-only
+/// group. One that exists is left as it is (and was checked); if the group cannot reach the
+/// socket through it, a warning says how to let it.
+fn make_directory(dir: &Path, read_only_gid: Option<u32>) -> std::io::Result<()> {
+    match std::fs::metadata(dir) {
+        Ok(meta) => {
+            if let Some(gid) = read_only_gid {
+                let mode = meta.mode();
+                let reachable = mode & 0o001 != 0 || (meta.gid() == gid && mode & 0o010 != 0);
+                if !reachable {
+                    warn!(directory = %dir.display(), gid,
+                        "the read-only group cannot reach the control socket through its \
+                         directory: chgrp it to the group and chmod 750 it");
+                }
+            }
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            let mode = if read_only_gid.is_some() {
+                0o750
+            } else {
+                0o700
+            };
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(mode)
+                .create(dir)?;
+            if let Some(gid) = read_only_gid {
+                std::os::unix::fs::chown(dir, None, Some(gid))?;
+                // The umask may have taken the group's bits.
+                std::fs::set_permissions(dir, Permissions::from_mode(mode))?;
+            }
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
 /// Accepts connections until the task is dropped, passing each request to `calls` (as
 /// whatever event type the receiver takes calls in), and each handover request's connection
-/// to `handovers`.
+/// to `handovers`. Members of `read_only_gid` may ask what changes nothing.
 pub async fn serve<E: From<Call> + Send + 'static>(
     listener: UnixListener,
     calls: mpsc::Sender<E>,
     handovers: mpsc::Sender<UnixStream>,
+    read_only_gid: Option<u32>,
 ) {
     loop {
         match listener.accept().await {
@@ -196,7 +248,7 @@ pub async fn serve<E: From<Call> + Send + 'static>(
                 let calls = calls.clone();
                 let handovers = handovers.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = answer(stream, calls, handovers).await {
+                    if let Err(error) = answer(stream, calls, handovers, read_only_gid).await {
                         debug!(%error, "control connection ended early");
                     }
                 });
@@ -206,82 +258,113 @@ pub async fn serve<E: From<Call> + Send + 'static>(
     }
 }
 
+/// One connection: its peer's access, its request, and the answer.
 async fn answer<E: From<Call>>(
     stream: UnixStream,
     calls: mpsc::Sender<E>,
     handovers: mpsc::Sender<UnixStream>,
+    read_only_gid: Option<u32>,
 ) -> std::io::Result<()> {
-    let refused = refusal(&stream)?;
+    let peer = Peer::of(&stream)?;
+    let access = Access::of(&peer, euid(), read_only_gid);
     let (read, write) = stream.into_split();
-    let mut line = String::new();
-    let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST));
+    let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST + 1));
     // The request is read even from a peer that is refused: it is answered once it has said
     // everything (an answer before could meet its request half-sent and be lost).
-    let read = tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await;
-    if let Some(refused) = refused {
-        return reply(write, &refused).await;
-    }
-    let response = match read {
-        Err(_) => Response::Error(format!(
-            "no whole request within {READ_TIMEOUT:?}: the connection is closed"
-        )),
-        Ok(read) => {
-            read?;
-            match serde_json::from_str::<Request>(&line) {
-                Ok(Request::Handover) => {
-                    // The successor sends nothing more until it is answered: nothing is
-                    // buffered.
-                    let stream = reader
-                        .into_inner()
-                        .into_inner()
-                        .reunite(write)
-                        .map_err(std::io::Error::other)?;
-                    return match handovers.try_send(stream) {
-                        Ok(()) => Ok(()),
-                        Err(refused) => {
-                            let (mpsc::error::TrySendError::Full(stream)
-                            | mpsc::error::TrySendError::Closed(stream)) = refused;
-                            let (_, write) = stream.into_split();
-                            let reason =
-                                "a handover is already under way, or the daemon is stopping";
-                            reply(write, &Response::Error(reason.to_owned())).await
-                        }
-                    };
-                }
-                Ok(request) => {
-                    let (reply, answer) = oneshot::channel();
-                    if calls.send(E::from((request, reply))).await.is_err() {
-                        Response::Error("the daemon is shutting down".to_owned())
-                    } else {
-                        answer.await.unwrap_or_else(|_| {
-                            Response::Error("the daemon is shutting down".to_owned())
-                        })
-                    }
-                }
-                Err(error) => Response::Error(format!("malformed request: {error}")),
-            }
+    let request = read_request(&mut reader).await?;
+    let request = match (access, request) {
+        (Access::Refused, _) => return reply(write, &refused(&peer, read_only_gid)).await,
+        (_, Err(response)) => return reply(write, &response).await,
+        (access, Ok(request)) if !access.allows(&request) => {
+            warn!(uid = peer.uid, pid = ?peer.pid, ?request,
+                "a control request that changes the daemon, from the read-only group: refused");
+            let reason = format!(
+                "permission denied: uid {} may only look (list, stats, status, simulate); \
+                 changes need root or the daemon's user",
+                peer.uid
+            );
+            return reply(write, &Response::Error(reason)).await;
         }
+        (_, Ok(request)) => request,
+    };
+    if request == Request::Handover {
+        // The successor sends nothing more until it is answered: nothing is buffered.
+        let stream = reader
+            .into_inner()
+            .into_inner()
+            .reunite(write)
+            .map_err(std::io::Error::other)?;
+        return hand_over(stream, &handovers).await;
+    }
+    let (reply_to, answered) = oneshot::channel();
+    let response = if calls.send(E::from((request, reply_to))).await.is_err() {
+        Response::Error("the daemon is shutting down".to_owned())
+    } else {
+        answered
+            .await
+            .unwrap_or_else(|_| Response::Error("the daemon is shutting down".to_owned()))
     };
     reply(write, &response).await
 }
 
-/// Why the peer of `stream` may not use the socket, if it may not: it is neither root nor the
-/// daemon's user (by `SO_PEERCRED`). Logged.
-fn refusal(stream: &UnixStream) -> std::io::Result<Option<Response>> {
-    let peer = stream.peer_cred()?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if peer.uid() == 0 || peer.uid() == me {
-        return Ok(None);
+/// The request on a connection, or the error to answer: none whole within [`READ_TIMEOUT`],
+/// over [`MAX_REQUEST`] bytes, or not a request.
+async fn read_request<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> std::io::Result<Result<Request, Response>> {
+    let mut line = String::new();
+    let Ok(read) = tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await else {
+        return Ok(Err(Response::Error(format!(
+            "no whole request within {READ_TIMEOUT:?}: the connection is closed"
+        ))));
+    };
+    read?;
+    if u64::try_from(line.len()).unwrap_or(u64::MAX) > MAX_REQUEST {
+        return Ok(Err(Response::Error(format!(
+            "a request over {} KiB: refused (a request is a line of JSON of a few hundred bytes)",
+            MAX_REQUEST / 1024
+        ))));
     }
+    Ok(serde_json::from_str::<Request>(&line)
+        .map_err(|error| Response::Error(format!("malformed request: {error}"))))
+}
+
+/// Passes a successor's connection to the daemon's handover, unless one is under way.
+async fn hand_over(
+    stream: UnixStream,
+    handovers: &mpsc::Sender<UnixStream>,
+) -> std::io::Result<()> {
+    match handovers.try_send(stream) {
+        Ok(()) => Ok(()),
+        Err(refused) => {
+            let (mpsc::error::TrySendError::Full(stream)
+            | mpsc::error::TrySendError::Closed(stream)) = refused;
+            let (_, write) = stream.into_split();
+            let reason = "a handover is already under way, or the daemon is stopping";
+            reply(write, &Response::Error(reason.to_owned())).await
+        }
+    }
+}
+
+/// The answer to a peer that may not use the socket at all. Logged.
+fn refused(peer: &Peer, read_only_gid: Option<u32>) -> Response {
     warn!(
-        uid = peer.uid(), pid = ?peer.pid(),
-        "a control connection from a user who is neither root nor the daemon's: refused"
+        uid = peer.uid, pid = ?peer.pid,
+        "a control connection from a user who is neither root nor the daemon's, nor in its \
+         read-only group: refused"
     );
-    Ok(Some(Response::Error(format!(
-        "permission denied: the daemon answers root and uid {me} only, not uid {}",
-        peer.uid()
-    ))))
+    let group = read_only_gid.map_or_else(String::new, |gid| format!(" and group {gid} to look"));
+    Response::Error(format!(
+        "permission denied: the daemon answers root and uid {}{group}, not uid {}",
+        euid(),
+        peer.uid
+    ))
+}
+
+/// This process's effective user id.
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// Writes `response` as one JSON line and ends the connection.

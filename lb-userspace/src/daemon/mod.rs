@@ -103,8 +103,16 @@ pub async fn run(config: Config, path: PathBuf, take_over: bool) -> Result<(), D
         "starting"
     );
     let socket = config.control.socket.clone();
-    // A socket directory others may write is refused before anything changes.
+    // A socket directory others may write, or a read-only group that does not exist, is
+    // refused before anything changes.
     server::check_directory(&socket)?;
+    let read_only_gid = config
+        .control
+        .read_only_group
+        .as_deref()
+        .map(crate::control::peer::resolve_group)
+        .transpose()
+        .map_err(ServerError::from)?;
     let predecessor = if take_over {
         // Every file first: a bad certificate or key stops this daemon before the running one
         // is disturbed.
@@ -126,13 +134,14 @@ pub async fn run(config: Config, path: PathBuf, take_over: bool) -> Result<(), D
         server::ensure_free(&socket)?;
         None
     };
-    serve(config, path, predecessor).await
+    serve(config, path, predecessor, read_only_gid).await
 }
 
 async fn serve(
     config: Config,
     path: PathBuf,
     predecessor: Option<(handover::Predecessor, crate::l7::Inherited)>,
+    read_only_gid: Option<u32>,
 ) -> Result<(), DaemonError> {
     let (predecessor, mut inherited) = match predecessor {
         Some((predecessor, sockets)) => (Some(predecessor), sockets),
@@ -210,12 +219,13 @@ async fn serve(
         info!(%address, "closing a handed-over socket the configuration no longer listens on");
     }
     drop(inherited);
-    let (listener, socket_file) = server::bind(&socket, predecessor.is_some())?;
+    let (listener, socket_file) = server::bind(&socket, predecessor.is_some(), read_only_gid)?;
     let (handovers, mut handover_requests) = mpsc::channel(1);
     tasks.push(tokio::spawn(server::serve(
         listener,
         events.clone(),
         handovers,
+        read_only_gid,
     )));
     tasks.extend(logs);
     if let Some(predecessor) = predecessor {

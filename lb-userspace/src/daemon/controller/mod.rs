@@ -618,6 +618,10 @@ fn fixed_setting_changed(old: &Config, new: &Config) -> Option<&'static str> {
         ("datapath.max_listeners", a.max_listeners != b.max_listeners),
         ("datapath.pin_dir", a.pin_dir != b.pin_dir),
         ("control.socket", old.control.socket != new.control.socket),
+        (
+            "control.read_only_group",
+            old.control.read_only_group != new.control.read_only_group,
+        ),
     ]
     .into_iter()
     .find_map(|(field, changed)| changed.then_some(field))
