@@ -5,6 +5,8 @@
 //! - a socket directory its group or others may write is refused before anything is made;
 //! - a peer that is neither root nor the daemon's user is refused by its credentials, even
 //!   where the file's mode would let it connect;
+//! - the CLI refuses a socket that another user (neither root, itself, nor the owner of the
+//!   socket's directory) answers on, sending it nothing;
 //! - a configured read-only group may look (status, stats, lists) but not change anything,
 //!   whether it is the peer's primary or a supplementary group; a group that does not exist
 //!   refuses the start;
@@ -292,4 +294,63 @@ fn a_socket_directory_others_may_write_is_refused_before_anything_is_made() {
         "{log}"
     );
     assert!(!Path::new(&daemon.socket()).exists(), "no socket made");
+}
+
+#[test]
+fn the_cli_talks_to_no_socket_another_user_made_in_a_directory_anyone_may_write() {
+    // A directory as /tmp is: root's, sticky, anyone may write; another user's "daemon" in it.
+    let dir = std::env::temp_dir().join(format!("lb-control-impostor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _cleanup = Cleanup(dir.clone());
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let socket = dir.join("lb.sock");
+    let server = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_UNIX)\n\
+         s.bind({socket:?})\n\
+         s.listen(1)\n\
+         print('ready', flush=True)\n\
+         c, _ = s.accept()\n\
+         got = c.recv(65536)\n\
+         c.sendall(b'{{\"outcome\":\"ok\",\"body\":{{}}}}\\n')\n\
+         print('got', len(got), flush=True)\n"
+    );
+    let mut impostor = Command::new("python3")
+        .args(["-c", &server])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(impostor.stdout.as_mut().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let output = Command::new(env!("CARGO_BIN_EXE_lb"))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("status")
+        .output()
+        .unwrap();
+    drop(impostor.kill());
+    let said = String::from_utf8_lossy(&impostor.wait_with_output().unwrap().stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "refused");
+    assert!(
+        stderr.contains(&format!(
+            "runs as uid {NOBODY}: neither root, you, nor the owner"
+        )),
+        "{stderr}"
+    );
+    assert!(!said.contains("got"), "the request was sent: {said}");
+}
+
+/// Removes a directory when dropped.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        drop(std::fs::remove_dir_all(&self.0));
+    }
 }

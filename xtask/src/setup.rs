@@ -23,6 +23,9 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "haproxy",
     "wrk",
+    // The control-socket tests: a socket served by another user, a CLI run with other groups.
+    "python3",
+    "util-linux",
 ];
 
 /// Rustup components, per toolchain (`None`: the toolchain cargo runs by default).

@@ -65,6 +65,8 @@ pub enum HandoverError {
         "the running daemon at {socket} answered something this build does not understand: {detail}"
     )]
     Protocol { socket: String, detail: String },
+    #[error(transparent)]
+    Connect(#[from] crate::control::client::ClientError),
 }
 
 /// The old daemon's answer to a handover request.
@@ -97,17 +99,9 @@ pub fn request(socket: &Path) -> Result<Option<(Predecessor, Inherited)>, Handov
         socket: name.clone(),
         source,
     };
-    let stream = match UnixStream::connect(socket) {
-        Ok(stream) => stream,
-        Err(error)
-            if matches!(
-                error.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Ok(None);
-        }
-        Err(error) => return Err(io(error)),
+    // Sockets are taken only from a daemon whose credentials check out.
+    let Some(stream) = crate::control::client::connect(socket)? else {
+        return Ok(None);
     };
     stream.set_read_timeout(Some(OFFER_WAIT)).map_err(io)?;
     let mut line = serde_json::to_string(&Request::Handover).map_err(|e| io(e.into()))?;
