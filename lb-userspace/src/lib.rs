@@ -10,6 +10,7 @@
 //! - [`datapath`]: the maps behind a trait;
 //! - [`loader`]: loads the eBPF objects, pins the maps, attaches XDP;
 //! - [`objects`]: the eBPF objects embedded at build time;
+//! - [`pin_dir`]: `lb uninstall`'s removal of the pin directory, only if it is lb's;
 //! - [`model`]: the datapath's choice predicted in userspace (`lb simulate`);
 //! - [`config`]: the configuration file, validated, and changes to it;
 //! - [`daemon`]: `lb run`, which owns the datapath; its controller answers the [`control`] API;
@@ -38,5 +39,6 @@ pub mod maglev;
 pub mod metrics;
 pub mod model;
 pub mod objects;
+pub mod pin_dir;
 pub mod reconcile;
 pub mod state;

@@ -599,54 +599,6 @@ impl Balancer {
     }
 }
 
-/// What `lb uninstall` may remove: `dir`, if it is a directory of its own on bpffs (not the
-/// mount itself, not a symbolic link) that holds nothing but what the daemon pins (its maps,
-/// this build's or an earlier one's, all `lb_*`, and `links/`), and no daemon holds its lock. Returns the lock, to hold while removing.
-pub fn own_pins(dir: &Path) -> Result<std::fs::File, LoadError> {
-    use std::os::unix::fs::MetadataExt as _;
-    let refuse = |why: String| LoadError::NotOurPins {
-        dir: dir.to_owned(),
-        why,
-    };
-    if std::fs::symlink_metadata(dir).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(refuse(
-            "it is a symbolic link: name the directory itself".to_owned(),
-        ));
-    }
-    if !is_bpffs(dir) {
-        return Err(refuse(
-            "it is not on bpffs, where the daemon pins its maps".to_owned(),
-        ));
-    }
-    let device = |path: &Path| std::fs::metadata(path).map(|m| m.dev()).ok();
-    let parent = dir.parent().unwrap_or(dir);
-    if device(dir) != device(parent) || dir.parent().is_none() {
-        return Err(refuse(
-            "it is a bpffs mount itself, which other programs' pins may share; give lb a \
-             directory of its own on it"
-                .to_owned(),
-        ));
-    }
-    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Io {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let mut foreign: Vec<String> = entries
-        .flatten()
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        // The maps of this build and of earlier ones (all named `lb_*`), and the links.
-        .filter(|name| name != "links" && !name.starts_with("lb_"))
-        .collect();
-    if !foreign.is_empty() {
-        foreign.sort();
-        return Err(refuse(format!(
-            "it holds what the daemon does not pin ({}): remove those yourself, or correct pin_dir",
-            foreign.join(", ")
-        )));
-    }
-    lock_pin_dir(dir)
-}
-
 /// Locks `dir` for this process (released when the file closes, also when the process dies):
 /// a second daemon on the same pins is refused before it reads or writes any of them.
 fn lock_pin_dir(dir: &Path) -> Result<std::fs::File, LoadError> {

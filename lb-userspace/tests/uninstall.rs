@@ -1,8 +1,9 @@
 //! `lb uninstall` removes the pin directory only when it is lb's: a directory of its own on
-//! bpffs holding nothing but the daemon's maps and `links/`. Anything else (a directory
-//! elsewhere, a bpffs mount itself, a directory holding other pins) is refused, naming the
-//! reason, and nothing is removed. Runs as root, with bpffs at /sys/fs/bpf (`cargo xtask
-//! setup` mounts it).
+//! bpffs, root's and writable by root only, holding nothing but the daemon's maps and
+//! `links/` (real pins, made with bpftool). Anything else (a directory elsewhere, a bpffs
+//! mount itself, a symbolic link, a directory holding other pins, one others may write or
+//! own, one a daemon holds) is refused, naming the reason, and nothing is removed. Runs as
+//! root, with bpffs at /sys/fs/bpf (`cargo xtask setup` mounts it) and bpftool.
 
 #![allow(
     clippy::unwrap_used,
@@ -68,14 +69,30 @@ fn bpffs_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Pins a new map at `path` (with bpftool, as any BPF program's pin would be).
+fn pin_map(path: &Path) {
+    let made = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(path)
+        .args([
+            "type", "array", "key", "4", "value", "4", "entries", "1", "name", "lb_test",
+        ])
+        .status()
+        .unwrap();
+    assert!(made.success(), "bpftool map create {}", path.display());
+}
+
 #[test]
 fn lbs_own_pin_directory_is_removed() {
     let (work, pins) = (work_dir("own"), bpffs_dir("own"));
     let _made = Made(vec![work.clone(), pins.clone()]);
     std::fs::create_dir(pins.join("links")).unwrap();
-    // Named as this build's map and an earlier build's (directories stand in for the pins).
-    std::fs::create_dir(pins.join(lb_common::maps::VIPS_V4)).unwrap();
-    std::fs::create_dir(pins.join("lb_conns4_v1")).unwrap();
+    // Pins named as this build's map, an earlier build's, and a link's.
+    pin_map(&pins.join(lb_common::maps::VIPS_V4));
+    pin_map(&pins.join("lb_conns4_v1"));
+    pin_map(&pins.join("links").join("veth0"));
+    // An earlier build's map directory, empty.
+    std::fs::create_dir(pins.join("lb_old")).unwrap();
     let (ok, stdout, stderr) = uninstall(&work, &pins);
     assert!(ok, "{stderr}");
     assert!(
@@ -83,6 +100,52 @@ fn lbs_own_pin_directory_is_removed() {
         "{stdout}"
     );
     assert!(!pins.exists());
+}
+
+#[test]
+fn a_pin_directory_a_daemon_holds_is_refused_and_kept() {
+    use std::os::fd::AsRawFd as _;
+    let (work, pins) = (work_dir("held"), bpffs_dir("held"));
+    let _made = Made(vec![work.clone(), pins.clone()]);
+    pin_map(&pins.join(lb_common::maps::VIPS_V4));
+    // The lock a running daemon holds.
+    let held = std::fs::File::open(&pins).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let (ok, _, stderr) = uninstall(&work, &pins);
+    assert!(!ok, "refused");
+    assert!(
+        stderr.contains("another lb daemon uses the pin directory"),
+        "{stderr}"
+    );
+    assert!(
+        pins.join(lb_common::maps::VIPS_V4).exists(),
+        "nothing removed"
+    );
+}
+
+#[test]
+fn a_pin_directory_others_may_write_or_own_is_refused_and_kept() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (work, pins) = (work_dir("mode"), bpffs_dir("mode"));
+    let _made = Made(vec![work.clone(), pins.clone()]);
+    pin_map(&pins.join(lb_common::maps::VIPS_V4));
+    std::fs::set_permissions(&pins, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (ok, _, stderr) = uninstall(&work, &pins);
+    assert!(!ok, "refused");
+    assert!(
+        stderr.contains("others may write it (mode 777)"),
+        "{stderr}"
+    );
+    std::fs::set_permissions(&pins, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&pins, Some(65_534), None).unwrap();
+    let (ok, _, stderr) = uninstall(&work, &pins);
+    assert!(!ok, "refused");
+    assert!(stderr.contains("belongs to uid 65534"), "{stderr}");
+    assert!(
+        pins.join(lb_common::maps::VIPS_V4).exists(),
+        "nothing removed"
+    );
 }
 
 #[test]

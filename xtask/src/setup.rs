@@ -205,7 +205,8 @@ fn mount_bpffs(runner: &Runner) -> Result<()> {
     }
     require_root("apt-get, mount")?;
     let mut cmd = Command::new("mount");
-    cmd.args(["-t", "bpf", "bpf", BPFFS]);
+    // Root's only, as systemd mounts it (the kernel's default, 1777, lets anyone pin there).
+    cmd.args(["-t", "bpf", "-o", "mode=0700", "bpf", BPFFS]);
     runner
         .run(&mut cmd)
         .context("mounting bpffs failed; the kernel needs CONFIG_BPF_SYSCALL")?;

@@ -538,21 +538,20 @@ fn snapshot(events: mpsc::Sender<Event>) -> impl metrics::Snapshot {
 
 /// `lb uninstall`: removes what a stopped daemon left running: the pinned links (which
 /// detaches the balancer) and the pinned maps. Refuses while a daemon answers on the socket
-/// or holds the pin directory, and for a directory that is not lb's ([`crate::loader::own_pins`]).
+/// or holds the pin directory, and for a directory that is not lb's ([`crate::pin_dir::remove`]).
 pub fn uninstall(config: &Config) -> Result<String, DaemonError> {
-    server::ensure_free(&config.control.socket)?;
+    let socket = &config.control.socket;
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(ServerError::AlreadyRunning(socket.clone()).into());
+    }
     let dir = &config.datapath.pin_dir;
-    if !dir.exists() {
+    if std::fs::symlink_metadata(dir).is_err() {
         return Ok(format!(
             "nothing to remove: {} does not exist\n",
             dir.display()
         ));
     }
-    let _lock = crate::loader::own_pins(dir)?;
-    std::fs::remove_dir_all(dir).map_err(|source| DaemonError::Io {
-        what: format!("removing {}", dir.display()),
-        source,
-    })?;
+    crate::pin_dir::remove(dir)?;
     let detached = if config.datapath.interfaces.is_empty() {
         "no interface is configured".to_owned()
     } else {
