@@ -4,8 +4,8 @@
 //! Everything is done through one descriptor of the directory, opened without following a
 //! symbolic link, and under its lock (the one a running daemon holds), so that what is checked
 //! is what is removed: it is on bpffs, not the root of a mount (`statx`'s mount-root
-//! attribute: other programs' pins may share a mount), owned by root or this user and writable
-//! by its owner only, and holds nothing but the daemon's maps (this build's or an earlier one's,
+//! attribute: other programs' pins may share a mount), writable by its owner only (root's, or
+//! the daemon's user's), and holds nothing but the daemon's maps (this build's or an earlier one's,
 //! all `lb_*`) and `links/` (the XDP links, one per interface). Then each of those is unlinked
 //! by name from the descriptor, and the emptied directory removed.
 
@@ -81,14 +81,6 @@ fn own(dir: &Path) -> Result<Owned, LoadError> {
     let meta = File::from(fd.try_clone().map_err(|source| io(dir, source))?)
         .metadata()
         .map_err(|source| io(dir, source))?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
-    if meta.uid() != 0 && meta.uid() != me {
-        return Err(refuse(&format!(
-            "it belongs to uid {}, not to root or this user",
-            meta.uid()
-        )));
-    }
     if meta.mode() & 0o022 != 0 {
         return Err(refuse(&format!(
             "its group or others may write it (mode {:o}): others' files may be in it",

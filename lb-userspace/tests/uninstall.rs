@@ -1,8 +1,8 @@
 //! `lb uninstall` removes the pin directory only when it is lb's: a directory of its own on
-//! bpffs, root's and writable by root only, holding nothing but the daemon's maps and
+//! bpffs, writable by its owner only, holding nothing but the daemon's maps and
 //! `links/` (real pins, made with bpftool). Anything else (a directory elsewhere, a bpffs
-//! mount itself, a symbolic link, a directory holding other pins, one others may write or
-//! own, one a daemon holds) is refused, naming the reason, and nothing is removed. Runs as
+//! mount itself, a symbolic link, a directory holding other pins, one others may write, one a
+//! daemon holds) is refused, naming the reason, and nothing is removed. Runs as
 //! root, with bpffs at /sys/fs/bpf (`cargo xtask setup` mounts it) and bpftool.
 
 #![allow(
@@ -125,7 +125,7 @@ fn a_pin_directory_a_daemon_holds_is_refused_and_kept() {
 }
 
 #[test]
-fn a_pin_directory_others_may_write_or_own_is_refused_and_kept() {
+fn a_pin_directory_others_may_write_is_refused_and_kept() {
     use std::os::unix::fs::PermissionsExt as _;
     let (work, pins) = (work_dir("mode"), bpffs_dir("mode"));
     let _made = Made(vec![work.clone(), pins.clone()]);
