@@ -137,11 +137,13 @@ fn a_pin_directory_others_may_write_is_refused_and_kept() {
         stderr.contains("others may write it (mode 777)"),
         "{stderr}"
     );
-    std::fs::set_permissions(&pins, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::os::unix::fs::chown(&pins, Some(65_534), None).unwrap();
+    std::fs::set_permissions(&pins, std::fs::Permissions::from_mode(0o775)).unwrap();
     let (ok, _, stderr) = uninstall(&work, &pins);
     assert!(!ok, "refused");
-    assert!(stderr.contains("belongs to uid 65534"), "{stderr}");
+    assert!(
+        stderr.contains("others may write it (mode 775)"),
+        "{stderr}"
+    );
     assert!(
         pins.join(lb_common::maps::VIPS_V4).exists(),
         "nothing removed"
