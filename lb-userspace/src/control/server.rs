@@ -42,7 +42,7 @@ pub enum ServerError {
     #[error("another lb daemon is running (it answers on {0}); stop it first")]
     AlreadyRunning(PathBuf),
     #[error(
-        "control socket {path}: its directory {dir} {why}: anyone who may write there could put their own socket in its place; make it owned by root and writable by its owner only (chmod go-w), or put the socket elsewhere"
+        "control socket {path}: directory {dir} {why}: anyone who may write there could put their own socket (or directory) in its place; make it owned by root and writable by its owner only (chmod go-w), or put the socket elsewhere"
     )]
     UnsafeDirectory {
         path: PathBuf,
@@ -104,38 +104,46 @@ impl Drop for SocketFile {
     }
 }
 
-/// Refuses a control socket whose directory exists and may be written by others than root and
-/// this process's user (/tmp too: anyone may make a socket there before the daemon does). A
-/// directory that does not exist yet passes: [`bind`] creates it 0700.
+/// Refuses a control socket whose directory may be written by others than root and this
+/// process's user (/tmp too: anyone may make a socket there before the daemon does), or sits
+/// under a directory they may: whoever may write an ancestor may rename the directory away and
+/// put their own in its place, unless the ancestor is sticky (as /tmp is: only an entry's owner
+/// may rename it). A directory that does not exist yet is checked through the nearest one that
+/// does, which [`bind`] creates it in (0700).
 pub fn check_directory(path: &Path) -> Result<(), ServerError> {
     let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
         return Ok(());
     };
-    let meta = match std::fs::metadata(dir) {
-        Ok(meta) => meta,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(ServerError::Io {
-                path: path.to_owned(),
-                source,
-            });
-        }
-    };
     let me = euid();
-    let unsafe_because = |why: String| ServerError::UnsafeDirectory {
-        path: path.to_owned(),
-        dir: dir.to_owned(),
-        why,
-    };
-    if meta.uid() != 0 && meta.uid() != me {
-        return Err(unsafe_because(format!("is owned by uid {}", meta.uid())));
-    }
-    let mode = meta.mode();
-    if mode & 0o022 != 0 {
-        return Err(unsafe_because(format!(
-            "may be written by its group or others (mode {:o})",
-            mode & 0o7777
-        )));
+    let mut nearest = true;
+    for ancestor in dir.ancestors().filter(|d| !d.as_os_str().is_empty()) {
+        let meta = match std::fs::metadata(ancestor) {
+            Ok(meta) => meta,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => {
+                return Err(ServerError::Io {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        let unsafe_because = |why: String| ServerError::UnsafeDirectory {
+            path: path.to_owned(),
+            dir: ancestor.to_owned(),
+            why,
+        };
+        if meta.uid() != 0 && meta.uid() != me {
+            return Err(unsafe_because(format!("is owned by uid {}", meta.uid())));
+        }
+        let mode = meta.mode();
+        let sticky = mode & 0o1000 != 0;
+        if mode & 0o022 != 0 && (nearest || !sticky) {
+            return Err(unsafe_because(format!(
+                "may be written by its group or others (mode {:o})",
+                mode & 0o7777
+            )));
+        }
+        nearest = false;
     }
     Ok(())
 }
@@ -378,4 +386,49 @@ async fn reply(
     text.push('\n');
     write.write_all(text.as_bytes()).await?;
     write.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    /// A directory tree under the system's temporary one, removed when dropped.
+    struct Tree(PathBuf);
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            drop(std::fs::remove_dir_all(&self.0));
+        }
+    }
+
+    #[test]
+    fn a_socket_under_a_directory_others_may_write_is_refused_unless_it_is_sticky() {
+        let tree = Tree(std::env::temp_dir().join(format!("lb-ancestors-{}", std::process::id())));
+        let run = tree.0.join("up").join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        let mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        mode(&run, 0o700);
+        let socket = run.join("lb.sock");
+        mode(&tree.0.join("up"), 0o777);
+        let error = check_directory(&socket).unwrap_err().to_string();
+        assert!(
+            error.contains("/up may be written by its group or others (mode 777)"),
+            "{error}"
+        );
+        // Sticky, as /tmp: only an entry's owner may rename it.
+        mode(&tree.0.join("up"), 0o1777);
+        check_directory(&socket).unwrap();
+        // The socket's own directory may not be open even if sticky.
+        mode(&run, 0o1777);
+        assert!(check_directory(&socket).is_err());
+        // A directory yet to be made is judged by the nearest that exists.
+        mode(&run, 0o700);
+        check_directory(&run.join("new").join("lb.sock")).unwrap();
+        mode(&run, 0o1777);
+        assert!(check_directory(&run.join("new").join("lb.sock")).is_err());
+    }
 }

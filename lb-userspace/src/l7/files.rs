@@ -111,6 +111,17 @@ fn check(path: &Path, holds: Holds, metadata: &std::fs::Metadata) -> Result<(), 
         return Err(FileError::new(path, "is not a regular file"));
     }
     let mode = metadata.mode() & 0o7777;
+    // A key's one fix covers both reading and writing: told first.
+    if holds != Holds::Public && mode & 0o077 != 0 {
+        return Err(FileError::new(
+            path,
+            format!(
+                "holds a private key but its mode is {mode:04o}: its group or others may read \
+                 it; run `chmod 600 {}`",
+                path.display()
+            ),
+        ));
+    }
     if mode & 0o022 != 0 {
         return Err(FileError::new(
             path,
@@ -123,16 +134,6 @@ fn check(path: &Path, holds: Holds, metadata: &std::fs::Metadata) -> Result<(), 
     }
     if holds == Holds::Public {
         return Ok(());
-    }
-    if mode & 0o077 != 0 {
-        return Err(FileError::new(
-            path,
-            format!(
-                "holds a private key but its mode is {mode:04o}: its group or others may read it; \
-                 run `chmod 600 {}`",
-                path.display()
-            ),
-        ));
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
@@ -211,6 +212,13 @@ mod tests {
         assert_eq!(read_public(&cert).unwrap(), b"CERT");
         let error = read_public(&dir.0).unwrap_err().to_string();
         assert!(error.contains("not a regular file"), "{error}");
+        // A key so open is told the one fix for both.
+        let key = dir.file("k.pem", b"SECRET", 0o664);
+        let error = read_private(&key).unwrap_err().to_string();
+        assert!(
+            error.contains("0664") && error.contains("chmod 600") && !error.contains("go-w"),
+            "{error}"
+        );
     }
 
     #[test]
