@@ -10,6 +10,7 @@ mod bench;
 mod clippy;
 mod compare;
 mod demo;
+mod deny;
 mod fuzz;
 mod fuzz_parsers;
 mod lb;
@@ -50,6 +51,9 @@ enum Task {
     Demo(demo::Options),
     /// Run setup, then the packet-path fuzzer: 10 million frames through each XDP program.
     FuzzXdp(fuzz::Options),
+    /// cargo-deny's checks of the dependencies (advisories from the committed RustSec
+    /// snapshot, licences, duplicate versions, sources).
+    Deny(deny::Options),
     /// Run setup, then the parsers' libFuzzer targets (config, cookies, certificates,
     /// headers), 60 s each unless told otherwise.
     Fuzz(fuzz_parsers::Options),
@@ -76,5 +80,6 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Task::Demo(options) => demo::run(&runner, options),
         Task::FuzzXdp(options) => fuzz::run(&runner, options),
         Task::Fuzz(options) => fuzz_parsers::run(&runner, options),
+        Task::Deny(options) => deny::run(&runner, options).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -1,9 +1,10 @@
 //! `cargo xtask setup`: installs what building and testing need, on a fresh machine or again.
 //!
-//! Four steps, in order, each probed first and skipped when already satisfied:
+//! Five steps, in order, each probed first and skipped when already satisfied:
 //! Debian packages (LLVM 22 for bpf-linker, and the tools the tests and benchmarks use), rustup
 //! components (`rust-src` for `-Z build-std`, clippy and rustfmt), bpf-linker 0.13.0 built
-//! against LLVM 22, and bpffs mounted at `/sys/fs/bpf`. Each step prints one line
+//! against LLVM 22, cargo-deny (the supply-chain checks), and bpffs mounted at `/sys/fs/bpf`
+//! (mode 0700). Each step prints one line
 //! (`setup: <step> ... ok (already ...)` or what it is doing); a failure says what to do.
 
 use std::{env, ffi::OsString, fs, process::Command};
@@ -37,6 +38,8 @@ const RUSTUP_COMPONENTS: &[(Option<&str>, &str)] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-deny, for `cargo xtask deny` (the supply-chain checks, also a step of `cargo xtask test`).
+pub const CARGO_DENY_VERSION: &str = "0.20.2";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -45,6 +48,7 @@ pub fn run(runner: &Runner) -> Result<()> {
     install_apt_packages(runner)?;
     install_rustup_components(runner)?;
     install_bpf_linker(runner)?;
+    install_cargo_deny(runner)?;
     mount_bpffs(runner)?;
     Ok(())
 }
@@ -187,6 +191,47 @@ fn install_bpf_linker(runner: &Runner) -> Result<()> {
     }
     report_done(runner, &step, "installed");
     Ok(())
+}
+
+pub fn install_cargo_deny(runner: &Runner) -> Result<()> {
+    let step = format!("cargo-deny {CARGO_DENY_VERSION}");
+    if has_cargo_deny() {
+        report(&step, "ok (already installed)");
+        return Ok(());
+    }
+    // Without optimisations: it builds in about half the time, and checks this workspace's
+    // two hundred crates in a second either way.
+    report(&step, "installing (a few minutes)");
+    let mut cmd = runner.cargo();
+    cmd.args([
+        "install",
+        "cargo-deny",
+        "--version",
+        CARGO_DENY_VERSION,
+        "--locked",
+        "--debug",
+        "--force",
+    ]);
+    runner
+        .run(&mut cmd)
+        .context("building cargo-deny failed; see cargo's output above")?;
+    if !runner.is_dry_run() && !has_cargo_deny() {
+        bail!(
+            "cargo-deny {CARGO_DENY_VERSION} was installed but `cargo deny --version` disagrees; \
+             put cargo's bin directory (~/.cargo/bin) first in PATH"
+        );
+    }
+    report_done(runner, &step, "installed");
+    Ok(())
+}
+
+/// Whether `cargo deny` is the pinned version.
+fn has_cargo_deny() -> bool {
+    query("cargo", &["deny", "--version"]).is_some_and(|version| {
+        version
+            .split_whitespace()
+            .any(|word| word == CARGO_DENY_VERSION)
+    })
 }
 
 fn has_bpf_linker() -> bool {

@@ -1,7 +1,7 @@
 //! `cargo xtask test`: everything CI checks, in order, stopping at the first failure.
 //!
 //! Steps: setup, `cargo fmt --check` (the workspace and the fuzz crate), clippy (both passes),
-//! unit tests (host crates), a slice of the parser fuzz targets ([`FUZZ_SLICE`] each, see
+//! the supply-chain checks (`cargo xtask deny`), unit tests (host crates), a slice of the parser fuzz targets ([`FUZZ_SLICE`] each, see
 //! `fuzz_parsers`), then the privileged tests (`lb-tests`, root only). Each step gets a header line; the run ends with one
 //! summary line giving each step's duration, or naming the step that failed.
 //! `--skip-setup` drops the first step; arguments after `--` go to the privileged test binary
@@ -16,7 +16,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use crate::{
-    clippy, fuzz_parsers,
+    clippy, deny, fuzz_parsers,
     process::{Runner, is_root},
     setup,
 };
@@ -93,6 +93,10 @@ fn plan<'a>(runner: &'a Runner, options: &'a Options) -> Vec<Step<'a>> {
     steps.push(Step {
         name: "clippy",
         action: Box::new(|| clippy::run(runner)),
+    });
+    steps.push(Step {
+        name: "supply chain",
+        action: Box::new(|| deny::run(runner, &deny::Options::default())),
     });
     steps.push(Step {
         name: "unit tests",
