@@ -80,7 +80,7 @@ fn start_with(name: &str, mode: Option<u32>, control: &str) -> Daemon {
         format!("[control]\nsocket = {:?}\n{control}\n", run.join("lb.sock")),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_lb"))
+    let child = Command::new(lb_bin())
         .args(["run", "--config", config.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("daemon.log")).unwrap())
@@ -135,7 +135,7 @@ fn the_socket_is_private_and_other_users_are_refused_by_their_credentials() {
         log(&daemon)
     );
     // Root is answered.
-    let output = Command::new(env!("CARGO_BIN_EXE_lb"))
+    let output = Command::new(lb_bin())
         .arg("--socket")
         .arg(&socket)
         .arg("status")
@@ -148,7 +148,7 @@ fn the_socket_is_private_and_other_users_are_refused_by_their_credentials() {
 fn public_cli(daemon: &Daemon) -> PathBuf {
     let cli = daemon.dir.join("lb");
     if !cli.exists() {
-        std::fs::copy(env!("CARGO_BIN_EXE_lb"), &cli).unwrap();
+        std::fs::copy(lb_bin(), &cli).unwrap();
         std::fs::set_permissions(&cli, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
     cli
@@ -327,7 +327,7 @@ fn the_cli_talks_to_no_socket_another_user_made_in_a_directory_anyone_may_write(
         .read_line(&mut ready)
         .unwrap();
     assert_eq!(ready.trim(), "ready");
-    let output = Command::new(env!("CARGO_BIN_EXE_lb"))
+    let output = Command::new(lb_bin())
         .arg("--socket")
         .arg(&socket)
         .arg("status")
@@ -353,4 +353,10 @@ impl Drop for Cleanup {
     fn drop(&mut self) {
         drop(std::fs::remove_dir_all(&self.0));
     }
+}
+
+/// The `lb` binary under test (`cargo build -p lb-userspace --bin lb`), checked to run as root.
+fn lb_bin() -> PathBuf {
+    lb_tests::require_root();
+    lb::lab::daemon::lb_binary().expect("the lb binary")
 }

@@ -42,7 +42,7 @@ fn uninstall(work: &Path, pin_dir: &Path) -> (bool, String, String) {
         ),
     )
     .unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_lb"))
+    let output = Command::new(lb_bin())
         .args(["uninstall", "--config", config.to_str().unwrap()])
         .output()
         .unwrap();
@@ -218,4 +218,10 @@ fn a_symbolic_link_is_refused() {
     assert!(!ok, "refused");
     assert!(stderr.contains("symbolic link"), "{stderr}");
     assert!(pins.exists(), "nothing removed");
+}
+
+/// The `lb` binary under test (`cargo build -p lb-userspace --bin lb`), checked to run as root.
+fn lb_bin() -> PathBuf {
+    lb_tests::require_root();
+    lb::lab::daemon::lb_binary().expect("the lb binary")
 }
