@@ -409,7 +409,7 @@ mod tests {
         let run = tree.0.join("up").join("run");
         std::fs::create_dir_all(&run).unwrap();
         let mode = |path: &Path, mode: u32| {
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+            std::fs::set_permissions(path, Permissions::from_mode(mode)).unwrap();
         };
         mode(&run, 0o700);
         let socket = run.join("lb.sock");
