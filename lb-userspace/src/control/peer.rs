@@ -91,6 +91,10 @@ fn peer_groups(fd: std::os::fd::RawFd) -> std::io::Result<Vec<u32>> {
             return Ok(groups);
         }
         let error = std::io::Error::last_os_error();
+        if error.raw_os_error() == Some(libc::ENOPROTOOPT) {
+            // Before Linux 4.13: only the primary group counts.
+            return Ok(Vec::new());
+        }
         if error.raw_os_error() != Some(libc::ERANGE) || needed <= groups.len() {
             return Err(error);
         }
