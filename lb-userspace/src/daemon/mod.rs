@@ -16,6 +16,7 @@ pub mod accept_local;
 pub mod controller;
 pub mod handover;
 pub mod host;
+pub mod privileges;
 pub mod probes;
 pub mod runtime;
 
@@ -74,6 +75,8 @@ pub enum DaemonError {
     Config(String),
     #[error(transparent)]
     Handover(#[from] handover::HandoverError),
+    #[error(transparent)]
+    Privileges(#[from] privileges::PrivilegeError),
     #[error(
         "the controller thread panicked (its message is just above): stopped with an error so that a supervisor restarts the daemon; the balancer forwards with the pinned maps meanwhile, and the new daemon adopts them"
     )]
@@ -103,8 +106,8 @@ pub async fn run(config: Config, path: PathBuf, take_over: bool) -> Result<(), D
         "starting"
     );
     let socket = config.control.socket.clone();
-    // A socket directory others may write, or a read-only group that does not exist, is
-    // refused before anything changes.
+    // A socket directory others may write, a read-only group that does not exist, or a
+    // capability missing, is refused before anything changes.
     server::check_directory(&socket)?;
     let read_only_gid = config
         .control
@@ -113,6 +116,8 @@ pub async fn run(config: Config, path: PathBuf, take_over: bool) -> Result<(), D
         .map(crate::control::peer::resolve_group)
         .transpose()
         .map_err(ServerError::from)?;
+    let privileges = privileges::Plan::for_config(&config);
+    privileges::check_start(&privileges)?;
     let predecessor = if take_over {
         // Every file first: a bad certificate or key stops this daemon before the running one
         // is disturbed.
@@ -134,7 +139,7 @@ pub async fn run(config: Config, path: PathBuf, take_over: bool) -> Result<(), D
         server::ensure_free(&socket)?;
         None
     };
-    serve(config, path, predecessor, read_only_gid).await
+    serve(config, path, predecessor, read_only_gid, &privileges).await
 }
 
 async fn serve(
@@ -142,6 +147,7 @@ async fn serve(
     path: PathBuf,
     predecessor: Option<(handover::Predecessor, crate::l7::Inherited)>,
     read_only_gid: Option<u32>,
+    privileges: &privileges::Plan,
 ) -> Result<(), DaemonError> {
     let (predecessor, mut inherited) = match predecessor {
         Some((predecessor, sockets)) => (Some(predecessor), sockets),
@@ -161,14 +167,40 @@ async fn serve(
     let metrics_address = config.metrics;
     let shutdown_timeout = config.control.shutdown_timeout;
     let pin_dir = config.datapath.pin_dir.clone();
+    // Everything that takes a capability first (the packet path, the listening sockets), then
+    // the capabilities no longer needed are dropped, before any listener accepts.
+    let packet_path = if config.has_packet_path() {
+        Some(start_packet_path(&config)?)
+    } else {
+        info!(
+            "no interface and no passthrough listener: the packet path is not loaded (no XDP \
+             program, no pinned map); adding one takes a restart"
+        );
+        None
+    };
+    let metrics_listener = match metrics_address {
+        Some(address) => Some((
+            address,
+            match inherited.remove(&address) {
+                Some(socket) => crate::l7::server::adopt(socket, address),
+                None => tokio::net::TcpListener::bind(address).await,
+            }
+            .map_err(|source| DaemonError::Io {
+                what: format!("listening for metrics on {address}"),
+                source,
+            })?,
+        )),
+        None => None,
+    };
+    privileges::drop_after_start(privileges)?;
     let now = Instant::now();
-    let (controller, mut panicked, mut balancer, logs) = if config.has_packet_path() {
-        let PacketPath {
-            mut balancer,
-            reconciler,
-            watch,
-            host_defaults,
-        } = start_packet_path(&config)?;
+    let (controller, mut panicked, mut balancer, logs) = if let Some(PacketPath {
+        mut balancer,
+        reconciler,
+        watch,
+        host_defaults,
+    }) = packet_path
+    {
         let controller = Controller::new(config, Some(path), reconciler, now)?
             .with_host(watch, host_defaults, now)
             .map_err(DaemonError::Config)?
@@ -179,10 +211,6 @@ async fn serve(
         let (controller, panicked) = spawn_controller(controller, receiver)?;
         (controller, panicked, Some(balancer), logs)
     } else {
-        info!(
-            "no interface and no passthrough listener: the packet path is not loaded (no XDP \
-             program, no pinned map); adding one takes a restart"
-        );
         let datapath = MemoryDatapath::new(config.ring_geometry());
         let datapath_config = config.datapath_config(&crate::config::HostDefaults::default());
         let reconciler = Reconciler::new(datapath, datapath_config)?;
@@ -197,15 +225,7 @@ async fn serve(
     let mut tasks = vec![tokio::spawn(tick(events.clone()))];
     // Sockets handed over besides the L7 listeners' (the metrics endpoint's), to hand on.
     let mut also_listening = Vec::new();
-    if let Some(address) = metrics_address {
-        let listener = match inherited.remove(&address) {
-            Some(socket) => crate::l7::server::adopt(socket, address),
-            None => tokio::net::TcpListener::bind(address).await,
-        }
-        .map_err(|source| DaemonError::Io {
-            what: format!("listening for metrics on {address}"),
-            source,
-        })?;
+    if let Some((address, listener)) = metrics_listener {
         if let Ok(copy) = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned() {
             also_listening.push((address, copy));
         }

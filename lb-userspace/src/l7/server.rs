@@ -58,6 +58,11 @@ pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
                 address.ip(),
                 if address.is_ipv4() { 32 } else { 128 }
             )
+        } else if error.kind() == std::io::ErrorKind::PermissionDenied {
+            "; a port below net.ipv4.ip_unprivileged_port_start takes CAP_NET_BIND_SERVICE, \
+             which the daemon keeps only if an L7 listener was below it when it started: \
+             start it again (`lb run --take-over`) to bind this one"
+                .to_owned()
         } else {
             String::new()
         };
