@@ -16,7 +16,7 @@ use std::{net::IpAddr, path::PathBuf, process::Output};
 use lb::{
     control::Body,
     lab::{
-        daemon::{DaemonPaths, DaemonProcess, lb_binary},
+        daemon::{DaemonPaths, DaemonProcess, Launch, lb_binary},
         passthrough::{PassthroughLab, backend_v4, backend_v6, lab_config},
     },
 };
@@ -90,14 +90,31 @@ impl DaemonLab {
         prepare: impl FnOnce(&mut PassthroughLab) -> P,
         config: impl FnOnce(&DaemonPaths, &P) -> String,
     ) -> (Self, P) {
+        Self::start_launched(prefix, backends, Launch::default(), prepare, config)
+    }
+
+    /// [`DaemonLab::start_with`], the daemon started as `launch` says (e.g. as a user of its
+    /// own with the capabilities of a systemd unit).
+    pub fn start_launched<P>(
+        prefix: &str,
+        backends: usize,
+        launch: Launch,
+        prepare: impl FnOnce(&mut PassthroughLab) -> P,
+        config: impl FnOnce(&DaemonPaths, &P) -> String,
+    ) -> (Self, P) {
         crate::require_root();
         raise_fd_limit();
         let mut lab = PassthroughLab::build(prefix, backends).expect("building the lab");
         lab.start_tls(TLS_PORT).expect("starting the TLS backends");
         let prepared = prepare(&mut lab);
-        let binary = lb_binary().expect("the lb binary");
-        let daemon = DaemonProcess::start(&binary, &lab.lb, |paths| config(paths, &prepared))
-            .expect("starting the daemon");
+        let binary = match &launch.binary {
+            Some(binary) => binary.clone(),
+            None => lb_binary().expect("the lb binary"),
+        };
+        let daemon = DaemonProcess::start_launched(&binary, &lab.lb, launch, |paths| {
+            config(paths, &prepared)
+        })
+        .expect("starting the daemon");
         (Self { daemon, lab }, prepared)
     }
 

@@ -21,6 +21,7 @@ use lb::{
     control::{Body, CounterView, StatsView},
     lab::{
         LabError, NetNs, TlsClientConn, client_config,
+        daemon::Launch,
         l7::{HttpsConn, get},
         netns::run_async,
         passthrough::{PassthroughLab, VIP_V4},
@@ -53,15 +54,36 @@ impl L7Env {
         listeners: impl FnOnce(&mut L7Listeners),
         edit: impl FnOnce(String) -> String,
     ) -> Self {
-        let (env, files) = DaemonLab::start_with(
+        Self::start_launched(prefix, backends, Launch::default(), listeners, edit)
+    }
+
+    /// [`L7Env::start_listeners`], the daemon started as `launch` says; with an owner, the L7
+    /// files are made that user's (a key must be owned by root or the daemon's user).
+    pub fn start_launched(
+        prefix: &str,
+        backends: usize,
+        launch: Launch,
+        listeners: impl FnOnce(&mut L7Listeners),
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
+        let owner = launch.owner;
+        let (env, files) = DaemonLab::start_launched(
             prefix,
             backends,
+            launch,
             |lab| {
                 lab.serve_vip_locally()
                     .expect("the VIP on the balancer's lo");
                 lab.start_http(BACKEND_PORTS)
                     .expect("starting the backends' HTTP servers");
-                L7Files::write(&lab.pki).expect("writing the L7 listeners' files")
+                let files = L7Files::write(&lab.pki).expect("writing the L7 listeners' files");
+                if let Some((uid, gid)) = owner {
+                    files
+                        .dir
+                        .give_to(uid, gid)
+                        .expect("giving the L7 files to the daemon's user");
+                }
+                files
             },
             |paths, files| {
                 let mut builder = L7Listeners::new(files);

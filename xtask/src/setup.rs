@@ -24,9 +24,12 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "haproxy",
     "wrk",
-    // The control-socket tests: a socket served by another user, a CLI run with other groups.
+    // The control-socket tests: a socket served by another user, a CLI run with other groups;
+    // setpriv (util-linux) for the least-privilege tests too.
     "python3",
     "util-linux",
+    // systemd-analyze: the least-privilege tests check the shipped unit.
+    "systemd",
 ];
 
 /// Rustup components, per toolchain (`None`: the toolchain cargo runs by default).

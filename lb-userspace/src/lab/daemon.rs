@@ -1,8 +1,11 @@
 //! An `lb run` daemon as a child process inside a lab namespace, with its own configuration
 //! file, control socket and pin directory (all unique per daemon), stopped with SIGTERM (and
-//! its files removed) when the guard is dropped.
+//! its files removed) when the guard is dropped. It runs as the test's user (root), or as a
+//! [`Launch`] says: through a wrapper command (`setpriv` with a user and capabilities, as a
+//! systemd unit would run it), its directory and pin directory made its user's.
 
 use std::{
+    ffi::OsString,
     fs,
     os::unix::net::UnixStream,
     path::{Path, PathBuf},
@@ -59,6 +62,27 @@ pub struct DaemonProcess {
     pin_dir: PathBuf,
     /// Environment variables of the next start.
     env: Vec<(String, String)>,
+    launch: Launch,
+}
+
+/// How a daemon is started: `wrapper` (a command and its arguments, e.g. `setpriv ...`) runs
+/// `lb run ...`; with an `owner` (uid, gid), the daemon's directory (its socket's) and its pin
+/// directory are made that user's, mode 0700, before it starts, as a systemd unit's
+/// `RuntimeDirectory=` and `ExecStartPre=` make them; `binary`, if given, runs instead of the
+/// build's `lb` (a copy that user may execute). The default: the build's, directly, as the
+/// test's user.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    pub wrapper: Vec<OsString>,
+    pub owner: Option<(u32, u32)>,
+    pub binary: Option<PathBuf>,
+}
+
+/// Makes `path` (a directory) `owner`'s, mode 0700.
+fn give(path: &Path, owner: (u32, u32)) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::os::unix::fs::chown(path, Some(owner.0), Some(owner.1))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))
 }
 
 impl std::fmt::Debug for DaemonProcess {
@@ -87,6 +111,16 @@ impl DaemonProcess {
         ns: &NetNs,
         config: impl FnOnce(&DaemonPaths) -> String,
     ) -> Result<Self, LabError> {
+        Self::start_launched(binary, ns, Launch::default(), config)
+    }
+
+    /// [`DaemonProcess::start`], started as `launch` says.
+    pub fn start_launched(
+        binary: &Path,
+        ns: &NetNs,
+        launch: Launch,
+        config: impl FnOnce(&DaemonPaths) -> String,
+    ) -> Result<Self, LabError> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("lb-lab-{}-{n}", std::process::id());
         let dir = std::env::temp_dir().join(&tag);
@@ -99,16 +133,9 @@ impl DaemonProcess {
         let config_path = dir.join("lb.toml");
         fs::write(&config_path, config(&paths))
             .map_err(io("writing the daemon's configuration"))?;
-        let child = spawn(
-            binary,
-            &ns.path(),
-            &config_path,
-            &dir.join("daemon.log"),
-            &[],
-            &[],
-        )?;
+        // The guard first: on any error below, dropping it removes what was made.
         let mut daemon = Self {
-            child: Some(child),
+            child: None,
             binary: binary.to_owned(),
             netns: ns.path(),
             config: config_path,
@@ -116,7 +143,22 @@ impl DaemonProcess {
             socket: paths.socket,
             pin_dir: paths.pin_dir,
             env: Vec::new(),
+            launch,
         };
+        if let Some(owner) = daemon.launch.owner {
+            give(&daemon.dir, owner).map_err(io("giving the daemon's directory to its user"))?;
+            fs::create_dir(&daemon.pin_dir).map_err(io("creating the pin directory"))?;
+            give(&daemon.pin_dir, owner).map_err(io("giving the pin directory to its user"))?;
+        }
+        daemon.child = Some(spawn(
+            &daemon.launch,
+            &daemon.binary,
+            &daemon.netns,
+            &daemon.config,
+            &daemon.dir.join("daemon.log"),
+            &[],
+            &[],
+        )?);
         daemon.wait_until_ready()?;
         Ok(daemon)
     }
@@ -212,6 +254,7 @@ impl DaemonProcess {
         }
         let log = self.dir.join("daemon.log");
         self.child = Some(spawn(
+            &self.launch,
             &self.binary,
             &self.netns,
             &self.config,
@@ -238,6 +281,7 @@ impl DaemonProcess {
         let log = self.dir.join("daemon.log");
         self.binary = binary.to_owned();
         self.child = Some(spawn(
+            &self.launch,
             &self.binary,
             &self.netns,
             &self.config,
@@ -345,9 +389,10 @@ fn sigterm(child: &mut Child) -> std::io::Result<()> {
 /// The soft open-file limit a daemon starts with: a shell's or a systemd unit's default.
 const DEFAULT_OPEN_FILES: libc::rlim_t = 1024;
 
-/// Starts `binary run ARGS --config CONFIG` in the network namespace at `netns`, logging to
-/// `log` (appended).
+/// Starts `binary run ARGS --config CONFIG` (through `launch`'s wrapper) in the network
+/// namespace at `netns`, logging to `log` (appended).
 fn spawn(
+    launch: &Launch,
     binary: &Path,
     netns: &Path,
     config: &Path,
@@ -362,7 +407,14 @@ fn spawn(
         .open(log)
         .map_err(io("opening the daemon's log"))?;
     let netns = fs::File::open(netns).map_err(io("opening the namespace"))?;
-    let mut command = Command::new(binary);
+    let mut command = match launch.wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    };
     // SAFETY: between fork and exec the child only calls `setns`, `getrlimit` and
     // `setrlimit`, which are async-signal-safe, on a descriptor the parent opened and keeps
     // open until `spawn` returns and on a struct on the child's stack. Only the network

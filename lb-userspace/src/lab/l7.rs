@@ -69,6 +69,21 @@ impl LabDir {
         )?;
         Ok(path)
     }
+
+    /// Makes the directory and every file in it user `uid`'s and group `gid`'s (modes kept):
+    /// for a daemon that runs as a user of its own and must own its keys.
+    pub fn give_to(&self, uid: u32, gid: u32) -> Result<(), LabError> {
+        let io = |source| LabError::File {
+            what: "giving the lab directory to the daemon's user",
+            source,
+        };
+        std::os::unix::fs::chown(&self.path, Some(uid), Some(gid)).map_err(io)?;
+        for entry in std::fs::read_dir(&self.path).map_err(io)? {
+            std::os::unix::fs::chown(entry.map_err(io)?.path(), Some(uid), Some(gid))
+                .map_err(io)?;
+        }
+        Ok(())
+    }
 }
 
 impl Drop for LabDir {
