@@ -63,12 +63,14 @@ pub struct DaemonProcess {
     /// Environment variables of the next start.
     env: Vec<(String, String)>,
     launch: Launch,
+    /// The bpffs mounted for a daemon of another user (unmounted on drop).
+    bpffs: Option<PathBuf>,
 }
 
 /// How a daemon is started: `wrapper` (a command and its arguments, e.g. `setpriv ...`) runs
 /// `lb run ...`; with an `owner` (uid, gid), the daemon's directory (its socket's) and its pin
-/// directory are made that user's, mode 0700, before it starts, as a systemd unit's
-/// `RuntimeDirectory=` and `ExecStartPre=` make them; `binary`, if given, runs instead of the
+/// directory (on a bpffs mounted for it in that directory) are made that user's, mode 0700,
+/// before it starts, as a systemd unit's `RuntimeDirectory=` and `ExecStartPre=` make them; `binary`, if given, runs instead of the
 /// build's `lb` (a copy that user may execute). The default: the build's, directly, as the
 /// test's user.
 #[derive(Clone, Debug, Default)]
@@ -76,6 +78,40 @@ pub struct Launch {
     pub wrapper: Vec<OsString>,
     pub owner: Option<(u32, u32)>,
     pub binary: Option<PathBuf>,
+}
+
+/// Mounts a bpffs of its own at `path` (mode 0700).
+fn mount_bpffs(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let target = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("a path with a NUL byte"))?;
+    // SAFETY: NUL-terminated strings that live across the call; no data pointer but the
+    // options string.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            c"mode=0700".as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Unmounts `path` (lazily: whatever still holds it lets go when it closes).
+fn unmount(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let target = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other("a path with a NUL byte"))?;
+    // SAFETY: a NUL-terminated string that lives across the call.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Makes `path` (a directory) `owner`'s, mode 0700.
@@ -124,9 +160,15 @@ impl DaemonProcess {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let tag = format!("lb-lab-{}-{n}", std::process::id());
         let dir = std::env::temp_dir().join(&tag);
+        // A daemon of another user pins on a bpffs of its own in its directory: /sys/fs/bpf
+        // is root's and mode 0700 on a host (the unit shows the daemon only its directory).
+        let bpffs = launch.owner.map(|_| dir.join("bpf"));
         let paths = DaemonPaths {
             socket: dir.join("lb.sock"),
-            pin_dir: PathBuf::from("/sys/fs/bpf").join(&tag),
+            pin_dir: match &bpffs {
+                Some(bpffs) => bpffs.join("lb"),
+                None => PathBuf::from("/sys/fs/bpf").join(&tag),
+            },
         };
         let io = |what: &'static str| move |source| LabError::File { what, source };
         fs::create_dir_all(&dir).map_err(io("creating the daemon's directory"))?;
@@ -144,9 +186,14 @@ impl DaemonProcess {
             pin_dir: paths.pin_dir,
             env: Vec::new(),
             launch,
+            bpffs: None,
         };
-        if let Some(owner) = daemon.launch.owner {
+        if let (Some(owner), Some(bpffs)) = (daemon.launch.owner, bpffs) {
             give(&daemon.dir, owner).map_err(io("giving the daemon's directory to its user"))?;
+            fs::create_dir(&bpffs).map_err(io("creating the bpffs mount point"))?;
+            mount_bpffs(&bpffs).map_err(io("mounting a bpffs for the daemon"))?;
+            daemon.bpffs = Some(bpffs.clone());
+            give(&bpffs, owner).map_err(io("giving the bpffs to the daemon's user"))?;
             fs::create_dir(&daemon.pin_dir).map_err(io("creating the pin directory"))?;
             give(&daemon.pin_dir, owner).map_err(io("giving the pin directory to its user"))?;
         }
@@ -513,6 +560,11 @@ impl Drop for DaemonProcess {
             && let Err(error) = fs::remove_dir_all(&self.pin_dir)
         {
             tracing::warn!(%error, "could not remove {}", self.pin_dir.display());
+        }
+        if let Some(bpffs) = &self.bpffs
+            && let Err(error) = unmount(bpffs)
+        {
+            tracing::warn!(%error, "could not unmount {}", bpffs.display());
         }
         if let Err(error) = fs::remove_dir_all(&self.dir) {
             tracing::warn!(%error, "could not remove {}", self.dir.display());
