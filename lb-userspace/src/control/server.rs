@@ -157,6 +157,58 @@ pub fn bind(
     replace: bool,
     read_only_gid: Option<u32>,
 ) -> Result<(UnixListener, SocketFile), ServerError> {
+    prepare(path, replace, read_only_gid)?.place()
+}
+
+/// The control socket made beside its path, with its final owner and mode, not yet in place:
+/// [`Prepared::place`] renames it to its path (dropped unplaced, it is removed). The daemon
+/// makes it while it still has the capabilities that may take (giving it to a group it is
+/// not in), and places it last, once it is ready.
+#[derive(Debug)]
+pub struct Prepared {
+    listener: Option<UnixListener>,
+    fresh: PathBuf,
+    path: PathBuf,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        if self.listener.is_some() {
+            drop(std::fs::remove_file(&self.fresh));
+        }
+    }
+}
+
+impl Prepared {
+    /// Renames the socket to its path; the listener and the file's guard.
+    pub fn place(mut self) -> Result<(UnixListener, SocketFile), ServerError> {
+        let io = |source| ServerError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        std::fs::rename(&self.fresh, &self.path).map_err(io)?;
+        let inode = std::fs::symlink_metadata(&self.path).map_err(io)?.ino();
+        let listener = self.listener.take().ok_or_else(|| {
+            io(std::io::Error::other(
+                "the control socket was placed already",
+            ))
+        })?;
+        Ok((
+            listener,
+            SocketFile {
+                path: self.path.clone(),
+                inode,
+            },
+        ))
+    }
+}
+
+/// Makes the control socket for `path` beside it ([`Prepared`]); see [`bind`].
+pub fn prepare(
+    path: &Path,
+    replace: bool,
+    read_only_gid: Option<u32>,
+) -> Result<Prepared, ServerError> {
     let io = |source| ServerError::Io {
         path: path.to_owned(),
         source,
@@ -181,26 +233,18 @@ pub fn bind(
     let bound = UnixListener::bind(&fresh);
     // SAFETY: as above.
     unsafe { libc::umask(umask) };
-    let listener = bound.map_err(io)?;
-    let placed = match read_only_gid {
+    let prepared = Prepared {
+        listener: Some(bound.map_err(io)?),
+        fresh,
+        path: path.to_owned(),
+    };
+    if let Some(gid) = read_only_gid {
         // Made 0600, then opened to the group: never more open than meant.
-        Some(gid) => std::os::unix::fs::chown(&fresh, None, Some(gid))
-            .and_then(|()| std::fs::set_permissions(&fresh, Permissions::from_mode(0o660))),
-        None => Ok(()),
+        std::os::unix::fs::chown(&prepared.fresh, None, Some(gid))
+            .and_then(|()| std::fs::set_permissions(&prepared.fresh, Permissions::from_mode(0o660)))
+            .map_err(io)?;
     }
-    .and_then(|()| std::fs::rename(&fresh, path));
-    if let Err(error) = placed {
-        drop(std::fs::remove_file(&fresh));
-        return Err(io(error));
-    }
-    let inode = std::fs::symlink_metadata(path).map_err(io)?.ino();
-    Ok((
-        listener,
-        SocketFile {
-            path: path.to_owned(),
-            inode,
-        },
-    ))
+    Ok(prepared)
 }
 
 /// Creates the socket's directory if it is missing: 0700, or 0750 and owned by the read-only

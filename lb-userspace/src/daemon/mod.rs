@@ -116,7 +116,7 @@ pub async fn run(config: Config, path: PathBuf, take_over: bool) -> Result<(), D
         .map(crate::control::peer::resolve_group)
         .transpose()
         .map_err(ServerError::from)?;
-    let privileges = privileges::Plan::for_config(&config);
+    let privileges = privileges::Plan::for_config(&config).with_socket_group(read_only_gid);
     privileges::check_start(&privileges)?;
     let predecessor = if take_over {
         // Every file first: a bad certificate or key stops this daemon before the running one
@@ -192,6 +192,9 @@ async fn serve(
         )),
         None => None,
     };
+    // The control socket is made now (it may be given to the read-only group), and put in
+    // place last, once the daemon is ready.
+    let control_socket = server::prepare(&socket, predecessor.is_some(), read_only_gid)?;
     privileges::drop_after_start(privileges)?;
     let now = Instant::now();
     let (controller, mut panicked, mut balancer, logs) = if let Some(PacketPath {
@@ -239,7 +242,7 @@ async fn serve(
         info!(%address, "closing a handed-over socket the configuration no longer listens on");
     }
     drop(inherited);
-    let (listener, socket_file) = server::bind(&socket, predecessor.is_some(), read_only_gid)?;
+    let (listener, socket_file) = control_socket.place()?;
     let (handovers, mut handover_requests) = mpsc::channel(1);
     tasks.push(tokio::spawn(server::serve(
         listener,

@@ -13,6 +13,7 @@ use std::fmt;
 pub struct Cap(pub u8);
 
 impl Cap {
+    pub const CHOWN: Self = Self(0);
     pub const SETPCAP: Self = Self(8);
     pub const NET_BIND_SERVICE: Self = Self(10);
     pub const NET_ADMIN: Self = Self(12);

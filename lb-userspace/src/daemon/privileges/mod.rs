@@ -139,6 +139,22 @@ impl Plan {
         Self::new(config, bpf_every_call, unprivileged_port_start())
     }
 
+    /// With a read-only group of the control socket (`gid`) the daemon is not in, giving the
+    /// socket to it takes `cap_chown`, at start only.
+    #[must_use]
+    pub fn with_socket_group(mut self, gid: Option<u32>) -> Self {
+        if let Some(gid) = gid.filter(|gid| !is_in_group(*gid)) {
+            self.start.push(need(
+                Cap::CHOWN,
+                format!(
+                    "giving the control socket to the read-only group (gid {gid}), which the \
+                     daemon's user is not in (or make it a member: SupplementaryGroups=)"
+                ),
+            ));
+        }
+        self
+    }
+
     pub fn start_set(&self) -> CapSet {
         CapSet::of(self.start.iter().map(|n| n.cap))
     }
@@ -146,6 +162,19 @@ impl Plan {
     pub fn keep_set(&self) -> CapSet {
         CapSet::of(self.keep.iter().map(|n| n.cap))
     }
+}
+
+/// Whether this process's effective group or one of its supplementary groups is `gid`.
+fn is_in_group(gid: u32) -> bool {
+    // SAFETY: getegid has no preconditions.
+    if unsafe { libc::getegid() } == gid {
+        return true;
+    }
+    let mut groups = vec![0 as libc::gid_t; 256];
+    let size = libc::c_int::try_from(groups.len()).unwrap_or(0);
+    // SAFETY: getgroups writes at most `size` ids into a buffer that long.
+    let count = unsafe { libc::getgroups(size, groups.as_mut_ptr()) };
+    usize::try_from(count).is_ok_and(|count| groups.iter().take(count).any(|g| *g == gid))
 }
 
 /// Whether `held` satisfies `cap`: `CAP_SYS_ADMIN` stands in for `CAP_BPF` and `CAP_PERFMON`,

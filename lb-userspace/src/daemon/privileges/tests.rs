@@ -105,3 +105,17 @@ fn the_bpf_question_gets_an_answer_without_changing_this_thread() {
     let _ = bpf_checks_every_call();
     assert_eq!(caps::get().expect("capget"), before);
 }
+
+#[test]
+fn a_socket_group_the_daemon_is_not_in_takes_cap_chown_to_start() {
+    let plan = Plan::default().with_socket_group(Some(4_294_000_000));
+    assert_eq!(caps(&plan.start), [Cap::CHOWN]);
+    assert!(plan.keep.is_empty());
+    // SAFETY: getegid has no preconditions.
+    let own = unsafe { libc::getegid() };
+    assert_eq!(
+        Plan::default().with_socket_group(Some(own)),
+        Plan::default()
+    );
+    assert_eq!(Plan::default().with_socket_group(None), Plan::default());
+}
