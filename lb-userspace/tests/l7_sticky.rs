@@ -1051,7 +1051,8 @@ fn seal_first_format(key: &[u8; 32], ticket: &Ticket) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_first_format_cookie_keeps_its_backend_and_comes_back_in_the_current_one() {
+async fn a_first_format_cookie_keeps_its_backend_and_comes_back_in_the_current_one_unless_too_long()
+{
     let bed = Bed::start("first-format", 3, r#"duration = "1h""#).await;
     let mut client = bed.client(bed.port()).await;
     let now = sticky::now_unix_ms();
@@ -1073,9 +1074,15 @@ async fn a_first_format_cookie_keeps_its_backend_and_comes_back_in_the_current_o
         let again = client.get(Some(&new)).await;
         assert_eq!((again.backend.as_str(), again.cookie), (name, None));
     }
+    // One that would outlive the listener's duration (an hour) is no cookie.
+    let long = Ticket::new(bed.id("backend-1"), session, now, Duration::from_secs(7200));
+    let old = format!("lb_sticky={}", seal_first_format(&KEY_OLD, &long));
+    let placed = client.get(Some(&old)).await;
+    let fresh = open(&[KEY_OLD], placed.cookie.as_deref().unwrap()).unwrap();
+    assert_ne!(fresh.session, session, "placed afresh");
     let c = &bed.site.proxy().counters;
     assert_eq!(c.sticky_refreshed.load(Ordering::Relaxed), 2);
-    assert_eq!(sticky_counts(&bed.site.proxy()), (4, 0, 0));
+    assert_eq!(sticky_counts(&bed.site.proxy()), (4, 1, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1116,6 +1123,14 @@ async fn a_cookie_past_half_its_duration_is_re_issued_unless_sliding_is_off() {
             None if !sliding => {}
             other => panic!("sliding = {sliding}: {other:?}"),
         }
+        // A draining backend keeps its sessions for their time, without a fresh one.
+        let port = bed.backend("backend-1").address.port();
+        set_state(&[&bed.site.lab], port, DRAINING);
+        let draining = client.get(Some(&cookie(20))).await;
+        assert_eq!(
+            (draining.backend.as_str(), draining.cookie),
+            ("backend-1", None)
+        );
     }
 }
 

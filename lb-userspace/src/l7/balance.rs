@@ -172,8 +172,9 @@ impl Drop for Outstanding {
 #[derive(Debug, Default)]
 pub struct BackendSet {
     members: Vec<Arc<Upstream>>,
-    /// Members whose sessions stay with them, by id.
-    sticky: HashMap<BackendId, usize>,
+    /// Members whose sessions stay with them, by id: their index, and whether they take new
+    /// users too (a weight above 0; not draining or disabled).
+    sticky: HashMap<BackendId, (usize, bool)>,
     /// Members that take new requests: (index, weight now, configured weight).
     eligible: Vec<(usize, u32, u32)>,
     /// Positions in `eligible`, in smooth weighted round-robin order.
@@ -217,7 +218,7 @@ impl BackendSet {
             };
             let index = set.members.len();
             if member.sticky || member.weight > 0 {
-                set.sticky.insert(upstream.id, index);
+                set.sticky.insert(upstream.id, (index, member.weight > 0));
             }
             if member.weight > 0 {
                 set.eligible
@@ -312,8 +313,14 @@ impl BackendSet {
     /// The backend of a session pinned to `id`, if its sessions still go to it (not while
     /// passive health has ejected it).
     pub fn pinned(&self, id: BackendId) -> Option<Arc<Upstream>> {
-        let &i = self.sticky.get(&id)?;
+        let &(i, _) = self.sticky.get(&id)?;
         (!self.ejected()(i)).then(|| Arc::clone(&self.members[i]))
+    }
+
+    /// Whether the member `id` takes new users as well as its sessions: not a draining or
+    /// disabled one (weight 0), whose sessions stay but should end in their time.
+    pub fn takes_new_users(&self, id: BackendId) -> bool {
+        self.sticky.get(&id).is_some_and(|&(_, open)| open)
     }
 
     /// Where `session` goes when its backend cannot take it: the same backend on every

@@ -702,15 +702,24 @@ impl Proxy {
         let (Some(sealer), Some(sticky)) = (&site.sealer, &site.settings.sticky) else {
             return (set.pick(balance, &self.turn, None), Placement::Unpinned);
         };
-        let opened =
-            Self::take_sticky(sealer, sticky, headers).filter(|opened| opened.ticket.is_live(now));
+        let longest = u64::try_from(sticky.duration.as_millis()).unwrap_or(u64::MAX);
+        let opened = Self::take_sticky(sealer, sticky, headers).filter(|opened| {
+            // A first-format cookie lives no longer than the listener's duration from now:
+            // its format is the weaker one, and its re-issue gives it a fresh expiry.
+            let too_long = opened.is_legacy && opened.ticket.expires > now.saturating_add(longest);
+            opened.ticket.is_live(now) && !too_long
+        });
         match opened {
             Some(Opened { ticket, is_legacy }) => match set.pinned(ticket.backend) {
                 Some(pinned) => {
                     count(&self.counters.sticky_hits);
                     let half = sticky.duration / 2;
                     let left = Duration::from_millis(ticket.expires.saturating_sub(now));
-                    let refresh = is_legacy || (sticky.sliding && left < half);
+                    // A draining or disabled backend keeps its sessions for their time, not
+                    // for as long as they stay active.
+                    let slides =
+                        sticky.sliding && left < half && set.takes_new_users(ticket.backend);
+                    let refresh = is_legacy || slides;
                     let session = ticket.session;
                     (Some(pinned), Placement::Pinned { session, refresh })
                 }

@@ -31,7 +31,7 @@
 //!   listener or another cookie name does not open either (both are in the associated data).
 //! - Safe at any rate: each cookie is sealed under its own key, derived from 128 random bits
 //!   (as XChaCha20 derives one from its nonce), with a 64-bit random nonce beside it; a ring
-//!   key is only ever an HMAC key. A key and nonce repeat only if two cookies draw the same
+//!   key only keys HKDF-SHA256 for this format (and opens the first format's). A key and nonce repeat only if two cookies draw the same
 //!   192 bits: after 2^48 cookies under one ring key (a million a second, fleet-wide, for
 //!   nine years) the chance that any two did is below 2^-95, and AES-GCM's per-key limits
 //!   never come near (each derived key seals one cookie). A random 96-bit nonce under one key,
@@ -42,7 +42,9 @@
 //!   To rotate, put the new key first, keep the old one for the cookies' duration, then drop it.
 //! - The first format (version 1, 82 characters: a random 96-bit nonce under the ring key
 //!   itself, no key id) still opens, by trying each key, for one release; its users keep
-//!   their backend and get the cookie back in the current format ([`Opened::is_legacy`]).
+//!   their backend and get the cookie back in the current format ([`Opened::is_legacy`]). The
+//!   proxy takes one only if it expires within the listener's duration from now, so that the
+//!   weaker format's cookies cannot be stretched by their re-issue.
 //! - Agreement: balancers with the same key file and configuration make the same decision for
 //!   the same cookie: [`backend_id`] hashes the backend's address, not its place in a list, and
 //!   [`rendezvous`] is a fixed hash with integer arithmetic (no platform `ln`, no `DefaultHasher`).
