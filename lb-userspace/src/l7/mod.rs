@@ -14,6 +14,7 @@ pub mod body;
 pub mod conn;
 pub mod files;
 pub mod headers;
+pub mod key_file;
 pub mod limit;
 pub mod proxy;
 mod retry;

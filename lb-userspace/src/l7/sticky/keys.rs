@@ -13,15 +13,15 @@ use std::{fmt, path::Path};
 use ring::{
     aead::{AES_256_GCM, LessSafeKey, UnboundKey},
     hkdf::{HKDF_SHA256, KeyType, Prk, Salt},
-    rand::{SecureRandom as _, SystemRandom},
 };
 
 use super::StickyError;
-use crate::l7::files::{self, FileError};
+pub use crate::l7::key_file::MAX_KEYS;
+use crate::l7::{
+    files::FileError,
+    key_file::{self, KEY_LEN},
+};
 
-const KEY_LEN: usize = 32;
-/// The most keys a key file may hold.
-pub const MAX_KEYS: usize = 16;
 /// The length of a key's id in a cookie.
 pub(super) const KEY_ID_LEN: usize = 4;
 /// The HKDF-Extract salt of the ring's keys: the cookie format's name.
@@ -52,31 +52,11 @@ impl fmt::Debug for KeyRing {
 }
 
 impl KeyRing {
-    /// Reads the key file: one key per line, 64 hex digits (32 bytes, AES-256-GCM); blank lines
-    /// and lines starting with '#' are ignored, surrounding whitespace trimmed. At least one
-    /// key, at most [`MAX_KEYS`]. Errors name the file and the line number, never the line's
-    /// content. A file its group or others may read, or a symbolic link, is refused
-    /// ([`files::read_own_keys`]).
+    /// Reads the key file ([`key_file::read_keys`]: 1 to [`MAX_KEYS`] keys of 64 hex digits, one
+    /// a line, comments and blank lines skipped, no key twice; private to its owner, not a
+    /// symbolic link). Errors name the file and the line number, never the line's content.
     pub fn load(path: &Path) -> Result<Self, FileError> {
-        let content = files::read_own_keys(path)?;
-        let mut keys = Vec::new();
-        for (index, line) in content.split(|b| *b == b'\n').enumerate() {
-            let line = line.trim_ascii();
-            if line.is_empty() || line.starts_with(b"#") {
-                continue;
-            }
-            let Some(key) = parse_key(line) else {
-                return Err(FileError::new(
-                    path,
-                    format!(
-                        "line {}: not a key: a key is 64 hex digits on a line of its own \
-                         (`lb sticky-key` prints one)",
-                        index + 1
-                    ),
-                ));
-            };
-            keys.push(key);
-        }
+        let keys = key_file::read_keys(path, "lb sticky-key")?;
         Self::from_keys(&keys).map_err(|e| FileError::new(path, e))
     }
 
@@ -120,17 +100,7 @@ impl KeyRing {
 
     /// A new random key as a key-file line (64 lowercase hex digits), for `lb sticky-key`.
     pub fn generate_line() -> Result<String, StickyError> {
-        let mut key = [0; KEY_LEN];
-        SystemRandom::new()
-            .fill(&mut key)
-            .map_err(|_| StickyError::Random)?;
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut line = String::with_capacity(2 * KEY_LEN);
-        for byte in key {
-            line.push(char::from(HEX[usize::from(byte >> 4)]));
-            line.push(char::from(HEX[usize::from(byte & 0xf)]));
-        }
-        Ok(line)
+        key_file::generate_line().ok_or(StickyError::Random)
     }
 
     /// How many keys the ring holds (at least 1).
@@ -164,30 +134,6 @@ struct IdLen;
 impl KeyType for IdLen {
     fn len(&self) -> usize {
         KEY_ID_LEN
-    }
-}
-
-/// 64 hex digits (either case) as a key.
-fn parse_key(text: &[u8]) -> Option<[u8; KEY_LEN]> {
-    if text.len() != 2 * KEY_LEN {
-        return None;
-    }
-    let mut key = [0; KEY_LEN];
-    for (byte, pair) in key.iter_mut().zip(text.chunks_exact(2)) {
-        let &[high, low] = pair else {
-            return None;
-        };
-        *byte = (hex_digit(high)? << 4) | hex_digit(low)?;
-    }
-    Some(key)
-}
-
-fn hex_digit(digit: u8) -> Option<u8> {
-    match digit {
-        b'0'..=b'9' => Some(digit - b'0'),
-        b'a'..=b'f' => Some(digit - b'a' + 10),
-        b'A'..=b'F' => Some(digit - b'A' + 10),
-        _ => None,
     }
 }
 
@@ -306,7 +252,6 @@ mod tests {
         let second = KeyRing::generate_line().unwrap();
         assert_ne!(first, second);
         assert_eq!(first.len(), 64);
-        assert!(parse_key(first.as_bytes()).is_some());
         let dir = TempDir::new("generated");
         let path = dir.write("keys", &format!("{first}\n{second}\n"), 0o600);
         assert_eq!(KeyRing::load(&path).unwrap().len(), 2);
