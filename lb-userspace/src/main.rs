@@ -58,6 +58,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(_) => Some("bench"),
         Command::Demo => Some("demo"),
         Command::StickyKey => Some("sticky-key"),
+        Command::TicketKey => Some("ticket-key"),
         _ => None,
     };
     if let Some(command) = local {
@@ -164,6 +165,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Demo => lb::demo::run()?,
         Command::StickyKey => println!("{}", lb::l7::sticky::KeyRing::generate_line()?),
+        Command::TicketKey => println!(
+            "{}",
+            lb::l7::key_file::generate_line()
+                .context("the system's random number generator failed")?
+        ),
         ref daemon_command => {
             let request = daemon_command
                 .request()?

@@ -47,7 +47,7 @@ pub enum Command {
         take_over: bool,
     },
     /// Validate a configuration file and the files it names (certificates, keys, CA bundles,
-    /// cookie keys) without touching the system.
+    /// cookie and ticket keys) without touching the system.
     Check,
     /// Re-read the daemon's configuration file and apply what changed (also on SIGHUP).
     Reload,
@@ -57,6 +57,9 @@ pub enum Command {
     /// Print a new cookie key: a line for a sticky key file (put new keys first; keep old
     /// ones after it until their cookies expire).
     StickyKey,
+    /// Print a new session-ticket key: a line for a ticket key file (add it second on every
+    /// balancer, then move it first; keep the old one after it for 12 hours).
+    TicketKey,
     /// Detach the balancer and remove its pinned maps (the daemon must be stopped first; it
     /// leaves the balancer forwarding when it stops, so that restarts are hitless).
     Uninstall,
@@ -422,6 +425,7 @@ impl Command {
             | Self::Decap(_)
             | Self::Bench(_)
             | Self::StickyKey
+            | Self::TicketKey
             | Self::Demo => return Ok(None),
         }))
     }

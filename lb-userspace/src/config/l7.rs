@@ -3,7 +3,7 @@
 //! backends), balancing, cookie stickiness and the plain-HTTP redirect. Defaults follow what an
 //! operator of an AWS application load balancer or HAProxy expects.
 //!
-//! Files (certificates, keys, CA bundles, the cookie key file) are named here and read when
+//! Files (certificates, keys, CA bundles, the cookie and ticket key files) are named here and read when
 //! the listener is started or reloaded (`crate::l7`), so that `lb cert reload` reads them
 //! afresh; a file that cannot be used refuses the start or the reload with its path.
 
@@ -42,6 +42,9 @@ pub struct TlsSettings {
     pub strict_sni: bool,
     /// The oldest TLS version accepted: 1.2 (the default) or 1.3.
     pub min_version: TlsVersion,
+    /// The session-ticket keys (one per line, hex; the first seals, all open), shared by the
+    /// balancers that resume each other's sessions; none: keys of the process's own.
+    pub ticket_key_file: Option<PathBuf>,
 }
 
 /// A certificate chain and its private key, as PEM files.
@@ -277,6 +280,7 @@ pub(super) fn check(
         .sticky
         .as_ref()
         .map(|sticky| check_sticky(c, sticky, &format!("{field}.sticky")));
+    refuse_shared_key_file(c, raw, field);
     let redirect_http_port = raw.redirect_http_port.as_ref().map(|p| {
         let redirect: Option<u16> = c.int(p, &format!("{field}.redirect_http_port"), (1, 65_535));
         if let Some(redirect) = redirect.filter(|r| Some(*r) == port) {
@@ -298,6 +302,29 @@ pub(super) fn check(
         redirect_http_port: redirect_http_port.map_or(Some(None), |p| p.map(Some))?,
         forwarded_header: raw.forwarded_header.as_ref().is_some_and(|f| *f.get_ref()),
     }))
+}
+
+/// The session-ticket keys and the cookie keys in one file: refused (they rotate on their own
+/// schedules, and a key leaked from one would open the other's secrets).
+fn refuse_shared_key_file(c: &mut Checker<'_>, raw: &RawListener, field: &str) {
+    let tickets = raw
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.get_ref().ticket_key_file.as_ref());
+    let cookies = raw
+        .sticky
+        .as_ref()
+        .and_then(|sticky| sticky.get_ref().key_file.as_ref());
+    if let (Some(tickets), Some(cookies)) = (tickets, cookies)
+        && tickets.get_ref() == cookies.get_ref()
+    {
+        c.problem(
+            tickets,
+            &format!("{field}.tls.ticket_key_file"),
+            "is also the sticky key_file: give the session-ticket keys a file of their own (the \
+             two rotate on their own schedules)",
+        );
+    }
 }
 
 fn refuse_for_passthrough(c: &mut Checker<'_>, raw: &RawListener, field: &str) {
@@ -349,10 +376,24 @@ fn check_tls(c: &mut Checker<'_>, raw: &Spanned<RawTls>, field: &str) -> Option<
             None
         }
     };
+    let ticket_key_file = match &tls.ticket_key_file {
+        Some(file) if file.get_ref().is_empty() => {
+            c.problem(
+                file,
+                &format!("{field}.ticket_key_file"),
+                "names no file: name the session-ticket key file (`lb ticket-key` prints a \
+                 line of it), or leave the setting out for keys of the process's own",
+            );
+            None
+        }
+        Some(file) => Some(Some(PathBuf::from(file.get_ref()))),
+        None => Some(None),
+    };
     Some(TlsSettings {
         certificates,
         strict_sni: tls.strict_sni.as_ref().is_some_and(|s| *s.get_ref()),
         min_version: min_version?,
+        ticket_key_file: ticket_key_file?,
     })
 }
 

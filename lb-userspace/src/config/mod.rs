@@ -521,6 +521,10 @@ mod tests {
         assert_eq!(l7.tls.certificates.len(), 2);
         assert!(l7.tls.strict_sni);
         assert_eq!(l7.tls.min_version, TlsVersion::Tls13);
+        assert_eq!(
+            l7.tls.ticket_key_file.as_deref(),
+            Some(Path::new("/etc/lb/tickets.keys"))
+        );
         assert_eq!(l7.http.max_header_bytes, 32_768);
         assert_eq!(l7.http.idle_timeout, Duration::from_secs(120));
         assert_eq!(l7.backend.protocol, BackendProtocol::Http2);
@@ -543,6 +547,7 @@ mod tests {
         let bridge = &config.listeners["bridge"];
         let l7 = bridge.l7.as_ref().unwrap();
         assert_eq!(l7.balance, Balance::LeastOutstanding, "the default");
+        assert_eq!(l7.tls.ticket_key_file, None, "keys of the process's own");
         assert_eq!(l7.http.max_connections, l7::l7_defaults::MAX_CONNECTIONS);
         assert_eq!(l7.backend.port, 443, "bridging's default backend port");
         let tls = l7.backend.tls.as_ref().unwrap();

@@ -169,6 +169,7 @@ pub struct RawTls {
     pub certificates: Vec<Spanned<RawCertFiles>>,
     pub strict_sni: Option<Spanned<bool>>,
     pub min_version: Option<Spanned<String>>,
+    pub ticket_key_file: Option<Spanned<String>>,
 }
 
 /// `{ cert = "...", key = "..." }`.

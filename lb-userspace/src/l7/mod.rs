@@ -7,7 +7,10 @@
 //! Changes are all or nothing: [`L7::prepare`] reads every file and binds every new address of
 //! a configuration without touching what runs, and [`L7::commit`] then swaps it in. A running
 //! listener keeps its socket and its connections across a reload; new connections and requests
-//! use the new settings.
+//! use the new settings. It also keeps its session tickets ([`tls::SessionTickets`]): their
+//! keys come from its `ticket_key_file`, read again by `lb reload` ([`L7::prepare_reload`]) and
+//! `lb cert reload`, or are the process's own, kept until the file is named or the process
+//! ends.
 
 pub mod balance;
 pub mod body;
@@ -39,7 +42,7 @@ use self::{
     balance::{BackendSet, Member},
     files::FileError,
     proxy::{Proxy, Site},
-    tls::{CertResolver, Certificates},
+    tls::{CertResolver, Certificates, SessionTickets, TicketKeys, TicketSource},
     upstream::Connector,
 };
 use crate::config::{
@@ -78,6 +81,8 @@ pub enum L7Error {
 struct Running {
     proxy: Arc<Proxy>,
     listener: ListenerConfig,
+    /// Its session tickets, kept while it runs: every TLS configuration it gets uses them.
+    tickets: Arc<SessionTickets>,
     /// The accept loops: the listener's and its redirect's.
     accepting: Vec<Accepting>,
 }
@@ -109,6 +114,10 @@ struct Next {
     listener: ListenerConfig,
     /// New settings, or none if the listener runs unchanged.
     site: Option<Site>,
+    /// The listener's session tickets (a running listener's own), and the keys to put in them
+    /// (none: they keep theirs).
+    tickets: Arc<SessionTickets>,
+    ticket_source: Option<TicketSource>,
     /// Sockets bound for addresses the listener does not listen on yet: (address, redirect?).
     bound: Vec<(SocketAddr, bool, TcpListener)>,
 }
@@ -139,7 +148,13 @@ impl L7 {
     /// Reads the files of `config`'s L7 listeners that are new or changed and binds their new
     /// addresses; changes nothing that runs.
     pub fn prepare(&self, config: &Config) -> Result<Prepared, L7Error> {
-        self.prepare_inheriting(config, &mut Inherited::new())
+        self.prepare_with(config, &mut Inherited::new(), Reread::ChangedListeners)
+    }
+
+    /// `lb reload`: [`L7::prepare`], also reading again the ticket key files of the listeners
+    /// whose settings did not change (a rotated file takes effect; a bad one refuses it all).
+    pub fn prepare_reload(&self, config: &Config) -> Result<Prepared, L7Error> {
+        self.prepare_with(config, &mut Inherited::new(), Reread::AlsoTicketKeys)
     }
 
     /// [`L7::prepare`], taking the sockets of the addresses in `inherited` (a predecessor's)
@@ -148,6 +163,15 @@ impl L7 {
         &self,
         config: &Config,
         inherited: &mut Inherited,
+    ) -> Result<Prepared, L7Error> {
+        self.prepare_with(config, inherited, Reread::ChangedListeners)
+    }
+
+    fn prepare_with(
+        &self,
+        config: &Config,
+        inherited: &mut Inherited,
+        reread: Reread,
     ) -> Result<Prepared, L7Error> {
         crate::host::files::ensure(open_files_needed(config));
         let _runtime = self.runtime.enter();
@@ -158,9 +182,13 @@ impl L7 {
                 continue;
             };
             let current = running.get(name);
-            let site = match current {
-                Some(r) if r.listener == *listener => None,
-                _ => Some(build_site(name, listener, settings)?),
+            let unchanged = current.is_some_and(|r| r.listener == *listener);
+            let reread_keys = !unchanged || reread == Reread::AlsoTicketKeys;
+            let (tickets, ticket_source) = tickets_of(name, settings, current, reread_keys)?;
+            let site = if unchanged {
+                None
+            } else {
+                Some(build_site(name, listener, settings, Arc::clone(&tickets))?)
             };
             let listening: Vec<SocketAddr> = current
                 .map(|r| r.accepting.iter().map(|a| a.address).collect())
@@ -185,6 +213,8 @@ impl L7 {
                 Next {
                     listener: listener.clone(),
                     site,
+                    tickets,
+                    ticket_source,
                     bound,
                 },
             );
@@ -208,6 +238,9 @@ impl L7 {
         });
         let mut to_accept = Vec::new();
         for (name, next) in prepared.listeners {
+            if let Some(source) = next.ticket_source {
+                next.tickets.replace(source);
+            }
             let entry = match (running.remove(&name), next.site) {
                 (Some(r), None) => r,
                 (Some(r), Some(site)) => {
@@ -215,12 +248,14 @@ impl L7 {
                     Running {
                         proxy: Arc::clone(&r.proxy),
                         listener: next.listener.clone(),
+                        tickets: next.tickets,
                         accepting: take_tasks(r),
                     }
                 }
                 (None, Some(site)) => Running {
                     proxy: Arc::new(Proxy::new(name.clone(), site)),
                     listener: next.listener.clone(),
+                    tickets: next.tickets,
                     accepting: Vec::new(),
                 },
                 (None, None) => continue,
@@ -274,8 +309,8 @@ impl L7 {
     }
 
     /// `lb cert reload`: reads every file of every L7 listener again (certificates, keys, CA
-    /// bundles, cookie keys) and swaps them in; if any fails, nothing changes. Established
-    /// connections keep theirs.
+    /// bundles, cookie and ticket keys) and swaps them in; if any fails, nothing changes.
+    /// Established connections keep theirs.
     pub fn reload_files(&self) -> Result<Vec<String>, L7Error> {
         let running = self.running();
         let mut reloaded = Vec::new();
@@ -284,6 +319,7 @@ impl L7 {
                 continue;
             };
             let certs = load_certs(name, settings)?;
+            let ticket_keys = load_ticket_keys(name, settings)?;
             let site = r.proxy.site();
             // The same ServerConfig and resolver: the resolver's certificates are replaced
             // below, once every file has been read, and new handshakes get them.
@@ -294,12 +330,15 @@ impl L7 {
                 Arc::clone(&site.tls),
                 Arc::clone(&site.resolver),
             )?;
-            reloaded.push((r, certs, next));
+            reloaded.push((r, certs, ticket_keys, next));
         }
         let mut summary = Vec::new();
-        for (r, certs, next) in reloaded {
+        for (r, certs, ticket_keys, next) in reloaded {
             summary.push(format!("{}: {}", r.proxy.name, certs.names().join(", ")));
             next.resolver.replace(certs);
+            if let Some(keys) = ticket_keys {
+                r.tickets.replace(TicketSource::File(keys));
+            }
             r.proxy.set_site(next);
         }
         Ok(summary)
@@ -363,6 +402,7 @@ pub fn check_files(config: &Config) -> Result<Vec<String>, L7Error> {
     for (name, listener) in &config.listeners {
         if let Some(settings) = &listener.l7 {
             let certs = load_certs(name, settings)?;
+            load_ticket_keys(name, settings)?;
             sealer_and_connector(name, settings)?;
             names.push(format!("{name}: {}", certs.names().join(", ")));
         }
@@ -429,6 +469,70 @@ fn load_certs(name: &str, settings: &L7Settings) -> Result<Certificates, L7Error
     })
 }
 
+/// What [`L7::prepare`] reads of a listener whose settings did not change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reread {
+    /// Nothing: it runs on as it is.
+    ChangedListeners,
+    /// Its ticket key file (`lb reload`).
+    AlsoTicketKeys,
+}
+
+/// The keys of the listener's ticket key file, if it names one.
+fn load_ticket_keys(name: &str, settings: &L7Settings) -> Result<Option<TicketKeys>, L7Error> {
+    let Some(path) = &settings.tls.ticket_key_file else {
+        return Ok(None);
+    };
+    TicketKeys::load(path)
+        .map(Some)
+        .map_err(|source| L7Error::File {
+            listener: name.to_owned(),
+            source,
+        })
+}
+
+/// A listener's session tickets (a running listener's own, or new ones with the keys of its
+/// file or of the process), and the keys to put in a running listener's if `reread_keys`.
+fn tickets_of(
+    name: &str,
+    settings: &L7Settings,
+    current: Option<&Running>,
+    reread_keys: bool,
+) -> Result<(Arc<SessionTickets>, Option<TicketSource>), L7Error> {
+    Ok(match current {
+        Some(r) if !reread_keys => (Arc::clone(&r.tickets), None),
+        Some(r) => (
+            Arc::clone(&r.tickets),
+            next_ticket_source(name, settings, &r.tickets)?,
+        ),
+        None => (SessionTickets::new(ticket_source(name, settings)?), None),
+    })
+}
+
+/// The ticket keys of a new listener: its key file's, or new ones of the process's own.
+fn ticket_source(name: &str, settings: &L7Settings) -> Result<TicketSource, L7Error> {
+    match load_ticket_keys(name, settings)? {
+        Some(keys) => Ok(TicketSource::File(keys)),
+        None => TicketSource::process().map_err(|e| L7Error::Tls {
+            listener: name.to_owned(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// The ticket keys a running listener with `tickets` takes for `settings`: its key file's, read
+/// again; none (it keeps its own) if it has no file and had none.
+fn next_ticket_source(
+    name: &str,
+    settings: &L7Settings,
+    tickets: &SessionTickets,
+) -> Result<Option<TicketSource>, L7Error> {
+    if settings.tls.ticket_key_file.is_none() && !tickets.is_from_file() {
+        return Ok(None);
+    }
+    ticket_source(name, settings).map(Some)
+}
+
 fn sealer_and_connector(
     name: &str,
     settings: &L7Settings,
@@ -467,15 +571,15 @@ fn build_site(
     name: &str,
     listener: &ListenerConfig,
     settings: &L7Settings,
+    tickets: Arc<SessionTickets>,
 ) -> Result<Site, L7Error> {
     let certs = load_certs(name, settings)?;
     let resolver = CertResolver::new(certs, settings.tls.strict_sni);
-    let tls = tls::server_config(Arc::clone(&resolver), settings.tls.min_version).map_err(|e| {
-        L7Error::Tls {
+    let tls = tls::server_config(Arc::clone(&resolver), settings.tls.min_version, tickets)
+        .map_err(|e| L7Error::Tls {
             listener: name.to_owned(),
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     site_with(name, listener, settings, tls, resolver)
 }
 

@@ -446,6 +446,7 @@ impl<D: Datapath> Controller<D> {
             format!("reloaded {}", path.display()),
             now,
             Some(datapath_config),
+            true,
         )?;
         self.host_defaults = host_defaults;
         Ok(body)
@@ -479,25 +480,34 @@ impl<D: Datapath> Controller<D> {
     /// Makes `next` the configuration in force: reconciles the maps to it, or restores the
     /// previous tables if that fails.
     fn replace(&mut self, next: Config, summary: String, now: Instant) -> Result<Body, Refusal> {
-        self.replace_with(next, summary, now, None)
+        self.replace_with(next, summary, now, None, false)
     }
 
     /// [`Controller::replace`], also writing a new datapath configuration entry (and egress
-    /// VLANs) if given: all of it, or none of it.
+    /// VLANs) if given: all of it, or none of it. With `reread_ticket_keys` (`lb reload`), the
+    /// L7 listeners read their ticket key files again, changed or not.
     fn replace_with(
         &mut self,
         next: Config,
         summary: String,
         now: Instant,
         datapath_config: Option<DatapathConfig>,
+        reread_ticket_keys: bool,
     ) -> Result<Body, Refusal> {
         let started = Instant::now();
         let mut runtime = self.runtime.clone();
         runtime.sync(&next, now, true);
         let prepared = match &self.l7 {
-            Some(l7) => Some(l7.prepare(&next).map_err(|e| {
-                Refusal::Refused(format!("the change was not applied; nothing changed: {e}"))
-            })?),
+            Some(l7) => {
+                let prepared = if reread_ticket_keys {
+                    l7.prepare_reload(&next)
+                } else {
+                    l7.prepare(&next)
+                };
+                Some(prepared.map_err(|e| {
+                    Refusal::Refused(format!("the change was not applied; nothing changed: {e}"))
+                })?)
+            }
             None => None,
         };
         let previous_config = *self.reconciler.config();

@@ -5,7 +5,10 @@
 //! indexes the DNS names of the leaves; [`CertResolver`] picks one per handshake by SNI (exact
 //! name, then a one-label wildcard, then the first certificate unless `strict_sni`) and takes new
 //! certificates while it serves (`lb cert reload`); [`server_config`] is the listener's rustls
-//! configuration around it.
+//! configuration around it. Session tickets are sealed by the listener's [`SessionTickets`]:
+//! with the keys of its `ticket_key_file` ([`TicketKeys`]: a client resumes its session after a
+//! reload, a restart, or on another balancer reading the same file), or with keys of the
+//! process's own.
 //!
 //! Towards the backends (bridging): [`backend_client_config`] verifies them against the CA
 //! bundle (or, with `dangerously_skip_verification`, only checks the handshake signatures) and
@@ -13,7 +16,8 @@
 //!
 //! Data flow: `TlsSettings` -> [`Certificates::load`] -> [`CertResolver::new`] ->
 //! [`server_config`] -> the listener's acceptor. On reload, [`Certificates::load`] ->
-//! [`CertResolver::replace`]; a load that fails leaves the old certificates serving.
+//! [`CertResolver::replace`]; a load that fails leaves the old certificates serving. Likewise
+//! [`TicketKeys::load`] -> [`SessionTickets::replace`].
 //!
 //! The modules:
 //!
@@ -21,14 +25,16 @@
 //! - `certificates.rs`: [`Certificates`], a listener's pairs indexed by DNS name;
 //! - `resolver.rs`: [`CertResolver`], SNI resolution and `replace`;
 //! - `server.rs`: [`server_config`] and [`SESSION_CACHE_ENTRIES`];
+//! - `ticket_keys.rs`: [`TicketKeys`], the tickets' format and sealing under a key file's keys;
+//! - `tickets.rs`: [`SessionTickets`], a listener's rustls ticketer, and its [`TicketSource`];
 //! - `backend.rs`: [`backend_client_config`], its skip-verification verifier and
 //!   [`backend_server_name`];
 //! - `der.rs`: the small DER reader that gives a leaf's validity dates and subjectAltName (the
 //!   crate has no X.509 parser; rustls parses the whole certificate with webpki when it checks
 //!   that the key matches). The lab's TLS clients use it too.
 //!
-//! Private keys go from their file to a rustls signing key and appear in no `Debug` output,
-//! error or log.
+//! Private keys (and ticket keys) go from their file to a rustls signing key (or an HKDF key)
+//! and appear in no `Debug` output, error or log.
 
 mod backend;
 mod certificates;
@@ -39,6 +45,8 @@ mod resolver;
 mod server;
 #[cfg(test)]
 mod test_support;
+mod ticket_keys;
+mod tickets;
 
 use std::sync::Arc;
 
@@ -48,6 +56,8 @@ pub use backend::{backend_client_config, backend_server_name};
 pub use certificates::Certificates;
 pub use resolver::CertResolver;
 pub use server::{SESSION_CACHE_ENTRIES, server_config};
+pub use ticket_keys::{CLOCK_SKEW, TICKET_LIFETIME, TicketKeys};
+pub use tickets::{SessionTickets, TicketSource};
 
 const ALPN_H2: &[u8] = b"h2";
 const ALPN_HTTP1: &[u8] = b"http/1.1";

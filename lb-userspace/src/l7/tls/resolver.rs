@@ -69,8 +69,8 @@ mod tests {
     use super::super::{
         TLS12_AND_13, server_config,
         test_support::{
-            Ca, Leaf, TempDir, assert_refused, handshake, inspecting_client, presented, settings,
-            three,
+            Ca, Leaf, TempDir, assert_refused, handshake, inspecting_client, own_tickets,
+            presented, settings, three,
         },
     };
     use super::*;
@@ -97,8 +97,12 @@ mod tests {
         let t = three("sni");
         let certs = Certificates::load(&settings(t.files.clone(), false)).expect("load");
         assert_eq!(certs.names(), ["a.example", "b.example", "*.w.example"]);
-        let server =
-            server_config(CertResolver::new(certs, false), TlsVersion::Tls12).expect("config");
+        let server = server_config(
+            CertResolver::new(certs, false),
+            TlsVersion::Tls12,
+            own_tickets(),
+        )
+        .expect("config");
         let leaves = [("a", &t.a), ("b", &t.b), ("w", &t.w)];
         let cases = [
             (Some("a.example"), "a"),
@@ -119,8 +123,12 @@ mod tests {
     async fn strict_sni_refuses_missing_and_unknown_names() {
         let t = three("strict");
         let certs = Certificates::load(&settings(t.files.clone(), true)).expect("load");
-        let server =
-            server_config(CertResolver::new(certs, true), TlsVersion::Tls12).expect("config");
+        let server = server_config(
+            CertResolver::new(certs, true),
+            TlsVersion::Tls12,
+            own_tickets(),
+        )
+        .expect("config");
         let leaves = [("a", &t.a), ("b", &t.b), ("w", &t.w)];
         assert_eq!(
             served(&server, Some("b.example"), &leaves).await.as_deref(),
@@ -147,7 +155,8 @@ mod tests {
             Certificates::load(&settings(vec![leaf.write(&dir, stem)], false)).expect("load")
         };
         let resolver = CertResolver::new(load(&old, "old"), false);
-        let server = server_config(Arc::clone(&resolver), TlsVersion::Tls12).expect("config");
+        let server =
+            server_config(Arc::clone(&resolver), TlsVersion::Tls12, own_tickets()).expect("config");
         let client = || inspecting_client(TLS12_AND_13, &[], true);
         let mut established = handshake(Arc::clone(&server), client(), "site.example")
             .await

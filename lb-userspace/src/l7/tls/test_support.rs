@@ -18,10 +18,13 @@ use rustls::{
     server::WebPkiClientVerifier,
 };
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
-use tokio::io::DuplexStream;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use super::{ALPN_H2, ALPN_HTTP1, Certificates, TLS12_AND_13, backend::AcceptAnyCertificate};
+use super::{
+    ALPN_H2, ALPN_HTTP1, Certificates, SessionTickets, TLS12_AND_13, TicketSource,
+    backend::AcceptAnyCertificate,
+};
 use crate::config::l7::{CertFiles, TlsSettings, TlsVersion};
 
 pub(super) type ClientStream = tokio_rustls::client::TlsStream<DuplexStream>;
@@ -176,6 +179,7 @@ pub(super) fn settings(certificates: Vec<CertFiles>, strict_sni: bool) -> TlsSet
         certificates,
         strict_sni,
         min_version: TlsVersion::Tls12,
+        ticket_key_file: None,
     }
 }
 
@@ -233,6 +237,31 @@ pub(super) async fn handshake(
             server.err()
         )),
     }
+}
+
+/// A handshake as [`handshake`] makes it, then a byte from the server to the client (which so
+/// reads the TLS 1.3 tickets sent after the handshake, as a client reading a response does):
+/// whether the client resumed a session.
+pub(super) async fn handshake_kind(
+    server: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+    name: &str,
+) -> rustls::HandshakeKind {
+    let (mut client, mut server) = handshake(server, client, name).await.expect("handshake");
+    server.write_all(b"x").await.expect("server write");
+    server.flush().await.expect("server flush");
+    let mut byte = [0];
+    client.read_exact(&mut byte).await.expect("client read");
+    client
+        .get_ref()
+        .1
+        .handshake_kind()
+        .expect("a handshake kind once the handshake is done")
+}
+
+/// Session tickets under keys of this process's own, as a listener without a key file has.
+pub(super) fn own_tickets() -> Arc<SessionTickets> {
+    SessionTickets::new(TicketSource::process().expect("rustls's ticketer"))
 }
 
 /// The leaf the server presented to the client of `streams`.
