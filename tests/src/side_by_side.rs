@@ -117,6 +117,24 @@ impl L7Env {
     }
 }
 
+/// The lab's configuration without its passthrough listeners and interface: only the L7
+/// listeners stay, and the daemon loads no packet path (so that two daemons can serve side by
+/// side in the balancer's namespace).
+pub fn l7_only(config: String) -> String {
+    let start = config
+        .find("[listeners.tls4]")
+        .expect("the lab's passthrough listeners");
+    let end = config.find("\n# L7 listeners").expect("the L7 part");
+    let mut config = format!("{}{}", &config[..start], &config[end..]);
+    let interfaces = config.find("interfaces = [").expect("the interfaces");
+    let line_end = interfaces
+        + config[interfaces..]
+            .find('\n')
+            .expect("the end of the interfaces line");
+    config.replace_range(interfaces..line_end, "interfaces = []");
+    config
+}
+
 /// A datapath counter's value in `stats` (0 if not listed).
 pub fn counter(stats: &StatsView, name: &str) -> u64 {
     stats

@@ -47,7 +47,8 @@ use lb_tests::{
     clients::{assert_consistent, connect_parallel, count_per_backend},
     daemon_lab::TLS_PORT,
     side_by_side::{
-        L7Env, Reply, connect, counter, fetch, handshake_names, in_client, spawn_in_client, vip,
+        L7Env, Reply, connect, counter, fetch, handshake_names, in_client, l7_only,
+        spawn_in_client, vip,
     },
 };
 
@@ -695,18 +696,7 @@ fn a_backend_that_fails_requests_is_ejected_and_listed_without_a_health_check() 
 
 #[test]
 fn a_configuration_of_l7_listeners_only_loads_and_pins_nothing() {
-    let l7 = L7Env::start("lbl7only", 2, |config| {
-        // The lab's passthrough listeners and interface out: only the L7 listeners stay.
-        let start = config
-            .find("[listeners.tls4]")
-            .expect("the lab's passthrough listeners");
-        let end = config.find("\n# L7 listeners").expect("the L7 part");
-        let mut config = format!("{}{}", &config[..start], &config[end..]);
-        let interfaces = config.find("interfaces = [").expect("the interfaces");
-        let line_end = interfaces + config[interfaces..].find('\n').unwrap();
-        config.replace_range(interfaces..line_end, "interfaces = []");
-        config
-    });
+    let l7 = L7Env::start("lbl7only", 2, l7_only);
     let log = l7.env.daemon.log();
     assert!(log.contains("the packet path is not loaded"), "{log}");
     assert!(

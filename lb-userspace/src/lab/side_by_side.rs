@@ -204,6 +204,8 @@ pub struct L7Listeners {
     pub key: PathBuf,
     pub backend_ca: PathBuf,
     pub sticky_keys: PathBuf,
+    /// Both listeners' `ticket_key_file`; none: session tickets under keys of the daemon's own.
+    pub ticket_keys: Option<PathBuf>,
     pub offload_port: u16,
     pub bridging_port: u16,
     /// The ports the backends' HTTP servers listen on.
@@ -222,6 +224,7 @@ impl L7Listeners {
             key: files.key.clone(),
             backend_ca: files.backend_ca.clone(),
             sticky_keys: files.sticky_keys.clone(),
+            ticket_keys: None,
             offload_port: OFFLOAD_PORT,
             bridging_port: BRIDGING_PORT,
             backend_ports: BACKEND_PORTS,
@@ -281,13 +284,19 @@ impl L7Listeners {
         self.listener("offload", pool).text(name, port)
     }
 
-    /// A listener on [`VIP_V4`] in `mode` over `pool`, presenting this builder's certificate.
+    /// A listener on [`VIP_V4`] in `mode` over `pool`, presenting this builder's certificate
+    /// (and sealing its session tickets with its ticket keys, if it has some).
     fn listener(&self, mode: &'static str, pool: &str) -> ListenerToml {
         let mut listener = ListenerToml::new(mode, pool);
         listener.address = IpAddr::V4(VIP_V4);
         listener
             .certificates
             .push((self.cert.clone(), self.key.clone()));
+        if let Some(keys) = &self.ticket_keys {
+            listener
+                .tls
+                .push(format!("ticket_key_file = {}", quoted_path(keys)));
+        }
         listener
     }
 }
@@ -323,6 +332,7 @@ mod tests {
             key: PathBuf::from("/lab/vip.key"),
             backend_ca: PathBuf::from("/lab/backend-ca.pem"),
             sticky_keys: PathBuf::from("/lab/sticky.keys"),
+            ticket_keys: Some(PathBuf::from("/lab/tickets.keys")),
             offload_port: OFFLOAD_PORT,
             bridging_port: BRIDGING_PORT,
             backend_ports: BACKEND_PORTS,
@@ -370,6 +380,12 @@ mod tests {
             BackendVerify::Ca(PathBuf::from("/lab/backend-ca.pem"))
         );
         assert_eq!(tls.server_name, None);
+        for l7 in [offload, bridging] {
+            assert_eq!(
+                l7.tls.ticket_key_file,
+                Some(PathBuf::from("/lab/tickets.keys"))
+            );
+        }
         let http = &config.pools[OFFLOAD_POOL];
         let https = &config.pools[BRIDGING_POOL];
         for (i, (plain, tls)) in http.backends.iter().zip(&https.backends).enumerate() {

@@ -2,7 +2,8 @@
 //!
 //! [`TlsClientConn::connect`] opens a TCP connection (timeouts, Nagle off), runs the rustls
 //! handshake against a trust store and keeps the stream for [`TlsClientConn::exchange`]: one
-//! line out, one line back. [`tls_exchange`] is the one-shot form and returns an [`Exchange`]:
+//! line out, one line back ([`TlsClientConn::send_and_read_line`] sends other bytes, such as an
+//! HTTP request; [`TlsClientConn::handshake_kind`] says whether a session was resumed). [`tls_exchange`] is the one-shot form and returns an [`Exchange`]:
 //! the reply, the client's source address, and the server certificate's subjectAltNames (read
 //! by [`san_names`] with the crate's small DER reader, `l7::tls::der`). A failed handshake
 //! surfaces the rustls reason as [`LabError::Handshake`], so tests can tell an unknown issuer
@@ -13,7 +14,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::{ClientConfig, ClientConnection, ProtocolVersion, RootCertStore, StreamOwned};
+use rustls::{
+    ClientConfig, ClientConnection, HandshakeKind, ProtocolVersion, RootCertStore, StreamOwned,
+};
 use rustls_pki_types::ServerName;
 
 use super::{LabError, client_config, io_error};
@@ -112,12 +115,17 @@ impl TlsClientConn {
         if line.contains('\n') {
             return Err(LabError::Line(line.to_owned()));
         }
+        self.send_and_read_line(format!("{line}\n").as_bytes())
+    }
+
+    /// Sends `bytes` as they are (an HTTP/1.1 request head, say) and returns the first line
+    /// back (a status line), without its line end. A TLS 1.3 client has then read the session
+    /// tickets the server sent after the handshake.
+    pub fn send_and_read_line(&mut self, bytes: &[u8]) -> Result<String, LabError> {
         let addr = self.peer_addr;
         let io_error = io_error("exchange a line with", addr);
         let writer = self.stream.get_mut();
-        writer
-            .write_all(format!("{line}\n").as_bytes())
-            .map_err(io_error)?;
+        writer.write_all(bytes).map_err(io_error)?;
         writer.flush().map_err(io_error)?;
         let mut reply = String::new();
         if self.stream.read_line(&mut reply).map_err(io_error)? == 0 {
@@ -197,6 +205,11 @@ impl TlsClientConn {
     /// The negotiated TLS version.
     pub fn protocol_version(&self) -> Option<ProtocolVersion> {
         self.stream.get_ref().conn.protocol_version()
+    }
+
+    /// Whether the handshake was a full one or resumed a session.
+    pub fn handshake_kind(&self) -> Option<HandshakeKind> {
+        self.stream.get_ref().conn.handshake_kind()
     }
 }
 
