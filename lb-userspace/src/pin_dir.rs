@@ -4,10 +4,11 @@
 //! Everything is done through one descriptor of the directory, opened without following a
 //! symbolic link, and under its lock (the one a running daemon holds), so that what is checked
 //! is what is removed: it is on bpffs, not the root of a mount (`statx`'s mount-root
-//! attribute: other programs' pins may share a mount), writable by its owner only (root's, or
-//! the daemon's user's), and holds nothing but the daemon's maps (this build's or an earlier one's,
-//! all `lb_*`) and `links/` (the XDP links, one per interface). Then each of those is unlinked
-//! by name from the descriptor, and the emptied directory removed.
+//! attribute: other programs' pins may share a mount), writable by its owner only (whoever
+//! owns it: root, or the daemon's user under the systemd unit), and holds nothing but the
+//! daemon's maps (this build's or an earlier one's, all `lb_*`) and `links/` (the XDP links,
+//! one per interface). Then each of those is unlinked by name from the descriptor, and the
+//! emptied directory removed (by its path: an empty directory is all it can be by then).
 
 use std::{
     ffi::{CStr, CString},

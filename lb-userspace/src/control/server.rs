@@ -111,22 +111,25 @@ impl Drop for SocketFile {
 /// may rename it). A directory that does not exist yet is checked through the nearest one that
 /// does, which [`bind`] creates it in (0700).
 pub fn check_directory(path: &Path) -> Result<(), ServerError> {
-    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
-        return Ok(());
+    let io = |source| ServerError::Io {
+        path: path.to_owned(),
+        source,
     };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // The nearest directory that exists, resolved: the directories checked are the real ones
+    // (a symbolic link's target and its own ancestors), whatever the path says.
+    let existing = dir
+        .ancestors()
+        .filter(|d| !d.as_os_str().is_empty())
+        .find(|d| d.exists())
+        .unwrap_or(Path::new("."));
+    let real = std::fs::canonicalize(existing).map_err(io)?;
     let me = euid();
-    let mut nearest = true;
-    for ancestor in dir.ancestors().filter(|d| !d.as_os_str().is_empty()) {
-        let meta = match std::fs::metadata(ancestor) {
-            Ok(meta) => meta,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(source) => {
-                return Err(ServerError::Io {
-                    path: path.to_owned(),
-                    source,
-                });
-            }
-        };
+    for (index, ancestor) in real.ancestors().enumerate() {
+        let meta = std::fs::metadata(ancestor).map_err(io)?;
         let unsafe_because = |why: String| ServerError::UnsafeDirectory {
             path: path.to_owned(),
             dir: ancestor.to_owned(),
@@ -137,13 +140,12 @@ pub fn check_directory(path: &Path) -> Result<(), ServerError> {
         }
         let mode = meta.mode();
         let sticky = mode & 0o1000 != 0;
-        if mode & 0o022 != 0 && (nearest || !sticky) {
+        if mode & 0o022 != 0 && (index == 0 || !sticky) {
             return Err(unsafe_because(format!(
                 "may be written by its group or others (mode {:o})",
                 mode & 0o7777
             )));
         }
-        nearest = false;
     }
     Ok(())
 }
@@ -474,5 +476,14 @@ mod tests {
         check_directory(&run.join("new").join("lb.sock")).unwrap();
         mode(&run, 0o1777);
         assert!(check_directory(&run.join("new").join("lb.sock")).is_err());
+        // Through a symbolic link, the real directories are checked.
+        mode(&run, 0o700);
+        mode(&tree.0.join("up"), 0o777);
+        let link = tree.0.join("link");
+        std::os::unix::fs::symlink(&run, &link).unwrap();
+        let error = check_directory(&link.join("lb.sock"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("/up may be written"), "{error}");
     }
 }

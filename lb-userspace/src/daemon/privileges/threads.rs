@@ -156,6 +156,10 @@ pub fn apply_everywhere(target: Target) -> Result<usize, ThreadsError> {
     let started = Instant::now();
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
+    // The thread ids of the last listing in which every thread was in the target state: a
+    // thread signalled inside clone() may have made a child the listing missed, so it takes
+    // two listings in a row with the same threads, all done.
+    let mut done: Option<Vec<u32>> = None;
     loop {
         let all = threads()?;
         let behind: Vec<&(u32, TaskState)> = all
@@ -163,8 +167,16 @@ pub fn apply_everywhere(target: Target) -> Result<usize, ThreadsError> {
             .filter(|(_, state)| !has_target(state, target))
             .collect();
         let Some((tid, state)) = behind.first() else {
-            return Ok(all.len());
+            let mut tids: Vec<u32> = all.iter().map(|(tid, _)| *tid).collect();
+            tids.sort_unstable();
+            if done.as_ref() == Some(&tids) {
+                return Ok(all.len());
+            }
+            done = Some(tids);
+            std::thread::sleep(Duration::from_millis(2));
+            continue;
         };
+        done = None;
         if started.elapsed() > DEADLINE {
             return Err(ThreadsError::Stuck {
                 tid: *tid,
