@@ -383,6 +383,24 @@ mod tests {
     const FULL: &str = include_str!("../../tests/configs/good/full.toml");
 
     #[test]
+    fn an_https_checks_ca_bundle_others_may_write_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let health = include_str!("../../tests/configs/good/health.toml");
+        let dir = std::env::temp_dir().join(format!("lb-health-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, include_str!("../../tests/configs/good/ca.pem")).unwrap();
+        std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let text = health.replace("tests/configs/good/ca.pem", ca.to_str().unwrap());
+        let error = Config::parse(&text, "health.toml").unwrap_err().to_string();
+        std::fs::set_permissions(&ca, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let accepted = Config::parse(&text, "health.toml");
+        drop(std::fs::remove_dir_all(&dir));
+        assert!(error.contains("chmod go-w"), "{error}");
+        accepted.unwrap();
+    }
+
+    #[test]
     fn a_full_file_becomes_listeners_and_a_datapath_configuration() {
         let config = Config::parse(FULL, "full.toml").unwrap();
         let listeners = config.passthrough_listeners();

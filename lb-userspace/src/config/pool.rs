@@ -254,24 +254,7 @@ fn ca_roots(
 }
 
 fn load_roots(path: &Path) -> Result<rustls::RootCertStore, String> {
-    use rustls_pki_types::{CertificateDer, pem::PemObject as _};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} holds no certificate", path.display()));
-    }
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in certs {
-        roots.add(cert).map_err(|e| {
-            format!(
-                "{}: a certificate is not usable as a CA: {e}",
-                path.display()
-            )
-        })?;
-    }
-    Ok(roots)
+    crate::l7::tls::load_roots(path).map_err(|e| e.to_string())
 }
 
 /// An HTTP or HTTPS check of backends without a port, whose listeners send to different

@@ -72,8 +72,9 @@ pub fn backend_server_name(
         .unwrap_or_else(|| ServerName::from(address))
 }
 
-/// A CA bundle as a trust store: at least one certificate, each usable as a CA.
-fn load_roots(path: &Path) -> Result<RootCertStore, FileError> {
+/// A CA bundle as a trust store: at least one certificate, each usable as a CA. (The HTTPS
+/// health checks' `ca_file` is read by this too.)
+pub fn load_roots(path: &Path) -> Result<RootCertStore, FileError> {
     let pem = files::read_public(path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()

@@ -52,7 +52,7 @@ use std::sync::Arc;
 
 use rustls::{SupportedProtocolVersion, crypto::CryptoProvider};
 
-pub use backend::{backend_client_config, backend_server_name};
+pub use backend::{backend_client_config, backend_server_name, load_roots};
 pub use certificates::Certificates;
 pub use resolver::CertResolver;
 pub use server::{SESSION_CACHE_ENTRIES, server_config};
