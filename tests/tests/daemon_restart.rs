@@ -66,6 +66,22 @@ fn a_killed_and_restarted_daemon_resets_no_connection() {
     assert_eq!(datapath.possible_cpus, cpus);
     assert_eq!(datapath.conn_table_entries, allocated);
     assert_eq!(datapath.conn_table_entries_per_cpu, allocated / cpus);
+    let table_digest = |env: &DaemonLab| {
+        let Body::Listeners(listeners) = env.cli_json(&["listener", "list"]) else {
+            panic!("lb listener list answered something else");
+        };
+        listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.table_digest.clone()))
+            .collect::<Vec<_>>()
+    };
+    let digests = table_digest(&env);
+    assert!(
+        digests
+            .iter()
+            .all(|(_, d)| d.len() == 16 && d.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{digests:?}"
+    );
     let long_lived = LongLived::start(&env.lab, vip(), 500, Duration::from_millis(100));
 
     env.daemon.kill().expect("SIGKILL");
@@ -85,6 +101,8 @@ fn a_killed_and_restarted_daemon_resets_no_connection() {
         "the new daemon did not adopt the pinned link:\n{}",
         env.daemon.log()
     );
+    // Another process, the same configuration and states: the same tables, by digest.
+    assert_eq!(table_digest(&env), digests);
     thread::sleep(Duration::from_secs(1));
 
     // An orderly stop (an upgrade) and a start, too.

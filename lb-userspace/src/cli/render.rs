@@ -57,8 +57,15 @@ pub fn render(body: &Body, json: bool) -> String {
     }
     match body {
         Body::Listeners(listeners) => {
-            let mut table =
-                Table::new(&["LISTENER", "VIP", "MODE", "POOL", "BACKENDS", "BALANCING"]);
+            let mut table = Table::new(&[
+                "LISTENER",
+                "VIP",
+                "MODE",
+                "POOL",
+                "BACKENDS",
+                "BALANCING",
+                "TABLE",
+            ]);
             for l in listeners {
                 table.row(vec![
                     l.name.clone(),
@@ -74,6 +81,11 @@ pub fn render(body: &Body, json: bool) -> String {
                         format!("Maglev, {} slots", l.ring_size)
                     } else {
                         l.balancing.clone()
+                    },
+                    if l.table_digest.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        l.table_digest.clone()
                     },
                 ]);
             }

@@ -192,6 +192,10 @@ pub struct ListenerView {
     /// Passthrough: the interfaces the XDP program runs on and how (`driver`, `generic`).
     #[serde(default)]
     pub attach_modes: Vec<(String, String)>,
+    /// Passthrough: a digest of the live Maglev table by backend address, the same on every
+    /// node with the same configuration and backend states (empty for an L7 listener).
+    #[serde(default)]
+    pub table_digest: String,
 }
 
 /// A backend as `lb backend list` shows it.

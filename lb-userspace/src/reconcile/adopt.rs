@@ -162,6 +162,8 @@ impl<D: Datapath> Reconciler<D> {
             rings: [live_ring, spare],
             live: 0,
             backends: applied,
+            // Computed by the next `apply`, which rebuilds the table.
+            digest: String::new(),
         })
     }
 }

@@ -84,6 +84,9 @@ pub struct AppliedListener {
     /// Which of `rings` is live.
     live: usize,
     pub backends: BTreeMap<IpAddr, AppliedBackend>,
+    /// A digest of the live table by backend address ([`table_digest`]): the same on every
+    /// node with the same configuration and backend states, whatever ids each node gave.
+    pub digest: String,
 }
 
 impl AppliedListener {
@@ -394,7 +397,7 @@ impl<D: Datapath> Reconciler<D> {
             backends.insert(target.address, applied);
         }
 
-        let table = self.build_table(listener, &backends);
+        let (table, digest) = self.build_table(listener, &backends);
         let spare = live.map_or(0, |live| 1 - live);
         let ring = rings[spare];
         let writes = match &self.shadows[ring as usize] {
@@ -439,15 +442,16 @@ impl<D: Datapath> Reconciler<D> {
             rings,
             live: spare,
             backends,
+            digest,
         })
     }
 
-    /// The Maglev table of `listener` in backend ids.
+    /// The Maglev table of `listener` in backend ids, and its digest ([`table_digest`]).
     fn build_table(
         &self,
         listener: &Listener,
         backends: &BTreeMap<IpAddr, AppliedBackend>,
-    ) -> Vec<u32> {
+    ) -> (Vec<u32>, String) {
         let identities: Vec<Vec<u8>> = listener.targets.iter().map(|t| t.identity()).collect();
         let entries: Vec<maglev::Entry<'_>> = listener
             .targets
@@ -463,7 +467,9 @@ impl<D: Datapath> Reconciler<D> {
             .iter()
             .map(|t| backends.get(&t.address).map_or(RING_EMPTY, |b| b.id))
             .collect();
-        maglev::build(&entries, self.config.ring_size, self.config.hash_seed)
+        let slots = maglev::build(&entries, self.config.ring_size, self.config.hash_seed);
+        let digest = table_digest(&identities, &slots);
+        let table = slots
             .into_iter()
             .map(|index| {
                 if index == maglev::EMPTY {
@@ -472,7 +478,8 @@ impl<D: Datapath> Reconciler<D> {
                     ids[index as usize]
                 }
             })
-            .collect()
+            .collect();
+        (table, digest)
     }
 
     /// Writes backend `id` of the VIP with id `vip_id`.
@@ -560,4 +567,45 @@ impl<D: Datapath> Reconciler<D> {
         self.vip_ids.free(applied.vip_id);
         Ok(())
     }
+}
+
+/// A digest of a Maglev table as the backends' identities (their addresses), slot by slot:
+/// the first 8 bytes of SHA-256, in hex. Two nodes with the same configuration (addresses,
+/// weights, seed, ring size) and the same backend states have the same tables, so the same
+/// digest (`lb listener list`, column TABLE); the backend ids each node gave do not enter it.
+pub fn table_digest(identities: &[Vec<u8>], slots: &[u32]) -> String {
+    // Each slot as the rank of its backend's identity among the sorted identities: the order
+    // the targets came in does not matter, only which address each slot holds.
+    let mut sorted: Vec<&Vec<u8>> = identities.iter().collect();
+    sorted.sort();
+    sorted.dedup();
+    let rank: Vec<u32> = identities
+        .iter()
+        .map(|identity| {
+            let at = sorted.binary_search(&identity).unwrap_or(usize::MAX);
+            u32::try_from(at).unwrap_or(u32::MAX)
+        })
+        .collect();
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    context.update(b"lb-table-v1");
+    let slot_count = u64::try_from(slots.len()).unwrap_or(u64::MAX);
+    context.update(&slot_count.to_be_bytes());
+    for identity in &sorted {
+        let len = u8::try_from(identity.len()).unwrap_or(u8::MAX);
+        context.update(&[len]);
+        context.update(identity);
+    }
+    let mut bytes = Vec::with_capacity(slots.len() * 4);
+    for &slot in slots {
+        let ranked = rank.get(slot as usize).copied().unwrap_or(u32::MAX);
+        bytes.extend_from_slice(&ranked.to_be_bytes());
+    }
+    context.update(&bytes);
+    context
+        .finish()
+        .as_ref()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

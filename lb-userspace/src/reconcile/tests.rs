@@ -470,3 +470,46 @@ fn an_adopting_reconciler_keeps_ids_generations_and_tables() {
     second.apply(std::slice::from_ref(&grown)).unwrap();
     assert_eq!(served(&second, &grown), expected(&grown));
 }
+
+/// The digest of a listener's live table, as `lb listener list` shows it.
+fn digest(r: &Reconciler<MemoryDatapath>, name: &str) -> String {
+    r.listeners()[name].digest.clone()
+}
+
+#[test]
+fn nodes_with_the_same_configuration_and_states_show_the_same_table_digest() {
+    let web = listener(
+        "web",
+        "198.18.100.1",
+        443,
+        &["198.18.1.1", "198.18.1.2", "198.18.1.3"],
+    );
+    // One node applied another listener first: its backend ids differ.
+    let mut first = reconciler(4);
+    first.apply(std::slice::from_ref(&web)).unwrap();
+    let mut second = reconciler(4);
+    let other = listener("api", "198.18.100.2", 443, &["198.18.2.1", "198.18.2.2"]);
+    second.apply(std::slice::from_ref(&other)).unwrap();
+    second.apply(&[other, web.clone()]).unwrap();
+    let ids = |r: &Reconciler<MemoryDatapath>| r.live_table("web").unwrap().to_vec();
+    assert_ne!(ids(&first), ids(&second), "the nodes' backend ids differ");
+    assert_eq!(digest(&first, "web").len(), 16);
+    assert_eq!(digest(&first, "web"), digest(&second, "web"));
+    // The targets in another order: the same table, the same digest.
+    let mut reversed = web.clone();
+    reversed.targets.reverse();
+    let mut third = reconciler(4);
+    third.apply(&[reversed]).unwrap();
+    assert_eq!(served(&third, &web), served(&first, &web));
+    assert_eq!(digest(&third, "web"), digest(&first, "web"));
+    // A weight that differs (one node ramping a backend up, say) shows.
+    let mut weighted = web.clone();
+    weighted.targets[0].weight = 3;
+    let mut fourth = reconciler(4);
+    fourth.apply(&[weighted]).unwrap();
+    assert_ne!(digest(&fourth, "web"), digest(&first, "web"));
+    // A backend gone shows.
+    let fewer = listener("web", "198.18.100.1", 443, &["198.18.1.1", "198.18.1.2"]);
+    first.apply(&[fewer]).unwrap();
+    assert_ne!(digest(&first, "web"), digest(&second, "web"));
+}

@@ -59,6 +59,12 @@ impl<D: Datapath> Controller<D> {
                 } else {
                     Vec::new()
                 },
+                table_digest: self
+                    .reconciler
+                    .listeners()
+                    .get(name)
+                    .map(|applied| applied.digest.clone())
+                    .unwrap_or_default(),
             })
             .collect()
     }
