@@ -51,11 +51,11 @@ enum Task {
     Demo(demo::Options),
     /// Run setup, then the packet-path fuzzer: 10 million frames through each XDP program.
     FuzzXdp(fuzz::Options),
-    /// cargo-deny's checks of the dependencies (advisories from the committed RustSec
-    /// snapshot, licences, duplicate versions, sources).
+    /// cargo-deny's checks of the workspace's and the fuzz crate's dependencies (advisories
+    /// from the committed RustSec snapshot, licences, duplicate versions, sources).
     Deny(deny::Options),
-    /// Run setup, then the parsers' libFuzzer targets (config, cookies, certificates,
-    /// headers), 60 s each unless told otherwise.
+    /// Run setup, then the parsers' libFuzzer targets (config, cookies, session tickets,
+    /// certificates, headers), 60 s each unless told otherwise.
     Fuzz(fuzz_parsers::Options),
 }
 

@@ -84,6 +84,17 @@ fn read(path: &Path, holds: Holds) -> Result<Vec<u8>, FileError> {
                 "is a symbolic link, which a key file may not be (whoever may write its \
                  directory decides where it points): name the file itself",
             )
+        } else if e.kind() == std::io::ErrorKind::PermissionDenied {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            let me = unsafe { libc::geteuid() };
+            FileError::new(
+                path,
+                format!(
+                    "cannot read it: {e}: the daemon runs as uid {me}, without the capability \
+                     to read others' files once started; make the file (and its directories) \
+                     readable by that user (a key: `chown` it to that user, mode 0600)"
+                ),
+            )
         } else {
             FileError::new(path, format!("cannot read it: {e}"))
         }
