@@ -6,7 +6,9 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use lb::cli::{BenchCommand, Cli, Command, DecapCommand, OptionError, SOCKET_ENV, render};
+use lb::cli::{
+    BenchCommand, Cli, Command, DecapCommand, NodeCommand, OptionError, SOCKET_ENV, render,
+};
 
 /// The proxy allocates and frees small blocks for every request (header maps, buffers,
 /// futures); mimalloc's per-thread free lists do that in fewer instructions than glibc's.
@@ -170,6 +172,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             lb::l7::key_file::generate_line()
                 .context("the system's random number generator failed")?
         ),
+        Command::Node(NodeCommand::Drain { .. }) => {
+            let request = cli.command.request()?.context("a daemon command")?;
+            let socket = daemon_socket(&cli)?;
+            let body = lb::control::client::call(&socket, &request)?;
+            // The withdrawal is done; the routers take a moment to move new flows away.
+            if let lb::control::Body::Node(change) = &body {
+                if !cli.json {
+                    eprintln!(
+                        "withdrew {} address(es); waiting {} ms for the routers",
+                        change.changed.len(),
+                        change.wait_ms
+                    );
+                }
+                std::thread::sleep(std::time::Duration::from_millis(change.wait_ms));
+            }
+            print!("{}", render::render(&body, cli.json));
+        }
         ref daemon_command => {
             let request = daemon_command
                 .request()?

@@ -75,6 +75,9 @@ pub enum Command {
     Status,
     /// Where a flow's packets go, and why.
     Simulate(SimulateArgs),
+    /// This node's announcements to its routers (`[announce]`): drain before stopping it.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// The backends' decapsulation program.
     #[command(subcommand)]
     Decap(DecapCommand),
@@ -90,6 +93,20 @@ pub enum CertCommand {
     /// Re-read every certificate, key, CA bundle and cookie key file of the L7 listeners and
     /// swap them in without dropping a connection; if any is bad, nothing changes.
     Reload,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Withdraw every announcement at once, wait for the routers to move new flows to the
+    /// other nodes, then say that this node may stop. It stays drained until `undrain` (or a
+    /// restart).
+    Drain {
+        /// How long to wait after withdrawing ("5s"; default: `[announce] drain_wait`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+    },
+    /// Announce again every address this node can serve.
+    Undrain,
 }
 
 #[derive(Debug, Subcommand)]
@@ -414,6 +431,10 @@ impl Command {
             },
             Self::Reload => Request::Reload,
             Self::Cert(CertCommand::Reload) => Request::ReloadFiles,
+            Self::Node(NodeCommand::Drain { timeout }) => Request::NodeDrain {
+                wait_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+            },
+            Self::Node(NodeCommand::Undrain) => Request::NodeUndrain,
             Self::Simulate(args) => Request::Simulate {
                 protocol: args.protocol.into(),
                 client: args.client,

@@ -2,7 +2,9 @@
 
 use crate::{
     config::describe,
-    control::{Body, ChangeView, SimulationView, StatsView, StatusView, Traffic},
+    control::{
+        AnnounceView, Body, ChangeView, NodeChange, SimulationView, StatsView, StatusView, Traffic,
+    },
 };
 
 /// A table with a header row; columns are as wide as their widest cell.
@@ -123,7 +125,102 @@ pub fn render(body: &Body, json: bool) -> String {
         Body::Stats(stats) => render_stats(stats),
         Body::Simulation(simulation) => render_simulation(simulation),
         Body::Status(status) => render_status(status),
+        Body::Node(change) => render_node(change),
     }
+}
+
+/// `lb node drain` (once its wait is over) and `lb node undrain`.
+fn render_node(change: &NodeChange) -> String {
+    let list = |addresses: &[std::net::IpAddr]| {
+        if addresses.is_empty() {
+            "none".to_owned()
+        } else {
+            addresses
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    let mut out = if change.view.drained {
+        format!(
+            "withdrawn: {}\nwaited {} ms for the routers: this node may stop; it announces \
+             nothing until `lb node undrain` or a restart\n",
+            list(&change.changed),
+            change.wait_ms
+        )
+    } else {
+        format!("announced: {}\n", list(&change.changed))
+    };
+    out.push_str(&render_announce(&change.view));
+    out
+}
+
+/// The announcement lines of `lb status` and `lb node`.
+fn render_announce(a: &AnnounceView) -> String {
+    let mut out = format!(
+        "announce:    {} (table {}, protocol {}, device {}){}\n",
+        if a.drained { "drained" } else { "serving" },
+        a.table,
+        a.protocol,
+        a.device,
+        if a.errors == 0 {
+            String::new()
+        } else {
+            format!(
+                "; {} failed writes, the last: {}",
+                a.errors,
+                a.last_error.as_deref().unwrap_or("?")
+            )
+        }
+    );
+    for address in &a.addresses {
+        out.push_str(&format!(
+            "  {:<24} {:<13} {}\n",
+            address.address,
+            if address.announced {
+                "announced"
+            } else {
+                "not announced"
+            },
+            address.reason
+        ));
+    }
+    match &a.bird {
+        None => {}
+        Some(bird) => match &bird.error {
+            Some(error) => out.push_str(&format!(
+                "routing:     BIRD at {} unreachable: {error}\n",
+                bird.socket
+            )),
+            None => {
+                let sessions: Vec<String> = bird
+                    .sessions()
+                    .map(|s| {
+                        format!(
+                            "{} {}",
+                            s.name,
+                            if s.is_up() {
+                                "established".to_owned()
+                            } else {
+                                format!("{} ({})", s.state, s.info)
+                            }
+                        )
+                    })
+                    .collect();
+                out.push_str(&format!(
+                    "routing:     BIRD at {}: BGP {}\n",
+                    bird.socket,
+                    if sessions.is_empty() {
+                        "none configured".to_owned()
+                    } else {
+                        sessions.join(", ")
+                    }
+                ));
+            }
+        },
+    }
+    out
 }
 
 fn render_change(change: &ChangeView) -> String {
@@ -247,6 +344,10 @@ fn render_status(s: &StatusView) -> String {
     out.push_str(&format!("changes:     {}\n", join(&s.operations)));
     if let Some(d) = &s.datapath {
         out.push_str(&render_datapath(d));
+    }
+    match &s.announce {
+        Some(a) => out.push_str(&render_announce(a)),
+        None => out.push_str("announce:    off ([announce] in the configuration)\n"),
     }
     out.push_str(&format!(
         "metrics:     {}\n",

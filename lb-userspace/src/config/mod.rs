@@ -41,6 +41,8 @@ pub struct Config {
     pub control: ControlSettings,
     /// Where the Prometheus endpoint listens (`[metrics] listen`); off when absent.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `[announce]`: the routes this node offers its routing daemon; none when absent.
+    pub announce: Option<AnnounceSettings>,
     pub pools: BTreeMap<String, Pool>,
     pub listeners: BTreeMap<String, ListenerConfig>,
 }
@@ -81,6 +83,24 @@ pub struct ControlSettings {
     /// A group (name or number) whose members may use the read-only requests (list, stats,
     /// status, simulate) on the control socket.
     pub read_only_group: Option<String>,
+}
+
+/// `[announce]`: while this node can serve a listener address, the daemon keeps a route to it
+/// in a kernel table of its own (`VIP/32 dev DEVICE table TABLE proto PROTOCOL`), through a
+/// device that lives as long as the daemon; the node's routing daemon learns that table and
+/// announces what it holds (see `daemon::announce`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AnnounceSettings {
+    /// The kernel routing table (no rule points at it: it never routes a packet).
+    pub table: u32,
+    /// The routes' protocol number, which the routing daemon filters on.
+    pub protocol: u8,
+    /// The name of the daemon's tun device, which the routes go through.
+    pub device: String,
+    /// How long `lb node drain` waits, after withdrawing, for routers to move new flows away.
+    pub drain_wait: Duration,
+    /// BIRD's control socket, read for `lb status` and the metrics (the sessions' states).
+    pub bird_socket: Option<PathBuf>,
 }
 
 /// `[pools.NAME]`.
@@ -203,6 +223,15 @@ pub mod defaults {
     pub const UDP_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
     /// Per CPU; Linux's own default for ICMP messages a second (`icmp_msgs_per_sec`).
     pub const ICMP_TOO_BIG_PER_SEC: u32 = 1000;
+    /// `[announce]`: a table and protocol number that no Linux distribution or routing daemon
+    /// uses by default (iproute2's `rt_tables` names 253-255; `rt_protos` names up to 192).
+    pub const ANNOUNCE_TABLE: u32 = 200;
+    pub const ANNOUNCE_PROTOCOL: u8 = 200;
+    pub const ANNOUNCE_DEVICE: &str = "lbvip0";
+    /// A few BGP update rounds of a hardware router, which take longer than the lab's
+    /// sub-millisecond ones.
+    pub const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+    pub const MAX_DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 }
 
 /// What the daemon finds on the host for the datapath settings the file leaves to it.

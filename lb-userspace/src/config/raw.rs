@@ -17,6 +17,8 @@ pub struct RawConfig {
     pub control: RawControl,
     #[serde(default)]
     pub metrics: RawMetrics,
+    /// `[announce]`: absent, the node announces nothing.
+    pub announce: Option<RawAnnounce>,
     #[serde(default)]
     pub pools: BTreeMap<Spanned<String>, RawPool>,
     #[serde(default)]
@@ -56,6 +58,18 @@ pub struct RawControl {
     pub socket: Option<Spanned<String>>,
     pub shutdown_timeout: Option<Spanned<String>>,
     pub read_only_group: Option<Spanned<String>>,
+}
+
+/// `[announce]`: routes for a routing daemon (BIRD) to announce, one per listener address this
+/// node can serve.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAnnounce {
+    pub table: Option<Spanned<i64>>,
+    pub protocol: Option<Spanned<i64>>,
+    pub device: Option<Spanned<String>>,
+    pub drain_wait: Option<Spanned<String>>,
+    pub bird_socket: Option<Spanned<String>>,
 }
 
 /// `[metrics]`: the Prometheus endpoint.

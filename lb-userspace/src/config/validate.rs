@@ -5,14 +5,15 @@ use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
+    time::Duration,
 };
 
 use toml::Spanned;
 
 use super::{
-    BackendConfig, Config, ConfigError, ControlSettings, DatapathSettings, ListenerConfig, Mode,
-    Pool, Problem, defaults,
-    raw::{RawBackend, RawConfig, RawDatapath, RawListener, RawPool},
+    AnnounceSettings, BackendConfig, Config, ConfigError, ControlSettings, DatapathSettings,
+    ListenerConfig, Mode, Pool, Problem, defaults,
+    raw::{RawAnnounce, RawBackend, RawConfig, RawDatapath, RawListener, RawPool},
 };
 use crate::{loader::AttachMode, maglev::is_prime, state::Protocol};
 
@@ -23,10 +24,8 @@ const CONN_TABLE_RANGE: (i64, i64) = (1_024, 1 << 27);
 const MAX_LISTENERS_RANGE: (i64, i64) = (1, 256);
 const MTU_RANGE: (i64, i64) = (576, 65_535);
 /// UDP idle timeouts: from a second (labs) to a day.
-const UDP_IDLE_RANGE: (std::time::Duration, std::time::Duration) = (
-    std::time::Duration::from_secs(1),
-    std::time::Duration::from_secs(24 * 3600),
-);
+const UDP_IDLE_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
 pub(super) const WEIGHT_RANGE: (i64, i64) = (1, 10_000);
 
 /// Collects problems with their positions in the text.
@@ -147,7 +146,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let shutdown_timeout = match &raw.control.shutdown_timeout {
         Some(raw) => {
             super::pool::duration(&mut checker, raw, "control.shutdown_timeout").and_then(|d| {
-                let range = (std::time::Duration::ZERO, defaults::MAX_SHUTDOWN_TIMEOUT);
+                let range = (Duration::ZERO, defaults::MAX_SHUTDOWN_TIMEOUT);
                 super::pool::in_range(&mut checker, raw, "control.shutdown_timeout", d, range)
             })
         }
@@ -172,6 +171,10 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         }
         Some(name.clone())
     });
+    let announce = raw
+        .announce
+        .as_ref()
+        .and_then(|announce| check_announce(&mut checker, announce));
     let control = ControlSettings {
         socket: raw.control.socket.map_or_else(
             || PathBuf::from(defaults::SOCKET),
@@ -190,6 +193,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             datapath,
             control,
             metrics,
+            announce,
             pools,
             listeners,
         }),
@@ -542,6 +546,86 @@ fn check_datapath(
 }
 
 /// An interface name the kernel would accept.
+/// `[announce]`: a table the kernel does not route with, a protocol number it does not use
+/// itself, a device name, the drain's wait, and BIRD's socket.
+fn check_announce(c: &mut Checker<'_>, raw: &RawAnnounce) -> Option<AnnounceSettings> {
+    let problems = c.problems.len();
+    let table = raw.table.as_ref().and_then(|table| {
+        let value: u32 = c.int(table, "announce.table", (1, i64::from(u32::MAX)))?;
+        if (253..=255).contains(&value) {
+            c.problem(
+                table,
+                "announce.table",
+                format!(
+                    "{value} is one of the kernel's own tables (253 default, 254 main, 255 \
+                     local): routes there would steer packets; pick an unused one, as the \
+                     default {}",
+                    defaults::ANNOUNCE_TABLE
+                ),
+            );
+            return None;
+        }
+        Some(value)
+    });
+    let protocol = raw.protocol.as_ref().and_then(|protocol| {
+        let value = *protocol.get_ref();
+        if (0..=4).contains(&value) {
+            c.problem(
+                protocol,
+                "announce.protocol",
+                format!(
+                    "{value} is one of the kernel's own protocol numbers (unspec, redirect, \
+                     kernel, boot, static): pick one that only this daemon uses, as the \
+                     default {}",
+                    defaults::ANNOUNCE_PROTOCOL
+                ),
+            );
+            return None;
+        }
+        c.int::<u8>(protocol, "announce.protocol", (5, 255))
+    });
+    let device = raw.device.as_ref().and_then(|device| {
+        if is_interface_name(device.get_ref()) {
+            Some(device.get_ref().clone())
+        } else {
+            c.problem(
+                device,
+                "announce.device",
+                format!(
+                    "{:?} is not an interface name (1 to 15 characters, no '/', ':' or space)",
+                    device.get_ref()
+                ),
+            );
+            None
+        }
+    });
+    let drain_wait = raw.drain_wait.as_ref().and_then(|wait| {
+        let value = super::pool::duration(c, wait, "announce.drain_wait")?;
+        let range = (Duration::ZERO, defaults::MAX_DRAIN_WAIT);
+        super::pool::in_range(c, wait, "announce.drain_wait", value, range)
+    });
+    let bird_socket = raw.bird_socket.as_ref().and_then(|socket| {
+        let path = PathBuf::from(socket.get_ref());
+        if path.is_absolute() {
+            Some(path)
+        } else {
+            c.problem(
+                socket,
+                "announce.bird_socket",
+                format!("{:?} is not an absolute path", socket.get_ref()),
+            );
+            None
+        }
+    });
+    (c.problems.len() == problems).then(|| AnnounceSettings {
+        table: table.unwrap_or(defaults::ANNOUNCE_TABLE),
+        protocol: protocol.unwrap_or(defaults::ANNOUNCE_PROTOCOL),
+        device: device.unwrap_or_else(|| defaults::ANNOUNCE_DEVICE.to_owned()),
+        drain_wait: drain_wait.unwrap_or(defaults::DRAIN_WAIT),
+        bird_socket,
+    })
+}
+
 fn is_interface_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 15

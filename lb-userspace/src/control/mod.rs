@@ -71,6 +71,14 @@ pub enum Request {
     /// `lb run --take-over`: a starting daemon asks for the listening sockets
     /// (`daemon::handover`).
     Handover,
+    /// `lb node drain`: withdraw every announcement; `wait_ms` overrides the configured wait
+    /// the answer names.
+    NodeDrain {
+        #[serde(default)]
+        wait_ms: Option<u64>,
+    },
+    /// `lb node undrain`: announce again what can be served.
+    NodeUndrain,
 }
 
 impl Request {
@@ -88,7 +96,9 @@ impl Request {
             | Self::DrainBackend { .. }
             | Self::Reload
             | Self::ReloadFiles
-            | Self::Handover => false,
+            | Self::Handover
+            | Self::NodeDrain { .. }
+            | Self::NodeUndrain => false,
         }
     }
 }
@@ -112,6 +122,82 @@ pub enum Body {
     Stats(StatsView),
     Simulation(SimulationView),
     Status(Box<StatusView>),
+    /// `lb node drain` and `lb node undrain`.
+    Node(Box<NodeChange>),
+}
+/// The node's announcements, for `lb status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceView {
+    pub device: String,
+    pub table: u32,
+    pub protocol: u8,
+    /// Drained by `lb node drain`: nothing is announced.
+    pub drained: bool,
+    /// Each listener address: announced (in the table now) and why.
+    pub addresses: Vec<AddressView>,
+    /// Failed writes of the table (each logged), and the last one's reason.
+    pub errors: u64,
+    pub last_error: Option<String>,
+    /// The routing daemon's sessions, when `bird_socket` is set.
+    pub bird: Option<BirdView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressView {
+    pub address: IpAddr,
+    pub announced: bool,
+    pub reason: String,
+}
+
+/// The answer to `lb node drain` and `lb node undrain`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeChange {
+    /// The addresses withdrawn (drain) or announced (undrain) by this request.
+    pub changed: Vec<IpAddr>,
+    /// How long the drain should wait for the routers, in milliseconds (the configured
+    /// `drain_wait` unless the request set one).
+    pub wait_ms: u64,
+    pub view: AnnounceView,
+}
+
+/// One protocol of `show protocols`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingProtocol {
+    pub name: String,
+    /// `BGP`, `Kernel`, `Device`, ...
+    pub kind: String,
+    /// `up`, `start`, `down`, ...: a BGP session is up only when established.
+    pub state: String,
+    /// BIRD's detail: `Established`, `Active  Socket: Connection refused`, ...
+    pub info: String,
+}
+
+impl RoutingProtocol {
+    pub fn is_bgp(&self) -> bool {
+        self.kind == "BGP"
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.state == "up"
+    }
+}
+
+/// The last answer, or why there was none.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BirdView {
+    pub socket: String,
+    /// Seconds since the Unix epoch when BIRD was last asked.
+    pub checked_at: u64,
+    /// Why BIRD could not be asked (unreachable, an error answer); `None` when it answered.
+    pub error: Option<String>,
+    pub protocols: Vec<RoutingProtocol>,
+}
+
+impl BirdView {
+    /// The BGP sessions and whether each is established.
+    pub fn sessions(&self) -> impl Iterator<Item = &RoutingProtocol> {
+        self.protocols.iter().filter(|p| p.is_bgp())
+    }
 }
 
 /// `lb status`.
@@ -136,6 +222,9 @@ pub struct StatusView {
     /// The XDP datapath's set-up on this host (absent when the daemon runs without one).
     #[serde(default)]
     pub datapath: Option<DatapathView>,
+    /// What this node announces to its routers (absent without `[announce]`).
+    #[serde(default)]
+    pub announce: Option<AnnounceView>,
 }
 
 /// The XDP datapath's set-up, as `lb status` shows it.

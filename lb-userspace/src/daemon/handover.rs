@@ -77,6 +77,10 @@ pub enum Answer {
     Offer {
         pid: u32,
         sockets: Vec<SocketAddr>,
+        /// The announcement device's name (`[announce]`), its descriptor attached after the
+        /// sockets': the successor keeps the routes through it, so nothing is withdrawn.
+        #[serde(default)]
+        device: Option<String>,
     },
     Refused {
         reason: String,
@@ -89,6 +93,8 @@ pub struct Predecessor {
     stream: UnixStream,
     socket: String,
     pub pid: u32,
+    /// The announcement device it handed over, by name.
+    pub device: Option<(String, OwnedFd)>,
 }
 
 /// Asks the daemon answering at `socket` for its listening sockets. `None` if no daemon
@@ -120,20 +126,27 @@ pub fn request(socket: &Path) -> Result<Option<(Predecessor, Inherited)>, Handov
         });
     }
     match serde_json::from_str(&line).map_err(|e| protocol(e.to_string()))? {
-        Answer::Offer { pid, sockets } => {
-            if sockets.len() != fds.len() {
+        Answer::Offer {
+            pid,
+            sockets,
+            device,
+        } => {
+            let mut fds = fds;
+            let expected = sockets.len() + usize::from(device.is_some());
+            if expected != fds.len() {
                 return Err(protocol(format!(
-                    "{} sockets named, {} attached",
-                    sockets.len(),
+                    "{expected} descriptors named, {} attached",
                     fds.len()
                 )));
             }
+            let device = device.zip(fds.pop());
             let inherited = sockets.into_iter().zip(fds).collect();
             Ok(Some((
                 Predecessor {
                     stream,
                     socket: name,
                     pid,
+                    device,
                 },
                 inherited,
             )))
@@ -178,11 +191,21 @@ impl Predecessor {
 /// The old daemon's side: offers `sockets` on `stream` (blocking), then waits up to
 /// [`DRAIN_WAIT`] for the successor's `drain` and confirms it. `Ok` means: stop accepting
 /// and drain now.
-pub fn offer(stream: &UnixStream, pid: u32, sockets: Vec<(SocketAddr, OwnedFd)>) -> io::Result<()> {
-    let (addresses, fds): (Vec<SocketAddr>, Vec<OwnedFd>) = sockets.into_iter().unzip();
+pub fn offer(
+    stream: &UnixStream,
+    pid: u32,
+    sockets: Vec<(SocketAddr, OwnedFd)>,
+    device: Option<(String, OwnedFd)>,
+) -> io::Result<()> {
+    let (addresses, mut fds): (Vec<SocketAddr>, Vec<OwnedFd>) = sockets.into_iter().unzip();
+    let device = device.map(|(name, fd)| {
+        fds.push(fd);
+        name
+    });
     let mut line = serde_json::to_string(&Answer::Offer {
         pid,
         sockets: addresses,
+        device,
     })?;
     line.push('\n');
     let raw: Vec<RawFd> = fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
@@ -394,6 +417,7 @@ mod tests {
         let line = serde_json::to_string(&Answer::Offer {
             pid: 7,
             sockets: sockets.iter().map(|(a, _)| *a).collect(),
+            device: None,
         })
         .unwrap()
             + "\n";
@@ -404,6 +428,7 @@ mod tests {
         let Answer::Offer {
             pid,
             sockets: named,
+            device: None,
         } = serde_json::from_str(&text).unwrap()
         else {
             panic!("an offer: {text}");

@@ -13,6 +13,7 @@
 //! which alone owns the configuration and the reconciler.
 
 pub mod accept_local;
+pub mod announce;
 pub mod controller;
 pub mod handover;
 pub mod host;
@@ -35,7 +36,7 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
-use self::{controller::Controller, probes::Probes, runtime::BackendKey};
+use self::{announce::Announcer, controller::Controller, probes::Probes, runtime::BackendKey};
 use crate::{
     config::Config,
     control::{
@@ -77,6 +78,8 @@ pub enum DaemonError {
     Handover(#[from] handover::HandoverError),
     #[error(transparent)]
     Privileges(#[from] privileges::PrivilegeError),
+    #[error(transparent)]
+    Announce(#[from] announce::AnnounceError),
     #[error(
         "the controller thread panicked (its message is just above): stopped with an error so that a supervisor restarts the daemon; the balancer forwards with the pinned maps meanwhile, and the new daemon adopts them"
     )]
@@ -149,7 +152,7 @@ async fn serve(
     read_only_gid: Option<u32>,
     privileges: &privileges::Plan,
 ) -> Result<(), DaemonError> {
-    let (predecessor, mut inherited) = match predecessor {
+    let (mut predecessor, mut inherited) = match predecessor {
         Some((predecessor, sockets)) => (Some(predecessor), sockets),
         None => (None, crate::l7::Inherited::new()),
     };
@@ -192,6 +195,30 @@ async fn serve(
         )),
         None => None,
     };
+    // The announcement device (a successor's is handed over), before CAP_NET_ADMIN may go.
+    let announcer = match &config.announce {
+        Some(settings) => {
+            let inherited = predecessor
+                .as_mut()
+                .and_then(|p| p.device.take())
+                .filter(|(name, _)| *name == settings.device)
+                .map(|(_, fd)| fd);
+            Some(Announcer::start(settings, inherited)?)
+        }
+        None => None,
+    };
+    // A copy of the device's descriptor, to hand over; dropped on any other stop so that the
+    // routes go with the controller's.
+    let mut announce_device = match &announcer {
+        Some(announcer) => Some((
+            announcer.device_name().to_owned(),
+            announcer.device_fd().map_err(|source| DaemonError::Io {
+                what: "copying the announcement device's descriptor".to_owned(),
+                source,
+            })?,
+        )),
+        None => None,
+    };
     // The control socket is made now (it may be given to the read-only group), and put in
     // place last, once the daemon is ready.
     let control_socket = server::prepare(&socket, predecessor.is_some(), read_only_gid)?;
@@ -208,7 +235,8 @@ async fn serve(
             .with_host(watch, host_defaults, now)
             .map_err(DaemonError::Config)?
             .with_l7(Arc::clone(&l7), l7_prepared, now)
-            .with_probes(probes);
+            .with_probes(probes)
+            .with_announcer(announcer, now);
         info!("configuration applied");
         let logs = ebpf_logs(&mut balancer);
         let (controller, panicked) = spawn_controller(controller, receiver)?;
@@ -219,7 +247,8 @@ async fn serve(
         let reconciler = Reconciler::new(datapath, datapath_config)?;
         let controller = Controller::new(config, Some(path), reconciler, now)?
             .with_l7(Arc::clone(&l7), l7_prepared, now)
-            .with_probes(probes);
+            .with_probes(probes)
+            .with_announcer(announcer, now);
         info!("configuration applied");
         let (controller, panicked) = spawn_controller(controller, receiver)?;
         (controller, panicked, None, None)
@@ -271,7 +300,12 @@ async fn serve(
                 Ok(()) = &mut panicked => break Stop::Panicked,
                 Some(stream) = handover_requests.recv() => {
                     let sockets = listening_sockets(&l7, &also_listening);
-                    match hand_over(stream, &events, balancer.as_mut(), sockets, &pin_dir).await? {
+                    let device = announce_device
+                        .as_ref()
+                        .and_then(|(name, fd)| Some((name.clone(), fd.try_clone().ok()?)));
+                    match hand_over(stream, &events, balancer.as_mut(), sockets, device, &pin_dir)
+                        .await?
+                    {
                         Some(paused) => break Stop::HandedOver(paused),
                         None => continue,
                     }
@@ -285,6 +319,9 @@ async fn serve(
     // finishing its requests.
     l7.stop_accepting();
     drop(handover_requests);
+    // Not announced while stopping: new connections would be refused. (After a handover the
+    // successor holds the device: the announcements stay.)
+    drop(announce_device.take());
     let reason = match stop {
         Stop::Signal(signal) => {
             drop(events.send(Event::Stop).await);
@@ -375,6 +412,7 @@ async fn hand_over(
     events: &mpsc::Sender<Event>,
     mut balancer: Option<&mut Balancer>,
     sockets: Vec<(std::net::SocketAddr, std::os::fd::OwnedFd)>,
+    device: Option<(String, std::os::fd::OwnedFd)>,
     pin_dir: &Path,
 ) -> Result<Option<oneshot::Sender<bool>>, DaemonError> {
     let stream = match stream
@@ -404,9 +442,10 @@ async fn hand_over(
         "handing over to a new daemon: controller paused, pin directory unlocked"
     );
     let pid = std::process::id();
-    let offered = tokio::task::spawn_blocking(move || handover::offer(&stream, pid, sockets))
-        .await
-        .unwrap_or_else(|error| Err(std::io::Error::other(error.to_string())));
+    let offered =
+        tokio::task::spawn_blocking(move || handover::offer(&stream, pid, sockets, device))
+            .await
+            .unwrap_or_else(|error| Err(std::io::Error::other(error.to_string())));
     match offered {
         Ok(()) => Ok(Some(resume)),
         Err(error) => {

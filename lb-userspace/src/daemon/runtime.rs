@@ -87,6 +87,9 @@ struct Entry {
     transitions: BTreeMap<&'static str, u64>,
     /// Its weight in the configuration last synced.
     weight: Option<u32>,
+    /// Its health is known since it was added (or the daemon started): a check passed, or it
+    /// became unhealthy.
+    probed: bool,
 }
 
 /// Every backend's run-time state.
@@ -111,6 +114,7 @@ impl Runtime {
                     last: None,
                     transitions: BTreeMap::new(),
                     weight: None,
+                    probed: false,
                 });
                 // A weight changed across 0 (by `lb backend set-weight` or a reload): the
                 // operator's doing, recorded as such.
@@ -153,7 +157,9 @@ impl Runtime {
         pool: &Pool,
     ) -> Option<Transition> {
         let entry = self.entries.get_mut(key)?;
+        entry.probed |= matches!(outcome, Outcome::Pass);
         let transition = entry.health.as_mut()?.observe(outcome, now)?;
+        entry.probed = true;
         let state = match transition.health {
             Health::Healthy => {
                 if !pool.slow_start.is_zero() {
@@ -276,6 +282,31 @@ impl Runtime {
             members.insert(listener.pool.clone(), list);
         }
         members
+    }
+
+    /// How many of pool `name`'s backends take new flows because they are healthy (or not
+    /// checked) and active: not draining, not disabled, not failing open.
+    pub fn healthy(&self, name: &str, pool: &Pool) -> usize {
+        pool.backends
+            .iter()
+            .filter(|b| matches!(self.kind(&BackendKey::of(name, b), b.weight), Kind::Up))
+            .count()
+    }
+
+    /// How many of pool `name`'s checked backends have no known health yet (no check passed,
+    /// and not failed enough to be unhealthy).
+    pub fn unprobed(&self, name: &str, pool: &Pool) -> usize {
+        if pool.health_check.is_none() {
+            return 0;
+        }
+        pool.backends
+            .iter()
+            .filter(|b| {
+                self.entries
+                    .get(&BackendKey::of(name, b))
+                    .is_some_and(|e| !e.probed)
+            })
+            .count()
     }
 
     /// The targets of one pool (see the module documentation).

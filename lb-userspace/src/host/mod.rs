@@ -1,6 +1,6 @@
 //! What the host's kernel knows that the balancer needs: the addresses assigned to its
 //! interfaces ([`addresses`]), routes, neighbours and XDP attachments through rtnetlink
-//! ([`rtnl`]), which interfaces take redirected frames ([`netdev`]), interface offloads
+//! ([`rtnl`]), a tun device for routes to point at ([`tun`]), which interfaces take redirected frames ([`netdev`]), interface offloads
 //! ([`ethtool`]), and the daemon's own open-file limit ([`files`]).
 
 pub mod addresses;
@@ -8,3 +8,4 @@ pub mod ethtool;
 pub mod files;
 pub mod netdev;
 pub mod rtnl;
+pub mod tun;

@@ -6,7 +6,10 @@
 //! - [`Rtnl::neighbours`] and [`Rtnl::manage_neighbour`]: the neighbour table, and entries the
 //!   kernel keeps resolved on its own (`ip neigh replace ADDR dev DEV managed`), so that a next
 //!   hop the XDP program forwards to stays fresh although no packet to it crosses the kernel;
-//! - [`Rtnl::xdp_attached`]: how an interface runs its XDP program (driver or generic).
+//! - [`Rtnl::xdp_attached`]: how an interface runs its XDP program (driver or generic);
+//! - [`Rtnl::link`] and [`Rtnl::set_up`]: an interface's index and state, and bringing it up;
+//! - [`Rtnl::table_routes`], [`Rtnl::replace_route`] and [`Rtnl::delete_route`]: host routes
+//!   of one protocol in one table, the announcements a routing daemon learns.
 //!
 //! Messages are built and parsed by `netlink-packet-route`; this module only sends a request
 //! and collects its answer.
@@ -19,11 +22,14 @@ use netlink_packet_core::{
 };
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
-    link::{LinkAttribute, LinkMessage, LinkXdp, XdpAttached},
+    link::{LinkAttribute, LinkFlags, LinkMessage, LinkXdp, XdpAttached},
     neighbour::{
         NeighbourAddress, NeighbourAttribute, NeighbourExtFlags, NeighbourMessage, NeighbourState,
     },
-    route::{RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteVia},
+    route::{
+        RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol,
+        RouteScope, RouteType, RouteVia,
+    },
 };
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -89,6 +95,16 @@ impl XdpAttachMode {
     }
 }
 
+/// An interface's index and state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    /// Set up by an administrator (`IFF_UP`).
+    pub up: bool,
+    /// Up and its carrier present (`IFF_RUNNING`): it passes packets.
+    pub running: bool,
+}
+
 /// A connected rtnetlink socket.
 pub struct Rtnl {
     socket: Socket,
@@ -113,6 +129,15 @@ impl Rtnl {
             socket,
             sequence: 0,
         })
+    }
+
+    /// A socket whose dumps the kernel filters by the request's fields
+    /// (`NETLINK_GET_STRICT_CHK`): [`Rtnl::table_routes`] then reads one table, not every
+    /// route of a host that may hold a full BGP table.
+    pub fn connect_strict() -> io::Result<Self> {
+        let rtnl = Self::connect()?;
+        rtnl.socket.set_netlink_get_strict_chk(true)?;
+        Ok(rtnl)
     }
 
     /// Sends `message` and returns the messages of its answer (up to the end of a dump, or the
@@ -268,6 +293,130 @@ impl Rtnl {
             _ => XdpAttachMode::None,
         })
     }
+
+    /// The interface named `name`, or `None` if there is none.
+    pub fn link(&mut self, name: &str) -> io::Result<Option<Link>> {
+        let mut message = LinkMessage::default();
+        message
+            .attributes
+            .push(LinkAttribute::IfName(name.to_owned()));
+        let answers = match self.exchange(RouteNetlinkMessage::GetLink(message), 0) {
+            Ok(answers) => answers,
+            Err(error) if error.raw_os_error() == Some(libc::ENODEV) => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        Ok(answers.into_iter().find_map(|answer| match answer {
+            RouteNetlinkMessage::NewLink(link) => Some(Link {
+                index: link.header.index,
+                up: link.header.flags.contains(LinkFlags::Up),
+                running: link.header.flags.contains(LinkFlags::Running),
+            }),
+            _ => None,
+        }))
+    }
+
+    /// Sets interface `index` up (`ip link set DEV up`).
+    pub fn set_up(&mut self, index: u32) -> io::Result<()> {
+        let mut message = LinkMessage::default();
+        message.header.index = index;
+        message.header.flags = LinkFlags::Up;
+        message.header.change_mask = LinkFlags::Up;
+        self.exchange(RouteNetlinkMessage::SetLink(message), NLM_F_ACK)?;
+        Ok(())
+    }
+
+    /// The host routes (a /32 or /128) of `protocol` in `table`, both families.
+    pub fn table_routes(&mut self, table: u32, protocol: u8) -> io::Result<Vec<IpAddr>> {
+        let mut found = Vec::new();
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut message = RouteMessage::default();
+            message.header.address_family = family;
+            // Filters for a strict socket; others dump every table (and are filtered below).
+            message.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+            message.header.protocol = RouteProtocol::from(protocol);
+            message.attributes.push(RouteAttribute::Table(table));
+            let answers = self.exchange(RouteNetlinkMessage::GetRoute(message), NLM_F_DUMP)?;
+            for answer in answers {
+                let RouteNetlinkMessage::NewRoute(route) = answer else {
+                    continue;
+                };
+                let in_table = route
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        RouteAttribute::Table(t) => Some(*t),
+                        _ => None,
+                    })
+                    .unwrap_or_else(|| u32::from(route.header.table));
+                if in_table != table || u8::from(route.header.protocol) != protocol {
+                    continue;
+                }
+                let destination = route.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Destination(d) => address_of(d),
+                    _ => None,
+                });
+                if let Some(destination) = destination
+                    && route.header.destination_prefix_length == host_prefix(destination)
+                {
+                    found.push(destination);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Adds (or replaces) the host route `destination dev ifindex table T proto P`.
+    pub fn replace_route(
+        &mut self,
+        table: u32,
+        protocol: u8,
+        destination: IpAddr,
+        ifindex: u32,
+    ) -> io::Result<()> {
+        let mut message = host_route(table, protocol, destination);
+        message.attributes.push(RouteAttribute::Oif(ifindex));
+        self.exchange(
+            RouteNetlinkMessage::NewRoute(message),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+        Ok(())
+    }
+
+    /// Deletes the host route to `destination` of `protocol` in `table`; one already gone is
+    /// not an error.
+    pub fn delete_route(
+        &mut self,
+        table: u32,
+        protocol: u8,
+        destination: IpAddr,
+    ) -> io::Result<()> {
+        let message = host_route(table, protocol, destination);
+        match self.exchange(RouteNetlinkMessage::DelRoute(message), NLM_F_ACK) {
+            Err(error) if error.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+}
+
+/// The prefix length of a host route to `address`.
+fn host_prefix(address: IpAddr) -> u8 {
+    if address.is_ipv4() { 32 } else { 128 }
+}
+
+/// A unicast, link-scope route to `destination` alone, in `table`, of `protocol`.
+fn host_route(table: u32, protocol: u8, destination: IpAddr) -> RouteMessage {
+    let mut message = RouteMessage::default();
+    message.header.address_family = family(destination);
+    message.header.destination_prefix_length = host_prefix(destination);
+    message.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
+    message.header.protocol = RouteProtocol::from(protocol);
+    message.header.scope = RouteScope::Link;
+    message.header.kind = RouteType::Unicast;
+    message.attributes = vec![
+        RouteAttribute::Destination(RouteAddress::from(destination)),
+        RouteAttribute::Table(table),
+    ];
+    message
 }
 
 fn family(address: IpAddr) -> AddressFamily {

@@ -109,6 +109,16 @@ pub(super) fn sample_input() -> MetricsInput {
             events: vec![("requests".to_owned(), 120), ("retries".to_owned(), 2)],
             responses: vec![("2xx".to_owned(), 118), ("5xx".to_owned(), 2)],
         }],
+        announce: Some(super::input::AnnounceSample {
+            addresses: vec![
+                ("198.18.100.1".to_owned(), true),
+                ("2001:db8:100::1".to_owned(), false),
+            ],
+            drained: false,
+            errors: 1,
+            routing_daemon_up: Some(true),
+            sessions: vec![("tor1".to_owned(), true), ("tor2".to_owned(), false)],
+        }),
         uptime_seconds: 12.5,
     }
 }

@@ -23,6 +23,22 @@ pub struct MetricsInput {
     pub uptime_seconds: f64,
     /// The XDP datapath's set-up, when the daemon runs one.
     pub datapath: Option<DatapathSample>,
+    /// What the node announces to its routers, with `[announce]`.
+    pub announce: Option<AnnounceSample>,
+}
+
+/// The node's announcements and its routing daemon's sessions.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AnnounceSample {
+    /// (address, announced now).
+    pub addresses: Vec<(String, bool)>,
+    pub drained: bool,
+    /// Failed writes of the announcement table.
+    pub errors: u64,
+    /// Whether BIRD answered when last asked (`None` without `bird_socket`).
+    pub routing_daemon_up: Option<bool>,
+    /// (BGP protocol, established).
+    pub sessions: Vec<(String, bool)>,
 }
 
 /// The XDP datapath's set-up: how it runs on each interface, and its connection table's size.

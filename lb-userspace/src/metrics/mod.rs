@@ -21,8 +21,8 @@ pub mod serve;
 mod fixtures;
 
 pub use input::{
-    BackendHealthSample, BackendTraffic, CounterSample, DatapathSample, HealthState, L7Sample,
-    ListenerTraffic, MetricsInput, OperationSample, Traffic,
+    AnnounceSample, BackendHealthSample, BackendTraffic, CounterSample, DatapathSample,
+    HealthState, L7Sample, ListenerTraffic, MetricsInput, OperationSample, Traffic,
 };
 pub use render::{CONTENT_TYPE, RenderError, render};
 pub use serve::{METRICS_PATH, Snapshot, SnapshotFuture, serve};

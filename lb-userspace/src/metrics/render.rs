@@ -23,6 +23,11 @@
 //! | `lb_possible_cpus` | | CPUs the kernel may run (one connection-table LRU list each) |
 //! | `lb_conn_table_capacity` | | entries of each connection table, as allocated |
 //! | `lb_conn_table_capacity_per_cpu` | | each CPU's share of them |
+//! | `lb_announced` | `address` | 1 while the node announces a listener address, 0 while not |
+//! | `lb_node_drained` | | 1 while `lb node drain` holds |
+//! | `lb_announce_errors_total` | | failed writes of the announcement table |
+//! | `lb_routing_daemon_up` | | 1 if BIRD answered when last asked (every 2 s) |
+//! | `lb_bgp_session_up` | `protocol` | 1 for each established BGP session of BIRD |
 //! | `lb_uptime_seconds` | | uptime |
 
 use std::collections::BTreeMap;
@@ -65,6 +70,9 @@ fn build_registry(input: &MetricsInput) -> Registry {
     register_l7(&mut registry, input);
     if let Some(datapath) = &input.datapath {
         register_datapath(&mut registry, datapath);
+    }
+    if let Some(announce) = &input.announce {
+        register_announce(&mut registry, announce);
     }
     registry.register_with_unit(
         "uptime",
@@ -116,6 +124,69 @@ fn register_datapath(registry: &mut Registry, datapath: &super::input::DatapathS
         "Each possible CPU's share of a connection table: the flows one CPU's LRU list holds",
         ConstGauge::new(i64::from(datapath.conn_table_entries_per_cpu)),
     );
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct AddressLabels {
+    address: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct ProtocolLabels {
+    protocol: String,
+}
+
+/// The node's announcements and its routing daemon's sessions.
+fn register_announce(registry: &mut Registry, announce: &super::input::AnnounceSample) {
+    let addresses = announce
+        .addresses
+        .iter()
+        .map(|(address, on)| {
+            let labels = AddressLabels {
+                address: address.clone(),
+            };
+            (labels, i64::from(*on))
+        })
+        .collect();
+    registry.register(
+        "announced",
+        "1 while this node announces a listener address to its routers (a route in the \
+         announcement table), 0 while it does not (drained, no healthy backend, no interface)",
+        SortedFamily::gauges(addresses),
+    );
+    registry.register(
+        "node_drained",
+        "1 while the node is drained (lb node drain) and announces nothing",
+        ConstGauge::new(i64::from(announce.drained)),
+    );
+    registry.register(
+        "announce_errors",
+        "Failed writes of the announcement table (each retried every second and logged)",
+        prometheus_client::metrics::counter::ConstCounter::new(announce.errors),
+    );
+    if let Some(up) = announce.routing_daemon_up {
+        registry.register(
+            "routing_daemon_up",
+            "1 if the routing daemon (BIRD) answered on its control socket when last asked",
+            ConstGauge::new(i64::from(up)),
+        );
+        let sessions = announce
+            .sessions
+            .iter()
+            .map(|(protocol, up)| {
+                let labels = ProtocolLabels {
+                    protocol: protocol.clone(),
+                };
+                (labels, i64::from(*up))
+            })
+            .collect();
+        registry.register(
+            "bgp_session_up",
+            "1 for each of the routing daemon's BGP sessions that is established, 0 for the \
+             others",
+            SortedFamily::gauges(sessions),
+        );
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]

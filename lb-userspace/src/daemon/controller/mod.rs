@@ -22,6 +22,7 @@ use lb_common::abi::DatapathConfig;
 use tracing::{error, info, warn};
 
 use super::{
+    announce::Announcer,
     host::HostWatch,
     probes::Probes,
     runtime::{BackendKey, Runtime},
@@ -84,6 +85,8 @@ pub struct Controller<D> {
     host: Option<HostWatch>,
     /// What the host gives the settings the file leaves to it.
     host_defaults: HostDefaults,
+    /// The routes announcing the listener addresses (`[announce]`).
+    announcer: Option<Announcer>,
 }
 
 impl<D: Datapath> Controller<D> {
@@ -109,6 +112,7 @@ impl<D: Datapath> Controller<D> {
             started: now,
             host: None,
             host_defaults: HostDefaults::default(),
+            announcer: None,
         };
         let desired = controller.runtime.listeners(&controller.config, now);
         controller.reconciler.apply(&desired)?;
@@ -157,6 +161,46 @@ impl<D: Datapath> Controller<D> {
             l7.update_pools(&members);
             self.published = members;
         }
+    }
+
+    /// Announces the listener addresses this node can serve with `announcer`, from now on.
+    pub fn with_announcer(mut self, announcer: Option<Announcer>, now: Instant) -> Self {
+        self.announcer = announcer;
+        self.announce(now);
+        self
+    }
+
+    /// Brings the announcements in step with the listeners' state.
+    fn announce(&mut self, now: Instant) {
+        if let Some(announcer) = &mut self.announcer {
+            announcer.tick(&self.config, &self.runtime, now);
+        }
+    }
+
+    fn announce_view(&self) -> Option<crate::control::AnnounceView> {
+        self.announcer.as_ref().map(Announcer::view)
+    }
+
+    /// `lb node drain` and `lb node undrain`.
+    fn set_drained(
+        &mut self,
+        drain: bool,
+        wait: Option<Duration>,
+        now: Instant,
+    ) -> Result<Body, Refusal> {
+        let Some(announcer) = &mut self.announcer else {
+            return Err(Refusal::Refused(
+                "this daemon announces nothing: the configuration has no [announce] section"
+                    .to_owned(),
+            ));
+        };
+        Ok(Body::Node(Box::new(announcer.set_drained(
+            drain,
+            wait,
+            &self.config,
+            &self.runtime,
+            now,
+        ))))
     }
 
     /// Runs the health checks of the configuration with `probes` (and of every later one).
@@ -254,6 +298,10 @@ impl<D: Datapath> Controller<D> {
                 .simulate(protocol, client, vip)
                 .map(Body::Simulation)
                 .map_err(Refusal::Refused),
+            Request::NodeDrain { wait_ms } => {
+                self.set_drained(true, wait_ms.map(Duration::from_millis), now)
+            }
+            Request::NodeUndrain => self.set_drained(false, None, now),
             // The control socket's server hands these to the daemon, never to the controller.
             Request::Handover => Err(Refusal::Refused(
                 "a handover is asked for on the control socket by `lb run --take-over`".to_owned(),
@@ -333,6 +381,7 @@ impl<D: Datapath> Controller<D> {
         let desired = self.runtime.listeners(&self.config, now);
         self.reconciler.apply(&desired)?;
         self.publish(now);
+        self.announce(now);
         Ok(())
     }
 
@@ -604,6 +653,8 @@ fn operation_name(request: &Request) -> Option<&'static str> {
         Request::DrainBackend { .. } => "backend-drain",
         Request::Reload => "reload",
         Request::ReloadFiles => "cert-reload",
+        Request::NodeDrain { .. } => "node-drain",
+        Request::NodeUndrain => "node-undrain",
         _ => return None,
     })
 }
@@ -632,6 +683,7 @@ fn fixed_setting_changed(old: &Config, new: &Config) -> Option<&'static str> {
             "control.read_only_group",
             old.control.read_only_group != new.control.read_only_group,
         ),
+        ("announce", old.announce != new.announce),
     ]
     .into_iter()
     .find_map(|(field, changed)| changed.then_some(field))

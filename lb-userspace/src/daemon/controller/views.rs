@@ -345,6 +345,7 @@ impl<D: Datapath> Controller<D> {
             l7: self.l7_summary(),
             metrics: self.config.metrics.map(|a| format!("http://{a}/metrics")),
             datapath: self.datapath_view(),
+            announce: self.announce_view(),
         }
     }
 
@@ -483,8 +484,25 @@ impl<D: Datapath> Controller<D> {
             conn_table_entries: d.conn_table_entries,
             conn_table_entries_per_cpu: d.conn_table_entries_per_cpu,
         });
+        let announce = self.announce_view().map(|a| metrics::AnnounceSample {
+            addresses: a
+                .addresses
+                .iter()
+                .map(|v| (v.address.to_string(), v.announced))
+                .collect(),
+            drained: a.drained,
+            errors: a.errors,
+            routing_daemon_up: a.bird.as_ref().map(|b| b.error.is_none()),
+            sessions: a
+                .bird
+                .iter()
+                .flat_map(|b| b.sessions())
+                .map(|s| (s.name.clone(), s.is_up()))
+                .collect(),
+        });
         Some(MetricsInput {
             datapath,
+            announce,
             counters,
             listeners,
             backends,

@@ -101,6 +101,17 @@ impl Plan {
                 ));
             }
         }
+        if config.announce.is_some() {
+            plan.start.push(need(
+                Cap::NET_ADMIN,
+                "creating the announcement device ([announce])",
+            ));
+            plan.keep.push(need(
+                Cap::NET_ADMIN,
+                "adding and withdrawing the announced routes ([announce]) as listeners become \
+                 servable or not",
+            ));
+        }
         let low: Vec<u16> = config
             .listeners
             .values()

@@ -80,6 +80,11 @@ fn sample_input_renders_every_family_with_descriptors() {
         ("lb_l7_open_connections", "gauge"),
         ("lb_l7_events", "counter"),
         ("lb_l7_responses", "counter"),
+        ("lb_announced", "gauge"),
+        ("lb_node_drained", "gauge"),
+        ("lb_announce_errors", "counter"),
+        ("lb_routing_daemon_up", "gauge"),
+        ("lb_bgp_session_up", "gauge"),
         ("lb_uptime_seconds", "gauge"),
     ] {
         assert_has(&text, &format!("# TYPE {name} {kind}"));
@@ -189,6 +194,17 @@ fn l7_listeners_connections_events_and_responses() {
         &text,
         r#"lb_l7_responses_total{listener="web",class="5xx"} 2"#,
     );
+}
+
+#[test]
+fn announcements_and_bgp_sessions() {
+    let text = rendered(&sample_input());
+    assert_has(&text, r#"lb_announced{address="198.18.100.1"} 1"#);
+    assert_has(&text, r#"lb_announced{address="2001:db8:100::1"} 0"#);
+    assert_has(&text, "lb_node_drained 0");
+    assert_has(&text, "lb_announce_errors_total 1");
+    assert_has(&text, "lb_routing_daemon_up 1");
+    assert_has(&text, r#"lb_bgp_session_up{protocol="tor2"} 0"#);
 }
 
 #[test]
