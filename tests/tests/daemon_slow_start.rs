@@ -53,7 +53,7 @@ fn shares(env: &DaemonLab, address: IpAddr) -> (f64, f64) {
 
 /// Watches `address` ramp up from `since` (when it joined the table): it starts small, never
 /// shrinks by more than the tolerance, takes several steps, and holds its full share only
-/// once (about) 90% of the slow start has passed, and by one second after it at the latest.
+/// once (about) 80% of the slow start has passed, and by one second after it at the latest.
 fn assert_ramps(env: &DaemonLab, address: IpAddr, since: Instant, what: &str) {
     let (first, _) = shares(env, address);
     assert!(
@@ -72,10 +72,11 @@ fn assert_ramps(env: &DaemonLab, address: IpAddr, since: Instant, what: &str) {
         );
         samples.push((at, mine));
         if (mine - others).abs() < SHARE_TOLERANCE && (mine - FULL_SHARE).abs() < SHARE_TOLERANCE {
-            // The last step begins at 90% of the slow start; `since` is when a poll saw the
-            // backend join, which can be a poll and a controller tick after it did.
+            // The last step begins at 90% of the slow start, counted from the wall-clock
+            // multiple of a step before the backend joined (up to a step, 10%, earlier);
+            // `since` is when a poll saw it join, a poll and a controller tick after it did.
             assert!(
-                at >= SLOW_START.mul_f64(0.85),
+                at >= SLOW_START.mul_f64(0.75),
                 "{what}: {address} had its full share {mine:.3} after only {at:?}: {samples:?}"
             );
             break;

@@ -15,7 +15,14 @@
 //! When a pool's health check fails every backend that is neither draining nor disabled, the
 //! pool *fails open* (unless configured not to): all of them take flows as if healthy.
 //!
-//! Pure: callers pass the time, so tests control the clock.
+//! Slow start ramps on the wall clock, in steps that begin at multiples of the step's length
+//! since the Unix epoch: balancers whose clocks agree (NTP) and that see a backend recover
+//! within the same step give it the same weight at every moment, so their Maglev tables stay
+//! identical through the ramp (a flow that changes balancer keeps its backend). Two that see it
+//! in neighbouring steps differ by one step (a tenth of its weight) until both ramps end.
+//!
+//! Pure: callers pass the time, so tests control the clock (the wall clock is read through a
+//! fixed pairing of an `Instant` with the `SystemTime` of the same moment).
 
 use std::{
     collections::BTreeMap,
@@ -80,8 +87,9 @@ struct Entry {
     health: Option<BackendHealth>,
     /// When a drain ends (the backend is then removed).
     drain_until: Option<Instant>,
-    /// When slow start began (joined, or became healthy again).
-    ramp_from: Option<Instant>,
+    /// When slow start began (joined, or became healthy again), in wall-clock time since the
+    /// Unix epoch.
+    ramp_from: Option<Duration>,
     last: Option<Change>,
     /// Transitions into each of [`STATES`].
     transitions: BTreeMap<&'static str, u64>,
@@ -96,9 +104,54 @@ struct Entry {
 #[derive(Clone, Debug, Default)]
 pub struct Runtime {
     entries: BTreeMap<BackendKey, Entry>,
+    clock: WallClock,
+}
+
+/// An `Instant` and the wall-clock time of the same moment: wall-clock time of other instants
+/// without reading the clock again (so that callers' instants decide, as in tests).
+#[derive(Clone, Copy, Debug)]
+struct WallClock {
+    instant: Instant,
+    since_epoch: Duration,
+}
+
+impl Default for WallClock {
+    fn default() -> Self {
+        Self::at(Instant::now(), SystemTime::now())
+    }
+}
+
+impl WallClock {
+    fn at(instant: Instant, wall: SystemTime) -> Self {
+        Self {
+            instant,
+            since_epoch: wall
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Wall-clock time at `at`, since the Unix epoch.
+    fn wall(&self, at: Instant) -> Duration {
+        match at.checked_duration_since(self.instant) {
+            Some(after) => self.since_epoch + after,
+            None => self
+                .since_epoch
+                .saturating_sub(self.instant.saturating_duration_since(at)),
+        }
+    }
 }
 
 impl Runtime {
+    /// A runtime whose wall clock read `wall` at `instant` (tests; [`Runtime::default`] reads
+    /// both clocks).
+    pub fn with_wall_clock(instant: Instant, wall: SystemTime) -> Self {
+        Self {
+            entries: BTreeMap::new(),
+            clock: WallClock::at(instant, wall),
+        }
+    }
+
     /// Matches the entries to `config`'s backends: new ones start healthy (ramping if their
     /// pool has slow start and `ramp` is set: false at daemon start, so a restart does not
     /// take traffic away), removed ones are forgotten.
@@ -110,7 +163,7 @@ impl Runtime {
                 let mut entry = self.entries.remove(&key).unwrap_or_else(|| Entry {
                     health: None,
                     drain_until: None,
-                    ramp_from: (ramp && !pool.slow_start.is_zero()).then_some(now),
+                    ramp_from: (ramp && !pool.slow_start.is_zero()).then(|| self.clock.wall(now)),
                     last: None,
                     transitions: BTreeMap::new(),
                     weight: None,
@@ -163,7 +216,7 @@ impl Runtime {
         let state = match transition.health {
             Health::Healthy => {
                 if !pool.slow_start.is_zero() {
-                    entry.ramp_from = Some(now);
+                    entry.ramp_from = Some(self.clock.wall(now));
                 }
                 "healthy"
             }
@@ -362,19 +415,23 @@ impl Runtime {
         }
     }
 
-    /// `weight`, scaled, and ramped if slow start is under way.
+    /// `weight`, scaled, and ramped if slow start is under way: step `k` (of [`RAMP_STEPS`])
+    /// gives `k/RAMP_STEPS` of it, steps beginning at multiples of their length on the wall
+    /// clock (the first one at the latest such multiple before the ramp began).
     fn ramped(&self, key: &BackendKey, weight: u32, slow_start: Duration, now: Instant) -> u32 {
         let full = weight * WEIGHT_SCALE;
         let Some(from) = self.entries.get(key).and_then(|e| e.ramp_from) else {
             return full;
         };
-        let elapsed = now.saturating_duration_since(from);
-        if slow_start.is_zero() || elapsed >= slow_start {
+        let steps = u128::from(RAMP_STEPS);
+        let step_ms = (slow_start.as_millis() / steps).max(1);
+        let aligned = from.as_millis() / step_ms * step_ms;
+        let elapsed = self.clock.wall(now).as_millis().saturating_sub(aligned);
+        if slow_start.is_zero() || elapsed >= step_ms * steps {
             return full;
         }
         // Steps 1..=RAMP_STEPS: a joining backend starts at a tenth of its weight.
-        let steps = u128::from(RAMP_STEPS);
-        let step = elapsed.as_millis() * steps / slow_start.as_millis().max(1);
+        let step = elapsed / step_ms;
         let ramped = (u128::from(full) * (step + 1)).div_ceil(steps);
         u32::try_from(ramped).unwrap_or(full).clamp(1, full)
     }
@@ -437,9 +494,18 @@ pool = "web"
     fn started(text: &str) -> (Config, Runtime, Instant) {
         let c = config(text);
         let t0 = Instant::now();
-        let mut r = Runtime::default();
+        let mut r = aligned_runtime(t0);
         r.sync(&c, t0, false);
         (c, r, t0)
+    }
+
+    /// A runtime whose wall clock reads a whole second at `t0` (slow-start steps of the test
+    /// configuration begin at whole seconds).
+    fn aligned_runtime(t0: Instant) -> Runtime {
+        Runtime::with_wall_clock(
+            t0,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        )
     }
 
     fn key(address: &str) -> BackendKey {
@@ -573,11 +639,51 @@ pool = "web"
     fn new_backends_ramp_only_when_asked() {
         let c = config(CONFIG);
         let t0 = Instant::now();
-        let mut r = Runtime::default();
+        let mut r = aligned_runtime(t0);
         r.sync(&c, t0, true);
         assert_eq!(targets(&r, &c, t0), [(10, true), (30, true)]);
         let mut started = Runtime::default();
         started.sync(&c, t0, false);
         assert_eq!(targets(&started, &c, t0), [(100, true), (300, true)]);
+    }
+
+    /// Two balancers (their `Instant`s unrelated, their wall clocks agreeing) see a backend
+    /// recover 0.6 s apart within one step of the ramp (1 s): their tables weigh it the same at
+    /// every moment. Seen in neighbouring steps, they differ by at most one step.
+    #[test]
+    fn balancers_that_see_a_recovery_within_one_step_ramp_alike() {
+        let c = config(CONFIG);
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let (ta, tb) = (Instant::now(), Instant::now() + Duration::from_secs(3600));
+        let node = |t0: Instant, recovered_after: Duration| {
+            let mut r = Runtime::with_wall_clock(t0, wall);
+            r.sync(&c, t0, false);
+            let dead = Outcome::Unreachable("refused".to_owned());
+            fail(&mut r, &c, "198.18.1.2", &dead, t0);
+            fail(
+                &mut r,
+                &c,
+                "198.18.1.2",
+                &Outcome::Pass,
+                t0 + recovered_after,
+            );
+            r
+        };
+        let a = node(ta, Duration::from_millis(5_100));
+        let b = node(tb, Duration::from_millis(5_700));
+        let late = node(ta, Duration::from_millis(6_050));
+        let mut ramping = 0;
+        for tenth in 57..170 {
+            let at = Duration::from_millis(tenth * 100);
+            let (wa, wb) = (targets(&a, &c, ta + at)[1], targets(&b, &c, tb + at)[1]);
+            assert_eq!(wa, wb, "{at:?} after the wall clock's reference");
+            let wl = targets(&late, &c, ta + at)[1];
+            assert!(wa.0.abs_diff(wl.0) <= 30, "{at:?}: {wa:?} and {wl:?}");
+            ramping += usize::from(wa.0 < 300);
+        }
+        assert!(
+            ramping >= 40,
+            "the ramp was seen: {ramping} samples below full weight"
+        );
     }
 }
