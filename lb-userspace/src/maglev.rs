@@ -10,6 +10,14 @@
 //! order they are listed in), so every balancer of a deployment computes the same table, and
 //! removing one backend moves few slots that belonged to others. The datapath indexes the table
 //! with `lb_common::hash::ring_slot(flow_hash(..), M)`.
+//!
+//! [`build_stable`] is what the balancer writes: the table of the backends' *configured*
+//! weights, in which only the slots of backends that are out (unhealthy, draining) or ramping
+//! up (slow start) change hands, to the owners a second table of the backends in service gives
+//! them. A backend that fails moves exactly its own slots and no other: flows of the others
+//! keep their backend on every balancer, including flows that change balancer (ECMP) while its
+//! health changes. Only configuration changes (a backend added, removed or reweighted) rebuild
+//! the first table, moving a fraction of a percent of the other backends' slots.
 
 use lb_common::hash::hash_bytes;
 
@@ -64,6 +72,85 @@ pub fn build(entries: &[Entry<'_>], size: u32, seed: u32) -> Vec<u32> {
             }
         }
     }
+}
+
+/// A backend as [`build_stable`] sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Member<'a> {
+    pub identity: &'a [u8],
+    /// Its configured weight: the first table's (0: not in it).
+    pub weight: u32,
+    /// Its weight now, at most `weight`: 0 while out of service, between while ramping up.
+    pub effective: u32,
+}
+
+// Salt of the hash that decides which of its slots a ramping backend keeps.
+const KEEP_SALT: u32 = 0x6b65_6570; // "keep"
+// Salt of the second table's seed.
+const FALLBACK_SALT: u32 = 0x6661_6c6c; // "fall"
+
+/// Builds the table of `members`' configured weights (as [`build`]), then hands each slot
+/// whose owner is below its configured weight to the owner of that slot in the table of the
+/// members' effective weights: all such slots of a backend out of service; of a ramping one,
+/// those outside the `effective / weight` fraction that a hash of the slot and its identity
+/// picks (the same slots on every balancer, growing as it ramps).
+pub fn build_stable(members: &[Member<'_>], size: u32, seed: u32) -> Vec<u32> {
+    let configured: Vec<Entry<'_>> = members
+        .iter()
+        .map(|m| Entry {
+            identity: m.identity,
+            weight: m.weight,
+        })
+        .collect();
+    let mut table = build(&configured, size, seed);
+    if members.iter().all(|m| m.effective >= m.weight) {
+        return table;
+    }
+    let in_service: Vec<Entry<'_>> = members
+        .iter()
+        .map(|m| Entry {
+            identity: m.identity,
+            weight: m.effective.min(m.weight),
+        })
+        .collect();
+    // A seed of its own: with the first table's, a ramping backend would take back in the
+    // second table the very slots it gives up in the first (the head of its permutation).
+    let fallback = build(&in_service, size, seed ^ FALLBACK_SALT);
+    let keep_keys: Vec<u32> = members
+        .iter()
+        .map(|m| hash_bytes(m.identity, seed ^ KEEP_SALT))
+        .collect();
+    for (slot, (owner, spare)) in table.iter_mut().zip(fallback).enumerate() {
+        let Some(member) = members.get(*owner as usize) else {
+            *owner = spare;
+            continue;
+        };
+        if member.effective >= member.weight {
+            continue;
+        }
+        let keep = member.effective > 0 && {
+            let slot = u32::try_from(slot).unwrap_or(u32::MAX);
+            let draw = u64::from(fmix32(
+                keep_keys[*owner as usize].wrapping_add(slot.wrapping_mul(0x9e37_79b9)),
+            ));
+            // draw / 2^32 < effective / weight
+            draw * u64::from(member.weight) < u64::from(member.effective) << 32
+        };
+        if !keep {
+            *owner = spare;
+        }
+    }
+    table
+}
+
+/// MurmurHash3's finalizer: every output bit depends on every input bit, so consecutive
+/// slots draw independent-looking values.
+const fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
 }
 
 /// One backend's walk through its permutation of the slots.
@@ -278,6 +365,120 @@ mod tests {
                 d * 100.0
             );
         }
+    }
+
+    fn members<'a>(ids: &'a [Vec<u8>], weights: &[(u32, u32)]) -> Vec<Member<'a>> {
+        ids.iter()
+            .zip(weights)
+            .map(|(id, &(weight, effective))| Member {
+                identity: id,
+                weight,
+                effective,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stable_table_in_full_service_is_the_maglev_table() {
+        let ids = identities(5);
+        let weights = [1, 2, 3, 1, 1];
+        let full: Vec<(u32, u32)> = weights.iter().map(|&w| (w, w)).collect();
+        assert_eq!(
+            build_stable(&members(&ids, &full), M, SEED),
+            build(&entries(&ids, &weights), M, SEED)
+        );
+    }
+
+    /// A backend out of service gives up exactly its slots, shared by the others by weight;
+    /// back in service, the table is the first one again.
+    #[test]
+    fn a_backend_out_of_service_moves_only_its_own_slots() {
+        let ids = identities(4);
+        let weights = [(1, 1), (1, 1), (2, 2), (1, 1)];
+        let before = build_stable(&members(&ids, &weights), M, SEED);
+        let mut out = weights;
+        out[1].1 = 0;
+        let after = build_stable(&members(&ids, &out), M, SEED);
+        let mut gained = [0u64; 4];
+        for (b, a) in before.iter().zip(&after) {
+            if *b == 1 {
+                assert_ne!(*a, 1);
+                gained[*a as usize] += 1;
+            } else {
+                assert_eq!(a, b, "a slot of a backend in service changed hands");
+            }
+        }
+        // Its 1/5 of the table goes 1:2:1 to the others (within 3%).
+        let moved: u64 = gained.iter().sum();
+        for (i, expected) in [(0, 0.25), (2, 0.5), (3, 0.25)] {
+            let share = gained[i] as f64 / moved as f64;
+            assert!(
+                (share - expected).abs() < 0.03,
+                "backend {i}: {share:.3} of {moved}"
+            );
+        }
+        assert_eq!(build_stable(&members(&ids, &weights), M, SEED), before);
+        // Two out, then one back: the other's slots stay where they were.
+        let mut two = out;
+        two[3].1 = 0;
+        let both = build_stable(&members(&ids, &two), M, SEED);
+        for (i, (b, a)) in before.iter().zip(&both).enumerate() {
+            if *b != 1 && *b != 3 {
+                assert_eq!(a, b, "slot {i}");
+            }
+        }
+    }
+
+    /// A ramping backend keeps the fraction of its slots its ramp says, the same slots on
+    /// every call, more as it ramps; nobody else's slots move.
+    #[test]
+    fn a_ramping_backend_keeps_a_growing_part_of_its_slots() {
+        let ids = identities(4);
+        let full = [(100, 100); 4];
+        let base = build_stable(&members(&ids, &full), M, SEED);
+        let own = base.iter().filter(|&&b| b == 2).count() as f64;
+        let mut previous: Option<Vec<u32>> = None;
+        for effective in [10, 30, 60, 90, 100] {
+            let mut ramping = full;
+            ramping[2].1 = effective;
+            let table = build_stable(&members(&ids, &ramping), M, SEED);
+            assert_eq!(table, build_stable(&members(&ids, &ramping), M, SEED));
+            let kept = base
+                .iter()
+                .zip(&table)
+                .filter(|(b, a)| **b == 2 && **a == 2)
+                .count() as f64;
+            // Kept by the draw, plus what the second table gives back (its share there).
+            let f = f64::from(effective) / 100.0;
+            let expected =
+                own * (f + (1.0 - f) * f64::from(effective) / f64::from(300 + effective));
+            assert!(
+                (kept - expected).abs() <= own * 0.02,
+                "at {effective}%: kept {kept} of {own}"
+            );
+            for (b, a) in base.iter().zip(&table) {
+                if *b != 2 {
+                    assert_eq!(a, b, "a slot of a backend in full service changed hands");
+                }
+            }
+            if let Some(previous) = &previous {
+                let lost = previous
+                    .iter()
+                    .zip(&base)
+                    .zip(&table)
+                    .filter(|((p, b), a)| **p == 2 && **b == 2 && **a != 2)
+                    .count();
+                assert_eq!(lost, 0, "a slot it kept was taken back as it ramped");
+            }
+            previous = Some(table);
+        }
+    }
+
+    #[test]
+    fn no_one_in_service_means_an_empty_table() {
+        let ids = identities(2);
+        let table = build_stable(&members(&ids, &[(1, 0), (1, 0)]), 251, SEED);
+        assert!(table.iter().all(|&b| b == EMPTY));
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub struct Target {
     /// Share of new flows, relative to the pool's other backends. 0 takes the backend out of
     /// the table while its established flows keep going to it (draining).
     pub weight: u32,
+    /// Its weight in full service (healthy, not draining, ramped up): the table is built for
+    /// these, and only the slots of backends below it change hands
+    /// ([`maglev::build_stable`](crate::maglev::build_stable)).
+    pub full_weight: u32,
     /// Whether its established flows keep going to it. False for a dead backend: its flows
     /// are placed afresh by the table (its weight is then 0).
     pub serving: bool,
@@ -78,6 +82,7 @@ impl Target {
         Self {
             address,
             weight,
+            full_weight: weight,
             serving: true,
         }
     }

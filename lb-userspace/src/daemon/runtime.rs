@@ -393,6 +393,7 @@ impl Runtime {
                 Target {
                     address: backend.address,
                     weight,
+                    full_weight: backend.weight * WEIGHT_SCALE,
                     serving,
                 }
             })

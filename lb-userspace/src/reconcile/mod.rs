@@ -453,13 +453,14 @@ impl<D: Datapath> Reconciler<D> {
         backends: &BTreeMap<IpAddr, AppliedBackend>,
     ) -> (Vec<u32>, String) {
         let identities: Vec<Vec<u8>> = listener.targets.iter().map(|t| t.identity()).collect();
-        let entries: Vec<maglev::Entry<'_>> = listener
+        let members: Vec<maglev::Member<'_>> = listener
             .targets
             .iter()
             .zip(&identities)
-            .map(|(target, identity)| maglev::Entry {
+            .map(|(target, identity)| maglev::Member {
                 identity,
-                weight: target.weight,
+                weight: target.full_weight,
+                effective: target.weight.min(target.full_weight),
             })
             .collect();
         let ids: Vec<u32> = listener
@@ -467,7 +468,7 @@ impl<D: Datapath> Reconciler<D> {
             .iter()
             .map(|t| backends.get(&t.address).map_or(RING_EMPTY, |b| b.id))
             .collect();
-        let slots = maglev::build(&entries, self.config.ring_size, self.config.hash_seed);
+        let slots = maglev::build_stable(&members, self.config.ring_size, self.config.hash_seed);
         let digest = table_digest(&identities, &slots);
         let table = slots
             .into_iter()

@@ -63,16 +63,17 @@ fn served(r: &Reconciler<MemoryDatapath>, listener: &Listener) -> Vec<IpAddr> {
 /// The table Maglev gives `listener`, computed directly, as backend addresses.
 fn expected(listener: &Listener) -> Vec<IpAddr> {
     let ids: Vec<Vec<u8>> = listener.targets.iter().map(Target::identity).collect();
-    let entries: Vec<maglev::Entry<'_>> = listener
+    let members: Vec<maglev::Member<'_>> = listener
         .targets
         .iter()
         .zip(&ids)
-        .map(|(t, identity)| maglev::Entry {
+        .map(|(t, identity)| maglev::Member {
             identity,
-            weight: t.weight,
+            weight: t.full_weight,
+            effective: t.weight,
         })
         .collect();
-    maglev::build(&entries, RING, 42)
+    maglev::build_stable(&members, RING, 42)
         .iter()
         .map(|&i| listener.targets[i as usize].address)
         .collect()
@@ -502,12 +503,18 @@ fn nodes_with_the_same_configuration_and_states_show_the_same_table_digest() {
     third.apply(&[reversed]).unwrap();
     assert_eq!(served(&third, &web), served(&first, &web));
     assert_eq!(digest(&third, "web"), digest(&first, "web"));
-    // A weight that differs (one node ramping a backend up, say) shows.
+    // A weight that differs shows, configured or ramping (one node ramping a backend up).
     let mut weighted = web.clone();
     weighted.targets[0].weight = 3;
+    weighted.targets[0].full_weight = 3;
+    let mut ramping = weighted.clone();
+    ramping.targets[0].weight = 2;
+    let mut fifth = reconciler(4);
+    fifth.apply(&[ramping]).unwrap();
     let mut fourth = reconciler(4);
     fourth.apply(&[weighted]).unwrap();
     assert_ne!(digest(&fourth, "web"), digest(&first, "web"));
+    assert_ne!(digest(&fifth, "web"), digest(&fourth, "web"));
     // A backend gone shows.
     let fewer = listener("web", "198.18.100.1", 443, &["198.18.1.1", "198.18.1.2"]);
     first.apply(&[fewer]).unwrap();
