@@ -30,6 +30,10 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     // systemd-analyze: the least-privilege tests check the shipped unit.
     "systemd",
+    // Scaling out: BIRD on the lab's router and nodes (each test starts its own instances);
+    // nftables to make a node fall silent.
+    "bird2",
+    "nftables",
 ];
 
 /// Rustup components, per toolchain (`None`: the toolchain cargo runs by default).
@@ -48,7 +52,10 @@ const BPFFS: &str = "/sys/fs/bpf";
 
 /// Runs every setup step.
 pub fn run(runner: &Runner) -> Result<()> {
-    install_apt_packages(runner)?;
+    let installed = install_apt_packages(runner)?;
+    if installed.contains(&"bird2") {
+        stop_packaged_bird(runner);
+    }
     install_rustup_components(runner)?;
     install_bpf_linker(runner)?;
     install_cargo_deny(runner)?;
@@ -77,16 +84,17 @@ fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
-fn install_apt_packages(runner: &Runner) -> Result<()> {
+/// Installs the missing packages; returns them.
+fn install_apt_packages(runner: &Runner) -> Result<Vec<&'static str>> {
     const STEP: &str = "apt packages";
-    let missing: Vec<&str> = APT_PACKAGES
+    let missing: Vec<&'static str> = APT_PACKAGES
         .iter()
         .copied()
         .filter(|package| !is_apt_installed(package))
         .collect();
     if missing.is_empty() {
         report(STEP, "ok (already installed)");
-        return Ok(());
+        return Ok(missing);
     }
     report(STEP, &format!("missing {}", missing.join(" ")));
     require_root("apt-get, mount")?;
@@ -106,7 +114,24 @@ fn install_apt_packages(runner: &Runner) -> Result<()> {
             "installing Debian packages failed; check `apt-get` output above and the network",
         )?;
     report_done(runner, STEP, &format!("installed {}", missing.join(", ")));
-    Ok(())
+    Ok(missing)
+}
+
+/// The `bird2` package enables its own service: where systemd runs, the one this setup just
+/// installed is stopped and disabled (the tests start their own BIRDs in namespaces; a BIRD
+/// that was there before is left alone).
+fn stop_packaged_bird(runner: &Runner) {
+    const STEP: &str = "packaged bird.service";
+    if !std::path::Path::new("/run/systemd/system").exists() {
+        report(STEP, "ok (systemd is not running: nothing started it)");
+        return;
+    }
+    let mut disable = Command::new("systemctl");
+    disable.args(["disable", "--now", "bird.service"]);
+    match runner.run(&mut disable) {
+        Ok(()) => report_done(runner, STEP, "stopped and disabled"),
+        Err(error) => report(STEP, &format!("left as it is ({error:#})")),
+    }
 }
 
 fn is_apt_installed(package: &str) -> bool {
