@@ -119,6 +119,7 @@ pub(super) fn sample_input() -> MetricsInput {
             routing_daemon_up: Some(true),
             sessions: vec![("tor1".to_owned(), true), ("tor2".to_owned(), false)],
         }),
+        table_digests: vec![("https".to_owned(), "0123456789abcdef".to_owned())],
         uptime_seconds: 12.5,
     }
 }

@@ -25,6 +25,9 @@ pub struct MetricsInput {
     pub datapath: Option<DatapathSample>,
     /// What the node announces to its routers, with `[announce]`.
     pub announce: Option<AnnounceSample>,
+    /// (passthrough listener, digest of its live table): nodes that should agree and do not
+    /// show different digests.
+    pub table_digests: Vec<(String, String)>,
 }
 
 /// The node's announcements and its routing daemon's sessions.

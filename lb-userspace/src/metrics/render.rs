@@ -23,6 +23,7 @@
 //! | `lb_possible_cpus` | | CPUs the kernel may run (one connection-table LRU list each) |
 //! | `lb_conn_table_capacity` | | entries of each connection table, as allocated |
 //! | `lb_conn_table_capacity_per_cpu` | | each CPU's share of them |
+//! | `lb_table_info` | `listener`, `digest` | 1 per passthrough listener: its live table's digest |
 //! | `lb_announced` | `address` | 1 while the node announces a listener address, 0 while not |
 //! | `lb_node_drained` | | 1 while `lb node drain` holds |
 //! | `lb_announce_errors_total` | | failed writes of the announcement table |
@@ -74,6 +75,7 @@ fn build_registry(input: &MetricsInput) -> Registry {
     if let Some(announce) = &input.announce {
         register_announce(&mut registry, announce);
     }
+    register_digests(&mut registry, &input.table_digests);
     registry.register_with_unit(
         "uptime",
         "Seconds since the daemon started",
@@ -123,6 +125,34 @@ fn register_datapath(registry: &mut Registry, datapath: &super::input::DatapathS
         "conn_table_capacity_per_cpu",
         "Each possible CPU's share of a connection table: the flows one CPU's LRU list holds",
         ConstGauge::new(i64::from(datapath.conn_table_entries_per_cpu)),
+    );
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+struct DigestLabels {
+    listener: String,
+    digest: String,
+}
+
+/// The live tables' digests, as an info family: nodes of one deployment should show one digest
+/// per listener (`count by (listener) (count by (listener, digest) (lb_table_info)) > 1` finds
+/// those that do not).
+fn register_digests(registry: &mut Registry, digests: &[(String, String)]) {
+    let samples = digests
+        .iter()
+        .map(|(listener, digest)| {
+            let labels = DigestLabels {
+                listener: listener.clone(),
+                digest: digest.clone(),
+            };
+            (labels, 1)
+        })
+        .collect();
+    registry.register(
+        "table_info",
+        "The digest of each passthrough listener's live Maglev table (as lb listener list's \
+         TABLE): nodes with the same configuration and backend states show the same",
+        SortedFamily::gauges(samples),
     );
 }
 

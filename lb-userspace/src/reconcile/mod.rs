@@ -36,7 +36,7 @@ use lb_common::{
     },
     maps::{MAX_BACKENDS, MAX_VIPS},
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub use self::stats::{ListenerTraffic, Snapshot};
 use self::{
@@ -398,6 +398,10 @@ impl<D: Datapath> Reconciler<D> {
         }
 
         let (table, digest) = self.build_table(listener, &backends);
+        if previous.is_none_or(|p| p.digest != digest) {
+            // Nodes of one deployment log (and show) the same digest for the same view.
+            info!(listener = %listener.name, %digest, "live table");
+        }
         let spare = live.map_or(0, |live| 1 - live);
         let ring = rings[spare];
         let writes = match &self.shadows[ring as usize] {

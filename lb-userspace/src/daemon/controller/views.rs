@@ -500,9 +500,16 @@ impl<D: Datapath> Controller<D> {
                 .map(|s| (s.name.clone(), s.is_up()))
                 .collect(),
         });
+        let table_digests = self
+            .listener_views()
+            .into_iter()
+            .filter(|l| !l.table_digest.is_empty())
+            .map(|l| (l.name, l.table_digest))
+            .collect();
         Some(MetricsInput {
             datapath,
             announce,
+            table_digests,
             counters,
             listeners,
             backends,

@@ -85,6 +85,7 @@ fn sample_input_renders_every_family_with_descriptors() {
         ("lb_announce_errors", "counter"),
         ("lb_routing_daemon_up", "gauge"),
         ("lb_bgp_session_up", "gauge"),
+        ("lb_table_info", "gauge"),
         ("lb_uptime_seconds", "gauge"),
     ] {
         assert_has(&text, &format!("# TYPE {name} {kind}"));
@@ -205,6 +206,10 @@ fn announcements_and_bgp_sessions() {
     assert_has(&text, "lb_announce_errors_total 1");
     assert_has(&text, "lb_routing_daemon_up 1");
     assert_has(&text, r#"lb_bgp_session_up{protocol="tor2"} 0"#);
+    assert_has(
+        &text,
+        r#"lb_table_info{listener="https",digest="0123456789abcdef"} 1"#,
+    );
 }
 
 #[test]
