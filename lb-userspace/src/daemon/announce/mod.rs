@@ -168,6 +168,10 @@ impl Announcer {
                          daemon? give each its own `device`)"
                     }
                     Some(libc::EPERM) => " (it takes CAP_NET_ADMIN)",
+                    Some(libc::EACCES) => {
+                        " (/dev/net/tun is not open to the daemon's user: udev makes it 0666 on \
+                         most systems; or give the daemon cap_dac_override at start)"
+                    }
                     _ => "",
                 };
                 AnnounceError {

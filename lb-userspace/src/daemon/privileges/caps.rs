@@ -14,6 +14,7 @@ pub struct Cap(pub u8);
 
 impl Cap {
     pub const CHOWN: Self = Self(0);
+    pub const DAC_OVERRIDE: Self = Self(1);
     pub const SETPCAP: Self = Self(8);
     pub const NET_BIND_SERVICE: Self = Self(10);
     pub const NET_ADMIN: Self = Self(12);

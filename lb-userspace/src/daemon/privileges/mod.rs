@@ -144,10 +144,11 @@ impl Plan {
         plan
     }
 
-    /// [`Plan::new`] with what this kernel and network namespace say.
+    /// [`Plan::new`] with what this kernel, network namespace and `/dev` say.
     pub fn for_config(config: &Config) -> Self {
         let bpf_every_call = config.has_packet_path() && bpf_checks_every_call();
         Self::new(config, bpf_every_call, unprivileged_port_start())
+            .with_tun_access(config, tun_accessible())
     }
 
     /// With a read-only group of the control socket (`gid`) the daemon is not in, giving the
@@ -166,12 +167,47 @@ impl Plan {
         self
     }
 
+    /// With `[announce]` and a `/dev/net/tun` this process may not open for reading and
+    /// writing (mode 0600, where no udev made it 0666), opening it takes
+    /// `cap_dac_override`, at start only.
+    #[must_use]
+    pub fn with_tun_access(mut self, config: &Config, accessible: bool) -> Self {
+        if config.announce.is_some() && !accessible {
+            self.start.push(need(
+                Cap::DAC_OVERRIDE,
+                format!(
+                    "opening {TUN_PATH} for [announce], which the daemon's user may not open \
+                     (udev makes it 0666 on most systems: `chmod 0666 {TUN_PATH}`, or a udev \
+                     rule, where none did)"
+                ),
+            ));
+        }
+        self
+    }
+
     pub fn start_set(&self) -> CapSet {
         CapSet::of(self.start.iter().map(|n| n.cap))
     }
 
     pub fn keep_set(&self) -> CapSet {
         CapSet::of(self.keep.iter().map(|n| n.cap))
+    }
+}
+
+/// The tun devices' clone node.
+const TUN_PATH: &str = "/dev/net/tun";
+
+/// Whether this process may open [`TUN_PATH`] for reading and writing (`faccessat` with the
+/// effective ids: its mode, or a capability that overrides it).
+fn tun_accessible() -> bool {
+    // SAFETY: a NUL-terminated path; faccessat only reads it.
+    unsafe {
+        libc::faccessat(
+            libc::AT_FDCWD,
+            c"/dev/net/tun".as_ptr(),
+            libc::R_OK | libc::W_OK,
+            libc::AT_EACCESS,
+        ) == 0
     }
 }
 
