@@ -30,6 +30,8 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     // systemd-analyze: the least-privilege tests check the shipped unit.
     "systemd",
+    // BIRD 2: the scale-out lab's routers and nodes, and the check of the shipped BIRD files.
+    "bird2",
 ];
 
 /// Rustup components, per toolchain (`None`: the toolchain cargo runs by default).
