@@ -11,6 +11,8 @@
 //!   between a client-facing and a backend-facing segment (two interfaces, real path MTUs),
 //!   optionally with the VIPs on the balancer's `lo` and the backends' replies routed back
 //!   through it;
+//! - [`bird`]: [`Bird`](bird::Bird), a BIRD 2 child process inside a lab namespace with its
+//!   own configuration, control socket and logs, stopped on drop; the shipped node fragment;
 //! - [`daemon`]: [`DaemonProcess`](daemon::DaemonProcess), an `lb run` child process inside a
 //!   lab namespace, with its own socket and pins, stopped (SIGTERM) on drop;
 //! - [`http`]: [`HttpBackend`](http::HttpBackend), an HTTP/1.1 and HTTP/2 backend (plain or
@@ -36,6 +38,7 @@
 //! Traffic goes only to loopback or to addresses inside namespaces the lab creates: give lab
 //! hosts addresses from 198.18.0.0/15 and 2001:db8::/32, nothing else.
 
+pub mod bird;
 pub mod daemon;
 pub mod http;
 pub mod http_host;
