@@ -162,18 +162,26 @@ fn per_node(predicted: &[Option<usize>]) -> BTreeMap<Option<usize>, usize> {
     counts
 }
 
-/// Checks that no flow failed or stalled; prints the longest stall.
-fn assert_all_unharmed(histories: &[History]) {
+/// Prints how many exchanges the flows made, their longest stall and how many went more than
+/// two periods without an exchange (a lost packet costs a retransmission, 200 ms at least).
+fn print_stalls(histories: &[History]) {
     let longest = histories
         .iter()
         .map(|h| h.max_gap)
         .max()
         .unwrap_or_default();
+    let stalled = histories.iter().filter(|h| h.max_gap > 2 * PERIOD).count();
     println!(
-        "{} flows, {} exchanges, longest stall {longest:?}",
+        "{} flows, {} exchanges, longest stall {longest:?}, {stalled} flows over {:?}",
         histories.len(),
-        histories.iter().map(|h| h.exchanges).sum::<usize>()
+        histories.iter().map(|h| h.exchanges).sum::<usize>(),
+        2 * PERIOD
     );
+}
+
+/// Checks that no flow failed or stalled; prints the longest stall.
+fn assert_all_unharmed(histories: &[History]) {
+    print_stalls(histories);
     histories.iter().for_each(assert_unharmed);
 }
 
@@ -268,16 +276,7 @@ fn a_lost_node_is_routed_around_and_its_flows_carry_on() {
     thread::sleep(SETTLE);
 
     let histories = finish(flows);
-    let longest = histories
-        .iter()
-        .map(|h| h.max_gap)
-        .max()
-        .unwrap_or_default();
-    println!(
-        "{} flows, {} exchanges, longest stall {longest:?}",
-        histories.len(),
-        histories.iter().map(|h| h.exchanges).sum::<usize>()
-    );
+    print_stalls(&histories);
     for h in &histories {
         if let Some((_, reason)) = &h.failure {
             panic!(
