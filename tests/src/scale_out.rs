@@ -132,6 +132,22 @@ impl ScaleOut {
         }
     }
 
+    /// Node `node`'s listeners and the digests of their Maglev tables (`lb listener list`).
+    pub fn table_digests(&self, node: usize) -> Vec<(String, String)> {
+        let daemon = self.lab.daemon(node).expect("a node with a daemon");
+        let output = daemon
+            .cli(&["--json", "listener", "list"])
+            .expect("running the lb CLI");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        match serde_json::from_str(&stdout) {
+            Ok(Body::Listeners(listeners)) => listeners
+                .into_iter()
+                .map(|l| (l.name, l.table_digest))
+                .collect(),
+            other => panic!("node {node}: lb listener list answered {other:?}"),
+        }
+    }
+
     /// Every node's simulation of each flow `clients[k]` → `vip`, one thread per node.
     pub fn simulations(&self, clients: &[SocketAddr], vip: SocketAddr) -> Vec<Placement> {
         let per_node: Vec<Vec<SimulationView>> = std::thread::scope(|scope| {

@@ -69,6 +69,12 @@ fn flows_spread_over_every_node_and_every_node_agrees_on_their_backends() {
     let _serial = serial();
     let started = Instant::now();
     let env = ScaleOut::start("lbtsos", NODES, BACKENDS, &[0, 1, 2]);
+    let digests = env.table_digests(0);
+    assert_eq!(digests.len(), 2, "two listeners: {digests:?}");
+    for node in 1..NODES {
+        assert_eq!(env.table_digests(node), digests, "node {node}'s tables");
+    }
+    println!("every node's tables: {digests:?}");
     for vip in vips() {
         let held = env.open(vip, CONNECTIONS);
         let clients: Vec<SocketAddr> = held.iter().map(|h| h.served.local).collect();
