@@ -9,7 +9,8 @@
 //! - drain at L3: withdrawing one node's announcement (an end node, then the middle one)
 //!   moves its flows to the others without one failed exchange, and so does announcing again;
 //! - node lost: a node whose BIRD is killed and daemon stopped, or whose link goes down, is
-//!   dropped by the router within milliseconds; its flows carry on through the others;
+//!   dropped by the router within milliseconds, a silent one (BIRD paused) when the hold
+//!   timer expires; its flows carry on through the others;
 //! - join: a node that starts announcing takes flows from the others without a failure.
 //!
 //! The announcements are made by hand (`ScaleOutLab::announce`: a route in table 200 with
@@ -277,6 +278,20 @@ fn a_lost_node_is_routed_around_and_its_flows_carry_on() {
     env.lab.link_up(1).unwrap();
     println!(
         "node 1's link up: the router routes to it again after {:?}",
+        detected_after(&env, t0, NODES)
+    );
+    thread::sleep(SETTLE);
+
+    // A silent node: its BIRD stops answering (its daemon and datapath go on). Only the
+    // router's hold timer finds it.
+    let t0 = Instant::now();
+    env.lab.pause_bird(0).unwrap();
+    let detect = detected_after(&env, t0, NODES - 1);
+    println!("node 0's BIRD paused: the router dropped it after {detect:?} (hold timer)");
+    env.lab.resume_bird(0).unwrap();
+    let t0 = Instant::now();
+    println!(
+        "node 0's BIRD resumed: the router routes to it again after {:?}",
         detected_after(&env, t0, NODES)
     );
     thread::sleep(SETTLE);

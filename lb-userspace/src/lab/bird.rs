@@ -6,7 +6,8 @@
 //! the control socket answers `show status`. [`Bird::birdc`] runs `birdc` against that socket
 //! (a Unix socket: `birdc` itself needs no namespace); [`Bird::wait_established`] polls a BGP
 //! protocol until it is `Established`. [`Bird::kill`] is a fault (SIGKILL: the peer sees the
-//! TCP session close), [`Bird::stop`] a clean stop (SIGTERM: BIRD sends Cease), and
+//! TCP session close), [`Bird::pause`] a silent one (SIGSTOP: only the peer's hold timer
+//! notices), [`Bird::stop`] a clean stop (SIGTERM: BIRD sends Cease), and
 //! [`Bird::start_again`] runs the same configuration again. Dropping the guard stops BIRD
 //! (SIGTERM, SIGKILL after a bound) and removes its directory.
 //!
@@ -230,12 +231,9 @@ impl Bird {
             source,
         };
         if child.try_wait().map_err(io)?.is_none() {
-            let pid =
-                libc::pid_t::try_from(child.id()).map_err(|e| io(std::io::Error::other(e)))?;
-            // SAFETY: `kill` has no memory-safety preconditions; `pid` is our unreaped child.
-            if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
-                return Err(io(std::io::Error::last_os_error()));
-            }
+            signal(&child, libc::SIGTERM).map_err(io)?;
+            // A paused BIRD must run to act on it.
+            signal(&child, libc::SIGCONT).map_err(io)?;
             let deadline = Instant::now() + STOP_TIMEOUT;
             while child.try_wait().map_err(io)?.is_none() {
                 if Instant::now() > deadline {
@@ -247,6 +245,30 @@ impl Bird {
             }
         }
         Ok(())
+    }
+
+    /// Pauses BIRD (SIGSTOP): it sends nothing more, its sessions stay open, and the peer
+    /// notices only when its hold timer expires.
+    pub fn pause(&mut self) -> Result<(), LabError> {
+        self.signal(libc::SIGSTOP, "pausing BIRD")
+    }
+
+    /// Lets a paused BIRD run again (SIGCONT).
+    pub fn resume(&mut self) -> Result<(), LabError> {
+        self.signal(libc::SIGCONT, "resuming BIRD")
+    }
+
+    fn signal(&mut self, signal_number: libc::c_int, what: &'static str) -> Result<(), LabError> {
+        let child = self
+            .child
+            .as_mut()
+            .ok_or_else(|| LabError::Daemon("BIRD is not running".to_owned()))?;
+        let io = |source| LabError::File { what, source };
+        if let Some(status) = child.try_wait().map_err(io)? {
+            self.child = None;
+            return Err(LabError::Daemon(format!("BIRD has exited ({status})")));
+        }
+        signal(child, signal_number).map_err(io)
     }
 
     /// Starts `bird -f` in the namespace, stdout and stderr into `stderr.log`.
@@ -289,6 +311,17 @@ impl Bird {
                 source,
             })
     }
+}
+
+/// Sends `signal_number` to `child`, which the caller has checked has not been reaped.
+fn signal(child: &Child, signal_number: libc::c_int) -> std::io::Result<()> {
+    let pid = libc::pid_t::try_from(child.id()).map_err(std::io::Error::other)?;
+    // SAFETY: `kill` has no memory-safety preconditions; `pid` is our own child, not reaped
+    // (only its `Child`, borrowed here, waits for it), so the id is no one else's.
+    if unsafe { libc::kill(pid, signal_number) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl Drop for Bird {

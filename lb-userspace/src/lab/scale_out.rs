@@ -407,6 +407,16 @@ impl ScaleOutLab {
         self.node_mut(i)?.bird.kill()
     }
 
+    /// Pauses node `i`'s BIRD (SIGSTOP: a silent node; the router's hold timer finds it).
+    pub fn pause_bird(&mut self, i: usize) -> Result<(), LabError> {
+        self.node_mut(i)?.bird.pause()
+    }
+
+    /// Lets node `i`'s paused BIRD run again.
+    pub fn resume_bird(&mut self, i: usize) -> Result<(), LabError> {
+        self.node_mut(i)?.bird.resume()
+    }
+
     /// Takes node `i`'s uplink down (the router's end loses its carrier).
     pub fn link_down(&self, i: usize) -> Result<(), LabError> {
         self.node(i)?.ns.ip(&["link", "set", IFACE, "down"])?;
