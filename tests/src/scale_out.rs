@@ -40,6 +40,13 @@ pub struct ScaleOut {
     pub config: Arc<ClientConfig>,
 }
 
+/// Who announces the VIPs: the test by hand, from these nodes, or every node's daemon.
+#[derive(Clone, Copy, Debug)]
+enum Announcer<'a> {
+    Hand(&'a [usize]),
+    Daemon,
+}
+
 /// What every node's daemon says about one flow.
 #[derive(Debug)]
 pub struct Placement {
@@ -78,18 +85,37 @@ impl ScaleOut {
     /// daemon on every node, announces the VIPs from the nodes in `announced` and waits until
     /// the router routes each VIP over exactly those nodes.
     pub fn start(prefix: &str, nodes: usize, backends: usize, announced: &[usize]) -> Self {
+        Self::start_with(prefix, nodes, backends, Announcer::Hand(announced))
+    }
+
+    /// Builds a lab of `nodes` nodes whose daemons announce the VIPs themselves
+    /// (`[announce]`), and waits until the router routes each VIP over every node.
+    pub fn start_announcing(prefix: &str, nodes: usize, backends: usize) -> Self {
+        Self::start_with(prefix, nodes, backends, Announcer::Daemon)
+    }
+
+    fn start_with(prefix: &str, nodes: usize, backends: usize, announcer: Announcer<'_>) -> Self {
         crate::require_root();
         raise_fd_limit();
         let mut lab = ScaleOutLab::build(prefix, nodes, backends).expect("building the lab");
         lab.start_tls(TLS_PORT).expect("starting the TLS backends");
         let binary = lb_binary().expect("the lb binary");
+        let announced: Vec<usize> = match announcer {
+            Announcer::Hand(announced) => announced.to_vec(),
+            Announcer::Daemon => (0..nodes).collect(),
+        };
         for i in 0..nodes {
-            lab.start_daemon(i, &binary)
-                .unwrap_or_else(|e| panic!("starting node {i}'s daemon: {e}"));
+            let started = match announcer {
+                Announcer::Hand(_) => lab.start_daemon(i, &binary),
+                Announcer::Daemon => lab.start_announcing_daemon(i, &binary),
+            };
+            started.unwrap_or_else(|e| panic!("starting node {i}'s daemon: {e}"));
         }
-        for &i in announced {
-            lab.announce(i)
-                .unwrap_or_else(|e| panic!("announcing from node {i}: {e}"));
+        if let Announcer::Hand(hand) = announcer {
+            for &i in hand {
+                lab.announce(i)
+                    .unwrap_or_else(|e| panic!("announcing from node {i}: {e}"));
+            }
         }
         for vip in vips() {
             let took = lab

@@ -13,9 +13,12 @@
 //!   timer expires; its flows carry on through the others;
 //! - join: a node that starts announcing takes flows from the others without a failure.
 //!
-//! The announcements are made by hand (`ScaleOutLab::announce`: a route in table 200 with
-//! protocol 200, what the daemon writes), so that these tests show the BIRD plumbing and the
-//! agreement between nodes. The tests run one at a time: each holds hundreds of connections
+//! - the daemons' own announcements (`[announce]`): `lb node drain` has withdrawn the node when
+//!   it returns, `undrain` announces again, a killed daemon's routes vanish with its device.
+//!
+//! Except in the last, the announcements are made by hand (`ScaleOutLab::announce`: a route in
+//! table 200 with protocol 200, what the daemon writes), so that those tests show the BIRD
+//! plumbing and the agreement between nodes whatever the daemon decides to announce. The tests run one at a time: each holds hundreds of connections
 //! and three daemons on a small machine.
 
 #![allow(
@@ -362,4 +365,93 @@ fn a_node_that_starts_announcing_takes_flows_without_a_failure() {
     }
     assert_all_unharmed(&finish(flows));
     println!("join test: {:?}", started.elapsed());
+}
+
+/// Node `node`'s daemon's CLI; panics unless it succeeds. Returns what it printed.
+fn node_cli(env: &ScaleOut, node: usize, args: &[&str]) -> String {
+    let daemon = env.lab.daemon(node).unwrap();
+    let output = daemon.cli(args).unwrap();
+    assert!(
+        output.status.success(),
+        "node {node}: lb {args:?}: {}\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        daemon.log()
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The daemons announce the VIPs themselves (`[announce]`, the defaults the shipped BIRD
+/// fragment learns): `lb node drain` withdraws a node before it returns, `undrain` brings it
+/// back, a killed daemon's routes vanish with its device; no flow fails.
+#[test]
+fn the_daemons_announce_drain_and_withdraw_by_themselves() {
+    let _serial = serial();
+    let started = Instant::now();
+    let mut env = ScaleOut::start_announcing("lbtsoa", NODES, BACKENDS);
+    let table = env.lab.nodes[0]
+        .ns
+        .ip(&["route", "show", "table", "200"])
+        .unwrap();
+    assert!(
+        table.contains("dev lbvip0 proto 200"),
+        "node 0's table 200: {table}"
+    );
+    // The daemon asks BIRD every few seconds.
+    let deadline = Instant::now() + ROUTE_WAIT;
+    loop {
+        let status = node_cli(&env, 0, &["status"]);
+        if status.contains("BGP tor established") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lb status shows the established BGP session:\n{status}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let flows = start_flows(&env);
+
+    let t0 = Instant::now();
+    node_cli(&env, 1, &["node", "drain", "--timeout", "1s"]);
+    let drained = t0.elapsed();
+    for vip in vips() {
+        let hops = env.lab.next_hops(vip.ip()).unwrap();
+        assert_eq!(
+            hops.len(),
+            NODES - 1,
+            "{}: {hops:?} once drain returned",
+            vip.ip()
+        );
+    }
+    println!("node 1 drained: lb node drain returned after {drained:?}");
+    thread::sleep(SETTLE);
+    let t0 = Instant::now();
+    node_cli(&env, 1, &["node", "undrain"]);
+    println!(
+        "node 1 undrained: the router routes to it again after {:?}",
+        detected_after(&env, t0, NODES)
+    );
+    thread::sleep(SETTLE);
+
+    // The daemon dies: its device, and with it its routes, go; BIRD withdraws them at once.
+    // (Its pinned XDP program forwards on, as after any crash; the flows move away anyway.)
+    let t0 = Instant::now();
+    env.lab.daemon_mut(2).unwrap().kill().unwrap();
+    let detect = detected_after(&env, t0, NODES - 1);
+    println!("node 2's daemon killed: the router dropped it after {detect:?}");
+    assert!(
+        detect < HOLD_TIME,
+        "the vanished routes, not the hold timer"
+    );
+    thread::sleep(SETTLE);
+    let t0 = Instant::now();
+    env.lab.daemon_mut(2).unwrap().restart().unwrap();
+    println!(
+        "node 2's daemon restarted: the router routes to it again after {:?}",
+        detected_after(&env, t0, NODES)
+    );
+    thread::sleep(SETTLE);
+
+    assert_all_unharmed(&finish(flows));
+    println!("daemon announcements test: {:?}", started.elapsed());
 }

@@ -11,7 +11,8 @@
 //! ```
 //!
 //! A node announces a VIP by putting a route for it into kernel table 200 with protocol 200
-//! ([`ScaleOutLab::announce`] does it by hand: `VIP dev lo table 200 proto 200`); its BIRD
+//! (its daemon does, with `[announce]`: [`ScaleOutLab::start_announcing_daemon`]; or
+//! [`ScaleOutLab::announce`] by hand, `VIP dev lo table 200 proto 200`); its BIRD
 //! (configured by the shipped `packaging/bird/lb-node.conf`, included verbatim) learns the
 //! route and exports it to the router, whose BIRD installs one multipath route per VIP over
 //! the nodes that announce it (`merge paths on`), accepting sessions from any node of the
@@ -332,15 +333,36 @@ impl ScaleOutLab {
             .ok_or_else(|| LabError::Daemon(format!("the lab has no node {i}")))
     }
 
-    /// Starts `lb run` (the binary `binary`) on node `i` with [`node_daemon_config`].
+    /// Starts `lb run` (the binary `binary`) on node `i` with [`node_daemon_config`]: it
+    /// announces nothing ([`ScaleOutLab::announce`] does, by hand).
     pub fn start_daemon(&mut self, i: usize, binary: &Path) -> Result<(), LabError> {
+        self.start_daemon_with(i, binary, false)
+    }
+
+    /// Starts `lb run` on node `i` with [`announcing_daemon_config`]: the daemon announces the
+    /// VIPs itself (table 200, protocol 200, through its own device) and reads the node's BIRD.
+    pub fn start_announcing_daemon(&mut self, i: usize, binary: &Path) -> Result<(), LabError> {
+        self.start_daemon_with(i, binary, true)
+    }
+
+    fn start_daemon_with(
+        &mut self,
+        i: usize,
+        binary: &Path,
+        announcing: bool,
+    ) -> Result<(), LabError> {
         let backends = self.backends.len();
         let node = self.node_mut(i)?;
         if node.daemon.is_some() {
             return Err(LabError::Daemon(format!("node {i}'s daemon runs already")));
         }
+        let bird_socket = node.bird.socket();
         let daemon = DaemonProcess::start(binary, &node.ns, |paths| {
-            node_daemon_config(paths, backends)
+            if announcing {
+                announcing_daemon_config(paths, backends, &bird_socket)
+            } else {
+                node_daemon_config(paths, backends)
+            }
         })?;
         node.daemon = Some(daemon);
         Ok(())
@@ -624,6 +646,22 @@ socket = "{socket}"
     )
 }
 
+/// [`node_daemon_config`] with `[announce]`: the daemon announces the VIPs it can serve in
+/// table 200 with protocol 200 (the defaults, which the shipped BIRD fragment learns), shows
+/// the sessions of the BIRD at `bird_socket`, and `lb node drain` waits 1 s.
+pub fn announcing_daemon_config(
+    paths: &DaemonPaths,
+    backends: usize,
+    bird_socket: &Path,
+) -> String {
+    format!(
+        "{}\n[announce]\ntable = {ANNOUNCE_TABLE}\nprotocol = {ANNOUNCE_PROTO}\n\
+         drain_wait = \"1s\"\nbird_socket = \"{}\"\n",
+        node_daemon_config(paths, backends),
+        bird_socket.display()
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -674,5 +712,15 @@ mod tests {
             IpAddr::V4(backend_v4(2))
         );
         assert_eq!(config.listeners["tls6"].address, IpAddr::V6(VIP_V6));
+        assert_eq!(config.announce, None);
+
+        let text = announcing_daemon_config(&paths, 3, Path::new("/tmp/b/bird.ctl"));
+        let config = Config::parse(&text, "node.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let announce = config
+            .announce
+            .unwrap_or_else(|| panic!("[announce]\n{text}"));
+        assert_eq!(announce.table.to_string(), ANNOUNCE_TABLE);
+        assert_eq!(announce.protocol.to_string(), ANNOUNCE_PROTO);
+        assert_eq!(announce.drain_wait, Duration::from_secs(1));
     }
 }
