@@ -27,6 +27,9 @@
 //! XDP program. Every node runs the same configuration ([`node_daemon_config`]: same pools,
 //! same ring and seed), so every node sends a flow to the same backend.
 //!
+//! The address plan, the router's BIRD configuration and the nodes' daemon configurations are
+//! in `plan.rs`.
+//!
 //! [`ScaleOutLab::predicted_node`] asks the router's kernel where a flow goes (`ip route get`
 //! with the flow's ports): exact for IPv4. For IPv6 the kernel hashes forwarded packets
 //! differently from `ip route get`, so placement is stable but not predictable that way.
@@ -38,83 +41,29 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod plan;
+
+pub use plan::{
+    ANNOUNCE_PROTO, ANNOUNCE_TABLE, CLIENT_V4, CLIENT_V6, NODE_HASH_SEED, NODE_LINKS_V4,
+    ROUTER_CLIENT_IFACE, announcing_daemon_config, backend_v4, backend_v6, node_daemon_config,
+    node_v4, node_v6, router_iface, router_v4, router_v6,
+};
+use plan::{
+    CLIENT_MTU, MULTIPATH_SEED, ROUTER_BACK_V4, ROUTER_BACK_V6, ROUTER_CLIENT_V4, ROUTER_CLIENT_V6,
+    router_bird_config,
+};
+
 use super::{
     LabError, NetNs, Pki,
     bird::{Bird, LB_NODE_CONF, node_config},
-    daemon::{DaemonPaths, DaemonProcess},
+    daemon::DaemonProcess,
     netns::veth,
     passthrough::{
-        IFACE, INNER_MTU, LabBackend, VIP_V4, VIP_V6, address_host, passthrough_tables, plug,
-        start_tls_servers,
+        IFACE, INNER_MTU, LabBackend, VIP_V4, VIP_V6, address_host, plug, start_tls_servers,
     },
     sweep_stale,
 };
 use crate::loader::{AttachMode, Aux, attach};
-
-pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 20, 1);
-pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x20, 0, 0, 0, 0, 1);
-const ROUTER_CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 20, 254);
-const ROUTER_CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x20, 0, 0, 0, 0, 0xfe);
-const ROUTER_BACK_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 22, 254);
-const ROUTER_BACK_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x22, 0, 0, 0, 0, 0xfe);
-/// The prefix of the router–node links (one /30 each), from which the router takes sessions.
-pub const NODE_LINKS_V4: &str = "198.18.21.0/24";
-/// The router's interface toward the client.
-pub const ROUTER_CLIENT_IFACE: &str = "c0";
-/// The kernel table and route protocol of the VIPs a node announces.
-pub const ANNOUNCE_TABLE: &str = "200";
-pub const ANNOUNCE_PROTO: &str = "200";
-/// The hash seed of the router's multipath choice, where the kernel has one: the same flows
-/// go to the same nodes on every machine.
-const MULTIPATH_SEED: &str = "12345";
-/// The Maglev seed every node runs with.
-pub const NODE_HASH_SEED: u32 = 4242;
-/// MTU of the client's link (the links behind the router carry encapsulated packets).
-const CLIENT_MTU: u32 = 1500;
-
-/// Node `i`'s address on its link to the router.
-pub fn node_v4(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18, 21, link_base(i) + 2)
-}
-
-/// Node `i`'s IPv6 address on its link to the router.
-pub fn node_v6(i: usize) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, 0x21, link_index(i), 0, 0, 0, 2)
-}
-
-/// The router's address on its link to node `i`.
-pub fn router_v4(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18, 21, link_base(i) + 1)
-}
-
-/// The router's IPv6 address on its link to node `i`.
-pub fn router_v6(i: usize) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, 0x21, link_index(i), 0, 0, 0, 1)
-}
-
-/// Backend `j`'s address behind the router.
-pub fn backend_v4(j: usize) -> Ipv4Addr {
-    Ipv4Addr::new(198, 18, 22, 10 + u8::try_from(j).unwrap_or(u8::MAX - 10))
-}
-
-/// Backend `j`'s IPv6 address behind the router.
-pub fn backend_v6(j: usize) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, 0x22, 0, 0, 0, 0, 0x10 + link_index(j))
-}
-
-/// The first address of node `i`'s /30 (at most 63 nodes).
-fn link_base(i: usize) -> u8 {
-    u8::try_from(i.min(62) * 4).unwrap_or(248)
-}
-
-fn link_index(i: usize) -> u16 {
-    u16::try_from(i).unwrap_or(u16::MAX)
-}
-
-/// The router's interface toward node `i`.
-pub fn router_iface(i: usize) -> String {
-    format!("n{i}")
-}
 
 /// A balancer node: its BIRD, its daemon (when started), its namespace.
 pub struct ScaleNode {
@@ -185,34 +134,6 @@ fn default_via(ns: &NetNs, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<(), LabError> {
     ns.ip(&["route", "replace", "default", "via", &v4.to_string()])?;
     ns.ip(&["-6", "route", "replace", "default", "via", &v6.to_string()])?;
     Ok(())
-}
-
-/// The router's bird.conf: multipath kernel export, the VIP filters, one dynamic session per
-/// node that connects from [`NODE_LINKS_V4`].
-fn router_bird_config(dir: &Path) -> String {
-    format!(
-        r#"log "{log}" all;
-router id {ROUTER_CLIENT_V4};
-protocol device {{}}
-protocol kernel {{ merge paths on; ipv4 {{ import none; export where source = RTS_BGP; }}; }}
-protocol kernel {{ merge paths on; ipv6 {{ import none; export where source = RTS_BGP; }}; }}
-filter lb_vips4_in {{ if net ~ [ {VIP_V4}/32 ] then accept; reject; }}
-filter lb_vips6_in {{ if net ~ [ {VIP_V6}/128 ] then accept; reject; }}
-template bgp lb_node {{
-  local as 65000;
-  hold time 3; keepalive time 1;
-  connect delay time 1; connect retry time 2;
-  error wait time 1, 5; error forget time 10;
-  ipv4 {{ import filter lb_vips4_in; export none; }};
-  ipv6 {{ import filter lb_vips6_in; export none; }};
-}}
-protocol bgp lbnode from lb_node {{
-  neighbor range {NODE_LINKS_V4} external;
-  dynamic name "lbnode";
-}}
-"#,
-        log = dir.join("bird.log").display(),
-    )
 }
 
 impl ScaleOutLab {
@@ -622,50 +543,9 @@ fn parse_next_hops(out: &str) -> Vec<IpAddr> {
         .collect()
 }
 
-/// A node's balancer configuration: XDP on its uplink, a passthrough TLS listener on port 443
-/// of each VIP over the lab's `backends` backends (no health checks), the same ring and seed
-/// on every node, the host's address as the outer source.
-pub fn node_daemon_config(paths: &DaemonPaths, backends: usize) -> String {
-    format!(
-        r#"# A scale-out node: the same listeners, pools, ring and seed as every other node.
-[datapath]
-interfaces = ["{IFACE}"]
-attach_mode = "driver"
-hash_seed = {NODE_HASH_SEED}
-conn_table_size = 65536
-max_listeners = 8
-pin_dir = "{pin_dir}"
-
-[control]
-socket = "{socket}"
-
-{tables}"#,
-        pin_dir = paths.pin_dir.display(),
-        socket = paths.socket.display(),
-        tables = passthrough_tables(backends, backend_v4, backend_v6, "health_check = false\n"),
-    )
-}
-
-/// [`node_daemon_config`] with `[announce]`: the daemon announces the VIPs it can serve in
-/// table 200 with protocol 200 (the defaults, which the shipped BIRD fragment learns), shows
-/// the sessions of the BIRD at `bird_socket`, and `lb node drain` waits 1 s.
-pub fn announcing_daemon_config(
-    paths: &DaemonPaths,
-    backends: usize,
-    bird_socket: &Path,
-) -> String {
-    format!(
-        "{}\n[announce]\ntable = {ANNOUNCE_TABLE}\nprotocol = {ANNOUNCE_PROTO}\n\
-         drain_wait = \"1s\"\nbird_socket = \"{}\"\n",
-        node_daemon_config(paths, backends),
-        bird_socket.display()
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     #[test]
     fn next_hops_are_read_from_single_and_multipath_routes() {
@@ -684,43 +564,5 @@ mod tests {
         let get = "198.18.100.1 from 198.18.20.1 via 198.18.21.6 dev n1 table main uid 0 \n    \
                    cache iif c0 \n";
         assert_eq!(parse_next_hops(get), vec![IpAddr::V4(node_v4(1))]);
-    }
-
-    #[test]
-    fn the_addresses_do_not_overlap() {
-        assert_eq!(router_v4(0), Ipv4Addr::new(198, 18, 21, 1));
-        assert_eq!(node_v4(0), Ipv4Addr::new(198, 18, 21, 2));
-        assert_eq!(node_v4(2), Ipv4Addr::new(198, 18, 21, 10));
-        assert_eq!(
-            node_v6(3),
-            Ipv6Addr::new(0x2001, 0xdb8, 0x21, 3, 0, 0, 0, 2)
-        );
-    }
-
-    #[test]
-    fn every_node_runs_the_same_valid_configuration() {
-        let paths = DaemonPaths {
-            socket: "/lab/lb.sock".into(),
-            pin_dir: "/sys/fs/bpf/lab".into(),
-        };
-        let text = node_daemon_config(&paths, 3);
-        let config = Config::parse(&text, "node.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert_eq!(config.datapath.hash_seed, NODE_HASH_SEED);
-        assert_eq!(config.datapath.interfaces, vec![IFACE.to_owned()]);
-        assert_eq!(
-            config.pools["web4"].backends[2].address,
-            IpAddr::V4(backend_v4(2))
-        );
-        assert_eq!(config.listeners["tls6"].address, IpAddr::V6(VIP_V6));
-        assert_eq!(config.announce, None);
-
-        let text = announcing_daemon_config(&paths, 3, Path::new("/tmp/b/bird.ctl"));
-        let config = Config::parse(&text, "node.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let announce = config
-            .announce
-            .unwrap_or_else(|| panic!("[announce]\n{text}"));
-        assert_eq!(announce.table.to_string(), ANNOUNCE_TABLE);
-        assert_eq!(announce.protocol.to_string(), ANNOUNCE_PROTO);
-        assert_eq!(announce.drain_wait, Duration::from_secs(1));
     }
 }
