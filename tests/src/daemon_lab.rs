@@ -187,7 +187,7 @@ impl DaemonLab {
 /// Raises this process's open-file limit to its hard limit: a test holds both ends of hundreds
 /// of connections (clients and TLS servers run in the test process), more than a common soft
 /// limit of 1024 descriptors allows.
-fn raise_fd_limit() {
+pub fn raise_fd_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

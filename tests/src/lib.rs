@@ -9,7 +9,9 @@
 //! HTTP health endpoint ([`health_endpoint`]), checks on long-lived connections' histories
 //! ([`histories`]) and a scrape of the metrics endpoint ([`metrics_scrape`]); for the L7
 //! listeners beside the passthrough ones, a daemon serving both on one VIP and async HTTPS
-//! clients run from the client namespace ([`side_by_side`]).
+//! clients run from the client namespace ([`side_by_side`]); for several balancer nodes behind
+//! an ECMP router that learns the VIPs by BGP, a daemon on every node and what each says about
+//! a flow ([`scale_out`]).
 //!
 //! These tests need root (CAP_BPF, CAP_NET_ADMIN); `cargo xtask test` runs them.
 
@@ -37,6 +39,7 @@ pub mod pinned;
 pub mod pool_config;
 pub mod raw;
 pub mod routed;
+pub mod scale_out;
 pub mod side_by_side;
 
 /// Panics with a clear message unless the process runs as root.

@@ -1,13 +1,15 @@
 //! Long-lived TLS connections that exchange a line every period, and what each of them lived
 //! through.
 //!
-//! [`LongLived::start`] opens the connections from the lab's client namespace, one thread per
-//! connection, so that a connection that stalls or fails never delays another one's exchanges
+//! [`LongLived::start`] opens the connections from a passthrough lab's client namespace
+//! ([`LongLived::start_from`]: from any client namespace, with any TLS client configuration),
+//! one thread per connection, so that a connection that stalls or fails never delays another one's exchanges
 //! (a blocking client would otherwise wait for its read timeout). It returns once every
 //! connection has completed its first exchange. Each thread then exchanges a line every period
 //! until [`LongLived::finish`] stops it or an exchange fails, and returns its [`History`]: the
 //! backend that served it, how many exchanges succeeded, the longest time between two
-//! successful exchanges, and the first failure with its time.
+//! successful exchanges, and the first failure with its time (a reply from another backend
+//! than the first one's is a failure too).
 
 use std::{
     net::SocketAddr,
@@ -20,7 +22,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb::lab::passthrough::PassthroughLab;
+use lb::lab::{NetNs, passthrough::PassthroughLab};
+use rustls::ClientConfig;
 
 use crate::clients::{Served, lab_client_config, open};
 
@@ -40,21 +43,35 @@ pub struct History {
 /// Connections exchanging lines in the background.
 #[derive(Debug)]
 pub struct LongLived {
+    /// The connections' own addresses (their flows' sources), in the order opened.
+    locals: Vec<SocketAddr>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<History>>,
 }
 
 impl LongLived {
-    /// Opens `count` connections to `vip` that each exchange a line every `period`.
+    /// Opens `count` connections to `vip` from the lab's client that each exchange a line every
+    /// `period`.
     pub fn start(lab: &PassthroughLab, vip: SocketAddr, count: usize, period: Duration) -> Self {
-        let config = lab_client_config(lab);
+        Self::start_from(&lab.client, &lab_client_config(lab), vip, count, period)
+    }
+
+    /// Opens `count` connections to `vip` from namespace `client`, with TLS configuration
+    /// `config`, that each exchange a line every `period`.
+    pub fn start_from(
+        client: &NetNs,
+        config: &Arc<ClientConfig>,
+        vip: SocketAddr,
+        count: usize,
+        period: Duration,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (opened_tx, opened_rx) = mpsc::channel();
         let threads: Vec<_> = (0..count)
             .map(|i| {
                 let (config, stop, opened) =
-                    (Arc::clone(&config), Arc::clone(&stop), opened_tx.clone());
-                lab.client
+                    (Arc::clone(config), Arc::clone(&stop), opened_tx.clone());
+                client
                     .spawn(&format!("long-{i}"), move || {
                         let held = open(&config, vip, &format!("conn {i} line 0"));
                         let mut held = match held {
@@ -65,7 +82,7 @@ impl LongLived {
                                 panic!("{message}");
                             }
                         };
-                        drop(opened.send(Ok(())));
+                        drop(opened.send(Ok((i, held.served.local))));
                         let mut history = History {
                             served: held.served.clone(),
                             exchanges: 1,
@@ -78,7 +95,10 @@ impl LongLived {
                             thread::sleep(period);
                             let sent = format!("conn {i} line {line}");
                             match held.conn.exchange(&sent) {
-                                Ok(reply) if reply.ends_with(&sent) => {
+                                Ok(reply)
+                                    if reply.ends_with(&sent)
+                                        && reply.starts_with(&history.served.reply_backend) =>
+                                {
                                     history.max_gap = history.max_gap.max(last_ok.elapsed());
                                     last_ok = Instant::now();
                                     history.exchanges += 1;
@@ -103,15 +123,24 @@ impl LongLived {
             .collect();
         drop(opened_tx);
         // Built first, so that a failure below stops the threads that did connect.
-        let long_lived = Self { stop, threads };
+        let mut long_lived = Self {
+            locals: vec![SocketAddr::from(([0, 0, 0, 0], 0)); count],
+            stop,
+            threads,
+        };
         for _ in 0..count {
             match opened_rx.recv() {
-                Ok(Ok(())) => {}
+                Ok(Ok((i, local))) => long_lived.locals[i] = local,
                 Ok(Err(message)) => panic!("opening the long-lived connections: {message}"),
                 Err(mpsc::RecvError) => panic!("a connection thread ended before connecting"),
             }
         }
         long_lived
+    }
+
+    /// The connections' own addresses (their flows' sources), in the order opened.
+    pub fn locals(&self) -> &[SocketAddr] {
+        &self.locals
     }
 
     /// Stops the exchanges and returns every connection's history, in the order opened.

@@ -30,10 +30,9 @@ const APT_PACKAGES: &[&str] = &[
     "util-linux",
     // systemd-analyze: the least-privilege tests check the shipped unit.
     "systemd",
-    // Scaling out: BIRD on the lab's router and nodes (each test starts its own instances);
-    // nftables to make a node fall silent.
+    // BIRD 2: the scale-out lab's router and nodes (each test starts its own instances), and
+    // the check of the shipped BIRD files.
     "bird2",
-    "nftables",
 ];
 
 /// Rustup components, per toolchain (`None`: the toolchain cargo runs by default).

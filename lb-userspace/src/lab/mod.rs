@@ -11,6 +11,11 @@
 //!   between a client-facing and a backend-facing segment (two interfaces, real path MTUs),
 //!   optionally with the VIPs on the balancer's `lo` and the backends' replies routed back
 //!   through it;
+//! - [`scale_out`]: [`ScaleOutLab`](scale_out::ScaleOutLab), several balancer nodes behind a
+//!   router that spreads flows over them by ECMP, each node announcing the VIPs by BGP with
+//!   its own BIRD, the backends behind the router;
+//! - [`bird`]: [`Bird`](bird::Bird), a BIRD 2 child process inside a lab namespace with its
+//!   own configuration, control socket and logs, stopped on drop; the shipped node fragment;
 //! - [`daemon`]: [`DaemonProcess`](daemon::DaemonProcess), an `lb run` child process inside a
 //!   lab namespace, with its own socket and pins, stopped (SIGTERM) on drop;
 //! - [`http`]: [`HttpBackend`](http::HttpBackend), an HTTP/1.1 and HTTP/2 backend (plain or
@@ -36,6 +41,7 @@
 //! Traffic goes only to loopback or to addresses inside namespaces the lab creates: give lab
 //! hosts addresses from 198.18.0.0/15 and 2001:db8::/32, nothing else.
 
+pub mod bird;
 pub mod daemon;
 pub mod http;
 pub mod http_host;
@@ -43,6 +49,7 @@ pub mod l7;
 pub mod netns;
 pub mod passthrough;
 pub mod routed;
+pub mod scale_out;
 pub mod side_by_side;
 pub mod tls;
 

@@ -1,0 +1,231 @@
+//! The scale-out lab ([`ScaleOutLab`]) with a daemon on every node, and what its tests ask of
+//! it: TLS connections from the client, which node carried each one and which backend every
+//! node's `lb simulate` names for it.
+//!
+//! [`ScaleOut::start`] builds the lab (TLS on port 443 of every backend), starts `lb run` on
+//! every node, announces the VIPs from the nodes it is told to and waits until the router's
+//! routes have those next hops. [`ScaleOut::simulations`] asks every node's daemon where a
+//! flow goes; the node whose answer comes from its connection table is the one the flow
+//! crossed ([`Placement::carrier`]).
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
+
+use lb::{
+    control::{Body, SimulationView},
+    lab::{
+        client_config,
+        daemon::lb_binary,
+        passthrough::{VIP_V4, VIP_V6},
+        scale_out::ScaleOutLab,
+    },
+};
+use rustls::ClientConfig;
+
+use crate::{
+    clients::{Held, open, run_parallel},
+    daemon_lab::{TLS_PORT, raise_fd_limit},
+};
+
+/// How long the router may take to learn or drop a node's announcement in the tests' waits
+/// (BGP sessions come up within about a second with the lab's timers).
+pub const ROUTE_WAIT: Duration = Duration::from_secs(20);
+
+/// A scale-out lab with a daemon on every node.
+pub struct ScaleOut {
+    pub lab: ScaleOutLab,
+    pub config: Arc<ClientConfig>,
+}
+
+/// Who announces the VIPs: the test by hand, from these nodes, or every node's daemon.
+#[derive(Clone, Copy, Debug)]
+enum Announcer<'a> {
+    Hand(&'a [usize]),
+    Daemon,
+}
+
+/// What every node's daemon says about one flow.
+#[derive(Debug)]
+pub struct Placement {
+    /// Per node, in order.
+    pub per_node: Vec<SimulationView>,
+}
+
+impl Placement {
+    /// The node whose connection table holds the flow: the one it crossed (`None` if no node
+    /// or several do).
+    pub fn carrier(&self) -> Option<usize> {
+        let holders: Vec<usize> = self
+            .per_node
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.reason == "connection table")
+            .map(|(i, _)| i)
+            .collect();
+        match holders.as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        }
+    }
+}
+
+/// Both VIPs at the TLS port.
+pub fn vips() -> [SocketAddr; 2] {
+    [
+        SocketAddr::new(IpAddr::V4(VIP_V4), TLS_PORT),
+        SocketAddr::new(IpAddr::V6(VIP_V6), TLS_PORT),
+    ]
+}
+
+impl ScaleOut {
+    /// Builds a lab of `nodes` nodes and `backends` backends named after `prefix`, starts a
+    /// daemon on every node, announces the VIPs from the nodes in `announced` and waits until
+    /// the router routes each VIP over exactly those nodes.
+    pub fn start(prefix: &str, nodes: usize, backends: usize, announced: &[usize]) -> Self {
+        Self::start_with(prefix, nodes, backends, Announcer::Hand(announced))
+    }
+
+    /// Builds a lab of `nodes` nodes whose daemons announce the VIPs themselves
+    /// (`[announce]`), and waits until the router routes each VIP over every node.
+    pub fn start_announcing(prefix: &str, nodes: usize, backends: usize) -> Self {
+        Self::start_with(prefix, nodes, backends, Announcer::Daemon)
+    }
+
+    fn start_with(prefix: &str, nodes: usize, backends: usize, announcer: Announcer<'_>) -> Self {
+        crate::require_root();
+        raise_fd_limit();
+        let mut lab = ScaleOutLab::build(prefix, nodes, backends).expect("building the lab");
+        lab.start_tls(TLS_PORT).expect("starting the TLS backends");
+        let binary = lb_binary().expect("the lb binary");
+        let announced: Vec<usize> = match announcer {
+            Announcer::Hand(announced) => announced.to_vec(),
+            Announcer::Daemon => (0..nodes).collect(),
+        };
+        for i in 0..nodes {
+            let started = match announcer {
+                Announcer::Hand(_) => lab.start_daemon(i, &binary),
+                Announcer::Daemon => lab.start_announcing_daemon(i, &binary),
+            };
+            started.unwrap_or_else(|e| panic!("starting node {i}'s daemon: {e}"));
+        }
+        if let Announcer::Hand(hand) = announcer {
+            for &i in hand {
+                lab.announce(i)
+                    .unwrap_or_else(|e| panic!("announcing from node {i}: {e}"));
+            }
+        }
+        for vip in vips() {
+            let took = lab
+                .wait_next_hops(vip.ip(), announced.len(), ROUTE_WAIT)
+                .unwrap_or_else(|e| panic!("{e}"));
+            println!(
+                "the router routes {} over {announced:?} after {took:?}",
+                vip.ip()
+            );
+        }
+        let roots = lab.pki.roots().expect("the lab's trust store");
+        let config = client_config(&roots).expect("a client configuration");
+        Self { lab, config }
+    }
+
+    /// Opens `count` connections to `vip` from the client over a few threads and keeps them
+    /// open. Any failure fails the test.
+    pub fn open(&self, vip: SocketAddr, count: usize) -> Vec<Held> {
+        let config = Arc::clone(&self.config);
+        run_parallel(&self.lab.client, count, 4, move |i| {
+            open(&config, vip, &format!("hello {i}"))
+                .unwrap_or_else(|e| panic!("connection {i} to {vip}: {e}"))
+        })
+    }
+
+    /// Node `node`'s `lb simulate CLIENT VIP`.
+    pub fn simulate(&self, node: usize, client: SocketAddr, vip: SocketAddr) -> SimulationView {
+        let daemon = self.lab.daemon(node).expect("a node with a daemon");
+        let args = ["--json", "simulate", &client.to_string(), &vip.to_string()];
+        let output = daemon.cli(&args).expect("running the lb CLI");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "node {node}: lb {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        match serde_json::from_str(&stdout) {
+            Ok(Body::Simulation(view)) => view,
+            other => panic!("node {node}: lb {args:?} answered {other:?}"),
+        }
+    }
+
+    /// Node `node`'s listeners and the digests of their Maglev tables (`lb listener list`).
+    pub fn table_digests(&self, node: usize) -> Vec<(String, String)> {
+        let daemon = self.lab.daemon(node).expect("a node with a daemon");
+        let output = daemon
+            .cli(&["--json", "listener", "list"])
+            .expect("running the lb CLI");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        match serde_json::from_str(&stdout) {
+            Ok(Body::Listeners(listeners)) => listeners
+                .into_iter()
+                .map(|l| (l.name, l.table_digest))
+                .collect(),
+            other => panic!("node {node}: lb listener list answered {other:?}"),
+        }
+    }
+
+    /// Every node's simulation of each flow `clients[k]` → `vip`, one thread per node.
+    pub fn simulations(&self, clients: &[SocketAddr], vip: SocketAddr) -> Vec<Placement> {
+        let per_node: Vec<Vec<SimulationView>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..self.lab.nodes.len())
+                .map(|node| {
+                    scope.spawn(move || {
+                        clients
+                            .iter()
+                            .map(|c| self.simulate(node, *c, vip))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a simulation thread panicked"))
+                .collect()
+        });
+        (0..clients.len())
+            .map(|k| Placement {
+                per_node: per_node.iter().map(|views| views[k].clone()).collect(),
+            })
+            .collect()
+    }
+
+    /// The name (`backend-N`) of the backend at `address`.
+    pub fn backend_name(&self, address: IpAddr) -> String {
+        self.lab
+            .backends
+            .iter()
+            .find(|b| IpAddr::V4(b.v4) == address || IpAddr::V6(b.v6) == address)
+            .map_or_else(
+                || format!("(unknown backend {address})"),
+                |b| b.name.clone(),
+            )
+    }
+
+    /// The node the router sends each IPv4 flow from `clients` to `vip` to, by its kernel.
+    pub fn predicted_nodes(&self, clients: &[SocketAddr], vip: SocketAddr) -> Vec<Option<usize>> {
+        let IpAddr::V4(vip_v4) = vip.ip() else {
+            panic!("only IPv4 placement can be predicted");
+        };
+        clients
+            .iter()
+            .map(|c| {
+                let IpAddr::V4(client) = c.ip() else {
+                    panic!("an IPv4 client for an IPv4 VIP");
+                };
+                self.lab
+                    .predicted_node(client, c.port(), vip_v4, vip.port())
+                    .expect("ip route get in the router")
+            })
+            .collect()
+    }
+}
