@@ -93,7 +93,7 @@ pub fn run(lab: &PassthroughLab, daemon: &DaemonProcess) -> Result<Failover, Dem
     };
     let vip = SocketAddr::new(IpAddr::V4(VIP_V4), PORT);
     println!(
-        "\n[3/5] {CONNECTIONS} long-lived TLS connections to {vip}, a line each every {} ms; then {} leaves the pool",
+        "\n[3/6] {CONNECTIONS} long-lived TLS connections to {vip}, a line each every {} ms; then {} leaves the pool",
         PERIOD.as_millis(),
         removed.name
     );

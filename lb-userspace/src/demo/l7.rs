@@ -38,7 +38,7 @@ pub struct L7Shown {
 /// Runs step 4 and prints what it shows.
 pub fn run(lab: &mut PassthroughLab, daemon: &DaemonProcess) -> Result<L7Shown, DemoError> {
     println!(
-        "\n[4/5] TLS offload and bridging on the same VIP ({VIP_V4}:{OFFLOAD_PORT} and :{BRIDGING_PORT}), with sticky sessions"
+        "\n[4/6] TLS offload and bridging on the same VIP ({VIP_V4}:{OFFLOAD_PORT} and :{BRIDGING_PORT}), with sticky sessions"
     );
     let mut requests = 0;
     for (port, what) in [

@@ -18,7 +18,11 @@
 //! 4. `l7.rs`: HTTPS requests through the offload and bridging listeners on the same VIP,
 //!    spread over the backends; a sticky user pinned to one backend, re-pinned with a new
 //!    cookie when that backend's server stops and its health check fails;
-//! 5. cleanup: the daemon stopped, the namespaces deleted, by the guards' `Drop`.
+//! 5. `scale_out.rs`: three balancer nodes behind a router that spreads flows over them by
+//!    ECMP, each announcing the VIPs over BGP with its own BIRD (a lab of its own,
+//!    [`ScaleOutLab`](crate::lab::scale_out::ScaleOutLab)); long-lived connections while one
+//!    node is drained (`lb node drain`) and another killed: every connection keeps its backend;
+//! 6. cleanup: the daemons stopped, the namespaces deleted, by the guards' `Drop`.
 //!
 //! Data flow: `run` builds the lab and starts the daemon, hands both to each step, and each
 //! step returns what it established (a `Spread`, a `Failover`) or a
@@ -29,6 +33,7 @@
 mod failover;
 mod interrupt;
 mod l7;
+mod scale_out;
 mod spread;
 mod stats;
 
@@ -111,9 +116,9 @@ pub fn run() -> Result<(), DemoError> {
     println!(
         "lb demo: the load balancer in passthrough, offload and bridging modes, in network namespaces on this host (Ctrl-C stops it cleanly)"
     );
-    let result = run_lab();
+    let result = run_lab().and_then(|shown| Ok((shown, scale_out::run()?)));
     let left = leftovers();
-    let (spread, failover, l7) = match result {
+    let ((spread, failover, l7), scaled) = match result {
         Ok(done) => done,
         Err(error) => {
             if !left.is_empty() {
@@ -128,9 +133,9 @@ pub fn run() -> Result<(), DemoError> {
     if !left.is_empty() {
         return Err(DemoError::LeftBehind(left));
     }
-    println!("\n[5/5] Cleanup: daemon stopped, namespaces deleted, nothing left behind.");
+    println!("\n[6/6] Cleanup: daemon stopped, namespaces deleted, nothing left behind.");
     println!(
-        "demo ok in {:.1} s: {} TLS connections spread over {BACKENDS} backends (IPv4 and IPv6); removing {} broke 0 of {} connections to the others and ended its {} as documented; {} HTTPS requests through offload and bridging; a sticky user re-pinned {} ms after its backend stopped.",
+        "demo ok in {:.1} s: {} TLS connections spread over {BACKENDS} backends (IPv4 and IPv6); removing {} broke 0 of {} connections to the others and ended its {} as documented; {} HTTPS requests through offload and bridging; a sticky user re-pinned {} ms after its backend stopped; behind a router, draining a node moved {} flows and killing one {} more (dropped by the router in {} ms), 0 of {} broken.",
         started.elapsed().as_secs_f64(),
         spread.connections,
         failover.removed,
@@ -138,6 +143,10 @@ pub fn run() -> Result<(), DemoError> {
         failover.ended,
         l7.requests,
         l7.repinned_after.as_millis(),
+        scaled.moved_by_drain,
+        scaled.moved_by_kill,
+        scaled.kill_detected.as_millis(),
+        scaled.connections,
     );
     Ok(())
 }
@@ -169,7 +178,7 @@ fn require_root() -> Result<(), DemoError> {
 
 /// Step 1: the namespaces, links, decapsulation programs and TLS servers.
 fn build_lab() -> Result<PassthroughLab, DemoError> {
-    println!("\n[1/5] The lab");
+    println!("\n[1/6] The lab");
     let mut lab = PassthroughLab::build(PREFIX, BACKENDS)?;
     interrupt::check()?;
     lab.start_tls(PORT)?;
@@ -242,11 +251,13 @@ fn leftovers() -> Vec<String> {
     let pid = std::process::id();
     let netns = format!("{PREFIX}-{pid}-");
     let daemon = format!("lb-lab-{pid}-");
+    let bird = format!("lbbird-{pid}-");
     let mut left = Vec::new();
     for (dir, prefix) in [
         (PathBuf::from("/run/netns"), &netns),
         (PathBuf::from("/sys/fs/bpf"), &daemon),
         (std::env::temp_dir(), &daemon),
+        (PathBuf::from("/tmp"), &bird),
     ] {
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;

@@ -35,7 +35,7 @@ pub fn run(lab: &PassthroughLab, daemon: &DaemonProcess) -> Result<Spread, DemoE
     let vip4 = SocketAddr::new(IpAddr::V4(VIP_V4), PORT);
     let vip6 = SocketAddr::new(IpAddr::V6(VIP_V6), PORT);
     println!(
-        "\n[2/5] {CONNECTIONS} TLS connections to {vip4} (SNI {VIP_NAME}), {THREADS} clients in parallel"
+        "\n[2/6] {CONNECTIONS} TLS connections to {vip4} (SNI {VIP_NAME}), {THREADS} clients in parallel"
     );
     let started = Instant::now();
     let v4 = Tally::of(lab, connect_many(lab, vip4, CONNECTIONS)?);
