@@ -545,7 +545,9 @@ fn check_datapath(
     })
 }
 
-/// An interface name the kernel would accept.
+/// BIRD's own route protocol number (`RTPROT_BIRD`).
+const BIRD_PROTOCOL: i64 = 12;
+
 /// `[announce]`: a table the kernel does not route with, a protocol number it does not use
 /// itself, a device name, the drain's wait, and BIRD's socket.
 fn check_announce(c: &mut Checker<'_>, raw: &RawAnnounce) -> Option<AnnounceSettings> {
@@ -582,18 +584,29 @@ fn check_announce(c: &mut Checker<'_>, raw: &RawAnnounce) -> Option<AnnounceSett
             );
             return None;
         }
+        if value == BIRD_PROTOCOL {
+            c.problem(
+                protocol,
+                "announce.protocol",
+                "12 is BIRD's own: BIRD would take the routes for its own and remove them; pick \
+                 one that only this daemon uses, as the default 200",
+            );
+            return None;
+        }
         c.int::<u8>(protocol, "announce.protocol", (5, 255))
     });
     let device = raw.device.as_ref().and_then(|device| {
-        if is_interface_name(device.get_ref()) {
+        let name = device.get_ref();
+        // The kernel numbers a name with `%` (`lb%d`: lb0, ...); `.` and `..` are not names.
+        if is_interface_name(name) && !name.contains('%') && name != "." && name != ".." {
             Some(device.get_ref().clone())
         } else {
             c.problem(
                 device,
                 "announce.device",
                 format!(
-                    "{:?} is not an interface name (1 to 15 characters, no '/', ':' or space)",
-                    device.get_ref()
+                    "{name:?} is not an interface name (1 to 15 characters, no '/', ':', '%' \
+                     or space, not '.' or '..')"
                 ),
             );
             None
@@ -626,6 +639,7 @@ fn check_announce(c: &mut Checker<'_>, raw: &RawAnnounce) -> Option<AnnounceSett
     })
 }
 
+/// An interface name the kernel would accept.
 fn is_interface_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 15

@@ -125,6 +125,7 @@ pub enum Body {
     /// `lb node drain` and `lb node undrain`.
     Node(Box<NodeChange>),
 }
+
 /// The node's announcements, for `lb status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnnounceView {

@@ -35,6 +35,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use super::announce::InheritedDevice;
 use crate::{control::Request, l7::Inherited};
 
 /// The most sockets one daemon hands over (the kernel takes at most 253 descriptors in one
@@ -77,14 +78,24 @@ pub enum Answer {
     Offer {
         pid: u32,
         sockets: Vec<SocketAddr>,
-        /// The announcement device's name (`[announce]`), its descriptor attached after the
+        /// The announcement device (`[announce]`), its descriptor attached after the
         /// sockets': the successor keeps the routes through it, so nothing is withdrawn.
         #[serde(default)]
-        device: Option<String>,
+        device: Option<DeviceOffer>,
     },
     Refused {
         reason: String,
     },
+}
+
+/// The announcement device offered: its name, how the routes through it are announced, and
+/// whether the node is drained (the successor stays drained).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceOffer {
+    pub name: String,
+    pub table: u32,
+    pub protocol: u8,
+    pub drained: bool,
 }
 
 /// The successor's side: the daemon it takes over from, until that one drains.
@@ -93,8 +104,8 @@ pub struct Predecessor {
     stream: UnixStream,
     socket: String,
     pub pid: u32,
-    /// The announcement device it handed over, by name.
-    pub device: Option<(String, OwnedFd)>,
+    /// The announcement device it handed over.
+    pub device: Option<InheritedDevice>,
 }
 
 /// Asks the daemon answering at `socket` for its listening sockets. `None` if no daemon
@@ -139,7 +150,13 @@ pub fn request(socket: &Path) -> Result<Option<(Predecessor, Inherited)>, Handov
                     fds.len()
                 )));
             }
-            let device = device.zip(fds.pop());
+            let device = device.zip(fds.pop()).map(|(offer, fd)| InheritedDevice {
+                fd,
+                name: offer.name,
+                table: offer.table,
+                protocol: offer.protocol,
+                drained: offer.drained,
+            });
             let inherited = sockets.into_iter().zip(fds).collect();
             Ok(Some((
                 Predecessor {
@@ -195,12 +212,12 @@ pub fn offer(
     stream: &UnixStream,
     pid: u32,
     sockets: Vec<(SocketAddr, OwnedFd)>,
-    device: Option<(String, OwnedFd)>,
+    device: Option<(DeviceOffer, OwnedFd)>,
 ) -> io::Result<()> {
     let (addresses, mut fds): (Vec<SocketAddr>, Vec<OwnedFd>) = sockets.into_iter().unzip();
-    let device = device.map(|(name, fd)| {
+    let device = device.map(|(offer, fd)| {
         fds.push(fd);
-        name
+        offer
     });
     let mut line = serde_json::to_string(&Answer::Offer {
         pid,

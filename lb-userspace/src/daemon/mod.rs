@@ -196,28 +196,28 @@ async fn serve(
         None => None,
     };
     // The announcement device (a successor's is handed over), before CAP_NET_ADMIN may go.
+    let drained = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let announcer = match &config.announce {
         Some(settings) => {
-            let inherited = predecessor
-                .as_mut()
-                .and_then(|p| p.device.take())
-                .filter(|(name, _)| *name == settings.device)
-                .map(|(_, fd)| fd);
-            Some(Announcer::start(settings, inherited)?)
+            let inherited = predecessor.as_mut().and_then(|p| p.device.take());
+            Some(Announcer::start(settings, inherited, Arc::clone(&drained))?)
         }
         None => None,
     };
     // A copy of the device's descriptor, to hand over; dropped on any other stop so that the
     // routes go with the controller's.
-    let mut announce_device = match &announcer {
-        Some(announcer) => Some((
-            announcer.device_name().to_owned(),
-            announcer.device_fd().map_err(|source| DaemonError::Io {
+    let mut announce_device = match (&announcer, &config.announce) {
+        (Some(announcer), Some(settings)) => Some(AnnounceHandle {
+            fd: announcer.device_fd().map_err(|source| DaemonError::Io {
                 what: "copying the announcement device's descriptor".to_owned(),
                 source,
             })?,
-        )),
-        None => None,
+            name: announcer.device_name().to_owned(),
+            table: settings.table,
+            protocol: settings.protocol,
+            drained,
+        }),
+        _ => None,
     };
     // The control socket is made now (it may be given to the read-only group), and put in
     // place last, once the daemon is ready.
@@ -300,9 +300,7 @@ async fn serve(
                 Ok(()) = &mut panicked => break Stop::Panicked,
                 Some(stream) = handover_requests.recv() => {
                     let sockets = listening_sockets(&l7, &also_listening);
-                    let device = announce_device
-                        .as_ref()
-                        .and_then(|(name, fd)| Some((name.clone(), fd.try_clone().ok()?)));
+                    let device = announce_device.as_ref();
                     match hand_over(stream, &events, balancer.as_mut(), sockets, device, &pin_dir)
                         .await?
                     {
@@ -412,7 +410,7 @@ async fn hand_over(
     events: &mpsc::Sender<Event>,
     mut balancer: Option<&mut Balancer>,
     sockets: Vec<(std::net::SocketAddr, std::os::fd::OwnedFd)>,
-    device: Option<(String, std::os::fd::OwnedFd)>,
+    device: Option<&AnnounceHandle>,
     pin_dir: &Path,
 ) -> Result<Option<oneshot::Sender<bool>>, DaemonError> {
     let stream = match stream
@@ -437,6 +435,8 @@ async fn hand_over(
     if let Some(balancer) = balancer.as_mut() {
         balancer.unlock();
     }
+    // Read once the controller is paused: no drain or undrain changes it now.
+    let device = device.and_then(AnnounceHandle::offer);
     info!(
         sockets = sockets.len(),
         "handing over to a new daemon: controller paused, pin directory unlocked"
@@ -456,6 +456,37 @@ async fn hand_over(
             let _ = resume.send(true);
             Ok(None)
         }
+    }
+}
+
+/// The announcement device, as the daemon offers it to a successor.
+struct AnnounceHandle {
+    fd: std::os::fd::OwnedFd,
+    name: String,
+    table: u32,
+    protocol: u8,
+    /// Shared with the announcer.
+    drained: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AnnounceHandle {
+    /// The offer and a descriptor of its own; `None` (logged: the successor then makes a device
+    /// of its own once this one is gone) if the descriptor cannot be copied.
+    fn offer(&self) -> Option<(handover::DeviceOffer, std::os::fd::OwnedFd)> {
+        let fd = match self.fd.try_clone() {
+            Ok(fd) => fd,
+            Err(error) => {
+                warn!(%error, "copying the announcement device's descriptor failed: it is not handed over");
+                return None;
+            }
+        };
+        let offer = handover::DeviceOffer {
+            name: self.name.clone(),
+            table: self.table,
+            protocol: self.protocol,
+            drained: self.drained.load(std::sync::atomic::Ordering::SeqCst),
+        };
+        Some((offer, fd))
     }
 }
 

@@ -70,6 +70,9 @@ impl std::fmt::Display for BackendKey {
 const WEIGHT_SCALE: u32 = 100;
 /// Slow start ramps in this many steps.
 const RAMP_STEPS: u32 = 10;
+/// How far the wall clock may drift from its pairing with the monotonic clock before it is
+/// paired afresh.
+const CLOCK_SLACK: Duration = Duration::from_millis(10);
 
 /// The states `lb backend list` shows, and the metrics count transitions into.
 pub const STATES: [&str; 4] = ["healthy", "unhealthy", "draining", "disabled"];
@@ -143,6 +146,18 @@ impl WallClock {
 }
 
 impl Runtime {
+    /// Follows the wall clock: if `wall` (read at `now`) is more than [`CLOCK_SLACK`] from
+    /// what the pairing gives, pair them afresh (NTP stepped the clock, say; nodes must step
+    /// slow start at the same wall-clock moments). Returns the step, if there was one.
+    pub fn follow_wall_clock(&mut self, now: Instant, wall: SystemTime) -> Option<Duration> {
+        let fresh = WallClock::at(now, wall);
+        let step = self.clock.wall(now).abs_diff(fresh.since_epoch);
+        (step > CLOCK_SLACK).then(|| {
+            self.clock = fresh;
+            step
+        })
+    }
+
     /// A runtime whose wall clock read `wall` at `instant` (tests; [`Runtime::default`] reads
     /// both clocks).
     pub fn with_wall_clock(instant: Instant, wall: SystemTime) -> Self {
@@ -651,6 +666,24 @@ pool = "web"
     /// Two balancers (their `Instant`s unrelated, their wall clocks agreeing) see a backend
     /// recover 0.6 s apart within one step of the ramp (1 s): their tables weigh it the same at
     /// every moment. Seen in neighbouring steps, they differ by at most one step.
+    #[test]
+    fn a_stepped_wall_clock_is_followed() {
+        let t0 = Instant::now();
+        let mut r = aligned_runtime(t0);
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let later = t0 + Duration::from_secs(5);
+        assert_eq!(
+            r.follow_wall_clock(later, wall + Duration::from_millis(5_004)),
+            None,
+            "a few milliseconds of drift"
+        );
+        assert_eq!(
+            r.follow_wall_clock(later, wall + Duration::from_secs(65)),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(r.clock.wall(later), Duration::from_secs(1_800_000_065));
+    }
+
     #[test]
     fn balancers_that_see_a_recovery_within_one_step_ramp_alike() {
         let c = config(CONFIG);

@@ -1,7 +1,8 @@
 //! What the host's kernel knows that the balancer needs: the addresses assigned to its
 //! interfaces ([`addresses`]), routes, neighbours and XDP attachments through rtnetlink
-//! ([`rtnl`]), a tun device for routes to point at ([`tun`]), which interfaces take redirected frames ([`netdev`]), interface offloads
-//! ([`ethtool`]), and the daemon's own open-file limit ([`files`]).
+//! ([`rtnl`]), a tun device for routes to point at ([`tun`]), which interfaces take
+//! redirected frames ([`netdev`]), interface offloads ([`ethtool`]), and the daemon's own
+//! open-file limit ([`files`]).
 
 pub mod addresses;
 pub mod ethtool;

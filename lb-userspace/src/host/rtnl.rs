@@ -173,6 +173,10 @@ impl Rtnl {
                     continue;
                 }
                 match message.payload {
+                    // A dump that failed part-way ends with its error in the Done message.
+                    NetlinkPayload::Done(done) if done.code < 0 => {
+                        return Err(io::Error::from_raw_os_error(-done.code));
+                    }
                     NetlinkPayload::Done(_) => return Ok(answers),
                     NetlinkPayload::Error(error) => {
                         return match error.code {
@@ -325,8 +329,9 @@ impl Rtnl {
         Ok(())
     }
 
-    /// The host routes (a /32 or /128) of `protocol` in `table`, both families.
-    pub fn table_routes(&mut self, table: u32, protocol: u8) -> io::Result<Vec<IpAddr>> {
+    /// The host routes (a /32 or /128) of `protocol` in `table` through interface `oif`, both
+    /// families. A table that does not exist (yet) holds none.
+    pub fn table_routes(&mut self, table: u32, protocol: u8, oif: u32) -> io::Result<Vec<IpAddr>> {
         let mut found = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut message = RouteMessage::default();
@@ -335,7 +340,10 @@ impl Rtnl {
             message.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
             message.header.protocol = RouteProtocol::from(protocol);
             message.attributes.push(RouteAttribute::Table(table));
-            let answers = self.exchange(RouteNetlinkMessage::GetRoute(message), NLM_F_DUMP)?;
+            let answers = match self.exchange(RouteNetlinkMessage::GetRoute(message), NLM_F_DUMP) {
+                Err(error) if error.raw_os_error() == Some(libc::ENOENT) => Vec::new(),
+                other => other?,
+            };
             for answer in answers {
                 let RouteNetlinkMessage::NewRoute(route) = answer else {
                     continue;
@@ -348,7 +356,14 @@ impl Rtnl {
                         _ => None,
                     })
                     .unwrap_or_else(|| u32::from(route.header.table));
-                if in_table != table || u8::from(route.header.protocol) != protocol {
+                let through = route.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(index) => Some(*index),
+                    _ => None,
+                });
+                if in_table != table
+                    || u8::from(route.header.protocol) != protocol
+                    || through != Some(oif)
+                {
                     continue;
                 }
                 let destination = route.attributes.iter().find_map(|a| match a {
@@ -382,15 +397,19 @@ impl Rtnl {
         Ok(())
     }
 
-    /// Deletes the host route to `destination` of `protocol` in `table`; one already gone is
-    /// not an error.
+    /// Deletes the host route to `destination` of `protocol` in `table` through `oif`, whatever
+    /// its scope and type (as `ip route del` does); one already gone is not an error.
     pub fn delete_route(
         &mut self,
         table: u32,
         protocol: u8,
         destination: IpAddr,
+        oif: u32,
     ) -> io::Result<()> {
-        let message = host_route(table, protocol, destination);
+        let mut message = host_route(table, protocol, destination);
+        message.header.scope = RouteScope::NoWhere;
+        message.header.kind = RouteType::Unspec;
+        message.attributes.push(RouteAttribute::Oif(oif));
         match self.exchange(RouteNetlinkMessage::DelRoute(message), NLM_F_ACK) {
             Err(error) if error.raw_os_error() == Some(libc::ESRCH) => Ok(()),
             other => other.map(drop),

@@ -10,11 +10,6 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-/// `TUNSETIFF` (`_IOW('T', 202, int)`).
-const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const IFF_TUN: libc::c_short = 0x0001;
-const IFF_NO_PI: libc::c_short = 0x1000;
-
 /// An open tun device.
 #[derive(Debug)]
 pub struct Tun {
@@ -23,8 +18,9 @@ pub struct Tun {
 }
 
 impl Tun {
-    /// Creates the device `name`. Fails with `EBUSY` if a device of that name exists and is
-    /// held open, `EPERM` without `CAP_NET_ADMIN`.
+    /// Creates the device `name` (`IFF_TUN_EXCL`: never an existing one, which might be
+    /// persistent and outlive the daemon). Fails with `EBUSY` if a device of that name exists,
+    /// `EPERM` without `CAP_NET_ADMIN`.
     pub fn create(name: &str) -> io::Result<Self> {
         let c_name = CString::new(name)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the name"))?;
@@ -51,9 +47,12 @@ impl Tun {
         for (slot, byte) in request.ifr_name.iter_mut().zip(c_name.as_bytes()) {
             *slot = libc::c_char::from_ne_bytes([*byte]);
         }
-        request.ifr_ifru.ifru_flags = IFF_TUN | IFF_NO_PI;
+        // 0x9001: the C `short` field holds it as a negative number.
+        let flags =
+            u16::try_from(libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_TUN_EXCL).unwrap_or_default();
+        request.ifr_ifru.ifru_flags = libc::c_short::from_ne_bytes(flags.to_ne_bytes());
         // SAFETY: TUNSETIFF reads and writes one `ifreq`, which lives across the call.
-        if unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &raw mut request) } < 0 {
+        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &raw mut request) } < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(Self {

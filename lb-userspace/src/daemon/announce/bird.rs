@@ -13,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError},
     thread,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use crate::control::{BirdView, RoutingProtocol};
@@ -21,38 +21,38 @@ use tracing::{info, warn};
 
 /// How often the watch asks.
 pub const POLL: Duration = Duration::from_secs(2);
-/// How long one question may take.
+/// How long one read, and one whole question, may take.
 const TIMEOUT: Duration = Duration::from_secs(1);
-/// The longest answer read (a node runs a handful of protocols).
+const DEADLINE: Duration = Duration::from_secs(3);
+/// The longest answer read (a node runs a handful of protocols), and the longest line.
 const MAX_LINES: usize = 4096;
+const MAX_LINE_BYTES: usize = 4096;
 
 /// Asks BIRD at `socket` for its protocols.
 pub fn show_protocols(socket: &Path) -> io::Result<Vec<RoutingProtocol>> {
     let stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
+    let deadline = Instant::now() + DEADLINE;
     let mut reader = BufReader::new(stream.try_clone()?);
-    let greeting = read_reply(&mut reader)?;
+    let greeting = read_reply(&mut reader, deadline)?;
     if !greeting.iter().any(|(code, _)| *code == 1) {
         return Err(invalid(format!(
             "not a BIRD control socket (it greeted {greeting:?})"
         )));
     }
     (&stream).write_all(b"show protocols\n")?;
-    parse_protocols(&read_reply(&mut reader)?)
+    parse_protocols(&read_reply(&mut reader, deadline)?)
 }
 
-/// The lines of one reply, with their codes (a continuation line takes its predecessor's).
-fn read_reply(reader: &mut impl io::BufRead) -> io::Result<Vec<(u16, String)>> {
+/// The lines of one reply, with their codes (a continuation line takes its predecessor's),
+/// read by `deadline`.
+fn read_reply(reader: &mut impl io::BufRead, deadline: Instant) -> io::Result<Vec<(u16, String)>> {
     let mut lines = Vec::new();
     let mut code = 0;
-    let mut line = String::new();
     while lines.len() < MAX_LINES {
-        line.clear();
-        if reader.read_line(&mut line)? == 0 {
-            return Err(invalid("BIRD closed the connection mid-answer".to_owned()));
-        }
-        let text = line.trim_end_matches(['\n', '\r']);
+        let line = read_line(reader, deadline)?;
+        let text = line.as_str();
         if let Some(rest) = text.strip_prefix(' ') {
             lines.push((code, rest.to_owned()));
             continue;
@@ -68,6 +68,37 @@ fn read_reply(reader: &mut impl io::BufRead) -> io::Result<Vec<(u16, String)>> {
         }
     }
     Err(invalid(format!("an answer longer than {MAX_LINES} lines")))
+}
+
+/// One line, without its end: at most [`MAX_LINE_BYTES`], by `deadline` (each read also
+/// times out), control characters dropped (they are shown in `lb status`).
+fn read_line(reader: &mut impl io::BufRead, deadline: Instant) -> io::Result<String> {
+    let mut bytes = Vec::new();
+    loop {
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("BIRD did not answer within {DEADLINE:?}"),
+            ));
+        }
+        let available = reader.fill_buf()?;
+        if available.is_empty() {
+            return Err(invalid("BIRD closed the connection mid-answer".to_owned()));
+        }
+        let end = available.iter().position(|b| *b == b'\n');
+        let take = end.map_or(available.len(), |i| i + 1);
+        bytes.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        if bytes.len() > MAX_LINE_BYTES {
+            return Err(invalid(format!(
+                "an answer line longer than {MAX_LINE_BYTES} bytes"
+            )));
+        }
+        if end.is_some() {
+            let text = String::from_utf8_lossy(&bytes);
+            return Ok(text.chars().filter(|c| !c.is_control()).collect());
+        }
+    }
 }
 
 /// `show protocols`' table: code 1002 lines (the 2002 line is the header).
@@ -181,8 +212,12 @@ fn log_changes(previous: Option<&BirdView>, now: &BirdView) {
 mod tests {
     use super::*;
 
+    fn soon() -> Instant {
+        Instant::now() + DEADLINE
+    }
+
     fn reply(text: &str) -> Vec<(u16, String)> {
-        read_reply(&mut text.as_bytes()).unwrap()
+        read_reply(&mut text.as_bytes(), soon()).unwrap()
     }
 
     #[test]
@@ -205,7 +240,20 @@ mod tests {
     #[test]
     fn errors_and_garbage_are_reported() {
         assert!(parse_protocols(&reply("9001 Parse error\n")).is_err());
-        assert!(read_reply(&mut "HTTP/1.1 200 OK\n".as_bytes()).is_err());
-        assert!(read_reply(&mut "1002-cut short\n".as_bytes()).is_err());
+        assert!(read_reply(&mut "HTTP/1.1 200 OK\n".as_bytes(), soon()).is_err());
+        assert!(read_reply(&mut "1002-cut short\n".as_bytes(), soon()).is_err());
+        // A line that never ends, and one past the limit: refused, not read on.
+        let endless = vec![b'x'; MAX_LINE_BYTES * 4];
+        assert!(read_reply(&mut endless.as_slice(), soon()).is_err());
+        let long = format!("0001 {}\n", "y".repeat(MAX_LINE_BYTES));
+        assert!(read_reply(&mut long.as_bytes(), soon()).is_err());
+        // Past the deadline: nothing more is read.
+        let late = Instant::now().checked_sub(Duration::from_secs(1)).unwrap();
+        assert!(read_reply(&mut "0001 ready\n".as_bytes(), late).is_err());
+        // Bytes that are not UTF-8, and control characters, do not reach the terminal.
+        let odd = b"1002-name\x1b[2J\xff BGP --- up 00:00 Established\n0000 \n";
+        let protocols = parse_protocols(&read_reply(&mut odd.as_slice(), soon()).unwrap()).unwrap();
+        assert_eq!(protocols[0].name, "name[2J\u{fffd}");
+        assert!(protocols[0].is_up());
     }
 }

@@ -9,21 +9,23 @@
 //! The routes go through a tun device that the daemon alone holds open ([`Tun`]): if the
 //! daemon dies, the kernel deletes the device and its routes, and BIRD withdraws them at once,
 //! so a node whose daemon is gone stops attracting traffic no health check watches. A
-//! successor (`lb run --take-over`) is handed the device with the listening sockets: the
-//! announcements stay through an upgrade.
+//! successor (`lb run --take-over`) is handed the device with the listening sockets, and
+//! whether the node is drained: the announcements stay through an upgrade.
 //!
 //! An address is announced when at least one listener on it can serve ([`verdicts`]):
 //!
 //! - its pool has a backend that takes new flows because it is healthy (not one that only
 //!   fails open, not draining, not disabled);
-//! - a checked pool's backends each have a known health, a check passed or failed enough to
-//!   be unhealthy (a starting node does not attract flows before it knows which backends are
-//!   alive; a successor that inherits the device keeps announcing);
+//! - an address not announced yet waits until its pool's checked backends each have a known
+//!   health, a check passed or failed enough to be unhealthy (a starting node, or a listener a
+//!   reload added, does not attract flows before it knows which backends are alive; one already
+//!   announced, by this daemon or the predecessor that handed it over, stays meanwhile);
 //! - a passthrough listener also needs one of the XDP interfaces running (up, with a carrier);
 //! - and the node is not drained (`lb node drain`, until `lb node undrain`).
 //!
-//! The table is written when the verdicts change and checked every [`VERIFY`] (the device up,
-//! the routes present): routes someone removed, or a device set down, are put back.
+//! The table is written when what should be announced changes, and checked every [`VERIFY`]
+//! (the device there and up, the routes present): routes someone removed, or a device set down
+//! or deleted, are put back; a write that failed is retried then.
 
 pub mod bird;
 
@@ -31,6 +33,10 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
     os::fd::OwnedFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -55,39 +61,42 @@ pub struct Verdict {
 }
 
 /// Whether each listener address should be announced, and why (the node's drain aside).
-/// `interfaces_running` is whether an XDP interface is up with a carrier.
+/// `interfaces_running` is whether an XDP interface is up with a carrier; `held` what is
+/// announced now (those addresses do not wait for health checks).
 pub fn verdicts(
     config: &Config,
     runtime: &Runtime,
     interfaces_running: bool,
-    wait_for_probes: bool,
+    held: &BTreeSet<IpAddr>,
 ) -> BTreeMap<IpAddr, Verdict> {
+    // (healthy, unknown health) per pool, counted once.
+    let pools: BTreeMap<&str, (usize, usize)> = config
+        .pools
+        .iter()
+        .map(|(name, pool)| {
+            let counts = (runtime.healthy(name, pool), runtime.unprobed(name, pool));
+            (name.as_str(), counts)
+        })
+        .collect();
     let mut verdicts: BTreeMap<IpAddr, Verdict> = BTreeMap::new();
     for (name, listener) in &config.listeners {
-        let why_not = match config.pools.get(&listener.pool) {
+        let pool = listener.pool.as_str();
+        let why_not = match pools.get(pool) {
             None => Some(format!("listener {name:?}: its pool does not exist")),
-            Some(pool) => {
-                let unprobed = runtime.unprobed(&listener.pool, pool);
-                if wait_for_probes && unprobed > 0 {
-                    Some(format!(
-                        "listener {name:?}: waiting for the health checks of {unprobed} \
-                         backend(s) of pool {:?}",
-                        listener.pool
-                    ))
-                } else if runtime.healthy(&listener.pool, pool) == 0 {
-                    Some(format!(
-                        "listener {name:?}: no healthy backend in pool {:?}",
-                        listener.pool
-                    ))
-                } else if listener.l7.is_none() && !interfaces_running {
-                    Some(format!(
-                        "listener {name:?}: no XDP interface is running ({})",
-                        config.datapath.interfaces.join(", ")
-                    ))
-                } else {
-                    None
-                }
+            Some(&(_, unprobed)) if unprobed > 0 && !held.contains(&listener.address) => {
+                Some(format!(
+                    "listener {name:?}: waiting for the health checks of {unprobed} \
+                     backend(s) of pool {pool:?}"
+                ))
             }
+            Some(&(0, _)) => Some(format!(
+                "listener {name:?}: no healthy backend in pool {pool:?}"
+            )),
+            Some(_) if listener.l7.is_none() && !interfaces_running => Some(format!(
+                "listener {name:?}: no XDP interface is running ({})",
+                config.datapath.interfaces.join(", ")
+            )),
+            Some(_) => None,
         };
         let verdict = match why_not {
             None => Verdict {
@@ -111,14 +120,14 @@ pub fn verdicts(
     verdicts
 }
 
-/// Whether a listener's pool has a checked backend without a health-check outcome yet.
-pub fn probes_pending(config: &Config, runtime: &Runtime) -> bool {
-    config.listeners.values().any(|listener| {
-        config
-            .pools
-            .get(&listener.pool)
-            .is_some_and(|pool| runtime.unprobed(&listener.pool, pool) > 0)
-    })
+/// The device a predecessor handed over, and how it announced through it.
+#[derive(Debug)]
+pub struct InheritedDevice {
+    pub fd: OwnedFd,
+    pub name: String,
+    pub table: u32,
+    pub protocol: u8,
+    pub drained: bool,
 }
 
 /// The routes this node offers its routing daemon.
@@ -126,13 +135,15 @@ pub fn probes_pending(config: &Config, runtime: &Runtime) -> bool {
 pub struct Announcer {
     settings: AnnounceSettings,
     tun: Tun,
+    /// The device's interface index (it changes if the device is made again).
+    ifindex: u32,
     rtnl: Rtnl,
-    drained: bool,
-    /// Wait for the first health checks before announcing (not when the device was inherited:
-    /// the predecessor announced with its own checks).
-    wait_for_probes: bool,
-    /// What the table holds, as last written or read.
+    /// Shared with the daemon, which hands it to a successor.
+    drained: Arc<AtomicBool>,
+    /// What the table holds through the device, as last written or read.
     held: BTreeSet<IpAddr>,
+    /// What should be announced, as last written.
+    written: Option<BTreeSet<IpAddr>>,
     verdicts: BTreeMap<IpAddr, Verdict>,
     interfaces_running: bool,
     next_verify: Option<Instant>,
@@ -150,90 +161,83 @@ pub struct AnnounceError {
     source: std::io::Error,
 }
 
+impl AnnounceError {
+    fn new(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let what = what.into();
+        move |source| Self { what, source }
+    }
+}
+
 impl Announcer {
-    /// Creates the device (or takes the one a predecessor handed over) and brings it up; reads
-    /// what the table holds. Nothing is announced before the first [`Announcer::tick`].
+    /// Creates the device (or takes the one a predecessor handed over, with its drain) and
+    /// brings it up; reads what the table holds through it. Nothing changes in the table
+    /// before the first [`Announcer::tick`], except that a predecessor's routes in a table or
+    /// under a protocol number this configuration no longer uses are withdrawn.
     pub fn start(
         settings: &AnnounceSettings,
-        inherited: Option<OwnedFd>,
+        inherited: Option<InheritedDevice>,
+        drained: Arc<AtomicBool>,
     ) -> Result<Self, AnnounceError> {
-        let failed = |what: String| move |source| AnnounceError { what, source };
-        let inherited_device = inherited.is_some();
-        let tun = match inherited {
-            Some(fd) => Tun::adopt(fd, &settings.device),
-            None => Tun::create(&settings.device).map_err(|error| {
-                let hint = match error.raw_os_error() {
-                    Some(libc::EBUSY) => {
-                        " (a device of that name is held by another process: another lb \
-                         daemon? give each its own `device`)"
-                    }
-                    Some(libc::EPERM) => " (it takes CAP_NET_ADMIN)",
-                    Some(libc::EACCES) => {
-                        " (/dev/net/tun is not open to the daemon's user: udev makes it 0666 on \
-                         most systems; or give the daemon cap_dac_override at start)"
-                    }
-                    _ => "",
-                };
-                AnnounceError {
-                    what: format!("creating the tun device {:?}{hint}", settings.device),
-                    source: error,
-                }
-            })?,
+        let inherited = inherited.filter(|device| device.name == settings.device);
+        let (tun, previous) = match inherited {
+            Some(device) => {
+                drained.store(device.drained, Ordering::SeqCst);
+                let previous = (device.table, device.protocol);
+                (Tun::adopt(device.fd, &settings.device), Some(previous))
+            }
+            None => (create_device(&settings.device)?, None),
         };
-        let mut rtnl = Rtnl::connect_strict().map_err(failed("opening rtnetlink".to_owned()))?;
+        let mut rtnl = Rtnl::connect_strict().map_err(AnnounceError::new("opening rtnetlink"))?;
+        let ifindex = bring_up(&mut rtnl, tun.name())?;
+        if let Some((table, protocol)) =
+            previous.filter(|p| *p != (settings.table, settings.protocol))
+        {
+            for address in rtnl
+                .table_routes(table, protocol, ifindex)
+                .map_err(AnnounceError::new(format!("reading table {table}")))?
+            {
+                rtnl.delete_route(table, protocol, address, ifindex)
+                    .map_err(AnnounceError::new(format!(
+                        "withdrawing {address} from the previous daemon's table {table}"
+                    )))?;
+                info!(%address, table, protocol, "withdrawn from the previous daemon's table");
+            }
+        }
         let held = rtnl
-            .table_routes(settings.table, settings.protocol)
-            .map_err(failed(format!("reading table {}", settings.table)))?
+            .table_routes(settings.table, settings.protocol, ifindex)
+            .map_err(AnnounceError::new(format!(
+                "reading table {}",
+                settings.table
+            )))?
             .into_iter()
             .collect();
         let bird = match &settings.bird_socket {
             Some(socket) => Some(
                 bird::Watch::start(socket.clone())
-                    .map_err(failed("starting the routing daemon's watch".to_owned()))?,
+                    .map_err(AnnounceError::new("starting the routing daemon's watch"))?,
             ),
             None => None,
         };
-        let mut announcer = Self {
+        info!(
+            device = %settings.device, table = settings.table, protocol = settings.protocol,
+            inherited = previous.is_some(), drained = drained.load(Ordering::SeqCst),
+            "announcing listener addresses through a kernel table"
+        );
+        Ok(Self {
             settings: settings.clone(),
             tun,
+            ifindex,
             rtnl,
-            drained: false,
-            wait_for_probes: !inherited_device,
+            drained,
             held,
+            written: None,
             verdicts: BTreeMap::new(),
-            interfaces_running: false,
+            interfaces_running: true,
             next_verify: None,
             errors: 0,
             last_error: None,
             bird,
-        };
-        announcer.bring_up()?;
-        info!(
-            device = %settings.device, table = settings.table, protocol = settings.protocol,
-            inherited = inherited_device, "announcing listener addresses through a kernel table"
-        );
-        Ok(announcer)
-    }
-
-    fn bring_up(&mut self) -> Result<u32, AnnounceError> {
-        let device = self.tun.name().to_owned();
-        let link = self
-            .rtnl
-            .link(&device)
-            .and_then(|link| link.ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENODEV)))
-            .map_err(|source| AnnounceError {
-                what: format!("finding the device {device:?}"),
-                source,
-            })?;
-        if !link.up {
-            self.rtnl
-                .set_up(link.index)
-                .map_err(|source| AnnounceError {
-                    what: format!("setting the device {device:?} up"),
-                    source,
-                })?;
-        }
-        Ok(link.index)
+        })
     }
 
     pub fn device_name(&self) -> &str {
@@ -245,51 +249,77 @@ impl Announcer {
         self.tun.try_clone_fd()
     }
 
-    /// Recomputes the verdicts and writes the table if they changed; every [`VERIFY`] also
-    /// checks the interfaces, the device and the table.
+    fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::SeqCst)
+    }
+
+    /// Recomputes the verdicts and writes the table if what should be announced changed;
+    /// every [`VERIFY`] also checks the interfaces, the device and the table (and retries).
     pub fn tick(&mut self, config: &Config, runtime: &Runtime, now: Instant) {
         let verify = self.next_verify.is_none_or(|at| now >= at);
         if verify {
             self.next_verify = Some(now + VERIFY);
-            self.interfaces_running = self.any_interface_running(config);
-            match self
-                .rtnl
-                .table_routes(self.settings.table, self.settings.protocol)
-            {
-                Ok(routes) => self.held = routes.into_iter().collect(),
-                Err(error) => {
-                    self.failed(format!("reading table {}: {error}", self.settings.table))
-                }
-            }
+            self.verify(config);
         }
-        if self.wait_for_probes && !probes_pending(config, runtime) {
-            self.wait_for_probes = false;
-        }
-        let verdicts = verdicts(
-            config,
-            runtime,
-            self.interfaces_running,
-            self.wait_for_probes,
-        );
+        let verdicts = verdicts(config, runtime, self.interfaces_running, &self.held);
+        let drained = self.is_drained();
         for (address, verdict) in &verdicts {
-            if self.verdicts.get(address) != Some(verdict) {
-                let level_announce = verdict.announce && !self.drained;
-                if level_announce {
-                    info!(%address, reason = %verdict.reason, "servable");
-                } else {
-                    warn!(%address, reason = %verdict.reason, "not servable");
-                }
+            let was = self.verdicts.get(address).map(|v| v.announce && !drained);
+            let is = verdict.announce && !drained;
+            if was == Some(is) {
+                continue;
+            }
+            if is {
+                info!(%address, reason = %verdict.reason, "servable");
+            } else if !drained {
+                warn!(%address, reason = %verdict.reason, "not servable");
             }
         }
         self.verdicts = verdicts;
-        if verify || self.wanted() != self.held {
-            self.write();
+        let wanted = self.wanted();
+        if verify || self.written.as_ref() != Some(&wanted) {
+            self.write(wanted);
+        }
+    }
+
+    /// Reads the interfaces' state, the device and the table; a read that fails keeps what
+    /// was known.
+    fn verify(&mut self, config: &Config) {
+        match self.any_interface_running(config) {
+            Ok(running) => self.interfaces_running = running,
+            Err(error) => self.failed(format!("reading the XDP interfaces' state: {error}")),
+        }
+        match bring_up(&mut self.rtnl, self.tun.name()) {
+            Ok(index) => self.ifindex = index,
+            Err(error) if error.source.raw_os_error() != Some(libc::ENODEV) => {
+                self.failed(error.to_string());
+            }
+            Err(error) => {
+                // Deleted (`ip link del`): the kernel took its routes; make it again.
+                match create_device(&self.settings.device)
+                    .and_then(|tun| Ok((bring_up(&mut self.rtnl, tun.name())?, tun)))
+                {
+                    Ok((index, tun)) => {
+                        warn!(device = %self.settings.device, %error, "the announcement device was gone: made it again");
+                        self.tun = tun;
+                        self.ifindex = index;
+                    }
+                    Err(again) => self.failed(format!("{error}; making it again: {again}")),
+                }
+            }
+        }
+        match self
+            .rtnl
+            .table_routes(self.settings.table, self.settings.protocol, self.ifindex)
+        {
+            Ok(routes) => self.held = routes.into_iter().collect(),
+            Err(error) => self.failed(format!("reading table {}: {error}", self.settings.table)),
         }
     }
 
     /// The addresses that should be in the table now.
     fn wanted(&self) -> BTreeSet<IpAddr> {
-        if self.drained {
+        if self.is_drained() {
             return BTreeSet::new();
         }
         self.verdicts
@@ -299,12 +329,12 @@ impl Announcer {
             .collect()
     }
 
-    /// Makes the table hold [`Self::wanted`]: withdrawals first.
-    fn write(&mut self) {
-        let wanted = self.wanted();
-        let (table, protocol) = (self.settings.table, self.settings.protocol);
+    /// Makes the table hold `wanted`: withdrawals first. A clean pass clears the last error.
+    fn write(&mut self, wanted: BTreeSet<IpAddr>) {
+        let (table, protocol, oif) = (self.settings.table, self.settings.protocol, self.ifindex);
+        let errors = self.errors;
         for address in self.held.difference(&wanted).copied().collect::<Vec<_>>() {
-            match self.rtnl.delete_route(table, protocol, address) {
+            match self.rtnl.delete_route(table, protocol, address, oif) {
                 Ok(()) => {
                     self.held.remove(&address);
                     info!(%address, "withdrawn");
@@ -312,19 +342,8 @@ impl Announcer {
                 Err(error) => self.failed(format!("withdrawing {address}: {error}")),
             }
         }
-        let missing: Vec<IpAddr> = wanted.difference(&self.held).copied().collect();
-        if missing.is_empty() {
-            return;
-        }
-        let index = match self.bring_up() {
-            Ok(index) => index,
-            Err(error) => {
-                self.failed(error.to_string());
-                return;
-            }
-        };
-        for address in missing {
-            match self.rtnl.replace_route(table, protocol, address, index) {
+        for address in wanted.difference(&self.held).copied().collect::<Vec<_>>() {
+            match self.rtnl.replace_route(table, protocol, address, oif) {
                 Ok(()) => {
                     self.held.insert(address);
                     info!(%address, "announced");
@@ -332,26 +351,33 @@ impl Announcer {
                 Err(error) => self.failed(format!("announcing {address}: {error}")),
             }
         }
+        if self.errors == errors {
+            self.last_error = None;
+        }
+        self.written = Some(wanted);
     }
 
     fn failed(&mut self, reason: String) {
         self.errors += 1;
-        // Logged when it changes: a write retried every second would flood the log.
+        // Logged when it changes: a failure retried every second would flood the log.
         if self.last_error.as_ref() != Some(&reason) {
-            warn!(%reason, "the announcement table could not be written; retried every second");
+            warn!(%reason, "announcing: retried every second");
         }
         self.last_error = Some(reason);
     }
 
-    fn any_interface_running(&mut self, config: &Config) -> bool {
-        config
-            .datapath
-            .interfaces
-            .iter()
-            .any(|name| matches!(self.rtnl.link(name), Ok(Some(link)) if link.running))
+    /// Whether one of the XDP interfaces is up with a carrier.
+    fn any_interface_running(&mut self, config: &Config) -> std::io::Result<bool> {
+        for name in &config.datapath.interfaces {
+            if self.rtnl.link(name)?.is_some_and(|link| link.running) {
+                return Ok(true);
+            }
+        }
+        Ok(config.datapath.interfaces.is_empty())
     }
 
-    /// `lb node drain` (`drain`) or `lb node undrain`: withdraws or announces at once.
+    /// `lb node drain` (`drain`) or `lb node undrain`: withdraws or announces at once. A drain
+    /// that could not withdraw everything says what is still announced.
     pub fn set_drained(
         &mut self,
         drain: bool,
@@ -359,11 +385,22 @@ impl Announcer {
         config: &Config,
         runtime: &Runtime,
         now: Instant,
-    ) -> NodeChange {
+    ) -> Result<NodeChange, String> {
         let before = self.held.clone();
-        self.drained = drain;
+        self.drained.store(drain, Ordering::SeqCst);
         self.next_verify = None;
         self.tick(config, runtime, now);
+        if drain && !self.held.is_empty() {
+            let left: Vec<String> = self.held.iter().map(ToString::to_string).collect();
+            return Err(format!(
+                "drained, but {} still announced: {} (retried every second; lb status shows \
+                 when they are gone)",
+                left.join(", "),
+                self.last_error
+                    .as_deref()
+                    .unwrap_or("the withdrawal failed")
+            ));
+        }
         let changed = if drain {
             before.difference(&self.held).copied().collect()
         } else {
@@ -374,27 +411,28 @@ impl Announcer {
         } else {
             info!(announced = ?changed, "node undrained");
         }
-        NodeChange {
+        Ok(NodeChange {
             changed,
             wait_ms: u64::try_from(wait.unwrap_or(self.settings.drain_wait).as_millis())
                 .unwrap_or(u64::MAX),
             view: self.view(),
-        }
+        })
     }
 
     pub fn view(&self) -> AnnounceView {
+        let drained = self.is_drained();
         AnnounceView {
             device: self.tun.name().to_owned(),
             table: self.settings.table,
             protocol: self.settings.protocol,
-            drained: self.drained,
+            drained,
             addresses: self
                 .verdicts
                 .iter()
                 .map(|(address, verdict)| AddressView {
                     address: *address,
                     announced: self.held.contains(address),
-                    reason: if self.drained {
+                    reason: if drained {
                         "the node is drained (lb node undrain announces again)".to_owned()
                     } else {
                         verdict.reason.clone()
@@ -406,6 +444,42 @@ impl Announcer {
             bird: self.bird.as_ref().and_then(bird::Watch::view),
         }
     }
+}
+
+/// Creates the tun device `name`, saying what to do when that fails.
+fn create_device(name: &str) -> Result<Tun, AnnounceError> {
+    Tun::create(name).map_err(|error| {
+        let hint = match error.raw_os_error() {
+            Some(libc::EBUSY) => {
+                " (a device of that name exists: held by another lb daemon, which needs a \
+                 `device`, `table` or `protocol` of its own, or made by hand: `ip link del` it)"
+            }
+            Some(libc::EPERM) => " (it takes CAP_NET_ADMIN)",
+            Some(libc::EACCES) => {
+                " (/dev/net/tun is not open to the daemon's user: udev makes it 0666 on most \
+                 systems; or give the daemon cap_dac_override at start)"
+            }
+            _ => "",
+        };
+        AnnounceError {
+            what: format!("creating the tun device {name:?}{hint}"),
+            source: error,
+        }
+    })
+}
+
+/// Finds the device `name` and sets it up; its index.
+fn bring_up(rtnl: &mut Rtnl, name: &str) -> Result<u32, AnnounceError> {
+    let link = rtnl
+        .link(name)
+        .and_then(|link| link.ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENODEV)))
+        .map_err(AnnounceError::new(format!("finding the device {name:?}")))?;
+    if !link.up {
+        rtnl.set_up(link.index).map_err(AnnounceError::new(format!(
+            "setting the device {name:?} up"
+        )))?;
+    }
+    Ok(link.index)
 }
 
 #[cfg(test)]

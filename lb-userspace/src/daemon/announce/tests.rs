@@ -1,3 +1,5 @@
+//! The announcement verdicts and the `[announce]` settings.
+
 use std::time::Instant;
 
 use super::*;
@@ -86,6 +88,9 @@ fn the_settings_have_defaults_and_bad_ones_are_refused() {
         ("table = 0", "out of range"),
         ("protocol = 3", "kernel's own protocol numbers"),
         ("protocol = 256", "out of range"),
+        ("protocol = 12", "BIRD's own"),
+        ("device = \"lb%d\"", "not an interface name"),
+        ("device = \"..\"", "not an interface name"),
         ("device = \"a/b\"", "not an interface name"),
         ("drain_wait = \"11m\"", "out of range"),
         ("bird_socket = \"bird.ctl\"", "not an absolute path"),
@@ -97,30 +102,53 @@ fn the_settings_have_defaults_and_bad_ones_are_refused() {
     }
 }
 
+/// Nothing announced yet.
+fn none() -> BTreeSet<IpAddr> {
+    BTreeSet::new()
+}
+
+/// Both addresses announced already (their health checks do not hold them back).
+fn both() -> BTreeSet<IpAddr> {
+    BTreeSet::from([
+        "198.18.100.1".parse().unwrap(),
+        "198.18.100.2".parse().unwrap(),
+    ])
+}
+
 #[test]
-fn an_address_waits_for_the_first_health_checks() {
+fn an_address_not_announced_waits_for_the_health_checks() {
     let (config, mut runtime, _) = setup(CONFIG);
-    let waiting = verdicts(&config, &runtime, true, true);
+    let other: IpAddr = "198.18.100.2".parse().unwrap();
+    let waiting = verdicts(&config, &runtime, true, &none());
     // 198.18.100.1 also has the unchecked pool `spare`: it can serve at once.
     assert_eq!(announced(&waiting), ["198.18.100.1"]);
     assert!(
-        waiting[&"198.18.100.2".parse().unwrap()]
+        waiting[&other]
             .reason
             .contains("waiting for the health checks of 2 backend(s)")
     );
-    assert!(probes_pending(&config, &runtime));
+    // Already announced (by this daemon, or a predecessor that handed it over): it stays.
+    let held = BTreeSet::from([other]);
+    assert_eq!(
+        announced(&verdicts(&config, &runtime, true, &held)).len(),
+        2
+    );
     observe(&mut runtime, &config, "198.18.1.1", &Outcome::Pass, 1);
-    assert!(probes_pending(&config, &runtime), "one of two known");
     let refused = Outcome::Unreachable("refused".to_owned());
     observe(&mut runtime, &config, "198.18.1.2", &refused, 1);
     assert!(
-        probes_pending(&config, &runtime),
-        "one failure of two: not known yet"
+        verdicts(&config, &runtime, true, &none())[&other]
+            .reason
+            .contains("of 1 backend(s)"),
+        "one passed; one failure of two is not known yet"
     );
     observe(&mut runtime, &config, "198.18.1.2", &refused, 1);
-    assert!(!probes_pending(&config, &runtime), "unhealthy is known too");
-    let all = verdicts(&config, &runtime, true, true);
-    assert_eq!(announced(&all), ["198.18.100.1", "198.18.100.2"]);
+    let all = verdicts(&config, &runtime, true, &none());
+    assert_eq!(
+        announced(&all),
+        ["198.18.100.1", "198.18.100.2"],
+        "unhealthy is known too"
+    );
 }
 
 #[test]
@@ -129,13 +157,13 @@ fn an_address_needs_a_healthy_backend_and_a_running_interface() {
     let dead = Outcome::Unreachable("refused".to_owned());
     observe(&mut runtime, &config, "198.18.1.1", &dead, 2);
     assert_eq!(
-        announced(&verdicts(&config, &runtime, true, false)).len(),
+        announced(&verdicts(&config, &runtime, true, &both())).len(),
         2,
         "one healthy backend is enough"
     );
     // Both failed: the pool fails open (its table keeps them), yet the node stops announcing.
     observe(&mut runtime, &config, "198.18.1.2", &dead, 2);
-    let failed = verdicts(&config, &runtime, true, false);
+    let failed = verdicts(&config, &runtime, true, &both());
     assert_eq!(
         announced(&failed),
         ["198.18.100.1"],
@@ -146,7 +174,7 @@ fn an_address_needs_a_healthy_backend_and_a_running_interface() {
             .reason
             .contains("no healthy backend in pool \"web\"")
     );
-    let down = verdicts(&config, &runtime, false, false);
+    let down = verdicts(&config, &runtime, false, &both());
     assert!(announced(&down).is_empty());
     assert!(
         down[&"198.18.100.1".parse().unwrap()]
@@ -158,7 +186,7 @@ fn an_address_needs_a_healthy_backend_and_a_running_interface() {
 #[test]
 fn draining_backends_do_not_count() {
     let (config, mut runtime, now) = setup(CONFIG);
-    let before = verdicts(&config, &runtime, true, false);
+    let before = verdicts(&config, &runtime, true, &both());
     assert_eq!(announced(&before).len(), 2);
     // The first listener on the address that can serve decides.
     assert_eq!(
@@ -174,7 +202,7 @@ fn draining_backends_do_not_count() {
         runtime.drain(&key, now + Duration::from_secs(60), "test".to_owned());
     }
     assert_eq!(
-        announced(&verdicts(&config, &runtime, true, false)),
+        announced(&verdicts(&config, &runtime, true, &both())),
         ["198.18.100.1"],
         "only the UDP listener's pool takes new flows"
     );

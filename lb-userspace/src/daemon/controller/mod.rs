@@ -194,13 +194,10 @@ impl<D: Datapath> Controller<D> {
                     .to_owned(),
             ));
         };
-        Ok(Body::Node(Box::new(announcer.set_drained(
-            drain,
-            wait,
-            &self.config,
-            &self.runtime,
-            now,
-        ))))
+        announcer
+            .set_drained(drain, wait, &self.config, &self.runtime, now)
+            .map(|change| Body::Node(Box::new(change)))
+            .map_err(Refusal::Failed)
     }
 
     /// Runs the health checks of the configuration with `probes` (and of every later one).
@@ -354,6 +351,12 @@ impl<D: Datapath> Controller<D> {
 
     /// Ends the drains that are due (removing their backends) and steps slow starts.
     pub fn on_tick(&mut self, now: Instant) {
+        if let Some(step) = self
+            .runtime
+            .follow_wall_clock(now, std::time::SystemTime::now())
+        {
+            info!(?step, "the wall clock stepped: slow start follows it");
+        }
         for key in self.runtime.drains_ended(now) {
             let edit = PoolEdit::Remove {
                 address: key.address,
@@ -373,6 +376,8 @@ impl<D: Datapath> Controller<D> {
             error!(%error, "applying a slow-start step failed");
         }
         self.refresh_host(now, false);
+        // Whatever the reconcile did: a node whose maps cannot be written still withdraws.
+        self.announce(now);
     }
 
     /// Writes the tables the configuration and the run-time state call for now (nothing if
@@ -381,7 +386,6 @@ impl<D: Datapath> Controller<D> {
         let desired = self.runtime.listeners(&self.config, now);
         self.reconciler.apply(&desired)?;
         self.publish(now);
-        self.announce(now);
         Ok(())
     }
 
