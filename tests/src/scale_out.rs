@@ -6,7 +6,8 @@
 //! every node, announces the VIPs from the nodes it is told to and waits until the router's
 //! routes have those next hops. [`ScaleOut::simulations`] asks every node's daemon where a
 //! flow goes; the node whose answer comes from its connection table is the one the flow
-//! crossed ([`Placement::carrier`]).
+//! crossed ([`Placement::carrier`]). [`plain_rebuild_moves`] counts the flows a plain Maglev
+//! rebuild would have moved when a backend failed, the figure the stable table keeps at 0.
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -15,14 +16,19 @@ use std::{
 };
 
 use lb::{
+    config::Config,
     control::{Body, SimulationView},
     lab::{
         client_config,
-        daemon::lb_binary,
+        daemon::{DaemonPaths, lb_binary},
         passthrough::{VIP_V4, VIP_V6},
-        scale_out::ScaleOutLab,
+        scale_out::{ScaleOutLab, node_daemon_config},
     },
+    maglev::{self, Entry},
+    model::flow_key,
+    state::{Protocol, Target},
 };
+use lb_common::hash::{flow_hash, ring_slot};
 use rustls::ClientConfig;
 
 use crate::{
@@ -40,12 +46,16 @@ pub struct ScaleOut {
     pub config: Arc<ClientConfig>,
 }
 
-/// Who announces the VIPs: the test by hand, from these nodes, or every node's daemon.
-#[derive(Clone, Copy, Debug)]
+/// Who announces the VIPs: the test by hand, from these nodes, or every node's daemon, with
+/// its configuration edited per node.
+#[derive(Clone, Copy)]
 enum Announcer<'a> {
     Hand(&'a [usize]),
-    Daemon,
+    Daemon(&'a NodeEdit<'a>),
 }
+
+/// An edit of node `i`'s daemon configuration text (see [`ScaleOut::start_announcing_with`]).
+pub type NodeEdit<'a> = dyn Fn(usize, String) -> String + 'a;
 
 /// What every node's daemon says about one flow.
 #[derive(Debug)]
@@ -91,7 +101,18 @@ impl ScaleOut {
     /// Builds a lab of `nodes` nodes whose daemons announce the VIPs themselves
     /// (`[announce]`), and waits until the router routes each VIP over every node.
     pub fn start_announcing(prefix: &str, nodes: usize, backends: usize) -> Self {
-        Self::start_with(prefix, nodes, backends, Announcer::Daemon)
+        Self::start_announcing_with(prefix, nodes, backends, &|_, config| config)
+    }
+
+    /// [`ScaleOut::start_announcing`] with node `i`'s configuration text passed through
+    /// `edit(i, text)` (health checks, a metrics endpoint, a node that differs).
+    pub fn start_announcing_with(
+        prefix: &str,
+        nodes: usize,
+        backends: usize,
+        edit: &NodeEdit<'_>,
+    ) -> Self {
+        Self::start_with(prefix, nodes, backends, Announcer::Daemon(edit))
     }
 
     fn start_with(prefix: &str, nodes: usize, backends: usize, announcer: Announcer<'_>) -> Self {
@@ -102,12 +123,14 @@ impl ScaleOut {
         let binary = lb_binary().expect("the lb binary");
         let announced: Vec<usize> = match announcer {
             Announcer::Hand(announced) => announced.to_vec(),
-            Announcer::Daemon => (0..nodes).collect(),
+            Announcer::Daemon(_) => (0..nodes).collect(),
         };
         for i in 0..nodes {
             let started = match announcer {
                 Announcer::Hand(_) => lab.start_daemon(i, &binary),
-                Announcer::Daemon => lab.start_announcing_daemon(i, &binary),
+                Announcer::Daemon(edit) => {
+                    lab.start_announcing_daemon_edited(i, &binary, &|config| edit(i, config))
+                }
             };
             started.unwrap_or_else(|e| panic!("starting node {i}'s daemon: {e}"));
         }
@@ -211,6 +234,21 @@ impl ScaleOut {
             )
     }
 
+    /// The address of the backend named `name` (`backend-N`), of one family.
+    pub fn backend_address(&self, name: &str, v4: bool) -> IpAddr {
+        let backend = self
+            .lab
+            .backends
+            .iter()
+            .find(|b| b.name == name)
+            .unwrap_or_else(|| panic!("no backend {name}"));
+        if v4 {
+            IpAddr::V4(backend.v4)
+        } else {
+            IpAddr::V6(backend.v6)
+        }
+    }
+
     /// The node the router sends each IPv4 flow from `clients` to `vip` to, by its kernel.
     pub fn predicted_nodes(&self, clients: &[SocketAddr], vip: SocketAddr) -> Vec<Option<usize>> {
         let IpAddr::V4(vip_v4) = vip.ip() else {
@@ -228,4 +266,92 @@ impl ScaleOut {
             })
             .collect()
     }
+}
+
+/// What a plain Maglev rebuild would have done to surviving flows when one backend failed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PlainRebuild {
+    /// Surviving flows checked.
+    pub flows: usize,
+    /// How many of them a plain rebuild (the failed backend at weight 0) gives another backend.
+    pub moved: usize,
+    /// Ring slots of the other backends, and how many of them the plain rebuild moves.
+    pub other_slots: usize,
+    pub other_slots_moved: usize,
+}
+
+/// For the flows `flows` (client, the backend address that served it) to `vip`, served by
+/// `pool` of the nodes' configuration, none of them on `failed`: how many would change
+/// backend if the nodes rebuilt their tables with plain Maglev (`maglev::build` with `failed`
+/// at weight 0) instead of the stable table. Panics unless the full table (every backend at
+/// its weight, what served the flows) names each flow's backend: the computation is the
+/// datapath's.
+pub fn plain_rebuild_moves(
+    backends: usize,
+    pool: &str,
+    vip: SocketAddr,
+    flows: &[(SocketAddr, IpAddr)],
+    failed: IpAddr,
+) -> PlainRebuild {
+    let paths = DaemonPaths {
+        socket: "/lab/lb.sock".into(),
+        pin_dir: "/sys/fs/bpf/lab".into(),
+    };
+    let text = node_daemon_config(&paths, backends);
+    let config = Config::parse(&text, "node.toml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let members = &config.pools[pool].backends;
+    let identities: Vec<Vec<u8>> = members
+        .iter()
+        .map(|b| Target::new(b.address, b.weight).identity())
+        .collect();
+    let table = |without: Option<IpAddr>| {
+        let entries: Vec<Entry<'_>> = members
+            .iter()
+            .zip(&identities)
+            .map(|(b, identity)| Entry {
+                identity,
+                weight: if Some(b.address) == without {
+                    0
+                } else {
+                    b.weight
+                },
+            })
+            .collect();
+        maglev::build(
+            &entries,
+            config.datapath.ring_size,
+            config.datapath.hash_seed,
+        )
+    };
+    let (full, rebuilt) = (table(None), table(Some(failed)));
+    let failed_index = members.iter().position(|b| b.address == failed);
+    let others: Vec<(&u32, &u32)> = full
+        .iter()
+        .zip(&rebuilt)
+        .filter(|(owner, _)| Some(**owner as usize) != failed_index)
+        .collect();
+    let mut outcome = PlainRebuild {
+        other_slots: others.len(),
+        other_slots_moved: others.iter().filter(|(a, b)| a != b).count(),
+        ..PlainRebuild::default()
+    };
+    for (client, backend) in flows {
+        assert_ne!(*backend, failed, "{client}: a flow of the failed backend");
+        let flow = flow_key(*client, vip, Protocol::Tcp);
+        let slot = ring_slot(
+            flow_hash(&flow, config.datapath.hash_seed),
+            config.datapath.ring_size,
+        ) as usize;
+        let owner = |table: &[u32]| members[table[slot] as usize].address;
+        assert_eq!(
+            owner(&full),
+            *backend,
+            "{client}: slot {slot} of the full table"
+        );
+        outcome.flows += 1;
+        if owner(&rebuilt) != *backend {
+            outcome.moved += 1;
+        }
+    }
+    outcome
 }

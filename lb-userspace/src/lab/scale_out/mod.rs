@@ -241,6 +241,14 @@ impl ScaleOutLab {
         Ok(())
     }
 
+    /// Stops backend `j`'s TLS servers, as if its process died: health checks are refused and
+    /// its connections end.
+    pub fn stop_backend(&mut self, j: usize) {
+        if let Some(backend) = self.backends.get_mut(j) {
+            backend.servers.clear();
+        }
+    }
+
     /// Node `i`, or an error saying the lab has none.
     pub fn node(&self, i: usize) -> Result<&ScaleNode, LabError> {
         self.nodes
@@ -257,13 +265,25 @@ impl ScaleOutLab {
     /// Starts `lb run` (the binary `binary`) on node `i` with [`node_daemon_config`]: it
     /// announces nothing ([`ScaleOutLab::announce`] does, by hand).
     pub fn start_daemon(&mut self, i: usize, binary: &Path) -> Result<(), LabError> {
-        self.start_daemon_with(i, binary, false)
+        self.start_daemon_with(i, binary, false, &|config| config)
     }
 
     /// Starts `lb run` on node `i` with [`announcing_daemon_config`]: the daemon announces the
     /// VIPs itself (table 200, protocol 200, through its own device) and reads the node's BIRD.
     pub fn start_announcing_daemon(&mut self, i: usize, binary: &Path) -> Result<(), LabError> {
-        self.start_daemon_with(i, binary, true)
+        self.start_daemon_with(i, binary, true, &|config| config)
+    }
+
+    /// [`ScaleOutLab::start_announcing_daemon`] with the configuration text passed through
+    /// `edit` first: a node with health checks, a metrics endpoint, or a configuration that
+    /// differs from the others'.
+    pub fn start_announcing_daemon_edited(
+        &mut self,
+        i: usize,
+        binary: &Path,
+        edit: &dyn Fn(String) -> String,
+    ) -> Result<(), LabError> {
+        self.start_daemon_with(i, binary, true, edit)
     }
 
     fn start_daemon_with(
@@ -271,6 +291,7 @@ impl ScaleOutLab {
         i: usize,
         binary: &Path,
         announcing: bool,
+        edit: &dyn Fn(String) -> String,
     ) -> Result<(), LabError> {
         let backends = self.backends.len();
         let node = self.node_mut(i)?;
@@ -279,11 +300,11 @@ impl ScaleOutLab {
         }
         let bird_socket = node.bird.socket();
         let daemon = DaemonProcess::start(binary, &node.ns, |paths| {
-            if announcing {
+            edit(if announcing {
                 announcing_daemon_config(paths, backends, &bird_socket)
             } else {
                 node_daemon_config(paths, backends)
-            }
+            })
         })?;
         node.daemon = Some(daemon);
         Ok(())
