@@ -27,6 +27,9 @@
 //! XDP program. Every node runs the same configuration ([`node_daemon_config`]: same pools,
 //! same ring and seed), so every node sends a flow to the same backend.
 //!
+//! For L7 listeners on the nodes, [`ScaleOutLab::serve_vip_locally`] puts the VIPs on every
+//! node's `lo` and [`ScaleOutLab::start_http`] starts HTTP servers on the backends.
+//!
 //! The address plan, the router's BIRD configuration and the nodes' daemon configurations are
 //! in `plan.rs`.
 //!
@@ -57,10 +60,13 @@ use super::{
     LabError, NetNs, Pki,
     bird::{Bird, LB_NODE_CONF, node_config},
     daemon::DaemonProcess,
+    http_host::HttpPorts,
     netns::veth,
     passthrough::{
-        IFACE, INNER_MTU, LabBackend, VIP_V4, VIP_V6, address_host, plug, start_tls_servers,
+        IFACE, INNER_MTU, LabBackend, VIP_V4, VIP_V6, address_host, assign_vip_to_lo, plug,
+        start_tls_servers,
     },
+    side_by_side::start_http_servers,
     sweep_stale,
 };
 use crate::loader::{AttachMode, Aux, attach};
@@ -239,6 +245,23 @@ impl ScaleOutLab {
             start_tls_servers(backend, &self.pki, port)?;
         }
         Ok(())
+    }
+
+    /// Starts HTTP servers at `ports` on every backend's own IPv4 address, for L7 listeners.
+    pub fn start_http(&mut self, ports: HttpPorts) -> Result<(), LabError> {
+        for backend in &mut self.backends {
+            start_http_servers(backend, &self.pki, ports)?;
+        }
+        Ok(())
+    }
+
+    /// Assigns the VIPs to every node's `lo`, so that the nodes' L7 listeners can bind them
+    /// and their kernels accept what the XDP programs pass. Call it before starting daemons
+    /// with L7 listeners.
+    pub fn serve_vip_locally(&self) -> Result<(), LabError> {
+        self.nodes
+            .iter()
+            .try_for_each(|node| assign_vip_to_lo(&node.ns))
     }
 
     /// Stops backend `j`'s TLS servers, as if its process died: health checks are refused and
