@@ -11,6 +11,8 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
+    path::Path,
+    process::Command,
     sync::Arc,
     time::Duration,
 };
@@ -22,7 +24,8 @@ use lb::{
         client_config,
         daemon::{DaemonPaths, lb_binary},
         passthrough::{VIP_V4, VIP_V6},
-        scale_out::{ScaleOutLab, node_daemon_config},
+        scale_out::{CLIENT_V4, ScaleOutLab, backend_v4, node_daemon_config},
+        side_by_side::{BACKEND_PORTS, L7Files, L7Listeners},
     },
     maglev::{self, Entry},
     model::flow_key,
@@ -42,8 +45,11 @@ pub const ROUTE_WAIT: Duration = Duration::from_secs(20);
 
 /// A scale-out lab with a daemon on every node.
 pub struct ScaleOut {
+    /// Declared first: the daemons stop before their files go.
     pub lab: ScaleOutLab,
     pub config: Arc<ClientConfig>,
+    /// The L7 listeners' files, when the nodes serve one ([`ScaleOut::start_l7`]).
+    pub l7: Option<L7Files>,
 }
 
 /// Who announces the VIPs: the test by hand, from these nodes, or every node's daemon, with
@@ -95,7 +101,7 @@ impl ScaleOut {
     /// daemon on every node, announces the VIPs from the nodes in `announced` and waits until
     /// the router routes each VIP over exactly those nodes.
     pub fn start(prefix: &str, nodes: usize, backends: usize, announced: &[usize]) -> Self {
-        Self::start_with(prefix, nodes, backends, Announcer::Hand(announced))
+        Self::start_with(prefix, nodes, backends, Announcer::Hand(announced), false)
     }
 
     /// Builds a lab of `nodes` nodes whose daemons announce the VIPs themselves
@@ -112,15 +118,40 @@ impl ScaleOut {
         backends: usize,
         edit: &NodeEdit<'_>,
     ) -> Self {
-        Self::start_with(prefix, nodes, backends, Announcer::Daemon(edit))
+        Self::start_with(prefix, nodes, backends, Announcer::Daemon(edit), false)
     }
 
-    fn start_with(prefix: &str, nodes: usize, backends: usize, announcer: Announcer<'_>) -> Self {
+    /// [`ScaleOut::start_announcing`] with an L7 listener on every node too: the VIPs on the
+    /// nodes' `lo`, HTTP servers on the backends ([`BACKEND_PORTS`]), and on every node the
+    /// same offload listener ([`L7Listeners::offload_tables`]: port [`OFFLOAD_PORT`](lb::lab::side_by_side::OFFLOAD_PORT) of the
+    /// IPv4 VIP, sticky, health-checked) with one cookie key file and one ticket key file
+    /// (a line of `lb ticket-key`) that every node reads.
+    pub fn start_l7(prefix: &str, nodes: usize, backends: usize) -> Self {
+        Self::start_with(
+            prefix,
+            nodes,
+            backends,
+            Announcer::Daemon(&|_, config| config),
+            true,
+        )
+    }
+
+    fn start_with(
+        prefix: &str,
+        nodes: usize,
+        backends: usize,
+        announcer: Announcer<'_>,
+        with_l7: bool,
+    ) -> Self {
         crate::require_root();
         raise_fd_limit();
         let mut lab = ScaleOutLab::build(prefix, nodes, backends).expect("building the lab");
         lab.start_tls(TLS_PORT).expect("starting the TLS backends");
         let binary = lb_binary().expect("the lb binary");
+        let l7 = with_l7.then(|| prepare_l7(&mut lab, &binary));
+        let l7_tables = l7.as_ref().map_or_else(String::new, |(_, listeners)| {
+            listeners.offload_tables(backends, backend_v4)
+        });
         let announced: Vec<usize> = match announcer {
             Announcer::Hand(announced) => announced.to_vec(),
             Announcer::Daemon(_) => (0..nodes).collect(),
@@ -129,7 +160,9 @@ impl ScaleOut {
             let started = match announcer {
                 Announcer::Hand(_) => lab.start_daemon(i, &binary),
                 Announcer::Daemon(edit) => {
-                    lab.start_announcing_daemon_edited(i, &binary, &|config| edit(i, config))
+                    lab.start_announcing_daemon_edited(i, &binary, &|config| {
+                        edit(i, format!("{config}{l7_tables}"))
+                    })
                 }
             };
             started.unwrap_or_else(|e| panic!("starting node {i}'s daemon: {e}"));
@@ -151,7 +184,11 @@ impl ScaleOut {
         }
         let roots = lab.pki.roots().expect("the lab's trust store");
         let config = client_config(&roots).expect("a client configuration");
-        Self { lab, config }
+        Self {
+            lab,
+            config,
+            l7: l7.map(|(files, _)| files),
+        }
     }
 
     /// Opens `count` connections to `vip` from the client over a few threads and keeps them
@@ -249,6 +286,23 @@ impl ScaleOut {
         }
     }
 
+    /// A free client source port from `from` on whose flows to `vip` the router sends to node
+    /// `node` (IPv4; by its kernel), skipping those in `taken`.
+    pub fn port_to_node(&self, node: usize, vip: SocketAddr, from: u16, taken: &[u16]) -> u16 {
+        let IpAddr::V4(vip_v4) = vip.ip() else {
+            panic!("only IPv4 placement can be predicted");
+        };
+        (from..u16::MAX)
+            .filter(|port| !taken.contains(port))
+            .find(|port| {
+                self.lab
+                    .predicted_node(CLIENT_V4, *port, vip_v4, vip.port())
+                    .expect("ip route get in the router")
+                    == Some(node)
+            })
+            .unwrap_or_else(|| panic!("no port from {from} goes to node {node}"))
+    }
+
     /// The node the router sends each IPv4 flow from `clients` to `vip` to, by its kernel.
     pub fn predicted_nodes(&self, clients: &[SocketAddr], vip: SocketAddr) -> Vec<Option<usize>> {
         let IpAddr::V4(vip_v4) = vip.ip() else {
@@ -266,6 +320,27 @@ impl ScaleOut {
             })
             .collect()
     }
+}
+
+/// Readies `lab` for L7 listeners (the VIPs on the nodes' `lo`, HTTP servers on the backends)
+/// and writes their files, with a ticket key file of one `lb ticket-key` line (`binary`'s).
+fn prepare_l7(lab: &mut ScaleOutLab, binary: &Path) -> (L7Files, L7Listeners) {
+    lab.serve_vip_locally().expect("the VIPs on the nodes' lo");
+    lab.start_http(BACKEND_PORTS)
+        .expect("the backends' HTTP servers");
+    let files = L7Files::write(&lab.pki).expect("the L7 listeners' files");
+    let output = Command::new(binary)
+        .arg("ticket-key")
+        .output()
+        .expect("running lb ticket-key");
+    assert!(output.status.success(), "lb ticket-key: {output:?}");
+    let ticket_keys = files
+        .dir
+        .write("tickets.keys", &output.stdout)
+        .expect("the ticket key file");
+    let mut listeners = L7Listeners::new(&files);
+    listeners.ticket_keys = Some(ticket_keys);
+    (files, listeners)
 }
 
 /// What a plain Maglev rebuild would have done to surviving flows when one backend failed.

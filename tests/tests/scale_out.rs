@@ -34,18 +34,26 @@
     reason = "a test panics with a message; helpers here are part of the tests"
 )]
 
+use rustls::{ClientConfig, HandshakeKind};
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
+    sync::Arc,
     sync::{Mutex, MutexGuard},
     thread,
     time::{Duration, Instant},
 };
 
-use lb::lab::scale_out::NODE_HASH_SEED;
+use lb::lab::{
+    ClientTls, Versions,
+    passthrough::VIP_V4,
+    scale_out::{CLIENT_V4, NODE_HASH_SEED},
+    side_by_side::OFFLOAD_PORT,
+};
 use lb_tests::{
     daemon_lab::TLS_PORT,
     histories::{assert_unharmed, on_backend},
+    l7_visit::visit_from,
     long_lived::{History, LongLived},
     metrics_scrape::{Scrape, scrape},
     pool_config::{HealthCheck, with_health_check, with_metrics},
@@ -759,4 +767,84 @@ fn with_line(config: &str, prefix: &str, line: &str) -> String {
         .map(|l| if l.starts_with(prefix) { line } else { l })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The nodes' L7 listener (offload, sticky, one cookie key file and one ticket key file for
+/// every node): one user's requests, each from a source port the router sends to another
+/// node, stay on one backend (the cookie) and resume their TLS session (the ticket, sealed on
+/// one node, opened on the next). Before each of them, another client's request without a
+/// cookie goes to the same node and moves its round robin on: those spread over the backends,
+/// and the other client's first handshake is a full one (the checks can fail).
+#[test]
+fn one_users_requests_alternate_between_nodes_and_stay_sticky_and_resumed() {
+    let _serial = serial();
+    let started = Instant::now();
+    let env = ScaleOut::start_l7("lbtsol", NODES, BACKENDS);
+    let vip = SocketAddr::new(VIP_V4.into(), OFFLOAD_PORT);
+    let roots = env.lab.pki.roots().unwrap();
+    let client = || {
+        ClientTls::trusting(&roots)
+            .alpn(&[b"http/1.1"])
+            .versions(Versions::Tls13Only)
+            .config()
+            .unwrap()
+    };
+    let (user, other) = (client(), client());
+    let mut ports = Vec::new();
+    let mut visit = |node: usize, config: &Arc<ClientConfig>, cookie: Option<&str>| {
+        let port = env.port_to_node(node, vip, 41000, &ports);
+        ports.push(port);
+        let local = SocketAddr::new(CLIENT_V4.into(), port);
+        let visit = visit_from(&env.lab.client, config, local, vip, cookie);
+        assert!(visit.status.starts_with("HTTP/1.1 200"), "{visit:?}");
+        visit
+    };
+    let mut cookie: Option<String> = None;
+    let mut sticky: Option<String> = None;
+    let mut unpinned = BTreeMap::new();
+    let rounds = 2 * NODES + 1;
+    for (k, node) in (0..NODES).cycle().take(rounds).enumerate() {
+        let without = visit(node, &other, None);
+        let expected = if k == 0 {
+            HandshakeKind::Full
+        } else {
+            HandshakeKind::Resumed
+        };
+        assert_eq!(
+            without.kind,
+            Some(expected),
+            "the other client's request {k}"
+        );
+        *unpinned.entry(without.backend.clone()).or_insert(0) += 1;
+
+        let with = visit(node, &user, cookie.as_deref());
+        println!(
+            "request {k} on node {node}: {:?}, {:?}",
+            with.kind, with.backend
+        );
+        assert_eq!(
+            with.kind,
+            Some(expected),
+            "the user's request {k} on node {node}"
+        );
+        match &sticky {
+            None => {
+                sticky.clone_from(&with.backend);
+                cookie = Some(
+                    with.set_cookie
+                        .expect("a sticky cookie on the first answer"),
+                );
+            }
+            Some(first) => assert_eq!(with.backend.as_ref(), Some(first), "request {k} sticks"),
+        }
+    }
+    println!(
+        "the user's {rounds} requests over {NODES} nodes all on {sticky:?}, resumed after the \
+         first; requests without a cookie per backend: {unpinned:?}"
+    );
+    assert!(
+        unpinned.len() > 1,
+        "requests without a cookie spread: {unpinned:?}"
+    );
+    println!("L7 test: {:?}", started.elapsed());
 }
