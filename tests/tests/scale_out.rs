@@ -717,26 +717,12 @@ fn bad_input_on_one_node_is_reported_and_never_takes_traffic_down() {
     let t0 = Instant::now();
     env.lab.nodes[1].bird.birdc(&["disable", "tor"]).unwrap();
     let dropped = detected_after(&env, t0, NODES - 2);
-    let (status, shown) = poll(
-        "node 1's lb status shows its session down",
-        ROUTE_WAIT,
-        || {
-            let status = node_cli(&env, 1, &["status"]);
-            let line = status
-                .lines()
-                .find(|l| l.contains("BGP tor"))
-                .unwrap_or_default()
-                .to_owned();
-            (!line.is_empty() && !line.contains("established"))
-                .then_some(line)
-                .ok_or(status)
-        },
-    );
+    let shown = wait_status(&env, 1, "BGP tor down\n", ROUTE_WAIT);
     let session = "lb_bgp_session_up{protocol=\"tor\"}";
     assert_eq!(node_metrics(&env, 1).expect_value(session), 0.0);
     println!(
-        "node 1's session disabled: the router dropped it after {dropped:?}; lb status after \
-         {shown:?}: {status}"
+        "node 1's session disabled: the router dropped it after {dropped:?}; lb status shows \
+         `BGP tor down` after {shown:?}"
     );
     thread::sleep(SETTLE);
     let t0 = Instant::now();
