@@ -437,13 +437,7 @@ fn the_daemons_announce_drain_and_withdraw_by_themselves() {
         "no flow goes to node 0"
     );
     thread::sleep(SETTLE);
-    let t0 = Instant::now();
-    node_cli(&env, 0, &["node", "undrain"]);
-    println!(
-        "node 0 undrained: the router routes to it again after {:?}",
-        detected_after(&env, t0, NODES)
-    );
-    thread::sleep(SETTLE);
+    undrain(&env, 0);
 
     // The node crashes: its daemon (its device, and with it its routes, go) and its BIRD (the
     // router sees the session close) are killed. (Its pinned XDP program forwards on, as after
@@ -494,6 +488,18 @@ fn drain(env: &ScaleOut, node: usize) -> Duration {
         );
     }
     took
+}
+
+/// `lb node undrain` on node `node`; prints when the router routes to it again, and lets the
+/// flows run through the nodes for [`SETTLE`].
+fn undrain(env: &ScaleOut, node: usize) {
+    let t0 = Instant::now();
+    node_cli(env, node, &["node", "undrain"]);
+    println!(
+        "node {node} undrained: the router routes to it again after {:?}",
+        detected_after(env, t0, NODES)
+    );
+    thread::sleep(SETTLE);
 }
 
 /// Waits until every node's tables differ from `before` and agree with each other; returns
@@ -550,13 +556,7 @@ fn a_backend_failing_while_a_node_drains_breaks_only_its_own_flows() {
     let (settled, digests) = wait_tables_agree(&env, &healthy, t0, Duration::from_secs(10));
     println!("every node's tables agree again {settled:?} after the backend stopped: {digests:?}");
     thread::sleep(SETTLE);
-    let t1 = Instant::now();
-    node_cli(&env, 0, &["node", "undrain"]);
-    println!(
-        "node 0 undrained: the router routes to it again after {:?}",
-        detected_after(&env, t1, NODES)
-    );
-    thread::sleep(SETTLE);
+    undrain(&env, 0);
 
     let histories = finish(flows);
     let failed_name = env.lab.backends[failed].name.clone();
