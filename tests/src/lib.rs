@@ -11,7 +11,7 @@
 //! listeners beside the passthrough ones, a daemon serving both on one VIP and async HTTPS
 //! clients run from the client namespace ([`side_by_side`]); for several balancer nodes behind
 //! an ECMP router that learns the VIPs by BGP, a daemon on every node and what each says about
-//! a flow ([`scale_out`]).
+//! a flow ([`scale_out`]), and HTTPS requests from chosen source ports ([`l7_visit`]).
 //!
 //! These tests need root (CAP_BPF, CAP_NET_ADMIN); `cargo xtask test` runs them.
 
@@ -32,6 +32,7 @@ pub mod fuzz;
 pub mod harness;
 pub mod health_endpoint;
 pub mod histories;
+pub mod l7_visit;
 pub mod long_lived;
 pub mod metrics_scrape;
 pub mod packet;

@@ -28,7 +28,7 @@ use rustls::ClientConfig;
 use crate::clients::{Served, lab_client_config, open};
 
 /// What one long-lived connection saw.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct History {
     pub served: Served,
     /// Successful exchanges, the first one included.

@@ -13,13 +13,20 @@
 //!   timer expires; its flows carry on through the others;
 //! - join: a node that starts announcing takes flows from the others without a failure.
 //!
-//! - the daemons' own announcements (`[announce]`): `lb node drain` has withdrawn the node when
-//!   it returns, `undrain` announces again, a killed daemon's routes vanish with its device.
+//! - the daemons' own announcements (`[announce]`): `lb node drain --timeout 1s` of an end node
+//!   under 300 long-lived flows has withdrawn it when it returns, `undrain` announces again, a
+//!   node whose daemon and BIRD are both killed is dropped; no flow fails or changes backend;
+//! - a backend fails while a node drains (health checks on): the flows that move between
+//!   nodes while the nodes' views change keep their backends, only the failed backend's flows
+//!   fail; prints how many surviving flows a plain Maglev rebuild would have moved;
+//! - bad input on one node (an unreachable BIRD socket, a BGP session disabled, another hash
+//!   seed) is reported by `lb status`, the metrics, the log or the digests, and takes no
+//!   traffic down on the others.
 //!
-//! Except in the last, the announcements are made by hand (`ScaleOutLab::announce`: a route in
-//! table 200 with protocol 200, what the daemon writes), so that those tests show the BIRD
-//! plumbing and the agreement between nodes whatever the daemon decides to announce. The tests run one at a time: each holds hundreds of connections
-//! and three daemons on a small machine.
+//! The first four tests announce by hand (`ScaleOutLab::announce`: a route in table 200 with
+//! protocol 200, what the daemon writes), so that they show the BIRD plumbing and the
+//! agreement between nodes whatever the daemon decides to announce. The tests run one at a
+//! time: each holds hundreds of connections and three daemons on a small machine.
 
 #![allow(
     clippy::unwrap_used,
@@ -27,18 +34,30 @@
     reason = "a test panics with a message; helpers here are part of the tests"
 )]
 
+use rustls::{ClientConfig, HandshakeKind};
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
+    sync::Arc,
     sync::{Mutex, MutexGuard},
     thread,
     time::{Duration, Instant},
 };
 
+use lb::lab::{
+    ClientTls, Versions,
+    passthrough::VIP_V4,
+    scale_out::{CLIENT_V4, NODE_HASH_SEED},
+    side_by_side::OFFLOAD_PORT,
+};
 use lb_tests::{
-    histories::assert_unharmed,
+    daemon_lab::TLS_PORT,
+    histories::{assert_unharmed, on_backend},
+    l7_visit::visit_from,
     long_lived::{History, LongLived},
-    scale_out::{ROUTE_WAIT, ScaleOut, vips},
+    metrics_scrape::{Scrape, scrape},
+    pool_config::{HealthCheck, with_health_check, with_metrics},
+    scale_out::{ROUTE_WAIT, ScaleOut, plain_rebuild_moves, vips},
 };
 
 const NODES: usize = 3;
@@ -381,8 +400,10 @@ fn node_cli(env: &ScaleOut, node: usize, args: &[&str]) -> String {
 }
 
 /// The daemons announce the VIPs themselves (`[announce]`, the defaults the shipped BIRD
-/// fragment learns): `lb node drain` withdraws a node before it returns, `undrain` brings it
-/// back, a killed daemon's routes vanish with its device; no flow fails.
+/// fragment learns): `lb node drain` withdraws an end node (whose withdrawal moves other
+/// nodes' flows too) before it returns, `undrain` brings it back; a node whose daemon and BIRD
+/// are both killed is dropped by the router; 300 long-lived flows keep their backends
+/// throughout, without one failure.
 #[test]
 fn the_daemons_announce_drain_and_withdraw_by_themselves() {
     let _serial = serial();
@@ -396,62 +417,420 @@ fn the_daemons_announce_drain_and_withdraw_by_themselves() {
         table.contains("dev lbvip0 proto 200"),
         "node 0's table 200: {table}"
     );
-    // The daemon asks BIRD every few seconds.
-    let deadline = Instant::now() + ROUTE_WAIT;
-    loop {
-        let status = node_cli(&env, 0, &["status"]);
-        if status.contains("BGP tor established") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "lb status shows the established BGP session:\n{status}"
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+    wait_status(&env, 0, "BGP tor established", ROUTE_WAIT);
     let flows = start_flows(&env);
+    let v4 = vips()[0];
+    let flow_clients = flows.0.locals().to_vec();
+    let before = env.predicted_nodes(&flow_clients, v4);
+    println!("IPv4 flows per node: {:?}", per_node(&before));
 
-    let t0 = Instant::now();
-    node_cli(&env, 1, &["node", "drain", "--timeout", "1s"]);
-    let drained = t0.elapsed();
-    for vip in vips() {
-        let hops = env.lab.next_hops(vip.ip()).unwrap();
-        assert_eq!(
-            hops.len(),
-            NODES - 1,
-            "{}: {hops:?} once drain returned",
-            vip.ip()
-        );
-    }
-    println!("node 1 drained: lb node drain returned after {drained:?}");
-    thread::sleep(SETTLE);
-    let t0 = Instant::now();
-    node_cli(&env, 1, &["node", "undrain"]);
+    // Node 0 is first in the router's next-hop list: an end.
+    let drained = drain(&env, 0);
+    let after = env.predicted_nodes(&flow_clients, v4);
+    let (changed, others) = moved(&before, &after, 0);
     println!(
-        "node 1 undrained: the router routes to it again after {:?}",
-        detected_after(&env, t0, NODES)
+        "node 0 drained: lb node drain --timeout 1s returned after {drained:?}; {changed} IPv4 \
+         flows moved, {others} of them from other nodes"
+    );
+    assert!(
+        after.iter().all(|n| *n != Some(0)),
+        "no flow goes to node 0"
     );
     thread::sleep(SETTLE);
+    undrain(&env, 0);
 
-    // The daemon dies: its device, and with it its routes, go; BIRD withdraws them at once.
-    // (Its pinned XDP program forwards on, as after any crash; the flows move away anyway.)
+    // The node crashes: its daemon (its device, and with it its routes, go) and its BIRD (the
+    // router sees the session close) are killed. (Its pinned XDP program forwards on, as after
+    // any crash; the flows move away anyway.)
     let t0 = Instant::now();
     env.lab.daemon_mut(2).unwrap().kill().unwrap();
+    env.lab.kill_bird(2).unwrap();
     let detect = detected_after(&env, t0, NODES - 1);
-    println!("node 2's daemon killed: the router dropped it after {detect:?}");
-    assert!(
-        detect < HOLD_TIME,
-        "the vanished routes, not the hold timer"
-    );
+    println!("node 2's daemon and BIRD killed: the router dropped it after {detect:?}");
+    assert!(detect < HOLD_TIME, "the closed session, not the hold timer");
     thread::sleep(SETTLE);
     let t0 = Instant::now();
     env.lab.daemon_mut(2).unwrap().restart().unwrap();
+    env.lab.start_bird(2).unwrap();
     println!(
-        "node 2's daemon restarted: the router routes to it again after {:?}",
+        "node 2's daemon and BIRD restarted: the router routes to it again after {:?}",
         detected_after(&env, t0, NODES)
     );
     thread::sleep(SETTLE);
 
     assert_all_unharmed(&finish(flows));
     println!("daemon announcements test: {:?}", started.elapsed());
+}
+
+/// Waits until node `node`'s `lb status` contains `text` (the daemon asks BIRD every few
+/// seconds); returns how long that took.
+fn wait_status(env: &ScaleOut, node: usize, text: &str, timeout: Duration) -> Duration {
+    let what = format!("node {node}'s lb status shows {text:?}");
+    let ((), took) = poll(&what, timeout, || {
+        let status = node_cli(env, node, &["status"]);
+        status.contains(text).then_some(()).ok_or(status)
+    });
+    took
+}
+
+/// `lb node drain --timeout 1s` on node `node`; checks that the router no longer routes to it
+/// when it returns. Returns how long the command took.
+fn drain(env: &ScaleOut, node: usize) -> Duration {
+    let t0 = Instant::now();
+    node_cli(env, node, &["node", "drain", "--timeout", "1s"]);
+    let took = t0.elapsed();
+    for vip in vips() {
+        let hops = env.lab.next_hops(vip.ip()).unwrap();
+        assert!(
+            hops.len() == NODES - 1 && hops.iter().all(|h| env.lab.node_of(*h) != Some(node)),
+            "{}: {hops:?} once node {node}'s drain returned",
+            vip.ip()
+        );
+    }
+    took
+}
+
+/// `lb node undrain` on node `node`; prints when the router routes to it again, and lets the
+/// flows run through the nodes for [`SETTLE`].
+fn undrain(env: &ScaleOut, node: usize) {
+    let t0 = Instant::now();
+    node_cli(env, node, &["node", "undrain"]);
+    println!(
+        "node {node} undrained: the router routes to it again after {:?}",
+        detected_after(env, t0, NODES)
+    );
+    thread::sleep(SETTLE);
+}
+
+/// Waits until every node's tables differ from `before` and agree with each other; returns
+/// how long after `t0` that was, and the digests.
+fn wait_tables_agree(
+    env: &ScaleOut,
+    before: &[(String, String)],
+    t0: Instant,
+    timeout: Duration,
+) -> (Duration, Vec<(String, String)>) {
+    loop {
+        let all: Vec<_> = (0..NODES).map(|node| env.table_digests(node)).collect();
+        if all[0] != before && all.iter().all(|d| *d == all[0]) {
+            return (t0.elapsed(), all[0].clone());
+        }
+        assert!(
+            t0.elapsed() < timeout,
+            "the nodes' tables after {timeout:?}: {all:?} (before {before:?})"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The nodes check pool `web4`'s backends (a TCP check of the TLS port every 200 ms,
+/// thresholds 2). One backend's servers stop while an end node drains, so that the drained
+/// node's flows arrive at the other nodes while their views of the backend change: every flow
+/// of a surviving backend keeps working on its backend (the stable table moves only the failed
+/// backend's slots); the failed backend's flows fail. Prints how many surviving flows a plain
+/// Maglev rebuild would have moved.
+#[test]
+fn a_backend_failing_while_a_node_drains_breaks_only_its_own_flows() {
+    let _serial = serial();
+    let started = Instant::now();
+    let check = HealthCheck::fast_tcp(TLS_PORT);
+    let mut env = ScaleOut::start_announcing_with("lbtsof", NODES, BACKENDS, &|_, config| {
+        with_health_check(&config, "web4", &check)
+    });
+    let healthy = env.table_digests(0);
+    let flows = start_flows(&env);
+    let v4 = vips()[0];
+    let flow_clients = flows.0.locals().to_vec();
+    let before = env.predicted_nodes(&flow_clients, v4);
+    println!("IPv4 flows per node: {:?}", per_node(&before));
+
+    let failed = 1;
+    let t0 = Instant::now();
+    env.lab.stop_backend(failed);
+    let drained = drain(&env, 0);
+    let (moved_all, moved_others) = moved(&before, &env.predicted_nodes(&flow_clients, v4), 0);
+    println!(
+        "backend {failed} stopped and node 0 drained: drain returned after {drained:?}; \
+         {moved_all} IPv4 flows moved node, {moved_others} of them from other nodes"
+    );
+    let (settled, digests) = wait_tables_agree(&env, &healthy, t0, Duration::from_secs(10));
+    println!("every node's tables agree again {settled:?} after the backend stopped: {digests:?}");
+    thread::sleep(SETTLE);
+    undrain(&env, 0);
+
+    let histories = finish(flows);
+    let failed_name = env.lab.backends[failed].name.clone();
+    let (dead, surviving) = on_backend(&histories, &failed_name);
+    let broken = surviving.iter().filter(|h| h.failure.is_some()).count();
+    println!(
+        "{} flows on {failed_name} (all expected to fail): {} failed; {broken} of {} \
+         surviving flows broke",
+        dead.len(),
+        dead.iter().filter(|h| h.failure.is_some()).count(),
+        surviving.len()
+    );
+    assert!(!dead.is_empty(), "some flows were on {failed_name}");
+    for h in &dead {
+        assert!(h.failure.is_some(), "{h:?} outlived its backend");
+    }
+    let surviving: Vec<History> = surviving.into_iter().cloned().collect();
+    assert_all_unharmed(&surviving);
+
+    for vip in vips() {
+        let of_family: Vec<_> = surviving
+            .iter()
+            .filter(|h| h.served.local.is_ipv4() == vip.is_ipv4())
+            .map(|h| {
+                let backend = env.backend_address(&h.served.cert_backend, vip.is_ipv4());
+                (h.served.local, backend)
+            })
+            .collect();
+        let pool = if vip.is_ipv4() { "web4" } else { "web6" };
+        let failed_address = env.backend_address(&failed_name, vip.is_ipv4());
+        let plain = plain_rebuild_moves(BACKENDS, pool, vip, &of_family, failed_address);
+        println!(
+            "{}: with a plain Maglev rebuild, {} of {} surviving flows would have changed \
+             backend (with the stable table: 0); it moves {} of the other backends' {} slots",
+            vip.ip(),
+            plain.moved,
+            plain.flows,
+            plain.other_slots_moved,
+            plain.other_slots
+        );
+    }
+    println!(
+        "backend failure under a drain test: {:?}",
+        started.elapsed()
+    );
+}
+
+/// Where every node's daemon serves its metrics, inside its own namespace.
+const METRICS: &str = "127.0.0.1:9100";
+
+/// Node `node`'s metrics.
+fn node_metrics(env: &ScaleOut, node: usize) -> Scrape {
+    scrape(&env.lab.nodes[node].ns, METRICS.parse().unwrap())
+}
+
+/// The `lb_table_info` samples of a scrape, sorted.
+fn table_info(scrape: &Scrape) -> Vec<String> {
+    let mut lines: Vec<String> = scrape
+        .body
+        .lines()
+        .filter(|l| l.starts_with("lb_table_info{"))
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Polls `probe` every 200 ms until it returns `Ok`; after `timeout`, panics with `what` and
+/// the last `Err` (what was seen instead). Returns the value and how long it took.
+fn poll<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> (T, Duration) {
+    let t0 = Instant::now();
+    loop {
+        match probe() {
+            Ok(value) => return (value, t0.elapsed()),
+            Err(last) => assert!(t0.elapsed() < timeout, "{what} within {timeout:?}: {last}"),
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Bad input on one node at a time never takes traffic down on the others, and each is
+/// reported: node 0's daemon asks a BIRD socket that does not exist (`lb status`, metrics and
+/// log say so; its announcements stand), node 1's BGP session is disabled (status and metrics
+/// show it down, the router drops the node, the flows carry on through node 0), node 2 runs
+/// another hash seed (its table digests differ from the others', in `lb listener list` and
+/// in the metrics; it is drained, so that it takes no flow).
+#[test]
+fn bad_input_on_one_node_is_reported_and_never_takes_traffic_down() {
+    let _serial = serial();
+    let started = Instant::now();
+    let env = ScaleOut::start_announcing_with("lbtsob", NODES, BACKENDS, &|node, config| {
+        let config = with_metrics(&config, METRICS.parse().unwrap());
+        match node {
+            0 => with_line(
+                &config,
+                "bird_socket = ",
+                "bird_socket = \"/nonexistent/bird.ctl\"",
+            ),
+            2 => with_line(
+                &config,
+                "hash_seed = ",
+                &format!("hash_seed = {}", NODE_HASH_SEED + 1),
+            ),
+            _ => config,
+        }
+    });
+
+    // A node that differs: its digests, and only its, differ.
+    let digests: Vec<_> = (0..NODES).map(|node| env.table_digests(node)).collect();
+    let infos: Vec<_> = (0..NODES)
+        .map(|node| table_info(&node_metrics(&env, node)))
+        .collect();
+    println!("table digests per node: {digests:?}; lb_table_info per node: {infos:?}");
+    assert_eq!(digests[0], digests[1], "nodes 0 and 1 run the same tables");
+    assert_eq!(infos[0], infos[1], "nodes 0 and 1's lb_table_info");
+    assert_eq!(
+        infos[0].len(),
+        2,
+        "one lb_table_info per listener: {infos:?}"
+    );
+    for (listener, (mine, odd)) in digests[0].iter().zip(&digests[2]).enumerate() {
+        assert_ne!(mine.1, odd.1, "listener {listener}: node 2's seed differs");
+    }
+    assert!(
+        infos[2].iter().all(|l| !infos[0].contains(l)),
+        "node 2's lb_table_info: {infos:?}"
+    );
+    drain(&env, 2);
+
+    // A routing daemon that cannot be reached: reported; the node announces on.
+    let took = wait_status(&env, 0, "unreachable", ROUTE_WAIT);
+    println!("node 0 reports its routing daemon unreachable (after {took:?} of polling)");
+    let up: Vec<f64> = (0..NODES)
+        .map(|node| node_metrics(&env, node).expect_value("lb_routing_daemon_up"))
+        .collect();
+    println!("lb_routing_daemon_up per node: {up:?}");
+    assert_eq!(up, [0.0, 1.0, 1.0]);
+    let log = env.lab.daemon(0).unwrap().log();
+    assert!(
+        log.contains("the routing daemon cannot be asked"),
+        "node 0's log:\n{log}"
+    );
+    let table = env.lab.nodes[0]
+        .ns
+        .ip(&["route", "show", "table", "200"])
+        .unwrap();
+    assert!(
+        table.contains("dev lbvip0 proto 200"),
+        "node 0's table 200: {table}"
+    );
+
+    // A BGP session that drops: the node says so, the router drops it, the flows carry on.
+    let flows = start_flows(&env);
+    let t0 = Instant::now();
+    env.lab.nodes[1].bird.birdc(&["disable", "tor"]).unwrap();
+    let dropped = detected_after(&env, t0, NODES - 2);
+    let shown = wait_status(&env, 1, "BGP tor down\n", ROUTE_WAIT);
+    let session = "lb_bgp_session_up{protocol=\"tor\"}";
+    assert_eq!(node_metrics(&env, 1).expect_value(session), 0.0);
+    println!(
+        "node 1's session disabled: the router dropped it after {dropped:?}; lb status shows \
+         `BGP tor down` after {shown:?}"
+    );
+    thread::sleep(SETTLE);
+    let t0 = Instant::now();
+    env.lab.nodes[1].bird.birdc(&["enable", "tor"]).unwrap();
+    println!(
+        "node 1's session enabled: the router routes to it again after {:?}",
+        detected_after(&env, t0, NODES - 1)
+    );
+    poll("node 1's session up in its metrics", ROUTE_WAIT, || {
+        let up = node_metrics(&env, 1).value(session);
+        (up == Some(1.0))
+            .then_some(())
+            .ok_or(format!("{session} = {up:?}"))
+    });
+    thread::sleep(SETTLE);
+    assert_all_unharmed(&finish(flows));
+    println!("bad input test: {:?}", started.elapsed());
+}
+
+/// `config` with its line that starts with `prefix` replaced by `line`.
+fn with_line(config: &str, prefix: &str, line: &str) -> String {
+    assert!(
+        config.lines().any(|l| l.starts_with(prefix)),
+        "no line starts with {prefix:?}:\n{config}"
+    );
+    config
+        .lines()
+        .map(|l| if l.starts_with(prefix) { line } else { l })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The nodes' L7 listener (offload, sticky, one cookie key file and one ticket key file for
+/// every node): one user's requests, each from a source port the router sends to another
+/// node, stay on one backend (the cookie) and resume their TLS session (the ticket, sealed on
+/// one node, opened on the next). Before each of them, another client's request without a
+/// cookie goes to the same node and moves its round robin on: those spread over the backends,
+/// and the other client's first handshake is a full one (the checks can fail).
+#[test]
+fn one_users_requests_alternate_between_nodes_and_stay_sticky_and_resumed() {
+    let _serial = serial();
+    let started = Instant::now();
+    let env = ScaleOut::start_l7("lbtsol", NODES, BACKENDS);
+    let vip = SocketAddr::new(VIP_V4.into(), OFFLOAD_PORT);
+    let roots = env.lab.pki.roots().unwrap();
+    let client = || {
+        ClientTls::trusting(&roots)
+            .alpn(&[b"http/1.1"])
+            .versions(Versions::Tls13Only)
+            .config()
+            .unwrap()
+    };
+    let (user, other) = (client(), client());
+    let mut ports = Vec::new();
+    let mut visit = |node: usize, config: &Arc<ClientConfig>, cookie: Option<&str>| {
+        let port = env.port_to_node(node, vip, 41000, &ports);
+        ports.push(port);
+        let local = SocketAddr::new(CLIENT_V4.into(), port);
+        let visit = visit_from(&env.lab.client, config, local, vip, cookie);
+        assert!(visit.status.starts_with("HTTP/1.1 200"), "{visit:?}");
+        visit
+    };
+    let mut cookie: Option<String> = None;
+    let mut sticky: Option<String> = None;
+    let mut unpinned = BTreeMap::new();
+    let rounds = 2 * NODES + 1;
+    for (k, node) in (0..NODES).cycle().take(rounds).enumerate() {
+        let without = visit(node, &other, None);
+        let expected = if k == 0 {
+            HandshakeKind::Full
+        } else {
+            HandshakeKind::Resumed
+        };
+        assert_eq!(
+            without.kind,
+            Some(expected),
+            "the other client's request {k}"
+        );
+        *unpinned.entry(without.backend.clone()).or_insert(0) += 1;
+
+        let with = visit(node, &user, cookie.as_deref());
+        println!(
+            "request {k} on node {node}: {:?}, {:?}",
+            with.kind, with.backend
+        );
+        assert_eq!(
+            with.kind,
+            Some(expected),
+            "the user's request {k} on node {node}"
+        );
+        match &sticky {
+            None => {
+                sticky.clone_from(&with.backend);
+                cookie = Some(
+                    with.set_cookie
+                        .expect("a sticky cookie on the first answer"),
+                );
+            }
+            Some(first) => assert_eq!(with.backend.as_ref(), Some(first), "request {k} sticks"),
+        }
+    }
+    println!(
+        "the user's {rounds} requests over {NODES} nodes all on {sticky:?}, resumed after the \
+         first; requests without a cookie per backend: {unpinned:?}"
+    );
+    assert!(
+        unpinned.len() > 1,
+        "requests without a cookie spread: {unpinned:?}"
+    );
+    println!("L7 test: {:?}", started.elapsed());
 }

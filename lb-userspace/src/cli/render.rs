@@ -3,7 +3,8 @@
 use crate::{
     config::describe,
     control::{
-        AnnounceView, Body, ChangeView, NodeChange, SimulationView, StatsView, StatusView, Traffic,
+        AnnounceView, Body, ChangeView, NodeChange, RoutingProtocol, SimulationView, StatsView,
+        StatusView, Traffic,
     },
 };
 
@@ -194,20 +195,7 @@ fn render_announce(a: &AnnounceView) -> String {
                 bird.socket
             )),
             None => {
-                let sessions: Vec<String> = bird
-                    .sessions()
-                    .map(|s| {
-                        format!(
-                            "{} {}",
-                            s.name,
-                            if s.is_up() {
-                                "established".to_owned()
-                            } else {
-                                format!("{} ({})", s.state, s.info)
-                            }
-                        )
-                    })
-                    .collect();
+                let sessions: Vec<String> = bird.sessions().map(describe_session).collect();
                 out.push_str(&format!(
                     "routing:     BIRD at {}: BGP {}\n",
                     bird.socket,
@@ -221,6 +209,18 @@ fn render_announce(a: &AnnounceView) -> String {
         },
     }
     out
+}
+
+/// A BGP session as `lb status` shows it: `tor established`, `tor start (Active  Socket:
+/// Connection refused)`, or `tor down` (a disabled protocol, of which BIRD says no more).
+fn describe_session(s: &RoutingProtocol) -> String {
+    if s.is_up() {
+        format!("{} established", s.name)
+    } else if s.info.trim().is_empty() {
+        format!("{} {}", s.name, s.state)
+    } else {
+        format!("{} {} ({})", s.name, s.state, s.info)
+    }
 }
 
 fn render_change(change: &ChangeView) -> String {
@@ -443,5 +443,24 @@ mod tests {
         let mut t = Table::new(&["A", "LONGER"]);
         t.row(vec!["wide cell".to_owned(), "x".to_owned()]);
         assert_eq!(t.render(), "A          LONGER\nwide cell  x\n");
+    }
+
+    #[test]
+    fn sessions_show_bird_s_detail_only_when_it_has_one() {
+        let session = |state: &str, info: &str| RoutingProtocol {
+            name: "tor".to_owned(),
+            kind: "BGP".to_owned(),
+            state: state.to_owned(),
+            info: info.to_owned(),
+        };
+        assert_eq!(
+            describe_session(&session("up", "Established")),
+            "tor established"
+        );
+        assert_eq!(
+            describe_session(&session("start", "Active  Socket: Connection refused")),
+            "tor start (Active  Socket: Connection refused)"
+        );
+        assert_eq!(describe_session(&session("down", "")), "tor down");
     }
 }

@@ -23,7 +23,7 @@
 //!   listener over a pool of their TLS port, each pool with a TCP health check.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -36,7 +36,8 @@ use super::{
     http_host::{HttpHost, HttpPorts},
     l7::{self, LabDir, ListenerToml, quoted_path, write_cert, write_sticky_keys},
     passthrough::{
-        PassthroughLab, VIP_NAME, VIP_V4, assign_vip_to_lo, backend_mut, backend_v4, lab_config,
+        LabBackend, PassthroughLab, VIP_NAME, VIP_V4, assign_vip_to_lo, backend_mut, backend_v4,
+        lab_config,
     },
 };
 
@@ -74,18 +75,7 @@ impl PassthroughLab {
     /// Starts backend `i`'s HTTP servers (replacing running ones), with a certificate from the
     /// lab's [`Pki`] for `<backend name>.lb.test` and its address.
     pub fn start_http_backend(&mut self, i: usize, ports: HttpPorts) -> Result<(), LabError> {
-        let backend = backend_mut(&mut self.backends, i)?;
-        // The old servers first: the new ones bind the same ports.
-        backend.http = None;
-        let host = HttpHost::start(
-            &backend.ns,
-            &backend.name,
-            IpAddr::V4(backend.v4),
-            ports,
-            &self.pki,
-        )?;
-        backend.http = Some(host);
-        Ok(())
+        start_http_servers(backend_mut(&mut self.backends, i)?, &self.pki, ports)
     }
 
     /// Stops backend `i`'s HTTP servers, as if its process died: connections are refused and
@@ -103,6 +93,26 @@ impl PassthroughLab {
             .and_then(|b| b.http.as_ref())
             .map_or(0, HttpHost::requests)
     }
+}
+
+/// Starts `backend`'s HTTP servers on its own IPv4 address (replacing running ones), with a
+/// certificate from `pki` for `<backend name>.lb.test` and its address.
+pub(super) fn start_http_servers(
+    backend: &mut LabBackend,
+    pki: &Pki,
+    ports: HttpPorts,
+) -> Result<(), LabError> {
+    // The old servers first: the new ones bind the same ports.
+    backend.http = None;
+    let host = HttpHost::start(
+        &backend.ns,
+        &backend.name,
+        IpAddr::V4(backend.v4),
+        ports,
+        pki,
+    )?;
+    backend.http = Some(host);
+    Ok(())
 }
 
 /// The files of the lab's L7 listeners, in a private directory removed on drop.
@@ -243,30 +253,14 @@ impl L7Listeners {
             BackendNames::Listener(_) => None,
         };
         let mut out = lab_config(paths, backends);
-        out.push_str("\n# L7 listeners on the same VIP: the XDP program passes their ports.\n");
-        let checked = self.check.is_some();
-        out.push_str(&pool_toml(
-            OFFLOAD_POOL,
-            backends,
-            self.backend_ports.plain,
-            &|_| None,
-            checked,
-        ));
-        out.push_str(&pool_toml(
+        out.push_str(&self.offload_tables(backends, backend_v4));
+        out.push_str(&self.pool(
             BRIDGING_POOL,
             backends,
+            backend_v4,
             self.backend_ports.tls,
             &names,
-            checked,
         ));
-        // Without one, `pool_toml` turned the pools' default check off.
-        if let Some(check) = self.check {
-            out.push_str(&format!("\n{}", check.to_toml(OFFLOAD_POOL)));
-            out.push_str(&format!("\n{}", check.to_toml(BRIDGING_POOL)));
-        }
-        let mut offload = self.listener("offload", OFFLOAD_POOL);
-        offload.sticky_keys = Some(self.sticky_keys.clone());
-        out.push_str(&offload.text(OFFLOAD_LISTENER, self.offload_port));
         let mut bridging = self.listener("bridging", BRIDGING_POOL);
         bridging
             .backend
@@ -275,6 +269,38 @@ impl L7Listeners {
             bridging.backend.push(format!("server_name = \"{name}\""));
         }
         out.push_str(&bridging.text(BRIDGING_LISTENER, self.bridging_port));
+        out
+    }
+
+    /// Pool [`OFFLOAD_POOL`] (the plain-HTTP port of `backends` backends at `address(i)`) and
+    /// listener [`OFFLOAD_LISTENER`] (offload, sticky) over it, on this builder's offload port
+    /// of [`VIP_V4`].
+    pub fn offload_tables(&self, backends: usize, address: fn(usize) -> Ipv4Addr) -> String {
+        let mut out =
+            "\n# L7 listeners on the same VIP: the XDP program passes their ports.\n".to_owned();
+        let port = self.backend_ports.plain;
+        out.push_str(&self.pool(OFFLOAD_POOL, backends, address, port, &|_| None));
+        let mut offload = self.listener("offload", OFFLOAD_POOL);
+        offload.sticky_keys = Some(self.sticky_keys.clone());
+        out.push_str(&offload.text(OFFLOAD_LISTENER, self.offload_port));
+        out
+    }
+
+    /// Pool `name` (see [`pool_toml`]) with this builder's health check, if it has one.
+    fn pool(
+        &self,
+        name: &str,
+        backends: usize,
+        address: fn(usize) -> Ipv4Addr,
+        port: u16,
+        name_of: &dyn Fn(usize) -> Option<String>,
+    ) -> String {
+        let checked = self.check.is_some();
+        let mut out = pool_toml(name, backends, address, port, name_of, checked);
+        // Without one, `pool_toml` turned the pool's default check off.
+        if let Some(check) = self.check {
+            out.push_str(&format!("\n{}", check.to_toml(name)));
+        }
         out
     }
 
@@ -301,17 +327,18 @@ impl L7Listeners {
     }
 }
 
-/// Pool `name`: every backend's own IPv4 address at `port`, with the server name `name_of`
-/// gives it; without a health check unless `checked` (its table follows).
+/// Pool `name`: every backend's own IPv4 address (`address(i)`) at `port`, with the server
+/// name `name_of` gives it; without a health check unless `checked` (its table follows).
 fn pool_toml(
     name: &str,
     backends: usize,
+    address: fn(usize) -> Ipv4Addr,
     port: u16,
     name_of: &dyn Fn(usize) -> Option<String>,
     checked: bool,
 ) -> String {
     let members: Vec<(SocketAddr, Option<String>)> = (0..backends)
-        .map(|i| (SocketAddr::from((backend_v4(i), port)), name_of(i)))
+        .map(|i| (SocketAddr::from((address(i), port)), name_of(i)))
         .collect();
     let off = if checked {
         ""

@@ -27,6 +27,9 @@
 //! XDP program. Every node runs the same configuration ([`node_daemon_config`]: same pools,
 //! same ring and seed), so every node sends a flow to the same backend.
 //!
+//! For L7 listeners on the nodes, [`ScaleOutLab::serve_vip_locally`] puts the VIPs on every
+//! node's `lo` and [`ScaleOutLab::start_http`] starts HTTP servers on the backends.
+//!
 //! The address plan, the router's BIRD configuration and the nodes' daemon configurations are
 //! in `plan.rs`.
 //!
@@ -57,10 +60,13 @@ use super::{
     LabError, NetNs, Pki,
     bird::{Bird, LB_NODE_CONF, node_config},
     daemon::DaemonProcess,
+    http_host::HttpPorts,
     netns::veth,
     passthrough::{
-        IFACE, INNER_MTU, LabBackend, VIP_V4, VIP_V6, address_host, plug, start_tls_servers,
+        IFACE, INNER_MTU, LabBackend, VIP_V4, VIP_V6, address_host, assign_vip_to_lo, plug,
+        start_tls_servers,
     },
+    side_by_side::start_http_servers,
     sweep_stale,
 };
 use crate::loader::{AttachMode, Aux, attach};
@@ -241,6 +247,31 @@ impl ScaleOutLab {
         Ok(())
     }
 
+    /// Starts HTTP servers at `ports` on every backend's own IPv4 address, for L7 listeners.
+    pub fn start_http(&mut self, ports: HttpPorts) -> Result<(), LabError> {
+        for backend in &mut self.backends {
+            start_http_servers(backend, &self.pki, ports)?;
+        }
+        Ok(())
+    }
+
+    /// Assigns the VIPs to every node's `lo`, so that the nodes' L7 listeners can bind them
+    /// and their kernels accept what the XDP programs pass. Call it before starting daemons
+    /// with L7 listeners.
+    pub fn serve_vip_locally(&self) -> Result<(), LabError> {
+        self.nodes
+            .iter()
+            .try_for_each(|node| assign_vip_to_lo(&node.ns))
+    }
+
+    /// Stops backend `j`'s TLS servers, as if its process died: health checks are refused and
+    /// its connections end.
+    pub fn stop_backend(&mut self, j: usize) {
+        if let Some(backend) = self.backends.get_mut(j) {
+            backend.servers.clear();
+        }
+    }
+
     /// Node `i`, or an error saying the lab has none.
     pub fn node(&self, i: usize) -> Result<&ScaleNode, LabError> {
         self.nodes
@@ -257,13 +288,25 @@ impl ScaleOutLab {
     /// Starts `lb run` (the binary `binary`) on node `i` with [`node_daemon_config`]: it
     /// announces nothing ([`ScaleOutLab::announce`] does, by hand).
     pub fn start_daemon(&mut self, i: usize, binary: &Path) -> Result<(), LabError> {
-        self.start_daemon_with(i, binary, false)
+        self.start_daemon_with(i, binary, false, &|config| config)
     }
 
     /// Starts `lb run` on node `i` with [`announcing_daemon_config`]: the daemon announces the
     /// VIPs itself (table 200, protocol 200, through its own device) and reads the node's BIRD.
     pub fn start_announcing_daemon(&mut self, i: usize, binary: &Path) -> Result<(), LabError> {
-        self.start_daemon_with(i, binary, true)
+        self.start_daemon_with(i, binary, true, &|config| config)
+    }
+
+    /// [`ScaleOutLab::start_announcing_daemon`] with the configuration text passed through
+    /// `edit` first: a node with health checks, a metrics endpoint, or a configuration that
+    /// differs from the others'.
+    pub fn start_announcing_daemon_edited(
+        &mut self,
+        i: usize,
+        binary: &Path,
+        edit: &dyn Fn(String) -> String,
+    ) -> Result<(), LabError> {
+        self.start_daemon_with(i, binary, true, edit)
     }
 
     fn start_daemon_with(
@@ -271,6 +314,7 @@ impl ScaleOutLab {
         i: usize,
         binary: &Path,
         announcing: bool,
+        edit: &dyn Fn(String) -> String,
     ) -> Result<(), LabError> {
         let backends = self.backends.len();
         let node = self.node_mut(i)?;
@@ -279,11 +323,11 @@ impl ScaleOutLab {
         }
         let bird_socket = node.bird.socket();
         let daemon = DaemonProcess::start(binary, &node.ns, |paths| {
-            if announcing {
+            edit(if announcing {
                 announcing_daemon_config(paths, backends, &bird_socket)
             } else {
                 node_daemon_config(paths, backends)
-            }
+            })
         })?;
         node.daemon = Some(daemon);
         Ok(())
