@@ -21,9 +21,10 @@ use tracing::{info, warn};
 
 /// How often the watch asks.
 pub const POLL: Duration = Duration::from_secs(2);
-/// How long one read, and one whole question, may take.
-const TIMEOUT: Duration = Duration::from_secs(1);
-const DEADLINE: Duration = Duration::from_secs(3);
+/// How long one read, and one whole question, may take (a busy machine slows BIRD's answer
+/// to a few hundred milliseconds; past these it is reported unreachable).
+const TIMEOUT: Duration = Duration::from_secs(2);
+const DEADLINE: Duration = Duration::from_secs(5);
 /// The longest answer read (a node runs a handful of protocols), and the longest line.
 const MAX_LINES: usize = 4096;
 const MAX_LINE_BYTES: usize = 4096;
