@@ -142,22 +142,7 @@ pub fn request(socket: &Path) -> Result<Option<(Predecessor, Inherited)>, Handov
             sockets,
             device,
         } => {
-            let mut fds = fds;
-            let expected = sockets.len() + usize::from(device.is_some());
-            if expected != fds.len() {
-                return Err(protocol(format!(
-                    "{expected} descriptors named, {} attached",
-                    fds.len()
-                )));
-            }
-            let device = device.zip(fds.pop()).map(|(offer, fd)| InheritedDevice {
-                fd,
-                name: offer.name,
-                table: offer.table,
-                protocol: offer.protocol,
-                drained: offer.drained,
-            });
-            let inherited = sockets.into_iter().zip(fds).collect();
+            let (inherited, device) = split_offer(sockets, device, fds).map_err(protocol)?;
             Ok(Some((
                 Predecessor {
                     stream,
@@ -173,6 +158,33 @@ pub fn request(socket: &Path) -> Result<Option<(Predecessor, Inherited)>, Handov
             reason,
         }),
     }
+}
+
+/// The descriptors of an offer, matched with what it names: the sockets in order, then the
+/// announcement device if one is offered.
+fn split_offer(
+    sockets: Vec<SocketAddr>,
+    device: Option<DeviceOffer>,
+    mut fds: Vec<OwnedFd>,
+) -> Result<(Inherited, Option<InheritedDevice>), String> {
+    let expected = sockets.len() + usize::from(device.is_some());
+    if expected != fds.len() {
+        return Err(format!(
+            "{expected} descriptors named, {} attached",
+            fds.len()
+        ));
+    }
+    let device = match device {
+        Some(offer) => fds.pop().map(|fd| InheritedDevice {
+            fd,
+            name: offer.name,
+            table: offer.table,
+            protocol: offer.protocol,
+            drained: offer.drained,
+        }),
+        None => None,
+    };
+    Ok((sockets.into_iter().zip(fds).collect(), device))
 }
 
 impl Predecessor {
@@ -455,6 +467,51 @@ mod tests {
             let listener = TcpListener::from(fd);
             assert_eq!(listener.local_addr().unwrap(), *address, "the same socket");
         }
+    }
+
+    /// The descriptors go with what the offer names: every socket, with a device or without
+    /// (then the last descriptor is a socket's, never taken for a device).
+    #[test]
+    fn an_offer_matches_its_descriptors_with_or_without_a_device() {
+        let listeners: Vec<TcpListener> = (0..2)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let addresses: Vec<SocketAddr> =
+            listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let fds = || -> Vec<OwnedFd> {
+            listeners
+                .iter()
+                .map(|l| OwnedFd::from(l.try_clone().unwrap()))
+                .collect()
+        };
+        let (inherited, device) = split_offer(addresses.clone(), None, fds()).unwrap();
+        assert!(device.is_none());
+        assert_eq!(inherited.keys().copied().collect::<Vec<_>>(), addresses);
+
+        let offer = DeviceOffer {
+            name: "lbvip0".to_owned(),
+            table: 300,
+            protocol: 201,
+            drained: true,
+        };
+        let mut with_device = fds();
+        with_device.push(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()));
+        let (inherited, device) =
+            split_offer(addresses.clone(), Some(offer.clone()), with_device).unwrap();
+        assert_eq!(inherited.len(), 2);
+        let device = device.unwrap();
+        assert_eq!(
+            (
+                device.name.as_str(),
+                device.table,
+                device.protocol,
+                device.drained
+            ),
+            ("lbvip0", 300, 201, true)
+        );
+        // A count that does not add up is refused.
+        assert!(split_offer(addresses.clone(), Some(offer), fds()).is_err());
+        assert!(split_offer(addresses, None, Vec::new()).is_err());
     }
 
     #[test]
