@@ -256,6 +256,7 @@ impl Announcer {
     /// Recomputes the verdicts and writes the table if what should be announced changed;
     /// every [`VERIFY`] also checks the interfaces, the device and the table (and retries).
     pub fn tick(&mut self, config: &Config, runtime: &Runtime, now: Instant) {
+        let errors = self.errors;
         let verify = self.next_verify.is_none_or(|at| now >= at);
         if verify {
             self.next_verify = Some(now + VERIFY);
@@ -279,6 +280,10 @@ impl Announcer {
         let wanted = self.wanted();
         if verify || self.written.as_ref() != Some(&wanted) {
             self.write(wanted);
+        }
+        // A check and a write without a failure: the last error is over.
+        if verify && self.errors == errors {
+            self.last_error = None;
         }
     }
 
@@ -329,10 +334,9 @@ impl Announcer {
             .collect()
     }
 
-    /// Makes the table hold `wanted`: withdrawals first. A clean pass clears the last error.
+    /// Makes the table hold `wanted`: withdrawals first.
     fn write(&mut self, wanted: BTreeSet<IpAddr>) {
         let (table, protocol, oif) = (self.settings.table, self.settings.protocol, self.ifindex);
-        let errors = self.errors;
         for address in self.held.difference(&wanted).copied().collect::<Vec<_>>() {
             match self.rtnl.delete_route(table, protocol, address, oif) {
                 Ok(()) => {
@@ -350,9 +354,6 @@ impl Announcer {
                 }
                 Err(error) => self.failed(format!("announcing {address}: {error}")),
             }
-        }
-        if self.errors == errors {
-            self.last_error = None;
         }
         self.written = Some(wanted);
     }
