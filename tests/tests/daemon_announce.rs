@@ -2,7 +2,8 @@
 //! the kernel table a routing daemon learns: the routes appear (IPv4 and IPv6, in a table
 //! above 255 under a protocol number of the configuration's), `lb node drain` withdraws them
 //! and the drain outlives a take-over, a take-over withdraws nothing (the table is watched
-//! throughout), a take-over onto another table moves them, SIGTERM withdraws them and removes
+//! throughout, also after the device was deleted by hand and made again), a take-over onto
+//! another table moves them, SIGTERM withdraws them and removes
 //! the device, and so does SIGKILL, by the kernel. A device of the same name made by hand
 //! refuses the start, saying so.
 
@@ -100,6 +101,47 @@ fn take_over(env: &mut DaemonLab) {
     );
 }
 
+/// Takes over while reading the table every few milliseconds: the IPv4 VIP is never missing.
+fn take_over_withdrawing_nothing(env: &mut DaemonLab) {
+    let watching = Arc::new(AtomicBool::new(true));
+    let missing = {
+        let watching = Arc::clone(&watching);
+        let ns = env.lab.lb.name().to_owned();
+        thread::spawn(move || {
+            let mut missing = Vec::new();
+            while watching.load(Ordering::SeqCst) {
+                let out = std::process::Command::new("ip")
+                    .args([
+                        "-n",
+                        &ns,
+                        "-4",
+                        "route",
+                        "show",
+                        "table",
+                        &TABLE.to_string(),
+                    ])
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                if !text.contains(&VIP_V4.to_string()) {
+                    missing.push(text);
+                }
+                thread::sleep(Duration::from_millis(2));
+            }
+            missing
+        })
+    };
+    take_over(env);
+    thread::sleep(Duration::from_millis(500));
+    watching.store(false, Ordering::SeqCst);
+    let missing = missing.join().unwrap();
+    assert!(
+        missing.is_empty(),
+        "withdrawn during a take-over: {missing:?}\n{}",
+        env.daemon.log()
+    );
+}
+
 #[test]
 fn announcements_follow_the_node_through_drains_take_overs_and_stops() {
     let mut env = DaemonLab::start("lbtann", 2, config);
@@ -129,42 +171,12 @@ fn announcements_follow_the_node_through_drains_take_overs_and_stops() {
     wait_for(&env, TABLE, &both_vips());
 
     // A take-over withdraws nothing: the table is read every few milliseconds meanwhile.
-    let watching = Arc::new(AtomicBool::new(true));
-    let missing = {
-        let watching = Arc::clone(&watching);
-        let ns = env.lab.lb.name().to_owned();
-        thread::spawn(move || {
-            let mut missing = Vec::new();
-            while watching.load(Ordering::SeqCst) {
-                let out = std::process::Command::new("ip")
-                    .args([
-                        "-n",
-                        &ns,
-                        "-4",
-                        "route",
-                        "show",
-                        "table",
-                        &TABLE.to_string(),
-                    ])
-                    .output()
-                    .unwrap();
-                let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                if !text.contains(&VIP_V4.to_string()) {
-                    missing.push(text);
-                }
-                thread::sleep(Duration::from_millis(2));
-            }
-            missing
-        })
-    };
-    take_over(&mut env);
-    thread::sleep(Duration::from_millis(500));
-    watching.store(false, Ordering::SeqCst);
-    let missing = missing.join().unwrap();
-    assert!(
-        missing.is_empty(),
-        "withdrawn during a take-over: {missing:?}"
-    );
+    take_over_withdrawing_nothing(&mut env);
+
+    // A device deleted by hand is made again, and the new one is what a take-over hands on.
+    env.lab.lb.ip(&["link", "del", DEVICE]).unwrap();
+    wait_for(&env, TABLE, &both_vips());
+    take_over_withdrawing_nothing(&mut env);
 
     // A take-over onto another table: the predecessor's table is emptied, the new one filled.
     let path = env.daemon.config_path().to_owned();

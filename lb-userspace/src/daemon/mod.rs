@@ -36,7 +36,12 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
-use self::{announce::Announcer, controller::Controller, probes::Probes, runtime::BackendKey};
+use self::{
+    announce::{Announcer, Handoff},
+    controller::Controller,
+    probes::Probes,
+    runtime::BackendKey,
+};
 use crate::{
     config::Config,
     control::{
@@ -196,28 +201,22 @@ async fn serve(
         None => None,
     };
     // The announcement device (a successor's is handed over), before CAP_NET_ADMIN may go.
-    let drained = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let announcer = match &config.announce {
+    // What a successor is handed (the drain, a descriptor of the device), kept current by
+    // the announcer; dropped on any other stop so that the routes go with the controller's.
+    let (announcer, mut announce_device) = match &config.announce {
         Some(settings) => {
             let inherited = predecessor.as_mut().and_then(|p| p.device.take());
-            Some(Announcer::start(settings, inherited, Arc::clone(&drained))?)
+            let handoff = Arc::new(Handoff::default());
+            let announcer = Announcer::start(settings, inherited, Arc::clone(&handoff))?;
+            let handle = AnnounceHandle {
+                handoff,
+                name: announcer.device_name().to_owned(),
+                table: settings.table,
+                protocol: settings.protocol,
+            };
+            (Some(announcer), Some(handle))
         }
-        None => None,
-    };
-    // A copy of the device's descriptor, to hand over; dropped on any other stop so that the
-    // routes go with the controller's.
-    let mut announce_device = match (&announcer, &config.announce) {
-        (Some(announcer), Some(settings)) => Some(AnnounceHandle {
-            fd: announcer.device_fd().map_err(|source| DaemonError::Io {
-                what: "copying the announcement device's descriptor".to_owned(),
-                source,
-            })?,
-            name: announcer.device_name().to_owned(),
-            table: settings.table,
-            protocol: settings.protocol,
-            drained,
-        }),
-        _ => None,
+        None => (None, None),
     };
     // The control socket is made now (it may be given to the read-only group), and put in
     // place last, once the daemon is ready.
@@ -461,20 +460,25 @@ async fn hand_over(
 
 /// The announcement device, as the daemon offers it to a successor.
 struct AnnounceHandle {
-    fd: std::os::fd::OwnedFd,
+    /// Shared with the announcer.
+    handoff: Arc<Handoff>,
     name: String,
     table: u32,
     protocol: u8,
-    /// Shared with the announcer.
-    drained: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl AnnounceHandle {
     /// The offer and a descriptor of its own; `None` (logged: the successor then makes a device
     /// of its own once this one is gone) if the descriptor cannot be copied.
     fn offer(&self) -> Option<(handover::DeviceOffer, std::os::fd::OwnedFd)> {
-        let fd = match self.fd.try_clone() {
-            Ok(fd) => fd,
+        let fd = match self.handoff.device() {
+            Ok(Some(fd)) => fd,
+            Ok(None) => {
+                warn!(
+                    "no descriptor of the announcement device to hand over: the successor makes a device of its own"
+                );
+                return None;
+            }
             Err(error) => {
                 warn!(%error, "copying the announcement device's descriptor failed: it is not handed over");
                 return None;
@@ -484,7 +488,7 @@ impl AnnounceHandle {
             name: self.name.clone(),
             table: self.table,
             protocol: self.protocol,
-            drained: self.drained.load(std::sync::atomic::Ordering::SeqCst),
+            drained: self.handoff.drained(),
         };
         Some((offer, fd))
     }

@@ -31,10 +31,11 @@ pub mod bird;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    io,
     net::IpAddr,
     os::fd::OwnedFd,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
@@ -130,6 +131,50 @@ pub struct InheritedDevice {
     pub drained: bool,
 }
 
+/// What the daemon hands a successor, kept current by the announcer: whether the node is
+/// drained, and a descriptor of the device (of the one made again, if someone deleted it).
+#[derive(Debug, Default)]
+pub struct Handoff {
+    drained: AtomicBool,
+    device: Mutex<Option<OwnedFd>>,
+}
+
+impl Handoff {
+    pub fn drained(&self) -> bool {
+        self.drained.load(Ordering::SeqCst)
+    }
+
+    /// A descriptor of the current device, of the caller's own; `None` if there is none to
+    /// hand over (the announcer could not copy it: logged then).
+    pub fn device(&self) -> io::Result<Option<OwnedFd>> {
+        let device = self
+            .device
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        device.as_ref().map(OwnedFd::try_clone).transpose()
+    }
+
+    /// Keeps a descriptor of `tun`; a copy that fails leaves nothing to hand over rather
+    /// than the descriptor of a device that is gone.
+    fn keep(&self, tun: &Tun) -> io::Result<()> {
+        let copy = tun.try_clone_fd();
+        let mut device = self
+            .device
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match copy {
+            Ok(fd) => {
+                *device = Some(fd);
+                Ok(())
+            }
+            Err(error) => {
+                *device = None;
+                Err(error)
+            }
+        }
+    }
+}
+
 /// The routes this node offers its routing daemon.
 #[derive(Debug)]
 pub struct Announcer {
@@ -139,7 +184,7 @@ pub struct Announcer {
     ifindex: u32,
     rtnl: Rtnl,
     /// Shared with the daemon, which hands it to a successor.
-    drained: Arc<AtomicBool>,
+    handoff: Arc<Handoff>,
     /// What the table holds through the device, as last written or read.
     held: BTreeSet<IpAddr>,
     /// What should be announced, as last written.
@@ -158,11 +203,11 @@ pub struct Announcer {
 pub struct AnnounceError {
     what: String,
     #[source]
-    source: std::io::Error,
+    source: io::Error,
 }
 
 impl AnnounceError {
-    fn new(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+    fn new(what: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
         let what = what.into();
         move |source| Self { what, source }
     }
@@ -176,17 +221,20 @@ impl Announcer {
     pub fn start(
         settings: &AnnounceSettings,
         inherited: Option<InheritedDevice>,
-        drained: Arc<AtomicBool>,
+        handoff: Arc<Handoff>,
     ) -> Result<Self, AnnounceError> {
         let inherited = inherited.filter(|device| device.name == settings.device);
         let (tun, previous) = match inherited {
             Some(device) => {
-                drained.store(device.drained, Ordering::SeqCst);
+                handoff.drained.store(device.drained, Ordering::SeqCst);
                 let previous = (device.table, device.protocol);
                 (Tun::adopt(device.fd, &settings.device), Some(previous))
             }
             None => (create_device(&settings.device)?, None),
         };
+        handoff
+            .keep(&tun)
+            .map_err(AnnounceError::new("copying the device's descriptor"))?;
         let mut rtnl = Rtnl::connect_strict().map_err(AnnounceError::new("opening rtnetlink"))?;
         let ifindex = bring_up(&mut rtnl, tun.name())?;
         if let Some((table, protocol)) =
@@ -220,7 +268,7 @@ impl Announcer {
         };
         info!(
             device = %settings.device, table = settings.table, protocol = settings.protocol,
-            inherited = previous.is_some(), drained = drained.load(Ordering::SeqCst),
+            inherited = previous.is_some(), drained = handoff.drained(),
             "announcing listener addresses through a kernel table"
         );
         Ok(Self {
@@ -228,7 +276,7 @@ impl Announcer {
             tun,
             ifindex,
             rtnl,
-            drained,
+            handoff,
             held,
             written: None,
             verdicts: BTreeMap::new(),
@@ -244,13 +292,8 @@ impl Announcer {
         self.tun.name()
     }
 
-    /// A descriptor of the device, for a successor.
-    pub fn device_fd(&self) -> std::io::Result<OwnedFd> {
-        self.tun.try_clone_fd()
-    }
-
     fn is_drained(&self) -> bool {
-        self.drained.load(Ordering::SeqCst)
+        self.handoff.drained()
     }
 
     /// Recomputes the verdicts and writes the table if what should be announced changed;
@@ -306,6 +349,12 @@ impl Announcer {
                 {
                     Ok((index, tun)) => {
                         warn!(device = %self.settings.device, %error, "the announcement device was gone: made it again");
+                        if let Err(error) = self.handoff.keep(&tun) {
+                            self.failed(format!(
+                                "copying the new device's descriptor: {error} (a take-over \
+                                 now makes a device of its own)"
+                            ));
+                        }
                         self.tun = tun;
                         self.ifindex = index;
                     }
@@ -368,7 +417,7 @@ impl Announcer {
     }
 
     /// Whether one of the XDP interfaces is up with a carrier.
-    fn any_interface_running(&mut self, config: &Config) -> std::io::Result<bool> {
+    fn any_interface_running(&mut self, config: &Config) -> io::Result<bool> {
         for name in &config.datapath.interfaces {
             if self.rtnl.link(name)?.is_some_and(|link| link.running) {
                 return Ok(true);
@@ -388,7 +437,7 @@ impl Announcer {
         now: Instant,
     ) -> Result<NodeChange, String> {
         let before = self.held.clone();
-        self.drained.store(drain, Ordering::SeqCst);
+        self.handoff.drained.store(drain, Ordering::SeqCst);
         self.next_verify = None;
         self.tick(config, runtime, now);
         if drain && !self.held.is_empty() {
@@ -473,7 +522,7 @@ fn create_device(name: &str) -> Result<Tun, AnnounceError> {
 fn bring_up(rtnl: &mut Rtnl, name: &str) -> Result<u32, AnnounceError> {
     let link = rtnl
         .link(name)
-        .and_then(|link| link.ok_or_else(|| std::io::Error::from_raw_os_error(libc::ENODEV)))
+        .and_then(|link| link.ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV)))
         .map_err(AnnounceError::new(format!("finding the device {name:?}")))?;
     if !link.up {
         rtnl.set_up(link.index).map_err(AnnounceError::new(format!(
