@@ -9,6 +9,7 @@
 
 use std::fs::{self, File};
 use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::process::Command;
@@ -66,6 +67,34 @@ impl NetNs {
         let mut full = vec!["-n", self.name.as_str()];
         full.extend_from_slice(args);
         run_command("ip", &full)
+    }
+
+    /// Brings `iface` up with `mtu`.
+    pub fn up(&self, iface: &str, mtu: u32) -> Result<(), LabError> {
+        self.ip(&["link", "set", iface, "mtu", &mtu.to_string()])?;
+        self.ip(&["link", "set", iface, "up"])?;
+        Ok(())
+    }
+
+    /// Gives `iface` an IPv4 and an IPv6 address with their prefix lengths (the IPv6 one
+    /// without duplicate address detection, usable at once).
+    pub fn address(
+        &self,
+        iface: &str,
+        (v4, len4): (Ipv4Addr, u8),
+        (v6, len6): (Ipv6Addr, u8),
+    ) -> Result<(), LabError> {
+        self.ip(&["addr", "add", &format!("{v4}/{len4}"), "dev", iface])?;
+        let v6 = format!("{v6}/{len6}");
+        self.ip(&["-6", "addr", "add", &v6, "dev", iface, "nodad"])?;
+        Ok(())
+    }
+
+    /// Sets (or replaces) the default routes via `v4` and `v6`.
+    pub fn default_via(&self, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<(), LabError> {
+        self.ip(&["route", "replace", "default", "via", &v4.to_string()])?;
+        self.ip(&["-6", "route", "replace", "default", "via", &v6.to_string()])?;
+        Ok(())
     }
 
     /// Sets a sysctl inside the namespace, e.g. `("net.ipv4.ip_forward", "1")`.

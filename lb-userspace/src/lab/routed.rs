@@ -126,35 +126,6 @@ impl std::fmt::Debug for RoutedLab {
     }
 }
 
-/// Gives `ns`'s interface `iface` its addresses.
-fn address(ns: &NetNs, iface: &str, v4: Ipv4Addr, v6: Ipv6Addr, len6: u8) -> Result<(), LabError> {
-    ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", iface])?;
-    ns.ip(&[
-        "-6",
-        "addr",
-        "add",
-        &format!("{v6}/{len6}"),
-        "dev",
-        iface,
-        "nodad",
-    ])?;
-    Ok(())
-}
-
-/// Default routes of `ns` via `v4` and `v6`.
-fn default_via(ns: &NetNs, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<(), LabError> {
-    ns.ip(&["route", "add", "default", "via", &v4.to_string()])?;
-    ns.ip(&["-6", "route", "add", "default", "via", &v6.to_string()])?;
-    Ok(())
-}
-
-/// Brings `iface` of `ns` up with `mtu`.
-fn up(ns: &NetNs, iface: &str, mtu: u32) -> Result<(), LabError> {
-    ns.ip(&["link", "set", iface, "mtu", &mtu.to_string()])?;
-    ns.ip(&["link", "set", iface, "up"])?;
-    Ok(())
-}
-
 /// A switch namespace with a bridge `br0`.
 fn switch(prefix: &str) -> Result<NetNs, LabError> {
     let ns = NetNs::new(prefix)?;
@@ -166,8 +137,8 @@ fn switch(prefix: &str) -> Result<NetNs, LabError> {
 /// Connects `iface` of `host` to `switch`'s bridge as port `port`.
 fn plug_into(switch: &NetNs, host: &NetNs, iface: &str, port: &str) -> Result<(), LabError> {
     veth(host, iface, switch, port)?;
-    up(host, iface, MTU)?;
-    up(switch, port, MTU)?;
+    host.up(iface, MTU)?;
+    switch.up(port, MTU)?;
     switch.ip(&["link", "set", port, "master", "br0"])?;
     Ok(())
 }
@@ -183,18 +154,18 @@ impl RoutedLab {
         let client = NetNs::new(prefix)?;
         let router = NetNs::new(prefix)?;
         veth(&client, IFACE, &router, "c0")?;
-        up(&client, IFACE, MTU)?;
-        up(&router, "c0", options.router_client_mtu)?;
+        client.up(IFACE, MTU)?;
+        router.up("c0", options.router_client_mtu)?;
         client.ip(&["link", "set", "lo", "up"])?;
         client.run(&["ethtool", "-K", IFACE, "tx", "off"])?;
-        address(&client, IFACE, CLIENT_V4, CLIENT_V6, 64)?;
-        default_via(&client, ROUTER_CLIENT_V4, ROUTER_CLIENT_V6)?;
+        client.address(IFACE, (CLIENT_V4, 24), (CLIENT_V6, 64))?;
+        client.default_via(ROUTER_CLIENT_V4, ROUTER_CLIENT_V6)?;
 
-        address(&router, "c0", ROUTER_CLIENT_V4, ROUTER_CLIENT_V6, 64)?;
+        router.address("c0", (ROUTER_CLIENT_V4, 24), (ROUTER_CLIENT_V6, 64))?;
         plug_into(&front, &router, "f0", "r")?;
-        address(&router, "f0", ROUTER_FRONT_V4, ROUTER_FRONT_V6, 64)?;
+        router.address("f0", (ROUTER_FRONT_V4, 24), (ROUTER_FRONT_V6, 64))?;
         plug_into(&back, &router, "b0", "r")?;
-        address(&router, "b0", ROUTER_BACK_V4, ROUTER_BACK_V6, 64)?;
+        router.address("b0", (ROUTER_BACK_V4, 24), (ROUTER_BACK_V6, 64))?;
         for iface in ["f0", "b0", "c0"] {
             // As a wire: what the router forwards leaves in segments of the MTU.
             router.run(&["ethtool", "-K", iface, "tso", "off", "gso", "off"])?;
@@ -225,10 +196,10 @@ impl RoutedLab {
         let lb = NetNs::new(prefix)?;
         lb.ip(&["link", "set", "lo", "up"])?;
         plug_into(&front, &lb, FRONT, "lb")?;
-        address(&lb, FRONT, LB_FRONT_V4, LB_FRONT_V6, 64)?;
+        lb.address(FRONT, (LB_FRONT_V4, 24), (LB_FRONT_V6, 64))?;
         plug_into(&back, &lb, BACK, "lb")?;
-        address(&lb, BACK, LB_BACK_V4, LB_BACK_V6, 64)?;
-        default_via(&lb, ROUTER_FRONT_V4, ROUTER_FRONT_V6)?;
+        lb.address(BACK, (LB_BACK_V4, 24), (LB_BACK_V6, 64))?;
+        lb.default_via(ROUTER_FRONT_V4, ROUTER_FRONT_V6)?;
         for (key, value) in [
             ("net.ipv4.ip_forward", "1"),
             ("net.ipv6.conf.all.forwarding", "1"),
@@ -254,9 +225,9 @@ impl RoutedLab {
             let (v4, v6) = (backend_v4(i), backend_v6(i));
             address_host(&ns, v4, v6)?;
             if options.replies_via_balancer {
-                default_via(&ns, LB_BACK_V4, LB_BACK_V6)?;
+                ns.default_via(LB_BACK_V4, LB_BACK_V6)?;
             } else {
-                default_via(&ns, ROUTER_BACK_V4, ROUTER_BACK_V6)?;
+                ns.default_via(ROUTER_BACK_V4, ROUTER_BACK_V6)?;
             }
             backends.push(LabBackend::serve_vips(ns, i, v4, v6)?);
         }

@@ -113,35 +113,6 @@ impl std::fmt::Debug for ScaleOutLab {
     }
 }
 
-/// Brings `iface` of `ns` up with `mtu`.
-fn up(ns: &NetNs, iface: &str, mtu: u32) -> Result<(), LabError> {
-    ns.ip(&["link", "set", iface, "mtu", &mtu.to_string()])?;
-    ns.ip(&["link", "set", iface, "up"])?;
-    Ok(())
-}
-
-/// Gives `ns`'s `iface` the addresses `v4/len4` and `v6/64` (no duplicate address detection).
-fn address(ns: &NetNs, iface: &str, v4: Ipv4Addr, len4: u8, v6: Ipv6Addr) -> Result<(), LabError> {
-    ns.ip(&["addr", "add", &format!("{v4}/{len4}"), "dev", iface])?;
-    ns.ip(&[
-        "-6",
-        "addr",
-        "add",
-        &format!("{v6}/64"),
-        "dev",
-        iface,
-        "nodad",
-    ])?;
-    Ok(())
-}
-
-/// Sets (replaces) `ns`'s default routes via `v4` and `v6`.
-fn default_via(ns: &NetNs, v4: Ipv4Addr, v6: Ipv6Addr) -> Result<(), LabError> {
-    ns.ip(&["route", "replace", "default", "via", &v4.to_string()])?;
-    ns.ip(&["-6", "route", "replace", "default", "via", &v6.to_string()])?;
-    Ok(())
-}
-
 impl ScaleOutLab {
     /// Builds the namespaces, links, addresses and routes; starts the router's BIRD and every
     /// node's; attaches the backends' programs. No daemon runs and nothing is announced yet
@@ -157,26 +128,24 @@ impl ScaleOutLab {
         configure_router(&router)?;
 
         veth(&client, IFACE, &router, ROUTER_CLIENT_IFACE)?;
-        up(&client, IFACE, CLIENT_MTU)?;
-        up(&router, ROUTER_CLIENT_IFACE, CLIENT_MTU)?;
+        client.up(IFACE, CLIENT_MTU)?;
+        router.up(ROUTER_CLIENT_IFACE, CLIENT_MTU)?;
         client.ip(&["link", "set", "lo", "up"])?;
         // The client computes its own checksums: a frame sent on by XDP keeps no promise of a
         // checksum to fill in.
         client.run(&["ethtool", "-K", IFACE, "tx", "off"])?;
-        address(&client, IFACE, CLIENT_V4, 24, CLIENT_V6)?;
-        default_via(&client, ROUTER_CLIENT_V4, ROUTER_CLIENT_V6)?;
-        address(
-            &router,
+        client.address(IFACE, (CLIENT_V4, 24), (CLIENT_V6, 64))?;
+        client.default_via(ROUTER_CLIENT_V4, ROUTER_CLIENT_V6)?;
+        router.address(
             ROUTER_CLIENT_IFACE,
-            ROUTER_CLIENT_V4,
-            24,
-            ROUTER_CLIENT_V6,
+            (ROUTER_CLIENT_V4, 24),
+            (ROUTER_CLIENT_V6, 64),
         )?;
 
         plug(&switch, &router, "r", INNER_MTU)?;
         router.ip(&["link", "set", IFACE, "name", "b0"])?;
         router.ip(&["link", "set", "b0", "up"])?;
-        address(&router, "b0", ROUTER_BACK_V4, 24, ROUTER_BACK_V6)?;
+        router.address("b0", (ROUTER_BACK_V4, 24), (ROUTER_BACK_V6, 64))?;
 
         let mut aux = Aux::load()?;
         let mut node_namespaces = Vec::with_capacity(nodes);
@@ -208,7 +177,7 @@ impl ScaleOutLab {
             plug(&switch, &ns, &format!("b{j}"), INNER_MTU)?;
             let (v4, v6) = (backend_v4(j), backend_v6(j));
             address_host(&ns, v4, v6)?;
-            default_via(&ns, ROUTER_BACK_V4, ROUTER_BACK_V6)?;
+            ns.default_via(ROUTER_BACK_V4, ROUTER_BACK_V6)?;
             lab_backends.push(LabBackend::serve_vips(ns, j, v4, v6)?);
         }
 
@@ -415,7 +384,7 @@ impl ScaleOutLab {
     pub fn link_up(&self, i: usize) -> Result<(), LabError> {
         let ns = &self.node(i)?.ns;
         ns.ip(&["link", "set", IFACE, "up"])?;
-        default_via(ns, router_v4(i), router_v6(i))
+        ns.default_via(router_v4(i), router_v6(i))
     }
 
     /// The next hops of the router's route to `vip` (empty if it has none).
@@ -559,12 +528,12 @@ fn connect_node(router: &NetNs, ns: &NetNs, i: usize) -> Result<(), LabError> {
     }
     let port = router_iface(i);
     veth(router, &port, ns, IFACE)?;
-    up(router, &port, INNER_MTU)?;
-    up(ns, IFACE, INNER_MTU)?;
+    router.up(&port, INNER_MTU)?;
+    ns.up(IFACE, INNER_MTU)?;
     ns.ip(&["link", "set", "lo", "up"])?;
-    address(router, &port, router_v4(i), 30, router_v6(i))?;
-    address(ns, IFACE, node_v4(i), 30, node_v6(i))?;
-    default_via(ns, router_v4(i), router_v6(i))
+    router.address(&port, (router_v4(i), 30), (router_v6(i), 64))?;
+    ns.address(IFACE, (node_v4(i), 30), (node_v6(i), 64))?;
+    ns.default_via(router_v4(i), router_v6(i))
 }
 
 /// The next hops in `ip route show` or `ip route get` output: every address after `via`
