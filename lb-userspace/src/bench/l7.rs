@@ -6,6 +6,9 @@
 //!
 //! - `lb run` (one tokio worker) with an offload listener, the same with cookie stickiness
 //!   (the clients send a valid cookie, obtained once), and a bridging listener;
+//! - a second `lb run` alike but with an access log (`[access_log]`, JSON lines to a file in
+//!   the benchmark's directory, emptied after each of its runs): its offload listener is the
+//!   cost of logging every request;
 //! - HAProxy (`nbthread 1`, `mode http`) with the same certificate, ALPN, forwarding headers and
 //!   keep-alive, offload and bridging (the backend verified against the same CA and name).
 //!
@@ -84,6 +87,7 @@ impl Default for Options {
 pub enum Keepalive {
     LbOffload,
     LbSticky,
+    LbLogged,
     LbBridging,
     BaseOffload,
     BaseBridging,
@@ -93,9 +97,10 @@ pub enum Keepalive {
 }
 
 impl Keepalive {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::LbOffload,
         Self::LbSticky,
+        Self::LbLogged,
         Self::LbBridging,
         Self::BaseOffload,
         Self::BaseBridging,
@@ -116,6 +121,7 @@ impl Keepalive {
         match self {
             Self::LbOffload => "lb offload",
             Self::LbSticky => "lb offload + sticky cookie",
+            Self::LbLogged => "lb offload + access log",
             Self::LbBridging => "lb bridging",
             Self::BaseOffload => "lb offload, base build",
             Self::BaseBridging => "lb bridging, base build",
@@ -205,6 +211,9 @@ pub fn run(options: Options, base: Option<&Path>) -> Result<Report, BenchError> 
         for i in alternating(measured.len(), round) {
             let sample = keepalive(&targets[i], options.connections, options.duration)?;
             keepalive_samples[i].push(sample);
+            if measured[i] == Keepalive::LbLogged {
+                systems.empty_access_log()?;
+            }
         }
         for i in alternating(Handshakes::ALL.len(), round) {
             let system = Handshakes::ALL[i];
@@ -252,6 +261,11 @@ fn target(systems: &Systems, system: Keepalive, cookie: &str) -> Target {
     let (url, proxy, backend) = match system {
         Keepalive::LbOffload => (https(ports.lb.offload), lb, plain),
         Keepalive::LbSticky => (https(ports.lb.sticky), lb, plain),
+        Keepalive::LbLogged => (
+            https(ports.logged.offload),
+            Some(systems.logged.child.pid()),
+            plain,
+        ),
         Keepalive::LbBridging => (https(ports.lb.bridging), lb, tls),
         Keepalive::BaseOffload => (https(ports.base.offload), base, plain),
         Keepalive::BaseBridging => (https(ports.base.bridging), base, tls),

@@ -7,7 +7,11 @@
 //! the listener is started or reloaded (`crate::l7`), so that `lb cert reload` reads them
 //! afresh; a file that cannot be used refuses the start or the reload with its path.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use toml::Spanned;
 
@@ -30,6 +34,97 @@ pub struct L7Settings {
     pub redirect_http_port: Option<u16>,
     /// Also send an RFC 7239 `Forwarded` header (the `X-Forwarded-*` ones are always sent).
     pub forwarded_header: bool,
+    /// Connections from these sources start with a PROXY protocol header (v1 or v2), which
+    /// names the client; one from elsewhere that starts with a header is refused.
+    pub proxy_protocol_from: Vec<Prefix>,
+}
+
+/// An address prefix: `198.18.0.0/15`, `2001:db8::/32`, or one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Prefix {
+    pub address: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    /// The prefix's first address.
+    pub fn network(&self) -> IpAddr {
+        match self.address {
+            IpAddr::V4(v4) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
+            }
+            IpAddr::V6(v6) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
+            }
+        }
+    }
+
+    /// Whether `ip` is in the prefix (an IPv4 address mapped in IPv6 counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.address, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.address, self.len)
+    }
+}
+
+/// `[access_log]`: a line per L7 request, and per TLS connection that got to none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    pub target: AccessLogTarget,
+    pub format: AccessLogFormat,
+    /// The lines without an error that are kept, in millionths (1 000 000: every line).
+    pub sample_per_million: u32,
+}
+
+impl AccessLogSettings {
+    /// The sample as a fraction.
+    pub fn sample(&self) -> f64 {
+        f64::from(self.sample_per_million) / 1_000_000.0
+    }
+}
+
+/// Where the access log goes: `path = "-"` is the daemon's standard output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stdout,
+    File(PathBuf),
+}
+
+impl std::fmt::Display for AccessLogTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stdout => f.write_str("stdout"),
+            Self::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    /// One JSON object per line (the default).
+    Json,
+    /// Space-separated fields (see `l7::access_log`).
+    Text,
 }
 
 /// `[listeners.NAME.tls]`: the certificates presented to clients.
@@ -107,6 +202,9 @@ pub struct BackendSide {
     pub h2_ping_timeout: Duration,
     /// Bridging: TLS towards the backends.
     pub tls: Option<BackendTls>,
+    /// Each connection to a backend starts with a PROXY protocol v2 header naming the client
+    /// (a connection then carries only that client's requests).
+    pub send_proxy_protocol: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,6 +391,26 @@ pub(super) fn check(
         }
         redirect
     });
+    let proxy_protocol_from = raw
+        .proxy_protocol_from
+        .as_ref()
+        .map_or(Some(Vec::new()), |list| {
+            let field = format!("{field}.proxy_protocol_from");
+            let prefixes: Vec<Option<Prefix>> = list
+                .get_ref()
+                .iter()
+                .map(|p| prefix(c, p, &field))
+                .collect();
+            if list.get_ref().is_empty() {
+                c.problem(
+                    list,
+                    &field,
+                    "empty: name the balancers in front (\"10.0.0.0/8\"), or leave it out",
+                );
+                return None;
+            }
+            prefixes.into_iter().collect()
+        });
     Some(Some(L7Settings {
         tls: tls?,
         http: http?,
@@ -301,6 +419,7 @@ pub(super) fn check(
         sticky: sticky.map_or(Some(None), |s| s.map(Some))?,
         redirect_http_port: redirect_http_port.map_or(Some(None), |p| p.map(Some))?,
         forwarded_header: raw.forwarded_header.as_ref().is_some_and(|f| *f.get_ref()),
+        proxy_protocol_from: proxy_protocol_from?,
     }))
 }
 
@@ -327,6 +446,46 @@ fn refuse_shared_key_file(c: &mut Checker<'_>, raw: &RawListener, field: &str) {
     }
 }
 
+/// `address/len` (host bits zero) or one address.
+fn prefix(c: &mut Checker<'_>, raw: &Spanned<String>, field: &str) -> Option<Prefix> {
+    let text = raw.get_ref();
+    let (address, len) = match text.split_once('/') {
+        Some((address, len)) => (address, Some(len)),
+        None => (text.as_str(), None),
+    };
+    let Ok(address) = address.parse::<IpAddr>() else {
+        c.problem(
+            raw,
+            field,
+            format!("{text:?} is not an address or a prefix like \"10.0.0.0/8\""),
+        );
+        return None;
+    };
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    let len = match len.map(str::parse::<u8>) {
+        None => max,
+        Some(Ok(len)) if len <= max => len,
+        Some(_) => {
+            c.problem(
+                raw,
+                field,
+                format!("{text:?}: the length is not 0 to {max}"),
+            );
+            return None;
+        }
+    };
+    let prefix = Prefix { address, len };
+    if prefix.network() != address {
+        c.problem(
+            raw,
+            field,
+            format!("{text:?} has host bits set; write the network address"),
+        );
+        return None;
+    }
+    Some(prefix)
+}
+
 fn refuse_for_passthrough(c: &mut Checker<'_>, raw: &RawListener, field: &str) {
     let why = "only offload and bridging listeners have it: passthrough never sees HTTP";
     let mut refuse = |present: Option<std::ops::Range<usize>>, name: &str| {
@@ -346,6 +505,10 @@ fn refuse_for_passthrough(c: &mut Checker<'_>, raw: &RawListener, field: &str) {
     refuse(
         raw.forwarded_header.as_ref().map(Spanned::span),
         "forwarded_header",
+    );
+    refuse(
+        raw.proxy_protocol_from.as_ref().map(Spanned::span),
+        "proxy_protocol_from",
     );
 }
 
@@ -597,6 +760,31 @@ fn check_backend(
         SHORT_TIMEOUT_RANGE,
         d::H2_PING_TIMEOUT,
     );
+    let send_proxy_protocol = match raw
+        .proxy_protocol
+        .as_ref()
+        .map(|p| (p, p.get_ref().as_str()))
+    {
+        None | Some((_, "none")) => Some(false),
+        Some((p, "v2")) if protocol == Some(BackendProtocol::Http2) => {
+            c.problem(
+                p,
+                &format!("{field}.proxy_protocol"),
+                "with protocol = \"http2\": one multiplexed connection carries many clients' \
+                 requests, and a PROXY header names one; use protocol = \"http1\"",
+            );
+            None
+        }
+        Some((_, "v2")) => Some(true),
+        Some((p, other)) => {
+            c.problem(
+                p,
+                &format!("{field}.proxy_protocol"),
+                format!("{other:?} is not \"v2\" or \"none\""),
+            );
+            None
+        }
+    };
     let tls = if mode == Mode::Bridging {
         Some(backend_tls(c, listener, raw, field)?)
     } else {
@@ -604,6 +792,7 @@ fn check_backend(
         None
     };
     Some(BackendSide {
+        send_proxy_protocol: send_proxy_protocol?,
         port: port?,
         protocol: protocol?,
         connect_timeout: connect_timeout?,
@@ -812,4 +1001,38 @@ fn check_sticky(
         cors_cookie: cors_cookie.map(|_| format!("{cookie}CORS")),
         cookie,
     })
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::*;
+
+    fn prefix(address: &str, len: u8) -> Prefix {
+        Prefix {
+            address: address.parse().unwrap(),
+            len,
+        }
+    }
+
+    #[test]
+    fn a_prefix_holds_its_addresses_and_mapped_ipv4_ones() {
+        let ten = prefix("10.0.0.0", 8);
+        assert!(ten.contains("10.255.1.2".parse().unwrap()));
+        assert!(ten.contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!ten.contains("11.0.0.0".parse().unwrap()));
+        assert!(!ten.contains("2001:db8::1".parse().unwrap()));
+        let one = prefix("198.18.0.5", 32);
+        assert!(one.contains("198.18.0.5".parse().unwrap()));
+        assert!(!one.contains("198.18.0.4".parse().unwrap()));
+        let all = prefix("0.0.0.0", 0);
+        assert!(all.contains("203.0.113.9".parse().unwrap()));
+        let v6 = prefix("2001:db8::", 32);
+        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+        assert!(!v6.contains("2001:db9::".parse().unwrap()));
+        assert_eq!(
+            prefix("10.1.2.3", 8).network(),
+            "10.0.0.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(prefix("::1", 0).network(), "::".parse::<IpAddr>().unwrap());
+    }
 }

@@ -43,6 +43,8 @@ pub struct Config {
     pub metrics: Option<std::net::SocketAddr>,
     /// `[announce]`: the routes this node offers its routing daemon; none when absent.
     pub announce: Option<AnnounceSettings>,
+    /// `[access_log]`: the L7 listeners' access log; none when absent.
+    pub access_log: Option<l7::AccessLogSettings>,
     pub pools: BTreeMap<String, Pool>,
     pub listeners: BTreeMap<String, ListenerConfig>,
 }

@@ -19,6 +19,8 @@ pub struct RawConfig {
     pub metrics: RawMetrics,
     /// `[announce]`: absent, the node announces nothing.
     pub announce: Option<RawAnnounce>,
+    /// `[access_log]`: absent, no access log.
+    pub access_log: Option<RawAccessLog>,
     #[serde(default)]
     pub pools: BTreeMap<Spanned<String>, RawPool>,
     #[serde(default)]
@@ -70,6 +72,18 @@ pub struct RawAnnounce {
     pub device: Option<Spanned<String>>,
     pub drain_wait: Option<Spanned<String>>,
     pub bird_socket: Option<Spanned<String>>,
+}
+
+/// `[access_log]`: the L7 listeners' access log.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// An absolute path, or "-" for the daemon's standard output.
+    pub path: Option<Spanned<String>>,
+    /// "json" (the default) or "text".
+    pub format: Option<Spanned<String>>,
+    /// The fraction of lines without an error that are written (0 < sample <= 1).
+    pub sample: Option<Spanned<f64>>,
 }
 
 /// `[metrics]`: the Prometheus endpoint.
@@ -173,6 +187,8 @@ pub struct RawListener {
     pub balance: Option<Spanned<String>>,
     pub redirect_http_port: Option<Spanned<i64>>,
     pub forwarded_header: Option<Spanned<bool>>,
+    /// Sources (prefixes) whose connections start with a PROXY protocol header.
+    pub proxy_protocol_from: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `[listeners.NAME.tls]`.
@@ -227,6 +243,8 @@ pub struct RawL7Backend {
     pub client_cert: Option<Spanned<String>>,
     pub client_key: Option<Spanned<String>>,
     pub dangerously_skip_verification: Option<Spanned<bool>>,
+    /// "v2": each connection to a backend starts with a PROXY protocol header.
+    pub proxy_protocol: Option<Spanned<String>>,
 }
 
 /// `[listeners.NAME.sticky]`.

@@ -13,7 +13,8 @@ use toml::Spanned;
 use super::{
     AnnounceSettings, BackendConfig, Config, ConfigError, ControlSettings, DatapathSettings,
     ListenerConfig, Mode, Pool, Problem, defaults,
-    raw::{RawAnnounce, RawBackend, RawConfig, RawDatapath, RawListener, RawPool},
+    l7::{AccessLogFormat, AccessLogSettings, AccessLogTarget},
+    raw::{RawAccessLog, RawAnnounce, RawBackend, RawConfig, RawDatapath, RawListener, RawPool},
 };
 use crate::{loader::AttachMode, maglev::is_prime, state::Protocol};
 
@@ -175,6 +176,10 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         .announce
         .as_ref()
         .and_then(|announce| check_announce(&mut checker, announce));
+    let access_log = raw
+        .access_log
+        .as_ref()
+        .and_then(|raw| check_access_log(&mut checker, raw));
     let control = ControlSettings {
         socket: raw.control.socket.map_or_else(
             || PathBuf::from(defaults::SOCKET),
@@ -194,6 +199,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             control,
             metrics,
             announce,
+            access_log,
             pools,
             listeners,
         }),
@@ -636,6 +642,81 @@ fn check_announce(c: &mut Checker<'_>, raw: &RawAnnounce) -> Option<AnnounceSett
         device: device.unwrap_or_else(|| defaults::ANNOUNCE_DEVICE.to_owned()),
         drain_wait: drain_wait.unwrap_or(defaults::DRAIN_WAIT),
         bird_socket,
+    })
+}
+
+/// `[access_log]`: an absolute path or "-", a format, a sample in (0, 1].
+fn check_access_log(c: &mut Checker<'_>, raw: &RawAccessLog) -> Option<AccessLogSettings> {
+    let problems = c.problems.len();
+    let target = match &raw.path {
+        None => {
+            c.problems.push(Problem {
+                location: c.origin.to_owned(),
+                field: "access_log.path".to_owned(),
+                reason: "missing: an absolute path, or \"-\" for the daemon's standard output"
+                    .to_owned(),
+            });
+            None
+        }
+        Some(path) if path.get_ref() == "-" => Some(AccessLogTarget::Stdout),
+        Some(path) => {
+            let file = PathBuf::from(path.get_ref());
+            if file.is_absolute() && file.file_name().is_some() {
+                Some(AccessLogTarget::File(file))
+            } else {
+                c.problem(
+                    path,
+                    "access_log.path",
+                    format!(
+                        "{:?} is not an absolute path to a file, or \"-\" for the daemon's \
+                         standard output",
+                        path.get_ref()
+                    ),
+                );
+                None
+            }
+        }
+    };
+    let format = match raw.format.as_ref().map(|f| (f, f.get_ref().as_str())) {
+        None | Some((_, "json")) => Some(AccessLogFormat::Json),
+        Some((_, "text")) => Some(AccessLogFormat::Text),
+        Some((format, other)) => {
+            c.problem(
+                format,
+                "access_log.format",
+                format!("{other:?} is not a format: \"json\" or \"text\""),
+            );
+            None
+        }
+    };
+    let sample = match &raw.sample {
+        None => Some(1_000_000),
+        Some(sample) => {
+            let value = *sample.get_ref();
+            if value > 0.0 && value <= 1.0 {
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    clippy::cast_sign_loss,
+                    reason = "within (0, 1] times a million"
+                )]
+                Some(((value * 1_000_000.0).round() as u32).max(1))
+            } else {
+                c.problem(
+                    sample,
+                    "access_log.sample",
+                    format!(
+                        "{value} is not a fraction above 0 and at most 1 (0.01: one line in a \
+                         hundred; lines with an error are always written)"
+                    ),
+                );
+                None
+            }
+        }
+    };
+    (c.problems.len() == problems).then(|| AccessLogSettings {
+        target: target.unwrap_or(AccessLogTarget::Stdout),
+        format: format.unwrap_or(AccessLogFormat::Json),
+        sample_per_million: sample.unwrap_or(1_000_000),
     })
 }
 

@@ -292,7 +292,7 @@ async fn serve(
     info!("ready");
 
     let stop = {
-        let mut stop_signal = std::pin::pin!(signals.next(Some(&events)));
+        let mut stop_signal = std::pin::pin!(signals.next(Some(&events), &l7));
         loop {
             tokio::select! {
                 signal = &mut stop_signal => break Stop::Signal(signal),
@@ -368,13 +368,17 @@ async fn serve(
                 warn!(open, timeout = ?shutdown_timeout, "shutdown_timeout passed: closing the L7 connections still open");
             }
         }
-        again = signals.next(None) => {
+        again = signals.next(None, &l7) => {
             warn!(signal = again, open = l7.open_connections(), "a second stop signal: closing the L7 connections still open");
         }
     }
+    l7.flush_access_log(ACCESS_LOG_FLUSH);
     info!("stopped");
     Ok(())
 }
+
+/// How long a stopping daemon waits for its access log's last lines to be written.
+const ACCESS_LOG_FLUSH: Duration = Duration::from_secs(2);
 
 /// Why the daemon stops.
 enum Stop {
@@ -729,11 +733,13 @@ fn spawn_controller<D: Datapath + Send + 'static>(
 }
 
 /// The signals the daemon answers, listened for from its start to its end (none is missed
-/// between the first stop signal and the second): SIGTERM and SIGINT stop it, SIGHUP reloads.
+/// between the first stop signal and the second): SIGTERM and SIGINT stop it, SIGHUP reloads,
+/// SIGUSR1 reopens the access log.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
     hup: tokio::signal::unix::Signal,
+    usr1: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -742,16 +748,22 @@ impl Signals {
             term: signal(SignalKind::terminate())?,
             int: signal(SignalKind::interrupt())?,
             hup: signal(SignalKind::hangup())?,
+            usr1: signal(SignalKind::user_defined1())?,
         })
     }
 
     /// Waits for SIGTERM or SIGINT (returns its name); on SIGHUP, has the controller reload
     /// the configuration (with no controller left, says so).
-    async fn next(&mut self, calls: Option<&mpsc::Sender<Event>>) -> &'static str {
+    async fn next(&mut self, calls: Option<&mpsc::Sender<Event>>, l7: &L7) -> &'static str {
         loop {
             tokio::select! {
                 _ = self.term.recv() => return "SIGTERM",
                 _ = self.int.recv() => return "SIGINT",
+                _ = self.usr1.recv() => {
+                    if !l7.reopen_access_log() {
+                        info!("SIGUSR1: there is no access log to reopen");
+                    }
+                }
                 _ = self.hup.recv() => match calls {
                     Some(calls) => reload(calls).await,
                     None => info!("SIGHUP while stopping: nothing to reload"),

@@ -20,7 +20,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicU8, AtomicU64, Ordering},
     },
     task::{Context, Poll},
     time::Duration,
@@ -38,10 +38,11 @@ use tokio::time::{Instant, Sleep};
 use tracing::{debug, warn};
 
 use super::{
+    access_log::{AccessLog, Entry, Source},
     balance::{Outstanding, Upstream},
     conn::InFlight,
     proxy::Proxy,
-    upstream::UpBody,
+    upstream::{ProxyTag, UpBody},
 };
 use crate::config::l7::{HttpLimits, UPLOAD_GRACE};
 
@@ -95,8 +96,8 @@ impl Stall {
 pub struct Held {
     pub in_flight: Option<InFlight>,
     pub outstanding: Option<Outstanding>,
-    /// The HTTP/1.1 connection to give back once the body ended.
-    pub connection: Option<(Arc<Upstream>, http1::SendRequest<UpBody>)>,
+    /// The HTTP/1.1 connection to give back once the body ended, and its PROXY header.
+    pub connection: Option<(Arc<Upstream>, http1::SendRequest<UpBody>, ProxyTag)>,
 }
 
 impl Held {
@@ -106,19 +107,37 @@ impl Held {
         if let Some(in_flight) = &mut self.in_flight {
             in_flight.answered();
         }
-        if let Some((upstream, mut send)) = self.connection.take() {
+        if let Some((upstream, mut send, tag)) = self.connection.take() {
             if send.is_ready() {
-                upstream.conns.check_in(send);
+                upstream.conns.check_in(send, tag);
             } else {
                 // The connection's task may not have seen the end of the response yet.
                 tokio::spawn(async move {
                     if send.ready().await.is_ok() {
-                        upstream.conns.check_in(send);
+                        upstream.conns.check_in(send, tag);
                     }
                 });
             }
         }
     }
+}
+
+/// A request's access log line, written when its response body ends (or is dropped before
+/// its end: the client went away).
+#[derive(Debug)]
+pub struct LogAtEnd {
+    pub log: Arc<AccessLog>,
+    pub source: Arc<Source>,
+    pub upload: Option<Arc<UploadOutcome>>,
+    pub entry: Box<Entry>,
+}
+
+/// How a response body ended, for its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyEnd {
+    Streaming,
+    Ended,
+    Failed(&'static str),
 }
 
 /// A response body to a client.
@@ -129,6 +148,35 @@ pub struct ProxyBody {
     /// A streamed body: `server_timeout`, and the listener to count a timeout on.
     server: Option<(Duration, Arc<Proxy>)>,
     stall: Stall,
+    log: Option<Box<LogAtEnd>>,
+    end: BodyEnd,
+    sent: u64,
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        let Some(log) = self.log.take() else {
+            return;
+        };
+        let LogAtEnd {
+            log,
+            source,
+            upload,
+            mut entry,
+        } = *log;
+        entry.bytes_out = self.sent;
+        entry.bytes_in = upload.map_or(0, |u| u.received.load(Ordering::Relaxed));
+        match self.end {
+            BodyEnd::Ended => {}
+            BodyEnd::Failed(why) => entry.error = Some(why.into()),
+            // Dropped before its end: the client went away (or hyper gave up on it).
+            BodyEnd::Streaming if !self.inner.is_end_stream() => {
+                entry.error = Some("client_closed".into());
+            }
+            BodyEnd::Streaming => {}
+        }
+        log.record(&source, entry);
+    }
 }
 
 impl ProxyBody {
@@ -172,7 +220,15 @@ impl ProxyBody {
             held,
             server: None,
             stall: Stall::default(),
+            log: None,
+            end: BodyEnd::Streaming,
+            sent: 0,
         }
+    }
+
+    /// Writes the request's access log line when this body ends.
+    pub fn log_at_end(&mut self, log: LogAtEnd) {
+        self.log = Some(Box::new(log));
     }
 }
 
@@ -206,6 +262,7 @@ impl Body for ProxyBody {
                     warn!(listener = %proxy.name, backend = ?backend, ?timeout,
                         "the backend sent nothing of a response body in time: closed");
                     this.server = None;
+                    this.end = BodyEnd::Failed("server_timeout");
                     // The backend's failure: not a stream the client cancelled (which would
                     // count toward a reset flood and close the client's connection).
                     this.answered_by_failure();
@@ -219,13 +276,22 @@ impl Body for ProxyBody {
         // HTTP/2's END_STREAM came) rather than waiting for `None`: release on either.
         let ended = match &polled {
             Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+                this.inner.is_end_stream()
+            }
             Poll::Ready(Some(Err(_))) => {
+                this.end = BodyEnd::Failed("backend_body_failed");
                 this.answered_by_failure();
                 false
             }
             Poll::Pending => false,
         };
+        if ended && this.end == BodyEnd::Streaming {
+            this.end = BodyEnd::Ended;
+        }
         if ended {
             this.held.release();
         } else if let (Poll::Ready(Some(Ok(_))), Some(in_flight)) =
@@ -267,6 +333,8 @@ pub fn error_response(status: StatusCode) -> Response<ProxyBody> {
 #[derive(Debug, Default)]
 pub struct UploadOutcome {
     failure: AtomicU8,
+    /// The bytes of it received so far.
+    pub received: AtomicU64,
     /// When a frame of it last went to the backend.
     progress: std::sync::Mutex<Option<Instant>>,
     sent: std::sync::atomic::AtomicBool,
@@ -418,10 +486,11 @@ impl Body for Upload {
                 }
                 if let Some(data) = frame.data_ref() {
                     this.received += data.len() as u64;
-                    if let Some(outcome) = &this.outcome
-                        && let Ok(mut progress) = outcome.progress.lock()
-                    {
-                        *progress = Some(Instant::now());
+                    if let Some(outcome) = &this.outcome {
+                        outcome.received.store(this.received, Ordering::Relaxed);
+                        if let Ok(mut progress) = outcome.progress.lock() {
+                            *progress = Some(Instant::now());
+                        }
                     }
                     if let Some(max) = this.max_bytes.filter(|&max| this.received > max) {
                         return this.fail(UploadOutcome::TOO_LARGE, BodyError::TooLarge(max));

@@ -12,6 +12,7 @@
 //! `lb cert reload`, or are the process's own, kept until the file is named or the process
 //! ends.
 
+pub mod access_log;
 pub mod balance;
 pub mod body;
 pub mod conn;
@@ -20,6 +21,7 @@ pub mod headers;
 pub mod key_file;
 pub mod limit;
 pub mod proxy;
+pub mod proxy_protocol;
 mod retry;
 pub mod server;
 pub mod sticky;
@@ -39,6 +41,7 @@ use tokio::{net::TcpListener, runtime::Handle, task::JoinHandle};
 use tracing::{info, warn};
 
 use self::{
+    access_log::AccessLog,
     balance::{BackendSet, Member},
     files::FileError,
     proxy::{Proxy, Site},
@@ -74,6 +77,8 @@ pub enum L7Error {
     },
     #[error("listener {listener:?}: TLS: {reason}")]
     Tls { listener: String, reason: String },
+    #[error("[access_log]: {0}")]
+    AccessLog(#[source] std::io::Error),
 }
 
 /// A running L7 listener.
@@ -107,6 +112,8 @@ impl Drop for Accepting {
 #[derive(Debug, Default)]
 pub struct Prepared {
     listeners: BTreeMap<String, Next>,
+    /// The access log to use from now on (opened if its settings changed).
+    access_log: Option<Arc<AccessLog>>,
 }
 
 #[derive(Debug)]
@@ -127,6 +134,7 @@ struct Next {
 pub struct L7 {
     runtime: Handle,
     running: Mutex<BTreeMap<String, Running>>,
+    access_log: Mutex<Option<Arc<AccessLog>>>,
 }
 
 impl L7 {
@@ -135,6 +143,35 @@ impl L7 {
         Self {
             runtime,
             running: Mutex::new(BTreeMap::new()),
+            access_log: Mutex::new(None),
+        }
+    }
+
+    fn access_log(&self) -> Option<Arc<AccessLog>> {
+        self.access_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// `SIGUSR1`: the access log file is opened again by its name (after logrotate).
+    pub fn reopen_access_log(&self) -> bool {
+        let log = self.access_log();
+        if let Some(log) = &log {
+            log.reopen();
+        }
+        log.is_some()
+    }
+
+    /// Waits (up to `timeout`) until the access log lines queued so far are written.
+    pub fn flush_access_log(&self, timeout: Duration) {
+        if let Some(log) = self.access_log()
+            && !log.flush(timeout)
+        {
+            warn!(
+                ?timeout,
+                "the access log was not flushed in time: its last lines may be lost"
+            );
         }
     }
 
@@ -176,7 +213,18 @@ impl L7 {
         crate::host::files::ensure(open_files_needed(config));
         let _runtime = self.runtime.enter();
         let running = self.running();
-        let mut prepared = Prepared::default();
+        let current = self.access_log();
+        let access_log = match (&config.access_log, current) {
+            (Some(settings), Some(log)) if log.settings() == settings => Some(log),
+            (Some(settings), _) => Some(Arc::new(
+                AccessLog::open(settings).map_err(L7Error::AccessLog)?,
+            )),
+            (None, _) => None,
+        };
+        let mut prepared = Prepared {
+            listeners: BTreeMap::new(),
+            access_log,
+        };
         for (name, listener) in &config.listeners {
             let Some(settings) = &listener.l7 else {
                 continue;
@@ -276,6 +324,13 @@ impl L7 {
             running.insert(name, entry);
         }
         fill_pools(&running, members);
+        for r in running.values() {
+            r.proxy.access_log.store(prepared.access_log.clone());
+        }
+        *self
+            .access_log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = prepared.access_log;
         for (name, mode, address, redirect, socket) in to_accept {
             let Some(entry) = running.get_mut(&name) else {
                 continue;

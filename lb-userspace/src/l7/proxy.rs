@@ -30,7 +30,7 @@ use std::{
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use bytes::Bytes;
 use http_body_util::Either;
 use hyper::{
@@ -42,6 +42,7 @@ use hyper::{
 use tracing::{debug, warn};
 
 use super::{
+    access_log::{AccessLog, Entry, Peer, RequestLine, Source, Sticky},
     balance::{BackendSet, OutlierPolicy, Outstanding, Upstream},
     body::{Held, ProxyBody, Upload, error_response},
     conn::ConnState,
@@ -50,7 +51,7 @@ use super::{
     retry::{Attempts, Failure, Next, ReplayHead},
     sticky::{self, Opened, SessionId, Ticket},
     tls::CertResolver,
-    upstream::{ConnectError, Connector, Sender, UpBody},
+    upstream::{ConnectError, Connector, ProxyTag, Sender, UpBody},
 };
 use crate::config::{
     ListenerConfig,
@@ -98,6 +99,10 @@ pub struct Counters {
     pub heads_too_large: AtomicU64,
     /// Request targets over 8 KiB (414).
     pub uri_too_long: AtomicU64,
+    /// Connections from a trusted source whose PROXY header was malformed or too slow.
+    pub proxy_header_errors: AtomicU64,
+    /// Connections from another source that started with a PROXY header.
+    pub proxy_header_untrusted: AtomicU64,
 }
 
 impl Counters {
@@ -130,6 +135,8 @@ impl Counters {
             ("bad_requests", get(&self.bad_requests)),
             ("heads_too_large", get(&self.heads_too_large)),
             ("uri_too_long", get(&self.uri_too_long)),
+            ("proxy_header_errors", get(&self.proxy_header_errors)),
+            ("proxy_header_untrusted", get(&self.proxy_header_untrusted)),
         ]
     }
 
@@ -183,6 +190,71 @@ pub struct Proxy {
     /// Set once when the daemon stops or hands over: the connections finish what is in
     /// flight and close (see [`super::server`]).
     pub drain: tokio::sync::watch::Sender<bool>,
+    /// The daemon's access log, if it has one (`[access_log]`), and this listener's count of
+    /// its lines.
+    pub access_log: ArcSwapOption<AccessLog>,
+    pub log_source: Arc<Source>,
+}
+
+/// A client connection, as its requests see it.
+#[derive(Debug)]
+pub struct Client {
+    pub forwarding: Forwarding,
+    /// The client and its TLS session, for the access log.
+    pub peer: Arc<Peer>,
+    /// Whether a request of it reached the proxy.
+    pub served: std::sync::atomic::AtomicBool,
+    /// The PROXY v2 header its backend connections start with, made when first needed.
+    proxy_header: std::sync::OnceLock<Bytes>,
+}
+
+impl Client {
+    pub fn new(peer: Peer, listener_port: u16) -> Self {
+        Self {
+            forwarding: Forwarding::new(peer.client.ip(), listener_port),
+            peer: Arc::new(peer),
+            served: std::sync::atomic::AtomicBool::new(false),
+            proxy_header: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The PROXY v2 header naming this client, for its backend connections.
+    fn proxy_header(&self) -> Bytes {
+        self.proxy_header
+            .get_or_init(|| {
+                Bytes::from(super::proxy_protocol::encode_v2(
+                    self.peer.client,
+                    self.peer.destination,
+                ))
+            })
+            .clone()
+    }
+}
+
+/// A request's way through the proxy, as its access log line tells it: filled in as the request
+/// goes (the clock read only if the line will be written).
+#[derive(Debug, Default)]
+struct Trace {
+    timed: bool,
+    backend: Option<std::net::SocketAddr>,
+    tries: u32,
+    /// When the last try's request went to its backend, and when its response head came.
+    sent: Option<std::time::Instant>,
+    head: Option<std::time::Instant>,
+    sticky: Sticky,
+    error: Option<&'static str>,
+    upload: Option<Arc<super::body::UploadOutcome>>,
+}
+
+impl Trace {
+    fn now(&self) -> Option<std::time::Instant> {
+        self.timed.then(std::time::Instant::now)
+    }
+
+    /// The balancer failed the request: `error` says why.
+    fn failed(&mut self, error: &'static str) {
+        self.error = Some(error);
+    }
 }
 
 /// How a request was placed, for the cookie its response sets.
@@ -196,6 +268,18 @@ enum Placement {
     New(SessionId),
     /// A session whose backend no longer takes it.
     Repinned(SessionId),
+}
+
+impl Placement {
+    /// The placement as the access log names it.
+    fn outcome(&self) -> Sticky {
+        match self {
+            Self::Unpinned => Sticky::None,
+            Self::Pinned { .. } => Sticky::Pinned,
+            Self::New(_) => Sticky::New,
+            Self::Repinned(_) => Sticky::Repinned,
+        }
+    }
 }
 
 /// The sticky cookie a response sets, and its CORS twin if the listener has one.
@@ -254,6 +338,8 @@ struct Tries<'a> {
     replay: Option<&'a ReplayHead>,
     /// A switch of protocols: the backend connection is an HTTP/1.1 one of its own.
     upgrade: bool,
+    /// The PROXY header of the client's backend connections, if the listener sends one.
+    tag: ProxyTag,
 }
 
 /// A request the proxy answers itself, with `status`.
@@ -308,13 +394,29 @@ impl Proxy {
         Self {
             connections: Limit::new(max),
             redirects: Limit::new(max),
+            log_source: Arc::new(Source::new(&name)),
             name,
             site: ArcSwap::from_pointee(site),
             backends: ArcSwap::from_pointee(BackendSet::default()),
             turn: AtomicUsize::new(0),
             counters: Counters::default(),
             drain: tokio::sync::watch::Sender::new(false),
+            access_log: ArcSwapOption::empty(),
         }
+    }
+
+    /// Every counter with its stable label ([`Counters::events`] and the access log's).
+    pub fn events(&self) -> Vec<(&'static str, u64)> {
+        let mut events = self.counters.events();
+        events.push((
+            "access_log_lines",
+            self.log_source.lines.load(Ordering::Relaxed),
+        ));
+        events.push((
+            "access_log_dropped",
+            self.log_source.dropped.load(Ordering::Relaxed),
+        ));
+        events
     }
 
     pub fn site(&self) -> Arc<Site> {
@@ -353,11 +455,22 @@ impl Proxy {
         self: Arc<Self>,
         request: Request<Incoming>,
         conn: Arc<ConnState>,
-        client: Arc<Forwarding>,
+        client: Arc<Client>,
     ) -> Result<Response<ProxyBody>, Infallible> {
         let in_flight = conn.begin();
         count(&self.counters.requests);
-        let mut response = self.forward(request, &conn, &client).await;
+        client.served.store(true, Ordering::Relaxed);
+        let log = self.access_log.load_full();
+        let entry = log.as_ref().map(|_| {
+            let mut entry = Entry::new(Arc::clone(&client.peer), std::time::Instant::now());
+            entry.request = Some(RequestLine::of(&request));
+            Box::new(entry)
+        });
+        let mut trace = Trace {
+            timed: log.is_some(),
+            ..Trace::default()
+        };
+        let mut response = self.forward(request, &conn, &client, &mut trace).await;
         if conn.is_h1()
             && conn.is_draining()
             && response.status() != StatusCode::SWITCHING_PROTOCOLS
@@ -371,6 +484,24 @@ impl Proxy {
         let class = usize::from(response.status().as_u16() / 100).clamp(1, 5) - 1;
         count(&self.counters.responses[class]);
         let server_timeout = self.site().settings.backend.server_timeout;
+        if let (Some(log), Some(mut entry)) = (log, entry) {
+            entry.status = Some(response.status().as_u16());
+            entry.backend = trace.backend;
+            entry.retries = trace.tries.saturating_sub(1);
+            entry.sticky = trace.sticky;
+            entry.error = trace.error.map(std::borrow::Cow::Borrowed);
+            if let Some(sent) = trace.sent {
+                entry.request_time = Some(sent.saturating_duration_since(entry.start));
+                entry.backend_time = trace.head.map(|head| head.saturating_duration_since(sent));
+            }
+            let body = response.body_mut();
+            body.log_at_end(super::body::LogAtEnd {
+                log,
+                source: Arc::clone(&self.log_source),
+                upload: trace.upload.take(),
+                entry,
+            });
+        }
         let body = response.body_mut();
         body.hold_in_flight(in_flight);
         body.time_out_after(server_timeout, Arc::clone(&self));
@@ -383,25 +514,35 @@ impl Proxy {
         self: &Arc<Self>,
         mut request: Request<Incoming>,
         conn: &Arc<ConnState>,
-        client: &Forwarding,
+        client: &Client,
+        trace: &mut Trace,
     ) -> Response<ProxyBody> {
         let site = self.site();
         let set = self.backends();
-        if let Err(refused) = self.check(&site, &mut request) {
+        if let Err((refused, why)) = self.check(&site, &mut request) {
+            trace.failed(why);
             return refused.response();
         }
         let switch = Switch::of(&mut request);
         let now = sticky::now_unix_ms();
         let (first, mut placement) = self.place(&site, &set, request.headers_mut(), now);
+        trace.sticky = placement.outcome();
         let Some(first) = first else {
             count(&self.counters.no_backend);
+            trace.failed("no_backend");
             return error_response(StatusCode::SERVICE_UNAVAILABLE);
         };
-        let (request, replay, upload) = match self.prepare(&site, request, client, &first, &switch)
-        {
+        let prepared = self.prepare(&site, request, &client.forwarding, &first, &switch);
+        let (request, replay, upload) = match prepared {
             Ok(prepared) => prepared,
-            Err(refused) => return refused.response(),
+            Err((refused, why)) => {
+                trace.failed(why);
+                return refused.response();
+            }
         };
+        if trace.timed {
+            trace.upload.clone_from(&upload);
+        }
 
         // Let the other connections with a request ready read theirs first: the requests
         // then reach the backends in a burst, which they (and the kernel) serve with fewer
@@ -414,36 +555,53 @@ impl Proxy {
             upload: upload.as_deref(),
             replay: replay.as_ref(),
             upgrade: switch.header.is_some(),
+            tag: site
+                .settings
+                .backend
+                .send_proxy_protocol
+                .then(|| client.proxy_header()),
         };
-        let served = match self.run_tries(&tries, first, request, &mut placement).await {
+        let served = self
+            .run_tries(&tries, first, request, &mut placement, trace)
+            .await;
+        trace.sticky = placement.outcome();
+        let served = match served {
             Ok(served) => served,
             Err(failed) => return failed.response(),
         };
         let cookie = self.cookie(&site, &placement, &served.upstream, now);
-        self.respond(&site, served, cookie, switch, conn)
+        self.respond(&site, served, cookie, switch, conn, tries.tag)
     }
 
     /// A request refused before it is placed: a head too large (414, 431), no usable `Host`
     /// (400), an extended CONNECT for a protocol other than WebSocket (501).
-    fn check(&self, site: &Site, request: &mut Request<Incoming>) -> Result<(), Refusal> {
+    fn check(
+        &self,
+        site: &Site,
+        request: &mut Request<Incoming>,
+    ) -> Result<(), (Refusal, &'static str)> {
         if let Err(refused) = headers::check_head_size(request, site.settings.http.max_header_bytes)
         {
-            count(match refused {
-                headers::HeadTooLarge::Target => &self.counters.uri_too_long,
-                headers::HeadTooLarge::Fields => &self.counters.heads_too_large,
-            });
-            return Err(Refusal::Close(refused.status()));
+            let (counter, why) = match refused {
+                headers::HeadTooLarge::Target => (&self.counters.uri_too_long, "uri_too_long"),
+                headers::HeadTooLarge::Fields => (&self.counters.heads_too_large, "head_too_large"),
+            };
+            count(counter);
+            return Err((Refusal::Close(refused.status()), why));
         }
         if headers::check_host(request).is_err() {
             count(&self.counters.bad_requests);
-            return Err(Refusal::Close(StatusCode::BAD_REQUEST));
+            return Err((Refusal::Close(StatusCode::BAD_REQUEST), "bad_host"));
         }
         if !headers::is_h2_websocket(request)
             && request.extensions().get::<hyper::ext::Protocol>().is_some()
         {
             // An extended CONNECT for a protocol other than WebSocket: none is tunnelled.
             count(&self.counters.bad_requests);
-            return Err(Refusal::Answer(StatusCode::NOT_IMPLEMENTED));
+            return Err((
+                Refusal::Answer(StatusCode::NOT_IMPLEMENTED),
+                "connect_protocol_not_implemented",
+            ));
         }
         Ok(())
     }
@@ -458,7 +616,7 @@ impl Proxy {
         client: &Forwarding,
         first: &Upstream,
         switch: &Switch,
-    ) -> Result<Prepared, Refusal> {
+    ) -> Result<Prepared, (Refusal, &'static str)> {
         let (mut parts, body) = request.into_parts();
         if switch.h2_websocket {
             headers::websocket_to_http1(&mut parts);
@@ -468,7 +626,10 @@ impl Proxy {
             && body.size_hint().exact().is_some_and(|length| length > max)
         {
             count(&self.counters.body_too_large);
-            return Err(Refusal::Close(StatusCode::PAYLOAD_TOO_LARGE));
+            return Err((
+                Refusal::Close(StatusCode::PAYLOAD_TOO_LARGE),
+                "body_too_large",
+            ));
         }
         let body = Upload::new(body, limits, Arc::clone(self));
         let upload = body.outcome();
@@ -501,7 +662,9 @@ impl Proxy {
             first.address,
         ) {
             Ok(uri) => uri,
-            Err(_) => return Err(Refusal::Answer(StatusCode::BAD_REQUEST)),
+            Err(_) => {
+                return Err((Refusal::Answer(StatusCode::BAD_REQUEST), "bad_target"));
+            }
         };
         parts.version = version;
         if version == Version::HTTP_11 && upgrade.is_none() {
@@ -523,6 +686,7 @@ impl Proxy {
         first: Arc<Upstream>,
         request: Request<UpBody>,
         placement: &mut Placement,
+        trace: &mut Trace,
     ) -> Result<Served, Refusal> {
         let Tries { site, set, .. } = *tries;
         let mut attempts = Attempts::new(tries.replay.is_some());
@@ -532,7 +696,12 @@ impl Proxy {
         loop {
             let outstanding = upstream.begin();
             let fresh = attempts.is_fresh();
-            let failure = match self.try_once(tries, &upstream, &mut request, fresh).await {
+            trace.backend = Some(upstream.address);
+            trace.tries += 1;
+            let tried = self
+                .try_once(tries, &upstream, &mut request, fresh, trace)
+                .await;
+            let failure = match tried {
                 Tried::Answered(response, connection) => {
                     return Ok(Served {
                         response,
@@ -552,6 +721,7 @@ impl Proxy {
                 Next::SameBackend => {}
                 Next::Another | Next::Replay => {
                     let Some(next) = self.another(site, set, &upstream, placement) else {
+                        trace.failed("no_backend_to_retry");
                         return Err(Refusal::Answer(StatusCode::BAD_GATEWAY));
                     };
                     upstream = next;
@@ -572,18 +742,20 @@ impl Proxy {
         upstream: &Arc<Upstream>,
         request: &mut Option<Request<UpBody>>,
         fresh: bool,
+        trace: &mut Trace,
     ) -> Tried {
         let backend = &tries.site.settings.backend;
         let sender = match tries
             .site
             .connector
-            .checkout(upstream, tries.upgrade, fresh)
+            .checkout(upstream, tries.upgrade, fresh, &tries.tag)
             .await
         {
             Ok(sender) => sender,
             Err(error) => {
                 count(&self.counters.backend_connect_errors);
                 self.log_connect_failure(upstream, &error);
+                trace.failed("backend_connect_failed");
                 return Tried::Failed(Failure::Connect);
             }
         };
@@ -591,13 +763,17 @@ impl Proxy {
             // Not reached: a sent request is tried again only as a replay.
             return Tried::Refused(Refusal::Answer(StatusCode::BAD_GATEWAY));
         };
+        trace.sent = trace.now();
         match response_within(send(sender, sending), tries.upload, backend).await {
             Ok(Ok((response, connection))) => {
                 upstream.succeeded();
+                trace.head = trace.now();
+                trace.error = None;
                 Tried::Answered(response, connection)
             }
             Err(_) => {
                 count(&self.counters.backend_timeouts);
+                trace.failed("backend_timeout");
                 warn!(listener = %self.name, backend = %upstream.address,
                     timeout = ?backend.response_timeout, "no response in time");
                 Tried::Failed(Failure::Timeout)
@@ -609,6 +785,7 @@ impl Proxy {
                 *request = Some(*back);
                 if fresh {
                     count(&self.counters.backend_errors);
+                    trace.failed("backend_failed");
                 }
                 Tried::Failed(Failure::NotSent)
             }
@@ -617,9 +794,15 @@ impl Proxy {
                     // The client's upload failed (counted there): not the backend's doing.
                     debug!(listener = %self.name, backend = %upstream.address, %error,
                         "a request abandoned: its upload failed");
+                    trace.failed(match status {
+                        StatusCode::REQUEST_TIMEOUT => "client_upload_timeout",
+                        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+                        _ => "client_upload_failed",
+                    });
                     return Tried::Refused(Refusal::Close(status));
                 }
                 count(&self.counters.backend_errors);
+                trace.failed("backend_failed");
                 warn!(listener = %self.name, backend = %upstream.address, %error,
                     "the backend failed the request");
                 Tried::Failed(Failure::Sent)
@@ -636,6 +819,7 @@ impl Proxy {
         cookie: Option<SetCookies>,
         switch: Switch,
         conn: &Arc<ConnState>,
+        tag: ProxyTag,
     ) -> Response<ProxyBody> {
         let Served {
             mut response,
@@ -683,7 +867,7 @@ impl Proxy {
         let held = Held {
             in_flight: None,
             outstanding: Some(outstanding),
-            connection: connection.map(|send| (Arc::clone(&upstream), send)),
+            connection: connection.map(|send| (Arc::clone(&upstream), send, tag)),
         };
         Response::from_parts(parts, ProxyBody::streamed(body, held))
     }

@@ -28,11 +28,13 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use super::{
+    access_log::{Entry, Peer},
     body::{ProxyBody, error_response},
     conn::{ConnState, Verdict, Watched},
-    headers::{self, Forwarding},
+    headers,
     limit::Slot,
-    proxy::Proxy,
+    proxy::{Client, Proxy},
+    proxy_protocol,
 };
 use crate::config::l7::HttpLimits;
 
@@ -104,48 +106,80 @@ pub async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>) {
     }
 }
 
-/// One client connection, from the TLS handshake to its close.
-async fn serve_connection(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, permit: Slot) {
+/// One client connection, from its PROXY header (from a trusted source) and TLS handshake,
+/// within `header_read_timeout`, to its close.
+async fn serve_connection(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAddr, permit: Slot) {
     proxy
         .counters
         .connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let site = proxy.site();
     let limits = site.settings.http.clone();
-    let acceptor = TlsAcceptor::from(Arc::clone(&site.tls));
-    let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(tcp)).await;
-    let stream = match handshake {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            proxy
-                .counters
-                .handshake_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            debug!(listener = %proxy.name, client = %peer, %error, "TLS handshake failed");
+    let start = std::time::Instant::now();
+    let deadline = Instant::now() + limits.header_read_timeout;
+    let local = tcp.local_addr().unwrap_or(peer);
+    let (client, destination) = match client_of(
+        &site.settings.proxy_protocol_from,
+        &mut tcp,
+        (peer, local),
+        deadline,
+    )
+    .await
+    {
+        Ok(addresses) => addresses,
+        Err(refused) => {
+            let counter = if refused.untrusted {
+                &proxy.counters.proxy_header_untrusted
+            } else {
+                &proxy.counters.proxy_header_errors
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            warn!(listener = %proxy.name, client = %peer, reason = %refused.why,
+                    "a connection's PROXY header was refused: closed");
+            log_refused(&proxy, Peer::tcp(peer, local), start, refused.why);
             return;
         }
-        Err(_) => {
+    };
+    let acceptor = TlsAcceptor::from(Arc::clone(&site.tls));
+    let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await;
+    let stream = match handshake {
+        Ok(Ok(stream)) => stream,
+        failed => {
             proxy
                 .counters
                 .handshake_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            debug!(listener = %proxy.name, client = %peer, "TLS handshake timed out");
+            let why = match failed {
+                Ok(Err(error)) => {
+                    debug!(listener = %proxy.name, %client, %error, "TLS handshake failed");
+                    format!("tls_handshake_failed: {error}").into()
+                }
+                _ => {
+                    debug!(listener = %proxy.name, %client, "TLS handshake timed out");
+                    "tls_handshake_timeout".into()
+                }
+            };
+            log_refused(&proxy, Peer::tcp(client, destination), start, why);
             return;
         }
     };
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+    let client = Arc::new(Client::new(
+        Peer::of_tls(client, destination, stream.get_ref().1),
+        site.listener.port,
+    ));
     let state = ConnState::new(!h2, &limits);
     state.hold_permit(permit);
     let io = TokioIo::new(Watched::new(stream, Arc::clone(&state)));
     let service = {
         let state = Arc::clone(&state);
         let proxy = Arc::clone(&proxy);
-        let client = Arc::new(Forwarding::new(peer.ip(), site.listener.port));
+        let client = Arc::clone(&client);
         service_fn(move |request: Request<Incoming>| {
             Arc::clone(&proxy).serve(request, Arc::clone(&state), Arc::clone(&client))
         })
     };
-    if h2 {
+    let ended = if h2 {
         let header_list = headers::http2_header_list_limit(limits.max_header_bytes);
         let resets = usize::try_from(limits.h2_max_resets_per_second).unwrap_or(usize::MAX);
         let conn = http2::Builder::new(TokioExecutor::new())
@@ -155,14 +189,97 @@ async fn serve_connection(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, p
             .max_pending_accept_reset_streams(resets)
             .enable_connect_protocol()
             .serve_connection(io, service);
-        drive(conn, &state, &limits, &proxy).await;
+        drive(conn, &state, &limits, &proxy).await
     } else {
         let conn = http1_builder(&limits)
             .serve_connection(io, service)
             .with_upgrades();
-        drive(conn, &state, &limits, &proxy).await;
-    }
+        drive(conn, &state, &limits, &proxy).await
+    };
     drop(state.take_permit());
+    log_connection_end(&proxy, &client, ended, start);
+}
+
+/// The access log line of a connection refused before its TLS session.
+fn log_refused(
+    proxy: &Arc<Proxy>,
+    peer: Peer,
+    start: std::time::Instant,
+    why: std::borrow::Cow<'static, str>,
+) {
+    if let Some(log) = proxy.access_log.load_full() {
+        let mut entry = Entry::new(Arc::new(peer), start);
+        entry.error = Some(why);
+        log.record(&proxy.log_source, Box::new(entry));
+    }
+}
+
+/// A PROXY header refused, and why.
+struct Refused {
+    /// From a source the listener does not trust (else: malformed, or too slow).
+    untrusted: bool,
+    why: std::borrow::Cow<'static, str>,
+}
+
+/// The client and the address it connected to: a trusted source's PROXY header's (a trusted
+/// source must send one, as HAProxy's `accept-proxy` wants), else the connection's own. A
+/// connection from any other source that starts with a PROXY header is refused: its header
+/// would otherwise be taken for a TLS record, and it says someone tried to pass for another.
+async fn client_of(
+    trusted: &[crate::config::l7::Prefix],
+    tcp: &mut TcpStream,
+    (peer, local): (SocketAddr, SocketAddr),
+    deadline: Instant,
+) -> Result<(SocketAddr, SocketAddr), Refused> {
+    if trusted.is_empty() {
+        return Ok((peer, local));
+    }
+    let refused = |untrusted, why: std::borrow::Cow<'static, str>| Refused { untrusted, why };
+    if trusted.iter().any(|prefix| prefix.contains(peer.ip())) {
+        return match tokio::time::timeout_at(deadline, proxy_protocol::read(tcp)).await {
+            Ok(Ok(header)) => Ok(header.addresses.unwrap_or((peer, local))),
+            Ok(Err(error)) => Err(refused(
+                false,
+                format!("proxy_header_invalid: {error}").into(),
+            )),
+            Err(_) => Err(refused(false, "proxy_header_timeout".into())),
+        };
+    }
+    let mut start = [0_u8; 12];
+    match tokio::time::timeout_at(deadline, tcp.peek(&mut start)).await {
+        Ok(Ok(n)) if proxy_protocol::looks_like_header(&start[..n]) => {
+            Err(refused(true, "proxy_header_untrusted".into()))
+        }
+        // Anything else goes on to the TLS handshake, which says what is wrong with it.
+        _ => Ok((peer, local)),
+    }
+}
+
+/// How the balancer ended a connection, if it did: a status it answered (hyper's refusal of
+/// a request it could not read) and why.
+type Ended = Option<(Option<u16>, &'static str)>;
+
+/// The access log line of a connection that got to no request, or whose last request hyper
+/// refused before the proxy saw it.
+fn log_connection_end(
+    proxy: &Arc<Proxy>,
+    client: &Client,
+    ended: Ended,
+    start: std::time::Instant,
+) {
+    let served = client.served.load(std::sync::atomic::Ordering::Relaxed);
+    let (status, why) = match ended {
+        Some((Some(status), why)) => (Some(status), why),
+        Some((None, why)) if !served => (None, why),
+        None if !served => (None, "closed_before_request"),
+        _ => return,
+    };
+    if let Some(log) = proxy.access_log.load_full() {
+        let mut entry = Entry::new(Arc::clone(&client.peer), start);
+        entry.status = status;
+        entry.error = Some(why.into());
+        log.record(&proxy.log_source, Box::new(entry));
+    }
 }
 
 /// HTTP/1.1 as both listeners serve it: heads read up to `max_header_bytes` and a target
@@ -222,8 +339,13 @@ where
     }
 }
 
-/// Drives `conn` until it ends or its clock closes it.
-async fn drive<C: Shutdown>(conn: C, state: &ConnState, limits: &HttpLimits, proxy: &Proxy) {
+/// Drives `conn` until it ends or its clock closes it; says why if the balancer ended it.
+async fn drive<C: Shutdown>(
+    conn: C,
+    state: &ConnState,
+    limits: &HttpLimits,
+    proxy: &Proxy,
+) -> Ended {
     let mut conn = pin!(conn);
     let counters = &proxy.counters;
     let check = state.next_check(limits, std::time::Instant::now());
@@ -253,10 +375,10 @@ async fn drive<C: Shutdown>(conn: C, state: &ConnState, limits: &HttpLimits, pro
             }
             ended = conn.as_mut() => {
                 if let Err(error) = ended {
-                    count_rejected(proxy, &error);
                     debug!(listener = %proxy.name, %error, "client connection ended");
+                    return count_rejected(proxy, &error).map(|(status, why)| (Some(status), why));
                 }
-                return;
+                return None;
             }
             () = sleep.as_mut() => {}
             () = state.wake.notified() => {}
@@ -273,14 +395,14 @@ async fn drive<C: Shutdown>(conn: C, state: &ConnState, limits: &HttpLimits, pro
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 conn.as_mut().shutdown();
                 drop(tokio::time::timeout(GRACE, conn.as_mut()).await);
-                return;
+                return Some((None, "idle_timeout"));
             }
             Verdict::SlowHead => {
                 counters
                     .slow_heads
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 debug!(listener = %proxy.name, "closed a connection whose request head was too slow");
-                return;
+                return Some((None, "slow_request_head"));
             }
             Verdict::WriteStalled => {
                 counters
@@ -288,14 +410,14 @@ async fn drive<C: Shutdown>(conn: C, state: &ConnState, limits: &HttpLimits, pro
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 debug!(listener = %proxy.name, timeout = ?limits.client_timeout,
                     "closed a connection whose client took nothing of its response");
-                return;
+                return Some((None, "client_write_timeout"));
             }
             Verdict::ResetFlood => {
                 counters
                     .reset_floods
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 warn!(listener = %proxy.name, "closed a connection that cancelled too many streams");
-                return;
+                return Some((None, "reset_flood"));
             }
         }
     }
@@ -303,20 +425,22 @@ async fn drive<C: Shutdown>(conn: C, state: &ConnState, limits: &HttpLimits, pro
 
 /// Counts a request hyper refused before it reached the proxy: a head over the limit (hyper
 /// answered 431), a target over hyper's own 64 KiB cap (414: only its message tells), or one
-/// it could not parse (400).
-fn count_rejected(proxy: &Proxy, error: &hyper::Error) {
+/// it could not parse (400). Returns the status and the reason, for the access log.
+fn count_rejected(proxy: &Proxy, error: &hyper::Error) -> Option<(u16, &'static str)> {
     let counters = &proxy.counters;
-    let reason = if error.is_parse_too_large() && error.to_string().contains("URI") {
-        &counters.uri_too_long
+    let (counter, status, why) = if error.is_parse_too_large() && error.to_string().contains("URI")
+    {
+        (&counters.uri_too_long, 414, "uri_too_long")
     } else if error.is_parse_too_large() {
-        &counters.heads_too_large
+        (&counters.heads_too_large, 431, "head_too_large")
     } else if error.is_parse() {
-        &counters.bad_requests
+        (&counters.bad_requests, 400, "bad_request")
     } else {
-        return;
+        return None;
     };
-    reason.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     counters.responses[3].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Some((status, why))
 }
 
 /// The plain-HTTP listener of `proxy`: every request is redirected (308) to the same host and

@@ -6,6 +6,9 @@
 //! end (the proxy hands it back then); one that the backend closed while idle is noticed on
 //! checkout and dropped. Upgrade requests (WebSocket) always get a fresh HTTP/1.1 connection
 //! of their own, which the tunnel then takes over.
+//!
+//! With `proxy_protocol = "v2"` every connection starts with the PROXY header of the client it
+//! was made for, and is pooled under that header: only that client's requests reuse it.
 
 use std::{
     sync::{Arc, Mutex},
@@ -17,7 +20,7 @@ use http_body_util::{Either, Empty};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
 use tokio_rustls::TlsConnector;
@@ -36,10 +39,13 @@ const MAX_IDLE: usize = 256;
 /// on a connection the backend is closing fails.
 const IDLE_REUSE: Duration = Duration::from_secs(4);
 
+/// The PROXY header a connection was opened with: only requests of the same client reuse it.
+pub type ProxyTag = Option<Bytes>;
+
 /// A backend's idle connections.
 #[derive(Default)]
 pub struct ConnPool {
-    idle: Mutex<Vec<(http1::SendRequest<UpBody>, Instant)>>,
+    idle: Mutex<Vec<(http1::SendRequest<UpBody>, Instant, ProxyTag)>>,
     h2: Mutex<Option<http2::SendRequest<UpBody>>>,
 }
 
@@ -51,21 +57,27 @@ impl std::fmt::Debug for ConnPool {
 }
 
 impl ConnPool {
-    /// The most recently used idle connection that can still take a request.
-    fn take_idle(&self) -> Option<http1::SendRequest<UpBody>> {
+    /// The most recently used idle connection of `tag` that can still take a request.
+    fn take_idle(&self, tag: &ProxyTag) -> Option<http1::SendRequest<UpBody>> {
         let mut idle = self.idle.lock().ok()?;
         let now = Instant::now();
-        while let Some((send, since)) = idle.pop() {
-            if send.is_ready() && now.saturating_duration_since(since) < IDLE_REUSE {
-                return Some(send);
+        if tag.is_none() {
+            while let Some((send, since, _)) = idle.pop() {
+                if send.is_ready() && now.saturating_duration_since(since) < IDLE_REUSE {
+                    return Some(send);
+                }
             }
+            return None;
         }
-        None
+        let at = idle.iter().rposition(|(send, since, of)| {
+            of == tag && send.is_ready() && now.saturating_duration_since(*since) < IDLE_REUSE
+        })?;
+        Some(idle.remove(at).0)
     }
 
     /// Keeps `send` for the next request, if it can take one. The pool is ordered oldest
     /// first: the connections idle too long are a prefix, and go.
-    pub fn check_in(&self, send: http1::SendRequest<UpBody>) {
+    pub fn check_in(&self, send: http1::SendRequest<UpBody>, tag: ProxyTag) {
         if !send.is_ready() {
             return;
         }
@@ -73,11 +85,11 @@ impl ConnPool {
             let now = Instant::now();
             let stale = idle
                 .iter()
-                .take_while(|(_, since)| now.saturating_duration_since(*since) >= IDLE_REUSE)
+                .take_while(|(_, since, _)| now.saturating_duration_since(*since) >= IDLE_REUSE)
                 .count();
             idle.drain(..stale);
             if idle.len() < MAX_IDLE {
-                idle.push((send, now));
+                idle.push((send, now, tag));
             }
         }
     }
@@ -180,11 +192,13 @@ impl Connector {
 
     /// A connection to `upstream` for one request: a pooled one if there is one (not for
     /// `upgrade`, which needs its own HTTP/1.1 connection, nor if `fresh`), else a new one.
+    /// `tag`: the PROXY header a new connection starts with (and a pooled one must have).
     pub async fn checkout(
         &self,
         upstream: &Upstream,
         upgrade: bool,
         fresh: bool,
+        tag: &ProxyTag,
     ) -> Result<Sender, ConnectError> {
         let h2 = self.http2() && !upgrade;
         let pooled = if fresh || upgrade {
@@ -192,23 +206,31 @@ impl Connector {
         } else if h2 {
             upstream.conns.shared_h2().map(Sender::H2)
         } else {
-            upstream.conns.take_idle().map(Sender::H1)
+            upstream.conns.take_idle(tag).map(Sender::H1)
         };
         if let Some(sender) = pooled {
             return Ok(sender);
         }
-        tokio::time::timeout(self.connect_timeout, self.connect(upstream, h2))
+        tokio::time::timeout(self.connect_timeout, self.connect(upstream, h2, tag))
             .await
             .map_err(|_| ConnectError::Timeout(self.connect_timeout))?
     }
 
-    /// A new connection to `upstream`, HTTP/2 if `h2`.
-    async fn connect(&self, upstream: &Upstream, h2: bool) -> Result<Sender, ConnectError> {
-        let tcp = TcpStream::connect(upstream.address)
+    /// A new connection to `upstream`, HTTP/2 if `h2`, starting with `tag` if there is one.
+    async fn connect(
+        &self,
+        upstream: &Upstream,
+        h2: bool,
+        tag: &ProxyTag,
+    ) -> Result<Sender, ConnectError> {
+        let mut tcp = TcpStream::connect(upstream.address)
             .await
             .map_err(ConnectError::Connect)?;
         // Requests and responses are written whole; do not hold back their last segment.
         drop(tcp.set_nodelay(true));
+        if let Some(header) = tag {
+            tcp.write_all(header).await.map_err(ConnectError::Connect)?;
+        }
         let tls = if h2 { &self.tls_h2 } else { &self.tls_h1 };
         match (tls, &upstream.server_name) {
             (Some(tls), Some(name)) => {

@@ -252,6 +252,10 @@ fn ratios(
             ratio: paired(k(Keepalive::LbSticky), lb, rps),
         },
         Ratio {
+            what: "access log/offload req/s (lb)",
+            ratio: paired(k(Keepalive::LbLogged), lb, rps),
+        },
+        Ratio {
             what: "lb offload/direct HTTP req/s",
             ratio: paired(lb, k(Keepalive::Direct), rps),
         },

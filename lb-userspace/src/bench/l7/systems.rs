@@ -188,6 +188,8 @@ impl LbPorts {
 #[derive(Clone, Copy, Debug)]
 pub struct Ports {
     pub lb: LbPorts,
+    /// The daemon with an access log.
+    pub logged: LbPorts,
     pub base: LbPorts,
     pub haproxy_offload: u16,
     pub haproxy_bridging: u16,
@@ -198,6 +200,9 @@ pub struct Ports {
 pub struct Systems {
     pub haproxy: Child,
     pub lb: Daemon,
+    /// The same daemon with an access log.
+    pub logged: Daemon,
+    pub access_log: PathBuf,
     /// The base build's daemon, if one was given.
     pub base: Option<Daemon>,
     pub backend: Backend,
@@ -216,25 +221,52 @@ impl Systems {
         let tls_backend = Backend::start(lb, cpu, Some((&files.backend_cert, &files.backend_key)))?;
         let ports = Ports {
             lb: LbPorts::free()?,
+            logged: LbPorts::free()?,
             base: LbPorts::free()?,
             haproxy_offload: free_port()?,
             haproxy_bridging: free_port()?,
         };
         let backends = (&backend, &tls_backend);
-        let daemon = start_daemon(lb, "lb", cpu, &files, ports.lb, backends)?;
+        let daemon = start_daemon(lb, "lb", cpu, &files, ports.lb, backends, "")?;
+        let access_log = files.dir.path.join("access.log");
+        let section = format!(
+            "\n[access_log]\npath = {}\nformat = \"json\"\n",
+            quoted_path(&access_log)
+        );
+        let logged = start_daemon(lb, "logged", cpu, &files, ports.logged, backends, &section)?;
         let base = base
-            .map(|base| start_daemon(base, "base", cpu, &files, ports.base, backends))
+            .map(|base| start_daemon(base, "base", cpu, &files, ports.base, backends, ""))
             .transpose()?;
         let haproxy = start_haproxy(cpu, &files, &ports, &backend, &tls_backend)?;
         Ok(Self {
             haproxy,
             lb: daemon,
+            logged,
+            access_log,
             base,
             backend,
             tls_backend,
             ports,
             files,
         })
+    }
+}
+
+impl Systems {
+    /// Empties the access log (the logging daemon appends to it): the disk holds one run's
+    /// lines at most. Fails if the daemon logged nothing, which would measure nothing.
+    pub fn empty_access_log(&self) -> Result<(), BenchError> {
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(&self.access_log)
+            .map_err(io("opening the access log"))?;
+        let written = file.metadata().map_err(io("reading the access log"))?.len();
+        if written == 0 {
+            return Err(BenchError::Unexpected(
+                "the daemon with an access log wrote no line".to_owned(),
+            ));
+        }
+        file.set_len(0).map_err(io("emptying the access log"))
     }
 }
 
@@ -290,21 +322,19 @@ fn start_daemon(
     files: &Files,
     ports: LbPorts,
     (backend, tls_backend): (&Backend, &Backend),
+    extra: &str,
 ) -> Result<Daemon, BenchError> {
     let pin_dir = Path::new(BPFFS).join(format!("{PIN_PREFIX}{}-{name}", std::process::id()));
     let socket = files.dir.path.join(format!("{name}.sock"));
-    let config = files.dir.write(
-        &format!("{name}.toml"),
-        lb_config(
-            files,
-            &socket,
-            ports,
-            backend.address,
-            tls_backend.address,
-            &pin_dir,
-        )
-        .as_bytes(),
-    )?;
+    let text = lb_config(
+        files,
+        &socket,
+        ports,
+        backend.address,
+        tls_backend.address,
+        &pin_dir,
+    ) + extra;
+    let config = files.dir.write(&format!("{name}.toml"), text.as_bytes())?;
     let log_path = files.dir.path.join(format!("{name}.log"));
     let log = fs::File::create(&log_path).map_err(io("creating the daemon's log"))?;
     let mut command = pinned(cpu, lb);

@@ -285,7 +285,7 @@ impl<D: Datapath> Controller<D> {
                     .map_or("", |l| l.mode.as_str())
                     .to_owned(),
                 open_connections: proxy.open_connections(),
-                events: owned(proxy.counters.events()),
+                events: owned(proxy.events()),
                 responses: owned(proxy.counters.responses_by_class()),
             })
             .collect()
