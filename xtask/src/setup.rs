@@ -33,6 +33,9 @@ const APT_PACKAGES: &[&str] = &[
     // BIRD 2: the scale-out lab's router and nodes (each test starts its own instances), and
     // the check of the shipped BIRD files.
     "bird2",
+    // Headless Chromium driven by ChromeDriver (WebDriver): the status page's test.
+    "chromium",
+    "chromium-driver",
 ];
 
 /// Rustup components, per toolchain (`None`: the toolchain cargo runs by default).

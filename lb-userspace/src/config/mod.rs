@@ -41,6 +41,8 @@ pub struct Config {
     pub control: ControlSettings,
     /// Where the Prometheus endpoint listens (`[metrics] listen`); off when absent.
     pub metrics: Option<std::net::SocketAddr>,
+    /// `[metrics] status_page`: the metrics listener also serves the HTML status page.
+    pub status_page: bool,
     /// `[announce]`: the routes this node offers its routing daemon; none when absent.
     pub announce: Option<AnnounceSettings>,
     /// `[access_log]`: the L7 listeners' access log; none when absent.

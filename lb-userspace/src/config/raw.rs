@@ -91,6 +91,8 @@ pub struct RawAccessLog {
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
     pub listen: Option<Spanned<String>>,
+    /// Also serve the status page (`/status`) there.
+    pub status_page: Option<Spanned<bool>>,
 }
 
 /// `[pools.NAME]`: a set of backends that listeners forward to.

@@ -144,6 +144,18 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
         }
         parsed.ok()
     });
+    let status_page = match &raw.metrics.status_page {
+        Some(page) if *page.get_ref() && raw.metrics.listen.is_none() => {
+            checker.problem(
+                page,
+                "metrics.status_page",
+                "the status page is served by the metrics listener: set metrics.listen too",
+            );
+            false
+        }
+        Some(page) => *page.get_ref(),
+        None => false,
+    };
     let shutdown_timeout = match &raw.control.shutdown_timeout {
         Some(raw) => {
             super::pool::duration(&mut checker, raw, "control.shutdown_timeout").and_then(|d| {
@@ -198,6 +210,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             datapath,
             control,
             metrics,
+            status_page,
             announce,
             access_log,
             pools,

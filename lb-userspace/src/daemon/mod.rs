@@ -45,7 +45,7 @@ use self::{
 use crate::{
     config::Config,
     control::{
-        Request, Response,
+        Body, Request, Response,
         server::{self, Call, ServerError},
     },
     datapath::memory::MemoryDatapath,
@@ -173,6 +173,7 @@ async fn serve(
     let probes = Probes::new(tokio::runtime::Handle::current(), events.clone());
     let socket = config.control.socket.clone();
     let metrics_address = config.metrics;
+    let status_page = config.status_page;
     let shutdown_timeout = config.control.shutdown_timeout;
     let pin_dir = config.datapath.pin_dir.clone();
     // Everything that takes a capability first (the packet path, the listening sockets), then
@@ -260,11 +261,17 @@ async fn serve(
         if let Ok(copy) = std::os::fd::AsFd::as_fd(&listener).try_clone_to_owned() {
             also_listening.push((address, copy));
         }
+        let status = status_page.then(|| status_source(events.clone()));
         tasks.push(tokio::spawn(metrics::serve(
             listener,
             snapshot(events.clone()),
+            status,
         )));
-        info!(%address, "metrics at /metrics");
+        if status_page {
+            info!(%address, "metrics at /metrics, the status page at /status");
+        } else {
+            info!(%address, "metrics at /metrics");
+        }
     }
     for address in inherited.keys() {
         info!(%address, "closing a handed-over socket the configuration no longer listens on");
@@ -635,6 +642,44 @@ fn snapshot(events: mpsc::Sender<Event>) -> impl metrics::Snapshot {
             answer.await.ok()?
         })
     }
+}
+
+/// What the status page reads (`/status.json`): the answers to `lb status`, `lb listener list`,
+/// `lb backend list` and `lb stats`, asked of the controller as the control socket asks, as
+/// one JSON object.
+fn status_source(events: mpsc::Sender<Event>) -> metrics::StatusSource {
+    Arc::new(move || -> metrics::StatusFuture {
+        let events = events.clone();
+        Box::pin(async move {
+            let mut document = serde_json::Map::new();
+            for (name, request) in [
+                ("status", Request::Status),
+                ("listeners", Request::ListListeners),
+                ("backends", Request::ListBackends { pool: None }),
+                ("stats", Request::Stats),
+            ] {
+                let (reply, answer) = oneshot::channel();
+                events.send(Event::Call((request, reply))).await.ok()?;
+                let body = match answer.await.ok()? {
+                    Response::Ok(body) => body,
+                    Response::Error(error) => {
+                        warn!(%error, request = name, "the status page's request was refused");
+                        return None;
+                    }
+                };
+                let value = match body {
+                    Body::Status(view) => serde_json::to_value(view),
+                    Body::Listeners(view) => serde_json::to_value(view),
+                    Body::Backends(view) => serde_json::to_value(view),
+                    Body::Stats(view) => serde_json::to_value(view),
+                    other => serde_json::to_value(other),
+                }
+                .ok()?;
+                document.insert(name.to_owned(), value);
+            }
+            serde_json::to_string(&document).ok()
+        })
+    })
 }
 
 /// `lb uninstall`: removes what a stopped daemon left running: the pinned links (which

@@ -25,4 +25,4 @@ pub use input::{
     HealthState, L7Sample, ListenerTraffic, MetricsInput, OperationSample, Traffic,
 };
 pub use render::{CONTENT_TYPE, RenderError, render};
-pub use serve::{METRICS_PATH, Snapshot, SnapshotFuture, serve};
+pub use serve::{METRICS_PATH, Snapshot, SnapshotFuture, StatusFuture, StatusSource, serve};

@@ -8,7 +8,9 @@
 //! | request | answer |
 //! | --- | --- |
 //! | `GET` or `HEAD /metrics` | 200, the exposition ([`CONTENT_TYPE`]) |
-//! | any other method on `/metrics` | 405, `Allow: GET, HEAD` |
+//! | `GET` or `HEAD /status` (`status_page = true`) | 200, the status page: HTML, CSS and a script, from the binary |
+//! | `GET` or `HEAD /status.json` (likewise) | 200, what the page shows ([`StatusSource`]) |
+//! | any other method on those | 405, `Allow: GET, HEAD` |
 //! | any other path | 404 |
 //! | no snapshot (the daemon is gone, or slower than [`SNAPSHOT_TIMEOUT`]) | 503 |
 //!
@@ -39,6 +41,11 @@ use super::render::{CONTENT_TYPE, render};
 
 /// The path Prometheus scrapes.
 pub const METRICS_PATH: &str = "/metrics";
+/// The status page, and what it reads.
+pub const STATUS_PATH: &str = "/status";
+pub const STATUS_JSON_PATH: &str = "/status.json";
+/// The status page: one document, its style and script inline.
+const STATUS_PAGE: &str = include_str!("status.html");
 /// Time a client has to send a request's headers, and that an idle connection stays open.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time the daemon has to answer a snapshot request before the scrape gets a 503.
@@ -60,6 +67,13 @@ pub trait Snapshot: Fn() -> SnapshotFuture + Send + Sync + 'static {}
 
 impl<F: Fn() -> SnapshotFuture + Send + Sync + 'static> Snapshot for F {}
 
+/// What the status page reads: the daemon's listeners, backends, counters and summary as one
+/// JSON document, or `None` when it cannot give them.
+pub type StatusFuture = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+
+/// How `/status.json` asks the daemon for its document; none: no status page.
+pub type StatusSource = Arc<dyn Fn() -> StatusFuture + Send + Sync>;
+
 /// The timeouts and limits of [`serve`]; tests shorten them.
 #[derive(Clone, Copy, Debug)]
 struct Limits {
@@ -77,12 +91,18 @@ impl Limits {
 }
 
 /// Serves the metrics endpoint on `listener` until the future is dropped or its task aborted.
-pub async fn serve(listener: TcpListener, snapshot: impl Snapshot) {
-    serve_with(listener, Arc::new(snapshot), Limits::DEFAULT).await;
+/// With `status`, it also serves the status page.
+pub async fn serve(listener: TcpListener, snapshot: impl Snapshot, status: Option<StatusSource>) {
+    serve_with(listener, Arc::new(snapshot), status, Limits::DEFAULT).await;
 }
 
 /// [`serve`] with explicit limits.
-async fn serve_with<S: Snapshot>(listener: TcpListener, snapshot: Arc<S>, limits: Limits) {
+async fn serve_with<S: Snapshot>(
+    listener: TcpListener,
+    snapshot: Arc<S>,
+    status: Option<StatusSource>,
+    limits: Limits,
+) {
     let max_connections = limits.max_connections.max(1);
     let mut connections = JoinSet::new();
     loop {
@@ -90,7 +110,12 @@ async fn serve_with<S: Snapshot>(listener: TcpListener, snapshot: Arc<S>, limits
             accepted = listener.accept(), if connections.len() < max_connections => {
                 match accepted {
                     Ok((stream, _peer)) => {
-                        connections.spawn(serve_connection(stream, Arc::clone(&snapshot), limits));
+                        connections.spawn(serve_connection(
+                            stream,
+                            Arc::clone(&snapshot),
+                            status.clone(),
+                            limits,
+                        ));
                     }
                     Err(error) => {
                         warn!(%error, "metrics endpoint: accepting a connection failed");
@@ -108,10 +133,18 @@ async fn serve_with<S: Snapshot>(listener: TcpListener, snapshot: Arc<S>, limits
 }
 
 /// Drives one HTTP/1.1 connection to its end.
-async fn serve_connection<S: Snapshot>(stream: TcpStream, snapshot: Arc<S>, limits: Limits) {
+async fn serve_connection<S: Snapshot>(
+    stream: TcpStream,
+    snapshot: Arc<S>,
+    status: Option<StatusSource>,
+    limits: Limits,
+) {
     let service = service_fn(move |request| {
         let snapshot = Arc::clone(&snapshot);
-        async move { Ok::<_, Infallible>(respond(&request, snapshot.as_ref(), limits).await) }
+        let status = status.clone();
+        async move {
+            Ok::<_, Infallible>(respond(&request, snapshot.as_ref(), status.as_ref(), limits).await)
+        }
     });
     let mut builder = http1::Builder::new();
     builder
@@ -130,23 +163,41 @@ async fn serve_connection<S: Snapshot>(stream: TcpStream, snapshot: Arc<S>, limi
 async fn respond<S: Snapshot>(
     request: &Request<Incoming>,
     snapshot: &S,
+    status: Option<&StatusSource>,
     limits: Limits,
 ) -> Response<Full<Bytes>> {
-    if request.uri().path() != METRICS_PATH {
-        return text_response(
-            StatusCode::NOT_FOUND,
-            "not found: the metrics are at /metrics\n",
-        );
+    let path = request.uri().path();
+    let known = path == METRICS_PATH
+        || (status.is_some() && (path == STATUS_PATH || path == STATUS_JSON_PATH));
+    if !known {
+        let where_ = if status.is_some() {
+            "not found: the metrics are at /metrics, the status page at /status\n"
+        } else {
+            "not found: the metrics are at /metrics\n"
+        };
+        return text_response(StatusCode::NOT_FOUND, where_);
     }
     if request.method() != Method::GET && request.method() != Method::HEAD {
         let mut response = text_response(
             StatusCode::METHOD_NOT_ALLOWED,
-            "method not allowed: use GET /metrics\n",
+            format!("method not allowed: use GET {path}\n"),
         );
         response
             .headers_mut()
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
+    }
+    if let Some(status) = status {
+        if path == STATUS_PATH {
+            return page_response(STATUS_PAGE, "text/html; charset=utf-8");
+        }
+        if path == STATUS_JSON_PATH {
+            return match tokio::time::timeout(limits.snapshot_timeout, status()).await {
+                Ok(Some(json)) => page_response(json, "application/json"),
+                Ok(None) => unavailable("the daemon gave no status (shutting down?)"),
+                Err(_elapsed) => unavailable("the daemon did not answer in time"),
+            };
+        }
     }
     match tokio::time::timeout(limits.snapshot_timeout, snapshot()).await {
         Ok(Some(input)) => metrics_response(&input),
@@ -173,6 +224,30 @@ fn metrics_response(input: &MetricsInput) -> Response<Full<Bytes>> {
             )
         }
     }
+}
+
+/// 200 with `body` of `content_type`, never cached (the page and its data are live), and
+/// framed by no other site (`frame-ancestors`), its script the page's own.
+fn page_response(body: impl Into<Bytes>, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE_HEADER, HeaderValue::from_static(content_type));
+    headers.insert(
+        hyper::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    headers.insert(
+        hyper::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(
+        hyper::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    response
 }
 
 /// 503, with the reason in the body and the log.

@@ -26,11 +26,20 @@ fn sample_snapshot() -> SnapshotFuture {
 
 /// Serves on a loopback port; the handle aborts the server.
 async fn start(snapshot: impl Snapshot, limits: Limits) -> (SocketAddr, JoinHandle<()>) {
+    start_with_status(snapshot, None, limits).await
+}
+
+/// [`start`], with a status page reading `status`.
+async fn start_with_status(
+    snapshot: impl Snapshot,
+    status: Option<StatusSource>,
+    limits: Limits,
+) -> (SocketAddr, JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind loopback");
     let address = listener.local_addr().expect("local address");
-    let server = tokio::spawn(serve_with(listener, Arc::new(snapshot), limits));
+    let server = tokio::spawn(serve_with(listener, Arc::new(snapshot), status, limits));
     (address, server)
 }
 
@@ -222,4 +231,49 @@ async fn stopping_the_server_closes_its_connections() {
         TcpStream::connect(address).await.is_err(),
         "the listener is closed"
     );
+}
+
+#[tokio::test]
+async fn the_status_page_is_served_only_when_configured() {
+    let (address, server) = start(sample_snapshot, SHORT).await;
+    for path in [STATUS_PATH, STATUS_JSON_PATH] {
+        assert_eq!(
+            get(address, path).await.status,
+            404,
+            "{path} without a status page"
+        );
+    }
+    server.abort();
+
+    let status: StatusSource =
+        Arc::new(|| -> StatusFuture { Box::pin(async { Some("{\"status\":{}}".to_owned()) }) });
+    let (address, server) = start_with_status(sample_snapshot, Some(status), SHORT).await;
+    let page = get(address, STATUS_PATH).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    assert_eq!(page.headers["cache-control"], "no-store");
+    assert!(page.headers["content-security-policy"].contains("default-src 'none'"));
+    assert!(
+        page.body.contains("<table id=\"backends\">"),
+        "{}",
+        page.body
+    );
+    // Nothing is fetched from elsewhere: no address but its own in the page.
+    assert!(!page.body.contains("http://") && !page.body.contains("https://"));
+    let json = get(address, STATUS_JSON_PATH).await;
+    assert_eq!((json.status, json.body.as_str()), (200, "{\"status\":{}}"));
+    assert_eq!(json.headers["content-type"], "application/json");
+    let (answer, _) = request(
+        address,
+        "POST /status HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(answer.status, 405);
+    assert_eq!(get(address, METRICS_PATH).await.status, 200);
+    server.abort();
+
+    let silent: StatusSource = Arc::new(|| -> StatusFuture { Box::pin(async { None }) });
+    let (address, server) = start_with_status(sample_snapshot, Some(silent), SHORT).await;
+    assert_eq!(get(address, STATUS_JSON_PATH).await.status, 503);
+    server.abort();
 }
