@@ -42,3 +42,4 @@ pub mod objects;
 pub mod pin_dir;
 pub mod reconcile;
 pub mod state;
+pub mod version;

@@ -5,7 +5,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use clap::Parser as _;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use lb::cli::{
     BenchCommand, Cli, Command, DecapCommand, NodeCommand, OptionError, SOCKET_ENV, render,
 };
@@ -45,7 +45,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(Cli::parse()) {
+    // `--version` says the commit and the eBPF objects' digests too (made once, at start).
+    let long_version: &'static str = Box::leak(lb::version::long().into_boxed_str());
+    let matches = Cli::command().long_version(long_version).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("lb: {}", describe(&error));

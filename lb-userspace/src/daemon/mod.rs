@@ -104,7 +104,8 @@ pub const INJECT_FAULT_ENV: &str = "LB_INJECT_FAULT";
 /// starts as usual.
 pub async fn run(config: Config, path: PathBuf, take_over: bool) -> Result<(), DaemonError> {
     info!(
-        version = env!("CARGO_PKG_VERSION"),
+        version = crate::version::VERSION,
+        commit = crate::version::COMMIT,
         build = if cfg!(debug_assertions) {
             "debug"
         } else {

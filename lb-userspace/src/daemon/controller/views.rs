@@ -334,7 +334,11 @@ impl<D: Datapath> Controller<D> {
             }
         }
         StatusView {
-            version: env!("CARGO_PKG_VERSION").to_owned(),
+            version: format!(
+                "{} (commit {})",
+                crate::version::VERSION,
+                crate::version::COMMIT
+            ),
             uptime_secs: now.saturating_duration_since(self.started).as_secs(),
             config: self.path.as_ref().map(|p| p.display().to_string()),
             interfaces: self.config.datapath.interfaces.clone(),
