@@ -65,6 +65,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Demo => Some("demo"),
         Command::StickyKey => Some("sticky-key"),
         Command::TicketKey => Some("ticket-key"),
+        Command::Completions { .. } => Some("completions"),
+        Command::Man { .. } => Some("man"),
         _ => None,
     };
     if let Some(command) = local {
@@ -96,6 +98,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for line in certificates {
                 println!("  certificates of {line}");
             }
+        }
+        Command::Completions { shell } => {
+            // Made in memory (the generator panics on a failed write), then written.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "lb", &mut script);
+            std::io::Write::write_all(&mut std::io::stdout(), &script)
+                .context("writing the completion script")?;
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let pages = lb::cli::man_pages(&Cli::command().long_version(lb::version::long()))
+                .context("rendering the manual pages")?;
+            for (name, page) in &pages {
+                let path = dir.join(name);
+                std::fs::write(&path, page)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            println!("{} manual pages in {}", pages.len(), dir.display());
         }
         Command::Uninstall => {
             let (_, config) = config_of(&cli, "uninstall")?;

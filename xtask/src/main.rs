@@ -14,6 +14,7 @@ mod deny;
 mod fuzz;
 mod fuzz_parsers;
 mod lb;
+mod package;
 mod process;
 mod setup;
 mod test;
@@ -57,6 +58,9 @@ enum Task {
     /// Run setup, then the parsers' libFuzzer targets (config, cookies, session tickets,
     /// certificates, headers), 60 s each unless told otherwise.
     Fuzz(fuzz_parsers::Options),
+    /// Build the Debian package (target/package/lb_VERSION_ARCH.deb); `--check` also installs,
+    /// tries and purges it.
+    Package(package::Options),
 }
 
 fn main() -> ExitCode {
@@ -81,5 +85,6 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Task::FuzzXdp(options) => fuzz::run(&runner, options),
         Task::Fuzz(options) => fuzz_parsers::run(&runner, options),
         Task::Deny(options) => deny::run(&runner, options).map(|()| ExitCode::SUCCESS),
+        Task::Package(options) => package::run(&runner, options).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Steps: setup, `cargo fmt --check` (the workspace and the fuzz crate), clippy (both passes),
 //! the supply-chain checks (`cargo xtask deny`), unit tests (host crates), a slice of the parser fuzz targets ([`FUZZ_SLICE`] each, see
-//! `fuzz_parsers`), then the privileged tests (`lb-tests`, root only). Each step gets a header line; the run ends with one
+//! `fuzz_parsers`), then the privileged tests (`lb-tests`, root only), then the Debian package
+//! (built, installed, tried and purged: `package`). Each step gets a header line; the run ends with one
 //! summary line giving each step's duration, or naming the step that failed.
 //! `--skip-setup` drops the first step; arguments after `--` go to the privileged test binary
 //! (a test-name filter, `--nocapture`, ...).
@@ -16,7 +17,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 
 use crate::{
-    clippy, deny, fuzz_parsers,
+    clippy, deny, fuzz_parsers, package,
     process::{Runner, is_root},
     setup,
 };
@@ -109,6 +110,10 @@ fn plan<'a>(runner: &'a Runner, options: &'a Options) -> Vec<Step<'a>> {
     steps.push(Step {
         name: "privileged tests",
         action: Box::new(|| run_privileged_tests(runner, &options.privileged_args)),
+    });
+    steps.push(Step {
+        name: "package",
+        action: Box::new(|| package::run(runner, &package::Options { check: true })),
     });
     steps
 }

@@ -86,6 +86,44 @@ pub enum Command {
     Bench(BenchCommand),
     /// A lab in network namespaces that shows the balancer at work (needs root).
     Demo,
+    /// Print the shell completion script for SHELL (bash: put it in
+    /// /usr/share/bash-completion/completions/lb).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (lb.1, and lb-COMMAND.1 for each command) into DIR.
+    Man {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// The manual pages of `command` and of its subcommands, each `(file name, roff)`: `lb.1`,
+/// `lb-backend.1`, `lb-backend-add.1`, ...
+pub fn man_pages(command: &clap::Command) -> std::io::Result<Vec<(String, Vec<u8>)>> {
+    let mut pages = Vec::new();
+    let mut render = |command: &clap::Command, name: &str| -> std::io::Result<()> {
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command.clone().name(name.to_owned())).render(&mut page)?;
+        pages.push((format!("{name}.1"), page));
+        Ok(())
+    };
+    fn walk(
+        command: &clap::Command,
+        name: &str,
+        render: &mut dyn FnMut(&clap::Command, &str) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        render(command, name)?;
+        for sub in command.get_subcommands().filter(|s| s.get_name() != "help") {
+            walk(sub, &format!("{name}-{}", sub.get_name()), render)?;
+        }
+        Ok(())
+    }
+    let mut command = command.clone();
+    command.build();
+    walk(&command, "lb", &mut render)?;
+    Ok(pages)
 }
 
 #[derive(Debug, Subcommand)]
@@ -447,7 +485,9 @@ impl Command {
             | Self::Bench(_)
             | Self::StickyKey
             | Self::TicketKey
-            | Self::Demo => return Ok(None),
+            | Self::Demo
+            | Self::Completions { .. }
+            | Self::Man { .. } => return Ok(None),
         }))
     }
 }

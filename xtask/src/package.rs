@@ -1,0 +1,302 @@
+//! `cargo xtask package`: the Debian package, `target/package/lb_VERSION_ARCH.deb`, built with
+//! `dpkg-deb` from the release binary and `packaging/`:
+//!
+//! | installed as | from |
+//! | --- | --- |
+//! | `/usr/bin/lb` | the release build (debug symbols stripped) |
+//! | `/lib/systemd/system/lb.service` | `packaging/lb.service`, `ExecStart` and `ExecReload` on `/usr/bin/lb` |
+//! | `/usr/lib/sysusers.d/lb.conf` | `packaging/lb.sysusers`: the user `lb` (made by `postinst`) |
+//! | `/etc/lb/lb.toml` (a conffile) | `packaging/lb.toml`, an example `lb check` passes |
+//! | `/etc/logrotate.d/lb` (a conffile) | `packaging/lb.logrotate` |
+//! | `/usr/share/man/man1/lb*.1.gz` | `lb man`: a page for `lb` and each of its commands |
+//! | bash, zsh and fish completions | `lb completions SHELL` |
+//! | `/usr/share/doc/lb/` | the README, the copyright, the BIRD examples |
+//!
+//! The lab, demo and benchmark code is in the binary (`lb demo`, `lb bench`): see the README's
+//! "Package" section. With `--check` (root), the package is then installed on this machine,
+//! `lb --version` and `lb check` run on the example as installed, and it is purged again.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+
+use crate::process::{Runner, is_root, query};
+
+/// Options of `cargo xtask package`.
+#[derive(Debug, Args)]
+pub struct Options {
+    /// Then install it here, run `lb --version` and `lb check` on its example, and purge it
+    /// (root).
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// The workspace's version, as `Cargo.toml` gives it (`version = "..."` of the workspace).
+fn version(root: &Path) -> Result<String> {
+    let manifest = fs::read_to_string(root.join("Cargo.toml")).context("reading Cargo.toml")?;
+    manifest
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("version = \"")
+                .and_then(|rest| rest.strip_suffix('"'))
+        })
+        .map(str::to_owned)
+        .context("no `version = \"...\"` in Cargo.toml")
+}
+
+/// Builds the package; with `--check`, installs, tries and purges it.
+pub fn run(runner: &Runner, options: &Options) -> Result<()> {
+    let deb = build(runner)?;
+    if options.check {
+        check(runner, &deb)?;
+    }
+    Ok(())
+}
+
+/// Builds the release binary and the package; returns the package's path.
+pub fn build(runner: &Runner) -> Result<PathBuf> {
+    let root = runner.root().to_owned();
+    let mut cargo = runner.cargo();
+    cargo.args(["build", "--release", "-p", "lb-userspace", "--bin", "lb"]);
+    runner.run(&mut cargo)?;
+    let version = version(&root)?;
+    let arch = query("dpkg", &["--print-architecture"])
+        .context("dpkg --print-architecture (a Debian system builds the package)")?
+        .trim()
+        .to_owned();
+    let out = runner.target_dir().join("package");
+    let stage = out.join(format!("lb_{version}_{arch}"));
+    let deb = out.join(format!("lb_{version}_{arch}.deb"));
+    if runner.is_dry_run() {
+        println!(
+            "[dry-run] would stage {} and build {}",
+            stage.display(),
+            deb.display()
+        );
+        return Ok(deb);
+    }
+    if stage.exists() {
+        fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
+    }
+    let lb = runner.target_dir().join("release/lb");
+    let packaging = root.join("packaging");
+
+    let bin = stage.join("usr/bin/lb");
+    copy(&lb, &bin, 0o755)?;
+    if query("strip", &["--version"]).is_some() {
+        runner.run(Command::new("strip").arg("--strip-debug").arg(&bin))?;
+    }
+    let unit = fs::read_to_string(packaging.join("lb.service")).context("reading lb.service")?;
+    write(
+        &stage.join("lib/systemd/system/lb.service"),
+        &unit.replace("/usr/local/bin/lb", "/usr/bin/lb"),
+        0o644,
+    )?;
+    copy(
+        &packaging.join("lb.sysusers"),
+        &stage.join("usr/lib/sysusers.d/lb.conf"),
+        0o644,
+    )?;
+    copy(
+        &packaging.join("lb.toml"),
+        &stage.join("etc/lb/lb.toml"),
+        0o644,
+    )?;
+    copy(
+        &packaging.join("lb.logrotate"),
+        &stage.join("etc/logrotate.d/lb"),
+        0o644,
+    )?;
+
+    // Manual pages and completions, from the binary's own definitions.
+    let man = stage.join("usr/share/man/man1");
+    runner.run(Command::new(&lb).arg("man").arg("--dir").arg(&man))?;
+    for page in fs::read_dir(&man).context("reading the manual pages")? {
+        runner.run(Command::new("gzip").arg("-9n").arg(page?.path()))?;
+    }
+    for (shell, path) in [
+        ("bash", "usr/share/bash-completion/completions/lb"),
+        ("zsh", "usr/share/zsh/vendor-completions/_lb"),
+        ("fish", "usr/share/fish/vendor_completions.d/lb.fish"),
+    ] {
+        let output = Command::new(&lb)
+            .args(["completions", shell])
+            .output()
+            .context("lb completions")?;
+        if !output.status.success() {
+            bail!("`lb completions {shell}` failed");
+        }
+        write(
+            &stage.join(path),
+            &String::from_utf8_lossy(&output.stdout),
+            0o644,
+        )?;
+    }
+
+    let doc = stage.join("usr/share/doc/lb");
+    copy(&root.join("README.md"), &doc.join("README.md"), 0o644)?;
+    runner.run(Command::new("gzip").arg("-9n").arg(doc.join("README.md")))?;
+    write(&doc.join("copyright"), COPYRIGHT, 0o644)?;
+    for file in [
+        "lb-node.conf",
+        "bird-node.example.conf",
+        "bird-router.example.conf",
+    ] {
+        copy(
+            &packaging.join("bird").join(file),
+            &doc.join("bird").join(file),
+            0o644,
+        )?;
+    }
+
+    let size_kb = disk_usage_kb(&stage)?;
+    let debian = stage.join("DEBIAN");
+    write(
+        &debian.join("control"),
+        &control(&version, &arch, size_kb),
+        0o644,
+    )?;
+    write(
+        &debian.join("conffiles"),
+        "/etc/lb/lb.toml\n/etc/logrotate.d/lb\n",
+        0o644,
+    )?;
+    write(&debian.join("postinst"), POSTINST, 0o755)?;
+    write(&debian.join("postrm"), POSTRM, 0o755)?;
+    runner.run(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zxz", "--build"])
+            .arg(&stage)
+            .arg(&deb),
+    )?;
+    println!("package: {}", deb.display());
+    Ok(deb)
+}
+
+/// Installs `deb`, runs the installed `lb --version` and `lb check` on the installed example,
+/// checks a manual page and a completion are where they belong, and purges the package (also
+/// when a check failed).
+fn check(runner: &Runner, deb: &Path) -> Result<()> {
+    if !is_root()? {
+        bail!("installing the package needs root: `sudo cargo xtask package --check`");
+    }
+    if runner.is_dry_run() {
+        println!("[dry-run] would install, check and purge {}", deb.display());
+        return Ok(());
+    }
+    runner.run(Command::new("dpkg").arg("-i").arg(deb))?;
+    let checked = (|| -> Result<()> {
+        runner.run(Command::new("/usr/bin/lb").arg("--version"))?;
+        runner.run(Command::new("/usr/bin/lb").args(["check", "--config", "/etc/lb/lb.toml"]))?;
+        for path in [
+            "/usr/share/man/man1/lb.1.gz",
+            "/usr/share/man/man1/lb-backend-add.1.gz",
+            "/usr/share/bash-completion/completions/lb",
+            "/lib/systemd/system/lb.service",
+        ] {
+            if !Path::new(path).exists() {
+                bail!("the package did not install {path}");
+            }
+        }
+        if query("getent", &["passwd", "lb"]).is_none() {
+            bail!("the package did not make the user lb");
+        }
+        Ok(())
+    })();
+    let purged = runner.run(Command::new("dpkg").args(["--purge", "lb"]));
+    checked?;
+    purged?;
+    println!("package: installed, checked and purged");
+    Ok(())
+}
+
+fn control(version: &str, arch: &str, size_kb: u64) -> String {
+    format!(
+        "Package: lb\n\
+         Version: {version}\n\
+         Architecture: {arch}\n\
+         Maintainer: lb developers <lb@localhost>\n\
+         Installed-Size: {size_kb}\n\
+         Depends: libc6 (>= 2.36)\n\
+         Recommends: bird2\n\
+         Section: net\n\
+         Priority: optional\n\
+         Description: XDP and TLS load balancer\n \
+         One daemon and its CLI: an XDP program forwards passthrough listeners' packets\n \
+         (Maglev and a connection table, IP-in-IP to the backends); offload and bridging\n \
+         listeners terminate TLS (rustls) and proxy HTTP, with sticky sessions, access logs,\n \
+         the PROXY protocol and a status page. Backends, health and BPF maps are the\n \
+         daemon's; `lb` drives it.\n"
+    )
+}
+
+const COPYRIGHT: &str = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
+Upstream-Name: lb\n\
+\n\
+Files: *\n\
+Copyright: the lb developers\n\
+License: MIT or Apache-2.0\n \
+The binary also contains the crates it is built from, each under a permissive licence\n \
+(MIT, Apache-2.0, BSD, ISC, Unicode-3.0, Zlib; `cargo xtask deny` checks them).\n";
+
+/// Makes the user `lb` (systemd-sysusers, else adduser) and has systemd read the unit.
+const POSTINST: &str = "#!/bin/sh\n\
+set -e\n\
+if [ \"$1\" = configure ]; then\n\
+    if command -v systemd-sysusers >/dev/null 2>&1; then\n\
+        systemd-sysusers /usr/lib/sysusers.d/lb.conf\n\
+    elif ! getent passwd lb >/dev/null; then\n\
+        adduser --system --group --no-create-home --home /nonexistent lb\n\
+    fi\n\
+    if [ -d /run/systemd/system ]; then\n\
+        systemctl daemon-reload || true\n\
+    fi\n\
+fi\n";
+
+const POSTRM: &str = "#!/bin/sh\n\
+set -e\n\
+if [ -d /run/systemd/system ]; then\n\
+    systemctl daemon-reload || true\n\
+fi\n";
+
+fn copy(from: &Path, to: &Path, mode: u32) -> Result<()> {
+    let bytes = fs::read(from).with_context(|| format!("reading {}", from.display()))?;
+    write_bytes(to, &bytes, mode)
+}
+
+fn write(to: &Path, text: &str, mode: u32) -> Result<()> {
+    write_bytes(to, text.as_bytes(), mode)
+}
+
+fn write_bytes(to: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Some(dir) = to.parent() {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    fs::write(to, bytes).with_context(|| format!("writing {}", to.display()))?;
+    fs::set_permissions(to, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", to.display()))
+}
+
+/// The kilobytes `dir` takes, as `Installed-Size` wants them.
+fn disk_usage_kb(dir: &Path) -> Result<u64> {
+    let mut bytes = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                bytes += meta.len();
+            }
+        }
+    }
+    Ok(bytes.div_ceil(1024))
+}
