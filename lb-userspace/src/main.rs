@@ -146,6 +146,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             calls,
             frames,
             flows,
+            svg,
         }) => {
             let options = lb::bench::xdp::Options {
                 rounds,
@@ -155,6 +156,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let report = lb::bench::xdp::run(options).context("the XDP benchmark failed")?;
             println!("{report}");
+            if let Some(dir) = svg {
+                for chart in report.write_charts(&dir)? {
+                    println!("chart: {}", chart.display());
+                }
+            }
         }
         Command::Bench(BenchCommand::L7 {
             rounds,
@@ -162,6 +168,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             warmup,
             connections,
             base,
+            svg,
         }) => {
             let base = base
                 .map(|path| {
@@ -183,6 +190,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!("{report}");
+            }
+            if let Some(dir) = svg {
+                for chart in report.write_charts(&dir)? {
+                    eprintln!("chart: {}", chart.display());
+                }
             }
         }
         Command::Bench(BenchCommand::L7Backend { listen, cert, key }) => {

@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: setup, then the benchmarks in release mode: `lb bench xdp`, then
-//! `lb bench l7`.
+//! `lb bench l7`, each also drawing its charts in `target/bench-charts` (`--svg`).
 //!
 //! `cargo xtask bench xdp ARGS...` or `cargo xtask bench l7 ARGS...` runs one of them, with
 //! its arguments passed on. The first benchmark that fails ends the run; its exit status is
@@ -73,11 +73,16 @@ pub fn run(runner: &Runner, options: &Options) -> Result<ExitCode> {
             }
         }
         None => {
-            let xdp = lb::run(runner, &["bench", "xdp"], &[])?;
+            // The charts of both go to target/bench-charts.
+            let charts = [
+                OsString::from("--svg"),
+                runner.target_dir().join("bench-charts").into_os_string(),
+            ];
+            let xdp = lb::run(runner, &["bench", "xdp"], &charts)?;
             if xdp != ExitCode::SUCCESS {
                 return Ok(xdp);
             }
-            lb::run(runner, &["bench", "l7"], &[])
+            lb::run(runner, &["bench", "l7"], &charts)
         }
     }
 }

@@ -7,6 +7,7 @@
 //!   the same on the same machine, and direct HTTP to the backend: keep-alive requests per
 //!   second and latency, full TLS handshakes per second, CPU time per unit of work.
 
+pub mod chart;
 pub mod frames;
 pub mod l7;
 pub mod xdp;

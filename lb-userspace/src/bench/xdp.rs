@@ -445,6 +445,54 @@ fn pin_to_last_cpu() -> usize {
     cpu
 }
 
+impl Report {
+    /// The report as two charts in `dir`: `xdp-cost.svg` (ns per packet, balancer and trivial
+    /// program, per case) and `xdp-rate.svg` (Mpps of live frames, per case, beside the
+    /// trivial program's).
+    pub fn write_charts(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<Vec<std::path::PathBuf>, BenchError> {
+        use super::chart::{Bars, Group};
+        std::fs::create_dir_all(dir).map_err(|source| BenchError::Io {
+            what: format!("creating {}", dir.display()),
+            source,
+        })?;
+        let cost = dir.join("xdp-cost.svg");
+        Bars {
+            title: "Per-packet cost (BPF_PROG_TEST_RUN)",
+            unit: "ns per packet",
+            series: &["lb balancer", "trivial XDP_TX"],
+            groups: self
+                .costs
+                .iter()
+                .map(|row| Group {
+                    label: row.case,
+                    bars: vec![Some(row.balancer), Some(row.baseline)],
+                })
+                .collect(),
+        }
+        .write(&cost)?;
+        let rate = dir.join("xdp-rate.svg");
+        let title = format!("Forwarding rate, live frames, {} flows", self.flows);
+        Bars {
+            title: &title,
+            unit: "million packets per second",
+            series: &["lb balancer", "trivial program"],
+            groups: self
+                .rates
+                .iter()
+                .map(|row| Group {
+                    label: row.case,
+                    bars: vec![Some(row.mpps), Some(self.baseline_rate.mpps)],
+                })
+                .collect(),
+        }
+        .write(&rate)?;
+        Ok(vec![cost, rate])
+    }
+}
+
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(

@@ -344,6 +344,9 @@ pub enum BenchCommand {
         /// Distinct flows for the forwarding rate (a power of two up to 65536).
         #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(1..=65_536))]
         flows: u32,
+        /// Also draw the results as SVG charts in DIR (xdp-cost.svg, xdp-rate.svg).
+        #[arg(long, value_name = "DIR")]
+        svg: Option<PathBuf>,
     },
     /// lb's L7 listeners (offload, offload with stickiness, bridging) against HAProxy doing the
     /// same, and direct HTTP to the backend: keep-alive requests per second and latency, full
@@ -366,6 +369,9 @@ pub enum BenchCommand {
         /// with the ratios of this build over it.
         #[arg(long, value_name = "PATH")]
         base: Option<PathBuf>,
+        /// Also draw the results as SVG charts in DIR (l7-requests.svg, l7-p99.svg).
+        #[arg(long, value_name = "DIR")]
+        svg: Option<PathBuf>,
     },
     /// The L7 benchmark's backend process: serves the lab's HTTP backend until killed.
     #[command(hide = true)]

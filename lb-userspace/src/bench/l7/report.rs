@@ -139,6 +139,60 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report as two charts in `dir`: `l7-requests.svg` (requests per second) and
+    /// `l7-p99.svg` (99th percentile latency), lb beside HAProxy, offload and bridging.
+    pub fn write_charts(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<Vec<std::path::PathBuf>, super::super::BenchError> {
+        use super::super::chart::{Bars, Group};
+        std::fs::create_dir_all(dir).map_err(|source| super::super::BenchError::Io {
+            what: format!("creating {}", dir.display()),
+            source,
+        })?;
+        let row = |system: Keepalive| self.keepalive.iter().find(|r| r.system == system);
+        let pairs = [
+            ("offload", Keepalive::LbOffload, Keepalive::HaproxyOffload),
+            (
+                "bridging",
+                Keepalive::LbBridging,
+                Keepalive::HaproxyBridging,
+            ),
+        ];
+        let mut written = Vec::new();
+        for (file, title, unit, figure) in [
+            (
+                "l7-requests.svg",
+                "Keep-alive HTTPS: requests per second",
+                "requests per second",
+                (|r: &KeepaliveRow| r.requests_per_second) as fn(&KeepaliveRow) -> Spread,
+            ),
+            (
+                "l7-p99.svg",
+                "Keep-alive HTTPS: 99th percentile latency",
+                "ms",
+                |r: &KeepaliveRow| r.p99_ms,
+            ),
+        ] {
+            let path = dir.join(file);
+            Bars {
+                title,
+                unit,
+                series: &["lb", "HAProxy"],
+                groups: pairs
+                    .iter()
+                    .map(|(label, lb, haproxy)| Group {
+                        label,
+                        bars: vec![row(*lb).map(figure), row(*haproxy).map(figure)],
+                    })
+                    .collect(),
+            }
+            .write(&path)?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+
     /// Aggregates the samples: `keepalive[i]` are `measured[i]`'s, one per round;
     /// `handshakes[i]` are [`Handshakes::ALL`]`[i]`'s.
     pub fn new(
