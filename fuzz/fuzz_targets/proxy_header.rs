@@ -47,7 +47,10 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(looks_like_header(data), "read a header from {data:02x?}");
     if data[0] == b'P' {
-        assert!(taken <= 107 && data[..taken].ends_with(b"\r\n"), "took {taken}");
+        assert!(
+            taken <= 107 && data[..taken].ends_with(b"\r\n"),
+            "took {taken}"
+        );
     } else {
         let length = usize::from(u16::from_be_bytes([data[14], data[15]]));
         assert_eq!(taken, 16 + length);
@@ -62,7 +65,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(taken_again, again.len());
         // Both of one family go as they were; a mixed pair goes as IPv6 (IPv4 mapped).
         if source.is_ipv4() == destination.is_ipv4() {
-            assert_eq!((canonical(s), canonical(d)), (canonical(source), canonical(destination)));
+            assert_eq!(
+                (canonical(s), canonical(d)),
+                (canonical(source), canonical(destination))
+            );
         } else {
             assert_eq!((s.port(), d.port()), (source.port(), destination.port()));
         }
