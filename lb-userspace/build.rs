@@ -36,6 +36,18 @@ fn git_commit() -> String {
     {
         println!("cargo:rerun-if-changed={file}");
     }
+    // And when a source changes (a build script that names what it watches is not run again
+    // for anything else): `-modified` then says so, and goes once the tree is clean again.
+    for path in [
+        "src",
+        "Cargo.toml",
+        "../lb-common",
+        "../lb-ebpf",
+        "../Cargo.toml",
+        "../Cargo.lock",
+    ] {
+        println!("cargo:rerun-if-changed={path}");
+    }
     let modified = git(&["status", "--porcelain", "--untracked-files=no"])
         .is_some_and(|status| !status.is_empty());
     if modified {

@@ -36,17 +36,18 @@ pub struct Options {
     pub check: bool,
 }
 
-/// The workspace's version, as `Cargo.toml` gives it (`version = "..."` of the workspace).
-fn version(root: &Path) -> Result<String> {
-    let manifest = fs::read_to_string(root.join("Cargo.toml")).context("reading Cargo.toml")?;
-    manifest
+/// The version of the binary `lb`, as `lb --version` says it (`lb 0.1.0` on its first line).
+fn version(lb: &Path) -> Result<String> {
+    let output = Command::new(lb)
+        .arg("--version")
+        .output()
+        .context("lb --version")?;
+    String::from_utf8_lossy(&output.stdout)
         .lines()
-        .find_map(|line| {
-            line.strip_prefix("version = \"")
-                .and_then(|rest| rest.strip_suffix('"'))
-        })
+        .next()
+        .and_then(|line| line.strip_prefix("lb "))
         .map(str::to_owned)
-        .context("no `version = \"...\"` in Cargo.toml")
+        .context("`lb --version` did not start with `lb VERSION`")
 }
 
 /// Builds the package; with `--check`, installs, tries and purges it.
@@ -64,7 +65,12 @@ pub fn build(runner: &Runner) -> Result<PathBuf> {
     let mut cargo = runner.cargo();
     cargo.args(["build", "--release", "-p", "lb-userspace", "--bin", "lb"]);
     runner.run(&mut cargo)?;
-    let version = version(&root)?;
+    let lb = runner.target_dir().join("release/lb");
+    let version = if runner.is_dry_run() {
+        "VERSION".to_owned()
+    } else {
+        version(&lb)?
+    };
     let arch = query("dpkg", &["--print-architecture"])
         .context("dpkg --print-architecture (a Debian system builds the package)")?
         .trim()
@@ -83,7 +89,6 @@ pub fn build(runner: &Runner) -> Result<PathBuf> {
     if stage.exists() {
         fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
     }
-    let lb = runner.target_dir().join("release/lb");
     let packaging = root.join("packaging");
 
     let bin = stage.join("usr/bin/lb");
@@ -167,6 +172,7 @@ pub fn build(runner: &Runner) -> Result<PathBuf> {
         0o644,
     )?;
     write(&debian.join("postinst"), POSTINST, 0o755)?;
+    write(&debian.join("prerm"), PRERM, 0o755)?;
     write(&debian.join("postrm"), POSTRM, 0o755)?;
     runner.run(
         Command::new("dpkg-deb")
@@ -180,7 +186,8 @@ pub fn build(runner: &Runner) -> Result<PathBuf> {
 
 /// Installs `deb`, runs the installed `lb --version` and `lb check` on the installed example,
 /// checks a manual page and a completion are where they belong, and purges the package (also
-/// when a check failed).
+/// when the install or a check failed). Refuses on a host where lb is installed already: the
+/// purge would take its configuration.
 fn check(runner: &Runner, deb: &Path) -> Result<()> {
     if !is_root()? {
         bail!("installing the package needs root: `sudo cargo xtask package --check`");
@@ -189,8 +196,15 @@ fn check(runner: &Runner, deb: &Path) -> Result<()> {
         println!("[dry-run] would install, check and purge {}", deb.display());
         return Ok(());
     }
-    runner.run(Command::new("dpkg").arg("-i").arg(deb))?;
-    let checked = (|| -> Result<()> {
+    if query("dpkg-query", &["-W", "-f=${Status}", "lb"]).is_some_and(|s| s.contains("installed")) {
+        bail!(
+            "the package lb is installed on this host: --check would purge it (and its /etc/lb); \
+             try the package on another host, or remove it first"
+        );
+    }
+    let user_before = query("getent", &["passwd", "lb"]).is_some();
+    let installed = runner.run(Command::new("dpkg").arg("-i").arg(deb));
+    let checked = installed.and_then(|()| -> Result<()> {
         runner.run(Command::new("/usr/bin/lb").arg("--version"))?;
         runner.run(Command::new("/usr/bin/lb").args(["check", "--config", "/etc/lb/lb.toml"]))?;
         for path in [
@@ -203,11 +217,11 @@ fn check(runner: &Runner, deb: &Path) -> Result<()> {
                 bail!("the package did not install {path}");
             }
         }
-        if query("getent", &["passwd", "lb"]).is_none() {
+        if !user_before && query("getent", &["passwd", "lb"]).is_none() {
             bail!("the package did not make the user lb");
         }
         Ok(())
-    })();
+    });
     let purged = runner.run(Command::new("dpkg").args(["--purge", "lb"]));
     checked?;
     purged?;
@@ -256,6 +270,13 @@ if [ \"$1\" = configure ]; then\n\
     if [ -d /run/systemd/system ]; then\n\
         systemctl daemon-reload || true\n\
     fi\n\
+fi\n";
+
+/// Stops the service before the binary goes (a removal; an upgrade restarts it after).
+const PRERM: &str = "#!/bin/sh\n\
+set -e\n\
+if [ -d /run/systemd/system ] && [ \"$1\" = remove ]; then\n\
+    systemctl stop lb.service || true\n\
 fi\n";
 
 const POSTRM: &str = "#!/bin/sh\n\

@@ -47,37 +47,30 @@ pub struct Prefix {
 }
 
 impl Prefix {
-    /// The prefix's first address.
-    pub fn network(&self) -> IpAddr {
-        match self.address {
+    /// `ip` with the bits past the prefix's length cleared (`ip` of the prefix's family).
+    fn masked(&self, ip: IpAddr) -> IpAddr {
+        let keep = |bits: u32| u32::from(self.len).min(bits);
+        match ip {
             IpAddr::V4(v4) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                let mask = u32::MAX.checked_shl(32 - keep(32)).unwrap_or(0);
                 IpAddr::V4(Ipv4Addr::from(u32::from(v4) & mask))
             }
             IpAddr::V6(v6) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
+                let mask = u128::MAX.checked_shl(128 - keep(128)).unwrap_or(0);
                 IpAddr::V6(Ipv6Addr::from(u128::from(v6) & mask))
             }
         }
     }
 
+    /// The prefix's first address.
+    pub fn network(&self) -> IpAddr {
+        self.masked(self.address)
+    }
+
     /// Whether `ip` is in the prefix (an IPv4 address mapped in IPv6 counts as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.address, ip.to_canonical()) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        let ip = ip.to_canonical();
+        ip.is_ipv4() == self.address.is_ipv4() && self.masked(ip) == self.network()
     }
 }
 

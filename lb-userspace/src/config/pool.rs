@@ -346,3 +346,40 @@ pub(super) fn in_range(
     }
     Some(value)
 }
+
+/// An HTTP(S) health check of a pool whose backends an L7 listener sends the PROXY protocol:
+/// refused. The checks carry no PROXY header, and a backend that wants one (HAProxy's
+/// `accept-proxy`, nginx's `proxy_protocol`) refuses them, so every backend would be marked
+/// down. A TCP check only connects, and passes.
+pub(super) fn check_proxy_protocol_checks(
+    c: &mut Checker<'_>,
+    raw: &BTreeMap<Spanned<String>, RawPool>,
+    pools: &BTreeMap<String, Pool>,
+    listeners: &BTreeMap<String, ListenerConfig>,
+) {
+    for (name, pool) in pools {
+        let Some(check) = &pool.health_check else {
+            continue;
+        };
+        if matches!(check.probe, ProbeKind::Tcp) {
+            continue;
+        }
+        let sender = listeners.iter().find(|(_, l)| {
+            &l.pool == name && l.l7.as_ref().is_some_and(|s| s.backend.send_proxy_protocol)
+        });
+        if let Some((listener, _)) = sender
+            && let Some((_, raw)) = raw.iter().find(|(n, _)| n.get_ref() == name)
+            && let Some(hc) = &raw.health_check
+        {
+            c.problem(
+                hc,
+                &format!("pools.{name}.health_check.protocol"),
+                format!(
+                    "listener {listener:?} sends its backends the PROXY protocol, which an HTTP(S) \
+                     check does not: a backend that wants it would refuse every check; use \
+                     protocol = \"tcp\""
+                ),
+            );
+        }
+    }
+}

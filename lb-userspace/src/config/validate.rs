@@ -129,6 +129,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let pools = check_pools(&mut checker, &raw.pools);
     let listeners = check_listeners(&mut checker, &raw.listeners, &pools);
     super::pool::check_health_ports(&mut checker, &raw.pools, &pools, &listeners);
+    super::pool::check_proxy_protocol_checks(&mut checker, &raw.pools, &pools, &listeners);
     let datapath = check_datapath(&mut checker, &raw.datapath, &listeners);
     let metrics = raw.metrics.listen.as_ref().and_then(|listen| {
         let parsed = listen.get_ref().parse::<std::net::SocketAddr>();

@@ -29,7 +29,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc::{self, Receiver, SyncSender, TrySendError},
     },
     thread::JoinHandle,
@@ -180,9 +180,15 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// A request's entry, its head arriving now.
     pub fn new(peer: Arc<Peer>, start: Instant) -> Self {
+        Self::since(peer, start, SystemTime::now())
+    }
+
+    /// An entry of something that began at `start`, at wall-clock `time` (a connection's).
+    pub fn since(peer: Arc<Peer>, start: Instant, time: SystemTime) -> Self {
         Self {
-            time: SystemTime::now(),
+            time,
             start,
             peer,
             request: None,
@@ -268,10 +274,13 @@ impl<'a> Line<'a> {
         fn or_dash<T: std::fmt::Display>(value: Option<T>) -> String {
             value.map_or_else(|| "-".to_owned(), |v| v.to_string())
         }
+        // Each part escaped on its own, spaces too: the quoted request splits into four.
         let request = match (self.method, self.path, self.protocol) {
             (Some(method), Some(path), Some(protocol)) => format!(
-                "{method} {} {path} {protocol}",
-                self.authority.unwrap_or("-")
+                "{} {} {} {protocol}",
+                escape_word(method),
+                escape_word(self.authority.unwrap_or("-")),
+                escape_word(path),
             ),
             _ => "-".to_owned(),
         };
@@ -281,7 +290,7 @@ impl<'a> Line<'a> {
             self.time,
             escape(self.listener),
             SocketAddr::new(self.client, self.client_port),
-            escape(&request),
+            request,
             or_dash(self.status),
             or_dash(self.backend),
             self.bytes_in,
@@ -299,13 +308,19 @@ impl<'a> Line<'a> {
     }
 }
 
-/// `value` with `"` and `\` escaped and control characters (and spaces outside the quoted
-/// fields' own) as `\xNN`.
+/// `value` with `"` and `\` escaped and control characters as `\xNN`.
 fn escape(value: &str) -> Cow<'_, str> {
-    if !value
-        .bytes()
-        .any(|b| b == b'"' || b == b'\\' || b.is_ascii_control())
-    {
+    escape_with(value, false)
+}
+
+/// [`escape`], spaces too (`\x20`): a part of a space-separated field.
+fn escape_word(value: &str) -> Cow<'_, str> {
+    escape_with(value, true)
+}
+
+fn escape_with(value: &str, spaces: bool) -> Cow<'_, str> {
+    let special = |b: u8| b == b'"' || b == b'\\' || b.is_ascii_control() || (spaces && b == b' ');
+    if !value.bytes().any(special) {
         return Cow::Borrowed(value);
     }
     let mut out = String::with_capacity(value.len() + 8);
@@ -313,7 +328,10 @@ fn escape(value: &str) -> Cow<'_, str> {
         match ch {
             '"' => out.push_str("\\\""),
             '\\' => out.push_str("\\\\"),
-            c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            c if c.is_ascii_control() || (spaces && c == ' ') => {
+                let _ =
+                    std::fmt::Write::write_fmt(&mut out, format_args!("\\x{:02x}", u32::from(c)));
+            }
             c => out.push(c),
         }
     }
@@ -328,6 +346,8 @@ pub struct Source {
     pub lines: AtomicU64,
     /// Lines lost: the writer was behind, or writing failed.
     pub dropped: AtomicU64,
+    /// Lines offered so far, for an even sample of this listener's.
+    offered: AtomicU64,
 }
 
 impl Source {
@@ -336,6 +356,7 @@ impl Source {
             listener: listener.into(),
             lines: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            offered: AtomicU64::new(0),
         }
     }
 }
@@ -343,7 +364,8 @@ impl Source {
 /// What the writer thread is sent.
 enum Message {
     Line(Arc<Source>, Box<Entry>),
-    Reopen,
+    /// Look at the reopen request now (it is a flag: a full queue does not lose it).
+    Wake,
     /// Flush, then answer.
     Flush(mpsc::Sender<()>),
 }
@@ -359,13 +381,12 @@ const QUEUE: usize = 16 * 1024;
 pub struct AccessLog {
     settings: AccessLogSettings,
     sender: SyncSender<Message>,
-    /// Lines offered so far, for sampling.
-    offered: AtomicU64,
+    /// Set by SIGUSR1, taken by the writer.
+    reopen: Arc<AtomicBool>,
     /// The sample, in millionths.
     per_million: u64,
-    /// When the last "queue full" warning went out (seconds since the log started).
-    warned_full: AtomicU64,
-    started: Instant,
+    /// "Queue full" warnings, at most one a second.
+    warned_full: super::limit::OncePerSecond,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -374,19 +395,26 @@ impl AccessLog {
     pub fn open(settings: &AccessLogSettings) -> io::Result<Self> {
         let sink = Sink::open(&settings.target)?;
         let (sender, receiver) = mpsc::sync_channel(QUEUE);
-        let format = settings.format;
+        let reopen = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            sink,
+            format: settings.format,
+            reopen: Arc::clone(&reopen),
+            failing: false,
+            unflushed: Vec::new(),
+            line: Vec::new(),
+        };
         let thread = std::thread::Builder::new()
             .name("lb-access-log".to_owned())
-            .spawn(move || write_loop(&receiver, sink, format))?;
+            .spawn(move || writer.run(&receiver))?;
         info!(target = %settings.target, format = ?settings.format, sample = settings.sample(),
             "access log open");
         Ok(Self {
             settings: settings.clone(),
             sender,
-            offered: AtomicU64::new(0),
+            reopen,
             per_million: u64::from(settings.sample_per_million),
-            warned_full: AtomicU64::new(u64::MAX),
-            started: Instant::now(),
+            warned_full: super::limit::OncePerSecond::default(),
             thread: Some(thread),
         })
     }
@@ -398,7 +426,7 @@ impl AccessLog {
     /// Queues `entry`'s line (a sampled-out line without an error is not); a full queue drops
     /// it, counted on `source`.
     pub fn record(&self, source: &Arc<Source>, mut entry: Box<Entry>) {
-        if entry.error.is_none() && !self.sampled() {
+        if entry.error.is_none() && !self.sampled(source) {
             return;
         }
         entry.total = entry.start.elapsed();
@@ -409,8 +437,7 @@ impl AccessLog {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 source.dropped.fetch_add(1, Ordering::Relaxed);
-                let second = self.started.elapsed().as_secs();
-                if self.warned_full.swap(second, Ordering::Relaxed) != second {
+                if self.warned_full.allow() {
                     warn!(listener = %source.listener, queued = QUEUE,
                         "access log: the writer is behind, lines dropped (counted in access_log_dropped)");
                 }
@@ -421,30 +448,41 @@ impl AccessLog {
         }
     }
 
-    /// Whether the next line is kept: `sample` of them, evenly spread.
-    fn sampled(&self) -> bool {
+    /// Whether `source`'s next line is kept: `sample` of them, evenly spread.
+    fn sampled(&self, source: &Source) -> bool {
         if self.per_million >= MILLION {
             return true;
         }
         // Kept each time n × sample passes a whole number (the pattern repeats every million).
-        let n = self.offered.fetch_add(1, Ordering::Relaxed) % MILLION;
+        let n = source.offered.fetch_add(1, Ordering::Relaxed) % MILLION;
         (n + 1) * self.per_million / MILLION != n * self.per_million / MILLION
     }
 
     /// `SIGUSR1`: the file is opened again by name (logrotate moved it).
     pub fn reopen(&self) {
-        if self.sender.try_send(Message::Reopen).is_err() {
-            warn!("access log: the queue is full, the reopen waits for the next SIGUSR1");
-        }
+        self.reopen.store(true, Ordering::SeqCst);
+        // A wake-up only: with the queue full the writer is busy, and sees the flag anyway.
+        let _ = self.sender.try_send(Message::Wake);
     }
 
     /// Waits (up to `timeout`) until every line queued so far is written.
     pub fn flush(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
         let (done, flushed) = mpsc::channel();
-        if self.sender.send(Message::Flush(done)).is_err() {
-            return false;
+        let mut message = Message::Flush(done);
+        loop {
+            match self.sender.try_send(message) {
+                Ok(()) => break,
+                Err(TrySendError::Full(again)) if Instant::now() < deadline => {
+                    message = again;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
         }
-        flushed.recv_timeout(timeout).is_ok()
+        flushed
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
     }
 }
 
@@ -462,9 +500,18 @@ enum Sink {
     Stdout(BufWriter<io::Stdout>),
 }
 
-/// The writer's buffer: whole lines reach the file in one write each time it fills (appends
-/// of whole lines, so a predecessor and its successor can share the file during a take-over).
+/// The writer's buffer. Each line is formatted apart and handed over whole, so the file only
+/// ever gets whole lines, appended: a predecessor and its successor can share the file during
+/// a take-over.
 const BUFFER: usize = 64 * 1024;
+
+/// How long the writer rests after writing what was queued: lines then reach it in batches,
+/// and a busy listener does not wake it (a context switch and a write) for every request.
+const REST: Duration = Duration::from_millis(20);
+
+/// Lines written between two flushes at most: a writer that is behind still flushes, and
+/// counts, as it goes.
+const BATCH: usize = 1024;
 
 impl Sink {
     fn open(target: &AccessLogTarget) -> io::Result<Self> {
@@ -481,17 +528,17 @@ impl Sink {
 
     /// Drops what the buffer holds, unwritten.
     fn discard(&mut self) {
+        fn renew<W: Write>(out: &mut BufWriter<W>, fresh: W) {
+            let old = std::mem::replace(out, BufWriter::with_capacity(BUFFER, fresh));
+            drop(old.into_parts());
+        }
         match self {
             Self::File { out, .. } => {
                 if let Ok(file) = out.get_ref().try_clone() {
-                    let old = std::mem::replace(out, BufWriter::with_capacity(BUFFER, file));
-                    drop(old.into_parts());
+                    renew(out, file);
                 }
             }
-            Self::Stdout(out) => {
-                let old = std::mem::replace(out, BufWriter::with_capacity(BUFFER, io::stdout()));
-                drop(old.into_parts());
-            }
+            Self::Stdout(out) => renew(out, io::stdout()),
         }
     }
 
@@ -503,97 +550,133 @@ impl Sink {
     }
 }
 
+/// Opens `path` for appending; a new file is made 0640 whatever the umask (the unit's is
+/// 0077), as logrotate's `create 0640` makes the next one.
 fn open_file(path: &std::path::Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create(true)
+    use std::os::unix::fs::PermissionsExt as _;
+    let context =
+        |error: io::Error| io::Error::new(error.kind(), format!("{}: {error}", path.display()));
+    match OpenOptions::new()
         .append(true)
+        .create_new(true)
         .mode(0o640)
         .open(path)
-        .map_err(|error| io::Error::new(error.kind(), format!("{}: {error}", path.display())))
+    {
+        Ok(file) => {
+            file.set_permissions(std::fs::Permissions::from_mode(0o640))
+                .map_err(context)?;
+            Ok(file)
+        }
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+            OpenOptions::new().append(true).open(path).map_err(context)
+        }
+        Err(error) => Err(context(error)),
+    }
 }
 
-/// How long the writer rests after writing what was queued: lines then reach it in batches,
-/// and a busy listener does not wake it (a context switch and a write) for every request.
-const REST: Duration = Duration::from_millis(20);
+/// The writer thread's state.
+struct Writer {
+    sink: Sink,
+    format: AccessLogFormat,
+    reopen: Arc<AtomicBool>,
+    /// Writing failed last time (logged once, until it works again).
+    failing: bool,
+    /// The sources of the lines in the buffer, counted once it is flushed.
+    unflushed: Vec<Arc<Source>>,
+    /// One line, formatted before it goes to the buffer whole.
+    line: Vec<u8>,
+}
 
-/// The writer thread: writes what is queued and flushes it, then rests ([`REST`]) before
-/// waiting for more, until every sender is gone.
-fn write_loop(receiver: &Receiver<Message>, mut sink: Sink, format: AccessLogFormat) {
-    let mut failing = false;
-    let mut unflushed: Vec<Arc<Source>> = Vec::new();
-    while let Ok(first) = receiver.recv() {
-        let mut next = Some(first);
-        while let Some(message) = next {
-            match message {
-                Message::Line(source, entry) => {
-                    let line = Line::of(&source.listener, &entry);
-                    let out = sink.out();
-                    let written = match format {
-                        AccessLogFormat::Json => line.write_json(out),
-                        AccessLogFormat::Text => line.write_text(out),
-                    };
-                    match written {
-                        Ok(()) => unflushed.push(source),
-                        Err(error) => failed(&mut failing, &error, &source),
+impl Writer {
+    /// Writes what is queued, [`BATCH`] lines at most between flushes, then rests ([`REST`])
+    /// before waiting for more, until every sender is gone.
+    fn run(mut self, receiver: &Receiver<Message>) {
+        while let Ok(first) = receiver.recv() {
+            let mut next = Some(first);
+            while let Some(message) = next {
+                self.reopen_if_asked();
+                match message {
+                    Message::Line(source, entry) => {
+                        self.write(source, &entry);
+                        if self.unflushed.len() >= BATCH {
+                            self.flush();
+                        }
+                    }
+                    Message::Wake => {}
+                    Message::Flush(done) => {
+                        self.flush();
+                        let _ = done.send(());
                     }
                 }
-                Message::Reopen => reopen(&mut sink),
-                Message::Flush(done) => {
-                    flush(&mut sink, &mut unflushed, &mut failing);
-                    let _ = done.send(());
+                next = receiver.try_recv().ok();
+            }
+            self.reopen_if_asked();
+            self.flush();
+            std::thread::sleep(REST);
+        }
+        self.flush();
+    }
+
+    fn write(&mut self, source: Arc<Source>, entry: &Entry) {
+        self.line.clear();
+        let line = Line::of(&source.listener, entry);
+        let formatted = match self.format {
+            AccessLogFormat::Json => line.write_json(&mut self.line),
+            AccessLogFormat::Text => line.write_text(&mut self.line),
+        };
+        match formatted.and_then(|()| self.sink.out().write_all(&self.line)) {
+            Ok(()) => self.unflushed.push(source),
+            Err(error) => self.failed(&error, &source),
+        }
+    }
+
+    /// Flushes the buffer; the lines in it are counted as written, or as dropped if it fails
+    /// (and the buffer is dropped: a half-written buffer is not retried, it could repeat lines).
+    fn flush(&mut self) {
+        match self.sink.out().flush() {
+            Ok(()) => {
+                if std::mem::take(&mut self.failing) {
+                    info!("access log: writing again");
+                }
+                for source in self.unflushed.drain(..) {
+                    source.lines.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            next = receiver.try_recv().ok();
-        }
-        flush(&mut sink, &mut unflushed, &mut failing);
-        std::thread::sleep(REST);
-    }
-    flush(&mut sink, &mut unflushed, &mut failing);
-}
-
-/// Flushes the buffer; the lines in it are counted as written, or as dropped if it fails.
-fn flush(sink: &mut Sink, unflushed: &mut Vec<Arc<Source>>, failing: &mut bool) {
-    match sink.out().flush() {
-        Ok(()) => {
-            if std::mem::take(failing) {
-                info!("access log: writing again");
-            }
-            for source in unflushed.drain(..) {
-                source.lines.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        Err(error) => {
-            // What the buffer held is lost: a half-written buffer is not retried (it could
-            // repeat lines).
-            sink.discard();
-            for source in unflushed.drain(..) {
-                failed(failing, &error, &source);
+            Err(error) => {
+                self.sink.discard();
+                for source in std::mem::take(&mut self.unflushed) {
+                    self.failed(&error, &source);
+                }
             }
         }
     }
-}
 
-fn failed(failing: &mut bool, error: &io::Error, source: &Source) {
-    source.dropped.fetch_add(1, Ordering::Relaxed);
-    if !std::mem::replace(failing, true) {
-        warn!(%error, "access log: writing failed, lines dropped (counted in access_log_dropped) until it works again");
-    }
-}
-
-/// Opens the file again by its name; if that fails, keeps writing to the one open.
-fn reopen(sink: &mut Sink) {
-    let Sink::File { path, out } = sink else {
-        return;
-    };
-    match open_file(path) {
-        Ok(file) => {
-            if let Err(error) = out.flush() {
-                warn!(%error, "access log: the last lines of the old file were lost");
-            }
-            *out = BufWriter::with_capacity(BUFFER, file);
-            info!(path = %path.display(), "access log reopened");
+    fn failed(&mut self, error: &io::Error, source: &Source) {
+        source.dropped.fetch_add(1, Ordering::Relaxed);
+        if !std::mem::replace(&mut self.failing, true) {
+            warn!(%error, "access log: writing failed, lines dropped (counted in access_log_dropped) until it works again");
         }
-        Err(error) => warn!(%error, "access log: cannot reopen; writing on to the file open"),
+    }
+
+    /// SIGUSR1: opens the file again by its name, the lines written so far flushed to the old
+    /// one (or counted as lost); if it cannot be opened, writes on to the one open.
+    fn reopen_if_asked(&mut self) {
+        if !self.reopen.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        let Sink::File { path, .. } = &self.sink else {
+            return;
+        };
+        match open_file(path) {
+            Ok(file) => {
+                self.flush();
+                if let Sink::File { path, out } = &mut self.sink {
+                    *out = BufWriter::with_capacity(BUFFER, file);
+                    info!(path = %path.display(), "access log reopened");
+                }
+            }
+            Err(error) => warn!(%error, "access log: cannot reopen; writing on to the file open"),
+        }
     }
 }
 
@@ -637,6 +720,15 @@ mod tests {
         entry.backend_time = Some(Duration::from_micros(1_250));
         entry.total = Duration::from_micros(1_500);
         entry.sticky = Sticky::Pinned;
+        let mut spaced = entry.request.clone().unwrap();
+        spaced.authority = Some("a b".into());
+        let mut other = Entry::new(Arc::clone(&entry.peer), Instant::now());
+        other.request = Some(spaced);
+        assert!(
+            text(&Line::of("web", &other)).contains("\"GET a\\x20b /a?b=\\\"c\\\" HTTP/2\""),
+            "{}",
+            text(&Line::of("web", &other))
+        );
         assert_eq!(
             text(&Line::of("web", &entry)),
             "2026-11-30T00:53:20.123Z web 198.18.0.1:40000 \"GET vip.lb.test /a?b=\\\"c\\\" \
@@ -679,7 +771,8 @@ mod tests {
                 sample_per_million: per_million,
             })
             .unwrap();
-            let kept: Vec<bool> = (0..1000).map(|_| log.sampled()).collect();
+            let source = Source::new("web");
+            let kept: Vec<bool> = (0..1000).map(|_| log.sampled(&source)).collect();
             assert_eq!(kept.iter().filter(|k| **k).count(), kept_of_1000);
             // Evenly: no run of dropped lines longer than the sample's period.
             let longest = kept.split(|k| *k).map(<[bool]>::len).max().unwrap();

@@ -130,6 +130,9 @@ pub struct LogAtEnd {
     pub source: Arc<Source>,
     pub upload: Option<Arc<UploadOutcome>>,
     pub entry: Box<Entry>,
+    /// A response that has no body on the wire (to HEAD; 1xx, 204, 304): hyper drops it
+    /// unread, which is its end, not the client's leaving.
+    pub bodyless: bool,
 }
 
 /// How a response body ended, for its line.
@@ -163,14 +166,18 @@ impl Drop for ProxyBody {
             source,
             upload,
             mut entry,
+            bodyless,
         } = *log;
         entry.bytes_out = self.sent;
         entry.bytes_in = upload.map_or(0, |u| u.received.load(Ordering::Relaxed));
         match self.end {
             BodyEnd::Ended => {}
             BodyEnd::Failed(why) => entry.error = Some(why.into()),
-            // Dropped before its end: the client went away (or hyper gave up on it).
-            BodyEnd::Streaming if !self.inner.is_end_stream() => {
+            // Dropped before its end: the client went away (or hyper gave up on it). The
+            // balancer's own failure, if the answer was one, stays the reason.
+            BodyEnd::Streaming
+                if !bodyless && !self.inner.is_end_stream() && entry.error.is_none() =>
+            {
                 entry.error = Some("client_closed".into());
             }
             BodyEnd::Streaming => {}

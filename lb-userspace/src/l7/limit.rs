@@ -139,3 +139,22 @@ mod tests {
             .unwrap();
     }
 }
+
+/// At most one event a second: a warning that a flood must not turn into a flood of log lines
+/// (what it warns of is counted besides).
+#[derive(Debug, Default)]
+pub struct OncePerSecond {
+    /// The second (since the Unix epoch, plus one: 0 is "never") of the last event allowed.
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl OncePerSecond {
+    /// Whether an event may happen now (the first of this second).
+    pub fn allow(&self) -> bool {
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs())
+            + 1;
+        self.last.swap(second, Ordering::Relaxed) != second
+    }
+}

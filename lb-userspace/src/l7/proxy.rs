@@ -194,6 +194,8 @@ pub struct Proxy {
     /// its lines.
     pub access_log: ArcSwapOption<AccessLog>,
     pub log_source: Arc<Source>,
+    /// Refused PROXY headers' warnings, at most one a second.
+    pub proxy_warnings: super::limit::OncePerSecond,
 }
 
 /// A client connection, as its requests see it.
@@ -237,7 +239,9 @@ impl Client {
 struct Trace {
     timed: bool,
     backend: Option<std::net::SocketAddr>,
-    tries: u32,
+    /// Tries on another backend, or replays (not a request sent again on a fresh connection
+    /// after a pooled one was found closed).
+    retries: u32,
     /// When the last try's request went to its backend, and when its response head came.
     sent: Option<std::time::Instant>,
     head: Option<std::time::Instant>,
@@ -402,6 +406,7 @@ impl Proxy {
             counters: Counters::default(),
             drain: tokio::sync::watch::Sender::new(false),
             access_log: ArcSwapOption::empty(),
+            proxy_warnings: super::limit::OncePerSecond::default(),
         }
     }
 
@@ -460,6 +465,7 @@ impl Proxy {
         let in_flight = conn.begin();
         count(&self.counters.requests);
         client.served.store(true, Ordering::Relaxed);
+        let head = request.method() == hyper::Method::HEAD;
         let log = self.access_log.load_full();
         let entry = log.as_ref().map(|_| {
             let mut entry = Entry::new(Arc::clone(&client.peer), std::time::Instant::now());
@@ -487,18 +493,24 @@ impl Proxy {
         if let (Some(log), Some(mut entry)) = (log, entry) {
             entry.status = Some(response.status().as_u16());
             entry.backend = trace.backend;
-            entry.retries = trace.tries.saturating_sub(1);
+            entry.retries = trace.retries;
             entry.sticky = trace.sticky;
             entry.error = trace.error.map(std::borrow::Cow::Borrowed);
             if let Some(sent) = trace.sent {
                 entry.request_time = Some(sent.saturating_duration_since(entry.start));
                 entry.backend_time = trace.head.map(|head| head.saturating_duration_since(sent));
             }
+            let status = response.status();
+            let bodyless = head
+                || status.is_informational()
+                || status == StatusCode::NO_CONTENT
+                || status == StatusCode::NOT_MODIFIED;
             let body = response.body_mut();
             body.log_at_end(super::body::LogAtEnd {
                 log,
                 source: Arc::clone(&self.log_source),
                 upload: trace.upload.take(),
+                bodyless,
                 entry,
             });
         }
@@ -697,7 +709,6 @@ impl Proxy {
             let outstanding = upstream.begin();
             let fresh = attempts.is_fresh();
             trace.backend = Some(upstream.address);
-            trace.tries += 1;
             let tried = self
                 .try_once(tries, &upstream, &mut request, fresh, trace)
                 .await;
@@ -725,6 +736,7 @@ impl Proxy {
                         return Err(Refusal::Answer(StatusCode::BAD_GATEWAY));
                     };
                     upstream = next;
+                    trace.retries += 1;
                     if verdict.next == Next::Replay {
                         request = tries.replay.map(ReplayHead::request);
                     }

@@ -34,6 +34,9 @@ pub struct Header {
 /// Why a header was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HeaderError {
+    /// Not a header: the front balancer's TCP health check (connect, close) looks like this.
+    #[error("the connection closed before its first byte")]
+    Closed,
     #[error("no PROXY header (the connection starts with {0:02x?})")]
     Missing(Vec<u8>),
     #[error("a version 1 header without its CRLF within 107 bytes")]
@@ -52,18 +55,18 @@ pub enum HeaderError {
     Truncated,
 }
 
-/// Whether `start` (a connection's first bytes) is, or may be, a PROXY header of either version.
+/// Whether `start` (a connection's first bytes, all of them if fewer than 12 came) begins
+/// with a PROXY header's signature: `PROXY ` (version 1) or the 12 bytes of version 2.
 pub fn looks_like_header(start: &[u8]) -> bool {
-    let begins = |whole: &[u8]| {
-        !start.is_empty() && whole.starts_with(&start[..start.len().min(whole.len())])
-    };
-    begins(&V2_SIGNATURE) || begins(b"PROXY ")
+    start.starts_with(b"PROXY ") || start.starts_with(&V2_SIGNATURE)
 }
 
 /// Reads a header of either version from `io`, exactly its bytes.
 pub async fn read<R: AsyncRead + Unpin>(io: &mut R) -> Result<Header, HeaderError> {
     let mut first = [0_u8; 1];
-    read_exact(io, &mut first).await?;
+    if read_exact(io, &mut first).await.is_err() {
+        return Err(HeaderError::Closed);
+    }
     match first[0] {
         b'P' => read_v1(io).await,
         b'\r' => read_v2(io).await,
@@ -130,8 +133,11 @@ pub fn parse_v1(line: &[u8]) -> Result<Header, HeaderError> {
     };
     let port = |field: Option<&str>| -> Result<u16, HeaderError> {
         let field = field.ok_or(HeaderError::V1Malformed("too few fields"))?;
-        // Decimal, no sign, no leading zero (the spec's form).
-        if field.is_empty() || (field.len() > 1 && field.starts_with('0')) {
+        // Decimal digits only, no sign, no leading zero (the spec's form).
+        if field.is_empty()
+            || !field.bytes().all(|b| b.is_ascii_digit())
+            || (field.len() > 1 && field.starts_with('0'))
+        {
             return Err(HeaderError::V1Malformed("a port not in decimal"));
         }
         field
@@ -308,6 +314,11 @@ mod tests {
                 HeaderError::V1Malformed("a port not in 0-65535"),
             ),
             (
+                b"PROXY TCP4 192.168.0.1 192.168.0.11 +1 443\r\n",
+                HeaderError::V1Malformed("a port not in decimal"),
+            ),
+            (b"", HeaderError::Closed),
+            (
                 b"PROXY TCP4 192.168.0.1 192.168.0.11 1 2 3\r\n",
                 HeaderError::V1Malformed("too many fields"),
             ),
@@ -414,9 +425,12 @@ mod tests {
     #[test]
     fn a_connection_start_is_recognised_as_a_header_or_not() {
         assert!(looks_like_header(b"PROXY TCP4 "));
-        assert!(looks_like_header(b"PROX"));
+        assert!(
+            !looks_like_header(b"PROX"),
+            "a signature cut short is not one"
+        );
         assert!(looks_like_header(&V2_SIGNATURE));
-        assert!(looks_like_header(&V2_SIGNATURE[..5]));
+        assert!(!looks_like_header(&V2_SIGNATURE[..5]));
         assert!(!looks_like_header(b"\x16\x03\x01\x00"));
         assert!(!looks_like_header(b"GET / HTTP/1.1"));
         assert!(!looks_like_header(b""));

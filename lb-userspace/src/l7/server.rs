@@ -116,6 +116,7 @@ async fn serve_connection(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAdd
     let site = proxy.site();
     let limits = site.settings.http.clone();
     let start = std::time::Instant::now();
+    let arrived = std::time::SystemTime::now();
     let deadline = Instant::now() + limits.header_read_timeout;
     let local = tcp.local_addr().unwrap_or(peer);
     let (client, destination) = match client_of(
@@ -127,16 +128,31 @@ async fn serve_connection(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAdd
     .await
     {
         Ok(addresses) => addresses,
-        Err(refused) => {
+        Err(None) => {
+            // The front balancer's TCP health check: connected, closed, sent nothing.
+            debug!(listener = %proxy.name, client = %peer, "a trusted source closed before a PROXY header");
+            return;
+        }
+        Err(Some(refused)) => {
             let counter = if refused.untrusted {
                 &proxy.counters.proxy_header_untrusted
             } else {
                 &proxy.counters.proxy_header_errors
             };
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            warn!(listener = %proxy.name, client = %peer, reason = %refused.why,
-                    "a connection's PROXY header was refused: closed");
-            log_refused(&proxy, Peer::tcp(peer, local), start, refused.why);
+            // Per connection at debug; at most one warning a second (a flood is not a log flood).
+            debug!(listener = %proxy.name, client = %peer, reason = %refused.why,
+                "a connection's PROXY header was refused: closed");
+            if proxy.proxy_warnings.allow() {
+                warn!(listener = %proxy.name, client = %peer, reason = %refused.why,
+                    "a connection's PROXY header was refused: closed (counted in proxy_header_errors and proxy_header_untrusted; one warning a second)");
+            }
+            log_refused(
+                &proxy,
+                Peer::tcp(peer, local),
+                (start, arrived),
+                refused.why,
+            );
             return;
         }
     };
@@ -159,7 +175,12 @@ async fn serve_connection(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAdd
                     "tls_handshake_timeout".into()
                 }
             };
-            log_refused(&proxy, Peer::tcp(client, destination), start, why);
+            log_refused(
+                &proxy,
+                Peer::tcp(client, destination),
+                (start, arrived),
+                why,
+            );
             return;
         }
     };
@@ -196,19 +217,32 @@ async fn serve_connection(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAdd
             .with_upgrades();
         drive(conn, &state, &limits, &proxy).await
     };
+    // The line first: a stopping daemon waits for the permits, then flushes the log.
+    log_connection_end(&proxy, &client, ended, (start, arrived));
     drop(state.take_permit());
-    log_connection_end(&proxy, &client, ended, start);
 }
 
 /// The access log line of a connection refused before its TLS session.
 fn log_refused(
     proxy: &Arc<Proxy>,
     peer: Peer,
-    start: std::time::Instant,
+    since: (std::time::Instant, std::time::SystemTime),
+    why: std::borrow::Cow<'static, str>,
+) {
+    log_connection(proxy, Arc::new(peer), since, None, why);
+}
+
+/// A connection's line: `since` is when it arrived (monotonic, wall clock).
+fn log_connection(
+    proxy: &Arc<Proxy>,
+    peer: Arc<Peer>,
+    (start, arrived): (std::time::Instant, std::time::SystemTime),
+    status: Option<u16>,
     why: std::borrow::Cow<'static, str>,
 ) {
     if let Some(log) = proxy.access_log.load_full() {
-        let mut entry = Entry::new(Arc::new(peer), start);
+        let mut entry = Entry::since(peer, start, arrived);
+        entry.status = status;
         entry.error = Some(why);
         log.record(&proxy.log_source, Box::new(entry));
     }
@@ -225,19 +259,21 @@ struct Refused {
 /// source must send one, as HAProxy's `accept-proxy` wants), else the connection's own. A
 /// connection from any other source that starts with a PROXY header is refused: its header
 /// would otherwise be taken for a TLS record, and it says someone tried to pass for another.
+/// `Err(None)`: a trusted source closed without a byte (a TCP health check), not an error.
 async fn client_of(
     trusted: &[crate::config::l7::Prefix],
     tcp: &mut TcpStream,
     (peer, local): (SocketAddr, SocketAddr),
     deadline: Instant,
-) -> Result<(SocketAddr, SocketAddr), Refused> {
+) -> Result<(SocketAddr, SocketAddr), Option<Refused>> {
     if trusted.is_empty() {
         return Ok((peer, local));
     }
-    let refused = |untrusted, why: std::borrow::Cow<'static, str>| Refused { untrusted, why };
+    let refused = |untrusted, why: std::borrow::Cow<'static, str>| Some(Refused { untrusted, why });
     if trusted.iter().any(|prefix| prefix.contains(peer.ip())) {
         return match tokio::time::timeout_at(deadline, proxy_protocol::read(tcp)).await {
             Ok(Ok(header)) => Ok(header.addresses.unwrap_or((peer, local))),
+            Ok(Err(proxy_protocol::HeaderError::Closed)) => Err(None),
             Ok(Err(error)) => Err(refused(
                 false,
                 format!("proxy_header_invalid: {error}").into(),
@@ -265,20 +301,27 @@ fn log_connection_end(
     proxy: &Arc<Proxy>,
     client: &Client,
     ended: Ended,
-    start: std::time::Instant,
+    (start, arrived): (std::time::Instant, std::time::SystemTime),
 ) {
     let served = client.served.load(std::sync::atomic::Ordering::Relaxed);
-    let (status, why) = match ended {
-        Some((Some(status), why)) => (Some(status), why),
-        Some((None, why)) if !served => (None, why),
-        None if !served => (None, "closed_before_request"),
-        _ => return,
-    };
-    if let Some(log) = proxy.access_log.load_full() {
-        let mut entry = Entry::new(Arc::clone(&client.peer), start);
-        entry.status = status;
-        entry.error = Some(why.into());
-        log.record(&proxy.log_source, Box::new(entry));
+    let peer = Arc::clone(&client.peer);
+    match ended {
+        // A request hyper refused: its line is of now, the time of that request.
+        Some((Some(status), why)) => {
+            let now = (std::time::Instant::now(), std::time::SystemTime::now());
+            log_connection(proxy, peer, now, Some(status), why.into());
+        }
+        Some((None, why)) if !served => {
+            log_connection(proxy, peer, (start, arrived), None, why.into())
+        }
+        None if !served => log_connection(
+            proxy,
+            peer,
+            (start, arrived),
+            None,
+            "closed_before_request".into(),
+        ),
+        _ => {}
     }
 }
 

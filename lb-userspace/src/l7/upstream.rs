@@ -62,12 +62,15 @@ impl ConnPool {
         let mut idle = self.idle.lock().ok()?;
         let now = Instant::now();
         if tag.is_none() {
-            while let Some((send, since, _)) = idle.pop() {
-                if send.is_ready() && now.saturating_duration_since(since) < IDLE_REUSE {
+            // The untagged are the newest unless a reload turned the header off: then the
+            // tagged ones (another client's header) are skipped, never reused.
+            while let Some((send, since, None)) = idle.last() {
+                let fresh = send.is_ready() && now.saturating_duration_since(*since) < IDLE_REUSE;
+                let (send, _, _) = idle.pop()?;
+                if fresh {
                     return Some(send);
                 }
             }
-            return None;
         }
         let at = idle.iter().rposition(|(send, since, of)| {
             of == tag && send.is_ready() && now.saturating_duration_since(*since) < IDLE_REUSE
