@@ -344,6 +344,90 @@ pub const CONFIG_F_ICMP_TO_BACKENDS: u16 = 2;
 /// forwarded frame. Off: frames leave with the tags they arrived with.
 pub const CONFIG_F_EGRESS_VLAN: u16 = 4;
 
+/// A packet capture (`lb capture`) is running: every packet's outcome goes through the
+/// capture filter ([`CaptureFilter`]) and, if it matches, into the capture ring. Off, the
+/// capture costs the test of this bit.
+pub const CONFIG_F_CAPTURE: u16 = 8;
+
+/// What a running capture records (the capture filter map's one entry), written by userspace
+/// before it sets [`CONFIG_F_CAPTURE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureFilter {
+    /// The client's address, already masked by `client_mask`, and the mask (both network byte
+    /// order, IPv4 in the first word). The client is the flow's source, or for packets that
+    /// reached no VIP the frame's IP source.
+    pub client_be: AddrBe,
+    pub client_mask_be: AddrBe,
+    /// [`FAMILY_V4`], [`FAMILY_V6`], or 0 for any (and for a frame that is not IP).
+    pub client_family: u8,
+    /// 1: only packets of the VIP id `vip_id` (a passthrough listener).
+    pub match_vip: u8,
+    /// Bit `1 << action` for each XDP action recorded.
+    pub action_mask: u8,
+    pub _pad: u8,
+    pub vip_id: u32,
+    /// One more than the counter index of the only reason recorded; 0 for any.
+    pub counter: u32,
+    /// Bytes of each frame recorded, at most [`CAPTURE_SNAPLEN_MAX`].
+    pub snaplen: u32,
+    /// Packets recorded per second on each CPU, at most (0: no limit).
+    pub per_cpu_rate: u32,
+    pub _pad2: u32,
+}
+
+/// The most bytes of a frame one capture record holds.
+pub const CAPTURE_SNAPLEN_MAX: u32 = 2048;
+
+/// The head of a capture record in the capture ring; `cap_len` bytes of the frame follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureMeta {
+    /// `bpf_ktime_get_ns()` when the outcome was known.
+    pub time_ns: u64,
+    /// The frame's whole length (every buffer of a multi-buffer frame) and the bytes recorded.
+    pub len: u32,
+    pub cap_len: u32,
+    pub ifindex: u32,
+    pub rx_queue: u32,
+    /// The XDP action and the verdict's counter index ([`crate::counters::Counter`]).
+    pub action: u32,
+    pub counter: u32,
+    /// The VIP id and backend id, valid with [`CAPTURE_F_VIP`] and [`CAPTURE_F_BACKEND`].
+    pub vip_id: u32,
+    pub backend_id: u32,
+    /// `CAPTURE_F_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// The packet reached a VIP: [`CaptureMeta::vip_id`] is its listener's.
+pub const CAPTURE_F_VIP: u32 = 1;
+/// A backend was chosen: [`CaptureMeta::backend_id`].
+pub const CAPTURE_F_BACKEND: u32 = 2;
+
+/// Per CPU: what the balancer learnt about the packet under way (read when its outcome is
+/// recorded), and this CPU's capture accounting. Userspace zeroes it before a capture starts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaptureState {
+    pub vip_id: u32,
+    pub backend_id: u32,
+    /// `CAPTURE_F_*` bits of the packet under way.
+    pub flags: u32,
+    /// The client of the packet under way (with [`CAPTURE_F_VIP`]) and its family.
+    pub family: u32,
+    pub client_be: AddrBe,
+    /// The current one-second window of [`CaptureFilter::per_cpu_rate`].
+    pub window_start_ns: u64,
+    pub window_events: u64,
+    /// Packets that matched, and of them those recorded, over the rate, or lost (ring full).
+    pub matched: u64,
+    pub recorded: u64,
+    pub over_rate: u64,
+    pub ring_full: u64,
+}
+
 /// Value of the egress VLAN map (keyed by ifindex): frames forwarded out of that interface
 /// leave with exactly this 802.1Q tag, or untagged.
 #[repr(C)]
@@ -403,14 +487,19 @@ const _: () = {
     assert!(size_of::<RateWindow>() == 16);
     assert!(size_of::<EgressVlan>() == 4);
     assert!(size_of::<DecapVipKey>() == 20);
+    assert!(size_of::<CaptureFilter>() == 56);
+    assert!(CAPTURE_SNAPLEN_MAX.is_power_of_two());
+    assert!(size_of::<CaptureMeta>() == 48);
+    assert!(size_of::<CaptureState>() == 80);
 };
 
 #[cfg(feature = "user")]
 mod pod {
     //! Userspace only: lets aya copy these types in and out of maps.
     use super::{
-        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, DecapVipKey, EgressVlan, FlowKey,
-        TrafficCounters, VipCacheEntry, VipKey, VipKeyV4, VipKeyV6, VipValue,
+        Backend, CaptureFilter, CaptureState, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig,
+        DecapVipKey, EgressVlan, FlowKey, TrafficCounters, VipCacheEntry, VipKey, VipKeyV4,
+        VipKeyV6, VipValue,
     };
 
     // SAFETY: each type is `#[repr(C)]`, `Copy`, made only of integers and integer arrays, and
@@ -443,4 +532,8 @@ mod pod {
     unsafe impl aya::Pod for DecapVipKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for VipCacheEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CaptureFilter {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CaptureState {}
 }

@@ -41,6 +41,17 @@ pub const EGRESS_VLANS: &str = "lb_egr_vlan_v1";
 pub const DECAP_COUNTERS: &str = "lb_decap_cnt_v2";
 /// The VIPs a backend's decapsulation program accepts: [`crate::abi::DecapVipKey`] -> `u32`.
 pub const DECAP_VIPS: &str = "lb_decap_vip_v1";
+/// The capture filter: one [`crate::abi::CaptureFilter`]. Not pinned: a capture belongs to
+/// the daemon that runs it.
+pub const CAPTURE_FILTER: &str = "lb_cap_filt_v1";
+/// Per-CPU [`crate::abi::CaptureState`].
+pub const CAPTURE_STATE: &str = "lb_cap_state_v1";
+/// Per-CPU room to assemble one capture record ([`crate::abi::CaptureMeta`] and the frame).
+pub const CAPTURE_SCRATCH: &str = "lb_cap_buf_v1";
+/// The ring of capture records the daemon reads.
+pub const CAPTURE_RING: &str = "lb_cap_ring_v1";
+/// Bytes of the capture ring (a power of two of pages): about 500 full-size records.
+pub const CAPTURE_RING_BYTES: u32 = 1 << 20;
 
 /// Most VIP ids (listeners) one balancer serves.
 pub const MAX_VIPS: u32 = 512;
@@ -77,4 +88,8 @@ const _: () = {
     assert!(BACKEND_STATS.len() <= 15);
     assert!(TX_PORTS.len() <= 15);
     assert!(DECAP_COUNTERS.len() <= 15);
+    assert!(CAPTURE_FILTER.len() <= 15);
+    assert!(CAPTURE_STATE.len() <= 15);
+    assert!(CAPTURE_SCRATCH.len() <= 15);
+    assert!(CAPTURE_RING.len() <= 15);
 };

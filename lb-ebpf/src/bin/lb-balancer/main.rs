@@ -14,6 +14,9 @@
 //! copy of that code in the program (a second copy would share the registers of every packet's
 //! path and slow it down).
 //!
+//! While a capture runs (`lb capture`), [`capture`] records outcomes; otherwise it costs the
+//! test of one configuration bit.
+//!
 //! Steps return `Result<_, Exit>`; [`lb_balancer`] alone turns the outcome into an XDP action
 //! and counts its reason ([`stats`]): every packet counts exactly one verdict (a packet sent
 //! to a backend counts through its backend's traffic, see [`stats`]).
@@ -21,6 +24,7 @@
 #![no_std]
 #![no_main]
 
+mod capture;
 mod deliver;
 mod encap;
 mod forward;
@@ -36,7 +40,7 @@ mod too_big;
 use core::hint::cold_path;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use lb_common::counters::Counter;
+use lb_common::{abi::DatapathConfig, counters::Counter};
 use lb_ebpf::{
     Exit,
     parse::{L4, parse_packet},
@@ -54,7 +58,13 @@ type Result<T> = core::result::Result<T, Exit<Counter>>;
 /// interfaces with a jumbo MTU; it only ever reads the headers in the first buffer.
 #[xdp(frags)]
 pub fn lb_balancer(ctx: XdpContext) -> u32 {
-    let (action, counter) = match balance(&ctx) {
+    // Before the parse: nothing the parse found has to outlive the lookup.
+    let Ok(config) = maps::config() else {
+        cold_path();
+        stats::count(Counter::DropMapMiss);
+        return xdp_action::XDP_DROP;
+    };
+    let (action, counter) = match balance(&ctx, config) {
         Ok(Forwarded { action, counter }) => (action, counter),
         // Laid out after the forwarding path, which then runs without a taken branch.
         Err(Exit::Pass(counter)) => {
@@ -69,13 +79,12 @@ pub fn lb_balancer(ctx: XdpContext) -> u32 {
     if counter != Counter::TxLocal {
         stats::count(counter);
     }
+    capture::record(&ctx, config, action, counter);
     action
 }
 
 #[inline(always)]
-fn balance(ctx: &XdpContext) -> Result<Forwarded> {
-    // Before the parse: nothing the parse found has to outlive the lookup.
-    let config = maps::config()?;
+fn balance(ctx: &XdpContext, config: &DatapathConfig) -> Result<Forwarded> {
     let packet = parse_packet(ctx).map_err(|stop| policy::stopped(ctx, stop))?;
     // The flow whose backend gets the packet: its own, or the one an ICMP error is about.
     let (flow, intent) = match packet.l4 {
@@ -99,11 +108,13 @@ fn balance(ctx: &XdpContext) -> Result<Forwarded> {
     let is_icmp = intent == Intent::Icmp;
     let vip = select::lookup_vip(&flow, config)
         .map_err(|exit| if is_icmp { icmp::NOT_FORWARDED } else { exit })?;
+    capture::note_vip(config, &flow, vip.vip_id);
     // The first fragment of a passthrough flow (an ICMP error is only parsed when whole).
     if packet.is_fragment() {
         return Err(Exit::Drop(Counter::DropFragment));
     }
     let selected = select::select_backend(&flow, &vip, config, intent)?;
+    capture::note_backend(config, selected.backend_id);
     let on_too_big = if is_icmp {
         OnTooBig::Drop
     } else {

@@ -7,18 +7,23 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
     abi::{
-        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, EgressVlan, NextHop,
-        RATE_WINDOWS, RateWindow, TrafficCounters, VIP_CACHE_SIZE, VipCacheEntry, VipKeyV4,
-        VipKeyV6, VipValue,
+        Backend, CaptureFilter, CaptureState, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig,
+        EgressVlan, NextHop, RATE_WINDOWS, RateWindow, TrafficCounters, VIP_CACHE_SIZE,
+        VipCacheEntry, VipKeyV4, VipKeyV6, VipValue,
     },
     counters::Counter,
-    maps::{DEFAULT_CONNS, DEFAULT_RING_SIZE, DEFAULT_RINGS, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS},
+    maps::{
+        CAPTURE_RING_BYTES, DEFAULT_CONNS, DEFAULT_RING_SIZE, DEFAULT_RINGS, MAX_BACKENDS,
+        MAX_TX_PORTS, MAX_VIPS,
+    },
 };
 use lb_ebpf::Exit;
+
+use crate::capture::Record;
 
 /// IPv4 listeners (and address markers).
 #[map(name = "lb_vips4_v1")]
@@ -88,6 +93,22 @@ pub static TX_PORTS: DevMapHash = DevMapHash::with_max_entries(MAX_TX_PORTS, 0);
 /// Interfaces whose forwarded frames leave with a configured VLAN tag (or none), by ifindex.
 #[map(name = "lb_egr_vlan_v1")]
 pub static EGRESS_VLANS: HashMap<u32, EgressVlan> = HashMap::with_max_entries(MAX_TX_PORTS, 0);
+
+/// What a running capture records (one entry; see `capture`).
+#[map(name = "lb_cap_filt_v1")]
+pub static CAPTURE_FILTER: Array<CaptureFilter> = Array::with_max_entries(1, 0);
+
+/// Per CPU: what the capture noted about the packet under way, and the capture's accounting.
+#[map(name = "lb_cap_state_v1")]
+pub static CAPTURE_STATE: PerCpuArray<CaptureState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per CPU: where a capture record is put together before it goes to the ring.
+#[map(name = "lb_cap_buf_v1")]
+pub static CAPTURE_SCRATCH: PerCpuArray<Record> = PerCpuArray::with_max_entries(1, 0);
+
+/// Capture records, read by the daemon.
+#[map(name = "lb_cap_ring_v1")]
+pub static CAPTURE_RING: RingBuf = RingBuf::with_byte_size(CAPTURE_RING_BYTES, 0);
 
 /// The datapath configuration.
 #[inline(always)]
