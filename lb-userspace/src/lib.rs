@@ -17,12 +17,14 @@
 //! - [`cli`]: the command line and its output;
 //! - [`health`]: backend health probes and the health state machine;
 //! - [`metrics`]: the Prometheus endpoint;
+//! - [`capture`]: `lb capture`, packets as the balancer handles them, to a pcapng file;
 //! - [`bench`]: `lb bench xdp`;
 //! - [`lab`]: network namespaces, veths and real TLS servers and clients for tests, demo and
 //!   benchmarks;
 //! - [`demo`]: `lb demo`, the balancer at work in a lab, for a newcomer.
 
 pub mod bench;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod control;

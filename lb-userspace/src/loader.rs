@@ -32,6 +32,7 @@ use lb_common::{
 use tracing::warn;
 
 use crate::{
+    capture::control::CaptureMaps,
     datapath::{DatapathError, RingGeometry, maps::AyaDatapath},
     objects,
 };
@@ -188,6 +189,24 @@ impl Balancer {
         load_xdp(&mut ebpf, BALANCER_PROGRAM)?;
         let datapath = AyaDatapath::from_ebpf(&mut ebpf, spec.geometry)?;
         Ok((Self { ebpf, lock }, datapath))
+    }
+
+    /// Takes the packet capture's maps out of the object: the filter and state (the
+    /// controller's) and the ring (the capture session's).
+    pub fn take_capture(
+        &mut self,
+    ) -> Result<(CaptureMaps, aya::maps::RingBuf<aya::maps::MapData>), LoadError> {
+        let maps = CaptureMaps::take(&mut self.ebpf)?;
+        let ring = self
+            .ebpf
+            .take_map(names::CAPTURE_RING)
+            .ok_or(DatapathError::MissingMap(names::CAPTURE_RING))?
+            .try_into()
+            .map_err(|source| DatapathError::Map {
+                map: names::CAPTURE_RING,
+                source,
+            })?;
+        Ok((maps, ring))
     }
 
     /// The balancer program (to attach it, or to run it with `BPF_PROG_TEST_RUN`).

@@ -208,6 +208,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             lb::l7::key_file::generate_line()
                 .context("the system's random number generator failed")?
         ),
+        Command::Capture(ref args) => {
+            let socket = daemon_socket(&cli)?;
+            let summary = lb::cli::capture::run(&socket, args.spec(), &args.file)?;
+            eprintln!(
+                "lb capture: {}",
+                lb::cli::capture::describe(&summary, &args.file)
+            );
+        }
         Command::Node(NodeCommand::Drain { .. }) => {
             let request = cli.command.request()?.context("a daemon command")?;
             let socket = daemon_socket(&cli)?;

@@ -343,6 +343,27 @@ fn run_as_the_unit_runs_it_every_operation_works_with_only_the_kept_capabilities
     l7.env.cli_ok(&["node", "undrain"]);
     assert!(announced().contains(&vip4), "undrained: {}", announced());
 
+    // A packet capture: its maps written and its ring read with the kept capabilities.
+    let file = std::env::temp_dir().join(format!("lb-priv-{}.pcapng", std::process::id()));
+    let path = file.to_str().expect("a UTF-8 path");
+    let args = ["capture", "--listener", "tls4", "--count", "5", "-w", path];
+    let capture = std::thread::scope(|scope| {
+        let capture = scope.spawn(|| l7.env.cli(&args));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !capture.is_finished() && Instant::now() < deadline {
+            assert_passthrough_serves(&l7);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        capture.join().expect("the capture's thread")
+    });
+    drop(std::fs::remove_file(&file));
+    assert!(
+        capture.success && capture.stderr.contains("5 packets written"),
+        "{}\n{}",
+        capture.stderr,
+        l7.env.daemon.log()
+    );
+
     // Backend changes: map updates, and a new next hop made a managed neighbour.
     let added = backend_v4(BACKENDS).to_string();
     l7.env.cli_ok(&["backend", "add", "web4", &added]);

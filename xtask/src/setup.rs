@@ -36,6 +36,8 @@ const APT_PACKAGES: &[&str] = &[
     // Headless Chromium driven by ChromeDriver (WebDriver): the status page's test.
     "chromium",
     "chromium-driver",
+    // `lb capture`'s test reads the pcapng file back with tcpdump.
+    "tcpdump",
 ];
 
 /// Rustup components, per toolchain (`None`: the toolchain cargo runs by default).

@@ -4,7 +4,9 @@
 //!    an established flow (untagged and 802.1Q-tagged), an ICMP error about an established flow
 //!    (sent to its backend), a client packet too big to encapsulate (answered with ICMP), and a
 //!    packet for no VIP, through the balancer and through
-//!    `lb_tx_baseline` (swap MACs, `XDP_TX`). The balancer rewrites the packet, and a repeated
+//!    `lb_tx_baseline` (swap MACs, `XDP_TX`); and an established flow while a packet capture
+//!    runs, recording every packet (a thread drains the ring) or matching none of them. The
+//!    balancer rewrites the packet, and a repeated
 //!    test run does not restore it, so each packet is one test run (`repeat = 1`) and both
 //!    programs are timed that way; the kernel's own timer measures each run.
 //! 2. Forwarding rate with live frames: the kernel generates frames on a veth, the program
@@ -19,11 +21,15 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::maps::{MapData, RingBuf};
 use aya::{
     maps::PerCpuArray,
     programs::{TestRun, TestRunAttrs, TestRunOptions, Xdp},
 };
-use lb_common::abi::{CONFIG_F_ICMP_TO_BACKENDS, CONFIG_F_STATIC_NEXT_HOP, DatapathConfig, Mac};
+use lb_common::abi::{
+    CAPTURE_SNAPLEN_MAX, CONFIG_F_ICMP_TO_BACKENDS, CONFIG_F_STATIC_NEXT_HOP, CaptureFilter,
+    DatapathConfig, Mac,
+};
 
 use super::{
     BenchError, Spread,
@@ -31,6 +37,7 @@ use super::{
     nanos,
 };
 use crate::{
+    capture::control::CaptureMaps,
     datapath::{RingGeometry, maps::AyaDatapath},
     lab::{NetNs, veth},
     loader::{AttachMode, Aux, Balancer, BalancerSpec, attach, interface_index, run_frame, xdp_md},
@@ -106,6 +113,19 @@ struct Bench {
     reconciler: Reconciler<AyaDatapath>,
     aux: Aux,
     ingress: u32,
+    capture: CaptureMaps,
+    ring: Option<RingBuf<MapData>>,
+}
+
+/// What a per-packet case's capture does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Capture {
+    /// No capture runs.
+    Off,
+    /// A capture records every packet, with no rate limit.
+    Every,
+    /// A capture runs whose filter (another client) matches no packet.
+    None,
 }
 
 /// Runs the benchmark and returns its figures.
@@ -159,7 +179,8 @@ impl Bench {
             conn_table_size: 1 << 18,
             pin_dir: None,
         };
-        let (balancer, datapath) = Balancer::load(&spec)?;
+        let (mut balancer, datapath) = Balancer::load(&spec)?;
+        let (capture, ring) = balancer.take_capture()?;
         let mut reconciler = Reconciler::new(datapath, config(true))?;
         reconciler.apply(&[Listener {
             name: "bench".to_owned(),
@@ -177,14 +198,85 @@ impl Bench {
             reconciler,
             aux,
             ingress,
+            capture,
+            ring: Some(ring),
         };
         Ok((bench, [gen_ns, sink_ns]))
     }
 
     fn set_static_next_hop(&mut self, on: bool) -> Result<(), BenchError> {
-        use crate::datapath::Datapath as _;
-        self.reconciler.datapath_mut().set_config(&config(on))?;
+        self.reconciler.set_config(config(on))?;
         Ok(())
+    }
+
+    /// Starts or stops a capture; a running one's ring is drained by a thread of its own,
+    /// which [`Drainer::stop`] ends.
+    fn set_capture(&mut self, capture: Capture) -> Result<Option<Drainer>, BenchError> {
+        if capture == Capture::Off {
+            self.reconciler.set_capture(false)?;
+            return Ok(None);
+        }
+        let mut filter = CaptureFilter {
+            action_mask: 0x1f,
+            snaplen: CAPTURE_SNAPLEN_MAX,
+            // No limit: each packet pays the whole recording.
+            per_cpu_rate: 0,
+            ..CaptureFilter::default()
+        };
+        if capture == Capture::None {
+            filter.client_family = lb_common::abi::FAMILY_V4;
+            filter.client_be = [u32::from_ne_bytes([203, 0, 113, 0]), 0, 0, 0];
+            filter.client_mask_be = [u32::MAX, 0, 0, 0];
+        }
+        self.capture.prepare(&filter)?;
+        self.reconciler.set_capture(true)?;
+        let ring = self
+            .ring
+            .take()
+            .ok_or_else(|| BenchError::Unexpected("the capture ring is taken".to_owned()))?;
+        Ok(Some(Drainer::start(ring)))
+    }
+}
+
+/// One per-packet case: its frames, the action they must end in, how the next hop is found
+/// and whether a capture runs.
+struct CostCase<'a> {
+    case: &'static str,
+    frames: &'a [Vec<u8>],
+    action: u32,
+    static_next_hop: bool,
+    capture: Capture,
+}
+
+/// A thread that empties the capture ring as fast as records arrive.
+struct Drainer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(RingBuf<MapData>, u64)>,
+}
+
+impl Drainer {
+    fn start(mut ring: RingBuf<MapData>) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut records = 0u64;
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                while ring.next().is_some() {
+                    records += 1;
+                }
+                std::thread::yield_now();
+            }
+            (ring, records)
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops the thread; the ring and the records it read.
+    fn stop(self) -> Result<(RingBuf<MapData>, u64), BenchError> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| BenchError::Unexpected("the ring's reader panicked".to_owned()))
     }
 }
 
@@ -232,28 +324,77 @@ fn measure_costs(bench: &mut Bench, options: Options) -> Result<Vec<CostRow>, Be
     // Put the established flows in the connection table.
     let balancer = bench.balancer.program()?;
     time_runs(balancer, &established, established.len(), None, XDP_TX)?;
-    let cases: [(&'static str, &[Vec<u8>], u32, bool); 7] = [
-        ("TCP SYN to a VIP (new flow)", &syn, XDP_TX, true),
-        ("established flow", &established, XDP_TX, true),
-        (
+    let case = |case, frames, action, static_next_hop, capture| CostCase {
+        case,
+        frames,
+        action,
+        static_next_hop,
+        capture,
+    };
+    let cases = [
+        case(
+            "TCP SYN to a VIP (new flow)",
+            &syn,
+            XDP_TX,
+            true,
+            Capture::Off,
+        ),
+        case("established flow", &established, XDP_TX, true, Capture::Off),
+        case(
             "established flow, 802.1Q-tagged",
             &tagged_established,
             XDP_TX,
             true,
+            Capture::Off,
         ),
-        (
+        case(
             "established flow, FIB next hop",
             &established,
             XDP_TX,
             false,
+            Capture::Off,
         ),
-        ("ICMP too big, to the flow backend", &icmp, XDP_TX, true),
-        ("client packet too big: ICMP answer", &too_big, XDP_TX, true),
-        ("packet for no VIP", &other, XDP_PASS, true),
+        case(
+            "ICMP too big, to the flow backend",
+            &icmp,
+            XDP_TX,
+            true,
+            Capture::Off,
+        ),
+        case(
+            "client packet too big: ICMP answer",
+            &too_big,
+            XDP_TX,
+            true,
+            Capture::Off,
+        ),
+        case("packet for no VIP", &other, XDP_PASS, true, Capture::Off),
+        case(
+            "established, capture recording each",
+            &established,
+            XDP_TX,
+            true,
+            Capture::Every,
+        ),
+        case(
+            "established, capture matching none",
+            &established,
+            XDP_TX,
+            true,
+            Capture::None,
+        ),
     ];
     let mut rows = Vec::new();
-    for (case, frames, action, static_next_hop) in cases {
+    for CostCase {
+        case,
+        frames,
+        action,
+        static_next_hop,
+        capture,
+    } in cases
+    {
         bench.set_static_next_hop(static_next_hop)?;
+        let drainer = bench.set_capture(capture)?;
         let ingress = Some(bench.ingress);
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for round in 0..options.rounds {
@@ -266,6 +407,24 @@ fn measure_costs(bench: &mut Bench, options: Options) -> Result<Vec<CostRow>, Be
                     theirs.push(time_runs(program, frames, options.calls, ingress, XDP_TX)?);
                 }
             }
+        }
+        bench.set_capture(Capture::Off)?;
+        if let Some(drainer) = drainer {
+            let (ring, records) = drainer.stop()?;
+            bench.ring = Some(ring);
+            let summary = bench.capture.summary()?;
+            let expected = if capture == Capture::Every {
+                (options.rounds * options.calls) as u64
+            } else {
+                0
+            };
+            if summary.matched != expected {
+                return Err(BenchError::Unexpected(format!(
+                    "{case}: the capture matched {} packets, not {expected}",
+                    summary.matched
+                )));
+            }
+            tracing::debug!(case, records, lost = summary.ring_full, "capture case");
         }
         let differences: Vec<f64> = ours.iter().zip(&theirs).map(|(a, b)| a - b).collect();
         rows.push(CostRow {

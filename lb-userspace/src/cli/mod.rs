@@ -1,6 +1,7 @@
 //! The command line: what `lb` accepts ([`Cli`]) and how its answers are printed ([`render`]).
 //! `main.rs` parses and dispatches; the daemon's commands go through the control socket.
 
+pub mod capture;
 pub mod decap;
 pub mod render;
 
@@ -75,6 +76,9 @@ pub enum Command {
     Status,
     /// Where a flow's packets go, and why.
     Simulate(SimulateArgs),
+    /// Record packets as the XDP balancer handles them, with their verdict, reason, listener
+    /// and backend (as each packet's comment), to a pcapng file for Wireshark or tcpdump.
+    Capture(CaptureArgs),
     /// This node's announcements to its routers (`[announce]`): drain before stopping it.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -247,6 +251,48 @@ pub struct SimulateArgs {
     pub vip: SocketAddr,
     #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
     pub protocol: ProtocolArg,
+}
+
+#[derive(Debug, Args)]
+pub struct CaptureArgs {
+    /// Only this passthrough listener's packets.
+    #[arg(long)]
+    pub listener: Option<String>,
+    /// Only packets of clients in this prefix (`10.0.0.0/8`, `2001:db8::1`).
+    #[arg(long)]
+    pub client: Option<crate::config::l7::Prefix>,
+    /// Only packets with this verdict: forward, pass, drop, or a reason (`drop_no_backend`,
+    /// `pass_not_vip`, ...: the counters of `lb stats`).
+    #[arg(long)]
+    pub verdict: Option<crate::capture::Verdict>,
+    /// Stop after this many packets (default: at Ctrl-C).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
+    /// Bytes of each frame to record (as it leaves the program: encapsulated when forwarded).
+    #[arg(long, default_value_t = crate::capture::DEFAULT_SNAPLEN,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(lb_common::abi::CAPTURE_SNAPLEN_MAX)))]
+    pub snaplen: u32,
+    /// At most this many packets a second on each CPU (the capture's cost is bounded by it).
+    #[arg(long, default_value_t = crate::capture::DEFAULT_PER_CPU_RATE,
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::capture::MAX_PER_CPU_RATE)))]
+    pub rate: u32,
+    /// The pcapng file to write (`-`: standard output, e.g. `| tcpdump -r -`).
+    #[arg(short = 'w', long = "write")]
+    pub file: PathBuf,
+}
+
+impl CaptureArgs {
+    /// The daemon's request.
+    pub fn spec(&self) -> crate::capture::Spec {
+        crate::capture::Spec {
+            listener: self.listener.clone(),
+            client: self.client,
+            verdict: self.verdict,
+            count: self.count,
+            snaplen: self.snaplen,
+            per_cpu_rate: self.rate,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -479,6 +525,7 @@ impl Command {
                 wait_ms: timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
             },
             Self::Node(NodeCommand::Undrain) => Request::NodeUndrain,
+            Self::Capture(args) => Request::Capture(args.spec()),
             Self::Simulate(args) => Request::Simulate {
                 protocol: args.protocol.into(),
                 client: args.client,

@@ -59,6 +59,7 @@ pub fn render(body: &Body, json: bool) -> String {
             + "\n";
     }
     match body {
+        Body::Capture(started) => format!("capturing {}\n", started.filter),
         Body::Listeners(listeners) => {
             let mut table = Table::new(&[
                 "LISTENER",

@@ -80,6 +80,49 @@ impl std::fmt::Display for Prefix {
     }
 }
 
+impl std::str::FromStr for Prefix {
+    type Err = String;
+
+    /// `address/len` (host bits zero) or one address (a prefix of its full length).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (address, len) = match text.split_once('/') {
+            Some((address, len)) => (address, Some(len)),
+            None => (text, None),
+        };
+        let Ok(address) = address.parse::<IpAddr>() else {
+            return Err(format!(
+                "{text:?} is not an address or a prefix like \"10.0.0.0/8\""
+            ));
+        };
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let len = match len.map(str::parse::<u8>) {
+            None => max,
+            Some(Ok(len)) if len <= max => len,
+            Some(_) => return Err(format!("{text:?}: the length is not 0 to {max}")),
+        };
+        let prefix = Self { address, len };
+        if prefix.network() != address {
+            return Err(format!(
+                "{text:?} has host bits set; write the network address"
+            ));
+        }
+        Ok(prefix)
+    }
+}
+
+impl serde::Serialize for Prefix {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Prefix {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// `[access_log]`: a line per L7 request, and per TLS connection that got to none.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessLogSettings {
@@ -441,42 +484,13 @@ fn refuse_shared_key_file(c: &mut Checker<'_>, raw: &RawListener, field: &str) {
 
 /// `address/len` (host bits zero) or one address.
 fn prefix(c: &mut Checker<'_>, raw: &Spanned<String>, field: &str) -> Option<Prefix> {
-    let text = raw.get_ref();
-    let (address, len) = match text.split_once('/') {
-        Some((address, len)) => (address, Some(len)),
-        None => (text.as_str(), None),
-    };
-    let Ok(address) = address.parse::<IpAddr>() else {
-        c.problem(
-            raw,
-            field,
-            format!("{text:?} is not an address or a prefix like \"10.0.0.0/8\""),
-        );
-        return None;
-    };
-    let max = if address.is_ipv4() { 32 } else { 128 };
-    let len = match len.map(str::parse::<u8>) {
-        None => max,
-        Some(Ok(len)) if len <= max => len,
-        Some(_) => {
-            c.problem(
-                raw,
-                field,
-                format!("{text:?}: the length is not 0 to {max}"),
-            );
-            return None;
+    match raw.get_ref().parse() {
+        Ok(prefix) => Some(prefix),
+        Err(problem) => {
+            c.problem(raw, field, problem);
+            None
         }
-    };
-    let prefix = Prefix { address, len };
-    if prefix.network() != address {
-        c.problem(
-            raw,
-            field,
-            format!("{text:?} has host bits set; write the network address"),
-        );
-        return None;
     }
-    Some(prefix)
 }
 
 fn refuse_for_passthrough(c: &mut Checker<'_>, raw: &RawListener, field: &str) {

@@ -79,6 +79,9 @@ pub enum Request {
     },
     /// `lb node undrain`: announce again what can be served.
     NodeUndrain,
+    /// `lb capture`: the connection then carries the captured packets
+    /// ([`crate::capture::Message`]) after the first answer.
+    Capture(crate::capture::Spec),
 }
 
 impl Request {
@@ -98,7 +101,9 @@ impl Request {
             | Self::ReloadFiles
             | Self::Handover
             | Self::NodeDrain { .. }
-            | Self::NodeUndrain => false,
+            | Self::NodeUndrain
+            // Packets carry clients' addresses and data.
+            | Self::Capture(_) => false,
         }
     }
 }
@@ -124,6 +129,8 @@ pub enum Body {
     Status(Box<StatusView>),
     /// `lb node drain` and `lb node undrain`.
     Node(Box<NodeChange>),
+    /// `lb capture`: the capture runs.
+    Capture(crate::capture::Started),
 }
 
 /// The node's announcements, for `lb status`.

@@ -287,22 +287,30 @@ fn make_directory(dir: &Path, read_only_gid: Option<u32>) -> std::io::Result<()>
     }
 }
 
+/// Where the daemon takes connections that carry more than one answer: a successor's
+/// handover, and packet captures.
+#[derive(Clone, Debug)]
+pub struct Streams {
+    pub handovers: mpsc::Sender<UnixStream>,
+    pub captures: mpsc::Sender<(crate::capture::Spec, UnixStream)>,
+}
+
 /// Accepts connections until the task is dropped, passing each request to `calls` (as
-/// whatever event type the receiver takes calls in), and each handover request's connection
-/// to `handovers`. Members of `read_only_gid` may ask what changes nothing.
+/// whatever event type the receiver takes calls in), and each handover's and capture's
+/// connection to `streams`. Members of `read_only_gid` may ask what changes nothing.
 pub async fn serve<E: From<Call> + Send + 'static>(
     listener: UnixListener,
     calls: mpsc::Sender<E>,
-    handovers: mpsc::Sender<UnixStream>,
+    streams: Streams,
     read_only_gid: Option<u32>,
 ) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let calls = calls.clone();
-                let handovers = handovers.clone();
+                let streams = streams.clone();
                 tokio::spawn(async move {
-                    if let Err(error) = answer(stream, calls, handovers, read_only_gid).await {
+                    if let Err(error) = answer(stream, calls, streams, read_only_gid).await {
                         debug!(%error, "control connection ended early");
                     }
                 });
@@ -316,7 +324,7 @@ pub async fn serve<E: From<Call> + Send + 'static>(
 async fn answer<E: From<Call>>(
     stream: UnixStream,
     calls: mpsc::Sender<E>,
-    handovers: mpsc::Sender<UnixStream>,
+    streams: Streams,
     read_only_gid: Option<u32>,
 ) -> std::io::Result<()> {
     let peer = Peer::of(&stream)?;
@@ -334,7 +342,7 @@ async fn answer<E: From<Call>>(
                 "a control request that changes the daemon, from the read-only group: refused");
             let reason = format!(
                 "permission denied: uid {} may only look (list, stats, status, simulate); \
-                 changes need root or the daemon's user",
+                 changes and captures need root or the daemon's user",
                 peer.uid
             );
             return reply(write, &Response::Error(reason)).await;
@@ -348,7 +356,22 @@ async fn answer<E: From<Call>>(
             .into_inner()
             .reunite(write)
             .map_err(std::io::Error::other)?;
-        return hand_over(stream, &handovers).await;
+        return hand_over(stream, &streams.handovers).await;
+    }
+    if let Request::Capture(spec) = request {
+        // The CLI sends nothing more: nothing is buffered.
+        let stream = reader
+            .into_inner()
+            .into_inner()
+            .reunite(write)
+            .map_err(std::io::Error::other)?;
+        if let Err(refused) = streams.captures.send((spec, stream)).await {
+            let (_, stream) = refused.0;
+            let (_, write) = stream.into_split();
+            let reason = "the daemon is shutting down".to_owned();
+            return reply(write, &Response::Error(reason)).await;
+        }
+        return Ok(());
     }
     let (reply_to, answered) = oneshot::channel();
     let response = if calls.send(E::from((request, reply_to))).await.is_err() {

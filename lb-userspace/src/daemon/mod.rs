@@ -14,6 +14,7 @@
 
 pub mod accept_local;
 pub mod announce;
+pub mod capture;
 pub mod controller;
 pub mod handover;
 pub mod host;
@@ -38,6 +39,7 @@ use tracing::{debug, error, info, warn};
 
 use self::{
     announce::{Announcer, Handoff},
+    capture::CaptureCall,
     controller::Controller,
     probes::Probes,
     runtime::BackendKey,
@@ -225,16 +227,21 @@ async fn serve(
     let control_socket = server::prepare(&socket, predecessor.is_some(), read_only_gid)?;
     privileges::drop_after_start(privileges)?;
     let now = Instant::now();
+    let mut capture_ring = None;
     let (controller, mut panicked, mut balancer, logs) = if let Some(PacketPath {
         mut balancer,
         reconciler,
         watch,
         host_defaults,
+        capture_maps,
+        ring,
     }) = packet_path
     {
+        capture_ring = Some(Arc::new(std::sync::Mutex::new(Some(ring))));
         let controller = Controller::new(config, Some(path), reconciler, now)?
             .with_host(watch, host_defaults, now)
             .map_err(DaemonError::Config)?
+            .with_capture(Some(capture_maps))
             .with_l7(Arc::clone(&l7), l7_prepared, now)
             .with_probes(probes)
             .with_announcer(announcer, now);
@@ -280,10 +287,14 @@ async fn serve(
     drop(inherited);
     let (listener, socket_file) = control_socket.place()?;
     let (handovers, mut handover_requests) = mpsc::channel(1);
+    let (captures, mut capture_requests) = mpsc::channel(1);
     tasks.push(tokio::spawn(server::serve(
         listener,
         events.clone(),
-        handovers,
+        server::Streams {
+            handovers,
+            captures,
+        },
         read_only_gid,
     )));
     tasks.extend(logs);
@@ -305,6 +316,10 @@ async fn serve(
             tokio::select! {
                 signal = &mut stop_signal => break Stop::Signal(signal),
                 Ok(()) = &mut panicked => break Stop::Panicked,
+                Some((spec, stream)) = capture_requests.recv() => {
+                    let ring = capture_ring.clone();
+                    tasks.push(tokio::spawn(capture::serve(spec, stream, events.clone(), ring)));
+                }
                 Some(stream) = handover_requests.recv() => {
                     let sockets = listening_sockets(&l7, &also_listening);
                     let device = announce_device.as_ref();
@@ -324,6 +339,7 @@ async fn serve(
     // finishing its requests.
     l7.stop_accepting();
     drop(handover_requests);
+    drop(capture_requests);
     // Not announced while stopping: new connections would be refused. (After a handover the
     // successor holds the device: the announcements stay.)
     drop(announce_device.take());
@@ -513,6 +529,9 @@ struct PacketPath {
     reconciler: Reconciler<crate::datapath::maps::AyaDatapath>,
     watch: host::HostWatch,
     host_defaults: crate::config::HostDefaults,
+    /// The packet capture's maps: the controller's, and the ring a capture session reads.
+    capture_maps: crate::capture::control::CaptureMaps,
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
 }
 
 /// Loads (or adopts) the balancer and attaches it to the configured interfaces.
@@ -534,6 +553,7 @@ fn start_packet_path(config: &Config) -> Result<PacketPath, DaemonError> {
         pin_dir: Some(config.datapath.pin_dir.clone()),
     };
     let (mut balancer, datapath) = Balancer::load(&spec)?;
+    let (capture_maps, ring) = balancer.take_capture()?;
     // The settings before the program: after an upgrade whose configuration map is new, a
     // program attached first would run for a moment on zeros (no ring size, no outer source).
     // (The VIPs and tables are adopted with the maps, and brought up to date just below.)
@@ -593,6 +613,8 @@ fn start_packet_path(config: &Config) -> Result<PacketPath, DaemonError> {
         reconciler,
         watch,
         host_defaults,
+        capture_maps,
+        ring,
     })
 }
 
@@ -612,6 +634,8 @@ pub enum Event {
     /// A handover: the controller says it is paused (nothing it does runs any more), then
     /// waits for `true` (resume: the handover did not happen) or `false` (stop).
     Pause(oneshot::Sender<()>, oneshot::Receiver<bool>),
+    /// A packet capture session's request.
+    Capture(CaptureCall),
 }
 
 impl From<Call> for Event {
@@ -760,8 +784,25 @@ fn spawn_controller<D: Datapath + Send + 'static>(
                     Event::Health(key, outcome) => controller.on_health(&key, &outcome, now),
                     Event::Tick => controller.on_tick(now),
                     Event::Metrics(reply) => drop(reply.send(controller.metrics_input(now))),
-                    Event::Stop => break,
+                    Event::Capture(call) => match call {
+                        CaptureCall::Start(spec, reply) => {
+                            drop(reply.send(controller.start_capture(&spec)));
+                        }
+                        CaptureCall::Labels(reply) => drop(reply.send(controller.capture_labels())),
+                        CaptureCall::Stop(reply) => {
+                            let summary = controller.stop_capture();
+                            if let Some(reply) = reply {
+                                drop(reply.send(summary));
+                            }
+                        }
+                    },
+                    Event::Stop => {
+                        // The XDP program outlives the daemon: it must not go on capturing.
+                        controller.stop_capture();
+                        break;
+                    }
                     Event::Pause(paused, resume) => {
+                        controller.stop_capture();
                         let _ = paused.send(());
                         if resume.blocking_recv() != Ok(true) {
                             break;

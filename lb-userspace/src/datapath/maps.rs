@@ -273,7 +273,7 @@ fn sum_traffic(values: &PerCpuValues<TrafficCounters>) -> TrafficCounters {
         .fold(TrafficCounters::default(), |sum, v| sum.add(*v))
 }
 
-fn zeroed_per_cpu<T: aya::Pod + Default>(
+pub(crate) fn zeroed_per_cpu<T: aya::Pod + Default>(
     map: &'static str,
 ) -> Result<PerCpuValues<T>, DatapathError> {
     let refused = |reason: String| DatapathError::Refused { map, reason };

@@ -31,8 +31,8 @@ use std::net::IpAddr;
 
 use lb_common::{
     abi::{
-        AddrBe, BACKEND_F_MULTIPATH, BACKEND_F_SERVING, Backend, DatapathConfig, MAX_GENERATION,
-        RING_EMPTY, VipValue,
+        AddrBe, BACKEND_F_MULTIPATH, BACKEND_F_SERVING, Backend, CONFIG_F_CAPTURE, DatapathConfig,
+        MAX_GENERATION, RING_EMPTY, VipValue,
     },
     maps::{MAX_BACKENDS, MAX_VIPS},
 };
@@ -101,6 +101,8 @@ impl AppliedListener {
 pub struct Reconciler<D> {
     datapath: D,
     config: DatapathConfig,
+    /// A packet capture is on (`lb capture`).
+    capture: bool,
     listeners: BTreeMap<String, AppliedListener>,
     vip_ids: IdPool,
     ring_ids: IdPool,
@@ -139,6 +141,7 @@ impl<D: Datapath> Reconciler<D> {
         Ok(Self {
             datapath,
             config,
+            capture: false,
             listeners: BTreeMap::new(),
             vip_ids: IdPool::new(MAX_VIPS),
             ring_ids: IdPool::new(geometry.rings),
@@ -177,14 +180,39 @@ impl<D: Datapath> Reconciler<D> {
                 "the ring size and the hash seed cannot change while the daemon runs".to_owned(),
             ));
         }
+        self.write_config(&config)?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// Turns the datapath's packet capture on or off (`CONFIG_F_CAPTURE`, kept across later
+    /// configuration changes). Off is recorded even if the write fails: the next write of the
+    /// configuration clears the bit.
+    pub fn set_capture(&mut self, on: bool) -> Result<(), ReconcileError> {
+        self.capture = on;
+        let config = self.config;
+        self.write_config(&config)
+            .inspect_err(|_| self.capture = false)
+    }
+
+    /// Whether a capture is on.
+    pub fn capture(&self) -> bool {
+        self.capture
+    }
+
+    /// Writes `config` to the datapath, with the capture bit as it stands.
+    fn write_config(&mut self, config: &DatapathConfig) -> Result<(), ReconcileError> {
+        let mut config = *config;
+        config.flags &= !CONFIG_F_CAPTURE;
+        if self.capture {
+            config.flags |= CONFIG_F_CAPTURE;
+        }
         self.datapath
             .set_config(&config)
             .map_err(|source| ReconcileError::Datapath {
                 listener: "(datapath configuration)".to_owned(),
                 source,
-            })?;
-        self.config = config;
-        Ok(())
+            })
     }
 
     /// The applied listeners, by name.

@@ -207,6 +207,60 @@ pub fn passed(input: &[u8], output: &[u8], expect: &Expect<'_>) -> Result<(), St
     .map_err(|e| format!("passed to the kernel changed, and not an encapsulation: {e}"))
 }
 
+/// Checks the capture record of a frame the balancer handled while a capture recorded every
+/// packet: exactly one, with the frame as it left (its first bytes), its action, a verdict of
+/// that action's kind, and the listener and backend when the frame was forwarded.
+pub fn captured(
+    action: u32,
+    output: &[u8],
+    record: Option<Option<lb::capture::RingRecord>>,
+) -> Result<(), String> {
+    use lb_common::{
+        abi::{CAPTURE_F_BACKEND, CAPTURE_F_VIP},
+        counters::{Counter, CounterKind},
+    };
+    let record = record
+        .ok_or("no capture record")?
+        .ok_or("a capture record shorter than its head")?;
+    let meta = &record.meta;
+    if meta.action != action {
+        return Err(format!("captured action {} for {action}", meta.action));
+    }
+    let kind = Counter::ALL
+        .get(meta.counter as usize)
+        .map(|c| c.kind())
+        .ok_or_else(|| format!("captured counter {}", meta.counter))?;
+    let expected = match action {
+        XDP_TX | XDP_REDIRECT => CounterKind::Forward,
+        XDP_PASS => CounterKind::Pass,
+        _ => CounterKind::Drop,
+    };
+    if kind != expected {
+        return Err(format!("captured a {kind:?} verdict for action {action}"));
+    }
+    if meta.len as usize != output.len()
+        || output.get(..record.data.len()) != Some(&record.data[..])
+    {
+        return Err(format!(
+            "captured {} of {} bytes that are not the {}-byte frame that left",
+            record.data.len(),
+            meta.len,
+            output.len()
+        ));
+    }
+    let both = CAPTURE_F_VIP | CAPTURE_F_BACKEND;
+    if matches!(action, XDP_TX | XDP_REDIRECT)
+        && meta.counter != Counter::TxIcmpTooBig.index()
+        && meta.flags & both != both
+    {
+        return Err(format!(
+            "a forwarded frame's record names no backend ({:#x})",
+            meta.flags
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a frame the decapsulator passed: untouched, or its inner packet behind the same
 /// link-layer header.
 pub fn decapsulated(input: &[u8], output: &[u8]) -> Result<(), String> {

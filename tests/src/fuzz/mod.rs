@@ -3,8 +3,11 @@
 //! next hop, the balancer asking the FIB of a namespace (routes, neighbours, a multipath
 //! backend, an egress VLAN), and the decapsulator.
 //!
+//! The balancer with a static next hop runs with a packet capture recording every frame (the
+//! one with the FIB without: both ways of the program are fuzzed).
+//!
 //! Passes when no frame was aborted (`XDP_ABORTED` or an unknown action), every frame's
-//! outcome is well-formed ([`check`]), every batch of frames moved the verdict counters by
+//! outcome is well-formed ([`check`]), every captured frame's record is that outcome, every batch of frames moved the verdict counters by
 //! exactly one verdict per frame, of the kind its action says (forwarded, passed, dropped),
 //! and the kernel logged no warning.
 
@@ -24,7 +27,10 @@ use lb::{
     state::Protocol,
 };
 use lb_common::{
-    abi::{CONFIG_F_EGRESS_VLAN, CONFIG_F_ICMP_TO_BACKENDS, DatapathConfig},
+    abi::{
+        CAPTURE_SNAPLEN_MAX, CONFIG_F_EGRESS_VLAN, CONFIG_F_ICMP_TO_BACKENDS, CaptureFilter,
+        DatapathConfig,
+    },
     counters::{Counter, CounterKind, DecapCounter},
 };
 use rand::SeedableRng as _;
@@ -84,7 +90,7 @@ impl std::fmt::Display for Report {
         if self.failures.is_empty() {
             writeln!(
                 f,
-                "passed: no abort, one verdict per frame, every output well-formed, no kernel warning"
+                "passed: no abort, one verdict per frame, every output well-formed and captured as it left, no kernel warning"
             )
         } else {
             writeln!(f, "FAILED ({}):", self.failures.len())?;
@@ -331,6 +337,21 @@ pub fn run(options: Options) -> Report {
         .reconciler
         .set_local_addresses([ip(VIP6)])
         .expect("marking a local VIP");
+    // Every frame through the first balancer is captured, its record checked against what
+    // left (a test run is synchronous: its record is in the ring when it returns).
+    let (mut capture, mut ring) = statics.balancer.take_capture().expect("the capture maps");
+    capture
+        .prepare(&CaptureFilter {
+            action_mask: 0x1f,
+            snaplen: CAPTURE_SNAPLEN_MAX,
+            per_cpu_rate: 0,
+            ..CaptureFilter::default()
+        })
+        .expect("the capture filter");
+    statics
+        .reconciler
+        .set_capture(true)
+        .expect("turning the capture on");
     let mut fib = fib_target();
     let mut decap = DecapHarness::new(&[ip(VIP4), ip(VIP6)]);
     let mut generator = Generator {
@@ -379,6 +400,19 @@ pub fn run(options: Options) -> Report {
                 XDP_DROP => Ok(()),
                 other => Err(format!("action {other}")),
             };
+            let checked = checked.and_then(|()| {
+                if on_fib {
+                    return Ok(());
+                }
+                let record = ring
+                    .next()
+                    .map(|item| lb::capture::RingRecord::parse(&item));
+                check::captured(out.action, &out.frame, record)?;
+                match ring.next() {
+                    Some(_) => Err("a second capture record for one frame".to_owned()),
+                    None => Ok(()),
+                }
+            });
             if let Err(failure) = checked {
                 report
                     .failures

@@ -9,6 +9,7 @@
 //!
 //! Time is passed in, so tests drive it with a clock of their own.
 
+mod capture;
 mod views;
 
 use std::{
@@ -87,6 +88,8 @@ pub struct Controller<D> {
     host_defaults: HostDefaults,
     /// The routes announcing the listener addresses (`[announce]`).
     announcer: Option<Announcer>,
+    /// The packet capture's filter and state maps, when there is a packet path.
+    capture: Option<crate::capture::control::CaptureMaps>,
 }
 
 impl<D: Datapath> Controller<D> {
@@ -113,6 +116,7 @@ impl<D: Datapath> Controller<D> {
             host: None,
             host_defaults: HostDefaults::default(),
             announcer: None,
+            capture: None,
         };
         let desired = controller.runtime.listeners(&controller.config, now);
         controller.reconciler.apply(&desired)?;
@@ -302,6 +306,9 @@ impl<D: Datapath> Controller<D> {
             // The control socket's server hands these to the daemon, never to the controller.
             Request::Handover => Err(Refusal::Refused(
                 "a handover is asked for on the control socket by `lb run --take-over`".to_owned(),
+            )),
+            Request::Capture(_) => Err(Refusal::Refused(
+                "a capture is asked for on the control socket by `lb capture`".to_owned(),
             )),
         };
         if let Some(operation) = operation {
