@@ -42,13 +42,22 @@ struct Capture {
 impl Capture {
     /// Starts `lb capture ARGS -w FILE` and waits until it says it is capturing.
     fn start(env: &DaemonLab, file: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(lb::lab::daemon::lb_binary().unwrap())
+        let mut command = Command::new(lb::lab::daemon::lb_binary().unwrap());
+        command
             .arg("--socket")
             .arg(env.daemon.socket())
             .arg("capture")
             .args(args)
             .arg("-w")
-            .arg(file)
+            .arg(file);
+        Self::spawn(env, command, file)
+    }
+
+    /// Starts `command` (an `lb capture` writing `file`) and waits until it says it is
+    /// capturing.
+    fn spawn(env: &DaemonLab, mut command: Command, file: &Path) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting lb capture");
@@ -69,7 +78,7 @@ impl Capture {
         let started = capture.wait_for("Ctrl-C to stop", Duration::from_secs(10));
         assert!(
             started.is_some(),
-            "lb capture {args:?} did not start: {:?}\ndaemon log:\n{}",
+            "{command:?} did not start: {:?}\ndaemon log:\n{}",
             capture.rest(),
             env.daemon.log()
         );
@@ -223,6 +232,33 @@ fn forwarded_packets_are_recorded_with_their_outcome_and_tcpdump_reads_them() {
         );
     }
     println!("{}", lines[0]);
+
+    // The README's pipe: the file is standard output, read by tcpdump as it comes.
+    let lb = lb::lab::daemon::lb_binary().unwrap();
+    let mut pipe = Command::new("sh");
+    pipe.arg("-c").arg(format!(
+        "'{}' --socket '{}' capture --listener tls4 --count 5 -w - | tcpdump -nr -",
+        lb.display(),
+        env.daemon.socket().display()
+    ));
+    let mut capture = Capture::spawn(&env, pipe, Path::new("-"));
+    connect_parallel(&env.lab, vip4(), 2, 1);
+    let summary = capture
+        .wait_for("packets written to", Duration::from_secs(20))
+        .unwrap_or_else(|| panic!("lb capture -w - did not end: {:?}", capture.rest()));
+    assert!(summary.contains("5 packets written to -"), "{summary}");
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(capture.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert!(capture.child.wait().unwrap().success());
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(&format!("{vip}.{TLS_PORT}"))),
+        "{stdout}"
+    );
+
     let log = env.daemon.log();
     assert!(log.contains("packet capture on"), "{log}");
     assert!(log.contains("packet capture off"), "{log}");
