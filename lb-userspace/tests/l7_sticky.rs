@@ -421,7 +421,6 @@ async fn a_dead_backend_without_health_checks_re_pins_its_users_and_is_ejected()
     let ejected = proxy
         .backends()
         .members()
-        .iter()
         .find(|u| u.address == bed.backend("backend-1").address)
         .map(|u| u.is_ejected());
     assert_eq!(ejected, Some(true));

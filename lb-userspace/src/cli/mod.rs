@@ -155,6 +155,8 @@ pub enum NodeCommand {
 pub enum ListenerCommand {
     /// List the listeners.
     List,
+    /// An L7 listener's routing rules, in the order they are tried.
+    Rules { listener: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -245,12 +247,35 @@ impl BackendAddress {
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
-    /// The client's address and port.
-    pub client: SocketAddr,
-    /// The VIP's address and port.
-    pub vip: SocketAddr,
-    #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp)]
+    /// The client's address and port (a passthrough flow).
+    #[arg(required_unless_present = "url")]
+    pub client: Option<SocketAddr>,
+    /// The VIP's address and port (a passthrough flow).
+    #[arg(required_unless_present = "url")]
+    pub vip: Option<SocketAddr>,
+    #[arg(long, value_enum, default_value_t = ProtocolArg::Tcp, conflicts_with = "url")]
     pub protocol: ProtocolArg,
+    /// An HTTP request to an L7 listener instead: its URL (https://HOST/PATH?QUERY); shows the
+    /// rule that takes it, the pool and the backend a new user's request would go to now.
+    #[arg(long, requires = "listener", conflicts_with_all = ["client", "vip"])]
+    pub url: Option<String>,
+    /// The L7 listener the request is for (with --url).
+    #[arg(long, requires = "url")]
+    pub listener: Option<String>,
+    /// The request's method (with --url).
+    #[arg(long, default_value = "GET", requires = "url")]
+    pub method: String,
+    /// A request header, `NAME: VALUE` (with --url; repeat for more).
+    #[arg(long = "header", short = 'H', requires = "url", value_parser = header_arg)]
+    pub headers: Vec<(String, String)>,
+}
+
+/// `NAME: VALUE`.
+fn header_arg(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not NAME: VALUE"))?;
+    Ok((name.trim().to_owned(), value.trim().to_owned()))
 }
 
 #[derive(Debug, Args)]
@@ -470,6 +495,9 @@ impl Command {
     pub fn request(&self) -> Result<Option<Request>, OptionError> {
         Ok(Some(match self {
             Self::Listener(ListenerCommand::List) => Request::ListListeners,
+            Self::Listener(ListenerCommand::Rules { listener }) => Request::ListRules {
+                listener: listener.clone(),
+            },
             Self::Backend(BackendCommand::List { pool }) => {
                 Request::ListBackends { pool: pool.clone() }
             }
@@ -526,10 +554,20 @@ impl Command {
             },
             Self::Node(NodeCommand::Undrain) => Request::NodeUndrain,
             Self::Capture(args) => Request::Capture(args.spec()),
-            Self::Simulate(args) => Request::Simulate {
-                protocol: args.protocol.into(),
-                client: args.client,
-                vip: args.vip,
+            Self::Simulate(args) => match (&args.url, &args.listener, args.client, args.vip) {
+                (Some(url), Some(listener), ..) => Request::SimulateHttp {
+                    listener: listener.clone(),
+                    method: args.method.clone(),
+                    url: url.clone(),
+                    headers: args.headers.clone(),
+                },
+                (None, _, Some(client), Some(vip)) => Request::Simulate {
+                    protocol: args.protocol.into(),
+                    client,
+                    vip,
+                },
+                // clap requires one form or the other.
+                _ => return Ok(None),
             },
             Self::Run { .. }
             | Self::Check

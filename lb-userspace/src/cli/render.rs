@@ -60,6 +60,46 @@ pub fn render(body: &Body, json: bool) -> String {
     }
     match body {
         Body::Capture(started) => format!("capturing {}\n", started.filter),
+        Body::Rules(rules) => {
+            let mut table = Table::new(&["#", "RULE", "CONDITIONS", "ACTION", "HEADERS"]);
+            for rule in &rules.rules {
+                table.row(vec![
+                    rule.position.to_string(),
+                    rule.name.clone(),
+                    rule.conditions.clone(),
+                    rule.action.clone(),
+                    if rule.headers.is_empty() {
+                        "-".to_owned()
+                    } else {
+                        rule.headers.clone()
+                    },
+                ]);
+            }
+            table.row(vec![
+                "-".to_owned(),
+                "(default)".to_owned(),
+                "every other request".to_owned(),
+                format!("forward to pool {}", rules.default_pool),
+                "-".to_owned(),
+            ]);
+            table.render()
+        }
+        Body::HttpSimulation(s) => {
+            let mut out = format!(
+                "listener: {}\nrule:     {}\naction:   {}\n",
+                s.listener,
+                s.rule.as_deref().unwrap_or("(none: the listener's pool)"),
+                s.action
+            );
+            if let Some(pool) = &s.pool {
+                let backend = s.backend.map_or_else(
+                    || "none takes requests now (503)".to_owned(),
+                    |b| format!("{b} (a new user's next request)"),
+                );
+                out.push_str(&format!("pool:     {pool}\nbackend:  {backend}\n"));
+            }
+            out
+        }
         Body::Listeners(listeners) => {
             let mut table = Table::new(&[
                 "LISTENER",

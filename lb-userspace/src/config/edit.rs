@@ -71,7 +71,7 @@ impl Config {
         let problems: Vec<String> = next
             .listeners
             .iter()
-            .filter(|(_, l)| l.pool == pool)
+            .filter(|(_, l)| l.uses_pool(pool))
             .flat_map(|(name, l)| {
                 pool_conflicts(l, &next.pools[pool])
                     .into_iter()

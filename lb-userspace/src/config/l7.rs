@@ -37,6 +37,9 @@ pub struct L7Settings {
     /// Connections from these sources start with a PROXY protocol header (v1 or v2), which
     /// names the client; one from elsewhere that starts with a header is refused.
     pub proxy_protocol_from: Vec<Prefix>,
+    /// Routing rules, in order: the first whose conditions hold takes a request; none, the
+    /// listener's pool.
+    pub rules: Vec<super::rules::Rule>,
 }
 
 /// An address prefix: `198.18.0.0/15`, `2001:db8::/32`, or one address.
@@ -447,7 +450,11 @@ pub(super) fn check(
             }
             prefixes.into_iter().collect()
         });
+    let rules = raw.rules.as_ref().map_or(Some(Vec::new()), |rules| {
+        super::rules::check(c, rules, &format!("{field}.rules"))
+    });
     Some(Some(L7Settings {
+        rules: rules?,
         tls: tls?,
         http: http?,
         backend: backend?,
@@ -517,6 +524,7 @@ fn refuse_for_passthrough(c: &mut Checker<'_>, raw: &RawListener, field: &str) {
         raw.proxy_protocol_from.as_ref().map(Spanned::span),
         "proxy_protocol_from",
     );
+    refuse(raw.rules.as_ref().map(Spanned::span), "rules");
 }
 
 fn check_tls(c: &mut Checker<'_>, raw: &Spanned<RawTls>, field: &str) -> Option<TlsSettings> {

@@ -11,6 +11,7 @@ mod edit;
 pub mod l7;
 mod pool;
 mod raw;
+pub mod rules;
 mod validate;
 
 pub use edit::{PoolEdit, describe};
@@ -185,6 +186,29 @@ impl ListenerConfig {
             None => self.port,
             Some(l7) => backend.port.unwrap_or(l7.backend.port),
         }
+    }
+
+    /// The pools it forwards to: its own, then its rules' (each once).
+    pub fn pools(&self) -> Vec<&str> {
+        let mut pools = vec![self.pool.as_str()];
+        for rule in self.l7.iter().flat_map(|l7| &l7.rules) {
+            for pool in rule.pools() {
+                if !pools.contains(&pool) {
+                    pools.push(pool);
+                }
+            }
+        }
+        pools
+    }
+
+    /// Whether it forwards to pool `name` (its own, or a rule's).
+    pub fn uses_pool(&self, name: &str) -> bool {
+        self.pool == name
+            || self
+                .l7
+                .iter()
+                .flat_map(|l7| &l7.rules)
+                .any(|rule| rule.pools().any(|p| p == name))
     }
 
     pub fn vip(&self) -> Vip {
@@ -391,7 +415,7 @@ impl Config {
         let port = check.port.or(backend.port).or_else(|| {
             self.listeners
                 .values()
-                .find(|l| l.pool == pool)
+                .find(|l| l.uses_pool(pool))
                 .map(|l| l.backend_port(backend))
         })?;
         Some(std::net::SocketAddr::new(backend.address, port))

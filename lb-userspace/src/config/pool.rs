@@ -280,7 +280,7 @@ pub(super) fn check_health_ports(
         // The backends without a port of their own are checked on their listeners' port.
         let mut ports: Vec<u16> = listeners
             .values()
-            .filter(|l| &l.pool == name)
+            .filter(|l| l.uses_pool(name))
             .flat_map(|l| {
                 pool.backends
                     .iter()
@@ -365,7 +365,7 @@ pub(super) fn check_proxy_protocol_checks(
             continue;
         }
         let sender = listeners.iter().find(|(_, l)| {
-            &l.pool == name && l.l7.as_ref().is_some_and(|s| s.backend.send_proxy_protocol)
+            l.uses_pool(name) && l.l7.as_ref().is_some_and(|s| s.backend.send_proxy_protocol)
         });
         if let Some((listener, _)) = sender
             && let Some((_, raw)) = raw.iter().find(|(n, _)| n.get_ref() == name)

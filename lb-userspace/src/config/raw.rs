@@ -191,6 +191,8 @@ pub struct RawListener {
     pub forwarded_header: Option<Spanned<bool>>,
     /// Sources (prefixes) whose connections start with a PROXY protocol header.
     pub proxy_protocol_from: Option<Spanned<Vec<Spanned<String>>>>,
+    /// Routing rules, in order (`super::rules`).
+    pub rules: Option<Spanned<Vec<Spanned<super::rules::RawRule>>>>,
 }
 
 /// `[listeners.NAME.tls]`.

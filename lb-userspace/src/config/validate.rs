@@ -364,6 +364,22 @@ fn check_listener(
         );
         return None;
     };
+    let mut missing = false;
+    if let (Some(Some(settings)), Some(rules)) = (&l7, &raw.rules) {
+        for (i, rule) in settings.rules.iter().enumerate() {
+            for pool in rule.pools().filter(|p| !pools.contains_key(*p)) {
+                c.problem(
+                    rules,
+                    &format!("{field}.rules[{i}]"),
+                    format!("rule {:?}: no pool is named {pool:?}", rule.name),
+                );
+                missing = true;
+            }
+        }
+    }
+    if missing {
+        return None;
+    }
     let listener = ListenerConfig {
         address: address?,
         port: port?,

@@ -79,6 +79,19 @@ pub enum Request {
     },
     /// `lb node undrain`: announce again what can be served.
     NodeUndrain,
+    /// `lb listener rules NAME`: an L7 listener's routing rules.
+    ListRules {
+        listener: String,
+    },
+    /// `lb simulate --listener NAME --url URL`: which rule, pool and backend a request would
+    /// get.
+    SimulateHttp {
+        listener: String,
+        method: String,
+        url: String,
+        #[serde(default)]
+        headers: Vec<(String, String)>,
+    },
     /// `lb capture`: the connection then carries the captured packets
     /// ([`crate::capture::Message`]) after the first answer.
     Capture(crate::capture::Spec),
@@ -92,7 +105,9 @@ impl Request {
             | Self::ListBackends { .. }
             | Self::Stats
             | Self::Status
-            | Self::Simulate { .. } => true,
+            | Self::Simulate { .. }
+            | Self::ListRules { .. }
+            | Self::SimulateHttp { .. } => true,
             Self::AddBackend { .. }
             | Self::RemoveBackend { .. }
             | Self::SetWeight { .. }
@@ -131,6 +146,42 @@ pub enum Body {
     Node(Box<NodeChange>),
     /// `lb capture`: the capture runs.
     Capture(crate::capture::Started),
+    Rules(RulesView),
+    HttpSimulation(HttpSimulationView),
+}
+
+/// An L7 listener's routing rules, in order, and its default pool.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesView {
+    pub listener: String,
+    pub rules: Vec<RuleView>,
+    /// Where a request no rule takes goes.
+    pub default_pool: String,
+}
+
+/// One rule, in words.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleView {
+    /// From 1, in the order the rules are tried.
+    pub position: usize,
+    pub name: String,
+    pub conditions: String,
+    pub action: String,
+    /// Its header changes, in words (empty: none).
+    pub headers: String,
+}
+
+/// Where a request would go.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpSimulationView {
+    pub listener: String,
+    /// The rule that takes it; none: the listener's own pool.
+    pub rule: Option<String>,
+    pub action: String,
+    /// A forward: the pool and the backend the next such request would go to now, if any
+    /// takes requests (a new user's: a sticky one's is its cookie's).
+    pub pool: Option<String>,
+    pub backend: Option<SocketAddr>,
 }
 
 /// The node's announcements, for `lb status`.

@@ -325,20 +325,25 @@ impl Runtime {
     /// unhealthy (and the pool does not fail open) or gone.
     pub fn members(&self, config: &Config, now: Instant) -> PoolMembers {
         let mut members = PoolMembers::new();
-        for listener in config.listeners.values().filter(|l| l.l7.is_some()) {
-            if members.contains_key(&listener.pool) {
+        let used = config
+            .listeners
+            .values()
+            .filter(|l| l.l7.is_some())
+            .flat_map(|l| l.pools());
+        for name in used {
+            if members.contains_key(name) {
                 continue;
             }
-            let Some(pool) = config.pools.get(&listener.pool) else {
+            let Some(pool) = config.pools.get(name) else {
                 continue;
             };
-            let targets = self.targets(&listener.pool, pool, now);
+            let targets = self.targets(name, pool, now);
             let list = pool
                 .backends
                 .iter()
                 .zip(targets)
                 .map(|(backend, target)| {
-                    let key = BackendKey::of(&listener.pool, backend);
+                    let key = BackendKey::of(name, backend);
                     let parked = matches!(self.kind(&key, backend.weight), Kind::Parked);
                     Member {
                         backend: backend.clone(),
@@ -347,7 +352,7 @@ impl Runtime {
                     }
                 })
                 .collect();
-            members.insert(listener.pool.clone(), list);
+            members.insert(name.to_owned(), list);
         }
         members
     }

@@ -181,6 +181,25 @@ pub struct BackendSet {
     schedule: Vec<u32>,
 }
 
+/// A listener's pools (its own and its rules'), by name, each as of the last update.
+#[derive(Debug, Default)]
+pub struct Pools(std::collections::BTreeMap<String, Arc<BackendSet>>);
+
+impl Pools {
+    pub fn new(sets: std::collections::BTreeMap<String, Arc<BackendSet>>) -> Self {
+        Self(sets)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<BackendSet>> {
+        self.0.get(name)
+    }
+
+    /// Every member of every pool.
+    pub fn members(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.0.values().flat_map(|set| set.members())
+    }
+}
+
 /// Round-robin schedules are at most this long; larger weight sums are scaled down.
 const MAX_SCHEDULE: u64 = 4096;
 
@@ -228,6 +247,11 @@ impl BackendSet {
         }
         set.schedule = schedule(&set.eligible.iter().map(|e| e.1).collect::<Vec<_>>());
         set
+    }
+
+    /// Whether no member takes new requests.
+    pub fn is_empty(&self) -> bool {
+        self.eligible.is_empty()
     }
 
     /// Every member.

@@ -23,6 +23,7 @@ pub mod limit;
 pub mod proxy;
 pub mod proxy_protocol;
 mod retry;
+pub mod route;
 pub mod server;
 pub mod sticky;
 pub mod tls;
@@ -42,7 +43,7 @@ use tracing::{info, warn};
 
 use self::{
     access_log::AccessLog,
-    balance::{BackendSet, Member},
+    balance::{BackendSet, Member, Pools},
     files::FileError,
     proxy::{Proxy, Site},
     tls::{CertResolver, Certificates, SessionTickets, TicketKeys, TicketSource},
@@ -506,14 +507,25 @@ fn fill_pools(running: &BTreeMap<String, Running>, members: &PoolMembers) {
         let Some(settings) = &r.listener.l7 else {
             continue;
         };
-        let pool = members.get(&r.listener.pool).map_or(&[][..], Vec::as_slice);
         let server_name = settings
             .backend
             .tls
             .as_ref()
             .and_then(|tls| tls.server_name.as_deref());
-        let set = BackendSet::build(&r.listener, server_name, pool, &r.proxy.backends());
-        r.proxy.set_backends(set);
+        let previous = r.proxy.backends();
+        let empty = BackendSet::default();
+        let sets = r
+            .listener
+            .pools()
+            .into_iter()
+            .map(|pool| {
+                let members = members.get(pool).map_or(&[][..], Vec::as_slice);
+                let old = previous.get(pool).map_or(&empty, |set| set);
+                let set = BackendSet::build(&r.listener, server_name, members, old);
+                (pool.to_owned(), Arc::new(set))
+            })
+            .collect();
+        r.proxy.set_backends(Pools::new(sets));
     }
 }
 
@@ -651,6 +663,7 @@ fn site_with(
 ) -> Result<Site, L7Error> {
     let (sealer, connector) = sealer_and_connector(name, settings)?;
     Ok(Site {
+        routes: route::Routes::new(&listener.pool, settings),
         listener: listener.clone(),
         settings: settings.clone(),
         tls,

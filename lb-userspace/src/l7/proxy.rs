@@ -23,6 +23,7 @@
 use std::{
     convert::Infallible,
     future::Future,
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -43,12 +44,13 @@ use tracing::{debug, warn};
 
 use super::{
     access_log::{AccessLog, Entry, Peer, RequestLine, Source, Sticky},
-    balance::{BackendSet, OutlierPolicy, Outstanding, Upstream},
+    balance::{BackendSet, OutlierPolicy, Outstanding, Pools, Upstream},
     body::{Held, ProxyBody, Upload, error_response},
     conn::ConnState,
     headers::{self, Forwarding},
     limit::Limit,
     retry::{Attempts, Failure, Next, ReplayHead},
+    route::{Facts, Forward, Route},
     sticky::{self, Opened, SessionId, Ticket},
     tls::CertResolver,
     upstream::{ConnectError, Connector, ProxyTag, Sender, UpBody},
@@ -156,6 +158,8 @@ fn count(counter: &AtomicU64) {
 
 /// A listener's settings as of its last (re)load: what a new request or connection uses.
 pub struct Site {
+    /// Where requests go: the listener's rules, and its pool.
+    pub routes: super::route::Routes,
     pub listener: ListenerConfig,
     pub settings: L7Settings,
     pub tls: Arc<rustls::ServerConfig>,
@@ -178,9 +182,11 @@ impl std::fmt::Debug for Site {
 pub struct Proxy {
     pub name: String,
     site: ArcSwap<Site>,
-    backends: ArcSwap<BackendSet>,
+    backends: ArcSwap<Pools>,
     /// Round-robin position, shared by every request.
     turn: AtomicUsize,
+    /// Which of a rule's weighted pools takes the next new user.
+    pool_turn: AtomicUsize,
     pub counters: Counters,
     /// Open TLS connections against `max_connections`, across reloads.
     pub connections: Arc<Limit>,
@@ -238,7 +244,7 @@ impl Client {
 #[derive(Debug, Default)]
 struct Trace {
     timed: bool,
-    backend: Option<std::net::SocketAddr>,
+    backend: Option<SocketAddr>,
     /// Tries on another backend, or replays (not a request sent again on a fresh connection
     /// after a pooled one was found closed).
     retries: u32,
@@ -401,8 +407,9 @@ impl Proxy {
             log_source: Arc::new(Source::new(&name)),
             name,
             site: ArcSwap::from_pointee(site),
-            backends: ArcSwap::from_pointee(BackendSet::default()),
+            backends: ArcSwap::from_pointee(Pools::default()),
             turn: AtomicUsize::new(0),
+            pool_turn: AtomicUsize::new(0),
             counters: Counters::default(),
             drain: tokio::sync::watch::Sender::new(false),
             access_log: ArcSwapOption::empty(),
@@ -447,12 +454,12 @@ impl Proxy {
         u64::try_from(open).unwrap_or(u64::MAX)
     }
 
-    pub fn backends(&self) -> Arc<BackendSet> {
+    pub fn backends(&self) -> Arc<Pools> {
         self.backends.load_full()
     }
 
-    pub fn set_backends(&self, set: BackendSet) {
-        self.backends.store(Arc::new(set));
+    pub fn set_backends(&self, pools: Pools) {
+        self.backends.store(Arc::new(pools));
     }
 
     /// Answers one request from `client` on connection `conn`.
@@ -530,21 +537,42 @@ impl Proxy {
         trace: &mut Trace,
     ) -> Response<ProxyBody> {
         let site = self.site();
-        let set = self.backends();
+        let pools = self.backends();
         if let Err((refused, why)) = self.check(&site, &mut request) {
             trace.failed(why);
             return refused.response();
         }
+        let facts = Facts::of(&request);
+        let route = site
+            .routes
+            .route(&site.settings.rules, &facts.view(request.headers()));
+        let forward = match route {
+            Route::Forward(forward) => forward,
+            Route::Redirect(redirect, rule) => {
+                return super::route::redirect(redirect, &facts, &rule.response_headers);
+            }
+            Route::Fixed(fixed, rule) => {
+                return super::route::fixed(fixed, &rule.response_headers);
+            }
+        };
         let switch = Switch::of(&mut request);
         let now = sticky::now_unix_ms();
-        let (first, mut placement) = self.place(&site, &set, request.headers_mut(), now);
+        let (first, mut placement) =
+            self.place(&site, &pools, &forward, request.headers_mut(), now);
         trace.sticky = placement.outcome();
-        let Some(first) = first else {
+        let Some((set, first)) = first else {
             count(&self.counters.no_backend);
             trace.failed("no_backend");
             return error_response(StatusCode::SERVICE_UNAVAILABLE);
         };
-        let prepared = self.prepare(&site, request, &client.forwarding, &first, &switch);
+        let prepared = self.prepare(
+            &site,
+            request,
+            &client.forwarding,
+            &first,
+            &switch,
+            &forward,
+        );
         let (request, replay, upload) = match prepared {
             Ok(prepared) => prepared,
             Err((refused, why)) => {
@@ -581,8 +609,10 @@ impl Proxy {
             Ok(served) => served,
             Err(failed) => return failed.response(),
         };
-        let cookie = self.cookie(&site, &placement, &served.upstream, now);
-        self.respond(&site, served, cookie, switch, conn, tries.tag)
+        let cookie = self.cookie(&site, forward.sticky, &placement, &served.upstream, now);
+        let mut response = self.respond(&site, served, cookie, switch, conn, tries.tag);
+        super::route::edit(response.headers_mut(), forward.response_headers);
+        response
     }
 
     /// A request refused before it is placed: a head too large (414, 431), no usable `Host`
@@ -628,6 +658,7 @@ impl Proxy {
         client: &Forwarding,
         first: &Upstream,
         switch: &Switch,
+        forward: &Forward<'_>,
     ) -> Result<Prepared, (Refusal, &'static str)> {
         let (mut parts, body) = request.into_parts();
         if switch.h2_websocket {
@@ -661,6 +692,7 @@ impl Proxy {
             parts.headers.remove(header::FORWARDED);
         }
         headers::add_forwarding(&mut parts.headers, client);
+        super::route::edit(&mut parts.headers, forward.request_headers);
         let version = if site.connector.http2() && upgrade.is_none() {
             Version::HTTP_2
         } else {
@@ -890,13 +922,19 @@ impl Proxy {
     fn place(
         &self,
         site: &Site,
-        set: &BackendSet,
+        pools: &Pools,
+        forward: &Forward<'_>,
         headers: &mut HeaderMap,
         now: u64,
-    ) -> (Option<Arc<Upstream>>, Placement) {
+    ) -> (Option<Chosen>, Placement) {
         let balance = site.settings.balance;
-        let (Some(sealer), Some(sticky)) = (&site.sealer, &site.settings.sticky) else {
-            return (set.pick(balance, &self.turn, None), Placement::Unpinned);
+        let sets = pool_sets(pools, forward.pools);
+        let pick = |exclude: Option<&Arc<Upstream>>| {
+            pick_pool(&sets, balance, exclude, &self.pool_turn, &self.turn)
+                .map(|(_, set, upstream)| (set, upstream))
+        };
+        let (Some(sealer), Some(sticky)) = (&site.sealer, forward.sticky) else {
+            return (pick(None), Placement::Unpinned);
         };
         let longest = u64::try_from(sticky.duration.as_millis()).unwrap_or(u64::MAX);
         let opened = Self::take_sticky(sealer, sticky, headers).filter(|opened| {
@@ -905,36 +943,62 @@ impl Proxy {
             let too_long = opened.is_legacy && opened.ticket.expires > now.saturating_add(longest);
             opened.ticket.is_live(now) && !too_long
         });
-        match opened {
-            Some(Opened { ticket, is_legacy }) => match set.pinned(ticket.backend) {
-                Some(pinned) => {
-                    count(&self.counters.sticky_hits);
-                    let half = sticky.duration / 2;
-                    let left = Duration::from_millis(ticket.expires.saturating_sub(now));
-                    // A draining or disabled backend keeps its sessions for their time, not
-                    // for as long as they stay active.
-                    let slides =
-                        sticky.sliding && left < half && set.takes_new_users(ticket.backend);
-                    let refresh = is_legacy || slides;
-                    let session = ticket.session;
-                    (Some(pinned), Placement::Pinned { session, refresh })
-                }
-                None => {
-                    count(&self.counters.sticky_repinned);
-                    (
-                        set.rendezvous(&ticket.session),
-                        Placement::Repinned(ticket.session),
-                    )
-                }
-            },
-            None => {
-                count(&self.counters.sticky_new);
+        let Some(Opened { ticket, is_legacy }) = opened else {
+            count(&self.counters.sticky_new);
+            return (pick(None), Placement::New(SessionId::random()));
+        };
+        // The pool of the action that has the session's backend (a user stays in its pool).
+        let pinned = sets
+            .iter()
+            .find_map(|&(_, set, ..)| Some((set, set.pinned(ticket.backend)?)));
+        match pinned {
+            Some((set, pinned)) => {
+                count(&self.counters.sticky_hits);
+                let half = sticky.duration / 2;
+                let left = Duration::from_millis(ticket.expires.saturating_sub(now));
+                // A draining or disabled backend keeps its sessions for their time, not for
+                // as long as they stay active.
+                let slides = sticky.sliding && left < half && set.takes_new_users(ticket.backend);
+                let refresh = is_legacy || slides;
+                let session = ticket.session;
                 (
-                    set.pick(balance, &self.turn, None),
-                    Placement::New(SessionId::random()),
+                    Some((Arc::clone(set), pinned)),
+                    Placement::Pinned { session, refresh },
                 )
             }
+            None => {
+                count(&self.counters.sticky_repinned);
+                // The same pool and backend on every balancer: by rendezvous of the session,
+                // first among the pools (by weight), then in the pool.
+                let pool = sticky::rendezvous(
+                    &ticket.session,
+                    sets.iter()
+                        .map(|&(_, set, weight, id)| (id, if set.is_empty() { 0 } else { weight })),
+                );
+                let placed =
+                    sets.iter()
+                        .find(|&&(.., id)| Some(id) == pool)
+                        .and_then(|&(_, set, ..)| {
+                            Some((Arc::clone(set), set.rendezvous(&ticket.session)?))
+                        });
+                (placed, Placement::Repinned(ticket.session))
+            }
         }
+    }
+
+    /// Where a new user's request for `pools` would go now (`lb simulate`): the pool and the
+    /// backend, the turns left as they are.
+    pub fn peek(
+        &self,
+        pools: &[crate::config::rules::WeightedPool],
+    ) -> Option<(String, SocketAddr)> {
+        let site = self.site();
+        let current = self.backends();
+        let sets = pool_sets(&current, pools);
+        let pool_turn = AtomicUsize::new(self.pool_turn.load(Ordering::Relaxed));
+        let turn = AtomicUsize::new(self.turn.load(Ordering::Relaxed));
+        pick_pool(&sets, site.settings.balance, None, &pool_turn, &turn)
+            .map(|(pool, _, upstream)| (pool.to_owned(), upstream.address))
     }
 
     /// The `Set-Cookie`s for a response from `served`: for a new or re-pinned session (also
@@ -943,11 +1007,12 @@ impl Proxy {
     fn cookie(
         &self,
         site: &Site,
+        sticky: Option<&StickySettings>,
         placement: &Placement,
         served: &Arc<Upstream>,
         now: u64,
     ) -> Option<SetCookies> {
-        let (Some(sealer), Some(sticky)) = (&site.sealer, &site.settings.sticky) else {
+        let (Some(sealer), Some(sticky)) = (&site.sealer, sticky) else {
             return None;
         };
         let session = match *placement {
@@ -1043,6 +1108,61 @@ impl Proxy {
         warn!(listener = %self.name, backend = %upstream.address, %error,
             "cannot reach the backend");
     }
+}
+
+/// A request's pool (the one its tries stay in) and first backend.
+type Chosen = (Arc<BackendSet>, Arc<Upstream>);
+
+/// A forward action's pools as the listener has them: name, set, weight and rendezvous id.
+type PoolSets<'a> = Vec<(&'a str, &'a Arc<BackendSet>, u32, u64)>;
+
+fn pool_sets<'a>(
+    pools: &'a Pools,
+    forward: &'a [crate::config::rules::WeightedPool],
+) -> PoolSets<'a> {
+    forward
+        .iter()
+        .filter_map(|p| {
+            let set = pools.get(&p.pool)?;
+            Some((
+                p.pool.as_str(),
+                set,
+                p.weight,
+                super::route::pool_id(&p.pool),
+            ))
+        })
+        .collect()
+}
+
+/// A backend for a new request among a forward action's pools: a pool by weight (in turn, by
+/// `pool_turn`), then a backend of it by `balance` (`turn`); a pool with none to take the
+/// request gives its turn to the next.
+fn pick_pool<'a>(
+    sets: &PoolSets<'a>,
+    balance: crate::config::l7::Balance,
+    exclude: Option<&Arc<Upstream>>,
+    pool_turn: &AtomicUsize,
+    turn: &AtomicUsize,
+) -> Option<(&'a str, Arc<BackendSet>, Arc<Upstream>)> {
+    let start = match sets.as_slice() {
+        [] => return None,
+        [_] => 0,
+        _ => {
+            let total: u64 = sets.iter().map(|&(.., weight, _)| u64::from(weight)).sum();
+            let at = pool_turn.fetch_add(1, Ordering::Relaxed) as u64 % total.max(1);
+            let mut sum = 0;
+            sets.iter()
+                .position(|&(.., weight, _)| {
+                    sum += u64::from(weight);
+                    at < sum
+                })
+                .unwrap_or(0)
+        }
+    };
+    (0..sets.len()).find_map(|k| {
+        let (name, set, ..) = sets[(start + k) % sets.len()];
+        Some((name, Arc::clone(set), set.pick(balance, turn, exclude)?))
+    })
 }
 
 /// Sends `request` on `sender`; the HTTP/1.1 connection comes back with the response, to be

@@ -10,6 +10,7 @@
 //! Time is passed in, so tests drive it with a clock of their own.
 
 mod capture;
+mod routing;
 mod views;
 
 use std::{
@@ -298,6 +299,19 @@ impl<D: Datapath> Controller<D> {
             } => self
                 .simulate(protocol, client, vip)
                 .map(Body::Simulation)
+                .map_err(Refusal::Refused),
+            Request::ListRules { listener } => self
+                .rules_view(&listener)
+                .map(Body::Rules)
+                .map_err(Refusal::Refused),
+            Request::SimulateHttp {
+                listener,
+                method,
+                url,
+                headers,
+            } => self
+                .simulate_http(&listener, &method, &url, &headers)
+                .map(Body::HttpSimulation)
                 .map_err(Refusal::Refused),
             Request::NodeDrain { wait_ms } => {
                 self.set_drained(true, wait_ms.map(Duration::from_millis), now)
@@ -595,7 +609,9 @@ impl<D: Datapath> Controller<D> {
             .iter()
             .filter(|(name, l)| {
                 self.config.listeners.get(*name) != Some(*l)
-                    || self.config.pools.get(&l.pool) != next.pools.get(&l.pool)
+                    || l.pools()
+                        .into_iter()
+                        .any(|pool| self.config.pools.get(pool) != next.pools.get(pool))
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -649,7 +665,7 @@ impl<D: Datapath> Controller<D> {
         self.config
             .listeners
             .iter()
-            .filter(|(_, l)| l.pool == pool)
+            .filter(|(_, l)| l.uses_pool(pool))
             .map(|(name, _)| name.clone())
             .collect()
     }

@@ -120,10 +120,12 @@ impl<D: Datapath> Controller<D> {
     /// (passthrough), or with a weight in the published pool (L7).
     fn active_backends(&self, name: &str, listener: &crate::config::ListenerConfig) -> usize {
         if listener.l7.is_some() {
-            return self
-                .published
-                .get(&listener.pool)
-                .map_or(0, |members| members.iter().filter(|m| m.weight > 0).count());
+            return listener
+                .pools()
+                .into_iter()
+                .filter_map(|pool| self.published.get(pool))
+                .map(|members| members.iter().filter(|m| m.weight > 0).count())
+                .sum();
         }
         self.reconciler.listeners().get(name).map_or(0, |applied| {
             applied.backends.values().filter(|b| b.weight > 0).count()
@@ -209,7 +211,6 @@ impl<D: Datapath> Controller<D> {
                 proxy
                     .backends()
                     .members()
-                    .iter()
                     .filter_map(|u| Some(((proxy.name.clone(), u.address), u.ejected_for()?)))
                     .collect::<Vec<_>>()
             })
