@@ -17,12 +17,17 @@
 //! - [`cli`]: the command line and its output;
 //! - [`health`]: backend health probes and the health state machine;
 //! - [`metrics`]: the Prometheus endpoint;
-//! - [`capture`]: `lb capture`, packets as the balancer handles them, to a pcapng file;
-//! - [`bench`]: `lb bench xdp`;
-//! - [`lab`]: network namespaces, veths and real TLS servers and clients for tests, demo and
-//!   benchmarks;
-//! - [`demo`]: `lb demo`, the balancer at work in a lab, for a newcomer.
+//! - [`capture`]: `lb capture`, packets as the balancer handles them, to a pcapng file.
+//!
+//! Behind the `lab` feature (on by default; the Debian package is built without it, so the
+//! daemon it ships links none of this):
+//!
+//! - `lab`: network namespaces, veths, a test PKI and real TLS and HTTP servers and clients
+//!   for tests, demo and benchmarks;
+//! - `demo`: `lb demo`, the balancer at work in a lab, for a newcomer;
+//! - `bench`: `lb bench xdp` and `lb bench l7`, with their SVG charts.
 
+#[cfg(feature = "lab")]
 pub mod bench;
 pub mod capture;
 pub mod cli;
@@ -30,11 +35,13 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod datapath;
+#[cfg(feature = "lab")]
 pub mod demo;
 pub mod health;
 pub mod host;
 pub mod interrupt;
 pub mod l7;
+#[cfg(feature = "lab")]
 pub mod lab;
 pub mod loader;
 pub mod maglev;

@@ -6,9 +6,9 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use clap::{CommandFactory as _, FromArgMatches as _};
-use lb::cli::{
-    BenchCommand, Cli, Command, DecapCommand, NodeCommand, OptionError, SOCKET_ENV, render,
-};
+#[cfg(feature = "lab")]
+use lb::cli::BenchCommand;
+use lb::cli::{Cli, Command, DecapCommand, NodeCommand, OptionError, SOCKET_ENV, render};
 
 /// The proxy allocates and frees small blocks for every request (header maps, buffers,
 /// futures); mimalloc's per-thread free lists do that in fewer instructions than glibc's.
@@ -61,7 +61,9 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let local = match &cli.command {
         Command::Decap(_) => Some("decap"),
+        #[cfg(feature = "lab")]
         Command::Bench(_) => Some("bench"),
+        #[cfg(feature = "lab")]
         Command::Demo => Some("demo"),
         Command::StickyKey => Some("sticky-key"),
         Command::TicketKey => Some("ticket-key"),
@@ -141,66 +143,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", render::decap_status(&status));
             }
         }
-        Command::Bench(BenchCommand::Xdp {
-            rounds,
-            calls,
-            frames,
-            flows,
-            svg,
-        }) => {
-            let options = lb::bench::xdp::Options {
-                rounds,
-                calls,
-                frames,
-                flows,
-            };
-            let report = lb::bench::xdp::run(options).context("the XDP benchmark failed")?;
-            println!("{report}");
-            if let Some(dir) = svg {
-                for chart in report.write_charts(&dir)? {
-                    println!("chart: {}", chart.display());
-                }
-            }
-        }
-        Command::Bench(BenchCommand::L7 {
-            rounds,
-            duration,
-            warmup,
-            connections,
-            base,
-            svg,
-        }) => {
-            let base = base
-                .map(|path| {
-                    std::fs::canonicalize(&path)
-                        .ok()
-                        .filter(|p| p.is_file())
-                        .ok_or_else(|| anyhow::anyhow!("--base {}: no such file", path.display()))
-                })
-                .transpose()?;
-            let options = lb::bench::l7::Options {
-                rounds,
-                duration,
-                warmup,
-                connections: usize::try_from(connections).context("--connections")?,
-            };
-            let report =
-                lb::bench::l7::run(options, base.as_deref()).context("the L7 benchmark failed")?;
-            if cli.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                println!("{report}");
-            }
-            if let Some(dir) = svg {
-                for chart in report.write_charts(&dir)? {
-                    eprintln!("chart: {}", chart.display());
-                }
-            }
-        }
-        Command::Bench(BenchCommand::L7Backend { listen, cert, key }) => {
-            let tls = cert.as_deref().zip(key.as_deref());
-            lb::bench::l7::backend::serve(listen, tls).context("the benchmark's backend failed")?;
-        }
+        #[cfg(feature = "lab")]
+        Command::Bench(command) => run_bench(command, cli.json)?,
+        #[cfg(feature = "lab")]
         Command::Demo => lb::demo::run()?,
         Command::StickyKey => println!("{}", lb::l7::sticky::KeyRing::generate_line()?),
         Command::TicketKey => println!(
@@ -239,6 +184,75 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("this command is not one the daemon answers")?;
             let body = lb::control::client::call(&daemon_socket(&cli)?, &request)?;
             print!("{}", render::render(&body, cli.json));
+        }
+    }
+    Ok(())
+}
+
+/// `lb bench ...` (the `lab` feature): runs a benchmark and prints its report, and its charts'
+/// paths with `--svg`.
+#[cfg(feature = "lab")]
+fn run_bench(command: BenchCommand, json: bool) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Xdp {
+            rounds,
+            calls,
+            frames,
+            flows,
+            svg,
+        } => {
+            let options = lb::bench::xdp::Options {
+                rounds,
+                calls,
+                frames,
+                flows,
+            };
+            let report = lb::bench::xdp::run(options).context("the XDP benchmark failed")?;
+            println!("{report}");
+            if let Some(dir) = svg {
+                for chart in report.write_charts(&dir)? {
+                    println!("chart: {}", chart.display());
+                }
+            }
+        }
+        BenchCommand::L7 {
+            rounds,
+            duration,
+            warmup,
+            connections,
+            base,
+            svg,
+        } => {
+            let base = base
+                .map(|path| {
+                    std::fs::canonicalize(&path)
+                        .ok()
+                        .filter(|p| p.is_file())
+                        .ok_or_else(|| anyhow::anyhow!("--base {}: no such file", path.display()))
+                })
+                .transpose()?;
+            let options = lb::bench::l7::Options {
+                rounds,
+                duration,
+                warmup,
+                connections: usize::try_from(connections).context("--connections")?,
+            };
+            let report =
+                lb::bench::l7::run(options, base.as_deref()).context("the L7 benchmark failed")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+            if let Some(dir) = svg {
+                for chart in report.write_charts(&dir)? {
+                    eprintln!("chart: {}", chart.display());
+                }
+            }
+        }
+        BenchCommand::L7Backend { listen, cert, key } => {
+            let tls = cert.as_deref().zip(key.as_deref());
+            lb::bench::l7::backend::serve(listen, tls).context("the benchmark's backend failed")?;
         }
     }
     Ok(())

@@ -1,7 +1,10 @@
 //! `cargo xtask clippy`: lints the workspace in two passes, like aya's own xtask, then the fuzz
 //! crate.
 //!
-//! 1. Host crates on the default toolchain, all targets, warnings denied.
+//! 1. Host crates on the default toolchain, all targets, warnings denied; then `lb-userspace`
+//!    again without its default `lab` feature (the Debian package's build), all targets but the
+//!    integration tests that need the lab: a module outside `lab`, `demo` and `bench` that
+//!    used them, or their crates, would fail here.
 //! 2. The eBPF crate on nightly for `bpfel-unknown-none` with `-Z build-std=core`, given the same
 //!    `bpf_target_arch` cfg that aya-build passes when it builds the crate for real, in its own
 //!    target directory so it does not invalidate the host build.
@@ -21,10 +24,12 @@ const EBPF_TARGET_DIR: &str = "target/bpf-clippy";
 /// Runs every pass, each even if an earlier one fails, so one run shows every finding.
 pub fn run(runner: &Runner) -> Result<()> {
     let host = lint_host_crates(runner);
+    let without_lab = lint_without_lab(runner);
     let ebpf = lint_ebpf_crate(runner);
     let fuzz = lint_fuzz_crate(runner);
     let failed: Vec<String> = [
         ("host crates", host),
+        ("lb-userspace without the lab", without_lab),
         ("eBPF crate", ebpf),
         ("fuzz crate", fuzz),
     ]
@@ -44,6 +49,21 @@ fn lint_host_crates(runner: &Runner) -> Result<()> {
         "--workspace",
         "--exclude",
         EBPF_PACKAGE,
+        "--all-targets",
+    ])
+    .args(["--", "-D", "warnings"]);
+    runner.run(&mut cmd)
+}
+
+/// `lb-userspace` as the package builds it: `--no-default-features`. Its integration tests
+/// that need the lab say so (`required-features`) and are left out; the unit tests are not.
+fn lint_without_lab(runner: &Runner) -> Result<()> {
+    let mut cmd = runner.cargo();
+    cmd.args([
+        "clippy",
+        "-p",
+        "lb-userspace",
+        "--no-default-features",
         "--all-targets",
     ])
     .args(["--", "-D", "warnings"]);

@@ -58,8 +58,8 @@ enum Task {
     /// Run setup, then the parsers' libFuzzer targets (config, cookies, session tickets,
     /// certificates, headers), 60 s each unless told otherwise.
     Fuzz(fuzz_parsers::Options),
-    /// Build the Debian package (target/package/lb_VERSION_ARCH.deb); `--check` also installs,
-    /// tries and purges it.
+    /// Build the Debian package (target/package/lb_VERSION_ARCH.deb: lb without the `lab`
+    /// feature); `--check` also installs, tries and purges it.
     Package(package::Options),
 }
 

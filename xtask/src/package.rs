@@ -1,9 +1,9 @@
 //! `cargo xtask package`: the Debian package, `target/package/lb_VERSION_ARCH.deb`, built with
-//! `dpkg-deb` from the release binary and `packaging/`:
+//! `dpkg-deb` from a release binary without the lab and `packaging/`:
 //!
 //! | installed as | from |
 //! | --- | --- |
-//! | `/usr/bin/lb` | the release build (debug symbols stripped) |
+//! | `/usr/bin/lb` | `--release --no-default-features` in `target/package-build` (debug symbols stripped) |
 //! | `/lib/systemd/system/lb.service` | `packaging/lb.service`, `ExecStart` and `ExecReload` on `/usr/bin/lb` |
 //! | `/usr/lib/sysusers.d/lb.conf` | `packaging/lb.sysusers`: the user `lb` (made by `postinst`) |
 //! | `/etc/lb/lb.toml` (a conffile) | `packaging/lb.toml`, an example `lb check` passes |
@@ -12,9 +12,14 @@
 //! | bash, zsh and fish completions | `lb completions SHELL` |
 //! | `/usr/share/doc/lb/` | the README, the copyright, the BIRD examples |
 //!
-//! The lab, demo and benchmark code is in the binary (`lb demo`, `lb bench`): see the README's
-//! "Package" section. With `--check` (root), the package is then installed on this machine,
-//! `lb --version` and `lb check` run on the example as installed, and it is purged again.
+//! The binary is the daemon and its CLI only: built without the `lab` feature, it has no
+//! `lb demo`, no `lb bench` and none of the lab's code (see the README's "Package" section).
+//! It is built in a target directory of its own, so that the release `lb` with the lab
+//! (`cargo xtask bench`, `demo`) and this one never replace each other. Before building,
+//! `cargo tree` must show that the lab's crates ([`LAB_CRATES`]) are not among the binary's
+//! dependencies. With `--check` (root), the package is then installed on this machine,
+//! `lb --version` and `lb check` run on the example as installed, `lb help demo` and
+//! `lb help bench` must be refused as unknown commands, and it is purged again.
 
 use std::{
     fs,
@@ -59,13 +64,71 @@ pub fn run(runner: &Runner, options: &Options) -> Result<()> {
     Ok(())
 }
 
-/// Builds the release binary and the package; returns the package's path.
+/// The crates only the lab, `lb demo` and `lb bench` use: the package's binary links none.
+const LAB_CRATES: [&str; 2] = ["rcgen", "plotters"];
+
+/// The commands the `lab` feature adds: the package's `lb` does not know them.
+const LAB_COMMANDS: [&str; 2] = ["demo", "bench"];
+
+/// Cargo's flags for the package's binary: release, without the `lab` feature.
+const PACKAGE_BUILD: [&str; 6] = [
+    "--release",
+    "-p",
+    "lb-userspace",
+    "--bin",
+    "lb",
+    "--no-default-features",
+];
+
+/// Fails if a lab crate is among the normal dependencies of the package's build of `lb`.
+fn check_no_lab_crates(runner: &Runner) -> Result<()> {
+    let mut cargo = runner.cargo();
+    cargo.args([
+        "tree",
+        "-p",
+        "lb-userspace",
+        "--no-default-features",
+        "-e",
+        "normal",
+    ]);
+    cargo.args(["--prefix", "none", "--format", "{p}"]);
+    let output = cargo.output().context("running cargo tree")?;
+    if !output.status.success() {
+        bail!(
+            "`cargo tree` failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    let tree = String::from_utf8_lossy(&output.stdout);
+    let linked: Vec<&str> = tree
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|name| LAB_CRATES.contains(name))
+        .collect();
+    if !linked.is_empty() {
+        bail!(
+            "the package's lb depends on the lab's crates ({}): a module outside lab, demo and \
+             bench uses them (`cargo tree -p lb-userspace --no-default-features -i CRATE`)",
+            linked.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Builds the release binary (without the lab) and the package; returns the package's path.
 pub fn build(runner: &Runner) -> Result<PathBuf> {
     let root = runner.root().to_owned();
+    check_no_lab_crates(runner)?;
+    // Its own target directory: target/release/lb is the build with the lab.
+    let build_dir = runner.target_dir().join("package-build");
     let mut cargo = runner.cargo();
-    cargo.args(["build", "--release", "-p", "lb-userspace", "--bin", "lb"]);
+    cargo
+        .arg("build")
+        .args(PACKAGE_BUILD)
+        .arg("--target-dir")
+        .arg(&build_dir);
     runner.run(&mut cargo)?;
-    let lb = runner.target_dir().join("release/lb");
+    let lb = build_dir.join("release/lb");
     let version = if runner.is_dry_run() {
         "VERSION".to_owned()
     } else {
@@ -217,6 +280,15 @@ fn check(runner: &Runner, deb: &Path) -> Result<()> {
                 bail!("the package did not install {path}");
             }
         }
+        for path in [
+            "/usr/share/man/man1/lb-demo.1.gz",
+            "/usr/share/man/man1/lb-bench.1.gz",
+        ] {
+            if Path::new(path).exists() {
+                bail!("the package installed {path}: its lb was built with the lab");
+            }
+        }
+        check_no_lab_commands(Path::new("/usr/bin/lb"))?;
         if !user_before && query("getent", &["passwd", "lb"]).is_none() {
             bail!("the package did not make the user lb");
         }
@@ -226,6 +298,27 @@ fn check(runner: &Runner, deb: &Path) -> Result<()> {
     checked?;
     purged?;
     println!("package: installed, checked and purged");
+    Ok(())
+}
+
+/// Fails unless `lb` refuses `help demo` and `help bench` as unknown commands (`help`, so that
+/// a binary with the lab only prints a help text rather than start a lab).
+fn check_no_lab_commands(lb: &Path) -> Result<()> {
+    for command in LAB_COMMANDS {
+        let output = Command::new(lb)
+            .args(["help", command])
+            .output()
+            .with_context(|| format!("lb help {command}"))?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if output.status.success() || !stderr.contains("unrecognized subcommand") {
+            bail!(
+                "the installed lb knows `lb {command}` (`lb help {command}`: {}): it was built \
+                 with the lab",
+                output.status
+            );
+        }
+    }
+    println!("package: lb has no {} command", LAB_COMMANDS.join(" or "));
     Ok(())
 }
 

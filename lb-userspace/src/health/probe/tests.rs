@@ -1,5 +1,5 @@
 //! Probes against real sockets on 127.0.0.1: tiny TCP, HTTP and TLS servers in tokio tasks,
-//! certificates from the lab's [`Pki`].
+//! certificates from the TLS unit tests' [`Ca`] (not the lab's, which the package lacks).
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use super::{Outcome, Probe, ProbeKind, parse_status_range, tls};
-use crate::lab::Pki;
+use crate::l7::tls::test_support::Ca;
 
 /// Long enough for any loopback exchange on a loaded machine.
 const GENEROUS: Duration = Duration::from_secs(5);
@@ -46,13 +46,13 @@ fn http(status: RangeInclusive<u16>, host: Option<&str>) -> ProbeKind {
     }
 }
 
-fn https(pki: &Pki, host: Option<&str>, server_name: Option<&str>) -> ProbeKind {
+fn https(ca: &Ca, host: Option<&str>, server_name: Option<&str>) -> ProbeKind {
     ProbeKind::Https {
         path: "/healthz".to_owned(),
         host: host.map(str::to_owned),
         status: 200..=399,
         server_name: server_name.map(str::to_owned),
-        roots: Arc::new(pki.roots().expect("roots")),
+        roots: Arc::new(ca.roots()),
     }
 }
 
@@ -126,8 +126,8 @@ async fn serve_tls_once(config: Arc<ServerConfig>) -> SocketAddr {
     addr
 }
 
-fn test_pki() -> Pki {
-    Pki::new("lb probe test CA").expect("create a CA")
+fn test_ca() -> Ca {
+    Ca::new("lb probe test CA")
 }
 
 #[tokio::test]
@@ -244,30 +244,27 @@ async fn the_body_is_not_waited_for() {
 
 #[tokio::test]
 async fn https_passes_for_the_target_ip() {
-    let pki = test_pki();
-    let config = pki.issue(&["127.0.0.1"]).expect("issue").server_config();
-    let addr = serve_tls_once(config.expect("server config")).await;
+    let ca = test_ca();
+    let addr = serve_tls_once(ca.issue(&["127.0.0.1"]).server()).await;
     assert_eq!(
-        check(https(&pki, None, None), GENEROUS, addr).await,
+        check(https(&ca, None, None), GENEROUS, addr).await,
         Outcome::Pass
     );
 }
 
 #[tokio::test]
 async fn https_verifies_the_host_without_its_port() {
-    let pki = test_pki();
-    let config = pki.issue(&["backend.lab"]).expect("issue").server_config();
-    let addr = serve_tls_once(config.expect("server config")).await;
-    let kind = https(&pki, Some("backend.lab:8443"), None);
+    let ca = test_ca();
+    let addr = serve_tls_once(ca.issue(&["backend.lab"]).server()).await;
+    let kind = https(&ca, Some("backend.lab:8443"), None);
     assert_eq!(check(kind, GENEROUS, addr).await, Outcome::Pass);
 }
 
 #[tokio::test]
 async fn https_with_a_certificate_from_another_ca_is_failing() {
-    let (pki, other) = (test_pki(), Pki::new("another CA").expect("create a CA"));
-    let config = other.issue(&["127.0.0.1"]).expect("issue").server_config();
-    let addr = serve_tls_once(config.expect("server config")).await;
-    let reason = failing_reason(check(https(&pki, None, None), GENEROUS, addr).await);
+    let (ca, other) = (test_ca(), Ca::new("another CA"));
+    let addr = serve_tls_once(other.issue(&["127.0.0.1"]).server()).await;
+    let reason = failing_reason(check(https(&ca, None, None), GENEROUS, addr).await);
     assert!(
         reason.starts_with("TLS: certificate not trusted"),
         "{reason}"
@@ -276,10 +273,9 @@ async fn https_with_a_certificate_from_another_ca_is_failing() {
 
 #[tokio::test]
 async fn https_with_a_certificate_for_another_name_is_failing() {
-    let pki = test_pki();
-    let config = pki.issue(&["backend.lab"]).expect("issue").server_config();
-    let addr = serve_tls_once(config.expect("server config")).await;
-    let kind = https(&pki, None, Some("other.lab"));
+    let ca = test_ca();
+    let addr = serve_tls_once(ca.issue(&["backend.lab"]).server()).await;
+    let kind = https(&ca, None, Some("other.lab"));
     let reason = failing_reason(check(kind, GENEROUS, addr).await);
     assert!(
         reason.starts_with("TLS: certificate not valid for name"),
@@ -290,13 +286,11 @@ async fn https_with_a_certificate_for_another_name_is_failing() {
 
 #[tokio::test]
 async fn https_with_an_expired_certificate_is_failing() {
-    let pki = test_pki();
-    let config = pki
-        .issue_expired(&["127.0.0.1"])
-        .expect("issue")
-        .server_config();
-    let addr = serve_tls_once(config.expect("server config")).await;
-    let reason = failing_reason(check(https(&pki, None, None), GENEROUS, addr).await);
+    let ca = test_ca();
+    // Valid from 2000 to 2001.
+    let expired = ca.issue_between(&["127.0.0.1"], Some((2000, 2001)));
+    let addr = serve_tls_once(expired.server()).await;
+    let reason = failing_reason(check(https(&ca, None, None), GENEROUS, addr).await);
     assert!(reason.starts_with("TLS: certificate expired"), "{reason}");
     assert!(reason.ends_with("days ago"), "{reason}");
 }
@@ -304,7 +298,7 @@ async fn https_with_an_expired_certificate_is_failing() {
 #[tokio::test]
 async fn https_to_a_plain_http_server_is_failing() {
     let addr = serve_banner(OK).await;
-    let reason = failing_reason(check(https(&test_pki(), None, None), GENEROUS, addr).await);
+    let reason = failing_reason(check(https(&test_ca(), None, None), GENEROUS, addr).await);
     assert!(reason.starts_with("TLS: "), "{reason}");
 }
 
@@ -363,12 +357,12 @@ fn bad_status_ranges_are_refused() {
 
 #[test]
 fn kinds_compare_their_trust_anchors() {
-    let (pki, other) = (test_pki(), Pki::new("another CA").expect("create a CA"));
-    assert_eq!(https(&pki, None, None), https(&pki, None, None));
-    assert_ne!(https(&pki, None, None), https(&other, None, None));
+    let (ca, other) = (test_ca(), Ca::new("another CA"));
+    assert_eq!(https(&ca, None, None), https(&ca, None, None));
+    assert_ne!(https(&ca, None, None), https(&other, None, None));
     assert_ne!(
-        https(&pki, None, None),
-        https(&pki, Some("backend.lab"), None)
+        https(&ca, None, None),
+        https(&ca, Some("backend.lab"), None)
     );
     assert_ne!(http(200..=399, None), http(200..=299, None));
     assert_ne!(http(200..=399, None), ProbeKind::Tcp);

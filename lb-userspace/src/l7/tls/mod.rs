@@ -43,8 +43,9 @@ pub mod der;
 mod pair;
 mod resolver;
 mod server;
+/// Also the health probes' tests' certificates (without the lab, which the package lacks).
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 mod ticket_keys;
 mod tickets;
 

@@ -1,4 +1,4 @@
-//! What the TLS unit tests share: a temporary directory, a test CA issuing leaves (and rustls
+//! What the TLS unit tests (and the health probes' HTTPS tests) share: a temporary directory, a test CA issuing leaves (and rustls
 //! servers presenting them), three certificates for SNI tests, an inspecting client that
 //! accepts any certificate, and an in-memory handshake.
 
@@ -67,17 +67,17 @@ impl Drop for TempDir {
 }
 
 /// A test certificate authority.
-pub(super) struct Ca(CertifiedIssuer<'static, KeyPair>);
+pub(crate) struct Ca(CertifiedIssuer<'static, KeyPair>);
 
 /// A leaf certificate and its key, PEM and DER.
-pub(super) struct Leaf {
+pub(crate) struct Leaf {
     pub(super) der: CertificateDer<'static>,
     pub(super) chain_pem: String,
     pub(super) key_pem: String,
 }
 
 impl Ca {
-    pub(super) fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let mut params = CertificateParams::default();
         params.distinguished_name = common_name(name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -90,13 +90,20 @@ impl Ca {
         self.0.pem()
     }
 
+    /// A trust store holding only this CA.
+    pub(crate) fn roots(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.0.der().clone()).expect("the CA as a root");
+        roots
+    }
+
     /// A leaf for `names`, valid now.
-    pub(super) fn issue(&self, names: &[&str]) -> Leaf {
+    pub(crate) fn issue(&self, names: &[&str]) -> Leaf {
         self.issue_between(names, None)
     }
 
     /// A leaf for `names`, valid between the given (year, month, day)s or now.
-    pub(super) fn issue_between(&self, names: &[&str], years: Option<(i32, i32)>) -> Leaf {
+    pub(crate) fn issue_between(&self, names: &[&str], years: Option<(i32, i32)>) -> Leaf {
         let owned: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
         let mut params = CertificateParams::new(owned).expect("leaf parameters");
         params.distinguished_name = common_name(names.first().copied().unwrap_or("leaf"));
@@ -137,7 +144,7 @@ impl Leaf {
     }
 
     /// A rustls server presenting this leaf, no client authentication.
-    pub(super) fn server(&self) -> Arc<ServerConfig> {
+    pub(crate) fn server(&self) -> Arc<ServerConfig> {
         self.server_with(None)
     }
 
@@ -152,12 +159,12 @@ impl Leaf {
             .expect("versions");
         let builder = match client_ca {
             Some(ca) => {
-                let mut roots = RootCertStore::empty();
-                roots.add(ca.0.der().clone()).expect("client CA");
-                let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), super::provider())
-                        .build()
-                        .expect("client verifier");
+                let verifier = WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(ca.roots()),
+                    super::provider(),
+                )
+                .build()
+                .expect("client verifier");
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
