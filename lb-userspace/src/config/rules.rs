@@ -321,7 +321,10 @@ pub fn describe_action(action: &Action) -> String {
             part("host", &r.host);
             part("port", &r.port.map(|p| p.to_string()));
             part("path", &r.path);
-            part("query", &r.query);
+            match r.query.as_deref() {
+                Some("") => parts.push("no query".to_owned()),
+                _ => part("query", &r.query),
+            }
             format!("redirect {}", parts.join(", "))
         }
         Action::Fixed(f) => format!("fixed response {} ({})", f.status, f.content_type),

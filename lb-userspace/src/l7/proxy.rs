@@ -555,6 +555,8 @@ impl Proxy {
                 return super::route::fixed(fixed, &rule.response_headers);
             }
         };
+        site.routes
+            .strip_cookies(request.headers_mut(), forward.sticky);
         let switch = Switch::of(&mut request);
         let now = sticky::now_unix_ms();
         let (first, mut placement) =

@@ -28,6 +28,8 @@ pub struct Routes {
     rule_sticky: Vec<Option<StickySettings>>,
     /// An empty set of header edits, for the default action.
     no_edits: HeaderEdits,
+    /// Every sticky cookie name of the listener (its own, its rules', their CORS twins).
+    cookies: Vec<String>,
 }
 
 /// What a request's route is.
@@ -66,7 +68,14 @@ impl Routes {
                 })
             })
             .collect();
+        let cookies = std::iter::once(&settings.sticky)
+            .chain(&rule_sticky)
+            .flatten()
+            .flat_map(|s: &StickySettings| std::iter::once(&s.cookie).chain(&s.cors_cookie))
+            .cloned()
+            .collect();
         Self {
+            cookies,
             default: vec![WeightedPool {
                 pool: pool.to_owned(),
                 weight: 1,
@@ -74,6 +83,17 @@ impl Routes {
             sticky: settings.sticky.clone(),
             rule_sticky,
             no_edits: HeaderEdits::default(),
+        }
+    }
+
+    /// Removes from `headers` the listener's sticky cookies other than `keep`'s (the route's,
+    /// which placing the request takes): no backend sees one of the balancer's cookies.
+    pub fn strip_cookies(&self, headers: &mut HeaderMap, keep: Option<&StickySettings>) {
+        let kept = |name: &String| {
+            keep.is_some_and(|k| &k.cookie == name || k.cors_cookie.as_ref() == Some(name))
+        };
+        for name in self.cookies.iter().filter(|name| !kept(name)) {
+            super::sticky::take_cookie(headers, name);
         }
     }
 
