@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use http_body_util::Full;
 use lb::lab::{
-    l7::{Answer, HttpsConn},
+    l7::{Answer, HttpsConn, LabDir},
     passthrough::{VIP_NAME, backend_v4},
     side_by_side::{BACKEND_PORTS, OFFLOAD_LISTENER, OFFLOAD_PORT},
 };
@@ -95,7 +95,12 @@ fn seen(answer: &Answer, name: &str) -> Option<String> {
 
 #[test]
 fn rules_route_in_order_and_change_live_through_reload() {
-    let mut l7 = L7Env::start("lbtroute", 3, |config| config + &rules("api", true));
+    let dir = LabDir::new("lbtroute").unwrap();
+    let log = dir.path.join("access.log");
+    let section = format!("\n[access_log]\npath = \"{}\"\n", log.display());
+    let mut l7 = L7Env::start("lbtroute", 3, |config| {
+        config + &section + &rules("api", true)
+    });
     let backend = |i: usize| format!("backend-{i}");
 
     // Each action, and the order: the first rule that matches takes the request.
@@ -135,6 +140,27 @@ fn rules_route_in_order_and_change_live_through_reload() {
     assert_eq!(seen(default, "x-route"), None, "no rule: no edits");
     assert_eq!(header(default, "x-rule"), None);
     assert_eq!(first_wins.status, 503, "maintenance comes before canary");
+    // The access log names the rule of each request.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let rules_logged = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let rules: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["rule"].clone())
+            .collect();
+        if rules.len() >= 5 || std::time::Instant::now() > deadline {
+            break rules;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(
+        rules_logged,
+        ["maintenance", "moved", "api"]
+            .iter()
+            .map(|r| serde_json::json!(r))
+            .chain([serde_json::Value::Null, serde_json::json!("maintenance")])
+            .collect::<Vec<_>>()
+    );
 
     // Weighted pools: new users go to both, never elsewhere; a user's cookie (the rule's own)
     // keeps its pool and backend.

@@ -177,6 +177,8 @@ pub struct Entry {
     pub sticky: Sticky,
     /// Why the balancer failed the request or the connection, if it did.
     pub error: Option<Cow<'static, str>>,
+    /// The routing rule that took the request (none: the listener's pool, or no request).
+    pub rule: Option<String>,
 }
 
 impl Entry {
@@ -201,6 +203,7 @@ impl Entry {
             total: Duration::ZERO,
             retries: 0,
             sticky: Sticky::None,
+            rule: None,
             error: None,
         }
     }
@@ -230,6 +233,7 @@ struct Line<'a> {
     retries: u32,
     sticky: Option<&'a str>,
     error: Option<&'a str>,
+    rule: Option<&'a str>,
 }
 
 /// Milliseconds with microseconds.
@@ -262,6 +266,7 @@ impl<'a> Line<'a> {
             retries: entry.retries,
             sticky: (entry.sticky != Sticky::None).then(|| entry.sticky.as_str()),
             error: entry.error.as_deref(),
+            rule: entry.rule.as_deref(),
         }
     }
 
@@ -286,7 +291,7 @@ impl<'a> Line<'a> {
         };
         writeln!(
             out,
-            "{} {} {} \"{}\" {} {} {} {} {} {} {:.3} {} {} {} {} {} \"{}\"",
+            "{} {} {} \"{}\" {} {} {} {} {} {} {:.3} {} {} {} {} {} \"{}\" {}",
             self.time,
             escape(self.listener),
             SocketAddr::new(self.client, self.client_port),
@@ -304,6 +309,7 @@ impl<'a> Line<'a> {
             self.tls_version.unwrap_or("-"),
             self.tls_cipher.unwrap_or("-"),
             escape(self.error.unwrap_or("-")),
+            self.rule.unwrap_or("-"),
         )
     }
 }
@@ -720,6 +726,7 @@ mod tests {
         entry.backend_time = Some(Duration::from_micros(1_250));
         entry.total = Duration::from_micros(1_500);
         entry.sticky = Sticky::Pinned;
+        entry.rule = Some("api".to_owned());
         let mut spaced = entry.request.clone().unwrap();
         spaced.authority = Some("a b".into());
         let mut other = Entry::new(Arc::clone(&entry.peer), Instant::now());
@@ -733,7 +740,7 @@ mod tests {
             text(&Line::of("web", &entry)),
             "2026-11-30T00:53:20.123Z web 198.18.0.1:40000 \"GET vip.lb.test /a?b=\\\"c\\\" \
              HTTP/2\" 200 198.18.1.10:8080 5 1234 0.150 1.250 1.500 0 pinned vip.lb.test \
-             TLSv1.3 TLS13_AES_128_GCM_SHA256 \"-\"\n"
+             TLSv1.3 TLS13_AES_128_GCM_SHA256 \"-\" api\n"
         );
     }
 
@@ -751,7 +758,7 @@ mod tests {
         assert_eq!(
             text(&Line::of("web", &entry)),
             "1970-01-01T00:00:00.000Z web [2001:db8::1]:443 \"-\" - - 0 0 - - 0.000 0 - - - - \
-             \"tls_handshake_failed: bad\\x0athing\"\n"
+             \"tls_handshake_failed: bad\\x0athing\" -\n"
         );
         let mut json = Vec::new();
         Line::of("web", &entry).write_json(&mut json).unwrap();
@@ -760,6 +767,7 @@ mod tests {
         assert_eq!(value["client_port"], 443);
         assert!(value["status"].is_null() && value["method"].is_null());
         assert_eq!(value["error"], "tls_handshake_failed: bad\nthing");
+        assert!(value["rule"].is_null());
     }
 
     #[test]

@@ -254,6 +254,8 @@ struct Trace {
     sticky: Sticky,
     error: Option<&'static str>,
     upload: Option<Arc<super::body::UploadOutcome>>,
+    /// The routing rule that took the request.
+    rule: Option<String>,
 }
 
 impl Trace {
@@ -503,6 +505,7 @@ impl Proxy {
             entry.retries = trace.retries;
             entry.sticky = trace.sticky;
             entry.error = trace.error.map(std::borrow::Cow::Borrowed);
+            entry.rule = trace.rule.take();
             if let Some(sent) = trace.sent {
                 entry.request_time = Some(sent.saturating_duration_since(entry.start));
                 entry.backend_time = trace.head.map(|head| head.saturating_duration_since(sent));
@@ -546,6 +549,9 @@ impl Proxy {
         let route = site
             .routes
             .route(&site.settings.rules, &facts.view(request.headers()));
+        if trace.timed {
+            trace.rule = route.rule().map(|rule| rule.name.clone());
+        }
         let forward = match route {
             Route::Forward(forward) => forward,
             Route::Redirect(redirect, rule) => {

@@ -40,6 +40,16 @@ pub enum Route<'a> {
     Fixed(&'a FixedResponse, &'a Rule),
 }
 
+impl Route<'_> {
+    /// The rule that took the request (none: the listener's own pool).
+    pub fn rule(&self) -> Option<&Rule> {
+        match self {
+            Self::Forward(forward) => forward.rule,
+            Self::Redirect(_, rule) | Self::Fixed(_, rule) => Some(rule),
+        }
+    }
+}
+
 /// A forward action: its pools, its stickiness and the header edits of its rule.
 #[derive(Clone, Copy, Debug)]
 pub struct Forward<'a> {
