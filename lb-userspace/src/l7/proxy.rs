@@ -545,16 +545,21 @@ impl Proxy {
             trace.failed(why);
             return refused.response();
         }
-        let facts = Facts::of(&request);
-        let route = site
-            .routes
-            .route(&site.settings.rules, &facts.view(request.headers()));
+        // Read only for a listener with rules: most have none, and their requests pay nothing.
+        let facts = (!site.settings.rules.is_empty()).then(|| Facts::of(&request));
+        let route = match &facts {
+            Some(facts) => site
+                .routes
+                .route(&site.settings.rules, &facts.view(request.headers())),
+            None => site.routes.default_route(),
+        };
         if trace.timed {
             trace.rule = route.rule().map(|rule| rule.name.clone());
         }
         let forward = match route {
             Route::Forward(forward) => forward,
             Route::Redirect(redirect, rule) => {
+                let facts = facts.unwrap_or_else(|| Facts::of(&request));
                 return super::route::redirect(redirect, &facts, &rule.response_headers);
             }
             Route::Fixed(fixed, rule) => {

@@ -107,6 +107,17 @@ impl Routes {
         }
     }
 
+    /// The listener's own action: its pool, its cookie.
+    pub fn default_route(&self) -> Route<'_> {
+        Route::Forward(Forward {
+            pools: &self.default,
+            sticky: self.sticky.as_ref(),
+            rule: None,
+            request_headers: &self.no_edits,
+            response_headers: &self.no_edits,
+        })
+    }
+
     /// The route of `request` through `rules` (the settings these routes were made from).
     pub fn route<'a>(&'a self, rules: &'a [Rule], request: &RequestView<'_>) -> Route<'a> {
         let Some((index, rule)) = rules
@@ -114,13 +125,7 @@ impl Routes {
             .enumerate()
             .find(|(_, rule)| rule.conditions.matches(request))
         else {
-            return Route::Forward(Forward {
-                pools: &self.default,
-                sticky: self.sticky.as_ref(),
-                rule: None,
-                request_headers: &self.no_edits,
-                response_headers: &self.no_edits,
-            });
+            return self.default_route();
         };
         match &rule.action {
             Action::Forward(pools) => Route::Forward(Forward {
