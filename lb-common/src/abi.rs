@@ -421,11 +421,13 @@ pub struct CaptureState {
     /// The current one-second window of [`CaptureFilter::per_cpu_rate`].
     pub window_start_ns: u64,
     pub window_events: u64,
-    /// Packets that matched, and of them those recorded, over the rate, or lost (ring full).
+    /// Packets that matched, and of them those recorded, over the rate, lost (ring full), or
+    /// not copied (the frame could not be read).
     pub matched: u64,
     pub recorded: u64,
     pub over_rate: u64,
     pub ring_full: u64,
+    pub copy_failed: u64,
 }
 
 /// Value of the egress VLAN map (keyed by ifindex): frames forwarded out of that interface
@@ -490,7 +492,7 @@ const _: () = {
     assert!(size_of::<CaptureFilter>() == 56);
     assert!(CAPTURE_SNAPLEN_MAX.is_power_of_two());
     assert!(size_of::<CaptureMeta>() == 48);
-    assert!(size_of::<CaptureState>() == 80);
+    assert!(size_of::<CaptureState>() == 88);
 };
 
 #[cfg(feature = "user")]

@@ -56,7 +56,10 @@ impl Capture {
     /// Starts `command` (an `lb capture` writing `file`) and waits until it says it is
     /// capturing.
     fn spawn(env: &DaemonLab, mut command: Command, file: &Path) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        // A group of its own: dropping it kills a pipe's every process.
         let mut child = command
+            .process_group(0)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -129,7 +132,10 @@ impl Capture {
 
 impl Drop for Capture {
     fn drop(&mut self) {
-        drop(self.child.kill());
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling the process group this test started.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
         drop(self.child.wait());
     }
 }
@@ -211,7 +217,16 @@ fn forwarded_packets_are_recorded_with_their_outcome_and_tcpdump_reads_them() {
         // Encapsulated: outer IPv4 (protocol 4) around the client's packet to the VIP.
         assert_eq!(&packet.data[12..14], &[0x08, 0x00], "IPv4 frame");
         assert_eq!(packet.data[14 + 9], 4, "IP-in-IP: {comment}");
-        assert!(packet.len as usize >= packet.data.len());
+        assert_eq!(
+            packet.len as usize,
+            packet.data.len(),
+            "whole frames: {comment}"
+        );
+        assert_eq!(packet.queue, Some(0), "{comment}");
+        assert!(
+            matches!(packet.xdp_action, Some(3 | 4)),
+            "epb_verdict says XDP_TX or XDP_REDIRECT: {comment}"
+        );
     }
     let first = packets.first().unwrap().time_ns;
     let now = std::time::SystemTime::now()
@@ -341,16 +356,65 @@ fn filters_choose_the_packets_and_bad_requests_change_nothing() {
         "{lines:#?}"
     );
 
-    // Ctrl-C ends a capture with a whole file and a summary; then a capture that matches
-    // nothing (another client) records nothing while traffic flows.
+    // A capture that matches nothing (another client) records nothing while traffic flows.
     let quiet = dir.path().join("quiet.pcapng");
     let capture = Capture::start(&env, &quiet, &["--client", "203.0.113.0/24"]);
-    connect_parallel(&env.lab, vip4(), 5, 1);
+    assert_eq!(connect_parallel(&env.lab, vip4(), 5, 1).len(), 5);
     let (summary, packets) = capture.interrupt();
     println!("{summary}");
     assert!(packets.is_empty(), "{packets:?}");
     assert!(summary.contains("the CLI closed the capture"), "{summary}");
     assert!(summary.contains("matched 0"), "{summary}");
+
+    // Ctrl-C ends a capture while packets keep coming, with a whole file and a summary.
+    let busy = dir.path().join("busy.pcapng");
+    let capture = Capture::start(&env, &busy, &["--listener", "tls4"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = std::sync::Arc::clone(&stop);
+        let lab = &env.lab;
+        std::thread::scope(|scope| {
+            let load = scope.spawn(|| {
+                let mut rounds = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && rounds < 200 {
+                    connect_parallel(lab, vip4(), 4, 2);
+                    rounds += 1;
+                }
+                rounds
+            });
+            std::thread::sleep(Duration::from_millis(500));
+            let (summary, packets) = capture.interrupt();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            (load.join().unwrap(), summary, packets)
+        })
+    };
+    let (rounds, summary, packets) = traffic;
+    println!("{summary} ({rounds} rounds of traffic)");
+    assert!(!packets.is_empty(), "{summary}");
+    assert!(summary.contains("the CLI closed the capture"), "{summary}");
+
+    // The daemon's own checks of a request that did not come through the CLI: refused, and
+    // no capture started.
+    let starts = env.daemon.log().matches("packet capture on").count();
+    let raw = |line: &str| -> String {
+        use std::io::{BufRead as _, Write as _};
+        let mut stream = std::os::unix::net::UnixStream::connect(env.daemon.socket()).unwrap();
+        stream.write_all(line.as_bytes()).unwrap();
+        let mut answer = String::new();
+        BufReader::new(&stream).read_line(&mut answer).unwrap();
+        answer
+    };
+    let answer =
+        raw("{\"request\":\"capture\",\"listener\":null,\"snaplen\":0,\"per_cpu_rate\":10}\n");
+    assert!(answer.contains("snaplen 0 is not 1 to 2048"), "{answer}");
+    let answer = raw(
+        "{\"request\":\"capture\",\"snaplen\":64,\"per_cpu_rate\":10,\"verdict\":\"conn_hit\"}\n",
+    );
+    assert!(answer.contains("error"), "{answer}");
+    assert_eq!(
+        env.daemon.log().matches("packet capture on").count(),
+        starts
+    );
 
     // A CLI killed outright: the daemon turns the capture off and the next one may start.
     let killed = dir.path().join("killed.pcapng");
@@ -359,7 +423,7 @@ fn filters_choose_the_packets_and_bad_requests_change_nothing() {
     capture.child.wait().unwrap();
     drop(capture);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while env.daemon.log().matches("packet capture off").count() < 3 {
+    while env.daemon.log().matches("packet capture off").count() < 4 {
         assert!(
             Instant::now() < deadline,
             "the capture stayed on:\n{}",

@@ -238,6 +238,12 @@ impl Bench {
     }
 }
 
+impl Drop for Drainer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// One per-packet case: its frames, the action they must end in, how the next hop is found
 /// and whether a capture runs.
 struct CostCase<'a> {
@@ -251,7 +257,7 @@ struct CostCase<'a> {
 /// A thread that empties the capture ring as fast as records arrive.
 struct Drainer {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<(RingBuf<MapData>, u64)>,
+    thread: Option<std::thread::JoinHandle<(RingBuf<MapData>, u64)>>,
 }
 
 impl Drainer {
@@ -268,15 +274,22 @@ impl Drainer {
             }
             (ring, records)
         });
-        Self { stop, thread }
+        Self {
+            stop,
+            thread: Some(thread),
+        }
     }
 
-    /// Stops the thread; the ring and the records it read.
-    fn stop(self) -> Result<(RingBuf<MapData>, u64), BenchError> {
+    /// Stops the thread; the ring and the records it read. (Dropped instead, on an error,
+    /// the thread is told to stop and the ring goes with it.)
+    fn stop(mut self) -> Result<(RingBuf<MapData>, u64), BenchError> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let panicked = || BenchError::Unexpected("the ring's reader panicked".to_owned());
         self.thread
+            .take()
+            .ok_or_else(panicked)?
             .join()
-            .map_err(|_| BenchError::Unexpected("the ring's reader panicked".to_owned()))
+            .map_err(|_| panicked())
     }
 }
 

@@ -61,6 +61,7 @@ impl CaptureMaps {
             recorded: sum.recorded + cpu.recorded,
             over_rate: sum.over_rate + cpu.over_rate,
             ring_full: sum.ring_full + cpu.ring_full,
+            copy_failed: sum.copy_failed + cpu.copy_failed,
             ..sum
         }))
     }

@@ -304,6 +304,9 @@ pub struct Packet {
     /// The frame's length, of which `data` holds the first bytes (base64).
     pub len: u32,
     pub action: String,
+    /// The XDP action's number (for the file's `epb_verdict`).
+    #[serde(default)]
+    pub xdp_action: u32,
     /// The verdict's counter (`tx_redirect`, `drop_no_backend`, ...).
     pub reason: String,
     pub listener: Option<String>,
@@ -336,6 +339,9 @@ pub struct Summary {
     /// Not recorded: over the per-CPU rate, or the ring was full (the daemon fell behind).
     pub over_rate: u64,
     pub ring_full: u64,
+    /// Not recorded: the frame could not be copied.
+    #[serde(default)]
+    pub copy_failed: u64,
     /// Why the capture ended.
     pub ended: String,
 }

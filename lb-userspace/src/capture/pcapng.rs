@@ -17,11 +17,32 @@ const BYTE_ORDER_MAGIC: u32 = 0x1A2B_3C4D;
 /// Option codes.
 const OPT_END: u16 = 0;
 const OPT_COMMENT: u16 = 1;
+const EPB_QUEUE: u16 = 6;
+const EPB_VERDICT: u16 = 7;
+/// `epb_verdict`'s type for an XDP program's action (followed by it as 8 bytes).
+const VERDICT_XDP: u8 = 2;
 const SHB_USER_APPLICATION: u16 = 4;
 const IF_NAME: u16 = 2;
 const IF_TSRESOL: u16 = 9;
 /// `LINKTYPE_ETHERNET`.
 const LINKTYPE_ETHERNET: u16 = 1;
+
+/// One packet to write.
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    /// The ingress interface (its index and name).
+    pub ifindex: u32,
+    pub interface: &'a str,
+    /// Since the Unix epoch.
+    pub time_ns: u64,
+    /// The frame's length, of which `data` holds the first bytes.
+    pub len: u32,
+    pub data: &'a [u8],
+    /// The receive queue (`epb_queue`), the XDP action (`epb_verdict`), and a comment.
+    pub queue: u32,
+    pub xdp_action: u32,
+    pub comment: &'a str,
+}
 
 /// Writes a capture, interface descriptions as their interfaces first appear.
 #[derive(Debug)]
@@ -53,19 +74,20 @@ impl<W: Write> Writer<W> {
         })
     }
 
-    /// Appends one packet that arrived on `ifindex` (`interface` its name) at `time_ns` since
-    /// the Unix epoch: `data`, the first bytes of a frame of `len` bytes.
-    pub fn packet(
-        &mut self,
-        ifindex: u32,
-        interface: &str,
-        time_ns: u64,
-        len: u32,
-        data: &[u8],
-        comment: &str,
-    ) -> io::Result<()> {
+    /// Appends one packet.
+    pub fn packet(&mut self, record: &Record<'_>) -> io::Result<()> {
+        let Record {
+            ifindex,
+            interface,
+            time_ns,
+            len,
+            data,
+            queue,
+            xdp_action,
+            comment,
+        } = *record;
         let id = self.interface_id(ifindex, interface)?;
-        let mut body = Vec::with_capacity(32 + data.len() + comment.len());
+        let mut body = Vec::with_capacity(64 + data.len() + comment.len());
         body.extend_from_slice(&id.to_le_bytes());
         #[expect(clippy::cast_possible_truncation, reason = "the two halves of a u64")]
         let (high, low) = ((time_ns >> 32) as u32, time_ns as u32);
@@ -77,6 +99,10 @@ impl<W: Write> Writer<W> {
         body.extend_from_slice(data);
         pad(&mut body);
         option(&mut body, OPT_COMMENT, comment.as_bytes());
+        option(&mut body, EPB_QUEUE, &queue.to_le_bytes());
+        let mut verdict = vec![VERDICT_XDP];
+        verdict.extend_from_slice(&u64::from(xdp_action).to_le_bytes());
+        option(&mut body, EPB_VERDICT, &verdict);
         end_options(&mut body);
         write_block(&mut self.out, ENHANCED_PACKET, &body)?;
         self.out.flush()
@@ -148,6 +174,9 @@ pub struct ReadPacket {
     pub len: u32,
     pub data: Vec<u8>,
     pub comments: Vec<String>,
+    /// `epb_queue`, and an `epb_verdict` of the XDP type.
+    pub queue: Option<u32>,
+    pub xdp_action: Option<u64>,
 }
 
 /// The packets of a little-endian pcapng file of one section with nanosecond interfaces (what
@@ -203,11 +232,22 @@ pub fn read(bytes: &[u8]) -> Result<Vec<ReadPacket>, String> {
                 let rest = body
                     .get(20 + captured.next_multiple_of(4)..)
                     .unwrap_or_default();
-                let comments = options(rest)?
-                    .into_iter()
+                let options = options(rest)?;
+                let comments = options
+                    .iter()
                     .filter(|(code, _)| *code == OPT_COMMENT)
-                    .map(|(_, value)| String::from_utf8_lossy(&value).into_owned())
+                    .map(|(_, value)| String::from_utf8_lossy(value).into_owned())
                     .collect();
+                let queue = options
+                    .iter()
+                    .find(|(code, value)| *code == EPB_QUEUE && value.len() == 4)
+                    .and_then(|(_, value)| Some(u32::from_le_bytes(value[..4].try_into().ok()?)));
+                let xdp_action = options
+                    .iter()
+                    .find(|(code, value)| {
+                        *code == EPB_VERDICT && value.len() == 9 && value[0] == VERDICT_XDP
+                    })
+                    .and_then(|(_, value)| Some(u64::from_le_bytes(value[1..9].try_into().ok()?)));
                 let interface = interfaces
                     .get(id)
                     .cloned()
@@ -218,6 +258,8 @@ pub fn read(bytes: &[u8]) -> Result<Vec<ReadPacket>, String> {
                     len,
                     data,
                     comments,
+                    queue,
+                    xdp_action,
                 });
             }
             _ => {}
@@ -252,20 +294,37 @@ mod tests {
     #[test]
     fn a_written_file_reads_back_with_interfaces_and_comments() {
         let mut writer = Writer::new(Vec::new(), 2048).unwrap();
+        let record = Record {
+            ifindex: 3,
+            interface: "eth0",
+            time_ns: 1_700_000_000_123_456_789,
+            len: 60,
+            data: &[1, 2, 3, 4, 5],
+            queue: 1,
+            xdp_action: 3,
+            comment: "a=1",
+        };
+        writer.packet(&record).unwrap();
         writer
-            .packet(
-                3,
-                "eth0",
-                1_700_000_000_123_456_789,
-                60,
-                &[1, 2, 3, 4, 5],
-                "a=1",
-            )
+            .packet(&Record {
+                ifindex: 7,
+                interface: "",
+                time_ns: 5,
+                len: 5,
+                data: &[9; 8],
+                comment: "action=drop reason=drop_no_backend",
+                ..record
+            })
             .unwrap();
         writer
-            .packet(7, "", 5, 5, &[9; 8], "action=drop reason=drop_no_backend")
+            .packet(&Record {
+                time_ns: 6,
+                len: 1,
+                data: &[7],
+                comment: "",
+                ..record
+            })
             .unwrap();
-        writer.packet(3, "eth0", 6, 1, &[7], "").unwrap();
         let bytes = writer.out;
         assert_eq!(bytes.len() % 4, 0);
         let packets = read(&bytes).unwrap();
@@ -277,6 +336,10 @@ mod tests {
             (60, &[1, 2, 3, 4, 5][..])
         );
         assert_eq!(packets[0].comments, ["a=1"]);
+        assert_eq!(
+            (packets[0].queue, packets[0].xdp_action),
+            (Some(1), Some(3))
+        );
         assert_eq!(packets[1].interface, "ifindex 7");
         assert_eq!(packets[1].comments, ["action=drop reason=drop_no_backend"]);
         assert_eq!(packets[2].interface, "eth0");

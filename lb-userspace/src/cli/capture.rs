@@ -54,16 +54,21 @@ pub fn run(socket: &Path, spec: Spec, file: &Path) -> anyhow::Result<Summary> {
     let out: Box<dyn Write> = if file == Path::new("-") {
         Box::new(std::io::stdout().lock())
     } else {
-        // Packets carry clients' addresses and data: the file is its owner's only.
-        Box::new(
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(file)
-                .with_context(|| format!("creating {}", file.display()))?,
-        )
+        // Packets carry clients' addresses and data: the file is its owner's only, also one
+        // that existed; and a symbolic link is not followed (a root capture into /tmp).
+        let out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(file)
+            .with_context(|| {
+                format!("creating {} (not through a symbolic link)", file.display())
+            })?;
+        out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .with_context(|| format!("making {} 0600", file.display()))?;
+        Box::new(out)
     };
     let mut writer =
         pcapng::Writer::new(out, snaplen).with_context(|| format!("writing {}", file.display()))?;
@@ -73,16 +78,17 @@ pub fn run(socket: &Path, spec: Spec, file: &Path) -> anyhow::Result<Summary> {
     );
     let mut stopping: Option<std::time::Instant> = None;
     loop {
+        // Looked at on every pass, so that packets arriving without a pause do not hide it.
+        if stopping.is_none() && crate::interrupt::is_interrupted() {
+            // The daemon sees the end of the request side, turns the capture off and sends
+            // its summary; what it sends meanwhile still goes to the file.
+            stream.shutdown(std::net::Shutdown::Write)?;
+            stopping = Some(std::time::Instant::now());
+        }
+        if stopping.is_some_and(|since| since.elapsed() > END_WAIT) {
+            bail!("the daemon did not end the capture within {END_WAIT:?} of Ctrl-C");
+        }
         let Some(line) = read_line(&mut reader, &mut buffer)? else {
-            if stopping.is_some_and(|since| since.elapsed() > END_WAIT) {
-                bail!("the daemon did not end the capture within {END_WAIT:?} of Ctrl-C");
-            }
-            if stopping.is_none() && crate::interrupt::is_interrupted() {
-                // The daemon sees the end of the request side, turns the capture off and
-                // sends its summary.
-                stream.shutdown(std::net::Shutdown::Write)?;
-                stopping = Some(std::time::Instant::now());
-            }
             continue;
         };
         match serde_json::from_slice(&line).context("a capture record from the daemon")? {
@@ -91,14 +97,16 @@ pub fn run(socket: &Path, spec: Spec, file: &Path) -> anyhow::Result<Summary> {
                     .decode(&packet.data)
                     .context("a capture record's data")?;
                 writer
-                    .packet(
-                        packet.ifindex,
-                        &packet.interface,
-                        packet.time_ns,
-                        packet.len,
-                        &data,
-                        &packet.comment(),
-                    )
+                    .packet(&pcapng::Record {
+                        ifindex: packet.ifindex,
+                        interface: &packet.interface,
+                        time_ns: packet.time_ns,
+                        len: packet.len,
+                        data: &data,
+                        queue: packet.rx_queue,
+                        xdp_action: packet.xdp_action,
+                        comment: &packet.comment(),
+                    })
                     .with_context(|| format!("writing {}", file.display()))?;
             }
             Message::End(summary) => return Ok(summary),
@@ -136,7 +144,7 @@ fn read_line(
 
 /// The summary in words.
 pub fn describe(summary: &Summary, file: &Path) -> String {
-    format!(
+    let mut text = format!(
         "{} packets written to {} ({}); the datapath matched {}, recorded {}, skipped {} over \
          the rate and lost {} to a full ring",
         summary.sent,
@@ -146,5 +154,9 @@ pub fn describe(summary: &Summary, file: &Path) -> String {
         summary.recorded,
         summary.over_rate,
         summary.ring_full
-    )
+    );
+    if summary.copy_failed > 0 {
+        text.push_str(&format!(" and {} it could not copy", summary.copy_failed));
+    }
+    text
 }

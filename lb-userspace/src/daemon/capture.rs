@@ -43,6 +43,9 @@ pub enum CaptureCall {
     Stop(Option<oneshot::Sender<Summary>>),
 }
 
+/// How long a session waits for the CLI to take a batch of records.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often at most a session asks for names it does not know.
 const RELABEL: Duration = Duration::from_secs(1);
 
@@ -72,6 +75,7 @@ pub async fn serve(
         slot: ring,
         events: events.clone(),
         on: false,
+        sent: 0,
     };
     let labels = match call(&events, |reply| CaptureCall::Start(spec.clone(), reply)).await {
         Some(Ok(labels)) => labels,
@@ -90,14 +94,15 @@ pub async fn serve(
         filter: describe(&spec),
     }));
     if send(&mut write, &started).await.is_err() {
+        session.stop().await;
         return;
     }
-    let (sent, ended) = session
+    let ended = session
         .stream(&spec, labels, &mut read, &mut write)
         .await
-        .unwrap_or_else(|error| (0, format!("the connection failed: {error}")));
+        .unwrap_or_else(|error| format!("the connection failed: {error}"));
     let mut summary = session.stop().await;
-    summary.sent = sent;
+    summary.sent = session.sent;
     summary.ended = ended;
     info!(sent = summary.sent, ended = %summary.ended, "packet capture ended");
     drop(send(&mut write, &Message::End(summary)).await);
@@ -110,18 +115,20 @@ struct Session {
     events: mpsc::Sender<Event>,
     /// The controller turned the capture on.
     on: bool,
+    /// Packets sent to the CLI.
+    sent: u64,
 }
 
 impl Session {
-    /// Streams packets until `spec.count` of them went out or the CLI closed its side; how
-    /// many went out and why it ended.
+    /// Streams packets until `spec.count` of them went out, the CLI closed its side or took
+    /// nothing for [`WRITE_TIMEOUT`]; why it ended.
     async fn stream(
         &mut self,
         spec: &Spec,
         mut labels: Labels,
         read: &mut tokio::net::unix::OwnedReadHalf,
         write: &mut tokio::net::unix::OwnedWriteHalf,
-    ) -> std::io::Result<(u64, String)> {
+    ) -> std::io::Result<String> {
         let ring = self
             .ring
             .as_mut()
@@ -133,7 +140,6 @@ impl Session {
         let clock = Clock::now();
         let mut names = Interfaces::default();
         let mut relabelled = Instant::now();
-        let mut sent = 0u64;
         let limit = spec.count.unwrap_or(u64::MAX);
         let mut closed = [0u8; 64];
         let outcome = loop {
@@ -142,7 +148,7 @@ impl Session {
                     let mut ready = ready?;
                     let mut lines = String::new();
                     let mut unknown = false;
-                    while sent < limit {
+                    while self.sent < limit {
                         let Some(item) = ring.next() else {
                             break;
                         };
@@ -154,12 +160,17 @@ impl Session {
                         let packet = label(&record, &labels, &clock, &mut names, &mut unknown);
                         lines.push_str(&serde_json::to_string(&Message::Packet(packet))?);
                         lines.push('\n');
-                        sent += 1;
+                        self.sent += 1;
                     }
                     ready.clear_ready();
-                    write.write_all(lines.as_bytes()).await?;
-                    if sent >= limit {
-                        break format!("{sent} packets, as asked");
+                    // A CLI that takes nothing (stopped, or its reader stalled) does not hold
+                    // the capture on.
+                    match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(lines.as_bytes())).await {
+                        Ok(written) => written?,
+                        Err(_) => break format!("the CLI took nothing for {WRITE_TIMEOUT:?}"),
+                    }
+                    if self.sent >= limit {
+                        break format!("{} packets, as asked", self.sent);
                     }
                     if unknown && relabelled.elapsed() >= RELABEL {
                         relabelled = Instant::now();
@@ -177,7 +188,7 @@ impl Session {
                 }
             }
         };
-        Ok((sent, outcome))
+        Ok(outcome)
     }
 
     /// Turns the capture off; the datapath's accounting.
@@ -195,11 +206,14 @@ impl Drop for Session {
     fn drop(&mut self) {
         if self.on {
             // Ended without `stop` (the daemon stopping aborted the task): the controller turns
-            // the capture off when it stops too, so a full channel loses nothing.
-            drop(
-                self.events
-                    .try_send(Event::Capture(CaptureCall::Stop(None))),
-            );
+            // the capture off when it stops too; a capture left on by a full channel is
+            // replaced by the next one's start.
+            if let Err(error) = self
+                .events
+                .try_send(Event::Capture(CaptureCall::Stop(None)))
+            {
+                warn!(%error, "could not ask the controller to turn the packet capture off");
+            }
         }
         if let Ok(mut slot) = self.slot.lock() {
             *slot = self.ring.take();
@@ -266,6 +280,7 @@ fn label(
         rx_queue: meta.rx_queue,
         len: meta.len,
         action: action_name(meta.action).to_owned(),
+        xdp_action: meta.action,
         reason: reason.to_owned(),
         listener,
         backend,

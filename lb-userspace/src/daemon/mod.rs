@@ -318,6 +318,7 @@ async fn serve(
                 Ok(()) = &mut panicked => break Stop::Panicked,
                 Some((spec, stream)) = capture_requests.recv() => {
                     let ring = capture_ring.clone();
+                    tasks.retain(|task| !task.is_finished());
                     tasks.push(tokio::spawn(capture::serve(spec, stream, events.clone(), ring)));
                 }
                 Some(stream) = handover_requests.recv() => {
@@ -802,11 +803,12 @@ fn spawn_controller<D: Datapath + Send + 'static>(
                         break;
                     }
                     Event::Pause(paused, resume) => {
-                        controller.stop_capture();
+                        let capturing = controller.pause_capture();
                         let _ = paused.send(());
                         if resume.blocking_recv() != Ok(true) {
                             break;
                         }
+                        controller.resume_capture(capturing);
                         info!("the handover did not happen: the controller resumes");
                     }
                 }

@@ -248,6 +248,20 @@ pub fn captured(
             output.len()
         ));
     }
+    // A verdict reached before any VIP was known carries no note: none leaks from the frame
+    // before.
+    let before_vip = [
+        Counter::PassNotIp,
+        Counter::PassNotVip,
+        Counter::PassMalformed,
+    ];
+    if meta.flags != 0 && before_vip.iter().any(|c| c.index() == meta.counter) {
+        return Err(format!(
+            "a {} record carries notes ({:#x}) of another frame",
+            Counter::ALL[meta.counter as usize].label(),
+            meta.flags
+        ));
+    }
     let both = CAPTURE_F_VIP | CAPTURE_F_BACKEND;
     if matches!(action, XDP_TX | XDP_REDIRECT)
         && meta.counter != Counter::TxIcmpTooBig.index()

@@ -126,7 +126,7 @@ pub fn record(ctx: &XdpContext, config: &DatapathConfig, action: u32, counter: C
     let loaded =
         unsafe { bpf_xdp_load_bytes(ctx.ctx, 0, record.data.as_mut_ptr().cast(), cap_len) };
     if loaded != 0 {
-        state.ring_full += 1;
+        state.copy_failed += 1;
         return;
     }
     // SAFETY: `ctx.ctx` is the program's context, valid for its run.

@@ -25,9 +25,8 @@ impl<D: Datapath> Controller<D> {
             None => None,
             Some(name) => Some(self.passthrough_vip_id(name)?),
         };
-        if self.reconciler.capture() {
-            return Err("a capture is already running: one at a time".to_owned());
-        }
+        // One at a time is the session's ring to enforce; a capture still on here is one whose
+        // end never reached the controller, and the new one replaces it.
         let Some(maps) = &mut self.capture else {
             return Err(NO_PACKET_PATH.to_owned());
         };
@@ -81,6 +80,23 @@ impl<D: Datapath> Controller<D> {
             }
         }
         labels
+    }
+
+    /// A handover pauses the controller: the capture goes off (a successor's datapath must
+    /// not record for this daemon); whether it was on, for [`Controller::resume_capture`].
+    pub fn pause_capture(&mut self) -> bool {
+        let on = self.reconciler.capture();
+        if on && let Err(error) = self.reconciler.set_capture(false) {
+            warn!(%error, "turning the packet capture off for a handover failed");
+        }
+        on
+    }
+
+    /// The handover did not happen: a capture that was on goes on again.
+    pub fn resume_capture(&mut self, was_on: bool) {
+        if was_on && let Err(error) = self.reconciler.set_capture(true) {
+            warn!(%error, "turning the packet capture back on failed; it records nothing now");
+        }
     }
 
     /// Turns the capture off (if it is on) and returns the datapath's accounting of it.
