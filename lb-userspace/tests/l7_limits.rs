@@ -780,3 +780,39 @@ async fn max_connections_holds_across_a_reload_and_a_raise_takes_effect() {
     .await;
     drop(last);
 }
+
+/// The `:status` of stream `id`'s response head.
+async fn h2_status(
+    h2: &mut common::http::RawH2<impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>,
+    id: u32,
+) -> Option<u16> {
+    while let Some(frame) = h2.frame().await {
+        if frame.stream == id && frame.kind == HEADERS {
+            return frame.status();
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_host_other_than_the_authority_is_refused() {
+    // Routed by one and served by the other, a request could pass a rule for one host and reach
+    // another: a `Host` beside `:authority` must name the same (RFC 9113, 8.3.1).
+    let site = Site::start(
+        "lb-l7-h2host",
+        http_backends(1).await,
+        &[],
+        Settings::default(),
+    );
+    let mut h2 = site.h2().await;
+    h2.write(&h2_get(1, "/", &[("host", "admin.example.com")]))
+        .await
+        .unwrap();
+    assert_eq!(h2_status(&mut h2, 1).await, Some(400));
+    let mut h2 = site.h2().await;
+    h2.write(&h2_get(1, "/", &[("host", &HOST.to_uppercase())]))
+        .await
+        .unwrap();
+    assert!(h2.answered_ok(1).await, "the same name, in another case");
+    assert_eq!(site.requests(), [1]);
+}

@@ -21,14 +21,23 @@ use lb::lab::{
 };
 use lb_tests::side_by_side::{L7Env, in_client, vip};
 
-/// Pools of one backend each (no health check: they take requests at once), and the rules.
+/// The rules' pools (no health check: they take requests at once): blue (backends 0 and 1),
+/// green and api (backend 2), and `api_pool` (backend 1) if it is another; and the rules.
 fn rules(api_pool: &str, with_maintenance: bool) -> String {
     let port = BACKEND_PORTS.plain;
+    let mut pools = vec![("blue", vec![0, 1]), ("green", vec![2]), ("api", vec![2])];
+    if !pools.iter().any(|(name, _)| *name == api_pool) {
+        pools.push((api_pool, vec![1]));
+    }
     let mut text = String::new();
-    for (name, i) in [("blue", 0), ("green", 1), ("api", 2)] {
+    for (name, members) in pools {
+        let members: Vec<String> = members
+            .iter()
+            .map(|&i| format!("{{ address = \"{}\", port = {port} }}", backend_v4(i)))
+            .collect();
         text.push_str(&format!(
-            "\n[pools.{name}]\nbackends = [{{ address = \"{}\", port = {port} }}]\nhealth_check = false\n",
-            backend_v4(i)
+            "\n[pools.{name}]\nbackends = [{}]\nhealth_check = false\n",
+            members.join(", ")
         ));
     }
     let rule = |body: &str| format!("\n[[listeners.{OFFLOAD_LISTENER}.rules]]\n{body}\n");
@@ -48,7 +57,7 @@ fn rules(api_pool: &str, with_maintenance: bool) -> String {
     )));
     text.push_str(&rule(
         "name = \"canary\"\nquery = { \"canary\" = \"1\" }\n\
-         pools = [{ pool = \"blue\", weight = 1 }, { pool = \"green\", weight = 1 }]",
+         pools = [{ pool = \"blue\", weight = 2 }, { pool = \"green\", weight = 1 }]",
     ));
     text
 }
@@ -112,11 +121,18 @@ fn rules_route_in_order_and_change_live_through_reload() {
             get("/headers", &[("x-client", "web"), ("x-debug", "1")]),
             get("/headers", &[("x-client", "cli")]),
             get("/maintenance?canary=1", &[]),
+            get("/%6daintenance", &[]),
+            get("//x/../maintenance", &[]),
         ],
     );
-    let [fixed, moved, api, default, first_wins] = &answers[..] else {
-        panic!("five answers: {answers:?}");
+    let [fixed, moved, api, default, first_wins, encoded, dotted] = &answers[..] else {
+        panic!("seven answers: {answers:?}");
     };
+    assert_eq!(
+        (encoded.status.as_u16(), dotted.status.as_u16()),
+        (503, 503),
+        "no other spelling slips past"
+    );
     assert_eq!(fixed.status, 503);
     assert_eq!(body(fixed), "back soon\n");
     assert_eq!(header(fixed, "content-type"), Some("text/plain"));
@@ -148,7 +164,7 @@ fn rules_route_in_order_and_change_live_through_reload() {
             .lines()
             .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["rule"].clone())
             .collect();
-        if rules.len() >= 5 || std::time::Instant::now() > deadline {
+        if rules.len() >= 7 || std::time::Instant::now() > deadline {
             break rules;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -158,25 +174,35 @@ fn rules_route_in_order_and_change_live_through_reload() {
         ["maintenance", "moved", "api"]
             .iter()
             .map(|r| serde_json::json!(r))
-            .chain([serde_json::Value::Null, serde_json::json!("maintenance")])
+            .chain([serde_json::Value::Null])
+            .chain(["maintenance"; 3].iter().map(|r| serde_json::json!(r)))
             .collect::<Vec<_>>()
     );
 
-    // Weighted pools: new users go to both, never elsewhere; a user's cookie (the rule's own)
-    // keeps its pool and backend.
-    let canary: Vec<_> = (0..12).map(|_| get("/?canary=1", &[])).collect();
-    let answers = send(&l7, canary);
+    // Weighted pools, 2:1: new users go to blue's two backends and green's one in that
+    // proportion, each pool in its own turn (requests elsewhere, in between, move none of
+    // it); a user's cookie (the rule's own) keeps its pool and backend.
+    let mut canary = Vec::new();
+    for i in 0..30 {
+        canary.push(get("/?canary=1", &[]));
+        if i % 4 == 0 {
+            canary.push(get("/headers", &[("x-client", "web")]));
+        }
+    }
+    let answers: Vec<Answer> = send(&l7, canary)
+        .into_iter()
+        .filter(|a| header(a, "x-rule").is_none())
+        .collect();
     let mut spread = BTreeMap::new();
     for answer in &answers {
         *spread
             .entry(answer.backend().unwrap_or("none").to_owned())
             .or_insert(0) += 1;
     }
-    assert_eq!(
-        spread.keys().cloned().collect::<Vec<_>>(),
-        [backend(0), backend(1)],
-        "{spread:?}"
-    );
+    let expected: BTreeMap<String, i32> = [(backend(0), 10), (backend(1), 10), (backend(2), 10)]
+        .into_iter()
+        .collect();
+    assert_eq!(spread, expected);
     let cookie = answers[0].set_cookie().expect("a sticky cookie");
     assert!(
         cookie.contains("-canary="),
@@ -255,11 +281,11 @@ fn rules_route_in_order_and_change_live_through_reload() {
         refused.stderr
     );
 
-    // A reload: maintenance gone, api moved to pool blue.
+    // A reload: maintenance gone, api moved to a new pool, fresh (backend 1).
     let path = l7.env.daemon.config_path().to_owned();
     let text = std::fs::read_to_string(&path).unwrap();
     let base = &text[..text.find("\n[pools.blue]").expect("the rules' part")];
-    std::fs::write(&path, format!("{base}{}", rules("blue", false))).unwrap();
+    std::fs::write(&path, format!("{base}{}", rules("fresh", false))).unwrap();
     l7.env.cli_ok(&["reload"]);
     let answers = send(
         &l7,
@@ -271,8 +297,8 @@ fn rules_route_in_order_and_change_live_through_reload() {
     assert_eq!(answers[0].status, 200, "no maintenance rule any more");
     assert_eq!(
         answers[1].backend(),
-        Some(backend(0).as_str()),
-        "api now on blue"
+        Some(backend(1).as_str()),
+        "api now on fresh"
     );
 
     // A reload with a rule no request reaches is refused, and the rules stay.
@@ -289,6 +315,6 @@ fn rules_route_in_order_and_change_live_through_reload() {
     );
     std::fs::write(&path, good).unwrap();
     let answers = send(&l7, vec![get("/headers", &[("x-client", "web")])]);
-    assert_eq!(answers[0].backend(), Some(backend(0).as_str()));
+    assert_eq!(answers[0].backend(), Some(backend(1).as_str()));
     l7.env.stop_cleanly();
 }

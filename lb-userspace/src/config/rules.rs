@@ -178,6 +178,62 @@ impl Conditions {
     }
 }
 
+/// `path` as the rules compare it, so that a request cannot slip past a rule by spelling its
+/// path another way a backend reads the same (RFC 3986, 6.2.2): percent-encoded unreserved
+/// characters decoded (`/%61dmin` is `/admin`), other percent-encodings in capitals, repeated
+/// slashes merged, and `.` and `..` segments removed. (`%2F` stays encoded: decoding it would
+/// make a slash the backend may not see.) The request goes to the backend as it came.
+pub fn normalize_path(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(high), Some(low)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            #[expect(clippy::cast_possible_truncation, reason = "two hex digits")]
+            let byte = (high * 16 + low) as u8;
+            if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+                decoded.push(byte);
+            } else {
+                decoded.push(b'%');
+                decoded.extend(bytes[i + 1..i + 3].iter().map(u8::to_ascii_uppercase));
+            }
+            i += 3;
+            continue;
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    let decoded = String::from_utf8_lossy(&decoded);
+    // Segments, without empty ones (repeated slashes) and dot segments.
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut normal = String::with_capacity(decoded.len());
+    for segment in &segments {
+        normal.push('/');
+        normal.push_str(segment);
+    }
+    // A trailing slash (or dot segment) is part of the path: `/api/` is not `/api`.
+    let trailing = decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    if normal.is_empty() || (trailing && !segments.is_empty()) {
+        normal.push('/');
+    }
+    normal
+}
+
 /// `key=value` pairs of a query string (a key alone has an empty value).
 fn query_pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
     query
@@ -523,7 +579,15 @@ fn check_rule(c: &mut Checker<'_>, raw: &Spanned<RawRule>, i: usize, field: &str
     );
     let action = action?;
     let conditions = conditions?;
+    // A 303 answering only methods other than GET and HEAD sends the client back with a GET:
+    // no loop.
+    let see_other = |redirect: &Redirect| {
+        redirect.status == 303
+            && !conditions.methods.is_empty()
+            && !conditions.methods.iter().any(|m| m == "GET" || m == "HEAD")
+    };
     if let Action::Redirect(redirect) = &action
+        && !see_other(redirect)
         && redirect.scheme.as_deref().is_none_or(|s| s == "https")
         && redirect.host.is_none()
         && redirect.port.is_none()
@@ -601,6 +665,20 @@ fn check_conditions(c: &mut Checker<'_>, r: &RawRule, field: &str) -> Option<Con
     for (list, prefix) in [(&r.path, false), (&r.path_prefix, true)] {
         for path in strings(list.as_ref()) {
             let text = path.get_ref();
+            let name = if prefix { "path_prefix" } else { "path" };
+            let normal = normalize_path(text);
+            if text.starts_with('/') && text != &normal {
+                c.problem(
+                    path,
+                    &format!("{field}.{name}"),
+                    format!(
+                        "{text:?} is compared as {normal:?} (requests are, so that another \
+                         spelling cannot slip past a rule); write that"
+                    ),
+                );
+                valid = false;
+                continue;
+            }
             if text.starts_with('/') && text.chars().all(|ch| ch.is_ascii_graphic() && ch != '?') {
                 paths.push(if prefix {
                     PathPattern::Prefix(text.clone())
@@ -608,7 +686,6 @@ fn check_conditions(c: &mut Checker<'_>, r: &RawRule, field: &str) -> Option<Con
                     PathPattern::Exact(text.clone())
                 });
             } else {
-                let name = if prefix { "path_prefix" } else { "path" };
                 c.problem(
                     path,
                     &format!("{field}.{name}"),

@@ -179,6 +179,9 @@ pub struct BackendSet {
     eligible: Vec<(usize, u32, u32)>,
     /// Positions in `eligible`, in smooth weighted round-robin order.
     schedule: Vec<u32>,
+    /// This pool's round-robin position (carried over from the set it replaces): each pool
+    /// of a listener keeps its own, so that one pool's requests never skew another's turns.
+    turn: AtomicUsize,
 }
 
 /// A listener's pools (its own and its rules'), by name, each as of the last update.
@@ -218,7 +221,10 @@ impl BackendSet {
             .is_some_and(|l7| l7.backend.tls.is_some());
         let old: HashMap<SocketAddr, &Arc<Upstream>> =
             previous.members.iter().map(|u| (u.address, u)).collect();
-        let mut set = BackendSet::default();
+        let mut set = BackendSet {
+            turn: AtomicUsize::new(previous.turn.load(Ordering::Relaxed)),
+            ..BackendSet::default()
+        };
         for member in members {
             let address = SocketAddr::new(
                 member.backend.address,
@@ -252,6 +258,26 @@ impl BackendSet {
     /// Whether no member takes new requests.
     pub fn is_empty(&self) -> bool {
         self.eligible.is_empty()
+    }
+
+    /// A backend for a new request, by `balance`, other than `exclude`, in this pool's turn.
+    pub fn next(&self, balance: Balance, exclude: Option<&Arc<Upstream>>) -> Option<Arc<Upstream>> {
+        self.pick(balance, &self.turn, exclude)
+    }
+
+    /// The backend [`BackendSet::next`] would give now, the turn left as it is.
+    pub fn peek(&self, balance: Balance) -> Option<Arc<Upstream>> {
+        self.pick(
+            balance,
+            &AtomicUsize::new(self.turn.load(Ordering::Relaxed)),
+            None,
+        )
+    }
+
+    /// Whether a session pinned to `id` belongs to this pool (its backend is a member that
+    /// keeps sessions, whether or not passive health has ejected it now).
+    pub fn knows(&self, id: BackendId) -> bool {
+        self.sticky.contains_key(&id)
     }
 
     /// Every member.

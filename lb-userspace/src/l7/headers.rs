@@ -276,7 +276,20 @@ pub fn websocket_answer_for_h2(parts: &mut hyper::http::response::Parts) {
 pub fn check_host<B>(request: &mut hyper::Request<B>) -> Result<(), BadHost> {
     let version = request.version();
     if version != Version::HTTP_11 && version != Version::HTTP_10 {
-        return Ok(());
+        // HTTP/2: a `Host` beside `:authority` must name the same (RFC 9113, 8.3.1); one that
+        // does not would let a request be routed by one and served by the other.
+        let hosts: Vec<&HeaderValue> = request.headers().get_all(header::HOST).iter().collect();
+        let authority = request.uri().authority().map(|a| a.as_str());
+        return match (authority, hosts.as_slice()) {
+            (_, []) => Ok(()),
+            (Some(authority), [host])
+                if host.as_bytes().eq_ignore_ascii_case(authority.as_bytes()) =>
+            {
+                Ok(())
+            }
+            (None, [_]) => Ok(()),
+            _ => Err(BadHost),
+        };
     }
     let authority = request.uri().authority().cloned();
     let headers = request.headers_mut();

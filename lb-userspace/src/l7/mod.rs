@@ -293,6 +293,9 @@ impl L7 {
             let entry = match (running.remove(&name), next.site) {
                 (Some(r), None) => r,
                 (Some(r), Some(site)) => {
+                    // Its pools as the new settings name them before the settings themselves:
+                    // no request finds a rule's pool missing.
+                    fill(&r.proxy, &next.listener, members);
                     r.proxy.set_site(site);
                     Running {
                         proxy: Arc::clone(&r.proxy),
@@ -504,29 +507,33 @@ fn addresses(listener: &ListenerConfig, settings: &L7Settings) -> Vec<(SocketAdd
 
 fn fill_pools(running: &BTreeMap<String, Running>, members: &PoolMembers) {
     for r in running.values() {
-        let Some(settings) = &r.listener.l7 else {
-            continue;
-        };
-        let server_name = settings
-            .backend
-            .tls
-            .as_ref()
-            .and_then(|tls| tls.server_name.as_deref());
-        let previous = r.proxy.backends();
-        let empty = BackendSet::default();
-        let sets = r
-            .listener
-            .pools()
-            .into_iter()
-            .map(|pool| {
-                let members = members.get(pool).map_or(&[][..], Vec::as_slice);
-                let old = previous.get(pool).map_or(&empty, |set| set);
-                let set = BackendSet::build(&r.listener, server_name, members, old);
-                (pool.to_owned(), Arc::new(set))
-            })
-            .collect();
-        r.proxy.set_backends(Pools::new(sets));
+        fill(&r.proxy, &r.listener, members);
     }
+}
+
+/// Gives `proxy` the pools `listener` forwards to, from `members`.
+fn fill(proxy: &Proxy, listener: &ListenerConfig, members: &PoolMembers) {
+    let Some(settings) = &listener.l7 else {
+        return;
+    };
+    let server_name = settings
+        .backend
+        .tls
+        .as_ref()
+        .and_then(|tls| tls.server_name.as_deref());
+    let previous = proxy.backends();
+    let empty = BackendSet::default();
+    let sets = listener
+        .pools()
+        .into_iter()
+        .map(|pool| {
+            let members = members.get(pool).map_or(&[][..], Vec::as_slice);
+            let old = previous.get(pool).map_or(&empty, |set| set);
+            let set = BackendSet::build(listener, server_name, members, old);
+            (pool.to_owned(), Arc::new(set))
+        })
+        .collect();
+    proxy.set_backends(Pools::new(sets));
 }
 
 fn load_certs(name: &str, settings: &L7Settings) -> Result<Certificates, L7Error> {

@@ -183,10 +183,6 @@ pub struct Proxy {
     pub name: String,
     site: ArcSwap<Site>,
     backends: ArcSwap<Pools>,
-    /// Round-robin position, shared by every request.
-    turn: AtomicUsize,
-    /// Which of a rule's weighted pools takes the next new user.
-    pool_turn: AtomicUsize,
     pub counters: Counters,
     /// Open TLS connections against `max_connections`, across reloads.
     pub connections: Arc<Limit>,
@@ -410,8 +406,6 @@ impl Proxy {
             name,
             site: ArcSwap::from_pointee(site),
             backends: ArcSwap::from_pointee(Pools::default()),
-            turn: AtomicUsize::new(0),
-            pool_turn: AtomicUsize::new(0),
             counters: Counters::default(),
             drain: tokio::sync::watch::Sender::new(false),
             access_log: ArcSwapOption::empty(),
@@ -943,7 +937,7 @@ impl Proxy {
         let balance = site.settings.balance;
         let sets = pool_sets(pools, forward.pools);
         let pick = |exclude: Option<&Arc<Upstream>>| {
-            pick_pool(&sets, balance, exclude, &self.pool_turn, &self.turn)
+            pick_pool(&sets, balance, exclude, forward.pool_turn)
                 .map(|(_, set, upstream)| (set, upstream))
         };
         let (Some(sealer), Some(sticky)) = (&site.sealer, forward.sticky) else {
@@ -981,19 +975,27 @@ impl Proxy {
             }
             None => {
                 count(&self.counters.sticky_repinned);
-                // The same pool and backend on every balancer: by rendezvous of the session,
-                // first among the pools (by weight), then in the pool.
-                let pool = sticky::rendezvous(
-                    &ticket.session,
-                    sets.iter()
-                        .map(|&(_, set, weight, id)| (id, if set.is_empty() { 0 } else { weight })),
-                );
-                let placed =
-                    sets.iter()
-                        .find(|&&(.., id)| Some(id) == pool)
-                        .and_then(|&(_, set, ..)| {
-                            Some((Arc::clone(set), set.rendezvous(&ticket.session)?))
-                        });
+                // The same pool and backend on every balancer, by rendezvous of the session: in
+                // the pool that has its backend (ejected, draining or unhealthy), so the user
+                // keeps its pool; if none has (the backend was removed), first among the pools
+                // by weight, then in the pool.
+                let session = &ticket.session;
+                let known = sets.iter().find(|&&(_, set, ..)| set.knows(ticket.backend));
+                let set = match known {
+                    Some(&(_, set, ..)) => Some(set),
+                    None => {
+                        let pool = sticky::rendezvous(
+                            session,
+                            sets.iter().map(|&(_, set, weight, id)| {
+                                (id, if set.is_empty() { 0 } else { weight })
+                            }),
+                        );
+                        sets.iter()
+                            .find(|&&(.., id)| Some(id) == pool)
+                            .map(|&(_, set, ..)| set)
+                    }
+                };
+                let placed = set.and_then(|set| Some((Arc::clone(set), set.rendezvous(session)?)));
                 (placed, Placement::Repinned(ticket.session))
             }
         }
@@ -1001,17 +1003,16 @@ impl Proxy {
 
     /// Where a new user's request for `pools` would go now (`lb simulate`): the pool and the
     /// backend, the turns left as they are.
-    pub fn peek(
-        &self,
-        pools: &[crate::config::rules::WeightedPool],
-    ) -> Option<(String, SocketAddr)> {
+    pub fn peek(&self, forward: &Forward<'_>) -> Option<(String, SocketAddr)> {
         let site = self.site();
         let current = self.backends();
-        let sets = pool_sets(&current, pools);
-        let pool_turn = AtomicUsize::new(self.pool_turn.load(Ordering::Relaxed));
-        let turn = AtomicUsize::new(self.turn.load(Ordering::Relaxed));
-        pick_pool(&sets, site.settings.balance, None, &pool_turn, &turn)
-            .map(|(pool, _, upstream)| (pool.to_owned(), upstream.address))
+        let sets = pool_sets(&current, forward.pools);
+        let pool_turn = AtomicUsize::new(forward.pool_turn.load(Ordering::Relaxed));
+        let start = pool_start(&sets, &pool_turn);
+        (0..sets.len()).find_map(|k| {
+            let (pool, set, ..) = sets[(start + k) % sets.len()];
+            Some((pool.to_owned(), set.peek(site.settings.balance)?.address))
+        })
     }
 
     /// The `Set-Cookie`s for a response from `served`: for a new or re-pinned session (also
@@ -1096,7 +1097,7 @@ impl Proxy {
             }
             Placement::Repinned(session) => set.rendezvous_except(&session, Some(failed))?,
             Placement::Unpinned | Placement::New(_) => {
-                set.pick(site.settings.balance, &self.turn, Some(failed))?
+                set.next(site.settings.balance, Some(failed))?
             }
         };
         count(&self.counters.retries);
@@ -1148,34 +1149,35 @@ fn pool_sets<'a>(
 }
 
 /// A backend for a new request among a forward action's pools: a pool by weight (in turn, by
-/// `pool_turn`), then a backend of it by `balance` (`turn`); a pool with none to take the
-/// request gives its turn to the next.
+/// `pool_turn`), then a backend of it by `balance` (in the pool's own turn); a pool with none
+/// to take the request gives its turn to the next.
 fn pick_pool<'a>(
     sets: &PoolSets<'a>,
     balance: crate::config::l7::Balance,
     exclude: Option<&Arc<Upstream>>,
     pool_turn: &AtomicUsize,
-    turn: &AtomicUsize,
 ) -> Option<(&'a str, Arc<BackendSet>, Arc<Upstream>)> {
-    let start = match sets.as_slice() {
-        [] => return None,
-        [_] => 0,
-        _ => {
-            let total: u64 = sets.iter().map(|&(.., weight, _)| u64::from(weight)).sum();
-            let at = pool_turn.fetch_add(1, Ordering::Relaxed) as u64 % total.max(1);
-            let mut sum = 0;
-            sets.iter()
-                .position(|&(.., weight, _)| {
-                    sum += u64::from(weight);
-                    at < sum
-                })
-                .unwrap_or(0)
-        }
-    };
+    let start = pool_start(sets, pool_turn);
     (0..sets.len()).find_map(|k| {
         let (name, set, ..) = sets[(start + k) % sets.len()];
-        Some((name, Arc::clone(set), set.pick(balance, turn, exclude)?))
+        Some((name, Arc::clone(set), set.next(balance, exclude)?))
     })
+}
+
+/// The position in `sets` of the pool whose turn it is (by weight), moving the turn on.
+fn pool_start(sets: &PoolSets<'_>, pool_turn: &AtomicUsize) -> usize {
+    if sets.len() < 2 {
+        return 0;
+    }
+    let total: u64 = sets.iter().map(|&(.., weight, _)| u64::from(weight)).sum();
+    let at = pool_turn.fetch_add(1, Ordering::Relaxed) as u64 % total.max(1);
+    let mut sum = 0;
+    sets.iter()
+        .position(|&(.., weight, _)| {
+            sum += u64::from(weight);
+            at < sum
+        })
+        .unwrap_or(0)
 }
 
 /// Sends `request` on `sender`; the HTTP/1.1 connection comes back with the response, to be

@@ -6,6 +6,8 @@
 //! cookie, a rule's uses a cookie of its own (`{cookie}-{rule}`), so a user keeps a backend per
 //! rule, and within a rule's weighted pools keeps the pool as well (as ALB's group stickiness).
 
+use std::sync::atomic::AtomicUsize;
+
 use bytes::Bytes;
 use hyper::{
     HeaderMap, Request, Response, StatusCode,
@@ -19,7 +21,7 @@ use crate::config::{
 };
 
 /// A listener's routing, as its settings were last loaded.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Routes {
     /// The default action: the listener's pool.
     default: Vec<WeightedPool>,
@@ -28,8 +30,11 @@ pub struct Routes {
     rule_sticky: Vec<Option<StickySettings>>,
     /// An empty set of header edits, for the default action.
     no_edits: HeaderEdits,
-    /// Every sticky cookie name of the listener (its own, its rules', their CORS twins).
+    /// The sticky cookie names of the listener (its own and its CORS twin): a rule's are
+    /// these followed by `-` and the rule's name.
     cookies: Vec<String>,
+    /// Each rule's turn among its weighted pools (and one for the listener's own, unused).
+    pool_turns: Vec<AtomicUsize>,
 }
 
 /// What a request's route is.
@@ -54,6 +59,8 @@ impl Route<'_> {
 #[derive(Clone, Copy, Debug)]
 pub struct Forward<'a> {
     pub pools: &'a [WeightedPool],
+    /// The action's turn among its pools (new users by weight).
+    pub pool_turn: &'a AtomicUsize,
     pub sticky: Option<&'a StickySettings>,
     /// The rule, or none for the listener's own pool.
     pub rule: Option<&'a Rule>,
@@ -78,14 +85,17 @@ impl Routes {
                 })
             })
             .collect();
-        let cookies = std::iter::once(&settings.sticky)
-            .chain(&rule_sticky)
-            .flatten()
-            .flat_map(|s: &StickySettings| std::iter::once(&s.cookie).chain(&s.cors_cookie))
+        let cookies = settings
+            .sticky
+            .iter()
+            .flat_map(|s| std::iter::once(&s.cookie).chain(&s.cors_cookie))
             .cloned()
             .collect();
         Self {
             cookies,
+            pool_turns: (0..=settings.rules.len())
+                .map(|_| AtomicUsize::new(0))
+                .collect(),
             default: vec![WeightedPool {
                 pool: pool.to_owned(),
                 weight: 1,
@@ -97,20 +107,31 @@ impl Routes {
     }
 
     /// Removes from `headers` the listener's sticky cookies other than `keep`'s (the route's,
-    /// which placing the request takes): no backend sees one of the balancer's cookies.
+    /// which placing the request takes): the listener's own, and any rule's, present or past
+    /// (`{cookie}-NAME`), so that no backend sees one of the balancer's cookies.
     pub fn strip_cookies(&self, headers: &mut HeaderMap, keep: Option<&StickySettings>) {
-        let kept = |name: &String| {
-            keep.is_some_and(|k| &k.cookie == name || k.cors_cookie.as_ref() == Some(name))
-        };
-        for name in self.cookies.iter().filter(|name| !kept(name)) {
-            super::sticky::take_cookie(headers, name);
+        if self.cookies.is_empty() {
+            return;
         }
+        let ours = |name: &str| {
+            let kept =
+                keep.is_some_and(|k| k.cookie == name || k.cors_cookie.as_deref() == Some(name));
+            !kept
+                && self.cookies.iter().any(|base| {
+                    name == base
+                        || name
+                            .strip_prefix(base.as_str())
+                            .is_some_and(|rest| rest.starts_with('-'))
+                })
+        };
+        super::sticky::take_cookies(headers, ours);
     }
 
     /// The listener's own action: its pool, its cookie.
     pub fn default_route(&self) -> Route<'_> {
         Route::Forward(Forward {
             pools: &self.default,
+            pool_turn: &self.pool_turns[self.pool_turns.len() - 1],
             sticky: self.sticky.as_ref(),
             rule: None,
             request_headers: &self.no_edits,
@@ -130,6 +151,7 @@ impl Routes {
         match &rule.action {
             Action::Forward(pools) => Route::Forward(Forward {
                 pools,
+                pool_turn: &self.pool_turns[index],
                 sticky: self.rule_sticky.get(index).and_then(Option::as_ref),
                 rule: Some(rule),
                 request_headers: &rule.request_headers,
@@ -167,11 +189,13 @@ impl Facts {
             })
             .unwrap_or_default();
         let (host, port) = split_port(&authority);
+        // A name with its root's dot (`example.com.`) is the same name.
+        let host = host.strip_suffix('.').unwrap_or(host);
         Self {
             method: request.method().as_str().to_owned(),
             host: host.to_owned(),
             port,
-            path: request.uri().path().to_owned(),
+            path: crate::config::rules::normalize_path(request.uri().path()),
             query: request.uri().query().unwrap_or("").to_owned(),
         }
     }
@@ -201,10 +225,16 @@ fn split_port(authority: &str) -> (&str, Option<u16>) {
 /// A redirect's answer to the request `facts` describe.
 pub fn redirect(redirect: &Redirect, facts: &Facts, edits: &HeaderEdits) -> Response<ProxyBody> {
     let scheme = redirect.scheme.as_deref().unwrap_or("https");
-    let host = redirect.host.as_deref().unwrap_or(&facts.host);
-    // The request's port stays only with its host (a new host or scheme has its own).
+    let host = match &redirect.host {
+        Some(host) => host.as_str(),
+        // The request's own host goes into the answer only if it is a host: a name, an IPv4
+        // address or a bracketed IPv6 one (nothing a client could smuggle into `Location`).
+        None if is_host(&facts.host) => &facts.host,
+        None => return super::body::error_response(StatusCode::BAD_REQUEST),
+    };
+    // The request's port stays only with its host and scheme (a new one has its own).
     let port = redirect.port.or_else(|| {
-        (redirect.host.is_none() && redirect.scheme.is_none())
+        (redirect.host.is_none() && scheme == "https")
             .then_some(facts.port)
             .flatten()
     });
@@ -233,6 +263,22 @@ pub fn redirect(redirect: &Redirect, facts: &Facts, edits: &HeaderEdits) -> Resp
     }
     edit(response.headers_mut(), edits);
     response
+}
+
+/// Whether `host` is a host name, an IPv4 address or a bracketed IPv6 address.
+fn is_host(host: &str) -> bool {
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-')
+        })
 }
 
 /// A fixed response's answer.

@@ -189,3 +189,29 @@ fn within_agrees_with_matching_on_sample_requests() {
         }
     }
 }
+
+#[test]
+fn paths_are_compared_as_a_backend_would_read_them() {
+    for (raw, normal) in [
+        ("/", "/"),
+        ("", "/"),
+        ("/admin", "/admin"),
+        ("/%61dmin", "/admin"),
+        ("/%41%44MIN/x", "/ADMIN/x"),
+        ("//admin", "/admin"),
+        ("/./admin", "/admin"),
+        ("/x/../admin", "/admin"),
+        ("/../../admin", "/admin"),
+        ("/admin/", "/admin/"),
+        ("/admin/.", "/admin/"),
+        ("/api/v2/..", "/api/"),
+        ("/a%2fb", "/a%2Fb"),
+        ("/a%2Fb", "/a%2Fb"),
+        ("/%7euser", "/~user"),
+        ("/100%", "/100%"),
+        ("/%zz", "/%zz"),
+        ("/caf%C3%A9", "/caf%C3%A9"),
+    ] {
+        assert_eq!(normalize_path(raw), normal, "{raw:?}");
+    }
+}

@@ -5,13 +5,10 @@ use hyper::header::{HeaderName, HeaderValue};
 
 use super::Controller;
 use crate::{
-    config::{
-        ListenerConfig,
-        rules::{Action, HeaderEdits, describe_action},
-    },
+    config::{ListenerConfig, rules::HeaderEdits},
     control::{HttpSimulationView, RuleView, RulesView},
     datapath::Datapath,
-    l7::route::Facts,
+    l7::route::{Facts, Route, Routes},
 };
 
 impl<D: Datapath> Controller<D> {
@@ -78,42 +75,48 @@ impl<D: Datapath> Controller<D> {
         }
         let request = request.body(()).map_err(|e| e.to_string())?;
         let facts = Facts::of(&request);
-        let rules = listener.l7.iter().flat_map(|l7| &l7.rules);
         let view = facts.view(request.headers());
-        let rule = rules
-            .into_iter()
-            .find(|rule| rule.conditions.matches(&view));
-        let default = [crate::config::rules::WeightedPool {
-            pool: listener.pool.clone(),
-            weight: 1,
-        }];
-        let (action, pools) = match rule {
-            None => (
-                format!("forward to pool {} (no rule takes it)", listener.pool),
-                &default[..],
-            ),
-            Some(rule) => match &rule.action {
-                Action::Forward(pools) => (rule.describe_action(), &pools[..]),
-                other => (describe_action(other), &[][..]),
-            },
-        };
+        // The running listener's routes (their turns are the ones requests take); the
+        // configuration's if it is not running.
         let proxy = self
             .l7
             .as_ref()
             .and_then(|l7| l7.proxies().into_iter().find(|p| p.name == name));
-        let placed = match (&proxy, pools.is_empty()) {
-            (Some(proxy), false) => proxy.peek(pools),
-            _ => None,
+        let site = proxy.as_ref().map(|proxy| proxy.site());
+        let settings = listener.l7.as_ref().ok_or("not an L7 listener")?;
+        let fresh;
+        let (routes, rules) = match &site {
+            Some(site) => (&site.routes, &site.settings.rules[..]),
+            None => {
+                fresh = Routes::new(&listener.pool, settings);
+                (&fresh, &settings.rules[..])
+            }
+        };
+        let route = routes.route(rules, &view);
+        let rule = route.rule().map(|rule| rule.name.clone());
+        let (action, pool, backend) = match route {
+            Route::Forward(forward) => {
+                let action = match forward.rule {
+                    Some(rule) => rule.describe_action(),
+                    None => format!("forward to pool {} (no rule takes it)", listener.pool),
+                };
+                let placed = proxy.as_ref().and_then(|proxy| proxy.peek(&forward));
+                let pool = placed
+                    .as_ref()
+                    .map(|(pool, _)| pool.clone())
+                    .or_else(|| forward.pools.first().map(|p| p.pool.clone()));
+                (action, pool, placed.map(|(_, backend)| backend))
+            }
+            Route::Redirect(_, rule) | Route::Fixed(_, rule) => {
+                (rule.describe_action(), None, None)
+            }
         };
         Ok(HttpSimulationView {
             listener: name.to_owned(),
-            rule: rule.map(|r| r.name.clone()),
+            rule,
             action,
-            pool: placed
-                .as_ref()
-                .map(|(pool, _)| pool.clone())
-                .or_else(|| pools.first().map(|p| p.pool.clone())),
-            backend: placed.map(|(_, backend)| backend),
+            pool,
+            backend,
         })
     }
 }

@@ -134,6 +134,50 @@ pub fn take_cookie(headers: &mut HeaderMap, name: &str) -> Option<String> {
     found
 }
 
+/// Removes from the `Cookie` headers every pair whose name `ours` says is the balancer's; the
+/// other pieces are kept as [`take_cookie`] keeps them, and a header without such a pair is
+/// left untouched.
+pub fn take_cookies(headers: &mut HeaderMap, ours: impl Fn(&str) -> bool) {
+    let is_ours = |piece: &[u8]| {
+        piece
+            .iter()
+            .position(|b| *b == b'=')
+            .and_then(|equals| std::str::from_utf8(&piece[..equals]).ok())
+            .is_some_and(&ours)
+    };
+    let has_ours = |value: &HeaderValue| pieces(value.as_bytes()).any(is_ours);
+    if !headers.get_all(COOKIE).iter().any(has_ours) {
+        return;
+    }
+    let values: Vec<HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
+    headers.remove(COOKIE);
+    for value in values {
+        if !has_ours(&value) {
+            headers.append(COOKIE, value);
+            continue;
+        }
+        let mut kept = Vec::new();
+        for piece in pieces(value.as_bytes()).filter(|piece| !is_ours(piece)) {
+            if !kept.is_empty() {
+                kept.extend_from_slice(b"; ");
+            }
+            kept.extend_from_slice(piece);
+        }
+        if kept.is_empty() {
+            continue;
+        }
+        // Every byte comes from a valid header value, so this holds; keep the header otherwise.
+        let rebuilt = HeaderValue::from_bytes(&kept).map_or_else(
+            |_| value.clone(),
+            |mut rebuilt| {
+                rebuilt.set_sensitive(value.is_sensitive());
+                rebuilt
+            },
+        );
+        headers.append(COOKIE, rebuilt);
+    }
+}
+
 /// The value of the first `name` pair in one `Cookie` header, and the header without its
 /// `name` pairs (none if nothing is left); `None` if it holds no such pair.
 fn split_cookie(header: &HeaderValue, name: &[u8]) -> Option<(String, Option<HeaderValue>)> {
@@ -304,6 +348,19 @@ mod tests {
             .iter()
             .map(|v| v.to_str().unwrap())
             .collect()
+    }
+
+    #[test]
+    fn take_cookies_removes_every_pair_named_so_and_leaves_other_headers_alone() {
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, HeaderValue::from_static("a=1;lb=X; lb-old=Y ;b=2"));
+        headers.append(COOKIE, HeaderValue::from_static("c=3;d=4"));
+        headers.append(COOKIE, HeaderValue::from_static("lb-api=Z"));
+        take_cookies(&mut headers, |name| name == "lb" || name.starts_with("lb-"));
+        assert_eq!(cookies(&headers), ["a=1; b=2", "c=3;d=4"]);
+        let before = headers.clone();
+        take_cookies(&mut headers, |name| name == "none");
+        assert_eq!(headers, before, "nothing ours: untouched");
     }
 
     #[test]

@@ -63,7 +63,8 @@
 //!   key), and new key lines for `lb sticky-key`.
 //! - `placement.rs`: a backend's stable [`BackendId`] and the weighted [`rendezvous`] that
 //!   re-places a session when its backend fails.
-//! - `cookie.rs`: the header surgery, [`set_cookie`], [`set_cors_cookie`] and [`take_cookie`].
+//! - `cookie.rs`: the header surgery, [`set_cookie`], [`set_cors_cookie`], [`take_cookie`] and
+//!   [`take_cookies`] (every pair a predicate names: the rules' cookies).
 
 mod cookie;
 mod keys;
@@ -71,7 +72,7 @@ mod placement;
 mod seal;
 mod ticket;
 
-pub use cookie::{set_cookie, set_cors_cookie, take_cookie};
+pub use cookie::{set_cookie, set_cors_cookie, take_cookie, take_cookies};
 pub use keys::{KeyRing, MAX_KEYS};
 pub use placement::{BackendId, backend_id, rendezvous};
 pub use seal::{Opened, Sealer};
