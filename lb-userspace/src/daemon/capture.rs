@@ -208,11 +208,14 @@ impl Drop for Session {
             // Ended without `stop` (the daemon stopping aborted the task): the controller turns
             // the capture off when it stops too; a capture left on by a full channel is
             // replaced by the next one's start.
-            if let Err(error) = self
+            // (A closed channel is a controller that has stopped, and turned it off itself.)
+            if let Err(mpsc::error::TrySendError::Full(_)) = self
                 .events
                 .try_send(Event::Capture(CaptureCall::Stop(None)))
             {
-                warn!(%error, "could not ask the controller to turn the packet capture off");
+                warn!(
+                    "could not ask the controller to turn the packet capture off (its queue is full)"
+                );
             }
         }
         if let Ok(mut slot) = self.slot.lock() {
@@ -240,14 +243,17 @@ async fn call<T>(
     answer.await.ok()
 }
 
-/// Writes one JSON line.
+/// Writes one JSON line, within [`WRITE_TIMEOUT`] (a CLI that reads nothing does not keep the
+/// session, and its ring, forever).
 async fn send<T: serde::Serialize>(
     write: &mut tokio::net::unix::OwnedWriteHalf,
     message: &T,
 ) -> std::io::Result<()> {
     let mut line = serde_json::to_string(message)?;
     line.push('\n');
-    write.write_all(line.as_bytes()).await
+    tokio::time::timeout(WRITE_TIMEOUT, write.write_all(line.as_bytes()))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
 }
 
 /// A record as the CLI gets it: wall-clock time, the interface's name, the outcome in words.
