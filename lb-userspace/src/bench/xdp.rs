@@ -5,7 +5,9 @@
 //!    (sent to its backend), a client packet too big to encapsulate (answered with ICMP), and a
 //!    packet for no VIP, through the balancer and through
 //!    `lb_tx_baseline` (swap MACs, `XDP_TX`); and an established flow while a packet capture
-//!    runs, recording every packet (a thread drains the ring) or matching none of them. The
+//!    runs, recording every packet (a thread drains the ring) or matching none of them; and a
+//!    SYN of a new flow when the connection table is full (the steady state of a busy
+//!    balancer: every insert evicts an entry). The
 //!    balancer rewrites the packet, and a repeated
 //!    test run does not restore it, so each packet is one test run (`repeat = 1`) and both
 //!    programs are timed that way; the kernel's own timer measures each run.
@@ -14,7 +16,8 @@
 //!    every frame a new source port, so the balancer sees 65536 distinct flows.
 //!
 //! Rounds alternate the two programs (A B A B ...) and the report gives the median with the
-//! minimum and maximum. Everything runs on one pinned CPU, in namespaces of its own.
+//! minimum and maximum, beside the README's target where the case has one. Everything runs on
+//! one pinned CPU, in namespaces of its own. `--frames 0` skips the live-frame measurement.
 
 use std::{
     net::Ipv4Addr,
@@ -49,6 +52,10 @@ const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 const BACKENDS: u8 = 8;
 const XDP_PASS: u32 = 2;
+/// Entries of the connection table.
+const CONN_TABLE_SIZE: u32 = 1 << 18;
+/// The first client of the full-table case (198.19.0.0, then upward through 198.26.255.255).
+const FLOOD_BASE: u32 = 0xc613_0000;
 const XDP_TX: u32 = 3;
 
 /// How much to measure.
@@ -83,6 +90,8 @@ pub struct CostRow {
     pub baseline: Spread,
     /// Balancer minus baseline, paired by round (so that drift between rounds cancels).
     pub difference: Spread,
+    /// The most the difference's median may be, where the case has a target.
+    pub target: Option<f64>,
 }
 
 /// One forwarding-rate case, in million packets per second.
@@ -94,6 +103,34 @@ pub struct RateRow {
     pub ratio: Option<Spread>,
     /// Frames the sink counted per frame generated.
     pub delivered: f64,
+    /// The least the ratio's median may be, where the case has a target.
+    pub target: Option<f64>,
+}
+
+/// Targets of the per-packet cost, in ns above the trivial program (see the README).
+const COST_TARGETS: [(&str, f64); 3] = [
+    (SYN_CASE, 150.0),
+    (ESTABLISHED_CASE, 40.0),
+    (FULL_TABLE_CASE, 400.0),
+];
+
+const SYN_CASE: &str = "TCP SYN to a VIP (new flow)";
+const ESTABLISHED_CASE: &str = "established flow";
+const FULL_TABLE_CASE: &str = "TCP SYN, connection table full";
+
+/// The least live rate over the trivial program's for `flows` distinct flows: 0.75 up to
+/// 1024 flows, 0.6 up to 65536 (see the README).
+fn rate_target(flows: u32) -> Option<f64> {
+    match flows {
+        0..=1024 => Some(0.75),
+        1025..=65_536 => Some(0.6),
+        _ => None,
+    }
+}
+
+/// How a figure fares against its target.
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "not met" }
 }
 
 /// Everything `lb bench xdp` measured.
@@ -102,7 +139,8 @@ pub struct Report {
     pub cpu: usize,
     pub flows: u32,
     pub costs: Vec<CostRow>,
-    pub baseline_rate: RateRow,
+    /// The trivial program's live rate; none when the live measurement was skipped.
+    pub baseline_rate: Option<RateRow>,
     pub rates: Vec<RateRow>,
 }
 
@@ -134,7 +172,12 @@ pub fn run(options: Options) -> Result<Report, BenchError> {
     let (mut bench, namespaces) = Bench::build()?;
     let generator = &namespaces[0];
     let costs = generator.run_here(|| measure_costs(&mut bench, options))??;
-    let (baseline_rate, rates) = generator.run_here(|| measure_rates(&mut bench, options))??;
+    let (baseline_rate, rates) = if options.frames == 0 {
+        (None, Vec::new())
+    } else {
+        let (baseline, rates) = generator.run_here(|| measure_rates(&mut bench, options))??;
+        (Some(baseline), rates)
+    };
     drop(bench);
     Ok(Report {
         cpu,
@@ -176,7 +219,7 @@ impl Bench {
                 ring_size: 65_537,
                 rings: 2,
             },
-            conn_table_size: 1 << 18,
+            conn_table_size: CONN_TABLE_SIZE,
             pin_dir: None,
         };
         let (mut balancer, datapath) = Balancer::load(&spec)?;
@@ -334,9 +377,14 @@ fn measure_costs(bench: &mut Bench, options: Options) -> Result<Vec<CostRow>, Be
     let too_big: Vec<Vec<u8>> = (0..1024)
         .map(|i| tcp_v4_with_payload(CLIENT, 10_000 + i, VIP, 443, TCP_ACK, 1441))
         .collect();
+    // New flows when the connection table is full: twice as many distinct clients as the
+    // table holds, so that each SYN is a flow the table has forgotten and evicts another.
+    let full_table_syn: Vec<Vec<u8>> = (0..2 * CONN_TABLE_SIZE)
+        .map(|i| tcp_v4(Ipv4Addr::from(FLOOD_BASE + i), 40_000, VIP, 443, TCP_SYN))
+        .collect();
     // Put the established flows in the connection table.
     let balancer = bench.balancer.program()?;
-    time_runs(balancer, &established, established.len(), None, XDP_TX)?;
+    time_runs(balancer, &established, 0, established.len(), None, XDP_TX)?;
     let case = |case, frames, action, static_next_hop, capture| CostCase {
         case,
         frames,
@@ -345,14 +393,8 @@ fn measure_costs(bench: &mut Bench, options: Options) -> Result<Vec<CostRow>, Be
         capture,
     };
     let cases = [
-        case(
-            "TCP SYN to a VIP (new flow)",
-            &syn,
-            XDP_TX,
-            true,
-            Capture::Off,
-        ),
-        case("established flow", &established, XDP_TX, true, Capture::Off),
+        case(SYN_CASE, &syn, XDP_TX, true, Capture::Off),
+        case(ESTABLISHED_CASE, &established, XDP_TX, true, Capture::Off),
         case(
             "established flow, 802.1Q-tagged",
             &tagged_established,
@@ -396,6 +438,8 @@ fn measure_costs(bench: &mut Bench, options: Options) -> Result<Vec<CostRow>, Be
             true,
             Capture::None,
         ),
+        // Last: filling the table evicts the other cases' flows.
+        case(FULL_TABLE_CASE, &full_table_syn, XDP_TX, true, Capture::Off),
     ];
     let mut rows = Vec::new();
     for CostCase {
@@ -409,17 +453,35 @@ fn measure_costs(bench: &mut Bench, options: Options) -> Result<Vec<CostRow>, Be
         bench.set_static_next_hop(static_next_hop)?;
         let drainer = bench.set_capture(capture)?;
         let ingress = Some(bench.ingress);
+        if std::ptr::eq(frames, full_table_syn.as_slice()) {
+            // Every flow once: the table is full, and each flow in it is older than the
+            // whole measurement.
+            let program = bench.balancer.program()?;
+            time_runs(program, frames, 0, frames.len(), ingress, action)?;
+        }
+        // Each round goes on where the last stopped, so a frame comes back only after all
+        // the others.
+        let mut next = 0;
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for round in 0..options.rounds {
             for first in [round % 2 == 0, round % 2 == 1] {
                 if first {
                     let program = bench.balancer.program()?;
-                    ours.push(time_runs(program, frames, options.calls, ingress, action)?);
+                    ours.push(time_runs(
+                        program,
+                        frames,
+                        next,
+                        options.calls,
+                        ingress,
+                        action,
+                    )?);
                 } else {
                     let program = bench.aux.program(Aux::TX_BASELINE)?;
-                    theirs.push(time_runs(program, frames, options.calls, ingress, XDP_TX)?);
+                    let ns = time_runs(program, frames, next, options.calls, ingress, XDP_TX)?;
+                    theirs.push(ns);
                 }
             }
+            next += options.calls;
         }
         bench.set_capture(Capture::Off)?;
         if let Some(drainer) = drainer {
@@ -445,24 +507,29 @@ fn measure_costs(bench: &mut Bench, options: Options) -> Result<Vec<CostRow>, Be
             balancer: Spread::of(&ours),
             baseline: Spread::of(&theirs),
             difference: Spread::of(&differences),
+            target: COST_TARGETS
+                .iter()
+                .find(|(name, _)| *name == case)
+                .map(|(_, target)| *target),
         });
     }
     bench.set_static_next_hop(true)?;
     Ok(rows)
 }
 
-/// Mean nanoseconds per run of `calls` single test runs over `frames` in turn, checking that
-/// each run ends in `action`.
+/// Mean nanoseconds per run of `calls` single test runs over `frames` in turn, from frame
+/// `first` on, checking that each run ends in `action`.
 fn time_runs(
     program: &Xdp,
     frames: &[Vec<u8>],
+    first: usize,
     calls: usize,
     ingress: Option<u32>,
     action: u32,
 ) -> Result<f64, BenchError> {
     let mut total = Duration::ZERO;
     for i in 0..calls {
-        let frame = &frames[i % frames.len()];
+        let frame = &frames[(first + i) % frames.len()];
         let result = run_frame(program, frame, ingress).map_err(|source| BenchError::TestRun {
             program: "per-packet run",
             source,
@@ -524,6 +591,7 @@ fn measure_rates(
                 mpps: Spread::of(&mpps),
                 ratio: (i > 0).then(|| Spread::of(&ratios)),
                 delivered: Spread::of(&delivered).min,
+                target: (i > 0).then(|| rate_target(options.flows)).flatten(),
             }
         })
         .collect();
@@ -645,6 +713,9 @@ impl Report {
                 .collect(),
         }
         .write(&cost)?;
+        let Some(baseline_rate) = &self.baseline_rate else {
+            return Ok(vec![cost]);
+        };
         let rate = dir.join("xdp-rate.svg");
         let title = format!("Forwarding rate, live frames, {} flows", self.flows);
         Bars {
@@ -656,7 +727,7 @@ impl Report {
                 .iter()
                 .map(|row| Group {
                     label: row.case,
-                    bars: vec![Some(row.mpps), Some(self.baseline_rate.mpps)],
+                    bars: vec![Some(row.mpps), Some(baseline_rate.mpps)],
                 })
                 .collect(),
         }
@@ -675,27 +746,39 @@ impl std::fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "  {:34} {:>20} {:>20} {:>22}",
+            "  {:34} {:>20} {:>20} {:>22}   target",
             "case", "balancer", "trivial XDP_TX", "difference (paired)"
         )?;
         for row in &self.costs {
+            let target = row
+                .target
+                .map(|target| {
+                    let met = verdict(row.difference.median <= target);
+                    format!("   <= +{target:.0} {met}")
+                })
+                .unwrap_or_default();
             writeln!(
                 f,
-                "  {:34} {:>20} {:>20} {:>22}",
+                "  {:34} {:>20} {:>20} {:>22}{target}",
                 row.case,
                 row.balancer.to_string(),
                 row.baseline.to_string(),
-                row.difference.to_string()
+                row.difference.to_string(),
             )?;
         }
         writeln!(f)?;
+        let Some(base) = &self.baseline_rate else {
+            return writeln!(
+                f,
+                "Forwarding rate with live frames: not measured (--frames 0)"
+            );
+        };
         writeln!(
             f,
             "Forwarding rate, live frames out of a veth to a counting XDP sink, {} flows \
              (Mpps; median [min-max])",
             self.flows
         )?;
-        let base = &self.baseline_rate;
         writeln!(
             f,
             "  {:34} {:>20}   delivered {:.3}",
@@ -705,9 +788,16 @@ impl std::fmt::Display for Report {
         )?;
         for row in &self.rates {
             let ratio = row.ratio.unwrap_or(Spread::of(&[f64::NAN]));
+            let target = row
+                .target
+                .map(|target| {
+                    let met = verdict(ratio.median >= target);
+                    format!("   target >= {target:.2} {met}")
+                })
+                .unwrap_or_default();
             writeln!(
                 f,
-                "  {:34} {:>20}   delivered {:.3}   ratio {:.2} [{:.2}-{:.2}]",
+                "  {:34} {:>20}   delivered {:.3}   ratio {:.2} [{:.2}-{:.2}]{target}",
                 row.case,
                 row.mpps.to_string(),
                 row.delivered,

@@ -16,7 +16,7 @@ pub enum BenchCommand {
         /// Single test runs per round for the per-packet cost.
         #[arg(long, default_value_t = 100_000)]
         calls: usize,
-        /// Frames per round for the forwarding rate.
+        /// Frames per round for the forwarding rate (0: measure the per-packet cost only).
         #[arg(long, default_value_t = 2_000_000)]
         frames: u32,
         /// Distinct flows for the forwarding rate (a power of two up to 65536).
