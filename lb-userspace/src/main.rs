@@ -250,6 +250,11 @@ fn run_bench(command: BenchCommand, json: bool) -> anyhow::Result<()> {
                 }
             }
         }
+        BenchCommand::Scale { rounds, window } => {
+            let options = lb::bench::scale::Options { rounds, window };
+            let report = lb::bench::scale::run(options).context("the scale benchmark failed")?;
+            println!("{report}");
+        }
         BenchCommand::L7Backend { listen, cert, key } => {
             let tls = cert.as_deref().zip(key.as_deref());
             lb::bench::l7::backend::serve(listen, tls).context("the benchmark's backend failed")?;

@@ -32,10 +32,10 @@
 
 pub mod backend;
 mod handshake;
-mod process;
+pub(super) mod process;
 mod report;
 mod systems;
-mod wrk;
+pub(super) mod wrk;
 
 use std::{net::SocketAddr, path::Path, time::Duration};
 

@@ -6,10 +6,13 @@
 //! - [`l7`]: the L7 listeners (offload, offload with stickiness, bridging) against HAProxy doing
 //!   the same on the same machine, and direct HTTP to the backend: keep-alive requests per
 //!   second and latency, full TLS handshakes per second, CPU time per unit of work.
+//! - [`scale`]: the control plane's costs as the work grows (Maglev build, health checks,
+//!   `lb backend add` to live, memory with a full connection table).
 
 pub mod chart;
 pub mod frames;
 pub mod l7;
+pub mod scale;
 pub mod xdp;
 
 use std::time::Duration;

@@ -51,6 +51,17 @@ pub enum BenchCommand {
         #[arg(long, value_name = "DIR")]
         svg: Option<PathBuf>,
     },
+    /// Costs as the work grows: the Maglev build for 10 to 10 000 backends, and a daemon with
+    /// 64 listeners and 100, then 1 000 health-checked backends: health-check CPU, `lb backend
+    /// add` to the new table live, memory with a full connection table (needs root).
+    Scale {
+        /// Maglev builds per size, and backend adds per daemon.
+        #[arg(long, default_value_t = 5, value_parser = rounds)]
+        rounds: usize,
+        /// How long each daemon's health-check CPU time is counted ("10s"; at least 1 s).
+        #[arg(long, default_value = "10s", value_parser = load_duration)]
+        window: std::time::Duration,
+    },
     /// The L7 benchmark's backend process: serves the lab's HTTP backend until killed.
     #[command(hide = true)]
     L7Backend {
