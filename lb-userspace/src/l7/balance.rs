@@ -308,38 +308,68 @@ impl BackendSet {
                 .map(|k| self.eligible[self.schedule[(start + k) % n] as usize].0)
                 .find(|&i| !excluded(i)),
             Balance::LeastOutstanding => {
-                // The backends with the least load for their weight.
-                let mut best: Option<(u64, u64)> = None;
-                let mut least = Vec::new();
-                for &(i, weight, _) in &self.eligible {
-                    if excluded(i) {
-                        continue;
-                    }
-                    let load = u64::from(self.members[i].outstanding());
-                    let weight = u64::from(weight);
-                    // load / weight against best_load / best_weight, without dividing.
-                    match best.map(|(l, w)| (load * w).cmp(&(l * weight))) {
-                        Some(std::cmp::Ordering::Greater) => continue,
-                        Some(std::cmp::Ordering::Equal) => {}
-                        None | Some(std::cmp::Ordering::Less) => {
-                            best = Some((load, weight));
-                            least.clear();
-                        }
-                    }
-                    least.push(i);
-                }
                 let in_turn = self.eligible[first].0;
-                if least.contains(&in_turn) {
+                if !excluded(in_turn) && self.members[in_turn].outstanding() == 0 {
+                    // None has less than nothing in flight: the backend in turn is among the
+                    // least loaded, found without looking at the others (in a large pool
+                    // under light load, nearly every pick).
                     Some(in_turn)
-                } else if least.is_empty() {
-                    None
                 } else {
-                    // Each time the backend in turn is busier, the next of the least loaded.
-                    Some(least[(turn / n) % least.len()])
+                    self.least_loaded(in_turn, turn / n, &excluded)
                 }
             }
         }
         .map(|i| Arc::clone(&self.members[i]))
+    }
+
+    /// Among the members with the least load for their weight (not `excluded`): `in_turn` if
+    /// it is one, else the `lap`-th of them in turn (modulo their number), so that a busy
+    /// backend's turns are shared by the others. Two passes over the members and no
+    /// allocation: the first finds the least load and how many have it, the second the one to
+    /// take (loads that change meanwhile give another of the least loaded, or the first).
+    fn least_loaded(
+        &self,
+        in_turn: usize,
+        lap: usize,
+        excluded: &impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        // (load, weight, member) of the first of the least loaded, and how many there are.
+        let mut best: Option<(u64, u64, usize)> = None;
+        let mut ties = 0usize;
+        let mut in_turn_is_least = false;
+        for &(i, weight, _) in &self.eligible {
+            if excluded(i) {
+                continue;
+            }
+            let load = u64::from(self.members[i].outstanding());
+            let weight = u64::from(weight);
+            // load / weight against the best's, without dividing.
+            match best.map(|(l, w, _)| (load * w).cmp(&(l * weight))) {
+                Some(std::cmp::Ordering::Greater) => continue,
+                Some(std::cmp::Ordering::Equal) => ties += 1,
+                None | Some(std::cmp::Ordering::Less) => {
+                    best = Some((load, weight, i));
+                    ties = 1;
+                    in_turn_is_least = false;
+                }
+            }
+            in_turn_is_least |= i == in_turn;
+        }
+        let (least, least_weight, first) = best?;
+        if in_turn_is_least {
+            return Some(in_turn);
+        }
+        let wanted = lap % ties;
+        self.eligible
+            .iter()
+            .filter(|&&(i, weight, _)| {
+                !excluded(i)
+                    && u64::from(self.members[i].outstanding()) * least_weight
+                        <= least * u64::from(weight)
+            })
+            .map(|&(i, ..)| i)
+            .nth(wanted)
+            .or(Some(first))
     }
 
     /// Whether passive health leaves member `i` out now: ejected, and not every member that
@@ -537,6 +567,69 @@ certificates = [{ cert = "c.pem", key = "k.pem" }]
         }
         drop((busy, one));
         assert_eq!(set.members()[2].outstanding(), 0);
+    }
+
+    /// The least-outstanding pick as one scan that collects every least loaded member (what
+    /// `pick` computed before its shortcut and two passes), for the comparison below.
+    fn least_outstanding_by_one_scan(set: &BackendSet, turn: usize) -> usize {
+        let n = set.schedule.len();
+        let first = set.schedule[turn % n] as usize;
+        let mut best: Option<(u64, u64)> = None;
+        let mut least = Vec::new();
+        for &(i, weight, _) in &set.eligible {
+            let load = u64::from(set.members[i].outstanding());
+            let weight = u64::from(weight);
+            match best.map(|(l, w)| (load * w).cmp(&(l * weight))) {
+                Some(std::cmp::Ordering::Greater) => continue,
+                Some(std::cmp::Ordering::Equal) => {}
+                None | Some(std::cmp::Ordering::Less) => {
+                    best = Some((load, weight));
+                    least.clear();
+                }
+            }
+            least.push(i);
+        }
+        let in_turn = set.eligible[first].0;
+        if least.contains(&in_turn) {
+            in_turn
+        } else {
+            least[(turn / n) % least.len()]
+        }
+    }
+
+    #[test]
+    fn least_outstanding_picks_as_one_scan_of_every_member_would() {
+        let weights = [
+            (100, true),
+            (200, true),
+            (100, true),
+            (300, true),
+            (100, true),
+        ];
+        let set = BackendSet::build(
+            &listener(),
+            None,
+            &members(&weights),
+            &BackendSet::default(),
+        );
+        // Loads from a fixed pseudo-random sequence: many ties, busy and idle members.
+        let mut state = 0x9e37_79b9_u32;
+        let mut held = Vec::new();
+        for step in 0..2_000 {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            if state % 3 == 0 && !held.is_empty() {
+                held.swap_remove(state as usize % held.len());
+            } else {
+                let member = &set.members()[state as usize % weights.len()];
+                held.push(member.begin());
+            }
+            let turn = AtomicUsize::new(step);
+            let picked = set.pick(Balance::LeastOutstanding, &turn, None).unwrap();
+            let expected = &set.members()[least_outstanding_by_one_scan(&set, step)];
+            assert!(Arc::ptr_eq(&picked, expected), "step {step}");
+        }
     }
 
     #[test]
