@@ -107,6 +107,9 @@ pub struct DaemonRow {
     pub health_cpu_ms_per_s: f64,
     /// Health checks the daemon made per second (its backends).
     pub checks_per_s: f64,
+    /// The baseline of a check: CPU microseconds of this process's thread for one blocking
+    /// TCP connect and close to a backend (the same kernel work, without the daemon).
+    pub bare_connect_us: f64,
     /// Milliseconds from `lb backend add` to its table live.
     pub add_millis: Spread,
     /// Resident memory of the daemon, MiB.
@@ -305,6 +308,8 @@ fn measure_daemon(
     let nanos = cpu_nanos(pid)?.saturating_sub(before);
     let health_cpu_ms_per_s = nanos as f64 / 1e6 / start.elapsed().as_secs_f64();
 
+    let bare_connect_us = ns.run_here(|| bare_connect_micros(backends))??;
+
     let extra = backend(backends).to_string();
     let mut add = Vec::new();
     for _ in 0..options.rounds {
@@ -324,6 +329,7 @@ fn measure_daemon(
         conn_table: table,
         health_cpu_ms_per_s,
         checks_per_s: backends as f64,
+        bare_connect_us,
         add_millis: Spread::of(&add),
         rss_mib,
         maps_mib,
@@ -444,6 +450,29 @@ fn measure_l7(binary: &Path, options: Options) -> Result<Vec<L7Row>, BenchError>
             }
         })
         .collect())
+}
+
+/// CPU microseconds per blocking connect and close to each of `backends` in turn, on this
+/// thread (which must be in the benchmark's namespace).
+fn bare_connect_micros(backends: usize) -> Result<f64, BenchError> {
+    let thread_nanos = || -> Result<u64, BenchError> {
+        read("/proc/thread-self/schedstat")?
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse().ok())
+            .ok_or_else(|| BenchError::Unexpected("no schedstat for this thread".to_owned()))
+    };
+    let before = thread_nanos()?;
+    for i in 0..backends {
+        let stream = std::net::TcpStream::connect((backend(i), HEALTH_PORT)).map_err(|source| {
+            BenchError::Io {
+                what: format!("connecting to {}:{HEALTH_PORT}", backend(i)),
+                source,
+            }
+        })?;
+        drop(stream);
+    }
+    Ok((thread_nanos()? - before) as f64 / 1e3 / backends as f64)
 }
 
 /// Runs the CLI against `daemon`; an unsuccessful command is an error with its output.
@@ -603,10 +632,12 @@ impl std::fmt::Display for Report {
             )?;
             writeln!(
                 f,
-                "    health checks: {:.0} a second, daemon CPU {:.1} ms a second ({:.1} us a check)",
+                "    health checks: {:.0} a second, daemon CPU {:.1} ms a second ({:.1} us a \
+                 check; a bare connect and close {:.1} us)",
                 row.checks_per_s,
                 row.health_cpu_ms_per_s,
-                row.health_cpu_ms_per_s * 1e3 / row.checks_per_s
+                row.health_cpu_ms_per_s * 1e3 / row.checks_per_s,
+                row.bare_connect_us
             )?;
             writeln!(
                 f,
