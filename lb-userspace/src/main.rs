@@ -220,6 +220,7 @@ fn run_bench(command: BenchCommand, json: bool) -> anyhow::Result<()> {
             duration,
             warmup,
             connections,
+            idle,
             base,
             svg,
         } => {
@@ -236,6 +237,7 @@ fn run_bench(command: BenchCommand, json: bool) -> anyhow::Result<()> {
                 duration,
                 warmup,
                 connections: usize::try_from(connections).context("--connections")?,
+                idle: usize::try_from(idle).context("--idle")?,
             };
             let report =
                 lb::bench::l7::run(options, base.as_deref()).context("the L7 benchmark failed")?;

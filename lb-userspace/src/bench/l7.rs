@@ -17,7 +17,10 @@
 //! 1. keep-alive HTTPS: `wrk -t1 -cN -dD --latency` ([`wrk`]), requests per second and the
 //!    50th and 99th latency percentiles; direct plain HTTP to the backend is the floor;
 //! 2. full TLS 1.3 handshakes per second, N concurrent, no resumption ([`handshake`]), against
-//!    lb's and HAProxy's offload listeners.
+//!    lb's and HAProxy's offload listeners;
+//! 3. memory per idle TLS connection ([`idle`]): the server's resident memory growth over
+//!    10 000 connections left open after one request each, HTTP/1.1 and HTTP/2, lb's and
+//!    HAProxy's offload listeners, a fresh process of each per protocol.
 //!
 //! With `--base PATH` (another build of lb: `cargo xtask bench compare --l7 --base REV` builds
 //! one), a second daemon of that binary runs beside, alike, and its offload and bridging
@@ -32,6 +35,7 @@
 
 pub mod backend;
 mod handshake;
+mod idle;
 pub(super) mod process;
 mod report;
 mod systems;
@@ -69,6 +73,8 @@ pub struct Options {
     pub warmup: Duration,
     /// Connections wrk keeps alive, and concurrent handshakes.
     pub connections: usize,
+    /// Idle connections per server and protocol for the memory measurement (zero: none).
+    pub idle: usize,
 }
 
 impl Default for Options {
@@ -78,6 +84,7 @@ impl Default for Options {
             duration: Duration::from_secs(5),
             warmup: Duration::from_secs(1),
             connections: 32,
+            idle: 10_000,
         }
     }
 }
@@ -232,6 +239,19 @@ pub fn run(options: Options, base: Option<&Path>) -> Result<Report, BenchError> 
             options.rounds
         );
     }
+    let idle = if options.idle == 0 {
+        Vec::new()
+    } else {
+        let connections = process::raise_open_files(options.idle)?;
+        if connections < options.idle {
+            eprintln!(
+                "lb bench l7: {connections} idle connections instead of {}: the limit on open \
+                 files allows no more for HAProxy",
+                options.idle
+            );
+        }
+        idle::measure(&runtime, &systems, &lb, SERVER_CPU, connections)?
+    };
     let conditions = Conditions::read(options, GENERATOR_CPU, SERVER_CPU);
     drop(systems);
     Ok(Report::new(
@@ -239,6 +259,7 @@ pub fn run(options: Options, base: Option<&Path>) -> Result<Report, BenchError> 
         &measured,
         &keepalive_samples,
         &handshake_samples,
+        idle,
     ))
 }
 

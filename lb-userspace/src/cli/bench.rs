@@ -43,6 +43,10 @@ pub enum BenchCommand {
         /// Connections wrk keeps alive, and concurrent handshakes.
         #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
         connections: u32,
+        /// Idle TLS connections per server and protocol for the memory measurement (0: skip
+        /// it).
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+        idle: u32,
         /// Another build of lb, measured beside this one (offload and bridging) in every round,
         /// with the ratios of this build over it.
         #[arg(long, value_name = "PATH")]

@@ -619,7 +619,7 @@ certificates = [{ cert = "c.pem", key = "k.pem" }]
             state ^= state << 13;
             state ^= state >> 17;
             state ^= state << 5;
-            if state % 3 == 0 && !held.is_empty() {
+            if state.is_multiple_of(3) && !held.is_empty() {
                 held.swap_remove(state as usize % held.len());
             } else {
                 let member = &set.members()[state as usize % weights.len()];

@@ -270,3 +270,42 @@ pub fn free_port() -> Result<u16, BenchError> {
         source,
     })
 }
+
+/// Raises this process's limit on open files to its hard limit (HAProxy and the daemons
+/// inherit it) and returns how many of `connections` idle connections fit under it: the
+/// client holds one file per connection, and HAProxy asks for two per connection it may take
+/// (and refuses to start if it cannot have them), so at most half the limit, less room for
+/// the processes' own files.
+pub fn raise_open_files(connections: usize) -> Result<usize, BenchError> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid rlimit for the call to fill in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &raw mut limit) } != 0 {
+        return Err(BenchError::Io {
+            what: "reading the limit on open files".to_owned(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    limit.rlim_cur = limit.rlim_max;
+    // SAFETY: as above; raising the soft limit up to the hard one needs no privilege.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raw const limit) } != 0 {
+        return Err(BenchError::Io {
+            what: "raising the limit on open files".to_owned(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    let room =
+        usize::try_from(limit.rlim_max.saturating_sub(FILES_OF_OWN) / 2).unwrap_or(usize::MAX);
+    if room < 100 {
+        return Err(BenchError::Unexpected(format!(
+            "the limit on open files ({}, `ulimit -Hn`) leaves no room for idle connections",
+            limit.rlim_max
+        )));
+    }
+    Ok(connections.min(room - 100))
+}
+
+/// Files the processes of the idle measurement keep besides its connections.
+const FILES_OF_OWN: u64 = 300;

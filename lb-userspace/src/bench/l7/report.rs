@@ -4,7 +4,12 @@
 
 use std::fmt::{self, Display};
 
-use super::{Handshakes, Keepalive, Options, handshake::HandshakeRun, wrk::WrkRun};
+use super::{
+    Handshakes, Keepalive, Options,
+    handshake::HandshakeRun,
+    idle::{IdleRow, Server},
+    wrk::WrkRun,
+};
 use crate::bench::Spread;
 
 /// One keep-alive run.
@@ -136,7 +141,12 @@ pub struct Report {
     pub keepalive: Vec<KeepaliveRow>,
     pub handshakes: Vec<HandshakeRow>,
     pub ratios: Vec<Ratio>,
+    /// Memory per idle connection (empty with `--idle 0`).
+    pub idle: Vec<IdleRow>,
 }
+
+/// The most resident memory an idle lb connection may hold, bytes (see the README).
+const IDLE_TARGET_BYTES: f64 = 10_000.0;
 
 impl Report {
     /// The report as two charts in `dir`: `l7-requests.svg` (requests per second) and
@@ -200,6 +210,7 @@ impl Report {
         measured: &[Keepalive],
         keepalive: &[Vec<KeepaliveSample>],
         handshakes: &[Vec<HandshakeSample>],
+        idle: Vec<IdleRow>,
     ) -> Self {
         let keepalive_rows = measured
             .iter()
@@ -216,6 +227,7 @@ impl Report {
             keepalive: keepalive_rows,
             handshakes: handshake_rows,
             ratios: ratios(measured, keepalive, handshakes),
+            idle,
         }
     }
 }
@@ -432,6 +444,36 @@ impl Display for Report {
                 row.failures,
                 row.negotiated
             )?;
+        }
+        if let Some(first) = self.idle.first() {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "Idle TLS connections ({} opened to each offload listener, one request each, \
+                 then left open; a fresh server per protocol): resident memory growth",
+                first.connections
+            )?;
+            writeln!(
+                f,
+                "  {:28} {:>14} {:>14} {:>16}   target",
+                "server", "before MiB", "after MiB", "kB a connection"
+            )?;
+            for row in &self.idle {
+                let bytes = row.bytes_per_connection();
+                let target = match row.server {
+                    Server::Lb if bytes <= IDLE_TARGET_BYTES => "<= 10 kB met",
+                    Server::Lb => "<= 10 kB not met",
+                    Server::Haproxy => "",
+                };
+                writeln!(
+                    f,
+                    "  {:28} {:>14.1} {:>14.1} {:>16.1}   {target}",
+                    row.name(),
+                    row.rss_before_kib as f64 / 1024.0,
+                    row.rss_after_kib as f64 / 1024.0,
+                    bytes / 1000.0
+                )?;
+            }
         }
         writeln!(f)?;
         writeln!(f, "Ratios, paired by round (median [min-max])")?;

@@ -42,6 +42,8 @@ use crate::{
 pub const SERVER_NAME: &str = "lb.test";
 /// The name the backend's certificate holds (what bridging verifies).
 const BACKEND_NAME: &str = "backend.lb.test";
+/// HAProxy's `maxconn` in the throughput rounds.
+const MAXCONN: usize = 4096;
 /// How long a system may take to start.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Where the daemon's pins go: `/sys/fs/bpf/lb-bench-PID`.
@@ -237,7 +239,14 @@ impl Systems {
         let base = base
             .map(|base| start_daemon(base, "base", cpu, &files, ports.base, backends, ""))
             .transpose()?;
-        let haproxy = start_haproxy(cpu, &files, &ports, &backend, &tls_backend)?;
+        let haproxy = start_haproxy(
+            "haproxy",
+            cpu,
+            &files,
+            &ports,
+            (&backend, &tls_backend),
+            MAXCONN,
+        )?;
         Ok(Self {
             haproxy,
             lb: daemon,
@@ -250,6 +259,50 @@ impl Systems {
             files,
         })
     }
+}
+
+/// A fresh lb daemon and a fresh HAProxy, alike the measured ones, for a measurement that
+/// must start from a process that has served nothing (see `idle`); stopped when dropped.
+#[derive(Debug)]
+pub struct FreshOffload {
+    pub haproxy: Child,
+    pub lb: Daemon,
+    pub lb_port: u16,
+    pub haproxy_port: u16,
+}
+
+/// Starts a [`FreshOffload`] on `cpu` for `connections` clients, its files named after
+/// `name`.
+pub fn fresh_offload(
+    systems: &Systems,
+    lb: &Path,
+    cpu: usize,
+    name: &str,
+    connections: usize,
+) -> Result<FreshOffload, BenchError> {
+    let ports = Ports {
+        lb: LbPorts::free()?,
+        logged: LbPorts::free()?,
+        base: LbPorts::free()?,
+        haproxy_offload: free_port()?,
+        haproxy_bridging: free_port()?,
+    };
+    let backends = (&systems.backend, &systems.tls_backend);
+    let daemon = start_daemon(lb, name, cpu, &systems.files, ports.lb, backends, "")?;
+    let haproxy = start_haproxy(
+        &format!("{name}-haproxy"),
+        cpu,
+        &systems.files,
+        &ports,
+        backends,
+        MAXCONN.max(connections + 100),
+    )?;
+    Ok(FreshOffload {
+        haproxy,
+        lb: daemon,
+        lb_port: ports.lb.offload,
+        haproxy_port: ports.haproxy_offload,
+    })
 }
 
 impl Systems {
@@ -377,7 +430,12 @@ fn start_daemon(
 }
 
 /// HAProxy's configuration: one thread, TLS offload and bridging as lb does them.
-fn haproxy_config(files: &Files, ports: &Ports, plain: SocketAddr, tls: SocketAddr) -> String {
+fn haproxy_config(
+    files: &Files,
+    ports: &Ports,
+    (plain, tls): (SocketAddr, SocketAddr),
+    maxconn: usize,
+) -> String {
     let pem = files.haproxy_pem.display();
     let ca = files.ca.display();
     let forwarding = "    http-request set-header X-Forwarded-Proto https\n    \
@@ -385,7 +443,7 @@ fn haproxy_config(files: &Files, ports: &Ports, plain: SocketAddr, tls: SocketAd
     format!(
         "global
     nbthread 1
-    maxconn 4096
+    maxconn {maxconn}
 
 defaults
     mode http
@@ -418,19 +476,23 @@ backend tls
     )
 }
 
+/// Starts HAProxy with the files named `name` (`name.cfg`, `name.log`), taking up to
+/// `maxconn` connections.
 fn start_haproxy(
+    name: &str,
     cpu: usize,
     files: &Files,
     ports: &Ports,
-    backend: &Backend,
-    tls_backend: &Backend,
+    (backend, tls_backend): (&Backend, &Backend),
+    maxconn: usize,
 ) -> Result<Child, BenchError> {
+    let addresses = (backend.address, tls_backend.address);
     let config = files.dir.write(
-        "haproxy.cfg",
-        haproxy_config(files, ports, backend.address, tls_backend.address).as_bytes(),
+        &format!("{name}.cfg"),
+        haproxy_config(files, ports, addresses, maxconn).as_bytes(),
     )?;
-    let log =
-        fs::File::create(files.dir.path.join("haproxy.log")).map_err(io("creating haproxy.log"))?;
+    let log_path = files.dir.path.join(format!("{name}.log"));
+    let log = fs::File::create(&log_path).map_err(io("creating HAProxy's log"))?;
     // `-db`: in the foreground, one process (no master): the worker whose CPU time is read.
     let mut command = pinned(cpu, "haproxy");
     command
@@ -444,8 +506,7 @@ fn start_haproxy(
         child
             .wait_for_port(loopback(port), START_TIMEOUT)
             .map_err(|e| {
-                let log =
-                    fs::read_to_string(files.dir.path.join("haproxy.log")).unwrap_or_default();
+                let log = fs::read_to_string(&log_path).unwrap_or_default();
                 BenchError::Unexpected(format!("{e}\n{log}"))
             })?;
     }
