@@ -1,9 +1,10 @@
 //! `cargo xtask bench`: setup, then the benchmarks in release mode: `lb bench xdp`, then
-//! `lb bench l7`, each also drawing its charts in `target/bench-charts` (`--svg`).
+//! `lb bench l7`, each also drawing its charts in `target/bench-charts` (`--svg`), then
+//! `lb bench scale`.
 //!
-//! `cargo xtask bench xdp ARGS...` or `cargo xtask bench l7 ARGS...` runs one of them, with
-//! its arguments passed on. The first benchmark that fails ends the run; its exit status is
-//! xtask's. `cargo xtask bench compare --base REV` runs `lb bench xdp` of REV and of this tree
+//! `cargo xtask bench xdp ARGS...`, `cargo xtask bench l7 ARGS...` or `cargo xtask bench scale
+//! ARGS...` runs one of them, with its arguments passed on. The first benchmark that fails
+//! ends the run; its exit status is xtask's. `cargo xtask bench compare --base REV` runs `lb bench xdp` of REV and of this tree
 //! side by side ([`crate::compare`]); with `--l7`, `lb bench l7 --base` with REV's build.
 
 use std::{ffi::OsString, process::ExitCode};
@@ -16,7 +17,7 @@ use crate::{compare, lb, process::Runner, setup};
 /// Options of `cargo xtask bench`.
 #[derive(Debug, Args)]
 pub struct Options {
-    /// One benchmark only (default: both, with their default settings).
+    /// One benchmark only (default: all three, with their default settings).
     #[command(subcommand)]
     only: Option<Only>,
 }
@@ -32,6 +33,12 @@ enum Only {
     /// `lb bench l7`: the L7 listeners against HAProxy, and direct HTTP to the backend.
     L7 {
         /// Passed on to `lb bench l7`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// `lb bench scale`: the control plane's costs as the work grows.
+    Scale {
+        /// Passed on to `lb bench scale`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
@@ -60,6 +67,7 @@ pub fn run(runner: &Runner, options: &Options) -> Result<ExitCode> {
     match &options.only {
         Some(Only::Xdp { args }) => lb::run(runner, &["bench", "xdp"], args),
         Some(Only::L7 { args }) => lb::run(runner, &["bench", "l7"], args),
+        Some(Only::Scale { args }) => lb::run(runner, &["bench", "scale"], args),
         Some(Only::Compare {
             base,
             rounds,
@@ -82,7 +90,11 @@ pub fn run(runner: &Runner, options: &Options) -> Result<ExitCode> {
             if xdp != ExitCode::SUCCESS {
                 return Ok(xdp);
             }
-            lb::run(runner, &["bench", "l7"], &charts)
+            let l7 = lb::run(runner, &["bench", "l7"], &charts)?;
+            if l7 != ExitCode::SUCCESS {
+                return Ok(l7);
+            }
+            lb::run(runner, &["bench", "scale"], &[])
         }
     }
 }

@@ -46,7 +46,7 @@ enum Task {
     Clippy,
     /// Run setup, fmt, clippy, unit tests and privileged tests, stopping at the first failure.
     Test(test::Options),
-    /// Run setup, then the benchmarks (`lb bench xdp`, then `lb bench l7`).
+    /// Run setup, then the benchmarks (`lb bench xdp`, `lb bench l7`, then `lb bench scale`).
     Bench(bench::Options),
     /// Run setup, then the demo (`lb demo`).
     Demo(demo::Options),
