@@ -196,8 +196,10 @@ async fn serve_connection(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAdd
         let state = Arc::clone(&state);
         let proxy = Arc::clone(&proxy);
         let client = Arc::clone(&client);
+        // Boxed: hyper keeps the place of an HTTP/1.1 connection's request future for as long
+        // as the connection lives, so an idle connection holds a pointer, not the future.
         service_fn(move |request: Request<Incoming>| {
-            Arc::clone(&proxy).serve(request, Arc::clone(&state), Arc::clone(&client))
+            Box::pin(Arc::clone(&proxy).serve(request, Arc::clone(&state), Arc::clone(&client)))
         })
     };
     let ended = if h2 {
