@@ -911,6 +911,9 @@ impl Proxy {
         }
         let (mut parts, body) = response.into_parts();
         strip_response(&mut parts.headers, None);
+        if !conn.is_h1() {
+            headers::detach_values(&mut parts.headers);
+        }
         if let Some(cookies) = cookie {
             cookies.append_to(&mut parts.headers);
         }
