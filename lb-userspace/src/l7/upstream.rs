@@ -214,7 +214,10 @@ impl Connector {
         if let Some(sender) = pooled {
             return Ok(sender);
         }
-        tokio::time::timeout(self.connect_timeout, self.connect(upstream, h2, tag))
+        // Boxed: a new connection's TLS and HTTP handshakes are most of a request's future,
+        // and most requests take a pooled connection.
+        let connect = Box::pin(self.connect(upstream, h2, tag));
+        tokio::time::timeout(self.connect_timeout, connect)
             .await
             .map_err(|_| ConnectError::Timeout(self.connect_timeout))?
     }
