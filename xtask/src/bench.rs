@@ -4,8 +4,9 @@
 //!
 //! `cargo xtask bench xdp ARGS...`, `cargo xtask bench l7 ARGS...` or `cargo xtask bench scale
 //! ARGS...` runs one of them, with its arguments passed on. The first benchmark that fails
-//! ends the run; its exit status is xtask's. `cargo xtask bench compare --base REV` runs `lb bench xdp` of REV and of this tree
-//! side by side ([`crate::compare`]); with `--l7`, `lb bench l7 --base` with REV's build.
+//! ends the run; its exit status is xtask's. `cargo xtask bench compare --base REV` runs
+//! `lb bench xdp` of REV and of this tree side by side ([`crate::compare`]); with `--l7`,
+//! `lb bench l7 --base` with REV's build.
 
 use std::{ffi::OsString, process::ExitCode};
 

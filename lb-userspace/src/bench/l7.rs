@@ -177,6 +177,20 @@ pub fn run(options: Options, base: Option<&Path>) -> Result<Report, BenchError> 
              {SERVER_CPU}); this machine has {cpus}"
         )));
     }
+    // Before anything is measured: a limit too low ends the run now, not after the rounds.
+    let idle_connections = if options.idle == 0 {
+        0
+    } else {
+        let connections = process::raise_open_files(options.idle)?;
+        if connections < options.idle {
+            eprintln!(
+                "lb bench l7: {connections} idle connections instead of {}: the limit on open \
+                 files allows no more for HAProxy",
+                options.idle
+            );
+        }
+        connections
+    };
     process::pin_self(GENERATOR_CPU)?;
     process::set_nice(NICE);
     let lb = std::env::current_exe().map_err(|source| BenchError::Io {
@@ -239,18 +253,10 @@ pub fn run(options: Options, base: Option<&Path>) -> Result<Report, BenchError> 
             options.rounds
         );
     }
-    let idle = if options.idle == 0 {
+    let idle = if idle_connections == 0 {
         Vec::new()
     } else {
-        let connections = process::raise_open_files(options.idle)?;
-        if connections < options.idle {
-            eprintln!(
-                "lb bench l7: {connections} idle connections instead of {}: the limit on open \
-                 files allows no more for HAProxy",
-                options.idle
-            );
-        }
-        idle::measure(&runtime, &systems, &lb, SERVER_CPU, connections)?
+        idle::measure(&runtime, &systems, &lb, SERVER_CPU, idle_connections)?
     };
     let conditions = Conditions::read(options, GENERATOR_CPU, SERVER_CPU);
     drop(systems);

@@ -7,7 +7,7 @@
 //!   the same on the same machine, and direct HTTP to the backend: keep-alive requests per
 //!   second and latency, full TLS handshakes per second, CPU time per unit of work.
 //! - [`scale`]: the control plane's costs as the work grows (Maglev build, health checks,
-//!   `lb backend add` to live, memory with a full connection table).
+//!   `lb backend add` to live, memory with 1 M connection-table entries).
 
 pub mod chart;
 pub mod frames;
@@ -97,6 +97,20 @@ pub fn pin_current_thread(cpu: usize) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Resident memory of process `pid` (`VmRSS`), KiB.
+pub(crate) fn rss_kib(pid: u32) -> Result<u64, BenchError> {
+    let path = format!("/proc/{pid}/status");
+    std::fs::read_to_string(&path)
+        .map_err(|source| BenchError::Io {
+            what: format!("reading {path}"),
+            source,
+        })?
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| BenchError::Unexpected(format!("{path} has no VmRSS")))
 }
 
 #[cfg(test)]

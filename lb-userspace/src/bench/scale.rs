@@ -11,14 +11,16 @@
 //!    health check. For each:
 //!    - **health-check CPU**: the daemon's CPU time (its threads' run time from
 //!      `/proc/PID/task/*/schedstat`) over a window of steady checking, per second and per
-//!      check;
+//!      check (counted by the socket that answers them), beside a bare connect and close;
 //!    - **`lb backend add` to live**: the wall time of the CLI command that adds a backend to
 //!      the big pool, which returns once the new Maglev table is live (the reconciler has
 //!      written the spare ring and flipped the VIP to it); then the backend is removed again.
 //!      The CLI's own start is part of it, as it is for an operator;
 //!    - **memory**: the daemon's resident memory, and the kernel memory of its BPF maps
-//!      (`memlock` of each map, from `/proc/PID/fdinfo`), after the bench has filled the IPv4
-//!      connection table through its pin with T entries.
+//!      (`memlock` of each map, from `/proc/PID/fdinfo`). The connection tables are LRU hash
+//!      maps, allocated whole when the daemon starts; the bench fills the IPv4 one through
+//!      its pin (each possible CPU's share from a thread on that CPU) and reports how many
+//!      entries it then holds.
 //! 3. **L7 requests per second** through an offload listener whose pool has 10, 100 or 1 000
 //!    backends (one daemon, three listeners, the lab's HTTP backend answering on every
 //!    address): `wrk -t1 -c32 --latency` on CPU 0, the daemon (one tokio worker) on CPU 1, in
@@ -32,7 +34,7 @@ use std::{
     process::{Command, Stdio},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -105,7 +107,7 @@ pub struct DaemonRow {
     pub conn_table: u32,
     /// CPU milliseconds per second of the daemon while it checks.
     pub health_cpu_ms_per_s: f64,
-    /// Health checks the daemon made per second (its backends).
+    /// Health checks the daemon made per second, as the answering socket counted them.
     pub checks_per_s: f64,
     /// The baseline of a check: CPU microseconds of this process's thread for one blocking
     /// TCP connect and close to a backend (the same kernel work, without the daemon).
@@ -237,10 +239,11 @@ fn config(paths: &DaemonPaths, backends: usize, table: u32) -> String {
     text
 }
 
-/// A listening socket in the namespace that takes every health check's connection and closes
-/// it; stops when dropped.
+/// A listening socket in the namespace that takes every health check's connection, counts
+/// it and closes it; stops when dropped.
 struct Answerer {
     stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU64>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -257,27 +260,40 @@ impl Answerer {
             .set_nonblocking(true)
             .map_err(io("making the health checks' listener non-blocking"))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let stopping = Arc::clone(&stop);
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (stopping, counted) = (Arc::clone(&stop), Arc::clone(&accepted));
         let thread = thread::spawn(move || {
             while !stopping.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((stream, _)) => drop(stream),
+                    Ok((stream, _)) => {
+                        counted.fetch_add(1, Ordering::Relaxed);
+                        drop(stream);
+                    }
+                    // Nothing to take (or out of files for a moment): look again soon.
                     Err(_) => thread::sleep(Duration::from_millis(1)),
                 }
             }
         });
         Ok(Self {
             stop,
+            accepted,
             thread: Some(thread),
         })
+    }
+
+    /// Connections taken so far.
+    fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
     }
 }
 
 impl Drop for Answerer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::warn!("the health checks' answering thread panicked");
         }
     }
 }
@@ -302,11 +318,13 @@ fn measure_daemon(
         .ok_or_else(|| BenchError::Unexpected("the daemon has no process id".to_owned()))?;
 
     thread::sleep(HEALTH_SETTLE);
-    let before = cpu_nanos(pid)?;
+    let (before, checks_before) = (cpu_nanos(pid)?, answerer.accepted());
     let start = Instant::now();
     thread::sleep(options.window);
     let nanos = cpu_nanos(pid)?.saturating_sub(before);
-    let health_cpu_ms_per_s = nanos as f64 / 1e6 / start.elapsed().as_secs_f64();
+    let checks = answerer.accepted() - checks_before;
+    let seconds = start.elapsed().as_secs_f64();
+    let health_cpu_ms_per_s = nanos as f64 / 1e6 / seconds;
 
     let bare_connect_us = ns.run_here(|| bare_connect_micros(backends))??;
 
@@ -320,7 +338,7 @@ fn measure_daemon(
     }
 
     let filled = fill_conn_table(daemon.pin_dir(), table)?;
-    let rss_mib = rss_kib(pid)? / 1024.0;
+    let rss_mib = super::rss_kib(pid)? as f64 / 1024.0;
     let maps_mib = map_memory(pid)? as f64 / (1024.0 * 1024.0);
     daemon.stop()?;
     drop(answerer);
@@ -328,7 +346,7 @@ fn measure_daemon(
         backends,
         conn_table: table,
         health_cpu_ms_per_s,
-        checks_per_s: backends as f64,
+        checks_per_s: checks as f64 / seconds,
         bare_connect_us,
         add_millis: Spread::of(&add),
         rss_mib,
@@ -455,13 +473,7 @@ fn measure_l7(binary: &Path, options: Options) -> Result<Vec<L7Row>, BenchError>
 /// CPU microseconds per blocking connect and close to each of `backends` in turn, on this
 /// thread (which must be in the benchmark's namespace).
 fn bare_connect_micros(backends: usize) -> Result<f64, BenchError> {
-    let thread_nanos = || -> Result<u64, BenchError> {
-        read("/proc/thread-self/schedstat")?
-            .split_whitespace()
-            .next()
-            .and_then(|ns| ns.parse().ok())
-            .ok_or_else(|| BenchError::Unexpected("no schedstat for this thread".to_owned()))
-    };
+    let thread_nanos = || schedstat_nanos("/proc/thread-self/schedstat");
     let before = thread_nanos()?;
     for i in 0..backends {
         let stream = std::net::TcpStream::connect((backend(i), HEALTH_PORT)).map_err(|source| {
@@ -489,46 +501,61 @@ fn cli(daemon: &DaemonProcess, args: &[&str]) -> Result<(), BenchError> {
     )))
 }
 
-/// Puts `entries` flows in the pinned IPv4 connection table, each CPU's share from that CPU
-/// (one LRU list per CPU). Returns how many the table then holds.
+/// Puts `entries` flows in the pinned IPv4 connection table, each CPU's share (the kernel
+/// gives each possible CPU its own LRU list of `entries / possible CPUs`) from a thread pinned
+/// to that CPU, so this thread's own CPUs stay as they were. Returns how many the table then
+/// holds (fewer if some possible CPUs are offline: their lists cannot be filled from here).
 fn fill_conn_table(pin_dir: &Path, entries: u32) -> Result<u32, BenchError> {
     let name = lb_common::maps::CONNS_V4;
     let map_error = |what: String| BenchError::Unexpected(format!("{name}: {what}"));
-    let data = MapData::from_pin(pin_dir.join(name)).map_err(|e| map_error(e.to_string()))?;
-    let mut map: BpfHashMap<_, ConnKeyV4, ConnValue> =
-        BpfHashMap::try_from(aya::maps::Map::LruHashMap(data))
-            .map_err(|e| map_error(e.to_string()))?;
-    let cpus = aya::util::online_cpus()
+    let open = || -> Result<BpfHashMap<MapData, ConnKeyV4, ConnValue>, BenchError> {
+        let data = MapData::from_pin(pin_dir.join(name)).map_err(|e| map_error(e.to_string()))?;
+        BpfHashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(|e| map_error(e.to_string()))
+    };
+    let online = aya::util::online_cpus()
         .map_err(|(_, e)| BenchError::Unexpected(format!("listing the CPUs: {e}")))?;
-    let share = entries.div_ceil(u32::try_from(cpus.len()).unwrap_or(1));
-    let mut next = 0u32;
-    for cpu in cpus {
-        super::pin_current_thread(cpu as usize).map_err(|source| BenchError::Io {
-            what: format!("pinning to CPU {cpu}"),
-            source,
-        })?;
-        for _ in 0..share.min(entries - next) {
-            let key = ConnKeyV4 {
-                src_be: (0x0a00_0000 + next).to_be(),
-                src_port_be: 40_000u16.to_be(),
-                vip_id: 0,
-            };
-            let value = ConnValue {
-                backend_id: 0,
-                generation: 0,
-                seen_s: 0,
-            };
-            map.insert(key, value, 0)
-                .map_err(|e| map_error(e.to_string()))?;
-            next += 1;
-        }
-    }
-    let held = map.keys().filter(Result::is_ok).count();
+    let share = entries / crate::loader::possible_cpus()?;
+    thread::scope(|scope| {
+        let fills: Vec<_> = online
+            .iter()
+            .zip(0u32..)
+            .map(|(&cpu, i)| {
+                scope.spawn(move || -> Result<(), BenchError> {
+                    super::pin_current_thread(cpu as usize).map_err(|source| BenchError::Io {
+                        what: format!("pinning to CPU {cpu}"),
+                        source,
+                    })?;
+                    let mut map = open()?;
+                    for n in i * share..(i + 1) * share {
+                        let key = ConnKeyV4 {
+                            src_be: (0x0a00_0000 + n).to_be(),
+                            src_port_be: 40_000u16.to_be(),
+                            vip_id: 0,
+                        };
+                        let value = ConnValue {
+                            backend_id: 0,
+                            generation: 0,
+                            seen_s: 0,
+                        };
+                        map.insert(key, value, 0)
+                            .map_err(|e| map_error(e.to_string()))?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        fills.into_iter().try_for_each(|fill| {
+            fill.join()
+                .map_err(|_| BenchError::Unexpected("a filling thread panicked".to_owned()))?
+        })
+    })?;
+    let held = open()?.keys().filter(Result::is_ok).count();
     Ok(u32::try_from(held).unwrap_or(u32::MAX))
 }
 
 /// Nanoseconds `pid`'s threads have run (`/proc/PID/task/*/schedstat`, whose first field
-/// the scheduler keeps in nanoseconds, where `/proc/PID/stat` counts 10 ms ticks).
+/// the scheduler keeps in nanoseconds, where `/proc/PID/stat` counts 10 ms ticks). Threads
+/// that ended took their time with them: the daemon's threads live as long as it does.
 fn cpu_nanos(pid: u32) -> Result<u64, BenchError> {
     let dir = format!("/proc/{pid}/task");
     let tasks = fs::read_dir(&dir).map_err(|source| BenchError::Io {
@@ -537,26 +564,22 @@ fn cpu_nanos(pid: u32) -> Result<u64, BenchError> {
     })?;
     let mut total = 0;
     for task in tasks.flatten() {
-        // A thread that ended meanwhile took its time with it.
-        let Ok(stat) = fs::read_to_string(task.path().join("schedstat")) else {
-            continue;
-        };
-        total += stat
-            .split_whitespace()
-            .next()
-            .and_then(|ns| ns.parse::<u64>().ok())
-            .unwrap_or(0);
+        let path = task.path().join("schedstat");
+        // A thread that ended meanwhile is no longer there to read.
+        if path.exists() {
+            total += schedstat_nanos(&path.display().to_string())?;
+        }
     }
     Ok(total)
 }
 
-/// Resident memory of `pid`, KiB.
-fn rss_kib(pid: u32) -> Result<f64, BenchError> {
-    read(&format!("/proc/{pid}/status"))?
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| BenchError::Unexpected(format!("/proc/{pid}/status has no VmRSS")))
+/// The run time, in nanoseconds, that a `schedstat` file gives (its first field).
+fn schedstat_nanos(path: &str) -> Result<u64, BenchError> {
+    read(path)?
+        .split_whitespace()
+        .next()
+        .and_then(|ns| ns.parse().ok())
+        .ok_or_else(|| BenchError::Unexpected(format!("{path} holds no run time")))
 }
 
 /// Bytes of kernel memory of the BPF maps `pid` holds open, each counted once.

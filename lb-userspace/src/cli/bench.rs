@@ -57,7 +57,7 @@ pub enum BenchCommand {
     },
     /// Costs as the work grows: the Maglev build for 10 to 10 000 backends, and a daemon with
     /// 64 listeners and 100, then 1 000 health-checked backends: health-check CPU, `lb backend
-    /// add` to the new table live, memory with a full connection table (needs root).
+    /// add` to the new table live, memory with 1 M connection-table entries (needs root).
     Scale {
         /// Maglev builds per size, and backend adds per daemon.
         #[arg(long, default_value_t = 5, value_parser = rounds)]

@@ -14,7 +14,7 @@ use tokio::task::JoinSet;
 
 use super::systems::{Systems, fresh_offload};
 use crate::{
-    bench::BenchError,
+    bench::{BenchError, rss_kib},
     lab::l7::{HttpsConn, get},
 };
 
@@ -138,18 +138,4 @@ async fn open(
         }
     }
     Ok(opened)
-}
-
-/// Resident memory of `pid`, KiB.
-fn rss_kib(pid: u32) -> Result<u64, BenchError> {
-    let path = format!("/proc/{pid}/status");
-    std::fs::read_to_string(&path)
-        .map_err(|source| BenchError::Io {
-            what: format!("reading {path}"),
-            source,
-        })?
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .ok_or_else(|| BenchError::Unexpected(format!("{path} has no VmRSS")))
 }

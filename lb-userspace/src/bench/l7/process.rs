@@ -298,7 +298,7 @@ pub fn raise_open_files(connections: usize) -> Result<usize, BenchError> {
     }
     let room =
         usize::try_from(limit.rlim_max.saturating_sub(FILES_OF_OWN) / 2).unwrap_or(usize::MAX);
-    if room < 100 {
+    if room <= 100 {
         return Err(BenchError::Unexpected(format!(
             "the limit on open files ({}, `ulimit -Hn`) leaves no room for idle connections",
             limit.rlim_max
