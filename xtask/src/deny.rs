@@ -6,7 +6,8 @@
 //! (its commit and date in `SNAPSHOT`), because CI machines of this kind cannot reach GitHub:
 //! before each run the snapshot is made the git repository cargo-deny reads (under
 //! `target/advisory-dbs`, its commit dated as the snapshot, so that cargo-deny's staleness limit
-//! in `deny.toml` counts from the snapshot's date), and cargo-deny runs offline.
+//! in `deny.toml` counts from the snapshot's date), and cargo-deny runs offline, after `cargo
+//! fetch` has downloaded every package of the lock files (those of other platforms too).
 //! `--refresh` first replaces the snapshot with the database's current state, where GitHub is
 //! reachable.
 
@@ -49,6 +50,14 @@ pub fn run(runner: &Runner, options: &Options) -> Result<()> {
     prepare_db(runner, &snapshot, &date)?;
     // The workspace, then the fuzz crate (a workspace of its own, with its own lock file).
     for manifest in ["Cargo.toml", "fuzz/Cargo.toml"] {
+        // cargo-deny reads every package of the lock file, those of other platforms too, and
+        // offline it finds only what is already downloaded: a build downloads what the host
+        // needs, so a new machine has not got the rest.
+        let mut fetch = runner.cargo();
+        fetch.args(["fetch", "--locked", "--manifest-path", manifest]);
+        runner
+            .run(&mut fetch)
+            .with_context(|| format!("downloading the packages of {manifest}"))?;
         let mut cmd = runner.cargo();
         cmd.args(["deny", "--manifest-path", manifest, "--locked", "--offline"])
             .arg("check");
