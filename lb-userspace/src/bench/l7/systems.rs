@@ -197,6 +197,19 @@ pub struct Ports {
     pub haproxy_bridging: u16,
 }
 
+impl Ports {
+    /// A free port on 127.0.0.1 for every listener.
+    fn free() -> Result<Self, BenchError> {
+        Ok(Self {
+            lb: LbPorts::free()?,
+            logged: LbPorts::free()?,
+            base: LbPorts::free()?,
+            haproxy_offload: free_port()?,
+            haproxy_bridging: free_port()?,
+        })
+    }
+}
+
 /// Everything running, in drop order.
 #[derive(Debug)]
 pub struct Systems {
@@ -221,13 +234,7 @@ impl Systems {
         let files = Files::write()?;
         let backend = Backend::start(lb, cpu, None)?;
         let tls_backend = Backend::start(lb, cpu, Some((&files.backend_cert, &files.backend_key)))?;
-        let ports = Ports {
-            lb: LbPorts::free()?,
-            logged: LbPorts::free()?,
-            base: LbPorts::free()?,
-            haproxy_offload: free_port()?,
-            haproxy_bridging: free_port()?,
-        };
+        let ports = Ports::free()?;
         let backends = (&backend, &tls_backend);
         let daemon = start_daemon(lb, "lb", cpu, &files, ports.lb, backends, "")?;
         let access_log = files.dir.path.join("access.log");
@@ -280,13 +287,7 @@ pub fn fresh_offload(
     name: &str,
     connections: usize,
 ) -> Result<FreshOffload, BenchError> {
-    let ports = Ports {
-        lb: LbPorts::free()?,
-        logged: LbPorts::free()?,
-        base: LbPorts::free()?,
-        haproxy_offload: free_port()?,
-        haproxy_bridging: free_port()?,
-    };
+    let ports = Ports::free()?;
     let backends = (&systems.backend, &systems.tls_backend);
     let daemon = start_daemon(lb, name, cpu, &systems.files, ports.lb, backends, "")?;
     let haproxy = start_haproxy(
