@@ -226,6 +226,14 @@ impl ConnState {
             0 => None,
             since => Some(at(since - 1) + limits.client_timeout),
         };
+        // HTTP/2: a response body hyper has not asked for its next frame since it yielded one.
+        let unpolled = match self.yielded_at.load(Ordering::Acquire) {
+            since if since != 0 && self.unpolled.load(Ordering::Acquire) > 0 => {
+                Some(at(since - 1) + limits.client_timeout)
+            }
+            _ => None,
+        };
+        let blocked = blocked.into_iter().chain(unpolled).min();
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return blocked;
         }
@@ -501,6 +509,25 @@ mod tests {
         assert_eq!(state.verdict(&limits, Instant::now()), Verdict::Continue);
         drop(state.begin());
         assert_eq!(state.verdict(&limits, Instant::now()), Verdict::ResetFlood);
+    }
+
+    #[test]
+    fn an_http2_body_hyper_stopped_asking_for_is_due_at_the_client_timeout() {
+        let limits = limits();
+        let state = ConnState::new(false, &limits);
+        let mut request = state.begin();
+        assert_eq!(state.deadline(&limits), None, "nothing yielded yet");
+        request.yielded();
+        let due = state.deadline(&limits).expect("a body waiting to be asked");
+        assert!(due <= Instant::now() + limits.client_timeout);
+        assert!(
+            state.next_check(&limits, Instant::now()) <= due,
+            "the driver looks no later than the deadline"
+        );
+        assert_eq!(state.verdict(&limits, due), Verdict::WriteStalled);
+        request.polled();
+        assert_eq!(state.deadline(&limits), None, "asked again");
+        assert_eq!(state.verdict(&limits, due), Verdict::Continue);
     }
 
     #[test]
