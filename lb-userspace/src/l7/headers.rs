@@ -140,6 +140,21 @@ impl Forwarding {
     }
 }
 
+/// Gives every header value storage of its own. A value hyper read from a backend shares the
+/// buffer the whole response head was read into (8 kB), and HTTP/2's HPACK encoder keeps the
+/// values it indexes for the life of the client's connection: one shared value would keep that
+/// buffer alive for as long, however idle the connection.
+pub fn detach_values(headers: &mut HeaderMap) {
+    for value in headers.values_mut() {
+        let sensitive = value.is_sensitive();
+        // Always a valid value: it is one already.
+        if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
+            copy.set_sensitive(sensitive);
+            *value = copy;
+        }
+    }
+}
+
 /// Removes the hop-by-hop headers of `headers`; keeps `Upgrade` and sets `Connection: upgrade`
 /// if `upgrade` is the protocol being switched to, and keeps `TE: trailers` (its other
 /// codings go: they were for the previous hop).
@@ -441,6 +456,31 @@ mod tests {
             );
         }
         map
+    }
+
+    #[test]
+    fn detached_values_are_equal_and_share_no_storage() {
+        let head = bytes::Bytes::from_static(b"text/plain secret");
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_maybe_shared(head.slice(..10)).unwrap(),
+        );
+        let mut secret = HeaderValue::from_maybe_shared(head.slice(11..)).unwrap();
+        secret.set_sensitive(true);
+        h.insert(header::AUTHORIZATION, secret);
+        let before: Vec<*const u8> = h.values().map(|v| v.as_bytes().as_ptr()).collect();
+        detach_values(&mut h);
+        assert_eq!(h[header::CONTENT_TYPE], "text/plain");
+        assert_eq!(h[header::AUTHORIZATION], "secret");
+        assert!(h[header::AUTHORIZATION].is_sensitive());
+        for (value, old) in h.values().zip(before) {
+            assert_ne!(
+                value.as_bytes().as_ptr(),
+                old,
+                "a copy, not a view of the head"
+            );
+        }
     }
 
     #[test]

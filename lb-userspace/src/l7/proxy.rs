@@ -900,6 +900,7 @@ impl Proxy {
             let (mut parts, _) = response.into_parts();
             if switch.h2_websocket {
                 strip_response(&mut parts.headers, None);
+                headers::detach_values(&mut parts.headers);
                 headers::websocket_answer_for_h2(&mut parts);
             } else {
                 strip_response(&mut parts.headers, switch.header.as_ref());
@@ -911,6 +912,9 @@ impl Proxy {
         }
         let (mut parts, body) = response.into_parts();
         strip_response(&mut parts.headers, None);
+        if !conn.is_h1() {
+            headers::detach_values(&mut parts.headers);
+        }
         if let Some(cookies) = cookie {
             cookies.append_to(&mut parts.headers);
         }
