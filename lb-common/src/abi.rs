@@ -183,9 +183,9 @@ pub struct ConnValue {
     /// new generation, so old flows never follow the id to a stranger.
     pub generation: u16,
     /// When the flow was last seen, in whole seconds of the kernel's monotonic clock
-    /// ([`coarse_seconds`]). UDP entries idle for longer than
-    /// [`DatapathConfig::udp_idle_timeout_s`] are placed afresh; TCP entries only age out of
-    /// the LRU.
+    /// ([`coarse_seconds`]), of which a slot keeps the low [`crate::conn::SEEN_BITS`]. UDP
+    /// entries idle for longer than [`DatapathConfig::udp_idle_timeout_s`] are placed afresh;
+    /// an insert into a full bucket takes the slot seen longest ago.
     pub seen_s: u32,
 }
 
@@ -274,6 +274,11 @@ pub struct DatapathConfig {
     /// cannot have come off a wire: it is a TSO/GSO aggregate that a virtual peer handed over
     /// whole (generic mode), which no ICMP answer would help.
     pub ingress_mtu: u32,
+    /// Seed of the connection tables' hash ([`crate::conn`]): random, chosen when the tables
+    /// are created and kept with them (a restarted daemon reads it back from this map).
+    pub conn_seed: u32,
+    /// The connection tables' bucket count minus one (a power of two minus one).
+    pub conn_bucket_mask: u32,
     pub _pad: u32,
 }
 
@@ -481,7 +486,7 @@ const _: () = {
     assert!(size_of::<FlowKey>() == 40);
     assert!(size_of::<ConnValue>() == 8);
     assert!(size_of::<Backend>() == 24);
-    assert!(size_of::<DatapathConfig>() == 72);
+    assert!(size_of::<DatapathConfig>() == 80);
     assert!(size_of::<VipCacheEntry>() == 48);
     assert!(VIP_CACHE_SIZE.is_power_of_two());
     assert!(size_of::<TrafficCounters>() == 24);

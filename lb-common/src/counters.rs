@@ -145,6 +145,11 @@ counters! {
         /// A new flow not written to the connection table because new flows arrive faster
         /// than `conn_inserts_per_sec` (a SYN flood): forwarded by the table, not remembered.
         ConnInsertSkipped = (Event, "conn_insert_skipped"),
+        /// A new flow took the slot of the flow seen longest ago in its bucket of the
+        /// connection table (all the bucket's slots were taken): that flow is forgotten, and
+        /// its next packet is placed by the Maglev table. Steady under load once the table is
+        /// full; make `conn_table_size` larger if it climbs while the table is not.
+        ConnEvicted = (Event, "conn_evicted"),
         /// A TCP RST of a flow the connection table does not hold: forwarded by the table,
         /// never remembered (a reset ends a connection; it must not start an entry).
         ConnRstNotRemembered = (Event, "conn_rst_not_remembered"),

@@ -14,6 +14,7 @@
 #![no_std]
 
 pub mod abi;
+pub mod conn;
 pub mod counters;
 pub mod hash;
 pub mod maps;

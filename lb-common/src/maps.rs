@@ -11,10 +11,10 @@ pub const VIPS_V6: &str = "lb_vips6_v1";
 pub const RINGS: &str = "lb_rings_v1";
 /// Backend id -> [`crate::abi::Backend`].
 pub const BACKENDS: &str = "lb_backends_v1";
-/// IPv4 LRU connection table: [`crate::abi::ConnKeyV4`] -> [`crate::abi::ConnValue`].
-pub const CONNS_V4: &str = "lb_conns4_v2";
-/// IPv6 LRU connection table: [`crate::abi::ConnKeyV6`] -> [`crate::abi::ConnValue`].
-pub const CONNS_V6: &str = "lb_conns6_v2";
+/// IPv4 connection table: bucket index -> [`crate::conn::BucketV4`].
+pub const CONNS_V4: &str = "lb_conns4_v3";
+/// IPv6 connection table: bucket index -> [`crate::conn::BucketV6`].
+pub const CONNS_V6: &str = "lb_conns6_v3";
 /// Per-CPU rate-limit windows ([`crate::abi::RateWindow`]): connection-table inserts and
 /// ICMP answers.
 pub const RATE_WINDOWS: &str = "lb_windows_v1";
@@ -23,9 +23,9 @@ pub const VIP_CACHE: &str = "lb_vip_cache_v1";
 /// Per-CPU cache of each backend's next hop from the FIB.
 pub const NEXT_HOPS: &str = "lb_next_hops_v2";
 /// The single [`crate::abi::DatapathConfig`].
-pub const CONFIG: &str = "lb_config_v2";
+pub const CONFIG: &str = "lb_config_v3";
 /// Per-CPU [`crate::counters::Counter`] values.
-pub const COUNTERS: &str = "lb_counters_v2";
+pub const COUNTERS: &str = "lb_counters_v3";
 /// Per-CPU traffic counters per backend id.
 pub const BACKEND_STATS: &str = "lb_be_stats_v1";
 /// Traffic of backends that left, per VIP id, and of removed listeners (the last entry):
@@ -61,7 +61,7 @@ pub const MAX_BACKENDS: u32 = 4096;
 pub const MAX_TX_PORTS: u32 = 64;
 /// Most VIP addresses a backend's decapsulation program accepts.
 pub const MAX_DECAP_VIPS: u32 = 1024;
-/// Default size of the connection table (flows); the daemon may size it from its config.
+/// Default size of each connection table (flows); the daemon may size it from its config.
 pub const DEFAULT_CONNS: u32 = 1 << 20;
 /// Default Maglev ring size: a prime well above 100 times the largest pool.
 pub const DEFAULT_RING_SIZE: u32 = 65_537;

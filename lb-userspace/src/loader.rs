@@ -22,10 +22,10 @@ use aya::{
 };
 use lb_common::{
     abi::{
-        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, DecapVipKey, EgressVlan, NextHop,
-        RATE_WINDOWS, RateWindow, TrafficCounters, VIP_CACHE_SIZE, VipCacheEntry, VipKeyV4,
-        VipKeyV6, VipValue,
+        Backend, DatapathConfig, DecapVipKey, EgressVlan, NextHop, RATE_WINDOWS, RateWindow,
+        TrafficCounters, VIP_CACHE_SIZE, VipCacheEntry, VipKeyV4, VipKeyV6, VipValue,
     },
+    conn,
     counters::Counter,
     maps::{self as names, MAX_BACKENDS, MAX_TX_PORTS, MAX_VIPS},
 };
@@ -166,15 +166,14 @@ impl Balancer {
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries(names::RINGS, ring_entries)
-            .map_max_entries(names::CONNS_V4, spec.conn_table_size)
-            .map_max_entries(names::CONNS_V6, spec.conn_table_size);
+            .map_max_entries(names::CONNS_V4, conn::buckets_for(spec.conn_table_size))
+            .map_max_entries(names::CONNS_V6, conn::buckets_for(spec.conn_table_size));
         let mut lock = None;
         let pin_paths: Vec<(&str, PathBuf)> = match &spec.pin_dir {
             Some(dir) => {
                 prepare_pin_dir(dir)?;
                 lock = Some(lock_pin_dir(dir)?);
-                let conn_entries = conn_table_entries(spec.conn_table_size, possible_cpus()?);
-                check_pinned_maps(dir, ring_entries, conn_entries)?;
+                check_pinned_maps(dir, ring_entries, conn::buckets_for(spec.conn_table_size))?;
                 BALANCER_MAPS
                     .iter()
                     .map(|&name| (name, dir.join(name)))
@@ -531,8 +530,8 @@ pub fn attach(
     }
 }
 
-/// The CPUs the kernel may ever run (`/sys/devices/system/cpu/possible`): the connection
-/// table keeps one LRU list for each.
+/// The CPUs the kernel may ever run (`/sys/devices/system/cpu/possible`): each has its own
+/// copy of the per-CPU maps.
 pub fn possible_cpus() -> Result<u32, LoadError> {
     let cpus = aya::util::nr_cpus().map_err(|(path, source)| LoadError::Io {
         path: PathBuf::from(path),
@@ -541,16 +540,11 @@ pub fn possible_cpus() -> Result<u32, LoadError> {
     Ok(u32::try_from(cpus).unwrap_or(u32::MAX).max(1))
 }
 
-/// The entries the kernel allocates for a connection table asked to hold `requested`: with
-/// one LRU list per CPU (`BPF_F_NO_COMMON_LRU`) it gives every list the same share, rounding
-/// the size up to a multiple of the possible CPUs (down, if up would overflow 32 bits). A
-/// pinned table is compared with this, not with the size asked for.
-pub fn conn_table_entries(requested: u32, possible_cpus: u32) -> u32 {
-    let cpus = possible_cpus.max(1);
-    requested
-        .div_ceil(cpus)
-        .checked_mul(cpus)
-        .unwrap_or(requested / cpus * cpus)
+/// The flows a connection table asked to hold `requested` holds: its buckets are a power of
+/// two ([`conn::buckets_for`]) of [`conn::WAYS`] slots each. A pinned table is compared
+/// with this, not with the size asked for.
+pub const fn conn_table_entries(requested: u32) -> u32 {
+    conn::buckets_for(requested).saturating_mul(conn::WAYS)
 }
 
 /// Removes pinned maps of an earlier layout (`lb_*` files in `dir` that are not among
@@ -654,7 +648,7 @@ pub fn is_bpffs(path: &Path) -> bool {
 }
 
 /// Refuses to adopt a pinned map whose shape differs from what this build would create.
-fn check_pinned_maps(dir: &Path, ring_entries: u32, conn_entries: u32) -> Result<(), LoadError> {
+fn check_pinned_maps(dir: &Path, ring_entries: u32, conn_buckets: u32) -> Result<(), LoadError> {
     // Every map whose layout this build fixes: a pinned one of another shape (an older or
     // newer lb) is refused rather than half used.
     let shapes: [(&'static str, usize, usize, Option<u32>); 15] = [
@@ -680,15 +674,15 @@ fn check_pinned_maps(dir: &Path, ring_entries: u32, conn_entries: u32) -> Result
         (names::BACKENDS, 4, size_of::<Backend>(), Some(MAX_BACKENDS)),
         (
             names::CONNS_V4,
-            size_of::<ConnKeyV4>(),
-            size_of::<ConnValue>(),
-            Some(conn_entries),
+            4,
+            size_of::<conn::BucketV4>(),
+            Some(conn_buckets),
         ),
         (
             names::CONNS_V6,
-            size_of::<ConnKeyV6>(),
-            size_of::<ConnValue>(),
-            Some(conn_entries),
+            4,
+            size_of::<conn::BucketV6>(),
+            Some(conn_buckets),
         ),
         (
             names::NEXT_HOPS,

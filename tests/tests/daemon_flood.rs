@@ -1,22 +1,20 @@
 //! Connection-table protection against a SYN flood (`datapath.conn_inserts_per_sec`).
 //!
-//! A daemon with a small connection table (8192 entries per CPU: the table is an LRU map with
-//! one list per possible CPU) balances 100 established TLS connections, idle while the lab's
-//! client sends 60 000 SYNs of distinct flows to the same VIP ([`SynFlood`]).
+//! A daemon balances 100 established TLS connections, idle while the lab's client sends
+//! 60 000 SYNs of distinct flows to the same VIP ([`SynFlood`]).
 //!
 //! - With `conn_inserts_per_sec = 1000`, the balancer forwards the flood but stops remembering
 //!   new flows past 1000 per second on a CPU (`conn_insert_skipped`): the flood cannot evict
-//!   the established flows. `lb simulate` still finds every one of them in the connection
-//!   table, every one keeps working, and still does after a backend is added, although the new
-//!   table places about a quarter of them on the new backend, which never saw them.
-//! - The control, with no limit: the flood evicts established flows (`lb simulate` places them
-//!   by a Maglev slot), and once the backend is added, exactly the evicted flows that the new
-//!   table places elsewhere fail, as the simulation predicts. Not every established flow is
-//!   evicted (about half of them): the kernel's LRU keeps entries looked up again since their
-//!   insertion on an active list, which it only shrinks once the inactive list is the shorter
-//!   one, and a flood of one SYN per flow fills only the inactive list. Which established
-//!   entries sit on the active list when the flood begins depends on how their packets
-//!   interleaved with the other connections' inserts.
+//!   the established flows from a table sized for what the limit lets in. `lb simulate` still
+//!   finds every one of them in the connection table, no bucket gave up a flow
+//!   (`conn_evicted`), every connection keeps working, and still does after a backend is
+//!   added, although the new table places about a quarter of them on the new backend, which
+//!   never saw them.
+//! - The control, with no limit and a table of 16 384 flows: the flood fills every bucket many
+//!   times over, and a full bucket gives up the flow it saw longest ago, so the idle
+//!   established flows go (`lb simulate` places them by a Maglev slot; `conn_evicted` counts).
+//!   Once the backend is added, exactly the evicted flows that the new table places elsewhere
+//!   fail, as the simulation predicts.
 
 #![allow(
     clippy::unwrap_used,
@@ -54,19 +52,11 @@ const ESTABLISHED: usize = 100;
 const FLOOD: usize = 60_000;
 const FLOOD_CPUS: usize = 2;
 const FLOOD_DEADLINE: Duration = Duration::from_secs(3);
-/// Connection-table entries per possible CPU (see [`flood_config`]).
-const ENTRIES_PER_CPU: u32 = 8_192;
 /// The protected daemon's limit, per CPU.
 const INSERTS_PER_SEC: u32 = 1_000;
-/// The scenario's premises. With the limit, a CPU's list holds the established flows and
-/// every insert the limit allows while the flood lasts (it spans at most its duration plus
-/// two one-second windows), so nothing is ever evicted. Without it, the flood overfills the
-/// list of each CPU it is sent from several times.
-const _: () = assert!(
-    ENTRIES_PER_CPU as u64
-        > ESTABLISHED as u64 + INSERTS_PER_SEC as u64 * (FLOOD_DEADLINE.as_secs() + 2)
-);
-const _: () = assert!(FLOOD / FLOOD_CPUS > 3 * ENTRIES_PER_CPU as usize);
+/// The control's connection table: the flood overfills it several times.
+const CONTROL_TABLE: u32 = 16_384;
+const _: () = assert!(FLOOD > 3 * CONTROL_TABLE as usize);
 /// Exchanges per connection after the flood, and after the change.
 const EXCHANGES: usize = 3;
 /// `lb simulate`'s reason for a flow found in the connection table.
@@ -84,9 +74,10 @@ struct Flooded {
     vip: SocketAddr,
     conns: Vec<Established>,
     report: FloodReport,
-    /// `conn_miss` and `conn_insert_skipped` over the flood.
+    /// `conn_miss`, `conn_insert_skipped` and `conn_evicted` over the flood.
     misses: u64,
     skipped: u64,
+    evicted: u64,
     /// `lb simulate` of every established connection after the flood.
     after: Vec<SimulationView>,
 }
@@ -110,6 +101,7 @@ fn a_syn_flood_past_the_insert_limit_evicts_no_established_flow() {
         f.misses,
         f.skipped
     );
+    assert_eq!(f.evicted, 0, "a bucket gave up a flow");
     for (c, s) in f.conns.iter().zip(&f.after) {
         assert_in_table(c, s, "after the flood");
     }
@@ -155,9 +147,15 @@ fn control_without_a_limit_the_flood_evicts_established_flows() {
     );
     assert!(
         !evicted.is_empty(),
-        "{} SYNs through a table of {ENTRIES_PER_CPU} entries per CPU evicted no established \
-         flow: the protected test would pass without the protection",
+        "{} SYNs through a table of {CONTROL_TABLE} flows evicted no established flow: the \
+         protected test would pass without the protection",
         f.misses
+    );
+    assert!(
+        f.evicted >= evicted.len() as u64,
+        "{} established flows gone, {} evictions counted",
+        evicted.len(),
+        f.evicted
     );
 
     // The evicted flows whose new Maglev pick is another backend reach a backend that never
@@ -210,9 +208,10 @@ fn flood_established(prefix: &str, inserts_per_sec: u32) -> Flooded {
     for (c, s) in conns.iter().zip(simulate_all(&env, vip, &conns)) {
         assert_in_table(c, &s, "before the flood");
     }
-    let (misses_before, skipped_before) = (
+    let (misses_before, skipped_before, evicted_before) = (
         counter(&env, "conn_miss"),
         counter(&env, "conn_insert_skipped"),
+        counter(&env, "conn_evicted"),
     );
     println!(
         "lab, daemon and {ESTABLISHED} connections ready in {:?}",
@@ -224,9 +223,10 @@ fn flood_established(prefix: &str, inserts_per_sec: u32) -> Flooded {
     thread::sleep(Duration::from_millis(100));
     let misses = counter(&env, "conn_miss") - misses_before;
     let skipped = counter(&env, "conn_insert_skipped") - skipped_before;
+    let evicted = counter(&env, "conn_evicted") - evicted_before;
     println!(
         "limit {inserts_per_sec}/s per CPU: {} SYNs sent in {:?} ({} retries); {misses} placed \
-         by the table, {skipped} inserts skipped",
+         by the table, {skipped} inserts skipped, {evicted} flows evicted",
         report.sent, report.elapsed, report.retries
     );
     assert_eq!(
@@ -241,14 +241,16 @@ fn flood_established(prefix: &str, inserts_per_sec: u32) -> Flooded {
         report,
         misses,
         skipped,
+        evicted,
         after,
     }
 }
 
-/// The lab's configuration with 3 of its 4 backends in the pool, a connection table of
-/// [`ENTRIES_PER_CPU`] per possible CPU (the map is an LRU hash with `BPF_F_NO_COMMON_LRU`: the
-/// kernel gives each possible CPU's list an equal share, and a CPU inserts into and evicts
-/// from its own list only), and the given insert limit.
+/// The lab's configuration with 3 of its 4 backends in the pool, the given insert limit, and a
+/// connection table: with a limit, one that keeps every flow the limit lets in (the
+/// established flows and the limit on every possible CPU for the flood's duration and two
+/// one-second windows) at most 1/32 full, where any bucket of 8 overflowing is a one in a
+/// million event; without one, [`CONTROL_TABLE`].
 fn flood_config(paths: &DaemonPaths, inserts_per_sec: u32) -> String {
     let config = lab_config(paths, POOL_BACKENDS);
     let default = "conn_table_size = 65536\n";
@@ -256,7 +258,14 @@ fn flood_config(paths: &DaemonPaths, inserts_per_sec: u32) -> String {
         config.contains(default),
         "lab_config no longer writes {default:?}:\n{config}"
     );
-    let size = ENTRIES_PER_CPU * possible_cpus();
+    let admitted =
+        u64::from(inserts_per_sec) * u64::from(possible_cpus()) * (FLOOD_DEADLINE.as_secs() + 2)
+            + ESTABLISHED as u64;
+    let size = if inserts_per_sec == 0 {
+        CONTROL_TABLE
+    } else {
+        u32::try_from((32 * admitted).next_power_of_two()).expect("a table size")
+    };
     let config = config.replace(default, &format!("conn_table_size = {size}\n"));
     with_datapath_setting(
         &config,
@@ -361,7 +370,7 @@ fn counter(env: &DaemonLab, name: &str) -> u64 {
         .value
 }
 
-/// The kernel's possible CPUs: per-CPU maps and per-CPU LRU lists have one slot each.
+/// The kernel's possible CPUs: the insert limit counts on each.
 fn possible_cpus() -> u32 {
     let list = std::fs::read_to_string("/sys/devices/system/cpu/possible")
         .expect("reading /sys/devices/system/cpu/possible");

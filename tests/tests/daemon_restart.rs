@@ -3,10 +3,9 @@
 //! keeps forwarding from the pinned maps meanwhile, new connections are still balanced, and
 //! the restarted daemon adopts the pinned state: no connection is reset.
 //!
-//! The connection table is sized so that this machine's possible-CPU count does not divide it:
-//! the kernel rounds such a table up (one LRU list per CPU, each the same size), and the
-//! restarted daemon must compare the pinned table with what the kernel allocates, not with
-//! what the file asks for.
+//! The connection table is sized so that it is not a power of two of buckets: the daemon
+//! rounds such a table up, and the restarted daemon must compare the pinned table with what
+//! was allocated, not with what the file asks for.
 //!
 //! A daemon whose controller thread panics (an injected fault) exits with an error and a clear
 //! log line, and the connections live through that too.
@@ -37,22 +36,16 @@ fn vip() -> SocketAddr {
     SocketAddr::new(IpAddr::V4(VIP_V4), 443)
 }
 
-/// The smallest connection-table size from 65537 up that `cpus` does not divide (when there
-/// is more than one CPU: one divides everything).
-fn size_not_divisible_by(cpus: u32) -> u32 {
-    (65_537..)
-        .find(|size| cpus == 1 || size % cpus != 0)
-        .expect("a size")
-}
+/// A connection-table size that is not a whole number of buckets in a power of two: the
+/// table holds more, and a restart must compare the pinned table with what was allocated.
+const ODD_SIZE: u32 = 100_000;
 
 #[test]
 fn a_killed_and_restarted_daemon_resets_no_connection() {
     let cpus = lb::loader::possible_cpus().unwrap();
-    let size = size_not_divisible_by(cpus);
-    let allocated = lb::loader::conn_table_entries(size, cpus);
-    if cpus > 1 {
-        assert_ne!(allocated, size, "the kernel rounds {size} for {cpus} CPUs");
-    }
+    let size = ODD_SIZE;
+    let allocated = lb::loader::conn_table_entries(size);
+    assert_eq!(allocated, 131_072, "16 384 buckets of 8");
     let mut env = DaemonLab::start("lbtrs", 3, move |paths| {
         lab_config(paths, 3).replace(
             "conn_table_size = 65536",
@@ -65,7 +58,6 @@ fn a_killed_and_restarted_daemon_resets_no_connection() {
     let datapath = status.datapath.expect("the datapath's set-up in lb status");
     assert_eq!(datapath.possible_cpus, cpus);
     assert_eq!(datapath.conn_table_entries, allocated);
-    assert_eq!(datapath.conn_table_entries_per_cpu, allocated / cpus);
     let table_digest = |env: &DaemonLab| {
         let Body::Listeners(listeners) = env.cli_json(&["listener", "list"]) else {
             panic!("lb listener list answered something else");
@@ -83,6 +75,8 @@ fn a_killed_and_restarted_daemon_resets_no_connection() {
         "{digests:?}"
     );
     let long_lived = LongLived::start(&env.lab, vip(), 500, Duration::from_millis(100));
+    let seed = conn_seed(&env);
+    assert_ne!(seed, 0, "the connection tables' hash has a seed");
 
     env.daemon.kill().expect("SIGKILL");
     // With no daemon, the XDP program balances new connections from the pinned maps.
@@ -103,6 +97,11 @@ fn a_killed_and_restarted_daemon_resets_no_connection() {
     );
     // Another process, the same configuration and states: the same tables, by digest.
     assert_eq!(table_digest(&env), digests);
+    // And the same connection-table hash (a new seed would lose every flow an idle
+    // connection's next packet does not put back before the table changes): it finds the
+    // flows its predecessor's program placed.
+    assert_eq!(conn_seed(&env), seed, "the seed changed across the restart");
+    assert_in_connection_table(&env, long_lived.locals());
     thread::sleep(Duration::from_secs(1));
 
     // An orderly stop (an upgrade) and a start, too.
@@ -139,6 +138,11 @@ fn a_killed_and_restarted_daemon_resets_no_connection() {
     env.daemon.set_env(&[]);
     env.daemon.restart().expect("restarting after the panic");
     thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        conn_seed(&env),
+        seed,
+        "the seed changed across the restarts"
+    );
 
     let histories = long_lived.finish();
     let broken: Vec<_> = histories.iter().filter(|h| h.failure.is_some()).collect();
@@ -163,4 +167,29 @@ fn a_killed_and_restarted_daemon_resets_no_connection() {
     // The restarted daemon still takes changes.
     env.cli_ok(&["backend", "set-weight", "web4", "198.18.0.10", "2"]);
     env.stop_cleanly();
+}
+
+/// `lb simulate` finds the first 20 of `locals`' flows to the VIP in the connection table.
+fn assert_in_connection_table(env: &DaemonLab, locals: &[SocketAddr]) {
+    let vip = vip().to_string();
+    for local in locals.iter().take(20) {
+        let client = local.to_string();
+        let Body::Simulation(simulation) = env.cli_json(&["simulate", &client, &vip]) else {
+            panic!("lb simulate {client} {vip} answered something else");
+        };
+        assert_eq!(
+            simulation.reason, "connection table",
+            "{client} after the restart: {simulation:?}"
+        );
+    }
+}
+
+/// The connection tables' hash seed, from the pinned configuration map.
+fn conn_seed(env: &DaemonLab) -> u32 {
+    let path = env.daemon.pin_dir().join(lb_common::maps::CONFIG);
+    let data =
+        aya::maps::MapData::from_pin(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let map: aya::maps::Array<_, lb_common::abi::DatapathConfig> =
+        aya::maps::Array::try_from(aya::maps::Map::Array(data)).expect("an array map");
+    map.get(&0, 0).expect("the configuration").conn_seed
 }

@@ -40,8 +40,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap as BpfHashMap, MapData};
-use lb_common::abi::{ConnKeyV4, ConnValue};
+use aya::maps::{Array as BpfArray, MapData};
+use lb_common::{
+    abi::{ConnKeyV4, ConnValue},
+    conn,
+};
 
 use super::{
     BenchError, Spread,
@@ -501,56 +504,45 @@ fn cli(daemon: &DaemonProcess, args: &[&str]) -> Result<(), BenchError> {
     )))
 }
 
-/// Puts `entries` flows in the pinned IPv4 connection table, each CPU's share (the kernel
-/// gives each possible CPU its own LRU list of `entries / possible CPUs`) from a thread pinned
-/// to that CPU, so this thread's own CPUs stay as they were. Returns how many the table then
-/// holds (fewer if some possible CPUs are offline: their lists cannot be filled from here).
+/// Puts `entries` flows in the pinned IPv4 connection table (whole buckets, from the first)
+/// and returns how many the table then holds.
 fn fill_conn_table(pin_dir: &Path, entries: u32) -> Result<u32, BenchError> {
     let name = lb_common::maps::CONNS_V4;
     let map_error = |what: String| BenchError::Unexpected(format!("{name}: {what}"));
-    let open = || -> Result<BpfHashMap<MapData, ConnKeyV4, ConnValue>, BenchError> {
-        let data = MapData::from_pin(pin_dir.join(name)).map_err(|e| map_error(e.to_string()))?;
-        BpfHashMap::try_from(aya::maps::Map::LruHashMap(data)).map_err(|e| map_error(e.to_string()))
-    };
-    let online = aya::util::online_cpus()
-        .map_err(|(_, e)| BenchError::Unexpected(format!("listing the CPUs: {e}")))?;
-    let share = entries / crate::loader::possible_cpus()?;
-    thread::scope(|scope| {
-        let fills: Vec<_> = online
-            .iter()
-            .zip(0u32..)
-            .map(|(&cpu, i)| {
-                scope.spawn(move || -> Result<(), BenchError> {
-                    super::pin_current_thread(cpu as usize).map_err(|source| BenchError::Io {
-                        what: format!("pinning to CPU {cpu}"),
-                        source,
-                    })?;
-                    let mut map = open()?;
-                    for n in i * share..(i + 1) * share {
-                        let key = ConnKeyV4 {
-                            src_be: (0x0a00_0000 + n).to_be(),
-                            src_port_be: 40_000u16.to_be(),
-                            vip_id: 0,
-                        };
-                        let value = ConnValue {
-                            backend_id: 0,
-                            generation: 0,
-                            seen_s: 0,
-                        };
-                        map.insert(key, value, 0)
-                            .map_err(|e| map_error(e.to_string()))?;
-                    }
-                    Ok(())
-                })
-            })
-            .collect();
-        fills.into_iter().try_for_each(|fill| {
-            fill.join()
-                .map_err(|_| BenchError::Unexpected("a filling thread panicked".to_owned()))?
-        })
-    })?;
-    let held = open()?.keys().filter(Result::is_ok).count();
-    Ok(u32::try_from(held).unwrap_or(u32::MAX))
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(|e| map_error(e.to_string()))?;
+    let mut map: BpfArray<MapData, conn::BucketV4> =
+        BpfArray::try_from(aya::maps::Map::Array(data)).map_err(|e| map_error(e.to_string()))?;
+    let ways = conn::WAYS;
+    let buckets = entries.div_ceil(ways).min(map.len());
+    for index in 0..buckets {
+        let mut bucket = conn::BucketV4::default();
+        for (way, slot) in (0..).zip(bucket.slots.iter_mut()) {
+            let key = ConnKeyV4 {
+                src_be: (0x0a00_0000 + index * ways + way).to_be(),
+                src_port_be: 40_000u16.to_be(),
+                vip_id: 0,
+            };
+            let value = ConnValue {
+                backend_id: 0,
+                generation: 1,
+                seen_s: 0,
+            };
+            *slot = conn::SlotV4 {
+                key: key.bits(),
+                value: conn::pack(value, 0),
+            };
+        }
+        map.set(index, bucket, 0)
+            .map_err(|e| map_error(e.to_string()))?;
+    }
+    let mut held = 0u32;
+    for index in 0..map.len() {
+        let bucket = map.get(&index, 0).map_err(|e| map_error(e.to_string()))?;
+        for slot in bucket.slots {
+            held += u32::from(slot.value != 0);
+        }
+    }
+    Ok(held)
 }
 
 /// Nanoseconds `pid`'s threads have run (`/proc/PID/task/*/schedstat`, whose first field

@@ -412,10 +412,10 @@ fn render_datapath(d: &crate::control::DatapathView) -> String {
         d.redirect_interfaces.join(", ")
     ));
     out.push_str(&format!(
-        "conn table:  {} entries per family = {} possible CPUs x {} per CPU; inserts {} per CPU a second\n",
+        "conn table:  {} flows per family ({} buckets of {}); inserts {} per CPU a second\n",
         d.conn_table_entries,
-        d.possible_cpus,
-        d.conn_table_entries_per_cpu,
+        d.conn_table_entries / lb_common::conn::WAYS,
+        lb_common::conn::CONN_WAYS,
         if d.conn_inserts_per_sec == 0 {
             "unlimited".to_owned()
         } else {

@@ -294,12 +294,11 @@ pub struct DatapathView {
     /// The interfaces encapsulated packets may be redirected to (the attached ones, and those
     /// the routes toward the backends leave through).
     pub redirect_interfaces: Vec<String>,
-    /// CPUs the kernel may run: the connection table keeps one LRU list for each.
+    /// CPUs the kernel may run (each has its own copy of the per-CPU maps and counters).
     pub possible_cpus: u32,
-    /// Entries of each connection table (IPv4, IPv6), as the kernel allocated them.
+    /// Flows each connection table (IPv4, IPv6) holds, as allocated: the configured size
+    /// rounded up to a power of two.
     pub conn_table_entries: u32,
-    /// Each CPU's share: the flows one CPU can remember.
-    pub conn_table_entries_per_cpu: u32,
     /// New connection-table entries a second per CPU before a flood stops being remembered
     /// (0: no limit).
     pub conn_inserts_per_sec: u32,

@@ -591,12 +591,11 @@ fn start_packet_path(config: &Config) -> Result<PacketPath, DaemonError> {
     reconciler.datapath_mut().clear_vip_cache()?;
     accept_local::accept_encap_sources(config, &host_defaults, &interfaces);
     let possible_cpus = crate::loader::possible_cpus()?;
-    let conn_table_entries = reconciler.datapath().conn_table_entries()?;
+    let conn_table_entries = reconciler.datapath().conn_table_entries();
     info!(
-        entries = conn_table_entries,
-        possible_cpus,
-        per_cpu = conn_table_entries / possible_cpus.max(1),
-        "connection table (per address family): one LRU list per possible CPU"
+        flows = conn_table_entries,
+        buckets = conn_table_entries / lb_common::conn::WAYS,
+        "connection table (per address family)"
     );
     let facts = host::Facts {
         interfaces: attached,

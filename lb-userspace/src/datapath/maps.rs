@@ -12,9 +12,10 @@ use aya::{
 };
 use lb_common::{
     abi::{
-        Backend, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig, EgressVlan, FAMILY_V4, FlowKey,
-        TrafficCounters, VIP_CACHE_SIZE, VipCacheEntry, VipKey, VipKeyV4, VipKeyV6, VipValue,
+        Backend, ConnValue, DatapathConfig, EgressVlan, FAMILY_V4, FlowKey, TrafficCounters,
+        VIP_CACHE_SIZE, VipCacheEntry, VipKey, VipKeyV4, VipKeyV6, VipValue,
     },
+    conn::{self, BucketV4, BucketV6, WAYS},
     counters::Counter,
     maps as names,
 };
@@ -28,12 +29,16 @@ pub struct AyaDatapath {
     /// of the configuration or of a VIP moves it forward).
     config: Option<DatapathConfig>,
     vip_epoch: u32,
+    /// The connection tables' hash seed and bucket mask, which every configuration written
+    /// carries (see [`DatapathConfig::conn_seed`]).
+    conn_seed: u32,
+    conn_bucket_mask: u32,
     vips_v4: HashMap<MapData, VipKeyV4, VipValue>,
     vips_v6: HashMap<MapData, VipKeyV6, VipValue>,
     rings: Array<MapData, u32>,
     backends: Array<MapData, Backend>,
-    conns_v4: HashMap<MapData, ConnKeyV4, ConnValue>,
-    conns_v6: HashMap<MapData, ConnKeyV6, ConnValue>,
+    conns_v4: Array<MapData, BucketV4>,
+    conns_v6: Array<MapData, BucketV6>,
     config_map: Array<MapData, DatapathConfig>,
     counters: PerCpuArray<MapData, u64>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
@@ -48,6 +53,25 @@ impl std::fmt::Debug for AyaDatapath {
         f.debug_struct("AyaDatapath")
             .field("geometry", &self.geometry)
             .finish_non_exhaustive()
+    }
+}
+
+/// A random seed for new connection tables, never zero.
+fn random_seed() -> Result<u32, DatapathError> {
+    use ring::rand::SecureRandom as _;
+    let random = ring::rand::SystemRandom::new();
+    let mut bytes = [0; 4];
+    loop {
+        random
+            .fill(&mut bytes)
+            .map_err(|_| DatapathError::Refused {
+                map: names::CONFIG,
+                reason: "the system gave no random seed for the connection tables".to_owned(),
+            })?;
+        let seed = u32::from_ne_bytes(bytes);
+        if seed != 0 {
+            return Ok(seed);
+        }
     }
 }
 
@@ -74,27 +98,45 @@ impl AyaDatapath {
         // cache holds (after an upgrade the configuration map is new but the cache may be
         // adopted): counting up from below one of them would, one day, make its old answer
         // look current again.
-        let mut vip_epoch = config_map
-            .get(&0, 0)
-            .map(|c| c.vip_epoch)
-            .map_err(err(names::CONFIG))?;
+        let adopted = config_map.get(&0, 0).map_err(err(names::CONFIG))?;
+        let mut vip_epoch = adopted.vip_epoch;
         for slot in 0..VIP_CACHE_SIZE {
             let entries = vip_cache.get(&slot, 0).map_err(err(names::VIP_CACHE))?;
             for entry in entries.iter() {
                 vip_epoch = vip_epoch.max(entry.epoch);
             }
         }
+        let conns_v4: Array<MapData, BucketV4> = typed!(ebpf, names::CONNS_V4);
+        let conns_v6: Array<MapData, BucketV6> = typed!(ebpf, names::CONNS_V6);
+        let buckets = conns_v4.len();
+        if !buckets.is_power_of_two() || conns_v6.len() != buckets {
+            return Err(DatapathError::Refused {
+                map: names::CONNS_V4,
+                reason: format!(
+                    "the connection tables have {buckets} and {} buckets, not one power of two",
+                    conns_v6.len()
+                ),
+            });
+        }
+        // The seed stays with the tables: a configuration map adopted with them has it. Zero is
+        // never chosen, so zero means a configuration map that is new.
+        let conn_seed = match adopted.conn_seed {
+            0 => random_seed()?,
+            seed => seed,
+        };
         Ok(Self {
             geometry,
             config: None,
             vip_epoch,
+            conn_seed,
+            conn_bucket_mask: buckets - 1,
             config_map,
             vips_v4: typed!(ebpf, names::VIPS_V4),
             vips_v6: typed!(ebpf, names::VIPS_V6),
             rings: typed!(ebpf, names::RINGS),
             backends: typed!(ebpf, names::BACKENDS),
-            conns_v4: typed!(ebpf, names::CONNS_V4),
-            conns_v6: typed!(ebpf, names::CONNS_V6),
+            conns_v4,
+            conns_v6,
             counters: typed!(ebpf, names::COUNTERS),
             backend_stats: typed!(ebpf, names::BACKEND_STATS),
             history: typed!(ebpf, names::HISTORY),
@@ -142,14 +184,9 @@ impl AyaDatapath {
         self.vip_epoch
     }
 
-    /// The entries of each connection table as the kernel allocated them (with one LRU list per
-    /// CPU, a multiple of the possible CPUs: see `loader::conn_table_entries`).
-    pub fn conn_table_entries(&self) -> Result<u32, DatapathError> {
-        self.conns_v4
-            .map()
-            .info()
-            .map(|info| info.max_entries())
-            .map_err(err(names::CONNS_V4))
+    /// The flows each connection table holds: its slots (see `loader::conn_table_entries`).
+    pub fn conn_table_entries(&self) -> u32 {
+        (self.conn_bucket_mask + 1).saturating_mul(WAYS)
     }
 
     /// Moves the VIP epoch forward, so that no CPU answers from its VIP cache what it cached
@@ -347,6 +384,8 @@ impl Datapath for AyaDatapath {
         self.vip_epoch = self.vip_epoch.wrapping_add(1);
         let config = DatapathConfig {
             vip_epoch: self.vip_epoch,
+            conn_seed: self.conn_seed,
+            conn_bucket_mask: self.conn_bucket_mask,
             ..*config
         };
         self.config_map
@@ -486,15 +525,24 @@ impl Datapath for AyaDatapath {
     }
 
     fn lookup_conn(&self, flow: &FlowKey, vip_id: u16) -> Result<Option<ConnValue>, DatapathError> {
-        let (found, map) = if flow.family == FAMILY_V4 {
-            (self.conns_v4.get(&flow.conn_v4(vip_id), 0), names::CONNS_V4)
+        let (seed, mask) = (self.conn_seed, self.conn_bucket_mask);
+        let found = if flow.family == FAMILY_V4 {
+            let key = flow.conn_v4(vip_id).bits();
+            let hash = conn::hash_v4(key, seed);
+            let bucket = self
+                .conns_v4
+                .get(&conn::bucket_of(hash, mask), 0)
+                .map_err(err(names::CONNS_V4))?;
+            conn::find(&bucket, &key, conn::tag_of(hash))
         } else {
-            (self.conns_v6.get(&flow.conn_v6(vip_id), 0), names::CONNS_V6)
+            let key = flow.conn_v6(vip_id);
+            let hash = conn::hash_v6(&key, seed);
+            let bucket = self
+                .conns_v6
+                .get(&conn::bucket_of(hash, mask), 0)
+                .map_err(err(names::CONNS_V6))?;
+            conn::find(&bucket, &key, conn::tag_of(hash))
         };
-        match found {
-            Ok(value) => Ok(Some(value)),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(DatapathError::Map { map, source }),
-        }
+        Ok(found.map(|(_, bits)| conn::unpack(bits).0))
     }
 }

@@ -60,8 +60,7 @@ pub(super) fn sample_input() -> MetricsInput {
                 ("eth1".to_owned(), "generic".to_owned()),
             ],
             possible_cpus: 6,
-            conn_table_entries: 1_048_578,
-            conn_table_entries_per_cpu: 174_763,
+            conn_table_entries: 1_048_576,
         }),
         counters: vec![
             counter("tx_local", "forward", 1000),

@@ -50,10 +50,8 @@ pub struct DatapathSample {
     /// (interface, attach mode: `driver`, `generic`, ...).
     pub interfaces: Vec<(String, String)>,
     pub possible_cpus: u32,
-    /// Entries of each connection table, as the kernel allocated them.
+    /// Flows each connection table holds, as allocated.
     pub conn_table_entries: u32,
-    /// Each possible CPU's share.
-    pub conn_table_entries_per_cpu: u32,
 }
 
 /// One datapath counter, as `lb stats` shows it.

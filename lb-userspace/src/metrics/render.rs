@@ -20,9 +20,8 @@
 //! | `lb_l7_events_total` | `listener`, `event` | an L7 listener's events (requests, retries, ...) |
 //! | `lb_l7_responses_total` | `listener`, `class` | an L7 listener's responses by status class |
 //! | `lb_xdp_attached` | `interface`, `mode` | 1 for each interface the balancer runs on, and how |
-//! | `lb_possible_cpus` | | CPUs the kernel may run (one connection-table LRU list each) |
-//! | `lb_conn_table_capacity` | | entries of each connection table, as allocated |
-//! | `lb_conn_table_capacity_per_cpu` | | each CPU's share of them |
+//! | `lb_possible_cpus` | | CPUs the kernel may run |
+//! | `lb_conn_table_capacity` | | flows each connection table holds, as allocated |
 //! | `lb_table_info` | `listener`, `digest` | 1 per passthrough listener: its live table's digest |
 //! | `lb_announced` | `address` | 1 while the node announces a listener address, 0 while not |
 //! | `lb_node_drained` | | 1 while `lb node drain` holds |
@@ -112,19 +111,14 @@ fn register_datapath(registry: &mut Registry, datapath: &super::input::DatapathS
     );
     registry.register(
         "possible_cpus",
-        "CPUs the kernel may run: the connection table keeps one LRU list for each",
+        "CPUs the kernel may run: each has its own copy of the per-CPU maps and counters",
         ConstGauge::new(i64::from(datapath.possible_cpus)),
     );
     registry.register(
         "conn_table_capacity",
-        "Entries of each connection table (IPv4, IPv6) as the kernel allocated them: the \
-         configured size rounded up to a multiple of the possible CPUs",
+        "Flows each connection table (IPv4, IPv6) holds, as allocated: the configured size \
+         rounded up to a power of two",
         ConstGauge::new(i64::from(datapath.conn_table_entries)),
-    );
-    registry.register(
-        "conn_table_capacity_per_cpu",
-        "Each possible CPU's share of a connection table: the flows one CPU's LRU list holds",
-        ConstGauge::new(i64::from(datapath.conn_table_entries_per_cpu)),
     );
 }
 

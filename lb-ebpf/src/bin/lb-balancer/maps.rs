@@ -3,18 +3,18 @@
 //! (`EbpfLoader::map_pin_path`); nothing is pinned by default.
 //!
 //! VIPs and connections are kept per address family, with compact keys: an IPv4 connection
-//! entry (8-byte key) fits one cache line, and hashing it costs two words, not ten.
+//! slot is 16 bytes, and hashing its key costs one word, not ten.
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray, RingBuf},
 };
 use lb_common::{
     abi::{
-        Backend, CaptureFilter, CaptureState, ConnKeyV4, ConnKeyV6, ConnValue, DatapathConfig,
-        EgressVlan, NextHop, RATE_WINDOWS, RateWindow, TrafficCounters, VIP_CACHE_SIZE,
-        VipCacheEntry, VipKeyV4, VipKeyV6, VipValue,
+        Backend, CaptureFilter, CaptureState, DatapathConfig, EgressVlan, NextHop, RATE_WINDOWS,
+        RateWindow, TrafficCounters, VIP_CACHE_SIZE, VipCacheEntry, VipKeyV4, VipKeyV6, VipValue,
     },
+    conn::{BucketV4, BucketV6},
     counters::Counter,
     maps::{
         CAPTURE_RING_BYTES, DEFAULT_CONNS, DEFAULT_RING_SIZE, DEFAULT_RINGS, MAX_BACKENDS,
@@ -45,25 +45,20 @@ pub static RINGS: Array<u32> = Array::with_max_entries(DEFAULT_RINGS * DEFAULT_R
 #[map(name = "lb_backends_v1")]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
-/// `BPF_F_NO_COMMON_LRU`: each CPU has its own LRU list, so CPUs never contend on one lock.
-const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
-
-/// The IPv4 connection table.
-#[map(name = "lb_conns4_v2")]
-pub static CONNS_V4: LruHashMap<ConnKeyV4, ConnValue> =
-    LruHashMap::with_max_entries(DEFAULT_CONNS, BPF_F_NO_COMMON_LRU);
+/// The IPv4 connection table: buckets of `lb_common::conn` (userspace sizes it).
+#[map(name = "lb_conns4_v3")]
+pub static CONNS_V4: Array<BucketV4> = Array::with_max_entries(DEFAULT_CONNS / 8, 0);
 
 /// The IPv6 connection table.
-#[map(name = "lb_conns6_v2")]
-pub static CONNS_V6: LruHashMap<ConnKeyV6, ConnValue> =
-    LruHashMap::with_max_entries(DEFAULT_CONNS, BPF_F_NO_COMMON_LRU);
+#[map(name = "lb_conns6_v3")]
+pub static CONNS_V6: Array<BucketV6> = Array::with_max_entries(DEFAULT_CONNS / 8, 0);
 
 /// Deployment-wide settings: one entry.
-#[map(name = "lb_config_v2")]
+#[map(name = "lb_config_v3")]
 pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
 
 /// One counter per [`Counter`].
-#[map(name = "lb_counters_v2")]
+#[map(name = "lb_counters_v3")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
 /// Traffic per backend id (backend ids are per listener, so listeners' traffic is their sum).

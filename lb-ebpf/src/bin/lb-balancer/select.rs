@@ -9,18 +9,23 @@
 //! 2. Otherwise the flow is placed by the VIP's live Maglev ring, indexed by the flow hash, and
 //!    the placement is written to the connection table, unless the packet is a TCP reset or an
 //!    ICMP error (neither may start an entry) or new flows arrive faster than the insert limit.
+//!    A full bucket gives up the slot of the flow it saw longest ago (`conn_evicted`; see
+//!    `lb_common::conn`).
 //!
 //! A SYN always takes step 2: it starts a new connection, which follows the current table even
 //! if an old connection with the same 5-tuple is still remembered. A flow whose backend was
 //! removed is placed afresh the same way (counted as `conn_stale`).
 
-use aya_ebpf::{bindings::BPF_ANY, helpers::generated::bpf_ktime_get_coarse_ns};
+use core::ptr::write_volatile;
+
+use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use lb_common::{
     abi::{
         BACKEND_F_SERVING, Backend, ConnValue, DatapathConfig, FAMILY_V4, FlowKey, PROTO_UDP,
         RATE_WINDOW_INSERTS, RING_EMPTY, VIP_CACHE_SIZE, VipCacheEntry, VipKey, VipValue,
         coarse_seconds,
     },
+    conn::{self, CONN_WAYS, Place},
     counters::Counter,
     hash::{flow_hash, ring_slot, vip_cache_slot},
 };
@@ -160,15 +165,50 @@ pub fn select_backend(
         generation: selected.backend.generation as u16,
         seen_s: now_seconds(),
     };
-    let inserted = if flow.family == FAMILY_V4 {
-        CONNS_V4.insert(flow.conn_v4(vip_id), conn, u64::from(BPF_ANY))
+    let placed = if flow.family == FAMILY_V4 {
+        let key = flow.conn_v4(vip_id).bits();
+        let hash = conn::hash_v4(key, config.conn_seed);
+        CONNS_V4
+            .get_ptr_mut(conn::bucket_of(hash, config.conn_bucket_mask))
+            .map(|bucket| {
+                // SAFETY: a bucket of the table, valid for the program's run; other CPUs may
+                // write it meanwhile, which the tags catch (see `lb_common::conn`).
+                unsafe {
+                    let place = conn::place(&*bucket, &key, conn.seen_s);
+                    let slot = &raw mut (*bucket).slots[slot_index(place)];
+                    write_volatile(&raw mut (*slot).value, conn::pack(conn, conn::tag_of(hash)));
+                    write_volatile(&raw mut (*slot).key, key);
+                    place
+                }
+            })
     } else {
-        CONNS_V6.insert(flow.conn_v6(vip_id), conn, u64::from(BPF_ANY))
+        let key = flow.conn_v6(vip_id);
+        let hash = conn::hash_v6(&key, config.conn_seed);
+        CONNS_V6
+            .get_ptr_mut(conn::bucket_of(hash, config.conn_bucket_mask))
+            .map(|bucket| {
+                // SAFETY: as above.
+                unsafe {
+                    let place = conn::place(&*bucket, &key, conn.seen_s);
+                    let slot = &raw mut (*bucket).slots[slot_index(place)];
+                    write_volatile(&raw mut (*slot).value, conn::pack(conn, conn::tag_of(hash)));
+                    write_volatile(&raw mut (*slot).key, key);
+                    place
+                }
+            })
     };
-    if inserted.is_err() {
-        count(Counter::ConnInsertFailed);
+    match placed {
+        None => count(Counter::ConnInsertFailed),
+        Some(Place::Evict(_)) => count(Counter::ConnEvicted),
+        Some(Place::Same(_) | Place::Empty(_)) => {}
     }
     Ok(selected)
+}
+
+#[inline(always)]
+const fn slot_index(place: Place) -> usize {
+    let (Place::Same(i) | Place::Empty(i) | Place::Evict(i)) = place;
+    i & (CONN_WAYS - 1)
 }
 
 #[inline(always)]
@@ -177,7 +217,9 @@ fn now_seconds() -> u32 {
     coarse_seconds(unsafe { bpf_ktime_get_coarse_ns() })
 }
 
-/// The connection table's backend for `flow` to VIP `vip_id`, if it still serves.
+/// The connection table's backend for `flow` to VIP `vip_id`, if it still serves. A hit
+/// records the second it was seen (once a second), which keeps the flow's slot from being the
+/// one its bucket gives up.
 #[inline(always)]
 fn lookup_conn(
     flow: &FlowKey,
@@ -185,26 +227,44 @@ fn lookup_conn(
     config: &DatapathConfig,
     intent: Intent,
 ) -> Option<Selected> {
-    let entry = if flow.family == FAMILY_V4 {
-        CONNS_V4.get_ptr_mut(flow.conn_v4(vip_id))?
+    let (value, bits) = if flow.family == FAMILY_V4 {
+        let key = flow.conn_v4(vip_id).bits();
+        let hash = conn::hash_v4(key, config.conn_seed);
+        let bucket = CONNS_V4.get_ptr_mut(conn::bucket_of(hash, config.conn_bucket_mask))?;
+        // SAFETY: a bucket of the table, valid for the program's run; a slot that another CPU
+        // rewrites meanwhile fails its tag (see `lb_common::conn`).
+        let (i, bits) = conn::find(unsafe { &*bucket }, &key, conn::tag_of(hash))?;
+        // SAFETY: as above; the index is below CONN_WAYS.
+        (
+            unsafe { &raw mut (*bucket).slots[i & (CONN_WAYS - 1)].value },
+            bits,
+        )
     } else {
-        CONNS_V6.get_ptr_mut(flow.conn_v6(vip_id))?
+        let key = flow.conn_v6(vip_id);
+        let hash = conn::hash_v6(&key, config.conn_seed);
+        let bucket = CONNS_V6.get_ptr_mut(conn::bucket_of(hash, config.conn_bucket_mask))?;
+        // SAFETY: as above.
+        let (i, bits) = conn::find(unsafe { &*bucket }, &key, conn::tag_of(hash))?;
+        // SAFETY: as above.
+        (
+            unsafe { &raw mut (*bucket).slots[i & (CONN_WAYS - 1)].value },
+            bits,
+        )
     };
-    // SAFETY: a value of the connection table, copied out at once.
-    let conn = unsafe { *entry };
+    let (conn, _) = conn::unpack(bits);
+    let now = now_seconds();
     if flow.proto == PROTO_UDP {
-        let now = now_seconds();
         let timeout = config.udp_idle_timeout_s;
-        if timeout != 0 && now.wrapping_sub(conn.seen_s) > timeout {
+        if timeout != 0 && conn::age(now, conn.seen_s) > timeout {
             count(Counter::ConnExpired);
             return None;
         }
-        // An ICMP error is not the client's traffic: it does not keep the entry alive.
-        if conn.seen_s != now && intent == Intent::Continue {
-            // SAFETY: the entry's value, which this program alone writes; a racing write from
-            // another CPU stores a time as good as this one.
-            unsafe { (*entry).seen_s = now };
-        }
+    }
+    // An ICMP error is not the client's traffic: it does not keep the entry alive.
+    if intent == Intent::Continue && !conn::seen_now(bits, now) {
+        // SAFETY: the slot's value word. A CPU that replaced the slot since it was read gets
+        // its own value back with this key's tag: a miss for its key, placed afresh.
+        unsafe { write_volatile(value, conn::with_seen(bits, now)) };
     }
     let backend = *BACKENDS.get(u32::from(conn.backend_id))?;
     #[expect(

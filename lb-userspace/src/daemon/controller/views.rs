@@ -106,7 +106,6 @@ impl<D: Datapath> Controller<D> {
             redirect_interfaces: host.redirect_interfaces(),
             possible_cpus: facts.possible_cpus,
             conn_table_entries: facts.conn_table_entries,
-            conn_table_entries_per_cpu: facts.conn_table_entries / facts.possible_cpus.max(1),
             conn_inserts_per_sec: d.conn_inserts_per_sec,
             udp_idle_timeout_secs: d.udp_idle_timeout.as_secs(),
             icmp_to_backends: d.icmp_to_backends,
@@ -487,7 +486,6 @@ impl<D: Datapath> Controller<D> {
                 .collect(),
             possible_cpus: d.possible_cpus,
             conn_table_entries: d.conn_table_entries,
-            conn_table_entries_per_cpu: d.conn_table_entries_per_cpu,
         });
         let announce = self.announce_view().map(|a| metrics::AnnounceSample {
             addresses: a
