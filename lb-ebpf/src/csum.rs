@@ -13,18 +13,22 @@ pub fn fold(mut sum: u32) -> u16 {
 }
 
 /// Checksum of an option-less IPv4 header whose `check` field is zero. The result is in the
-/// same (memory) byte order as the header's fields, ready to store.
+/// same (memory) byte order as the header's fields, ready to store. Summed from the fields'
+/// values, so that a header built in registers need not be stored first to be read back.
 #[inline(always)]
 pub fn ipv4_header(hdr: &Ipv4Hdr) -> u16 {
-    let words: &[u16; 10] =
-        // SAFETY: `Ipv4Hdr` is 20 bytes, 2-byte aligned (`packed(2)`), and every bit pattern is
-        // a valid `u16`; the reference does not outlive `hdr`.
-        unsafe { &*core::ptr::from_ref(hdr).cast::<[u16; 10]>() };
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i < 10 {
-        sum += u32::from(words[i]);
-        i += 1;
-    }
+    // Each 16-bit word as it sits in memory; the one's-complement sum does not depend on the
+    // order of the words, so a 32-bit field's two halves may be taken either way round.
+    let (src, dst) = (hdr.src_be, hdr.dst_be);
+    let sum = u32::from(u16::from_ne_bytes([hdr.version_ihl, hdr.tos]))
+        + u32::from(hdr.tot_len_be)
+        + u32::from(hdr.id_be)
+        + u32::from(hdr.frag_off_be)
+        + u32::from(u16::from_ne_bytes([hdr.ttl, hdr.proto]))
+        + u32::from(hdr.check)
+        + (src & 0xffff)
+        + (src >> 16)
+        + (dst & 0xffff)
+        + (dst >> 16);
     fold(sum)
 }
