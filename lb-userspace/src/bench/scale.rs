@@ -17,10 +17,9 @@
 //!      written the spare ring and flipped the VIP to it); then the backend is removed again.
 //!      The CLI's own start is part of it, as it is for an operator;
 //!    - **memory**: the daemon's resident memory, and the kernel memory of its BPF maps
-//!      (`memlock` of each map, from `/proc/PID/fdinfo`). The connection tables are LRU hash
-//!      maps, allocated whole when the daemon starts; the bench fills the IPv4 one through
-//!      its pin (each possible CPU's share from a thread on that CPU) and reports how many
-//!      entries it then holds.
+//!      (`memlock` of each map, from `/proc/PID/fdinfo`). The connection tables are arrays,
+//!      allocated whole when the daemon starts; the bench fills every slot of the IPv4 one
+//!      through its pin and reports how many flows it then holds.
 //! 3. **L7 requests per second** through an offload listener whose pool has 10, 100 or 1 000
 //!    backends (one daemon, three listeners, the lab's HTTP backend answering on every
 //!    address): `wrk -t1 -c32 --latency` on CPU 0, the daemon (one tokio worker) on CPU 1, in
@@ -474,9 +473,25 @@ fn measure_l7(binary: &Path, options: Options) -> Result<Vec<L7Row>, BenchError>
 }
 
 /// CPU microseconds per blocking connect and close to each of `backends` in turn, on this
-/// thread (which must be in the benchmark's namespace).
+/// thread (which must be in the benchmark's namespace). The thread's clock, not its
+/// `schedstat`: the scheduler brings a running thread's `schedstat` up to date only at its
+/// ticks and switches, so 100 connects that took no tick read as none.
 fn bare_connect_micros(backends: usize) -> Result<f64, BenchError> {
-    let thread_nanos = || schedstat_nanos("/proc/thread-self/schedstat");
+    let thread_nanos = || -> Result<u64, BenchError> {
+        let mut time = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `time` is a valid, writable timespec.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut time) } != 0 {
+            return Err(BenchError::Io {
+                what: "reading this thread's CPU clock".to_owned(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let nanos = i128::from(time.tv_sec) * 1_000_000_000 + i128::from(time.tv_nsec);
+        Ok(u64::try_from(nanos).unwrap_or(0))
+    };
     let before = thread_nanos()?;
     for i in 0..backends {
         let stream = std::net::TcpStream::connect((backend(i), HEALTH_PORT)).map_err(|source| {
