@@ -593,7 +593,7 @@ fn a_reset_never_creates_an_entry() {
 }
 
 /// UDP entries expire after the idle timeout, so a long-lived UDP flow follows the table after
-/// a scale-out; TCP entries do not (they leave only by LRU eviction).
+/// a scale-out; TCP entries do not (they leave only when their bucket needs the slot).
 #[test]
 fn udp_entries_expire_after_the_idle_timeout_tcp_entries_do_not() {
     const A: &str = "198.18.1.10";

@@ -56,7 +56,7 @@ pub struct Interface {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Facts {
     pub interfaces: Vec<Interface>,
-    /// CPUs the kernel may run: the connection table has one LRU list for each.
+    /// CPUs the kernel may run (each has its own copy of the per-CPU maps).
     pub possible_cpus: u32,
     /// Entries of each connection table (per address family), as the kernel allocated them.
     pub conn_table_entries: u32,
