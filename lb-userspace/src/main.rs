@@ -221,6 +221,7 @@ fn run_bench(command: BenchCommand, json: bool) -> anyhow::Result<()> {
             warmup,
             connections,
             idle,
+            no_http2,
             base,
             svg,
         } => {
@@ -238,6 +239,7 @@ fn run_bench(command: BenchCommand, json: bool) -> anyhow::Result<()> {
                 warmup,
                 connections: usize::try_from(connections).context("--connections")?,
                 idle: usize::try_from(idle).context("--idle")?,
+                http2: !no_http2,
             };
             let report =
                 lb::bench::l7::run(options, base.as_deref()).context("the L7 benchmark failed")?;

@@ -24,6 +24,8 @@ const APT_PACKAGES: &[&str] = &[
     "ethtool",
     "haproxy",
     "wrk",
+    // h2load: `lb bench l7`'s HTTP/2 clients.
+    "nghttp2-client",
     // The control-socket tests: a socket served by another user, a CLI run with other groups;
     // setpriv (util-linux) for the least-privilege tests too.
     "python3",

@@ -12,7 +12,7 @@
 //! - HAProxy (`nbthread 1`, `mode http`) with the same certificate, ALPN, forwarding headers and
 //!   keep-alive, offload and bridging (the backend verified against the same CA and name).
 //!
-//! Two measurements, the load generated on CPU 0 (this process is pinned there):
+//! The measurements, the load generated on CPU 0 (this process is pinned there):
 //!
 //! 1. keep-alive HTTPS: `wrk -t1 -cN -dD --latency` ([`wrk`]), requests per second and the
 //!    50th and 99th latency percentiles; direct plain HTTP to the backend is the floor;
@@ -20,7 +20,10 @@
 //!    lb's and HAProxy's offload listeners;
 //! 3. memory per idle TLS connection ([`idle`]): the server's resident memory growth over
 //!    10 000 connections left open after one request each, HTTP/1.1 and HTTP/2, lb's and
-//!    HAProxy's offload listeners, a fresh process of each per protocol.
+//!    HAProxy's offload listeners, a fresh process of each per protocol;
+//! 4. HTTP/2 clients: `h2load` ([`h2load`]) with 32 connections of 10 streams, 32 of 1, 200 of
+//!    10 and 1 000 of 1, against lb's and HAProxy's offload listeners: requests per second,
+//!    latency percentiles, and the slowest and fastest connection's rate.
 //!
 //! With `--base PATH` (another build of lb: `cargo xtask bench compare --l7 --base REV` builds
 //! one), a second daemon of that binary runs beside, alike, and its offload and bridging
@@ -34,6 +37,7 @@
 //! and ratios paired by round. Nothing here asserts a timing.
 
 pub mod backend;
+mod h2load;
 mod handshake;
 mod idle;
 pub(super) mod process;
@@ -45,9 +49,10 @@ use std::{net::SocketAddr, path::Path, time::Duration};
 
 pub use self::report::Report;
 use self::{
+    h2load::{SHAPES, Shape},
     handshake::HandshakeRun,
     process::{check_interrupt, children_cpu_seconds, cpu_seconds},
-    report::{Conditions, HandshakeSample, KeepaliveSample},
+    report::{Conditions, H2Sample, HandshakeSample, KeepaliveSample},
     systems::{SERVER_NAME, Systems},
     wrk::Load,
 };
@@ -75,6 +80,8 @@ pub struct Options {
     pub connections: usize,
     /// Idle connections per server and protocol for the memory measurement (zero: none).
     pub idle: usize,
+    /// Measure the HTTP/2 clients (h2load).
+    pub http2: bool,
 }
 
 impl Default for Options {
@@ -85,6 +92,7 @@ impl Default for Options {
             warmup: Duration::from_secs(1),
             connections: 32,
             idle: 10_000,
+            http2: true,
         }
     }
 }
@@ -147,6 +155,24 @@ pub enum Handshakes {
 }
 
 impl Handshakes {
+    pub const ALL: [Self; 2] = [Self::Lb, Self::Haproxy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Lb => "lb offload",
+            Self::Haproxy => "HAProxy offload",
+        }
+    }
+}
+
+/// The systems measured with HTTP/2 clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Http2 {
+    Lb,
+    Haproxy,
+}
+
+impl Http2 {
     pub const ALL: [Self; 2] = [Self::Lb, Self::Haproxy];
 
     pub fn name(self) -> &'static str {
@@ -228,6 +254,9 @@ pub fn run(options: Options, base: Option<&Path>) -> Result<Report, BenchError> 
     }
     let mut keepalive_samples = vec![Vec::new(); measured.len()];
     let mut handshake_samples = vec![Vec::new(); Handshakes::ALL.len()];
+    let shapes: &[Shape] = if options.http2 { &SHAPES } else { &[] };
+    // By shape, then system.
+    let mut h2_samples = vec![vec![Vec::new(); Http2::ALL.len()]; shapes.len()];
     for round in 0..options.rounds {
         for i in alternating(measured.len(), round) {
             let sample = keepalive(&targets[i], options.connections, options.duration)?;
@@ -247,6 +276,12 @@ pub fn run(options: Options, base: Option<&Path>) -> Result<Report, BenchError> 
             )?;
             handshake_samples[i].push(sample);
         }
+        for (s, &shape) in shapes.iter().enumerate() {
+            for i in alternating(Http2::ALL.len(), round) {
+                let sample = http2(&systems, Http2::ALL[i], shape, options.duration)?;
+                h2_samples[s][i].push(sample);
+            }
+        }
         eprintln!(
             "lb bench l7: round {} of {} done",
             round + 1,
@@ -265,6 +300,8 @@ pub fn run(options: Options, base: Option<&Path>) -> Result<Report, BenchError> 
         &measured,
         &keepalive_samples,
         &handshake_samples,
+        shapes,
+        &h2_samples,
         idle,
     ))
 }
@@ -334,6 +371,32 @@ fn keepalive(
             .zip(proxy_before)
             .map(|(after, before)| per_request(after - before)),
         backend_cpu_us: per_request(backend_after - backend_before),
+        run,
+    })
+}
+
+/// One h2load run of `shape` against `system`'s offload listener, with the CPU time the
+/// server used.
+fn http2(
+    systems: &Systems,
+    system: Http2,
+    shape: Shape,
+    duration: Duration,
+) -> Result<H2Sample, BenchError> {
+    check_interrupt()?;
+    let (port, pid) = match system {
+        Http2::Lb => (systems.ports.lb.offload, systems.lb.child.pid()),
+        Http2::Haproxy => (systems.ports.haproxy_offload, systems.haproxy.pid()),
+    };
+    let url = format!("https://127.0.0.1:{port}/");
+    let log = systems.files.dir.path.join("h2load.log");
+    let (before, generator_before) = (cpu_seconds(pid)?, children_cpu_seconds()?);
+    let run = h2load::run(&url, shape, duration, GENERATOR_CPU, &log)?;
+    let used = cpu_seconds(pid)? - before;
+    let generator_used = children_cpu_seconds()? - generator_before;
+    Ok(H2Sample {
+        proxy_cpu_us: used * 1e6 / run.requests.max(1) as f64,
+        generator_busy: generator_used / run.seconds,
         run,
     })
 }

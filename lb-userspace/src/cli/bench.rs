@@ -47,6 +47,10 @@ pub enum BenchCommand {
         /// it).
         #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(0..=100_000))]
         idle: u32,
+        /// Skip the HTTP/2 clients (h2load: 32 connections of 10 streams, 32 of 1, 200 of 10,
+        /// 1 000 of 1, against lb's and HAProxy's offload listeners).
+        #[arg(long)]
+        no_http2: bool,
         /// Another build of lb, measured beside this one (offload and bridging) in every round,
         /// with the ratios of this build over it.
         #[arg(long, value_name = "PATH")]

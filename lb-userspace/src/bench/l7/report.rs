@@ -5,7 +5,8 @@
 use std::fmt::{self, Display};
 
 use super::{
-    Handshakes, Keepalive, Options,
+    Handshakes, Http2, Keepalive, Options,
+    h2load::{H2Run, Shape},
     handshake::HandshakeRun,
     idle::{IdleRow, Server},
     wrk::WrkRun,
@@ -34,6 +35,33 @@ pub struct HandshakeSample {
     pub busy: f64,
     /// The generator's likewise.
     pub generator_busy: f64,
+}
+
+/// One h2load run.
+#[derive(Clone, Debug)]
+pub struct H2Sample {
+    pub run: H2Run,
+    /// CPU-µs the server used per request.
+    pub proxy_cpu_us: f64,
+    /// h2load's CPU time over the run's time.
+    pub generator_busy: f64,
+}
+
+/// One system's figures under one HTTP/2 load.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct H2Row {
+    pub shape: Shape,
+    pub system: Http2,
+    pub requests_per_second: Spread,
+    pub p50_ms: Spread,
+    pub p99_ms: Spread,
+    pub proxy_cpu_us: Spread,
+    /// The slowest and the fastest connection's requests per second.
+    pub connection_min: Spread,
+    pub connection_max: Spread,
+    pub generator_busy: Spread,
+    /// Over all rounds.
+    pub errors: u64,
 }
 
 /// One system's keep-alive figures.
@@ -66,7 +94,7 @@ pub struct HandshakeRow {
 /// A ratio of two systems' figures, paired by round.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Ratio {
-    pub what: &'static str,
+    pub what: String,
     pub ratio: Spread,
 }
 
@@ -140,6 +168,8 @@ pub struct Report {
     pub conditions: Conditions,
     pub keepalive: Vec<KeepaliveRow>,
     pub handshakes: Vec<HandshakeRow>,
+    /// By shape, then system (empty without the HTTP/2 measurement).
+    pub http2: Vec<H2Row>,
     pub ratios: Vec<Ratio>,
     /// Memory per idle connection (empty with `--idle 0`).
     pub idle: Vec<IdleRow>,
@@ -204,12 +234,15 @@ impl Report {
     }
 
     /// Aggregates the samples: `keepalive[i]` are `measured[i]`'s, one per round;
-    /// `handshakes[i]` are [`Handshakes::ALL`]`[i]`'s.
+    /// `handshakes[i]` are [`Handshakes::ALL`]`[i]`'s; `http2[s][i]` are
+    /// [`Http2::ALL`]`[i]`'s under `shapes[s]`.
     pub fn new(
         conditions: Conditions,
         measured: &[Keepalive],
         keepalive: &[Vec<KeepaliveSample>],
         handshakes: &[Vec<HandshakeSample>],
+        shapes: &[Shape],
+        http2: &[Vec<Vec<H2Sample>>],
         idle: Vec<IdleRow>,
     ) -> Self {
         let keepalive_rows = measured
@@ -222,11 +255,29 @@ impl Report {
             .zip(handshakes)
             .map(|(&system, samples)| handshake_row(system, samples))
             .collect();
+        let mut h2_rows = Vec::new();
+        let mut ratios = ratios(measured, keepalive, handshakes);
+        for (&shape, systems) in shapes.iter().zip(http2) {
+            for (&system, samples) in Http2::ALL.iter().zip(systems) {
+                h2_rows.push(h2_row(shape, system, samples));
+            }
+            if let [lb, ha] = systems.as_slice() {
+                ratios.push(Ratio {
+                    what: format!("lb/HAProxy HTTP/2 {shape} req/s"),
+                    ratio: paired(lb, ha, |s| s.run.requests_per_second),
+                });
+                ratios.push(Ratio {
+                    what: format!("lb/HAProxy HTTP/2 {shape} p99"),
+                    ratio: paired(lb, ha, |s| s.run.p99_ms),
+                });
+            }
+        }
         Self {
             conditions,
             keepalive: keepalive_rows,
             handshakes: handshake_rows,
-            ratios: ratios(measured, keepalive, handshakes),
+            http2: h2_rows,
+            ratios,
             idle,
         }
     }
@@ -245,6 +296,21 @@ fn keepalive_row(system: Keepalive, samples: &[KeepaliveSample]) -> KeepaliveRow
         p99_ms: spread_of(samples, |s| s.run.p99_ms),
         proxy_cpu_us: (!proxy.is_empty()).then(|| Spread::of(&proxy)),
         backend_cpu_us: spread_of(samples, |s| s.backend_cpu_us),
+        generator_busy: spread_of(samples, |s| s.generator_busy),
+        errors: samples.iter().map(|s| s.run.errors).sum(),
+    }
+}
+
+fn h2_row(shape: Shape, system: Http2, samples: &[H2Sample]) -> H2Row {
+    H2Row {
+        shape,
+        system,
+        requests_per_second: spread_of(samples, |s| s.run.requests_per_second),
+        p50_ms: spread_of(samples, |s| s.run.p50_ms),
+        p99_ms: spread_of(samples, |s| s.run.p99_ms),
+        proxy_cpu_us: spread_of(samples, |s| s.proxy_cpu_us),
+        connection_min: spread_of(samples, |s| s.run.connection_min),
+        connection_max: spread_of(samples, |s| s.run.connection_max),
         generator_busy: spread_of(samples, |s| s.generator_busy),
         errors: samples.iter().map(|s| s.run.errors).sum(),
     }
@@ -290,39 +356,39 @@ fn ratios(
     let (lbb, hab) = (k(Keepalive::LbBridging), k(Keepalive::HaproxyBridging));
     let mut ratios = vec![
         Ratio {
-            what: "lb/HAProxy offload req/s",
+            what: "lb/HAProxy offload req/s".to_owned(),
             ratio: paired(lb, ha, rps),
         },
         Ratio {
-            what: "lb/HAProxy bridging req/s",
+            what: "lb/HAProxy bridging req/s".to_owned(),
             ratio: paired(lbb, hab, rps),
         },
         Ratio {
-            what: "lb/HAProxy offload p99",
+            what: "lb/HAProxy offload p99".to_owned(),
             ratio: paired(lb, ha, p99),
         },
         Ratio {
-            what: "lb/HAProxy bridging p99",
+            what: "lb/HAProxy bridging p99".to_owned(),
             ratio: paired(lbb, hab, p99),
         },
         Ratio {
-            what: "lb/HAProxy offload CPU-µs/req",
+            what: "lb/HAProxy offload CPU-µs/req".to_owned(),
             ratio: paired(lb, ha, cpu),
         },
         Ratio {
-            what: "lb/HAProxy bridging CPU-µs/req",
+            what: "lb/HAProxy bridging CPU-µs/req".to_owned(),
             ratio: paired(lbb, hab, cpu),
         },
         Ratio {
-            what: "sticky/offload req/s (lb)",
+            what: "sticky/offload req/s (lb)".to_owned(),
             ratio: paired(k(Keepalive::LbSticky), lb, rps),
         },
         Ratio {
-            what: "access log/offload req/s (lb)",
+            what: "access log/offload req/s (lb)".to_owned(),
             ratio: paired(k(Keepalive::LbLogged), lb, rps),
         },
         Ratio {
-            what: "lb offload/direct HTTP req/s",
+            what: "lb offload/direct HTTP req/s".to_owned(),
             ratio: paired(lb, k(Keepalive::Direct), rps),
         },
     ];
@@ -330,30 +396,30 @@ fn ratios(
     if !base.is_empty() {
         ratios.extend([
             Ratio {
-                what: "lb/base build offload req/s",
+                what: "lb/base build offload req/s".to_owned(),
                 ratio: paired(lb, base, rps),
             },
             Ratio {
-                what: "lb/base build bridging req/s",
+                what: "lb/base build bridging req/s".to_owned(),
                 ratio: paired(lbb, baseb, rps),
             },
             Ratio {
-                what: "lb/base build offload CPU-µs/req",
+                what: "lb/base build offload CPU-µs/req".to_owned(),
                 ratio: paired(lb, base, cpu),
             },
             Ratio {
-                what: "lb/base build bridging CPU-µs/req",
+                what: "lb/base build bridging CPU-µs/req".to_owned(),
                 ratio: paired(lbb, baseb, cpu),
             },
         ]);
     }
     if let [lb, ha] = handshakes {
         ratios.push(Ratio {
-            what: "lb/HAProxy handshakes/s",
+            what: "lb/HAProxy handshakes/s".to_owned(),
             ratio: paired(lb, ha, |s| s.run.per_second()),
         });
         ratios.push(Ratio {
-            what: "lb/HAProxy CPU-µs/handshake",
+            what: "lb/HAProxy CPU-µs/handshake".to_owned(),
             ratio: paired(lb, ha, |s| s.cpu_us),
         });
     }
@@ -444,6 +510,46 @@ impl Display for Report {
                 row.failures,
                 row.negotiated
             )?;
+        }
+        if !self.http2.is_empty() {
+            writeln!(f)?;
+            writeln!(
+                f,
+                "HTTP/2 (h2load -t1 -cN -mM -D{}s on CPU {}: N connections of M concurrent streams, \
+                 to the offload listeners); median [min-max] of {} rounds",
+                o.duration.as_secs(),
+                c.generator_cpu,
+                o.rounds
+            )?;
+            writeln!(
+                f,
+                "  {:12} {:18} {:>26} {:>20} {:>22} {:>20} {:>32} {:>6}",
+                "N x M",
+                "system",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "proxy CPU-µs/req",
+                "a connection's req/s, min - max",
+                "errors"
+            )?;
+            for row in &self.http2 {
+                writeln!(
+                    f,
+                    "  {:12} {:18} {:>26} {:>20} {:>22} {:>20} {:>32} {:>6}",
+                    row.shape.to_string(),
+                    row.system.name(),
+                    fmt_spread(&row.requests_per_second, 0),
+                    fmt_spread(&row.p50_ms, 2),
+                    fmt_spread(&row.p99_ms, 2),
+                    fmt_spread(&row.proxy_cpu_us, 1),
+                    format!(
+                        "{:.0} - {:.0}",
+                        row.connection_min.median, row.connection_max.median
+                    ),
+                    row.errors
+                )?;
+            }
         }
         if let Some(first) = self.idle.first() {
             writeln!(f)?;
