@@ -133,14 +133,17 @@ pub const fn tag_of(hash: u64) -> u16 {
     (hash >> 48) as u16
 }
 
-/// Packs a value and its key's tag: backend id (12 bits), generation (16), the low 20 bits of
-/// the time seen, tag (16).
+/// Packs a value and its key's tag. The low 32 bits: backend id (12), generation (16), the
+/// tag's low 4 bits; the high 32: the low 20 bits of the time seen, the tag's high 12. Marking
+/// a flow seen rewrites the high half alone ([`seen_word`]), so it never puts back a backend
+/// that another CPU has just placed the same flow on.
 #[inline(always)]
 pub const fn pack(value: ConnValue, tag: u16) -> u64 {
     (value.backend_id as u64 & 0xfff)
         | (value.generation as u64) << 12
-        | ((value.seen_s & SEEN_MASK) as u64) << 28
-        | (tag as u64) << 48
+        | (tag as u64 & 0xf) << 28
+        | ((value.seen_s & SEEN_MASK) as u64) << 32
+        | (tag as u64 >> 4) << 52
 }
 
 /// The value and tag of a packed slot value.
@@ -153,16 +156,22 @@ pub const fn unpack(bits: u64) -> (ConnValue, u16) {
     let value = ConnValue {
         backend_id: (bits & 0xfff) as u16,
         generation: (bits >> 12) as u16,
-        seen_s: (bits >> 28) as u32 & SEEN_MASK,
+        seen_s: (bits >> 32) as u32 & SEEN_MASK,
     };
-    let tag = (bits >> 48) as u16;
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "4 bits and 12: the tag's 16"
+    )]
+    let tag = ((bits >> 28) & 0xf | (bits >> 52) << 4) as u16;
     (value, tag)
 }
 
-/// With the time stored in [`SEEN_BITS`]: the seconds from `seen` to `now`.
+/// With the time stored in [`SEEN_BITS`]: the seconds from `seen` to `now`. A time ahead of
+/// `now` (another CPU's clock read a moment later) is no age at all, not an age of 12 days.
 #[inline(always)]
 pub const fn age(now_s: u32, seen_s: u32) -> u32 {
-    now_s.wrapping_sub(seen_s) & SEEN_MASK
+    let age = now_s.wrapping_sub(seen_s) & SEEN_MASK;
+    if age > SEEN_MASK / 2 { 0 } else { age }
 }
 
 /// Whether the packed value `bits` is `now_s` already, to the second.
@@ -171,11 +180,16 @@ pub const fn seen_now(bits: u64, now_s: u32) -> bool {
     unpack(bits).0.seen_s == now_s & SEEN_MASK
 }
 
-/// `bits` seen at `now_s`.
+/// The high half of `bits` seen at `now_s`: what marking the flow seen stores at
+/// [`HIGH_HALF`].
 #[inline(always)]
-pub const fn with_seen(bits: u64, now_s: u32) -> u64 {
-    bits & !((SEEN_MASK as u64) << 28) | ((now_s & SEEN_MASK) as u64) << 28
+pub const fn seen_word(bits: u64, now_s: u32) -> u32 {
+    let high = (bits >> 32) as u32;
+    high & !SEEN_MASK | now_s & SEEN_MASK
 }
+
+/// Where the high half of a slot's value word sits, in 32-bit words from its start.
+pub const HIGH_HALF: usize = if cfg!(target_endian = "little") { 1 } else { 0 };
 
 /// Where an insert goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,7 +242,8 @@ pub fn find<B: Slots>(bucket: &B, key: &B::Key, tag: u16) -> Option<(usize, u64)
 }
 
 /// Where `key` goes in `bucket` at `now_s`: its own slot, else the first empty one, else the
-/// one seen longest ago (the first of equals).
+/// one seen longest ago (the first of equals: the time is kept to the second, so when every
+/// slot was seen this second the first goes, and the flows seen since keep theirs).
 #[inline(always)]
 pub fn place<B: Slots>(bucket: &B, key: &B::Key, now_s: u32) -> Place {
     let mut empty = None;
@@ -308,9 +323,25 @@ mod tests {
             0,
             "a live value is never an empty slot"
         );
-        let later = with_seen(pack(v, 0xbeef), 99);
+        let bits = pack(v, 0xbeef);
+        let high = seen_word(bits, 99);
+        let later = bits & 0xffff_ffff | u64::from(high) << 32;
         assert!(seen_now(later, 99));
         assert_eq!(unpack(later), (ConnValue { seen_s: 99, ..v }, 0xbeef));
+        // The high half carries no backend: stored over a value another CPU wrote for the
+        // same flow (same tag), it leaves that value's backend.
+        let other = pack(
+            ConnValue {
+                backend_id: 7,
+                generation: 3,
+                ..v
+            },
+            0xbeef,
+        );
+        let mixed = other & 0xffff_ffff | u64::from(high) << 32;
+        assert_eq!(unpack(mixed).0.backend_id, 7);
+        assert_eq!(unpack(mixed).0.generation, 3);
+        assert_eq!(unpack(mixed).1, 0xbeef);
     }
 
     #[test]
@@ -318,6 +349,8 @@ mod tests {
         assert_eq!(age(5, 3), 2);
         assert_eq!(age(SEEN_MASK + 3, SEEN_MASK), 3, "across the wrap");
         assert_eq!(age(1 << SEEN_BITS, 0), 0, "a whole wrap looks fresh");
+        assert_eq!(age(5, 6), 0, "a second ahead is no age");
+        assert_eq!(age(5, SEEN_MASK), 6, "across the wrap, behind");
     }
 
     #[test]
@@ -450,5 +483,6 @@ mod tests {
             Place::Evict(0),
             "equals: the first"
         );
+        assert_eq!(place(&bucket(&same), &105, 50), Place::Same(5));
     }
 }

@@ -97,9 +97,10 @@ fn a_killed_and_restarted_daemon_resets_no_connection() {
     );
     // Another process, the same configuration and states: the same tables, by digest.
     assert_eq!(table_digest(&env), digests);
-    // And the same connection-table hash (a new seed would lose every flow an idle
-    // connection's next packet does not put back before the table changes): it finds the
-    // flows its predecessor's program placed.
+    // And the same connection-table hash: a new seed would lose every flow an idle
+    // connection's next packet does not put back before the table changes. (These
+    // connections send every 100 ms, so `lb simulate` finding them checks only that this
+    // daemon and the program agree on the hash; the seed's check is what catches a new one.)
     assert_eq!(conn_seed(&env), seed, "the seed changed across the restart");
     assert_in_connection_table(&env, long_lived.locals());
     thread::sleep(Duration::from_secs(1));

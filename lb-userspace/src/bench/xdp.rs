@@ -247,6 +247,16 @@ impl Bench {
         Ok((bench, [gen_ns, sink_ns]))
     }
 
+    /// Flows the connection table has given up so far (`conn_evicted`).
+    fn evictions(&self) -> Result<u64, BenchError> {
+        use crate::datapath::Datapath as _;
+        let counters = self.reconciler.datapath().counters()?;
+        Ok(crate::datapath::counter_value(
+            &counters,
+            lb_common::counters::Counter::ConnEvicted,
+        ))
+    }
+
     fn set_static_next_hop(&mut self, on: bool) -> Result<(), BenchError> {
         self.reconciler.set_config(config(on))?;
         Ok(())
@@ -292,8 +302,9 @@ impl Drop for Drainer {
 struct CostCase<'a> {
     case: &'static str,
     frames: &'a [Vec<u8>],
-    /// Runs every frame once before the measurement (to fill the connection table).
-    prefill: bool,
+    /// Runs this many of the first frames once before the measurement, which then takes the
+    /// frames after them (to fill the connection table with flows it never sees again).
+    prefill: usize,
     action: u32,
     static_next_hop: bool,
     capture: Capture,
@@ -379,17 +390,23 @@ fn measure_costs(bench: &mut Bench, options: Options) -> Result<Vec<CostRow>, Be
     let too_big: Vec<Vec<u8>> = (0..1024)
         .map(|i| tcp_v4_with_payload(CLIENT, 10_000 + i, VIP, 443, TCP_ACK, 1441))
         .collect();
-    // New flows when the connection table is full: twice as many distinct clients as the
-    // table holds, so that each SYN is a flow the table has forgotten and evicts another.
-    let full_table_syn: Vec<Vec<u8>> = (0..2 * CONN_TABLE_SIZE)
-        .map(|i| tcp_v4(Ipv4Addr::from(FLOOD_BASE + i), 40_000, VIP, 443, TCP_SYN))
+    // New flows when the connection table is full: four times as many distinct clients as the
+    // table holds fill it (twice would leave 1% of the buckets with room: a bucket's share is
+    // Poisson), then each SYN measured is of a client never seen, which evicts another.
+    let fill = 4 * CONN_TABLE_SIZE as usize;
+    let fresh = options.rounds * options.calls;
+    let full_table_syn: Vec<Vec<u8>> = (0..fill + fresh)
+        .map(|i| {
+            let client = FLOOD_BASE + u32::try_from(i).unwrap_or(u32::MAX);
+            tcp_v4(Ipv4Addr::from(client), 40_000, VIP, 443, TCP_SYN)
+        })
         .collect();
     // Put the established flows in the connection table.
     let balancer = bench.balancer.program()?;
     time_runs(balancer, &established, 0, established.len(), None, XDP_TX)?;
     let case = |case, frames, action, static_next_hop, capture| CostCase {
         case,
-        prefill: false,
+        prefill: 0,
         frames,
         action,
         static_next_hop,
@@ -443,7 +460,7 @@ fn measure_costs(bench: &mut Bench, options: Options) -> Result<Vec<CostRow>, Be
         ),
         // Last: filling the table evicts the other cases' flows.
         CostCase {
-            prefill: true,
+            prefill: fill,
             ..case(FULL_TABLE_CASE, &full_table_syn, XDP_TX, true, Capture::Off)
         },
     ];
@@ -460,15 +477,16 @@ fn measure_costs(bench: &mut Bench, options: Options) -> Result<Vec<CostRow>, Be
         bench.set_static_next_hop(static_next_hop)?;
         let drainer = bench.set_capture(capture)?;
         let ingress = Some(bench.ingress);
-        if prefill {
-            // Every flow once: the table is full, and each flow in it is older than the
-            // whole measurement.
+        let evicted_before = if prefill > 0 {
             let program = bench.balancer.program()?;
-            time_runs(program, frames, 0, frames.len(), ingress, action)?;
-        }
+            time_runs(program, frames, 0, prefill, ingress, action)?;
+            Some(bench.evictions()?)
+        } else {
+            None
+        };
         // Each round goes on where the last stopped, so a frame comes back only after all
         // the others.
-        let mut next = 0;
+        let mut next = prefill;
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for round in 0..options.rounds {
             for first in [round % 2 == 0, round % 2 == 1] {
@@ -489,6 +507,15 @@ fn measure_costs(bench: &mut Bench, options: Options) -> Result<Vec<CostRow>, Be
                 }
             }
             next += options.calls;
+        }
+        if let Some(before) = evicted_before {
+            let (evicted, runs) = (bench.evictions()? - before, options.rounds * options.calls);
+            if evicted != runs as u64 {
+                return Err(BenchError::Unexpected(format!(
+                    "{case}: {evicted} of the {runs} SYNs measured evicted a flow: the table \
+                     was not full, and the case measured something else"
+                )));
+            }
         }
         bench.set_capture(Capture::Off)?;
         if let Some(drainer) = drainer {
