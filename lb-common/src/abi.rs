@@ -275,7 +275,8 @@ pub struct DatapathConfig {
     /// whole (generic mode), which no ICMP answer would help.
     pub ingress_mtu: u32,
     /// Seed of the connection tables' hash ([`crate::conn`]): random, chosen when the tables
-    /// are created and kept with them (a restarted daemon reads it back from this map).
+    /// are created and kept with them (in [`crate::maps::CONN_SEED`]); this is the program's
+    /// copy.
     pub conn_seed: u32,
     /// The connection tables' bucket count minus one (a power of two minus one).
     pub conn_bucket_mask: u32,

@@ -15,6 +15,10 @@ pub const BACKENDS: &str = "lb_backends_v1";
 pub const CONNS_V4: &str = "lb_conns4_v3";
 /// IPv6 connection table: bucket index -> [`crate::conn::BucketV6`].
 pub const CONNS_V6: &str = "lb_conns6_v3";
+/// The connection tables' hash seed (one `u32`): pinned with them and versioned with them
+/// (a new table layout takes a new name here too), so the tables are never adopted without
+/// the seed they were filled with. The program reads its copy in the configuration.
+pub const CONN_SEED: &str = "lb_conn_seed_v3";
 /// Per-CPU rate-limit windows ([`crate::abi::RateWindow`]): connection-table inserts and
 /// ICMP answers.
 pub const RATE_WINDOWS: &str = "lb_windows_v1";
@@ -74,6 +78,7 @@ const _: () = {
     assert!(VIPS_V6.len() <= 15);
     assert!(CONNS_V4.len() <= 15);
     assert!(CONNS_V6.len() <= 15);
+    assert!(CONN_SEED.len() <= 15);
     assert!(NEXT_HOPS.len() <= 15);
     assert!(VIP_CACHE.len() <= 15);
     assert!(RATE_WINDOWS.len() <= 15);

@@ -115,8 +115,9 @@ pub enum AttachMode {
 }
 
 /// The balancer's maps, all pinned when the daemon has a pin directory.
-pub const BALANCER_MAPS: [&str; 15] = [
+pub const BALANCER_MAPS: [&str; 16] = [
     names::HISTORY,
+    names::CONN_SEED,
     names::RATE_WINDOWS,
     names::EGRESS_VLANS,
     names::VIP_CACHE,
@@ -651,7 +652,7 @@ pub fn is_bpffs(path: &Path) -> bool {
 fn check_pinned_maps(dir: &Path, ring_entries: u32, conn_buckets: u32) -> Result<(), LoadError> {
     // Every map whose layout this build fixes: a pinned one of another shape (an older or
     // newer lb) is refused rather than half used.
-    let shapes: [(&'static str, usize, usize, Option<u32>); 15] = [
+    let shapes: [(&'static str, usize, usize, Option<u32>); 16] = [
         (
             names::VIP_CACHE,
             4,
@@ -704,6 +705,7 @@ fn check_pinned_maps(dir: &Path, ring_entries: u32, conn_buckets: u32) -> Result
             size_of::<TrafficCounters>(),
             Some(MAX_VIPS + 1),
         ),
+        (names::CONN_SEED, 4, 4, Some(1)),
         (
             names::RATE_WINDOWS,
             4,

@@ -118,10 +118,15 @@ impl AyaDatapath {
                 ),
             });
         }
-        // The seed stays with the tables: a configuration map adopted with them has it. Zero is
-        // never chosen, so zero means a configuration map that is new.
-        let conn_seed = match adopted.conn_seed {
-            0 => random_seed()?,
+        // The seed stays with the tables, in a map pinned and versioned with them: zero (never
+        // chosen) means the tables are new too.
+        let mut seed_map: Array<MapData, u32> = typed!(ebpf, names::CONN_SEED);
+        let conn_seed = match seed_map.get(&0, 0).map_err(err(names::CONN_SEED))? {
+            0 => {
+                let seed = random_seed()?;
+                seed_map.set(0, seed, 0).map_err(err(names::CONN_SEED))?;
+                seed
+            }
             seed => seed,
         };
         Ok(Self {

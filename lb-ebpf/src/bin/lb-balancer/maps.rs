@@ -53,6 +53,11 @@ pub static CONNS_V4: Array<BucketV4> = Array::with_max_entries(DEFAULT_CONNS / 8
 #[map(name = "lb_conns6_v3")]
 pub static CONNS_V6: Array<BucketV6> = Array::with_max_entries(DEFAULT_CONNS / 8, 0);
 
+/// The connection tables' hash seed. The program never reads it (it reads the configuration's
+/// copy): it is here so that the loader creates and pins it beside the tables.
+#[map(name = "lb_conn_seed_v3")]
+pub static CONN_SEED: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Deployment-wide settings: one entry.
 #[map(name = "lb_config_v3")]
 pub static CONFIG: Array<DatapathConfig> = Array::with_max_entries(1, 0);
