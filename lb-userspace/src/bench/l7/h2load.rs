@@ -61,7 +61,7 @@ pub struct H2Run {
 }
 
 /// Runs `h2load -t1 -cN -mM -D secs --log-file LOG URL` pinned to `cpu`, and reads its report
-/// and log (`log` is overwritten).
+/// and log (`log` is removed first: h2load appends to it).
 pub fn run(
     url: &str,
     shape: Shape,
@@ -69,6 +69,15 @@ pub fn run(
     cpu: usize,
     log: &Path,
 ) -> Result<H2Run, BenchError> {
+    match std::fs::remove_file(log) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(BenchError::Io {
+                what: format!("removing h2load's last log {}", log.display()),
+                source: error,
+            });
+        }
+        _ => {}
+    }
     let mut command = pinned(cpu, "h2load");
     command
         .arg("-t1")
