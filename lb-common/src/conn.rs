@@ -10,7 +10,10 @@
 //! A slot's key and value are two 64-bit words, written value first. Two CPUs that replace the
 //! same slot at once may leave one's key beside the other's value: each value carries 16 bits
 //! of its key's hash (the tag), and a lookup whose key matches but whose tag does not is a
-//! miss. A reader never takes a torn slot's backend but once in 65 536 tears.
+//! miss, so a torn slot gives its backend once in 65 536 tears. One narrower window remains: a
+//! packet of a flow that one CPU marks seen (a store of the value's high half) while another
+//! gives its slot away, read between the other's two stores, sees 4 bits of tag to check, not
+//! 16.
 //!
 //! The hash is keyed by a per-table random seed ([`crate::abi::DatapathConfig::conn_seed`]),
 //! so that a client cannot choose source ports that land in one bucket to push out the flows
@@ -166,13 +169,17 @@ pub const fn unpack(bits: u64) -> (ConnValue, u16) {
     (value, tag)
 }
 
-/// With the time stored in [`SEEN_BITS`]: the seconds from `seen` to `now`. A time ahead of
-/// `now` (another CPU's clock read a moment later) is no age at all, not an age of 12 days.
+/// With the time stored in [`SEEN_BITS`]: the seconds from `seen` to `now`. A time up to
+/// [`AHEAD`] seconds ahead of `now` (another CPU's clock read a moment later) is no age at all,
+/// not an age of 12 days.
 #[inline(always)]
 pub const fn age(now_s: u32, seen_s: u32) -> u32 {
     let age = now_s.wrapping_sub(seen_s) & SEEN_MASK;
-    if age > SEEN_MASK / 2 { 0 } else { age }
+    if age > SEEN_MASK - AHEAD { 0 } else { age }
 }
+
+/// How far ahead of a CPU's clock another CPU's may be read, in seconds.
+pub const AHEAD: u32 = 4;
 
 /// Whether the packed value `bits` is `now_s` already, to the second.
 #[inline(always)]
@@ -345,11 +352,26 @@ mod tests {
     }
 
     #[test]
+    fn the_high_half_is_where_the_seen_word_goes() {
+        let v = value(9, 40);
+        let mut word = pack(v, 0x1234);
+        let high = seen_word(word, 41);
+        // SAFETY: `word` is a live, aligned u64; its two u32 halves are in bounds.
+        unsafe {
+            (&raw mut word).cast::<u32>().add(HIGH_HALF).write(high);
+        }
+        assert_eq!(word >> 32, u64::from(high));
+        assert_eq!(unpack(word), (ConnValue { seen_s: 41, ..v }, 0x1234));
+    }
+
+    #[test]
     fn ages_wrap_with_the_stored_bits() {
         assert_eq!(age(5, 3), 2);
         assert_eq!(age(SEEN_MASK + 3, SEEN_MASK), 3, "across the wrap");
         assert_eq!(age(1 << SEEN_BITS, 0), 0, "a whole wrap looks fresh");
         assert_eq!(age(5, 6), 0, "a second ahead is no age");
+        assert_eq!(age(5, 9), 0, "nor four");
+        assert_eq!(age(0, 1 << 19), 1 << 19, "six days behind is six days");
         assert_eq!(age(5, SEEN_MASK), 6, "across the wrap, behind");
     }
 

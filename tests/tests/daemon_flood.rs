@@ -12,7 +12,7 @@
 //!   simulate` still finds every one of them in the connection table, every connection keeps
 //!   working, and still does after a backend is added, although the new table places about a
 //!   quarter of them on the new backend, which never saw them.
-//! - The control, with no limit: the flood fills every bucket many times over, and a full
+//! - The control, with no limit: the flood overfills the table almost twice, and a full
 //!   bucket gives up the flow it saw longest ago, so the idle established flows go (`lb
 //!   simulate` places them by a Maglev slot; `conn_evicted` counts). Once the backend is
 //!   added, exactly the evicted flows that the new table places elsewhere fail, as the
@@ -104,6 +104,15 @@ fn a_syn_flood_past_the_insert_limit_evicts_no_established_flow() {
         "{} SYNs placed by the table, {} inserts skipped: expected all but at most {allowed}",
         f.misses,
         f.skipped
+    );
+    // The premise: what the limit let in leaves the table a few percent full. (On a host
+    // whose flood lands on many CPUs the limit lets in more; this says so rather than let an
+    // eviction look like a failure of the limit.)
+    let remembered = f.misses - f.skipped;
+    assert!(
+        remembered <= u64::from(TABLE / 8),
+        "the limit let {remembered} flows in, over an eighth of the {TABLE}-flow table: the \
+         flood reached more CPUs than this test is sized for"
     );
     for (c, s) in f.conns.iter().zip(&f.after) {
         assert_in_table(c, s, "after the flood");

@@ -278,7 +278,7 @@ pub fn run(options: Options, base: Option<&Path>) -> Result<Report, BenchError> 
         }
         for (s, &shape) in shapes.iter().enumerate() {
             for i in alternating(Http2::ALL.len(), round) {
-                let sample = http2(&systems, Http2::ALL[i], shape, options.duration)?;
+                let sample = http2(&systems, Http2::ALL[i], shape, options)?;
                 h2_samples[s][i].push(sample);
             }
         }
@@ -381,7 +381,7 @@ fn http2(
     systems: &Systems,
     system: Http2,
     shape: Shape,
-    duration: Duration,
+    options: Options,
 ) -> Result<H2Sample, BenchError> {
     check_interrupt()?;
     let (port, pid) = match system {
@@ -390,13 +390,26 @@ fn http2(
     };
     let url = format!("https://127.0.0.1:{port}/");
     let log = systems.files.dir.path.join("h2load.log");
-    let (before, generator_before) = (cpu_seconds(pid)?, children_cpu_seconds()?);
-    let run = h2load::run(&url, shape, duration, GENERATOR_CPU, &log)?;
+    let generator_before = children_cpu_seconds()?;
+    let mut before = 0.0;
+    let run = h2load::run(
+        &url,
+        shape,
+        (options.warmup, options.duration),
+        GENERATOR_CPU,
+        &log,
+        || {
+            before = cpu_seconds(pid)?;
+            Ok(())
+        },
+    )?;
     let used = cpu_seconds(pid)? - before;
+    // h2load's whole life, warm-up included: a child's time is known once it has ended.
     let generator_used = children_cpu_seconds()? - generator_before;
+    let warmup = options.warmup.as_secs().max(1) as f64;
     Ok(H2Sample {
         proxy_cpu_us: used * 1e6 / run.requests.max(1) as f64,
-        generator_busy: generator_used / run.seconds,
+        generator_busy: generator_used / (warmup + run.seconds),
         run,
     })
 }

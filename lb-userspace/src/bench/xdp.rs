@@ -54,7 +54,8 @@ const BACKENDS: u8 = 8;
 const XDP_PASS: u32 = 2;
 /// Entries of the connection table.
 const CONN_TABLE_SIZE: u32 = 1 << 18;
-/// The first client of the full-table case (198.19.0.0, then upward through 198.26.255.255).
+/// The first client of the full-table case (198.19.0.0, then upward: four times the table and
+/// the rounds' runs, about 1.5 M addresses).
 const FLOOD_BASE: u32 = 0xc613_0000;
 const XDP_TX: u32 = 3;
 
@@ -395,11 +396,12 @@ fn measure_costs(bench: &mut Bench, options: Options) -> Result<Vec<CostRow>, Be
     // Poisson), then each SYN measured is of a client never seen, which evicts another.
     let fill = 4 * CONN_TABLE_SIZE as usize;
     let fresh = options.rounds * options.calls;
-    let full_table_syn: Vec<Vec<u8>> = (0..fill + fresh)
-        .map(|i| {
-            let client = FLOOD_BASE + u32::try_from(i).unwrap_or(u32::MAX);
-            tcp_v4(Ipv4Addr::from(client), 40_000, VIP, 443, TCP_SYN)
-        })
+    let clients = u32::try_from(fill + fresh).map_err(|_| {
+        BenchError::Unexpected(format!("{} full-table frames are too many", fill + fresh))
+    })?;
+    let full_table_syn: Vec<Vec<u8>> = (FLOOD_BASE..)
+        .take(clients as usize)
+        .map(|client| tcp_v4(Ipv4Addr::from(client), 40_000, VIP, 443, TCP_SYN))
         .collect();
     // Put the established flows in the connection table.
     let balancer = bench.balancer.program()?;

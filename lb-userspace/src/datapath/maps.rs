@@ -65,7 +65,7 @@ fn random_seed() -> Result<u32, DatapathError> {
         random
             .fill(&mut bytes)
             .map_err(|_| DatapathError::Refused {
-                map: names::CONFIG,
+                map: names::CONN_SEED,
                 reason: "the system gave no random seed for the connection tables".to_owned(),
             })?;
         let seed = u32::from_ne_bytes(bytes);
@@ -122,6 +122,13 @@ impl AyaDatapath {
         // chosen) means the tables are new too.
         let mut seed_map: Array<MapData, u32> = typed!(ebpf, names::CONN_SEED);
         let conn_seed = match seed_map.get(&0, 0).map_err(err(names::CONN_SEED))? {
+            // Tables pinned before the seed had a map of its own: the configuration has it.
+            0 if adopted.conn_seed != 0 => {
+                seed_map
+                    .set(0, adopted.conn_seed, 0)
+                    .map_err(err(names::CONN_SEED))?;
+                adopted.conn_seed
+            }
             0 => {
                 let seed = random_seed()?;
                 seed_map.set(0, seed, 0).map_err(err(names::CONN_SEED))?;
