@@ -262,9 +262,10 @@ fn lookup_conn(
     }
     // An ICMP error is not the client's traffic: it does not keep the entry alive.
     if intent == Intent::Continue && !conn::seen_now(bits, now) {
-        // SAFETY: the high half of the slot's value word (time seen and tag, no backend). A
-        // CPU that gave the slot to another flow since it was read gets this key's tag: a miss
-        // for its flow, placed afresh; one that placed this same flow again keeps its backend.
+        // SAFETY: the high half of the slot's value word (time seen and 12 bits of tag, no
+        // backend). A CPU that gave the slot to another flow since it was read gets those 12
+        // bits of this key's tag: a miss for its flow (placed afresh) but once in 4 096; one
+        // that placed this same flow again keeps its backend.
         unsafe {
             let high = value.cast::<u32>().add(conn::HIGH_HALF);
             write_volatile(high, conn::seen_word(bits, now));
