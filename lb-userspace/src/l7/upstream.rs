@@ -32,8 +32,12 @@ use crate::config::l7::BackendProtocol;
 /// The body of a request to a backend: the client's, streamed, or none (a replayed request).
 pub type UpBody = Either<super::body::Upload, Empty<Bytes>>;
 
-/// Idle HTTP/1.1 connections kept per backend.
-const MAX_IDLE: usize = 256;
+/// Idle HTTP/1.1 connections kept per backend. Enough for every request of a busy listener
+/// to find one: a connection goes idle only after it carried a request, so the pool grows to
+/// the most requests a backend had at once within [`IDLE_REUSE`], and past this cap each
+/// request over it would open a connection of its own and close it after one answer (at 256,
+/// 200 HTTP/2 clients of 10 streams each opened 2 000 connections a second).
+const MAX_IDLE: usize = 4096;
 /// An idle connection older than this is closed rather than reused: backends close idle
 /// connections on their own schedule (Apache after 5 s, nginx after 75 s), and a request sent
 /// on a connection the backend is closing fails.
@@ -45,7 +49,7 @@ pub type ProxyTag = Option<Bytes>;
 /// A backend's idle connections.
 #[derive(Default)]
 pub struct ConnPool {
-    idle: Mutex<Vec<(http1::SendRequest<UpBody>, Instant, ProxyTag)>>,
+    idle: Mutex<Vec<Idle>>,
     h2: Mutex<Option<http2::SendRequest<UpBody>>>,
 }
 
@@ -61,6 +65,7 @@ impl ConnPool {
     fn take_idle(&self, tag: &ProxyTag) -> Option<http1::SendRequest<UpBody>> {
         let mut idle = self.idle.lock().ok()?;
         let now = Instant::now();
+        drain_stale(&mut idle, now);
         if tag.is_none() {
             // The untagged are the newest unless a reload turned the header off: then the
             // tagged ones (another client's header) are skipped, never reused.
@@ -78,19 +83,14 @@ impl ConnPool {
         Some(idle.remove(at).0)
     }
 
-    /// Keeps `send` for the next request, if it can take one. The pool is ordered oldest
-    /// first: the connections idle too long are a prefix, and go.
+    /// Keeps `send` for the next request, if it can take one.
     pub fn check_in(&self, send: http1::SendRequest<UpBody>, tag: ProxyTag) {
         if !send.is_ready() {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
             let now = Instant::now();
-            let stale = idle
-                .iter()
-                .take_while(|(_, since, _)| now.saturating_duration_since(*since) >= IDLE_REUSE)
-                .count();
-            idle.drain(..stale);
+            drain_stale(&mut idle, now);
             if idle.len() < MAX_IDLE {
                 idle.push((send, now, tag));
             }
@@ -117,6 +117,19 @@ impl ConnPool {
             *h2 = Some(send.clone());
         }
     }
+}
+
+/// An idle connection: its sender, since when it is idle, and its PROXY header.
+type Idle = (http1::SendRequest<UpBody>, Instant, ProxyTag);
+
+/// Closes the connections idle for [`IDLE_REUSE`] or longer. The pool is ordered oldest
+/// first, so they are a prefix.
+fn drain_stale(idle: &mut Vec<Idle>, now: Instant) {
+    let stale = idle
+        .iter()
+        .take_while(|(_, since, _)| now.saturating_duration_since(*since) >= IDLE_REUSE)
+        .count();
+    idle.drain(..stale);
 }
 
 /// A connection to send one request on.
@@ -290,5 +303,58 @@ where
             }
         });
         Ok(Sender::H1(send))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection to nothing that can take a request: hyper's client over one end of an
+    /// in-memory pipe, driven by a task of its own; the other end is returned to keep it open.
+    async fn sender() -> (http1::SendRequest<UpBody>, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(64);
+        let (mut send, conn) = http1::handshake(TokioIo::new(ours))
+            .await
+            .expect("handshake over a pipe");
+        tokio::spawn(conn);
+        send.ready().await.expect("the connection is up");
+        (send, theirs)
+    }
+
+    #[tokio::test]
+    async fn the_pool_keeps_as_many_idle_connections_as_were_busy_at_once() {
+        // 2 000 requests at once (200 HTTP/2 clients of 10 streams) once kept 256 and opened a
+        // connection for every other request.
+        let pool = ConnPool::default();
+        let mut pipes = Vec::new();
+        let mut busy = Vec::new();
+        for _ in 0..2_000 {
+            let (send, pipe) = sender().await;
+            busy.push(send);
+            pipes.push(pipe);
+        }
+        for send in busy {
+            pool.check_in(send, None);
+        }
+        let mut reused = 0;
+        while pool.take_idle(&None).is_some() {
+            reused += 1;
+        }
+        assert_eq!(reused, 2_000);
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_only_by_requests_of_its_proxy_header() {
+        let pool = ConnPool::default();
+        let (send, _pipe) = sender().await;
+        let tag: ProxyTag = Some(Bytes::from_static(b"client a"));
+        pool.check_in(send, tag.clone());
+        assert!(pool.take_idle(&None).is_none());
+        assert!(
+            pool.take_idle(&Some(Bytes::from_static(b"client b")))
+                .is_none()
+        );
+        assert!(pool.take_idle(&tag).is_some());
     }
 }
