@@ -209,28 +209,80 @@ pub enum Place {
     Evict(usize),
 }
 
-/// One bucket's slots, whatever the family: what finding and placing need to read.
+/// One bucket's slots, whatever the family: what finding, placing and storing need.
 pub trait Slots {
     type Key: Copy;
+    /// The key's hash under `seed` ([`hash_v4`], [`hash_v6`]).
+    fn hash(key: &Self::Key, seed: u32) -> u64;
     /// Whether slot `i` holds `key`, and its packed value.
     fn read(&self, i: usize, key: &Self::Key) -> (bool, u64);
+    /// Slot `i`'s value word in the bucket at `bucket`.
+    ///
+    /// # Safety
+    ///
+    /// `bucket` points to a bucket and `i` is below [`CONN_WAYS`].
+    unsafe fn value_of(bucket: *mut Self, i: usize) -> *mut u64;
+    /// Writes `key` and `value` to slot `i` of the bucket at `bucket`: the value first, each
+    /// word in one store (see the module's note on torn slots).
+    ///
+    /// # Safety
+    ///
+    /// As [`Slots::value_of`]; other CPUs may read and write the bucket meanwhile.
+    unsafe fn store(bucket: *mut Self, i: usize, key: Self::Key, value: u64);
 }
 
 impl Slots for BucketV4 {
     type Key = u64;
     #[inline(always)]
+    fn hash(key: &u64, seed: u32) -> u64 {
+        hash_v4(*key, seed)
+    }
+    #[inline(always)]
     fn read(&self, i: usize, key: &u64) -> (bool, u64) {
         let slot = &self.slots[i];
         (slot.key == *key, slot.value)
+    }
+    #[inline(always)]
+    unsafe fn value_of(bucket: *mut Self, i: usize) -> *mut u64 {
+        // SAFETY: the caller's: a bucket, and a slot of it.
+        unsafe { &raw mut (*bucket).slots[i].value }
+    }
+    #[inline(always)]
+    unsafe fn store(bucket: *mut Self, i: usize, key: u64, value: u64) {
+        // SAFETY: the caller's; volatile, so that each word is one store, value first.
+        unsafe {
+            let slot = &raw mut (*bucket).slots[i];
+            core::ptr::write_volatile(&raw mut (*slot).value, value);
+            core::ptr::write_volatile(&raw mut (*slot).key, key);
+        }
     }
 }
 
 impl Slots for BucketV6 {
     type Key = ConnKeyV6;
     #[inline(always)]
+    fn hash(key: &ConnKeyV6, seed: u32) -> u64 {
+        hash_v6(key, seed)
+    }
+    #[inline(always)]
     fn read(&self, i: usize, key: &ConnKeyV6) -> (bool, u64) {
         let slot = &self.slots[i];
         (slot.key == *key, slot.value)
+    }
+    #[inline(always)]
+    unsafe fn value_of(bucket: *mut Self, i: usize) -> *mut u64 {
+        // SAFETY: the caller's: a bucket, and a slot of it.
+        unsafe { &raw mut (*bucket).slots[i].value }
+    }
+    #[inline(always)]
+    unsafe fn store(bucket: *mut Self, i: usize, key: ConnKeyV6, value: u64) {
+        // SAFETY: the caller's; the value in one store, then the key (its words may tear, which
+        // the tag catches as for any torn slot).
+        unsafe {
+            let slot = &raw mut (*bucket).slots[i];
+            core::ptr::write_volatile(&raw mut (*slot).value, value);
+            core::ptr::write_volatile(&raw mut (*slot).key, key);
+        }
     }
 }
 

@@ -18,14 +18,14 @@
 
 use core::ptr::write_volatile;
 
-use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
+use aya_ebpf::{helpers::generated::bpf_ktime_get_coarse_ns, maps::Array};
 use lb_common::{
     abi::{
         BACKEND_F_SERVING, Backend, ConnValue, DatapathConfig, FAMILY_V4, FlowKey, PROTO_UDP,
         RATE_WINDOW_INSERTS, RING_EMPTY, VIP_CACHE_SIZE, VipCacheEntry, VipKey, VipValue,
         coarse_seconds,
     },
-    conn::{self, CONN_WAYS, Place},
+    conn::{self, CONN_WAYS, Place, Slots},
     counters::Counter,
     hash::{flow_hash, ring_slot, vip_cache_slot},
 };
@@ -166,36 +166,9 @@ pub fn select_backend(
         seen_s: now_seconds(),
     };
     let placed = if flow.family == FAMILY_V4 {
-        let key = flow.conn_v4(vip_id).bits();
-        let hash = conn::hash_v4(key, config.conn_seed);
-        CONNS_V4
-            .get_ptr_mut(conn::bucket_of(hash, config.conn_bucket_mask))
-            .map(|bucket| {
-                // SAFETY: a bucket of the table, valid for the program's run; other CPUs may
-                // write it meanwhile, which the tags catch (see `lb_common::conn`).
-                unsafe {
-                    let place = conn::place(&*bucket, &key, conn.seen_s);
-                    let slot = &raw mut (*bucket).slots[slot_index(place)];
-                    write_volatile(&raw mut (*slot).value, conn::pack(conn, conn::tag_of(hash)));
-                    write_volatile(&raw mut (*slot).key, key);
-                    place
-                }
-            })
+        insert(&CONNS_V4, flow.conn_v4(vip_id).bits(), conn, config)
     } else {
-        let key = flow.conn_v6(vip_id);
-        let hash = conn::hash_v6(&key, config.conn_seed);
-        CONNS_V6
-            .get_ptr_mut(conn::bucket_of(hash, config.conn_bucket_mask))
-            .map(|bucket| {
-                // SAFETY: as above.
-                unsafe {
-                    let place = conn::place(&*bucket, &key, conn.seen_s);
-                    let slot = &raw mut (*bucket).slots[slot_index(place)];
-                    write_volatile(&raw mut (*slot).value, conn::pack(conn, conn::tag_of(hash)));
-                    write_volatile(&raw mut (*slot).key, key);
-                    place
-                }
-            })
+        insert(&CONNS_V6, flow.conn_v6(vip_id), conn, config)
     };
     match placed {
         None => count(Counter::ConnInsertFailed),
@@ -203,6 +176,48 @@ pub fn select_backend(
         Some(Place::Same(_) | Place::Empty(_)) => {}
     }
     Ok(selected)
+}
+
+/// Writes `conn` for `key` to its bucket of `table` (see `lb_common::conn::place`); `None` if
+/// the bucket is out of the table.
+#[inline(always)]
+fn insert<B: Slots>(
+    table: &Array<B>,
+    key: B::Key,
+    conn: ConnValue,
+    config: &DatapathConfig,
+) -> Option<Place> {
+    let hash = B::hash(&key, config.conn_seed);
+    let bucket = table.get_ptr_mut(conn::bucket_of(hash, config.conn_bucket_mask))?;
+    // SAFETY: a bucket of the table, valid for the program's run, and one of its slots; other
+    // CPUs may write it meanwhile, which the tags catch (see `lb_common::conn`).
+    unsafe {
+        let place = conn::place(&*bucket, &key, conn.seen_s);
+        B::store(
+            bucket,
+            slot_index(place),
+            key,
+            conn::pack(conn, conn::tag_of(hash)),
+        );
+        Some(place)
+    }
+}
+
+/// The value word of `key`'s slot in `table`, and the value it held.
+#[inline(always)]
+fn find<B: Slots>(
+    table: &Array<B>,
+    key: &B::Key,
+    config: &DatapathConfig,
+) -> Option<(*mut u64, u64)> {
+    let hash = B::hash(key, config.conn_seed);
+    let bucket = table.get_ptr_mut(conn::bucket_of(hash, config.conn_bucket_mask))?;
+    // SAFETY: a bucket of the table, valid for the program's run; a slot that another CPU
+    // rewrites meanwhile fails its tag (see `lb_common::conn`). The index is below CONN_WAYS.
+    unsafe {
+        let (i, bits) = conn::find(&*bucket, key, conn::tag_of(hash))?;
+        Some((B::value_of(bucket, i & (CONN_WAYS - 1)), bits))
+    }
 }
 
 #[inline(always)]
@@ -228,28 +243,9 @@ fn lookup_conn(
     intent: Intent,
 ) -> Option<Selected> {
     let (value, bits) = if flow.family == FAMILY_V4 {
-        let key = flow.conn_v4(vip_id).bits();
-        let hash = conn::hash_v4(key, config.conn_seed);
-        let bucket = CONNS_V4.get_ptr_mut(conn::bucket_of(hash, config.conn_bucket_mask))?;
-        // SAFETY: a bucket of the table, valid for the program's run; a slot that another CPU
-        // rewrites meanwhile fails its tag (see `lb_common::conn`).
-        let (i, bits) = conn::find(unsafe { &*bucket }, &key, conn::tag_of(hash))?;
-        // SAFETY: as above; the index is below CONN_WAYS.
-        (
-            unsafe { &raw mut (*bucket).slots[i & (CONN_WAYS - 1)].value },
-            bits,
-        )
+        find(&CONNS_V4, &flow.conn_v4(vip_id).bits(), config)?
     } else {
-        let key = flow.conn_v6(vip_id);
-        let hash = conn::hash_v6(&key, config.conn_seed);
-        let bucket = CONNS_V6.get_ptr_mut(conn::bucket_of(hash, config.conn_bucket_mask))?;
-        // SAFETY: as above.
-        let (i, bits) = conn::find(unsafe { &*bucket }, &key, conn::tag_of(hash))?;
-        // SAFETY: as above.
-        (
-            unsafe { &raw mut (*bucket).slots[i & (CONN_WAYS - 1)].value },
-            bits,
-        )
+        find(&CONNS_V6, &flow.conn_v6(vip_id), config)?
     };
     let (conn, _) = conn::unpack(bits);
     let now = now_seconds();
