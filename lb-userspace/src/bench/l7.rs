@@ -147,14 +147,15 @@ impl Keepalive {
     }
 }
 
-/// The systems measured with full handshakes.
+/// The offload listener of lb or of HAProxy: the systems measured with full handshakes and
+/// with HTTP/2 clients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub enum Handshakes {
+pub enum Offload {
     Lb,
     Haproxy,
 }
 
-impl Handshakes {
+impl Offload {
     pub const ALL: [Self; 2] = [Self::Lb, Self::Haproxy];
 
     pub fn name(self) -> &'static str {
@@ -163,22 +164,12 @@ impl Handshakes {
             Self::Haproxy => "HAProxy offload",
         }
     }
-}
 
-/// The systems measured with HTTP/2 clients.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-pub enum Http2 {
-    Lb,
-    Haproxy,
-}
-
-impl Http2 {
-    pub const ALL: [Self; 2] = [Self::Lb, Self::Haproxy];
-
-    pub fn name(self) -> &'static str {
+    /// The listener's port, and the process whose CPU time it costs.
+    fn target(self, systems: &Systems) -> (u16, u32) {
         match self {
-            Self::Lb => "lb offload",
-            Self::Haproxy => "HAProxy offload",
+            Self::Lb => (systems.ports.lb.offload, systems.lb.child.pid()),
+            Self::Haproxy => (systems.ports.haproxy_offload, systems.haproxy.pid()),
         }
     }
 }
@@ -242,7 +233,7 @@ pub fn run(options: Options, base: Option<&Path>) -> Result<Report, BenchError> 
         for target in &targets {
             keepalive(target, options.connections, options.warmup)?;
         }
-        for system in Handshakes::ALL {
+        for system in Offload::ALL {
             handshakes(
                 &runtime,
                 &systems,
@@ -253,10 +244,10 @@ pub fn run(options: Options, base: Option<&Path>) -> Result<Report, BenchError> 
         }
     }
     let mut keepalive_samples = vec![Vec::new(); measured.len()];
-    let mut handshake_samples = vec![Vec::new(); Handshakes::ALL.len()];
+    let mut handshake_samples = vec![Vec::new(); Offload::ALL.len()];
     let shapes: &[Shape] = if options.http2 { &SHAPES } else { &[] };
     // By shape, then system.
-    let mut h2_samples = vec![vec![Vec::new(); Http2::ALL.len()]; shapes.len()];
+    let mut h2_samples = vec![vec![Vec::new(); Offload::ALL.len()]; shapes.len()];
     for round in 0..options.rounds {
         for i in alternating(measured.len(), round) {
             let sample = keepalive(&targets[i], options.connections, options.duration)?;
@@ -265,8 +256,8 @@ pub fn run(options: Options, base: Option<&Path>) -> Result<Report, BenchError> 
                 systems.empty_access_log()?;
             }
         }
-        for i in alternating(Handshakes::ALL.len(), round) {
-            let system = Handshakes::ALL[i];
+        for i in alternating(Offload::ALL.len(), round) {
+            let system = Offload::ALL[i];
             let sample = handshakes(
                 &runtime,
                 &systems,
@@ -277,8 +268,8 @@ pub fn run(options: Options, base: Option<&Path>) -> Result<Report, BenchError> 
             handshake_samples[i].push(sample);
         }
         for (s, &shape) in shapes.iter().enumerate() {
-            for i in alternating(Http2::ALL.len(), round) {
-                let sample = http2(&systems, Http2::ALL[i], shape, options)?;
+            for i in alternating(Offload::ALL.len(), round) {
+                let sample = http2(&systems, Offload::ALL[i], shape, options)?;
                 h2_samples[s][i].push(sample);
             }
         }
@@ -379,15 +370,12 @@ fn keepalive(
 /// server used.
 fn http2(
     systems: &Systems,
-    system: Http2,
+    system: Offload,
     shape: Shape,
     options: Options,
 ) -> Result<H2Sample, BenchError> {
     check_interrupt()?;
-    let (port, pid) = match system {
-        Http2::Lb => (systems.ports.lb.offload, systems.lb.child.pid()),
-        Http2::Haproxy => (systems.ports.haproxy_offload, systems.haproxy.pid()),
-    };
+    let (port, pid) = system.target(systems);
     let url = format!("https://127.0.0.1:{port}/");
     let log = systems.files.dir.path.join("h2load.log");
     let generator_before = children_cpu_seconds()?;
@@ -418,15 +406,12 @@ fn http2(
 fn handshakes(
     runtime: &tokio::runtime::Runtime,
     systems: &Systems,
-    system: Handshakes,
+    system: Offload,
     concurrency: usize,
     duration: Duration,
 ) -> Result<HandshakeSample, BenchError> {
     check_interrupt()?;
-    let (port, pid) = match system {
-        Handshakes::Lb => (systems.ports.lb.offload, systems.lb.child.pid()),
-        Handshakes::Haproxy => (systems.ports.haproxy_offload, systems.haproxy.pid()),
-    };
+    let (port, pid) = system.target(systems);
     let address = SocketAddr::from(([127, 0, 0, 1], port));
     let (before, generator_before) = (cpu_seconds(pid)?, cpu_seconds(std::process::id())?);
     let run: HandshakeRun =

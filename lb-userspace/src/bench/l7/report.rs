@@ -5,7 +5,7 @@
 use std::fmt::{self, Display};
 
 use super::{
-    Handshakes, Http2, Keepalive, Options,
+    Keepalive, Offload, Options,
     h2load::{H2Run, Shape},
     handshake::HandshakeRun,
     idle::{IdleRow, Server},
@@ -51,7 +51,7 @@ pub struct H2Sample {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct H2Row {
     pub shape: Shape,
-    pub system: Http2,
+    pub system: Offload,
     pub requests_per_second: Spread,
     pub p50_ms: Spread,
     pub p99_ms: Spread,
@@ -81,7 +81,7 @@ pub struct KeepaliveRow {
 /// One system's handshake figures.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct HandshakeRow {
-    pub system: Handshakes,
+    pub system: Offload,
     pub per_second: Spread,
     pub cpu_us: Spread,
     pub busy: Spread,
@@ -234,8 +234,8 @@ impl Report {
     }
 
     /// Aggregates the samples: `keepalive[i]` are `measured[i]`'s, one per round;
-    /// `handshakes[i]` are [`Handshakes::ALL`]`[i]`'s; `http2[s][i]` are
-    /// [`Http2::ALL`]`[i]`'s under `shapes[s]`.
+    /// `handshakes[i]` are [`Offload::ALL`]`[i]`'s; `http2[s][i]` are
+    /// [`Offload::ALL`]`[i]`'s under `shapes[s]`.
     pub fn new(
         conditions: Conditions,
         measured: &[Keepalive],
@@ -250,7 +250,7 @@ impl Report {
             .zip(keepalive)
             .map(|(&system, samples)| keepalive_row(system, samples))
             .collect();
-        let handshake_rows = Handshakes::ALL
+        let handshake_rows = Offload::ALL
             .iter()
             .zip(handshakes)
             .map(|(&system, samples)| handshake_row(system, samples))
@@ -258,7 +258,7 @@ impl Report {
         let mut h2_rows = Vec::new();
         let mut ratios = ratios(measured, keepalive, handshakes);
         for (&shape, systems) in shapes.iter().zip(http2) {
-            for (&system, samples) in Http2::ALL.iter().zip(systems) {
+            for (&system, samples) in Offload::ALL.iter().zip(systems) {
                 h2_rows.push(h2_row(shape, system, samples));
             }
             if let [lb, ha] = systems.as_slice() {
@@ -301,7 +301,7 @@ fn keepalive_row(system: Keepalive, samples: &[KeepaliveSample]) -> KeepaliveRow
     }
 }
 
-fn h2_row(shape: Shape, system: Http2, samples: &[H2Sample]) -> H2Row {
+fn h2_row(shape: Shape, system: Offload, samples: &[H2Sample]) -> H2Row {
     H2Row {
         shape,
         system,
@@ -316,7 +316,7 @@ fn h2_row(shape: Shape, system: Http2, samples: &[H2Sample]) -> H2Row {
     }
 }
 
-fn handshake_row(system: Handshakes, samples: &[HandshakeSample]) -> HandshakeRow {
+fn handshake_row(system: Offload, samples: &[HandshakeSample]) -> HandshakeRow {
     HandshakeRow {
         system,
         per_second: spread_of(samples, |s| s.run.per_second()),
