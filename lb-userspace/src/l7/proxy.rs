@@ -210,6 +210,8 @@ pub struct Client {
     pub served: std::sync::atomic::AtomicBool,
     /// The PROXY v2 header its backend connections start with, made when first needed.
     proxy_header: std::sync::OnceLock<Bytes>,
+    /// The sticky cookie its requests last sent, opened.
+    last_cookie: sticky::LastOpened,
 }
 
 impl Client {
@@ -219,6 +221,7 @@ impl Client {
             peer: Arc::new(peer),
             served: std::sync::atomic::AtomicBool::new(false),
             proxy_header: std::sync::OnceLock::new(),
+            last_cookie: sticky::LastOpened::default(),
         }
     }
 
@@ -564,8 +567,13 @@ impl Proxy {
             .strip_cookies(request.headers_mut(), forward.sticky);
         let switch = Switch::of(&mut request);
         let now = sticky::now_unix_ms();
-        let (first, mut placement) =
-            self.place(&site, &pools, &forward, request.headers_mut(), now);
+        let (first, mut placement) = self.place(
+            &site,
+            &pools,
+            &forward,
+            (request.headers_mut(), client),
+            now,
+        );
         trace.sticky = placement.outcome();
         let Some((set, first)) = first else {
             count(&self.counters.no_backend);
@@ -935,7 +943,7 @@ impl Proxy {
         site: &Site,
         pools: &Pools,
         forward: &Forward<'_>,
-        headers: &mut HeaderMap,
+        (headers, client): (&mut HeaderMap, &Client),
         now: u64,
     ) -> (Option<Chosen>, Placement) {
         let balance = site.settings.balance;
@@ -948,7 +956,7 @@ impl Proxy {
             return (pick(None), Placement::Unpinned);
         };
         let longest = u64::try_from(sticky.duration.as_millis()).unwrap_or(u64::MAX);
-        let opened = Self::take_sticky(sealer, sticky, headers).filter(|opened| {
+        let opened = Self::take_sticky(sealer, sticky, headers, client).filter(|opened| {
             // A first-format cookie lives no longer than the listener's duration from now:
             // its format is the weaker one, and its re-issue gives it a fresh expiry.
             let too_long = opened.is_legacy && opened.ticket.expires > now.saturating_add(longest);
@@ -1064,12 +1072,14 @@ impl Proxy {
         })
     }
 
-    /// The balancer's cookie (or else its CORS twin) taken out of `headers`, opened. Both
-    /// are removed, so the backend sees neither.
+    /// The balancer's cookie (or else its CORS twin) taken out of `headers`, opened (the
+    /// value `client` sent last is not opened again). Both are removed, so the backend sees
+    /// neither.
     fn take_sticky(
         sealer: &sticky::Sealer,
         sticky: &StickySettings,
         headers: &mut HeaderMap,
+        client: &Client,
     ) -> Option<Opened> {
         let cookie = sticky::take_cookie(headers, &sticky.cookie);
         let cors = sticky
@@ -1079,7 +1089,7 @@ impl Proxy {
         [cookie, cors]
             .into_iter()
             .flatten()
-            .find_map(|value| sealer.open_cookie(&value))
+            .find_map(|value| sealer.open_cookie_again(&value, &client.last_cookie))
     }
 
     /// Another backend than `failed` for the one retry a request gets ([`Attempts`] keeps it to

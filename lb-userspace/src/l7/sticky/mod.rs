@@ -75,7 +75,7 @@ mod ticket;
 pub use cookie::{set_cookie, set_cors_cookie, take_cookie, take_cookies};
 pub use keys::{KeyRing, MAX_KEYS};
 pub use placement::{BackendId, backend_id, rendezvous};
-pub use seal::{Opened, Sealer};
+pub use seal::{LastOpened, Opened, Sealer};
 pub use ticket::{SessionId, Ticket, now_unix_ms};
 
 /// What stickiness cannot do without: keys, and randomness.

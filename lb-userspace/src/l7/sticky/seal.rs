@@ -10,7 +10,10 @@
 //! across the upgrade; [`Opened::is_legacy`] tells the proxy to re-issue them in the new
 //! format. Version 1 goes in the release after the one that stopped writing it.
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    sync::{Arc, Mutex},
+};
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use ring::{
@@ -47,6 +50,34 @@ pub struct Opened {
     pub ticket: Ticket,
     /// Sealed in the first format: the response should carry it re-sealed in the current one.
     pub is_legacy: bool,
+}
+
+/// The cookie value a client connection's requests last opened ([`Sealer::open_cookie_again`]),
+/// with the sealer that opened it (its keys and names, held so that they cannot be mistaken
+/// for a later sealer's: a reload that changes them makes a new sealer).
+#[derive(Default)]
+pub struct LastOpened(Mutex<Option<Box<Remembered>>>);
+
+impl fmt::Debug for LastOpened {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LastOpened").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+impl LastOpened {
+    fn holds(&self, value: &str) -> bool {
+        self.0
+            .lock()
+            .is_ok_and(|last| last.as_ref().is_some_and(|known| *known.value == *value))
+    }
+}
+
+struct Remembered {
+    keys: Arc<KeyRing>,
+    names: Arc<[u8]>,
+    value: Box<str>,
+    opened: Opened,
 }
 
 /// Seals and opens the tickets of one listener's cookie. Cheap to clone.
@@ -139,6 +170,33 @@ impl Sealer {
             self.open_current(sealed.try_into().ok()?)
         }?;
         Some(Opened { ticket, is_legacy })
+    }
+
+    /// As [`Sealer::open_cookie`], remembering the value in `last` (a client connection's):
+    /// a value this sealer opened last time is not opened again. A client sends the same
+    /// cookie on every request of a connection, and opening it (a key derivation and an AEAD
+    /// open) would give the same ticket; its expiry is the caller's to check, every time.
+    pub fn open_cookie_again(&self, value: &str, last: &LastOpened) -> Option<Opened> {
+        // Poisoned only by a panic while the lock was held, which leaves nothing half-written.
+        let mut last = last
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(known) = last.as_deref()
+            && Arc::ptr_eq(&known.keys, &self.keys)
+            && Arc::ptr_eq(&known.names, &self.names)
+            && *known.value == *value
+        {
+            return Some(known.opened);
+        }
+        let opened = self.open_cookie(value)?;
+        *last = Some(Box::new(Remembered {
+            keys: Arc::clone(&self.keys),
+            names: Arc::clone(&self.names),
+            value: value.into(),
+            opened,
+        }));
+        Some(opened)
     }
 
     fn open_current(&self, sealed: &[u8; SEALED_LEN]) -> Option<Ticket> {
@@ -275,6 +333,39 @@ pub(super) mod tests {
         // The names are length-prefixed: moving a byte between them changes the data.
         let split = sealer(&[KEY_A], "ab", "c").seal(&ticket()).unwrap();
         assert_eq!(sealer(&[KEY_A], "a", "bc").open(&split), None);
+    }
+
+    #[test]
+    fn a_connections_last_cookie_is_opened_once_and_only_for_its_sealer() {
+        let web = sealer(&[KEY_A], "web", "lb_sticky");
+        let value = web.seal(&ticket()).unwrap();
+        let last = LastOpened::default();
+        let opened = web.open_cookie(&value);
+        assert_eq!(web.open_cookie_again(&value, &last), opened);
+        assert!(last.holds(&value));
+        // Remembered: the same answer again, from the clone of the listener's sealer.
+        assert_eq!(web.clone().open_cookie_again(&value, &last), opened);
+        // Another sealer (a reload's new keys, another listener) opens for itself, and does
+        // not take the remembered ticket for its own.
+        for other in [
+            sealer(&[KEY_B], "web", "lb_sticky"),
+            sealer(&[KEY_A], "api", "lb_sticky"),
+            sealer(&[KEY_A], "web", "lb_sticky"),
+        ] {
+            assert_eq!(
+                other.open_cookie_again(&value, &last),
+                other.open_cookie(&value)
+            );
+        }
+        // A value that does not open changes nothing remembered; another that does, replaces it.
+        let mut tampered = value.clone().into_bytes();
+        tampered[20] ^= 1;
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert_eq!(web.open_cookie_again(&tampered, &last), None);
+        assert!(!last.holds(&tampered));
+        let newer = web.seal(&ticket()).unwrap();
+        assert_eq!(web.open_cookie_again(&newer, &last), opened);
+        assert!(last.holds(&newer) && !last.holds(&value));
     }
 
     #[test]
