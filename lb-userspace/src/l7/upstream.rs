@@ -4,7 +4,8 @@
 //!
 //! An HTTP/1.1 connection goes back to the pool only once its response has been read to the
 //! end (the proxy hands it back then); one that the backend closed while idle is noticed on
-//! checkout and dropped. Upgrade requests (WebSocket) always get a fresh HTTP/1.1 connection
+//! checkout and dropped, and one idle for longer than [`IDLE_REUSE`] is closed when the pool is
+//! next used. Upgrade requests (WebSocket) always get a fresh HTTP/1.1 connection
 //! of their own, which the tunnel then takes over.
 //!
 //! With `proxy_protocol = "v2"` every connection starts with the PROXY header of the client it
@@ -32,12 +33,16 @@ use crate::config::l7::BackendProtocol;
 /// The body of a request to a backend: the client's, streamed, or none (a replayed request).
 pub type UpBody = Either<super::body::Upload, Empty<Bytes>>;
 
-/// Idle HTTP/1.1 connections kept per backend. Enough for every request of a busy listener
-/// to find one: a connection goes idle only after it carried a request, so the pool grows to
-/// the most requests a backend had at once within [`IDLE_REUSE`], and past this cap each
-/// request over it would open a connection of its own and close it after one answer (at 256,
-/// 200 HTTP/2 clients of 10 streams each opened 2 000 connections a second).
+/// Idle HTTP/1.1 connections kept per backend. A connection goes idle only after it carried
+/// a request, so the pool grows to the most requests the backend had at once (within
+/// [`IDLE_REUSE`]); past this cap, each request over it opens a connection and closes it after
+/// one answer. At 256, 200 HTTP/2 clients of 10 streams each together opened 2 000 backend
+/// connections a second. Each idle connection is an open file until it is reused, found stale
+/// or closed by the backend.
 const MAX_IDLE: usize = 4096;
+/// How far back from the newest a request with a PROXY header looks for an idle connection
+/// of its own client.
+const TAGGED_SEARCH: usize = 256;
 /// An idle connection older than this is closed rather than reused: backends close idle
 /// connections on their own schedule (Apache after 5 s, nginx after 75 s), and a request sent
 /// on a connection the backend is closing fails.
@@ -61,26 +66,30 @@ impl std::fmt::Debug for ConnPool {
 }
 
 impl ConnPool {
-    /// The most recently used idle connection of `tag` that can still take a request.
+    /// The most recently used idle connection of `tag` that can still take a request. Closes
+    /// the connections idle too long on the way.
     fn take_idle(&self, tag: &ProxyTag) -> Option<http1::SendRequest<UpBody>> {
         let mut idle = self.idle.lock().ok()?;
-        let now = Instant::now();
-        drain_stale(&mut idle, now);
+        drain_stale(&mut idle, Instant::now());
         if tag.is_none() {
             // The untagged are the newest unless a reload turned the header off: then the
             // tagged ones (another client's header) are skipped, never reused.
-            while let Some((send, since, None)) = idle.last() {
-                let fresh = send.is_ready() && now.saturating_duration_since(*since) < IDLE_REUSE;
+            while let Some((_, _, None)) = idle.last() {
                 let (send, _, _) = idle.pop()?;
-                if fresh {
+                if send.is_ready() {
                     return Some(send);
                 }
             }
         }
-        let at = idle.iter().rposition(|(send, since, of)| {
-            of == tag && send.is_ready() && now.saturating_duration_since(*since) < IDLE_REUSE
-        })?;
-        Some(idle.remove(at).0)
+        // A client's own connections are among the newest (its last request gave one back):
+        // the search goes no further back than TAGGED_SEARCH, so a pool of many clients'
+        // connections costs a request a bounded search.
+        let from = idle.len().saturating_sub(TAGGED_SEARCH);
+        let at = idle
+            .get(from..)?
+            .iter()
+            .rposition(|(send, _, of)| of == tag && send.is_ready())?;
+        Some(idle.remove(from + at).0)
     }
 
     /// Keeps `send` for the next request, if it can take one.
@@ -342,6 +351,46 @@ mod tests {
             reused += 1;
         }
         assert_eq!(reused, 2_000);
+    }
+
+    #[tokio::test]
+    async fn the_pool_keeps_at_most_max_idle() {
+        let pool = ConnPool::default();
+        let mut pipes = Vec::new();
+        for _ in 0..=MAX_IDLE {
+            let (send, pipe) = sender().await;
+            pool.check_in(send, None);
+            pipes.push(pipe);
+        }
+        assert_eq!(pool.idle.lock().expect("the pool").len(), MAX_IDLE);
+    }
+
+    #[tokio::test]
+    async fn connections_idle_too_long_are_closed_when_the_pool_is_next_used() {
+        let pool = ConnPool::default();
+        let long_ago = Instant::now()
+            .checked_sub(IDLE_REUSE)
+            .expect("the clock is past IDLE_REUSE");
+        let mut pipes = Vec::new();
+        for _ in 0..3 {
+            let (send, pipe) = sender().await;
+            pool.idle
+                .lock()
+                .expect("the pool")
+                .push((send, long_ago, None));
+            pipes.push(pipe);
+        }
+        let (fresh, _pipe) = sender().await;
+        pool.check_in(fresh, None);
+        assert_eq!(pool.idle.lock().expect("the pool").len(), 1);
+        // Checkout closes them too, and takes the fresh one.
+        let (stale, _other) = sender().await;
+        pool.idle
+            .lock()
+            .expect("the pool")
+            .insert(0, (stale, long_ago, None));
+        assert!(pool.take_idle(&None).is_some());
+        assert!(pool.idle.lock().expect("the pool").is_empty());
     }
 
     #[tokio::test]
