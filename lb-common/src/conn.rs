@@ -220,10 +220,14 @@ pub trait Slots {
     ///
     /// # Safety
     ///
-    /// `bucket` points to a bucket and `i` is below [`CONN_WAYS`].
+    /// `bucket` is aligned and valid for reads and writes for the call, and no reference to
+    /// the bucket is live across it. (`i` below [`CONN_WAYS`] is bounds-checked; the datapath
+    /// masks it for the verifier.)
     unsafe fn value_of(bucket: *mut Self, i: usize) -> *mut u64;
-    /// Writes `key` and `value` to slot `i` of the bucket at `bucket`: the value first, each
-    /// word in one store (see the module's note on torn slots).
+    /// Writes `value`, then `key`, to slot `i` of the bucket at `bucket`, as volatile stores:
+    /// neither is left out or reordered by the compiler. Whether another CPU sees a word whole
+    /// and the two in that order is the machine's (x86 does both; elsewhere the slot may look
+    /// torn to a reader), and a torn slot fails its tag (see the module's note).
     ///
     /// # Safety
     ///
@@ -249,7 +253,7 @@ impl Slots for BucketV4 {
     }
     #[inline(always)]
     unsafe fn store(bucket: *mut Self, i: usize, key: u64, value: u64) {
-        // SAFETY: the caller's; volatile, so that each word is one store, value first.
+        // SAFETY: the caller's.
         unsafe {
             let slot = &raw mut (*bucket).slots[i];
             core::ptr::write_volatile(&raw mut (*slot).value, value);
@@ -276,8 +280,8 @@ impl Slots for BucketV6 {
     }
     #[inline(always)]
     unsafe fn store(bucket: *mut Self, i: usize, key: ConnKeyV6, value: u64) {
-        // SAFETY: the caller's; the value in one store, then the key (its words may tear, which
-        // the tag catches as for any torn slot).
+        // SAFETY: the caller's. The key is 20 bytes: a reader may see it half written, which
+        // the tag catches as for any torn slot.
         unsafe {
             let slot = &raw mut (*bucket).slots[i];
             core::ptr::write_volatile(&raw mut (*slot).value, value);
