@@ -1,8 +1,9 @@
 //! The daemon's own limit on open files (`RLIMIT_NOFILE`). Every L7 client connection holds a
 //! descriptor and, while a request is in flight, one to its backend: the usual soft limit of
 //! 1024 (or a container's few thousand) would refuse connections long before the listeners'
-//! `max_connections`. The daemon raises its own limit to what its configuration needs (the
-//! hard limit too, where it may), and says so when it cannot.
+//! `max_connections`. The daemon raises its own limit to its hard limit, if that is what its
+//! configuration needs at least (else the hard limit too, where it may), and says so when it
+//! cannot.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -48,9 +49,10 @@ fn ceiling() -> u64 {
 /// does not warn again.
 static LOW_WARNED: AtomicU64 = AtomicU64::new(0);
 
-/// Raises the soft limit (and the hard one, if it is lower and the daemon may) to `needed`
-/// descriptors. Never lowers either. Returns the soft limit in force. Warns when it cannot
-/// (once per `needed`).
+/// Raises the soft limit to the hard one if that is at least `needed` descriptors (an HTTP/2
+/// client's streams each hold a backend connection, which `needed` does not count), else both
+/// to `needed` if the daemon may. Never lowers either. Returns the soft limit in force. Warns
+/// when it cannot (once per `needed`).
 pub fn ensure(needed: u64) -> u64 {
     let (soft, hard) = match limit() {
         Ok(limit) => limit,
@@ -64,7 +66,8 @@ pub fn ensure(needed: u64) -> u64 {
     }
     let wanted = needed.min(ceiling());
     let raised = if hard >= wanted {
-        set_limit(wanted, hard).map(|()| wanted)
+        let all = hard.min(ceiling());
+        set_limit(all, hard).map(|()| all)
     } else {
         set_limit(wanted, wanted)
             .map(|()| wanted)
