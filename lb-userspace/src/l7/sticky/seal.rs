@@ -12,7 +12,7 @@
 
 use std::{
     fmt,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -64,12 +64,17 @@ impl fmt::Debug for LastOpened {
     }
 }
 
-#[cfg(test)]
 impl LastOpened {
+    /// Poisoned only by a panic while it was held, which leaves nothing half-written.
+    fn lock(&self) -> MutexGuard<'_, Option<Box<Remembered>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    #[cfg(test)]
     fn holds(&self, value: &str) -> bool {
-        self.0
-            .lock()
-            .is_ok_and(|last| last.as_ref().is_some_and(|known| *known.value == *value))
+        self.lock()
+            .as_ref()
+            .is_some_and(|known| *known.value == *value)
     }
 }
 
@@ -177,26 +182,32 @@ impl Sealer {
     /// cookie on every request of a connection, and opening it (a key derivation and an AEAD
     /// open) would give the same ticket; its expiry is the caller's to check, every time.
     pub fn open_cookie_again(&self, value: &str, last: &LastOpened) -> Option<Opened> {
-        // Poisoned only by a panic while the lock was held, which leaves nothing half-written.
-        let mut last = last
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(known) = last.as_deref()
-            && Arc::ptr_eq(&known.keys, &self.keys)
-            && Arc::ptr_eq(&known.names, &self.names)
-            && *known.value == *value
         {
-            return Some(known.opened);
+            let mut known = last.lock();
+            if let Some(remembered) = known.as_deref() {
+                if !self.opened(remembered) {
+                    // Opened by a sealer since replaced: let its keys go (a reload may have
+                    // removed one), whatever this value is.
+                    *known = None;
+                } else if *remembered.value == *value {
+                    return Some(remembered.opened);
+                }
+            }
         }
+        // Not under the lock: another stream of the connection does not wait for the open.
         let opened = self.open_cookie(value)?;
-        *last = Some(Box::new(Remembered {
+        *last.lock() = Some(Box::new(Remembered {
             keys: Arc::clone(&self.keys),
             names: Arc::clone(&self.names),
             value: value.into(),
             opened,
         }));
         Some(opened)
+    }
+
+    /// Whether this sealer is the one that opened `known`.
+    fn opened(&self, known: &Remembered) -> bool {
+        Arc::ptr_eq(&known.keys, &self.keys) && Arc::ptr_eq(&known.names, &self.names)
     }
 
     fn open_current(&self, sealed: &[u8; SEALED_LEN]) -> Option<Ticket> {
@@ -357,12 +368,20 @@ pub(super) mod tests {
                 other.open_cookie(&value)
             );
         }
+        // A sealer since replaced lets its remembered value go, even for a value it cannot open.
+        assert_eq!(web.open_cookie_again(&value, &last), opened);
+        assert_eq!(
+            sealer(&[KEY_B], "web", "lb_sticky").open_cookie_again("x", &last),
+            None
+        );
+        assert!(!last.holds(&value));
         // A value that does not open changes nothing remembered; another that does, replaces it.
+        assert_eq!(web.open_cookie_again(&value, &last), opened);
         let mut tampered = value.clone().into_bytes();
         tampered[20] ^= 1;
         let tampered = String::from_utf8(tampered).unwrap();
         assert_eq!(web.open_cookie_again(&tampered, &last), None);
-        assert!(!last.holds(&tampered));
+        assert!(last.holds(&value));
         let newer = web.seal(&ticket()).unwrap();
         assert_eq!(web.open_cookie_again(&newer, &last), opened);
         assert!(last.holds(&newer) && !last.holds(&value));
