@@ -51,8 +51,9 @@ static LOW_WARNED: AtomicU64 = AtomicU64::new(0);
 
 /// Raises the soft limit to the hard one if that is at least `needed` descriptors (an HTTP/2
 /// client's streams each hold a backend connection, which `needed` does not count), else both
-/// to `needed` if the daemon may. Never lowers either. Returns the soft limit in force. Warns
-/// when it cannot (once per `needed`).
+/// to `needed` if the daemon may. Never lowers the soft limit; lowers the hard one only to
+/// `fs.nr_open`, the most the kernel lets a process set. Returns the soft limit in force.
+/// Warns when it cannot (once per `needed`).
 pub fn ensure(needed: u64) -> u64 {
     let (soft, hard) = match limit() {
         Ok(limit) => limit,
@@ -61,17 +62,19 @@ pub fn ensure(needed: u64) -> u64 {
             return 0;
         }
     };
-    if soft >= needed {
+    let ceiling = ceiling();
+    let wanted = needed.min(ceiling);
+    // A hard limit over `fs.nr_open` (or unlimited) cannot be set again as it is.
+    let all = hard.min(ceiling);
+    if soft >= all.max(wanted) {
         return soft;
     }
-    let wanted = needed.min(ceiling());
-    let raised = if hard >= wanted {
-        let all = hard.min(ceiling());
-        set_limit(all, hard).map(|()| all)
+    let raised = if all >= wanted {
+        set_limit(all, all).map(|()| all)
     } else {
         set_limit(wanted, wanted)
             .map(|()| wanted)
-            .or_else(|_| set_limit(hard, hard).map(|()| hard))
+            .or_else(|_| set_limit(all, all).map(|()| all))
     };
     match raised {
         Ok(now) if now >= needed => {

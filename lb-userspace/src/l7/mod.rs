@@ -211,7 +211,11 @@ impl L7 {
         inherited: &mut Inherited,
         reread: Reread,
     ) -> Result<Prepared, L7Error> {
-        crate::host::files::ensure(open_files_needed(config));
+        let files = open_files_needed(config);
+        // Without L7 listeners the daemon's descriptors are few: its limit stays as it is.
+        if files > crate::host::files::BASE {
+            crate::host::files::ensure(files);
+        }
         let _runtime = self.runtime.enter();
         let running = self.running();
         let current = self.access_log();
