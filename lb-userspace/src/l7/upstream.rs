@@ -394,6 +394,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_finds_its_connection_only_among_the_newest_tagged_search() {
+        let pool = ConnPool::default();
+        let ours: ProxyTag = Some(Bytes::from_static(b"client a"));
+        let theirs: ProxyTag = Some(Bytes::from_static(b"client b"));
+        let mut pipes = Vec::new();
+        for found in [true, false] {
+            pool.clear();
+            let (send, pipe) = sender().await;
+            pool.check_in(send, ours.clone());
+            pipes.push(pipe);
+            // Ours is TAGGED_SEARCH deep with one fewer of another client's after it, one
+            // too deep otherwise.
+            let after = if found {
+                TAGGED_SEARCH - 1
+            } else {
+                TAGGED_SEARCH
+            };
+            for _ in 0..after {
+                let (send, pipe) = sender().await;
+                pool.check_in(send, theirs.clone());
+                pipes.push(pipe);
+            }
+            assert_eq!(pool.take_idle(&ours).is_some(), found);
+            // An untagged request takes none of them.
+            assert!(pool.take_idle(&None).is_none());
+        }
+    }
+
+    #[tokio::test]
     async fn a_connection_is_reused_only_by_requests_of_its_proxy_header() {
         let pool = ConnPool::default();
         let (send, _pipe) = sender().await;
