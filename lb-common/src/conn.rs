@@ -216,23 +216,44 @@ pub trait Slots {
     fn hash(key: &Self::Key, seed: u32) -> u64;
     /// Whether slot `i` holds `key`, and its packed value.
     fn read(&self, i: usize, key: &Self::Key) -> (bool, u64);
-    /// Slot `i`'s value word in the bucket at `bucket`.
+    /// Slot `i`'s key and value words in the bucket at `bucket`.
     ///
     /// # Safety
     ///
     /// `bucket` is aligned and valid for reads and writes for the call, and no reference to
     /// the bucket is live across it. (`i` below [`CONN_WAYS`] is bounds-checked; the datapath
     /// masks it for the verifier.)
-    unsafe fn value_of(bucket: *mut Self, i: usize) -> *mut u64;
-    /// Writes `value`, then `key`, to slot `i` of the bucket at `bucket`, as volatile stores:
-    /// neither is left out or reordered by the compiler. Whether another CPU sees a word whole
-    /// and the two in that order is the machine's (x86 does both; elsewhere the slot may look
-    /// torn to a reader), and a torn slot fails its tag (see the module's note).
+    unsafe fn slot(bucket: *mut Self, i: usize) -> (*mut Self::Key, *mut u64);
+
+    /// Slot `i`'s value word in the bucket at `bucket`.
     ///
     /// # Safety
     ///
-    /// As [`Slots::value_of`]; other CPUs may read and write the bucket meanwhile.
-    unsafe fn store(bucket: *mut Self, i: usize, key: Self::Key, value: u64);
+    /// As [`Slots::slot`].
+    #[inline(always)]
+    unsafe fn value_of(bucket: *mut Self, i: usize) -> *mut u64 {
+        // SAFETY: the caller's.
+        unsafe { Self::slot(bucket, i).1 }
+    }
+
+    /// Writes `value`, then `key`, to slot `i` of the bucket at `bucket`, as volatile stores:
+    /// neither is left out or reordered by the compiler. Whether another CPU sees a word whole
+    /// and the two in that order is the machine's (x86 does both for the 64-bit words; an IPv6
+    /// key is 20 bytes, written in parts; elsewhere the slot may look torn to a reader), and a
+    /// torn slot fails its tag (see the module's note).
+    ///
+    /// # Safety
+    ///
+    /// As [`Slots::slot`]; other CPUs may read and write the bucket meanwhile.
+    #[inline(always)]
+    unsafe fn store(bucket: *mut Self, i: usize, key: Self::Key, value: u64) {
+        // SAFETY: the caller's.
+        unsafe {
+            let (key_at, value_at) = Self::slot(bucket, i);
+            core::ptr::write_volatile(value_at, value);
+            core::ptr::write_volatile(key_at, key);
+        }
+    }
 }
 
 impl Slots for BucketV4 {
@@ -247,17 +268,11 @@ impl Slots for BucketV4 {
         (slot.key == *key, slot.value)
     }
     #[inline(always)]
-    unsafe fn value_of(bucket: *mut Self, i: usize) -> *mut u64 {
+    unsafe fn slot(bucket: *mut Self, i: usize) -> (*mut u64, *mut u64) {
         // SAFETY: the caller's: a bucket, and a slot of it.
-        unsafe { &raw mut (*bucket).slots[i].value }
-    }
-    #[inline(always)]
-    unsafe fn store(bucket: *mut Self, i: usize, key: u64, value: u64) {
-        // SAFETY: the caller's.
         unsafe {
             let slot = &raw mut (*bucket).slots[i];
-            core::ptr::write_volatile(&raw mut (*slot).value, value);
-            core::ptr::write_volatile(&raw mut (*slot).key, key);
+            (&raw mut (*slot).key, &raw mut (*slot).value)
         }
     }
 }
@@ -274,18 +289,11 @@ impl Slots for BucketV6 {
         (slot.key == *key, slot.value)
     }
     #[inline(always)]
-    unsafe fn value_of(bucket: *mut Self, i: usize) -> *mut u64 {
+    unsafe fn slot(bucket: *mut Self, i: usize) -> (*mut ConnKeyV6, *mut u64) {
         // SAFETY: the caller's: a bucket, and a slot of it.
-        unsafe { &raw mut (*bucket).slots[i].value }
-    }
-    #[inline(always)]
-    unsafe fn store(bucket: *mut Self, i: usize, key: ConnKeyV6, value: u64) {
-        // SAFETY: the caller's. The key is 20 bytes: a reader may see it half written, which
-        // the tag catches as for any torn slot.
         unsafe {
             let slot = &raw mut (*bucket).slots[i];
-            core::ptr::write_volatile(&raw mut (*slot).value, value);
-            core::ptr::write_volatile(&raw mut (*slot).key, key);
+            (&raw mut (*slot).key, &raw mut (*slot).value)
         }
     }
 }
