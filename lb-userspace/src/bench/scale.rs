@@ -24,7 +24,9 @@
 //!    backends (one daemon, three listeners, the lab's HTTP backend answering on every
 //!    address): `wrk -t1 -c32 --latency` on CPU 0, the daemon (one tokio worker) on CPU 1, in
 //!    rounds that alternate the order, each size's rate beside the 10-backend pool's of the
-//!    same round.
+//!    same round. HAProxy (one thread, on CPU 1 too) serves the same three pools
+//!    (`balance leastconn`, the counterpart of lb's default) in the same rounds: what a
+//!    larger pool costs a proxy on this machine, beside what it costs lb.
 
 use std::{
     fs,
@@ -56,7 +58,7 @@ use crate::{
     lab::{
         NetNs, Pki,
         daemon::{DaemonPaths, DaemonProcess, lb_binary},
-        l7::{LabDir, ListenerToml, pool_toml, write_cert},
+        l7::{LabDir, ListenerToml, pool_toml, write_issued},
         passthrough::{ENCAP_V4, ENCAP_V6},
         veth,
     },
@@ -75,6 +77,10 @@ const HEALTH_PORT: u16 = 8080;
 const HEALTH_SETTLE: Duration = Duration::from_secs(3);
 /// Pool sizes of the L7 measurement, and their listeners' ports.
 const L7_SIZES: [(usize, u16); 3] = [(10, 8410), (100, 8500), (1_000, 9400)];
+/// HAProxy's frontend of a pool listens on the port after lb's listener of it.
+const HAPROXY_PORT_AFTER: u16 = 1;
+/// How long HAProxy may take to listen.
+const HAPROXY_START: Duration = Duration::from_secs(30);
 /// The port the L7 backend serves on every backend address.
 const L7_BACKEND_PORT: u16 = 8081;
 /// Load per listener and round, and connections kept alive.
@@ -124,13 +130,21 @@ pub struct DaemonRow {
     pub filled: u32,
 }
 
-/// One L7 pool size.
+/// One L7 pool size, through lb and through HAProxy.
 #[derive(Clone, Debug)]
 pub struct L7Row {
     pub backends: usize,
+    pub lb: PoolRate,
+    pub haproxy: PoolRate,
+}
+
+/// One system's rate through one pool.
+#[derive(Clone, Debug)]
+pub struct PoolRate {
     pub requests_per_second: Spread,
     pub p99_ms: Spread,
-    /// Requests per second over the 10-backend pool's, paired by round.
+    /// Requests per second over the same system's through the 10-backend pool, paired by
+    /// round.
     pub ratio: Spread,
 }
 
@@ -381,13 +395,89 @@ fn l7_config(paths: &DaemonPaths, cert: &Path, key: &Path) -> String {
     text
 }
 
+/// HAProxy's configuration: one thread, a frontend per pool size on the port after lb's,
+/// doing what lb's listeners do (TLS offload, the same forwarding headers, least connections).
+fn haproxy_config(pem: &Path) -> String {
+    let mut text = "global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    option forwardfor
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 10s
+    timeout http-keep-alive 60s
+"
+    .to_owned();
+    for (backends, port) in L7_SIZES {
+        text += &format!(
+            "
+frontend web{backends}
+    bind 127.0.0.1:{port} ssl crt {pem} alpn h2,http/1.1
+    http-request set-header X-Forwarded-Proto https
+    http-request set-header X-Forwarded-Port %[dst_port]
+    default_backend web{backends}
+
+backend web{backends}
+    balance leastconn
+",
+            port = port + HAPROXY_PORT_AFTER,
+            pem = pem.display(),
+        );
+        for i in 0..backends {
+            text += &format!("    server b{i} {}:{L7_BACKEND_PORT}\n", backend(i));
+        }
+    }
+    text
+}
+
+/// Starts HAProxy in `ns` (on this thread's CPUs) and waits until it listens on every port.
+fn start_haproxy(ns: &NetNs, dir: &LabDir, pem: &Path) -> Result<Child, BenchError> {
+    let config = dir.write("haproxy.cfg", haproxy_config(pem).as_bytes())?;
+    let log_path = dir.path.join("haproxy.log");
+    let log = fs::File::create(&log_path).map_err(|source| BenchError::Io {
+        what: "creating HAProxy's log".to_owned(),
+        source,
+    })?;
+    // `-db`: in the foreground, one process.
+    let mut haproxy = Child::spawn(
+        "haproxy",
+        Command::new("ip")
+            .args(["netns", "exec", ns.name(), "haproxy", "-db", "-f"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log),
+    )?;
+    ns.run_here(|| {
+        L7_SIZES.iter().try_for_each(|&(_, port)| {
+            let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port + HAPROXY_PORT_AFTER));
+            haproxy.wait_for_port(address, HAPROXY_START)
+        })
+    })?
+    .map_err(|e| {
+        let log = fs::read_to_string(&log_path).unwrap_or_default();
+        BenchError::Unexpected(format!("{e}\n{log}"))
+    })?;
+    Ok(haproxy)
+}
+
 fn measure_l7(binary: &Path, options: Options) -> Result<Vec<L7Row>, BenchError> {
     let ns = NetNs::new("lbscale")?;
     ns.ip(&["link", "set", "lo", "up"])?;
     ns.ip(&["route", "add", "local", "198.19.0.0/16", "dev", "lo"])?;
     let dir = LabDir::new("lb-bench-scale")?;
     let pki = Pki::new("lb bench scale CA")?;
-    let (cert, key) = write_cert(&dir, &pki, "listener", &["lb.test", "127.0.0.1"])?;
+    let issued = pki.issue(&["lb.test", "127.0.0.1"])?;
+    let (cert, key) = write_issued(&dir, "listener", &issued)?;
+    // Chain and key in one file, as HAProxy's `crt` wants them.
+    let pem = dir.write(
+        "haproxy.pem",
+        format!("{}{}", issued.chain_pem(), issued.key_pem()).as_bytes(),
+    )?;
     // The daemon and the backend start on the servers' CPU (children inherit this thread's).
     super::pin_current_thread(SERVER_CPU).map_err(|source| BenchError::Io {
         what: format!("pinning to CPU {SERVER_CPU}"),
@@ -408,6 +498,7 @@ fn measure_l7(binary: &Path, options: Options) -> Result<Vec<L7Row>, BenchError>
     daemon.stop()?;
     daemon.set_env(&[("TOKIO_WORKER_THREADS", "1")]);
     daemon.restart()?;
+    let haproxy = start_haproxy(&ns, &dir, &pem)?;
     super::pin_current_thread(GENERATOR_CPU).map_err(|source| BenchError::Io {
         what: format!("pinning to CPU {GENERATOR_CPU}"),
         source,
@@ -442,32 +533,52 @@ fn measure_l7(binary: &Path, options: Options) -> Result<Vec<L7Row>, BenchError>
     };
     for (_, port) in L7_SIZES {
         load(port, Duration::from_secs(1))?;
+        load(port + HAPROXY_PORT_AFTER, Duration::from_secs(1))?;
     }
-    let mut runs: Vec<Vec<WrkRun>> = vec![Vec::new(); L7_SIZES.len()];
+    // Per pool size: lb's runs and HAProxy's.
+    let mut runs: Vec<[Vec<WrkRun>; 2]> = vec![[Vec::new(), Vec::new()]; L7_SIZES.len()];
     for round in 0..options.rounds {
         let mut order: Vec<usize> = (0..L7_SIZES.len()).collect();
+        let mut systems = [0, 1];
         if round % 2 == 1 {
             order.reverse();
+            systems.reverse();
         }
         for i in order {
-            runs[i].push(load(L7_SIZES[i].1, L7_LOAD)?);
+            for system in systems {
+                let port = L7_SIZES[i].1 + u16::from(system == 1) * HAPROXY_PORT_AFTER;
+                runs[i][system].push(load(port, L7_LOAD)?);
+            }
         }
     }
     daemon.stop()?;
+    drop(haproxy);
     drop(backend_process);
-    let first: Vec<f64> = runs[0].iter().map(|r| r.requests_per_second).collect();
+    let rates = |system: usize| -> Vec<PoolRate> {
+        let first: Vec<f64> = runs[0][system]
+            .iter()
+            .map(|r| r.requests_per_second)
+            .collect();
+        runs.iter()
+            .map(|runs| {
+                let runs = &runs[system];
+                let rps: Vec<f64> = runs.iter().map(|r| r.requests_per_second).collect();
+                let ratios: Vec<f64> = rps.iter().zip(&first).map(|(a, b)| a / b).collect();
+                PoolRate {
+                    requests_per_second: Spread::of(&rps),
+                    p99_ms: Spread::of(&runs.iter().map(|r| r.p99_ms).collect::<Vec<_>>()),
+                    ratio: Spread::of(&ratios),
+                }
+            })
+            .collect()
+    };
     Ok(L7_SIZES
         .iter()
-        .zip(&runs)
-        .map(|((backends, _), runs)| {
-            let rps: Vec<f64> = runs.iter().map(|r| r.requests_per_second).collect();
-            let ratios: Vec<f64> = rps.iter().zip(&first).map(|(a, b)| a / b).collect();
-            L7Row {
-                backends: *backends,
-                requests_per_second: Spread::of(&rps),
-                p99_ms: Spread::of(&runs.iter().map(|r| r.p99_ms).collect::<Vec<_>>()),
-                ratio: Spread::of(&ratios),
-            }
+        .zip(rates(0).into_iter().zip(rates(1)))
+        .map(|(&(backends, _), (lb, haproxy))| L7Row {
+            backends,
+            lb,
+            haproxy,
         })
         .collect())
 }
@@ -697,34 +808,70 @@ impl std::fmt::Display for Report {
         writeln!(
             f,
             "L7 keep-alive requests per second through an offload listener, by backends in its \
-             pool (wrk -c{L7_CONNECTIONS}; median [min-max] of rounds)"
+             pool, lb and HAProxy in the same rounds (wrk -c{L7_CONNECTIONS}; median [min-max] \
+             of rounds; \"over 10\": over the same system's 10-backend pool)"
         )?;
         writeln!(
             f,
-            "  {:10} {:>26} {:>22} {:>22}",
-            "backends", "requests/s", "p99 ms", "over 10 backends"
+            "  {:10} {:8} {:>26} {:>22} {:>22}",
+            "backends", "system", "requests/s", "p99 ms", "over 10 backends"
         )?;
         for row in &self.l7 {
-            writeln!(
-                f,
-                "  {:<10} {:>26} {:>22} {:>22}",
-                row.backends,
-                format!(
-                    "{:.0} [{:.0}-{:.0}]",
-                    row.requests_per_second.median,
-                    row.requests_per_second.min,
-                    row.requests_per_second.max
-                ),
-                format!(
-                    "{:.2} [{:.2}-{:.2}]",
-                    row.p99_ms.median, row.p99_ms.min, row.p99_ms.max
-                ),
-                format!(
-                    "{:.2} [{:.2}-{:.2}]",
-                    row.ratio.median, row.ratio.min, row.ratio.max
-                ),
-            )?;
+            for (system, rate) in [("lb", &row.lb), ("HAProxy", &row.haproxy)] {
+                writeln!(
+                    f,
+                    "  {:<10} {system:8} {:>26} {:>22} {:>22}",
+                    row.backends,
+                    format!(
+                        "{:.0} [{:.0}-{:.0}]",
+                        rate.requests_per_second.median,
+                        rate.requests_per_second.min,
+                        rate.requests_per_second.max
+                    ),
+                    format!(
+                        "{:.2} [{:.2}-{:.2}]",
+                        rate.p99_ms.median, rate.p99_ms.min, rate.p99_ms.max
+                    ),
+                    format!(
+                        "{:.2} [{:.2}-{:.2}]",
+                        rate.ratio.median, rate.ratio.min, rate.ratio.max
+                    ),
+                )?;
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn haproxy_serves_each_pool_on_the_port_after_lbs() {
+        let text = haproxy_config(Path::new("/lab/haproxy.pem"));
+        for (backends, port) in L7_SIZES {
+            let frontend = format!("frontend web{backends}\n    bind 127.0.0.1:{}", port + 1);
+            assert!(text.contains(&frontend), "{frontend}");
+            let pool = text
+                .split(&format!("\nbackend web{backends}\n"))
+                .nth(1)
+                .and_then(|rest| rest.split("\nfrontend").next())
+                .expect("the pool's backend section");
+            let servers: Vec<_> = pool.lines().filter(|l| l.contains(" server ")).collect();
+            assert_eq!(servers.len(), backends);
+            assert!(pool.contains("balance leastconn"));
+            assert_eq!(
+                servers.last().copied(),
+                Some(
+                    format!(
+                        "    server b{} {}:{L7_BACKEND_PORT}",
+                        backends - 1,
+                        backend(backends - 1)
+                    )
+                    .as_str()
+                )
+            );
+        }
     }
 }
