@@ -42,7 +42,7 @@ mod handshake;
 mod idle;
 pub(super) mod process;
 mod report;
-mod systems;
+pub(super) mod systems;
 pub(super) mod wrk;
 
 use std::{net::SocketAddr, path::Path, time::Duration};

@@ -51,6 +51,7 @@ use super::{
     BenchError, Spread,
     l7::{
         process::Child,
+        systems::{HAPROXY_FORWARDING, haproxy_head, haproxy_pem},
         wrk::{self, WrkRun},
     },
 };
@@ -77,8 +78,8 @@ const HEALTH_PORT: u16 = 8080;
 const HEALTH_SETTLE: Duration = Duration::from_secs(3);
 /// Pool sizes of the L7 measurement, and their listeners' ports.
 const L7_SIZES: [(usize, u16); 3] = [(10, 8410), (100, 8500), (1_000, 9400)];
-/// HAProxy's frontend of a pool listens on the port after lb's listener of it.
-const HAPROXY_PORT_AFTER: u16 = 1;
+/// HAProxy's `maxconn`, as `lb bench l7` sets it.
+const HAPROXY_MAXCONN: usize = 4096;
 /// How long HAProxy may take to listen.
 const HAPROXY_START: Duration = Duration::from_secs(30);
 /// The port the L7 backend serves on every backend address.
@@ -136,6 +137,49 @@ pub struct L7Row {
     pub backends: usize,
     pub lb: PoolRate,
     pub haproxy: PoolRate,
+    /// lb's requests per second over HAProxy's through this pool, paired by round.
+    pub lb_over_haproxy: Spread,
+}
+
+/// The two systems serving the L7 pools.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum System {
+    Lb,
+    Haproxy,
+}
+
+impl System {
+    /// The port of a pool whose lb listener is on `lb_port`: HAProxy's frontend of it is on
+    /// the port after.
+    fn port(self, lb_port: u16) -> u16 {
+        match self {
+            Self::Lb => lb_port,
+            Self::Haproxy => lb_port + 1,
+        }
+    }
+}
+
+/// One pool size's runs, of each system.
+#[derive(Clone, Default)]
+struct SizeRuns {
+    lb: Vec<WrkRun>,
+    haproxy: Vec<WrkRun>,
+}
+
+impl SizeRuns {
+    fn of(&self, system: System) -> &[WrkRun] {
+        match system {
+            System::Lb => &self.lb,
+            System::Haproxy => &self.haproxy,
+        }
+    }
+
+    fn of_mut(&mut self, system: System) -> &mut Vec<WrkRun> {
+        match system {
+            System::Lb => &mut self.lb,
+            System::Haproxy => &mut self.haproxy,
+        }
+    }
 }
 
 /// One system's rate through one pool.
@@ -398,34 +442,19 @@ fn l7_config(paths: &DaemonPaths, cert: &Path, key: &Path) -> String {
 /// HAProxy's configuration: one thread, a frontend per pool size on the port after lb's,
 /// doing what lb's listeners do (TLS offload, the same forwarding headers, least connections).
 fn haproxy_config(pem: &Path) -> String {
-    let mut text = "global
-    nbthread 1
-    maxconn 4096
-
-defaults
-    mode http
-    option http-keep-alive
-    option forwardfor
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-request 10s
-    timeout http-keep-alive 60s
-"
-    .to_owned();
+    let mut text = haproxy_head(HAPROXY_MAXCONN);
     for (backends, port) in L7_SIZES {
         text += &format!(
             "
 frontend web{backends}
     bind 127.0.0.1:{port} ssl crt {pem} alpn h2,http/1.1
-    http-request set-header X-Forwarded-Proto https
-    http-request set-header X-Forwarded-Port %[dst_port]
+{HAPROXY_FORWARDING}
     default_backend web{backends}
 
 backend web{backends}
     balance leastconn
 ",
-            port = port + HAPROXY_PORT_AFTER,
+            port = System::Haproxy.port(port),
             pem = pem.display(),
         );
         for i in 0..backends {
@@ -435,8 +464,28 @@ backend web{backends}
     text
 }
 
+/// HAProxy in the benchmark's namespace, and its log.
+struct Haproxy {
+    child: Child,
+    log: std::path::PathBuf,
+}
+
+impl Haproxy {
+    /// `error`, with HAProxy's log if HAProxy has exited (the log goes with the lab's
+    /// directory).
+    fn explain(&mut self, error: BenchError) -> BenchError {
+        match self.child.exited() {
+            Some(status) => {
+                let log = fs::read_to_string(&self.log).unwrap_or_default();
+                BenchError::Unexpected(format!("{error}\nHAProxy exited ({status}):\n{log}"))
+            }
+            None => error,
+        }
+    }
+}
+
 /// Starts HAProxy in `ns` (on this thread's CPUs) and waits until it listens on every port.
-fn start_haproxy(ns: &NetNs, dir: &LabDir, pem: &Path) -> Result<Child, BenchError> {
+fn start_haproxy(ns: &NetNs, dir: &LabDir, pem: &Path) -> Result<Haproxy, BenchError> {
     let config = dir.write("haproxy.cfg", haproxy_config(pem).as_bytes())?;
     let log_path = dir.path.join("haproxy.log");
     let log = fs::File::create(&log_path).map_err(|source| BenchError::Io {
@@ -454,7 +503,7 @@ fn start_haproxy(ns: &NetNs, dir: &LabDir, pem: &Path) -> Result<Child, BenchErr
     )?;
     ns.run_here(|| {
         L7_SIZES.iter().try_for_each(|&(_, port)| {
-            let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port + HAPROXY_PORT_AFTER));
+            let address = SocketAddr::from((Ipv4Addr::LOCALHOST, System::Haproxy.port(port)));
             haproxy.wait_for_port(address, HAPROXY_START)
         })
     })?
@@ -462,7 +511,10 @@ fn start_haproxy(ns: &NetNs, dir: &LabDir, pem: &Path) -> Result<Child, BenchErr
         let log = fs::read_to_string(&log_path).unwrap_or_default();
         BenchError::Unexpected(format!("{e}\n{log}"))
     })?;
-    Ok(haproxy)
+    Ok(Haproxy {
+        child: haproxy,
+        log: log_path,
+    })
 }
 
 fn measure_l7(binary: &Path, options: Options) -> Result<Vec<L7Row>, BenchError> {
@@ -474,10 +526,7 @@ fn measure_l7(binary: &Path, options: Options) -> Result<Vec<L7Row>, BenchError>
     let issued = pki.issue(&["lb.test", "127.0.0.1"])?;
     let (cert, key) = write_issued(&dir, "listener", &issued)?;
     // Chain and key in one file, as HAProxy's `crt` wants them.
-    let pem = dir.write(
-        "haproxy.pem",
-        format!("{}{}", issued.chain_pem(), issued.key_pem()).as_bytes(),
-    )?;
+    let pem = dir.write("haproxy.pem", haproxy_pem(&issued).as_bytes())?;
     // The daemon and the backend start on the servers' CPU (children inherit this thread's).
     super::pin_current_thread(SERVER_CPU).map_err(|source| BenchError::Io {
         what: format!("pinning to CPU {SERVER_CPU}"),
@@ -498,7 +547,7 @@ fn measure_l7(binary: &Path, options: Options) -> Result<Vec<L7Row>, BenchError>
     daemon.stop()?;
     daemon.set_env(&[("TOKIO_WORKER_THREADS", "1")]);
     daemon.restart()?;
-    let haproxy = start_haproxy(&ns, &dir, &pem)?;
+    let mut haproxy = start_haproxy(&ns, &dir, &pem)?;
     super::pin_current_thread(GENERATOR_CPU).map_err(|source| BenchError::Io {
         what: format!("pinning to CPU {GENERATOR_CPU}"),
         source,
@@ -531,56 +580,68 @@ fn measure_l7(binary: &Path, options: Options) -> Result<Vec<L7Row>, BenchError>
         }
         Ok(run)
     };
+    let mut load = |system: System, port: u16, duration: Duration| {
+        let run = load(system.port(port), duration);
+        match system {
+            System::Lb => run,
+            System::Haproxy => run.map_err(|e| haproxy.explain(e)),
+        }
+    };
     for (_, port) in L7_SIZES {
-        load(port, Duration::from_secs(1))?;
-        load(port + HAPROXY_PORT_AFTER, Duration::from_secs(1))?;
+        for system in [System::Lb, System::Haproxy] {
+            load(system, port, Duration::from_secs(1))?;
+        }
     }
-    // Per pool size: lb's runs and HAProxy's.
-    let mut runs: Vec<[Vec<WrkRun>; 2]> = vec![[Vec::new(), Vec::new()]; L7_SIZES.len()];
+    let mut runs = vec![SizeRuns::default(); L7_SIZES.len()];
     for round in 0..options.rounds {
-        let mut order: Vec<usize> = (0..L7_SIZES.len()).collect();
-        let mut systems = [0, 1];
+        let mut sizes: Vec<usize> = (0..L7_SIZES.len()).collect();
+        let mut systems = [System::Lb, System::Haproxy];
         if round % 2 == 1 {
-            order.reverse();
+            sizes.reverse();
             systems.reverse();
         }
-        for i in order {
+        for size in sizes {
             for system in systems {
-                let port = L7_SIZES[i].1 + u16::from(system == 1) * HAPROXY_PORT_AFTER;
-                runs[i][system].push(load(port, L7_LOAD)?);
+                let run = load(system, L7_SIZES[size].1, L7_LOAD)?;
+                runs[size].of_mut(system).push(run);
             }
         }
     }
     daemon.stop()?;
     drop(haproxy);
     drop(backend_process);
-    let rates = |system: usize| -> Vec<PoolRate> {
-        let first: Vec<f64> = runs[0][system]
-            .iter()
-            .map(|r| r.requests_per_second)
-            .collect();
+    Ok(l7_rows(&runs))
+}
+
+/// The rows of the L7 step from its runs (per pool size, as in [`L7_SIZES`]): each system's
+/// rate, beside its own through the first (smallest) pool, and lb's beside HAProxy's, paired
+/// by round.
+fn l7_rows(runs: &[SizeRuns]) -> Vec<L7Row> {
+    let rates = |runs: &[WrkRun]| {
         runs.iter()
-            .map(|runs| {
-                let runs = &runs[system];
-                let rps: Vec<f64> = runs.iter().map(|r| r.requests_per_second).collect();
-                let ratios: Vec<f64> = rps.iter().zip(&first).map(|(a, b)| a / b).collect();
-                PoolRate {
-                    requests_per_second: Spread::of(&rps),
-                    p99_ms: Spread::of(&runs.iter().map(|r| r.p99_ms).collect::<Vec<_>>()),
-                    ratio: Spread::of(&ratios),
-                }
-            })
-            .collect()
+            .map(|r| r.requests_per_second)
+            .collect::<Vec<_>>()
     };
-    Ok(L7_SIZES
+    let over = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a / b).collect::<Vec<_>>();
+    let pool_rate = |size: &SizeRuns, system: System| {
+        let smallest = rates(runs[0].of(system));
+        let system_runs = size.of(system);
+        PoolRate {
+            requests_per_second: Spread::of(&rates(system_runs)),
+            p99_ms: Spread::of(&system_runs.iter().map(|r| r.p99_ms).collect::<Vec<_>>()),
+            ratio: Spread::of(&over(&rates(system_runs), &smallest)),
+        }
+    };
+    L7_SIZES
         .iter()
-        .zip(rates(0).into_iter().zip(rates(1)))
-        .map(|(&(backends, _), (lb, haproxy))| L7Row {
+        .zip(runs)
+        .map(|(&(backends, _), size)| L7Row {
             backends,
-            lb,
-            haproxy,
+            lb: pool_rate(size, System::Lb),
+            haproxy: pool_rate(size, System::Haproxy),
+            lb_over_haproxy: Spread::of(&over(&rates(&size.lb), &rates(&size.haproxy))),
         })
-        .collect())
+        .collect()
 }
 
 /// CPU microseconds per blocking connect and close to each of `backends` in turn, on this
@@ -809,18 +870,25 @@ impl std::fmt::Display for Report {
             f,
             "L7 keep-alive requests per second through an offload listener, by backends in its \
              pool, lb and HAProxy in the same rounds (wrk -c{L7_CONNECTIONS}; median [min-max] \
-             of rounds; \"over 10\": over the same system's 10-backend pool)"
+             of rounds; \"over 10\": over the same system's 10-backend pool; \"lb / HAProxy\": \
+             through the same pool, paired by round)"
         )?;
         writeln!(
             f,
-            "  {:10} {:8} {:>26} {:>22} {:>22}",
-            "backends", "system", "requests/s", "p99 ms", "over 10 backends"
+            "  {:10} {:8} {:>26} {:>22} {:>22} {:>22}",
+            "backends", "system", "requests/s", "p99 ms", "over 10 backends", "lb / HAProxy"
         )?;
         for row in &self.l7 {
-            for (system, rate) in [("lb", &row.lb), ("HAProxy", &row.haproxy)] {
+            let paired = &row.lb_over_haproxy;
+            let lb_over_haproxy =
+                format!("{:.2} [{:.2}-{:.2}]", paired.median, paired.min, paired.max);
+            for (system, rate, beside) in [
+                ("lb", &row.lb, lb_over_haproxy.as_str()),
+                ("HAProxy", &row.haproxy, ""),
+            ] {
                 writeln!(
                     f,
-                    "  {:<10} {system:8} {:>26} {:>22} {:>22}",
+                    "  {:<10} {system:8} {:>26} {:>22} {:>22} {beside:>22}",
                     row.backends,
                     format!(
                         "{:.0} [{:.0}-{:.0}]",
@@ -847,11 +915,59 @@ impl std::fmt::Display for Report {
 mod tests {
     use super::*;
 
+    fn run(requests_per_second: f64) -> WrkRun {
+        WrkRun {
+            requests: 0,
+            seconds: 1.0,
+            requests_per_second,
+            p50_ms: 1.0,
+            p99_ms: 2.0,
+            errors: 0,
+        }
+    }
+
+    #[test]
+    fn every_pool_of_each_system_has_a_port_of_its_own() {
+        let mut ports: Vec<u16> = L7_SIZES
+            .iter()
+            .flat_map(|&(_, port)| [System::Lb.port(port), System::Haproxy.port(port)])
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), 2 * L7_SIZES.len());
+    }
+
+    #[test]
+    fn each_system_is_paired_with_itself_by_round_and_lb_with_haproxy() {
+        // Two rounds: lb 100 and 80 a second through the smallest pool, HAProxy 200 and 100;
+        // through the next, lb 50 and 60, HAProxy 100 and 150.
+        let size = |lb: [f64; 2], haproxy: [f64; 2]| SizeRuns {
+            lb: lb.map(run).to_vec(),
+            haproxy: haproxy.map(run).to_vec(),
+        };
+        let runs = [
+            size([100.0, 80.0], [200.0, 100.0]),
+            size([50.0, 60.0], [100.0, 150.0]),
+            size([100.0, 80.0], [200.0, 100.0]),
+        ];
+        let rows = l7_rows(&runs);
+        let spread = |s: &Spread| (s.min, s.max);
+        assert_eq!(spread(&rows[1].lb.ratio), (0.5, 0.75));
+        assert_eq!(spread(&rows[1].haproxy.ratio), (0.5, 1.5));
+        assert_eq!(spread(&rows[0].lb_over_haproxy), (0.5, 0.8));
+        assert_eq!(spread(&rows[1].lb_over_haproxy), (0.4, 0.5));
+        assert_eq!(rows[2].backends, L7_SIZES[2].0);
+    }
+
     #[test]
     fn haproxy_serves_each_pool_on_the_port_after_lbs() {
         let text = haproxy_config(Path::new("/lab/haproxy.pem"));
         for (backends, port) in L7_SIZES {
-            let frontend = format!("frontend web{backends}\n    bind 127.0.0.1:{}", port + 1);
+            let frontend = format!(
+                "frontend web{backends}\n    bind 127.0.0.1:{} ssl crt /lab/haproxy.pem alpn \
+                 h2,http/1.1\n{HAPROXY_FORWARDING}\n    default_backend web{backends}\n",
+                System::Haproxy.port(port)
+            );
             assert!(text.contains(&frontend), "{frontend}");
             let pool = text
                 .split(&format!("\nbackend web{backends}\n"))

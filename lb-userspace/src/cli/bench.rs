@@ -59,11 +59,13 @@ pub enum BenchCommand {
         #[arg(long, value_name = "DIR")]
         svg: Option<PathBuf>,
     },
-    /// Costs as the work grows: the Maglev build for 10 to 10 000 backends, and a daemon with
-    /// 64 listeners and 100, then 1 000 health-checked backends: health-check CPU, `lb backend
-    /// add` to the new table live, memory with 1 M connection-table entries (needs root).
+    /// Costs as the work grows: the Maglev build for 10 to 10 000 backends; a daemon with 64
+    /// listeners and 100, then 1 000 health-checked backends: health-check CPU, `lb backend
+    /// add` to the new table live, memory with 1 M connection-table entries; L7 requests per
+    /// second through pools of 10, 100 and 1 000 backends, lb beside HAProxy (needs root,
+    /// wrk and HAProxy).
     Scale {
-        /// Maglev builds per size, and backend adds per daemon.
+        /// Maglev builds per size, backend adds per daemon, and rounds of the L7 step.
         #[arg(long, default_value_t = 5, value_parser = rounds)]
         rounds: usize,
         /// How long each daemon's health-check CPU time is counted ("10s"; at least 1 s).

@@ -33,7 +33,7 @@ use super::process::{Child, check_interrupt, free_port, pinned};
 use crate::{
     bench::BenchError,
     lab::{
-        Pki,
+        Issued, Pki,
         l7::{LabDir, ListenerToml, pool_toml, quoted_path, write_cert, write_sticky_keys},
     },
 };
@@ -72,10 +72,7 @@ impl Files {
         let issued = pki.issue(&[SERVER_NAME, "127.0.0.1"])?;
         let cert = dir.write("listener.pem", issued.chain_pem().as_bytes())?;
         let key = dir.write("listener.key", issued.key_pem().as_bytes())?;
-        let haproxy_pem = dir.write(
-            "haproxy.pem",
-            format!("{}{}", issued.chain_pem(), issued.key_pem()).as_bytes(),
-        )?;
+        let haproxy_pem = dir.write("haproxy.pem", haproxy_pem(&issued).as_bytes())?;
         let (backend_cert, backend_key) = write_cert(&dir, &pki, "backend", &[BACKEND_NAME])?;
         let ca = dir.write("ca.pem", pki.ca_pem().as_bytes())?;
         let mut sticky = [0_u8; 32];
@@ -430,17 +427,9 @@ fn start_daemon(
     Ok(daemon)
 }
 
-/// HAProxy's configuration: one thread, TLS offload and bridging as lb does them.
-fn haproxy_config(
-    files: &Files,
-    ports: &Ports,
-    (plain, tls): (SocketAddr, SocketAddr),
-    maxconn: usize,
-) -> String {
-    let pem = files.haproxy_pem.display();
-    let ca = files.ca.display();
-    let forwarding = "    http-request set-header X-Forwarded-Proto https\n    \
-                      http-request set-header X-Forwarded-Port %[dst_port]";
+/// The `global` and `defaults` sections of every benchmark's HAProxy: one thread, up to
+/// `maxconn` connections, keep-alive both ways, `X-Forwarded-For` as lb adds it.
+pub fn haproxy_head(maxconn: usize) -> String {
     format!(
         "global
     nbthread 1
@@ -455,7 +444,33 @@ defaults
     timeout server 60s
     timeout http-request 10s
     timeout http-keep-alive 60s
+"
+    )
+}
 
+/// The forwarding headers lb's listeners add besides `X-Forwarded-For`, as a HAProxy
+/// frontend's directives.
+pub const HAPROXY_FORWARDING: &str = "    http-request set-header X-Forwarded-Proto https
+    http-request set-header X-Forwarded-Port %[dst_port]";
+
+/// A certificate's chain and key in one file, as HAProxy's `crt` wants them.
+pub fn haproxy_pem(issued: &Issued) -> String {
+    format!("{}{}", issued.chain_pem(), issued.key_pem())
+}
+
+/// HAProxy's configuration: one thread, TLS offload and bridging as lb does them.
+fn haproxy_config(
+    files: &Files,
+    ports: &Ports,
+    (plain, tls): (SocketAddr, SocketAddr),
+    maxconn: usize,
+) -> String {
+    let pem = files.haproxy_pem.display();
+    let ca = files.ca.display();
+    let forwarding = HAPROXY_FORWARDING;
+    let head = haproxy_head(maxconn);
+    format!(
+        "{head}
 frontend offload
     bind 127.0.0.1:{offload} ssl crt {pem} alpn h2,http/1.1
 {forwarding}
