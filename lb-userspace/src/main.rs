@@ -77,11 +77,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { take_over } => {
             let (path, config) = config_of(&cli, "run")?;
-            // One worker per CPU: the L7 listeners run on it.
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?
+            // The L7 listeners run on it: a worker per CPU, or one thread (`daemon::scheduler`).
+            let scheduler = lb::daemon::scheduler::Scheduler::of_this_process()?;
+            tracing::info!(runtime = %scheduler, "the async runtime");
+            scheduler
+                .start()?
                 .block_on(lb::daemon::run(config, path, take_over))?;
         }
         Command::Check => {

@@ -35,6 +35,7 @@ use std::{
 use lb::{
     control::Body,
     lab::{
+        daemon::lb_binary,
         passthrough::{CLIENT_V4, VIP_NAME, backend_v4},
         side_by_side::{
             BACKEND_PORTS, BRIDGING_LISTENER, BRIDGING_PORT, OFFLOAD_LISTENER, OFFLOAD_POOL,
@@ -726,4 +727,74 @@ fn a_configuration_of_l7_listeners_only_loads_and_pins_nothing() {
     assert!(refused.stderr.contains("packet path"), "{}", refused.stderr);
     std::fs::write(&path, text).unwrap();
     assert!(!l7.env.daemon.pin_dir().exists());
+}
+
+/// One request over HTTP/1.1 and one over HTTP/2 to the offload listener: their statuses.
+fn get_both(l7: &L7Env, name: &'static str) -> [u16; 2] {
+    [false, true].map(|h2| {
+        in_client(&l7.lab().client, name, {
+            let roots = l7.roots();
+            move || async move {
+                let mut conn = connect(&roots, OFFLOAD_PORT, VIP_NAME, h2).await.unwrap();
+                fetch(&mut conn, VIP_NAME, "/headers", None).await.unwrap()
+            }
+        })
+        .status
+    })
+}
+
+#[test]
+fn one_worker_thread_runs_the_current_thread_scheduler_through_reload_and_take_over() {
+    let mut l7 = L7Env::start("lbl7one", 2, l7_only);
+    // Started as the lab starts it: a worker per CPU.
+    let cpus = thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let log = l7.env.daemon.log();
+    let first = if cpus == 1 {
+        "current-thread scheduler".to_owned()
+    } else {
+        format!("{cpus} worker threads")
+    };
+    assert!(log.contains(&first), "{log}");
+    l7.env.daemon.stop().unwrap();
+    l7.env.daemon.set_env(&[("TOKIO_WORKER_THREADS", "1")]);
+    l7.env.daemon.restart().unwrap();
+    let log = l7.env.daemon.log();
+    assert!(
+        log.contains("one thread (current-thread scheduler)"),
+        "{log}"
+    );
+    assert_eq!(get_both(&l7, "one-first"), [200, 200]);
+    l7.env.cli_ok(&["reload"]);
+    assert_eq!(get_both(&l7, "one-reloaded"), [200, 200]);
+    let mut old = l7
+        .env
+        .daemon
+        .take_over(&lb_binary().unwrap())
+        .unwrap_or_else(|e| panic!("take-over: {e}\n{}", l7.env.daemon.log()));
+    assert!(
+        old.exited_within(Duration::from_secs(20)).is_some(),
+        "the old daemon did not exit"
+    );
+    assert_eq!(get_both(&l7, "one-taken-over"), [200, 200]);
+    let log = l7.env.daemon.log();
+    let expected = if cpus == 1 { 3 } else { 2 };
+    assert_eq!(
+        log.matches("current-thread scheduler").count(),
+        expected,
+        "{log}"
+    );
+}
+
+#[test]
+fn a_worker_count_that_is_not_a_number_is_refused_by_name() {
+    let mut l7 = L7Env::start("lbl7bad", 1, l7_only);
+    l7.env.daemon.stop().unwrap();
+    l7.env.daemon.set_env(&[("TOKIO_WORKER_THREADS", "two")]);
+    assert!(l7.env.daemon.restart().is_err());
+    let log = l7.env.daemon.log();
+    assert!(
+        log.contains("TOKIO_WORKER_THREADS=\"two\" is not a number of threads"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
 }

@@ -21,6 +21,7 @@ pub mod host;
 pub mod privileges;
 pub mod probes;
 pub mod runtime;
+pub mod scheduler;
 
 use std::{
     path::{Path, PathBuf},
