@@ -34,6 +34,7 @@ use std::{
 
 use lb::{
     control::Body,
+    daemon::scheduler::Scheduler,
     lab::{
         daemon::lb_binary,
         passthrough::{CLIENT_V4, VIP_NAME, backend_v4},
@@ -746,15 +747,10 @@ fn get_both(l7: &L7Env, name: &'static str) -> [u16; 2] {
 #[test]
 fn one_worker_thread_runs_the_current_thread_scheduler_through_reload_and_take_over() {
     let mut l7 = L7Env::start("lbl7one", 2, l7_only);
-    // Started as the lab starts it: a worker per CPU.
-    let cpus = thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    // Started as the lab starts it, in this process's environment and on its CPUs.
+    let first = Scheduler::of_this_process().unwrap();
     let log = l7.env.daemon.log();
-    let first = if cpus == 1 {
-        "current-thread scheduler".to_owned()
-    } else {
-        format!("{cpus} worker threads")
-    };
-    assert!(log.contains(&first), "{log}");
+    assert!(log.contains(&first.to_string()), "{first}: {log}");
     l7.env.daemon.stop().unwrap();
     l7.env.daemon.set_env(&[("TOKIO_WORKER_THREADS", "1")]);
     l7.env.daemon.restart().unwrap();
@@ -771,18 +767,21 @@ fn one_worker_thread_runs_the_current_thread_scheduler_through_reload_and_take_o
         .daemon
         .take_over(&lb_binary().unwrap())
         .unwrap_or_else(|e| panic!("take-over: {e}\n{}", l7.env.daemon.log()));
+    let exited = old.exited_within(Duration::from_secs(20));
     assert!(
-        old.exited_within(Duration::from_secs(20)).is_some(),
-        "the old daemon did not exit"
+        exited.is_some_and(|status| status.success()),
+        "the old daemon did not exit cleanly: {exited:?}\n{}",
+        l7.env.daemon.log()
     );
     assert_eq!(get_both(&l7, "one-taken-over"), [200, 200]);
     let log = l7.env.daemon.log();
-    let expected = if cpus == 1 { 3 } else { 2 };
+    let expected = 2 + usize::from(first == Scheduler::CurrentThread);
     assert_eq!(
         log.matches("current-thread scheduler").count(),
         expected,
         "{log}"
     );
+    assert!(!log.contains("panicked"), "{log}");
 }
 
 #[test]
