@@ -471,14 +471,16 @@ struct Haproxy {
 }
 
 impl Haproxy {
-    /// `error`, with HAProxy's log if HAProxy has exited (the log goes with the lab's
-    /// directory).
+    /// `error`, with HAProxy's log (which goes with the lab's directory).
+    fn with_log(&self, error: &dyn std::fmt::Display) -> BenchError {
+        let log = fs::read_to_string(&self.log).unwrap_or_default();
+        BenchError::Unexpected(format!("{error}\nHAProxy's log:\n{log}"))
+    }
+
+    /// `error`, with HAProxy's log if HAProxy has exited.
     fn explain(&mut self, error: BenchError) -> BenchError {
         match self.child.exited() {
-            Some(status) => {
-                let log = fs::read_to_string(&self.log).unwrap_or_default();
-                BenchError::Unexpected(format!("{error}\nHAProxy exited ({status}):\n{log}"))
-            }
+            Some(status) => self.with_log(&format!("{error}\nHAProxy exited ({status})")),
             None => error,
         }
     }
@@ -493,28 +495,25 @@ fn start_haproxy(ns: &NetNs, dir: &LabDir, pem: &Path) -> Result<Haproxy, BenchE
         source,
     })?;
     // `-db`: in the foreground, one process.
-    let mut haproxy = Child::spawn(
-        "haproxy",
-        Command::new("ip")
-            .args(["netns", "exec", ns.name(), "haproxy", "-db", "-f"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log),
-    )?;
-    ns.run_here(|| {
+    let mut haproxy = Haproxy {
+        child: Child::spawn(
+            "haproxy",
+            Command::new("ip")
+                .args(["netns", "exec", ns.name(), "haproxy", "-db", "-f"])
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(log),
+        )?,
+        log: log_path,
+    };
+    let listening = ns.run_here(|| {
         L7_SIZES.iter().try_for_each(|&(_, port)| {
             let address = SocketAddr::from((Ipv4Addr::LOCALHOST, System::Haproxy.port(port)));
-            haproxy.wait_for_port(address, HAPROXY_START)
+            haproxy.child.wait_for_port(address, HAPROXY_START)
         })
-    })?
-    .map_err(|e| {
-        let log = fs::read_to_string(&log_path).unwrap_or_default();
-        BenchError::Unexpected(format!("{e}\n{log}"))
     })?;
-    Ok(Haproxy {
-        child: haproxy,
-        log: log_path,
-    })
+    listening.map_err(|e| haproxy.with_log(&e))?;
+    Ok(haproxy)
 }
 
 fn measure_l7(binary: &Path, options: Options) -> Result<Vec<L7Row>, BenchError> {
