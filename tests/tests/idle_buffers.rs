@@ -1,10 +1,11 @@
-//! What an HTTP/1.1 connection holds in hyper while it waits between requests, counted by this
-//! binary's allocator: the vendored hyper (`vendor/README.md`) gives its read buffer back when a
-//! read finds nothing and sizes its head buffer to the heads it writes, where upstream keeps
-//! 8 kB of each for the connection's life. Both of the daemon's ends are hyper's HTTP/1.1: a
+//! What a connection holds in hyper and h2 while it waits between requests, counted by this
+//! binary's allocator. The vendored copies (`vendor/README.md`) give their buffers back when a
+//! read finds nothing, where upstream keeps them for the connection's life: hyper's HTTP/1 read
+//! buffer and head buffer (8 kB each; the head buffer is now sized to the heads written), h2's
+//! read (8 kB) and write (16 kB) buffers. The daemon's HTTP/1.1 ends are both hyper's: a
 //! client's keep-alive connection (hyper's server side) and a pooled backend connection (its
-//! client side). Each test serves a request, lets the connection wait, counts what it holds,
-//! then serves a second request on it.
+//! client side); an HTTP/2 client's connection is h2's, under hyper's server. Each test serves a
+//! request, lets the connection wait, counts what it holds, then serves a second request on it.
 
 #![allow(
     clippy::unwrap_used,
@@ -19,7 +20,7 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 
 /// More than this held by a waiting client connection means one of hyper's 8 kB buffers is
@@ -30,6 +31,10 @@ const SERVER_CEILING: isize = 8 * 1024;
 /// handshake (tokio's unbounded channel allocates room for 32 requests, 8.3 kB here), so that
 /// one kept buffer takes it over 16 kB (9.5 kB without them).
 const BACKEND_CEILING: isize = 16 * 1024;
+
+/// The same for an HTTP/2 client connection: its connection state (streams, HPACK tables) is
+/// larger, and one of h2's buffers (16 kB write, 8 kB read) takes it over this.
+const HTTP2_SERVER_CEILING: isize = 16 * 1024;
 
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nhost: example\r\n\r\n";
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
@@ -176,4 +181,75 @@ async fn a_waiting_backend_connection_keeps_neither_of_hypers_buffers() {
     }
     drop(sender);
     connection.await.unwrap().unwrap();
+}
+
+#[test]
+fn a_waiting_http2_client_connection_keeps_no_buffer_of_its_own() {
+    // The client on a thread of its own, so that this thread counts the server's side alone.
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let (answered, mut was_answered) = tokio::sync::mpsc::channel(1);
+    let (measured, was_measured) = tokio::sync::mpsc::channel(1);
+    let client = std::thread::spawn(move || http2_client(client_io, &answered, was_measured));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let before = live();
+        let connection = tokio::spawn(
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(
+                TokioIo::new(server_io),
+                hyper::service::service_fn(|_request: Request<hyper::body::Incoming>| async {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"hello"))))
+                }),
+            ),
+        );
+        for round in 0..2 {
+            was_answered.recv().await.expect("the client's answer");
+            // What the client sends after its answer (window updates) is read too.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            settle().await;
+            let held = live() - before;
+            println!("round {round}: a waiting HTTP/2 server connection holds {held} bytes");
+            assert!(
+                held < HTTP2_SERVER_CEILING,
+                "round {round}: a waiting HTTP/2 server connection holds {held} bytes, at \
+                 least one of h2's buffers (vendor/README.md)"
+            );
+            measured.send(()).await.unwrap();
+        }
+        connection.await.unwrap().unwrap();
+    });
+    client.join().unwrap();
+}
+
+/// Two requests over one HTTP/2 connection, each answered, then waiting for `was_measured`.
+fn http2_client(
+    io: DuplexStream,
+    answered: &tokio::sync::mpsc::Sender<()>,
+    mut was_measured: tokio::sync::mpsc::Receiver<()>,
+) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
+                .await
+                .unwrap();
+        let connection = tokio::spawn(connection);
+        for _ in 0..2 {
+            let request = Request::get("http://example/")
+                .body(Empty::<Bytes>::new())
+                .unwrap();
+            let response = sender.send_request(request).await.unwrap();
+            let body = response.into_body().collect().await.unwrap();
+            assert_eq!(body.to_bytes(), "hello");
+            answered.send(()).await.unwrap();
+            was_measured.recv().await.expect("the server's measurement");
+        }
+        drop(sender);
+        connection.await.unwrap().unwrap();
+    });
 }
