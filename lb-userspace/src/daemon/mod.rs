@@ -323,7 +323,7 @@ async fn serve(
                     tasks.push(tokio::spawn(capture::serve(spec, stream, events.clone(), ring)));
                 }
                 Some(stream) = handover_requests.recv() => {
-                    let sockets = listening_sockets(&l7, &also_listening);
+                    let sockets = listening_sockets(&l7, &also_listening).await;
                     let device = announce_device.as_ref();
                     match hand_over(stream, &events, balancer.as_mut(), sockets, device, &pin_dir)
                         .await?
@@ -339,7 +339,7 @@ async fn serve(
     // handover, stay open), the controller (health checks, reloads), the control socket, the
     // metrics and the pin-directory lock. A new daemon can start at once, beside this one
     // finishing its requests.
-    l7.stop_accepting();
+    on_blocking_thread(&l7, L7::stop_accepting).await;
     drop(handover_requests);
     drop(capture_requests);
     // Not announced while stopping: new connections would be refused. (After a handover the
@@ -398,7 +398,7 @@ async fn serve(
             warn!(signal = again, open = l7.open_connections(), "a second stop signal: closing the L7 connections still open");
         }
     }
-    l7.flush_access_log(ACCESS_LOG_FLUSH);
+    on_blocking_thread(&l7, |l7| l7.flush_access_log(ACCESS_LOG_FLUSH)).await;
     info!("stopped");
     Ok(())
 }
@@ -416,12 +416,34 @@ enum Stop {
     Panicked,
 }
 
+/// Runs `work` on a blocking thread. For what takes the L7 listeners' lock, which a reload
+/// holds while it reads certificates and binds addresses, or writes files: on the daemon's
+/// future it would hold the runtime's thread meanwhile, and with one worker (the current-thread
+/// scheduler) every connection with it. A panic in `work` goes on here, as if it ran inline.
+async fn on_blocking_thread<T: Default + Send + 'static>(
+    l7: &Arc<L7>,
+    work: impl FnOnce(&L7) -> T + Send + 'static,
+) -> T {
+    let l7 = Arc::clone(l7);
+    match tokio::task::spawn_blocking(move || work(&l7)).await {
+        Ok(value) => value,
+        Err(error) => match error.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only a runtime shutting down cancels it, and the daemon's future runs on it.
+            Err(cancelled) => {
+                warn!(%cancelled, "work on the L7 listeners was cancelled");
+                T::default()
+            }
+        },
+    }
+}
+
 /// Every listening socket: the L7 listeners' and `others`.
-fn listening_sockets(
-    l7: &L7,
+async fn listening_sockets(
+    l7: &Arc<L7>,
     others: &[(std::net::SocketAddr, std::os::fd::OwnedFd)],
 ) -> Vec<(std::net::SocketAddr, std::os::fd::OwnedFd)> {
-    let mut sockets = l7.listening();
+    let mut sockets = on_blocking_thread(l7, L7::listening).await;
     for (address, socket) in others {
         if let Ok(copy) = socket.try_clone() {
             sockets.push((*address, copy));

@@ -11,11 +11,10 @@
 //! `TOKIO_WORKER_THREADS`).
 //!
 //! The current-thread runtime also runs the daemon's own future on its one thread. The work that
-//! blocks for long (the controller's reloads and health checks, BIRD's socket, handovers) runs
-//! on threads of its own; what the daemon's future still does inline, and so now holds every
-//! connection for: waiting for the listeners' lock when a stop or a handover comes during a
-//! reload (which holds it while it reads certificates), and flushing the access log at the very
-//! end (up to 2 s, for the connections a second signal is closing).
+//! blocks for long runs on threads of its own: the controller's reloads and health checks,
+//! BIRD's socket, handovers, and the daemon's own calls that take the L7 listeners' lock (which
+//! a reload holds while it reads certificates) or flush the access log at the very end (up to
+//! 2 s): stopping the listeners, collecting their sockets for a successor.
 
 use tokio::runtime::{Builder, Runtime};
 
