@@ -272,6 +272,8 @@ where
                     }
                 }
 
+                // lb: a server's connection waiting for its next request.
+                self.release_read_buf_if_idle();
                 return Poll::Pending;
             }
         };
@@ -467,7 +469,14 @@ where
             return Poll::Ready(Err(crate::Error::new_unexpected_message()));
         }
 
-        let num_read = ready!(self.force_io_read(cx)).map_err(crate::Error::new_io)?;
+        let num_read = match self.force_io_read(cx) {
+            Poll::Ready(result) => result.map_err(crate::Error::new_io)?,
+            Poll::Pending => {
+                // lb: a client's idle connection (in a pool).
+                self.release_read_buf_if_idle();
+                return Poll::Pending;
+            }
+        };
 
         if num_read == 0 {
             let ret = if self.should_error_on_eof() {
@@ -570,6 +579,18 @@ where
     fn try_keep_alive(&mut self, cx: &mut Context<'_>) {
         self.state.try_keep_alive::<T>();
         self.maybe_notify(cx);
+        // lb: a message just ended, and the connection waits for the next one (its last read,
+        // made while the message was in progress, may be the one it waits on).
+        self.release_read_buf_if_idle();
+    }
+
+    /// lb: while no message is in progress, the read buffer, if empty, goes back to the
+    /// allocator (hyper would keep it for the connection's life); not while a message is in
+    /// progress, whose reads (a body's) would each take a new one.
+    fn release_read_buf_if_idle(&mut self) {
+        if !self.is_mid_message() {
+            self.io.release_read_buf_if_empty();
+        }
     }
 
     pub(crate) fn can_write_head(&self) -> bool {

@@ -261,15 +261,19 @@ where
             }
             Poll::Pending => {
                 self.read_blocked = true;
-                // lb: nothing to read and nothing buffered: give the buffer back while the
-                // connection waits (an idle keep-alive connection would hold it for its life);
-                // the next read reserves a new one.
-                if self.read_buf.is_empty() {
-                    self.read_buf = BytesMut::new();
-                }
                 Poll::Pending
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// lb: gives the read buffer back to the allocator if it holds nothing; the next read
+    /// reserves a new one. `Conn` calls it while no message is in progress: a keep-alive
+    /// connection between requests (or a pooled client connection) would otherwise hold it for
+    /// its life.
+    pub(crate) fn release_read_buf_if_empty(&mut self) {
+        if self.read_buf.is_empty() && self.read_buf.capacity() > 0 {
+            self.read_buf = BytesMut::new();
         }
     }
 

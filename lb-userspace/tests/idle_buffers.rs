@@ -1,11 +1,13 @@
 //! What a connection holds in hyper and h2 while it waits between requests, counted by this
-//! binary's allocator. The vendored copies (`vendor/README.md`) give their buffers back when a
-//! read finds nothing, where upstream keeps them for the connection's life: hyper's HTTP/1 read
-//! buffer and head buffer (8 kB each; the head buffer is now sized to the heads written), h2's
-//! read (8 kB) and write (16 kB) buffers. The daemon's HTTP/1.1 ends are both hyper's: a
-//! client's keep-alive connection (hyper's server side) and a pooled backend connection (its
-//! client side); an HTTP/2 client's connection is h2's, under hyper's server. Each test serves a
-//! request, lets the connection wait, counts what it holds, then serves a second request on it.
+//! binary's allocator. The vendored copies (`vendor/README.md`) give their buffers back while a
+//! connection waits, where upstream keeps them for the connection's life: hyper's HTTP/1 read
+//! buffer (while no message is in progress) and head buffer (8 kB each; the head buffer is now
+//! sized to the heads written), h2's read (8 kB) and write (16 kB) buffers. The daemon's
+//! HTTP/1.1 ends are both hyper's: a client's keep-alive connection (hyper's server side) and a
+//! pooled backend connection (its client side); an HTTP/2 client's connection is h2's, under
+//! hyper's server. Each waiting test serves a request, lets the connection wait, counts what it
+//! holds, then serves a second request on it; one more counts the read buffers a streamed
+//! response takes (one, not one per chunk).
 
 #![allow(
     clippy::unwrap_used,
@@ -16,6 +18,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty, Full};
@@ -45,6 +48,8 @@ struct Counting;
 
 thread_local! {
     static LIVE: Cell<isize> = const { Cell::new(0) };
+    /// Allocations of exactly hyper's read-buffer size, [`READ_BUFFER`].
+    static READ_BUFFERS: Cell<usize> = const { Cell::new(0) };
 }
 
 fn count(delta: isize) {
@@ -65,6 +70,7 @@ unsafe impl GlobalAlloc for Counting {
         let ptr = unsafe { System.alloc(layout) };
         if !ptr.is_null() {
             count(size(layout));
+            count_read_buffer(layout.size());
         }
         ptr
     }
@@ -80,6 +86,7 @@ unsafe impl GlobalAlloc for Counting {
         let new = unsafe { System.realloc(ptr, layout, new_size) };
         if !new.is_null() {
             count(isize::try_from(new_size).expect("an allocation fits in isize") - size(layout));
+            count_read_buffer(new_size);
         }
         new
     }
@@ -88,8 +95,32 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// hyper's read buffer: what it reserves for a read.
+const READ_BUFFER: usize = 8 * 1024;
+
+fn count_read_buffer(size: usize) {
+    if size == READ_BUFFER {
+        READ_BUFFERS.try_with(|n| n.set(n.get() + 1)).unwrap_or(());
+    }
+}
+
+fn read_buffers() -> usize {
+    READ_BUFFERS.with(Cell::get)
+}
+
 fn live() -> isize {
     LIVE.with(Cell::get)
+}
+
+/// A lost change can hang a connection rather than grow it (h2 waiting for room in a buffer it
+/// gave back): each side fails after this long.
+const HANG: Duration = Duration::from_secs(20);
+
+/// `work`, or a panic naming `what` if it takes longer than [`HANG`].
+async fn within<T>(what: &str, work: impl Future<Output = T>) -> T {
+    tokio::time::timeout(HANG, work)
+        .await
+        .unwrap_or_else(|_| panic!("{what} hung for {HANG:?}"))
 }
 
 /// Lets every task on this thread's runtime run until it waits.
@@ -119,6 +150,10 @@ async fn read_response(stream: &mut DuplexStream) -> String {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_waiting_client_connection_keeps_neither_of_hypers_buffers() {
+    within("the HTTP/1.1 server connection", http1_server()).await;
+}
+
+async fn http1_server() {
     let (mut client, server) = tokio::io::duplex(64 * 1024);
     let before = live();
     let connection = tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
@@ -147,6 +182,10 @@ async fn a_waiting_client_connection_keeps_neither_of_hypers_buffers() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_waiting_backend_connection_keeps_neither_of_hypers_buffers() {
+    within("the HTTP/1.1 backend connection", http1_client()).await;
+}
+
+async fn http1_client() {
     let (mut backend, to_backend) = tokio::io::duplex(64 * 1024);
     let before = live();
     let (mut sender, connection) =
@@ -194,7 +233,7 @@ fn a_waiting_http2_client_connection_keeps_no_buffer_of_its_own() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async {
+    runtime.block_on(within("the HTTP/2 server connection", async {
         let before = live();
         let connection = tokio::spawn(
             hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(
@@ -207,7 +246,7 @@ fn a_waiting_http2_client_connection_keeps_no_buffer_of_its_own() {
         for round in 0..2 {
             was_answered.recv().await.expect("the client's answer");
             // What the client sends after its answer (window updates) is read too.
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
             settle().await;
             let held = live() - before;
             println!("round {round}: a waiting HTTP/2 server connection holds {held} bytes");
@@ -219,7 +258,7 @@ fn a_waiting_http2_client_connection_keeps_no_buffer_of_its_own() {
             measured.send(()).await.unwrap();
         }
         connection.await.unwrap().unwrap();
-    });
+    }));
     client.join().unwrap();
 }
 
@@ -233,7 +272,7 @@ fn http2_client(
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async {
+    runtime.block_on(within("the HTTP/2 client", async {
         let (mut sender, connection) =
             hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
                 .await
@@ -251,5 +290,76 @@ fn http2_client(
         }
         drop(sender);
         connection.await.unwrap().unwrap();
-    });
+    }));
+}
+
+/// A response body fed by a channel, one chunk at a time.
+struct Chunks(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|data| Ok(hyper::body::Frame::data(data))))
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_response_in_progress_keeps_its_read_buffer() {
+    within("the streamed response", streamed_response()).await;
+}
+
+/// While a response's body is streamed, hyper's server reads the client's side at every wake
+/// (to see it close): the read buffer is kept meanwhile, not taken again for each chunk.
+async fn streamed_response() {
+    const CHUNKS: usize = 32;
+    let (mut client, server) = tokio::io::duplex(64 * 1024);
+    let (chunks, body) = tokio::sync::mpsc::channel(1);
+    let body = std::sync::Mutex::new(Some(body));
+    let connection = tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(
+        TokioIo::new(server),
+        hyper::service::service_fn(move |_request: Request<hyper::body::Incoming>| {
+            let body = body.lock().unwrap().take().expect("one request");
+            async move { Ok::<_, Infallible>(Response::new(Chunks(body))) }
+        }),
+    ));
+    client.write_all(REQUEST).await.unwrap();
+    let mut answer = [0; 512];
+    let mut read_buffers_taken = 0;
+    for chunk in 0..CHUNKS {
+        let before = read_buffers();
+        chunks
+            .send(Bytes::from_static(b"0123456789"))
+            .await
+            .unwrap();
+        // The chunk (and, the first time, the head) reaches the client.
+        let n = client.read(&mut answer).await.unwrap();
+        assert_ne!(n, 0, "closed at chunk {chunk}");
+        settle().await;
+        if chunk > 0 {
+            read_buffers_taken += read_buffers() - before;
+        }
+    }
+    println!("{read_buffers_taken} read buffers taken while {CHUNKS} chunks were sent");
+    assert!(
+        read_buffers_taken < CHUNKS / 4,
+        "{read_buffers_taken} read buffers taken while {CHUNKS} chunks of one response were \
+         sent: hyper gives its read buffer back while a message is in progress"
+    );
+    // The body's end, then the client's.
+    drop(chunks);
+    let mut rest = Vec::new();
+    while !rest.ends_with(b"0\r\n\r\n") {
+        let n = client.read(&mut answer).await.unwrap();
+        assert_ne!(n, 0, "closed before the body's end");
+        rest.extend_from_slice(&answer[..n]);
+    }
+    drop(client);
+    connection.await.unwrap().unwrap();
 }
