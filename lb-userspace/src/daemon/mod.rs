@@ -416,24 +416,19 @@ enum Stop {
     Panicked,
 }
 
-/// Runs `work` on a blocking thread. For what takes the L7 listeners' lock, which a reload
-/// holds while it reads certificates and binds addresses, or writes files: on the daemon's
+/// Runs `work` on a blocking thread, for what takes the L7 listeners' lock (which a reload
+/// holds while it reads certificates and binds addresses) or writes files: on the daemon's
 /// future it would hold the runtime's thread meanwhile, and with one worker (the current-thread
-/// scheduler) every connection with it. A panic in `work` goes on here, as if it ran inline.
-async fn on_blocking_thread<T: Default + Send + 'static>(
-    l7: &Arc<L7>,
-    work: impl FnOnce(&L7) -> T + Send + 'static,
-) -> T {
-    let l7 = Arc::clone(l7);
-    match tokio::task::spawn_blocking(move || work(&l7)).await {
+/// scheduler) every connection with it. A panic in `work` goes on here, as if it ran inline;
+/// if the blocking thread is cancelled (only a runtime shutting down does that), `work` runs
+/// here.
+async fn on_blocking_thread<T: Send + 'static>(l7: &Arc<L7>, work: fn(&L7) -> T) -> T {
+    let shared = Arc::clone(l7);
+    match tokio::task::spawn_blocking(move || work(&shared)).await {
         Ok(value) => value,
         Err(error) => match error.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),
-            // Only a runtime shutting down cancels it, and the daemon's future runs on it.
-            Err(cancelled) => {
-                warn!(%cancelled, "work on the L7 listeners was cancelled");
-                T::default()
-            }
+            Err(_cancelled) => work(l7),
         },
     }
 }

@@ -12,9 +12,11 @@
 //!
 //! The current-thread runtime also runs the daemon's own future on its one thread. The work that
 //! blocks for long runs on threads of its own: the controller's reloads and health checks,
-//! BIRD's socket, handovers, and the daemon's own calls that take the L7 listeners' lock (which
-//! a reload holds while it reads certificates) or flush the access log at the very end (up to
-//! 2 s): stopping the listeners, collecting their sockets for a successor.
+//! BIRD's socket, handovers, and those of the daemon's own calls that take the L7 listeners'
+//! lock (which a reload holds while it reads certificates) while the controller runs, or flush
+//! the access log at the very end (up to 2 s): stopping the listeners, collecting their sockets
+//! for a successor, the last flush. (Counting the connections left while draining takes the
+//! lock inline: by then the controller's thread has been joined.)
 
 use tokio::runtime::{Builder, Runtime};
 
