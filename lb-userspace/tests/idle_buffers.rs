@@ -130,6 +130,19 @@ async fn settle() {
     }
 }
 
+/// Lets this thread's tasks run until they wait, then checks that what its allocations since
+/// `before` hold (printed) is under `ceiling`: over it, a buffer is kept.
+async fn check_held(what: &str, round: usize, before: isize, ceiling: isize) {
+    settle().await;
+    let held = live() - before;
+    println!("round {round}: a waiting {what} holds {held} bytes");
+    assert!(
+        held < ceiling,
+        "round {round}: a waiting {what} holds {held} bytes, {ceiling} or more: it keeps a \
+         buffer that the vendored hyper or h2 gives back (vendor/README.md)"
+    );
+}
+
 /// Reads from `stream` until a response ending in the body `hello` has come (the daemon's
 /// responses carry a date, so their length varies).
 async fn read_response(stream: &mut DuplexStream) -> String {
@@ -167,14 +180,7 @@ async fn http1_server() {
         let response = read_response(&mut client).await;
         assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
         drop(response);
-        settle().await;
-        let held = live() - before;
-        println!("round {round}: a waiting server connection holds {held} bytes");
-        assert!(
-            held < SERVER_CEILING,
-            "round {round}: a waiting server connection holds {held} bytes, at least one of \
-             hyper's 8 kB buffers (vendor/README.md)"
-        );
+        check_held("server connection", round, before, SERVER_CEILING).await;
     }
     drop(client);
     connection.await.unwrap().unwrap();
@@ -209,14 +215,7 @@ async fn http1_client() {
         });
         let body = response.unwrap().into_body().collect().await.unwrap();
         assert_eq!(body.to_bytes(), "hello");
-        settle().await;
-        let held = live() - before;
-        println!("round {round}: a waiting backend connection holds {held} bytes");
-        assert!(
-            held < BACKEND_CEILING,
-            "round {round}: a waiting backend connection holds {held} bytes, at least one of \
-             hyper's 8 kB buffers (vendor/README.md)"
-        );
+        check_held("backend connection", round, before, BACKEND_CEILING).await;
     }
     drop(sender);
     connection.await.unwrap().unwrap();
@@ -247,14 +246,13 @@ fn a_waiting_http2_client_connection_keeps_no_buffer_of_its_own() {
             was_answered.recv().await.expect("the client's answer");
             // What the client sends after its answer (window updates) is read too.
             tokio::time::sleep(Duration::from_millis(20)).await;
-            settle().await;
-            let held = live() - before;
-            println!("round {round}: a waiting HTTP/2 server connection holds {held} bytes");
-            assert!(
-                held < HTTP2_SERVER_CEILING,
-                "round {round}: a waiting HTTP/2 server connection holds {held} bytes, at \
-                 least one of h2's buffers (vendor/README.md)"
-            );
+            check_held(
+                "HTTP/2 server connection",
+                round,
+                before,
+                HTTP2_SERVER_CEILING,
+            )
+            .await;
             measured.send(()).await.unwrap();
         }
         connection.await.unwrap().unwrap();
