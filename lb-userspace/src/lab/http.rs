@@ -18,6 +18,7 @@
 use std::{
     convert::Infallible,
     net::SocketAddr,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd},
     pin::Pin,
     sync::{
         Arc,
@@ -63,6 +64,8 @@ pub struct HttpBackend {
     pub address: SocketAddr,
     pub seen: Arc<Seen>,
     task: JoinHandle<()>,
+    /// The listening socket, shut down at once when the backend is killed.
+    listening: OwnedFd,
     /// Set when the backend is killed: its open connections close too.
     killed: tokio::sync::watch::Sender<bool>,
 }
@@ -82,6 +85,7 @@ impl HttpBackend {
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(address).await?;
         let address = listener.local_addr()?;
+        let listening = listener.as_fd().try_clone_to_owned()?;
         let seen = Arc::new(Seen::default());
         let (killed, watch) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(serve(
@@ -96,15 +100,22 @@ impl HttpBackend {
             address,
             seen,
             task,
+            listening,
             killed,
         })
     }
 
     /// Stops as a killed process would: the listening socket and every connection close at
-    /// once (connections to it are refused from then on).
+    /// once. When it returns, connections to it are refused and no request is answered, even
+    /// one on a connection opened before: the tasks that serve them end at their next turn,
+    /// and one that still runs answers nothing.
     pub fn kill(&self) {
-        self.task.abort();
+        // A listening socket shut down takes no more connections (SYNs are refused) and wakes
+        // its accept with an error, now rather than when the accepting task next runs.
+        // SAFETY: shutdown(2) on a descriptor this value owns; it reads or writes no memory.
+        unsafe { libc::shutdown(self.listening.as_raw_fd(), libc::SHUT_RDWR) };
         self.killed.send_replace(true);
+        self.task.abort();
     }
 
     pub fn requests(&self) -> u64 {
@@ -129,8 +140,10 @@ async fn serve(
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
-            continue;
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(_) if *killed.borrow() => return,
+            Err(_) => continue,
         };
         drop(tcp.set_nodelay(true));
         seen.connections.fetch_add(1, Ordering::Relaxed);
@@ -139,31 +152,49 @@ async fn serve(
         let acceptor = acceptor.clone();
         let mut killed = killed.clone();
         tokio::spawn(async move {
+            let dead = killed.clone();
             let serve = async move {
                 match acceptor {
                     Some(acceptor) => {
                         if let Ok(stream) = acceptor.accept(tcp).await {
-                            connection(Counted::new(stream, &seen), name, seen).await;
+                            connection(Counted::new(stream, &seen), name, seen, dead).await;
                         }
                     }
-                    None => connection(Counted::new(tcp, &seen), name, seen).await,
+                    None => connection(Counted::new(tcp, &seen), name, seen, dead).await,
                 }
             };
+            // The kill first: a connection woken both by it and by a request must not answer.
             tokio::select! {
-                () = serve => {}
+                biased;
                 _ = killed.wait_for(|&k| k) => {}
+                () = serve => {}
             }
         });
     }
 }
 
-async fn connection<S>(stream: Counted<S>, name: String, seen: Arc<Seen>)
-where
+async fn connection<S>(
+    stream: Counted<S>,
+    name: String,
+    seen: Arc<Seen>,
+    killed: tokio::sync::watch::Receiver<bool>,
+) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let service = service_fn(move |request: Request<Incoming>| {
-        seen.requests.fetch_add(1, Ordering::Relaxed);
-        answer(request, name.clone())
+        let dead = *killed.borrow();
+        if !dead {
+            seen.requests.fetch_add(1, Ordering::Relaxed);
+        }
+        let name = name.clone();
+        async move {
+            if dead {
+                // Killed while this connection's task was running: never answer; the task
+                // sees the kill at its next turn and closes the connection.
+                std::future::pending::<()>().await;
+            }
+            answer(request, name).await
+        }
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     drop(
