@@ -23,7 +23,9 @@ use common::{
         SETTINGS, SETTINGS_MAX_CONCURRENT_STREAMS, assert_body_names_no_backend,
         assert_plain_error, h2_get, h2_request, h2_reset, read_frame,
     },
-    l7::{HOST, LISTENER, POOL, Settings, Site, TIMEOUT, http_backends, loopback, until},
+    l7::{
+        HOST, LISTENER, POOL, Settings, Site, TIMEOUT, free_port, http_backends, loopback, until,
+    },
 };
 use lb::{
     config::Config,
@@ -702,6 +704,34 @@ async fn a_response_slower_than_response_timeout_is_504_and_not_replayed() {
     assert_eq!(answer.status, 504);
     assert_body_names_no_backend(&site, &answer.body);
     assert_eq!(site.counter(|c| &c.backend_timeouts), 2);
+}
+
+/// A reload prepared before the daemon stops and committed after it (the controller's thread
+/// mid-reload when the signal comes) starts accepting on nothing: neither the listener's old
+/// address nor the new one it moves to takes a connection, and no listening socket is left to
+/// hand over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_committed_after_a_stop_accepts_on_nothing() {
+    let site = Site::start(
+        "lb-l7-stopreload",
+        http_backends(1).await,
+        &[],
+        Settings::default(),
+    );
+    let moved = free_port();
+    let mut config = site.lab.config.clone();
+    config.listeners.get_mut(LISTENER).unwrap().port = moved;
+    let prepared = site.lab.l7.prepare_reload(&config).unwrap();
+
+    site.lab.l7.stop_accepting();
+    site.lab
+        .l7
+        .commit(prepared, &lb::lab::l7::all_healthy(&config));
+    assert!(site.lab.l7.listening().is_empty(), "nothing to hand over");
+    for address in [site.address, loopback(moved)] {
+        let connected = TcpStream::connect(address).await;
+        assert!(connected.is_err(), "{address} accepted after the stop");
+    }
 }
 
 /// `max_connections` holds across reloads: connections accepted before a reload count against

@@ -34,7 +34,10 @@ use std::{
     collections::BTreeMap,
     net::SocketAddr,
     os::fd::OwnedFd,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -135,6 +138,9 @@ struct Next {
 pub struct L7 {
     runtime: Handle,
     running: Mutex<BTreeMap<String, Running>>,
+    /// Set by [`L7::stop_accepting`]: a commit after it (a reload prepared before the stop)
+    /// applies its settings but accepts on nothing. Read and written under `running`'s lock.
+    stopped: AtomicBool,
     access_log: Mutex<Option<Arc<AccessLog>>>,
 }
 
@@ -144,6 +150,7 @@ impl L7 {
         Self {
             runtime,
             running: Mutex::new(BTreeMap::new()),
+            stopped: AtomicBool::new(false),
             access_log: Mutex::new(None),
         }
     }
@@ -278,10 +285,12 @@ impl L7 {
     /// Puts `prepared` in place: new listeners start, changed ones take their new settings
     /// (and addresses), removed ones stop accepting (their connections finish). Pools are
     /// filled from `members` before any new address accepts: no request finds a listener
-    /// without its backends.
+    /// without its backends. After [`L7::stop_accepting`] nothing starts accepting: new and
+    /// changed listeners drain as the others do.
     pub fn commit(&self, prepared: Prepared, members: &PoolMembers) {
         let _runtime = self.runtime.enter();
         let mut running = self.running();
+        let stopped = self.stopped.load(Ordering::Relaxed);
         running.retain(|name, r| {
             let keep = prepared.listeners.contains_key(name);
             if !keep {
@@ -339,6 +348,16 @@ impl L7 {
             .access_log
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = prepared.access_log;
+        if stopped {
+            for r in running.values() {
+                r.proxy.drain.send_replace(true);
+            }
+            for (name, _, address, _, _) in &to_accept {
+                info!(listener = %name, %address,
+                    "L7 listener not accepting: the daemon is stopping");
+            }
+            return;
+        }
         for (name, mode, address, redirect, socket) in to_accept {
             let Some(entry) = running.get_mut(&name) else {
                 continue;
@@ -425,6 +444,7 @@ impl L7 {
     /// closes after its next response. [`L7::drained`] waits for them.
     pub fn stop_accepting(&self) {
         let mut running = self.running();
+        self.stopped.store(true, Ordering::Relaxed);
         for r in running.values_mut() {
             r.accepting.clear();
             r.proxy.drain.send_replace(true);
