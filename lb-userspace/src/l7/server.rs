@@ -24,7 +24,7 @@ use tokio::{
     net::{TcpListener, TcpSocket, TcpStream},
     time::Instant,
 };
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tracing::{debug, warn};
 
 use super::{
@@ -33,7 +33,7 @@ use super::{
     conn::{ConnState, Verdict, Watched},
     headers,
     limit::Slot,
-    proxy::{Client, Proxy},
+    proxy::{Client, Proxy, Site},
     proxy_protocol,
 };
 use crate::config::l7::HttpLimits;
@@ -108,16 +108,78 @@ pub async fn accept_loop(listener: TcpListener, proxy: Arc<Proxy>) {
 
 /// One client connection, from its PROXY header (from a trusted source) and TLS handshake,
 /// within `header_read_timeout`, to its close.
-async fn serve_connection(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAddr, permit: Slot) {
+///
+/// Its task lives as long as the connection, idle or not, so the future is laid out for size:
+/// the handshake is a future of its own ([`handshake`]), which takes no room once the
+/// connection is served; the TLS stream is looked at ([`serving`]) without being borrowed
+/// here (a local borrowed in an `async fn` keeps its room across every later `.await`); and
+/// hyper's connection is pinned where it lies and driven by reference, so it is held once.
+async fn serve_connection(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr, permit: Slot) {
     proxy
         .counters
         .connections
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let site = proxy.site();
-    let limits = site.settings.http.clone();
-    let start = std::time::Instant::now();
-    let arrived = std::time::SystemTime::now();
-    let deadline = Instant::now() + limits.header_read_timeout;
+    let since = (std::time::Instant::now(), std::time::SystemTime::now());
+    let Some((stream, addresses)) = handshake(&proxy, &site, tcp, peer, since).await else {
+        return;
+    };
+    let limits = &site.settings.http;
+    let Serving {
+        io,
+        h2,
+        client,
+        state,
+    } = serving(stream, addresses, site.listener.port, limits, permit);
+    let service = {
+        let state = Arc::clone(&state);
+        let proxy = Arc::clone(&proxy);
+        let client = Arc::clone(&client);
+        // Boxed: hyper keeps the place of an HTTP/1.1 connection's request future for as long
+        // as the connection lives, so an idle connection holds a pointer, not the future.
+        service_fn(move |request: Request<Incoming>| {
+            Box::pin(Arc::clone(&proxy).serve(request, Arc::clone(&state), Arc::clone(&client)))
+        })
+    };
+    let ended = if h2 {
+        let header_list = headers::http2_header_list_limit(limits.max_header_bytes);
+        let resets = usize::try_from(limits.h2_max_resets_per_second).unwrap_or(usize::MAX);
+        let conn = pin!(
+            http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(limits.h2_max_concurrent_streams)
+                .max_header_list_size(header_list)
+                .max_pending_accept_reset_streams(resets)
+                .enable_connect_protocol()
+                .serve_connection(io, service)
+        );
+        drive(conn, &state, limits, &proxy).await
+    } else {
+        let conn = pin!(
+            http1_builder(limits)
+                .serve_connection(io, service)
+                .with_upgrades()
+        );
+        drive(conn, &state, limits, &proxy).await
+    };
+    // The line first: a stopping daemon waits for the permits, then flushes the log.
+    log_connection_end(&proxy, &client, ended, since);
+    drop(state.take_permit());
+}
+
+/// The client and the address it connected to.
+type Addresses = (SocketAddr, SocketAddr);
+
+/// A connection's PROXY header (from a trusted source) and TLS handshake, within
+/// `header_read_timeout`: the TLS stream and the addresses, or none (counted and logged).
+async fn handshake(
+    proxy: &Arc<Proxy>,
+    site: &Site,
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    since: (std::time::Instant, std::time::SystemTime),
+) -> Option<(TlsStream<TcpStream>, Addresses)> {
+    let deadline = Instant::now() + site.settings.http.header_read_timeout;
     let local = tcp.local_addr().unwrap_or(peer);
     let (client, destination) = match client_of(
         &site.settings.proxy_protocol_from,
@@ -131,7 +193,7 @@ async fn serve_connection(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAdd
         Err(None) => {
             // The front balancer's TCP health check: connected, closed, sent nothing.
             debug!(listener = %proxy.name, client = %peer, "a trusted source closed before a PROXY header");
-            return;
+            return None;
         }
         Err(Some(refused)) => {
             let counter = if refused.untrusted {
@@ -147,81 +209,66 @@ async fn serve_connection(proxy: Arc<Proxy>, mut tcp: TcpStream, peer: SocketAdd
                 warn!(listener = %proxy.name, client = %peer, reason = %refused.why,
                     "a connection's PROXY header was refused: closed (counted in proxy_header_errors and proxy_header_untrusted; one warning a second)");
             }
-            log_refused(
-                &proxy,
-                Peer::tcp(peer, local),
-                (start, arrived),
-                refused.why,
-            );
-            return;
+            log_refused(proxy, Peer::tcp(peer, local), since, refused.why);
+            return None;
         }
     };
     let acceptor = TlsAcceptor::from(Arc::clone(&site.tls));
-    let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await;
-    let stream = match handshake {
-        Ok(Ok(stream)) => stream,
-        failed => {
-            proxy
-                .counters
-                .handshake_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let why = match failed {
-                Ok(Err(error)) => {
-                    debug!(listener = %proxy.name, %client, %error, "TLS handshake failed");
-                    format!("tls_handshake_failed: {error}").into()
-                }
-                _ => {
-                    debug!(listener = %proxy.name, %client, "TLS handshake timed out");
-                    "tls_handshake_timeout".into()
-                }
-            };
-            log_refused(
-                &proxy,
-                Peer::tcp(client, destination),
-                (start, arrived),
-                why,
-            );
-            return;
-        }
-    };
-    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+    let why: std::borrow::Cow<'static, str> =
+        match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => return Some((stream, (client, destination))),
+            Ok(Err(error)) => {
+                debug!(listener = %proxy.name, %client, %error, "TLS handshake failed");
+                format!("tls_handshake_failed: {error}").into()
+            }
+            Err(_) => {
+                debug!(listener = %proxy.name, %client, "TLS handshake timed out");
+                "tls_handshake_timeout".into()
+            }
+        };
+    proxy
+        .counters
+        .handshake_failures
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    log_refused(proxy, Peer::tcp(client, destination), since, why);
+    None
+}
+
+/// What serving a connection takes.
+struct Serving {
+    /// Its TLS stream, as hyper reads and writes it.
+    io: TokioIo<Watched<TlsStream<TcpStream>>>,
+    /// ALPN chose HTTP/2.
+    h2: bool,
+    /// The client, with its TLS session's details.
+    client: Arc<Client>,
+    /// The connection's clock, holding its permit.
+    state: Arc<ConnState>,
+}
+
+/// What serving a connection over `stream` takes, `permit` held by its clock.
+fn serving(
+    stream: TlsStream<TcpStream>,
+    (client, destination): Addresses,
+    port: u16,
+    limits: &HttpLimits,
+    permit: Slot,
+) -> Serving {
+    let session = stream.get_ref().1;
+    let h2 = session.alpn_protocol() == Some(b"h2".as_slice());
     let client = Arc::new(Client::new(
-        Peer::of_tls(client, destination, stream.get_ref().1),
-        site.listener.port,
+        Peer::of_tls(client, destination, session),
+        port,
     ));
-    let state = ConnState::new(!h2, &limits);
+    let state = ConnState::new(!h2, limits);
     state.hold_permit(permit);
     let io = TokioIo::new(Watched::new(stream, Arc::clone(&state)));
-    let service = {
-        let state = Arc::clone(&state);
-        let proxy = Arc::clone(&proxy);
-        let client = Arc::clone(&client);
-        // Boxed: hyper keeps the place of an HTTP/1.1 connection's request future for as long
-        // as the connection lives, so an idle connection holds a pointer, not the future.
-        service_fn(move |request: Request<Incoming>| {
-            Box::pin(Arc::clone(&proxy).serve(request, Arc::clone(&state), Arc::clone(&client)))
-        })
-    };
-    let ended = if h2 {
-        let header_list = headers::http2_header_list_limit(limits.max_header_bytes);
-        let resets = usize::try_from(limits.h2_max_resets_per_second).unwrap_or(usize::MAX);
-        let conn = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_concurrent_streams(limits.h2_max_concurrent_streams)
-            .max_header_list_size(header_list)
-            .max_pending_accept_reset_streams(resets)
-            .enable_connect_protocol()
-            .serve_connection(io, service);
-        drive(conn, &state, &limits, &proxy).await
-    } else {
-        let conn = http1_builder(&limits)
-            .serve_connection(io, service)
-            .with_upgrades();
-        drive(conn, &state, &limits, &proxy).await
-    };
-    // The line first: a stopping daemon waits for the permits, then flushes the log.
-    log_connection_end(&proxy, &client, ended, (start, arrived));
-    drop(state.take_permit());
+    Serving {
+        io,
+        h2,
+        client,
+        state,
+    }
 }
 
 /// The access log line of a connection refused before its TLS session.
@@ -386,12 +433,11 @@ where
 
 /// Drives `conn` until it ends or its clock closes it; says why if the balancer ended it.
 async fn drive<C: Shutdown>(
-    conn: C,
+    mut conn: Pin<&mut C>,
     state: &ConnState,
     limits: &HttpLimits,
     proxy: &Proxy,
 ) -> Ended {
-    let mut conn = pin!(conn);
     let counters = &proxy.counters;
     let check = state.next_check(limits, std::time::Instant::now());
     let mut sleep = pin!(tokio::time::sleep_until(Instant::from_std(check)));
@@ -526,8 +572,10 @@ async fn serve_redirect(proxy: Arc<Proxy>, tcp: TcpStream, slot: Slot) {
             std::future::ready(Ok::<_, std::convert::Infallible>(response))
         })
     };
-    let conn = http1_builder(&limits)
-        .serve_connection(TokioIo::new(Watched::new(tcp, Arc::clone(&state))), service);
+    let conn = pin!(
+        http1_builder(&limits)
+            .serve_connection(TokioIo::new(Watched::new(tcp, Arc::clone(&state))), service)
+    );
     drive(conn, &state, &limits, &proxy).await;
     drop(state.take_permit());
 }
