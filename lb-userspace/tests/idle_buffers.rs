@@ -2,7 +2,9 @@
 //! binary's allocator. The vendored copies (`vendor/README.md`) give their buffers back while a
 //! connection waits, where upstream keeps them for the connection's life: hyper's HTTP/1 read
 //! buffer (while no message is in progress) and head buffer (8 kB each; the head buffer is now
-//! sized to the heads written), h2's read (8 kB) and write (16 kB) buffers. The daemon's
+//! sized to the heads written), h2's read (8 kB) and write (16 kB) buffers, and h2's HPACK
+//! Huffman decoding buffer (4 kB, taken at the handshake, and kept for good by the values of the
+//! dynamic table that shared it; now taken per header block and not shared). The daemon's
 //! HTTP/1.1 ends are both hyper's: a client's keep-alive connection (hyper's server side) and a
 //! pooled backend connection (its client side); an HTTP/2 client's connection is h2's, under
 //! hyper's server. Each waiting test serves a request, lets the connection wait, counts what it
@@ -36,8 +38,9 @@ const SERVER_CEILING: isize = 8 * 1024;
 const BACKEND_CEILING: isize = 16 * 1024;
 
 /// The same for an HTTP/2 client connection: its connection state (streams, HPACK tables) is
-/// larger, and one of h2's buffers (16 kB write, 8 kB read) takes it over this.
-const HTTP2_SERVER_CEILING: isize = 16 * 1024;
+/// larger (7.1 kB), and one of h2's buffers (16 kB write, 8 kB read, 4 kB Huffman) takes it
+/// over this.
+const HTTP2_SERVER_CEILING: isize = 9 * 1024;
 
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nhost: example\r\n\r\n";
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";

@@ -158,7 +158,9 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            // lb: no Huffman decoding buffer up front: taken by the first string that needs
+            // one, given back after each header block (`decode`).
+            buffer: BytesMut::new(),
         }
     }
 
@@ -215,7 +217,9 @@ impl Decoder {
                     let entry = self.decode_literal(src, true)?;
 
                     // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // lb: a copy of its own, not sharing the frame's or the Huffman buffer's
+                    // bytes (`Header::owned`).
+                    self.table.insert(entry.owned());
                     consume(src);
 
                     if f(entry).is_break() {
@@ -256,6 +260,9 @@ impl Decoder {
             }
         }
 
+        // lb: the Huffman decoding buffer is given back after each header block (the
+        // strings of this block decoded in it keep it until they go).
+        self.buffer = BytesMut::new();
         Ok(())
     }
 

@@ -102,6 +102,21 @@ impl Header {
         }
     }
 
+    /// lb: a copy whose value has an allocation of its own, for the dynamic table. A
+    /// pseudo-header's value shares the bytes it was read or decoded in (the connection's read
+    /// buffer, or the Huffman decoding buffer), which the table would keep for as long as it
+    /// keeps the header, up to the connection's whole life; a field's value is a copy already
+    /// (`HeaderValue::from_bytes`).
+    pub fn owned(&self) -> Header {
+        match self {
+            Header::Authority(v) => Header::Authority(BytesStr::from(v.as_str())),
+            Header::Scheme(v) => Header::Scheme(BytesStr::from(v.as_str())),
+            Header::Path(v) => Header::Path(BytesStr::from(v.as_str())),
+            Header::Protocol(v) => Header::Protocol(Protocol::from(v.as_str())),
+            other => other.clone(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         match *self {
             Header::Field {
