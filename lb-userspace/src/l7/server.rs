@@ -572,11 +572,14 @@ async fn serve_redirect(proxy: Arc<Proxy>, tcp: TcpStream, slot: Slot) {
             std::future::ready(Ok::<_, std::convert::Infallible>(response))
         })
     };
-    let conn = pin!(
-        http1_builder(&limits)
-            .serve_connection(TokioIo::new(Watched::new(tcp, Arc::clone(&state))), service)
-    );
-    drive(conn, &state, &limits, &proxy).await;
+    {
+        // In a block of its own: the connection closes before its permit goes.
+        let conn = pin!(
+            http1_builder(&limits)
+                .serve_connection(TokioIo::new(Watched::new(tcp, Arc::clone(&state))), service)
+        );
+        drive(conn, &state, &limits, &proxy).await;
+    }
     drop(state.take_permit());
 }
 
