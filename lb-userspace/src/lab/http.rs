@@ -105,16 +105,18 @@ impl HttpBackend {
         })
     }
 
-    /// Stops as a killed process would: the listening socket and every connection close at
-    /// once. When it returns, connections to it are refused and no request is answered, even
-    /// one on a connection opened before: the tasks that serve them end at their next turn,
-    /// and one that still runs answers nothing.
+    /// Stops as a killed process would: the listening socket and every HTTP connection close
+    /// at once. When it returns, connections to it are refused and no request is answered,
+    /// even one on a connection opened before: the tasks that serve them end at their next
+    /// turn, and one that still runs answers nothing. (A connection already upgraded to a
+    /// WebSocket echo goes on: no test kills a backend under one.)
     pub fn kill(&self) {
+        // First, so that the accept loop, woken by the shutdown, finds it set and ends.
+        self.killed.send_replace(true);
         // A listening socket shut down takes no more connections (SYNs are refused) and wakes
         // its accept with an error, now rather than when the accepting task next runs.
         // SAFETY: shutdown(2) on a descriptor this value owns; it reads or writes no memory.
         unsafe { libc::shutdown(self.listening.as_raw_fd(), libc::SHUT_RDWR) };
-        self.killed.send_replace(true);
         self.task.abort();
     }
 
