@@ -28,7 +28,10 @@ use common::{
     },
 };
 use lb::{
-    config::Config,
+    config::{
+        Config,
+        l7::{AccessLogFormat, AccessLogSettings, AccessLogTarget},
+    },
     lab::l7::{ListenerToml, get, pool_toml},
 };
 use tokio::{
@@ -709,7 +712,7 @@ async fn a_response_slower_than_response_timeout_is_504_and_not_replayed() {
 /// A reload prepared before the daemon stops and committed after it (the controller's thread
 /// mid-reload when the signal comes) starts accepting on nothing: neither the listener's old
 /// address nor the new one it moves to takes a connection, and no listening socket is left to
-/// hand over.
+/// hand over. Nor does it change the access log (the daemon flushes the one it had last).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_committed_after_a_stop_accepts_on_nothing() {
     let site = Site::start(
@@ -721,6 +724,11 @@ async fn a_reload_committed_after_a_stop_accepts_on_nothing() {
     let moved = free_port();
     let mut config = site.lab.config.clone();
     config.listeners.get_mut(LISTENER).unwrap().port = moved;
+    config.access_log = Some(AccessLogSettings {
+        target: AccessLogTarget::File(site.lab.dir.path.join("access.log")),
+        format: AccessLogFormat::Json,
+        sample_per_million: 1_000_000,
+    });
     let prepared = site.lab.l7.prepare_reload(&config).unwrap();
 
     site.lab.l7.stop_accepting();
@@ -728,6 +736,10 @@ async fn a_reload_committed_after_a_stop_accepts_on_nothing() {
         .l7
         .commit(prepared, &lb::lab::l7::all_healthy(&config));
     assert!(site.lab.l7.listening().is_empty(), "nothing to hand over");
+    assert!(
+        site.proxy().access_log.load().is_none(),
+        "the access log as it was"
+    );
     assert!(
         TcpStream::connect(loopback(moved)).await.is_err(),
         "the new address accepted after the stop"

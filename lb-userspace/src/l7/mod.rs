@@ -285,8 +285,8 @@ impl L7 {
     /// Puts `prepared` in place: new listeners start, changed ones take their new settings
     /// (and addresses), removed ones stop accepting (their connections finish). Pools are
     /// filled from `members` before any new address accepts: no request finds a listener
-    /// without its backends. After [`L7::stop_accepting`] nothing starts accepting: new and
-    /// changed listeners drain as the others do.
+    /// without its backends. After [`L7::stop_accepting`] nothing starts accepting (new and
+    /// changed listeners drain as the others do) and the access log is not changed.
     pub fn commit(&self, prepared: Prepared, members: &PoolMembers) {
         let _runtime = self.runtime.enter();
         let mut running = self.running();
@@ -341,13 +341,20 @@ impl L7 {
             running.insert(name, entry);
         }
         fill_pools(&running, members);
+        // After a stop the access log stays the one the daemon flushes last: lines queued in
+        // it would be lost with a log swapped out now.
+        let access_log = if stopped {
+            self.access_log()
+        } else {
+            prepared.access_log
+        };
         for r in running.values() {
-            r.proxy.access_log.store(prepared.access_log.clone());
+            r.proxy.access_log.store(access_log.clone());
         }
         *self
             .access_log
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = prepared.access_log;
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = access_log;
         if stopped {
             for r in running.values() {
                 r.proxy.drain.send_replace(true);
