@@ -3,8 +3,8 @@
 //! connection waits, where upstream keeps them for the connection's life: hyper's HTTP/1 read
 //! buffer (while no message is in progress) and head buffer (8 kB each; the head buffer is now
 //! sized to the heads written), h2's read (8 kB) and write (16 kB) buffers, and h2's HPACK
-//! Huffman decoding buffer (4 kB, taken at the handshake, and kept for good by the values of the
-//! dynamic table that shared it; now taken per header block and not shared). The daemon's
+//! Huffman decoding buffer (4 kB, taken at the handshake and kept by the decoder and by the
+//! values of the dynamic table that shared it; now taken per header block). The daemon's
 //! HTTP/1.1 ends are both hyper's: a client's keep-alive connection (hyper's server side) and a
 //! pooled backend connection (its client side); an HTTP/2 client's connection is h2's, under
 //! hyper's server. Each waiting test serves a request, lets the connection wait, counts what it
